@@ -1,0 +1,56 @@
+"""What clients ask of the engine, as validated values.
+
+The HTTP layer turns request bodies into these; the engine turns them into events.
+An instance is valid by construction: the validators refuse what SPEC refuses.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+import attrs
+
+from kumo.model.criteria import Criteria
+
+NANOS_PER_SECOND: Final = 1_000_000_000
+DEFAULT_LIFETIME: Final = 5 * 60 * NANOS_PER_SECOND
+"""A rule without ``duration`` or ``expires`` lives five minutes (SPEC section 4)."""
+MAX_LIFETIME: Final = 100 * 31_557_600 * NANOS_PER_SECOND
+"""A ``duration`` over 100 years is refused (SPEC section 7)."""
+
+
+def _check_lifetime(_: object, attribute: attrs.Attribute[int | None], value: int | None) -> None:
+    if value is not None and not 0 <= value <= MAX_LIFETIME:
+        raise ValueError(f"{attribute.name} must be between 0 and 100 years, got {value} ns")
+
+
+@attrs.frozen(slots=True)
+class BounceRequest:
+    """A request to bounce what matches ``criteria``.
+
+    The rule ends at ``expires_at`` when given (absolute, ns since the epoch), else
+    ``duration`` after it is issued, else :data:`DEFAULT_LIFETIME` after it is issued.
+    """
+
+    criteria: Criteria
+    reason: str
+    duration: int | None = attrs.field(default=None, validator=_check_lifetime)
+    expires_at: int | None = None
+    suppress_logging: bool = False
+
+    def expiry(self, issued_at: int) -> int:
+        """When a rule issued at ``issued_at`` (ns since the epoch) stops matching."""
+        if self.expires_at is not None:
+            return self.expires_at
+        lifetime = self.duration if self.duration is not None else DEFAULT_LIFETIME
+        return issued_at + lifetime
+
+
+@attrs.frozen(slots=True)
+class NewMessage:
+    """A message to receive: its envelope, its scheduled queue and its full content."""
+
+    sender: str
+    recipient: str
+    queue: str
+    body: bytes

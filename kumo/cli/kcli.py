@@ -1,0 +1,583 @@
+"""`kcli`: the command-line client for the administrative bounce API.
+
+Compatible with KumoMTA's `kcli` for `bounce`, `bounce-list` and `bounce-cancel` (same
+options, same output, same error texts), plus two commands KumoMTA's kcli does not have
+in this form: `inject` (send test messages through `/api/inject/v1`) and
+`queue-summary` (the `scheduled_count` gauges of `/metrics` as a table).
+
+Every command talks to one HTTP endpoint through a `Target`; tests hand the group a
+`Target` carrying an `httpx.MockTransport` as click's context object.
+"""
+
+from __future__ import annotations
+
+import email.policy
+import email.utils
+import json
+import math
+import re
+import unicodedata
+from collections.abc import Iterator, Mapping, Sequence
+from email.message import EmailMessage
+from enum import Enum
+from http import HTTPStatus
+from typing import IO, Any
+
+import attrs
+import click
+import httpx
+
+DEFAULT_ENDPOINT = "http://127.0.0.1:8000"
+ENDPOINT_ENV_VAR = "KUMO_KCLI_ENDPOINT"
+BOUNCE_PATH = "/api/admin/bounce/v1"
+INJECT_PATH = "/api/inject/v1"
+METRICS_PATH = "/metrics"
+
+# KumoMTA's kcli gives up on a request after 60 s; so do we.
+REQUEST_TIMEOUT = httpx.Timeout(60.0)
+
+# At most this many recipients go into one inject request, so that `--count` in the
+# millions sends many modest bodies rather than one huge one.
+INJECT_BATCH_SIZE = 1000
+
+BOUNCE_ASYNC_NOTE = (
+    "NOTE: the bounce is running async. Use the bounce-list command to review ongoing status!"
+)
+
+# Reason phrases as KumoMTA's kcli prints them (the Rust `http` crate's canonical
+# reasons). Servers such as hypercorn send none, so the client must know them itself;
+# Python's `HTTPStatus` agrees except for these codes (and renames some across releases).
+_REASON_PHRASE_OVERRIDES: Mapping[int, str] = {
+    413: "Payload Too Large",
+    414: "URI Too Long",
+    416: "Range Not Satisfiable",
+    418: "I'm a teapot",
+    422: "Unprocessable Entity",
+}
+
+
+def reason_phrase(status_code: int) -> str:
+    """The canonical reason phrase for `status_code`, or "" for an unknown code."""
+    if status_code in _REASON_PHRASE_OVERRIDES:
+        return _REASON_PHRASE_OVERRIDES[status_code]
+    try:
+        return HTTPStatus(status_code).phrase
+    except ValueError:
+        return ""
+
+
+class KcliError(click.ClickException):
+    """A failure reported to the user as one plain line on stderr, exit status 1.
+
+    Unlike click's own errors there is no `Error: ` prefix: the texts (such as
+    `request status 404: Not Found. Response body: ...`) are part of the contract.
+    """
+
+    def show(self, file: IO[Any] | None = None) -> None:
+        click.echo(self.format_message(), err=True, file=file)
+
+
+@attrs.frozen
+class Target:
+    """Where requests go: the endpoint URL and, in tests, a substitute transport."""
+
+    endpoint: str = DEFAULT_ENDPOINT
+    transport: httpx.BaseTransport | None = None
+
+    def open_client(self) -> httpx.Client:
+        """A new client for this endpoint; the caller closes it (use it in `with`)."""
+        return httpx.Client(
+            base_url=self.endpoint,
+            transport=self.transport,
+            timeout=REQUEST_TIMEOUT,
+            follow_redirects=True,
+        )
+
+
+def _describe(client: httpx.Client) -> str:
+    return str(client.base_url).rstrip("/")
+
+
+def send(client: httpx.Client, method: str, path: str, *, body: object = None) -> httpx.Response:
+    """Send one request and return its 2xx response.
+
+    Raises `KcliError` for a non-2xx reply (with KumoMTA's wording) and for a
+    transport failure (one line, no traceback).
+    """
+    try:
+        if body is None:
+            response = client.request(method, path)
+        else:
+            response = client.request(method, path, json=body)
+    except httpx.TimeoutException as exc:
+        raise KcliError(f"request to {_describe(client)} timed out: {exc}") from exc
+    except httpx.ConnectError as exc:
+        raise KcliError(f"cannot connect to {_describe(client)}: {exc}") from exc
+    except (httpx.HTTPError, httpx.InvalidURL) as exc:
+        raise KcliError(f"request to {_describe(client)} failed: {exc}") from exc
+    if not response.is_success:
+        raise KcliError(
+            f"request status {response.status_code}: {reason_phrase(response.status_code)}."
+            f" Response body: {response.text}"
+        )
+    return response
+
+
+def decode_json(response: httpx.Response) -> Any:
+    """The JSON document in a successful response's body."""
+    try:
+        return json.loads(response.content)
+    except ValueError as exc:
+        raise KcliError(f"parsing response as json: {response.text}") from exc
+
+
+# --- tables --------------------------------------------------------------------------
+
+
+class Align(Enum):
+    LEFT = "left"
+    RIGHT = "right"
+
+
+def display_width(text: str) -> int:
+    """Terminal columns `text` occupies: wide East Asian characters count 2, marks 0."""
+    width = 0
+    for char in text:
+        if unicodedata.combining(char) or unicodedata.category(char) in ("Me", "Cf"):
+            continue
+        width += 2 if unicodedata.east_asian_width(char) in ("W", "F") else 1
+    return width
+
+
+def format_table(columns: Sequence[tuple[str, Align]], rows: Sequence[Sequence[str]]) -> str:
+    """Render a plain-text table, one line per row after the header line.
+
+    Every column, the last included, is padded to its widest cell and columns are
+    separated by one space, as KumoMTA's kcli lays its tables out.
+    """
+    widths = [display_width(name) for name, _ in columns]
+    for row in rows:
+        for index, cell in enumerate(row):
+            widths[index] = max(widths[index], display_width(cell))
+    lines = []
+    for cells in [[name for name, _ in columns], *rows]:
+        parts = []
+        for (_, align), width, cell in zip(columns, widths, cells, strict=True):
+            padding = " " * (width - display_width(cell))
+            parts.append(cell + padding if align is Align.LEFT else padding + cell)
+        lines.append(" ".join(parts))
+    return "\n".join(lines)
+
+
+def format_count(count: int) -> str:
+    """`1234567` as `1,234,567`."""
+    return f"{count:,}"
+
+
+# --- bounce-list -----------------------------------------------------------------------
+
+_CRITERIA_PARTS = ("campaign", "tenant", "domain", "routing_domain")
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+
+
+def describe_criteria(entry: Mapping[str, Any]) -> str:
+    """The CRITERIA cell of a bounce-list row."""
+    queue_names = entry.get("queue_names")
+    if isinstance(queue_names, list) and queue_names:
+        return ", ".join(f"queue={name}" for name in queue_names)
+    criteria = [f"{part}={entry[part]}" for part in _CRITERIA_PARTS if entry.get(part) is not None]
+    return ", ".join(criteria) if criteria else "everything"
+
+
+def format_bounce_list(entries: Sequence[Mapping[str, Any]]) -> str:
+    """The `bounce-list` table for the entries of a GET reply."""
+    columns = [
+        ("ID", Align.LEFT),
+        ("REASON", Align.LEFT),
+        ("REMAIN", Align.LEFT),
+        ("BOUNCED", Align.RIGHT),
+        ("CRITERIA", Align.LEFT),
+    ]
+    rows = []
+    for entry in entries:
+        total_bounced = entry.get("total_bounced", 0)
+        rows.append(
+            [
+                str(entry.get("id", "")),
+                # A line break in a reason would tear the table apart.
+                _LINE_BREAK.sub(" ", str(entry.get("reason", ""))),
+                str(entry.get("duration", "")),
+                format_count(total_bounced)
+                if isinstance(total_bounced, int)
+                else str(total_bounced),
+                describe_criteria(entry),
+            ]
+        )
+    return format_table(columns, rows)
+
+
+# --- queue-summary ---------------------------------------------------------------------
+
+_METRIC_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
+_LABEL_NAME = re.compile(r"\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*=\s*\"")
+_LABEL_ESCAPES = {"\\": "\\", '"': '"', "n": "\n"}
+
+
+def parse_labels(text: str, start: int) -> tuple[dict[str, str], int] | None:
+    """Parse a `{name="value",...}` label set whose `{` is at `start - 1`.
+
+    Returns the labels and the index just past the closing `}`, or None if malformed.
+    Label values are unescaped (`\\\\`, `\\"` and `\\n`).
+    """
+    labels: dict[str, str] = {}
+    pos = start
+    while True:
+        closing = re.compile(r"\s*}").match(text, pos)
+        if closing:
+            return labels, closing.end()
+        match = _LABEL_NAME.match(text, pos)
+        if match is None:
+            return None
+        pos = match.end()
+        value: list[str] = []
+        while True:
+            if pos >= len(text):
+                return None
+            char = text[pos]
+            if char == '"':
+                pos += 1
+                break
+            if char == "\\" and pos + 1 < len(text):
+                following = text[pos + 1]
+                value.append(_LABEL_ESCAPES.get(following, "\\" + following))
+                pos += 2
+                continue
+            value.append(char)
+            pos += 1
+        labels[match.group(1)] = "".join(value)
+        separator = re.compile(r"\s*,").match(text, pos)
+        if separator:
+            pos = separator.end()
+
+
+def parse_sample(line: str) -> tuple[str, dict[str, str], float] | None:
+    """One Prometheus text-format sample line as (name, labels, value), else None."""
+    match = _METRIC_NAME.match(line)
+    if match is None:
+        return None
+    name = match.group()
+    rest = line[match.end() :].lstrip()
+    labels: dict[str, str] = {}
+    if rest.startswith("{"):
+        parsed = parse_labels(rest, 1)
+        if parsed is None:
+            return None
+        labels, end = parsed
+        rest = rest[end:]
+    fields = rest.split()
+    if not fields:
+        return None
+    try:
+        value = float(fields[0])
+    except ValueError:
+        return None
+    return name, labels, value
+
+
+def parse_scheduled_counts(metrics_text: str) -> dict[str, int]:
+    """Map queue name to its `scheduled_count` gauge, from a Prometheus text page.
+
+    Comment lines and lines that do not parse are skipped; non-finite values too.
+    """
+    counts: dict[str, int] = {}
+    for line in metrics_text.splitlines():
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        sample = parse_sample(line.strip())
+        if sample is None:
+            continue
+        name, labels, value = sample
+        if name != "scheduled_count" or "queue" not in labels or not math.isfinite(value):
+            continue
+        queue = labels["queue"]
+        counts[queue] = counts.get(queue, 0) + int(value)
+    return counts
+
+
+def format_queue_summary(counts: Mapping[str, int]) -> str:
+    """The `queue-summary` table: biggest queues first, then a `total` line."""
+    ordered = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+    rows = [[queue, format_count(count)] for queue, count in ordered]
+    rows.append(["total", format_count(sum(counts.values()))])
+    return format_table([("QUEUE", Align.LEFT), ("COUNT", Align.RIGHT)], rows)
+
+
+# --- inject ----------------------------------------------------------------------------
+
+
+_MESSAGE_ID_DOMAIN = re.compile(r"[A-Za-z0-9.-]+")
+
+
+def compose_message(sender: str, recipients: Sequence[str], subject: str) -> str:
+    """A small RFC 5322 test message, CRLF line endings, with a fresh Message-ID."""
+    message = EmailMessage(policy=email.policy.SMTP)
+    message["From"] = sender
+    message["To"] = ", ".join(recipients)
+    message["Subject"] = subject
+    message["Date"] = email.utils.formatdate(localtime=True)
+    # Passing a domain keeps make_msgid from resolving this host's FQDN (slow, or hangs).
+    domain = sender.rpartition("@")[2]
+    if not _MESSAGE_ID_DOMAIN.fullmatch(domain):
+        domain = "localhost"
+    message["Message-ID"] = email.utils.make_msgid(domain=domain)
+    message.set_content("This is a test message injected by kcli.\n")
+    return message.as_string()
+
+
+def batch_recipients(
+    recipients: Sequence[Mapping[str, Any]], count: int, batch_size: int = INJECT_BATCH_SIZE
+) -> Iterator[list[Mapping[str, Any]]]:
+    """Each recipient `count` times, in lists of at most `batch_size`, built lazily."""
+    batch: list[Mapping[str, Any]] = []
+    for _ in range(count):
+        for recipient in recipients:
+            batch.append(recipient)
+            if len(batch) == batch_size:
+                yield batch
+                batch = []
+    if batch:
+        yield batch
+
+
+# --- commands --------------------------------------------------------------------------
+
+
+def validate_endpoint(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    try:
+        url = httpx.URL(value)
+    except httpx.InvalidURL as exc:
+        raise click.BadParameter(f"{value!r} is not a valid URL: {exc}") from exc
+    if url.scheme not in ("http", "https") or not url.host:
+        raise click.BadParameter(f"{value!r} is not an http:// or https:// URL")
+    return value
+
+
+def validate_header_value(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    if "\r" in value or "\n" in value:
+        raise click.BadParameter("must not contain line breaks")
+    return value
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--endpoint",
+    envvar=ENDPOINT_ENV_VAR,
+    default=DEFAULT_ENDPOINT,
+    show_default=True,
+    callback=validate_endpoint,
+    help=f"URL of the kumo (or KumoMTA) HTTP API; also read from ${ENDPOINT_ENV_VAR}.",
+)
+@click.pass_context
+def cli(ctx: click.Context, endpoint: str) -> None:
+    """Administer a kumo (or KumoMTA) server over its HTTP API."""
+    ctx.obj = attrs.evolve(ctx.ensure_object(Target), endpoint=endpoint)
+
+
+@cli.command()
+@click.option("--domain", help="The domain name to match. If omitted, any domain matches.")
+@click.option("--routing-domain", help="The routing domain to match.")
+@click.option("--campaign", help="The campaign name to match.")
+@click.option("--tenant", help="The tenant name to match.")
+@click.option(
+    "--queue",
+    "queues",
+    multiple=True,
+    help="An exact scheduled queue name to match (repeatable); excludes the four parts.",
+)
+@click.option("--everything", is_flag=True, help="Purge all queues.")
+@click.option(
+    "--reason", required=True, help="The reason to log in the delivery logs and the listing."
+)
+@click.option(
+    "--duration",
+    help="How long matching messages keep bouncing, as a duration string (default 5m).",
+)
+@click.option("--suppress-logging", is_flag=True, help="Do not generate AdminBounce logs.")
+@click.pass_obj
+def bounce(
+    target: Target,
+    domain: str | None,
+    routing_domain: str | None,
+    campaign: str | None,
+    tenant: str | None,
+    queues: tuple[str, ...],
+    everything: bool,
+    reason: str,
+    duration: str | None,
+    suppress_logging: bool,
+) -> None:
+    """Administratively bounce messages in matching queues.
+
+    Each bounced message is logged and removed from the spool: there is no going back.
+    The rule applies at once to queued messages (asynchronously) and stays in effect for
+    its duration, bouncing matching messages that arrive or return to a queue.
+    """
+    parts = {
+        "domain": domain,
+        "routing_domain": routing_domain,
+        "campaign": campaign,
+        "tenant": tenant,
+    }
+    given_parts = [
+        f"--{name.replace('_', '-')}" for name, value in parts.items() if value is not None
+    ]
+    if everything and (given_parts or queues):
+        selectors = [*given_parts, *(["--queue"] if queues else [])]
+        raise click.UsageError(
+            f"--everything cannot be combined with {', '.join(selectors)}: it matches every queue"
+        )
+    if queues and given_parts:
+        raise click.UsageError(
+            f"--queue cannot be combined with {', '.join(given_parts)}: a rule with queue"
+            " names ignores the domain, routing domain, campaign and tenant"
+        )
+    if not (given_parts or queues or everything):
+        raise click.UsageError(
+            "No domain, routing_domain, campaign, tenant or queue was specified. "
+            "Use --everything if you intend to purge all queues"
+        )
+
+    body: dict[str, object] = {name: value for name, value in parts.items() if value is not None}
+    if queues:
+        body["queue_names"] = list(queues)
+    body["reason"] = reason
+    if duration is not None:
+        body["duration"] = duration
+    body["suppress_logging"] = suppress_logging
+
+    with target.open_client() as client:
+        reply = decode_json(send(client, "POST", BOUNCE_PATH, body=body))
+    if not isinstance(reply, dict) or not isinstance(reply.get("id"), str):
+        raise KcliError(f"unexpected reply from server: {json.dumps(reply)}")
+    click.echo(BOUNCE_ASYNC_NOTE, err=True)
+    click.echo(reply["id"])
+
+
+@cli.command("bounce-list")
+@click.option("--json", "as_json", is_flag=True, help="Print the underlying JSON data.")
+@click.pass_obj
+def bounce_list(target: Target, as_json: bool) -> None:
+    """List the administrative bounce rules currently in effect."""
+    with target.open_client() as client:
+        entries = decode_json(send(client, "GET", BOUNCE_PATH))
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise KcliError(f"unexpected reply from server: {json.dumps(entries)}")
+    if as_json:
+        click.echo(json.dumps(entries, indent=2))
+    else:
+        click.echo(format_bounce_list(entries))
+
+
+@cli.command("bounce-cancel")
+@click.option("--id", "bounce_id", required=True, help="The id of the bounce rule to cancel.")
+@click.pass_obj
+def bounce_cancel(target: Target, bounce_id: str) -> None:
+    """Cancel a bounce rule: it stops matching; what it bounced stays bounced."""
+    with target.open_client() as client:
+        response = send(client, "DELETE", BOUNCE_PATH, body={"id": bounce_id})
+    click.echo(response.text)
+
+
+@cli.command()
+@click.option("--from", "sender", required=True, help="The envelope sender address.")
+@click.option(
+    "--to", "recipients", required=True, multiple=True, help="A recipient address (repeatable)."
+)
+@click.option("--campaign", help="Campaign metadata for every recipient.")
+@click.option("--tenant", help="Tenant metadata for every recipient.")
+@click.option("--routing-domain", help="Routing domain metadata for every recipient.")
+@click.option(
+    "--subject",
+    default="kcli test message",
+    show_default=True,
+    callback=validate_header_value,
+    help="The Subject header of the messages.",
+)
+@click.option(
+    "--count",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Messages to inject per recipient.",
+)
+@click.pass_context
+def inject(
+    ctx: click.Context,
+    sender: str,
+    recipients: tuple[str, ...],
+    campaign: str | None,
+    tenant: str | None,
+    routing_domain: str | None,
+    subject: str,
+    count: int,
+) -> None:
+    """Inject test messages through the HTTP injection API."""
+    target = ctx.ensure_object(Target)
+    metadata = {
+        name: value
+        for name, value in (
+            ("campaign", campaign),
+            ("tenant", tenant),
+            ("routing_domain", routing_domain),
+        )
+        if value is not None
+    }
+    entries = [{"email": recipient, "metadata": metadata} for recipient in recipients]
+
+    injected = 0
+    failed = False
+    with target.open_client() as client:
+        for batch in batch_recipients(entries, count):
+            body = {
+                "envelope_sender": sender,
+                "recipients": batch,
+                "content": compose_message(sender, recipients, subject),
+            }
+            try:
+                reply = decode_json(send(client, "POST", INJECT_PATH, body=body))
+            except KcliError as exc:
+                exc.show()
+                failed = True
+                break  # a refused request (401, 413, unreachable) would be refused again
+            if not isinstance(reply, dict):
+                click.echo(f"unexpected reply from server: {json.dumps(reply)}", err=True)
+                failed = True
+                break
+            injected += int(reply.get("success_count") or 0)
+            fail_count = int(reply.get("fail_count") or 0)
+            if fail_count:
+                failed = True
+                click.echo(f"failed {fail_count} message(s)", err=True)
+                for error in reply.get("errors") or []:
+                    click.echo(f"  {error}", err=True)
+    click.echo(f"injected {injected} message(s)")
+    if failed:
+        ctx.exit(1)
+
+
+@cli.command("queue-summary")
+@click.pass_obj
+def queue_summary(target: Target) -> None:
+    """Show how many messages wait in each scheduled queue."""
+    with target.open_client() as client:
+        response = send(client, "GET", METRICS_PATH)
+    click.echo(format_queue_summary(parse_scheduled_counts(response.text)))
+
+
+def main() -> None:
+    """The `kcli` console script."""
+    cli.main(prog_name="kcli")
+
+
+if __name__ == "__main__":
+    main()

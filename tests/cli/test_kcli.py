@@ -1,0 +1,794 @@
+"""kcli against a recording fake server (`httpx.MockTransport`): requests and output."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import json
+import os
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from click.testing import CliRunner, Result
+
+from kumo.cli.kcli import (
+    BOUNCE_ASYNC_NOTE,
+    Align,
+    Target,
+    batch_recipients,
+    cli,
+    display_width,
+    format_table,
+    parse_scheduled_counts,
+    reason_phrase,
+)
+
+ID_A = "0f8d6c8e-5b7e-4a52-9a55-7f3f2f1f6a01"
+ID_B = "5e1c2d3b-8a9f-4c6d-b7e8-f9a0b1c2d3e4"
+ID_C = "9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d"
+
+Handler = Callable[[httpx.Request], httpx.Response]
+
+
+class FakeServer:
+    """Records every request and answers each with `handler`."""
+
+    def __init__(self, handler: Handler) -> None:
+        self.requests: list[httpx.Request] = []
+        self._handler = handler
+        self.transport = httpx.MockTransport(self._handle)
+
+    def _handle(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        return self._handler(request)
+
+    def bodies(self) -> list[Any]:
+        return [json.loads(request.content) for request in self.requests]
+
+
+def replying(status: int = 200, *, json_body: object = None, text: str | None = None) -> FakeServer:
+    def handler(request: httpx.Request) -> httpx.Response:
+        if text is not None:
+            return httpx.Response(status, text=text)
+        return httpx.Response(status, json=json_body)
+
+    return FakeServer(handler)
+
+
+def run(server: FakeServer, *args: str, env: Mapping[str, str | None] | None = None) -> Result:
+    environment: dict[str, str | None] = {"KUMO_KCLI_ENDPOINT": None}
+    environment.update(env or {})
+    result = CliRunner().invoke(
+        cli, list(args), obj=Target(transport=server.transport), env=environment
+    )
+    # Anything but a clean exit would be a traceback for the user.
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    return result
+
+
+# --- bounce ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (
+            ["--domain", "example.com"],
+            {"domain": "example.com", "reason": "r", "suppress_logging": False},
+        ),
+        (
+            [
+                "--domain",
+                "example.com",
+                "--routing-domain",
+                "relay.example",
+                "--campaign",
+                "spring",
+                "--tenant",
+                "acme",
+                "--duration",
+                "1h 30m",
+                "--suppress-logging",
+            ],
+            {
+                "domain": "example.com",
+                "routing_domain": "relay.example",
+                "campaign": "spring",
+                "tenant": "acme",
+                "reason": "r",
+                "duration": "1h 30m",
+                "suppress_logging": True,
+            },
+        ),
+        (["--tenant", "acme"], {"tenant": "acme", "reason": "r", "suppress_logging": False}),
+        (
+            ["--campaign", "c", "--duration", "0"],
+            {"campaign": "c", "reason": "r", "duration": "0", "suppress_logging": False},
+        ),
+        (
+            ["--routing-domain", "relay"],
+            {"routing_domain": "relay", "reason": "r", "suppress_logging": False},
+        ),
+        (
+            ["--queue", "camp:acme@example.com", "--queue", "example.org!relay"],
+            {
+                "queue_names": ["camp:acme@example.com", "example.org!relay"],
+                "reason": "r",
+                "suppress_logging": False,
+            },
+        ),
+        (["--everything"], {"reason": "r", "suppress_logging": False}),
+        (
+            ["--everything", "--duration", "5m", "--suppress-logging"],
+            {"reason": "r", "duration": "5m", "suppress_logging": True},
+        ),
+    ],
+)
+def test_bounce_posts_the_given_criteria(args: list[str], expected: dict[str, object]) -> None:
+    server = replying(json_body={"id": ID_A, "bounced": {}, "total_bounced": 0})
+
+    result = run(server, "bounce", "--reason", "r", *args)
+
+    assert result.exit_code == 0, result.output
+    (request,) = server.requests
+    assert request.method == "POST"
+    assert request.url == "http://127.0.0.1:8000/api/admin/bounce/v1"
+    assert request.headers["content-type"] == "application/json"
+    assert json.loads(request.content) == expected
+
+
+def test_bounce_prints_note_on_stderr_and_id_alone_on_stdout() -> None:
+    server = replying(json_body={"id": ID_A, "bounced": {}, "total_bounced": 0})
+
+    result = run(server, "bounce", "--everything", "--reason", "purge")
+
+    assert result.exit_code == 0
+    assert result.stdout == f"{ID_A}\n"
+    assert result.stderr == BOUNCE_ASYNC_NOTE + "\n"
+    assert BOUNCE_ASYNC_NOTE == (
+        "NOTE: the bounce is running async. Use the bounce-list command to review ongoing status!"
+    )
+
+
+def test_bounce_without_selector_refuses_and_sends_nothing() -> None:
+    server = replying(json_body={"id": ID_A})
+
+    result = run(server, "bounce", "--reason", "r")
+
+    assert result.exit_code != 0
+    assert server.requests == []
+    assert result.stdout == ""
+    assert "Use --everything if you intend to purge all queues" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "mentioned"),
+    [
+        (["--everything", "--domain", "d"], ["--everything", "--domain"]),
+        (["--everything", "--routing-domain", "r"], ["--everything", "--routing-domain"]),
+        (["--everything", "--campaign", "c"], ["--everything", "--campaign"]),
+        (["--everything", "--tenant", "t"], ["--everything", "--tenant"]),
+        (["--everything", "--queue", "q"], ["--everything", "--queue"]),
+        (["--queue", "q", "--domain", "d"], ["--queue", "--domain"]),
+        (["--queue", "q", "--routing-domain", "r"], ["--queue", "--routing-domain"]),
+        (["--queue", "q", "--campaign", "c"], ["--queue", "--campaign"]),
+        (["--queue", "q", "--tenant", "t", "--domain", "d"], ["--queue", "--tenant", "--domain"]),
+    ],
+)
+def test_bounce_conflicting_selectors_refuse_and_send_nothing(
+    args: list[str], mentioned: list[str]
+) -> None:
+    server = replying(json_body={"id": ID_A})
+
+    result = run(server, "bounce", "--reason", "r", *args)
+
+    assert result.exit_code != 0
+    assert server.requests == []
+    assert result.stdout == ""
+    assert "cannot be combined" in result.stderr
+    for flag in mentioned:
+        assert flag in result.stderr
+
+
+def test_bounce_requires_a_reason() -> None:
+    server = replying(json_body={"id": ID_A})
+
+    result = run(server, "bounce", "--everything")
+
+    assert result.exit_code != 0
+    assert server.requests == []
+    assert "--reason" in result.stderr
+
+
+def test_bounce_rejected_by_server_reports_status_and_body() -> None:
+    body = "Failed to deserialize the JSON body into the target type: duration: bad"
+    server = replying(422, text=body)
+
+    result = run(server, "bounce", "--domain", "d", "--reason", "r", "--duration", "5 parsecs")
+
+    assert result.exit_code == 1
+    assert result.stdout == ""
+    assert result.stderr == f"request status 422: Unprocessable Entity. Response body: {body}\n"
+
+
+def test_bounce_with_a_reply_lacking_an_id_fails_cleanly() -> None:
+    server = replying(json_body={"bounced": {}})
+
+    result = run(server, "bounce", "--domain", "d", "--reason", "r")
+
+    assert result.exit_code == 1
+    assert result.stdout == ""
+    assert "unexpected reply" in result.stderr
+
+
+# --- bounce-list -----------------------------------------------------------------------
+
+
+def entry(
+    bounce_id: str,
+    reason: str,
+    duration: str,
+    total_bounced: int,
+    **criteria: object,
+) -> dict[str, object]:
+    listed: dict[str, object] = {
+        "id": bounce_id,
+        "campaign": None,
+        "tenant": None,
+        "domain": None,
+        "routing_domain": None,
+        "reason": reason,
+        "duration": duration,
+        "bounced": {},
+        "total_bounced": total_bounced,
+    }
+    listed.update(criteria)
+    return listed
+
+
+LISTING = [
+    entry(ID_A, "purge", "4m 59s 998ms 52us 371ns", 1234567),
+    entry(
+        ID_B,
+        "maintenance window",
+        "1h",
+        0,
+        campaign="spring",
+        tenant="acme",
+        domain="example.com",
+        routing_domain="relay",
+    ),
+    entry(
+        ID_C,
+        "by queue",
+        "2days 3h",
+        42,
+        queue_names=["spring:acme@example.com", "example.org"],
+        suppress_logging=False,
+    ),
+]
+
+
+def test_bounce_list_prints_an_aligned_table() -> None:
+    server = replying(json_body=LISTING)
+
+    result = run(server, "bounce-list")
+
+    assert result.exit_code == 0
+    (request,) = server.requests
+    assert request.method == "GET"
+    assert request.url == "http://127.0.0.1:8000/api/admin/bounce/v1"
+    # One space between columns, every column padded to its widest cell (the last
+    # included), BOUNCED right-aligned: the layout of KumoMTA's kcli.
+    criteria_b = "campaign=spring, tenant=acme, domain=example.com, routing_domain=relay"
+    criteria_c = "queue=spring:acme@example.com, queue=example.org"
+    width = len(criteria_b)
+    assert result.stdout == (
+        f"ID                                   REASON             REMAIN                  "
+        f"  BOUNCED {'CRITERIA'.ljust(width)}\n"
+        f"{ID_A} purge              4m 59s 998ms 52us 371ns "
+        f"1,234,567 {'everything'.ljust(width)}\n"
+        f"{ID_B} maintenance window 1h                      "
+        f"        0 {criteria_b}\n"
+        f"{ID_C} by queue           2days 3h                "
+        f"       42 {criteria_c.ljust(width)}\n"
+    )
+    assert result.stderr == ""
+
+
+def test_bounce_list_columns_line_up() -> None:
+    server = replying(json_body=LISTING)
+
+    lines = run(server, "bounce-list").stdout.splitlines()
+
+    assert len({len(line) for line in lines}) == 1
+    header = lines[0]
+    for name in ("REASON", "REMAIN", "CRITERIA"):
+        start = header.index(name)
+        assert all(line[start - 1] == " " and line[start] != " " for line in lines)
+    bounced_end = header.index("BOUNCED") + len("BOUNCED")
+    assert all(line[bounced_end] == " " and line[bounced_end - 1] != " " for line in lines)
+
+
+def test_bounce_list_with_no_rules_prints_the_header_only() -> None:
+    server = replying(json_body=[])
+
+    result = run(server, "bounce-list")
+
+    assert result.exit_code == 0
+    assert result.stdout == "ID REASON REMAIN BOUNCED CRITERIA\n"
+
+
+def test_bounce_list_criteria_ignore_empty_queue_names_and_flatten_line_breaks() -> None:
+    server = replying(
+        json_body=[
+            entry(ID_A, "line one\r\nline two\nthree", "5m", 7, domain="d", queue_names=[]),
+        ]
+    )
+
+    result = run(server, "bounce-list")
+
+    assert (
+        result.stdout.splitlines()[1] == f"{ID_A} line one line two three 5m           7 domain=d"
+    )
+
+
+def test_bounce_list_json_prints_the_reply_with_two_space_indent() -> None:
+    server = replying(json_body=LISTING)
+
+    result = run(server, "bounce-list", "--json")
+
+    assert result.exit_code == 0
+    assert result.stdout == json.dumps(LISTING, indent=2) + "\n"
+    assert result.stdout.startswith('[\n  {\n    "id": ')
+
+
+def test_bounce_list_json_of_nothing() -> None:
+    result = run(replying(json_body=[]), "bounce-list", "--json")
+
+    assert result.stdout == "[]\n"
+
+
+@pytest.mark.parametrize("reply", [{"not": "a list"}, [1, 2]])
+def test_bounce_list_rejects_a_reply_of_the_wrong_shape(reply: object) -> None:
+    result = run(replying(json_body=reply), "bounce-list")
+
+    assert result.exit_code == 1
+    assert "unexpected reply" in result.stderr
+
+
+def test_bounce_list_reply_that_is_not_json_fails_cleanly() -> None:
+    result = run(replying(200, text="<html>"), "bounce-list")
+
+    assert result.exit_code == 1
+    assert result.stderr == "parsing response as json: <html>\n"
+
+
+# --- bounce-cancel ---------------------------------------------------------------------
+
+
+def test_bounce_cancel_deletes_by_id_and_prints_the_reply() -> None:
+    server = replying(text=f"removed {ID_A}")
+
+    result = run(server, "bounce-cancel", "--id", ID_A)
+
+    assert result.exit_code == 0
+    (request,) = server.requests
+    assert request.method == "DELETE"
+    assert request.url == "http://127.0.0.1:8000/api/admin/bounce/v1"
+    assert request.headers["content-type"] == "application/json"
+    assert json.loads(request.content) == {"id": ID_A}
+    assert result.stdout == f"removed {ID_A}\n"
+
+
+def test_bounce_cancel_of_an_unknown_id_fails_with_the_server_text() -> None:
+    server = replying(404, text=f"bounce entry {ID_B} not found")
+
+    result = run(server, "bounce-cancel", "--id", ID_B)
+
+    assert result.exit_code == 1
+    assert result.stdout == ""
+    assert result.stderr == (
+        f"request status 404: Not Found. Response body: bounce entry {ID_B} not found\n"
+    )
+
+
+def test_bounce_cancel_requires_an_id() -> None:
+    server = replying(text="")
+
+    result = run(server, "bounce-cancel")
+
+    assert result.exit_code != 0
+    assert server.requests == []
+
+
+# --- failures common to every command --------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("status", "phrase"),
+    [
+        (400, "Bad Request"),
+        (401, "Unauthorized"),
+        (413, "Payload Too Large"),
+        (415, "Unsupported Media Type"),
+        (422, "Unprocessable Entity"),
+        (500, "Internal Server Error"),
+        (599, ""),
+    ],
+)
+def test_non_2xx_reply_names_status_and_phrase(status: int, phrase: str) -> None:
+    result = run(replying(status, text="nope"), "bounce-list")
+
+    assert result.exit_code == 1
+    assert result.stderr == f"request status {status}: {phrase}. Response body: nope\n"
+
+
+def test_reason_phrases_follow_kumomta_not_the_python_release() -> None:
+    assert reason_phrase(404) == "Not Found"
+    assert reason_phrase(413) == "Payload Too Large"
+    assert reason_phrase(422) == "Unprocessable Entity"
+    assert reason_phrase(299) == ""
+
+
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        (httpx.ConnectError("[Errno 111] Connection refused"), "cannot connect to"),
+        (httpx.ReadTimeout("timed out"), "timed out"),
+        (httpx.RemoteProtocolError("peer closed connection"), "failed"),
+    ],
+)
+def test_transport_failure_is_one_clear_line(error: httpx.HTTPError, expected: str) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise error
+
+    result = run(FakeServer(handler), "bounce-list")
+
+    assert result.exit_code == 1
+    assert result.stdout == ""
+    assert expected in result.stderr
+    assert "http://127.0.0.1:8000" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stderr.count("\n") == 1
+
+
+# --- endpoint --------------------------------------------------------------------------
+
+
+def test_endpoint_defaults_to_localhost_8000() -> None:
+    server = replying(json_body=[])
+
+    run(server, "bounce-list")
+
+    assert str(server.requests[0].url) == "http://127.0.0.1:8000/api/admin/bounce/v1"
+
+
+def test_endpoint_from_the_environment() -> None:
+    server = replying(json_body=[])
+
+    run(server, "bounce-list", env={"KUMO_KCLI_ENDPOINT": "http://env.example:9000"})
+
+    assert str(server.requests[0].url) == "http://env.example:9000/api/admin/bounce/v1"
+
+
+def test_endpoint_flag_wins_over_the_environment() -> None:
+    server = replying(json_body=[])
+
+    run(
+        server,
+        "--endpoint",
+        "https://flag.example:8443",
+        "bounce-list",
+        env={"KUMO_KCLI_ENDPOINT": "http://env.example:9000"},
+    )
+
+    assert str(server.requests[0].url) == "https://flag.example:8443/api/admin/bounce/v1"
+
+
+@pytest.mark.parametrize("endpoint", ["localhost:8000", "ftp://example.com", "http://"])
+def test_an_unusable_endpoint_is_refused_before_sending(endpoint: str) -> None:
+    server = replying(json_body=[])
+
+    result = run(server, "--endpoint", endpoint, "bounce-list")
+
+    assert result.exit_code == 2
+    assert server.requests == []
+    assert "--endpoint" in result.stderr
+
+
+# --- inject ----------------------------------------------------------------------------
+
+
+def inject_server(fail_count: int = 0) -> FakeServer:
+    def handler(request: httpx.Request) -> httpx.Response:
+        recipients = json.loads(request.content)["recipients"]
+        return httpx.Response(
+            200,
+            json={
+                "success_count": len(recipients) - fail_count,
+                "fail_count": fail_count,
+                "failed_recipients": [r["email"] for r in recipients[:fail_count]],
+                "errors": ["boom"] * fail_count,
+            },
+        )
+
+    return FakeServer(handler)
+
+
+def test_inject_posts_one_message_per_recipient_with_metadata() -> None:
+    server = inject_server()
+
+    result = run(
+        server,
+        "inject",
+        "--from",
+        "sender@example.com",
+        "--to",
+        "a@example.org",
+        "--to",
+        "b@example.net",
+        "--campaign",
+        "spring",
+        "--tenant",
+        "acme",
+        "--routing-domain",
+        "relay.example",
+        "--subject",
+        "Hello there",
+    )
+
+    assert result.exit_code == 0, result.output
+    assert result.stdout == "injected 2 message(s)\n"
+    (request,) = server.requests
+    assert request.method == "POST"
+    assert request.url == "http://127.0.0.1:8000/api/inject/v1"
+    assert request.headers["content-type"] == "application/json"
+    body = json.loads(request.content)
+    assert set(body) == {"envelope_sender", "recipients", "content"}
+    assert body["envelope_sender"] == "sender@example.com"
+    metadata = {"campaign": "spring", "tenant": "acme", "routing_domain": "relay.example"}
+    assert body["recipients"] == [
+        {"email": "a@example.org", "metadata": metadata},
+        {"email": "b@example.net", "metadata": metadata},
+    ]
+    message = email.message_from_string(body["content"], policy=email.policy.default)
+    assert message["From"] == "sender@example.com"
+    assert message["To"] == "a@example.org, b@example.net"
+    assert message["Subject"] == "Hello there"
+    assert message["Date"] is not None
+    assert message["Message-ID"].endswith("@example.com>")
+    assert message.get_content().strip() != ""
+    assert "\r\n\r\n" in body["content"]
+
+
+def test_inject_without_metadata_options_sends_empty_metadata() -> None:
+    server = inject_server()
+
+    run(server, "inject", "--from", "s@example.com", "--to", "r@example.org")
+
+    assert server.bodies()[0]["recipients"] == [{"email": "r@example.org", "metadata": {}}]
+
+
+def test_inject_subject_is_encoded_and_line_breaks_refused() -> None:
+    server = inject_server()
+
+    run(server, "inject", "--from", "s@example.com", "--to", "r@x.org", "--subject", "Grüße")
+    content = server.bodies()[0]["content"]
+    assert content.isascii()
+    message = email.message_from_string(content, policy=email.policy.default)
+    assert message["Subject"] == "Grüße"
+
+    refused = run(
+        server, "inject", "--from", "s@example.com", "--to", "r@x.org", "--subject", "a\nBcc: x"
+    )
+    assert refused.exit_code == 2
+    assert len(server.requests) == 1
+
+
+def test_inject_count_is_batched_at_1000_recipients_per_request() -> None:
+    server = inject_server()
+
+    result = run(
+        server,
+        "inject",
+        "--from",
+        "s@example.com",
+        "--to",
+        "a@example.org",
+        "--to",
+        "b@example.org",
+        "--count",
+        "1250",
+    )
+
+    assert result.exit_code == 0
+    assert result.stdout == "injected 2500 message(s)\n"
+    sizes = [len(body["recipients"]) for body in server.bodies()]
+    assert sizes == [1000, 1000, 500]
+    per_address = Counter(r["email"] for body in server.bodies() for r in body["recipients"])
+    assert per_address == {"a@example.org": 1250, "b@example.org": 1250}
+
+
+def test_inject_count_must_be_positive() -> None:
+    server = inject_server()
+
+    result = run(server, "inject", "--from", "s@x.com", "--to", "r@x.org", "--count", "0")
+
+    assert result.exit_code == 2
+    assert server.requests == []
+
+
+def test_inject_requires_from_and_to() -> None:
+    server = inject_server()
+
+    assert run(server, "inject", "--to", "r@x.org").exit_code == 2
+    assert run(server, "inject", "--from", "s@x.com").exit_code == 2
+    assert server.requests == []
+
+
+def test_inject_reports_failed_recipients_and_exits_non_zero() -> None:
+    server = inject_server(fail_count=1)
+
+    result = run(server, "inject", "--from", "s@x.com", "--to", "a@x.org", "--to", "b@x.org")
+
+    assert result.exit_code == 1
+    assert result.stdout == "injected 1 message(s)\n"
+    assert "failed 1 message(s)" in result.stderr
+    assert "boom" in result.stderr
+
+
+def test_inject_stops_at_a_refused_batch_and_counts_what_went_through() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        if len(server.requests) > 1:
+            return httpx.Response(401, text="unauthorized")
+        count = len(json.loads(request.content)["recipients"])
+        return httpx.Response(200, json={"success_count": count, "fail_count": 0})
+
+    server = FakeServer(handler)
+
+    result = run(server, "inject", "--from", "s@x.com", "--to", "a@x.org", "--count", "3000")
+
+    assert result.exit_code == 1
+    assert len(server.requests) == 2
+    assert result.stdout == "injected 1000 message(s)\n"
+    assert result.stderr == "request status 401: Unauthorized. Response body: unauthorized\n"
+
+
+def test_batch_recipients_is_lazy_and_bounded() -> None:
+    recipients = [{"email": "a"}, {"email": "b"}, {"email": "c"}]
+
+    batches = batch_recipients(recipients, 1_000_000, batch_size=1000)
+
+    first = next(batches)
+    assert len(first) == 1000
+    assert [r["email"] for r in first[:4]] == ["a", "b", "c", "a"]
+    sizes = [len(b) for b in batch_recipients(recipients, 1000, batch_size=1000)]
+    assert sizes == [1000, 1000, 1000]
+    assert [len(b) for b in batch_recipients(recipients, 1, batch_size=2)] == [2, 1]
+
+
+# --- queue-summary ---------------------------------------------------------------------
+
+METRICS = "\n".join(
+    [
+        "# HELP scheduled_count number of messages in a scheduled queue",
+        "# TYPE scheduled_count gauge",
+        'scheduled_count{queue="example.com"} 1234567',
+        'scheduled_count{queue="camp:acme@example.org!relay"} 42',
+        'scheduled_count{queue="a\\\\b"} 42',
+        'scheduled_count{queue="say \\"hi\\"@example.net"} 7',
+        'scheduled_count{queue="zero.example"} 0',
+        'received_count{queue="example.com"} 99',
+        "messages_bounced_total 5",
+        "",
+    ]
+)
+
+
+def test_queue_summary_prints_queues_by_count_then_name_and_a_total() -> None:
+    server = replying(text=METRICS)
+
+    result = run(server, "queue-summary")
+
+    assert result.exit_code == 0, result.output
+    (request,) = server.requests
+    assert request.method == "GET"
+    assert request.url == "http://127.0.0.1:8000/metrics"
+    # 27 is the widest queue name, 9 the widest count.
+    assert result.stdout == (
+        "QUEUE                           COUNT\n"
+        "example.com                 1,234,567\n"
+        "a\\b                                42\n"
+        "camp:acme@example.org!relay        42\n"
+        'say "hi"@example.net                7\n'
+        "zero.example                        0\n"
+        "total                       1,234,658\n"
+    )
+    assert {len(line) for line in result.stdout.splitlines()} == {27 + 1 + 9}
+
+
+def test_queue_summary_with_no_queues() -> None:
+    result = run(replying(text="# nothing here\n"), "queue-summary")
+
+    assert result.stdout == "QUEUE COUNT\ntotal     0\n"
+
+
+def test_queue_summary_failure_is_reported() -> None:
+    result = run(replying(401, text="not trusted"), "queue-summary")
+
+    assert result.exit_code == 1
+    assert result.stderr == "request status 401: Unauthorized. Response body: not trusted\n"
+
+
+def test_parse_scheduled_counts_unescapes_labels_and_skips_noise() -> None:
+    text = "\n".join(
+        [
+            'scheduled_count{queue="back\\\\slash"} 1',
+            'scheduled_count{queue="quo\\"te"} 2',
+            'scheduled_count{queue="new\\nline"} 3',
+            'scheduled_count{queue="odd\\xescape"} 4',
+            'scheduled_count { node="n1" , queue="spaced" , } 5.0 1700000000000',
+            'scheduled_count{queue="sci"} 1e3',
+            'scheduled_count{queue="nan"} NaN',
+            'scheduled_count{queue="inf"} +Inf',
+            'scheduled_count{node="n1"} 9',
+            'scheduled_count{queue="unterminated} 9',
+            'scheduled_count{queue="novalue"}',
+            'scheduled_count{queue="word"} many',
+            'scheduled_count_other{queue="x"} 9',
+            '  # comment scheduled_count{queue="c"} 1',
+            'scheduled_count{queue="dup"} 1',
+            'scheduled_count{queue="dup"} 2',
+        ]
+    )
+
+    assert parse_scheduled_counts(text) == {
+        "back\\slash": 1,
+        'quo"te': 2,
+        "new\nline": 3,
+        "odd\\xescape": 4,
+        "spaced": 5,
+        "sci": 1000,
+        "dup": 3,
+    }
+
+
+# --- tables ----------------------------------------------------------------------------
+
+
+def test_format_table_pads_by_display_width() -> None:
+    table = format_table([("NAME", Align.LEFT), ("N", Align.RIGHT)], [["日本", "1"], ["ab", "22"]])
+
+    assert table == "NAME  N\n日本  1\nab   22"
+    assert display_width("日本") == 4
+    assert display_width("e\u0301") == 1
+
+
+# --- the module as a program -----------------------------------------------------------
+
+
+def test_module_runs_as_a_program() -> None:
+    # Run from the checkout, whether or not the package is installed.
+    root = Path(__file__).resolve().parents[2]
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), *sys.path])}
+    completed = subprocess.run(
+        [sys.executable, "-m", "kumo.cli.kcli", "--help"],
+        cwd=root,
+        env=environment,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+
+    assert completed.returncode == 0
+    assert completed.stdout.startswith("Usage: kcli ")
+    for command in ("bounce", "bounce-list", "bounce-cancel", "inject", "queue-summary"):
+        assert command in completed.stdout

@@ -1,0 +1,191 @@
+"""The delivery-log records of SPEC section 5: ``Reception`` and ``AdminBounce``.
+
+Records are built as JSON lines (bytes, newline included) because the delivery-log
+writer emits one per message and a sweep emits a million: the constant parts of an
+``AdminBounce`` record are encoded once per bounce batch, not once per message.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from functools import lru_cache
+from typing import Any
+
+import orjson
+
+from kumo.model.events import Message, MessageReceived
+
+ADMIN_BOUNCE_CODE = 551
+_NANOS = 1_000_000_000
+
+
+def rfc3339(nanos: int) -> str:
+    """UTC time as RFC 3339 with 0, 3, 6 or 9 fraction digits, as chrono prints it."""
+    return _rfc3339(nanos)
+
+
+@lru_cache(maxsize=4096)
+def _rfc3339(nanos: int) -> str:
+    seconds, fraction = divmod(nanos, _NANOS)
+    stamp = dt.datetime.fromtimestamp(seconds, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    if fraction == 0:
+        return stamp + "Z"
+    if fraction % 1_000_000 == 0:
+        return f"{stamp}.{fraction // 1_000_000:03d}Z"
+    if fraction % 1_000 == 0:
+        return f"{stamp}.{fraction // 1_000:06d}Z"
+    return f"{stamp}.{fraction:09d}Z"
+
+
+def bounce_content(reason: str) -> str:
+    """The response text of an AdminBounce: each CRLF, LF or CR becomes one space."""
+    flat = reason.replace("\r\n", " ").replace("\n", " ").replace("\r", " ")
+    return f"Administrator bounced with reason: {flat}"
+
+
+def _record(
+    *,
+    kind: str,
+    message_id: str,
+    sender: str,
+    recipient: str,
+    queue: str,
+    site: str,
+    size: int,
+    response: dict[str, Any],
+    event_time: int,
+    created: int,
+    node_id: str,
+) -> dict[str, Any]:
+    return {
+        "type": kind,
+        "id": message_id,
+        "sender": sender,
+        "recipient": recipient,
+        "queue": queue,
+        "site": site,
+        "size": size,
+        "response": response,
+        "peer_address": None,
+        "timestamp": event_time // _NANOS,
+        "event_time": rfc3339(event_time),
+        "created": created // _NANOS,
+        "created_time": rfc3339(created),
+        "num_attempts": 0,
+        "bounce_classification": "Uncategorized",
+        "egress_pool": None,
+        "egress_source": None,
+        "source_address": None,
+        "feedback_report": None,
+        "meta": {},
+        "headers": {},
+        "delivery_protocol": None,
+        "reception_protocol": "HTTP",
+        "nodeid": node_id,
+    }
+
+
+def reception_record(event: MessageReceived, *, received_at: int, node_id: str) -> dict[str, Any]:
+    """The ``Reception`` record of a received message."""
+    record = _record(
+        kind="Reception",
+        message_id=event.message_id,
+        sender=event.sender,
+        recipient=event.recipient,
+        queue=event.queue,
+        site="",
+        size=event.size,
+        response={"code": 250, "enhanced_code": None, "content": "", "command": None},
+        event_time=received_at,
+        created=received_at,
+        node_id=node_id,
+    )
+    record["reception_protocol"] = event.protocol
+    return record
+
+
+def admin_bounce_record(
+    message: Message, *, queue: str, reason: str, bounced_at: int, node_id: str
+) -> dict[str, Any]:
+    """The ``AdminBounce`` record of one bounced message."""
+    return _record(
+        kind="AdminBounce",
+        message_id=message.id,
+        sender=message.sender,
+        recipient=message.recipient,
+        queue=queue,
+        site="localhost",
+        size=message.size,
+        response={
+            "code": ADMIN_BOUNCE_CODE,
+            "enhanced_code": {"class": 5, "subject": 7, "detail": 1},
+            "content": bounce_content(reason),
+            "command": None,
+        },
+        event_time=bounced_at,
+        created=message.received_at,
+        node_id=node_id,
+    )
+
+
+def reception_line(event: MessageReceived, *, received_at: int, node_id: str) -> bytes:
+    """One JSON line (newline included) for a received message."""
+    return orjson.dumps(
+        reception_record(event, received_at=received_at, node_id=node_id),
+        option=orjson.OPT_APPEND_NEWLINE,
+    )
+
+
+def admin_bounce_lines(
+    messages: tuple[Message, ...], *, queue: str, reason: str, bounced_at: int, node_id: str
+) -> list[bytes]:
+    """JSON lines (newline included) for messages bounced together by one rule.
+
+    Equal to encoding :func:`admin_bounce_record` per message, key order included;
+    only the per-message fields are encoded per message.
+    """
+    if not messages:
+        return []
+    probe = admin_bounce_record(
+        messages[0], queue=queue, reason=reason, bounced_at=bounced_at, node_id=node_id
+    )
+    # The record's layout: a per-message head (type, id, sender, recipient), the shared
+    # queue/site, size, shared response/peer/timestamp/event_time, then created fields
+    # and a shared tail. Encode each shared run once.
+    dumps = orjson.dumps
+    middle = b',"queue":' + dumps(queue) + b',"site":"localhost","size":'
+    shared = (
+        b',"response":'
+        + dumps(probe["response"])
+        + b',"peer_address":null,"timestamp":'
+        + dumps(probe["timestamp"])
+        + b',"event_time":'
+        + dumps(probe["event_time"])
+        + b',"created":'
+    )
+    tail = dumps({k: probe[k] for k in list(probe)[list(probe).index("num_attempts") :]})
+    tail = b"," + tail[1:] + b"\n"
+    lines: list[bytes] = []
+    append = lines.append
+    last_created = -1
+    created_part = b""
+    for message in messages:
+        if message.received_at != last_created:
+            last_created = message.received_at
+            created_part = (
+                dumps(last_created // _NANOS) + b',"created_time":' + dumps(rfc3339(last_created))
+            )
+        append(
+            b'{"type":"AdminBounce","id":'
+            + dumps(message.id)
+            + b',"sender":'
+            + dumps(message.sender)
+            + b',"recipient":'
+            + dumps(message.recipient)
+            + middle
+            + str(message.size).encode()
+            + shared
+            + created_part
+            + tail
+        )
+    return lines

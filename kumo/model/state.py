@@ -1,0 +1,414 @@
+"""The fold of events into state, and the bounce decisions (SPEC sections 2, 3, 7).
+
+Everything here is plain Python over plain values: no trio, no I/O. The runtime uses
+three pieces of it:
+
+- :class:`RuleBook`, the rules and their per-queue counters, folded in log order;
+- :class:`QueueState`, one scheduled queue as its actor holds it: its messages and the
+  live rules that match it; it *decides* what to bounce when a message arrives or a
+  rule is issued;
+- :class:`State`, the whole fold (rules, counters, and optionally the queued messages),
+  which a restart rebuilds from the log, and which finds the bounces that a crash cut
+  short (:meth:`State.unfinished_bounces`).
+
+The decisions are pure functions of the log: a message is bounced by the most recently
+issued rule that matches its queue and is live when it arrives (its ``MessageReceived``
+commit time and position), or else by the first matching rule issued after it arrived
+(that rule's sweep). The actors apply that rule incrementally; the restart applies it
+to what the log holds. Tests check that both agree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Literal, TypeAlias
+
+import attrs
+
+from kumo.model.criteria import Criteria
+from kumo.model.events import (
+    BounceCancelled,
+    Bounced,
+    BounceExpired,
+    BounceIssued,
+    Committed,
+    Event,
+    Message,
+    MessageReceived,
+)
+from kumo.model.queue_name import QueueName
+
+RuleEnd: TypeAlias = Literal["cancelled", "replaced", "expired"]
+
+
+@attrs.define(slots=True, eq=False)
+class Rule:
+    """A bounce rule as the log tells it, from issue to end, with its counters."""
+
+    id: str
+    criteria: Criteria
+    reason: str
+    issued_seq: int
+    issued_at: int
+    expires_at: int
+    suppress_logging: bool
+    issued_by: str
+    ended_seq: int | None = None
+    ended_at: int | None = None
+    end: RuleEnd | None = None
+    ended_by: str | None = None
+    """Who cancelled it, or the id of the rule that replaced it."""
+    bounced: dict[str, int] = attrs.Factory(dict)
+    total_bounced: int = 0
+
+    @property
+    def issued_expired(self) -> bool:
+        """A rule issued already expired sweeps once and is never live."""
+        return self.expires_at <= self.issued_at
+
+    def live_at(self, time: int) -> bool:
+        """Live at ``time`` as far as the events folded so far tell."""
+        return self.end is None and not self.issued_expired and time < self.expires_at
+
+    def status(self, now: int) -> str:
+        """``live``, ``expired``, ``cancelled`` or ``replaced``, as an audit reports it."""
+        if self.end is not None:
+            return self.end
+        return "live" if self.live_at(now) else "expired"
+
+
+@attrs.frozen(slots=True)
+class RuleView:
+    """A live rule as GET /api/admin/bounce/v1 shows it."""
+
+    id: str
+    criteria: Criteria
+    reason: str
+    remaining: int
+    expires_at: int
+    issued_at: int
+    issued_by: str
+    suppress_logging: bool
+    bounced: Mapping[str, int]
+    total_bounced: int
+
+
+class RuleBook:
+    """Every rule ever issued, folded in log order; the live ones in issue order."""
+
+    __slots__ = ("_by_criteria", "_live", "rules")
+
+    def __init__(self) -> None:
+        self.rules: dict[str, Rule] = {}
+        self._live: dict[str, Rule] = {}
+        self._by_criteria: dict[Criteria, Rule] = {}
+
+    def copy(self) -> RuleBook:
+        """An independent copy (counters included) that can be folded on its own."""
+        other = RuleBook()
+        for rule in self.rules.values():
+            clone = attrs.evolve(rule, bounced=dict(rule.bounced))
+            other.rules[clone.id] = clone
+            if rule.id in self._live:
+                other._live[clone.id] = clone
+                other._by_criteria[clone.criteria] = clone
+        return other
+
+    def live_rules(self) -> Iterator[Rule]:
+        """Rules not yet ended by an event, oldest first (some may be past expiry)."""
+        return iter(self._live.values())
+
+    def is_live(self, rule_id: str, now: int) -> bool:
+        rule = self._live.get(rule_id)
+        return rule is not None and rule.live_at(now)
+
+    def apply(self, committed: Committed) -> Rule | None:
+        """Fold one event; return the rule it concerns, if any."""
+        event = committed.event
+        match event:
+            case BounceIssued():
+                return self._issue(event, committed.seq, committed.time)
+            case BounceCancelled():
+                return self._end(event.rule_id, "cancelled", committed, event.cancelled_by)
+            case BounceExpired():
+                return self._end(event.rule_id, "expired", committed, None)
+            case Bounced():
+                rule = self.rules.get(event.rule_id)
+                if rule is not None:
+                    count = len(event.messages)
+                    rule.bounced[event.queue] = rule.bounced.get(event.queue, 0) + count
+                    rule.total_bounced += count
+                return rule
+            case MessageReceived():
+                return None
+
+    def _issue(self, event: BounceIssued, seq: int, time: int) -> Rule:
+        rule = Rule(
+            id=event.rule_id,
+            criteria=event.criteria,
+            reason=event.reason,
+            issued_seq=seq,
+            issued_at=time,
+            expires_at=event.expires_at,
+            suppress_logging=event.suppress_logging,
+            issued_by=event.issued_by,
+        )
+        self.rules[rule.id] = rule
+        if rule.issued_expired:
+            return rule
+        previous = self._by_criteria.get(rule.criteria)
+        if previous is not None:
+            # Equal criteria replace a live rule; one already past its expiry simply
+            # expired, whether or not its BounceExpired made it into the log yet.
+            if previous.live_at(time):
+                self._close(previous, "replaced", seq, time, rule.id)
+            else:
+                self._close(previous, "expired", seq, time, None)
+        self._live[rule.id] = rule
+        self._by_criteria[rule.criteria] = rule
+        return rule
+
+    def _end(self, rule_id: str, end: RuleEnd, committed: Committed, by: str | None) -> Rule | None:
+        rule = self._live.get(rule_id)
+        if rule is not None:
+            self._close(rule, end, committed.seq, committed.time, by)
+        return rule
+
+    def _close(self, rule: Rule, end: RuleEnd, seq: int, time: int, by: str | None) -> None:
+        rule.end, rule.ended_seq, rule.ended_at, rule.ended_by = end, seq, time, by
+        del self._live[rule.id]
+        if self._by_criteria.get(rule.criteria) is rule:
+            del self._by_criteria[rule.criteria]
+
+    def views(self, now: int) -> list[RuleView]:
+        """The rules GET lists at ``now``: live ones, oldest first."""
+        return [
+            RuleView(
+                id=rule.id,
+                criteria=rule.criteria,
+                reason=rule.reason,
+                remaining=rule.expires_at - now,
+                expires_at=rule.expires_at,
+                issued_at=rule.issued_at,
+                issued_by=rule.issued_by,
+                suppress_logging=rule.suppress_logging,
+                bounced=dict(rule.bounced),
+                total_bounced=rule.total_bounced,
+            )
+            for rule in self._live.values()
+            if rule.live_at(now)
+        ]
+
+    def next_expiry(self) -> int | None:
+        """The earliest ``expires_at`` of the rules not yet ended, if any."""
+        return min((rule.expires_at for rule in self._live.values()), default=None)
+
+    def due_to_expire(self, now: int) -> list[Rule]:
+        """Rules not yet ended whose expiry is at or before ``now``."""
+        return [rule for rule in self._live.values() if rule.expires_at <= now]
+
+    def matching_live(self, queue: QueueName | str) -> list[Rule]:
+        """Rules not yet ended that match ``queue``, oldest first."""
+        return [rule for rule in self._live.values() if rule.criteria.matches(queue)]
+
+
+def message_from(committed: Committed, event: MessageReceived) -> Message:
+    """The queued message that a committed ``MessageReceived`` puts in its queue."""
+    return Message(
+        id=event.message_id,
+        sender=event.sender,
+        recipient=event.recipient,
+        size=event.size,
+        received_at=committed.time,
+        seq=committed.seq,
+    )
+
+
+@attrs.frozen(slots=True)
+class SweepRule:
+    """What a queue needs to know of a rule to apply it: nothing that changes later."""
+
+    id: str
+    criteria: Criteria
+    expires_at: int
+    issued_expired: bool
+
+    @classmethod
+    def of(cls, rule: Rule) -> SweepRule:
+        return cls(rule.id, rule.criteria, rule.expires_at, rule.issued_expired)
+
+
+class QueueState:
+    """One scheduled queue as its actor holds it, deciding bounces in log order.
+
+    Feed it the events that concern its queue, in log order; each call returns the
+    ``Bounced`` event it decided on, if any, and has already removed those messages.
+    """
+
+    __slots__ = ("messages", "name", "parsed", "rules")
+
+    def __init__(
+        self,
+        name: str,
+        messages: list[Message] | None = None,
+        rules: Iterable[SweepRule] = (),
+    ) -> None:
+        self.name = name
+        self.parsed = QueueName.parse(name)
+        self.messages: list[Message] = messages if messages is not None else []
+        self.rules: list[SweepRule] = list(rules)
+        """Live rules that match this queue, oldest first."""
+
+    def concerns(self, event: Event) -> bool:
+        """Whether ``event`` changes this queue (used when catching up from the log)."""
+        match event:
+            case MessageReceived():
+                return event.queue == self.name
+            case BounceIssued():
+                return event.criteria.matches(self.parsed)
+            case BounceCancelled() | BounceExpired():
+                return any(rule.id == event.rule_id for rule in self.rules)
+            case Bounced():
+                return False
+
+    def apply(self, committed: Committed) -> Bounced | None:
+        event = committed.event
+        match event:
+            case MessageReceived():
+                return self.receive(message_from(committed, event))
+            case BounceIssued():
+                return self.issue(
+                    SweepRule(
+                        event.rule_id,
+                        event.criteria,
+                        event.expires_at,
+                        event.expires_at <= committed.time,
+                    )
+                )
+            case BounceCancelled() | BounceExpired():
+                self.rules = [rule for rule in self.rules if rule.id != event.rule_id]
+                return None
+            case Bounced():
+                return None
+
+    def receive(self, message: Message) -> Bounced | None:
+        """A message arrives: the most recent live matching rule bounces it at once."""
+        for rule in reversed(self.rules):
+            if message.received_at < rule.expires_at:
+                return Bounced(rule_id=rule.id, queue=self.name, messages=(message,))
+        self.messages.append(message)
+        return None
+
+    def issue(self, rule: SweepRule) -> Bounced | None:
+        """A matching rule is issued: it replaces its equal and sweeps the queue."""
+        if not rule.issued_expired:
+            self.rules = [r for r in self.rules if r.criteria != rule.criteria]
+            self.rules.append(rule)
+        if not self.messages:
+            return None
+        swept, self.messages = self.messages, []
+        return Bounced(rule_id=rule.id, queue=self.name, messages=swept)
+
+
+class State:
+    """The fold of the whole log: rules, counters, gauges and (optionally) messages.
+
+    With ``keep_messages`` the fold holds every queued message (a restart, an audit,
+    a replay check); without it, it is the running engine's projection, whose queues
+    live in the actors.
+    """
+
+    def __init__(self, *, keep_messages: bool = True) -> None:
+        self.rules = RuleBook()
+        self.queue_counts: dict[str, int] = {}
+        self.queues: dict[str, list[Message]] | None = {} if keep_messages else None
+        self.received_total = 0
+        self.bounced_total = 0
+        self.last_seq = 0
+        self.last_time = 0
+
+    def apply(self, committed: Committed) -> None:
+        """Fold one committed event. Events must come in log order, each once."""
+        self.last_seq = committed.seq
+        self.last_time = committed.time
+        event = committed.event
+        match event:
+            case MessageReceived():
+                self.received_total += 1
+                self.queue_counts[event.queue] = self.queue_counts.get(event.queue, 0) + 1
+                if self.queues is not None:
+                    message = message_from(committed, event)
+                    self.queues.setdefault(event.queue, []).append(message)
+            case Bounced():
+                count = len(event.messages)
+                self.bounced_total += count
+                remaining = self.queue_counts.get(event.queue, 0) - count
+                if remaining > 0:
+                    self.queue_counts[event.queue] = remaining
+                else:
+                    self.queue_counts.pop(event.queue, None)
+                if self.queues is not None:
+                    self._remove(event)
+                self.rules.apply(committed)
+            case _:
+                self.rules.apply(committed)
+
+    def _remove(self, event: Bounced) -> None:
+        assert self.queues is not None
+        queued = self.queues.get(event.queue, [])
+        gone = {message.id for message in event.messages}
+        kept = [message for message in queued if message.id not in gone]
+        if kept:
+            self.queues[event.queue] = kept
+        else:
+            self.queues.pop(event.queue, None)
+
+    def detach_queues(self) -> dict[str, list[Message]]:
+        """Hand the queued messages over (to the actors); the fold keeps only counts."""
+        queues, self.queues = self.queues or {}, None
+        return queues
+
+    def unfinished_bounces(self) -> list[Bounced]:
+        """The bounces the log's rules owe that no ``Bounced`` event records.
+
+        After a crash between a decision and its ``Bounced`` commit, these are the
+        messages still queued that a rule should have taken: the most recent rule live
+        at the message's arrival, else the first matching rule issued after it (the
+        sweep that the crash cut short). Applying them changes nothing else.
+        """
+        if self.queues is None:
+            raise RuntimeError("unfinished_bounces needs a fold that keeps messages")
+        decisions: list[Bounced] = []
+        all_rules = sorted(self.rules.rules.values(), key=lambda rule: rule.issued_seq)
+        for queue, messages in self.queues.items():
+            parsed = QueueName.parse(queue)
+            rules = [rule for rule in all_rules if rule.criteria.matches(parsed)]
+            if not rules:
+                continue
+            owed: dict[str, list[Message]] = {}
+            for message in messages:
+                rule = _fate(message, rules)
+                if rule is not None:
+                    owed.setdefault(rule.id, []).append(message)
+            decisions.extend(
+                Bounced(rule_id=rule_id, queue=queue, messages=taken)
+                for rule_id, taken in owed.items()
+            )
+        return decisions
+
+
+def _fate(message: Message, rules: list[Rule]) -> Rule | None:
+    """Which of ``rules`` (matching the queue, in issue order) takes ``message``."""
+    for rule in reversed(rules):
+        if rule.issued_seq > message.seq:
+            continue
+        if (
+            not rule.issued_expired
+            and (rule.ended_seq is None or rule.ended_seq > message.seq)
+            and message.received_at < rule.expires_at
+        ):
+            return rule
+    for rule in rules:
+        if rule.issued_seq > message.seq:
+            return rule
+    return None

@@ -1,0 +1,259 @@
+"""The single writer of the event log, with group commit, and how followers read it.
+
+Two lanes feed the writer:
+
+- the *urgent* lane (:meth:`LogWriter.append`): requests from clients, which wait until
+  their events are durable. They go first into every transaction;
+- the *background* lane (:meth:`LogWriter.submit`): events the queue actors emit. The
+  submitter does not wait for durability, only for room (the lane is bounded), so the
+  cycle writer → broadcaster → actor → writer cannot deadlock: the writer never waits
+  on an actor.
+
+Everything waiting when a transaction starts goes into it (up to a bound), so many
+concurrent appenders share one fsync. After each commit the writer calls ``on_commit``
+(the engine's projections, synchronously, so that a reply sent after ``append``
+returns sees its own effect), wakes the appenders, and wakes the followers.
+
+Followers (the broadcaster, the delivery-log writer, a lagging actor) read with
+:meth:`LogWriter.read_after`: recent events come from an in-memory tail, older ones
+from the database through a reader connection of their own.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from typing import Final
+
+import attrs
+import trio
+
+from kumo.model.events import Bounced, Committed, Event
+from kumo.runtime.clock import EngineClock
+from kumo.runtime.watermark import Watermark
+from kumo.store.sqlite_log import SqliteEventStore
+
+MAX_BATCH_EVENTS: Final = 4_096
+"""Events per transaction, bounded so that an urgent append never waits long."""
+MAX_BATCH_MESSAGES: Final = 8_192
+"""Bounced messages per transaction (a sweep's events are large)."""
+BACKGROUND_CAPACITY: Final = 65_536
+"""Bounced messages waiting in the background lane before submitters wait."""
+TAIL_EVENTS: Final = 100_000
+"""Recent committed events kept in memory for followers."""
+
+
+class LogClosedError(Exception):
+    """The log no longer takes events: the engine is shutting down."""
+
+
+@attrs.frozen
+class LogStatistics:
+    last_seq: int
+    commits: int
+    events_committed: int
+    urgent_waiting: int
+    background_waiting: int
+    background_messages_waiting: int
+    tail_events: int
+    disk_reads: int
+
+
+@attrs.define(eq=False)
+class _Append:
+    events: Sequence[Event]
+    bodies: Mapping[int, bytes]
+    done: trio.Event = attrs.Factory(trio.Event)
+    committed: list[Committed] | None = None
+    error: BaseException | None = None
+
+
+def _weight(event: Event) -> int:
+    return len(event.messages) if isinstance(event, Bounced) else 1
+
+
+class LogWriter:
+    """Owns the store for writing; see the module docstring for the guarantees."""
+
+    def __init__(
+        self,
+        store: SqliteEventStore,
+        reader: SqliteEventStore,
+        clock: EngineClock,
+        *,
+        on_commit: Callable[[list[Committed]], None],
+    ) -> None:
+        self._store = store
+        self._reader = reader
+        self._clock = clock
+        self._on_commit = on_commit
+        self._urgent: deque[_Append] = deque()
+        self._background: deque[Event] = deque()
+        self._background_messages = 0
+        self._background_in_flight = 0
+        self._work = trio.Event()
+        self._room = trio.Event()
+        self._tail: deque[list[Committed]] = deque()
+        self._tail_events = 0
+        self._closed = False
+        self.committed = Watermark(store.last_seq)
+        self._commits = 0
+        self._events_committed = 0
+        self._disk_reads = 0
+        self._reading = trio.Lock()
+
+    @property
+    def last_seq(self) -> int:
+        return self.committed.value
+
+    # -- writing ---------------------------------------------------------------------
+
+    async def append(
+        self, events: Sequence[Event], *, bodies: Mapping[int, bytes] | None = None
+    ) -> list[Committed]:
+        """Append ``events`` (in order, contiguously) and return once they are durable.
+
+        ``bodies`` maps an index into ``events`` to a ``MessageReceived``'s content.
+        Raises :class:`LogClosedError` after :meth:`close`. If the caller is cancelled
+        while waiting, the events may or may not be committed.
+        """
+        if self._closed:
+            raise LogClosedError("the event log is closed")
+        request = _Append(events, bodies or {})
+        self._urgent.append(request)
+        self._work.set()
+        await request.done.wait()
+        if request.error is not None:
+            raise LogClosedError("the event log failed") from request.error
+        assert request.committed is not None
+        return request.committed
+
+    async def submit(self, events: Sequence[Event]) -> None:
+        """Queue ``events`` for the next transactions without waiting for durability.
+
+        Waits only while the background lane is full. Events of one call stay in order
+        and after those of earlier calls.
+        """
+        while self._background_messages >= BACKGROUND_CAPACITY and not self._closed:
+            await self._room.wait()
+        if self._closed:
+            raise LogClosedError("the event log is closed")
+        for event in events:
+            self._background.append(event)
+            self._background_messages += _weight(event)
+        self._work.set()
+        await trio.lowlevel.checkpoint()
+
+    def close(self) -> None:
+        """Refuse new events; :meth:`run` commits what is queued, then returns."""
+        self._closed = True
+        self._work.set()
+        self._room.set()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """The writer task: commit what waits, in batches, until closed and drained."""
+        task_status.started()
+        while True:
+            if not self._urgent and not self._background:
+                if self._closed:
+                    return
+                self._work = trio.Event()
+                await self._work.wait()
+                continue
+            requests, events, bodies = self._take_batch()
+            self._background_in_flight = len(events) - sum(len(r.events) for r in requests)
+            time = max(self._store.last_time, self._clock.now())
+            try:
+                committed = await trio.to_thread.run_sync(
+                    functools.partial(self._store.commit, events, time=time, bodies=bodies)
+                )
+            except BaseException as exc:
+                for request in requests:
+                    request.error = exc
+                    request.done.set()
+                raise
+            self._background_in_flight = 0
+            self._published(committed)
+            offset = 0
+            for request in requests:
+                request.committed = committed[offset : offset + len(request.events)]
+                offset += len(request.events)
+                request.done.set()
+
+    def _take_batch(self) -> tuple[list[_Append], list[Event], dict[int, bytes]]:
+        requests: list[_Append] = []
+        events: list[Event] = []
+        bodies: dict[int, bytes] = {}
+        while self._urgent and (not events or len(events) < MAX_BATCH_EVENTS):
+            request = self._urgent.popleft()
+            requests.append(request)
+            base = len(events)
+            bodies.update({base + index: body for index, body in request.bodies.items()})
+            events.extend(request.events)
+        messages = 0
+        while self._background and (
+            not events or (len(events) < MAX_BATCH_EVENTS and messages < MAX_BATCH_MESSAGES)
+        ):
+            event = self._background.popleft()
+            weight = _weight(event)
+            self._background_messages -= weight
+            messages += weight
+            events.append(event)
+        self._room.set()
+        self._room = trio.Event()
+        return requests, events, bodies
+
+    def _published(self, committed: list[Committed]) -> None:
+        self._commits += 1
+        self._events_committed += len(committed)
+        self._on_commit(committed)
+        self._tail.append(committed)
+        self._tail_events += len(committed)
+        while self._tail_events - len(self._tail[0]) >= TAIL_EVENTS:
+            self._tail_events -= len(self._tail.popleft())
+        self.committed.advance(committed[-1].seq)
+
+    # -- following -------------------------------------------------------------------
+
+    async def read_after(self, seq: int, limit: int = 10_000) -> list[Committed]:
+        """Committed events after ``seq`` (at most about ``limit``), in order.
+
+        Returns ``[]`` when nothing is committed after ``seq`` yet; use
+        :meth:`wait_beyond` to wait. Recent events come from memory.
+        """
+        if seq >= self.committed.value:
+            return []
+        if self._tail and self._tail[0][0].seq <= seq + 1:
+            out: list[Committed] = []
+            for batch in self._tail:
+                if batch[-1].seq <= seq:
+                    continue
+                start = max(0, seq + 1 - batch[0].seq)
+                out.extend(batch[start:] if start else batch)
+                if len(out) >= limit:
+                    break
+            return out
+        async with self._reading:
+            self._disk_reads += 1
+            return await trio.to_thread.run_sync(self._reader.read, seq, limit)
+
+    async def wait_beyond(self, seq: int) -> None:
+        """Return once an event after ``seq`` is committed."""
+        await self.committed.wait_for(seq + 1)
+
+    def background_pending(self) -> bool:
+        """Whether background events wait or are being committed."""
+        return bool(self._background) or self._background_in_flight > 0
+
+    def statistics(self) -> LogStatistics:
+        return LogStatistics(
+            last_seq=self.committed.value,
+            commits=self._commits,
+            events_committed=self._events_committed,
+            urgent_waiting=len(self._urgent),
+            background_waiting=len(self._background),
+            background_messages_waiting=self._background_messages,
+            tail_events=self._tail_events,
+            disk_reads=self._disk_reads,
+        )

@@ -1,0 +1,146 @@
+"""One scheduled queue as a Trio task: holds its messages, decides and emits bounces."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Final
+
+import attrs
+import trio
+
+from kumo.model.events import Bounced, Committed
+from kumo.model.state import QueueState
+from kumo.runtime.log_writer import LogClosedError, LogWriter
+from kumo.runtime.watermark import Watermark
+
+MAILBOX_CAPACITY: Final = 64
+"""Deliveries (one per committed batch that concerns the queue) an actor may lag."""
+
+
+@attrs.frozen
+class ActorStatistics:
+    queue: str
+    queued: int
+    live_rules: int
+    mailbox_used: int
+    lagging: bool
+    processed_seq: int
+    bounced: int
+
+
+def merge_bounces(bounces: list[Bounced]) -> list[Bounced]:
+    """Fold consecutive decisions of the same rule into one event (order kept)."""
+    merged: list[Bounced] = []
+    for bounce in bounces:
+        if merged and merged[-1].rule_id == bounce.rule_id:
+            last = merged[-1]
+            merged[-1] = Bounced(last.rule_id, last.queue, last.messages + bounce.messages)
+        else:
+            merged.append(bounce)
+    return merged
+
+
+class QueueActor:
+    """The task that owns one :class:`QueueState`.
+
+    The broadcaster hands it the committed events that concern its queue with
+    :meth:`deliver_nowait`, which never blocks; when its mailbox is full the actor is
+    marked lagging and later reads what it missed from the log itself (up to the
+    broadcaster's position), so that a slow actor never stalls the others.
+    """
+
+    def __init__(
+        self, state: QueueState, log: LogWriter, broadcast_position: Callable[[], int]
+    ) -> None:
+        self.state = state
+        self._log = log
+        self._broadcast_position = broadcast_position
+        self._send, self._mailbox = trio.open_memory_channel[list[Committed]](MAILBOX_CAPACITY)
+        self.processed = Watermark()
+        self.assigned = 0
+        """The last seq the broadcaster made this actor responsible for."""
+        self.lagging_from: int | None = None
+        self._bounced = 0
+
+    @property
+    def name(self) -> str:
+        return self.state.name
+
+    def deliver_nowait(self, events: list[Committed], upto: int) -> None:
+        """Hand over ``events`` (in order); never blocks. ``upto``: the batch's last seq."""
+        self.assigned = upto
+        if self.lagging_from is not None:
+            return
+        try:
+            self._send.send_nowait(events)
+        except trio.WouldBlock:
+            self.lagging_from = events[0].seq
+
+    def close(self) -> None:
+        """No more deliveries: the actor finishes its mailbox, then returns."""
+        self._send.close()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        try:
+            while True:
+                try:
+                    events = self._mailbox.receive_nowait()
+                except trio.WouldBlock:
+                    if self.lagging_from is not None:
+                        await self._catch_up()
+                        continue
+                    try:
+                        events = await self._mailbox.receive()
+                    except trio.EndOfChannel:
+                        return
+                except trio.EndOfChannel:
+                    return
+                await self._process(events)
+        except LogClosedError:
+            # Shutting down past its deadline: what this actor had not yet emitted is
+            # found again by the restart (State.unfinished_bounces).
+            return
+
+    async def _process(self, events: list[Committed], *, filtered: bool = True) -> None:
+        bounces: list[Bounced] = []
+        state = self.state
+        for committed in events:
+            if not filtered and not state.concerns(committed.event):
+                continue
+            bounce = state.apply(committed)
+            if bounce is not None:
+                bounces.append(bounce)
+        if bounces:
+            merged = merge_bounces(bounces)
+            self._bounced += sum(len(bounce.messages) for bounce in merged)
+            await self._log.submit(merged)
+        self.processed.advance(events[-1].seq)
+
+    async def _catch_up(self) -> None:
+        """Replay from the log what the broadcaster could not hand over."""
+        assert self.lagging_from is not None
+        position = self.lagging_from - 1
+        while True:
+            target = self._broadcast_position()
+            if position >= target:
+                # No await between this check and the reset: the broadcaster cannot
+                # have skipped us in between.
+                self.lagging_from = None
+                self.processed.advance(target)
+                return
+            events = [c for c in await self._log.read_after(position) if c.seq <= target]
+            if events:
+                await self._process(events, filtered=False)
+                position = events[-1].seq
+
+    def statistics(self) -> ActorStatistics:
+        return ActorStatistics(
+            queue=self.state.name,
+            queued=len(self.state.messages),
+            live_rules=len(self.state.rules),
+            mailbox_used=self._mailbox.statistics().current_buffer_used,
+            lagging=self.lagging_from is not None,
+            processed_seq=self.processed.value,
+            bounced=self._bounced,
+        )

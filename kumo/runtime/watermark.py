@@ -1,0 +1,26 @@
+"""A position that only moves forward, and that tasks can wait on."""
+
+from __future__ import annotations
+
+import trio
+
+
+class Watermark:
+    """How far a follower of the log has got (a sequence number)."""
+
+    __slots__ = ("_lot", "value")
+
+    def __init__(self, value: int = 0) -> None:
+        self.value = value
+        self._lot = trio.lowlevel.ParkingLot()
+
+    def advance(self, value: int) -> None:
+        """Move to ``value`` (never backwards) and wake the waiters it satisfies."""
+        if value > self.value:
+            self.value = value
+            self._lot.unpark_all()
+
+    async def wait_for(self, value: int) -> None:
+        """Return once the watermark is at least ``value``."""
+        while self.value < value:
+            await self._lot.park()

@@ -1,0 +1,63 @@
+"""The event log's interface: what the runtime needs of a durable, ordered store.
+
+Implementations are synchronous and not thread-safe: the runtime calls them from one
+worker thread at a time (``trio.to_thread.run_sync``), batched, never once per message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Protocol
+
+from kumo.model.events import Committed, Event
+
+
+class LogCorruptError(Exception):
+    """The stored log is not what kumo wrote: a gap, a broken hash chain, a bad body."""
+
+    def __init__(self, seq: int, problem: str) -> None:
+        super().__init__(f"event log corrupt at seq {seq}: {problem}")
+        self.seq = seq
+        self.problem = problem
+
+
+class EventStore(Protocol):
+    @property
+    def last_seq(self) -> int:
+        """Sequence number of the last committed event (0 for an empty log)."""
+        ...
+
+    @property
+    def last_time(self) -> int:
+        """Commit time of the last committed event (0 for an empty log)."""
+        ...
+
+    def commit(
+        self, events: Sequence[Event], *, time: int, bodies: Mapping[int, bytes]
+    ) -> list[Committed]:
+        """Append ``events`` in one durable transaction, all stamped ``time``.
+
+        ``bodies`` maps an index into ``events`` (a ``MessageReceived``) to the message's
+        content, stored in the spool in the same transaction. A ``Bounced`` event deletes
+        its messages' spool entries in that transaction too. Returns once durable; on an
+        exception nothing was appended.
+        """
+        ...
+
+    def read(self, after_seq: int, limit: int) -> list[Committed]:
+        """Up to ``limit`` committed events with ``seq > after_seq``, in order."""
+        ...
+
+    def scan(self, after_seq: int = 0, chunk: int = 10_000) -> Iterator[list[Committed]]:
+        """Every committed event after ``after_seq``, in order, in chunks."""
+        ...
+
+    def spool_body(self, seq: int) -> bytes | None:
+        """The content of the message received at ``seq``, if still spooled."""
+        ...
+
+    def get_meta(self, key: str) -> str | None: ...
+
+    def set_meta(self, key: str, value: str) -> None: ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,178 @@
+"""The embedded event log: one SQLite database (WAL, ``synchronous=FULL``).
+
+Tables:
+
+- ``events(seq, id, type, time, body, chain)``: the log. ``seq`` is gapless and assigned
+  here; ``id`` is a unique random event id; ``body`` is the JSON of
+  :func:`kumo.model.events.encode_event`; ``chain`` is a hash over the previous row's
+  chain and this row, so that an edited, removed or reordered row is detectable.
+- ``spool(seq, body)``: message contents, keyed by the ``seq`` of their
+  ``MessageReceived``, written in the same transaction as that event and deleted in the
+  transaction of the ``Bounced`` event that removes the message.
+- ``meta(key, value)``: the node id and other small facts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import sqlite3
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+
+from kumo.model.events import (
+    Bounced,
+    Committed,
+    Event,
+    EventDecodeError,
+    MessageReceived,
+    decode_event,
+    encode_event,
+    event_type,
+)
+from kumo.store.event_log import LogCorruptError
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    seq   INTEGER PRIMARY KEY,
+    id    TEXT    NOT NULL UNIQUE,
+    type  TEXT    NOT NULL,
+    time  INTEGER NOT NULL,
+    body  BLOB    NOT NULL,
+    chain BLOB    NOT NULL
+);
+CREATE TABLE IF NOT EXISTS spool (
+    seq  INTEGER PRIMARY KEY,
+    body BLOB    NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+"""
+
+GENESIS = b"\x00" * 16
+
+
+def chain_link(previous: bytes, seq: int, time: int, kind: str, body: bytes) -> bytes:
+    """The ``chain`` value of a row, given the previous row's (``GENESIS`` first)."""
+    digest = hashlib.blake2b(previous, digest_size=16)
+    digest.update(seq.to_bytes(8, "big"))
+    digest.update(time.to_bytes(8, "big", signed=True))
+    digest.update(kind.encode())
+    digest.update(body)
+    return digest.digest()
+
+
+class SqliteEventStore:
+    """The SQLite implementation of :class:`kumo.store.event_log.EventStore`.
+
+    Not thread-safe: one thread at a time (the runtime's writer or a reader it owns).
+    Readers that run beside the writer open their own store on the same file.
+    """
+
+    def __init__(self, path: Path, *, readonly: bool = False) -> None:
+        self.path = path
+        if readonly:
+            uri = f"file:{path}?mode=ro"
+            self._db = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+        else:
+            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(_SCHEMA)
+        self._db.execute("PRAGMA cache_size=-65536")
+        row = self._db.execute(
+            "SELECT seq, time, chain FROM events ORDER BY seq DESC LIMIT 1"
+        ).fetchone()
+        self._last_seq: int = row[0] if row else 0
+        self._last_time: int = row[1] if row else 0
+        self._chain: bytes = row[2] if row else GENESIS
+
+    @property
+    def last_seq(self) -> int:
+        return self._last_seq
+
+    @property
+    def last_time(self) -> int:
+        return self._last_time
+
+    def commit(
+        self, events: Sequence[Event], *, time: int, bodies: Mapping[int, bytes]
+    ) -> list[Committed]:
+        rows: list[tuple[int, str, str, int, bytes, bytes]] = []
+        spooled: list[tuple[int, bytes]] = []
+        unspooled: list[tuple[int]] = []
+        committed: list[Committed] = []
+        chain = self._chain
+        seq = self._last_seq
+        token = secrets.token_hex
+        for index, event in enumerate(events):
+            seq += 1
+            kind = event_type(event)
+            body = encode_event(event)
+            chain = chain_link(chain, seq, time, kind, body)
+            rows.append((seq, token(16), kind, time, body, chain))
+            committed.append(Committed(seq, time, event))
+            if isinstance(event, MessageReceived):
+                spooled.append((seq, bodies.get(index, b"")))
+            elif isinstance(event, Bounced):
+                unspooled.extend((message.seq,) for message in event.messages)
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.executemany("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?)", rows)
+            if spooled:
+                db.executemany("INSERT INTO spool VALUES (?, ?)", spooled)
+            if unspooled:
+                db.executemany("DELETE FROM spool WHERE seq = ?", unspooled)
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        self._last_seq, self._last_time, self._chain = seq, time, chain
+        return committed
+
+    def read(self, after_seq: int, limit: int) -> list[Committed]:
+        rows = self._db.execute(
+            "SELECT seq, time, body FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
+            (after_seq, limit),
+        ).fetchall()
+        expected = after_seq + 1
+        committed: list[Committed] = []
+        for seq, time, body in rows:
+            if seq != expected:
+                raise LogCorruptError(expected, f"missing events {expected}..{seq - 1}")
+            try:
+                committed.append(Committed(seq, time, decode_event(body)))
+            except EventDecodeError as exc:
+                raise LogCorruptError(seq, str(exc)) from None
+            expected += 1
+        return committed
+
+    def scan(self, after_seq: int = 0, chunk: int = 10_000) -> Iterator[list[Committed]]:
+        position = after_seq
+        while True:
+            batch = self.read(position, chunk)
+            if not batch:
+                return
+            position = batch[-1].seq
+            yield batch
+
+    def spool_body(self, seq: int) -> bytes | None:
+        row = self._db.execute("SELECT body FROM spool WHERE seq = ?", (seq,)).fetchone()
+        return bytes(row[0]) if row else None
+
+    def spool_count(self) -> int:
+        count: int = self._db.execute("SELECT count(*) FROM spool").fetchone()[0]
+        return count
+
+    def get_meta(self, key: str) -> str | None:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return str(row[0]) if row else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+
+    def close(self) -> None:
+        self._db.close()

@@ -1,0 +1,31 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import trio
+import trio.testing
+
+from kumo.runtime.clock import EngineClock
+from kumo.runtime.engine import open_engine
+from tests.runtime.harness import WALL_ORIGIN, bounce, log_records, message
+
+
+async def test_inject_bounce_log_replay(tmp_path: Path) -> None:
+    async with open_engine(tmp_path, clock=EngineClock(WALL_ORIGIN)) as engine:
+        ids = await engine.inject([message(f"u{i}@example.com") for i in range(5)])
+        await engine.wait_idle()
+        assert engine.queue_counts() == {"example.com": 5}
+        rule = await engine.issue_bounce(bounce(domain="example.com"), issued_by="tester")
+        await engine.wait_idle()
+        assert engine.queue_counts() == {}
+        [view] = engine.list_bounces()
+        assert view.id == rule
+        assert view.bounced == {"example.com": 5}
+    records = log_records(tmp_path)
+    assert [r["type"] for r in records] == ["Reception"] * 5 + ["AdminBounce"] * 5
+    assert {r["id"] for r in records if r["type"] == "AdminBounce"} == set(ids)
+    async with open_engine(tmp_path, clock=EngineClock(WALL_ORIGIN)) as engine:
+        [view] = engine.list_bounces()
+        assert view.total_bounced == 5
+        await engine.wait_idle()
+    assert len(log_records(tmp_path)) == 10

@@ -25,6 +25,7 @@ import trio
 from kumo.model.events import Bounced, Committed, MessageReceived
 from kumo.model.log_record import admin_bounce_lines, reception_line
 from kumo.model.state import RuleBook
+from kumo.runtime.blocking import RunBlocking, in_thread
 from kumo.runtime.log_writer import LogWriter
 from kumo.runtime.watermark import Watermark
 
@@ -154,7 +155,16 @@ def encode_records(
 class DeliveryLogWriter:
     """Follows the log and writes its records; see the module docstring."""
 
-    def __init__(self, log: LogWriter, directory: Path, rules: RuleBook, node_id: str) -> None:
+    def __init__(
+        self,
+        log: LogWriter,
+        directory: Path,
+        rules: RuleBook,
+        node_id: str,
+        *,
+        run_blocking: RunBlocking = in_thread,
+    ) -> None:
+        self._run_blocking = run_blocking
         self._log = log
         self._rules = rules
         self._node_id = node_id
@@ -196,7 +206,7 @@ class DeliveryLogWriter:
             lines = encode_records(batch, rules, node_id)
             return len(lines), segments.write(lines, batch[0].seq, batch[-1].seq)
 
-        records, written = await trio.to_thread.run_sync(encode_and_write)
+        records, written = await self._run_blocking(encode_and_write)
         self._records += records
         self._bytes += written
         self.position.advance(batch[-1].seq)

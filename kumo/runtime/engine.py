@@ -16,6 +16,7 @@ that append's effect.
 
 from __future__ import annotations
 
+import functools
 import math
 import secrets
 import uuid
@@ -38,6 +39,7 @@ from kumo.model.events import (
 )
 from kumo.model.requests import BounceRequest, NewMessage
 from kumo.model.state import QueueState, RuleView, State, SweepRule
+from kumo.runtime.blocking import in_thread, inline
 from kumo.runtime.broadcaster import Broadcaster, BroadcasterStatistics
 from kumo.runtime.clock import EngineClock
 from kumo.runtime.delivery_log import DeliveryLogStatistics, DeliveryLogWriter
@@ -237,6 +239,7 @@ async def open_engine(
     clock: EngineClock | None = None,
     node_id: str | None = None,
     shutdown_deadline: float = SHUTDOWN_DEADLINE,
+    threads: bool = True,
 ) -> AsyncIterator[Engine]:
     """Open (or create) ``data_dir``, replay its log, and run the engine inside.
 
@@ -245,8 +248,13 @@ async def open_engine(
     the block shuts down: new requests are refused, the actors and followers get up to
     ``shutdown_deadline`` seconds to finish, the log commits what is queued, and the
     database is closed. Work cut off by the deadline is redone by the next start.
+
+    ``threads=False`` runs SQLite and file I/O in the Trio thread: slower, but
+    deterministic under ``MockClock(autojump_threshold=0)``, where a wait on a worker
+    thread would let virtual time jump (see :mod:`kumo.runtime.blocking`).
     """
     clock = clock or EngineClock()
+    run_blocking = in_thread if threads else inline
     path = data_dir / DATABASE
 
     def open_and_replay() -> tuple[SqliteEventStore, SqliteEventStore, State, str]:
@@ -259,7 +267,7 @@ async def open_engine(
         reader = SqliteEventStore(path, readonly=True)
         return store, reader, replay(store), chosen
 
-    store, reader, state, chosen_id = await trio.to_thread.run_sync(open_and_replay)
+    store, reader, state, chosen_id = await run_blocking(open_and_replay)
     try:
         owed = state.unfinished_bounces()
         queues = state.detach_queues()
@@ -269,9 +277,13 @@ async def open_engine(
         broadcaster_rules = state.rules.copy()
 
         engine = Engine(clock, chosen_id, state)
-        log = LogWriter(store, reader, clock, on_commit=engine._on_commit)
-        delivery = DeliveryLogWriter(log, data_dir / LOGS, state.rules, chosen_id)
-        await trio.to_thread.run_sync(delivery.recover)
+        log = LogWriter(
+            store, reader, clock, on_commit=engine._on_commit, run_blocking=run_blocking
+        )
+        delivery = DeliveryLogWriter(
+            log, data_dir / LOGS, state.rules, chosen_id, run_blocking=run_blocking
+        )
+        await run_blocking(delivery.recover)
         engine._log, engine._delivery = log, delivery
 
         async with trio.open_nursery() as nursery:
@@ -308,7 +320,7 @@ async def open_engine(
                 followers.cancel()
                 log.close()
     finally:
-        await trio.to_thread.run_sync(_close_all, store, reader)
+        await run_blocking(functools.partial(_close_all, store, reader))
 
 
 def _split(bounces: list[Bounced], size: int = 4_096) -> list[Bounced]:

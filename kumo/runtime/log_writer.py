@@ -30,6 +30,7 @@ import attrs
 import trio
 
 from kumo.model.events import Bounced, Committed, Event
+from kumo.runtime.blocking import RunBlocking, in_thread
 from kumo.runtime.clock import EngineClock
 from kumo.runtime.watermark import Watermark
 from kumo.store.sqlite_log import SqliteEventStore
@@ -83,7 +84,9 @@ class LogWriter:
         clock: EngineClock,
         *,
         on_commit: Callable[[list[Committed]], None],
+        run_blocking: RunBlocking = in_thread,
     ) -> None:
+        self._run_blocking = run_blocking
         self._store = store
         self._reader = reader
         self._clock = clock
@@ -165,7 +168,7 @@ class LogWriter:
             self._background_in_flight = len(events) - sum(len(r.events) for r in requests)
             time = max(self._store.last_time, self._clock.now())
             try:
-                committed = await trio.to_thread.run_sync(
+                committed = await self._run_blocking(
                     functools.partial(self._store.commit, events, time=time, bodies=bodies)
                 )
             except BaseException as exc:
@@ -236,7 +239,7 @@ class LogWriter:
             return out
         async with self._reading:
             self._disk_reads += 1
-            return await trio.to_thread.run_sync(self._reader.read, seq, limit)
+            return await self._run_blocking(functools.partial(self._reader.read, seq, limit))
 
     async def wait_beyond(self, seq: int) -> None:
         """Return once an event after ``seq`` is committed."""

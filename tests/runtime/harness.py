@@ -31,7 +31,9 @@ def message(
     return NewMessage(sender=sender, recipient=recipient, queue=queue, body=body)
 
 
-def bounce(reason: str = "testing", *, duration: int | None = None, **criteria: object) -> BounceRequest:
+def bounce(
+    reason: str = "testing", *, duration: int | None = None, **criteria: object
+) -> BounceRequest:
     suppress = bool(criteria.pop("suppress_logging", False))
     return BounceRequest(
         criteria=Criteria(**criteria),  # type: ignore[arg-type]

@@ -2,9 +2,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import trio
-import trio.testing
-
 from kumo.runtime.clock import EngineClock
 from kumo.runtime.engine import open_engine
 from tests.runtime.harness import WALL_ORIGIN, bounce, log_records, message

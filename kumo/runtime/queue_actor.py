@@ -55,7 +55,9 @@ class QueueActor:
         self.state = state
         self._log = log
         self._broadcast_position = broadcast_position
-        self._send, self._mailbox = trio.open_memory_channel[list[Committed]](MAILBOX_CAPACITY)
+        self._send, self._mailbox = trio.open_memory_channel[tuple[list[Committed], int]](
+            MAILBOX_CAPACITY
+        )
         self.processed = Watermark()
         self.assigned = 0
         """The last seq the broadcaster made this actor responsible for."""
@@ -72,7 +74,7 @@ class QueueActor:
         if self.lagging_from is not None:
             return
         try:
-            self._send.send_nowait(events)
+            self._send.send_nowait((events, upto))
         except trio.WouldBlock:
             self.lagging_from = events[0].seq
 
@@ -85,24 +87,24 @@ class QueueActor:
         try:
             while True:
                 try:
-                    events = self._mailbox.receive_nowait()
+                    events, upto = self._mailbox.receive_nowait()
                 except trio.WouldBlock:
                     if self.lagging_from is not None:
                         await self._catch_up()
                         continue
                     try:
-                        events = await self._mailbox.receive()
+                        events, upto = await self._mailbox.receive()
                     except trio.EndOfChannel:
                         return
                 except trio.EndOfChannel:
                     return
-                await self._process(events)
+                await self._process(events, upto)
         except LogClosedError:
             # Shutting down past its deadline: what this actor had not yet emitted is
             # found again by the restart (State.unfinished_bounces).
             return
 
-    async def _process(self, events: list[Committed], *, filtered: bool = True) -> None:
+    async def _process(self, events: list[Committed], upto: int, *, filtered: bool = True) -> None:
         bounces: list[Bounced] = []
         state = self.state
         for committed in events:
@@ -115,7 +117,7 @@ class QueueActor:
             merged = merge_bounces(bounces)
             self._bounced += sum(len(bounce.messages) for bounce in merged)
             await self._log.submit(merged)
-        self.processed.advance(events[-1].seq)
+        self.processed.advance(upto)
 
     async def _catch_up(self) -> None:
         """Replay from the log what the broadcaster could not hand over."""
@@ -131,7 +133,7 @@ class QueueActor:
                 return
             events = [c for c in await self._log.read_after(position) if c.seq <= target]
             if events:
-                await self._process(events, filtered=False)
+                await self._process(events, events[-1].seq, filtered=False)
                 position = events[-1].seq
 
     def statistics(self) -> ActorStatistics:

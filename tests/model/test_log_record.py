@@ -1,0 +1,90 @@
+"""The Reception and AdminBounce records of SPEC section 5."""
+
+from __future__ import annotations
+
+import orjson
+from hypothesis import given
+from hypothesis import strategies as st
+
+from kumo.model.events import Message, MessageReceived
+from kumo.model.log_record import (
+    admin_bounce_lines,
+    admin_bounce_record,
+    bounce_content,
+    reception_line,
+    rfc3339,
+)
+
+NODE = "6f1c2a34-0000-4000-8000-000000000001"
+KEYS = [
+    "type", "id", "sender", "recipient", "queue", "site", "size", "response", "peer_address",
+    "timestamp", "event_time", "created", "created_time", "num_attempts",
+    "bounce_classification", "egress_pool", "egress_source", "source_address",
+    "feedback_report", "meta", "headers", "delivery_protocol", "reception_protocol", "nodeid",
+]  # fmt: skip
+
+
+def test_admin_bounce_record_has_the_spec_shape() -> None:
+    message = Message("ab" * 16, "s@x.org", "r@y.com", 1234, 1_700_000_000_500_000_000, 7)
+    record = admin_bounce_record(
+        message, queue="y.com", reason="bad\nlist", bounced_at=1_700_000_100_000_000_000,
+        node_id=NODE,
+    )  # fmt: skip
+    assert list(record) == KEYS
+    assert record["response"] == {
+        "code": 551,
+        "enhanced_code": {"class": 5, "subject": 7, "detail": 1},
+        "content": "Administrator bounced with reason: bad list",
+        "command": None,
+    }
+    assert record["timestamp"] == 1_700_000_100
+    assert record["event_time"] == "2023-11-14T22:15:00Z"
+    assert record["created"] == 1_700_000_000
+    assert record["created_time"] == "2023-11-14T22:13:20.500Z"
+    assert (record["site"], record["num_attempts"], record["meta"]) == ("localhost", 0, {})
+
+
+def test_reception_record() -> None:
+    event = MessageReceived("cd" * 16, "q", "s@x", "r@y", 10)
+    record = orjson.loads(reception_line(event, received_at=1_000_000_001, node_id=NODE))
+    assert list(record) == KEYS
+    assert record["type"] == "Reception"
+    assert record["site"] == ""
+    assert record["response"] == {"code": 250, "enhanced_code": None, "content": "", "command": None}
+    assert record["event_time"] == "1970-01-01T00:00:01.000000001Z"
+
+
+def test_line_breaks_in_the_reason_become_single_spaces() -> None:
+    assert bounce_content("a\r\nb\nc\rd\r\n\r\ne") == (
+        "Administrator bounced with reason: a b c d  e"
+    )
+
+
+def test_rfc3339_fraction_digits() -> None:
+    assert rfc3339(0) == "1970-01-01T00:00:00Z"
+    assert rfc3339(1_000_000) == "1970-01-01T00:00:00.001Z"
+    assert rfc3339(1_000) == "1970-01-01T00:00:00.000001Z"
+    assert rfc3339(1) == "1970-01-01T00:00:00.000000001Z"
+
+
+text = st.text(max_size=15)
+messages = st.builds(
+    Message, text, text, text, st.integers(0, 10**7), st.integers(0, 2**62), st.integers(1, 99)
+)
+
+
+@given(st.lists(messages, min_size=1, max_size=5), text, text, st.integers(0, 2**62))
+def test_fast_lines_equal_the_plain_records(
+    batch: list[Message], queue: str, reason: str, bounced_at: int
+) -> None:
+    lines = admin_bounce_lines(
+        tuple(batch), queue=queue, reason=reason, bounced_at=bounced_at, node_id=NODE
+    )
+    expected = [
+        orjson.dumps(
+            admin_bounce_record(m, queue=queue, reason=reason, bounced_at=bounced_at, node_id=NODE)
+        )
+        + b"\n"
+        for m in batch
+    ]
+    assert lines == expected

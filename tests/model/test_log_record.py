@@ -50,7 +50,12 @@ def test_reception_record() -> None:
     assert list(record) == KEYS
     assert record["type"] == "Reception"
     assert record["site"] == ""
-    assert record["response"] == {"code": 250, "enhanced_code": None, "content": "", "command": None}
+    assert record["response"] == {
+        "code": 250,
+        "enhanced_code": None,
+        "content": "",
+        "command": None,
+    }
     assert record["event_time"] == "1970-01-01T00:00:01.000000001Z"
 
 

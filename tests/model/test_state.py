@@ -66,8 +66,8 @@ class LiveSystem:
                 if queue is None:
                     rules = [SweepRule.of(r) for r in self.rules.matching_live(event.queue)]
                     queue = self.queues[event.queue] = QueueState(event.queue, rules=rules)
-                    for rule in rules:
-                        self.holders.setdefault(rule.id, set()).add(event.queue)
+                    for sweep in rules:
+                        self.holders.setdefault(sweep.id, set()).add(event.queue)
                 targets = [queue]
             case BounceIssued():
                 rule = self.rules.apply(committed)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+
 import orjson
 import pytest
 from hypothesis import given

@@ -1,0 +1,133 @@
+"""``kumo serve`` (and ``kumod``): the engine and the HTTP API in one Trio process.
+
+One ``trio.run``: the engine opens (replaying its log), hypercorn serves the app inside
+the engine's lifetime, and this module owns the nursery they share with the signal
+watcher. On SIGINT or SIGTERM the server stops accepting, lets requests in flight
+finish (up to :data:`GRACEFUL_TIMEOUT`), and then the engine shuts down gracefully:
+its channels drain, its log commits and closes. A second signal abandons the requests
+still in flight; the engine still closes cleanly. The process exits 0 after a clean
+shutdown.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+from pathlib import Path
+from typing import Final
+
+import attrs
+import click
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve as hypercorn_serve
+from quart_trio import QuartTrio
+
+from kumo.config import Config, ConfigError, load_config, parse_listen
+from kumo.http.app import create_app
+from kumo.runtime.engine import open_engine
+
+GRACEFUL_TIMEOUT: Final = 1.0
+"""Seconds that requests in flight get to finish after a stop signal. Idle keep-alive
+connections hold hypercorn for this long too, so it is kept short."""
+
+
+def _hypercorn_config(config: Config) -> HypercornConfig:
+    host, port = parse_listen(config.listen)
+    hyper = HypercornConfig()
+    hyper.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+    hyper.graceful_timeout = GRACEFUL_TIMEOUT
+    hyper.accesslog = None
+    hyper.loglevel = "WARNING"
+    return hyper
+
+
+async def _stop_on_signals(
+    stop: trio.Event,
+    force: trio.CancelScope,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        task_status.started()
+        async for _ in signals:
+            if stop.is_set():
+                force.cancel()
+            stop.set()
+
+
+async def _serve_until_stopped(
+    app: QuartTrio,
+    hyper: HypercornConfig,
+    stop: trio.Event,
+    done: trio.CancelScope,
+    *,
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    await hypercorn_serve(app, hyper, shutdown_trigger=stop.wait, task_status=task_status)
+    done.cancel()  # the server is down: stop watching for signals
+
+
+async def run_server(
+    config: Config,
+    *,
+    stop: trio.Event | None = None,
+    task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve ``config`` until SIGINT/SIGTERM (or ``stop`` is set); report the base URL.
+
+    Returns after the server stopped and the engine shut down cleanly.
+    """
+    stop = trio.Event() if stop is None else stop
+    async with open_engine(config.data_dir, node_id=config.node_id) as engine:
+        app = create_app(engine, access=config.access_policy(), body_limit=config.body_limit)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(_stop_on_signals, stop, nursery.cancel_scope)
+            urls: list[str] = await nursery.start(
+                _serve_until_stopped, app, _hypercorn_config(config), stop, nursery.cancel_scope
+            )
+            task_status.started(urls[0])
+
+
+@click.command()
+@click.option(
+    "--listen",
+    metavar="HOST:PORT",
+    default=None,
+    help="Address to serve on; port 0 picks a free port.  [default: 127.0.0.1:8000]",
+)
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Event log, spool and delivery logs (DIR/logs/*.jsonl).  [default: ./kumo-data]",
+)
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="TOML file: trusted_hosts, users, tokens, body_limit, node_id (see kumo.config).",
+)
+def serve(listen: str | None, data_dir: Path | None, config_path: Path | None) -> None:
+    """Run the engine and the KumoMTA-compatible HTTP API until SIGINT or SIGTERM."""
+    try:
+        config = load_config(config_path) if config_path is not None else Config()
+        if listen is not None:
+            config = attrs.evolve(config, listen=listen)
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+    if data_dir is not None:
+        config = attrs.evolve(config, data_dir=data_dir)
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            url = await nursery.start(run_server, config)
+            print(f"kumo listening on {url}", flush=True)
+
+    trio.run(main)
+    print("kumo stopped", file=sys.stderr, flush=True)
+
+
+if __name__ == "__main__":
+    serve()

@@ -1,0 +1,183 @@
+"""The quart-trio application: routes, access control, and the replies to bad requests.
+
+The app is thin: each route reads the body (bounded), hands it to a handler of
+:mod:`kumo.http.bounce_api` or :mod:`kumo.http.inject_api`, and turns the handler's
+:class:`~kumo.http.replies.Reply` into a response. Refusals come in SPEC section 7's
+order: access (401) before the body is read, then size (413, enforced while the body
+arrives: a body over the limit is never held whole), then content type (415), JSON
+syntax (400) and shape (422). Whatever a client sends gets a 2xx or a 4xx with a
+plain-text reason; a 5xx means kumo itself failed.
+
+The app starts no background task: the engine and the server run in the nursery of
+whoever serves it (:mod:`kumo.cli.serve`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Final
+
+import orjson
+import trio
+from quart import Response, g, request
+from quart_trio import QuartTrio
+from werkzeug.exceptions import HTTPException
+
+from kumo.http import bounce_api, inject_api
+from kumo.http.access import AccessPolicy, Denied
+from kumo.http.engine_protocol import AdminEngine
+from kumo.http.errors import BODY_TOO_LARGE, DEFAULT_BODY_LIMIT, RequestRefused, unauthorized
+from kumo.http.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from kumo.http.metrics import render_metrics
+from kumo.http.openapi import OPENAPI
+from kumo.http.replies import TEXT, Reply, text_reply
+from kumo.runtime.engine import EngineClosedError
+
+BODY_TIMEOUT: Final = 15
+"""Seconds a client has to send a whole body before it gets 408."""
+
+BOUNCE_PATH: Final = "/api/admin/bounce/v1"
+INJECT_PATH: Final = "/api/inject/v1"
+LIVENESS_PATH: Final = "/api/check-liveness/v1"
+METRICS_PATH: Final = "/metrics"
+OPENAPI_PATH: Final = "/api-docs/openapi.json"
+
+_PROTECTED_ENDPOINTS: Final = frozenset(
+    {"post_bounce", "get_bounces", "delete_bounce", "inject", "metrics"}
+)
+"""Endpoints (view function names) served only to trusted or authenticated peers."""
+
+_log = logging.getLogger(__name__)
+
+
+def _response(reply: Reply) -> Response:
+    return Response(reply.body, status=reply.status, content_type=reply.content_type)
+
+
+def _peer() -> str | None:
+    client = request.scope.get("client")
+    return None if client is None else str(client[0])
+
+
+async def _body() -> bytes:
+    """The request body; 413 as soon as it grows over the limit (Quart's Body stops
+    keeping data past ``MAX_CONTENT_LENGTH``), 408 if it does not arrive in time."""
+    return await request.get_data(cache=False, as_text=False, parse_form_data=False)
+
+
+def create_app(
+    engine: AdminEngine,
+    *,
+    access: AccessPolicy | None = None,
+    body_limit: int = DEFAULT_BODY_LIMIT,
+    max_inject_bytes: int = inject_api.DEFAULT_MAX_INJECT_BYTES,
+) -> QuartTrio:
+    """The ASGI app serving ``engine``; ``access`` defaults to loopback-only trust."""
+    policy = access if access is not None else AccessPolicy()
+    # scrypt costs ~16 MiB and tens of ms; two at a time bounds both.
+    password_checks = trio.CapacityLimiter(2)
+
+    app = QuartTrio(__name__, static_folder=None)
+    app.config["MAX_CONTENT_LENGTH"] = body_limit
+    app.config["BODY_TIMEOUT"] = BODY_TIMEOUT
+
+    @app.before_request
+    async def check_access() -> None:
+        if request.endpoint not in _PROTECTED_ENDPOINTS:
+            return
+        peer = _peer()
+        authorization = request.headers.get("Authorization")
+        if authorization is not None and authorization.lstrip()[:6].lower() == "basic ":
+            decision = await trio.to_thread.run_sync(
+                policy.authorize, peer, authorization, limiter=password_checks
+            )
+        else:
+            decision = policy.authorize(peer, authorization)
+        if isinstance(decision, Denied):
+            raise unauthorized(decision.why)
+        g.principal = decision.principal
+
+    async def admin(
+        handler: Callable[..., Awaitable[Reply]],
+    ) -> Response:
+        body = await _body()
+        reply = await handler(
+            engine,
+            principal=g.principal,
+            content_type=request.headers.get("Content-Type"),
+            body=body,
+        )
+        return _response(reply)
+
+    @app.post(BOUNCE_PATH)
+    async def post_bounce() -> Response:
+        return await admin(bounce_api.issue_bounce)
+
+    @app.get(BOUNCE_PATH)
+    async def get_bounces() -> Response:
+        return _response(bounce_api.list_bounces(engine))
+
+    @app.delete(BOUNCE_PATH)
+    async def delete_bounce() -> Response:
+        return await admin(bounce_api.cancel_bounce)
+
+    @app.post(INJECT_PATH)
+    async def inject() -> Response:
+        body = await _body()
+        reply = await inject_api.inject(
+            engine,
+            content_type=request.headers.get("Content-Type"),
+            body=body,
+            now=dt.datetime.now(dt.UTC),
+            max_bytes=max_inject_bytes,
+        )
+        return _response(reply)
+
+    @app.get(LIVENESS_PATH)
+    async def liveness() -> Response:
+        return _response(text_reply("OK"))
+
+    @app.get(METRICS_PATH)
+    async def metrics() -> Response:
+        page = render_metrics(engine.queue_counts(), engine.statistics())
+        return Response(page, status=200, content_type=METRICS_CONTENT_TYPE)
+
+    @app.get(OPENAPI_PATH)
+    async def openapi() -> Response:
+        return Response(orjson.dumps(OPENAPI), status=200, content_type="application/json")
+
+    @app.errorhandler(RequestRefused)
+    async def refused(error: RequestRefused) -> Response:
+        response = _response(text_reply(error.text, error.status))
+        if error.status == 401:
+            response.headers["WWW-Authenticate"] = 'Basic realm="kumo", Bearer realm="kumo"'
+        return response
+
+    @app.errorhandler(HTTPException)
+    async def http_error(error: HTTPException) -> Response | HTTPException:
+        code = error.code
+        if code is None or code < 400:
+            return error  # a routing redirect: let Quart send it
+        text = BODY_TOO_LARGE if code == 413 else f"{code} {error.name}: {error.description}"
+        response = Response(text, status=code, content_type=TEXT)
+        if code == 405:
+            allowed = getattr(error, "valid_methods", None) or ()
+            response.headers["Allow"] = ", ".join(sorted(allowed))
+        return response
+
+    @app.errorhandler(EngineClosedError)
+    async def shutting_down(error: EngineClosedError) -> Response:
+        return Response("kumo is shutting down; retry later", status=503, content_type=TEXT)
+
+    @app.errorhandler(Exception)
+    async def internal_error(error: Exception) -> Response:
+        _log.exception("request %s %s failed", request.method, request.path, exc_info=error)
+        return Response(
+            f"kumo failed to serve this request: {type(error).__name__}",
+            status=500,
+            content_type=TEXT,
+        )
+
+    return app

@@ -1,0 +1,66 @@
+"""/api/admin/bounce/v1: issue (POST), list (GET) and cancel (DELETE) bounce rules.
+
+Each handler validates the body into a request value, makes one engine call, and
+shapes the reply of SPEC section 4. Nothing reaches the engine unless the body was
+valid, so a refused request changes nothing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kumo.http.bodies import parse_bounce_request, parse_cancel_request
+from kumo.http.engine_protocol import AdminEngine
+from kumo.http.replies import Reply, json_reply, text_reply
+from kumo.model.duration import format_duration
+from kumo.model.log_record import rfc3339
+from kumo.model.state import RuleView
+
+
+async def issue_bounce(
+    engine: AdminEngine, *, principal: str, content_type: str | None, body: bytes
+) -> Reply:
+    """POST: record the rule durably and answer at once, before its sweep ends.
+
+    ``bounced`` and ``total_bounced`` are always empty: they are kept for old clients;
+    progress is read with GET.
+    """
+    request = parse_bounce_request(content_type, body)
+    rule_id = await engine.issue_bounce(request, issued_by=principal)
+    return json_reply({"id": rule_id, "bounced": {}, "total_bounced": 0})
+
+
+def rule_entry(view: RuleView) -> dict[str, Any]:
+    """One element of GET's array: KumoMTA's keys first, kumo's extra keys after."""
+    criteria = view.criteria
+    return {
+        "id": view.id,
+        "campaign": criteria.campaign,
+        "tenant": criteria.tenant,
+        "domain": criteria.domain,
+        "routing_domain": criteria.routing_domain,
+        "reason": view.reason,
+        "duration": format_duration(max(view.remaining, 0)),
+        "bounced": dict(view.bounced),
+        "total_bounced": view.total_bounced,
+        "queue_names": sorted(criteria.queue_names),
+        "suppress_logging": view.suppress_logging,
+        "expires": rfc3339(view.expires_at),
+        "issued_at": rfc3339(view.issued_at),
+        "issued_by": view.issued_by,
+    }
+
+
+def list_bounces(engine: AdminEngine) -> Reply:
+    """GET: the live rules, most recently issued last (``[]`` when none)."""
+    return json_reply([rule_entry(view) for view in engine.list_bounces()])
+
+
+async def cancel_bounce(
+    engine: AdminEngine, *, principal: str, content_type: str | None, body: bytes
+) -> Reply:
+    """DELETE: 200 ``removed <id>``, or 404 for an id that is not a live rule's."""
+    rule_id = parse_cancel_request(content_type, body)
+    if await engine.cancel_bounce(rule_id, cancelled_by=principal):
+        return text_reply(f"removed {rule_id}")
+    return text_reply(f"bounce entry {rule_id} not found", 404)

@@ -1,0 +1,32 @@
+"""What the HTTP layer needs of the engine, as a structural type.
+
+:class:`kumo.runtime.engine.Engine` satisfies it; tests of the handlers pass a fake
+that does too. The HTTP layer never reaches past these calls.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Protocol
+
+from kumo.model.requests import BounceRequest, NewMessage
+from kumo.model.state import RuleView
+
+
+class AdminEngine(Protocol):
+    """The engine calls behind the HTTP API; each async one is durable on return."""
+
+    @property
+    def node_id(self) -> str: ...
+
+    async def inject(self, messages: Sequence[NewMessage]) -> list[str]: ...
+
+    async def issue_bounce(self, request: BounceRequest, *, issued_by: str) -> str: ...
+
+    async def cancel_bounce(self, rule_id: str, *, cancelled_by: str) -> bool: ...
+
+    def list_bounces(self) -> list[RuleView]: ...
+
+    def queue_counts(self) -> Mapping[str, int]: ...
+
+    def statistics(self) -> object: ...

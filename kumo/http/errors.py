@@ -1,0 +1,59 @@
+"""Refusals: a request the server will not act on, and the reply that says why.
+
+Every refusal is a client error (4xx) with a ``text/plain`` body. The texts of the
+bad-input table of SPEC section 4 are KumoMTA's (axum's ``Json`` extractor) to the
+letter, so the prefixes below are part of the wire contract.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+UNSUPPORTED_MEDIA_TYPE: Final = "Expected request with `Content-Type: application/json`"
+JSON_SYNTAX_PREFIX: Final = "Failed to parse the request body as JSON: "
+JSON_SHAPE_PREFIX: Final = "Failed to deserialize the JSON body into the target type: "
+BODY_TOO_LARGE: Final = "Failed to buffer the request body: length limit exceeded"
+
+DEFAULT_BODY_LIMIT: Final = 2 * 2**20
+"""2 MiB, KumoMTA's (axum's) default request body limit; over it is a 413."""
+
+
+class RequestRefused(Exception):
+    """The request is refused with ``status`` (a 4xx) and the plain-text ``text``.
+
+    Raised anywhere below a route handler; the app turns it into the reply. Nothing
+    has changed when it is raised: handlers validate before they call the engine.
+    """
+
+    def __init__(self, status: int, text: str) -> None:
+        super().__init__(status, text)
+        self.status = status
+        self.text = text
+
+    def __str__(self) -> str:
+        return f"{self.status}: {self.text}"
+
+
+def unsupported_media_type() -> RequestRefused:
+    """415: the body is not declared as JSON."""
+    return RequestRefused(415, UNSUPPORTED_MEDIA_TYPE)
+
+
+def json_syntax_error(why: str) -> RequestRefused:
+    """400: the body is empty or not JSON."""
+    return RequestRefused(400, JSON_SYNTAX_PREFIX + why)
+
+
+def json_shape_error(why: str) -> RequestRefused:
+    """422: JSON of the wrong shape; ``why`` names the field and what is wrong with it."""
+    return RequestRefused(422, JSON_SHAPE_PREFIX + why)
+
+
+def body_too_large() -> RequestRefused:
+    """413: the body is over the configured limit."""
+    return RequestRefused(413, BODY_TOO_LARGE)
+
+
+def unauthorized(why: str) -> RequestRefused:
+    """401: the peer is not trusted and did not authenticate."""
+    return RequestRefused(401, why)

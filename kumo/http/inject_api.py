@@ -1,0 +1,219 @@
+"""POST /api/inject/v1: one message per recipient, into its scheduled queue.
+
+The queue of each message comes from the recipient's ``metadata`` (``queue`` verbatim,
+else ``campaign``, ``tenant``, ``routing_domain``), else from the ``X-Campaign`` and
+``X-Tenant`` headers of the content, and the recipient's domain (SPEC sections 1, 4).
+A recipient that cannot be queued (no domain in its address, metadata that is not a
+string) is reported in ``failed_recipients`` and ``errors`` and the others are still
+injected, as KumoMTA does. Content given as an object is rendered into a simple
+RFC 5322 message per recipient. Substitutions and templates are accepted and not
+expanded: kumo does not deliver mail, so no one reads the rendered text.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import email.policy
+import email.utils
+import uuid
+from collections.abc import Callable, Mapping
+from email.headerregistry import Address
+from email.message import EmailMessage
+from typing import Final
+
+import attrs
+import trio
+
+from kumo.http.bodies import (
+    BuiltContent,
+    InjectRecipient,
+    InjectRequest,
+    Mailbox,
+    parse_inject_request,
+)
+from kumo.http.engine_protocol import AdminEngine
+from kumo.http.errors import RequestRefused
+from kumo.http.replies import Reply, json_reply
+from kumo.model.queue_name import queue_name_for, recipient_domain
+from kumo.model.requests import NewMessage
+
+DEFAULT_MAX_INJECT_BYTES: Final = 256 * 2**20
+"""Most message bytes one request may create: the body limit bounds the request, not
+what it expands to (a 1 MiB message to 50,000 recipients is 50 GB of spool)."""
+
+_THREAD_THRESHOLD: Final = 64
+"""Above this many recipients, messages are built in a worker thread, off the loop."""
+
+_QUEUE_KEYS: Final = ("queue", "campaign", "tenant", "routing_domain")
+
+
+@attrs.frozen(slots=True)
+class InjectionPlan:
+    """The messages to inject and the recipients that failed, in request order."""
+
+    messages: tuple[NewMessage, ...]
+    failed_recipients: tuple[str, ...]
+    errors: tuple[str, ...]
+
+
+def content_headers(message: str, names: frozenset[str]) -> dict[str, str]:
+    """The first value of each header in ``names`` (lower-case) of an RFC 5322 text.
+
+    Reads only the header block, up to the first empty line; unfolds continuation
+    lines; a header with an empty value counts as absent.
+    """
+    ends = [end for end in (message.find("\r\n\r\n"), message.find("\n\n")) if end >= 0]
+    block = message[: min(ends)] if ends else message
+    found: dict[str, str] = {}
+    current: str | None = None
+    for line in block.replace("\r\n", "\n").split("\n"):
+        if line[:1] in (" ", "\t") and current is not None:
+            if current in names and current in found:
+                found[current] = f"{found[current]} {line.strip()}".strip()
+            continue
+        name, colon, value = line.partition(":")
+        if not colon:
+            break
+        current = name.strip().lower()
+        if current in names and current not in found:
+            found[current] = value.strip()
+    return {name: value for name, value in found.items() if value}
+
+
+def _format_address(mailbox: Mailbox) -> str:
+    address = Address(display_name=mailbox.name or "", addr_spec=mailbox.email)
+    return str(address)
+
+
+def render_message(
+    content: BuiltContent, recipient: InjectRecipient, *, date: dt.datetime, message_id: str
+) -> bytes:
+    """A simple RFC 5322 message (CRLF line ends) from the object form of content.
+
+    Headers given in ``content.headers`` replace the ones kumo would write. Raises
+    ValueError (or another error of the ``email`` package) for values it cannot
+    encode, such as an address it cannot parse.
+    """
+    message = EmailMessage(policy=email.policy.SMTP)
+    if content.from_ is not None:
+        message["From"] = _format_address(content.from_)
+    message["To"] = _format_address(Mailbox(recipient.email, recipient.name))
+    if content.reply_to is not None:
+        message["Reply-To"] = _format_address(content.reply_to)
+    if content.subject is not None:
+        message["Subject"] = content.subject
+    message["Date"] = email.utils.format_datetime(date)
+    message["Message-ID"] = message_id
+    for name, value in content.headers:
+        del message[name]
+        message[name] = value
+    if content.text_body is not None:
+        message.set_content(content.text_body)
+        if content.html_body is not None:
+            message.add_alternative(content.html_body, subtype="html")
+    elif content.html_body is not None:
+        message.set_content(content.html_body, subtype="html")
+    else:
+        message.set_content("")
+    return message.as_bytes()
+
+
+def _metadata_string(metadata: Mapping[str, object], key: str) -> str | None:
+    value = metadata.get(key)
+    if value is None or isinstance(value, str):
+        return value or None
+    raise ValueError(f"metadata `{key}` must be a string")
+
+
+def plan_injection(
+    request: InjectRequest,
+    *,
+    now: dt.datetime,
+    new_message_id: Callable[[], str] = lambda: f"<{uuid.uuid4().hex}@kumo.invalid>",
+    max_bytes: int = DEFAULT_MAX_INJECT_BYTES,
+) -> InjectionPlan:
+    """Build the messages ``request`` asks for; a pure function of its arguments.
+
+    Raises :class:`RequestRefused` (413) if the messages would total more than
+    ``max_bytes``; per-recipient problems are in the plan, not raised.
+    """
+    content = request.content
+    build: Callable[[InjectRecipient], bytes]
+    if isinstance(content, str):
+        # Every recipient gets the very same bytes object: no copy per message.
+        shared = content.encode()
+        headers = content_headers(content, frozenset({"x-campaign", "x-tenant"}))
+        _check_expansion(len(shared), len(request.recipients), max_bytes)
+        build = lambda _: shared  # noqa: E731
+    else:
+        built = content
+        headers = {name.lower(): value for name, value in content.headers if value}
+        build = lambda recipient: render_message(  # noqa: E731
+            built, recipient, date=now, message_id=new_message_id()
+        )
+    messages: list[NewMessage] = []
+    failed: list[str] = []
+    errors: list[str] = []
+    total = 0
+    for recipient in request.recipients:
+        try:
+            queue = _queue_for(recipient, headers)
+            body = build(recipient)
+        except Exception as exc:  # the email package raises assorted types on odd input
+            failed.append(recipient.email)
+            errors.append(f"{recipient.email}: {exc}")
+            continue
+        total += len(body)
+        _check_expansion(total, 1, max_bytes)
+        messages.append(NewMessage(request.envelope_sender, recipient.email, queue, body))
+    return InjectionPlan(tuple(messages), tuple(failed), tuple(errors))
+
+
+def _queue_for(recipient: InjectRecipient, headers: Mapping[str, str]) -> str:
+    domain = recipient_domain(recipient.email)
+    meta = {key: _metadata_string(recipient.metadata, key) for key in _QUEUE_KEYS}
+    if meta["queue"] is not None:
+        return meta["queue"]
+    return queue_name_for(
+        domain=domain,
+        campaign=meta["campaign"] or headers.get("x-campaign"),
+        tenant=meta["tenant"] or headers.get("x-tenant"),
+        routing_domain=meta["routing_domain"],
+    )
+
+
+def _check_expansion(size: int, count: int, max_bytes: int) -> None:
+    if size * count > max_bytes:
+        raise RequestRefused(
+            413,
+            f"the injection would create {size * count} bytes of messages, "
+            f"over the limit of {max_bytes} bytes per request",
+        )
+
+
+async def inject(
+    engine: AdminEngine,
+    *,
+    content_type: str | None,
+    body: bytes,
+    now: dt.datetime,
+    max_bytes: int = DEFAULT_MAX_INJECT_BYTES,
+) -> Reply:
+    """Validate, build the messages, inject them durably, and count the outcome."""
+    request = parse_inject_request(content_type, body)
+    if len(request.recipients) > _THREAD_THRESHOLD:
+        plan = await trio.to_thread.run_sync(
+            lambda: plan_injection(request, now=now, max_bytes=max_bytes)
+        )
+    else:
+        plan = plan_injection(request, now=now, max_bytes=max_bytes)
+    if plan.messages:
+        await engine.inject(plan.messages)
+    return json_reply(
+        {
+            "success_count": len(plan.messages),
+            "fail_count": len(plan.failed_recipients),
+            "failed_recipients": list(plan.failed_recipients),
+            "errors": list(plan.errors),
+        }
+    )

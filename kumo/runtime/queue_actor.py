@@ -24,6 +24,7 @@ class ActorStatistics:
     live_rules: int
     mailbox_used: int
     lagging: bool
+    catch_ups: int
     processed_seq: int
     bounced: int
 
@@ -63,6 +64,7 @@ class QueueActor:
         """The last seq the broadcaster made this actor responsible for."""
         self.lagging_from: int | None = None
         self._bounced = 0
+        self._catch_ups = 0
 
     @property
     def name(self) -> str:
@@ -122,6 +124,7 @@ class QueueActor:
     async def _catch_up(self) -> None:
         """Replay from the log what the broadcaster could not hand over."""
         assert self.lagging_from is not None
+        self._catch_ups += 1
         position = self.lagging_from - 1
         while True:
             target = self._broadcast_position()
@@ -143,6 +146,7 @@ class QueueActor:
             live_rules=len(self.state.rules),
             mailbox_used=self._mailbox.statistics().current_buffer_used,
             lagging=self.lagging_from is not None,
+            catch_ups=self._catch_ups,
             processed_seq=self.processed.value,
             bounced=self._bounced,
         )

@@ -1,0 +1,46 @@
+"""The engine clock: wall time that advances with trio's (mock) clock."""
+
+from __future__ import annotations
+
+import trio
+import trio.testing
+
+from kumo.runtime.clock import EngineClock
+from kumo.runtime.watermark import Watermark
+
+
+async def test_wall_time_follows_the_trio_clock(autojump_clock: trio.testing.MockClock) -> None:
+    clock = EngineClock(wall_origin=1_000_000_000_000)
+    assert clock.now() == 1_000_000_000_000
+    await trio.sleep(1.5)
+    assert clock.now() == 1_001_500_000_000
+
+
+async def test_a_deadline_is_never_early(autojump_clock: trio.testing.MockClock) -> None:
+    clock = EngineClock(wall_origin=1_767_225_600_123_456_789)
+    for offset in (1, 7, 999_999_999, 300_000_000_001):
+        target = clock.now() + offset
+        await trio.sleep_until(clock.deadline(target))
+        assert clock.now() >= target
+
+
+async def test_watermark_wakes_waiters_once_reached() -> None:
+    mark = Watermark(3)
+    woke: list[int] = []
+
+    async def wait(value: int) -> None:
+        await mark.wait_for(value)
+        woke.append(value)
+
+    async with trio.open_nursery() as nursery:
+        for value in (2, 5, 9):
+            nursery.start_soon(wait, value)
+        await trio.testing.wait_all_tasks_blocked()
+        assert woke == [2]
+        mark.advance(6)
+        mark.advance(4)  # never backwards
+        await trio.testing.wait_all_tasks_blocked()
+        assert woke == [2, 5]
+        assert mark.value == 6
+        mark.advance(9)
+    assert woke == [2, 5, 9]

@@ -1,0 +1,108 @@
+"""Group commit, lanes, the in-memory tail and followers of the log writer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import trio
+import trio.testing
+
+from kumo.model.events import BounceExpired, Committed, Event, MessageReceived
+from kumo.runtime import log_writer
+from kumo.runtime.blocking import inline
+from kumo.runtime.clock import EngineClock
+from kumo.runtime.log_writer import LogClosedError, LogWriter
+from kumo.store.sqlite_log import SqliteEventStore
+from tests.runtime.harness import WALL_ORIGIN
+
+
+def open_writer(path: Path, seen: list[Committed]) -> LogWriter:
+    store = SqliteEventStore(path / "log.db")
+    reader = SqliteEventStore(path / "log.db", readonly=True)
+    return LogWriter(store, reader, EngineClock(WALL_ORIGIN), on_commit=seen.extend)
+
+
+def received(n: int) -> MessageReceived:
+    return MessageReceived(f"m{n}", "q", "s@x", f"r{n}@y", 1)
+
+
+async def test_concurrent_appends_share_transactions(tmp_path: Path) -> None:
+    seen: list[Committed] = []
+    writer = open_writer(tmp_path, seen)
+    results: dict[int, list[Committed]] = {}
+
+    async def append(n: int) -> None:
+        results[n] = await writer.append([received(n)], bodies={0: b"body"})
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(writer.run)
+        async with trio.open_nursery() as clients:
+            for n in range(200):
+                clients.start_soon(append, n)
+        writer.close()
+    stats = writer.statistics()
+    assert stats.events_committed == 200
+    assert stats.commits < 50  # many appenders, few fsyncs
+    assert sorted(c.seq for r in results.values() for c in r) == list(range(1, 201))
+    assert [c.seq for c in seen] == list(range(1, 201))
+    for n, [committed] in results.items():
+        assert committed.event == received(n)
+
+
+async def test_commit_times_never_decrease(tmp_path: Path) -> None:
+    seen: list[Committed] = []
+    writer = open_writer(tmp_path, seen)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(writer.run)
+        for n in range(20):
+            await writer.append([received(n)])
+        writer.close()
+    times = [c.time for c in seen]
+    assert times == sorted(times)
+
+
+async def test_background_lane_does_not_wait_for_durability_and_is_bounded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, autojump_clock: trio.testing.MockClock
+) -> None:
+    monkeypatch.setattr(log_writer, "BACKGROUND_CAPACITY", 3)
+    seen: list[Committed] = []
+    store = SqliteEventStore(tmp_path / "log.db")
+    reader = SqliteEventStore(tmp_path / "log.db", readonly=True)
+    writer = LogWriter(
+        store, reader, EngineClock(WALL_ORIGIN), on_commit=seen.extend, run_blocking=inline
+    )
+    events: list[Event] = [BounceExpired(f"r{n}") for n in range(3)]
+    await writer.submit(events)  # room for three: returns at once, nothing committed yet
+    assert writer.background_pending()
+    assert seen == []
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(writer.submit, [BounceExpired("r3")])  # waits for room
+        await trio.testing.wait_all_tasks_blocked()
+        await nursery.start(writer.run)
+        await writer.committed.wait_for(4)
+        writer.close()
+    assert [c.event for c in seen] == [*events, BounceExpired("r3")]
+    with pytest.raises(LogClosedError):
+        await writer.append([received(1)])
+
+
+async def test_followers_read_from_memory_then_from_disk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(log_writer, "TAIL_EVENTS", 10)
+    seen: list[Committed] = []
+    writer = open_writer(tmp_path, seen)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(writer.run)
+        for batch in range(10):
+            await writer.append([received(batch * 5 + n) for n in range(5)])
+        recent = await writer.read_after(45)
+        assert writer.statistics().disk_reads == 0
+        old = await writer.read_after(0, limit=100)
+        assert writer.statistics().disk_reads == 1
+        assert await writer.read_after(50) == []
+        writer.close()
+    assert [c.seq for c in recent] == [46, 47, 48, 49, 50]
+    assert [c.seq for c in old] == list(range(1, 51))
+    assert old == seen

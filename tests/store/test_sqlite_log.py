@@ -1,0 +1,83 @@
+"""The SQLite event store: gapless, chained, spooled, refusing a damaged log."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from kumo.model.criteria import Criteria
+from kumo.model.events import Bounced, BounceIssued, Event, Message, MessageReceived
+from kumo.store.event_log import LogCorruptError
+from kumo.store.sqlite_log import GENESIS, SqliteEventStore, chain_link
+
+
+def received(n: int) -> MessageReceived:
+    return MessageReceived(f"m{n}", "q", "s@x", f"r{n}@y", 3)
+
+
+def test_commit_assigns_gapless_seqs_and_spools_bodies(tmp_path: Path) -> None:
+    store = SqliteEventStore(tmp_path / "log.db")
+    first = store.commit([received(1), received(2)], time=10, bodies={0: b"one", 1: b"two"})
+    second = store.commit([BounceIssued("r", Criteria(), "why", 99)], time=20, bodies={})
+    assert [c.seq for c in first + second] == [1, 2, 3]
+    assert [c.time for c in first + second] == [10, 10, 20]
+    assert store.spool_body(1) == b"one"
+    bounced = Bounced("r", "q", [Message("m1", "s@x", "r1@y", 3, 10, 1)])
+    store.commit([bounced], time=30, bodies={})
+    assert store.spool_body(1) is None
+    assert store.spool_body(2) == b"two"
+    assert [c.event for c in store.read(0, 10)] == [
+        received(1),
+        received(2),
+        BounceIssued("r", Criteria(), "why", 99),
+        bounced,
+    ]
+    assert store.read(2, 1)[0].seq == 3
+    store.close()
+    reopened = SqliteEventStore(tmp_path / "log.db", readonly=True)
+    assert (reopened.last_seq, reopened.last_time) == (4, 30)
+    assert [len(chunk) for chunk in reopened.scan(chunk=3)] == [3, 1]
+
+
+def test_rows_form_a_hash_chain(tmp_path: Path) -> None:
+    store = SqliteEventStore(tmp_path / "log.db")
+    events: list[Event] = [received(n) for n in range(5)]
+    store.commit(events, time=7, bodies={})
+    store.close()
+    with sqlite3.connect(tmp_path / "log.db") as db:
+        rows = db.execute("SELECT seq, time, type, body, chain FROM events ORDER BY seq").fetchall()
+    previous = GENESIS
+    for seq, time, kind, body, chain in rows:
+        previous = chain_link(previous, seq, time, kind, body)
+        assert chain == previous
+
+
+def test_a_failed_commit_appends_nothing(tmp_path: Path) -> None:
+    store = SqliteEventStore(tmp_path / "log.db")
+    store.commit([received(1)], time=1, bodies={})
+    store._db.execute("CREATE TRIGGER no BEFORE INSERT ON spool BEGIN SELECT RAISE(FAIL, 'x'); END")
+    with pytest.raises(sqlite3.IntegrityError):
+        store.commit([received(2)], time=2, bodies={0: b"x"})
+    assert store.last_seq == 1
+    assert len(store.read(0, 10)) == 1
+
+
+def test_reading_a_log_with_a_gap_or_a_bad_body_names_the_seq(tmp_path: Path) -> None:
+    store = SqliteEventStore(tmp_path / "log.db")
+    store.commit([received(n) for n in range(4)], time=1, bodies={})
+    store._db.execute("DELETE FROM events WHERE seq = 2")
+    with pytest.raises(LogCorruptError, match=r"at seq 2: missing events 2\.\.2"):
+        store.read(0, 10)
+    store._db.execute("UPDATE events SET body = x'7b' WHERE seq = 3")
+    with pytest.raises(LogCorruptError, match="at seq 3") as caught:
+        store.read(2, 10)
+    assert caught.value.seq == 3
+
+
+def test_meta(tmp_path: Path) -> None:
+    store = SqliteEventStore(tmp_path / "log.db")
+    assert store.get_meta("node_id") is None
+    store.set_meta("node_id", "n1")
+    assert store.get_meta("node_id") == "n1"

@@ -1,0 +1,835 @@
+"""The scenario file format: TOML text in, validated step values out. No I/O.
+
+A scenario is a ``[scenario]`` table and a list of ``[[step]]`` tables, run in order.
+Each step has exactly one *action* key (``inject``, ``bounce``, ``cancel``, ``wait``,
+``restart``, ``expect``, ``request``), an optional ``name`` (a bounce's result is saved
+under it) and optional checks on the reply (``expect_status``, ``expect_body...``).
+``docs/scenarios.md`` describes every key with an example.
+
+Everything wrong with a file is found here, before anything runs, and reported as a
+:class:`ScenarioError` naming the file, the line and the step.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+import tomllib
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import PurePath
+from typing import Any, Final, NoReturn, TypeAlias
+
+import attrs
+
+from kumo.model.duration import DurationError, parse_duration
+
+NANOS_PER_SECOND: Final = 1_000_000_000
+DEFAULT_WALL_ORIGIN: Final = 1_767_225_600 * NANOS_PER_SECOND
+"""2026-01-01T00:00:00Z: where the in-process wall clock starts unless a scenario says."""
+DEFAULT_SENDER: Final = "sender@example.org"
+DEFAULT_SUBJECT: Final = "kumo scenario"
+ACTIONS: Final = ("inject", "bounce", "cancel", "wait", "restart", "expect", "request")
+REPLY_CHECKS: Final = (
+    "expect_status",
+    "expect_body",
+    "expect_body_starts_with",
+    "expect_body_contains",
+)
+RULE_FIELDS: Final = ("reason", "campaign", "tenant", "domain", "routing_domain")
+CRITERIA_PARTS: Final = ("campaign", "tenant", "domain", "routing_domain")
+MAX_INJECT: Final = 10_000_000
+
+
+class ScenarioError(ValueError):
+    """A scenario file that cannot run; ``str()`` is ``FILE:LINE: STEP: what is wrong``."""
+
+    def __init__(self, source: str, line: int | None, step: str | None, message: str) -> None:
+        super().__init__(source, line, step, message)
+        self.source = source
+        self.line = line
+        self.step = step
+        self.message = message
+
+    def __str__(self) -> str:
+        where = self.source if self.line is None else f"{self.source}:{self.line}"
+        return f"{where}: {self.step}: {self.message}" if self.step else f"{where}: {self.message}"
+
+
+# -- step values ------------------------------------------------------------------------
+
+
+@attrs.frozen
+class ReplyCheck:
+    """What a step expects of the HTTP reply it gets."""
+
+    status: int = 200
+    body: str | None = None
+    body_starts_with: str | None = None
+    body_contains: str | None = None
+
+
+@attrs.frozen
+class Inject:
+    """Receive messages through ``POST /api/inject/v1``, one per recipient."""
+
+    recipients: tuple[str, ...] | None
+    """Explicit addresses; ``None`` means ``count`` generated addresses at ``domain``."""
+    count: int
+    domain: str | None
+    sender: str = DEFAULT_SENDER
+    campaign: str | None = None
+    tenant: str | None = None
+    routing_domain: str | None = None
+    queue: str | None = None
+    subject: str = DEFAULT_SUBJECT
+    reply: ReplyCheck = ReplyCheck()
+
+
+@attrs.frozen
+class Bounce:
+    """``POST /api/admin/bounce/v1`` with ``body``; the step's name keeps the new id."""
+
+    body: Mapping[str, Any]
+    expires_in: int | None = None
+    """Signed ns: the runner sets ``expires`` to the target's wall time plus this."""
+    reply: ReplyCheck = ReplyCheck()
+
+
+@attrs.frozen
+class Cancel:
+    """``DELETE /api/admin/bounce/v1`` for the id a bounce step got, or a literal id."""
+
+    rule: str | None
+    id: str | None
+    reply: ReplyCheck = ReplyCheck()
+
+
+@attrs.frozen
+class Wait:
+    """Let ``nanos`` pass: virtual time in-process, a real sleep against a live server."""
+
+    nanos: int
+
+
+@attrs.frozen
+class Restart:
+    """Stop the server and start it again on the same data."""
+
+
+@attrs.frozen
+class Request:
+    """A raw HTTP request, for what the other steps cannot say (bad input, other paths)."""
+
+    method: str
+    path: str
+    headers: tuple[tuple[str, str], ...]
+    body: bytes
+    reply: ReplyCheck = ReplyCheck()
+
+
+@attrs.frozen
+class RuleExpectation:
+    """One rule in GET's listing: present or absent, and the values it shows."""
+
+    rule: str
+    present: bool = True
+    fields: Mapping[str, str | bool] = attrs.Factory(dict)
+    """``reason``, criteria parts and ``suppress_logging``: expected values."""
+    unset: tuple[str, ...] = ()
+    """Criteria parts expected null."""
+    queue_names: frozenset[str] | None = None
+    remaining: int | None = None
+    bounced: Mapping[str, int] | None = None
+    total_bounced: int | None = None
+
+
+@attrs.frozen
+class RecordExpectation:
+    """``count`` delivery-log records whose fields equal ``where`` (dotted paths)."""
+
+    count: int
+    where: Mapping[str, Any]
+
+
+@attrs.frozen
+class Expect:
+    """What the server shows: the GET listing, queue gauges and delivery-log records."""
+
+    rules: tuple[RuleExpectation, ...] = ()
+    rule_count: int | None = None
+    total_bounced: int | None = None
+    queues: Mapping[str, int] | None = None
+    queued_total: int | None = None
+    admin_bounces: int | None = None
+    records: tuple[RecordExpectation, ...] = ()
+
+    @property
+    def needs_listing(self) -> bool:
+        return bool(self.rules) or self.rule_count is not None or self.total_bounced is not None
+
+    @property
+    def needs_metrics(self) -> bool:
+        return self.queues is not None or self.queued_total is not None
+
+    @property
+    def needs_records(self) -> bool:
+        return self.admin_bounces is not None or bool(self.records)
+
+
+Action: TypeAlias = Inject | Bounce | Cancel | Wait | Restart | Expect | Request
+
+
+@attrs.frozen
+class Step:
+    index: int
+    """1-based position in the file."""
+    name: str | None
+    kind: str
+    action: Action
+    line: int | None
+    note: str | None = None
+
+    @property
+    def label(self) -> str:
+        """``step 3 "seed" (inject)``: how reports and errors name this step."""
+        return step_label(self.index, self.name, self.kind)
+
+    @property
+    def title(self) -> str:
+        """The step's name, or its kind and position when it has none."""
+        return self.name if self.name is not None else f"{self.kind} #{self.index}"
+
+
+@attrs.frozen
+class Scenario:
+    source: str
+    name: str
+    description: str | None
+    wall_origin: int
+    steps: tuple[Step, ...]
+
+
+def step_label(index: int, name: str | None, kind: str | None) -> str:
+    label = f"step {index}"
+    if name is not None:
+        label += f" {_quote(name)}"
+    if kind is not None:
+        label += f" ({kind})"
+    return label
+
+
+# -- parsing ----------------------------------------------------------------------------
+
+_SYNTAX_POSITION = re.compile(r"\s*\(at line (\d+), column \d+\)$|\s*\(at end of document\)$")
+_STEP_HEADER = re.compile(r"^\s*\[\[\s*step\s*\]\]\s*(?:#.*)?$")
+_NAME_LINE = re.compile(r"""^\s*name\s*=\s*(?:"((?:[^"\\]|\\.)*)"|'([^']*)')""")
+
+
+def parse_scenario(text: str, source: str) -> Scenario:
+    """Parse the TOML ``text`` of the file named ``source`` (used in messages only).
+
+    Raises :class:`ScenarioError` for a syntax error (with tomllib's line) or anything
+    the format does not allow (with the line of the offending key, as near as the text
+    tells), and nothing else.
+    """
+    lines = text.splitlines()
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        message = str(error)
+        match = _SYNTAX_POSITION.search(message)
+        line: int | None = None
+        if match is not None:
+            message = message[: match.start()]
+            line = int(match.group(1)) if match.group(1) else len(lines)
+        step = _step_at_line(lines, line) if line is not None else None
+        raise ScenarioError(source, line, step, f"TOML syntax error: {message}") from None
+    return _Parser(source, lines).scenario(data)
+
+
+def _step_at_line(lines: Sequence[str], line: int) -> str | None:
+    """The label of the ``[[step]]`` whose text holds ``line`` (1-based), if any."""
+    headers = [number for number, text in enumerate(lines, 1) if _STEP_HEADER.match(text)]
+    before = [number for number in headers if number <= line]
+    if not before:
+        return None
+    start = before[-1]
+    end = headers[len(before)] if len(before) < len(headers) else len(lines) + 1
+    name = None
+    for text in lines[start : end - 1]:
+        match = _NAME_LINE.match(text)
+        if match is not None:
+            name = match.group(1) if match.group(1) is not None else match.group(2)
+            break
+    return step_label(len(before), name, None)
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+class _Parser:
+    def __init__(self, source: str, lines: list[str]) -> None:
+        self.source = source
+        self.lines = lines
+        self.headers = [n for n, text in enumerate(lines, 1) if _STEP_HEADER.match(text)]
+
+    # -- locating ---------------------------------------------------------------------
+
+    def _top_line(self, key: str) -> int | None:
+        pattern = re.compile(rf"^\s*(?:\[\s*{re.escape(key)}\s*\]|{re.escape(key)}\s*[=.])")
+        for number, text in enumerate(self.lines, 1):
+            if pattern.match(text):
+                return number
+        return None
+
+    def _step_range(self, index: int) -> tuple[int, int] | None:
+        """Lines ``[first, end)`` of the ``index``-th (1-based) ``[[step]]``."""
+        if index > len(self.headers):
+            return None
+        first = self.headers[index - 1]
+        end = self.headers[index] if index < len(self.headers) else len(self.lines) + 1
+        return first, end
+
+    def locate(self, index: int, path: Sequence[str | int]) -> int | None:
+        """The line of ``path`` (keys, list positions) inside step ``index``, best effort."""
+        found = self._step_range(index)
+        if found is None:
+            return self._top_line("step")
+        line, end = found
+        for key in path:
+            if isinstance(key, int):
+                hit = self._nth_item(line, end, key)
+            else:
+                hit = self._key_line(line, end, key)
+            if hit is None:
+                break
+            line = hit
+        return line
+
+    def _key_line(self, start: int, end: int, key: str) -> int | None:
+        name = re.escape(key)
+        pattern = re.compile(rf"""(?:^|[\s{{,.\[])(?:{name}|"{name}"|'{name}')\s*(?:=|\.|\]|$)""")
+        for number in range(start, end):
+            if pattern.search(self.lines[number - 1]):
+                return number
+        return None
+
+    def _nth_item(self, start: int, end: int, position: int) -> int | None:
+        seen = -1
+        for number in range(start, end):
+            text = self.lines[number - 1]
+            if re.match(r"^\s*\[\[", text) or "{" in text:
+                seen += 1
+                if seen == position:
+                    return number
+        return None
+
+    # -- the whole file ---------------------------------------------------------------
+
+    def fail_top(self, key: str | None, message: str) -> NoReturn:
+        line = self._top_line(key) if key is not None else None
+        raise ScenarioError(self.source, line, None, message)
+
+    def scenario(self, data: dict[str, Any]) -> Scenario:
+        unknown = sorted(set(data) - {"scenario", "step"})
+        if unknown:
+            self.fail_top(
+                unknown[0],
+                f"unknown top-level key {unknown[0]!r} (expected [scenario] and [[step]] tables)",
+            )
+        header = data.get("scenario", {})
+        if not isinstance(header, dict):
+            self.fail_top("scenario", "'scenario' must be a table: [scenario]")
+        extra = sorted(set(header) - {"name", "description", "wall_origin"})
+        if extra:
+            self.fail_top(
+                "scenario",
+                f"unknown key {extra[0]!r} in [scenario] "
+                "(expected one of: name, description, wall_origin)",
+            )
+        name = header.get("name", PurePath(self.source).stem)
+        if not isinstance(name, str) or not name:
+            self.fail_top("scenario", "[scenario] name must be a non-empty string")
+        description = header.get("description")
+        if description is not None and not isinstance(description, str):
+            self.fail_top("scenario", "[scenario] description must be a string")
+        wall_origin = DEFAULT_WALL_ORIGIN
+        if "wall_origin" in header:
+            origin = header["wall_origin"]
+            if not isinstance(origin, dt.datetime) or origin.tzinfo is None:
+                self.fail_top(
+                    "scenario",
+                    "[scenario] wall_origin must be a date-time with an offset, "
+                    "such as 2026-01-01T00:00:00Z",
+                )
+            wall_origin = _epoch_nanos(origin)
+        raw_steps = data.get("step")
+        if raw_steps is None:
+            raise ScenarioError(self.source, None, None, "no steps: add [[step]] tables")
+        if not isinstance(raw_steps, list) or not all(isinstance(s, dict) for s in raw_steps):
+            self.fail_top("step", "'step' must be an array of tables: [[step]]")
+        if not raw_steps:
+            self.fail_top("step", "no steps: add [[step]] tables")
+        steps: list[Step] = []
+        for index, raw in enumerate(raw_steps, 1):
+            steps.append(_StepParser(self, index, raw, steps).step())
+        return Scenario(self.source, name, description, wall_origin, tuple(steps))
+
+
+def _epoch_nanos(value: dt.datetime) -> int:
+    delta = value - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+    return (delta.days * 86_400 + delta.seconds) * NANOS_PER_SECOND + delta.microseconds * 1_000
+
+
+class _StepParser:
+    """Validates one ``[[step]]`` table; errors name the step and the key's line."""
+
+    def __init__(self, parser: _Parser, index: int, raw: dict[str, Any], done: list[Step]):
+        self.parser = parser
+        self.index = index
+        self.raw = raw
+        self.done = done
+        name = raw.get("name")
+        self.name = name if isinstance(name, str) else None
+        self.kind: str | None = None
+
+    def fail(self, message: str, *path: str | int) -> NoReturn:
+        line = self.parser.locate(self.index, path)
+        label = step_label(self.index, self.name, self.kind)
+        raise ScenarioError(self.parser.source, line, label, message)
+
+    # -- typed getters ----------------------------------------------------------------
+
+    def string(self, value: object, *path: str | int, empty: bool = False) -> str:
+        if not isinstance(value, str):
+            self.fail(f"{_dotted(path)} must be a string, got {_describe(value)}", *path)
+        if not value and not empty:
+            self.fail(f"{_dotted(path)} must not be empty", *path)
+        return value
+
+    def integer(self, value: object, *path: str | int, minimum: int = 0) -> int:
+        if not isinstance(value, int) or isinstance(value, bool):
+            self.fail(f"{_dotted(path)} must be an integer, got {_describe(value)}", *path)
+        if value < minimum:
+            self.fail(f"{_dotted(path)} must be at least {minimum}, got {value}", *path)
+        return value
+
+    def boolean(self, value: object, *path: str | int) -> bool:
+        if not isinstance(value, bool):
+            self.fail(f"{_dotted(path)} must be true or false, got {_describe(value)}", *path)
+        return value
+
+    def table(self, value: object, *path: str | int) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            self.fail(f"{_dotted(path)} must be a table, got {_describe(value)}", *path)
+        return value
+
+    def duration(self, value: object, *path: str | int, signed: bool = False) -> int:
+        """A humantime string (``"5m"``) or a number of seconds, in ns."""
+        if isinstance(value, bool) or not isinstance(value, int | float | str):
+            self.fail(
+                f'{_dotted(path)} must be a duration such as "5m" or a number of seconds, '
+                f"got {_describe(value)}",
+                *path,
+            )
+        if isinstance(value, str):
+            text, sign = value, 1
+            if signed and text.startswith("-"):
+                text, sign = text[1:], -1
+            try:
+                return sign * parse_duration(text)
+            except DurationError as error:
+                self.fail(f"{_dotted(path)}: invalid duration {value!r}: {error}", *path)
+        if value < 0 and not signed:
+            self.fail(f"{_dotted(path)} must not be negative, got {value}", *path)
+        return round(value * NANOS_PER_SECOND)
+
+    def counts(self, value: object, *path: str | int) -> dict[str, int]:
+        table = self.table(value, *path)
+        return {queue: self.integer(count, *path, queue) for queue, count in table.items()}
+
+    def check_keys(
+        self, table: Mapping[str, Any], allowed: Sequence[str], *path: str | int
+    ) -> None:
+        for key in table:
+            if key not in allowed:
+                where = f" in {_dotted(path)}" if path else ""
+                self.fail(
+                    f"unknown key {key!r}{where} (expected one of: {', '.join(allowed)})",
+                    *path,
+                    key,
+                )
+
+    # -- the step ---------------------------------------------------------------------
+
+    def step(self) -> Step:
+        raw = self.raw
+        if "name" in raw:
+            name = self.string(raw["name"], "name")
+            if any(step.name == name for step in self.done):
+                self.fail(f"step name {name!r} is already used by an earlier step", "name")
+        note = raw.get("note")
+        if note is not None:
+            self.string(note, "note", empty=True)
+        actions = [key for key in ACTIONS if key in raw]
+        if not actions:
+            self.fail(f"a step needs one action key: one of {', '.join(ACTIONS)}")
+        if len(actions) > 1:
+            self.fail(
+                f"a step has one action, this one has {len(actions)}: {', '.join(actions)}",
+                actions[1],
+            )
+        kind = self.kind = actions[0]
+        parse: Callable[[Any], Action] = getattr(self, f"_{kind}")
+        allowed = ["name", "note", kind, *_SIBLINGS[kind]]
+        self.check_keys(raw, allowed)
+        action = parse(raw[kind])
+        return Step(
+            self.index,
+            self.name,
+            kind,
+            action,
+            self.parser.locate(self.index, ()),
+            note,
+        )
+
+    def reply(self, default_status: int = 200) -> ReplyCheck:
+        raw = self.raw
+        status = default_status
+        if "expect_status" in raw:
+            status = self.integer(raw["expect_status"], "expect_status", minimum=100)
+            if status > 599:
+                self.fail(
+                    f"expect_status must be an HTTP status (100-599), got {status}",
+                    "expect_status",
+                )
+        texts: dict[str, str | None] = {}
+        for key in ("expect_body", "expect_body_starts_with", "expect_body_contains"):
+            value = raw.get(key)
+            texts[key] = None if value is None else self.string(value, key, empty=True)
+        return ReplyCheck(
+            status,
+            texts["expect_body"],
+            texts["expect_body_starts_with"],
+            texts["expect_body_contains"],
+        )
+
+    def _inject(self, value: object) -> Inject:
+        table = self.table(value, "inject")
+        self.check_keys(table, _INJECT_KEYS, "inject")
+        strings: dict[str, str | None] = {}
+        for key in ("domain", "sender", "campaign", "tenant", "routing_domain", "queue", "subject"):
+            strings[key] = None if key not in table else self.string(table[key], "inject", key)
+        recipients: tuple[str, ...] | None = None
+        if "recipients" in table:
+            listed = table["recipients"]
+            if not isinstance(listed, list) or not listed:
+                self.fail(
+                    "inject.recipients must be a non-empty array of addresses",
+                    "inject",
+                    "recipients",
+                )
+            recipients = tuple(self.string(r, "inject", "recipients") for r in listed)
+            for address in recipients:
+                if "@" not in address:
+                    self.fail(
+                        f"inject.recipients: {address!r} is not an address", "inject", "recipients"
+                    )
+            if "domain" in table or "count" in table:
+                self.fail(
+                    "inject takes either recipients or domain (and count), not both",
+                    "inject",
+                    "recipients",
+                )
+            count = len(recipients)
+        else:
+            if strings["domain"] is None:
+                self.fail("inject needs a domain (with a count) or a list of recipients", "inject")
+            count = self.integer(table.get("count", 1), "inject", "count", minimum=1)
+            if count > MAX_INJECT:
+                self.fail(f"inject.count must be at most {MAX_INJECT}", "inject", "count")
+        return Inject(
+            recipients=recipients,
+            count=count,
+            domain=strings["domain"],
+            sender=strings["sender"] or DEFAULT_SENDER,
+            campaign=strings["campaign"],
+            tenant=strings["tenant"],
+            routing_domain=strings["routing_domain"],
+            queue=strings["queue"],
+            subject=strings["subject"] or DEFAULT_SUBJECT,
+            reply=self.reply(),
+        )
+
+    def _bounce(self, value: object) -> Bounce:
+        table = self.table(value, "bounce")
+        expires_in = None
+        if "expires_in" in self.raw:
+            if "expires" in table or "duration" in table:
+                self.fail(
+                    "expires_in sets the body's expires: leave expires and duration out",
+                    "expires_in",
+                )
+            expires_in = self.duration(self.raw["expires_in"], "expires_in", signed=True)
+        return Bounce(_json_ready(table), expires_in, self.reply())
+
+    def _cancel(self, value: object) -> Cancel:
+        if isinstance(value, str):
+            value = {"rule": value}
+        table = self.table(value, "cancel")
+        self.check_keys(table, ("rule", "id"), "cancel")
+        if ("rule" in table) == ("id" in table):
+            self.fail(
+                'cancel needs the name of a bounce step (cancel = "NAME") or an id '
+                '(cancel = { id = "..." })',
+                "cancel",
+            )
+        rule = None
+        if "rule" in table:
+            rule = self.bounce_name(table["rule"], "cancel")
+        literal = (
+            None if "id" not in table else self.string(table["id"], "cancel", "id", empty=True)
+        )
+        return Cancel(rule, literal, self.reply())
+
+    def bounce_name(self, value: object, *path: str | int) -> str:
+        name = self.string(value, *path)
+        for step in self.done:
+            if step.name == name:
+                if step.kind != "bounce":
+                    self.fail(f"step {name!r} is a {step.kind} step, not a bounce", *path)
+                return name
+        self.fail(f"no earlier bounce step is named {name!r}", *path)
+
+    def _wait(self, value: object) -> Wait:
+        return Wait(self.duration(value, "wait"))
+
+    def _restart(self, value: object) -> Restart:
+        if value is not True:
+            self.fail("write restart = true", "restart")
+        return Restart()
+
+    def _request(self, value: object) -> Request:
+        table = self.table(value, "request")
+        self.check_keys(table, _REQUEST_KEYS, "request")
+        method = self.string(table.get("method", "GET"), "request", "method").upper()
+        if not re.fullmatch(r"[A-Z]+", method):
+            self.fail(f"request.method {method!r} is not an HTTP method", "request", "method")
+        path = self.string(table.get("path"), "request", "path")
+        if not path.startswith("/"):
+            self.fail(f"request.path must start with '/', got {path!r}", "request", "path")
+        headers: list[tuple[str, str]] = []
+        for header, text in self.table(table.get("headers", {}), "request", "headers").items():
+            headers.append((header, self.string(text, "request", "headers", header, empty=True)))
+        if "body" in table and "json" in table:
+            self.fail("request takes body (text) or json (a value), not both", "request", "json")
+        body = b""
+        if "body" in table:
+            body = self.string(table["body"], "request", "body", empty=True).encode()
+        elif "json" in table:
+            body = _encode_json(_json_ready(table["json"]))
+            if not any(h.lower() == "content-type" for h, _ in headers):
+                headers.append(("Content-Type", "application/json"))
+        if "pad_to" in table:
+            size = self.integer(table["pad_to"], "request", "pad_to")
+            if size < len(body):
+                self.fail(
+                    f"request.pad_to ({size}) is shorter than the body ({len(body)} bytes)",
+                    "request",
+                    "pad_to",
+                )
+            body += b" " * (size - len(body))
+        return Request(method, path, tuple(headers), body, self.reply())
+
+    def _expect(self, value: object) -> Expect:
+        table = self.table(value, "expect")
+        self.check_keys(table, _EXPECT_KEYS, "expect")
+        if not table:
+            self.fail("expect has nothing to check", "expect")
+        rules: list[RuleExpectation] = []
+        if "rules" in table:
+            listed = table["rules"]
+            if not isinstance(listed, list):
+                self.fail("expect.rules must be an array of tables", "expect", "rules")
+            for position, item in enumerate(listed):
+                rules.append(self.rule_expectation(item, position))
+        records: list[RecordExpectation] = []
+        if "records" in table:
+            listed = table["records"]
+            if not isinstance(listed, list):
+                self.fail("expect.records must be an array of tables", "expect", "records")
+            for position, item in enumerate(listed):
+                records.append(self.record_expectation(item, position))
+        optional_ints: dict[str, int | None] = {}
+        for key in ("rule_count", "total_bounced", "queued_total", "admin_bounces"):
+            optional_ints[key] = (
+                None if key not in table else self.integer(table[key], "expect", key)
+            )
+        queues = None if "queues" not in table else self.counts(table["queues"], "expect", "queues")
+        return Expect(
+            rules=tuple(rules),
+            rule_count=optional_ints["rule_count"],
+            total_bounced=optional_ints["total_bounced"],
+            queues=queues,
+            queued_total=optional_ints["queued_total"],
+            admin_bounces=optional_ints["admin_bounces"],
+            records=tuple(records),
+        )
+
+    def rule_expectation(self, item: object, position: int) -> RuleExpectation:
+        at: tuple[str | int, ...] = ("expect", "rules", position)
+        table = self.table(item, *at)
+        self.check_keys(table, _RULE_KEYS, *at)
+        if "rule" not in table:
+            self.fail('each expect.rules entry needs rule = "<name of a bounce step>"', *at)
+        rule = self.bounce_name(table["rule"], *at, "rule")
+        present = self.boolean(table.get("present", True), *at, "present")
+        if not present and set(table) - {"rule", "present"}:
+            self.fail("an absent rule (present = false) has nothing else to check", *at, "present")
+        fields: dict[str, str | bool] = {}
+        for key in RULE_FIELDS:
+            if key in table:
+                fields[key] = self.string(table[key], *at, key, empty=True)
+        if "suppress_logging" in table:
+            fields["suppress_logging"] = self.boolean(
+                table["suppress_logging"], *at, "suppress_logging"
+            )
+        unset: tuple[str, ...] = ()
+        if "unset" in table:
+            listed = table["unset"]
+            if not isinstance(listed, list):
+                self.fail("unset must be an array of criteria names", *at, "unset")
+            for part in listed:
+                if part not in CRITERIA_PARTS or part in fields:
+                    self.fail(
+                        f"unset lists criteria expected null ({', '.join(CRITERIA_PARTS)}), "
+                        f"each once and not also given a value; got {part!r}",
+                        *at,
+                        "unset",
+                    )
+            unset = tuple(listed)
+        queue_names = None
+        if "queue_names" in table:
+            listed = table["queue_names"]
+            if not isinstance(listed, list):
+                self.fail("queue_names must be an array of strings", *at, "queue_names")
+            queue_names = frozenset(self.string(q, *at, "queue_names") for q in listed)
+        return RuleExpectation(
+            rule=rule,
+            present=present,
+            fields=fields,
+            unset=unset,
+            queue_names=queue_names,
+            remaining=None
+            if "remaining" not in table
+            else self.duration(table["remaining"], *at, "remaining"),
+            bounced=None
+            if "bounced" not in table
+            else self.counts(table["bounced"], *at, "bounced"),
+            total_bounced=None
+            if "total_bounced" not in table
+            else self.integer(table["total_bounced"], *at, "total_bounced"),
+        )
+
+    def record_expectation(self, item: object, position: int) -> RecordExpectation:
+        at: tuple[str | int, ...] = ("expect", "records", position)
+        table = self.table(item, *at)
+        if "count" not in table:
+            self.fail("each expect.records entry needs count = <number of records>", *at)
+        count = self.integer(table["count"], *at, "count")
+        where = {key: _json_ready(value) for key, value in table.items() if key != "count"}
+        for key, expected in where.items():
+            if key in ("reason", "recipient_domain"):
+                self.string(expected, *at, key, empty=True)
+            elif not key or any(not part for part in key.split(".")):
+                self.fail(f"record field path {key!r} is not a dotted path", *at, key)
+        return RecordExpectation(count, where)
+
+
+_SIBLINGS: Final[Mapping[str, tuple[str, ...]]] = {
+    "inject": ("expect_status",),
+    "bounce": ("expires_in", *REPLY_CHECKS),
+    "cancel": REPLY_CHECKS,
+    "request": REPLY_CHECKS,
+    "wait": (),
+    "restart": (),
+    "expect": (),
+}
+_INJECT_KEYS: Final = (
+    "count",
+    "domain",
+    "recipients",
+    "sender",
+    "campaign",
+    "tenant",
+    "routing_domain",
+    "queue",
+    "subject",
+)
+_REQUEST_KEYS: Final = ("method", "path", "headers", "body", "json", "pad_to")
+_EXPECT_KEYS: Final = (
+    "rules",
+    "rule_count",
+    "total_bounced",
+    "queues",
+    "queued_total",
+    "admin_bounces",
+    "records",
+)
+_RULE_KEYS: Final = (
+    "rule",
+    "present",
+    *RULE_FIELDS,
+    "suppress_logging",
+    "unset",
+    "queue_names",
+    "remaining",
+    "bounced",
+    "total_bounced",
+)
+
+
+def _json_ready(value: Any) -> Any:
+    """TOML values as JSON values: date-times become RFC 3339 text."""
+    if isinstance(value, dict):
+        return {key: _json_ready(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_json_ready(item) for item in value]
+    if isinstance(value, dt.datetime | dt.date | dt.time):
+        text = value.isoformat()
+        return text[:-6] + "Z" if text.endswith("+00:00") else text
+    return value
+
+
+def _encode_json(value: Any) -> bytes:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def _dotted(path: Sequence[str | int]) -> str:
+    text = ""
+    for key in path:
+        if isinstance(key, int):
+            text += f"[{key}]"
+        else:
+            text += f".{key}" if text else key
+    return text or "the step"
+
+
+def _describe(value: object) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return f"the integer {value}"
+    if isinstance(value, float):
+        return f"the number {value}"
+    if isinstance(value, str):
+        return f"the string {value!r}"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "a table"
+    if value is None:
+        return "nothing"
+    return f"a {type(value).__name__}"

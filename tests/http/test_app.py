@@ -1,0 +1,408 @@
+"""The app in process, over Quart's test client, against a fake engine.
+
+These pin the routing, the refusal order of SPEC section 7 (401, 413, 415, 400, 422),
+the reply shapes, and that a refused request never reaches the engine. The same
+behaviour over real HTTP is in ``test_live.py``.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import attrs
+import orjson
+import pytest
+from quart.testing.utils import sentinel
+from quart.typing import TestClientProtocol as Client
+
+from kumo.http.access import AccessPolicy, hash_password, hash_token, parse_network
+from kumo.http.app import create_app
+from kumo.http.errors import (
+    BODY_TOO_LARGE,
+    JSON_SHAPE_PREFIX,
+    JSON_SYNTAX_PREFIX,
+    UNSUPPORTED_MEDIA_TYPE,
+)
+from kumo.model.criteria import Criteria
+from kumo.model.requests import BounceRequest, NewMessage
+from kumo.model.state import RuleView
+from kumo.runtime.engine import EngineClosedError
+
+RULE_ID = "8d2b1f7e-3c4a-4b5d-9e6f-0a1b2c3d4e5f"
+TRUSTED = {"client": ("127.0.0.1", 50000)}
+UNTRUSTED = {"client": ("192.0.2.7", 50000)}
+JSON = {"Content-Type": "application/json"}
+SECOND = 1_000_000_000
+
+
+@attrs.frozen
+class FakeStatistics:
+    received_total: int = 3
+    bounced_total: int = 1
+
+
+class FakeEngine:
+    """Records every call; answers like the engine would."""
+
+    node_id = "00000000-0000-4000-8000-000000000000"
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, Any, str]] = []
+        self.rules: list[RuleView] = []
+        self.closed = False
+
+    def _check(self) -> None:
+        if self.closed:
+            raise EngineClosedError("kumo is shutting down")
+
+    async def inject(self, messages: Sequence[NewMessage]) -> list[str]:
+        self._check()
+        self.calls.append(("inject", list(messages), ""))
+        return [f"{index:032x}" for index in range(len(messages))]
+
+    async def issue_bounce(self, request: BounceRequest, *, issued_by: str) -> str:
+        self._check()
+        self.calls.append(("issue_bounce", request, issued_by))
+        return RULE_ID
+
+    async def cancel_bounce(self, rule_id: str, *, cancelled_by: str) -> bool:
+        self._check()
+        self.calls.append(("cancel_bounce", rule_id, cancelled_by))
+        return rule_id == RULE_ID
+
+    def list_bounces(self) -> list[RuleView]:
+        return list(self.rules)
+
+    def queue_counts(self) -> Mapping[str, int]:
+        return {"example.com": 2}
+
+    def statistics(self) -> FakeStatistics:
+        return FakeStatistics()
+
+
+@pytest.fixture
+def engine() -> FakeEngine:
+    return FakeEngine()
+
+
+ALICE = hash_password("wonderland")
+
+
+@pytest.fixture
+def client(engine: FakeEngine) -> Client:
+    policy = AccessPolicy(
+        trusted_hosts=(parse_network("127.0.0.1"),),
+        users={"alice": ALICE},
+        tokens={"ci": hash_token("tok")},
+    )
+    return create_app(engine, access=policy, body_limit=1000).test_client()
+
+
+async def call(
+    client: Client,
+    method: str,
+    path: str,
+    *,
+    body: bytes | None = None,
+    headers: Mapping[str, str] | None = None,
+    scope: dict[str, Any] | None = None,
+) -> tuple[int, str, str]:
+    response = await client.open(
+        path,
+        method=method,
+        data=body,
+        headers=dict(headers or {}),
+        scope_base=TRUSTED if scope is None else scope,
+        json=sentinel,  # no JSON argument: the body is ``data``, sent as is
+    )
+    text = await response.get_data(as_text=True)
+    return response.status_code, response.headers.get("Content-Type", ""), text
+
+
+# -- access -----------------------------------------------------------------------------
+
+PROTECTED = [
+    ("POST", "/api/admin/bounce/v1"),
+    ("GET", "/api/admin/bounce/v1"),
+    ("DELETE", "/api/admin/bounce/v1"),
+    ("POST", "/api/inject/v1"),
+    ("GET", "/metrics"),
+]
+
+
+@pytest.mark.parametrize(("method", "path"), PROTECTED)
+async def test_untrusted_peer_gets_401_first(
+    client: Client, engine: FakeEngine, method: str, path: str
+) -> None:
+    # Even with a body that is too large, of the wrong type, and not JSON.
+    status, content_type, text = await call(
+        client,
+        method,
+        path,
+        body=b"{" * 5000,
+        headers={"Content-Type": "text/plain"},
+        scope=UNTRUSTED,
+    )
+    assert status == 401
+    assert content_type.startswith("text/plain")
+    assert text.startswith("Missing Authorization header: 192.0.2.7 is not a trusted host")
+    assert engine.calls == []
+
+
+@pytest.mark.parametrize("path", ["/api/check-liveness/v1", "/api-docs/openapi.json"])
+async def test_open_endpoints(client: Client, path: str) -> None:
+    status, _, _ = await call(client, "GET", path, scope=UNTRUSTED)
+    assert status == 200
+
+
+async def test_liveness_text(client: Client) -> None:
+    assert await call(client, "GET", "/api/check-liveness/v1") == (
+        200,
+        "text/plain; charset=utf-8",
+        "OK",
+    )
+
+
+def basic(user: str, password: str) -> dict[str, str]:
+    token = base64.b64encode(f"{user}:{password}".encode()).decode()
+    return {"Authorization": f"Basic {token}"}
+
+
+async def test_basic_auth_names_the_principal(client: Client, engine: FakeEngine) -> None:
+    status, _, _ = await call(
+        client,
+        "POST",
+        "/api/admin/bounce/v1",
+        body=b'{"reason": "r"}',
+        headers=JSON | basic("alice", "wonderland"),
+        scope=UNTRUSTED,
+    )
+    assert status == 200
+    assert engine.calls[-1][2] == "alice"
+    status, _, text = await call(
+        client, "GET", "/metrics", headers=basic("alice", "nope"), scope=UNTRUSTED
+    )
+    assert (status, text) == (401, "Invalid Authorization: unknown user or wrong password")
+
+
+async def test_bearer_token_names_the_principal(client: Client, engine: FakeEngine) -> None:
+    status, _, text = await call(
+        client,
+        "DELETE",
+        "/api/admin/bounce/v1",
+        body=orjson.dumps({"id": RULE_ID}),
+        headers=JSON | {"Authorization": "Bearer tok"},
+        scope=UNTRUSTED,
+    )
+    assert (status, text) == (200, f"removed {RULE_ID}")
+    assert engine.calls[-1] == ("cancel_bounce", RULE_ID, "ci")
+
+
+async def test_401_asks_for_credentials(client: Client) -> None:
+    response = await client.get("/metrics", scope_base=UNTRUSTED)
+    assert response.status_code == 401
+    assert "Basic" in response.headers["WWW-Authenticate"]
+
+
+# -- the refusal order ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "status", "prefix"),
+    [
+        (b"{" * 1001, "text/plain", 413, BODY_TOO_LARGE),
+        (b"{" * 1001, "application/json", 413, BODY_TOO_LARGE),
+        (b"{", "text/plain", 415, UNSUPPORTED_MEDIA_TYPE),
+        (b"{", None, 415, UNSUPPORTED_MEDIA_TYPE),
+        (b"{", "application/json", 400, JSON_SYNTAX_PREFIX),
+        (b"", "application/json", 400, JSON_SYNTAX_PREFIX),
+        (b'{"foo": 1}', "application/json", 422, JSON_SHAPE_PREFIX),
+    ],
+)
+@pytest.mark.parametrize("method", ["POST", "DELETE"])
+async def test_refusal_order_on_bounce_path(
+    client: Client,
+    engine: FakeEngine,
+    method: str,
+    body: bytes,
+    content_type: str | None,
+    status: int,
+    prefix: str,
+) -> None:
+    headers = {} if content_type is None else {"Content-Type": content_type}
+    got_status, got_type, text = await call(
+        client, method, "/api/admin/bounce/v1", body=body, headers=headers
+    )
+    if method == "DELETE" and status == 422:
+        prefix += "missing field `id`"  # DELETE ignores unknown fields
+    assert got_status == status
+    assert got_type == "text/plain; charset=utf-8"
+    assert text.startswith(prefix)
+    assert engine.calls == []
+
+
+async def test_inject_refusals(client: Client, engine: FakeEngine) -> None:
+    for body, headers, status in [
+        (b"x" * 1001, JSON, 413),
+        (b"{}", {}, 415),
+        (b"[", JSON, 400),
+        (b"{}", JSON, 422),
+    ]:
+        got, _, _ = await call(client, "POST", "/api/inject/v1", body=body, headers=headers)
+        assert got == status
+    assert engine.calls == []
+
+
+# -- replies ----------------------------------------------------------------------------
+
+
+async def test_post_bounce(client: Client, engine: FakeEngine) -> None:
+    status, content_type, text = await call(
+        client,
+        "POST",
+        "/api/admin/bounce/v1",
+        body=b'{"domain": "example.com", "reason": "r", "duration": "1h"}',
+        headers=JSON,
+    )
+    assert (status, content_type) == (200, "application/json")
+    assert orjson.loads(text) == {"id": RULE_ID, "bounced": {}, "total_bounced": 0}
+    assert engine.calls == [
+        (
+            "issue_bounce",
+            BounceRequest(Criteria(domain="example.com"), "r", duration=3600 * SECOND),
+            "127.0.0.1",
+        )
+    ]
+
+
+async def test_get_bounces(client: Client, engine: FakeEngine) -> None:
+    assert (await call(client, "GET", "/api/admin/bounce/v1"))[2] == "[]"
+    engine.rules = [
+        RuleView(
+            id=RULE_ID,
+            criteria=Criteria(campaign="c", queue_names=["q2", "q1"]),
+            reason="why",
+            remaining=299_998_052_371,
+            expires_at=1_893_549_845 * SECOND,
+            issued_at=1_893_549_545 * SECOND + 500_000_000,
+            issued_by="alice",
+            suppress_logging=True,
+            bounced={"q1": 2, "q2": 3},
+            total_bounced=5,
+        )
+    ]
+    status, _, text = await call(client, "GET", "/api/admin/bounce/v1")
+    assert status == 200
+    entries = orjson.loads(text)
+    assert entries == [
+        {
+            "id": RULE_ID,
+            "campaign": "c",
+            "tenant": None,
+            "domain": None,
+            "routing_domain": None,
+            "reason": "why",
+            "duration": "4m 59s 998ms 52us 371ns",
+            "bounced": {"q1": 2, "q2": 3},
+            "total_bounced": 5,
+            "queue_names": ["q1", "q2"],
+            "suppress_logging": True,
+            "expires": "2030-01-02T02:04:05Z",
+            "issued_at": "2030-01-02T01:59:05.500Z",
+            "issued_by": "alice",
+        }
+    ]
+    # KumoMTA's keys come first, in KumoMTA's order.
+    assert list(entries[0])[:9] == [
+        "id",
+        "campaign",
+        "tenant",
+        "domain",
+        "routing_domain",
+        "reason",
+        "duration",
+        "bounced",
+        "total_bounced",
+    ]
+
+
+async def test_delete(client: Client, engine: FakeEngine) -> None:
+    body = orjson.dumps({"id": RULE_ID.upper()})
+    assert await call(client, "DELETE", "/api/admin/bounce/v1", body=body, headers=JSON) == (
+        200,
+        "text/plain; charset=utf-8",
+        f"removed {RULE_ID}",
+    )
+    other = "00000000-0000-4000-8000-000000000000"
+    body = orjson.dumps({"id": other})
+    status, _, text = await call(client, "DELETE", "/api/admin/bounce/v1", body=body, headers=JSON)
+    assert (status, text) == (404, f"bounce entry {other} not found")
+
+
+async def test_inject(client: Client, engine: FakeEngine) -> None:
+    body = orjson.dumps(
+        {
+            "envelope_sender": "s@example.com",
+            "recipients": [{"email": "a@example.com"}, {"email": "broken"}],
+            "content": "Subject: hi\r\n\r\nhello",
+        }
+    )
+    status, _, text = await call(client, "POST", "/api/inject/v1", body=body, headers=JSON)
+    assert status == 200
+    assert orjson.loads(text) == {
+        "success_count": 1,
+        "fail_count": 1,
+        "failed_recipients": ["broken"],
+        "errors": ["broken: recipient address 'broken' has no '@' before a domain"],
+    }
+    [(name, messages, _)] = engine.calls
+    assert name == "inject"
+    assert messages == [
+        NewMessage("s@example.com", "a@example.com", "example.com", b"Subject: hi\r\n\r\nhello")
+    ]
+
+
+async def test_metrics(client: Client) -> None:
+    status, content_type, text = await call(client, "GET", "/metrics")
+    assert status == 200
+    assert content_type.startswith("text/plain; version=0.0.4")
+    assert 'scheduled_count{queue="example.com"} 2\n' in text
+    assert "total_messages_received 3\n" in text
+
+
+async def test_openapi(client: Client) -> None:
+    status, content_type, text = await call(client, "GET", "/api-docs/openapi.json")
+    document = orjson.loads(text)
+    assert (status, content_type) == (200, "application/json")
+    assert document["openapi"].startswith("3.")
+    assert set(document["paths"]) >= {"/api/admin/bounce/v1", "/api/inject/v1", "/metrics"}
+
+
+# -- everything else is a 4xx with a text -------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [
+        ("GET", "/nope", 404),
+        ("GET", "/api/admin/bounce/v2", 404),
+        ("PUT", "/api/admin/bounce/v1", 405),
+        ("POST", "/metrics", 405),
+        ("DELETE", "/api/check-liveness/v1", 405),
+    ],
+)
+async def test_unknown_routes(client: Client, method: str, path: str, status: int) -> None:
+    got, content_type, text = await call(client, method, path)
+    assert got == status
+    assert content_type == "text/plain; charset=utf-8"
+    assert text.startswith(str(status))
+
+
+async def test_closed_engine_is_503(client: Client, engine: FakeEngine) -> None:
+    engine.closed = True
+    status, _, text = await call(
+        client, "POST", "/api/admin/bounce/v1", body=b'{"reason": "r"}', headers=JSON
+    )
+    assert (status, text) == (503, "kumo is shutting down; retry later")

@@ -13,7 +13,7 @@ since the Unix epoch throughout, so that durations round-trip exactly.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any, Final, TypeAlias
+from typing import Any, Final, NamedTuple, TypeAlias
 
 import attrs
 import orjson
@@ -27,12 +27,13 @@ class EventDecodeError(ValueError):
     """A stored event body that this version of kumo cannot read."""
 
 
-@attrs.frozen(slots=True)
-class Message:
+class Message(NamedTuple):
     """A queued message as the queues and the log records need it.
 
     The body is not here: it lives in the spool table of the store, so memory holds
-    only what a log record and the routing need.
+    only what a log record and the routing need. A named tuple rather than an attrs
+    class because a million of them may be queued: it is smaller and quicker to build,
+    and just as immutable.
     """
 
     id: str
@@ -167,10 +168,7 @@ def _encode_body(event: Event) -> dict[str, Any]:
                 "rule_id": event.rule_id,
                 "queue": event.queue,
                 # Positional rows keep a sweep's events small: they are most of the log.
-                "messages": [
-                    [m.id, m.sender, m.recipient, m.size, m.received_at, m.seq]
-                    for m in event.messages
-                ],
+                "messages": list(map(tuple, event.messages)),
             }
 
 
@@ -218,6 +216,27 @@ def encode_event(event: Event) -> bytes:
     """The event's JSON body: ``{"v": SCHEMA_VERSION, "type": ..., ...fields}``."""
     body = _encode_body(event)
     return orjson.dumps({"v": SCHEMA_VERSION, "type": event_type(event), **body})
+
+
+def decode_received(
+    body: bytes, seq: int, time: int, senders: dict[str, str]
+) -> tuple[str, Message]:
+    """The queue and the queued message of a stored ``MessageReceived`` body.
+
+    A fast path for replaying a large log: it skips building the event itself, and
+    shares equal sender strings through ``senders`` (bulk mail repeats them).
+    Raises :class:`EventDecodeError` like :func:`decode_event`.
+    """
+    try:
+        data = orjson.loads(body)
+        if data["v"] != SCHEMA_VERSION or data["type"] != "MessageReceived":
+            raise ValueError("not a MessageReceived of this schema")
+        sender = data["sender"]
+        sender = senders.setdefault(sender, sender)
+        message = Message(data["message_id"], sender, data["recipient"], data["size"], time, seq)
+        return data["queue"], message
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise EventDecodeError(f"malformed MessageReceived event: {exc!r}") from None
 
 
 def decode_event(body: bytes | str) -> Event:

@@ -334,11 +334,7 @@ class State:
         event = committed.event
         match event:
             case MessageReceived():
-                self.received_total += 1
-                self.queue_counts[event.queue] = self.queue_counts.get(event.queue, 0) + 1
-                if self.queues is not None:
-                    message = message_from(committed, event)
-                    self.queues.setdefault(event.queue, []).append(message)
+                self.add_received(event.queue, message_from(committed, event))
             case Bounced():
                 count = len(event.messages)
                 self.bounced_total += count
@@ -352,6 +348,21 @@ class State:
                 self.rules.apply(committed)
             case _:
                 self.rules.apply(committed)
+
+    def add_received(self, queue: str, message: Message) -> None:
+        """Fold a ``MessageReceived`` given as its queue and message (the fast path).
+
+        The caller also sets :attr:`last_seq` and :attr:`last_time`.
+        """
+        self.received_total += 1
+        counts = self.queue_counts
+        counts[queue] = counts.get(queue, 0) + 1
+        if self.queues is not None:
+            queued = self.queues.get(queue)
+            if queued is None:
+                self.queues[queue] = [message]
+            else:
+                queued.append(message)
 
     def _remove(self, event: Bounced) -> None:
         assert self.queues is not None

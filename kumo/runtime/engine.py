@@ -45,6 +45,7 @@ from kumo.runtime.clock import EngineClock
 from kumo.runtime.delivery_log import DeliveryLogStatistics, DeliveryLogWriter
 from kumo.runtime.log_writer import LogStatistics, LogWriter
 from kumo.runtime.queue_actor import ActorStatistics
+from kumo.store.replay import fold_log
 from kumo.store.sqlite_log import SqliteEventStore
 
 DATABASE: Final = "events.sqlite3"
@@ -67,16 +68,6 @@ class EngineStatistics:
     log: LogStatistics
     broadcaster: BroadcasterStatistics
     delivery_log: DeliveryLogStatistics
-
-
-def replay(store: SqliteEventStore) -> State:
-    """Blocking: fold the whole log, messages included."""
-    state = State(keep_messages=True)
-    apply = state.apply
-    for batch in store.scan():
-        for committed in batch:
-            apply(committed)
-    return state
 
 
 class Engine:
@@ -265,7 +256,7 @@ async def open_engine(
         if chosen != stored_id:
             store.set_meta("node_id", chosen)
         reader = SqliteEventStore(path, readonly=True)
-        return store, reader, replay(store), chosen
+        return store, reader, fold_log(store), chosen
 
     store, reader, state, chosen_id = await run_blocking(open_and_replay)
     try:

@@ -159,6 +159,30 @@ class SqliteEventStore:
             position = batch[-1].seq
             yield batch
 
+    def scan_rows(
+        self, after_seq: int = 0, chunk: int = 20_000
+    ) -> Iterator[list[tuple[int, int, str, bytes]]]:
+        """Raw ``(seq, time, type, body)`` rows after ``after_seq``, in chunks.
+
+        For readers that decode only what they need (replay, audits). Raises
+        :class:`LogCorruptError` at the first gap in the sequence.
+        """
+        expected = after_seq + 1
+        while True:
+            rows: list[tuple[int, int, str, bytes]] = self._db.execute(
+                "SELECT seq, time, type, body FROM events WHERE seq >= ? ORDER BY seq LIMIT ?",
+                (expected, chunk),
+            ).fetchall()
+            if not rows:
+                return
+            if rows[0][0] != expected or rows[-1][0] != expected + len(rows) - 1:
+                for offset, row in enumerate(rows):
+                    if row[0] != expected + offset:
+                        missing = expected + offset
+                        raise LogCorruptError(missing, f"missing events {missing}..{row[0] - 1}")
+            expected += len(rows)
+            yield rows
+
     def spool_body(self, seq: int) -> bytes | None:
         row = self._db.execute("SELECT body FROM spool WHERE seq = ?", (seq,)).fetchone()
         return bytes(row[0]) if row else None

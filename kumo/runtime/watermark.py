@@ -8,19 +8,26 @@ import trio
 class Watermark:
     """How far a follower of the log has got (a sequence number)."""
 
-    __slots__ = ("_lot", "value")
+    __slots__ = ("_lot", "_waiting", "value")
 
     def __init__(self, value: int = 0) -> None:
         self.value = value
         self._lot = trio.lowlevel.ParkingLot()
+        self._waiting = 0
 
     def advance(self, value: int) -> None:
         """Move to ``value`` (never backwards) and wake the waiters it satisfies."""
         if value > self.value:
             self.value = value
-            self._lot.unpark_all()
+            # Advanced once per delivery and commit; usually nobody waits.
+            if self._waiting:
+                self._lot.unpark_all()
 
     async def wait_for(self, value: int) -> None:
         """Return once the watermark is at least ``value``."""
         while self.value < value:
-            await self._lot.park()
+            self._waiting += 1
+            try:
+                await self._lot.park()
+            finally:
+                self._waiting -= 1

@@ -89,6 +89,19 @@ async def run_server(
             task_status.started(urls[0])
 
 
+def resolve_config(
+    *, listen: str | None, data_dir: Path | None, config_path: Path | None
+) -> Config:
+    """The configuration to serve: options given on the command line win over the
+    config file, which wins over the defaults. Raises ConfigError."""
+    config = load_config(config_path) if config_path is not None else Config()
+    if listen is not None:
+        config = attrs.evolve(config, listen=listen)
+    if data_dir is not None:
+        config = attrs.evolve(config, data_dir=data_dir)
+    return config
+
+
 @click.command()
 @click.option(
     "--listen",
@@ -112,13 +125,9 @@ async def run_server(
 def serve(listen: str | None, data_dir: Path | None, config_path: Path | None) -> None:
     """Run the engine and the KumoMTA-compatible HTTP API until SIGINT or SIGTERM."""
     try:
-        config = load_config(config_path) if config_path is not None else Config()
-        if listen is not None:
-            config = attrs.evolve(config, listen=listen)
+        config = resolve_config(listen=listen, data_dir=data_dir, config_path=config_path)
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
-    if data_dir is not None:
-        config = attrs.evolve(config, data_dir=data_dir)
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:

@@ -1,0 +1,113 @@
+"""``kumo serve`` as a process: binding, printing its URL, stopping cleanly on signals."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+from click.testing import CliRunner
+
+from kumo.cli.kumo import main
+from kumo.cli.serve import resolve_config
+from tests.live_server import start_server
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_serves_on_a_free_port_and_exits_0_on_signal(tmp_path: Path, sig: int) -> None:
+    server = start_server(tmp_path / "data")
+    try:
+        assert server.url.startswith("http://127.0.0.1:")
+        port = int(server.url.rsplit(":", 1)[1])
+        assert port > 0
+        reply = httpx.get(f"{server.url}/api/check-liveness/v1")
+        assert (reply.status_code, reply.text) == (200, "OK")
+    finally:
+        status = server.stop(sig)
+    assert status == 0, server.stderr_text()
+    assert (tmp_path / "data" / "logs").is_dir()
+
+
+def test_stops_with_an_idle_keep_alive_connection_open(tmp_path: Path) -> None:
+    server = start_server(tmp_path / "data")
+    with httpx.Client() as client:  # keeps its connection open
+        assert client.get(f"{server.url}/api/check-liveness/v1").status_code == 200
+        assert server.stop(timeout=10) == 0
+
+
+def test_ipv6_loopback(tmp_path: Path) -> None:
+    try:
+        server = start_server(tmp_path / "data", host="::1")
+    except AssertionError as error:
+        pytest.skip(f"no IPv6 loopback here: {error}")
+    try:
+        assert server.url.startswith("http://[::1]:")
+        assert httpx.get(f"{server.url}/metrics").status_code == 200  # ::1 is trusted
+    finally:
+        assert server.stop() == 0
+
+
+def test_help_shows_the_defaults() -> None:
+    result = CliRunner().invoke(main, ["serve", "--help"])
+    assert result.exit_code == 0
+    assert "127.0.0.1:8000" in result.output
+    assert "./kumo-data" in result.output
+    assert "--config" in result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "why"),
+    [
+        (["--listen", "nowhere"], "not HOST:PORT"),
+        (["--listen", "127.0.0.1:70000"], "over 65535"),
+    ],
+)
+def test_bad_options_are_usage_errors(args: list[str], why: str) -> None:
+    result = CliRunner().invoke(main, ["serve", *args])
+    assert result.exit_code == 2
+    assert why in result.output
+
+
+def test_bad_config_is_a_usage_error(tmp_path: Path) -> None:
+    path = tmp_path / "kumo.toml"
+    path.write_text("trusted_hosts = ['somewhere']\n", encoding="utf-8")
+    result = subprocess.run(
+        [sys.executable, "-m", "kumo.cli.serve", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "trusted_hosts" in result.stderr
+
+
+def test_options_win_over_the_config_file(tmp_path: Path) -> None:
+    path = tmp_path / "kumo.toml"
+    path.write_text('data_dir = "d"\nlisten = "127.0.0.1:1"\nbody_limit = 10\n', "utf-8")
+    from_file = resolve_config(listen=None, data_dir=None, config_path=path)
+    assert (from_file.listen, from_file.data_dir, from_file.body_limit) == (
+        "127.0.0.1:1",
+        tmp_path / "d",
+        10,
+    )
+    both = resolve_config(listen="[::1]:0", data_dir=Path("x"), config_path=path)
+    assert (both.listen, both.data_dir, both.body_limit) == ("[::1]:0", Path("x"), 10)
+    defaults = resolve_config(listen=None, data_dir=None, config_path=None)
+    assert (defaults.listen, defaults.data_dir) == ("127.0.0.1:8000", Path("kumo-data"))
+
+
+def test_body_limit_from_config_is_enforced(tmp_path: Path) -> None:
+    server = start_server(tmp_path / "data", config="body_limit = 100\n")
+    try:
+        body = b'{"reason": "' + b"x" * 100 + b'"}'
+        reply = httpx.post(
+            f"{server.url}/api/admin/bounce/v1",
+            content=body,
+            headers={"Content-Type": "application/json"},
+        )
+        assert reply.status_code == 413
+    finally:
+        assert server.stop() == 0

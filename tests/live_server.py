@@ -1,0 +1,192 @@
+"""A real ``kumo serve`` in a subprocess, for end-to-end tests.
+
+    with running_server(tmp_path / "data") as url:
+        httpx.get(f"{url}/api/check-liveness/v1")
+
+The server binds port 0 on ``host`` and the helper reads the URL it prints. On exit
+it sends SIGTERM and checks that the server stopped cleanly (exit status 0) within
+:data:`STOP_TIMEOUT`. Use :func:`start_server` to hold the process yourself (to send
+it signals, or to read its exit status).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import selectors
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import closing, contextmanager
+from pathlib import Path
+from typing import IO, Any, Final, TypeVar
+
+from kumo.model.events import Committed
+from kumo.runtime.engine import DATABASE, LOGS
+from kumo.store.sqlite_log import SqliteEventStore
+
+T = TypeVar("T")
+
+START_TIMEOUT: Final = 30.0
+STOP_TIMEOUT: Final = 30.0
+_READY: Final = "kumo listening on "
+
+
+class ServerProcess:
+    """A running ``kumo serve``; ``url`` is its base URL (no trailing slash)."""
+
+    def __init__(self, process: subprocess.Popen[str], url: str, stderr: IO[bytes]) -> None:
+        self.process = process
+        self.url = url
+        self._stderr = stderr
+
+    def stderr_text(self) -> str:
+        """What the server wrote on stderr so far."""
+        self._stderr.seek(0)
+        return self._stderr.read().decode(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = STOP_TIMEOUT) -> int:
+        """Send ``sig`` and return the exit status; kill it if it outlives ``timeout``."""
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            raise AssertionError(
+                f"kumo serve did not stop within {timeout}s of signal {sig}:\n" + self.stderr_text()
+            ) from None
+        finally:
+            self._close()
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown at all, as a crash."""
+        self.process.kill()
+        self.process.wait()
+        self._close()
+
+    def _close(self) -> None:
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+        self._stderr.close()
+
+
+def start_server(
+    data_dir: Path,
+    *,
+    config: str | None = None,
+    host: str = "127.0.0.1",
+    extra_args: tuple[str, ...] = (),
+) -> ServerProcess:
+    """Start ``kumo serve`` on ``host`` port 0 with ``data_dir``; return once it serves.
+
+    ``config`` is TOML text, written next to ``data_dir`` (as ``<data_dir>.toml``).
+    """
+    data_dir.parent.mkdir(parents=True, exist_ok=True)
+    bracketed = f"[{host}]" if ":" in host else host
+    args = [
+        sys.executable,
+        "-m",
+        "kumo.cli.serve",
+        "--listen",
+        f"{bracketed}:0",
+        "--data-dir",
+        str(data_dir),
+        *extra_args,
+    ]
+    if config is not None:
+        config_path = data_dir.with_name(data_dir.name + ".toml")
+        config_path.write_text(config, encoding="utf-8")
+        args += ["--config", str(config_path)]
+    stderr = tempfile.TemporaryFile()  # noqa: SIM115  # the ServerProcess closes it
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=stderr, text=True, env=env)
+    server = ServerProcess(process, "", stderr)
+    try:
+        server.url = _wait_for_url(process)
+    except BaseException:
+        process.kill()
+        process.wait()
+        text = server.stderr_text()
+        server._close()
+        raise AssertionError(f"kumo serve did not start:\n{text}") from None
+    return server
+
+
+def _wait_for_url(process: subprocess.Popen[str]) -> str:
+    assert process.stdout is not None
+    deadline = time.monotonic() + START_TIMEOUT
+    with selectors.DefaultSelector() as selector:
+        selector.register(process.stdout, selectors.EVENT_READ)
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not selector.select(remaining):
+                raise TimeoutError("no URL printed")
+            line = process.stdout.readline()
+            if not line:
+                raise EOFError("kumo serve exited")
+            if line.startswith(_READY):
+                return line[len(_READY) :].strip()
+
+
+@contextmanager
+def running_server(
+    data_dir: Path, *, config: str | None = None, host: str = "127.0.0.1"
+) -> Iterator[str]:
+    """A ``kumo serve`` for the duration of the block; yields its base URL.
+
+    On a normal exit the server must stop cleanly (status 0) on SIGTERM.
+    """
+    server = start_server(data_dir, config=config, host=host)
+    try:
+        yield server.url
+    except BaseException:
+        if server.process.poll() is None:
+            server.stop()
+        raise
+    status = server.stop()
+    assert status == 0, f"kumo serve exited {status}:\n{server.stderr_text()}"
+
+
+# -- reading what a server left in its data directory ----------------------------------
+
+
+def logged_events(data_dir: Path) -> list[Committed]:
+    """Every event of the server's event log, in order (read-only; safe while it runs)."""
+    path = data_dir / DATABASE
+    if not path.exists():
+        return []
+    with closing(SqliteEventStore(path, readonly=True)) as store:
+        return [committed for batch in store.scan() for committed in batch]
+
+
+def delivery_records(data_dir: Path) -> list[dict[str, Any]]:
+    """Every record of the delivery log (``logs/*.jsonl``), in file and line order.
+
+    A last line still being written (no newline yet) is left out.
+    """
+    records = []
+    for path in sorted((data_dir / LOGS).glob("*.jsonl")):
+        text = path.read_text(encoding="utf-8")
+        complete = text[: text.rfind("\n") + 1]
+        records += [json.loads(line) for line in complete.splitlines()]
+    return records
+
+
+def wait_until(
+    probe: Callable[[], T | None], *, timeout: float = 15.0, interval: float = 0.05
+) -> T:
+    """Call ``probe`` until it returns something truthy, and return that; fail after
+    ``timeout`` seconds with the last value seen."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"still {value!r} after {timeout}s")
+        time.sleep(interval)

@@ -22,7 +22,8 @@ from typing import Any, Final, NoReturn, TypeAlias
 
 import attrs
 
-from kumo.model.duration import DurationError, parse_duration
+from kumo.model.duration import DurationError, format_duration, parse_duration
+from kumo.model.queue_name import queue_name_for
 
 NANOS_PER_SECOND: Final = 1_000_000_000
 DEFAULT_WALL_ORIGIN: Final = 1_767_225_600 * NANOS_PER_SECOND
@@ -196,9 +197,9 @@ class Step:
         return step_label(self.index, self.name, self.kind)
 
     @property
-    def title(self) -> str:
-        """The step's name, or its kind and position when it has none."""
-        return self.name if self.name is not None else f"{self.kind} #{self.index}"
+    def summary(self) -> str:
+        """What the step does, in a few words: ``10 to spring:acme@gmail.com``."""
+        return describe_action(self.action)
 
 
 @attrs.frozen
@@ -208,6 +209,56 @@ class Scenario:
     description: str | None
     wall_origin: int
     steps: tuple[Step, ...]
+
+
+def describe_action(action: Action) -> str:
+    """A one-line summary of ``action`` for reports."""
+    if isinstance(action, Inject):
+        if action.recipients is not None:
+            return f"{action.count} to {', '.join(action.recipients[:3])}" + (
+                ", ..." if action.count > 3 else ""
+            )
+        assert action.domain is not None
+        if action.queue is not None:
+            return f"{action.count} to queue {action.queue}"
+        queue = queue_name_for(
+            domain=action.domain,
+            campaign=action.campaign,
+            tenant=action.tenant,
+            routing_domain=action.routing_domain,
+        )
+        return f"{action.count} to {queue}"
+    if isinstance(action, Bounce):
+        body = _encode_json(action.body).decode()
+        if action.expires_in is not None:
+            body += f", expires in {_signed_duration(action.expires_in)}"
+        return body
+    if isinstance(action, Cancel):
+        return repr(action.rule) if action.rule is not None else f"id {action.id}"
+    if isinstance(action, Wait):
+        return format_duration(action.nanos)
+    if isinstance(action, Restart):
+        return "the server"
+    if isinstance(action, Request):
+        return f"{action.method} {action.path} ({len(action.body)} bytes)"
+    keys = [
+        key
+        for key, value in (
+            ("rules", action.rules),
+            ("rule_count", action.rule_count),
+            ("total_bounced", action.total_bounced),
+            ("queues", action.queues),
+            ("queued_total", action.queued_total),
+            ("admin_bounces", action.admin_bounces),
+            ("records", action.records),
+        )
+        if value is not None and value != ()
+    ]
+    return ", ".join(keys)
+
+
+def _signed_duration(nanos: int) -> str:
+    return format_duration(nanos) if nanos >= 0 else "-" + format_duration(-nanos)
 
 
 def step_label(index: int, name: str | None, kind: str | None) -> str:

@@ -23,7 +23,8 @@ def describe_check(check: Check) -> str:
 def _step_lines(result: StepResult, *, verbose: bool) -> list[str]:
     step = result.step
     where = f" (line {step.line})" if step.line is not None else ""
-    lines = [f"  {_MARKS[result.verdict]}  {step.label}{where}"]
+    summary = "" if step.name is not None and not verbose else f": {step.summary}"
+    lines = [f"  {_MARKS[result.verdict]}  {step.label}{summary}{where}"]
     for check in result.checks:
         if verbose or check.verdict is not Verdict.PASSED:
             mark = "ok  " if check.verdict is Verdict.PASSED else ""

@@ -19,7 +19,7 @@ import json
 import tempfile
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Final, Protocol
 
@@ -62,7 +62,11 @@ INJECT_PATH: Final = "/api/inject/v1"
 METRICS_PATH: Final = "/metrics"
 LIVENESS_PATH: Final = "/api/check-liveness/v1"
 INJECT_BATCH: Final = 1_000
-"""Recipients per inject request."""
+"""Recipients per inject request to a live server."""
+IN_PROCESS_INJECT_BATCH: Final = 64
+"""Recipients per inject request in-process. The inject handler builds the messages of
+a larger request in a worker thread, and waiting on a thread lets virtual time jump to
+the next deadline (a rule's expiry, say), which would make runs differ."""
 STEP_BUDGET: Final = 3_600.0
 """Seconds a step may take beyond its own wait. In-process this is virtual time, so a
 step that hangs fails at once instead of hanging the run."""
@@ -88,6 +92,10 @@ class Target(Protocol):
     @property
     def settle_timeout(self) -> float:
         """Seconds to keep retrying a failed expectation (0: check once)."""
+
+    @property
+    def inject_batch(self) -> int:
+        """Recipients per inject request."""
 
     async def request(
         self,
@@ -146,46 +154,66 @@ def read_records(log_dir: Path, skip: Mapping[str, int] | None = None) -> list[d
 class InProcessTarget:
     """A fresh engine behind the real app, on the trio clock (virtual under MockClock).
 
-    Build it with :meth:`open`; everything must run in one task, in one ``trio.run``.
+    Build it with :meth:`open`. The engine runs in a task of its own, so that a restart
+    (close, then open again on the same directory) happens outside whatever cancel
+    scopes the caller has open.
     """
 
     description = "in-process"
     remaining_slack = 0
     settle_timeout = 0.0
+    inject_batch = IN_PROCESS_INJECT_BATCH
 
-    def __init__(self, data_dir: Path, clock: EngineClock) -> None:
+    def __init__(self, data_dir: Path, clock: EngineClock, nursery: trio.Nursery) -> None:
         self.data_dir = data_dir
         self.clock = clock
-        self._stack = AsyncExitStack()
+        self._nursery = nursery
         self._engine: Engine | None = None
         self._client: httpx.AsyncClient | None = None
+        self._stop = trio.Event()
+        self._stopped = trio.Event()
 
     @classmethod
     @asynccontextmanager
     async def open(cls, data_dir: Path, *, wall_origin: int) -> AsyncIterator[InProcessTarget]:
-        target = cls(data_dir, EngineClock(wall_origin))
-        await target._start()
-        try:
-            yield target
-        finally:
-            await target._stop()
+        async with trio.open_nursery() as nursery:
+            target = cls(data_dir, EngineClock(wall_origin), nursery)
+            await target._start()
+            try:
+                yield target
+            finally:
+                await target._shut_down()
 
     async def _start(self) -> None:
-        stack = AsyncExitStack()
-        # threads=False: SQLite and file writes run inline, so that virtual time only
-        # moves when the scenario waits (see kumo.runtime.blocking).
-        engine = await stack.enter_async_context(
-            open_engine(self.data_dir, clock=self.clock, threads=False)
-        )
-        app: Any = create_app(engine)  # an ASGI app; quart's scope types are narrower
-        transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 40000))
-        client = httpx.AsyncClient(transport=transport, base_url="http://kumo.invalid")
-        await stack.enter_async_context(client)
-        self._stack, self._engine, self._client = stack, engine, client
+        self._stop, self._stopped = trio.Event(), trio.Event()
+        await self._nursery.start(self._serve, self._stop, self._stopped)
 
-    async def _stop(self) -> None:
-        stack, self._engine, self._client = self._stack, None, None
-        await stack.aclose()
+    async def _shut_down(self) -> None:
+        self._stop.set()
+        await self._stopped.wait()
+
+    async def _serve(
+        self,
+        stop: trio.Event,
+        stopped: trio.Event,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        try:
+            # threads=False: SQLite and file writes run inline, so that virtual time
+            # only moves when the scenario waits (see kumo.runtime.blocking).
+            async with open_engine(self.data_dir, clock=self.clock, threads=False) as engine:
+                app: Any = create_app(engine)  # an ASGI app; quart's scope types are narrower
+                transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 40000))
+                async with httpx.AsyncClient(
+                    transport=transport, base_url="http://kumo.invalid"
+                ) as client:
+                    self._engine, self._client = engine, client
+                    task_status.started()
+                    await stop.wait()
+                    self._engine = self._client = None
+        finally:
+            stopped.set()
 
     @property
     def engine(self) -> Engine:
@@ -210,7 +238,7 @@ class InProcessTarget:
         await trio.sleep(nanos / NANOS_PER_SECOND)
 
     async def restart(self) -> str | None:
-        await self._stop()
+        await self._shut_down()
         await self._start()
         return None
 
@@ -242,6 +270,7 @@ class LiveTarget:
         self.settle_timeout = settle_timeout
         self.remaining_slack = remaining_slack
         self._log_offsets: dict[str, int] = {}
+        self.inject_batch = INJECT_BATCH
 
     @property
     def description(self) -> str:
@@ -450,8 +479,9 @@ class _Run:
         statuses: list[int] = []
         successes = failures = 0
         problems: list[Check] = []
-        for start in range(0, len(recipients), INJECT_BATCH):
-            batch = recipients[start : start + INJECT_BATCH]
+        size = self.target.inject_batch
+        for start in range(0, len(recipients), size):
+            batch = recipients[start : start + size]
             body = {
                 "envelope_sender": action.sender,
                 "recipients": [

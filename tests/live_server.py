@@ -164,6 +164,24 @@ def logged_events(data_dir: Path) -> list[Committed]:
         return [committed for batch in store.scan() for committed in batch]
 
 
+def events_after(data_dir: Path, seq: int) -> list[Committed]:
+    """The events of the server's log after sequence number ``seq``."""
+    path = data_dir / DATABASE
+    if not path.exists():
+        return []
+    with closing(SqliteEventStore(path, readonly=True)) as store:
+        return [committed for batch in store.scan(after_seq=seq) for committed in batch]
+
+
+def last_seq(data_dir: Path) -> int:
+    """The sequence number of the last event in the server's log (0 when empty)."""
+    path = data_dir / DATABASE
+    if not path.exists():
+        return 0
+    with closing(SqliteEventStore(path, readonly=True)) as store:
+        return store.last_seq
+
+
 def delivery_records(data_dir: Path) -> list[dict[str, Any]]:
     """Every record of the delivery log (``logs/*.jsonl``), in file and line order.
 

@@ -188,14 +188,15 @@ def test_inject_bounce_read_back_and_restart(tmp_path: Path) -> None:
 def test_acknowledged_requests_survive_sigkill(tmp_path: Path) -> None:
     data = tmp_path / "data"
     server = start_server(data)
-    inject(server.url, *({"email": f"r{i}@example.com"} for i in range(50)))
+    # Over 64 recipients: the messages are built in a worker thread.
+    inject(server.url, *({"email": f"r{i}@example.com"} for i in range(100)))
     reply = httpx.post(server.url + BOUNCE, json={"domain": "example.com", "reason": "r"})
     assert reply.status_code == 200
     server.kill()
     with running_server(data) as url:
         [rule] = rules(url)
         assert rule["id"] == reply.json()["id"]
-        wait_until(lambda: rules(url)[0]["total_bounced"] == 50)
+        wait_until(lambda: rules(url)[0]["total_bounced"] == 100)
         assert scheduled(url) == {}
 
 

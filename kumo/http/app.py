@@ -44,10 +44,8 @@ LIVENESS_PATH: Final = "/api/check-liveness/v1"
 METRICS_PATH: Final = "/metrics"
 OPENAPI_PATH: Final = "/api-docs/openapi.json"
 
-_PROTECTED_ENDPOINTS: Final = frozenset(
-    {"post_bounce", "get_bounces", "delete_bounce", "inject", "metrics"}
-)
-"""Endpoints (view function names) served only to trusted or authenticated peers."""
+_PROTECTED_PATHS: Final = frozenset({BOUNCE_PATH, INJECT_PATH, METRICS_PATH})
+"""Routes served only to trusted or authenticated peers (SPEC section 4, Access)."""
 
 _log = logging.getLogger(__name__)
 
@@ -85,8 +83,9 @@ def create_app(
 
     @app.before_request
     async def check_access() -> None:
-        if request.endpoint not in _PROTECTED_ENDPOINTS:
-            return
+        rule = request.url_rule
+        if rule is None or rule.rule not in _PROTECTED_PATHS:
+            return  # open, or no such route: routing answers 404 or 405
         peer = _peer()
         authorization = request.headers.get("Authorization")
         if authorization is not None and authorization.lstrip()[:6].lower() == "basic ":

@@ -31,7 +31,7 @@ from kumo.http.errors import (
 )
 from kumo.http.rfc3339 import TimestampError, parse_rfc3339
 from kumo.model.criteria import Criteria
-from kumo.model.duration import NANOS_PER_SECOND, DurationError, parse_duration
+from kumo.model.duration import NANOS_PER_SECOND, NANOS_PER_YEAR, DurationError, parse_duration
 from kumo.model.requests import MAX_LIFETIME, BounceRequest
 
 # -- 415 and 400 ------------------------------------------------------------------------
@@ -195,7 +195,7 @@ def _expected_list(names: tuple[str, ...]) -> str:
 
 # -- POST /api/admin/bounce/v1 ----------------------------------------------------------
 
-_MAX_YEARS: Final = MAX_LIFETIME // NANOS_PER_SECOND // 31_557_600
+_MAX_YEARS: Final = MAX_LIFETIME // NANOS_PER_YEAR
 
 
 def _lifetime(path: str, nanos: int, spelled: str) -> int:
@@ -204,7 +204,7 @@ def _lifetime(path: str, nanos: int, spelled: str) -> int:
     return nanos
 
 
-def read_duration(path: str, value: object) -> int | None:
+def _duration(path: str, value: object) -> int | None:
     """``duration``: a humantime string, non-negative seconds (integer or float), or null."""
     if value is None:
         return None
@@ -222,13 +222,11 @@ def read_duration(path: str, value: object) -> int | None:
             f"invalid value: {_unexpected(value)}, expected a non-negative number of seconds",
         )
     if isinstance(value, int):
-        if value > MAX_LIFETIME // NANOS_PER_SECOND:
-            raise _refuse(path, f"{value} seconds is over the maximum of {_MAX_YEARS} years")
-        return value * NANOS_PER_SECOND
+        return _lifetime(path, value * NANOS_PER_SECOND, f"{value} seconds")
     return _lifetime(path, round(Fraction(value) * NANOS_PER_SECOND), f"{value!r} seconds")
 
 
-def read_expires(path: str, value: object) -> int | None:
+def _expires(path: str, value: object) -> int | None:
     """``expires``: an RFC 3339 date-time string or null, as ns since the epoch."""
     if value is None:
         return None
@@ -247,8 +245,8 @@ _BOUNCE_READERS: Final[Mapping[str, Callable[[str, Any], object]]] = {
     "routing_domain": _optional_string,
     "queue_names": _string_list,
     "reason": _string,
-    "duration": read_duration,
-    "expires": read_expires,
+    "duration": _duration,
+    "expires": _expires,
     "suppress_logging": _boolean,
 }
 _BOUNCE_FIELDS: Final = _expected_list(tuple(_BOUNCE_READERS))

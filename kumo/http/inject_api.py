@@ -143,7 +143,7 @@ def plan_injection(
         # Every recipient gets the very same bytes object: no copy per message.
         shared = content.encode()
         headers = content_headers(content, frozenset({"x-campaign", "x-tenant"}))
-        _check_expansion(len(shared), len(request.recipients), max_bytes)
+        _check_expansion(len(shared) * len(request.recipients), max_bytes)
         build = lambda _: shared  # noqa: E731
     else:
         built = content
@@ -164,7 +164,7 @@ def plan_injection(
             errors.append(f"{recipient.email}: {exc}")
             continue
         total += len(body)
-        _check_expansion(total, 1, max_bytes)
+        _check_expansion(total, max_bytes)
         messages.append(NewMessage(request.envelope_sender, recipient.email, queue, body))
     return InjectionPlan(tuple(messages), tuple(failed), tuple(errors))
 
@@ -182,11 +182,11 @@ def _queue_for(recipient: InjectRecipient, headers: Mapping[str, str]) -> str:
     )
 
 
-def _check_expansion(size: int, count: int, max_bytes: int) -> None:
-    if size * count > max_bytes:
+def _check_expansion(total: int, max_bytes: int) -> None:
+    if total > max_bytes:
         raise RequestRefused(
             413,
-            f"the injection would create {size * count} bytes of messages, "
+            f"the injection would create {total} bytes of messages or more, "
             f"over the limit of {max_bytes} bytes per request",
         )
 

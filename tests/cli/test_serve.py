@@ -6,14 +6,17 @@ import signal
 import subprocess
 import sys
 import threading
+from functools import partial
 from pathlib import Path
 
 import httpx
 import pytest
+import trio
 from click.testing import CliRunner
 
 from kumo.cli.kumo import main
-from kumo.cli.serve import resolve_config
+from kumo.cli.serve import resolve_config, run_server
+from kumo.config import Config
 from tests.live_server import start_server, wait_until
 
 
@@ -153,3 +156,15 @@ def test_sigterm_mid_traffic_loses_no_acknowledged_message(tmp_path: Path) -> No
     [received] = [line for line in page.splitlines() if line.startswith("total_messages_received ")]
     # A request in flight when the server stopped may be durable without an answer.
     assert int(received.split()[1]) >= sum(acknowledged)
+
+
+async def test_run_server_in_process_until_stop_is_set(tmp_path: Path) -> None:
+    stop = trio.Event()
+    config = Config(listen="127.0.0.1:0", data_dir=tmp_path / "data")
+    async with trio.open_nursery() as nursery:
+        url = await nursery.start(partial(run_server, config, stop=stop))
+        async with httpx.AsyncClient() as client:
+            reply = await client.get(f"{url}/api/check-liveness/v1")
+        assert (reply.status_code, reply.text) == (200, "OK")
+        stop.set()
+    assert (tmp_path / "data" / "events.sqlite3").exists()

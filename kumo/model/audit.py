@@ -1,0 +1,310 @@
+"""Audits of the event log: who bounced what, when, why, and how many, per queue.
+
+Three folds over committed events, fed in log order, each once; no I/O, no clock:
+
+- :class:`Timeline`: every rule's history (issued, replaced, cancelled, expired) as a
+  list of :class:`RuleAction`, each carrying the rule's criteria, reason, counters and
+  fate, so that one row answers "who did this, and what came of it";
+- :func:`state_at`: the state (live rules with their counters, queue gauges) as it was
+  at a moment, by folding the prefix of the log committed by then;
+- :class:`MessageStory`: what became of one message: received, then bounced by which
+  rule and why, or still queued.
+
+The rule lifecycle (what replaces what, when a rule counts as expired) is
+:class:`kumo.model.state.RuleBook`'s, the same fold the engine runs, so an audit cannot
+disagree with what the server did.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Literal, TypeAlias
+
+import attrs
+
+from kumo.model.criteria import Criteria
+from kumo.model.events import Bounced, BounceIssued, Committed, MessageReceived
+from kumo.model.state import Rule, RuleBook, State
+
+ActionKind: TypeAlias = Literal["issued", "replaced", "cancelled", "expired"]
+RuleStatus: TypeAlias = Literal["live", "expired", "cancelled", "replaced"]
+
+
+@attrs.frozen(slots=True)
+class RuleAction:
+    """One thing that happened to a rule, with the rule as it stands at the audit's end.
+
+    ``time`` is when it took effect: the commit time of the event that did it, except
+    for an expiry, which is dated at the rule's ``expires_at`` (the moment it stopped
+    matching), however late the log recorded it. ``seq`` is the log position of the
+    event that recorded it; ``None`` for an expiry that the log does not record yet
+    (the server was down when the rule's time ran out).
+    """
+
+    seq: int | None
+    time: int
+    action: ActionKind
+    rule_id: str
+    principal: str | None
+    """Who: the issuer; the canceller; for a replacement the replacing rule's issuer;
+    ``None`` for an expiry, which nobody asked for."""
+    criteria: Criteria
+    reason: str
+    issued_at: int
+    expires_at: int
+    suppress_logging: bool
+    status: RuleStatus
+    """The rule's fate at the audit's reference time."""
+    ended_at: int | None
+    """When the rule stopped matching (its expiry, for an expired one), if it has."""
+    ended_by: str | None
+    """The id of the rule that replaced it, who cancelled it, or ``None``."""
+    bounced: Mapping[str, int]
+    """Queue name -> messages this rule bounced there (all queues, or the one filtered)."""
+    total_bounced: int
+
+
+@attrs.frozen(slots=True)
+class TimelineFilter:
+    """Which actions an audit shows. Every field that is set must hold.
+
+    ``since`` and ``until`` bound the action's ``time`` (inclusive). ``queue`` keeps the
+    rules that match that queue name or bounced messages in it, and narrows their
+    counters to that queue. ``principal`` keeps the actions that principal took.
+    """
+
+    since: int | None = None
+    until: int | None = None
+    rule_id: str | None = None
+    queue: str | None = None
+    principal: str | None = None
+
+
+_Recorded: TypeAlias = tuple[int | None, int, ActionKind, str, str | None]
+
+
+def _status(rule: Rule, now: int) -> RuleStatus:
+    if rule.end is not None:
+        return rule.end
+    return "live" if rule.live_at(now) else "expired"
+
+
+class Timeline:
+    """The fold behind ``kumo audit``: every rule's actions, in the order they happened.
+
+    Feed it every committed event in log order with :meth:`apply` (events that are not
+    about rules only update counters; ``MessageReceived`` may be left out), then call
+    :meth:`actions` with the reference time that decides which rules count as live.
+    """
+
+    __slots__ = ("_recorded", "rules")
+
+    def __init__(self) -> None:
+        self.rules = RuleBook()
+        # (seq, time, action, rule id, principal) as the log records them.
+        self._recorded: list[_Recorded] = []
+
+    def apply(self, committed: Committed) -> None:
+        """Fold one committed event; events must come in log order, each once."""
+        event = committed.event
+        if isinstance(event, Bounced | MessageReceived):
+            self.rules.apply(committed)
+            return
+        live_before = list(self.rules.live_rules())
+        rule = self.rules.apply(committed)
+        seq, time = committed.seq, committed.time
+        record = self._recorded.append
+        if isinstance(event, BounceIssued) and rule is not None:
+            record((seq, time, "issued", rule.id, rule.issued_by))
+            if rule.issued_expired:
+                record((seq, rule.expires_at, "expired", rule.id, None))
+        for ended in live_before:
+            if ended.ended_seq != seq or ended.end is None:
+                continue
+            if ended.end == "expired":
+                record((seq, ended.expires_at, "expired", ended.id, None))
+            elif ended.end == "replaced":
+                record((seq, time, "replaced", ended.id, rule.issued_by if rule else None))
+            else:
+                record((seq, time, "cancelled", ended.id, ended.ended_by))
+
+    def actions(self, now: int, where: TimelineFilter | None = None) -> list[RuleAction]:
+        """The actions that ``where`` keeps, ordered by ``time`` then log position.
+
+        ``now`` is the reference time: a rule not ended by an event is ``live`` if its
+        expiry is after ``now``, else ``expired``, with an unrecorded expiry action.
+        """
+        where = where or TimelineFilter()
+        recorded = list(self._recorded)
+        for rule in self.rules.live_rules():
+            if not rule.live_at(now):
+                recorded.append((None, rule.expires_at, "expired", rule.id, None))
+        recorded.sort(key=lambda item: (item[1], item[0] if item[0] is not None else 2**63))
+        actions: list[RuleAction] = []
+        for seq, time, action, rule_id, principal in recorded:
+            if where.since is not None and time < where.since:
+                continue
+            if where.until is not None and time > where.until:
+                continue
+            if where.rule_id is not None and rule_id != where.rule_id:
+                continue
+            if where.principal is not None and principal != where.principal:
+                continue
+            rule = self.rules.rules[rule_id]
+            bounced: Mapping[str, int] = rule.bounced
+            if where.queue is not None:
+                if not (rule.criteria.matches(where.queue) or where.queue in rule.bounced):
+                    continue
+                count = rule.bounced.get(where.queue, 0)
+                bounced = {where.queue: count} if count else {}
+            actions.append(
+                RuleAction(
+                    seq=seq,
+                    time=time,
+                    action=action,
+                    rule_id=rule_id,
+                    principal=principal,
+                    criteria=rule.criteria,
+                    reason=rule.reason,
+                    issued_at=rule.issued_at,
+                    expires_at=rule.expires_at,
+                    suppress_logging=rule.suppress_logging,
+                    status=_status(rule, now),
+                    ended_at=_ended_at(rule, now),
+                    ended_by=rule.ended_by,
+                    bounced=dict(bounced),
+                    total_bounced=sum(bounced.values()),
+                )
+            )
+        return actions
+
+
+def _ended_at(rule: Rule, now: int) -> int | None:
+    """When the rule stopped matching: its cancel or replacement, else its expiry."""
+    if rule.end in ("cancelled", "replaced"):
+        return rule.ended_at
+    return rule.expires_at if rule.end == "expired" or rule.expires_at <= now else None
+
+
+def state_at(events: Iterable[Committed], at: int) -> State:
+    """The fold (rules, counters, queue gauges; no messages) of the events up to ``at``.
+
+    Events committed after ``at`` are ignored (the log's commit times never decrease,
+    so they are a suffix). Read the live rules with ``state.rules.views(at)`` and the
+    gauges with ``state.queue_counts``: they are what GET and ``/metrics`` showed then.
+    """
+    state = State(keep_messages=False)
+    apply = state.apply
+    for committed in events:
+        if committed.time > at:
+            break
+        apply(committed)
+    return state
+
+
+@attrs.frozen(slots=True)
+class Reception:
+    """A message's ``MessageReceived``: when, from whom, to which queue."""
+
+    seq: int
+    time: int
+    queue: str
+    sender: str
+    recipient: str
+    size: int
+    protocol: str
+
+
+HowBounced: TypeAlias = Literal["at arrival", "by sweep"]
+
+
+@attrs.frozen(slots=True)
+class BounceOutcome:
+    """A ``Bounced`` event that took the message, and the rule behind it."""
+
+    seq: int
+    time: int
+    queue: str
+    rule_id: str
+    how: HowBounced | None
+    """``at arrival`` when the rule was issued before the message came, ``by sweep``
+    when the rule was issued later and drained the queue; ``None`` for an unknown rule."""
+    reason: str | None
+    criteria: Criteria | None
+    issued_by: str | None
+    issued_at: int | None
+    suppress_logging: bool | None
+
+
+MessageStatus: TypeAlias = Literal["queued", "bounced", "unknown"]
+
+
+class MessageStory:
+    """The fold behind ``kumo audit --message``: one message, from reception to its end.
+
+    Feed it, in log order, every rule event and at least the events that mention the
+    message (others are ignored cheaply). A consistent log yields one reception and at
+    most one bounce; more than that is reported as it is, not hidden.
+    """
+
+    __slots__ = ("_bounces", "message_id", "received", "rules")
+
+    def __init__(self, message_id: str) -> None:
+        self.message_id = message_id
+        self.rules = RuleBook()
+        self.received: list[Reception] = []
+        self._bounces: list[tuple[Committed, Bounced]] = []
+
+    def apply(self, committed: Committed) -> None:
+        event = committed.event
+        if isinstance(event, MessageReceived):
+            if event.message_id == self.message_id:
+                self.received.append(
+                    Reception(
+                        seq=committed.seq,
+                        time=committed.time,
+                        queue=event.queue,
+                        sender=event.sender,
+                        recipient=event.recipient,
+                        size=event.size,
+                        protocol=event.protocol,
+                    )
+                )
+        elif isinstance(event, Bounced):
+            if any(message.id == self.message_id for message in event.messages):
+                self._bounces.append((committed, event))
+        else:
+            self.rules.apply(committed)
+
+    @property
+    def status(self) -> MessageStatus:
+        """``bounced`` once a ``Bounced`` names it, else ``queued`` once received."""
+        if self._bounces:
+            return "bounced"
+        return "queued" if self.received else "unknown"
+
+    def bounces(self) -> list[BounceOutcome]:
+        """Every bounce of the message (one in a consistent log), in log order."""
+        received_seq = self.received[0].seq if self.received else None
+        outcomes = []
+        for committed, event in self._bounces:
+            rule = self.rules.rules.get(event.rule_id)
+            how: HowBounced | None = None
+            if rule is not None:
+                swept = received_seq is not None and rule.issued_seq > received_seq
+                how = "by sweep" if swept else "at arrival"
+            outcomes.append(
+                BounceOutcome(
+                    seq=committed.seq,
+                    time=committed.time,
+                    queue=event.queue,
+                    rule_id=event.rule_id,
+                    how=how,
+                    reason=rule.reason if rule else None,
+                    criteria=rule.criteria if rule else None,
+                    issued_by=rule.issued_by if rule else None,
+                    issued_at=rule.issued_at if rule else None,
+                    suppress_logging=rule.suppress_logging if rule else None,
+                )
+            )
+        return outcomes

@@ -1,0 +1,408 @@
+"""The invariants of ARCHITECTURE.md, checked over a log and its delivery log. Pure.
+
+:class:`InvariantCheck` folds committed events (all of them, in log order) and finds:
+
+- **conservation**: every received message is queued xor bounced; none is received
+  twice, bounced twice, bounced without being received, or bounced out of a queue it
+  was not in;
+- **attribution**: a message is bounced by the rule SPEC section 7 names: the most
+  recently issued rule that matches its queue and was live when it arrived, else the
+  first matching rule issued after it arrived (that rule's sweep);
+- **counters**: the projection the engine serves (:class:`kumo.model.state.State`,
+  rebuilt here) equals a count of the ``Bounced`` events per rule and queue, and its
+  queue gauges equal what was received minus what was bounced.
+
+:class:`DeliveryLogCheck` then compares the delivery-log records with what the log
+says must be there: one ``Reception`` per received message, one ``AdminBounce`` per
+bounced message unless its rule suppresses logging, nothing else, nothing twice, for
+every event up to the delivery log's checkpoint, and a checkpoint that does not point
+past the end of the log (which would mean the log lost its tail).
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections import Counter
+from typing import Final
+
+import attrs
+
+from kumo.model.events import Bounced, BounceIssued, Committed, MessageReceived
+from kumo.model.log_record import bounce_content
+from kumo.model.queue_name import QueueName
+from kumo.model.state import Rule, State
+
+
+@attrs.frozen(slots=True)
+class Violation:
+    """One broken invariant: which check, where (a seq, a file and line), and what."""
+
+    check: str
+    where: str
+    problem: str
+    seq: int | None = None
+    """The log position it concerns, when there is one (for sorting and tools)."""
+
+
+def at_seq(seq: int) -> str:
+    """The ``where`` of a violation found at a log position."""
+    return f"seq {seq}"
+
+
+@attrs.frozen(slots=True)
+class _Received:
+    seq: int
+    time: int
+    queue: str
+    arrival_rule: str | None
+    """The rule that had to bounce it at arrival, if one was live and matching."""
+
+
+class InvariantCheck:
+    """Folds committed events and checks conservation, attribution and counters.
+
+    Call :meth:`apply` with every committed event in log order, then :meth:`finish`
+    once. Memory grows with the number of messages (a few hundred bytes each).
+    """
+
+    def __init__(self) -> None:
+        self.projection = State(keep_messages=False)
+        self.violations: list[Violation] = []
+        self.received: dict[str, _Received] = {}
+        self.bounced: dict[str, tuple[int, str, str]] = {}
+        """Message id -> (seq, queue, rule id) of the ``Bounced`` that took it."""
+        self.tally: Counter[tuple[str, str]] = Counter()
+        """(rule id, queue) -> messages the ``Bounced`` events give that rule there."""
+        self.bounced_events = 0
+        # Queue -> rules not ended by an event that match it, newest first; dropped
+        # whenever a rule event changes what is live.
+        self._live_matching: dict[str, list[Rule]] = {}
+        # Queue -> (issued seq, rule id) of every matching rule issued after the queue
+        # was first seen, in log order: where an unclaimed message's sweep comes from.
+        self._issued_matching: dict[str, list[tuple[int, str]]] = {}
+
+    def _violate(self, check: str, seq: int, problem: str) -> None:
+        self.violations.append(Violation(check, at_seq(seq), problem, seq))
+
+    def apply(self, committed: Committed) -> None:
+        """Fold one committed event (log order, each once), noting what it breaks."""
+        event = committed.event
+        seq = committed.seq
+        if isinstance(event, MessageReceived):
+            self._receive(committed, event)
+        elif isinstance(event, Bounced):
+            self._bounce(committed, event)
+        else:
+            self._live_matching.clear()
+            if isinstance(event, BounceIssued):
+                for queue, issued in self._issued_matching.items():
+                    if event.criteria.matches(queue):
+                        issued.append((seq, event.rule_id))
+        self.projection.apply(committed)
+
+    def _receive(self, committed: Committed, event: MessageReceived) -> None:
+        previous = self.received.get(event.message_id)
+        if previous is not None:
+            self._violate(
+                "conservation",
+                committed.seq,
+                f"message {event.message_id} received again (first at seq {previous.seq})",
+            )
+            return
+        queue = event.queue
+        if queue not in self._issued_matching:
+            self._issued_matching[queue] = []
+        live = self._live_matching.get(queue)
+        if live is None:
+            parsed = QueueName.parse(queue)
+            live = [r for r in self.projection.rules.live_rules() if r.criteria.matches(parsed)]
+            live.reverse()
+            self._live_matching[queue] = live
+        arrival_rule = next(
+            (rule.id for rule in live if rule.live_at(committed.time)),
+            None,
+        )
+        self.received[event.message_id] = _Received(
+            committed.seq, committed.time, queue, arrival_rule
+        )
+
+    def _bounce(self, committed: Committed, event: Bounced) -> None:
+        seq = committed.seq
+        self.bounced_events += 1
+        rule = self.projection.rules.rules.get(event.rule_id)
+        if rule is None:
+            self._violate("conservation", seq, f"bounced by rule {event.rule_id}, never issued")
+        elif not rule.criteria.matches(event.queue):
+            self._violate(
+                "attribution",
+                seq,
+                f"rule {rule.id} ({rule.criteria.describe()}) does not match queue {event.queue}",
+            )
+        self.tally[event.rule_id, event.queue] += len(event.messages)
+        for message in event.messages:
+            mid = message.id
+            first = self.bounced.get(mid)
+            if first is not None:
+                self._violate(
+                    "conservation", seq, f"message {mid} bounced again (first at seq {first[0]})"
+                )
+                continue
+            self.bounced[mid] = (seq, event.queue, event.rule_id)
+            received = self.received.get(mid)
+            if received is None:
+                self._violate("conservation", seq, f"message {mid} bounced but never received")
+                continue
+            if received.queue != event.queue:
+                self._violate(
+                    "conservation",
+                    seq,
+                    f"message {mid} bounced out of {event.queue} "
+                    f"but was received into {received.queue}",
+                )
+            if message.seq != received.seq or message.received_at != received.time:
+                self._violate(
+                    "conservation",
+                    seq,
+                    f"message {mid} is bounced as received at seq {message.seq}, "
+                    f"but was received at seq {received.seq}",
+                )
+            expected = self._attributed_rule(received)
+            if rule is not None and expected != event.rule_id:
+                self._violate(
+                    "attribution",
+                    seq,
+                    f"message {mid} bounced by rule {event.rule_id}, but "
+                    + (
+                        f"rule {expected} was due to take it"
+                        if expected
+                        else "no rule was live when it arrived or issued after"
+                    ),
+                )
+
+    def _attributed_rule(self, received: _Received) -> str | None:
+        """The rule SPEC section 7 gives the message to, as far as the log has gone."""
+        if received.arrival_rule is not None:
+            return received.arrival_rule
+        issued = self._issued_matching.get(received.queue, [])
+        index = bisect.bisect_right(issued, (received.seq, "\uffff"))
+        return issued[index][1] if index < len(issued) else None
+
+    def queued(self) -> dict[str, list[str]]:
+        """Queue -> ids of the messages received and not bounced, in arrival order."""
+        queues: dict[str, list[str]] = {}
+        bounced = self.bounced
+        for mid, received in self.received.items():
+            if mid not in bounced:
+                queues.setdefault(received.queue, []).append(mid)
+        return queues
+
+    def owed(self) -> dict[str, int]:
+        """Rule id -> queued messages that rule should have bounced already.
+
+        Not a violation: a crash between a rule's decision and its ``Bounced`` commit
+        leaves such messages, and the next start bounces them (``unfinished_bounces``).
+        """
+        owed: Counter[str] = Counter()
+        bounced = self.bounced
+        for mid, received in self.received.items():
+            if mid not in bounced:
+                rule = self._attributed_rule(received)
+                if rule is not None:
+                    owed[rule] += 1
+        return dict(owed)
+
+    def finish(self) -> list[Violation]:
+        """Check the rebuilt counters and gauges; return every violation found."""
+        projection = self.projection
+        last = projection.last_seq
+        rules = projection.rules.rules
+        counted = {(rule.id, queue) for rule in rules.values() for queue in rule.bounced}
+        for rule_id, queue in sorted(counted | {key for key in self.tally if key[0] in rules}):
+            counter = rules[rule_id].bounced.get(queue, 0)
+            events = self.tally.get((rule_id, queue), 0)
+            if counter != events:
+                self.violations.append(
+                    Violation(
+                        "counters",
+                        f"rule {rule_id}",
+                        f"counter for {queue} is {counter}, its Bounced events hold {events}",
+                    )
+                )
+        for rule in rules.values():
+            if sum(rule.bounced.values()) != rule.total_bounced:
+                self.violations.append(
+                    Violation(
+                        "counters",
+                        f"rule {rule.id}",
+                        f"total_bounced {rule.total_bounced} is not the sum of its queues",
+                    )
+                )
+        queued = {queue: len(ids) for queue, ids in self.queued().items()}
+        if projection.queue_counts != queued:
+            differing = sorted(
+                queue
+                for queue in set(queued) | set(projection.queue_counts)
+                if queued.get(queue, 0) != projection.queue_counts.get(queue, 0)
+            )
+            self.violations.append(
+                Violation(
+                    "counters",
+                    at_seq(last),
+                    f"queue gauges differ from received minus bounced in {len(differing)} "
+                    f"queue(s), first {differing[0]}: gauge "
+                    f"{projection.queue_counts.get(differing[0], 0)}, "
+                    f"messages {queued.get(differing[0], 0)}",
+                    last,
+                )
+            )
+        if projection.received_total != len(self.received):
+            self.violations.append(
+                Violation(
+                    "counters",
+                    at_seq(last),
+                    f"received_total {projection.received_total} but "
+                    f"{len(self.received)} distinct messages received",
+                    last,
+                )
+            )
+        return self.violations
+
+
+MISSING_SAMPLE: Final = 3
+"""How many message ids a violation about missing records names."""
+
+
+@attrs.frozen(slots=True)
+class ExpectedRecord:
+    """A delivery-log record that the log calls for."""
+
+    seq: int
+    queue: str
+    content: str | None
+    """The AdminBounce response content; ``None`` for a Reception."""
+
+
+class DeliveryLogCheck:
+    """Compares delivery-log records with what an :class:`InvariantCheck` fold expects.
+
+    Feed every record of every segment, in file order, to :meth:`record`, then call
+    :meth:`finish`. ``checkpoint_seq`` is the delivery log's checkpoint (0 if none):
+    every record for an event up to it must be present; records for later events may
+    or may not be written yet.
+    """
+
+    def __init__(self, invariants: InvariantCheck, *, checkpoint_seq: int, last_seq: int) -> None:
+        self.checkpoint_seq = checkpoint_seq
+        self.last_seq = last_seq
+        self.violations: list[Violation] = []
+        self.receptions: dict[str, ExpectedRecord] = {
+            mid: ExpectedRecord(received.seq, received.queue, None)
+            for mid, received in invariants.received.items()
+        }
+        rules = invariants.projection.rules.rules
+        self.bounces: dict[str, ExpectedRecord] = {}
+        self.suppressed: dict[str, str] = {}
+        """Message id -> id of the suppressing rule that bounced it."""
+        contents: dict[str, str] = {}
+        for mid, (seq, queue, rule_id) in invariants.bounced.items():
+            rule = rules.get(rule_id)
+            if rule is None:
+                continue
+            if rule.suppress_logging:
+                self.suppressed[mid] = rule_id
+                continue
+            content = contents.get(rule_id)
+            if content is None:
+                content = contents[rule_id] = bounce_content(rule.reason)
+            self.bounces[mid] = ExpectedRecord(seq, queue, content)
+        self.seen: Counter[str] = Counter()
+        """Record type -> records read."""
+        self._seen_receptions: set[str] = set()
+        self._seen_bounces: set[str] = set()
+        if checkpoint_seq > last_seq:
+            self.violations.append(
+                Violation(
+                    "checkpoint",
+                    "logs/checkpoint.json",
+                    f"the delivery log is checkpointed at seq {checkpoint_seq} but the event "
+                    f"log ends at seq {last_seq}: events {last_seq + 1}..{checkpoint_seq} "
+                    "are missing (the log was truncated)",
+                    last_seq + 1,
+                )
+            )
+
+    def record(
+        self, kind: str, message_id: str, queue: str, content: str | None, where: str
+    ) -> None:
+        """Check one delivery-log record (``where`` names its file and line)."""
+        self.seen[kind] += 1
+        if kind == "Reception":
+            expected = self.receptions.get(message_id)
+            seen = self._seen_receptions
+            if expected is None:
+                self._bad(where, f"Reception for {message_id}, which the log never received")
+                return
+        elif kind == "AdminBounce":
+            expected = self.bounces.get(message_id)
+            seen = self._seen_bounces
+            if expected is None:
+                rule_id = self.suppressed.get(message_id)
+                self._bad(
+                    where,
+                    f"AdminBounce for {message_id}, whose rule {rule_id} suppresses logging"
+                    if rule_id
+                    else f"AdminBounce for {message_id}, which the log never bounced",
+                )
+                return
+        else:
+            return
+        if message_id in seen:
+            self._bad(where, f"duplicate {kind} record for {message_id}")
+            return
+        seen.add(message_id)
+        if queue != expected.queue:
+            self._bad(
+                where, f"{kind} for {message_id} names queue {queue}, log says {expected.queue}"
+            )
+        if expected.content is not None and content != expected.content:
+            self._bad(where, f"AdminBounce for {message_id} has content {content!r}")
+
+    def _bad(self, where: str, problem: str) -> None:
+        self.violations.append(Violation("delivery-log", where, problem))
+
+    def finish(self) -> list[Violation]:
+        """Report records missing for events up to the checkpoint; return all violations."""
+        for kind, expected, seen in (
+            ("Reception", self.receptions, self._seen_receptions),
+            ("AdminBounce", self.bounces, self._seen_bounces),
+        ):
+            missing: dict[int, list[str]] = {}
+            for mid, record in expected.items():
+                if record.seq <= self.checkpoint_seq and mid not in seen:
+                    missing.setdefault(record.seq, []).append(mid)
+            for seq in sorted(missing):
+                ids = missing[seq]
+                sample = ", ".join(ids[:MISSING_SAMPLE]) + (
+                    " ..." if len(ids) > MISSING_SAMPLE else ""
+                )
+                self.violations.append(
+                    Violation(
+                        "delivery-log",
+                        at_seq(seq),
+                        f"no {kind} record for {len(ids)} message(s) of this event: {sample}",
+                        seq,
+                    )
+                )
+        return self.violations
+
+    def pending(self) -> int:
+        """Records the log calls for after the checkpoint that are not written yet."""
+        return sum(
+            1
+            for expected, seen in (
+                (self.receptions, self._seen_receptions),
+                (self.bounces, self._seen_bounces),
+            )
+            for mid, record in expected.items()
+            if record.seq > self.checkpoint_seq and mid not in seen
+        )

@@ -1,0 +1,274 @@
+"""``kumo replay --verify``: check a data directory against everything the log promises.
+
+One pass over the stored rows checks the log itself (:class:`ChainCheck`: gapless
+sequence from 1, hash chain, commit times that never go back, bodies that decode to
+the type their row names) and feeds the decoded events to the model's
+:class:`~kumo.model.invariants.InvariantCheck` (conservation, attribution, counters).
+Then every delivery-log record under ``logs/`` goes through
+:class:`~kumo.model.invariants.DeliveryLogCheck`, with the checkpoint.
+
+Nothing here writes: the log is read through :class:`LogSnapshot`, the delivery log
+with plain reads. A truncated log keeps a valid chain, so truncation is found from the
+outside: a delivery-log checkpoint past the log's end, or records for messages the log
+no longer holds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Final
+
+import attrs
+import orjson
+
+from kumo.model.events import Committed, EventDecodeError, decode_event, event_type
+from kumo.model.invariants import DeliveryLogCheck, InvariantCheck, Violation, at_seq
+from kumo.store.log_snapshot import ChainedRow, LogSnapshot
+from kumo.store.sqlite_log import GENESIS, chain_link
+
+DATABASE: Final = "events.sqlite3"
+LOGS: Final = "logs"
+CHECKPOINT: Final = "checkpoint.json"
+
+Progress = Callable[[str, int, int], None]
+"""``progress(stage, done, total)``: called as work advances, for a progress bar."""
+
+
+def _no_progress(stage: str, done: int, total: int) -> None:
+    pass
+
+
+class ChainCheck:
+    """Checks stored rows, in seq order, for gaps, a broken hash chain and time going back.
+
+    Each fault is reported once, at the row where it shows: after a gap or a broken
+    link the check resumes from the stored chain value, so one edited row gives one
+    violation, not one per row after it.
+    """
+
+    def __init__(self) -> None:
+        self.violations: list[Violation] = []
+        self.rows = 0
+        self.expected_seq = 1
+        self._previous_chain = GENESIS
+        self._previous_time: int | None = None
+
+    def _violate(self, check: str, seq: int, problem: str) -> None:
+        self.violations.append(Violation(check, at_seq(seq), problem, seq))
+
+    def apply(self, row: ChainedRow) -> None:
+        seq, time, kind, body, chain = row
+        self.rows += 1
+        if seq != self.expected_seq:
+            if seq > self.expected_seq:
+                missing = (
+                    f"event {self.expected_seq}"
+                    if seq == self.expected_seq + 1
+                    else f"events {self.expected_seq}..{seq - 1}"
+                )
+                self._violate("sequence", seq, f"{missing} missing: rows were removed")
+            else:
+                self._violate("sequence", seq, f"seq {seq} out of order")
+        elif chain_link(self._previous_chain, seq, time, kind, body) != chain:
+            self._violate(
+                "chain",
+                seq,
+                f"the hash chain breaks at seq {seq}: this row's time, type or body was "
+                "edited, or the row before it was rewritten",
+            )
+        if self._previous_time is not None and time < self._previous_time:
+            self._violate("chain", seq, "commit time goes back from the row before")
+        self.expected_seq = seq + 1
+        self._previous_chain = bytes(chain)
+        self._previous_time = time
+
+
+@attrs.frozen
+class Checkpoint:
+    """The delivery log's ``checkpoint.json``: records are written up to ``seq``."""
+
+    seq: int
+    segment: str
+    offset: int
+
+
+def read_checkpoint(logs: Path) -> Checkpoint | Violation | None:
+    """The checkpoint under ``logs``, ``None`` if there is none, or what is wrong with it."""
+    path = logs / CHECKPOINT
+    try:
+        data = orjson.loads(path.read_bytes())
+        return Checkpoint(int(data["seq"]), str(data["segment"]), int(data["offset"]))
+    except FileNotFoundError:
+        return None
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        return Violation("checkpoint", f"{LOGS}/{CHECKPOINT}", f"unreadable checkpoint: {exc}")
+
+
+@attrs.frozen
+class DeliveryRecord:
+    """The fields of one delivery-log line that verification compares."""
+
+    kind: str
+    message_id: str
+    queue: str
+    content: str | None
+    where: str
+
+
+def read_delivery_log(
+    logs: Path, progress: Progress = _no_progress
+) -> Iterator[DeliveryRecord | Violation]:
+    """Every record of every ``*.jsonl`` segment under ``logs``, in name (= log) order.
+
+    A line that is not a JSON object with ``type``, ``id`` and ``queue`` yields a
+    :class:`Violation` naming its file and line, except an unterminated last line of
+    the last segment, which a running server may be writing at this very moment.
+    """
+    segments = sorted(logs.glob("*.jsonl"))
+    total = sum(segment.stat().st_size for segment in segments)
+    done = 0
+    for index, segment in enumerate(segments):
+        with segment.open("rb") as file:
+            for number, line in enumerate(file, start=1):
+                done += len(line)
+                where = f"{LOGS}/{segment.name} line {number}"
+                if not line.endswith(b"\n"):
+                    if index != len(segments) - 1:
+                        yield Violation(
+                            "delivery-log", where, "unterminated line in an old segment"
+                        )
+                    continue
+                try:
+                    record = orjson.loads(line)
+                    response = record["response"]
+                    content = response.get("content") if isinstance(response, dict) else None
+                    yield DeliveryRecord(
+                        str(record["type"]), str(record["id"]), str(record["queue"]), content, where
+                    )
+                except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
+                    yield Violation("delivery-log", where, "not a delivery-log record")
+                if number % 65_536 == 0:
+                    progress("delivery log", done, total)
+        progress("delivery log", done, total)
+
+
+@attrs.frozen
+class VerifyReport:
+    """What ``kumo replay --verify`` checked, with counts, and every violation found."""
+
+    events: int
+    first_seq: int
+    last_seq: int
+    received: int
+    bounced: int
+    queued: int
+    bounced_events: int
+    rules: int
+    counters: int
+    """(rule, queue) counters compared with the ``Bounced`` events."""
+    owed: dict[str, int]
+    """Rule id -> queued messages it still owes a bounce (finished at the next start)."""
+    checkpoint_seq: int | None
+    segments: int
+    records: dict[str, int]
+    pending_records: int
+    """Records for events after the checkpoint, not written yet (a running server)."""
+    violations: list[Violation]
+
+    @property
+    def ok(self) -> bool:
+        return not self.violations
+
+
+def verify_data_dir(data_dir: Path, progress: Progress = _no_progress) -> VerifyReport:
+    """Check ``data_dir`` (its event log and delivery log) without writing anything.
+
+    Raises ``FileNotFoundError`` if there is no event log. Violations are listed in the
+    order they were found: the log's rows first (by seq), then the delivery log.
+    """
+    chain = ChainCheck()
+    invariants = InvariantCheck()
+    violations: list[Violation] = []
+    with LogSnapshot(data_dir / DATABASE) as snapshot:
+        last_seq = snapshot.last_seq
+        apply_row = chain.apply
+        apply_event = invariants.apply
+        for batch in snapshot.chained_rows():
+            for row in batch:
+                apply_row(row)
+                seq, time, kind, body, _ = row
+                try:
+                    event = decode_event(body)
+                except EventDecodeError as exc:
+                    violations.append(Violation("decode", at_seq(seq), str(exc), seq))
+                    continue
+                if event_type(event) != kind:
+                    violations.append(
+                        Violation(
+                            "decode",
+                            at_seq(seq),
+                            f"row type {kind} but its body is a {event_type(event)}",
+                            seq,
+                        )
+                    )
+                apply_event(Committed(seq, time, event))
+            progress("event log", batch[-1][0], last_seq)
+        events, first_seq = snapshot.event_count, snapshot.first_seq
+    violations = sorted(
+        [*chain.violations, *violations, *invariants.finish()],
+        key=lambda violation: violation.seq if violation.seq is not None else 2**63,
+    )
+    logs = data_dir / LOGS
+    checkpoint = read_checkpoint(logs)
+    checkpoint_seq = 0
+    if isinstance(checkpoint, Violation):
+        violations.append(checkpoint)
+    elif checkpoint is not None:
+        checkpoint_seq = checkpoint.seq
+        segment = logs / checkpoint.segment
+        if not segment.is_file():
+            violations.append(
+                Violation(
+                    "checkpoint",
+                    f"{LOGS}/{CHECKPOINT}",
+                    f"names segment {checkpoint.segment}, which does not exist",
+                )
+            )
+        elif segment.stat().st_size < checkpoint.offset:
+            violations.append(
+                Violation(
+                    "checkpoint",
+                    f"{LOGS}/{CHECKPOINT}",
+                    f"segment {checkpoint.segment} holds {segment.stat().st_size} bytes, "
+                    f"less than the checkpointed {checkpoint.offset}: it was truncated",
+                )
+            )
+    delivery = DeliveryLogCheck(invariants, checkpoint_seq=checkpoint_seq, last_seq=last_seq)
+    segments = len(list(logs.glob("*.jsonl"))) if logs.is_dir() else 0
+    if logs.is_dir():
+        record = delivery.record
+        for item in read_delivery_log(logs, progress):
+            if isinstance(item, Violation):
+                delivery.violations.append(item)
+            else:
+                record(item.kind, item.message_id, item.queue, item.content, item.where)
+    violations.extend(delivery.finish())
+    queued = sum(len(ids) for ids in invariants.queued().values())
+    return VerifyReport(
+        events=events,
+        first_seq=first_seq,
+        last_seq=last_seq,
+        received=len(invariants.received),
+        bounced=len(invariants.bounced),
+        queued=queued,
+        bounced_events=invariants.bounced_events,
+        rules=len(invariants.projection.rules.rules),
+        counters=len(invariants.tally),
+        owed=invariants.owed(),
+        checkpoint_seq=checkpoint.seq if isinstance(checkpoint, Checkpoint) else None,
+        segments=segments,
+        records=dict(delivery.seen),
+        pending_records=delivery.pending(),
+        violations=violations,
+    )

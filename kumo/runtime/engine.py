@@ -311,7 +311,9 @@ async def open_engine(
                 followers.cancel()
                 log.close()
     finally:
-        await run_blocking(functools.partial(_close_all, store, reader))
+        # The reader first: the last connection to close checkpoints the WAL into the
+        # database file and removes it, which a read-only connection cannot do.
+        await run_blocking(functools.partial(_close_all, reader, store))
 
 
 def _split(bounces: list[Bounced], size: int = 4_096) -> list[Bounced]:

@@ -132,6 +132,11 @@ class ProgressBar:
             task = self._tasks[stage] = self._progress.add_task(stage, total=total)
         self._progress.update(task, completed=done, total=total)
 
+    @property
+    def shown(self) -> bool:
+        """Whether the bar is on screen (work has gone on long enough)."""
+        return self._progress is not None
+
     def __enter__(self) -> ProgressBar:
         return self
 

@@ -16,6 +16,7 @@ from kumo.scenario.format import ScenarioError, parse_scenario
 from kumo.scenario.report import format_result, format_summary, junit_xml
 from kumo.scenario.runner import (
     LIVE_SETTLE_TIMEOUT,
+    REQUEST_TIMEOUT,
     ScenarioResult,
     run_in_process,
     run_live,
@@ -77,6 +78,14 @@ def scenario() -> None:
     help="With --endpoint: seconds to retry an expectation before it fails.",
 )
 @click.option(
+    "--timeout",
+    "request_timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=REQUEST_TIMEOUT,
+    show_default=True,
+    help="With --endpoint: seconds a request may take before the step fails.",
+)
+@click.option(
     "--data-dir",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
@@ -97,6 +106,7 @@ def run(
     restart_command: str | None,
     headers: list[tuple[str, str]],
     settle_timeout: float,
+    request_timeout: float,
     data_dir: Path | None,
     junit_path: Path | None,
     verbose: bool,
@@ -136,6 +146,7 @@ def run(
                     restart_command=restart_command,
                     headers=headers,
                     settle_timeout=settle_timeout,
+                    request_timeout=request_timeout,
                 )
         results.append(result)
         click.secho(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import json
+import math
 import re
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
@@ -196,6 +197,8 @@ def parse_scheduled_counts(metrics_text: str) -> dict[str, int]:
         try:
             value = float(match.group("value"))
         except ValueError:
+            continue
+        if not math.isfinite(value):
             continue
         counts[queue] = counts.get(queue, 0) + int(value)
     return counts

@@ -517,6 +517,8 @@ class _StepParser:
 
     def step(self) -> Step:
         raw = self.raw
+        actions = [key for key in ACTIONS if key in raw]
+        self.kind = actions[0] if actions else None
         if "name" in raw:
             name = self.string(raw["name"], "name")
             if any(step.name == name for step in self.done):
@@ -524,15 +526,22 @@ class _StepParser:
         note = raw.get("note")
         if note is not None:
             self.string(note, "note", empty=True)
-        actions = [key for key in ACTIONS if key in raw]
         if not actions:
+            known = ("name", "note", "expires_in", *REPLY_CHECKS)
+            unknown = [key for key in raw if key not in known]
+            if unknown:
+                self.fail(
+                    f"unknown key {unknown[0]!r}: a step needs one action key, "
+                    f"one of {', '.join(ACTIONS)}",
+                    unknown[0],
+                )
             self.fail(f"a step needs one action key: one of {', '.join(ACTIONS)}")
         if len(actions) > 1:
             self.fail(
                 f"a step has one action, this one has {len(actions)}: {', '.join(actions)}",
                 actions[1],
             )
-        kind = self.kind = actions[0]
+        kind = actions[0]
         parse: Callable[[Any], Action] = getattr(self, f"_{kind}")
         allowed = ["name", "note", kind, *_SIBLINGS[kind]]
         self.check_keys(raw, allowed)

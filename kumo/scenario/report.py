@@ -39,6 +39,7 @@ def format_result(result: ScenarioResult, *, verbose: bool = False) -> str:
     """A scenario's report: a header, a line per step, the failed checks, a verdict."""
     title = f'scenario "{result.name}" ({result.source}) on {result.target}'
     lines = [title]
+    lines.extend(f"  note: {note}" for note in result.notes)
     for step in result.steps:
         lines.extend(_step_lines(step, verbose=verbose))
     if result.error is not None:
@@ -82,6 +83,8 @@ def junit_xml(results: Sequence[ScenarioResult], *, suite_name: str = "kumo scen
         suite = ET.SubElement(root, "testsuite", name=result.name, file=result.source)
         properties = ET.SubElement(suite, "properties")
         ET.SubElement(properties, "property", name="target", value=result.target)
+        if result.notes:
+            ET.SubElement(suite, "system-out").text = "\n".join(result.notes)
         counts = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
         for step in result.steps:
             counts["tests"] += 1

@@ -75,6 +75,8 @@ LIVE_SETTLE_TIMEOUT: Final = 10.0
 LIVE_REMAINING_SLACK: Final = 30 * NANOS_PER_SECOND
 """How far a live rule's remaining lifetime may fall short of the expected value."""
 RESTART_TIMEOUT: Final = 60.0
+REQUEST_TIMEOUT: Final = 60.0
+"""Seconds a live request may take (KumoMTA's kcli gives up after 60 s too)."""
 _RETRY_INTERVAL: Final = 0.25
 
 
@@ -287,9 +289,12 @@ class LiveTarget:
         headers: Sequence[tuple[str, str]] = (),
         settle_timeout: float = LIVE_SETTLE_TIMEOUT,
         remaining_slack: int = LIVE_REMAINING_SLACK,
+        request_timeout: float = REQUEST_TIMEOUT,
     ) -> AsyncIterator[LiveTarget]:
         async with httpx.AsyncClient(
-            base_url=endpoint.rstrip("/"), headers=list(headers), timeout=httpx.Timeout(60.0)
+            base_url=endpoint.rstrip("/"),
+            headers=list(headers),
+            timeout=httpx.Timeout(request_timeout),
         ) as client:
             target = cls(
                 client,
@@ -381,6 +386,8 @@ class ScenarioResult:
     seconds: float = 0.0
     virtual_seconds: float | None = None
     """Time on the target's clock, when that is virtual."""
+    notes: tuple[str, ...] = ()
+    """What the report should mention: a server that was not fresh, a clean-up."""
 
     @property
     def name(self) -> str:
@@ -629,15 +636,23 @@ def _count(value: object) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
-async def run_scenario(scenario: Scenario, target: Target) -> ScenarioResult:
+async def run_scenario(
+    scenario: Scenario, target: Target, *, clean_up: bool = False
+) -> ScenarioResult:
     """Run every step of ``scenario`` on ``target``, in order, whatever fails.
 
     A failing step does not stop the run (later steps show more of what went wrong).
+    Scenarios assume a server with no live rules and no queued mail: a note says when
+    the target had some. ``clean_up`` cancels, at the end, the rules the scenario issued
+    that are still live, so that they do not bounce what the next scenario injects.
     """
     started = time.monotonic()
     clock_start = trio.current_time()
+    notes = await _preflight(target)
     run = _Run(scenario, target)
     results = [await run.step(step) for step in scenario.steps]
+    if clean_up:
+        notes += await _clean_up(target, [i for i in run.rule_ids.values() if i is not None])
     return ScenarioResult(
         scenario,
         scenario.source,
@@ -645,7 +660,50 @@ async def run_scenario(scenario: Scenario, target: Target) -> ScenarioResult:
         tuple(results),
         seconds=time.monotonic() - started,
         virtual_seconds=trio.current_time() - clock_start,
+        notes=tuple(notes),
     )
+
+
+async def _preflight(target: Target) -> list[str]:
+    """Notes on what the target holds before the run (scenarios assume nothing)."""
+    notes: list[str] = []
+    try:
+        listing = await target.request("GET", BOUNCE_PATH)
+        metrics = await target.request("GET", METRICS_PATH)
+    except (httpx.HTTPError, OSError) as error:
+        return [f"could not look at the server before the run: {error}"]
+    rules = _json_value(listing.text) if listing.status_code == 200 else None
+    if isinstance(rules, list) and rules:
+        notes.append(
+            f"the server had {len(rules)} live rule(s) before the run; "
+            "the expectations assume a fresh server"
+        )
+    if metrics.status_code == 200:
+        queued = sum(parse_scheduled_counts(metrics.text).values())
+        if queued:
+            notes.append(
+                f"the server had {queued} queued message(s) before the run; "
+                "the expectations assume a fresh server"
+            )
+    return notes
+
+
+async def _clean_up(target: Target, rule_ids: Sequence[str]) -> list[str]:
+    cancelled = 0
+    for rule_id in rule_ids:
+        try:
+            reply = await target.request(
+                "DELETE",
+                BOUNCE_PATH,
+                headers=[("Content-Type", "application/json")],
+                content=json.dumps({"id": rule_id}).encode(),
+            )
+        except (httpx.HTTPError, OSError):
+            continue
+        cancelled += reply.status_code == 200
+    if not cancelled:
+        return []
+    return [f"cleaned up: cancelled {cancelled} rule(s) the scenario left live"]
 
 
 def run_in_process(scenario: Scenario, data_dir: Path | None = None) -> ScenarioResult:
@@ -684,8 +742,12 @@ def run_live(
     restart_command: str | None = None,
     headers: Sequence[tuple[str, str]] = (),
     settle_timeout: float = LIVE_SETTLE_TIMEOUT,
+    request_timeout: float = REQUEST_TIMEOUT,
 ) -> ScenarioResult:
-    """Run ``scenario`` against the server at ``endpoint``, in real time. Blocking."""
+    """Run ``scenario`` against the server at ``endpoint``, in real time. Blocking.
+
+    Rules the scenario leaves live are cancelled at the end (see :func:`run_scenario`).
+    """
 
     async def main() -> ScenarioResult:
         async with LiveTarget.open(
@@ -694,8 +756,9 @@ def run_live(
             restart_command=restart_command,
             headers=headers,
             settle_timeout=settle_timeout,
+            request_timeout=request_timeout,
         ) as target:
-            result = await run_scenario(scenario, target)
+            result = await run_scenario(scenario, target, clean_up=True)
         return attrs.evolve(result, virtual_seconds=None)
 
     return trio.run(main)

@@ -1,0 +1,211 @@
+"""The runner: failures reported with expected and actual values, both targets."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import httpx
+import pytest
+import trio
+import trio.testing
+
+from kumo.scenario.expect import Verdict
+from kumo.scenario.format import parse_scenario
+from kumo.scenario.report import format_result
+from kumo.scenario.runner import (
+    InProcessTarget,
+    ScenarioResult,
+    read_records,
+    run_in_process,
+    run_live,
+    run_scenario,
+)
+from tests.live_server import running_server
+
+LIBRARY = Path(__file__).resolve().parents[2] / "scripts" / "scenarios"
+
+
+def run_text(text: str) -> ScenarioResult:
+    return run_in_process(parse_scenario(textwrap.dedent(text), "test.toml"))
+
+
+WRONG = """
+    [[step]]
+    inject = { count = 3, domain = "example.com" }
+
+    [[step]]
+    name = "rule"
+    bounce = { domain = "example.com", reason = "r", duration = "10m" }
+
+    [[step]]
+    name = "wrong"
+    [step.expect]
+    queues = { "example.com" = 3 }
+    rules = [{ rule = "rule", bounced = { "example.com" = 2 }, remaining = "9m" }]
+    admin_bounces = 4
+
+    [[step]]
+    name = "right"
+    expect = { queued_total = 0 }
+
+    [[step]]
+    name = "wrong status"
+    cancel = "rule"
+    expect_status = 404
+"""
+
+
+def test_failures_show_expected_and_actual() -> None:
+    result = run_text(WRONG)
+    assert not result.passed
+    verdicts = [step.verdict for step in result.steps]
+    assert verdicts == [
+        Verdict.PASSED,
+        Verdict.PASSED,
+        Verdict.FAILED,
+        Verdict.PASSED,
+        Verdict.FAILED,
+    ]
+    failures = {check.what: (check.expected, check.actual) for check in result.steps[2].failures}
+    assert failures == {
+        "queues[example.com]": ("3", "0"),
+        "rules[rule].bounced": ('{"example.com": 2}', '{"example.com": 3}'),
+        "rules[rule].remaining": ("9m", "10m"),
+        'admin_bounces where type = "AdminBounce"': ("4", "3"),
+    }
+    [status] = result.steps[4].failures
+    assert (status.what, status.expected, status.actual) == ("status", "404", "200")
+    report = format_result(result)
+    assert 'FAIL  step 3 "wrong" (expect) (line 9)' in report
+    assert 'rules[rule].bounced: expected {"example.com": 2}, actual {"example.com": 3}' in report
+    assert "FAILED: 5 steps (3 passed, 2 failed)" in report
+
+
+def test_a_failed_bounce_fails_the_steps_that_use_its_id() -> None:
+    result = run_text(
+        """
+        [[step]]
+        name = "rule"
+        bounce = { domain = "example.com" }
+
+        [[step]]
+        cancel = "rule"
+
+        [[step]]
+        expect = { rules = [{ rule = "rule", present = false }] }
+        """
+    )
+    assert [step.verdict for step in result.steps] == [Verdict.FAILED] * 3
+    assert result.steps[0].failures[0].actual == "422"
+    assert "that bounce failed" in result.steps[1].failures[0].actual
+
+
+def test_in_process_restart_keeps_the_data_dir_and_the_clock(tmp_path: Path) -> None:
+    scenario = parse_scenario(
+        textwrap.dedent(
+            """
+            [[step]]
+            name = "rule"
+            bounce = { domain = "example.com", reason = "r", duration = "1h" }
+
+            [[step]]
+            inject = { count = 2, domain = "example.com" }
+
+            [[step]]
+            wait = "20m"
+
+            [[step]]
+            restart = true
+
+            [[step]]
+            expect = { rules = [{ rule = "rule", remaining = "40m", total_bounced = 2 }] }
+            """
+        ),
+        "restart.toml",
+    )
+    result = run_in_process(scenario, tmp_path / "data")
+    assert result.passed, format_result(result)
+    records = read_records(tmp_path / "data" / "logs")
+    assert [record["type"] for record in records].count("AdminBounce") == 2
+
+
+async def test_in_process_target_under_pytest_trio(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    scenario = parse_scenario((LIBRARY / "expiry.toml").read_text(), "expiry.toml")
+    async with InProcessTarget.open(tmp_path, wall_origin=scenario.wall_origin) as target:
+        result = await run_scenario(scenario, target)
+        assert target.engine.statistics().received_total == 5
+    assert result.passed, format_result(result)
+    assert result.virtual_seconds == 300
+
+
+def run_library_file_live(name: str, tmp_path: Path) -> ScenarioResult:
+    path = LIBRARY / f"{name}.toml"
+    scenario = parse_scenario(path.read_text(), str(path))
+    data = tmp_path / name
+    with running_server(data) as url:
+        result = run_live(scenario, url, log_dir=data / "logs", settle_timeout=5, request_timeout=5)
+    assert result.target == url
+    assert result.virtual_seconds is None
+    return result
+
+
+@pytest.mark.parametrize("name", ["sweep", "cancel", "attribution"])
+def test_library_scenario_passes_against_kumo_serve(name: str, tmp_path: Path) -> None:
+    result = run_library_file_live(name, tmp_path)
+    assert result.passed, format_result(result, verbose=True)
+
+
+@pytest.mark.xfail(
+    reason="kumo serve keeps a keep-alive connection open after a 413 whose body it did "
+    "not read, and the next request on it hangs (needs Connection: close on the 413)",
+    strict=False,
+)
+def test_bad_input_passes_against_kumo_serve(tmp_path: Path) -> None:
+    result = run_library_file_live("bad_input", tmp_path)
+    assert result.passed, format_result(result)
+
+
+def test_live_without_log_dir_or_restart_command_skips_those_checks(tmp_path: Path) -> None:
+    scenario = parse_scenario(
+        textwrap.dedent(
+            """
+            [[step]]
+            inject = { count = 2, domain = "example.com" }
+
+            [[step]]
+            name = "rule"
+            bounce = { domain = "example.com", reason = "r", duration = "1h" }
+
+            [[step]]
+            restart = true
+
+            [[step]]
+            name = "records"
+            expect = { admin_bounces = 2 }
+
+            [[step]]
+            name = "mixed"
+            expect = { admin_bounces = 2, queued_total = 0 }
+            """
+        ),
+        "live.toml",
+    )
+    with running_server(tmp_path / "data") as url:
+        first = run_live(scenario, url, settle_timeout=5)
+        second = run_live(scenario, url, settle_timeout=5)
+        with httpx.Client(base_url=url) as client:
+            assert client.get("/api/admin/bounce/v1").json() == []
+    assert first.passed, format_result(first)
+    restart, records, mixed = first.steps[2:]
+    assert restart.verdict is Verdict.SKIPPED
+    assert "--restart-command" in restart.notes[0]
+    assert records.verdict is Verdict.SKIPPED
+    assert mixed.verdict is Verdict.PASSED
+    assert mixed.notes == ("record checks skipped: no delivery-log directory given (--log-dir)",)
+    assert first.notes == ("cleaned up: cancelled 1 rule(s) the scenario left live",)
+    # The second run found the first one's leftovers (none: cleaned up) and its own.
+    assert second.passed, format_result(second)
+    assert not any("live rule" in note for note in second.notes)

@@ -209,3 +209,27 @@ def test_live_without_log_dir_or_restart_command_skips_those_checks(tmp_path: Pa
     # The second run found the first one's leftovers (none: cleaned up) and its own.
     assert second.passed, format_result(second)
     assert not any("live rule" in note for note in second.notes)
+
+
+def test_live_restart_runs_the_restart_command(tmp_path: Path) -> None:
+    scenario = parse_scenario(
+        textwrap.dedent(
+            """
+            [[step]]
+            restart = true
+
+            [[step]]
+            expect = { rule_count = 0 }
+            """
+        ),
+        "restart.toml",
+    )
+    marker = tmp_path / "restarted"
+    with running_server(tmp_path / "data") as url:
+        done = run_live(scenario, url, restart_command=f"touch '{marker}'")
+        broken = run_live(scenario, url, restart_command="echo cannot restart >&2; exit 3")
+    assert done.passed, format_result(done)
+    assert marker.exists()
+    assert broken.steps[0].verdict is Verdict.FAILED
+    [check] = broken.steps[0].failures
+    assert check.actual == "OSError: restart command exited 3: cannot restart"

@@ -1,0 +1,207 @@
+"""The audit folds over hand-written logs: timeline, state at a time, message stories."""
+
+from __future__ import annotations
+
+from kumo.model.audit import MessageStory, Timeline, TimelineFilter, state_at
+from kumo.model.criteria import Criteria
+from kumo.model.events import (
+    BounceCancelled,
+    Bounced,
+    BounceExpired,
+    BounceIssued,
+    Committed,
+    Event,
+    Message,
+    MessageReceived,
+)
+
+SECOND = 1_000_000_000
+MINUTE = 60 * SECOND
+T0 = 1_767_225_600 * SECOND
+
+
+class Log:
+    """Commits events with consecutive seqs at a time the test moves."""
+
+    def __init__(self) -> None:
+        self.events: list[Committed] = []
+        self.time = T0
+
+    def at(self, minutes: float) -> Log:
+        self.time = T0 + round(minutes * MINUTE)
+        return self
+
+    def add(self, event: Event) -> Committed:
+        committed = Committed(len(self.events) + 1, self.time, event)
+        self.events.append(committed)
+        return committed
+
+    def receive(self, message_id: str, queue: str) -> Message:
+        committed = self.add(MessageReceived(message_id, queue, "s@x.org", f"{message_id}@x", 10))
+        return Message(message_id, "s@x.org", f"{message_id}@x", 10, committed.time, committed.seq)
+
+    def issue(
+        self,
+        rule_id: str,
+        minutes: float,
+        by: str = "ops",
+        suppress: bool = False,
+        **criteria: object,
+    ) -> None:
+        self.add(
+            BounceIssued(
+                rule_id,
+                Criteria(**criteria),  # type: ignore[arg-type]
+                f"reason {rule_id}",
+                self.time + round(minutes * MINUTE),
+                suppress_logging=suppress,
+                issued_by=by,
+            )
+        )
+
+
+def timeline_of(log: Log) -> Timeline:
+    timeline = Timeline()
+    for committed in log.events:
+        timeline.apply(committed)
+    return timeline
+
+
+def a_day() -> tuple[Log, dict[str, Message]]:
+    log = Log()
+    messages = {
+        "m1": log.receive("m1", "acme@a.com"),
+        "m2": log.receive("m2", "beta@a.com"),
+    }
+    log.at(1).issue("r1", 60, by="alice", tenant="acme")
+    log.add(Bounced("r1", "acme@a.com", [messages["m1"]]))
+    log.at(2).issue("r2", 60, by="bob", tenant="acme")  # replaces r1
+    log.at(3).issue("r3", 5, by="carol", domain="a.com")
+    log.add(Bounced("r3", "beta@a.com", [messages["m2"]]))
+    messages["m3"] = log.at(4).receive("m3", "acme@a.com")
+    log.add(Bounced("r2", "acme@a.com", [messages["m3"]]))
+    log.at(5).add(BounceCancelled("r2", cancelled_by="alice"))
+    log.at(8.5).add(BounceExpired("r3"))  # noticed late
+    log.at(9).issue("r4", 0, by="dave", queue_names=["x"])  # issued already expired
+    log.at(10).issue("r5", 30, by="erin")
+    messages["m4"] = log.at(11).receive("m4", "zeta@b.com")
+    return log, messages
+
+
+def test_actions_tell_who_did_what_to_which_rule_in_order() -> None:
+    log, _ = a_day()
+    actions = timeline_of(log).actions(T0 + 20 * MINUTE)
+    assert [(a.action, a.rule_id, a.principal, a.status) for a in actions] == [
+        ("issued", "r1", "alice", "replaced"),
+        ("issued", "r2", "bob", "cancelled"),
+        ("replaced", "r1", "bob", "replaced"),
+        ("issued", "r3", "carol", "expired"),
+        ("cancelled", "r2", "alice", "cancelled"),
+        ("expired", "r3", None, "expired"),
+        ("issued", "r4", "dave", "expired"),
+        ("expired", "r4", None, "expired"),
+        ("issued", "r5", "erin", "live"),
+    ]
+    by_rule = {a.rule_id: a for a in actions if a.action == "issued"}
+    assert by_rule["r1"].ended_by == "r2"
+    assert by_rule["r1"].ended_at == T0 + 2 * MINUTE
+    assert by_rule["r2"].ended_by == "alice"
+    # An expiry is dated at the rule's expires_at, not when the log noticed it.
+    assert by_rule["r3"].ended_at == T0 + 8 * MINUTE
+    expired_r3 = next(a for a in actions if a.action == "expired" and a.rule_id == "r3")
+    assert (expired_r3.time, expired_r3.seq) == (T0 + 8 * MINUTE, 11)
+    assert by_rule["r1"].bounced == {"acme@a.com": 1}
+    assert by_rule["r5"].ended_at is None
+
+
+def test_an_expiry_the_log_has_not_recorded_yet_is_shown_without_seq() -> None:
+    log, _ = a_day()
+    timeline = timeline_of(log)
+    [expiry] = [a for a in timeline.actions(T0 + 41 * MINUTE) if a.rule_id == "r5"][1:]
+    assert (expiry.action, expiry.seq, expiry.time) == ("expired", None, T0 + 40 * MINUTE)
+    assert expiry.status == "expired"
+    assert [a.action for a in timeline.actions(T0 + 39 * MINUTE) if a.rule_id == "r5"] == ["issued"]
+
+
+def test_a_reissue_after_expiry_closes_the_old_rule_as_expired_not_replaced() -> None:
+    log = Log()
+    log.issue("old", 5, tenant="t")
+    log.at(10).issue("new", 5, tenant="t")
+    actions = timeline_of(log).actions(T0 + 11 * MINUTE)
+    assert [(a.time, a.action, a.rule_id) for a in actions] == [
+        (T0, "issued", "old"),
+        (T0 + 5 * MINUTE, "expired", "old"),
+        (T0 + 10 * MINUTE, "issued", "new"),
+    ]
+
+
+def test_filters() -> None:
+    log, _ = a_day()
+    timeline = timeline_of(log)
+    now = T0 + 20 * MINUTE
+
+    def picked(**where: str | int) -> list[tuple[str, str]]:
+        actions = timeline.actions(now, TimelineFilter(**where))  # type: ignore[arg-type]
+        return [(a.action, a.rule_id) for a in actions]
+
+    assert picked(since=T0 + 5 * MINUTE, until=T0 + 9 * MINUTE) == [
+        ("cancelled", "r2"),
+        ("expired", "r3"),
+        ("issued", "r4"),
+        ("expired", "r4"),
+    ]
+    assert picked(rule_id="r2") == [("issued", "r2"), ("cancelled", "r2")]
+    assert picked(principal="alice") == [("issued", "r1"), ("cancelled", "r2")]
+    # Queue: the rules that match it or bounced there, counters narrowed to it.
+    narrowed = timeline.actions(now, TimelineFilter(queue="beta@a.com"))
+    assert {(a.rule_id, a.total_bounced) for a in narrowed} == {("r3", 1), ("r5", 0)}
+    assert all(a.bounced in ({"beta@a.com": 1}, {}) for a in narrowed)
+
+
+def test_state_at_folds_up_to_the_moment() -> None:
+    log, _ = a_day()
+    state = state_at(log.events, T0 + 3 * MINUTE)
+    assert [view.id for view in state.rules.views(T0 + 3 * MINUTE)] == ["r2", "r3"]
+    assert state.queue_counts == {}
+    state = state_at(log.events, T0 + 2 * MINUTE)
+    assert state.queue_counts == {"beta@a.com": 1}
+    assert [view.id for view in state.rules.views(T0 + 2 * MINUTE)] == ["r2"]
+    assert state_at(log.events, T0 - 1).last_seq == 0
+
+
+def test_story_of_swept_arrived_queued_and_unknown_messages() -> None:
+    log, _ = a_day()
+
+    def story(message_id: str) -> MessageStory:
+        told = MessageStory(message_id)
+        for committed in log.events:
+            told.apply(committed)
+        return told
+
+    swept = story("m1")
+    assert swept.status == "bounced"
+    [received] = swept.received
+    assert (received.seq, received.queue, received.sender) == (1, "acme@a.com", "s@x.org")
+    [outcome] = swept.bounces()
+    assert (outcome.rule_id, outcome.how, outcome.reason, outcome.issued_by) == (
+        "r1",
+        "by sweep",
+        "reason r1",
+        "alice",
+    )
+    [outcome] = story("m3").bounces()
+    assert (outcome.rule_id, outcome.how) == ("r2", "at arrival")
+    assert story("m4").status == "queued"
+    assert story("m4").bounces() == []
+    assert story("nope").status == "unknown"
+
+
+def test_story_reports_a_bounce_by_a_rule_the_log_never_issued() -> None:
+    log = Log()
+    message = log.receive("m", "q")
+    log.add(Bounced("ghost", "q", [message]))
+    told = MessageStory("m")
+    for committed in log.events:
+        told.apply(committed)
+    [outcome] = told.bounces()
+    assert (outcome.rule_id, outcome.how, outcome.reason) == ("ghost", None, None)

@@ -1,0 +1,369 @@
+"""The invariant checks: silent on any log the model's own decisions produce, and
+precise (which check, which seq) on each kind of broken log."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kumo.model.criteria import Criteria
+from kumo.model.events import (
+    BounceCancelled,
+    Bounced,
+    BounceExpired,
+    BounceIssued,
+    Committed,
+    Event,
+    Message,
+    MessageReceived,
+)
+from kumo.model.invariants import DeliveryLogCheck, InvariantCheck, Violation
+from kumo.model.log_record import bounce_content
+from kumo.model.state import QueueState, RuleBook, SweepRule
+
+SECOND = 1_000_000_000
+QUEUES = ["a.com", "t@a.com", "c:t@b.com", "b.com!r", "c:@a.com"]
+CRITERIA = [
+    Criteria(domain="a.com"),
+    Criteria(tenant="t"),
+    Criteria(),
+    Criteria(queue_names=["b.com!r", "a.com"]),
+    Criteria(campaign="c"),
+]
+
+
+class Simulation:
+    """Decides bounces with :class:`QueueState`, as the actors do, and logs them."""
+
+    def __init__(self) -> None:
+        self.log: list[Committed] = []
+        self.rules = RuleBook()
+        self.queues: dict[str, QueueState] = {}
+        self.time = 1_000 * SECOND
+        self.issued: list[str] = []
+
+    def commit(self, event: Event) -> Committed:
+        committed = Committed(len(self.log) + 1, self.time, event)
+        self.log.append(committed)
+        self.rules.apply(committed)
+        return committed
+
+    def route(self, committed: Committed) -> None:
+        for state in self.queues.values():
+            if state.concerns(committed.event):
+                bounce = state.apply(committed)
+                if bounce is not None:
+                    self.commit(bounce)
+
+    def receive(self, queue: str) -> None:
+        state = self.queues.get(queue)
+        if state is None:
+            live = [SweepRule.of(rule) for rule in self.rules.matching_live(queue)]
+            state = self.queues[queue] = QueueState(queue, rules=live)
+        committed = self.commit(
+            MessageReceived(f"m{len(self.log)}", queue, "s@x", f"r{len(self.log)}@x", 5)
+        )
+        bounce = state.apply(committed)
+        if bounce is not None:
+            self.commit(bounce)
+
+    def issue(self, criteria: Criteria, seconds: int, suppress: bool) -> None:
+        rule_id = f"rule{len(self.issued)}"
+        self.issued.append(rule_id)
+        event = BounceIssued(
+            rule_id, criteria, "why", self.time + seconds * SECOND, suppress_logging=suppress
+        )
+        self.route(self.commit(event))
+
+    def cancel(self, index: int) -> None:
+        if self.issued:
+            rule_id = self.issued[index % len(self.issued)]
+            if self.rules.is_live(rule_id, self.time):
+                self.route(self.commit(BounceCancelled(rule_id, "ops")))
+
+    def advance(self, seconds: int) -> None:
+        self.time += seconds * SECOND
+        for rule in self.rules.due_to_expire(self.time):
+            self.route(self.commit(BounceExpired(rule.id)))
+
+
+operations = st.lists(
+    st.one_of(
+        st.tuples(st.just("receive"), st.integers(0, len(QUEUES) - 1)),
+        st.tuples(
+            st.just("issue"),
+            st.integers(0, len(CRITERIA) - 1),
+            st.sampled_from([0, 5, 60]),
+            st.booleans(),
+        ),
+        st.tuples(st.just("cancel"), st.integers(0, 20)),
+        st.tuples(st.just("advance"), st.integers(1, 30)),
+    ),
+    max_size=60,
+)
+
+
+def simulate(ops: list[tuple[object, ...]]) -> Simulation:
+    simulation = Simulation()
+    for op in ops:
+        match op:
+            case ("receive", int(queue)):
+                simulation.receive(QUEUES[queue])
+            case ("issue", int(criteria), int(seconds), bool(suppress)):
+                simulation.issue(CRITERIA[criteria], seconds, suppress)
+            case ("cancel", int(index)):
+                simulation.cancel(index)
+            case ("advance", int(seconds)):
+                simulation.advance(seconds)
+    return simulation
+
+
+def check(log: list[Committed]) -> InvariantCheck:
+    invariants = InvariantCheck()
+    for committed in log:
+        invariants.apply(committed)
+    invariants.finish()
+    return invariants
+
+
+@settings(max_examples=300, deadline=None)
+@given(operations)
+def test_the_model_s_own_decisions_break_nothing(ops: list[tuple[object, ...]]) -> None:
+    simulation = simulate(ops)
+    invariants = check(simulation.log)
+    assert invariants.violations == []
+    assert invariants.owed() == {}
+    queued = {q: len(ids) for q, ids in invariants.queued().items()}
+    assert queued == {q: len(s.messages) for q, s in simulation.queues.items() if s.messages}
+
+
+@settings(max_examples=100, deadline=None)
+@given(operations, st.data())
+def test_a_bounce_given_to_another_rule_is_an_attribution_violation(
+    ops: list[tuple[object, ...]], data: st.DataObject
+) -> None:
+    simulation = simulate(ops)
+    bounces = [c for c in simulation.log if isinstance(c.event, Bounced)]
+    others = [
+        rule
+        for rule in simulation.issued
+        if any(rule != c.event.rule_id for c in bounces if isinstance(c.event, Bounced))
+    ]
+    if not bounces or not others:
+        return
+    target = data.draw(st.sampled_from(bounces))
+    assert isinstance(target.event, Bounced)
+    wrong = data.draw(st.sampled_from([r for r in simulation.issued if r != target.event.rule_id]))
+    forged = Committed(
+        target.seq, target.time, Bounced(wrong, target.event.queue, target.event.messages)
+    )
+    log = [forged if c.seq == target.seq else c for c in simulation.log]
+    invariants = check(log)
+    # Given to a rule issued later, the bounce names a rule unknown at that point.
+    assert any(
+        v.seq == target.seq and v.check in ("attribution", "conservation")
+        for v in invariants.violations
+    )
+    assert all(v.seq == target.seq for v in invariants.violations if v.check == "attribution")
+
+
+def message(seq: int, message_id: str = "m") -> Message:
+    return Message(message_id, "s@x", "r@x", 5, 1_000, seq)
+
+
+def received(seq: int, message_id: str = "m", queue: str = "a.com") -> Committed:
+    return Committed(seq, 1_000, MessageReceived(message_id, queue, "s@x", "r@x", 5))
+
+
+def issued(seq: int, rule_id: str = "r", suppress: bool = False, **criteria: str) -> Committed:
+    return Committed(
+        seq,
+        1_000,
+        BounceIssued(rule_id, Criteria(**criteria), "why", 10**18, suppress_logging=suppress),
+    )
+
+
+def bounced(seq: int, *messages: Message, rule_id: str = "r", queue: str = "a.com") -> Committed:
+    return Committed(seq, 1_000, Bounced(rule_id, queue, messages))
+
+
+def problems(log: list[Committed]) -> list[tuple[str, int | None, str]]:
+    return [(v.check, v.seq, v.problem) for v in check(log).violations]
+
+
+def test_received_twice() -> None:
+    """The duplicate, and what it did to the rebuilt gauges, are both reported."""
+    found = problems([received(1), received(2)])
+    assert found[0] == ("conservation", 2, "message m received again (first at seq 1)")
+    assert {kind for kind, _, _ in found[1:]} == {"counters"}
+
+
+def test_bounced_twice() -> None:
+    log = [received(1), issued(2, domain="a.com"), bounced(3, message(1)), bounced(4, message(1))]
+    [(kind, seq, problem)] = problems(log)
+    assert (kind, seq) == ("conservation", 4)
+    assert "bounced again (first at seq 3)" in problem
+
+
+def test_bounced_without_being_received() -> None:
+    [(kind, seq, problem)] = problems([issued(1, domain="a.com"), bounced(2, message(7, "ghost"))])
+    assert (kind, seq) == ("conservation", 2)
+    assert "ghost bounced but never received" in problem
+
+
+def test_bounced_by_a_rule_never_issued() -> None:
+    found = problems([received(1), bounced(2, message(1), rule_id="nobody")])
+    assert ("conservation", 2, "bounced by rule nobody, never issued") in found
+
+
+def test_bounced_out_of_another_queue() -> None:
+    log = [received(1, queue="b.com"), issued(2), bounced(3, message(1), queue="a.com")]
+    found = problems(log)
+    assert any(kind == "conservation" and "received into b.com" in p for kind, _, p in found)
+
+
+def test_rule_that_does_not_match_the_queue() -> None:
+    log = [received(1), issued(2, domain="other.com"), bounced(3, message(1))]
+    found = problems(log)
+    assert found[0][:2] == ("attribution", 3)
+    assert "does not match queue a.com" in found[0][2]
+
+
+def test_a_message_nobody_was_due_to_bounce() -> None:
+    """A rule cancelled before the message arrived cannot bounce it."""
+    log = [
+        issued(1, domain="a.com"),
+        Committed(2, 1_000, BounceCancelled("r")),
+        received(3),
+        bounced(4, message(3)),
+    ]
+    [(kind, seq, problem)] = problems(log)
+    assert (kind, seq) == ("attribution", 4)
+    assert "no rule was live when it arrived or issued after" in problem
+
+
+def test_the_most_recent_live_rule_takes_an_arrival() -> None:
+    log = [
+        issued(1, "old", domain="a.com"),
+        issued(2, "new", tenant="t"),
+        received(3, queue="t@a.com"),
+        bounced(4, message(3), rule_id="old", queue="t@a.com"),
+    ]
+    [(kind, seq, problem)] = problems(log)
+    assert (kind, seq) == ("attribution", 4)
+    assert "rule new was due to take it" in problem
+
+
+def test_owed_bounces_are_reported_not_violations() -> None:
+    invariants = check([received(1), issued(2, domain="a.com")])
+    assert invariants.violations == []
+    assert invariants.owed() == {"r": 1}
+
+
+def test_a_rebuilt_counter_that_disagrees_is_a_counters_violation() -> None:
+    invariants = InvariantCheck()
+    for committed in [received(1), issued(2, domain="a.com"), bounced(3, message(1))]:
+        invariants.apply(committed)
+    invariants.projection.rules.rules["r"].bounced["a.com"] = 5
+    assert invariants.finish() == [
+        Violation("counters", "rule r", "counter for a.com is 5, its Bounced events hold 1"),
+        Violation("counters", "rule r", "total_bounced 1 is not the sum of its queues"),
+    ]
+
+
+# -- the delivery log ----------------------------------------------------------------
+
+
+def delivery(log: list[Committed], *, checkpoint: int | None = None) -> DeliveryLogCheck:
+    invariants = check(log)
+    last = log[-1].seq if log else 0
+    return DeliveryLogCheck(
+        invariants, checkpoint_seq=last if checkpoint is None else checkpoint, last_seq=last
+    )
+
+
+LOG = [
+    received(1, "m1"),
+    received(2, "m2"),
+    issued(3, "loud", domain="a.com"),
+    bounced(4, message(1, "m1"), message(2, "m2"), rule_id="loud"),
+    received(5, "m3", queue="b.com"),
+    issued(6, "quiet", suppress=True, domain="b.com"),
+    bounced(7, message(5, "m3"), rule_id="quiet", queue="b.com"),
+]
+CONTENT = bounce_content("why")
+
+
+def feed_all(check: DeliveryLogCheck, skip: str = "") -> None:
+    for line, (kind, mid, queue) in enumerate(
+        [
+            ("Reception", "m1", "a.com"),
+            ("Reception", "m2", "a.com"),
+            ("AdminBounce", "m1", "a.com"),
+            ("AdminBounce", "m2", "a.com"),
+            ("Reception", "m3", "b.com"),
+        ],
+        start=1,
+    ):
+        if f"{kind}:{mid}" != skip:
+            check.record(kind, mid, queue, CONTENT if kind == "AdminBounce" else "", f"l{line}")
+
+
+def test_complete_delivery_log() -> None:
+    check = delivery(LOG)
+    feed_all(check)
+    assert check.finish() == []
+    assert check.pending() == 0
+    assert dict(check.seen) == {"Reception": 3, "AdminBounce": 2}
+
+
+def test_missing_record_names_the_event() -> None:
+    check = delivery(LOG)
+    feed_all(check, skip="AdminBounce:m2")
+    [violation] = check.finish()
+    assert (violation.check, violation.where, violation.seq) == ("delivery-log", "seq 4", 4)
+    assert "no AdminBounce record for 1 message(s) of this event: m2" in violation.problem
+
+
+def test_records_after_the_checkpoint_are_not_yet_due() -> None:
+    check = delivery(LOG, checkpoint=3)
+    check.record("Reception", "m1", "a.com", "", "l1")
+    check.record("Reception", "m2", "a.com", "", "l2")
+    assert check.finish() == []
+    assert check.pending() == 3
+
+
+def test_duplicate_unknown_suppressed_and_wrong_records() -> None:
+    check = delivery(LOG)
+    feed_all(check)
+    check.record("Reception", "m1", "a.com", "", "dup")
+    check.record("Reception", "zz", "a.com", "", "unknown")
+    check.record("AdminBounce", "m3", "b.com", CONTENT, "suppressed")
+    check.record("AdminBounce", "m1x", "a.com", CONTENT, "never bounced")
+    check.record("Delivery", "m1", "a.com", "", "other kinds are not ours to judge")
+    found = {(v.where, v.problem) for v in check.finish()}
+    assert found == {
+        ("dup", "duplicate Reception record for m1"),
+        ("unknown", "Reception for zz, which the log never received"),
+        ("suppressed", "AdminBounce for m3, whose rule quiet suppresses logging"),
+        ("never bounced", "AdminBounce for m1x, which the log never bounced"),
+    }
+
+
+def test_wrong_queue_and_content() -> None:
+    check = delivery(LOG[:4])
+    check.record("Reception", "m1", "b.com", "", "l1")
+    check.record("AdminBounce", "m1", "a.com", "Administrator bounced with reason: other", "l2")
+    problems = sorted(v.problem for v in check.finish() if v.where in ("l1", "l2"))
+    assert problems == [
+        "AdminBounce for m1 has content 'Administrator bounced with reason: other'",
+        "Reception for m1 names queue b.com, log says a.com",
+    ]
+
+
+def test_checkpoint_past_the_end_means_a_truncated_log() -> None:
+    check = DeliveryLogCheck(check_log := InvariantCheck(), checkpoint_seq=9, last_seq=7)
+    assert check_log.violations == []
+    [violation] = check.finish()
+    assert (violation.check, violation.seq) == ("checkpoint", 8)
+    assert "events 8..9 are missing (the log was truncated)" in violation.problem

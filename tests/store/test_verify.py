@@ -1,0 +1,223 @@
+"""The read-only snapshot of the log, the hash-chain check and the delivery-log reader."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import orjson
+import pytest
+
+from kumo.model.criteria import Criteria
+from kumo.model.events import Bounced, BounceIssued, Event, Message, MessageReceived
+from kumo.model.invariants import Violation
+from kumo.runtime import delivery_log, engine
+from kumo.store import verify
+from kumo.store.event_log import LogCorruptError
+from kumo.store.log_snapshot import ChainedRow, LogSnapshot
+from kumo.store.sqlite_log import SqliteEventStore
+from kumo.store.verify import (
+    ChainCheck,
+    Checkpoint,
+    DeliveryRecord,
+    read_checkpoint,
+    read_delivery_log,
+    verify_data_dir,
+)
+
+SECOND = 1_000_000_000
+
+
+def received(n: int) -> MessageReceived:
+    return MessageReceived(f"m{n}", "a.com", "s@x", f"r{n}@a.com", 10)
+
+
+def make_log(path: Path, count: int = 6) -> SqliteEventStore:
+    """A store with ``count`` receptions, a rule, and a bounce of the first message."""
+    store = SqliteEventStore(path)
+    events: list[Event] = [received(n) for n in range(count)]
+    store.commit(events, time=10 * SECOND, bodies={})
+    store.commit(
+        [BounceIssued("r", Criteria(domain="a.com"), "why", 99 * SECOND)],
+        time=20 * SECOND,
+        bodies={},
+    )
+    first = Message("m0", "s@x", "r0@a.com", 10, 10 * SECOND, 1)
+    store.commit([Bounced("r", "a.com", [first])], time=30 * SECOND, bodies={})
+    return store
+
+
+def test_constants_agree_with_the_engine_and_the_delivery_log() -> None:
+    assert (verify.DATABASE, verify.LOGS) == (engine.DATABASE, engine.LOGS)
+    assert verify.CHECKPOINT == delivery_log.CHECKPOINT
+
+
+def test_snapshot_of_a_closed_log_creates_no_file(tmp_path: Path) -> None:
+    make_log(tmp_path / "events.sqlite3").close()
+    before = sorted(os.listdir(tmp_path))
+    with LogSnapshot(tmp_path / "events.sqlite3") as snapshot:
+        assert (snapshot.first_seq, snapshot.last_seq, snapshot.event_count) == (1, 8, 8)
+        assert snapshot.last_time == 30 * SECOND
+        [batch] = list(snapshot.committed())
+        assert [c.seq for c in batch] == list(range(1, 9))
+    assert sorted(os.listdir(tmp_path)) == before
+
+
+def test_snapshot_filters_rows_in_sql(tmp_path: Path) -> None:
+    make_log(tmp_path / "events.sqlite3").close()
+    with LogSnapshot(tmp_path / "events.sqlite3") as snapshot:
+
+        def seqs(**where: object) -> list[int]:
+            return [row[0] for batch in snapshot.rows(**where) for row in batch]  # type: ignore[arg-type]
+
+        assert seqs(skip=("MessageReceived",)) == [7, 8]
+        assert seqs(skip=("MessageReceived", "Bounced"), unless_containing=b'"m3"') == [4, 7]
+        assert seqs(skip=("MessageReceived", "Bounced"), unless_containing=b'"m0"') == [1, 7, 8]
+        assert seqs(until=20 * SECOND) == [1, 2, 3, 4, 5, 6, 7]
+
+
+def test_snapshot_sees_the_log_as_it_was_when_opened(tmp_path: Path) -> None:
+    store = make_log(tmp_path / "events.sqlite3")
+    try:
+        with LogSnapshot(tmp_path / "events.sqlite3") as snapshot:
+            store.commit([received(99)], time=40 * SECOND, bodies={})
+            assert snapshot.last_seq == 8
+            assert [row[0] for batch in snapshot.rows() for row in batch] == list(range(1, 9))
+        with LogSnapshot(tmp_path / "events.sqlite3") as later:
+            assert later.last_seq == 9
+    finally:
+        store.close()
+
+
+def test_snapshot_refuses_a_missing_log_and_reports_bad_bodies(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        LogSnapshot(tmp_path / "events.sqlite3")
+    store = make_log(tmp_path / "events.sqlite3")
+    store._db.execute("UPDATE events SET body = x'00' WHERE seq = 3")
+    store.close()
+    with (
+        LogSnapshot(tmp_path / "events.sqlite3") as snapshot,
+        pytest.raises(LogCorruptError) as caught,
+    ):
+        list(snapshot.committed())
+    assert caught.value.seq == 3
+
+
+def chained_rows(tmp_path: Path) -> list[ChainedRow]:
+    make_log(tmp_path / "events.sqlite3").close()
+    with LogSnapshot(tmp_path / "events.sqlite3") as snapshot:
+        return [row for batch in snapshot.chained_rows() for row in batch]
+
+
+def chain_problems(rows: list[ChainedRow]) -> list[tuple[str, int | None]]:
+    check = ChainCheck()
+    for row in rows:
+        check.apply(row)
+    return [(v.check, v.seq) for v in check.violations]
+
+
+def test_chain_of_an_untouched_log_holds(tmp_path: Path) -> None:
+    assert chain_problems(chained_rows(tmp_path)) == []
+
+
+def test_chain_names_an_edited_row_once(tmp_path: Path) -> None:
+    original = chained_rows(tmp_path)
+    rows = list(original)
+    seq, time, kind, body, chain = rows[3]
+    rows[3] = (seq, time, kind, body.replace(b"r3@", b"r9@"), chain)
+    assert chain_problems(rows) == [("chain", 4)]
+    rows = list(original)
+    rows[3] = (seq, time + 1, kind, body, chain)
+    assert chain_problems(rows) == [("chain", 4)]
+
+
+def test_chain_names_removed_and_reordered_rows(tmp_path: Path) -> None:
+    rows = chained_rows(tmp_path)
+    assert chain_problems(rows[:2] + rows[4:]) == [("sequence", 5)]
+    assert chain_problems(rows[2:]) == [("sequence", 3)]
+    swapped = [*rows[:2], rows[3], rows[2], *rows[4:]]
+    assert chain_problems(swapped)[0] == ("sequence", 4)
+
+
+def test_chain_notices_time_going_back_and_wrong_column_types(tmp_path: Path) -> None:
+    original = chained_rows(tmp_path)
+    rows = list(original)
+    seq, _, kind, body, chain = rows[7]
+    rows[7] = (seq, 0, kind, body, chain)
+    assert ("chain", 8) in chain_problems(rows)
+    rows = list(original)
+    seq, time, kind, body, chain = rows[1]
+    rows[1] = (seq, str(time), kind, body, chain)  # type: ignore[assignment]
+    assert chain_problems(rows) == [("chain", 2)]
+
+
+def write_segments(logs: Path, *segments: bytes) -> list[Path]:
+    logs.mkdir(exist_ok=True)
+    paths = []
+    for index, data in enumerate(segments):
+        path = logs / f"{index + 1:020d}.jsonl"
+        path.write_bytes(data)
+        paths.append(path)
+    return paths
+
+
+def record(kind: str, mid: str) -> bytes:
+    line = {"type": kind, "id": mid, "queue": "a.com", "response": {"content": ""}}
+    return orjson.dumps(line) + b"\n"
+
+
+def test_delivery_log_reader_names_bad_lines_and_tolerates_a_line_being_written(
+    tmp_path: Path,
+) -> None:
+    logs = tmp_path / "logs"
+    write_segments(
+        logs,
+        record("Reception", "a") + b"not json\n" + b'{"type": "Reception"',
+        record("Reception", "b") + b'{"type": "Recep',
+    )
+    items = list(read_delivery_log(logs))
+    first, second = (f"logs/{n:020d}.jsonl" for n in (1, 2))
+    assert items == [
+        DeliveryRecord("Reception", "a", "a.com", "", f"{first} line 1"),
+        Violation("delivery-log", f"{first} line 2", "not a delivery-log record"),
+        Violation("delivery-log", f"{first} line 3", "unterminated line in an old segment"),
+        DeliveryRecord("Reception", "b", "a.com", "", f"{second} line 1"),
+    ]
+
+
+def test_checkpoint_reading(tmp_path: Path) -> None:
+    assert read_checkpoint(tmp_path) is None
+    (tmp_path / "checkpoint.json").write_bytes(b'{"seq": 3, "segment": "s", "offset": 7}')
+    assert read_checkpoint(tmp_path) == Checkpoint(3, "s", 7)
+    (tmp_path / "checkpoint.json").write_bytes(b"{")
+    assert isinstance(read_checkpoint(tmp_path), Violation)
+
+
+def test_verify_checks_the_checkpoint_against_its_segment(tmp_path: Path) -> None:
+    make_log(tmp_path / "events.sqlite3").close()
+    lines = b"".join(record("Reception", f"m{n}") for n in range(6))
+    [segment] = write_segments(tmp_path / "logs", lines)
+    checkpoint = {"seq": 6, "segment": segment.name, "offset": len(lines) + 10}
+    (tmp_path / "logs" / "checkpoint.json").write_bytes(orjson.dumps(checkpoint))
+    report = verify_data_dir(tmp_path)
+    assert [v.problem for v in report.violations] == [
+        f"segment {segment.name} holds {len(lines)} bytes, less than the checkpointed "
+        f"{len(lines) + 10}: it was truncated"
+    ]
+    assert report.pending_records == 1  # the AdminBounce of seq 8, after the checkpoint
+    checkpoint["segment"] = "gone.jsonl"
+    (tmp_path / "logs" / "checkpoint.json").write_bytes(orjson.dumps(checkpoint))
+    assert [v.problem for v in verify_data_dir(tmp_path).violations] == [
+        "names segment gone.jsonl, which does not exist"
+    ]
+
+
+def test_verify_without_a_delivery_log_checks_the_log_alone(tmp_path: Path) -> None:
+    make_log(tmp_path / "events.sqlite3").close()
+    stages: list[str] = []
+    report = verify_data_dir(tmp_path, lambda stage, done, total: stages.append(stage))
+    assert report.ok
+    assert (report.received, report.bounced, report.queued) == (6, 1, 5)
+    assert report.checkpoint_seq is None
+    assert report.pending_records == 7
+    assert stages == ["event log"]

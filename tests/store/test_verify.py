@@ -127,8 +127,9 @@ def test_chain_names_an_edited_row_once(tmp_path: Path) -> None:
     rows[3] = (seq, time, kind, body.replace(b"r3@", b"r9@"), chain)
     assert chain_problems(rows) == [("chain", 4)]
     rows = list(original)
-    rows[3] = (seq, time + 1, kind, body, chain)
-    assert chain_problems(rows) == [("chain", 4)]
+    seq, time, kind, body, chain = rows[5]
+    rows[5] = (seq, time + 1, kind, body, chain)
+    assert chain_problems(rows) == [("chain", 6)]
 
 
 def test_chain_names_removed_and_reordered_rows(tmp_path: Path) -> None:

@@ -35,6 +35,12 @@ def _header(
     return headers
 
 
+def _endpoint(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is not None and not value.startswith(("http://", "https://")):
+        raise click.BadParameter(f"{value!r} is not an http:// or https:// URL", ctx, param)
+    return value
+
+
 @click.group()
 def scenario() -> None:
     """Scenario scripts: rehearse bounces, pin behaviour down (docs/scenarios.md)."""
@@ -48,6 +54,7 @@ def scenario() -> None:
     "--endpoint",
     metavar="URL",
     default=None,
+    callback=_endpoint,
     help="Run against the server at URL in real time instead of in-process.",
 )
 @click.option(
@@ -111,7 +118,11 @@ def run(
     junit_path: Path | None,
     verbose: bool,
 ) -> None:
-    """Run scenario FILES; exit 1 if any step fails or any file is malformed."""
+    """Run scenario FILES, in-process on virtual time, or against --endpoint.
+
+    Each step is reported PASS, FAIL (with expected and actual values) or SKIP. The
+    exit status is 1 if any step fails or any file is malformed, else 0.
+    """
     if endpoint is None:
         for option, value in (
             ("--log-dir", log_dir),

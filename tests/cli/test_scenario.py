@@ -142,6 +142,9 @@ def test_options_need_endpoint(tmp_path: Path) -> None:
     )
     assert result.exit_code == 2
     assert "--data-dir is for in-process runs" in result.output
+    result = CliRunner().invoke(main, ["scenario", "run", path, "--endpoint", "127.0.0.1:8000"])
+    assert result.exit_code == 2
+    assert "'127.0.0.1:8000' is not an http:// or https:// URL" in result.output
 
 
 def test_data_dir_keeps_the_engine_data(tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Final
+from typing import Any, Final, TypeAlias
 
 import orjson
 import trio
@@ -49,6 +49,57 @@ _PROTECTED_PATHS: Final = frozenset({BOUNCE_PATH, INJECT_PATH, METRICS_PATH})
 
 _log = logging.getLogger(__name__)
 
+Scope: TypeAlias = dict[str, Any]
+ASGIMessage: TypeAlias = dict[str, Any]
+ASGIReceive: TypeAlias = Callable[[], Awaitable[ASGIMessage]]
+ASGISend: TypeAlias = Callable[[ASGIMessage], Awaitable[None]]
+ASGIApp: TypeAlias = Callable[[Scope, ASGIReceive, ASGISend], Awaitable[None]]
+
+
+class _BodyBeforeResponse:
+    """ASGI middleware: a response starts only once the request body has arrived whole.
+
+    Why: quart-trio cancels a request's tasks as soon as hypercorn reports the request
+    stream closed. When a response ends while the client is still sending its body (a
+    401, 404 or 405 answered without reading it, a 413 answered on ``Content-Length``),
+    hypercorn closes the connection from inside that cancelled task, the close never
+    completes, and the client's next request on the kept-alive connection hangs.
+    Holding the response until the body has arrived (Quart reads it, keeping at most
+    the body limit) keeps the connection in step for the next request. A body that does
+    not end within ``timeout`` seconds gets ``Connection: close`` on the response, so
+    that the client does not send another request there.
+    """
+
+    def __init__(self, app: ASGIApp, timeout: float) -> None:
+        self.app = app
+        self.timeout = timeout
+
+    async def __call__(self, scope: Scope, receive: ASGIReceive, send: ASGISend) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        body_ended = trio.Event()
+
+        async def tracking_receive() -> ASGIMessage:
+            message = await receive()
+            kind = message["type"]
+            if kind == "http.disconnect" or (
+                kind == "http.request" and not message.get("more_body", False)
+            ):
+                body_ended.set()
+            return message
+
+        async def send_after_body(message: ASGIMessage) -> None:
+            if message["type"] == "http.response.start" and not body_ended.is_set():
+                with trio.move_on_after(self.timeout):
+                    await body_ended.wait()
+                if not body_ended.is_set():
+                    headers = [*message.get("headers", ()), (b"connection", b"close")]
+                    message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, tracking_receive, send_after_body)
+
 
 def _response(reply: Reply) -> Response:
     return Response(reply.body, status=reply.status, content_type=reply.content_type)
@@ -71,6 +122,7 @@ def create_app(
     access: AccessPolicy | None = None,
     body_limit: int = DEFAULT_BODY_LIMIT,
     max_inject_bytes: int = inject_api.DEFAULT_MAX_INJECT_BYTES,
+    body_timeout: float = BODY_TIMEOUT,
 ) -> QuartTrio:
     """The ASGI app serving ``engine``; ``access`` defaults to loopback-only trust."""
     policy = access if access is not None else AccessPolicy()
@@ -79,7 +131,8 @@ def create_app(
 
     app = QuartTrio(__name__, static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = body_limit
-    app.config["BODY_TIMEOUT"] = BODY_TIMEOUT
+    app.config["BODY_TIMEOUT"] = body_timeout
+    app.asgi_app = _BodyBeforeResponse(app.asgi_app, body_timeout)  # type: ignore[assignment,arg-type]
 
     @app.before_request
     async def check_access() -> None:

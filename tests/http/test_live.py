@@ -359,3 +359,20 @@ def test_body_at_the_limit_is_accepted(shared: tuple[str, Path]) -> None:
     body = head + b"x" * (2 * 1024 * 1024 - len(head) - len(tail)) + tail
     reply = httpx.post(url + BOUNCE, content=body, headers=JSON)
     assert reply.status_code == 200, reply.text[:200]
+
+
+def test_kept_alive_connection_survives_refusals(shared: tuple[str, Path]) -> None:
+    url, _ = shared
+    big = b"x" * (3 * 1024 * 1024)
+    with httpx.Client(timeout=10) as client:
+        requests: list[tuple[str, str, bytes | Iterator[bytes]]] = [
+            ("POST", BOUNCE, big),  # 413 on Content-Length, before reading
+            ("POST", BOUNCE, _chunks(big)),  # 413 while reading
+            ("PUT", BOUNCE, big),  # 405
+            ("POST", "/nowhere", big),  # 404
+        ]
+        for method, path, content in requests:
+            reply = client.request(method, url + path, content=content, headers=JSON)
+            assert reply.status_code in (404, 405, 413)
+            liveness = client.get(url + "/api/check-liveness/v1")  # same connection
+            assert liveness.text == "OK"

@@ -1,0 +1,130 @@
+"""Connections stay usable after a refusal: the app served by hypercorn, in process.
+
+A client that keeps its connection alive must be able to send its next request after
+any refusal, including those answered without reading the body (401, 404, 405, and a
+413 decided on ``Content-Length``); a body that never ends gets its answer with
+``Connection: close``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from functools import partial
+
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve
+
+from kumo.http.access import AccessPolicy, parse_network
+from kumo.http.app import create_app
+from tests.http.test_app import FakeEngine
+
+LIMIT = 1000
+
+
+@asynccontextmanager
+async def serving(*, trusted: bool = True) -> AsyncIterator[tuple[str, int]]:
+    policy = AccessPolicy(trusted_hosts=(parse_network("127.0.0.1"),) if trusted else ())
+    app = create_app(FakeEngine(), access=policy, body_limit=LIMIT, body_timeout=0.5)
+    config = HypercornConfig()
+    config.bind = ["127.0.0.1:0"]
+    config.graceful_timeout = 0.1
+    config.loglevel = "WARNING"
+    stop = trio.Event()
+    async with trio.open_nursery() as nursery:
+        [url] = await nursery.start(partial(serve, app, config, shutdown_trigger=stop.wait))
+        host, port = url.removeprefix("http://").rsplit(":", 1)
+        yield host, int(port)
+        stop.set()
+
+
+async def read_response(stream: trio.SocketStream) -> tuple[int, dict[str, str], bytes]:
+    buffer = b""
+    while b"\r\n\r\n" not in buffer:
+        chunk = await stream.receive_some()
+        assert chunk, f"connection closed before a response: {buffer!r}"
+        buffer += chunk
+    head, _, body = buffer.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode().split("\r\n")
+    headers = {}
+    for line in lines:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    length = int(headers.get("content-length", "0"))
+    while len(body) < length:
+        chunk = await stream.receive_some()
+        assert chunk
+        body += chunk
+    return int(status_line.split(" ")[1]), headers, body[:length]
+
+
+def request(
+    method: str, path: str, body: bytes = b"", content_type: str = "application/json"
+) -> bytes:
+    head = (
+        f"{method} {path} HTTP/1.1\r\nHost: test\r\nContent-Type: {content_type}\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+LIVENESS = b"GET /api/check-liveness/v1 HTTP/1.1\r\nHost: test\r\n\r\n"
+
+
+async def refused_then_reused(stream: trio.SocketStream, raw: bytes, status: int) -> None:
+    with trio.fail_after(10):
+        await stream.send_all(raw)
+        got, headers, _ = await read_response(stream)
+        assert got == status
+        assert headers.get("connection") != "close"
+        await stream.send_all(LIVENESS)
+        assert (await read_response(stream))[0] == 200
+
+
+async def test_connection_is_reused_after_refusals_with_unread_bodies() -> None:
+    big = b"x" * (4 * 2**20)  # more than hypercorn reads before the app answers
+    async with serving() as (host, port):
+        stream = await trio.open_tcp_stream(host, port)
+        async with stream:
+            await refused_then_reused(stream, request("POST", "/api/admin/bounce/v1", big), 413)
+            await refused_then_reused(stream, request("POST", "/nowhere", big), 404)
+            await refused_then_reused(stream, request("PUT", "/api/admin/bounce/v1", big), 405)
+            await refused_then_reused(
+                stream, request("POST", "/api/admin/bounce/v1", b"{}", "text/plain"), 415
+            )
+            await refused_then_reused(stream, request("DELETE", "/api/admin/bounce/v1", b"{"), 400)
+            await refused_then_reused(stream, request("POST", "/api/inject/v1", b"{}"), 422)
+
+
+async def test_connection_is_reused_after_401_with_a_body() -> None:
+    async with serving(trusted=False) as (host, port):
+        stream = await trio.open_tcp_stream(host, port)
+        async with stream:
+            big = b"x" * (4 * 2**20)  # more than hypercorn reads before the app answers
+            await refused_then_reused(stream, request("POST", "/api/admin/bounce/v1", big), 401)
+
+
+async def test_chunked_body_over_the_limit() -> None:
+    async with serving() as (host, port):
+        stream = await trio.open_tcp_stream(host, port)
+        async with stream:
+            head = (
+                b"POST /api/admin/bounce/v1 HTTP/1.1\r\nHost: test\r\n"
+                b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+            )
+            chunk = b"%x\r\n%s\r\n" % (500, b"y" * 500)
+            await refused_then_reused(stream, head + chunk * 10 + b"0\r\n\r\n", 413)
+
+
+async def test_body_that_stops_arriving_gets_408_and_connection_close() -> None:
+    async with serving() as (host, port):
+        stream = await trio.open_tcp_stream(host, port)
+        async with stream:
+            partial_request = request("POST", "/api/admin/bounce/v1", b"x" * 100)[:-90]
+            with trio.fail_after(10):
+                await stream.send_all(partial_request)
+                status, headers, body = await read_response(stream)
+            assert status == 408
+            assert headers["connection"] == "close"
+            assert body.startswith(b"408 Request Timeout")

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import bisect
 from collections import Counter
-from typing import Final
+from typing import Final, NamedTuple
 
 import attrs
 
@@ -74,6 +74,8 @@ class InvariantCheck:
         self.tally: Counter[tuple[str, str]] = Counter()
         """(rule id, queue) -> messages the ``Bounced`` events give that rule there."""
         self.bounced_events = 0
+        self.queues: dict[str, list[str]] = {}
+        """What :meth:`queued` returned when :meth:`finish` ran."""
         # Queue -> rules not ended by an event that match it, newest first; dropped
         # whenever a rule event changes what is live.
         self._live_matching: dict[str, list[Rule]] = {}
@@ -237,7 +239,8 @@ class InvariantCheck:
                         f"total_bounced {rule.total_bounced} is not the sum of its queues",
                     )
                 )
-        queued = {queue: len(ids) for queue, ids in self.queued().items()}
+        self.queues = self.queued()
+        queued = {queue: len(ids) for queue, ids in self.queues.items()}
         if projection.queue_counts != queued:
             differing = sorted(
                 queue
@@ -272,9 +275,8 @@ MISSING_SAMPLE: Final = 3
 """How many message ids a violation about missing records names."""
 
 
-@attrs.frozen(slots=True)
-class ExpectedRecord:
-    """A delivery-log record that the log calls for."""
+class ExpectedRecord(NamedTuple):
+    """A delivery-log record that the log calls for (a tuple: there is one per message)."""
 
     seq: int
     queue: str

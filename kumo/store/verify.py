@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Final
+from typing import Final, NamedTuple
 
 import attrs
 import orjson
@@ -118,9 +118,9 @@ def read_checkpoint(logs: Path) -> Checkpoint | Violation | None:
         return Violation("checkpoint", f"{LOGS}/{CHECKPOINT}", f"unreadable checkpoint: {exc}")
 
 
-@attrs.frozen
-class DeliveryRecord:
-    """The fields of one delivery-log line that verification compares."""
+class DeliveryRecord(NamedTuple):
+    """The fields of one delivery-log line that verification compares (a tuple: there
+    is one per line)."""
 
     kind: str
     message_id: str
@@ -267,7 +267,7 @@ def verify_data_dir(data_dir: Path, progress: Progress = _no_progress) -> Verify
             else:
                 record(item.kind, item.message_id, item.queue, item.content, item.where)
     violations.extend(delivery.finish())
-    queued = sum(len(ids) for ids in invariants.queued().values())
+    queued = sum(len(ids) for ids in invariants.queues.values())
     return VerifyReport(
         events=events,
         first_seq=first_seq,

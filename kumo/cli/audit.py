@@ -102,28 +102,32 @@ def _when_option(ctx: click.Context, param: click.Parameter, value: str | None) 
 
 
 class ProgressBar:
-    """A rich progress bar on stderr that appears only once work has taken a second.
+    """A rich progress bar on stderr that appears only once work has taken a second,
+    and only when stderr is a terminal.
 
     Call it as ``progress(stage, done, total)``; each stage gets its own bar. Use it as
     a context manager so that the bar is removed when the work ends.
     """
 
-    def __init__(self, *, after: float = PROGRESS_AFTER) -> None:
+    def __init__(self, *, after: float = PROGRESS_AFTER, console: Console | None = None) -> None:
         self._started = time.monotonic()
         self._after = after
+        self._console = console or Console(stderr=True)
+        # Not on a terminal (a pipe, a CI log): a bar would only add noise.
+        self._quiet = not self._console.is_terminal
         self._progress: Progress | None = None
         self._tasks: dict[str, TaskID] = {}
 
     def __call__(self, stage: str, done: int, total: int) -> None:
         if self._progress is None:
-            if time.monotonic() - self._started < self._after:
+            if self._quiet or time.monotonic() - self._started < self._after:
                 return
             self._progress = Progress(
                 TextColumn("{task.description}"),
                 BarColumn(),
                 TaskProgressColumn(),
                 TimeRemainingColumn(),
-                console=Console(stderr=True),
+                console=self._console,
                 transient=True,
             )
             self._progress.start()

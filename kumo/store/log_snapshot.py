@@ -27,8 +27,9 @@ Row: TypeAlias = tuple[int, int, str, bytes]
 ChainedRow: TypeAlias = tuple[int, int, str, bytes, bytes]
 """``(seq, time, type, body, chain)`` as stored."""
 
-CHUNK = 20_000
-"""Rows per fetch: large enough to amortise the query, small enough for progress."""
+CHUNK = 2_000
+"""Rows per fetch: enough to amortise the calls, few enough that a chunk of decoded
+sweep events (thousands of messages each) stays small."""
 
 
 class LogSnapshot:

@@ -24,6 +24,7 @@ import pytest
 import trio
 import trio.testing
 from click.testing import CliRunner, Result
+from rich.console import Console
 
 from kumo.cli.audit import ProgressBar, audit, parse_when, replay
 from kumo.cli.kumo import main as kumo_main
@@ -706,11 +707,18 @@ def test_missing_log_is_an_error(tmp_path: Path) -> None:
     assert run(replay, "--verify", "--data-dir", str(tmp_path)).exit_code == 1
 
 
-def test_progress_bar_appears_only_after_its_delay() -> None:
-    with ProgressBar(after=3600) as progress:
+def test_progress_bar_appears_only_after_its_delay_and_on_a_terminal() -> None:
+    terminal = Console(file=io.StringIO(), force_terminal=True)
+    with ProgressBar(after=3600, console=terminal) as progress:
         progress("reading", 1, 10)
         assert not progress.shown
-    with ProgressBar(after=0) as progress:
+    with ProgressBar(after=0, console=terminal) as progress:
         progress("reading", 1, 10)
         assert progress.shown
         progress("reading", 10, 10)
+    assert "reading" in terminal.file.getvalue()  # type: ignore[attr-defined]
+    pipe = Console(file=io.StringIO(), force_terminal=False)
+    with ProgressBar(after=0, console=pipe) as progress:
+        progress("reading", 1, 10)
+        assert not progress.shown
+    assert pipe.file.getvalue() == ""  # type: ignore[attr-defined]

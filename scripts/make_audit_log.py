@@ -49,7 +49,7 @@ NODE_ID: Final = "00000000-0000-4000-8000-00000000a0d1"
 _SECOND: Final = 1_000_000_000
 _DAY: Final = 86_400 * _SECOND
 _BATCH: Final = 2_000
-"""Events per commit, about: one commit per simulated tick."""
+"""Events per commit (one commit per simulated tick), at most."""
 _SWEEP_EVENT: Final = 4_096
 """Messages per ``Bounced`` event of a sweep, as the engine splits them."""
 
@@ -246,15 +246,16 @@ def make_audit_log(
         store.set_meta("node_id", NODE_ID)
         day = _Day(random.Random(seed), first_seq=1)
         log = _DeliveryLog(data_dir / LOGS, day.rules) if delivery_log else None
-        ticks = max(1, events // _BATCH)
-        step = _DAY // ticks
+        # Small logs get smaller commits, so that they still see a day of rules.
+        batch_size = max(50, min(_BATCH, events // 500))
+        step = _DAY // max(1, events // batch_size)
         tick = 0
         while day.next_seq <= events:
             now = start + tick * step
             tick += 1
             if day.rng.random() < 0.16:
                 day.administer(now)
-            while len(day.batch) < _BATCH and day.next_seq <= events:
+            while len(day.batch) < batch_size and day.next_seq <= events:
                 day.receive(now)
             batch, day.batch = day.batch, []
             store.commit([c.event for c in batch], time=now, bodies={})

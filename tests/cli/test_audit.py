@@ -15,6 +15,8 @@ import hashlib
 import io
 import shutil
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -672,6 +674,22 @@ async def test_audit_reads_a_log_that_a_running_engine_is_writing(
         await engine.inject([message("late@example.com")])
         await engine.wait_idle()
         assert engine.list_bounces()[0].total_bounced == 4
+
+
+def test_the_benchmark_log_builder_makes_a_directory_that_verifies(tmp_path: Path) -> None:
+    data_dir = tmp_path / "bench"
+    script = Path(__file__).resolve().parents[2] / "scripts" / "make_audit_log.py"
+    subprocess.run(
+        [sys.executable, str(script), str(data_dir), "--events", "5000", "--seed", "7"],
+        check=True,
+        capture_output=True,
+    )
+    report = run_json(replay, "--verify", "--data-dir", str(data_dir))
+    assert report["ok"], report["violations"]
+    assert report["events"] >= 5000
+    assert report["rules"] > 3
+    timeline = run_json(audit, "--data-dir", str(data_dir))
+    assert {a["action"] for a in timeline["actions"]} >= {"issued", "expired"}
 
 
 # -- pieces ------------------------------------------------------------------------------

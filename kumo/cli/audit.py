@@ -22,6 +22,7 @@ from __future__ import annotations
 import csv
 import io
 import re
+import sqlite3
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -494,6 +495,10 @@ def _open(data_dir: Path) -> LogSnapshot:
         return LogSnapshot(data_dir / DATABASE)
     except FileNotFoundError as exc:
         raise click.ClickException(str(exc)) from None
+    except sqlite3.DatabaseError as exc:
+        raise click.ClickException(
+            f"{data_dir / DATABASE} is not a kumo event log: {exc}"
+        ) from None
 
 
 @click.command()
@@ -715,8 +720,13 @@ def replay(data_dir: Path, verify: bool, fmt: str) -> None:
         return
     if not (data_dir / DATABASE).is_file():
         raise click.ClickException(f"no event log at {data_dir / DATABASE}")
-    with ProgressBar() as progress:
-        report = verify_data_dir(data_dir, progress)
+    try:
+        with ProgressBar() as progress:
+            report = verify_data_dir(data_dir, progress)
+    except sqlite3.DatabaseError as exc:
+        raise click.ClickException(
+            f"{data_dir / DATABASE} is not a kumo event log: {exc}"
+        ) from None
     click.echo(render_report(report, fmt))
     if not report.ok:
         sys.exit(1)

@@ -723,6 +723,13 @@ def test_missing_log_is_an_error(tmp_path: Path) -> None:
     assert result.exit_code == 1
     assert "no event log" in result.stderr
     assert run(replay, "--verify", "--data-dir", str(tmp_path)).exit_code == 1
+    (tmp_path / DATABASE).write_bytes(b"not a database at all" * 100)
+    for command in (audit, replay):
+        result = run(command, "--data-dir", str(tmp_path))
+        assert result.exit_code == 1
+        assert "is not a kumo event log" in result.stderr
+    result = run(replay, "--verify", "--data-dir", str(tmp_path))
+    assert "is not a kumo event log" in result.stderr
 
 
 def test_progress_bar_appears_only_after_its_delay_and_on_a_terminal() -> None:

@@ -33,6 +33,7 @@ from kumo.http.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from kumo.http.metrics import render_metrics
 from kumo.http.openapi import OPENAPI
 from kumo.http.replies import TEXT, Reply, text_reply
+from kumo.runtime.blocking import RunBlocking, in_thread
 from kumo.runtime.engine import EngineClosedError
 
 BODY_TIMEOUT: Final = 15
@@ -123,8 +124,13 @@ def create_app(
     body_limit: int = DEFAULT_BODY_LIMIT,
     max_inject_bytes: int = inject_api.DEFAULT_MAX_INJECT_BYTES,
     body_timeout: float = BODY_TIMEOUT,
+    run_blocking: RunBlocking = in_thread,
 ) -> QuartTrio:
-    """The ASGI app serving ``engine``; ``access`` defaults to loopback-only trust."""
+    """The ASGI app serving ``engine``; ``access`` defaults to loopback-only trust.
+
+    ``run_blocking`` runs the app's CPU-heavy steps (building a large injection); pass
+    :func:`kumo.runtime.blocking.inline` beside an engine opened with ``threads=False``.
+    """
     policy = access if access is not None else AccessPolicy()
     # scrypt costs ~16 MiB and tens of ms; two at a time bounds both.
     password_checks = trio.CapacityLimiter(2)
@@ -184,6 +190,7 @@ def create_app(
             body=body,
             now=dt.datetime.now(dt.UTC),
             max_bytes=max_inject_bytes,
+            run_blocking=run_blocking,
         )
         return _response(reply)
 

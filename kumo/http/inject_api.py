@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import email.policy
 import email.utils
+import functools
 import uuid
 from collections.abc import Callable, Mapping
 from email.headerregistry import Address
@@ -22,7 +23,6 @@ from email.message import EmailMessage
 from typing import Final
 
 import attrs
-import trio
 
 from kumo.http.bodies import (
     BuiltContent,
@@ -36,6 +36,7 @@ from kumo.http.errors import RequestRefused
 from kumo.http.replies import Reply, json_reply
 from kumo.model.queue_name import queue_name_for, recipient_domain
 from kumo.model.requests import NewMessage
+from kumo.runtime.blocking import RunBlocking, in_thread
 
 DEFAULT_MAX_INJECT_BYTES: Final = 256 * 2**20
 """Most message bytes one request may create: the body limit bounds the request, not
@@ -198,12 +199,17 @@ async def inject(
     body: bytes,
     now: dt.datetime,
     max_bytes: int = DEFAULT_MAX_INJECT_BYTES,
+    run_blocking: RunBlocking = in_thread,
 ) -> Reply:
-    """Validate, build the messages, inject them durably, and count the outcome."""
+    """Validate, build the messages, inject them durably, and count the outcome.
+
+    ``run_blocking`` builds the messages of a large request (off the loop by default;
+    :func:`kumo.runtime.blocking.inline` keeps virtual time deterministic).
+    """
     request = parse_inject_request(content_type, body)
     if len(request.recipients) > _THREAD_THRESHOLD:
-        plan = await trio.to_thread.run_sync(
-            lambda: plan_injection(request, now=now, max_bytes=max_bytes)
+        plan = await run_blocking(
+            functools.partial(plan_injection, request, now=now, max_bytes=max_bytes)
         )
     else:
         plan = plan_injection(request, now=now, max_bytes=max_bytes)

@@ -30,6 +30,7 @@ import trio.testing
 
 from kumo.http.app import create_app
 from kumo.model.log_record import rfc3339
+from kumo.runtime.blocking import inline
 from kumo.runtime.clock import EngineClock
 from kumo.runtime.engine import Engine, open_engine
 from kumo.scenario.expect import (
@@ -62,11 +63,7 @@ INJECT_PATH: Final = "/api/inject/v1"
 METRICS_PATH: Final = "/metrics"
 LIVENESS_PATH: Final = "/api/check-liveness/v1"
 INJECT_BATCH: Final = 1_000
-"""Recipients per inject request to a live server."""
-IN_PROCESS_INJECT_BATCH: Final = 64
-"""Recipients per inject request in-process. The inject handler builds the messages of
-a larger request in a worker thread, and waiting on a thread lets virtual time jump to
-the next deadline (a rule's expiry, say), which would make runs differ."""
+"""Recipients per inject request."""
 STEP_BUDGET: Final = 3_600.0
 """Seconds a step may take beyond its own wait. In-process this is virtual time, so a
 step that hangs fails at once instead of hanging the run."""
@@ -164,7 +161,7 @@ class InProcessTarget:
     description = "in-process"
     remaining_slack = 0
     settle_timeout = 0.0
-    inject_batch = IN_PROCESS_INJECT_BATCH
+    inject_batch = INJECT_BATCH
 
     def __init__(self, data_dir: Path, clock: EngineClock, nursery: trio.Nursery) -> None:
         self.data_dir = data_dir
@@ -205,7 +202,8 @@ class InProcessTarget:
             # threads=False: SQLite and file writes run inline, so that virtual time
             # only moves when the scenario waits (see kumo.runtime.blocking).
             async with open_engine(self.data_dir, clock=self.clock, threads=False) as engine:
-                app: Any = create_app(engine)  # an ASGI app; quart's scope types are narrower
+                # An ASGI app; quart's scope types are narrower than httpx's.
+                app: Any = create_app(engine, run_blocking=inline)
                 transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 40000))
                 async with httpx.AsyncClient(
                     transport=transport, base_url="http://kumo.invalid"

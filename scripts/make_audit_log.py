@@ -39,8 +39,8 @@ from kumo.model.events import (
 )
 from kumo.model.queue_name import queue_name_for
 from kumo.model.state import QueueState, RuleBook, SweepRule
-from kumo.runtime.delivery_log import CHECKPOINT, SEGMENT_BYTES, encode_records, segment_name
-from kumo.runtime.engine import DATABASE, LOGS
+from kumo.runtime.delivery_log import SEGMENT_BYTES, encode_records, segment_name
+from kumo.store.layout import CHECKPOINT, DATABASE, LOGS
 from kumo.store.sqlite_log import SqliteEventStore
 
 START: Final = 1_767_225_600_000_000_000

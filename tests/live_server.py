@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import IO, Any, Final, TypeVar
 
 from kumo.model.events import Committed
-from kumo.runtime.engine import DATABASE, LOGS
+from kumo.store.layout import DATABASE, LOGS
 from kumo.store.sqlite_log import SqliteEventStore
 
 T = TypeVar("T")

@@ -50,8 +50,9 @@ from kumo.model.events import Committed
 from kumo.model.log_record import rfc3339
 from kumo.model.state import RuleView, State
 from kumo.store.event_log import LogCorruptError
+from kumo.store.layout import DATABASE
 from kumo.store.log_snapshot import LogSnapshot
-from kumo.store.verify import DATABASE, VerifyReport, verify_data_dir
+from kumo.store.verify import VerifyReport, verify_data_dir
 
 PROGRESS_AFTER: Final = 1.0
 """Seconds of work before a progress bar appears on stderr."""

@@ -28,10 +28,10 @@ from kumo.model.state import RuleBook
 from kumo.runtime.blocking import RunBlocking, in_thread
 from kumo.runtime.log_writer import LogWriter
 from kumo.runtime.watermark import Watermark
+from kumo.store.layout import CHECKPOINT
 
 SEGMENT_BYTES: Final = 256 * 1024 * 1024
 """A segment that grows past this is closed and the next record starts a new one."""
-CHECKPOINT: Final = "checkpoint.json"
 READ_LIMIT: Final = 20_000
 
 

@@ -45,11 +45,10 @@ from kumo.runtime.clock import EngineClock
 from kumo.runtime.delivery_log import DeliveryLogStatistics, DeliveryLogWriter
 from kumo.runtime.log_writer import LogStatistics, LogWriter
 from kumo.runtime.queue_actor import ActorStatistics
+from kumo.store.layout import DATABASE, LOGS
 from kumo.store.replay import fold_log
 from kumo.store.sqlite_log import SqliteEventStore
 
-DATABASE: Final = "events.sqlite3"
-LOGS: Final = "logs"
 SHUTDOWN_DEADLINE: Final = 30.0
 """Seconds a shutdown waits for actors and followers to finish their work."""
 

@@ -17,19 +17,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Final, NamedTuple
+from typing import NamedTuple
 
 import attrs
 import orjson
 
 from kumo.model.events import Committed, EventDecodeError, decode_event, event_type
 from kumo.model.invariants import DeliveryLogCheck, InvariantCheck, Violation, at_seq
+from kumo.store.layout import CHECKPOINT, DATABASE, LOGS
 from kumo.store.log_snapshot import ChainedRow, LogSnapshot
 from kumo.store.sqlite_log import GENESIS, chain_link
-
-DATABASE: Final = "events.sqlite3"
-LOGS: Final = "logs"
-CHECKPOINT: Final = "checkpoint.json"
 
 Progress = Callable[[str, int, int], None]
 """``progress(stage, done, total)``: called as work advances, for a progress bar."""

@@ -35,7 +35,8 @@ from kumo.model.log_record import rfc3339
 from kumo.model.requests import BounceRequest
 from kumo.model.state import RuleView
 from kumo.runtime.clock import EngineClock
-from kumo.runtime.engine import DATABASE, Engine, open_engine
+from kumo.runtime.engine import Engine, open_engine
+from kumo.store.layout import DATABASE
 from kumo.store.sqlite_log import chain_link
 from tests.runtime.harness import WALL_ORIGIN, bounce, message
 

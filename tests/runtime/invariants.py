@@ -7,7 +7,8 @@ from pathlib import Path
 
 from kumo.model.events import Bounced, MessageReceived
 from kumo.model.state import State
-from kumo.runtime.engine import DATABASE, Engine
+from kumo.runtime.engine import Engine
+from kumo.store.layout import DATABASE
 from kumo.store.sqlite_log import SqliteEventStore
 from tests.runtime.harness import log_records
 

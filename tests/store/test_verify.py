@@ -11,8 +11,6 @@ import pytest
 from kumo.model.criteria import Criteria
 from kumo.model.events import Bounced, BounceIssued, Event, Message, MessageReceived
 from kumo.model.invariants import Violation
-from kumo.runtime import delivery_log, engine
-from kumo.store import verify
 from kumo.store.event_log import LogCorruptError
 from kumo.store.log_snapshot import ChainedRow, LogSnapshot
 from kumo.store.sqlite_log import SqliteEventStore
@@ -45,11 +43,6 @@ def make_log(path: Path, count: int = 6) -> SqliteEventStore:
     first = Message("m0", "s@x", "r0@a.com", 10, 10 * SECOND, 1)
     store.commit([Bounced("r", "a.com", [first])], time=30 * SECOND, bodies={})
     return store
-
-
-def test_constants_agree_with_the_engine_and_the_delivery_log() -> None:
-    assert (verify.DATABASE, verify.LOGS) == (engine.DATABASE, engine.LOGS)
-    assert verify.CHECKPOINT == delivery_log.CHECKPOINT
 
 
 def test_snapshot_of_a_closed_log_creates_no_file(tmp_path: Path) -> None:

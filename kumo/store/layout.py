@@ -1,0 +1,12 @@
+"""Where things live in a data directory; every layer that reads one agrees here."""
+
+from __future__ import annotations
+
+from typing import Final
+
+DATABASE: Final = "events.sqlite3"
+"""The event log and the spool (SQLite, WAL mode)."""
+LOGS: Final = "logs"
+"""The delivery-log segments (``*.jsonl``) and their checkpoint."""
+CHECKPOINT: Final = "checkpoint.json"
+"""The delivery-log writer's checkpoint, inside :data:`LOGS`."""

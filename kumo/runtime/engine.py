@@ -16,6 +16,7 @@ that append's effect.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import secrets
@@ -46,6 +47,8 @@ from kumo.runtime.delivery_log import DeliveryLogStatistics, DeliveryLogWriter
 from kumo.runtime.log_writer import LogStatistics, LogWriter
 from kumo.runtime.queue_actor import ActorStatistics
 from kumo.store.layout import DATABASE, LOGS
+from kumo.store.lock import DataDirectoryLock
+from kumo.store.lock import DataDirectoryLockedError as DataDirectoryLockedError
 from kumo.store.replay import fold_log
 from kumo.store.sqlite_log import SqliteEventStore
 
@@ -247,8 +250,11 @@ async def open_engine(
     run_blocking = in_thread if threads else inline
     path = data_dir / DATABASE
 
-    def open_and_replay() -> tuple[SqliteEventStore, SqliteEventStore, State, str]:
+    def lock() -> DataDirectoryLock:
         data_dir.mkdir(parents=True, exist_ok=True)
+        return DataDirectoryLock(data_dir)
+
+    def open_and_replay() -> tuple[SqliteEventStore, SqliteEventStore, State, str]:
         store = SqliteEventStore(path)
         stored_id = store.get_meta("node_id")
         chosen = node_id or stored_id or str(uuid.uuid4())
@@ -257,8 +263,12 @@ async def open_engine(
         reader = SqliteEventStore(path, readonly=True)
         return store, reader, fold_log(store), chosen
 
-    store, reader, state, chosen_id = await run_blocking(open_and_replay)
-    try:
+    async with contextlib.AsyncExitStack() as cleanup:
+        cleanup.callback((await run_blocking(lock)).release)
+        store, reader, state, chosen_id = await run_blocking(open_and_replay)
+        # The reader first: the last connection to close checkpoints the WAL into the
+        # database file and removes it, which a read-only connection cannot do.
+        cleanup.push_async_callback(run_blocking, functools.partial(_close_all, reader, store))
         owed = state.unfinished_bounces()
         queues = state.detach_queues()
         for bounce in owed:
@@ -309,10 +319,6 @@ async def open_engine(
                 broadcaster.close()
                 followers.cancel()
                 log.close()
-    finally:
-        # The reader first: the last connection to close checkpoints the WAL into the
-        # database file and removes it, which a read-only connection cannot do.
-        await run_blocking(functools.partial(_close_all, reader, store))
 
 
 def _split(bounces: list[Bounced], size: int = 4_096) -> list[Bounced]:

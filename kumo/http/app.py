@@ -66,9 +66,13 @@ class _BodyBeforeResponse:
     hypercorn closes the connection from inside that cancelled task, the close never
     completes, and the client's next request on the kept-alive connection hangs.
     Holding the response until the body has arrived (Quart reads it, keeping at most
-    the body limit) keeps the connection in step for the next request. A body that does
-    not end within ``timeout`` seconds gets ``Connection: close`` on the response, so
-    that the client does not send another request there.
+    the body limit) keeps the connection in step for the next request. A body that has
+    not ended ``timeout`` seconds after the request started gets ``Connection: close``
+    on the response, so that the client does not send another request there.
+
+    The wait is bounded by that same deadline, not by a fresh ``timeout``: Quart answers
+    408 once the body has been late for ``timeout`` seconds, and that answer must go out
+    then, not ``timeout`` seconds later.
     """
 
     def __init__(self, app: ASGIApp, timeout: float) -> None:
@@ -80,6 +84,7 @@ class _BodyBeforeResponse:
             await self.app(scope, receive, send)
             return
         body_ended = trio.Event()
+        deadline = trio.current_time() + self.timeout
 
         async def tracking_receive() -> ASGIMessage:
             message = await receive()
@@ -92,7 +97,7 @@ class _BodyBeforeResponse:
 
         async def send_after_body(message: ASGIMessage) -> None:
             if message["type"] == "http.response.start" and not body_ended.is_set():
-                with trio.move_on_after(self.timeout):
+                with trio.move_on_at(deadline):
                     await body_ended.wait()
                 if not body_ended.is_set():
                     headers = [*message.get("headers", ()), (b"connection", b"close")]

@@ -3,7 +3,7 @@
 A client that keeps its connection alive must be able to send its next request after
 any refusal, including those answered without reading the body (401, 404, 405, and a
 413 decided on ``Content-Length``); a body that never ends gets its answer with
-``Connection: close``.
+``Connection: close``, ``body_timeout`` after the request started (not twice that).
 """
 
 from __future__ import annotations
@@ -11,22 +11,25 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
+from typing import cast
 
 import trio
+import trio.testing
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
 
 from kumo.http.access import AccessPolicy, parse_network
-from kumo.http.app import create_app
+from kumo.http.app import ASGIApp, ASGIMessage, Scope, create_app
 from tests.http.test_app import FakeEngine
 
 LIMIT = 1000
+BODY_TIMEOUT = 0.5
 
 
 @asynccontextmanager
 async def serving(*, trusted: bool = True) -> AsyncIterator[tuple[str, int]]:
     policy = AccessPolicy(trusted_hosts=(parse_network("127.0.0.1"),) if trusted else ())
-    app = create_app(FakeEngine(), access=policy, body_limit=LIMIT, body_timeout=0.5)
+    app = create_app(FakeEngine(), access=policy, body_limit=LIMIT, body_timeout=BODY_TIMEOUT)
     config = HypercornConfig()
     config.bind = ["127.0.0.1:0"]
     config.graceful_timeout = 0.1
@@ -123,8 +126,60 @@ async def test_body_that_stops_arriving_gets_408_and_connection_close() -> None:
         async with stream:
             partial_request = request("POST", "/api/admin/bounce/v1", b"x" * 100)[:-90]
             with trio.fail_after(10):
+                started = trio.current_time()
                 await stream.send_all(partial_request)
                 status, headers, body = await read_response(stream)
+                elapsed = trio.current_time() - started
             assert status == 408
+            # The answer is due BODY_TIMEOUT after the request started, not twice that.
+            assert BODY_TIMEOUT <= elapsed < 1.9 * BODY_TIMEOUT
             assert headers["connection"] == "close"
             assert body.startswith(b"408 Request Timeout")
+
+
+async def test_408_is_sent_body_timeout_after_the_request_started(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # The app alone, under virtual time: the exact moment the 408 leaves, whatever the load.
+    app = cast(ASGIApp, create_app(FakeEngine(), body_timeout=15))
+    scope: Scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/api/admin/bounce/v1",
+        "raw_path": b"/api/admin/bounce/v1",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [
+            (b"host", b"test"),
+            (b"content-type", b"application/json"),
+            (b"content-length", b"100"),
+        ],
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 8000),
+        "extensions": {},
+    }
+    body_sent = False
+
+    async def receive() -> ASGIMessage:
+        nonlocal body_sent
+        if not body_sent:
+            body_sent = True
+            return {"type": "http.request", "body": b"x" * 10, "more_body": True}
+        await trio.sleep_forever()
+
+    starts: list[tuple[float, ASGIMessage]] = []
+
+    async def send(message: ASGIMessage) -> None:
+        if message["type"] == "http.response.start":
+            starts.append((trio.current_time(), message))
+
+    started = trio.current_time()
+    await app(scope, receive, send)
+
+    [(sent_at, start)] = starts
+    assert start["status"] == 408
+    assert (b"connection", b"close") in start["headers"]
+    assert sent_at - started == 15

@@ -94,8 +94,24 @@ class Target:
         )
 
 
+def without_credentials(url: httpx.URL) -> str:
+    """`url` as text without its user name and password, fit for a message."""
+    return str(url.copy_with(userinfo=b""))
+
+
+def without_credentials_text(text: str) -> str:
+    """An endpoint as typed, unparsable perhaps, cut before anything that may be a
+    user name or password: everything up to the last `@`, after any `scheme://`."""
+    scheme, separator, rest = text.partition("://")
+    if not separator:
+        scheme, rest = "", text
+    if "@" not in rest:
+        return text
+    return scheme + separator + rest.rpartition("@")[2]
+
+
 def _describe(client: httpx.Client) -> str:
-    return str(client.base_url).rstrip("/")
+    return without_credentials(client.base_url).rstrip("/")
 
 
 def send(client: httpx.Client, method: str, path: str, *, body: object = None) -> httpx.Response:
@@ -353,12 +369,15 @@ def batch_recipients(
 
 
 def validate_endpoint(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    shown = without_credentials_text(value)
     try:
         url = httpx.URL(value)
     except httpx.InvalidURL as exc:
-        raise click.BadParameter(f"{value!r} is not a valid URL: {exc}") from exc
+        # httpx quotes the piece it could not parse, which may be part of a password.
+        why = f": {exc}" if shown == value else ""
+        raise click.BadParameter(f"{shown!r} is not a valid URL{why}") from exc
     if url.scheme not in ("http", "https") or not url.host:
-        raise click.BadParameter(f"{value!r} is not an http:// or https:// URL")
+        raise click.BadParameter(f"{shown!r} is not an http:// or https:// URL")
     return value
 
 

@@ -459,6 +459,67 @@ def test_transport_failure_is_one_clear_line(error: httpx.HTTPError, expected: s
     assert result.stderr.count("\n") == 1
 
 
+CREDENTIALS_ENDPOINT = "http://alice:s3cr%40t@127.0.0.1:1"
+PROXY_VARIABLES = [
+    name for base in ("http_proxy", "https_proxy", "all_proxy") for name in (base, base.upper())
+]
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        httpx.ConnectError("[Errno 111] Connection refused"),
+        httpx.ReadTimeout("timed out"),
+        httpx.RemoteProtocolError("peer closed connection"),
+    ],
+)
+def test_transport_failure_does_not_print_the_credentials(error: httpx.HTTPError) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise error
+
+    result = run(FakeServer(handler), "--endpoint", CREDENTIALS_ENDPOINT, "bounce-list")
+
+    assert result.exit_code == 1
+    assert "http://127.0.0.1:1" in result.stderr
+    assert "alice" not in result.stderr
+    assert "s3cr" not in result.stderr
+
+
+def test_unreachable_server_does_not_print_the_credentials() -> None:
+    result = CliRunner().invoke(
+        cli,
+        ["--endpoint", CREDENTIALS_ENDPOINT, "bounce-list"],
+        obj=Target(),  # a real transport: nothing listens on port 1
+        env={name: None for name in ("KUMO_KCLI_ENDPOINT", *PROXY_VARIABLES)},
+    )
+
+    assert result.exit_code == 1
+    assert result.stderr.startswith("cannot connect to http://127.0.0.1:1: ")
+    assert "alice" not in result.stderr
+    assert "s3cr" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    "endpoint",
+    [
+        "http://alice:s3/cr@example.com",  # an unescaped '/' in the password
+        "http://alice:s3cr@",
+        "ftp://alice:s3cr@example.com",
+        "alice:s3cr@example.com:8000",
+    ],
+)
+def test_a_refused_endpoint_is_shown_without_the_credentials(endpoint: str) -> None:
+    server = replying(json_body=[])
+
+    result = run(server, "--endpoint", endpoint, "bounce-list")
+
+    assert result.exit_code == 2
+    assert server.requests == []
+    assert "--endpoint" in result.stderr
+    assert "alice" not in result.stderr
+    assert "s3" not in result.stderr
+
+
 # --- endpoint --------------------------------------------------------------------------
 
 

@@ -492,7 +492,9 @@ def bounce_list(target: Target, as_json: bool) -> None:
     if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
         raise KcliError(f"unexpected reply from server: {json.dumps(entries)}")
     if as_json:
-        click.echo(json.dumps(entries, indent=2))
+        # As serde_json: non-ASCII as is, in UTF-8 whatever the locale (bytes go to the
+        # binary stream, so a latin-1 or ASCII stdout cannot fail to encode them).
+        click.echo(json.dumps(entries, indent=2, ensure_ascii=False).encode())
     else:
         click.echo(format_bounce_list(entries))
 

@@ -349,6 +349,51 @@ def test_bounce_list_json_prints_the_reply_with_two_space_indent() -> None:
     assert result.stdout.startswith('[\n  {\n    "id": ')
 
 
+def test_bounce_list_json_prints_non_ascii_as_is_in_utf8() -> None:
+    listing = [entry(ID_A, "café 日本 \u2028", "5m", 1, domain="bücher.example")]
+    server = replying(json_body=listing)
+
+    result = run(server, "bounce-list", "--json")
+
+    assert result.exit_code == 0
+    assert result.stdout == json.dumps(listing, indent=2, ensure_ascii=False) + "\n"
+    assert '"reason": "café 日本 \u2028"' in result.stdout
+    assert "\\u" not in result.stdout
+    assert json.loads(result.stdout_bytes.decode("utf-8")) == listing
+
+
+@pytest.mark.parametrize("encoding", ["ascii", "latin-1"])
+def test_bounce_list_json_does_not_depend_on_the_stdout_encoding(encoding: str) -> None:
+    listing = [entry(ID_A, "café 日本", "5m", 1)]
+    script = (
+        "import httpx, sys\n"
+        "from kumo.cli.kcli import Target, cli\n"
+        f"reply = httpx.Response(200, json={listing!r})\n"
+        "transport = httpx.MockTransport(lambda request: reply)\n"
+        "cli.main(['bounce-list', '--json'], obj=Target(transport=transport), prog_name='kcli')\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    environment = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(root), *sys.path]),
+        "PYTHONIOENCODING": encoding,
+    }
+    environment.pop("KUMO_KCLI_ENDPOINT", None)
+    completed = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=root,
+        env=environment,
+        capture_output=True,
+        check=False,
+        timeout=60,
+    )
+
+    assert completed.returncode == 0, completed.stderr.decode(errors="replace")
+    assert (
+        completed.stdout.decode("utf-8") == json.dumps(listing, indent=2, ensure_ascii=False) + "\n"
+    )
+
+
 def test_bounce_list_json_of_nothing() -> None:
     result = run(replying(json_body=[]), "bounce-list", "--json")
 

@@ -29,6 +29,7 @@ import httpx
 
 DEFAULT_ENDPOINT = "http://127.0.0.1:8000"
 ENDPOINT_ENV_VAR = "KUMO_KCLI_ENDPOINT"
+TOKEN_ENV_VAR = "KUMO_KCLI_TOKEN"
 BOUNCE_PATH = "/api/admin/bounce/v1"
 INJECT_PATH = "/api/inject/v1"
 METRICS_PATH = "/metrics"
@@ -79,15 +80,23 @@ class KcliError(click.ClickException):
 
 @attrs.frozen
 class Target:
-    """Where requests go: the endpoint URL and, in tests, a substitute transport."""
+    """Where requests go: the endpoint URL, the Bearer token to send if any, and, in
+    tests, a substitute transport.
+
+    Basic credentials travel in the endpoint's userinfo (`http://user:pass@host`),
+    which httpx turns into an `Authorization: Basic` header.
+    """
 
     endpoint: str = DEFAULT_ENDPOINT
     transport: httpx.BaseTransport | None = None
+    token: str | None = attrs.field(default=None, repr=False)
 
     def open_client(self) -> httpx.Client:
         """A new client for this endpoint; the caller closes it (use it in `with`)."""
+        headers = {} if self.token is None else {"Authorization": f"Bearer {self.token}"}
         return httpx.Client(
             base_url=self.endpoint,
+            headers=headers,
             transport=self.transport,
             timeout=REQUEST_TIMEOUT,
             follow_redirects=True,
@@ -381,6 +390,17 @@ def validate_endpoint(ctx: click.Context, param: click.Parameter, value: str) ->
     return value
 
 
+def validate_token(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    # Never quote the value: it is a secret.
+    if value is None:
+        return None
+    if not value:
+        raise click.BadParameter("must not be empty")
+    if not all("!" <= char <= "~" for char in value):
+        raise click.BadParameter("must be printable ASCII, without spaces or line breaks")
+    return value
+
+
 def validate_header_value(ctx: click.Context, param: click.Parameter, value: str) -> str:
     if "\r" in value or "\n" in value:
         raise click.BadParameter("must not contain line breaks")
@@ -394,12 +414,40 @@ def validate_header_value(ctx: click.Context, param: click.Parameter, value: str
     default=DEFAULT_ENDPOINT,
     show_default=True,
     callback=validate_endpoint,
-    help=f"URL of the kumo (or KumoMTA) HTTP API; also read from ${ENDPOINT_ENV_VAR}.",
+    help=(
+        f"URL of the kumo (or KumoMTA) HTTP API; also read from ${ENDPOINT_ENV_VAR}."
+        " For HTTP Basic: http://USER:PASSWORD@HOST:PORT."
+    ),
+)
+@click.option(
+    "--token",
+    envvar=TOKEN_ENV_VAR,
+    default=None,
+    metavar="TOKEN",
+    callback=validate_token,
+    help=f"Send 'Authorization: Bearer TOKEN'; also read from ${TOKEN_ENV_VAR}.",
 )
 @click.pass_context
-def cli(ctx: click.Context, endpoint: str) -> None:
-    """Administer a kumo (or KumoMTA) server over its HTTP API."""
-    ctx.obj = attrs.evolve(ctx.ensure_object(Target), endpoint=endpoint)
+def cli(ctx: click.Context, endpoint: str, token: str | None) -> None:
+    """Administer a kumo (or KumoMTA) server over its HTTP API.
+
+    The server answers its trusted hosts; from anywhere else, send credentials:
+
+    \b
+      HTTP Basic    USER:PASSWORD@ in the endpoint URL (percent-encode
+                    '@', ':' and '/' in them, e.g. '@' as %40):
+                    --endpoint http://alice:secret@kumo.example:8000
+      Bearer token  --token TOKEN, sent as 'Authorization: Bearer TOKEN'
+
+    Prefer $KUMO_KCLI_ENDPOINT and $KUMO_KCLI_TOKEN to the options: other users
+    of the machine can read a command line in the process list.
+    """
+    if token is not None and httpx.URL(endpoint).userinfo:
+        raise click.UsageError(
+            "--token cannot be combined with USER:PASSWORD@ in the endpoint:"
+            " send Basic or Bearer credentials, not both"
+        )
+    ctx.obj = attrs.evolve(ctx.ensure_object(Target), endpoint=endpoint, token=token)
 
 
 @cli.command()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import email
 import email.policy
 import json
@@ -62,7 +63,7 @@ def replying(status: int = 200, *, json_body: object = None, text: str | None = 
 
 
 def run(server: FakeServer, *args: str, env: Mapping[str, str | None] | None = None) -> Result:
-    environment: dict[str, str | None] = {"KUMO_KCLI_ENDPOINT": None}
+    environment: dict[str, str | None] = {"KUMO_KCLI_ENDPOINT": None, "KUMO_KCLI_TOKEN": None}
     environment.update(env or {})
     result = CliRunner().invoke(
         cli, list(args), obj=Target(transport=server.transport), env=environment
@@ -379,6 +380,7 @@ def test_bounce_list_json_does_not_depend_on_the_stdout_encoding(encoding: str) 
         "PYTHONIOENCODING": encoding,
     }
     environment.pop("KUMO_KCLI_ENDPOINT", None)
+    environment.pop("KUMO_KCLI_TOKEN", None)
     completed = subprocess.run(
         [sys.executable, "-c", script],
         cwd=root,
@@ -607,6 +609,110 @@ def test_an_unusable_endpoint_is_refused_before_sending(endpoint: str) -> None:
     assert result.exit_code == 2
     assert server.requests == []
     assert "--endpoint" in result.stderr
+
+
+# --- credentials -----------------------------------------------------------------------
+
+TOKEN = "kZ3_x-Q9.~+/abc="
+
+
+def test_no_credentials_no_authorization_header() -> None:
+    server = replying(json_body=[])
+
+    run(server, "bounce-list")
+
+    assert "authorization" not in server.requests[0].headers
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["bounce-list"],
+        ["bounce", "--everything", "--reason", "r"],
+        ["bounce-cancel", "--id", ID_A],
+        ["queue-summary"],
+        ["inject", "--from", "s@x.com", "--to", "r@x.org"],
+    ],
+)
+def test_token_is_sent_as_a_bearer_on_every_command(command: list[str]) -> None:
+    server = FakeServer(
+        lambda request: (
+            httpx.Response(200, json={"id": ID_A, "success_count": 1})
+            if request.method == "POST"
+            else httpx.Response(200, json=[])
+        )
+    )
+
+    result = run(server, "--token", TOKEN, *command)
+
+    assert result.exit_code == 0, result.output
+
+    (request,) = server.requests
+    assert request.headers["authorization"] == f"Bearer {TOKEN}"
+
+
+def test_token_from_the_environment_and_the_flag_winning_over_it() -> None:
+    server = replying(json_body=[])
+
+    run(server, "bounce-list", env={"KUMO_KCLI_TOKEN": "from-env"})
+    run(server, "--token", "from-flag", "bounce-list", env={"KUMO_KCLI_TOKEN": "from-env"})
+
+    assert [request.headers["authorization"] for request in server.requests] == [
+        "Bearer from-env",
+        "Bearer from-flag",
+    ]
+
+
+def test_basic_credentials_come_from_the_endpoint_userinfo() -> None:
+    server = replying(json_body=[])
+
+    run(server, "--endpoint", "http://alice:s3cr%40t@kumo.example:8000", "bounce-list")
+
+    (request,) = server.requests
+    expected = base64.b64encode(b"alice:s3cr@t").decode()
+    assert request.headers["authorization"] == f"Basic {expected}"
+
+
+def test_token_and_basic_credentials_together_are_refused() -> None:
+    server = replying(json_body=[])
+
+    result = run(
+        server, "--endpoint", "http://alice:pw@kumo.example", "--token", TOKEN, "bounce-list"
+    )
+
+    assert result.exit_code == 2
+    assert server.requests == []
+    assert "--token cannot be combined" in result.stderr
+    assert TOKEN not in result.stderr
+    assert "pw" not in result.stderr
+
+
+@pytest.mark.parametrize("token", ["", "two words", "line\nbreak", "tab\t", "caf\u00e9"])
+def test_a_token_that_cannot_be_a_header_is_refused_without_echoing_it(token: str) -> None:
+    server = replying(json_body=[])
+
+    result = run(server, "--token", token, "bounce-list")
+
+    assert result.exit_code == 2
+    assert server.requests == []
+    assert "--token" in result.stderr
+    if token:
+        assert token not in result.stderr
+
+
+def test_target_repr_hides_the_token() -> None:
+    assert TOKEN not in repr(Target(token=TOKEN))
+
+
+def test_help_documents_basic_and_bearer_credentials() -> None:
+    result = CliRunner().invoke(cli, ["--help"], env={"KUMO_KCLI_TOKEN": None})
+
+    assert result.exit_code == 0
+    assert "--token TOKEN" in result.output
+    assert "$KUMO_KCLI_TOKEN" in result.output
+    assert "Authorization: Bearer TOKEN" in result.output
+    assert "http://USER:PASSWORD@HOST:PORT" in result.output
+    assert "HTTP Basic" in result.output
 
 
 # --- inject ----------------------------------------------------------------------------

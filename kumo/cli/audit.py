@@ -44,9 +44,8 @@ from rich.progress import (
 from kumo.config import DEFAULT_DATA_DIR
 from kumo.http.rfc3339 import TimestampError, parse_rfc3339
 from kumo.model.audit import MessageStory, RuleAction, Timeline, TimelineFilter, state_at
-from kumo.model.criteria import Criteria
 from kumo.model.duration import DurationError, format_duration, parse_duration
-from kumo.model.events import Committed
+from kumo.model.events import Committed, criteria_to_json
 from kumo.model.log_record import rfc3339
 from kumo.model.state import RuleView, State
 from kumo.store.event_log import LogCorruptError
@@ -194,16 +193,6 @@ def _time(nanos: int | None) -> str | None:
     return rfc3339(nanos) if nanos is not None else None
 
 
-def criteria_json(criteria: Criteria) -> dict[str, Any]:
-    return {
-        "campaign": criteria.campaign,
-        "tenant": criteria.tenant,
-        "domain": criteria.domain,
-        "routing_domain": criteria.routing_domain,
-        "queue_names": sorted(criteria.queue_names),
-    }
-
-
 TABLE_QUEUES: Final = 3
 """Queues a table cell lists per rule; JSON, CSV and ``--rule`` list them all."""
 
@@ -233,7 +222,7 @@ def action_json(action: RuleAction) -> dict[str, Any]:
         "action": action.action,
         "rule": action.rule_id,
         "principal": action.principal,
-        "criteria": criteria_json(action.criteria),
+        "criteria": criteria_to_json(action.criteria),
         "criteria_text": action.criteria.describe(),
         "reason": action.reason,
         "issued_at": rfc3339(action.issued_at),
@@ -336,7 +325,7 @@ def rule_view_json(view: RuleView) -> dict[str, Any]:
     """A live rule as GET shows it, with kumo's extra keys."""
     return {
         "id": view.id,
-        **{key: value for key, value in criteria_json(view.criteria).items()},
+        **{key: value for key, value in criteria_to_json(view.criteria).items()},
         "reason": view.reason,
         "duration": format_duration(max(view.remaining, 0)),
         "bounced": dict(view.bounced),
@@ -437,7 +426,7 @@ def story_json(story: MessageStory) -> dict[str, Any]:
                 "rule": b.rule_id,
                 "how": b.how,
                 "reason": b.reason,
-                "criteria": criteria_json(b.criteria) if b.criteria else None,
+                "criteria": criteria_to_json(b.criteria) if b.criteria else None,
                 "criteria_text": b.criteria.describe() if b.criteria else None,
                 "issued_by": b.issued_by,
                 "issued_at": _time(b.issued_at),

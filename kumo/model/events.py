@@ -119,7 +119,8 @@ class Committed:
 # -- codec ------------------------------------------------------------------------------
 
 
-def _criteria_to_json(criteria: Criteria) -> dict[str, Any]:
+def criteria_to_json(criteria: Criteria) -> dict[str, Any]:
+    """Criteria as stored in a ``BounceIssued`` body (and shown by audits)."""
     return {
         "campaign": criteria.campaign,
         "tenant": criteria.tenant,
@@ -153,7 +154,7 @@ def _encode_body(event: Event) -> dict[str, Any]:
         case BounceIssued():
             return {
                 "rule_id": event.rule_id,
-                "criteria": _criteria_to_json(event.criteria),
+                "criteria": criteria_to_json(event.criteria),
                 "reason": event.reason,
                 "expires_at": event.expires_at,
                 "suppress_logging": event.suppress_logging,

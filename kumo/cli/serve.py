@@ -6,13 +6,15 @@ watcher. On SIGINT or SIGTERM the server stops accepting, lets requests in fligh
 finish (up to :data:`GRACEFUL_TIMEOUT`), and then the engine shuts down gracefully:
 its channels drain, its log commits and closes. A second signal abandons the requests
 still in flight; the engine still closes cleanly. The process exits 0 after a clean
-shutdown.
+shutdown. A listening address it cannot bind is one line on stderr and exit status 1,
+after the engine (already open) shut down cleanly.
 """
 
 from __future__ import annotations
 
 import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Final
 
@@ -30,6 +32,24 @@ from kumo.runtime.engine import open_engine
 GRACEFUL_TIMEOUT: Final = 1.0
 """Seconds that requests in flight get to finish after a stop signal. Idle keep-alive
 connections hold hypercorn for this long too, so it is kept short."""
+
+
+class ListenError(Exception):
+    """The server could not listen on its address (in use, not permitted, not local)."""
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> Iterator[BaseException]:
+    for error in group.exceptions:
+        if isinstance(error, BaseExceptionGroup):
+            yield from _leaves(error)
+        else:
+            yield error
+
+
+def _describe_os_error(error: OSError) -> str:
+    """``address already in use`` for ``[Errno 98] Address already in use``."""
+    why = error.strerror or str(error)
+    return why[:1].lower() + why[1:]
 
 
 def _hypercorn_config(config: Config) -> HypercornConfig:
@@ -76,16 +96,29 @@ async def run_server(
 ) -> None:
     """Serve ``config`` until SIGINT/SIGTERM (or ``stop`` is set); report the base URL.
 
-    Returns after the server stopped and the engine shut down cleanly.
+    Returns after the server stopped and the engine shut down cleanly. Raises
+    :class:`ListenError` (in an exception group) if the address cannot be bound, once
+    the engine has shut down cleanly too.
     """
     stop = trio.Event() if stop is None else stop
     async with open_engine(config.data_dir, node_id=config.node_id) as engine:
         app = create_app(engine, access=config.access_policy(), body_limit=config.body_limit)
         async with trio.open_nursery() as nursery:
             await nursery.start(_stop_on_signals, stop, nursery.cancel_scope)
-            urls: list[str] = await nursery.start(
-                _serve_until_stopped, app, _hypercorn_config(config), stop, nursery.cancel_scope
-            )
+            try:
+                urls: list[str] = await nursery.start(
+                    _serve_until_stopped,
+                    app,
+                    _hypercorn_config(config),
+                    stop,
+                    nursery.cancel_scope,
+                )
+            except* OSError as group:
+                # An OSError before hypercorn reports its URLs is binding or listening.
+                [error, *_] = _leaves(group)
+                assert isinstance(error, OSError)
+                why = _describe_os_error(error)
+                raise ListenError(f"cannot listen on {config.listen}: {why}") from error
             task_status.started(urls[0])
 
 
@@ -134,7 +167,14 @@ def serve(listen: str | None, data_dir: Path | None, config_path: Path | None) -
             url = await nursery.start(run_server, config)
             print(f"kumo listening on {url}", flush=True)
 
-    trio.run(main)
+    refusal = None
+    try:
+        trio.run(main)
+    except* ListenError as group:
+        refusal = "; ".join(str(error) for error in _leaves(group))
+    if refusal is not None:
+        print(f"kumo: {refusal}", file=sys.stderr, flush=True)
+        sys.exit(1)
     print("kumo stopped", file=sys.stderr, flush=True)
 
 

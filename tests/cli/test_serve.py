@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 
@@ -15,8 +18,10 @@ import trio
 from click.testing import CliRunner
 
 from kumo.cli.kumo import main
-from kumo.cli.serve import resolve_config, run_server
+from kumo.cli.serve import ListenError, resolve_config, run_server
 from kumo.config import Config
+from kumo.runtime.engine import open_engine
+from kumo.store.layout import DATABASE
 from tests.live_server import start_server, wait_until
 
 
@@ -168,3 +173,50 @@ async def test_run_server_in_process_until_stop_is_set(tmp_path: Path) -> None:
         assert (reply.status_code, reply.text) == (200, "OK")
         stop.set()
     assert (tmp_path / "data" / "events.sqlite3").exists()
+
+
+@contextmanager
+def occupied_port() -> Iterator[int]:
+    """A loopback port on which another socket listens."""
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        yield other.getsockname()[1]
+
+
+def serve_process(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "kumo.cli.serve", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_a_port_in_use_is_one_line_and_exit_1(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    with occupied_port() as port:
+        result = serve_process("--listen", f"127.0.0.1:{port}", "--data-dir", str(data))
+
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert result.stderr == f"kumo: cannot listen on 127.0.0.1:{port}: address already in use\n"
+    # The engine had opened the directory: it closed it cleanly (the WAL checkpointed away).
+    assert (data / DATABASE).exists()
+    assert not (data / f"{DATABASE}-wal").exists()
+
+
+async def test_run_server_on_a_port_in_use_raises_listen_error_after_a_clean_close(
+    tmp_path: Path,
+) -> None:
+    data = tmp_path / "data"
+    with occupied_port() as port:
+        config = Config(listen=f"127.0.0.1:{port}", data_dir=data)
+        why = f"^cannot listen on 127.0.0.1:{port}: address already in use$"
+        with pytest.RaisesGroup(pytest.RaisesExc(ListenError, match=why), flatten_subgroups=True):
+            await run_server(config)
+
+    assert not (data / f"{DATABASE}-wal").exists()
+    async with open_engine(data):  # nothing of the first engine is left holding it
+        pass

@@ -6,8 +6,9 @@ watcher. On SIGINT or SIGTERM the server stops accepting, lets requests in fligh
 finish (up to :data:`GRACEFUL_TIMEOUT`), and then the engine shuts down gracefully:
 its channels drain, its log commits and closes. A second signal abandons the requests
 still in flight; the engine still closes cleanly. The process exits 0 after a clean
-shutdown. A listening address it cannot bind is one line on stderr and exit status 1,
-after the engine (already open) shut down cleanly.
+shutdown. A data directory another kumo process holds, or a listening address it
+cannot bind, is one line on stderr and exit status 1 (the engine, if it had opened,
+shut down cleanly first).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from quart_trio import QuartTrio
 
 from kumo.config import Config, ConfigError, load_config, parse_listen
 from kumo.http.app import create_app
-from kumo.runtime.engine import open_engine
+from kumo.runtime.engine import DataDirectoryLockedError, open_engine
 
 GRACEFUL_TIMEOUT: Final = 1.0
 """Seconds that requests in flight get to finish after a stop signal. Idle keep-alive
@@ -97,6 +98,7 @@ async def run_server(
     """Serve ``config`` until SIGINT/SIGTERM (or ``stop`` is set); report the base URL.
 
     Returns after the server stopped and the engine shut down cleanly. Raises
+    ``DataDirectoryLockedError`` if another process has the data directory, and
     :class:`ListenError` (in an exception group) if the address cannot be bound, once
     the engine has shut down cleanly too.
     """
@@ -170,7 +172,7 @@ def serve(listen: str | None, data_dir: Path | None, config_path: Path | None) -
     refusal = None
     try:
         trio.run(main)
-    except* ListenError as group:
+    except* (DataDirectoryLockedError, ListenError) as group:
         refusal = "; ".join(str(error) for error in _leaves(group))
     if refusal is not None:
         print(f"kumo: {refusal}", file=sys.stderr, flush=True)

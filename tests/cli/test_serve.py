@@ -220,3 +220,19 @@ async def test_run_server_on_a_port_in_use_raises_listen_error_after_a_clean_clo
     assert not (data / f"{DATABASE}-wal").exists()
     async with open_engine(data):  # nothing of the first engine is left holding it
         pass
+
+
+def test_a_data_directory_in_use_is_one_line_and_exit_1(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    server = start_server(data)
+    try:
+        result = serve_process("--listen", "127.0.0.1:0", "--data-dir", str(data))
+    finally:
+        assert server.stop() == 0
+
+    assert result.returncode == 1
+    assert result.stdout == ""
+    pid = server.process.pid
+    assert result.stderr == (
+        f"kumo: data directory {data} is in use by another kumo process (pid {pid})\n"
+    )

@@ -16,18 +16,19 @@ _SUBCOMMANDS = {
 }
 
 
+def _load(name: str) -> click.Command:
+    module_name, attribute = _SUBCOMMANDS[name].split(":")
+    command = getattr(importlib.import_module(module_name), attribute)
+    assert isinstance(command, click.Command)
+    return command
+
+
 class _LazyGroup(click.Group):
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(_SUBCOMMANDS)
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        target = _SUBCOMMANDS.get(cmd_name)
-        if target is None:
-            return None
-        module_name, attribute = target.split(":")
-        command = getattr(importlib.import_module(module_name), attribute)
-        assert isinstance(command, click.Command)
-        return command
+        return _load(cmd_name) if cmd_name in _SUBCOMMANDS else None
 
 
 @click.group(cls=_LazyGroup)
@@ -36,5 +37,9 @@ def main() -> None:
 
 
 def kumod() -> None:
-    """The ``kumod`` console script: ``kumo serve`` under another name."""
-    main(["serve", *__import__("sys").argv[1:]])
+    """The ``kumod`` console script: ``kumo serve`` under another name.
+
+    The serve command runs on its own (not through the group), so that its usage and
+    error lines read ``kumod [OPTIONS]``, not ``kumod serve [OPTIONS]``.
+    """
+    _load("serve").main(prog_name="kumod")

@@ -17,7 +17,7 @@ import pytest
 import trio
 from click.testing import CliRunner
 
-from kumo.cli.kumo import main
+from kumo.cli.kumo import kumod, main
 from kumo.cli.serve import ListenError, resolve_config, run_server
 from kumo.config import Config
 from kumo.runtime.engine import open_engine
@@ -236,3 +236,28 @@ def test_a_data_directory_in_use_is_one_line_and_exit_1(tmp_path: Path) -> None:
     assert result.stderr == (
         f"kumo: data directory {data} is in use by another kumo process (pid {pid})\n"
     )
+
+
+@pytest.mark.parametrize(
+    ("args", "status"),
+    [(["--help"], 0), (["--listen", "nowhere"], 2)],
+)
+def test_kumod_is_serve_under_its_own_name(
+    args: list[str],
+    status: int,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setattr(sys, "argv", ["kumod", *args])
+
+    with pytest.raises(SystemExit) as exited:
+        kumod()
+
+    assert exited.value.code == status
+    output = capsys.readouterr()
+    text = output.out + output.err
+    assert text.startswith("Usage: kumod [OPTIONS]\n")
+    assert "kumod serve" not in text
+    if status == 0:
+        assert "--listen" in text
+        assert "--data-dir" in text

@@ -96,7 +96,7 @@ class LogWriter:
         self._background_messages = 0
         self._background_in_flight = 0
         self._work = trio.Event()
-        self._room = trio.Event()
+        self._room = trio.lowlevel.ParkingLot()
         self._tail: deque[list[Committed]] = deque()
         self._tail_events = 0
         self._closed = False
@@ -139,7 +139,7 @@ class LogWriter:
         and after those of earlier calls.
         """
         while self._background_messages >= BACKGROUND_CAPACITY and not self._closed:
-            await self._room.wait()
+            await self._room.park()
         if self._closed:
             raise LogClosedError("the event log is closed")
         for event in events:
@@ -152,7 +152,7 @@ class LogWriter:
         """Refuse new events; :meth:`run` commits what is queued, then returns."""
         self._closed = True
         self._work.set()
-        self._room.set()
+        self._room.unpark_all()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """The writer task: commit what waits, in batches, until closed and drained."""
@@ -194,7 +194,7 @@ class LogWriter:
             base = len(events)
             bodies.update({base + index: body for index, body in request.bodies.items()})
             events.extend(request.events)
-        messages = 0
+        messages = taken = 0
         while self._background and (
             not events or (len(events) < MAX_BATCH_EVENTS and messages < MAX_BATCH_MESSAGES)
         ):
@@ -202,9 +202,13 @@ class LogWriter:
             weight = _weight(event)
             self._background_messages -= weight
             messages += weight
+            taken += 1
             events.append(event)
-        self._room.set()
-        self._room = trio.Event()
+        # Wake about as many submitters as events left the lane, not all of them: in a
+        # sweep thousands of actors wait here, and waking every one of them per commit
+        # costs more than the commit.
+        if taken:
+            self._room.unpark(count=taken)
         return requests, events, bodies
 
     def _published(self, committed: list[Committed]) -> None:

@@ -19,6 +19,7 @@ import secrets
 import sqlite3
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Final
 
 from kumo.model.events import (
     Bounced,
@@ -52,6 +53,8 @@ CREATE TABLE IF NOT EXISTS meta (
 """
 
 GENESIS = b"\x00" * 16
+CACHE_KIB: Final = 8 * 1024
+"""SQLite page cache per connection, in KiB."""
 
 
 def chain_link(previous: bytes, seq: int, time: int, kind: str, body: bytes) -> bytes:
@@ -81,7 +84,9 @@ class SqliteEventStore:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(_SCHEMA)
-        self._db.execute("PRAGMA cache_size=-65536")
+        # The page cache is memory the engine holds for as long as it runs, per
+        # connection; appends and sequential reads need little of it.
+        self._db.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
         row = self._db.execute(
             "SELECT seq, time, chain FROM events ORDER BY seq DESC LIMIT 1"
         ).fetchone()

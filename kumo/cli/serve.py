@@ -30,6 +30,8 @@ from kumo.config import Config, ConfigError, load_config, parse_listen
 from kumo.http.app import create_app
 from kumo.runtime.engine import DataDirectoryLockedError, open_engine
 
+SWITCH_INTERVAL: Final = 0.0005
+"""Seconds a thread may hold the GIL while another wants it (Python's default: 0.005)."""
 GRACEFUL_TIMEOUT: Final = 1.0
 """Seconds that requests in flight get to finish after a stop signal. Idle keep-alive
 connections hold hypercorn for this long too, so it is kept short."""
@@ -169,6 +171,10 @@ def serve(listen: str | None, data_dir: Path | None, config_path: Path | None) -
             url = await nursery.start(run_server, config)
             print(f"kumo listening on {url}", flush=True)
 
+    # The engine's worker threads (SQLite commits, delivery-log encoding) hold the GIL in
+    # stretches; at the default 5 ms switch interval an admin request under a sweep
+    # waits that long each time the loop needs the GIL back.
+    sys.setswitchinterval(SWITCH_INTERVAL)
     refusal = None
     try:
         trio.run(main)

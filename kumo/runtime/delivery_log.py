@@ -33,6 +33,10 @@ from kumo.store.layout import CHECKPOINT
 SEGMENT_BYTES: Final = 256 * 1024 * 1024
 """A segment that grows past this is closed and the next record starts a new one."""
 READ_LIMIT: Final = 20_000
+ROUND_RECORDS: Final = 4_096
+"""Records written (and fsynced) per round at most. Small rounds keep the disk's queue
+short, so that the event log's own fsyncs (an admin request waits on one) do not queue
+behind hundreds of megabytes of delivery log during a sweep."""
 
 
 @attrs.frozen
@@ -152,6 +156,21 @@ def encode_records(
     return lines
 
 
+def _rounds(batch: list[Committed]) -> list[list[Committed]]:
+    """Cut ``batch`` into runs of about :data:`ROUND_RECORDS` records each."""
+    rounds: list[list[Committed]] = [[]]
+    records = 0
+    for committed in batch:
+        event = committed.event
+        weight = len(event.messages) if isinstance(event, Bounced) else 1
+        if records and records + weight > ROUND_RECORDS:
+            rounds.append([])
+            records = 0
+        rounds[-1].append(committed)
+        records += weight
+    return rounds
+
+
 class DeliveryLogWriter:
     """Follows the log and writes its records; see the module docstring."""
 
@@ -187,7 +206,8 @@ class DeliveryLogWriter:
                 if not batch:
                     await self._log.wait_beyond(self.position.value)
                     continue
-                await self._write(batch)
+                for round_ in _rounds(batch):
+                    await self._write(round_)
         finally:
             self._segments.close()
 

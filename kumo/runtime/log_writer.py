@@ -37,7 +37,7 @@ from kumo.store.sqlite_log import SqliteEventStore
 
 MAX_BATCH_EVENTS: Final = 4_096
 """Events per transaction, bounded so that an urgent append never waits long."""
-MAX_BATCH_MESSAGES: Final = 8_192
+MAX_BATCH_MESSAGES: Final = 2048
 """Bounced messages per transaction (a sweep's events are large)."""
 BACKGROUND_CAPACITY: Final = 65_536
 """Bounced messages waiting in the background lane before submitters wait."""

@@ -9,6 +9,7 @@ import pytest
 import trio
 import trio.testing
 
+from kumo.model.events import Bounced, Committed, Message, MessageReceived
 from kumo.runtime import delivery_log
 from kumo.runtime.clock import EngineClock
 from kumo.runtime.engine import open_engine
@@ -69,3 +70,22 @@ async def test_segments_rotate_and_are_named_by_their_first_seq(
     assert len(segments) > 1
     assert segments[0] == delivery_log.segment_name(1)
     assert len(log_records(tmp_path)) == 18
+
+
+def test_rounds_hold_about_round_records_each(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(delivery_log, "ROUND_RECORDS", 5)
+    received = [Committed(n, 1, MessageReceived(f"m{n}", "q", "s", "r", 1)) for n in (1, 2, 3)]
+    taken = tuple(Message(f"m{n}", "s", "r", 1, 1, n) for n in range(4))
+    bounced = Committed(4, 2, Bounced("rule", "q", taken))
+    rounds = delivery_log._rounds([*received, bounced, *received])
+    assert [[c.seq for c in round_] for round_ in rounds] == [[1, 2, 3], [4, 1], [2, 3]]
+
+
+async def test_small_rounds_still_write_every_record_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, autojump_clock: trio.testing.MockClock
+) -> None:
+    monkeypatch.setattr(delivery_log, "ROUND_RECORDS", 3)
+    ids = await fill(tmp_path, 10)
+    records = log_records(tmp_path)
+    assert sorted(str(r["id"]) for r in records if r["type"] == "AdminBounce") == sorted(ids)
+    assert [r["id"] for r in records if r["type"] == "Reception"] == ids

@@ -41,7 +41,7 @@ MAX_BATCH_MESSAGES: Final = 2048
 """Bounced messages per transaction (a sweep's events are large)."""
 BACKGROUND_CAPACITY: Final = 65_536
 """Bounced messages waiting in the background lane before submitters wait."""
-TAIL_EVENTS: Final = 100_000
+TAIL_EVENTS: Final = 10_000
 """Recent committed events kept in memory for followers."""
 
 

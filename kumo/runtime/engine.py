@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
-import secrets
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -46,6 +45,7 @@ from kumo.runtime.clock import EngineClock
 from kumo.runtime.delivery_log import DeliveryLogStatistics, DeliveryLogWriter
 from kumo.runtime.log_writer import LogStatistics, LogWriter
 from kumo.runtime.queue_actor import ActorStatistics
+from kumo.store.ids import random_ids
 from kumo.store.layout import DATABASE, LOGS
 from kumo.store.lock import DataDirectoryLock
 from kumo.store.lock import DataDirectoryLockedError as DataDirectoryLockedError
@@ -92,7 +92,7 @@ class Engine:
     async def inject(self, messages: Sequence[NewMessage]) -> list[str]:
         """Receive ``messages``; return their spool ids once they are durable."""
         self._check_open()
-        ids = [secrets.token_hex(16) for _ in messages]
+        ids = random_ids(len(messages))
         events: list[Event] = [
             MessageReceived(
                 message_id=message_id,

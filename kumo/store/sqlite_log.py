@@ -15,7 +15,6 @@ Tables:
 from __future__ import annotations
 
 import hashlib
-import secrets
 import sqlite3
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -34,6 +33,7 @@ from kumo.model.events import (
     event_type,
 )
 from kumo.store.event_log import LogCorruptError
+from kumo.store.ids import random_ids
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -113,13 +113,13 @@ class SqliteEventStore:
         committed: list[Committed] = []
         chain = self._chain
         seq = self._last_seq
-        token = secrets.token_hex
+        event_ids = random_ids(len(events))
         for index, event in enumerate(events):
             seq += 1
             kind = event_type(event)
             body = encode_event(event)
             chain = chain_link(chain, seq, time, kind, body)
-            rows.append((seq, token(16), kind, time, body, chain))
+            rows.append((seq, event_ids[index], kind, time, body, chain))
             committed.append(Committed(seq, time, event))
             if isinstance(event, MessageReceived):
                 spooled.append((seq, bodies.get(index, b"")))

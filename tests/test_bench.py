@@ -45,10 +45,11 @@ async def test_sweep_run_bounces_everything_and_measures_its_floor(tmp_path: Pat
 
 async def test_targeted_and_memory_runs(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
-    memory = await bench.memory_run(data_dir, 1_000, 10, 500)
+    # Enough messages that RSS must grow even in a process that freed memory before.
+    memory = await bench.memory_run(data_dir, 20_000, 10, 5_000)
     assert memory.full_rss > memory.empty_rss > 0
     targeted = await bench.targeted_runs(data_dir, 10, 3)
-    assert targeted.messages == 1_000
+    assert targeted.messages == 20_000
     assert len(targeted.seconds) == 3
     assert all(ack <= total for ack, total in zip(targeted.acks, targeted.seconds, strict=True))
 

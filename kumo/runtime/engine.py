@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import gc
 import math
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -261,7 +262,7 @@ async def open_engine(
         if chosen != stored_id:
             store.set_meta("node_id", chosen)
         reader = SqliteEventStore(path, readonly=True)
-        return store, reader, fold_log(store), chosen
+        return store, reader, _fold_without_collecting(store), chosen
 
     async with contextlib.AsyncExitStack() as cleanup:
         cleanup.callback((await run_blocking(lock)).release)
@@ -319,6 +320,22 @@ async def open_engine(
                 broadcaster.close()
                 followers.cancel()
                 log.close()
+
+
+def _fold_without_collecting(store: SqliteEventStore) -> State:
+    """Fold the log with the cyclic collector paused.
+
+    A replay allocates a million long-lived messages and nothing cyclic; collecting
+    while it runs only rescans them (a third of a start's time at full size).
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        state = fold_log(store)
+    finally:
+        if was_enabled:
+            gc.enable()
+    return state
 
 
 def _split(bounces: list[Bounced], size: int = 4_096) -> list[Bounced]:

@@ -22,6 +22,7 @@ from the database through a reader connection of their own.
 from __future__ import annotations
 
 import functools
+import math
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from typing import Final
@@ -37,8 +38,13 @@ from kumo.store.sqlite_log import SqliteEventStore
 
 MAX_BATCH_EVENTS: Final = 4_096
 """Events per transaction, bounded so that an urgent append never waits long."""
-MAX_BATCH_MESSAGES: Final = 2048
-"""Bounced messages per transaction (a sweep's events are large)."""
+MAX_BATCH_MESSAGES: Final = 8_192
+"""Bounced messages per transaction while no client waits (a sweep's events are large)."""
+CLIENT_BATCH_MESSAGES: Final = 1_024
+"""Bounced messages per transaction while clients are appending: a client's append
+waits for the transaction under way, so keep those short then."""
+CLIENT_WINDOW: Final = 1.0
+"""Seconds after a client's append during which transactions stay short."""
 BACKGROUND_CAPACITY: Final = 65_536
 """Bounced messages waiting in the background lane before submitters wait."""
 TAIL_EVENTS: Final = 10_000
@@ -95,6 +101,7 @@ class LogWriter:
         self._background: deque[Event] = deque()
         self._background_messages = 0
         self._background_in_flight = 0
+        self._last_urgent = -math.inf
         self._work = trio.Event()
         self._room = trio.lowlevel.ParkingLot()
         self._tail: deque[list[Committed]] = deque()
@@ -188,6 +195,12 @@ class LogWriter:
         requests: list[_Append] = []
         events: list[Event] = []
         bodies: dict[int, bytes] = {}
+        now = trio.current_time()
+        if self._urgent:
+            self._last_urgent = now
+        limit = (
+            CLIENT_BATCH_MESSAGES if now - self._last_urgent < CLIENT_WINDOW else MAX_BATCH_MESSAGES
+        )
         while self._urgent and (not events or len(events) < MAX_BATCH_EVENTS):
             request = self._urgent.popleft()
             requests.append(request)
@@ -196,7 +209,7 @@ class LogWriter:
             events.extend(request.events)
         messages = taken = 0
         while self._background and (
-            not events or (len(events) < MAX_BATCH_EVENTS and messages < MAX_BATCH_MESSAGES)
+            not events or (len(events) < MAX_BATCH_EVENTS and messages < limit)
         ):
             event = self._background.popleft()
             weight = _weight(event)

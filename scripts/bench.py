@@ -67,6 +67,7 @@ import httpx
 import orjson
 import trio
 
+from kumo.cli.serve import tune_for_serving
 from kumo.model.criteria import Criteria
 from kumo.model.events import Message
 from kumo.model.log_record import admin_bounce_record, rfc3339
@@ -759,6 +760,7 @@ def run_child(kind: str, **arguments: Any) -> dict[str, Any]:
 
 def child_main(kind: str, arguments: dict[str, Any]) -> None:
     """The body of a ``--child`` process: run one measurement, print it as JSON."""
+    tune_for_serving()  # measure the engine as kumo serve runs it
     result: Any
     if kind == "sweep":
         profile = Path(arguments["profile"]) if arguments.get("profile") else None

@@ -142,6 +142,17 @@ def resolve_config(
     return config
 
 
+def tune_for_serving() -> None:
+    """The process settings ``kumo serve`` runs with (benchmarks apply them too)."""
+    # The engine's worker threads (SQLite commits, delivery-log encoding) hold the GIL in
+    # stretches; at the default 5 ms switch interval an admin request under a sweep
+    # waits that long each time the loop needs the GIL back.
+    sys.setswitchinterval(SWITCH_INTERVAL)
+    # Queued messages are many and long-lived, garbage is short-lived and acyclic: the
+    # default threshold (700) runs a young collection every few hundred allocations.
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
 @click.command()
 @click.option(
     "--listen",
@@ -177,13 +188,7 @@ def serve(listen: str | None, data_dir: Path | None, config_path: Path | None) -
             gc.freeze()
             print(f"kumo listening on {url}", flush=True)
 
-    # The engine's worker threads (SQLite commits, delivery-log encoding) hold the GIL in
-    # stretches; at the default 5 ms switch interval an admin request under a sweep
-    # waits that long each time the loop needs the GIL back.
-    sys.setswitchinterval(SWITCH_INTERVAL)
-    # Queued messages are many and long-lived, garbage is short-lived and acyclic: the
-    # default threshold (700) runs a young collection every few hundred allocations.
-    gc.set_threshold(*GC_THRESHOLDS)
+    tune_for_serving()
     refusal = None
     try:
         trio.run(main)

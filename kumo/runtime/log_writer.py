@@ -34,7 +34,7 @@ from kumo.model.events import Bounced, Committed, Event
 from kumo.runtime.blocking import RunBlocking, in_thread
 from kumo.runtime.clock import EngineClock
 from kumo.runtime.watermark import Watermark
-from kumo.store.sqlite_log import SqliteEventStore
+from kumo.store.event_log import EventStore
 
 MAX_BATCH_EVENTS: Final = 4_096
 """Events per transaction, bounded so that an urgent append never waits long."""
@@ -85,8 +85,8 @@ class LogWriter:
 
     def __init__(
         self,
-        store: SqliteEventStore,
-        reader: SqliteEventStore,
+        store: EventStore,
+        reader: EventStore,
         clock: EngineClock,
         *,
         on_commit: Callable[[list[Committed]], None],

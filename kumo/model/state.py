@@ -36,6 +36,7 @@ from kumo.model.events import (
     Message,
     MessageReceived,
 )
+from kumo.model.message_queue import MessageQueue
 from kumo.model.queue_name import QueueName
 
 RuleEnd: TypeAlias = Literal["cancelled", "replaced", "expired"]
@@ -250,12 +251,12 @@ class QueueState:
     def __init__(
         self,
         name: str,
-        messages: list[Message] | None = None,
+        messages: MessageQueue | None = None,
         rules: Iterable[SweepRule] = (),
     ) -> None:
         self.name = name
         self.parsed = QueueName.parse(name)
-        self.messages: list[Message] = messages if messages is not None else []
+        self.messages = messages if messages is not None else MessageQueue()
         self.rules: list[SweepRule] = list(rules)
         """Live rules that match this queue, oldest first."""
 
@@ -306,8 +307,7 @@ class QueueState:
             self.rules.append(rule)
         if not self.messages:
             return None
-        swept, self.messages = self.messages, []
-        return Bounced(rule_id=rule.id, queue=self.name, messages=swept)
+        return Bounced(rule_id=rule.id, queue=self.name, messages=self.messages.take_all())
 
 
 class State:
@@ -321,7 +321,7 @@ class State:
     def __init__(self, *, keep_messages: bool = True) -> None:
         self.rules = RuleBook()
         self.queue_counts: dict[str, int] = {}
-        self.queues: dict[str, list[Message]] | None = {} if keep_messages else None
+        self.queues: dict[str, MessageQueue] | None = {} if keep_messages else None
         self.received_total = 0
         self.bounced_total = 0
         self.last_seq = 0
@@ -360,21 +360,18 @@ class State:
         if self.queues is not None:
             queued = self.queues.get(queue)
             if queued is None:
-                self.queues[queue] = [message]
-            else:
-                queued.append(message)
+                queued = self.queues[queue] = MessageQueue()
+            queued.append(message)
 
     def _remove(self, event: Bounced) -> None:
         assert self.queues is not None
-        queued = self.queues.get(event.queue, [])
-        gone = {message.id for message in event.messages}
-        kept = [message for message in queued if message.id not in gone]
-        if kept:
-            self.queues[event.queue] = kept
-        else:
-            self.queues.pop(event.queue, None)
+        queued = self.queues.get(event.queue)
+        if queued is not None:
+            queued.remove({message.id for message in event.messages})
+            if not queued:
+                del self.queues[event.queue]
 
-    def detach_queues(self) -> dict[str, list[Message]]:
+    def detach_queues(self) -> dict[str, MessageQueue]:
         """Hand the queued messages over (to the actors); the fold keeps only counts."""
         queues, self.queues = self.queues or {}, None
         return queues

@@ -274,7 +274,7 @@ async def open_engine(
         queues = state.detach_queues()
         for bounce in owed:
             taken = {message.id for message in bounce.messages}
-            queues[bounce.queue] = [m for m in queues[bounce.queue] if m.id not in taken]
+            queues[bounce.queue].remove(taken)
         broadcaster_rules = state.rules.copy()
 
         engine = Engine(clock, chosen_id, state)

@@ -1,0 +1,50 @@
+"""Column-wise queued messages: what goes in comes out, in order."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from kumo.model.events import Message
+from kumo.model.message_queue import MessageQueue
+
+hex_ids = st.binary(min_size=16, max_size=16).map(bytes.hex)
+any_ids = st.one_of(hex_ids, st.text(max_size=40))
+messages = st.builds(
+    Message,
+    any_ids,
+    st.text(max_size=10),
+    st.text(max_size=10),
+    st.integers(0, 2**62),
+    st.integers(0, 2**62),
+    st.integers(1, 2**62),
+)
+
+
+@given(st.lists(messages, max_size=20))
+def test_messages_round_trip_in_order(batch: list[Message]) -> None:
+    queue = MessageQueue(batch)
+    assert list(queue) == batch
+    assert len(queue) == len(batch)
+    assert bool(queue) == bool(batch)
+    assert queue == batch
+    assert queue.take_all() == tuple(batch)
+    assert len(queue) == 0
+    assert queue == []
+
+
+@given(st.lists(messages, max_size=20), st.data())
+def test_remove_keeps_the_others_in_order(batch: list[Message], data: st.DataObject) -> None:
+    gone = {m.id for m in batch if data.draw(st.booleans())}
+    queue = MessageQueue(batch)
+    queue.remove(gone)
+    assert list(queue) == [m for m in batch if m.id not in gone]
+
+
+def test_ids_that_are_not_spool_ids_keep_their_spelling() -> None:
+    spool = "0123456789abcdef0123456789abcdef"
+    upper = spool.upper()
+    queue = MessageQueue([Message(spool, "s", "r", 1, 2, 3)])
+    queue.append(Message(upper, "s", "r", 1, 2, 4))
+    queue.append(Message("m5", "s", "r", 1, 2, 5))
+    assert [m.id for m in queue] == [spool, upper, "m5"]

@@ -13,8 +13,9 @@ from __future__ import annotations
 import datetime as dt
 from typing import Final
 
+from kumo.model.duration import NANOS_PER_SECOND
+
 _EPOCH_ORDINAL: Final = dt.date(1970, 1, 1).toordinal()
-_NANOS: Final = 1_000_000_000
 _I64_MIN: Final = -(2**63)
 _I64_MAX: Final = 2**63 - 1
 _DIGITS: Final = "0123456789"
@@ -108,7 +109,7 @@ def parse_rfc3339(text: str) -> int:
         # Year 0 or a day past the month's end (2023-02-29).
         raise TimestampError(IMPOSSIBLE if year else OUT_OF_RANGE) from None
     seconds = (ordinal - _EPOCH_ORDINAL) * 86_400 + hour * 3600 + minute * 60 + second - offset
-    result = seconds * _NANOS + nanos
+    result = seconds * NANOS_PER_SECOND + nanos
     if not _I64_MIN <= result <= _I64_MAX:
         raise TimestampError(OUT_OF_RANGE)
     return result

@@ -13,10 +13,10 @@ from typing import Any
 
 import orjson
 
+from kumo.model.duration import NANOS_PER_SECOND
 from kumo.model.events import Message, MessageReceived
 
 ADMIN_BOUNCE_CODE = 551
-_NANOS = 1_000_000_000
 
 
 def rfc3339(nanos: int) -> str:
@@ -26,7 +26,7 @@ def rfc3339(nanos: int) -> str:
 
 @lru_cache(maxsize=4096)
 def _rfc3339(nanos: int) -> str:
-    seconds, fraction = divmod(nanos, _NANOS)
+    seconds, fraction = divmod(nanos, NANOS_PER_SECOND)
     stamp = dt.datetime.fromtimestamp(seconds, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S")
     if fraction == 0:
         return stamp + "Z"
@@ -67,9 +67,9 @@ def _record(
         "size": size,
         "response": response,
         "peer_address": None,
-        "timestamp": event_time // _NANOS,
+        "timestamp": event_time // NANOS_PER_SECOND,
         "event_time": rfc3339(event_time),
-        "created": created // _NANOS,
+        "created": created // NANOS_PER_SECOND,
         "created_time": rfc3339(created),
         "num_attempts": 0,
         "bounce_classification": "Uncategorized",
@@ -173,7 +173,9 @@ def admin_bounce_lines(
         if message.received_at != last_created:
             last_created = message.received_at
             created_part = (
-                dumps(last_created // _NANOS) + b',"created_time":' + dumps(rfc3339(last_created))
+                dumps(last_created // NANOS_PER_SECOND)
+                + b',"created_time":'
+                + dumps(rfc3339(last_created))
             )
         append(
             b'{"type":"AdminBounce","id":'

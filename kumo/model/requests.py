@@ -11,11 +11,11 @@ from typing import Final
 import attrs
 
 from kumo.model.criteria import Criteria
+from kumo.model.duration import NANOS_PER_MINUTE, NANOS_PER_YEAR
 
-NANOS_PER_SECOND: Final = 1_000_000_000
-DEFAULT_LIFETIME: Final = 5 * 60 * NANOS_PER_SECOND
+DEFAULT_LIFETIME: Final = 5 * NANOS_PER_MINUTE
 """A rule without ``duration`` or ``expires`` lives five minutes (SPEC section 4)."""
-MAX_LIFETIME: Final = 100 * 31_557_600 * NANOS_PER_SECOND
+MAX_LIFETIME: Final = 100 * NANOS_PER_YEAR
 """A ``duration`` over 100 years is refused (SPEC section 7)."""
 
 

@@ -12,7 +12,7 @@ import time
 
 import trio
 
-_NANOS = 1_000_000_000
+from kumo.model.duration import NANOS_PER_SECOND
 
 
 class EngineClock:
@@ -37,7 +37,7 @@ class EngineClock:
     def now(self) -> int:
         """The current wall time, ns since the epoch."""
         wall, origin = self._anchor()
-        return wall + round((trio.current_time() - origin) * _NANOS)
+        return wall + round((trio.current_time() - origin) * NANOS_PER_SECOND)
 
     def deadline(self, wall: int) -> float:
         """A trio clock reading at which the wall time is at least ``wall``.
@@ -46,4 +46,4 @@ class EngineClock:
         deadline always finds ``now() >= wall``.
         """
         origin_wall, origin = self._anchor()
-        return origin + (wall - origin_wall) / _NANOS + 1e-6
+        return origin + (wall - origin_wall) / NANOS_PER_SECOND + 1e-6

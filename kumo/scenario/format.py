@@ -22,10 +22,9 @@ from typing import Any, Final, NoReturn, TypeAlias
 
 import attrs
 
-from kumo.model.duration import DurationError, format_duration, parse_duration
+from kumo.model.duration import NANOS_PER_SECOND, DurationError, format_duration, parse_duration
 from kumo.model.queue_name import queue_name_for
 
-NANOS_PER_SECOND: Final = 1_000_000_000
 DEFAULT_WALL_ORIGIN: Final = 1_767_225_600 * NANOS_PER_SECOND
 """2026-01-01T00:00:00Z: where the in-process wall clock starts unless a scenario says."""
 DEFAULT_SENDER: Final = "sender@example.org"

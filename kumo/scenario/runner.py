@@ -29,6 +29,7 @@ import trio
 import trio.testing
 
 from kumo.http.app import create_app
+from kumo.model.duration import NANOS_PER_SECOND
 from kumo.model.log_record import rfc3339
 from kumo.runtime.blocking import inline
 from kumo.runtime.clock import EngineClock
@@ -46,7 +47,6 @@ from kumo.scenario.expect import (
     parse_scheduled_counts,
 )
 from kumo.scenario.format import (
-    NANOS_PER_SECOND,
     Bounce,
     Cancel,
     Expect,

@@ -3,7 +3,8 @@
 Tables:
 
 - ``events(seq, id, type, time, body, chain)``: the log. ``seq`` is gapless and assigned
-  here; ``id`` is a unique random event id; ``body`` is the JSON of
+  here; ``id`` is a unique event id (commit time, then random bits: see
+  :func:`kumo.store.ids.ordered_ids`); ``body`` is the JSON of
   :func:`kumo.model.events.encode_event`; ``chain`` is a hash over the previous row's
   chain and this row, so that an edited, removed or reordered row is detectable.
 - ``spool(seq, body)``: message contents, keyed by the ``seq`` of their
@@ -33,7 +34,7 @@ from kumo.model.events import (
     event_type,
 )
 from kumo.store.event_log import LogCorruptError
-from kumo.store.ids import random_ids
+from kumo.store.ids import ordered_ids
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -113,7 +114,7 @@ class SqliteEventStore:
         committed: list[Committed] = []
         chain = self._chain
         seq = self._last_seq
-        event_ids = random_ids(len(events))
+        event_ids = ordered_ids(len(events), time)
         for index, event in enumerate(events):
             seq += 1
             kind = event_type(event)

@@ -54,6 +54,22 @@ def test_rows_form_a_hash_chain(tmp_path: Path) -> None:
         assert chain == previous
 
 
+def test_event_ids_are_unique_and_grow_with_the_log(tmp_path: Path) -> None:
+    store = SqliteEventStore(tmp_path / "log.db")
+    for time in (5, 5, 9):
+        store.commit([received(n) for n in range(50)], time=time, bodies={})
+    store.close()
+    with sqlite3.connect(tmp_path / "log.db") as db:
+        rows = db.execute("SELECT seq, id, time FROM events ORDER BY seq").fetchall()
+    ids = [row[1] for row in rows]
+    assert len(set(ids)) == len(ids) == 150
+    assert all(event_id.startswith(f"{time:016x}") for _, event_id, time in rows)
+    # Within a transaction and across transactions of later times, ids only grow, so
+    # that the unique index is appended to, not scattered over.
+    assert ids[:50] == sorted(ids[:50])
+    assert max(ids[:100]) < min(ids[100:])
+
+
 def test_a_failed_commit_appends_nothing(tmp_path: Path) -> None:
     store = SqliteEventStore(tmp_path / "log.db")
     store.commit([received(1)], time=1, bodies={})

@@ -42,7 +42,7 @@ DEFAULT_MAX_INJECT_BYTES: Final = 256 * 2**20
 """Most message bytes one request may create: the body limit bounds the request, not
 what it expands to (a 1 MiB message to 50,000 recipients is 50 GB of spool)."""
 
-_THREAD_THRESHOLD: Final = 64
+_THREAD_THRESHOLD: Final = 512
 """Above this many recipients, messages are built in a worker thread, off the loop."""
 
 _QUEUE_KEYS: Final = ("queue", "campaign", "tenant", "routing_domain")

@@ -101,6 +101,7 @@ class LogWriter:
         self._background: deque[Event] = deque()
         self._background_messages = 0
         self._background_in_flight = 0
+        self._committing = False
         self._last_urgent = -math.inf
         self._work = trio.Event()
         self._room = trio.lowlevel.ParkingLot()
@@ -174,6 +175,7 @@ class LogWriter:
             requests, events, bodies = self._take_batch()
             self._background_in_flight = len(events) - sum(len(r.events) for r in requests)
             time = max(self._store.last_time, self._clock.now())
+            self._committing = True
             try:
                 committed = await self._run_blocking(
                     functools.partial(self._store.commit, events, time=time, bodies=bodies)
@@ -184,6 +186,7 @@ class LogWriter:
                     request.done.set()
                 raise
             self._background_in_flight = 0
+            self._committing = False
             self._published(committed)
             offset = 0
             for request in requests:
@@ -261,6 +264,10 @@ class LogWriter:
     async def wait_beyond(self, seq: int) -> None:
         """Return once an event after ``seq`` is committed."""
         await self.committed.wait_for(seq + 1)
+
+    def busy(self) -> bool:
+        """Whether a transaction is under way or events wait for one: a commit follows."""
+        return self._committing or bool(self._urgent) or bool(self._background)
 
     def background_pending(self) -> bool:
         """Whether background events wait or are being committed."""

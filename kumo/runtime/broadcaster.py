@@ -2,15 +2,14 @@
 
 Routing is by index, never by fan-out to every actor: a message goes to its queue's
 actor; a rule goes to the actors whose queue name it matches (a pure function of the
-name, evaluated once per rule and queue); a cancellation or expiry goes to the actors
+name, evaluated once per rule and candidate queue, found through a
+:class:`~kumo.model.queue_index.QueueIndex`); a cancellation or expiry goes to the actors
 that were given the rule. The broadcaster keeps its own :class:`RuleBook`, folded in
 log order, so that an actor it starts for a new queue gets exactly the rules that are
 live at that point of the log.
 """
 
 from __future__ import annotations
-
-from collections.abc import Iterable
 
 import attrs
 import trio
@@ -22,6 +21,7 @@ from kumo.model.events import (
     Committed,
     MessageReceived,
 )
+from kumo.model.queue_index import QueueIndex
 from kumo.model.state import QueueState, RuleBook, SweepRule
 from kumo.runtime.log_writer import LogWriter
 from kumo.runtime.queue_actor import QueueActor
@@ -51,6 +51,7 @@ class Broadcaster:
         self._nursery = nursery
         self.position = Watermark(position)
         self.actors: dict[str, QueueActor] = {}
+        self._index: QueueIndex[QueueActor] = QueueIndex()
         self._rule_actors: dict[str, set[QueueActor]] = {}
         self._scope = trio.CancelScope()
         self._events_routed = 0
@@ -60,6 +61,7 @@ class Broadcaster:
         """Start the actor of a queue (at startup, or when its first message arrives)."""
         actor = QueueActor(state, self._log, lambda: self.position.value)
         self.actors[state.name] = actor
+        self._index.add(state.name, state.parsed, actor)
         for rule in state.rules:
             self._rule_actors.setdefault(rule.id, set()).add(actor)
         await self._nursery.start(actor.run)
@@ -97,7 +99,7 @@ class Broadcaster:
                     rule = self._rules.apply(committed)
                     assert rule is not None
                     holders = self._rule_actors.setdefault(rule.id, set())
-                    for actor in self._matching(event):
+                    for actor in self._index.matching(event.criteria):
                         deliveries.setdefault(actor, []).append(committed)
                         if not rule.issued_expired:
                             holders.add(actor)
@@ -115,12 +117,6 @@ class Broadcaster:
         self._events_routed += len(batch)
         self._deliveries += len(deliveries)
         self.position.advance(upto)
-
-    def _matching(self, event: BounceIssued) -> Iterable[QueueActor]:
-        criteria = event.criteria
-        if criteria.queue_names:
-            return [a for n in criteria.queue_names if (a := self.actors.get(n)) is not None]
-        return [actor for actor in self.actors.values() if criteria.matches(actor.state.parsed)]
 
     async def _spawn(self, queue: str) -> QueueActor:
         rules = [SweepRule.of(rule) for rule in self._rules.matching_live(queue)]

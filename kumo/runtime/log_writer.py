@@ -40,9 +40,12 @@ MAX_BATCH_EVENTS: Final = 4_096
 """Events per transaction, bounded so that an urgent append never waits long."""
 MAX_BATCH_MESSAGES: Final = 8_192
 """Bounced messages per transaction while no client waits (a sweep's events are large)."""
-CLIENT_BATCH_MESSAGES: Final = 1_024
+CLIENT_BATCH_MESSAGES: Final = 512
 """Bounced messages per transaction while clients are appending: a client's append
 waits for the transaction under way, so keep those short then."""
+URGENT_BATCH_MESSAGES: Final = 256
+"""Bounced messages in a transaction that carries clients' events: they wait for this
+one, so keep it short (but not empty, or a stream of requests would starve a sweep)."""
 CLIENT_WINDOW: Final = 1.0
 """Seconds after a client's append during which transactions stay short."""
 BACKGROUND_CAPACITY: Final = 65_536
@@ -201,9 +204,11 @@ class LogWriter:
         now = trio.current_time()
         if self._urgent:
             self._last_urgent = now
-        limit = (
-            CLIENT_BATCH_MESSAGES if now - self._last_urgent < CLIENT_WINDOW else MAX_BATCH_MESSAGES
-        )
+            limit = URGENT_BATCH_MESSAGES
+        elif now - self._last_urgent < CLIENT_WINDOW:
+            limit = CLIENT_BATCH_MESSAGES
+        else:
+            limit = MAX_BATCH_MESSAGES
         while self._urgent and (not events or len(events) < MAX_BATCH_EVENTS):
             request = self._urgent.popleft()
             requests.append(request)

@@ -8,7 +8,7 @@ import pytest
 import trio
 import trio.testing
 
-from kumo.model.events import BounceExpired, Committed, Event, MessageReceived
+from kumo.model.events import Bounced, BounceExpired, Committed, Event, Message, MessageReceived
 from kumo.runtime import log_writer
 from kumo.runtime.blocking import inline
 from kumo.runtime.clock import EngineClock
@@ -106,3 +106,43 @@ async def test_followers_read_from_memory_then_from_disk(
     assert [c.seq for c in recent] == [46, 47, 48, 49, 50]
     assert [c.seq for c in old] == list(range(1, 51))
     assert old == seen
+
+
+async def test_transactions_stay_short_while_clients_wait(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, autojump_clock: trio.testing.MockClock
+) -> None:
+    monkeypatch.setattr(log_writer, "MAX_BATCH_MESSAGES", 40)
+    monkeypatch.setattr(log_writer, "CLIENT_BATCH_MESSAGES", 20)
+    monkeypatch.setattr(log_writer, "URGENT_BATCH_MESSAGES", 10)
+    transactions: list[list[Committed]] = []
+    store = SqliteEventStore(tmp_path / "log.db")
+    reader = SqliteEventStore(tmp_path / "log.db", readonly=True)
+    writer = LogWriter(
+        store, reader, EngineClock(WALL_ORIGIN), on_commit=transactions.append, run_blocking=inline
+    )
+
+    def bounces(count: int) -> list[Event]:
+        # Sweeps: each event bounces five messages.
+        messages = [Message(f"m{n}", "s", "r", 1, 1, n) for n in range(5)]
+        return [Bounced("rule", "q", messages) for _ in range(count)]
+
+    def weights() -> list[int]:
+        return [
+            sum(len(c.event.messages) for c in t if isinstance(c.event, Bounced))
+            for t in transactions
+        ]
+
+    async with trio.open_nursery() as nursery:
+        await writer.submit(bounces(20))  # a sweep's 100 messages wait...
+        nursery.start_soon(writer.append, [received(1)])  # ...and so does a client
+        await trio.testing.wait_all_tasks_blocked()
+        await nursery.start(writer.run)
+        await writer.committed.wait_for(21)
+        # The client's transaction is short, and so are those of the next second.
+        assert weights() == [10, 20, 20, 20, 20, 10]
+        await trio.sleep(2 * log_writer.CLIENT_WINDOW)
+        transactions.clear()
+        await writer.submit(bounces(20))  # no client for a while: long transactions
+        await writer.committed.wait_for(41)
+        assert weights() == [40, 40, 20]
+        writer.close()

@@ -1,9 +1,10 @@
 """The delivery-log writer: Reception and AdminBounce records as JSON lines, exactly once.
 
-It follows the event log from its checkpoint. Each round it takes what has been
-committed since, encodes the records, appends them to the current segment under
-``<data-dir>/logs/`` with one write and one fsync, and then records its checkpoint
-``(seq, segment, offset)`` atomically (a temporary file renamed over the old one).
+It follows the event log from its checkpoint, as far as the log is durable. Each round
+it takes what has been committed since, encodes the records, appends them to the
+current segment under ``<data-dir>/logs/`` with one write and one fsync, and then
+records its checkpoint ``(seq, segment, offset)`` atomically (a temporary file renamed
+over the old one).
 
 On start it truncates the segment named by the checkpoint to the checkpoint's offset:
 whatever a crash left after the last checkpoint (a record written twice, half a line)
@@ -38,9 +39,9 @@ ROUND_RECORDS: Final = 4_096
 short, so that the event log's own fsyncs (an admin request waits on one) do not queue
 behind hundreds of megabytes of delivery log during a sweep."""
 GATHER_COMMITS: Final = 8
-"""Commits the writer lets pass, once it has caught up, while the event log is still
-busy committing: under a steady stream of small injections it then writes (and fsyncs,
-and checkpoints) once for several commits rather than once for each. It waits on
+"""Commits the writer lets pass, once it has caught up, while clients' events are
+still being committed: under a steady stream of small injections it then writes (and
+fsyncs, and checkpoints) once for several commits rather than once for each. It waits on
 commits, not on a clock, so an idle log is written at once and virtual time in tests
 does not move."""
 
@@ -211,9 +212,14 @@ class DeliveryLogWriter:
         task_status.started()
         try:
             while True:
+                # Only what the log has made durable: a record must never describe a
+                # bounce that a power failure could still undo.
+                durable = self._log.durable
                 batch = await self._log.read_after(self.position.value, READ_LIMIT)
+                if batch and batch[-1].seq > durable.value:
+                    batch = [c for c in batch if c.seq <= durable.value]
                 if not batch:
-                    await self._log.wait_beyond(self.position.value)
+                    await durable.wait_for(self.position.value + 1)
                     await self._gather()
                     continue
                 for round_ in _rounds(batch):
@@ -226,9 +232,12 @@ class DeliveryLogWriter:
         # Let the tasks the same commit woke (clients about to append again) run first.
         await trio.lowlevel.checkpoint()
         for _ in range(GATHER_COMMITS):
-            if not log.busy() or log.last_seq - self.position.value >= ROUND_RECORDS:
+            if (
+                not log.clients_waiting()
+                or log.durable.value - self.position.value >= ROUND_RECORDS
+            ):
                 return
-            await log.wait_beyond(log.last_seq)
+            await log.durable.wait_for(log.durable.value + 1)
 
     async def _write(self, batch: list[Committed]) -> None:
         # Rules never change their reason or suppress flag: read them here, in the trio

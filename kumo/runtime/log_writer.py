@@ -10,7 +10,16 @@ Two lanes feed the writer:
   on an actor.
 
 Everything waiting when a transaction starts goes into it (up to a bound), so many
-concurrent appenders share one fsync. After each commit the writer calls ``on_commit``
+concurrent appenders share one fsync.
+
+Only some transactions are *durable* (fsynced): those carrying clients' events, the
+last one before the writer runs out of work, and one in :data:`DURABLE_EVERY`. The
+others, made only of the actors' ``Bounced`` events, are committed and ordered without
+an fsync, and become durable with the next durable one. A power failure can undo them;
+the restart then finds those bounces unfinished and decides them again
+(:meth:`kumo.model.state.State.unfinished_bounces`). :attr:`LogWriter.durable` tells
+how far the log is durable: the delivery log follows it, so that it never records a
+bounce the log could still lose. After each commit the writer calls ``on_commit``
 (the engine's projections, synchronously, so that a reply sent after ``append``
 returns sees its own effect), wakes the appenders, and wakes the followers.
 
@@ -50,6 +59,8 @@ CLIENT_WINDOW: Final = 1.0
 """Seconds after a client's append during which transactions stay short."""
 BACKGROUND_CAPACITY: Final = 65_536
 """Bounced messages waiting in the background lane before submitters wait."""
+DURABLE_EVERY: Final = 8
+"""At least one transaction in this many is durable while a sweep runs."""
 TAIL_EVENTS: Final = 10_000
 """Recent committed events kept in memory for followers."""
 
@@ -61,7 +72,9 @@ class LogClosedError(Exception):
 @attrs.frozen
 class LogStatistics:
     last_seq: int
+    durable_seq: int
     commits: int
+    durable_commits: int
     events_committed: int
     urgent_waiting: int
     background_waiting: int
@@ -104,7 +117,7 @@ class LogWriter:
         self._background: deque[Event] = deque()
         self._background_messages = 0
         self._background_in_flight = 0
-        self._committing = False
+        self._clients_in_flight = False
         self._last_urgent = -math.inf
         self._work = trio.Event()
         self._room = trio.lowlevel.ParkingLot()
@@ -112,7 +125,11 @@ class LogWriter:
         self._tail_events = 0
         self._closed = False
         self.committed = Watermark(store.last_seq)
+        self.durable = Watermark(store.last_seq)
+        """The last seq that survives a power failure (see the module docstring)."""
         self._commits = 0
+        self._durable_commits = 0
+        self._since_durable = 0
         self._events_committed = 0
         self._disk_reads = 0
         self._reading = trio.Lock()
@@ -177,11 +194,21 @@ class LogWriter:
                 continue
             requests, events, bodies = self._take_batch()
             self._background_in_flight = len(events) - sum(len(r.events) for r in requests)
+            durable = (
+                bool(requests) or not self._background or self._since_durable + 1 >= DURABLE_EVERY
+            )
             time = max(self._store.last_time, self._clock.now())
-            self._committing = True
+            self._clients_in_flight = bool(requests)
             try:
                 committed = await self._run_blocking(
-                    functools.partial(self._store.commit, events, time=time, bodies=bodies)
+                    functools.partial(
+                        self._store.commit,
+                        events,
+                        time=time,
+                        bodies=bodies,
+                        durable=durable,
+                        checkpoint=not requests,
+                    )
                 )
             except BaseException as exc:
                 for request in requests:
@@ -189,8 +216,8 @@ class LogWriter:
                     request.done.set()
                 raise
             self._background_in_flight = 0
-            self._committing = False
-            self._published(committed)
+            self._clients_in_flight = False
+            self._published(committed, durable=durable)
             offset = 0
             for request in requests:
                 request.committed = committed[offset : offset + len(request.events)]
@@ -232,8 +259,13 @@ class LogWriter:
             self._room.unpark(count=taken)
         return requests, events, bodies
 
-    def _published(self, committed: list[Committed]) -> None:
+    def _published(self, committed: list[Committed], *, durable: bool) -> None:
         self._commits += 1
+        if durable:
+            self._durable_commits += 1
+            self._since_durable = 0
+        else:
+            self._since_durable += 1
         self._events_committed += len(committed)
         self._on_commit(committed)
         self._tail.append(committed)
@@ -241,6 +273,8 @@ class LogWriter:
         while self._tail_events - len(self._tail[0]) >= TAIL_EVENTS:
             self._tail_events -= len(self._tail.popleft())
         self.committed.advance(committed[-1].seq)
+        if durable:
+            self.durable.advance(committed[-1].seq)
 
     # -- following -------------------------------------------------------------------
 
@@ -270,9 +304,10 @@ class LogWriter:
         """Return once an event after ``seq`` is committed."""
         await self.committed.wait_for(seq + 1)
 
-    def busy(self) -> bool:
-        """Whether a transaction is under way or events wait for one: a commit follows."""
-        return self._committing or bool(self._urgent) or bool(self._background)
+    def clients_waiting(self) -> bool:
+        """Whether clients' events wait for a transaction or are in the one under way:
+        a durable commit follows."""
+        return self._clients_in_flight or bool(self._urgent)
 
     def background_pending(self) -> bool:
         """Whether background events wait or are being committed."""
@@ -281,7 +316,9 @@ class LogWriter:
     def statistics(self) -> LogStatistics:
         return LogStatistics(
             last_seq=self.committed.value,
+            durable_seq=self.durable.value,
             commits=self._commits,
+            durable_commits=self._durable_commits,
             events_committed=self._events_committed,
             urgent_waiting=len(self._urgent),
             background_waiting=len(self._background),

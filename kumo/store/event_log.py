@@ -33,14 +33,27 @@ class EventStore(Protocol):
         ...
 
     def commit(
-        self, events: Sequence[Event], *, time: int, bodies: Mapping[int, bytes]
+        self,
+        events: Sequence[Event],
+        *,
+        time: int,
+        bodies: Mapping[int, bytes],
+        durable: bool = True,
+        checkpoint: bool = True,
     ) -> list[Committed]:
-        """Append ``events`` in one durable transaction, all stamped ``time``.
+        """Append ``events`` in one transaction, all stamped ``time``.
 
         ``bodies`` maps an index into ``events`` (a ``MessageReceived``) to the message's
         content, stored in the spool in the same transaction. A ``Bounced`` event deletes
-        its messages' spool entries in that transaction too. Returns once durable; on an
-        exception nothing was appended.
+        its messages' spool entries in that transaction too. On an exception nothing was
+        appended.
+
+        With ``durable`` (the default) it returns once the transaction, and every one
+        before it, survives a power failure. Without, it returns once the transaction
+        is committed and ordered: it survives the process being killed, and a power
+        failure can undo it (with whatever followed it) until the next durable commit.
+        ``checkpoint=False`` asks the store to leave housekeeping (such as copying a
+        write-ahead log back) to a later commit: clients wait on this one.
         """
         ...
 

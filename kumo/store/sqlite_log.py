@@ -1,4 +1,4 @@
-"""The embedded event log: one SQLite database (WAL, ``synchronous=FULL``).
+"""The embedded event log: one SQLite database (WAL; ``synchronous=FULL`` when durable).
 
 Tables:
 
@@ -58,6 +58,11 @@ CREATE TABLE IF NOT EXISTS meta (
 GENESIS = b"\x00" * 16
 CACHE_KIB: Final = 8 * 1024
 """SQLite page cache per connection, in KiB."""
+CHECKPOINT_PAGES: Final = 256
+"""WAL pages (4 KiB) after which a commit copies the WAL back into the database (SQLite's
+auto-checkpoint; its default is 1,000). Small checkpoints, often, keep the slowest
+commits short: a commit that checkpoints 4 MB waits for it, and so does every client
+whose events queue behind that commit."""
 
 
 def chain_link(previous: bytes, seq: int, time: int, kind: str, body: bytes) -> bytes:
@@ -86,6 +91,7 @@ class SqliteEventStore:
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute(f"PRAGMA wal_autocheckpoint={CHECKPOINT_PAGES}")
             self._db.executescript(_SCHEMA)
         # The page cache is memory the engine holds for as long as it runs, per
         # connection; appends and sequential reads need little of it.
@@ -96,6 +102,8 @@ class SqliteEventStore:
         self._last_seq: int = row[0] if row else 0
         self._last_time: int = row[1] if row else 0
         self._chain: bytes = row[2] if row else GENESIS
+        self._synchronous = "FULL"
+        self._checkpoints = True
 
     @property
     def last_seq(self) -> int:
@@ -106,8 +114,19 @@ class SqliteEventStore:
         return self._last_time
 
     def commit(
-        self, events: Sequence[Event], *, time: int, bodies: Mapping[int, bytes]
+        self,
+        events: Sequence[Event],
+        *,
+        time: int,
+        bodies: Mapping[int, bytes],
+        durable: bool = True,
+        checkpoint: bool = True,
     ) -> list[Committed]:
+        """See :meth:`kumo.store.event_log.EventStore.commit`.
+
+        ``checkpoint=False`` keeps this commit from running the WAL auto-checkpoint (a
+        later one will): for a transaction that clients wait on.
+        """
         rows: list[tuple[int, str, str, int, bytes, bytes]] = []
         spooled: list[tuple[int, bytes]] = []
         unspooled: list[int] = []
@@ -127,6 +146,15 @@ class SqliteEventStore:
             elif isinstance(event, Bounced):
                 unspooled.extend([message.seq for message in event.messages])
         db = self._db
+        # WAL with synchronous=NORMAL: the commit appends to the WAL without an fsync;
+        # the next FULL commit's fsync of the WAL (or a checkpoint) makes it durable.
+        synchronous = "FULL" if durable else "NORMAL"
+        if synchronous != self._synchronous:
+            db.execute(f"PRAGMA synchronous={synchronous}")
+            self._synchronous = synchronous
+        if checkpoint != self._checkpoints:
+            db.execute(f"PRAGMA wal_autocheckpoint={CHECKPOINT_PAGES if checkpoint else 0}")
+            self._checkpoints = checkpoint
         db.execute("BEGIN IMMEDIATE")
         try:
             db.executemany("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?)", rows)

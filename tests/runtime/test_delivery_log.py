@@ -11,10 +11,11 @@ import pytest
 import trio
 import trio.testing
 
-from kumo.model.events import Bounced, Committed, Message, MessageReceived
+from kumo.model.criteria import Criteria
+from kumo.model.events import Bounced, BounceIssued, Committed, Event, Message, MessageReceived
 from kumo.model.state import RuleBook
-from kumo.runtime import delivery_log
-from kumo.runtime.blocking import inline
+from kumo.runtime import delivery_log, log_writer
+from kumo.runtime.blocking import RunBlocking, inline
 from kumo.runtime.clock import EngineClock
 from kumo.runtime.delivery_log import DeliveryLogWriter
 from kumo.runtime.engine import open_engine
@@ -139,5 +140,52 @@ async def test_a_busy_log_is_written_once_for_several_commits(
     assert written.writes * 2 <= commits, (written.writes, commits)
     records = log_records(tmp_path)
     assert [r["id"] for r in records] == [c.event.message_id for c in store.read(0, 200)]  # type: ignore[union-attr]
+    store.close()
+    reader.close()
+
+
+async def test_records_follow_only_what_the_log_made_durable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, autojump_clock: trio.testing.MockClock
+) -> None:
+    for limit in ("MAX_BATCH_MESSAGES", "CLIENT_BATCH_MESSAGES", "URGENT_BATCH_MESSAGES"):
+        monkeypatch.setattr(log_writer, limit, 1)  # one sweep event a commit
+    rules = RuleBook()
+    store = SqliteEventStore(tmp_path / "log.db")
+    reader = SqliteEventStore(tmp_path / "log.db", readonly=True)
+    ahead: list[tuple[int, int]] = []
+
+    def on_commit(committed: list[Committed]) -> None:
+        for item in committed:
+            rules.apply(item)
+        if writer.position.value > log.durable.value:
+            ahead.append((writer.position.value, log.durable.value))
+
+    def taking(seconds: float) -> RunBlocking:
+        async def run(call: Callable[[], T]) -> T:
+            result = call()
+            await trio.sleep(seconds)
+            return result
+
+        return run
+
+    # A slow disk for the records: the writer reads again after the log committed more.
+    log = LogWriter(
+        store, reader, EngineClock(WALL_ORIGIN), on_commit=on_commit, run_blocking=taking(0.001)
+    )
+    writer = DeliveryLogWriter(log, tmp_path / "logs", rules, "node", run_blocking=taking(0.003))
+    writer.recover()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(log.run)
+        await nursery.start(writer.run)
+        await log.append([BounceIssued("rule", Criteria(), "why", 2 * WALL_ORIGIN)])
+        sweep: list[Event] = [
+            Bounced("rule", "q", [Message(f"m{n}", "s", "r", 1, 1, n)]) for n in range(30)
+        ]
+        await log.submit(sweep)
+        await writer.position.wait_for(31)
+        nursery.cancel_scope.cancel()
+    assert log.statistics().durable_commits < log.statistics().commits
+    assert ahead == []
+    assert [r["id"] for r in log_records(tmp_path)] == [f"m{n}" for n in range(30)]
     store.close()
     reader.close()

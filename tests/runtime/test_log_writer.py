@@ -146,3 +146,36 @@ async def test_transactions_stay_short_while_clients_wait(
         await writer.committed.wait_for(41)
         assert weights() == [40, 40, 20]
         writer.close()
+
+
+async def test_only_some_background_transactions_are_fsynced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Clients' transactions, the last before the writer idles and one in DURABLE_EVERY
+    are durable; the watermark says how far."""
+    monkeypatch.setattr(log_writer, "MAX_BATCH_MESSAGES", 1)  # one sweep event each
+    durable_at_commit: list[tuple[int, int]] = []
+    store = SqliteEventStore(tmp_path / "log.db")
+    reader = SqliteEventStore(tmp_path / "log.db", readonly=True)
+
+    def on_commit(committed: list[Committed]) -> None:
+        durable_at_commit.append((committed[-1].seq, writer.durable.value))
+
+    writer = LogWriter(
+        store, reader, EngineClock(WALL_ORIGIN), on_commit=on_commit, run_blocking=inline
+    )
+    sweep: list[Event] = [
+        Bounced("rule", "q", [Message(f"m{n}", "s", "r", 1, 1, n)]) for n in range(20)
+    ]
+    async with trio.open_nursery() as nursery:
+        await writer.submit(sweep)
+        await nursery.start(writer.run)
+        await writer.committed.wait_for(20)
+        # Each commit sees the durable watermark the commits before it left.
+        assert [durable for _, durable in durable_at_commit] == [0] * 8 + [8] * 8 + [16] * 4
+        assert writer.durable.value == 20  # the last one before idling is durable
+        stats = writer.statistics()
+        assert (stats.commits, stats.durable_commits, stats.durable_seq) == (20, 3, 20)
+        await writer.append([received(1)])
+        assert writer.statistics().durable_commits == 4
+        writer.close()

@@ -10,7 +10,7 @@ import pytest
 from kumo.model.criteria import Criteria
 from kumo.model.events import Bounced, BounceIssued, Event, Message, MessageReceived
 from kumo.store.event_log import LogCorruptError
-from kumo.store.sqlite_log import GENESIS, SqliteEventStore, chain_link
+from kumo.store.sqlite_log import CHECKPOINT_PAGES, GENESIS, SqliteEventStore, chain_link
 
 
 def received(n: int) -> MessageReceived:
@@ -97,3 +97,28 @@ def test_meta(tmp_path: Path) -> None:
     assert store.get_meta("node_id") is None
     store.set_meta("node_id", "n1")
     assert store.get_meta("node_id") == "n1"
+
+
+def test_a_commit_that_need_not_be_durable_skips_only_the_fsync(tmp_path: Path) -> None:
+    store = SqliteEventStore(tmp_path / "log.db")
+    synchronous: list[int] = []
+    for durable in (False, False, True, False):
+        store.commit([received(len(synchronous))], time=1, bodies={}, durable=durable)
+        synchronous.append(store._db.execute("PRAGMA synchronous").fetchone()[0])
+    assert synchronous == [1, 1, 2, 1]  # NORMAL, NORMAL, FULL, NORMAL
+    # Committed all the same: another connection reads them, a reopened store too.
+    other = SqliteEventStore(tmp_path / "log.db", readonly=True)
+    assert [c.seq for c in other.read(0, 10)] == [1, 2, 3, 4]
+    other.close()
+    store.close()
+    assert SqliteEventStore(tmp_path / "log.db").last_seq == 4
+
+
+def test_a_commit_clients_wait_on_leaves_the_checkpoint_to_a_later_one(tmp_path: Path) -> None:
+    store = SqliteEventStore(tmp_path / "log.db")
+    pages: list[int] = []
+    for checkpoint in (True, False, True):
+        store.commit([received(len(pages))], time=1, bodies={}, checkpoint=checkpoint)
+        pages.append(store._db.execute("PRAGMA wal_autocheckpoint").fetchone()[0])
+    assert pages == [CHECKPOINT_PAGES, 0, CHECKPOINT_PAGES]
+    store.close()

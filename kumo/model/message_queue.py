@@ -2,9 +2,12 @@
 
 A million queued messages as a million tuples cost about 150 bytes each beyond their
 strings (the tuple, its pointer, a boxed sequence number, and the id as a 32-character
-string). Here each field is a column: spool ids as 16 raw bytes in one ``bytearray``,
-numbers in ``array`` columns, senders and recipients as lists of (shared) strings. A
-:class:`~kumo.model.events.Message` is built only when a message leaves the queue.
+string), and a recipient string per message is a small long-lived object that pins
+the allocator's pages. Here a queue holds no object per message: spool ids as 16 raw
+bytes in one ``bytearray``, recipients as their UTF-8 bytes in another (with their
+lengths), each distinct sender once with a per-message index, and numbers in ``array``
+columns. A :class:`~kumo.model.events.Message` is built only when a message leaves the
+queue.
 """
 
 from __future__ import annotations
@@ -15,6 +18,9 @@ from collections.abc import Iterable, Iterator
 from kumo.model.events import Message
 
 _ID_BYTES = 16
+_TEXT = "surrogatepass"
+"""Addresses are any Python strings (JSON can carry a lone surrogate); this error
+handler round-trips every one of them through UTF-8."""
 
 
 def _raw_id(message_id: str) -> bytes | None:
@@ -35,7 +41,17 @@ class MessageQueue:
     any id round-trips unchanged.
     """
 
-    __slots__ = ("_ids", "_raw", "_recipients", "_senders", "_seqs", "_sizes", "_times")
+    __slots__ = (
+        "_ids",
+        "_lengths",
+        "_raw",
+        "_recipients",
+        "_sender_index",
+        "_senders",
+        "_seqs",
+        "_sizes",
+        "_times",
+    )
 
     def __init__(self, messages: Iterable[Message] = ()) -> None:
         self._clear()
@@ -45,8 +61,10 @@ class MessageQueue:
     def _clear(self) -> None:
         self._raw: bytearray | None = bytearray()
         self._ids: list[str] = []
-        self._senders: list[str] = []
-        self._recipients: list[str] = []
+        self._recipients = bytearray()
+        self._lengths = array("I")
+        self._senders: dict[str, int] = {}
+        self._sender_index = array("I")
         self._sizes = array("q")
         self._times = array("q")
         self._seqs = array("q")
@@ -56,14 +74,17 @@ class MessageQueue:
             raw = _raw_id(message.id)
             if raw is None:
                 # Fall back to strings for the whole queue, once.
-                self._ids = [m.id for m in self]
+                self._ids = self._id_column()
                 self._raw = None
             else:
                 self._raw += raw
         if self._raw is None:
             self._ids.append(message.id)
-        self._senders.append(message.sender)
-        self._recipients.append(message.recipient)
+        recipient = message.recipient.encode("utf-8", _TEXT)
+        self._recipients += recipient
+        self._lengths.append(len(recipient))
+        senders = self._senders
+        self._sender_index.append(senders.setdefault(message.sender, len(senders)))
         self._sizes.append(message.size)
         self._times.append(message.received_at)
         self._seqs.append(message.seq)
@@ -80,13 +101,27 @@ class MessageQueue:
             return self._ids
         return [raw[start : start + _ID_BYTES].hex() for start in range(0, len(raw), _ID_BYTES)]
 
+    def _recipient_column(self) -> list[str]:
+        blob = self._recipients
+        out: list[str] = []
+        start = 0
+        for length in self._lengths:
+            end = start + length
+            out.append(blob[start:end].decode("utf-8", _TEXT))
+            start = end
+        return out
+
+    def _sender_column(self) -> list[str]:
+        senders = list(self._senders)
+        return [senders[index] for index in self._sender_index]
+
     def __iter__(self) -> Iterator[Message]:
         return map(
             Message._make,
             zip(
                 self._id_column(),
-                self._senders,
-                self._recipients,
+                self._sender_column(),
+                self._recipient_column(),
                 self._sizes,
                 self._times,
                 self._seqs,

@@ -13,8 +13,8 @@ any_ids = st.one_of(hex_ids, st.text(max_size=40))
 messages = st.builds(
     Message,
     any_ids,
-    st.text(max_size=10),
-    st.text(max_size=10),
+    st.sampled_from(["s@x.example", "t@y.example"]) | st.text(max_size=10),
+    st.text(st.characters() | st.characters(categories=["Cs"]), max_size=10),
     st.integers(0, 2**62),
     st.integers(0, 2**62),
     st.integers(1, 2**62),
@@ -48,3 +48,19 @@ def test_ids_that_are_not_spool_ids_keep_their_spelling() -> None:
     queue.append(Message(upper, "s", "r", 1, 2, 4))
     queue.append(Message("m5", "s", "r", 1, 2, 5))
     assert [m.id for m in queue] == [spool, upper, "m5"]
+
+
+def test_any_address_round_trips_even_a_lone_surrogate() -> None:
+    odd = ["ü@bücher.example", "\ud800@x", "", "a\x00b@c", "x" * 70_000]
+    batch = [Message(f"m{n}", odd[-1 - n], r, n, n, n + 1) for n, r in enumerate(odd)]
+    assert list(MessageQueue(batch)) == batch
+
+
+def test_senders_are_kept_once_and_come_back_in_place() -> None:
+    batch = [Message(f"m{n}", "ab"[n % 3 == 0], "r", 1, 2, n + 1) for n in range(7)]
+    queue = MessageQueue(batch)
+    assert list(queue) == batch
+    assert [sender for sender, _ in sorted(queue._senders.items(), key=lambda kv: kv[1])] == [
+        "b",
+        "a",
+    ]

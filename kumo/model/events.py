@@ -219,10 +219,8 @@ def encode_event(event: Event) -> bytes:
     return orjson.dumps({"v": SCHEMA_VERSION, "type": event_type(event), **body})
 
 
-def decode_received(
-    body: bytes, seq: int, time: int, senders: dict[str, str]
-) -> tuple[str, Message]:
-    """The queue and the queued message of a stored ``MessageReceived`` body.
+def decode_received(body: bytes, senders: dict[str, str]) -> tuple[str, str, str, str, int]:
+    """``(queue, message_id, sender, recipient, size)`` of a stored ``MessageReceived``.
 
     A fast path for replaying a large log: it skips building the event itself, and
     shares equal sender strings through ``senders`` (bulk mail repeats them).
@@ -234,8 +232,7 @@ def decode_received(
             raise ValueError("not a MessageReceived of this schema")
         sender = data["sender"]
         sender = senders.setdefault(sender, sender)
-        message = Message(data["message_id"], sender, data["recipient"], data["size"], time, seq)
-        return data["queue"], message
+        return data["queue"], data["message_id"], sender, data["recipient"], data["size"]
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         raise EventDecodeError(f"malformed MessageReceived event: {exc!r}") from None
 

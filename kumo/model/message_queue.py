@@ -4,10 +4,11 @@ A million queued messages as a million tuples cost about 150 bytes each beyond t
 strings (the tuple, its pointer, a boxed sequence number, and the id as a 32-character
 string), and a recipient string per message is a small long-lived object that pins
 the allocator's pages. Here a queue holds no object per message: spool ids as 16 raw
-bytes in one ``bytearray``, recipients as their UTF-8 bytes in another (with their
-lengths), each distinct sender once with a per-message index, and numbers in ``array``
+bytes in one ``bytearray``, recipients as their UTF-8 bytes in another (each ended by a
+NUL byte), each distinct sender once with a per-message index, and numbers in ``array``
 columns. A :class:`~kumo.model.events.Message` is built only when a message leaves the
-queue.
+queue, and the columns are turned back into strings by a few C-level calls (``hex``,
+``decode``, ``split``), not a Python loop per message.
 """
 
 from __future__ import annotations
@@ -37,8 +38,9 @@ def _raw_id(message_id: str) -> bytes | None:
 class MessageQueue:
     """An ordered collection of queued messages; iterating yields them in arrival order.
 
-    Ids that are not kumo spool ids (32 lowercase hex digits) are kept as strings, so
-    any id round-trips unchanged.
+    Ids that are not kumo spool ids (32 lowercase hex digits) are kept as strings, and
+    recipients holding a NUL character switch the queue to a column of lengths, so any
+    message round-trips unchanged.
     """
 
     __slots__ = (
@@ -62,7 +64,8 @@ class MessageQueue:
         self._raw: bytearray | None = bytearray()
         self._ids: list[str] = []
         self._recipients = bytearray()
-        self._lengths = array("I")
+        self._lengths: array[int] | None = None
+        """None while every recipient is NUL-free and ended by a NUL in the blob."""
         self._senders: dict[str, int] = {}
         self._sender_index = array("I")
         self._sizes = array("q")
@@ -70,8 +73,14 @@ class MessageQueue:
         self._seqs = array("q")
 
     def append(self, message: Message) -> None:
+        self.add(*message)
+
+    def add(
+        self, message_id: str, sender: str, recipient: str, size: int, received_at: int, seq: int
+    ) -> None:
+        """Append a message given as its fields (a replay need not build the tuple)."""
         if self._raw is not None:
-            raw = _raw_id(message.id)
+            raw = _raw_id(message_id)
             if raw is None:
                 # Fall back to strings for the whole queue, once.
                 self._ids = self._id_column()
@@ -79,15 +88,32 @@ class MessageQueue:
             else:
                 self._raw += raw
         if self._raw is None:
-            self._ids.append(message.id)
-        recipient = message.recipient.encode("utf-8", _TEXT)
-        self._recipients += recipient
-        self._lengths.append(len(recipient))
+            self._ids.append(message_id)
+        if self._lengths is None:
+            if "\x00" in recipient:
+                self._use_lengths()
+            else:
+                self._recipients += recipient.encode("utf-8", _TEXT)
+                self._recipients.append(0)
+        if self._lengths is not None:
+            encoded = recipient.encode("utf-8", _TEXT)
+            self._recipients += encoded
+            self._lengths.append(len(encoded))
         senders = self._senders
-        self._sender_index.append(senders.setdefault(message.sender, len(senders)))
-        self._sizes.append(message.size)
-        self._times.append(message.received_at)
-        self._seqs.append(message.seq)
+        self._sender_index.append(senders.setdefault(sender, len(senders)))
+        self._sizes.append(size)
+        self._times.append(received_at)
+        self._seqs.append(seq)
+
+    def _use_lengths(self) -> None:
+        """A recipient holds a NUL: keep lengths instead of terminators from now on."""
+        recipients = self._recipient_column()
+        self._recipients = bytearray()
+        self._lengths = array("I")
+        for recipient in recipients:
+            encoded = recipient.encode("utf-8", _TEXT)
+            self._recipients += encoded
+            self._lengths.append(len(encoded))
 
     def __len__(self) -> int:
         return len(self._seqs)
@@ -99,10 +125,16 @@ class MessageQueue:
         raw = self._raw
         if raw is None:
             return self._ids
-        return [raw[start : start + _ID_BYTES].hex() for start in range(0, len(raw), _ID_BYTES)]
+        if not raw:
+            return []
+        return raw.hex(" ", _ID_BYTES).split(" ")
 
     def _recipient_column(self) -> list[str]:
         blob = self._recipients
+        if self._lengths is None:
+            if not blob:
+                return []
+            return blob[:-1].decode("utf-8", _TEXT).split("\x00")
         out: list[str] = []
         start = 0
         for length in self._lengths:
@@ -113,7 +145,9 @@ class MessageQueue:
 
     def _sender_column(self) -> list[str]:
         senders = list(self._senders)
-        return [senders[index] for index in self._sender_index]
+        if len(senders) == 1:
+            return senders * len(self._sender_index)
+        return list(map(senders.__getitem__, self._sender_index))
 
     def __iter__(self) -> Iterator[Message]:
         return map(

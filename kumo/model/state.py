@@ -334,7 +334,15 @@ class State:
         event = committed.event
         match event:
             case MessageReceived():
-                self.add_received(event.queue, message_from(committed, event))
+                self.add_received(
+                    event.queue,
+                    event.message_id,
+                    event.sender,
+                    event.recipient,
+                    event.size,
+                    committed.time,
+                    committed.seq,
+                )
             case Bounced():
                 count = len(event.messages)
                 self.bounced_total += count
@@ -349,8 +357,18 @@ class State:
             case _:
                 self.rules.apply(committed)
 
-    def add_received(self, queue: str, message: Message) -> None:
-        """Fold a ``MessageReceived`` given as its queue and message (the fast path).
+    def add_received(
+        self,
+        queue: str,
+        message_id: str,
+        sender: str,
+        recipient: str,
+        size: int,
+        received_at: int,
+        seq: int,
+    ) -> None:
+        """Fold a ``MessageReceived`` given as its queue and its message's fields (the
+        fast path: no event, no :class:`Message` built).
 
         The caller also sets :attr:`last_seq` and :attr:`last_time`.
         """
@@ -361,7 +379,7 @@ class State:
             queued = self.queues.get(queue)
             if queued is None:
                 queued = self.queues[queue] = MessageQueue()
-            queued.append(message)
+            queued.add(message_id, sender, recipient, size, received_at, seq)
 
     def _remove(self, event: Bounced) -> None:
         assert self.queues is not None

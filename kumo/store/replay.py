@@ -40,8 +40,8 @@ def fold_log(
                 last_time = time
             try:
                 if kind == "MessageReceived":
-                    queue, message = decode_received(body, seq, last_time, senders)
-                    state.add_received(queue, message)
+                    queue, message_id, sender, recipient, size = decode_received(body, senders)
+                    state.add_received(queue, message_id, sender, recipient, size, last_time, seq)
                     state.last_seq, state.last_time = seq, last_time
                 else:
                     state.apply(Committed(seq, last_time, decode_event(body)))

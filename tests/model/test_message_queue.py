@@ -64,3 +64,15 @@ def test_senders_are_kept_once_and_come_back_in_place() -> None:
         "b",
         "a",
     ]
+
+
+def test_a_recipient_with_a_nul_switches_to_lengths_and_keeps_the_others() -> None:
+    batch = [
+        Message(f"m{n}", "s", r, 1, 2, n + 1) for n, r in enumerate(["a@x", "", "b\x00@y", "c"])
+    ]
+    queue = MessageQueue(batch[:2])
+    assert queue._lengths is None
+    for message in batch[2:]:
+        queue.append(message)
+    assert queue._lengths is not None
+    assert list(queue) == batch

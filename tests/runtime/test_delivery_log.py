@@ -26,6 +26,18 @@ from tests.runtime.harness import WALL_ORIGIN, bounce, log_records, message
 T = TypeVar("T")
 
 
+def taking(seconds: float) -> RunBlocking:
+    """Blocking calls that take ``seconds`` of (virtual) time, like a disk: commits of
+    a log that overlap the appends, rounds of a writer that fall behind."""
+
+    async def run(call: Callable[[], T]) -> T:
+        result = call()
+        await trio.sleep(seconds)
+        return result
+
+    return run
+
+
 async def fill(path: Path, count: int) -> list[str]:
     async with open_engine(path, clock=EngineClock(WALL_ORIGIN), threads=False) as engine:
         ids = await engine.inject([message(f"u{i}@d.com") for i in range(count)])
@@ -107,16 +119,14 @@ async def test_a_busy_log_is_written_once_for_several_commits(
     """Under a stream of small appends the writer gathers commits instead of fsyncing
     once per commit, and still writes every record once, in log order."""
 
-    async def slow_commit(call: Callable[[], T]) -> T:
-        # A transaction that takes a millisecond, like an fsync, so appends overlap.
-        result = call()
-        await trio.sleep(0.001)
-        return result
-
     store = SqliteEventStore(tmp_path / "log.db")
     reader = SqliteEventStore(tmp_path / "log.db", readonly=True)
     log = LogWriter(
-        store, reader, EngineClock(WALL_ORIGIN), on_commit=lambda _: None, run_blocking=slow_commit
+        store,
+        reader,
+        EngineClock(WALL_ORIGIN),
+        on_commit=lambda _: None,
+        run_blocking=taking(0.001),
     )
     writer = DeliveryLogWriter(log, tmp_path / "logs", RuleBook(), "node", run_blocking=inline)
     writer.recover()
@@ -159,14 +169,6 @@ async def test_records_follow_only_what_the_log_made_durable(
             rules.apply(item)
         if writer.position.value > log.durable.value:
             ahead.append((writer.position.value, log.durable.value))
-
-    def taking(seconds: float) -> RunBlocking:
-        async def run(call: Callable[[], T]) -> T:
-            result = call()
-            await trio.sleep(seconds)
-            return result
-
-        return run
 
     # A slow disk for the records: the writer reads again after the log committed more.
     log = LogWriter(

@@ -167,27 +167,37 @@ def admin_bounce_lines(
     tail = b"," + tail[1:] + b"\n"
     lines: list[bytes] = []
     append = lines.append
+    join = b"".join
+    head = b'{"type":"AdminBounce","id":'
     last_created = -1
-    created_part = b""
-    for message in messages:
-        if message.received_at != last_created:
-            last_created = message.received_at
-            created_part = (
-                dumps(last_created // NANOS_PER_SECOND)
-                + b',"created_time":'
-                + dumps(rfc3339(last_created))
+    last_sender = None
+    sender_part = after_created = b""
+    for message_id, sender, recipient, size, received_at, _ in messages:
+        if received_at != last_created:
+            last_created = received_at
+            after_created = join(
+                (
+                    shared,
+                    dumps(received_at // NANOS_PER_SECOND),
+                    b',"created_time":',
+                    dumps(rfc3339(received_at)),
+                    tail,
+                )
             )
+        if sender is not last_sender:
+            last_sender = sender
+            sender_part = b',"sender":' + dumps(sender) + b',"recipient":'
         append(
-            b'{"type":"AdminBounce","id":'
-            + dumps(message.id)
-            + b',"sender":'
-            + dumps(message.sender)
-            + b',"recipient":'
-            + dumps(message.recipient)
-            + middle
-            + str(message.size).encode()
-            + shared
-            + created_part
-            + tail
+            join(
+                (
+                    head,
+                    dumps(message_id),
+                    sender_part,
+                    dumps(recipient),
+                    middle,
+                    str(size).encode(),
+                    after_created,
+                )
+            )
         )
     return lines

@@ -8,6 +8,7 @@ writer emits one per message and a sweep emits a million: the constant parts of 
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any
 
@@ -134,6 +135,49 @@ def reception_line(event: MessageReceived, *, received_at: int, node_id: str) ->
         reception_record(event, received_at=received_at, node_id=node_id),
         option=orjson.OPT_APPEND_NEWLINE,
     )
+
+
+def reception_lines(
+    events: Sequence[MessageReceived], *, received_at: int, node_id: str
+) -> list[bytes]:
+    """JSON lines (newline included) for messages received together (one commit time).
+
+    Equal to :func:`reception_line` per event, key order included; only the
+    per-message fields are encoded per message.
+    """
+    if not events:
+        return []
+    probe = reception_record(events[0], received_at=received_at, node_id=node_id)
+    dumps = orjson.dumps
+    keys = list(probe)
+    # Everything from "response" up to "reception_protocol" is the same for the batch.
+    shared = dumps({k: probe[k] for k in keys[keys.index("response") : -2]})
+    shared = b"," + shared[1:-1] + b',"reception_protocol":'
+    tail = b',"nodeid":' + dumps(node_id) + b"}\n"
+    join = b"".join
+    lines: list[bytes] = []
+    append = lines.append
+    for event in events:
+        append(
+            join(
+                (
+                    b'{"type":"Reception","id":',
+                    dumps(event.message_id),
+                    b',"sender":',
+                    dumps(event.sender),
+                    b',"recipient":',
+                    dumps(event.recipient),
+                    b',"queue":',
+                    dumps(event.queue),
+                    b',"site":"","size":',
+                    str(event.size).encode(),
+                    shared,
+                    dumps(event.protocol),
+                    tail,
+                )
+            )
+        )
+    return lines
 
 
 def admin_bounce_lines(

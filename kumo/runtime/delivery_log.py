@@ -24,7 +24,7 @@ import orjson
 import trio
 
 from kumo.model.events import Bounced, Committed, MessageReceived
-from kumo.model.log_record import admin_bounce_lines, reception_line
+from kumo.model.log_record import admin_bounce_lines, reception_lines
 from kumo.model.state import RuleBook
 from kumo.runtime.blocking import RunBlocking, in_thread
 from kumo.runtime.log_writer import LogWriter
@@ -146,11 +146,25 @@ def encode_records(
     ``rules`` maps a rule id to its reason and whether it suppresses logging.
     """
     lines: list[bytes] = []
+    received: list[MessageReceived] = []
+    received_at = 0
+
+    def flush_received() -> None:
+        lines.extend(reception_lines(received, received_at=received_at, node_id=node_id))
+        received.clear()
+
     for committed in batch:
         event = committed.event
         if isinstance(event, MessageReceived):
-            lines.append(reception_line(event, received_at=committed.time, node_id=node_id))
-        elif isinstance(event, Bounced):
+            # Arrivals of one commit share its time: encode them together.
+            if received and committed.time != received_at:
+                flush_received()
+            received_at = committed.time
+            received.append(event)
+            continue
+        if received:
+            flush_received()
+        if isinstance(event, Bounced):
             reason, suppressed = rules[event.rule_id]
             if not suppressed:
                 lines.extend(
@@ -162,6 +176,8 @@ def encode_records(
                         node_id=node_id,
                     )
                 )
+    if received:
+        flush_received()
     return lines
 
 

@@ -12,6 +12,7 @@ from kumo.model.log_record import (
     admin_bounce_record,
     bounce_content,
     reception_line,
+    reception_lines,
     rfc3339,
 )
 
@@ -100,3 +101,23 @@ def test_fast_lines_equal_the_plain_records(
         for m in batch
     ]
     assert lines == expected
+
+
+received_events = st.builds(
+    MessageReceived,
+    text,
+    st.sampled_from(["q", "camp:t@d.example"]) | text,
+    st.sampled_from(["s@x.example"]) | text,
+    text,
+    st.integers(0, 10**7),
+    st.sampled_from(["HTTP", "ESMTP"]) | text,
+)
+
+
+@given(st.lists(received_events, max_size=8), st.integers(0, 2**62), text)
+def test_fast_reception_lines_equal_the_plain_records(
+    batch: list[MessageReceived], received_at: int, node_id: str
+) -> None:
+    assert reception_lines(batch, received_at=received_at, node_id=node_id) == [
+        reception_line(event, received_at=received_at, node_id=node_id) for event in batch
+    ]

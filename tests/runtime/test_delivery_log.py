@@ -13,6 +13,7 @@ import trio.testing
 
 from kumo.model.criteria import Criteria
 from kumo.model.events import Bounced, BounceIssued, Committed, Event, Message, MessageReceived
+from kumo.model.log_record import reception_line
 from kumo.model.state import RuleBook
 from kumo.runtime import delivery_log, log_writer
 from kumo.runtime.blocking import RunBlocking, inline
@@ -24,6 +25,7 @@ from kumo.store.sqlite_log import SqliteEventStore
 from tests.runtime.harness import WALL_ORIGIN, bounce, log_records, message
 
 T = TypeVar("T")
+SECOND = 1_000_000_000
 
 
 def taking(seconds: float) -> RunBlocking:
@@ -191,3 +193,28 @@ async def test_records_follow_only_what_the_log_made_durable(
     assert [r["id"] for r in log_records(tmp_path)] == [f"m{n}" for n in range(30)]
     store.close()
     reader.close()
+
+
+def test_records_of_a_mixed_batch_come_in_log_order() -> None:
+    def received(seq: int, time: int) -> Committed:
+        return Committed(seq, time, MessageReceived(f"m{seq}", "q", "s", f"r{seq}", 1))
+
+    taken = (Message("m1", "s", "r1", 1, 10, 1),)
+    batch = [
+        received(1, 10 * SECOND),
+        received(2, 10 * SECOND),
+        Committed(3, 10 * SECOND, Bounced("rule", "q", taken)),
+        received(4, 10 * SECOND),
+        received(5, 20 * SECOND),
+    ]
+    lines = delivery_log.encode_records(batch, {"rule": ("why", False)}, "node")
+    records = [orjson.loads(line) for line in lines]
+    assert [(r["type"], r["id"]) for r in records] == [
+        ("Reception", "m1"),
+        ("Reception", "m2"),
+        ("AdminBounce", "m1"),
+        ("Reception", "m4"),
+        ("Reception", "m5"),
+    ]
+    assert [r["timestamp"] for r in records if r["type"] == "Reception"] == [10, 10, 10, 20]
+    assert lines[0] == reception_line(batch[0].event, received_at=10 * SECOND, node_id="node")  # type: ignore[arg-type]

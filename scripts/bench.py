@@ -30,9 +30,11 @@ The benchmarks:
   that it listens; its VmRSS then, minus an empty server's, is the memory after restart.
 - **admin latency under sweep**: ``kumo serve`` on a copy of the template; one client
   paces POST and GET ``/api/admin/bounce/v1`` (one request every
-  :data:`PROBE_PERIOD` s, alternating) while a match-everything sweep runs.
+  :data:`PROBE_PERIOD` s, alternating) while a match-everything sweep runs. Median of
+  the runs' p50 and p99.
 - **inject**: ``kumo serve`` on an empty directory; 4 client threads POST
-  ``/api/inject/v1`` with 100 recipients a request, as fast as replies come.
+  ``/api/inject/v1`` with 100 recipients a request, as fast as replies come. Median of
+  the runs' rates.
 
 ``--profile DIR`` records the timed part of one sweep run and one server start with
 py-spy (which must be installed; it is not a dependency) as collapsed stacks;
@@ -107,13 +109,15 @@ class Size:
     sweep_runs: int
     targeted_runs: int
     start_runs: int
+    latency_runs: int
+    inject_runs: int
     inject_messages: int
     latency_baseline: int
     """Probes of each kind taken before the sweep, on the idle server."""
 
 
-FULL: Final = Size("full", 1_000_000, 10_000, 10_000, 3, 7, 3, 200_000, 50)
-QUICK: Final = Size("quick", 20_000, 200, 5_000, 3, 5, 3, 10_000, 20)
+FULL: Final = Size("full", 1_000_000, 10_000, 10_000, 3, 7, 3, 3, 3, 200_000, 50)
+QUICK: Final = Size("quick", 20_000, 200, 5_000, 3, 5, 3, 1, 1, 10_000, 20)
 
 
 # -- what is measured ---------------------------------------------------------------------
@@ -908,43 +912,63 @@ def run_benchmarks(
         shutil.rmtree(scratch / "targeted")
 
     if "latency" in only:
-        note(f"latency: admin POST/GET over HTTP during a sweep of {n:,}")
-        latency = latency_run(copy_template("latency"), n, size.latency_baseline)
-        raw["latency"] = attrs.asdict(latency)
+        count = runs or size.latency_runs
+        latencies: list[LatencyRun] = []
+        for run in range(count):
+            note(
+                f"latency: admin POST/GET over HTTP during a sweep of {n:,}, "
+                f"run {run + 1} of {count}"
+            )
+            latencies.append(latency_run(copy_template("latency"), n, size.latency_baseline))
+            shutil.rmtree(scratch / "latency")
+        raw["latency"] = [attrs.asdict(latency) for latency in latencies]
         for kind, during, idle in (
-            ("POST", latency.post, latency.baseline_post),
-            ("GET", latency.get, latency.baseline_get),
+            ("POST", [r.post for r in latencies], [r.baseline_post for r in latencies]),
+            ("GET", [r.get for r in latencies], [r.baseline_get for r in latencies]),
         ):
-            p99 = percentile(during, 0.99)
+            p50s = [statistics.median(samples) for samples in during]
+            p99s = [percentile(samples, 0.99) for samples in during]
+            p99 = statistics.median(p99s)
             rows.append(
                 Row(
                     f"admin {kind} under sweep",
-                    f"p50 {_ms(statistics.median(during))}, p99 {_ms(p99)}",
+                    f"p50 {_ms(statistics.median(p50s))}, p99 {_ms(p99)}",
                     "p99 <= 20 ms",
                     _verdict(p99 <= 0.02),
-                    f"{len(during)} probes during a {latency.sweep_seconds:.1f} s sweep over HTTP; "
-                    f"idle p50 {_ms(statistics.median(idle))}, p99 {_ms(percentile(idle, 0.99))}",
+                    f"median of {count} run(s) (p99 {', '.join(_ms(v) for v in p99s)}); "
+                    f"{sum(map(len, during))} probes during sweeps of "
+                    f"{', '.join(f'{r.sweep_seconds:.1f}' for r in latencies)} s over HTTP; "
+                    f"idle p50 {_ms(statistics.median([statistics.median(i) for i in idle]))}, "
+                    f"p99 {_ms(statistics.median([percentile(i, 0.99) for i in idle]))}",
                 )
             )
-        shutil.rmtree(scratch / "latency")
 
     if "inject" in only:
-        note(f"inject: {size.inject_messages:,} messages over HTTP, {INJECT_CLIENTS} clients")
-        inject = inject_run(scratch / "inject", size.inject_messages, q)
-        raw["inject"] = attrs.asdict(inject) | {"rate": inject.rate}
+        count = runs or size.inject_runs
+        injects: list[InjectRun] = []
+        for run in range(count):
+            note(
+                f"inject: {size.inject_messages:,} messages over HTTP, {INJECT_CLIENTS} clients, "
+                f"run {run + 1} of {count}"
+            )
+            injects.append(inject_run(scratch / "inject", size.inject_messages, q))
+            shutil.rmtree(scratch / "inject")
+        raw["inject"] = [attrs.asdict(inject) | {"rate": inject.rate} for inject in injects]
+        rate = statistics.median(inject.rate for inject in injects)
+        latencies_all = [value for inject in injects for value in inject.latencies]
         rows.append(
             Row(
                 "inject",
-                f"{inject.rate:,.0f} msg/s",
+                f"{rate:,.0f} msg/s",
                 ">= 20,000 msg/s",
-                _verdict(inject.rate >= 20_000),
-                f"{inject.messages:,} msgs, {RECIPIENTS_PER_REQUEST} rcpt/request, "
+                _verdict(rate >= 20_000),
+                f"median of {count} run(s) ({', '.join(f'{i.rate:,.0f}' for i in injects)}); "
+                f"{size.inject_messages:,} msgs a run, {RECIPIENTS_PER_REQUEST} rcpt/request, "
                 f"{INJECT_CLIENTS} clients; request p50 "
-                f"{_ms(statistics.median(inject.latencies))}, "
-                f"p99 {_ms(percentile(inject.latencies, 0.99))}",
+                f"{_ms(statistics.median(latencies_all))}, "
+                f"p99 {_ms(percentile(latencies_all, 0.99))}",
             )
         )
-        shutil.rmtree(scratch / "inject")
 
     if "sweep" in only:
         count = runs or size.sweep_runs
@@ -1019,7 +1043,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, for CI")
     parser.add_argument("--only", action="append", choices=BENCHMARKS, help="repeatable")
-    parser.add_argument("--runs", type=int, help="runs of sweep and targeted (default: size's)")
+    parser.add_argument(
+        "--runs", type=int, help="runs of sweep, targeted, latency and inject (default: size's)"
+    )
     parser.add_argument("--profile", type=Path, help="py-spy stacks of a sweep and a start here")
     parser.add_argument(
         "--profile-mode", choices=("wall", "gil"), default="wall", help="py-spy sampling"

@@ -93,6 +93,11 @@ class SqliteEventStore:
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute(f"PRAGMA wal_autocheckpoint={CHECKPOINT_PAGES}")
             self._db.executescript(_SCHEMA)
+            # A killed process can leave commits that were never fsynced (see
+            # ``commit(durable=False)``) in the WAL, in the page cache only. The runtime
+            # counts everything it finds here as durable, so make it so: a checkpoint
+            # syncs the WAL before it copies it into the database (and syncs that).
+            self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
         # The page cache is memory the engine holds for as long as it runs, per
         # connection; appends and sequential reads need little of it.
         self._db.execute(f"PRAGMA cache_size=-{CACHE_KIB}")

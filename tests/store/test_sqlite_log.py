@@ -122,3 +122,23 @@ def test_a_commit_clients_wait_on_leaves_the_checkpoint_to_a_later_one(tmp_path:
         pages.append(store._db.execute("PRAGMA wal_autocheckpoint").fetchone()[0])
     assert pages == [CHECKPOINT_PAGES, 0, CHECKPOINT_PAGES]
     store.close()
+
+
+def test_opening_the_log_makes_what_a_killed_writer_left_durable(tmp_path: Path) -> None:
+    def events_in_the_database_file() -> int:
+        # The main file alone, without its WAL: what a checkpoint has copied (and synced).
+        copy = tmp_path / "copy.db"
+        copy.write_bytes((tmp_path / "log.db").read_bytes())
+        with sqlite3.connect(copy) as db:
+            count: int = db.execute("SELECT count(*) FROM events").fetchone()[0]
+        copy.unlink()
+        return count
+
+    killed = SqliteEventStore(tmp_path / "log.db")
+    killed.commit([received(1), received(2)], time=1, bodies={}, durable=False)
+    assert events_in_the_database_file() == 0  # in the WAL only
+    # The next writer opens the log while the first one's WAL is still there (as after
+    # a SIGKILL): it checkpoints it, syncing the WAL first, before it takes over.
+    SqliteEventStore(tmp_path / "log.db").close()
+    assert events_in_the_database_file() == 2
+    killed.close()

@@ -54,6 +54,20 @@ class QueueActor:
     broadcaster's position), so that a slow actor never stalls the others.
     """
 
+    __slots__ = (
+        "_bounced",
+        "_broadcast_position",
+        "_catch_ups",
+        "_idle",
+        "_log",
+        "_mailbox",
+        "_send",
+        "assigned",
+        "lagging_from",
+        "processed",
+        "state",
+    )
+
     def __init__(
         self, state: QueueState, log: LogWriter, broadcast_position: Callable[[], int]
     ) -> None:

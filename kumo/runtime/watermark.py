@@ -12,7 +12,8 @@ class Watermark:
 
     def __init__(self, value: int = 0) -> None:
         self.value = value
-        self._lot = trio.lowlevel.ParkingLot()
+        # Made on the first wait: every queue actor has a watermark, few are waited on.
+        self._lot: trio.lowlevel.ParkingLot | None = None
         self._waiting = 0
 
     def advance(self, value: int) -> None:
@@ -20,12 +21,14 @@ class Watermark:
         if value > self.value:
             self.value = value
             # Advanced once per delivery and commit; usually nobody waits.
-            if self._waiting:
+            if self._waiting and self._lot is not None:
                 self._lot.unpark_all()
 
     async def wait_for(self, value: int) -> None:
         """Return once the watermark is at least ``value``."""
         while self.value < value:
+            if self._lot is None:
+                self._lot = trio.lowlevel.ParkingLot()
             self._waiting += 1
             try:
                 await self._lot.park()

@@ -38,8 +38,9 @@ from kumo.model.events import (
     MessageReceived,
 )
 from kumo.model.queue_name import queue_name_for
+from kumo.model.settings import EngineSettings
 from kumo.model.state import QueueState, RuleBook, SweepRule
-from kumo.runtime.delivery_log import SEGMENT_BYTES, encode_records, segment_name
+from kumo.runtime.delivery_log import encode_records, segment_name
 from kumo.store.layout import CHECKPOINT, DATABASE, LOGS
 from kumo.store.sqlite_log import SqliteEventStore
 
@@ -202,7 +203,7 @@ class _DeliveryLog:
         }
         lines = encode_records(batch, rules, NODE_ID)
         if lines:
-            if self._handle is None or self.offset >= SEGMENT_BYTES:
+            if self._handle is None or self.offset >= EngineSettings().segment_bytes:
                 if self._handle is not None:
                     os.close(self._handle)
                 self.segment = segment_name(batch[0].seq)

@@ -32,6 +32,9 @@ class QueueIndex(Generic[T]):
     def __len__(self) -> int:
         return len(self._by_name)
 
+    def __contains__(self, name: str) -> bool:
+        return name in self._by_name
+
     def add(self, name: str, parsed: QueueName, item: T) -> None:
         """Index ``item`` under the queue ``name`` (parsed as ``parsed``); names are unique."""
         if name in self._by_name:

@@ -20,7 +20,7 @@ to what the log holds. Tests check that both agree.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Literal, TypeAlias
 
 import attrs
@@ -118,6 +118,10 @@ class RuleBook:
     def live_rules(self) -> Iterator[Rule]:
         """Rules not yet ended by an event, oldest first (some may be past expiry)."""
         return iter(self._live.values())
+
+    def live_equal(self, criteria: Criteria) -> Rule | None:
+        """The rule not yet ended whose criteria equal ``criteria``, if any."""
+        return self._by_criteria.get(criteria)
 
     def is_live(self, rule_id: str, now: int) -> bool:
         rule = self._live.get(rule_id)
@@ -238,15 +242,30 @@ class SweepRule:
     def of(cls, rule: Rule) -> SweepRule:
         return cls(rule.id, rule.criteria, rule.expires_at, rule.issued_expired)
 
+    @classmethod
+    def issued(cls, committed: Committed, event: BounceIssued) -> SweepRule:
+        """The rule a committed ``BounceIssued`` issues."""
+        return cls(
+            event.rule_id,
+            event.criteria,
+            event.expires_at,
+            event.expires_at <= committed.time,
+        )
+
 
 class QueueState:
     """One scheduled queue as its actor holds it, deciding bounces in log order.
 
     Feed it the events that concern its queue, in log order; each call returns the
     ``Bounced`` event it decided on, if any, and has already removed those messages.
+
+    A sweep may be taken in chunks: :meth:`apply` with a ``limit`` takes at most that
+    many messages of a sweep and leaves the rest owed (:attr:`sweeping`); the owner takes
+    them with :meth:`continue_sweep` before it applies the next event. The messages are
+    the sweeping rule's either way: the decision was made when its event was applied.
     """
 
-    __slots__ = ("messages", "name", "parsed", "rules")
+    __slots__ = ("messages", "name", "parsed", "rules", "sweeping")
 
     def __init__(
         self,
@@ -259,6 +278,8 @@ class QueueState:
         self.messages = messages if messages is not None else MessageQueue()
         self.rules: list[SweepRule] = list(rules)
         """Live rules that match this queue, oldest first."""
+        self.sweeping: SweepRule | None = None
+        """The rule whose sweep still owes messages (only with a ``limit``)."""
 
     def concerns(self, event: Event) -> bool:
         """Whether ``event`` changes this queue (used when catching up from the log)."""
@@ -272,20 +293,20 @@ class QueueState:
             case Bounced():
                 return False
 
-    def apply(self, committed: Committed) -> Bounced | None:
+    def apply(self, committed: Committed, *, limit: int | None = None) -> Bounced | None:
+        """Fold one event that concerns this queue; return the bounce it decides.
+
+        ``limit`` bounds the messages a sweep takes now (see the class docstring); with
+        ``limit=0`` a sweep is decided and nothing is taken yet.
+        """
+        if self.sweeping is not None:
+            raise RuntimeError(f"queue {self.name!r} still owes the sweep of a rule")
         event = committed.event
         match event:
             case MessageReceived():
                 return self.receive(message_from(committed, event))
             case BounceIssued():
-                return self.issue(
-                    SweepRule(
-                        event.rule_id,
-                        event.criteria,
-                        event.expires_at,
-                        event.expires_at <= committed.time,
-                    )
-                )
+                return self.issue(SweepRule.issued(committed, event), limit=limit)
             case BounceCancelled() | BounceExpired():
                 self.rules = [rule for rule in self.rules if rule.id != event.rule_id]
                 return None
@@ -294,20 +315,43 @@ class QueueState:
 
     def receive(self, message: Message) -> Bounced | None:
         """A message arrives: the most recent live matching rule bounces it at once."""
-        for rule in reversed(self.rules):
-            if message.received_at < rule.expires_at:
-                return Bounced(rule_id=rule.id, queue=self.name, messages=(message,))
+        rule = counting_rule(self.rules, message.received_at)
+        if rule is not None:
+            return Bounced(rule_id=rule.id, queue=self.name, messages=(message,))
         self.messages.append(message)
         return None
 
-    def issue(self, rule: SweepRule) -> Bounced | None:
+    def issue(self, rule: SweepRule, *, limit: int | None = None) -> Bounced | None:
         """A matching rule is issued: it replaces its equal and sweeps the queue."""
         if not rule.issued_expired:
             self.rules = [r for r in self.rules if r.criteria != rule.criteria]
             self.rules.append(rule)
         if not self.messages:
             return None
-        return Bounced(rule_id=rule.id, queue=self.name, messages=self.messages.take_all())
+        self.sweeping = rule
+        return self.continue_sweep(limit)
+
+    def continue_sweep(self, limit: int | None = None) -> Bounced | None:
+        """Take up to ``limit`` (default: all) more messages of the sweep under way."""
+        rule = self.sweeping
+        if rule is None or limit == 0:
+            return None
+        taken = self.messages.take_all() if limit is None else self.messages.take(limit)
+        if not self.messages:
+            self.sweeping = None
+        return Bounced(rule_id=rule.id, queue=self.name, messages=taken)
+
+
+def counting_rule(rules: Sequence[SweepRule], received_at: int) -> SweepRule | None:
+    """The rule a message arriving at ``received_at`` is counted to, if any.
+
+    ``rules`` are the live rules that match its queue, oldest first: the most recently
+    issued one still live at the arrival takes it.
+    """
+    for rule in reversed(rules):
+        if received_at < rule.expires_at:
+            return rule
+    return None
 
 
 class State:
@@ -393,48 +437,3 @@ class State:
         """Hand the queued messages over (to the actors); the fold keeps only counts."""
         queues, self.queues = self.queues or {}, None
         return queues
-
-    def unfinished_bounces(self) -> list[Bounced]:
-        """The bounces the log's rules owe that no ``Bounced`` event records.
-
-        After a crash between a decision and its ``Bounced`` commit, these are the
-        messages still queued that a rule should have taken: the most recent rule live
-        at the message's arrival, else the first matching rule issued after it (the
-        sweep that the crash cut short). Applying them changes nothing else.
-        """
-        if self.queues is None:
-            raise RuntimeError("unfinished_bounces needs a fold that keeps messages")
-        decisions: list[Bounced] = []
-        all_rules = sorted(self.rules.rules.values(), key=lambda rule: rule.issued_seq)
-        for queue, messages in self.queues.items():
-            parsed = QueueName.parse(queue)
-            rules = [rule for rule in all_rules if rule.criteria.matches(parsed)]
-            if not rules:
-                continue
-            owed: dict[str, list[Message]] = {}
-            for message in messages:
-                rule = _fate(message, rules)
-                if rule is not None:
-                    owed.setdefault(rule.id, []).append(message)
-            decisions.extend(
-                Bounced(rule_id=rule_id, queue=queue, messages=taken)
-                for rule_id, taken in owed.items()
-            )
-        return decisions
-
-
-def _fate(message: Message, rules: list[Rule]) -> Rule | None:
-    """Which of ``rules`` (matching the queue, in issue order) takes ``message``."""
-    for rule in reversed(rules):
-        if rule.issued_seq > message.seq:
-            continue
-        if (
-            not rule.issued_expired
-            and (rule.ended_seq is None or rule.ended_seq > message.seq)
-            and message.received_at < rule.expires_at
-        ):
-            return rule
-    for rule in rules:
-        if rule.issued_seq > message.seq:
-            return rule
-    return None

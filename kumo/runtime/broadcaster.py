@@ -1,12 +1,12 @@
-"""Routes committed events, in log order, to the queue actors they concern.
+"""Carries committed events, in log order, to the queue actors they concern.
 
-Routing is by index, never by fan-out to every actor: a message goes to its queue's
-actor; a rule goes to the actors whose queue name it matches (a pure function of the
-name, evaluated once per rule and candidate queue, found through a
-:class:`~kumo.model.queue_index.QueueIndex`); a cancellation or expiry goes to the actors
-that were given the rule. The broadcaster keeps its own :class:`RuleBook`, folded in
-log order, so that an actor it starts for a new queue gets exactly the rules that are
-live at that point of the log.
+Where each event goes is decided by the model's :class:`~kumo.model.router.Router`; the
+broadcaster only carries the answer out: it has the supervisor start the queues the
+router opens and hands each actor its events with ``deliver_nowait``, which never
+blocks (a full mailbox is recorded in :class:`MissedDeliveries` and the actor reads
+the log itself). Handing one event to thousands of actors wakes thousands of tasks, so
+it yields every ``EngineSettings.deliveries_per_yield`` deliveries: the event loop then
+serves requests between them instead of after all of them.
 """
 
 from __future__ import annotations
@@ -14,17 +14,13 @@ from __future__ import annotations
 import attrs
 import trio
 
-from kumo.model.events import (
-    BounceCancelled,
-    BounceExpired,
-    BounceIssued,
-    Committed,
-    MessageReceived,
-)
-from kumo.model.queue_index import QueueIndex
-from kumo.model.state import QueueState, RuleBook, SweepRule
+from kumo.model.events import Committed
+from kumo.model.router import Router
+from kumo.model.settings import EngineSettings
+from kumo.model.state import QueueState
 from kumo.runtime.log_writer import LogWriter
-from kumo.runtime.queue_actor import QueueActor
+from kumo.runtime.queue_actor import MissedDeliveries, QueueActor
+from kumo.runtime.supervisor import QueueSupervisor
 from kumo.runtime.watermark import Watermark
 
 
@@ -38,95 +34,75 @@ class BroadcasterStatistics:
 
 
 class Broadcaster:
+    """Follows the log from ``position``; see the module docstring."""
+
     def __init__(
         self,
         log: LogWriter,
-        rules: RuleBook,
-        nursery: trio.Nursery,
+        router: Router,
+        supervisor: QueueSupervisor,
+        settings: EngineSettings,
         *,
         position: int,
     ) -> None:
         self._log = log
-        self._rules = rules
-        self._nursery = nursery
+        self._router = router
+        self._supervisor = supervisor
+        self._settings = settings
+        self._missed = MissedDeliveries()
+        self._assigned: dict[str, int] = {}
         self.position = Watermark(position)
-        self.actors: dict[str, QueueActor] = {}
-        self._index: QueueIndex[QueueActor] = QueueIndex()
-        self._rule_actors: dict[str, set[QueueActor]] = {}
+        """The last seq routed: every actor it concerns has it in hand (or in
+        :class:`MissedDeliveries`)."""
         self._scope = trio.CancelScope()
         self._events_routed = 0
         self._deliveries = 0
 
-    async def start_actor(self, state: QueueState) -> QueueActor:
-        """Start the actor of a queue (at startup, or when its first message arrives)."""
-        actor = QueueActor(state, self._log, lambda: self.position.value)
-        self.actors[state.name] = actor
-        self._index.add(state.name, state.parsed, actor)
-        for rule in state.rules:
-            self._rule_actors.setdefault(rule.id, set()).add(actor)
-        await self._nursery.start(actor.run)
-        return actor
+    async def open_queue(self, state: QueueState) -> None:
+        """Start the actor of a queue known at start (the router already opened it)."""
+        await self._supervisor.start(QueueActor(state, self._log, self._missed, self._settings))
+
+    def assigned(self, queue: str) -> int:
+        """The last seq the broadcaster made ``queue``'s actor responsible for."""
+        return self._assigned.get(queue, 0)
 
     def close(self) -> None:
-        """Stop routing; every actor then finishes its mailbox and returns."""
+        """Stop routing; then close the supervisor for the actors to finish."""
         self._scope.cancel()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
         with self._scope:
-            try:
-                while True:
-                    batch = await self._log.read_after(self.position.value)
-                    if batch:
-                        await self._route(batch)
-                    else:
-                        await self._log.wait_beyond(self.position.value)
-            finally:
-                for actor in self.actors.values():
-                    actor.close()
+            while True:
+                batch = await self._log.read_after(self.position.value, self._settings.read_limit)
+                if batch:
+                    await self._route(batch)
+                else:
+                    await self._log.wait_beyond(self.position.value)
 
     async def _route(self, batch: list[Committed]) -> None:
-        deliveries: dict[QueueActor, list[Committed]] = {}
-        for committed in batch:
-            event = committed.event
-            match event:
-                case MessageReceived():
-                    actor = self.actors.get(event.queue)
-                    if actor is None:
-                        actor = await self._spawn(event.queue)
-                    deliveries.setdefault(actor, []).append(committed)
-                case BounceIssued():
-                    rule = self._rules.apply(committed)
-                    assert rule is not None
-                    holders = self._rule_actors.setdefault(rule.id, set())
-                    for actor in self._index.matching(event.criteria):
-                        deliveries.setdefault(actor, []).append(committed)
-                        if not rule.issued_expired:
-                            holders.add(actor)
-                    if rule.issued_expired:
-                        del self._rule_actors[rule.id]
-                case BounceCancelled() | BounceExpired():
-                    self._rules.apply(committed)
-                    for actor in self._rule_actors.pop(event.rule_id, ()):
-                        deliveries.setdefault(actor, []).append(committed)
-                case _:
-                    self._rules.apply(committed)
+        routing = self._router.route(batch)
+        for queue in routing.new_queues:
+            await self.open_queue(QueueState(queue.name, rules=queue.rules))
         upto = batch[-1].seq
-        for actor, events in deliveries.items():
-            actor.deliver_nowait(events, upto)
+        per_yield = self._settings.deliveries_per_yield
+        for count, (name, events) in enumerate(routing.deliveries.items(), start=1):
+            self._assigned[name] = upto
+            actor = self._supervisor.get(name)
+            assert actor is not None
+            if name in self._missed or not actor.deliver_nowait(events, upto):
+                self._missed.record(name, events[0].seq, upto)
+            if count % per_yield == 0:
+                await trio.lowlevel.checkpoint()
         self._events_routed += len(batch)
-        self._deliveries += len(deliveries)
+        self._deliveries += len(routing.deliveries)
         self.position.advance(upto)
-
-    async def _spawn(self, queue: str) -> QueueActor:
-        rules = [SweepRule.of(rule) for rule in self._rules.matching_live(queue)]
-        return await self.start_actor(QueueState(queue, rules=rules))
 
     def statistics(self) -> BroadcasterStatistics:
         return BroadcasterStatistics(
             position=self.position.value,
-            actors=len(self.actors),
-            lagging_actors=sum(a.lagging_from is not None for a in self.actors.values()),
+            actors=len(self._supervisor),
+            lagging_actors=len(self._missed),
             events_routed=self._events_routed,
             deliveries=self._deliveries,
         )

@@ -17,7 +17,6 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Final
 
 import attrs
 import orjson
@@ -25,25 +24,12 @@ import trio
 
 from kumo.model.events import Bounced, Committed, MessageReceived
 from kumo.model.log_record import admin_bounce_lines, reception_lines
+from kumo.model.settings import EngineSettings
 from kumo.model.state import RuleBook
 from kumo.runtime.blocking import RunBlocking, in_thread
 from kumo.runtime.log_writer import LogWriter
 from kumo.runtime.watermark import Watermark
 from kumo.store.layout import CHECKPOINT
-
-SEGMENT_BYTES: Final = 256 * 1024 * 1024
-"""A segment that grows past this is closed and the next record starts a new one."""
-READ_LIMIT: Final = 20_000
-ROUND_RECORDS: Final = 4_096
-"""Records written (and fsynced) per round at most. Small rounds keep the disk's queue
-short, so that the event log's own fsyncs (an admin request waits on one) do not queue
-behind hundreds of megabytes of delivery log during a sweep."""
-GATHER_COMMITS: Final = 8
-"""Commits the writer lets pass, once it has caught up, while clients' events are
-still being committed: under a steady stream of small injections it then writes (and
-fsyncs, and checkpoints) once for several commits rather than once for each. It waits on
-commits, not on a clock, so an idle log is written at once and virtual time in tests
-does not move."""
 
 
 @attrs.frozen
@@ -71,8 +57,9 @@ def segment_name(first_seq: int) -> str:
 class _Segments:
     """The files under ``logs/``; used from a worker thread only."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, segment_bytes: int) -> None:
         self.directory = directory
+        self.segment_bytes = segment_bytes
         self.checkpoint_path = directory / CHECKPOINT
         self.fd: int | None = None
         self.segment = ""
@@ -94,7 +81,7 @@ class _Segments:
 
     def write(self, lines: list[bytes], first_seq: int, last_seq: int) -> int:
         if lines:
-            if self.fd is None or self.offset >= SEGMENT_BYTES:
+            if self.fd is None or self.offset >= self.segment_bytes:
                 self._rotate(first_seq)
             assert self.fd is not None
             data = b"".join(lines)
@@ -181,14 +168,14 @@ def encode_records(
     return lines
 
 
-def _rounds(batch: list[Committed]) -> list[list[Committed]]:
-    """Cut ``batch`` into runs of about :data:`ROUND_RECORDS` records each."""
+def _rounds(batch: list[Committed], round_records: int) -> list[list[Committed]]:
+    """Cut ``batch`` into runs of about ``round_records`` records each."""
     rounds: list[list[Committed]] = [[]]
     records = 0
     for committed in batch:
         event = committed.event
         weight = len(event.messages) if isinstance(event, Bounced) else 1
-        if records and records + weight > ROUND_RECORDS:
+        if records and records + weight > round_records:
             rounds.append([])
             records = 0
         rounds[-1].append(committed)
@@ -205,14 +192,16 @@ class DeliveryLogWriter:
         directory: Path,
         rules: RuleBook,
         node_id: str,
+        settings: EngineSettings,
         *,
         run_blocking: RunBlocking = in_thread,
     ) -> None:
         self._run_blocking = run_blocking
+        self._settings = settings
         self._log = log
         self._rules = rules
         self._node_id = node_id
-        self._segments = _Segments(directory)
+        self._segments = _Segments(directory, settings.segment_bytes)
         self.position = Watermark(0)
         self._records = 0
         self._bytes = 0
@@ -231,14 +220,16 @@ class DeliveryLogWriter:
                 # Only what the log has made durable: a record must never describe a
                 # bounce that a power failure could still undo.
                 durable = self._log.durable
-                batch = await self._log.read_after(self.position.value, READ_LIMIT)
+                batch = await self._log.read_after(
+                    self.position.value, self._settings.delivery_read_limit
+                )
                 if batch and batch[-1].seq > durable.value:
                     batch = [c for c in batch if c.seq <= durable.value]
                 if not batch:
                     await durable.wait_for(self.position.value + 1)
                     await self._gather()
                     continue
-                for round_ in _rounds(batch):
+                for round_ in _rounds(batch, self._settings.round_records):
                     await self._write(round_)
         finally:
             self._segments.close()
@@ -247,10 +238,10 @@ class DeliveryLogWriter:
         log = self._log
         # Let the tasks the same commit woke (clients about to append again) run first.
         await trio.lowlevel.checkpoint()
-        for _ in range(GATHER_COMMITS):
+        for _ in range(self._settings.gather_commits):
             if (
                 not log.clients_waiting()
-                or log.durable.value - self.position.value >= ROUND_RECORDS
+                or log.durable.value - self.position.value >= self._settings.round_records
             ):
                 return
             await log.durable.wait_for(log.durable.value + 1)

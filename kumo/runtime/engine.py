@@ -1,17 +1,21 @@
 """The engine: opens a data directory, replays it, runs every task, answers the API.
 
-Task tree (one root nursery, owned here)::
+Task tree (one root nursery, opened by :func:`open_engine`; :func:`_run` starts it in
+this order)::
 
     open_engine
-    ├── LogWriter.run          the single writer of the event log
-    ├── DeliveryLogWriter.run  Reception / AdminBounce JSON lines, checkpointed
-    ├── Broadcaster.run        routes committed events to the queue actors
-    │   └── QueueActor.run ×N  (started in the same root nursery)
-    └── Engine._expire_rules   appends BounceExpired when a rule's time is up
+    ├── LogWriter.run              the single writer of the event log
+    ├── QueueSupervisor.run        owns the actors' nursery
+    │   └── QueueActor.run ×N      one per scheduled queue
+    ├── followers                  a nursery cancelled last at shutdown
+    │   ├── DeliveryLogWriter.run  Reception / AdminBounce JSON lines, checkpointed
+    │   └── RuleExpiry.run         appends BounceExpired when a rule's time is up
+    └── Broadcaster.run            carries committed events to the queue actors
 
 The projections (rules, counters, queue gauges) are folded synchronously by the
 writer's ``on_commit``, so whatever an API call returns after an append already shows
-that append's effect.
+that append's effect. Every policy (routing, commit batches and fsyncs, recovery, bounce
+decisions) is the model's; the tasks here carry out what it decides.
 """
 
 from __future__ import annotations
@@ -19,42 +23,35 @@ from __future__ import annotations
 import contextlib
 import functools
 import gc
-import math
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Final
 
 import attrs
 import trio
 
-from kumo.model.events import (
-    BounceCancelled,
-    Bounced,
-    BounceExpired,
-    BounceIssued,
-    Committed,
-    Event,
-    MessageReceived,
-)
+from kumo.model.events import BounceCancelled, BounceIssued, Event, MessageReceived
+from kumo.model.recovery import Recovery, recover
 from kumo.model.requests import BounceRequest, NewMessage
-from kumo.model.state import QueueState, RuleView, State, SweepRule
+from kumo.model.router import Router
+from kumo.model.settings import EngineSettings
+from kumo.model.state import QueueState, RuleView, State
 from kumo.runtime.blocking import in_thread, inline
 from kumo.runtime.broadcaster import Broadcaster, BroadcasterStatistics
 from kumo.runtime.clock import EngineClock
 from kumo.runtime.delivery_log import DeliveryLogStatistics, DeliveryLogWriter
 from kumo.runtime.log_writer import LogStatistics, LogWriter
+from kumo.runtime.projection import Projection
 from kumo.runtime.queue_actor import ActorStatistics
+from kumo.runtime.rule_expiry import RuleExpiry
+from kumo.runtime.supervisor import QueueSupervisor
 from kumo.store.ids import random_ids
 from kumo.store.layout import DATABASE, LOGS
 from kumo.store.lock import DataDirectoryLock
 from kumo.store.lock import DataDirectoryLockedError as DataDirectoryLockedError
 from kumo.store.replay import fold_log
 from kumo.store.sqlite_log import SqliteEventStore
-
-SHUTDOWN_DEADLINE: Final = 30.0
-"""Seconds a shutdown waits for actors and followers to finish their work."""
 
 
 class EngineClosedError(Exception):
@@ -73,20 +70,31 @@ class EngineStatistics:
     delivery_log: DeliveryLogStatistics
 
 
+@attrs.frozen
+class EngineParts:
+    """The components an engine is built from, each built once by :func:`open_engine`."""
+
+    clock: EngineClock
+    settings: EngineSettings
+    projection: Projection
+    log: LogWriter
+    supervisor: QueueSupervisor
+    broadcaster: Broadcaster
+    delivery: DeliveryLogWriter
+    expiry: RuleExpiry
+
+
 class Engine:
     """The API the HTTP layer, the CLI and the tests call. Build it with :func:`open_engine`."""
 
-    def __init__(self, clock: EngineClock, node_id: str, projection: State) -> None:
-        self.clock = clock
+    def __init__(self, parts: EngineParts, node_id: str) -> None:
+        self.clock = parts.clock
         self.node_id = node_id
-        self._projection = projection
+        self._parts = parts
+        self._projection = parts.projection.state
+        self._log = parts.log
         self._cancelling: set[str] = set()
         self._closed = False
-        self._rules_changed = trio.Event()
-        # Set by open_engine once the tasks exist.
-        self._log: LogWriter
-        self._broadcaster: Broadcaster
-        self._delivery: DeliveryLogWriter
 
     # -- the API ---------------------------------------------------------------------
 
@@ -156,8 +164,8 @@ class Engine:
     def queued_messages(self) -> dict[str, list[str]]:
         """Message ids held by each actor (tests and audits; a copy)."""
         return {
-            name: [message.id for message in actor.state.messages]
-            for name, actor in self._broadcaster.actors.items()
+            actor.name: [message.id for message in actor.state.messages]
+            for actor in self._parts.supervisor
             if actor.state.messages
         }
 
@@ -170,12 +178,12 @@ class Engine:
             queues=len(projection.queue_counts),
             live_rules=len(self.list_bounces()),
             log=self._log.statistics(),
-            broadcaster=self._broadcaster.statistics(),
-            delivery_log=self._delivery.statistics(),
+            broadcaster=self._parts.broadcaster.statistics(),
+            delivery_log=self._parts.delivery.statistics(),
         )
 
     def actor_statistics(self) -> list[ActorStatistics]:
-        return [actor.statistics() for actor in self._broadcaster.actors.values()]
+        return [actor.statistics() for actor in self._parts.supervisor]
 
     async def wait_idle(self) -> None:
         """Return once every committed event has been fully processed.
@@ -183,47 +191,25 @@ class Engine:
         That is: routed by the broadcaster, applied by every actor, their bounces
         committed, and the delivery log written — with nothing left to do.
         """
+        log, broadcaster = self._log, self._parts.broadcaster
         while True:
-            target = self._log.last_seq
-            await self._broadcaster.position.wait_for(target)
-            for actor in list(self._broadcaster.actors.values()):
-                await actor.processed.wait_for(actor.assigned)
-            while self._log.background_pending():
-                await self._log.wait_beyond(self._log.last_seq)
-            await self._delivery.position.wait_for(target)
-            if self._log.last_seq == target and not self._log.background_pending():
+            target = log.last_seq
+            await broadcaster.position.wait_for(target)
+            for actor in self._parts.supervisor:
+                await actor.processed.wait_for(broadcaster.assigned(actor.name))
+            while log.background_pending():
+                await log.wait_beyond(log.last_seq)
+            await self._parts.delivery.position.wait_for(target)
+            if log.last_seq == target and not log.background_pending():
                 return
 
-    # -- internals ---------------------------------------------------------------------
+    def close(self) -> None:
+        """Refuse new requests (:class:`EngineClosedError`) from now on."""
+        self._closed = True
 
     def _check_open(self) -> None:
         if self._closed:
             raise EngineClosedError("kumo is shutting down")
-
-    def _on_commit(self, committed: list[Committed]) -> None:
-        apply = self._projection.apply
-        for item in committed:
-            apply(item)
-            if isinstance(item.event, BounceIssued):
-                self._rules_changed.set()
-
-    async def _expire_rules(
-        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-    ) -> None:
-        """Append ``BounceExpired`` for each live rule once the clock passes its expiry."""
-        task_status.started()
-        rules = self._projection.rules
-        while True:
-            self._rules_changed = trio.Event()
-            due = rules.due_to_expire(self.clock.now())
-            if due:
-                await self._log.append([BounceExpired(rule_id=rule.id) for rule in due])
-                continue
-            next_expiry = rules.next_expiry()
-            with trio.move_on_at(
-                self.clock.deadline(next_expiry) if next_expiry is not None else math.inf
-            ):
-                await self._rules_changed.wait()
 
 
 @asynccontextmanager
@@ -232,7 +218,7 @@ async def open_engine(
     *,
     clock: EngineClock | None = None,
     node_id: str | None = None,
-    shutdown_deadline: float = SHUTDOWN_DEADLINE,
+    settings: EngineSettings | None = None,
     threads: bool = True,
 ) -> AsyncIterator[Engine]:
     """Open (or create) ``data_dir``, replay its log, and run the engine inside.
@@ -240,14 +226,16 @@ async def open_engine(
     Replay rebuilds the queues, the rules and their counters, finishes the bounces a
     crash cut short, and lets the delivery log catch up from its checkpoint. Leaving
     the block shuts down: new requests are refused, the actors and followers get up to
-    ``shutdown_deadline`` seconds to finish, the log commits what is queued, and the
-    database is closed. Work cut off by the deadline is redone by the next start.
+    ``settings.shutdown_deadline`` seconds to finish, the log commits what is queued,
+    and the database is closed. Work cut off by the deadline is redone by the next
+    start.
 
     ``threads=False`` runs SQLite and file I/O in the Trio thread: slower, but
     deterministic under ``MockClock(autojump_threshold=0)``, where a wait on a worker
     thread would let virtual time jump (see :mod:`kumo.runtime.blocking`).
     """
     clock = clock or EngineClock()
+    settings = settings or EngineSettings()
     run_blocking = in_thread if threads else inline
     path = data_dir / DATABASE
 
@@ -256,12 +244,12 @@ async def open_engine(
         return DataDirectoryLock(data_dir)
 
     def open_and_replay() -> tuple[SqliteEventStore, SqliteEventStore, State, str]:
-        store = SqliteEventStore(path)
+        store = SqliteEventStore(path, settings=settings)
         stored_id = store.get_meta("node_id")
         chosen = node_id or stored_id or str(uuid.uuid4())
         if chosen != stored_id:
             store.set_meta("node_id", chosen)
-        reader = SqliteEventStore(path, readonly=True)
+        reader = SqliteEventStore(path, readonly=True, settings=settings)
         return store, reader, _fold_without_collecting(store), chosen
 
     async with contextlib.AsyncExitStack() as cleanup:
@@ -270,56 +258,66 @@ async def open_engine(
         # The reader first: the last connection to close checkpoints the WAL into the
         # database file and removes it, which a read-only connection cannot do.
         cleanup.push_async_callback(run_blocking, functools.partial(_close_all, reader, store))
-        owed = state.unfinished_bounces()
-        queues = state.detach_queues()
-        for bounce in owed:
-            taken = {message.id for message in bounce.messages}
-            queues[bounce.queue].remove(taken)
-        broadcaster_rules = state.rules.copy()
-
-        engine = Engine(clock, chosen_id, state)
+        recovery = recover(state, chunk=settings.resume_chunk)
+        router = Router(state.rules.copy())
+        projection = Projection(state)
         log = LogWriter(
-            store, reader, clock, on_commit=engine._on_commit, run_blocking=run_blocking
+            store, reader, clock, settings, on_commit=projection.apply, run_blocking=run_blocking
         )
-        delivery = DeliveryLogWriter(
-            log, data_dir / LOGS, state.rules, chosen_id, run_blocking=run_blocking
+        supervisor = QueueSupervisor()
+        parts = EngineParts(
+            clock=clock,
+            settings=settings,
+            projection=projection,
+            log=log,
+            supervisor=supervisor,
+            broadcaster=Broadcaster(log, router, supervisor, settings, position=state.last_seq),
+            delivery=DeliveryLogWriter(
+                log, data_dir / LOGS, state.rules, chosen_id, settings, run_blocking=run_blocking
+            ),
+            expiry=RuleExpiry(log, projection, clock),
         )
-        await run_blocking(delivery.recover)
-        engine._log, engine._delivery = log, delivery
-
+        await run_blocking(parts.delivery.recover)
+        engine = Engine(parts, chosen_id)
         async with trio.open_nursery() as nursery:
-            await nursery.start(log.run)
-            broadcaster = Broadcaster(log, broadcaster_rules, nursery, position=state.last_seq)
-            engine._broadcaster = broadcaster
-            for name, messages in queues.items():
-                if messages:
-                    rules = [SweepRule.of(r) for r in broadcaster_rules.matching_live(name)]
-                    await broadcaster.start_actor(QueueState(name, messages, rules))
-            followers = trio.CancelScope()
-
-            async def run_followers(
-                *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-            ) -> None:
-                with followers:
-                    async with trio.open_nursery() as inner:
-                        await inner.start(delivery.run)
-                        await inner.start(engine._expire_rules)
-                        task_status.started()
-
-            await nursery.start(run_followers)
-            await nursery.start(broadcaster.run)
-            if owed:
-                await log.submit(_split(owed))
+            followers = await _run(nursery, parts, router, recovery)
             try:
                 yield engine
             finally:
-                engine._closed = True
-                with trio.move_on_after(shutdown_deadline) as waited:
+                engine.close()
+                with trio.move_on_after(settings.shutdown_deadline) as waited:
                     waited.shield = True
                     await engine.wait_idle()
-                broadcaster.close()
+                parts.broadcaster.close()
+                supervisor.close()
                 followers.cancel()
                 log.close()
+
+
+async def _run(
+    nursery: trio.Nursery, parts: EngineParts, router: Router, recovery: Recovery
+) -> trio.CancelScope:
+    """Start the task tree of the module docstring; return the followers' scope."""
+    await nursery.start(parts.log.run)
+    await nursery.start(parts.supervisor.run)
+    for name, messages in recovery.queues.items():
+        await parts.broadcaster.open_queue(QueueState(name, messages, router.open_queue(name)))
+    followers = trio.CancelScope()
+
+    async def run_followers(
+        *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        with followers:
+            async with trio.open_nursery() as inner:
+                await inner.start(parts.delivery.run)
+                await inner.start(parts.expiry.run)
+                task_status.started()
+
+    await nursery.start(run_followers)
+    await nursery.start(parts.broadcaster.run)
+    if recovery.owed:
+        await parts.log.submit(recovery.owed)
+    return followers
 
 
 def _fold_without_collecting(store: SqliteEventStore) -> State:
@@ -336,15 +334,6 @@ def _fold_without_collecting(store: SqliteEventStore) -> State:
         if was_enabled:
             gc.enable()
     return state
-
-
-def _split(bounces: list[Bounced], size: int = 4_096) -> list[Bounced]:
-    """Cut large resumed sweeps into events of at most ``size`` messages."""
-    out: list[Bounced] = []
-    for bounce in bounces:
-        for start in range(0, len(bounce.messages), size):
-            out.append(Bounced(bounce.rule_id, bounce.queue, bounce.messages[start : start + size]))
-    return out
 
 
 def _close_all(*stores: SqliteEventStore) -> None:

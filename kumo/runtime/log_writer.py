@@ -9,15 +9,13 @@ Two lanes feed the writer:
   cycle writer → broadcaster → actor → writer cannot deadlock: the writer never waits
   on an actor.
 
-Everything waiting when a transaction starts goes into it (up to a bound), so many
-concurrent appenders share one fsync.
-
-Only some transactions are *durable* (fsynced): those carrying clients' events, the
-last one before the writer runs out of work, and one in :data:`DURABLE_EVERY`. The
-others, made only of the actors' ``Bounced`` events, are committed and ordered without
-an fsync, and become durable with the next durable one. A power failure can undo them;
-the restart then finds those bounces unfinished and decides them again
-(:meth:`kumo.model.state.State.unfinished_bounces`). :attr:`LogWriter.durable` tells
+What goes into each transaction, and whether it is *durable* (fsynced), is the model's
+decision (:class:`kumo.model.commit_plan.CommitPlanner`): everything waiting when a
+transaction starts goes in (up to bounds), so many concurrent appenders share one fsync;
+transactions made only of the actors' ``Bounced`` events may commit without an fsync
+and become durable with the next durable one. A power failure can undo those; the
+restart then finds those bounces unfinished and decides them again
+(:func:`kumo.model.recovery.owed_bounces`). :attr:`LogWriter.durable` tells
 how far the log is durable: the delivery log follows it, so that it never records a
 bounce the log could still lose. After each commit the writer calls ``on_commit``
 (the engine's projections, synchronously, so that a reply sent after ``append``
@@ -31,38 +29,19 @@ from the database through a reader connection of their own.
 from __future__ import annotations
 
 import functools
-import math
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from typing import Final
 
 import attrs
 import trio
 
+from kumo.model.commit_plan import CommitPlanner
 from kumo.model.events import Bounced, Committed, Event
+from kumo.model.settings import EngineSettings
 from kumo.runtime.blocking import RunBlocking, in_thread
 from kumo.runtime.clock import EngineClock
 from kumo.runtime.watermark import Watermark
 from kumo.store.event_log import EventStore
-
-MAX_BATCH_EVENTS: Final = 4_096
-"""Events per transaction, bounded so that an urgent append never waits long."""
-MAX_BATCH_MESSAGES: Final = 8_192
-"""Bounced messages per transaction while no client waits (a sweep's events are large)."""
-CLIENT_BATCH_MESSAGES: Final = 512
-"""Bounced messages per transaction while clients are appending: a client's append
-waits for the transaction under way, so keep those short then."""
-URGENT_BATCH_MESSAGES: Final = 256
-"""Bounced messages in a transaction that carries clients' events: they wait for this
-one, so keep it short (but not empty, or a stream of requests would starve a sweep)."""
-CLIENT_WINDOW: Final = 1.0
-"""Seconds after a client's append during which transactions stay short."""
-BACKGROUND_CAPACITY: Final = 65_536
-"""Bounced messages waiting in the background lane before submitters wait."""
-DURABLE_EVERY: Final = 8
-"""At least one transaction in this many is durable while a sweep runs."""
-TAIL_EVENTS: Final = 10_000
-"""Recent committed events kept in memory for followers."""
 
 
 class LogClosedError(Exception):
@@ -104,11 +83,14 @@ class LogWriter:
         store: EventStore,
         reader: EventStore,
         clock: EngineClock,
+        settings: EngineSettings,
         *,
         on_commit: Callable[[list[Committed]], None],
         run_blocking: RunBlocking = in_thread,
     ) -> None:
         self._run_blocking = run_blocking
+        self._settings = settings
+        self._planner = CommitPlanner(settings)
         self._store = store
         self._reader = reader
         self._clock = clock
@@ -118,7 +100,6 @@ class LogWriter:
         self._background_messages = 0
         self._background_in_flight = 0
         self._clients_in_flight = False
-        self._last_urgent = -math.inf
         self._work = trio.Event()
         self._room = trio.lowlevel.ParkingLot()
         self._tail: deque[list[Committed]] = deque()
@@ -129,7 +110,6 @@ class LogWriter:
         """The last seq that survives a power failure (see the module docstring)."""
         self._commits = 0
         self._durable_commits = 0
-        self._since_durable = 0
         self._events_committed = 0
         self._disk_reads = 0
         self._reading = trio.Lock()
@@ -166,15 +146,24 @@ class LogWriter:
         Waits only while the background lane is full. Events of one call stay in order
         and after those of earlier calls.
         """
-        while self._background_messages >= BACKGROUND_CAPACITY and not self._closed:
-            await self._room.park()
-        if self._closed:
-            raise LogClosedError("the event log is closed")
+        await self.wait_room()
         for event in events:
             self._background.append(event)
             self._background_messages += _weight(event)
         self._work.set()
+
+    async def wait_room(self) -> None:
+        """Return once the background lane has room (always a checkpoint).
+
+        Raises :class:`LogClosedError` after :meth:`close`.
+        """
         await trio.lowlevel.checkpoint()
+        while self._background_messages >= self._settings.background_capacity:
+            if self._closed:
+                break
+            await self._room.park()
+        if self._closed:
+            raise LogClosedError("the event log is closed")
 
     def close(self) -> None:
         """Refuse new events; :meth:`run` commits what is queued, then returns."""
@@ -192,12 +181,17 @@ class LogWriter:
                 self._work = trio.Event()
                 await self._work.wait()
                 continue
-            requests, events, bodies = self._take_batch()
-            self._background_in_flight = len(events) - sum(len(r.events) for r in requests)
-            durable = (
-                bool(requests) or not self._background or self._since_durable + 1 >= DURABLE_EVERY
+            now = self._clock.now()
+            plan = self._planner.plan(
+                now,
+                [len(request.events) for request in self._urgent],
+                map(_weight, self._background),
+                len(self._background),
             )
-            time = max(self._store.last_time, self._clock.now())
+            requests, events, bodies = self._take(plan.requests, plan.background)
+            self._background_in_flight = len(events) - sum(len(r.events) for r in requests)
+            durable = plan.durable
+            time = max(self._store.last_time, now)
             self._clients_in_flight = bool(requests)
             try:
                 committed = await self._run_blocking(
@@ -207,7 +201,7 @@ class LogWriter:
                         time=time,
                         bodies=bodies,
                         durable=durable,
-                        checkpoint=not requests,
+                        checkpoint=plan.checkpoint,
                     )
                 )
             except BaseException as exc:
@@ -215,6 +209,7 @@ class LogWriter:
                     request.error = exc
                     request.done.set()
                 raise
+            self._planner.committed(plan)
             self._background_in_flight = 0
             self._clients_in_flight = False
             self._published(committed, durable=durable)
@@ -224,53 +219,38 @@ class LogWriter:
                 offset += len(request.events)
                 request.done.set()
 
-    def _take_batch(self) -> tuple[list[_Append], list[Event], dict[int, bytes]]:
+    def _take(
+        self, request_count: int, background_count: int
+    ) -> tuple[list[_Append], list[Event], dict[int, bytes]]:
         requests: list[_Append] = []
         events: list[Event] = []
         bodies: dict[int, bytes] = {}
-        now = trio.current_time()
-        if self._urgent:
-            self._last_urgent = now
-            limit = URGENT_BATCH_MESSAGES
-        elif now - self._last_urgent < CLIENT_WINDOW:
-            limit = CLIENT_BATCH_MESSAGES
-        else:
-            limit = MAX_BATCH_MESSAGES
-        while self._urgent and (not events or len(events) < MAX_BATCH_EVENTS):
+        for _ in range(request_count):
             request = self._urgent.popleft()
             requests.append(request)
             base = len(events)
             bodies.update({base + index: body for index, body in request.bodies.items()})
             events.extend(request.events)
-        messages = taken = 0
-        while self._background and (
-            not events or (len(events) < MAX_BATCH_EVENTS and messages < limit)
-        ):
+        for _ in range(background_count):
             event = self._background.popleft()
-            weight = _weight(event)
-            self._background_messages -= weight
-            messages += weight
-            taken += 1
+            self._background_messages -= _weight(event)
             events.append(event)
         # Wake about as many submitters as events left the lane, not all of them: in a
         # sweep thousands of actors wait here, and waking every one of them per commit
         # costs more than the commit.
-        if taken:
-            self._room.unpark(count=taken)
+        if background_count:
+            self._room.unpark(count=background_count)
         return requests, events, bodies
 
     def _published(self, committed: list[Committed], *, durable: bool) -> None:
         self._commits += 1
         if durable:
             self._durable_commits += 1
-            self._since_durable = 0
-        else:
-            self._since_durable += 1
         self._events_committed += len(committed)
         self._on_commit(committed)
         self._tail.append(committed)
         self._tail_events += len(committed)
-        while self._tail_events - len(self._tail[0]) >= TAIL_EVENTS:
+        while self._tail_events - len(self._tail[0]) >= self._settings.tail_events:
             self._tail_events -= len(self._tail.popleft())
         self.committed.advance(committed[-1].seq)
         if durable:
@@ -278,12 +258,15 @@ class LogWriter:
 
     # -- following -------------------------------------------------------------------
 
-    async def read_after(self, seq: int, limit: int = 10_000) -> list[Committed]:
+    async def read_after(self, seq: int, limit: int | None = None) -> list[Committed]:
         """Committed events after ``seq`` (at most about ``limit``), in order.
 
         Returns ``[]`` when nothing is committed after ``seq`` yet; use
-        :meth:`wait_beyond` to wait. Recent events come from memory.
+        :meth:`wait_beyond` to wait. Recent events come from memory. ``limit``
+        defaults to ``EngineSettings.read_limit``.
         """
+        if limit is None:
+            limit = self._settings.read_limit
         if seq >= self.committed.value:
             return []
         if self._tail and self._tail[0][0].seq <= seq + 1:

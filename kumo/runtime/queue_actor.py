@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Final
-
 import attrs
 import trio
 
-from kumo.model.events import Bounced, Committed, MessageReceived
+from kumo.model.events import Bounced, Committed
+from kumo.model.settings import EngineSettings
 from kumo.model.state import QueueState
 from kumo.runtime.log_writer import LogClosedError, LogWriter
 from kumo.runtime.watermark import Watermark
-
-MAILBOX_CAPACITY: Final = 64
-"""Deliveries (one per committed batch that concerns the queue) an actor may lag."""
 
 
 @attrs.frozen
@@ -29,10 +24,6 @@ class ActorStatistics:
     bounced: int
 
 
-def _only_arrivals(events: list[Committed]) -> bool:
-    return all(type(committed.event) is MessageReceived for committed in events)
-
-
 def merge_bounces(bounces: list[Bounced]) -> list[Bounced]:
     """Fold consecutive decisions of the same rule into one event (order kept)."""
     merged: list[Bounced] = []
@@ -45,70 +36,93 @@ def merge_bounces(bounces: list[Bounced]) -> list[Bounced]:
     return merged
 
 
+class MissedDeliveries:
+    """What the broadcaster could not hand over because a mailbox was full.
+
+    The broadcaster records, per queue, the first and the last seq it could not deliver;
+    from then on it hands that queue nothing (so that order is kept) and only extends the
+    range, until the actor takes the range with :meth:`take` and reads those events from
+    the log itself. A slow actor therefore never stalls the broadcaster or the others.
+    """
+
+    __slots__ = ("_missed",)
+
+    def __init__(self) -> None:
+        self._missed: dict[str, tuple[int, int]] = {}
+
+    def __contains__(self, queue: str) -> bool:
+        return queue in self._missed
+
+    def __len__(self) -> int:
+        return len(self._missed)
+
+    def record(self, queue: str, first: int, last: int) -> None:
+        """The events of ``queue`` from ``first`` to ``last`` were not handed over."""
+        previous = self._missed.get(queue)
+        self._missed[queue] = (previous[0] if previous else first, last)
+
+    def take(self, queue: str) -> tuple[int, int] | None:
+        """The range ``queue``'s actor must read from the log, if any; forgotten here."""
+        return self._missed.pop(queue, None)
+
+
 class QueueActor:
     """The task that owns one :class:`QueueState`.
 
     The broadcaster hands it the committed events that concern its queue with
-    :meth:`deliver_nowait`, which never blocks; when its mailbox is full the actor is
-    marked lagging and later reads what it missed from the log itself (up to the
-    broadcaster's position), so that a slow actor never stalls the others.
+    :meth:`deliver_nowait`, which never blocks; what a full mailbox could not take is
+    recorded in :class:`MissedDeliveries`, and the actor reads it from the log once its
+    mailbox is empty. A sweep takes its queue's messages a chunk at a time, each once
+    the log's background lane has room, so that thousands of queues swept at once do not
+    hold the event loop (see ``EngineSettings.sweep_chunk``).
     """
 
     __slots__ = (
         "_bounced",
-        "_broadcast_position",
         "_catch_ups",
-        "_idle",
+        "_chunk",
         "_log",
         "_mailbox",
+        "_missed",
         "_send",
-        "assigned",
-        "lagging_from",
         "processed",
         "state",
     )
 
     def __init__(
-        self, state: QueueState, log: LogWriter, broadcast_position: Callable[[], int]
+        self,
+        state: QueueState,
+        log: LogWriter,
+        missed: MissedDeliveries,
+        settings: EngineSettings,
     ) -> None:
         self.state = state
         self._log = log
-        self._broadcast_position = broadcast_position
+        self._missed = missed
+        self._chunk = settings.sweep_chunk
         self._send, self._mailbox = trio.open_memory_channel[tuple[list[Committed], int]](
-            MAILBOX_CAPACITY
+            settings.mailbox_capacity
         )
         self.processed = Watermark()
-        self.assigned = 0
-        """The last seq the broadcaster made this actor responsible for."""
-        self.lagging_from: int | None = None
+        """The last seq whose events this actor has applied (and whose bounces it has
+        submitted to the log)."""
         self._bounced = 0
         self._catch_ups = 0
-        self._idle = False
-        """True while the task waits on an empty mailbox with nothing handed to it."""
 
     @property
     def name(self) -> str:
         return self.state.name
 
-    def deliver_nowait(self, events: list[Committed], upto: int) -> None:
-        """Hand over ``events`` (in order); never blocks. ``upto``: the batch's last seq."""
-        self.assigned = upto
-        if self.lagging_from is not None:
-            return
-        if self._idle and not self.state.rules and _only_arrivals(events):
-            # Nothing can be decided: no rule matches this queue, so each arrival just
-            # joins the queue. The task waits idle on its mailbox, so doing that here,
-            # in order, is what it would do, without waking it once per message.
-            apply = self.state.apply
-            for committed in events:
-                apply(committed)
-            self.processed.advance(upto)
-            return
+    def deliver_nowait(self, events: list[Committed], upto: int) -> bool:
+        """Hand over ``events`` (in order; ``upto`` is their batch's last seq).
+
+        Never blocks: returns False, handing nothing, when the mailbox is full.
+        """
         try:
             self._send.send_nowait((events, upto))
         except trio.WouldBlock:
-            self.lagging_from = events[0].seq
-        self._idle = False
+            return False
+        return True
 
     def close(self) -> None:
         """No more deliveries: the actor finishes its mailbox, then returns."""
@@ -121,22 +135,20 @@ class QueueActor:
                 try:
                     events, upto = self._mailbox.receive_nowait()
                 except trio.WouldBlock:
-                    if self.lagging_from is not None:
-                        await self._catch_up()
+                    missed = self._missed.take(self.name)
+                    if missed is not None:
+                        await self._catch_up(*missed)
                         continue
-                    self._idle = True
                     try:
                         events, upto = await self._mailbox.receive()
                     except trio.EndOfChannel:
                         return
-                    finally:
-                        self._idle = False
                 except trio.EndOfChannel:
                     return
                 await self._process(events, upto)
         except LogClosedError:
             # Shutting down past its deadline: what this actor had not yet emitted is
-            # found again by the restart (State.unfinished_bounces).
+            # found again by the restart (kumo.model.recovery).
             return
 
     async def _process(self, events: list[Committed], upto: int, *, filtered: bool = True) -> None:
@@ -145,32 +157,33 @@ class QueueActor:
         for committed in events:
             if not filtered and not state.concerns(committed.event):
                 continue
-            bounce = state.apply(committed)
+            bounce = state.apply(committed, limit=0)
             if bounce is not None:
                 bounces.append(bounce)
-        if bounces:
-            merged = merge_bounces(bounces)
-            self._bounced += sum(len(bounce.messages) for bounce in merged)
-            await self._log.submit(merged)
+            while state.sweeping is not None:
+                await self._submit(bounces)
+                await self._log.wait_room()
+                bounce = state.continue_sweep(self._chunk)
+                assert bounce is not None
+                bounces.append(bounce)
+        await self._submit(bounces)
         self.processed.advance(upto)
 
-    async def _catch_up(self) -> None:
-        """Replay from the log what the broadcaster could not hand over."""
-        assert self.lagging_from is not None
+    async def _submit(self, bounces: list[Bounced]) -> None:
+        if bounces:
+            merged = merge_bounces(bounces)
+            bounces.clear()
+            self._bounced += sum(len(bounce.messages) for bounce in merged)
+            await self._log.submit(merged)
+
+    async def _catch_up(self, first: int, last: int) -> None:
+        """Read from the log and apply what the broadcaster could not hand over."""
         self._catch_ups += 1
-        position = self.lagging_from - 1
-        while True:
-            target = self._broadcast_position()
-            if position >= target:
-                # No await between this check and the reset: the broadcaster cannot
-                # have skipped us in between.
-                self.lagging_from = None
-                self.processed.advance(target)
-                return
-            events = [c for c in await self._log.read_after(position) if c.seq <= target]
-            if events:
-                await self._process(events, events[-1].seq, filtered=False)
-                position = events[-1].seq
+        position = first - 1
+        while position < last:
+            events = [c for c in await self._log.read_after(position) if c.seq <= last]
+            await self._process(events, events[-1].seq, filtered=False)
+            position = events[-1].seq
 
     def statistics(self) -> ActorStatistics:
         return ActorStatistics(
@@ -178,7 +191,7 @@ class QueueActor:
             queued=len(self.state.messages),
             live_rules=len(self.state.rules),
             mailbox_used=self._mailbox.statistics().current_buffer_used,
-            lagging=self.lagging_from is not None,
+            lagging=self.name in self._missed,
             catch_ups=self._catch_ups,
             processed_seq=self.processed.value,
             bounced=self._bounced,

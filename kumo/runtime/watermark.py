@@ -25,7 +25,13 @@ class Watermark:
                 self._lot.unpark_all()
 
     async def wait_for(self, value: int) -> None:
-        """Return once the watermark is at least ``value``."""
+        """Return once the watermark is at least ``value``.
+
+        Always a checkpoint (as ``trio.Event.wait`` is), even when it need not wait.
+        """
+        if self.value >= value:
+            await trio.lowlevel.checkpoint()
+            return
         while self.value < value:
             if self._lot is None:
                 self._lot = trio.lowlevel.ParkingLot()

@@ -19,7 +19,6 @@ import hashlib
 import sqlite3
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Final
 
 import orjson
 
@@ -33,6 +32,7 @@ from kumo.model.events import (
     encode_event,
     event_type,
 )
+from kumo.model.settings import EngineSettings
 from kumo.store.event_log import LogCorruptError
 from kumo.store.ids import ordered_ids
 
@@ -56,13 +56,6 @@ CREATE TABLE IF NOT EXISTS meta (
 """
 
 GENESIS = b"\x00" * 16
-CACHE_KIB: Final = 8 * 1024
-"""SQLite page cache per connection, in KiB."""
-CHECKPOINT_PAGES: Final = 256
-"""WAL pages (4 KiB) after which a commit copies the WAL back into the database (SQLite's
-auto-checkpoint; its default is 1,000). Small checkpoints, often, keep the slowest
-commits short: a commit that checkpoints 4 MB waits for it, and so does every client
-whose events queue behind that commit."""
 
 
 def chain_link(previous: bytes, seq: int, time: int, kind: str, body: bytes) -> bytes:
@@ -82,8 +75,12 @@ class SqliteEventStore:
     Readers that run beside the writer open their own store on the same file.
     """
 
-    def __init__(self, path: Path, *, readonly: bool = False) -> None:
+    def __init__(
+        self, path: Path, *, readonly: bool = False, settings: EngineSettings | None = None
+    ) -> None:
+        settings = settings or EngineSettings()
         self.path = path
+        self._checkpoint_pages = settings.wal_checkpoint_pages
         if readonly:
             uri = f"file:{path}?mode=ro"
             self._db = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
@@ -91,7 +88,7 @@ class SqliteEventStore:
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
-            self._db.execute(f"PRAGMA wal_autocheckpoint={CHECKPOINT_PAGES}")
+            self._db.execute(f"PRAGMA wal_autocheckpoint={self._checkpoint_pages}")
             self._db.executescript(_SCHEMA)
             # A killed process can leave commits that were never fsynced (see
             # ``commit(durable=False)``) in the WAL, in the page cache only. The runtime
@@ -100,7 +97,7 @@ class SqliteEventStore:
             self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
         # The page cache is memory the engine holds for as long as it runs, per
         # connection; appends and sequential reads need little of it.
-        self._db.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
+        self._db.execute(f"PRAGMA cache_size=-{settings.cache_kib}")
         row = self._db.execute(
             "SELECT seq, time, chain FROM events ORDER BY seq DESC LIMIT 1"
         ).fetchone()
@@ -158,7 +155,7 @@ class SqliteEventStore:
             db.execute(f"PRAGMA synchronous={synchronous}")
             self._synchronous = synchronous
         if checkpoint != self._checkpoints:
-            db.execute(f"PRAGMA wal_autocheckpoint={CHECKPOINT_PAGES if checkpoint else 0}")
+            db.execute(f"PRAGMA wal_autocheckpoint={self._checkpoint_pages if checkpoint else 0}")
             self._checkpoints = checkpoint
         db.execute("BEGIN IMMEDIATE")
         try:

@@ -16,6 +16,7 @@ from kumo.model.events import (
     Event,
     MessageReceived,
 )
+from kumo.model.recovery import owed_bounces
 from kumo.model.state import QueueState, RuleBook, State, SweepRule
 
 QUEUES = ["a.com", "t@a.com", "c:t@b.com", "b.com!r", "c:@a.com"]
@@ -133,7 +134,7 @@ def test_restart_finds_exactly_the_decisions_a_crash_lost(
     for committed in system.log:
         if committed.seq not in dropped:
             state.apply(committed)
-    owed = fates(state.unfinished_bounces())
+    owed = fates(owed_bounces(state))
     expected = fates([c.event for c in decided if c.seq in dropped])  # type: ignore[misc]
     assert owed == expected
 
@@ -146,7 +147,7 @@ def test_fold_matches_the_live_system(ops: list[tuple[object, ...]]) -> None:
     state = State()
     for committed in system.log:
         state.apply(committed)
-    assert state.unfinished_bounces() == []
+    assert owed_bounces(state) == []
     live_queues = {name: q.messages for name, q in system.queues.items() if q.messages}
     assert state.queues == live_queues
     assert state.queue_counts == {name: len(m) for name, m in live_queues.items()}

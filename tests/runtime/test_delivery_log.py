@@ -7,15 +7,15 @@ from pathlib import Path
 from typing import TypeVar
 
 import orjson
-import pytest
 import trio
 import trio.testing
 
 from kumo.model.criteria import Criteria
 from kumo.model.events import Bounced, BounceIssued, Committed, Event, Message, MessageReceived
 from kumo.model.log_record import reception_line
+from kumo.model.settings import EngineSettings
 from kumo.model.state import RuleBook
-from kumo.runtime import delivery_log, log_writer
+from kumo.runtime import delivery_log
 from kumo.runtime.blocking import RunBlocking, inline
 from kumo.runtime.clock import EngineClock
 from kumo.runtime.delivery_log import DeliveryLogWriter
@@ -40,8 +40,10 @@ def taking(seconds: float) -> RunBlocking:
     return run
 
 
-async def fill(path: Path, count: int) -> list[str]:
-    async with open_engine(path, clock=EngineClock(WALL_ORIGIN), threads=False) as engine:
+async def fill(path: Path, count: int, settings: EngineSettings | None = None) -> list[str]:
+    async with open_engine(
+        path, clock=EngineClock(WALL_ORIGIN), settings=settings, threads=False
+    ) as engine:
         ids = await engine.inject([message(f"u{i}@d.com") for i in range(count)])
         await engine.issue_bounce(bounce(domain="d.com"), issued_by="o")
         await engine.wait_idle()
@@ -83,10 +85,12 @@ async def test_records_survive_and_continue_across_restarts(
 
 
 async def test_segments_rotate_and_are_named_by_their_first_seq(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, autojump_clock: trio.testing.MockClock
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
-    monkeypatch.setattr(delivery_log, "SEGMENT_BYTES", 2_000)
-    async with open_engine(tmp_path, clock=EngineClock(WALL_ORIGIN), threads=False) as engine:
+    settings = EngineSettings(segment_bytes=2_000)
+    async with open_engine(
+        tmp_path, clock=EngineClock(WALL_ORIGIN), settings=settings, threads=False
+    ) as engine:
         for i in range(6):
             await engine.inject([message(f"u{i}.{n}@d.com") for n in range(3)])
             await engine.wait_idle()
@@ -96,20 +100,18 @@ async def test_segments_rotate_and_are_named_by_their_first_seq(
     assert len(log_records(tmp_path)) == 18
 
 
-def test_rounds_hold_about_round_records_each(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(delivery_log, "ROUND_RECORDS", 5)
+def test_rounds_hold_about_round_records_each() -> None:
     received = [Committed(n, 1, MessageReceived(f"m{n}", "q", "s", "r", 1)) for n in (1, 2, 3)]
     taken = tuple(Message(f"m{n}", "s", "r", 1, 1, n) for n in range(4))
     bounced = Committed(4, 2, Bounced("rule", "q", taken))
-    rounds = delivery_log._rounds([*received, bounced, *received])
+    rounds = delivery_log._rounds([*received, bounced, *received], 5)
     assert [[c.seq for c in round_] for round_ in rounds] == [[1, 2, 3], [4, 1], [2, 3]]
 
 
 async def test_small_rounds_still_write_every_record_once(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, autojump_clock: trio.testing.MockClock
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
-    monkeypatch.setattr(delivery_log, "ROUND_RECORDS", 3)
-    ids = await fill(tmp_path, 10)
+    ids = await fill(tmp_path, 10, EngineSettings(round_records=3))
     records = log_records(tmp_path)
     assert sorted(str(r["id"]) for r in records if r["type"] == "AdminBounce") == sorted(ids)
     assert [r["id"] for r in records if r["type"] == "Reception"] == ids
@@ -127,10 +129,13 @@ async def test_a_busy_log_is_written_once_for_several_commits(
         store,
         reader,
         EngineClock(WALL_ORIGIN),
+        EngineSettings(),
         on_commit=lambda _: None,
         run_blocking=taking(0.001),
     )
-    writer = DeliveryLogWriter(log, tmp_path / "logs", RuleBook(), "node", run_blocking=inline)
+    writer = DeliveryLogWriter(
+        log, tmp_path / "logs", RuleBook(), "node", EngineSettings(), run_blocking=inline
+    )
     writer.recover()
 
     async def client(number: int) -> None:
@@ -157,10 +162,12 @@ async def test_a_busy_log_is_written_once_for_several_commits(
 
 
 async def test_records_follow_only_what_the_log_made_durable(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, autojump_clock: trio.testing.MockClock
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
-    for limit in ("MAX_BATCH_MESSAGES", "CLIENT_BATCH_MESSAGES", "URGENT_BATCH_MESSAGES"):
-        monkeypatch.setattr(log_writer, limit, 1)  # one sweep event a commit
+    # One sweep event a commit.
+    settings = EngineSettings(
+        max_batch_messages=1, client_batch_messages=1, urgent_batch_messages=1
+    )
     rules = RuleBook()
     store = SqliteEventStore(tmp_path / "log.db")
     reader = SqliteEventStore(tmp_path / "log.db", readonly=True)
@@ -174,9 +181,16 @@ async def test_records_follow_only_what_the_log_made_durable(
 
     # A slow disk for the records: the writer reads again after the log committed more.
     log = LogWriter(
-        store, reader, EngineClock(WALL_ORIGIN), on_commit=on_commit, run_blocking=taking(0.001)
+        store,
+        reader,
+        EngineClock(WALL_ORIGIN),
+        settings,
+        on_commit=on_commit,
+        run_blocking=taking(0.001),
     )
-    writer = DeliveryLogWriter(log, tmp_path / "logs", rules, "node", run_blocking=taking(0.003))
+    writer = DeliveryLogWriter(
+        log, tmp_path / "logs", rules, "node", settings, run_blocking=taking(0.003)
+    )
     writer.recover()
     async with trio.open_nursery() as nursery:
         await nursery.start(log.run)

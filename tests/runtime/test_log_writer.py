@@ -9,7 +9,7 @@ import trio
 import trio.testing
 
 from kumo.model.events import Bounced, BounceExpired, Committed, Event, Message, MessageReceived
-from kumo.runtime import log_writer
+from kumo.model.settings import EngineSettings
 from kumo.runtime.blocking import inline
 from kumo.runtime.clock import EngineClock
 from kumo.runtime.log_writer import LogClosedError, LogWriter
@@ -17,10 +17,14 @@ from kumo.store.sqlite_log import SqliteEventStore
 from tests.runtime.harness import WALL_ORIGIN
 
 
-def open_writer(path: Path, seen: list[Committed]) -> LogWriter:
+def open_writer(
+    path: Path, seen: list[Committed], settings: EngineSettings | None = None
+) -> LogWriter:
     store = SqliteEventStore(path / "log.db")
     reader = SqliteEventStore(path / "log.db", readonly=True)
-    return LogWriter(store, reader, EngineClock(WALL_ORIGIN), on_commit=seen.extend)
+    return LogWriter(
+        store, reader, EngineClock(WALL_ORIGIN), settings or EngineSettings(), on_commit=seen.extend
+    )
 
 
 def received(n: int) -> MessageReceived:
@@ -63,14 +67,18 @@ async def test_commit_times_never_decrease(tmp_path: Path) -> None:
 
 
 async def test_background_lane_does_not_wait_for_durability_and_is_bounded(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, autojump_clock: trio.testing.MockClock
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
-    monkeypatch.setattr(log_writer, "BACKGROUND_CAPACITY", 3)
     seen: list[Committed] = []
     store = SqliteEventStore(tmp_path / "log.db")
     reader = SqliteEventStore(tmp_path / "log.db", readonly=True)
     writer = LogWriter(
-        store, reader, EngineClock(WALL_ORIGIN), on_commit=seen.extend, run_blocking=inline
+        store,
+        reader,
+        EngineClock(WALL_ORIGIN),
+        EngineSettings(background_capacity=3),
+        on_commit=seen.extend,
+        run_blocking=inline,
     )
     events: list[Event] = [BounceExpired(f"r{n}") for n in range(3)]
     await writer.submit(events)  # room for three: returns at once, nothing committed yet
@@ -87,12 +95,9 @@ async def test_background_lane_does_not_wait_for_durability_and_is_bounded(
         await writer.append([received(1)])
 
 
-async def test_followers_read_from_memory_then_from_disk(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(log_writer, "TAIL_EVENTS", 10)
+async def test_followers_read_from_memory_then_from_disk(tmp_path: Path) -> None:
     seen: list[Committed] = []
-    writer = open_writer(tmp_path, seen)
+    writer = open_writer(tmp_path, seen, EngineSettings(tail_events=10))
     async with trio.open_nursery() as nursery:
         await nursery.start(writer.run)
         for batch in range(10):
@@ -109,16 +114,21 @@ async def test_followers_read_from_memory_then_from_disk(
 
 
 async def test_transactions_stay_short_while_clients_wait(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, autojump_clock: trio.testing.MockClock
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
-    monkeypatch.setattr(log_writer, "MAX_BATCH_MESSAGES", 40)
-    monkeypatch.setattr(log_writer, "CLIENT_BATCH_MESSAGES", 20)
-    monkeypatch.setattr(log_writer, "URGENT_BATCH_MESSAGES", 10)
+    settings = EngineSettings(
+        max_batch_messages=40, client_batch_messages=20, urgent_batch_messages=10
+    )
     transactions: list[list[Committed]] = []
     store = SqliteEventStore(tmp_path / "log.db")
     reader = SqliteEventStore(tmp_path / "log.db", readonly=True)
     writer = LogWriter(
-        store, reader, EngineClock(WALL_ORIGIN), on_commit=transactions.append, run_blocking=inline
+        store,
+        reader,
+        EngineClock(WALL_ORIGIN),
+        settings,
+        on_commit=transactions.append,
+        run_blocking=inline,
     )
 
     def bounces(count: int) -> list[Event]:
@@ -140,7 +150,7 @@ async def test_transactions_stay_short_while_clients_wait(
         await writer.committed.wait_for(21)
         # The client's transaction is short, and so are those of the next second.
         assert weights() == [10, 20, 20, 20, 20, 10]
-        await trio.sleep(2 * log_writer.CLIENT_WINDOW)
+        await trio.sleep(2 * settings.client_window)
         transactions.clear()
         await writer.submit(bounces(20))  # no client for a while: long transactions
         await writer.committed.wait_for(41)
@@ -149,11 +159,11 @@ async def test_transactions_stay_short_while_clients_wait(
 
 
 async def test_only_some_background_transactions_are_fsynced(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, autojump_clock: trio.testing.MockClock
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
-    """Clients' transactions, the last before the writer idles and one in DURABLE_EVERY
+    """Clients' transactions, the last before the writer idles and one in durable_every
     are durable; the watermark says how far."""
-    monkeypatch.setattr(log_writer, "MAX_BATCH_MESSAGES", 1)  # one sweep event each
+    settings = EngineSettings(max_batch_messages=1)  # one sweep event each
     durable_at_commit: list[tuple[int, int]] = []
     store = SqliteEventStore(tmp_path / "log.db")
     reader = SqliteEventStore(tmp_path / "log.db", readonly=True)
@@ -162,7 +172,7 @@ async def test_only_some_background_transactions_are_fsynced(
         durable_at_commit.append((committed[-1].seq, writer.durable.value))
 
     writer = LogWriter(
-        store, reader, EngineClock(WALL_ORIGIN), on_commit=on_commit, run_blocking=inline
+        store, reader, EngineClock(WALL_ORIGIN), settings, on_commit=on_commit, run_blocking=inline
     )
     sweep: list[Event] = [
         Bounced("rule", "q", [Message(f"m{n}", "s", "r", 1, 1, n)]) for n in range(20)

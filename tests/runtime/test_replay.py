@@ -13,7 +13,7 @@ import trio.testing
 from kumo.model.criteria import Criteria
 from kumo.model.events import Event
 from kumo.model.requests import BounceRequest
-from kumo.runtime import queue_actor
+from kumo.model.settings import EngineSettings
 from kumo.runtime.clock import EngineClock
 from kumo.runtime.engine import EngineClosedError, open_engine
 from kumo.runtime.log_writer import LogWriter
@@ -71,7 +71,6 @@ async def test_real_threads_and_clock_keep_the_invariants(tmp_path: Path) -> Non
 async def test_a_slow_actor_catches_up_from_the_log(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, autojump_clock: trio.testing.MockClock
 ) -> None:
-    monkeypatch.setattr(queue_actor, "MAILBOX_CAPACITY", 1)
     submit = LogWriter.submit
 
     async def slow_submit(self: LogWriter, events: Sequence[Event]) -> None:
@@ -79,7 +78,12 @@ async def test_a_slow_actor_catches_up_from_the_log(
         await submit(self, events)
 
     monkeypatch.setattr(LogWriter, "submit", slow_submit)
-    async with open_engine(tmp_path, clock=EngineClock(WALL_ORIGIN), threads=False) as engine:
+    async with open_engine(
+        tmp_path,
+        clock=EngineClock(WALL_ORIGIN),
+        settings=EngineSettings(mailbox_capacity=1),
+        threads=False,
+    ) as engine:
         await engine.inject([message("first@slow.com")])
         await engine.wait_idle()
         await engine.issue_bounce(bounce(domain="slow.com"), issued_by="ops")

@@ -9,8 +9,9 @@ import pytest
 
 from kumo.model.criteria import Criteria
 from kumo.model.events import Bounced, BounceIssued, Event, Message, MessageReceived
+from kumo.model.settings import EngineSettings
 from kumo.store.event_log import LogCorruptError
-from kumo.store.sqlite_log import CHECKPOINT_PAGES, GENESIS, SqliteEventStore, chain_link
+from kumo.store.sqlite_log import GENESIS, SqliteEventStore, chain_link
 
 
 def received(n: int) -> MessageReceived:
@@ -120,7 +121,8 @@ def test_a_commit_clients_wait_on_leaves_the_checkpoint_to_a_later_one(tmp_path:
     for checkpoint in (True, False, True):
         store.commit([received(len(pages))], time=1, bodies={}, checkpoint=checkpoint)
         pages.append(store._db.execute("PRAGMA wal_autocheckpoint").fetchone()[0])
-    assert pages == [CHECKPOINT_PAGES, 0, CHECKPOINT_PAGES]
+    default = EngineSettings().wal_checkpoint_pages
+    assert pages == [default, 0, default]
     store.close()
 
 

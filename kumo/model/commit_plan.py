@@ -1,0 +1,101 @@
+"""What goes into each transaction of the event log, and which ones are fsynced.
+
+The log writer (:mod:`kumo.runtime.log_writer`) has two lanes: clients' appends, which
+wait until their events are durable, and the actors' background events (``Bounced``),
+which do not. Before each transaction it asks :meth:`CommitPlanner.plan` what to take,
+from the time and what waits, and carries the answer out. The policy:
+
+- every client's append waiting goes in first (whole; beyond the first, only while the
+  transaction holds fewer than ``max_batch_events``);
+- then background events, up to a number of bounced messages that depends on whether
+  clients are active: ``urgent_batch_messages`` in a transaction that carries clients'
+  events (they wait for it), ``client_batch_messages`` within ``client_window`` of a
+  client's append (the next client waits for the transaction under way), else
+  ``max_batch_messages`` (a sweep alone: big transactions, few fsyncs); at least one
+  event is always taken, so that a stream of requests never starves a sweep;
+- a transaction is durable (fsynced) when it carries clients' events, when it leaves
+  nothing waiting (the last before idle), and at least one in ``durable_every``; the
+  others commit without an fsync and become durable with the next durable one;
+- a transaction that clients wait on leaves the WAL checkpoint to a later one.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+
+import attrs
+
+from kumo.model.duration import NANOS_PER_SECOND
+from kumo.model.settings import EngineSettings
+
+
+@attrs.frozen
+class CommitPlan:
+    """One transaction: how much of each lane to take, and how to commit it."""
+
+    requests: int
+    """Clients' appends to take, from the front of their lane."""
+    background: int
+    """Background events to take, from the front of their lane."""
+    durable: bool
+    """Fsync this transaction (and so every one before it)."""
+    checkpoint: bool
+    """Let this commit copy the WAL back into the database if it is due."""
+
+
+class CommitPlanner:
+    """The policy of the module docstring, with the little it remembers between plans."""
+
+    __slots__ = ("_last_client", "_settings", "_since_durable")
+
+    def __init__(self, settings: EngineSettings) -> None:
+        self._settings = settings
+        self._last_client = -math.inf
+        self._since_durable = 0
+
+    def plan(
+        self,
+        now: int,
+        requests: Sequence[int],
+        background: Iterable[int],
+        background_waiting: int,
+    ) -> CommitPlan:
+        """The next transaction at ``now`` (ns), given what waits in each lane.
+
+        ``requests``: the number of events of each waiting append, in order.
+        ``background``: the weight (bounced messages, or 1) of each waiting background
+        event, in order; read only as far as the plan takes. ``background_waiting``:
+        how many background events wait. Call :meth:`committed` once the plan's
+        transaction is committed.
+        """
+        settings = self._settings
+        if requests:
+            self._last_client = now
+            limit = settings.urgent_batch_messages
+        elif now - self._last_client < settings.client_window * NANOS_PER_SECOND:
+            limit = settings.client_batch_messages
+        else:
+            limit = settings.max_batch_messages
+        events = taken_requests = 0
+        for size in requests:
+            if events and events >= settings.max_batch_events:
+                break
+            events += size
+            taken_requests += 1
+        messages = taken = 0
+        for weight in background:
+            if events and (events >= settings.max_batch_events or messages >= limit):
+                break
+            events += 1
+            messages += weight
+            taken += 1
+        left = background_waiting - taken
+        durable = (
+            taken_requests > 0 or left == 0 or self._since_durable + 1 >= settings.durable_every
+        )
+        return CommitPlan(taken_requests, taken, durable, checkpoint=taken_requests == 0)
+
+    def committed(self, plan: CommitPlan) -> None:
+        """``plan``'s transaction is committed."""
+        self._since_durable = 0 if plan.durable else self._since_durable + 1

@@ -1,0 +1,93 @@
+"""What a crash left owed, decided from the folded log alone (no trio, no I/O).
+
+An actor decides a bounce, then submits its ``Bounced`` event; a crash (or a power
+failure undoing commits that were not yet fsynced) between the two leaves messages
+queued that a rule has already taken. The decisions are pure functions of the log, so
+a restart finds them again: a message belongs to the most recently issued rule that
+matches its queue and was live at its arrival, else to the first matching rule issued
+after it arrived (that rule's sweep). :func:`recover` splits a fold into what the
+queues hold from now on and the ``Bounced`` events the engine appends first.
+"""
+
+from __future__ import annotations
+
+import attrs
+
+from kumo.model.events import Bounced, Message
+from kumo.model.message_queue import MessageQueue
+from kumo.model.queue_name import QueueName
+from kumo.model.state import Rule, State
+
+
+@attrs.frozen
+class Recovery:
+    """A restart's starting point."""
+
+    queues: dict[str, MessageQueue]
+    """Each non-empty queue's messages once the owed bounces are taken out."""
+    owed: list[Bounced]
+    """The bounces to append before anything else, each of at most the chunk size."""
+
+
+def recover(state: State, *, chunk: int) -> Recovery:
+    """Take ``state``'s queued messages (the fold keeps only counts afterwards) and
+    split them into what stays queued and what the log's rules owe.
+
+    ``state`` must be a fold that keeps messages.
+    """
+    owed = owed_bounces(state)
+    queues = state.detach_queues()
+    for bounce in owed:
+        queues[bounce.queue].remove({message.id for message in bounce.messages})
+    return Recovery(
+        queues={name: messages for name, messages in queues.items() if messages},
+        owed=[
+            Bounced(bounce.rule_id, bounce.queue, bounce.messages[start : start + chunk])
+            for bounce in owed
+            for start in range(0, len(bounce.messages), chunk)
+        ],
+    )
+
+
+def owed_bounces(state: State) -> list[Bounced]:
+    """The bounces the log's rules owe that no ``Bounced`` event records.
+
+    These are the messages still queued that a rule should have taken: the most recent
+    rule live at the message's arrival, else the first matching rule issued after it
+    (the sweep that a crash cut short). Applying them changes nothing else.
+    """
+    if state.queues is None:
+        raise RuntimeError("owed_bounces needs a fold that keeps messages")
+    decisions: list[Bounced] = []
+    all_rules = sorted(state.rules.rules.values(), key=lambda rule: rule.issued_seq)
+    for queue, messages in state.queues.items():
+        parsed = QueueName.parse(queue)
+        rules = [rule for rule in all_rules if rule.criteria.matches(parsed)]
+        if not rules:
+            continue
+        owed: dict[str, list[Message]] = {}
+        for message in messages:
+            rule = _fate(message, rules)
+            if rule is not None:
+                owed.setdefault(rule.id, []).append(message)
+        decisions.extend(
+            Bounced(rule_id=rule_id, queue=queue, messages=taken) for rule_id, taken in owed.items()
+        )
+    return decisions
+
+
+def _fate(message: Message, rules: list[Rule]) -> Rule | None:
+    """Which of ``rules`` (matching the queue, in issue order) takes ``message``."""
+    for rule in reversed(rules):
+        if rule.issued_seq > message.seq:
+            continue
+        if (
+            not rule.issued_expired
+            and (rule.ended_seq is None or rule.ended_seq > message.seq)
+            and message.received_at < rule.expires_at
+        ):
+            return rule
+    for rule in rules:
+        if rule.issued_seq > message.seq:
+            return rule
+    return None

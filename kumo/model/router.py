@@ -1,0 +1,122 @@
+"""Which queues each committed event concerns, decided in log order (no trio, no I/O).
+
+The broadcaster feeds every committed batch to :meth:`Router.route` and only carries
+out the answer: it starts the queues the answer names (with the rules it gives them)
+and hands each queue the events listed for it. The rules are:
+
+- a ``MessageReceived`` concerns its queue; the first one of a queue opens the queue
+  with the rules that are live at that point of the log (oldest first);
+- a ``BounceIssued`` concerns every open queue its criteria match (found through a
+  :class:`~kumo.model.queue_index.QueueIndex`, so that issuing a rule costs what it
+  matches); those queues then hold the rule, unless it was issued already expired;
+- a ``BounceCancelled`` or ``BounceExpired`` concerns exactly the queues that hold the
+  rule;
+- a ``Bounced`` concerns no queue (the queue that decided it already acted on it).
+
+Which rule a message is counted to is decided by the queue itself
+(:meth:`kumo.model.state.QueueState.receive`, one rule for all: the most recently
+issued live rule that matches), with the rules the router gave it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import attrs
+
+from kumo.model.events import (
+    BounceCancelled,
+    BounceExpired,
+    BounceIssued,
+    Committed,
+    MessageReceived,
+)
+from kumo.model.queue_index import QueueIndex
+from kumo.model.queue_name import QueueName
+from kumo.model.state import RuleBook, SweepRule
+
+
+@attrs.frozen
+class NewQueue:
+    """A queue to open before the events of a routing are handed over."""
+
+    name: str
+    rules: tuple[SweepRule, ...]
+    """The live rules that match the queue at the point of the log where it opens,
+    oldest first."""
+
+
+@attrs.frozen
+class Routing:
+    """What to do with one committed batch: open these queues, then hand these events."""
+
+    new_queues: list[NewQueue]
+    deliveries: dict[str, list[Committed]]
+    """Queue name -> the events of the batch that concern it, in log order (queues in
+    the order they were first concerned)."""
+
+
+class Router:
+    """The routing policy, folded over the log; see the module docstring.
+
+    It keeps its own :class:`RuleBook` (a copy, folded as it routes) so that it knows the
+    rules live at each point of the log, whatever the engine's projection has folded.
+    """
+
+    __slots__ = ("_holders", "_index", "rules")
+
+    def __init__(self, rules: RuleBook | None = None) -> None:
+        self.rules = rules if rules is not None else RuleBook()
+        self._index: QueueIndex[str] = QueueIndex()
+        self._holders: dict[str, set[str]] = {}
+        """Rule id -> the queues that hold it (only rules not yet ended)."""
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def __contains__(self, queue: str) -> bool:
+        return queue in self._index
+
+    def open_queue(self, name: str) -> tuple[SweepRule, ...]:
+        """Open ``name`` (unknown so far); return the live rules it holds from now on."""
+        parsed = QueueName.parse(name)
+        self._index.add(name, parsed, name)
+        rules = tuple(SweepRule.of(rule) for rule in self.rules.matching_live(parsed))
+        for rule in rules:
+            self._holders.setdefault(rule.id, set()).add(name)
+        return rules
+
+    def route(self, batch: Iterable[Committed]) -> Routing:
+        """Fold ``batch`` (in log order, each event once) and say where it goes."""
+        new_queues: list[NewQueue] = []
+        deliveries: dict[str, list[Committed]] = {}
+        for committed in batch:
+            event = committed.event
+            match event:
+                case MessageReceived():
+                    if event.queue not in self._index:
+                        new_queues.append(NewQueue(event.queue, self.open_queue(event.queue)))
+                    deliveries.setdefault(event.queue, []).append(committed)
+                case BounceIssued():
+                    previous = self.rules.live_equal(event.criteria)
+                    rule = self.rules.apply(committed)
+                    assert rule is not None
+                    if previous is not None and previous.end is not None:
+                        # Replaced (or found expired): its queues drop it on their own.
+                        self._holders.pop(previous.id, None)
+                    matched = self._index.matching(event.criteria)
+                    for queue in matched:
+                        deliveries.setdefault(queue, []).append(committed)
+                    if not rule.issued_expired:
+                        self._holders.setdefault(rule.id, set()).update(matched)
+                case BounceCancelled() | BounceExpired():
+                    self.rules.apply(committed)
+                    for queue in self._holders.pop(event.rule_id, ()):
+                        deliveries.setdefault(queue, []).append(committed)
+                case _:
+                    self.rules.apply(committed)
+        return Routing(new_queues, deliveries)
+
+    def holders(self, rule_id: str) -> frozenset[str]:
+        """The queues that hold a rule not yet ended (empty for any other id)."""
+        return frozenset(self._holders.get(rule_id, ()))

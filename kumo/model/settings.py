@@ -1,0 +1,114 @@
+"""Every tuning knob of the engine, in one frozen record passed down to its parts.
+
+The defaults are the figures measured in docs/benchmarks.md at 1,000,000 queued messages
+over 10,000 queues; each field says what it trades. The engine hands the record to every
+component it builds (the log writer and its commit plan, the broadcaster, the queue
+actors, the delivery-log writer, the store); a test that needs a small bound builds its
+own with :func:`attrs.evolve` instead of patching a module.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+
+
+def _positive(_: object, attribute: attrs.Attribute[Any], value: float) -> None:
+    if not value > 0:
+        raise ValueError(f"{attribute.name} must be positive, got {value!r}")
+
+
+def _int_field(default: int) -> int:
+    return attrs.field(
+        default=default, validator=[attrs.validators.instance_of(int), _positive], kw_only=True
+    )
+
+
+def _seconds_field(default: float) -> float:
+    return attrs.field(
+        default=default,
+        converter=float,
+        validator=[attrs.validators.instance_of(float), _positive],
+        kw_only=True,
+    )
+
+
+@attrs.frozen
+class EngineSettings:
+    """How the engine batches, buffers and paces its work. Every field has a default."""
+
+    # -- the event log writer (kumo.runtime.log_writer, kumo.model.commit_plan) ----------
+    max_batch_events: int = _int_field(4_096)
+    """Events per transaction at most, so that a client's append never waits long."""
+    max_batch_messages: int = _int_field(8_192)
+    """Bounced messages per transaction while no client has appended for
+    :attr:`client_window` (a sweep's events are large: bigger transactions, fewer fsyncs)."""
+    client_batch_messages: int = _int_field(512)
+    """Bounced messages per transaction within :attr:`client_window` of a client's append:
+    a client's append waits for the transaction under way, so keep those short then."""
+    urgent_batch_messages: int = _int_field(256)
+    """Bounced messages in a transaction that carries clients' events: they wait for this
+    one, so keep it short (but not empty, or a stream of requests would starve a sweep)."""
+    client_window: float = _seconds_field(1.0)
+    """Seconds after a client's append during which transactions stay short."""
+    background_capacity: int = _int_field(65_536)
+    """Bounced messages waiting in the background lane before the actors that submit them
+    wait for room (and before a sweep takes more messages out of its queue)."""
+    durable_every: int = _int_field(8)
+    """At least one transaction in this many is fsynced while a sweep runs; the others
+    commit without an fsync and become durable with the next one that has it."""
+    tail_events: int = _int_field(10_000)
+    """Recent committed events kept in memory for followers; older ones are read back
+    from the store."""
+    read_limit: int = _int_field(10_000)
+    """Events a follower (the broadcaster, a lagging actor) reads from the log at a time."""
+
+    # -- the store (kumo.store.sqlite_log) ----------------------------------------------
+    wal_checkpoint_pages: int = _int_field(256)
+    """WAL pages (4 KiB) after which a commit copies the WAL back into the database
+    (SQLite's auto-checkpoint; its default is 1,000). Small checkpoints, often, keep the
+    slowest commits short: a commit that checkpoints 4 MB waits for it, and so does every
+    client whose events queue behind it."""
+    cache_kib: int = _int_field(8 * 1024)
+    """SQLite page cache per connection, in KiB: memory held for as long as the engine
+    runs; appends and sequential reads need little of it."""
+
+    # -- the broadcaster (kumo.runtime.broadcaster) --------------------------------------
+    deliveries_per_yield: int = _int_field(256)
+    """Actors the broadcaster hands events to between two yields to the event loop: a
+    rule that matches 10,000 queues wakes 10,000 tasks, and the loop serves requests
+    between each slice of them rather than after all."""
+
+    # -- the queue actors (kumo.runtime.queue_actor) -------------------------------------
+    mailbox_capacity: int = _int_field(64)
+    """Deliveries (one per committed batch that concerns the queue) an actor may lag
+    before it is marked lagging and catches up from the log itself."""
+    sweep_chunk: int = _int_field(512)
+    """Messages a sweep takes out of a queue at a time. A sweep takes its next chunk only
+    once the log's background lane has room for it, so that a rule matching every queue
+    does not hold the event loop for the whole sweep at once (admin requests stay quick
+    from the sweep's first second)."""
+    resume_chunk: int = _int_field(4_096)
+    """Messages per ``Bounced`` event when a restart resumes a sweep a crash cut short."""
+
+    # -- the delivery-log writer (kumo.runtime.delivery_log) -----------------------------
+    segment_bytes: int = _int_field(256 * 1024 * 1024)
+    """A delivery-log segment that grows past this is closed; the next record starts a
+    new one."""
+    delivery_read_limit: int = _int_field(20_000)
+    """Events the delivery-log writer reads from the log at a time."""
+    round_records: int = _int_field(4_096)
+    """Records written (and fsynced) per round at most. Small rounds keep the disk's
+    queue short, so that the event log's own fsyncs (an admin request waits on one) do
+    not queue behind hundreds of megabytes of delivery log during a sweep."""
+    gather_commits: int = _int_field(8)
+    """Commits the delivery-log writer lets pass, once caught up, while clients' events
+    are still being committed: under a stream of small injections it then writes (and
+    fsyncs, and checkpoints) once for several commits rather than once for each. It
+    waits on commits, not on a clock, so an idle log is written at once."""
+
+    # -- the engine (kumo.runtime.engine) ------------------------------------------------
+    shutdown_deadline: float = _seconds_field(30.0)
+    """Seconds a shutdown waits for actors and followers to finish their work; what it
+    cuts off is redone by the next start."""

@@ -373,20 +373,21 @@ class State:
 
     def apply(self, committed: Committed) -> None:
         """Fold one committed event. Events must come in log order, each once."""
+        event = committed.event
+        if type(event) is MessageReceived:
+            self.apply_received(
+                committed.seq,
+                committed.time,
+                event.queue,
+                event.message_id,
+                event.sender,
+                event.recipient,
+                event.size,
+            )
+            return
         self.last_seq = committed.seq
         self.last_time = committed.time
-        event = committed.event
         match event:
-            case MessageReceived():
-                self.add_received(
-                    event.queue,
-                    event.message_id,
-                    event.sender,
-                    event.recipient,
-                    event.size,
-                    committed.time,
-                    committed.seq,
-                )
             case Bounced():
                 count = len(event.messages)
                 self.bounced_total += count
@@ -401,21 +402,22 @@ class State:
             case _:
                 self.rules.apply(committed)
 
-    def add_received(
+    def apply_received(
         self,
+        seq: int,
+        time: int,
         queue: str,
         message_id: str,
         sender: str,
         recipient: str,
         size: int,
-        received_at: int,
-        seq: int,
     ) -> None:
-        """Fold a ``MessageReceived`` given as its queue and its message's fields (the
-        fast path: no event, no :class:`Message` built).
-
-        The caller also sets :attr:`last_seq` and :attr:`last_time`.
+        """Fold a ``MessageReceived`` committed at ``seq`` and ``time``, given as its
+        fields: the replay's fast path (no event, no :class:`Message` built). Like
+        :meth:`apply`, it moves the fold's position to ``seq``.
         """
+        self.last_seq = seq
+        self.last_time = time
         self.received_total += 1
         counts = self.queue_counts
         counts[queue] = counts.get(queue, 0) + 1
@@ -423,7 +425,7 @@ class State:
             queued = self.queues.get(queue)
             if queued is None:
                 queued = self.queues[queue] = MessageQueue()
-            queued.add(message_id, sender, recipient, size, received_at, seq)
+            queued.add(message_id, sender, recipient, size, time, seq)
 
     def _remove(self, event: Bounced) -> None:
         assert self.queues is not None

@@ -46,12 +46,13 @@ from kumo.runtime.projection import Projection
 from kumo.runtime.queue_actor import ActorStatistics
 from kumo.runtime.rule_expiry import RuleExpiry
 from kumo.runtime.supervisor import QueueSupervisor
+from kumo.store.data_dir import open_event_log
+from kumo.store.event_log import EventStore
 from kumo.store.ids import random_ids
-from kumo.store.layout import DATABASE, LOGS
+from kumo.store.layout import LOGS
 from kumo.store.lock import DataDirectoryLock
 from kumo.store.lock import DataDirectoryLockedError as DataDirectoryLockedError
 from kumo.store.replay import fold_log
-from kumo.store.sqlite_log import SqliteEventStore
 
 
 class EngineClosedError(Exception):
@@ -237,19 +238,18 @@ async def open_engine(
     clock = clock or EngineClock()
     settings = settings or EngineSettings()
     run_blocking = in_thread if threads else inline
-    path = data_dir / DATABASE
 
     def lock() -> DataDirectoryLock:
         data_dir.mkdir(parents=True, exist_ok=True)
         return DataDirectoryLock(data_dir)
 
-    def open_and_replay() -> tuple[SqliteEventStore, SqliteEventStore, State, str]:
-        store = SqliteEventStore(path, settings=settings)
+    def open_and_replay() -> tuple[EventStore, EventStore, State, str]:
+        store = open_event_log(data_dir, settings=settings)
         stored_id = store.get_meta("node_id")
         chosen = node_id or stored_id or str(uuid.uuid4())
         if chosen != stored_id:
             store.set_meta("node_id", chosen)
-        reader = SqliteEventStore(path, readonly=True, settings=settings)
+        reader = open_event_log(data_dir, readonly=True, settings=settings)
         return store, reader, _fold_without_collecting(store), chosen
 
     async with contextlib.AsyncExitStack() as cleanup:
@@ -320,7 +320,7 @@ async def _run(
     return followers
 
 
-def _fold_without_collecting(store: SqliteEventStore) -> State:
+def _fold_without_collecting(store: EventStore) -> State:
     """Fold the log with the cyclic collector paused.
 
     A replay allocates a million long-lived messages and nothing cyclic; collecting
@@ -336,6 +336,6 @@ def _fold_without_collecting(store: SqliteEventStore) -> State:
     return state
 
 
-def _close_all(*stores: SqliteEventStore) -> None:
+def _close_all(*stores: EventStore) -> None:
     for store in stores:
         store.close()

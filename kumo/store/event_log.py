@@ -65,8 +65,20 @@ class EventStore(Protocol):
         """Every committed event after ``after_seq``, in order, in chunks."""
         ...
 
+    def scan_rows(
+        self, after_seq: int = 0, chunk: int = 20_000
+    ) -> Iterator[list[tuple[int, int, str, bytes]]]:
+        """Raw ``(seq, time, type, body)`` rows after ``after_seq``, in order, in chunks,
+        for readers that decode only what they need (a replay). Raises
+        :class:`LogCorruptError` at the first gap in the sequence."""
+        ...
+
     def spool_body(self, seq: int) -> bytes | None:
         """The content of the message received at ``seq``, if still spooled."""
+        ...
+
+    def spool_count(self) -> int:
+        """How many messages the spool holds (received, not yet gone)."""
         ...
 
     def get_meta(self, key: str) -> str | None: ...

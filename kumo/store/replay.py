@@ -12,12 +12,11 @@ from collections.abc import Callable
 
 from kumo.model.events import Committed, EventDecodeError, decode_event, decode_received
 from kumo.model.state import State
-from kumo.store.event_log import LogCorruptError
-from kumo.store.sqlite_log import SqliteEventStore
+from kumo.store.event_log import EventStore, LogCorruptError
 
 
 def fold_log(
-    store: SqliteEventStore,
+    store: EventStore,
     state: State | None = None,
     *,
     until: Callable[[int, int], bool] | None = None,
@@ -41,8 +40,7 @@ def fold_log(
             try:
                 if kind == "MessageReceived":
                     queue, message_id, sender, recipient, size = decode_received(body, senders)
-                    state.add_received(queue, message_id, sender, recipient, size, last_time, seq)
-                    state.last_seq, state.last_time = seq, last_time
+                    state.apply_received(seq, last_time, queue, message_id, sender, recipient, size)
                 else:
                     state.apply(Committed(seq, last_time, decode_event(body)))
             except EventDecodeError as exc:

@@ -9,14 +9,13 @@ from kumo.model.events import Bounced, MessageReceived
 from kumo.model.recovery import owed_bounces
 from kumo.model.state import State
 from kumo.runtime.engine import Engine
-from kumo.store.layout import DATABASE
-from kumo.store.sqlite_log import SqliteEventStore
+from kumo.store.data_dir import open_event_log
 from tests.runtime.harness import log_records
 
 
 def fold(data_dir: Path) -> tuple[State, list[str], list[Bounced]]:
     """The fold of the log from scratch, the received ids in order, and every Bounced."""
-    store = SqliteEventStore(data_dir / DATABASE, readonly=True)
+    store = open_event_log(data_dir, readonly=True)
     try:
         state = State()
         received: list[str] = []

@@ -21,7 +21,7 @@ from kumo.runtime.clock import EngineClock
 from kumo.runtime.delivery_log import DeliveryLogWriter
 from kumo.runtime.engine import open_engine
 from kumo.runtime.log_writer import LogWriter
-from kumo.store.sqlite_log import SqliteEventStore
+from kumo.store.data_dir import open_event_log
 from tests.runtime.harness import WALL_ORIGIN, bounce, log_records, message
 
 T = TypeVar("T")
@@ -123,8 +123,8 @@ async def test_a_busy_log_is_written_once_for_several_commits(
     """Under a stream of small appends the writer gathers commits instead of fsyncing
     once per commit, and still writes every record once, in log order."""
 
-    store = SqliteEventStore(tmp_path / "log.db")
-    reader = SqliteEventStore(tmp_path / "log.db", readonly=True)
+    store = open_event_log(tmp_path)
+    reader = open_event_log(tmp_path, readonly=True)
     log = LogWriter(
         store,
         reader,
@@ -169,8 +169,8 @@ async def test_records_follow_only_what_the_log_made_durable(
         max_batch_messages=1, client_batch_messages=1, urgent_batch_messages=1
     )
     rules = RuleBook()
-    store = SqliteEventStore(tmp_path / "log.db")
-    reader = SqliteEventStore(tmp_path / "log.db", readonly=True)
+    store = open_event_log(tmp_path)
+    reader = open_event_log(tmp_path, readonly=True)
     ahead: list[tuple[int, int]] = []
 
     def on_commit(committed: list[Committed]) -> None:

@@ -13,15 +13,15 @@ from kumo.model.settings import EngineSettings
 from kumo.runtime.blocking import inline
 from kumo.runtime.clock import EngineClock
 from kumo.runtime.log_writer import LogClosedError, LogWriter
-from kumo.store.sqlite_log import SqliteEventStore
+from kumo.store.data_dir import open_event_log
 from tests.runtime.harness import WALL_ORIGIN
 
 
 def open_writer(
     path: Path, seen: list[Committed], settings: EngineSettings | None = None
 ) -> LogWriter:
-    store = SqliteEventStore(path / "log.db")
-    reader = SqliteEventStore(path / "log.db", readonly=True)
+    store = open_event_log(path)
+    reader = open_event_log(path, readonly=True)
     return LogWriter(
         store, reader, EngineClock(WALL_ORIGIN), settings or EngineSettings(), on_commit=seen.extend
     )
@@ -70,8 +70,8 @@ async def test_background_lane_does_not_wait_for_durability_and_is_bounded(
     tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
     seen: list[Committed] = []
-    store = SqliteEventStore(tmp_path / "log.db")
-    reader = SqliteEventStore(tmp_path / "log.db", readonly=True)
+    store = open_event_log(tmp_path)
+    reader = open_event_log(tmp_path, readonly=True)
     writer = LogWriter(
         store,
         reader,
@@ -120,8 +120,8 @@ async def test_transactions_stay_short_while_clients_wait(
         max_batch_messages=40, client_batch_messages=20, urgent_batch_messages=10
     )
     transactions: list[list[Committed]] = []
-    store = SqliteEventStore(tmp_path / "log.db")
-    reader = SqliteEventStore(tmp_path / "log.db", readonly=True)
+    store = open_event_log(tmp_path)
+    reader = open_event_log(tmp_path, readonly=True)
     writer = LogWriter(
         store,
         reader,
@@ -165,8 +165,8 @@ async def test_only_some_background_transactions_are_fsynced(
     are durable; the watermark says how far."""
     settings = EngineSettings(max_batch_messages=1)  # one sweep event each
     durable_at_commit: list[tuple[int, int]] = []
-    store = SqliteEventStore(tmp_path / "log.db")
-    reader = SqliteEventStore(tmp_path / "log.db", readonly=True)
+    store = open_event_log(tmp_path)
+    reader = open_event_log(tmp_path, readonly=True)
 
     def on_commit(committed: list[Committed]) -> None:
         durable_at_commit.append((committed[-1].seq, writer.durable.value))

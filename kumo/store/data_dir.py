@@ -1,0 +1,26 @@
+"""The event log of a data directory, opened through the store's interface.
+
+The layers above the store (the runtime, the CLI) open a data directory's log here and
+see only :class:`~kumo.store.event_log.EventStore`: which database holds it is the
+store's business.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from kumo.model.settings import EngineSettings
+from kumo.store.event_log import EventStore
+from kumo.store.layout import DATABASE
+from kumo.store.sqlite_log import SqliteEventStore
+
+
+def open_event_log(
+    data_dir: Path, *, readonly: bool = False, settings: EngineSettings | None = None
+) -> EventStore:
+    """Open (for writing: create if missing) the event log of ``data_dir``.
+
+    A writer must hold the directory's lock (:class:`kumo.store.lock.DataDirectoryLock`);
+    readers may open it beside a running writer. Close it when done.
+    """
+    return SqliteEventStore(data_dir / DATABASE, readonly=readonly, settings=settings)

@@ -1,4 +1,4 @@
-"""Tests for kumo.model.duration: humantime 2.4.0 vectors, SPEC examples, properties."""
+"""Tests for kumo.model.duration: humantime 2.4.0 vectors, documented examples, properties."""
 
 from __future__ import annotations
 
@@ -71,7 +71,7 @@ def test_format_as_humantime(nanos: int, text: str) -> None:
     assert parse_duration(text) == nanos
 
 
-# --- SPEC section 4, "Duration strings" ------------------------------------------------
+# --- docs/rules.md, "Durations" ---------------------------------------------------------
 
 
 @pytest.mark.parametrize(

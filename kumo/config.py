@@ -76,7 +76,10 @@ def _check_body_limit(_: object, __: object, value: int) -> None:
 
 @attrs.frozen(slots=True, hash=False)
 class Config:
-    """Everything ``kumo serve`` needs besides the command line; defaults are SPEC's."""
+    """Everything ``kumo serve`` needs besides the command line, with its defaults.
+
+    docs/operations.md, "Configuration file", lists each key and its default.
+    """
 
     listen: str = attrs.field(default=DEFAULT_LISTEN, validator=_check_listen)
     data_dir: Path = DEFAULT_DATA_DIR

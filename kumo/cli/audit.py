@@ -654,7 +654,8 @@ def render_report(report: VerifyReport, fmt: str) -> str:
         f"conservation  {mark('conservation')}: {report.received:,} received = "
         f"{report.queued:,} queued + {report.bounced:,} bounced "
         f"(in {report.bounced_events:,} Bounced events)",
-        f"attribution   {mark('attribution')}: each bounce by the rule SPEC section 7 names",
+        f"attribution   {mark('attribution')}: each bounce by the rule it counts to "
+        "(docs/rules.md)",
         f"counters      {mark('counters')}: {report.counters:,} rule/queue counters of "
         f"{report.rules:,} rules equal their Bounced events; queue gauges match",
         f"delivery log  {mark('delivery-log', 'checkpoint')}: {report.segments} segment(s), "

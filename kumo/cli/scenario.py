@@ -1,18 +1,22 @@
-"""``kumo scenario run``: run scenario scripts in-process or against a live server.
+"""``kumo scenario``: list the scenario library, run scenarios in-process or against a server.
 
 In-process (the default) each file runs on a fresh engine with a virtual clock: an hour
 of waits takes milliseconds and a run repeats exactly. With ``--endpoint URL`` the same
-files run over HTTP against a running server (kumo or KumoMTA) in real time.
+files run over HTTP against a running server (kumo or KumoMTA) in real time. A
+scenario is named by its path, or by its name in the library that ships with kumo
+(:mod:`kumo.scenario.library`).
 """
 
 from __future__ import annotations
 
 import sys
+from importlib.resources.abc import Traversable
 from pathlib import Path
 
 import click
 
 from kumo.scenario.format import ScenarioError, parse_scenario
+from kumo.scenario.library import UnknownScenarioError, library_file, library_names
 from kumo.scenario.report import format_result, format_summary, junit_xml
 from kumo.scenario.runner import (
     LIVE_SETTLE_TIMEOUT,
@@ -41,15 +45,52 @@ def _endpoint(ctx: click.Context, param: click.Parameter, value: str | None) -> 
     return value
 
 
+class NoSuchScenarioError(click.ClickException):
+    """An argument of ``kumo scenario run`` that names no file and no library scenario.
+
+    One line on stderr (``Error: ...``), without the usage text of a
+    :class:`click.UsageError`, and exit status 2, as for any wrong command line.
+    """
+
+    exit_code = 2
+
+
+def _resolve(argument: str) -> tuple[str, Path | Traversable]:
+    """``(stem, file)`` for a scenario argument: an existing file, else a library name."""
+    path = Path(argument)
+    if path.is_file():
+        return path.stem, path
+    try:
+        found = library_file(argument)
+    except UnknownScenarioError:
+        raise NoSuchScenarioError(
+            f"{argument!r} is neither a scenario file nor a library scenario; "
+            "`kumo scenario list` lists the library"
+        ) from None
+    return found.name.removesuffix(".toml"), found
+
+
 @click.group()
 def scenario() -> None:
     """Scenario scripts: rehearse bounces, pin behaviour down (docs/scenarios.md)."""
 
 
+@scenario.command("list")
+def list_() -> None:
+    """List the scenario library: each name, and what the scenario shows.
+
+    Run one from any directory with ``kumo scenario run NAME``.
+    """
+    names = library_names()
+    width = max(map(len, names), default=0)
+    for name in names:
+        file = library_file(name)
+        summary = parse_scenario(file.read_text(encoding="utf-8"), str(file)).summary
+        click.echo(f"{name:<{width}}  {summary}".rstrip())
+
+
 @scenario.command()
-@click.argument(
-    "files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path)
-)
+@click.argument("scenarios", nargs=-1, required=True, metavar="FILE_OR_NAME...")
 @click.option(
     "--endpoint",
     metavar="URL",
@@ -107,7 +148,7 @@ def scenario() -> None:
 )
 @click.option("-v", "--verbose", is_flag=True, help="Show every check, not only failures.")
 def run(
-    files: tuple[Path, ...],
+    scenarios: tuple[str, ...],
     endpoint: str | None,
     log_dir: Path | None,
     restart_command: str | None,
@@ -118,10 +159,12 @@ def run(
     junit_path: Path | None,
     verbose: bool,
 ) -> None:
-    """Run scenario FILES, in-process on virtual time, or against --endpoint.
+    """Run scenarios, in-process on virtual time, or against --endpoint.
 
-    Each step is reported PASS, FAIL (with expected and actual values) or SKIP. The
-    exit status is 1 if any step fails or any file is malformed, else 0.
+    Each argument is a scenario file, or else the name of a library scenario
+    (`kumo scenario list`). Each step is reported PASS, FAIL (with expected and actual
+    values) or SKIP. The exit status is 1 if any step fails or any file is malformed,
+    2 for an argument that names no scenario, else 0.
     """
     if endpoint is None:
         for option, value in (
@@ -133,11 +176,13 @@ def run(
                 raise click.UsageError(f"{option} needs --endpoint")
     elif data_dir is not None:
         raise click.UsageError("--data-dir is for in-process runs; it conflicts with --endpoint")
+    # Every argument is resolved before anything runs, so a typo costs no half run.
+    files = [_resolve(argument) for argument in scenarios]
     results: list[ScenarioResult] = []
-    for path in files:
-        source = str(path)
+    for stem, file in files:
+        source = str(file)
         try:
-            parsed = parse_scenario(path.read_text(encoding="utf-8"), source)
+            parsed = parse_scenario(file.read_text(encoding="utf-8"), source)
         except (ScenarioError, UnicodeDecodeError, OSError) as error:
             message = str(error) if isinstance(error, ScenarioError) else f"{source}: {error}"
             result = ScenarioResult(None, source, endpoint or "in-process", error=message)
@@ -145,7 +190,7 @@ def run(
             if endpoint is None:
                 directory = None
                 if data_dir is not None:
-                    directory = data_dir / path.stem
+                    directory = data_dir / stem
                     if directory.exists() and any(directory.iterdir()):
                         raise click.UsageError(f"{directory} is not empty")
                 result = run_in_process(parsed, directory)

@@ -2,11 +2,11 @@
 
 The app is thin: each route reads the body (bounded), hands it to a handler of
 :mod:`kumo.http.bounce_api` or :mod:`kumo.http.inject_api`, and turns the handler's
-:class:`~kumo.http.replies.Reply` into a response. Refusals come in SPEC section 7's
-order: access (401) before the body is read, then size (413, enforced while the body
-arrives: a body over the limit is never held whole), then content type (415), JSON
-syntax (400) and shape (422). Whatever a client sends gets a 2xx or a 4xx with a
-plain-text reason; a 5xx means kumo itself failed.
+:class:`~kumo.http.replies.Reply` into a response. Refusals come in the order that
+docs/operations.md ("Error replies") states: access (401) before the body is read, then
+size (413, enforced while the body arrives: a body over the limit is never held whole),
+then content type (415), JSON syntax (400) and shape (422). Whatever a client sends gets
+a 2xx or a 4xx with a plain-text reason; a 5xx means kumo itself failed.
 
 The app starts no background task: the engine and the server run in the nursery of
 whoever serves it (:mod:`kumo.cli.serve`).
@@ -46,7 +46,7 @@ METRICS_PATH: Final = "/metrics"
 OPENAPI_PATH: Final = "/api-docs/openapi.json"
 
 _PROTECTED_PATHS: Final = frozenset({BOUNCE_PATH, INJECT_PATH, METRICS_PATH})
-"""Routes served only to trusted or authenticated peers (SPEC section 4, Access)."""
+"""Routes served only to trusted or authenticated peers (docs/operations.md, "Access control")."""
 
 _log = logging.getLogger(__name__)
 

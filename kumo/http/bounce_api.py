@@ -1,7 +1,7 @@
 """/api/admin/bounce/v1: issue (POST), list (GET) and cancel (DELETE) bounce rules.
 
 Each handler validates the body into a request value, makes one engine call, and
-shapes the reply of SPEC section 4. Nothing reaches the engine unless the body was
+shapes the reply that docs/rules.md describes. Nothing reaches the engine unless the body was
 valid, so a refused request changes nothing.
 """
 

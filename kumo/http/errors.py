@@ -1,8 +1,9 @@
 """Refusals: a request the server will not act on, and the reply that says why.
 
 Every refusal is a client error (4xx) with a ``text/plain`` body. The texts of the
-bad-input table of SPEC section 4 are KumoMTA's (axum's ``Json`` extractor) to the
-letter, so the prefixes below are part of the wire contract.
+415, 400, 413 and 422 refusals are KumoMTA's (axum's ``Json`` extractor) to the
+letter, so the prefixes below are part of the wire contract (docs/operations.md,
+"Error replies").
 """
 
 from __future__ import annotations

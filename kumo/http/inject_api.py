@@ -2,7 +2,7 @@
 
 The queue of each message comes from the recipient's ``metadata`` (``queue`` verbatim,
 else ``campaign``, ``tenant``, ``routing_domain``), else from the ``X-Campaign`` and
-``X-Tenant`` headers of the content, and the recipient's domain (SPEC sections 1, 4).
+``X-Tenant`` headers of the content, and the recipient's domain (docs/rules.md).
 A recipient that cannot be queued (no domain in its address, metadata that is not a
 string) is reported in ``failed_recipients`` and ``errors`` and the others are still
 injected, as KumoMTA does. Content given as an object is rendered into a simple

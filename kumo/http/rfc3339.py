@@ -1,6 +1,6 @@
 """RFC 3339 date-times as the ``expires`` field of a bounce carries them.
 
-KumoMTA reads ``expires`` with chrono; this parser accepts what SPEC section 7 settles
+KumoMTA reads ``expires`` with chrono; this parser accepts what docs/rules.md states
 (``Z`` or a numeric offset, upper- or lower-case ``T``/``Z``, a space for the ``T`` as
 RFC 3339 allows, any number of fraction digits, of which the first nine count) and
 refuses with chrono's own texts. Times are integer nanoseconds since the Unix epoch,

@@ -1,4 +1,4 @@
-"""Bounce criteria and how they match scheduled queues (SPEC section 2).
+"""Bounce criteria and how they match scheduled queues (docs/rules.md, "Matching").
 
 Matching is a pure function of the queue *name*: the runtime calls it once per
 (rule, queue) pair when a rule is issued or a queue appears, never per message.
@@ -22,7 +22,8 @@ class Criteria:
     """What a bounce rule selects.
 
     Two criteria are equal (and a new rule replaces a live one) when the four parts
-    are equal and the ``queue_names`` are equal as sets (SPEC section 7).
+    are equal and the ``queue_names`` are equal as sets (order and duplicates do not
+    matter).
     """
 
     campaign: str | None = None

@@ -1,11 +1,11 @@
-"""The invariants of ARCHITECTURE.md, checked over a log and its delivery log. Pure.
+"""The invariants (docs/architecture.md), checked over a log and its delivery log. Pure.
 
 :class:`InvariantCheck` folds committed events (all of them, in log order) and finds:
 
 - **conservation**: every received message is queued xor bounced; none is received
   twice, bounced twice, bounced without being received, or bounced out of a queue it
   was not in;
-- **attribution**: a message is bounced by the rule SPEC section 7 names: the most
+- **attribution**: a message is bounced by the rule it counts to (docs/rules.md): the most
   recently issued rule that matches its queue and was live when it arrived, else the
   first matching rule issued after it arrived (that rule's sweep);
 - **counters**: the projection the engine serves (:class:`kumo.model.state.State`,
@@ -182,7 +182,7 @@ class InvariantCheck:
                 )
 
     def _attributed_rule(self, received: _Received) -> str | None:
-        """The rule SPEC section 7 gives the message to, as far as the log has gone."""
+        """The rule the message counts to, as far as the log has gone (see the module docstring)."""
         if received.arrival_rule is not None:
             return received.arrival_rule
         issued = self._issued_matching.get(received.queue, [])

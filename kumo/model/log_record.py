@@ -1,4 +1,6 @@
-"""The delivery-log records of SPEC section 5: ``Reception`` and ``AdminBounce``.
+"""The delivery-log records, ``Reception`` and ``AdminBounce``, in KumoMTA's format.
+
+The fields and two examples are in docs/operations.md, "The delivery log".
 
 Records are built as JSON lines (bytes, newline included) because the delivery-log
 writer emits one per message and a sweep emits a million: the constant parts of an

@@ -1,6 +1,6 @@
 """Scheduled queue names: ``campaign:tenant@domain!routing_domain`` and its shorter forms.
 
-A message waits in the scheduled queue named from four parts (SPEC section 1):
+A message waits in the scheduled queue named from four parts (docs/rules.md):
 
 =========  ======  ==============  ===================================
 campaign   tenant  routing_domain  name
@@ -92,7 +92,7 @@ def queue_name_for(
     """The scheduled queue name for a message to ``domain`` with the given metadata.
 
     The domain is lower-cased; an empty campaign, tenant or routing domain counts as
-    absent (SPEC section 7), so ``queue_name_for(domain="D", tenant="")`` is ``d``.
+    absent, so ``queue_name_for(domain="D", tenant="")`` is ``d``.
     """
     return QueueName(
         domain.lower(), campaign or None, tenant or None, routing_domain or None

@@ -1,7 +1,8 @@
 """What clients ask of the engine, as validated values.
 
 The HTTP layer turns request bodies into these; the engine turns them into events.
-An instance is valid by construction: the validators refuse what SPEC refuses.
+An instance is valid by construction: the validators refuse what the admin API refuses
+(docs/rules.md).
 """
 
 from __future__ import annotations
@@ -14,9 +15,9 @@ from kumo.model.criteria import Criteria
 from kumo.model.duration import NANOS_PER_MINUTE, NANOS_PER_YEAR
 
 DEFAULT_LIFETIME: Final = 5 * NANOS_PER_MINUTE
-"""A rule without ``duration`` or ``expires`` lives five minutes (SPEC section 4)."""
+"""A rule without ``duration`` or ``expires`` lives five minutes, as in KumoMTA."""
 MAX_LIFETIME: Final = 100 * NANOS_PER_YEAR
-"""A ``duration`` over 100 years is refused (SPEC section 7)."""
+"""A lifetime over 100 years is refused, whether given as text or as a number."""
 
 
 def _check_lifetime(_: object, attribute: attrs.Attribute[int | None], value: int | None) -> None:

@@ -1,4 +1,4 @@
-"""The fold of events into state, and the bounce decisions (SPEC sections 2, 3, 7).
+"""The fold of events into state, and the bounce decisions (docs/rules.md).
 
 Everything here is plain Python over plain values: no trio, no I/O. The runtime uses
 three pieces of it:

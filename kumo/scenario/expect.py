@@ -165,7 +165,7 @@ def is_uuid(value: object) -> bool:
 
 
 def cancel_reply_text(status: int, rule_id: str) -> str | None:
-    """What DELETE answers for ``rule_id``: the texts of SPEC section 4."""
+    """What DELETE answers for ``rule_id``: KumoMTA's texts (docs/rules.md)."""
     if status == 200:
         return f"removed {rule_id}"
     if status == 404:

@@ -39,6 +39,7 @@ REPLY_CHECKS: Final = (
 RULE_FIELDS: Final = ("reason", "campaign", "tenant", "domain", "routing_domain")
 CRITERIA_PARTS: Final = ("campaign", "tenant", "domain", "routing_domain")
 MAX_INJECT: Final = 10_000_000
+_SENTENCE_END: Final = re.compile(r"(?<=[.!?])\s+")
 
 
 class ScenarioError(ValueError):
@@ -208,6 +209,19 @@ class Scenario:
     description: str | None
     wall_origin: int
     steps: tuple[Step, ...]
+
+    @property
+    def summary(self) -> str:
+        """The description's first sentence on one line, without its full stop; ``""`` if none.
+
+        ``kumo scenario list`` shows it, so a description opens with a sentence that says
+        what the scenario shows.
+        """
+        if not self.description:
+            return ""
+        text = " ".join(self.description.split())
+        first = _SENTENCE_END.split(text, maxsplit=1)[0]
+        return first.removesuffix(".")
 
 
 def describe_action(action: Action) -> str:

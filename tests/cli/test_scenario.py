@@ -6,12 +6,14 @@ import textwrap
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner, Result
 
 from kumo.cli.kumo import main
+from kumo.scenario.library import library_names
 from tests.live_server import running_server
 
-LIBRARY = Path(__file__).resolve().parents[2] / "scripts" / "scenarios"
+LIBRARY = Path(__file__).resolve().parents[2] / "kumo" / "scenario" / "library"
 
 PASSING = """
     [scenario]
@@ -145,6 +147,54 @@ def test_options_need_endpoint(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["scenario", "run", path, "--endpoint", "127.0.0.1:8000"])
     assert result.exit_code == 2
     assert "'127.0.0.1:8000' is not an http:// or https:// URL" in result.output
+
+
+def test_list_names_every_library_scenario_with_its_summary() -> None:
+    result = CliRunner().invoke(main, ["scenario", "list"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert [line.split()[0] for line in lines] == list(library_names())
+    width = len("counts_per_rule_and_queue")  # the longest name sets the column
+    assert f"{'sweep':<{width}}  A new rule sweeps the queues it matches" in result.output
+    assert "incident_spam_traps" in result.output
+
+
+def test_run_by_library_name_from_any_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = invoke("sweep", "cancel.toml")
+    assert result.exit_code == 0, result.output
+    assert f'scenario "sweep" ({LIBRARY / "sweep.toml"}) on in-process' in result.output
+    assert 'scenario "cancel"' in result.output
+    assert result.output.rstrip().endswith("2 scenarios: 2 passed, 0 failed")
+
+
+def test_an_existing_file_wins_over_a_library_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    write(tmp_path, "sweep", PASSING)
+    result = invoke("sweep")
+    assert result.exit_code == 0, result.output
+    assert 'scenario "passing" (sweep) on in-process' in result.output
+
+
+def test_library_scenario_keeps_its_data_under_its_name(tmp_path: Path) -> None:
+    result = invoke("expiry", "--data-dir", str(tmp_path / "kept"))
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "kept" / "expiry" / "events.sqlite3").exists()
+
+
+def test_unknown_name_is_a_one_line_error_and_runs_nothing(tmp_path: Path) -> None:
+    good = str(write(tmp_path, "passing.toml", PASSING))
+    for argument in ["no_such_scenario", str(tmp_path / "missing.toml"), str(tmp_path)]:
+        result = CliRunner().invoke(main, ["scenario", "run", good, argument])
+        assert result.exit_code == 2, result.output
+        assert result.output == (
+            f"Error: {argument!r} is neither a scenario file nor a library scenario; "
+            "`kumo scenario list` lists the library\n"
+        )
 
 
 def test_data_dir_keeps_the_engine_data(tmp_path: Path) -> None:

@@ -1,6 +1,6 @@
 """The app in process, over Quart's test client, against a fake engine.
 
-These pin the routing, the refusal order of SPEC section 7 (401, 413, 415, 400, 422),
+These pin the routing, the refusal order of docs/operations.md (401, 413, 415, 400, 422),
 the reply shapes, and that a refused request never reaches the engine. The same
 behaviour over real HTTP is in ``test_live.py``.
 """

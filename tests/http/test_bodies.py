@@ -1,4 +1,4 @@
-"""Request bodies into request values, and the exact refusals of SPEC's bad-input table."""
+"""Request bodies into request values, and the exact refusals of KumoMTA's bad-input texts."""
 
 from __future__ import annotations
 

@@ -231,7 +231,7 @@ def test_queue_names_rule_and_expired_rule(tmp_path: Path) -> None:
         assert [r["id"] for r in rules(url)] == [rule["id"]]
 
 
-# -- every row of SPEC's bad-input table, over real HTTP --------------------------------
+# -- every bad-input refusal (docs/operations.md, Error replies), over real HTTP ---------
 
 
 @pytest.fixture(scope="module")

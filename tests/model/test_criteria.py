@@ -1,4 +1,4 @@
-"""Matching a rule to a queue name (SPEC section 2)."""
+"""Matching a rule to a queue name (docs/rules.md, "Matching a rule to a queue")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The Reception and AdminBounce records of SPEC section 5."""
+"""The Reception and AdminBounce records (docs/operations.md, "The delivery log")."""
 
 from __future__ import annotations
 

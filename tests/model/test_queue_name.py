@@ -1,4 +1,4 @@
-"""Tests for kumo.model.queue_name: SPEC section 1's table, round trips, metadata rules."""
+"""Tests for kumo.model.queue_name: docs/rules.md's table, round trips, metadata rules."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from hypothesis import strategies as st
 
 from kumo.model.queue_name import QueueName, queue_name_for, recipient_domain
 
-# SPEC section 1: (campaign, tenant, routing_domain) present or not -> name.
-SPEC_TABLE = [
+# docs/rules.md: (campaign, tenant, routing_domain) present or not -> name.
+NAME_TABLE = [
     (("camp", "ten", None), "camp:ten@example.com"),
     (("camp", "ten", "relay.net"), "camp:ten@example.com!relay.net"),
     ((None, "ten", None), "ten@example.com"),
@@ -21,7 +21,7 @@ SPEC_TABLE = [
 ]
 
 
-@pytest.mark.parametrize(("parts", "name"), SPEC_TABLE)
+@pytest.mark.parametrize(("parts", "name"), NAME_TABLE)
 def test_spec_table_formats(parts: tuple[str | None, str | None, str | None], name: str) -> None:
     campaign, tenant, routing_domain = parts
     queue = QueueName("example.com", campaign, tenant, routing_domain)
@@ -35,7 +35,7 @@ def test_spec_table_formats(parts: tuple[str | None, str | None, str | None], na
     )
 
 
-@pytest.mark.parametrize(("parts", "name"), SPEC_TABLE)
+@pytest.mark.parametrize(("parts", "name"), NAME_TABLE)
 def test_spec_table_parses(parts: tuple[str | None, str | None, str | None], name: str) -> None:
     campaign, tenant, routing_domain = parts
     if campaign is not None and tenant is None:

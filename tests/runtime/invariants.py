@@ -1,4 +1,4 @@
-"""The invariants of ARCHITECTURE.md, checked against a data directory and an engine."""
+"""The invariants (docs/architecture.md), checked against a data directory and an engine."""
 
 from __future__ import annotations
 

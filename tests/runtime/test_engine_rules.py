@@ -1,4 +1,4 @@
-"""Every case of SPEC section 3, end to end through the engine, in virtual time."""
+"""Every case of "When a rule bounces" (docs/rules.md), through the engine, in virtual time."""
 
 from __future__ import annotations
 

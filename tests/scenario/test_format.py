@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import textwrap
 
 import pytest
@@ -119,6 +120,25 @@ def test_defaults() -> None:
     assert step.action.count == 1
     assert step.action.sender == "sender@example.org"
     assert step.label == "step 1 (inject)"
+
+
+@pytest.mark.parametrize(
+    ("description", "summary"),
+    [
+        (None, ""),
+        ("", ""),
+        ("One sentence.", "One sentence"),
+        ("No full stop", "No full stop"),
+        ("A first\n  sentence, wrapped.  Then more.\nAnd more.", "A first sentence, wrapped"),
+        ("Is it? Yes.", "Is it?"),
+        ("Version 1.5 of it. More.", "Version 1.5 of it"),
+    ],
+)
+def test_summary_is_the_first_sentence_on_one_line(description: str | None, summary: str) -> None:
+    # A JSON string is a TOML basic string, escapes included.
+    header = "" if description is None else f"[scenario]\ndescription = {json.dumps(description)}\n"
+    text = header + '[[step]]\ninject = { domain = "example.com" }\n'
+    assert parse_scenario(text, SOURCE).summary == summary
 
 
 def test_toml_dates_become_rfc3339_in_bodies() -> None:

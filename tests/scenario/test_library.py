@@ -1,19 +1,29 @@
-"""Every scenario of scripts/scenarios/ runs in-process and passes, the same way each time."""
+"""The scenario library: shipped as package data, found by name, every scenario passing.
+
+Building a wheel in a test would take too long, so what a non-editable install ships is
+checked here in two halves: the library is read through :mod:`importlib.resources` (as
+an installed package reads it), and pyproject.toml declares its files as package data.
+"""
 
 from __future__ import annotations
 
+import fnmatch
 import re
 import time
+import tomllib
+from importlib.resources import files
 from pathlib import Path
 
 import pytest
 
 from kumo.scenario.expect import Verdict
 from kumo.scenario.format import parse_scenario
+from kumo.scenario.library import UnknownScenarioError, library_file, library_names
 from kumo.scenario.report import format_result
 from kumo.scenario.runner import ScenarioResult, run_in_process
 
-LIBRARY = Path(__file__).resolve().parents[2] / "scripts" / "scenarios"
+ROOT = Path(__file__).resolve().parents[2]
+LIBRARY = ROOT / "kumo" / "scenario" / "library"
 SCENARIOS = sorted(LIBRARY.glob("*.toml"))
 
 
@@ -21,7 +31,45 @@ def run_file(path: Path) -> ScenarioResult:
     return run_in_process(parse_scenario(path.read_text(encoding="utf-8"), str(path)))
 
 
-def test_the_library_covers_spec_sections_3_and_4() -> None:
+def test_the_library_is_found_through_importlib_resources() -> None:
+    assert library_names() == tuple(path.stem for path in SCENARIOS)
+    package = files("kumo.scenario.library")
+    for path in SCENARIOS:
+        text = path.read_text(encoding="utf-8")
+        assert package.joinpath(path.name).read_text(encoding="utf-8") == text
+        assert library_file(path.stem).read_text(encoding="utf-8") == text
+        assert library_file(path.name).read_text(encoding="utf-8") == text
+
+
+@pytest.mark.parametrize("name", ["nope", "", "__init__", "__init__.py", "../../pyproject"])
+def test_only_library_names_are_found(name: str) -> None:
+    with pytest.raises(UnknownScenarioError):
+        library_file(name)
+
+
+def test_pyproject_ships_the_library_as_package_data() -> None:
+    with (ROOT / "pyproject.toml").open("rb") as file:
+        setuptools = tomllib.load(file)["tool"]["setuptools"]
+    # The library is a package that the package search finds...
+    assert (LIBRARY / "__init__.py").is_file()
+    assert any(
+        fnmatch.fnmatch("kumo.scenario.library", pattern)
+        for pattern in setuptools["packages"]["find"]["include"]
+    )
+    # ...and every scenario file in it is declared package data, so a wheel carries it.
+    patterns = setuptools["package-data"]["kumo.scenario.library"]
+    for path in SCENARIOS:
+        assert any(fnmatch.fnmatch(path.name, pattern) for pattern in patterns), path.name
+
+
+@pytest.mark.parametrize("path", SCENARIOS, ids=[path.stem for path in SCENARIOS])
+def test_scenario_has_a_one_line_summary_for_the_listing(path: Path) -> None:
+    summary = parse_scenario(path.read_text(encoding="utf-8"), str(path)).summary
+    assert summary
+    assert len(summary) <= 80, summary
+
+
+def test_the_library_covers_every_case_of_the_rules() -> None:
     names = {path.stem for path in SCENARIOS}
     assert {
         "sweep",

@@ -23,7 +23,7 @@ from kumo.scenario.runner import (
 )
 from tests.live_server import running_server
 
-LIBRARY = Path(__file__).resolve().parents[2] / "scripts" / "scenarios"
+LIBRARY = Path(__file__).resolve().parents[2] / "kumo" / "scenario" / "library"
 
 
 def run_text(text: str) -> ScenarioResult:

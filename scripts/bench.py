@@ -32,6 +32,12 @@ The benchmarks:
   paces POST and GET ``/api/admin/bounce/v1`` (one request every
   :data:`PROBE_PERIOD` s, alternating) while a match-everything sweep runs. Median of
   the runs' p50 and p99.
+- **sweep-probe**: ``kumo serve`` on a directory filled with 200,000 messages over 2,000
+  queues, then on one with the full size; two clients probe the admin API from just
+  before a match-everything sweep is issued until it is done: one POSTs a new, distinct
+  rule that matches nothing every :data:`SWEEP_POST_PERIOD`, the other GETs the rules
+  every :data:`SWEEP_GET_PERIOD`. p99 over the whole sweep, over its first second, and
+  the sweep's own POST.
 - **inject**: ``kumo serve`` on an empty directory; 4 client threads POST
   ``/api/inject/v1`` with 100 recipients a request, as fast as replies come. Median of
   the runs' rates.
@@ -91,6 +97,10 @@ FLOOR_CHUNK: Final = 4 * 2**20
 FLOOR_NODE_ID: Final = "00000000-0000-4000-8000-00000000f100"
 PROBE_PERIOD: Final = 0.02
 """Seconds between the starts of two latency probes (POST and GET alternate)."""
+SWEEP_POST_PERIOD: Final = 0.02
+"""Seconds between two probe POSTs of the whole-sweep benchmark (each a new rule)."""
+SWEEP_GET_PERIOD: Final = 0.01
+"""Seconds between two probe GETs of the whole-sweep benchmark."""
 INJECT_CLIENTS: Final = 4
 RECIPIENTS_PER_REQUEST: Final = 100
 SERVER_START_TIMEOUT: Final = 300.0
@@ -114,10 +124,25 @@ class Size:
     inject_messages: int
     latency_baseline: int
     """Probes of each kind taken before the sweep, on the idle server."""
+    probe_sizes: tuple[tuple[int, int], ...]
+    """(messages, queues) of each whole-sweep probe run."""
 
 
-FULL: Final = Size("full", 1_000_000, 10_000, 10_000, 3, 7, 3, 3, 3, 200_000, 50)
-QUICK: Final = Size("quick", 20_000, 200, 5_000, 3, 5, 3, 1, 1, 10_000, 20)
+FULL: Final = Size(
+    "full",
+    1_000_000,
+    10_000,
+    10_000,
+    3,
+    7,
+    3,
+    3,
+    3,
+    200_000,
+    50,
+    ((200_000, 2_000), (1_000_000, 10_000)),
+)
+QUICK: Final = Size("quick", 20_000, 200, 5_000, 3, 5, 3, 1, 1, 10_000, 20, ((20_000, 200),))
 
 
 # -- what is measured ---------------------------------------------------------------------
@@ -636,6 +661,90 @@ def _probe(
 
 
 @attrs.frozen
+class SweepProbeRun:
+    """Admin latency over the whole of one sweep, its first second and its own POST."""
+
+    messages: int
+    queues: int
+    sweep_post: float
+    """The POST that issues the match-everything rule."""
+    posts: list[tuple[float, float]]
+    """(start relative to the sweep's POST, latency) of each probe POST during the sweep."""
+    gets: list[tuple[float, float]]
+    sweep_seconds: float
+
+    def during(self, kind: str, first: float | None = None) -> list[float]:
+        samples = self.posts if kind == "POST" else self.gets
+        return [latency for at, latency in samples if at >= 0 and (first is None or at < first)]
+
+
+def sweep_probe_run(data_dir: Path, messages: int, queues: int) -> SweepProbeRun:
+    """A match-everything sweep on a server on ``data_dir``, probed by two clients: one
+    POSTs a new, distinct rule that matches nothing every :data:`SWEEP_POST_PERIOD`, the
+    other GETs the rules every :data:`SWEEP_GET_PERIOD`, from just before the sweep's POST
+    until the GET shows every message bounced."""
+    with serving(data_dir) as server:
+        stop = threading.Event()
+        origin: list[float] = []
+        done: list[float] = []
+        posts: list[tuple[float, float]] = []
+        gets: list[tuple[float, float]] = []
+        sweep_id: list[str] = []
+
+        def relative(moment: float) -> float:
+            return moment - origin[0] if origin else -1.0
+
+        def paced(period: float, request: Callable[[httpx.Client], None]) -> None:
+            with httpx.Client(base_url=server.url, timeout=60) as client:
+                deadline = time.perf_counter()
+                while not stop.is_set():
+                    pause = deadline - time.perf_counter()
+                    if pause > 0:
+                        time.sleep(pause)
+                    deadline = time.perf_counter() + period
+                    request(client)
+
+        def post(client: httpx.Client) -> None:
+            body = {"domain": f"probe-{len(posts)}.invalid", "reason": "probe", "duration": "5m"}
+            started = time.perf_counter()
+            client.post("/api/admin/bounce/v1", json=body).raise_for_status()
+            posts.append((relative(started), time.perf_counter() - started))
+
+        def get(client: httpx.Client) -> None:
+            started = time.perf_counter()
+            response = client.get("/api/admin/bounce/v1")
+            gets.append((relative(started), time.perf_counter() - started))
+            response.raise_for_status()
+            if sweep_id and not done:
+                for rule in orjson.loads(response.content):
+                    if rule["id"] == sweep_id[0] and rule["total_bounced"] >= messages:
+                        done.append(time.perf_counter())
+                        stop.set()
+
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            probes = [
+                pool.submit(paced, SWEEP_POST_PERIOD, post),
+                pool.submit(paced, SWEEP_GET_PERIOD, get),
+            ]
+            time.sleep(0.5)  # probes before the sweep too: the first second starts warm
+            with httpx.Client(base_url=server.url, timeout=60) as client:
+                started = time.perf_counter()
+                origin.append(started)
+                response = client.post(
+                    "/api/admin/bounce/v1", json={"reason": REASON, "duration": "5m"}
+                )
+                sweep_post = time.perf_counter() - started
+                response.raise_for_status()
+                sweep_id.append(response.json()["id"])
+            if not stop.wait(600):
+                stop.set()
+                raise RuntimeError("the sweep did not finish in 10 minutes")
+            for probe in probes:
+                probe.result()
+    return SweepProbeRun(messages, queues, sweep_post, posts, gets, done[0] - origin[0])
+
+
+@attrs.frozen
 class InjectRun:
     messages: int
     seconds: float
@@ -819,7 +928,7 @@ def _verdict(met: bool) -> str:
     return "met" if met else "**missed**"
 
 
-BENCHMARKS: Final = ("memory", "start", "targeted", "latency", "inject", "sweep")
+BENCHMARKS: Final = ("memory", "start", "targeted", "latency", "sweep-probe", "inject", "sweep")
 
 
 def run_benchmarks(
@@ -942,6 +1051,51 @@ def run_benchmarks(
                     f"p99 {_ms(statistics.median([percentile(i, 0.99) for i in idle]))}",
                 )
             )
+
+    if "sweep-probe" in only:
+        for messages, queues in size.probe_sizes:
+            note(f"sweep-probe: {messages:,} queued over {queues:,} queues, whole sweep probed")
+            directory = scratch / "sweep-probe"
+            run_child(
+                "memory", data_dir=directory, messages=messages, queues=queues, batch=size.batch
+            )
+            os.sync()
+            probe = sweep_probe_run(directory, messages, queues)
+            shutil.rmtree(directory)
+            raw.setdefault("sweep_probe", []).append(
+                attrs.asdict(probe, filter=lambda a, _: a.name not in ("posts", "gets"))
+                | {
+                    kind: {
+                        "p50": statistics.median(probe.during(kind)),
+                        "p99": percentile(probe.during(kind), 0.99),
+                        "max": max(probe.during(kind)),
+                        "first_second_p99": percentile(probe.during(kind, 1.0), 0.99),
+                        "first_second_max": max(probe.during(kind, 1.0)),
+                        "count": len(probe.during(kind)),
+                    }
+                    for kind in ("POST", "GET")
+                }
+            )
+            for kind in ("POST", "GET"):
+                whole, first = probe.during(kind), probe.during(kind, 1.0)
+                p99 = max(percentile(whole, 0.99), percentile(first, 0.99))
+                rows.append(
+                    Row(
+                        f"admin {kind}, whole sweep of {messages:,}",
+                        f"p99 {_ms(percentile(whole, 0.99))}, first second p99 "
+                        f"{_ms(percentile(first, 0.99))}",
+                        "p99 <= 20 ms",
+                        _verdict(p99 <= 0.02),
+                        f"{len(whole)} probes (max {_ms(max(whole))}, first second max "
+                        f"{_ms(max(first))}) over a {probe.sweep_seconds:.1f} s sweep of "
+                        f"{queues:,} queues; each POST a new non-matching rule"
+                        + (
+                            f"; the sweep's own POST {_ms(probe.sweep_post)}"
+                            if kind == "POST"
+                            else ""
+                        ),
+                    )
+                )
 
     if "inject" in only:
         count = runs or size.inject_runs

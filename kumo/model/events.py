@@ -13,37 +13,20 @@ since the Unix epoch throughout, so that durations round-trip exactly.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any, Final, NamedTuple, TypeAlias
+from typing import Any, Final, TypeAlias
 
 import attrs
 import orjson
 
 from kumo.model.criteria import Criteria
+from kumo.model.message import Message as Message
+from kumo.model.message_queue import MessageBatch
 
 SCHEMA_VERSION: Final = 1
 
 
 class EventDecodeError(ValueError):
     """A stored event body that this version of kumo cannot read."""
-
-
-class Message(NamedTuple):
-    """A queued message as the queues and the log records need it.
-
-    The body is not here: it lives in the spool table of the store, so memory holds
-    only what a log record and the routing need. A named tuple rather than an attrs
-    class because a million of them may be queued: it is smaller and quicker to build,
-    and just as immutable.
-    """
-
-    id: str
-    sender: str
-    recipient: str
-    size: int
-    received_at: int
-    """Commit time of the message's ``MessageReceived``, ns since the epoch."""
-    seq: int
-    """Sequence number of the message's ``MessageReceived``."""
 
 
 @attrs.frozen(slots=True)
@@ -85,8 +68,8 @@ class BounceExpired:
     rule_id: str
 
 
-def _to_messages(messages: Iterable[Message]) -> tuple[Message, ...]:
-    return tuple(messages)
+def _to_messages(messages: Iterable[Message]) -> MessageBatch:
+    return messages if isinstance(messages, MessageBatch) else MessageBatch(messages)
 
 
 @attrs.frozen(slots=True)
@@ -100,7 +83,9 @@ class Bounced:
 
     rule_id: str
     queue: str
-    messages: tuple[Message, ...] = attrs.field(converter=_to_messages)
+    messages: MessageBatch = attrs.field(converter=_to_messages)
+    """Column-wise, like a queue: a sweep of a million messages makes no million
+    long-lived objects for the garbage collector to walk."""
 
 
 Event: TypeAlias = MessageReceived | BounceIssued | BounceCancelled | BounceExpired | Bounced
@@ -169,7 +154,7 @@ def _encode_body(event: Event) -> dict[str, Any]:
                 "rule_id": event.rule_id,
                 "queue": event.queue,
                 # Positional rows keep a sweep's events small: they are most of the log.
-                "messages": list(map(tuple, event.messages)),
+                "messages": event.messages.rows(),
             }
 
 

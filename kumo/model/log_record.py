@@ -183,17 +183,18 @@ def reception_lines(
 
 
 def admin_bounce_lines(
-    messages: tuple[Message, ...], *, queue: str, reason: str, bounced_at: int, node_id: str
+    messages: Sequence[Message], *, queue: str, reason: str, bounced_at: int, node_id: str
 ) -> list[bytes]:
     """JSON lines (newline included) for messages bounced together by one rule.
 
     Equal to encoding :func:`admin_bounce_record` per message, key order included;
     only the per-message fields are encoded per message.
     """
-    if not messages:
+    first = next(iter(messages), None)
+    if first is None:
         return []
     probe = admin_bounce_record(
-        messages[0], queue=queue, reason=reason, bounced_at=bounced_at, node_id=node_id
+        first, queue=queue, reason=reason, bounced_at=bounced_at, node_id=node_id
     )
     # The record's layout: a per-message head (type, id, sender, recipient), the shared
     # queue/site, size, shared response/peer/timestamp/event_time, then created fields

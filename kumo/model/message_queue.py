@@ -14,9 +14,10 @@ queue, and the columns are turned back into strings by a few C-level calls (``he
 from __future__ import annotations
 
 from array import array
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
+from typing import overload
 
-from kumo.model.events import Message
+from kumo.model.message import Message
 
 _ID_BYTES = 16
 _TEXT = "surrogatepass"
@@ -175,13 +176,15 @@ class MessageQueue:
     def __repr__(self) -> str:
         return f"MessageQueue({list(self)!r})"
 
-    def take_all(self) -> tuple[Message, ...]:
+    def take_all(self) -> MessageBatch:
         """Every message, in order; the queue is empty afterwards."""
-        messages = tuple(self)
+        head = MessageQueue()
+        for column in self.__slots__:
+            setattr(head, column, getattr(self, column))
         self._clear()
-        return messages
+        return MessageBatch.adopt(head)
 
-    def take(self, count: int) -> tuple[Message, ...]:
+    def take(self, count: int) -> MessageBatch:
         """The first ``count`` messages, in order, removed from the queue.
 
         Costs what it takes plus a move of the rest's bytes, so that a large queue can be
@@ -210,13 +213,36 @@ class MessageQueue:
             cut = sum(head._lengths)
         head._recipients = self._recipients[:cut]
         del self._recipients[:cut]
-        # The head is read once, right here: it may share the sender table.
+        # The table of senders only grows (a cleared queue starts a new one): the head
+        # may share it.
         head._senders = self._senders
         for column in ("_sender_index", "_sizes", "_times", "_seqs"):
             mine = getattr(self, column)
             setattr(head, column, mine[:count])
             del mine[:count]
-        return tuple(head)
+        return MessageBatch.adopt(head)
+
+    def ids(self) -> list[str]:
+        """The messages' ids, in order."""
+        return self._id_column()
+
+    def seqs(self) -> list[int]:
+        """The seqs of the messages' ``MessageReceived``, in order."""
+        return self._seqs.tolist()
+
+    def rows(self) -> list[tuple[str, str, str, int, int, int]]:
+        """The messages as plain tuples, in order (for an encoder)."""
+        return list(
+            zip(
+                self._id_column(),
+                self._sender_column(),
+                self._recipient_column(),
+                self._sizes,
+                self._times,
+                self._seqs,
+                strict=True,
+            )
+        )
 
     def remove(self, ids: set[str]) -> None:
         """Drop the messages whose id is in ``ids`` (the rest keep their order)."""
@@ -224,3 +250,75 @@ class MessageQueue:
         self._clear()
         for message in kept:
             self.append(message)
+
+
+class MessageBatch(Sequence[Message]):
+    """An immutable run of messages (a ``Bounced`` event's), stored like a queue.
+
+    A :class:`Message` tuple stays tracked by the cyclic garbage collector for as long
+    as it lives (named tuples are never untracked), so a sweep that kept one per
+    bounced message would leave the collector a million objects to walk, in pauses of a
+    hundred milliseconds. A batch is a handful of objects whatever its size; its
+    messages are built when it is iterated, and dropped by whoever iterates.
+    """
+
+    __slots__ = ("_queue",)
+
+    def __init__(self, messages: Iterable[Message] = ()) -> None:
+        self._queue = MessageQueue(messages)
+
+    @classmethod
+    def adopt(cls, queue: MessageQueue) -> MessageBatch:
+        """A batch of ``queue``'s messages; ``queue`` must not be changed afterwards."""
+        batch = cls.__new__(cls)
+        batch._queue = queue
+        return batch
+
+    def __len__(self) -> int:
+        return len(self._queue)
+
+    def __iter__(self) -> Iterator[Message]:
+        return iter(self._queue)
+
+    @overload
+    def __getitem__(self, index: int) -> Message: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> MessageBatch: ...
+
+    def __getitem__(self, index: int | slice) -> Message | MessageBatch:
+        messages = tuple(self._queue)
+        if isinstance(index, slice):
+            return MessageBatch(messages[index])
+        return messages[index]
+
+    def __add__(self, other: Iterable[Message]) -> MessageBatch:
+        joined = MessageQueue(self)
+        for message in other:
+            joined.append(message)
+        return MessageBatch.adopt(joined)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, MessageBatch):
+            return len(self) == len(other) and self.rows() == other.rows()
+        if isinstance(other, tuple | list):
+            return list(self) == list(other)
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(tuple(self.rows()))
+
+    def __repr__(self) -> str:
+        return f"MessageBatch({list(self)!r})"
+
+    def ids(self) -> list[str]:
+        """The messages' ids, in order."""
+        return self._queue.ids()
+
+    def seqs(self) -> list[int]:
+        """The seqs of the messages' ``MessageReceived``, in order."""
+        return self._queue.seqs()
+
+    def rows(self) -> list[tuple[str, str, str, int, int, int]]:
+        """The messages as plain tuples (which the collector can forget), in order."""
+        return self._queue.rows()

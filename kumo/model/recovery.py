@@ -38,14 +38,17 @@ def recover(state: State, *, chunk: int) -> Recovery:
     owed = owed_bounces(state)
     queues = state.detach_queues()
     for bounce in owed:
-        queues[bounce.queue].remove({message.id for message in bounce.messages})
+        queues[bounce.queue].remove(set(bounce.messages.ids()))
+    chunks: list[Bounced] = []
+    for bounce in owed:
+        messages = list(bounce.messages)
+        chunks.extend(
+            Bounced(bounce.rule_id, bounce.queue, messages[start : start + chunk])
+            for start in range(0, len(messages), chunk)
+        )
     return Recovery(
         queues={name: messages for name, messages in queues.items() if messages},
-        owed=[
-            Bounced(bounce.rule_id, bounce.queue, bounce.messages[start : start + chunk])
-            for bounce in owed
-            for start in range(0, len(bounce.messages), chunk)
-        ],
+        owed=chunks,
     )
 
 

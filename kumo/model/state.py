@@ -431,7 +431,7 @@ class State:
         assert self.queues is not None
         queued = self.queues.get(event.queue)
         if queued is not None:
-            queued.remove({message.id for message in event.messages})
+            queued.remove(set(event.messages.ids()))
             if not queued:
                 del self.queues[event.queue]
 

@@ -146,7 +146,7 @@ class SqliteEventStore:
             if isinstance(event, MessageReceived):
                 spooled.append((seq, bodies.get(index, b"")))
             elif isinstance(event, Bounced):
-                unspooled.extend([message.seq for message in event.messages])
+                unspooled.extend(event.messages.seqs())
         db = self._db
         # WAL with synchronous=NORMAL: the commit appends to the WAL without an fsync;
         # the next FULL commit's fsync of the WAL (or a checkpoint) makes it durable.

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import gc
+
 from hypothesis import given
 from hypothesis import strategies as st
 
 from kumo.model.events import Message
-from kumo.model.message_queue import MessageQueue
+from kumo.model.message_queue import MessageBatch, MessageQueue
 
 hex_ids = st.binary(min_size=16, max_size=16).map(bytes.hex)
 any_ids = st.one_of(hex_ids, st.text(max_size=40))
@@ -76,3 +78,53 @@ def test_a_recipient_with_a_nul_switches_to_lengths_and_keeps_the_others() -> No
         queue.append(message)
     assert queue._lengths is not None
     assert list(queue) == batch
+
+
+@given(st.lists(messages, max_size=30), st.lists(st.integers(0, 12), max_size=6), st.data())
+def test_take_in_chunks_yields_every_message_once_in_order(
+    batch: list[Message], counts: list[int], data: st.DataObject
+) -> None:
+    queue = MessageQueue(batch)
+    taken: list[Message] = []
+    for count in counts:
+        chunk = queue.take(count)
+        assert len(chunk) == min(count, len(batch) - len(taken))
+        taken.extend(chunk)
+        assert list(queue) == batch[len(taken) :]
+        # The queue goes on taking arrivals after a chunk left it.
+        if data.draw(st.booleans()) and batch:
+            queue.append(batch[0])
+            batch.append(batch[0])
+    taken.extend(queue.take_all())
+    assert taken == batch
+    assert not queue
+
+
+@given(st.lists(messages, max_size=20), st.lists(messages, max_size=5))
+def test_a_batch_is_an_immutable_sequence_of_its_messages(
+    batch: list[Message], more: list[Message]
+) -> None:
+    messages_ = MessageBatch(batch)
+    assert list(messages_) == batch
+    assert len(messages_) == len(batch)
+    assert messages_ == batch
+    assert messages_ == tuple(batch)
+    assert messages_ == MessageBatch(batch)
+    assert hash(messages_) == hash(MessageBatch(batch))
+    assert messages_.ids() == [m.id for m in batch]
+    assert messages_.seqs() == [m.seq for m in batch]
+    assert messages_.rows() == [tuple(m) for m in batch]
+    assert list(messages_ + more) == batch + more
+    assert list(messages_[1:3]) == batch[1:3]
+    if batch:
+        assert messages_[-1] == batch[-1]
+
+
+def test_a_taken_batch_keeps_no_object_per_message_for_the_collector() -> None:
+    queue = MessageQueue(Message(f"{n:032x}", "s@x", f"r{n}@y", 1, 2, n + 1) for n in range(1_000))
+    before = len(gc.get_objects())
+    batch = queue.take(600)
+    rest = queue.take_all()
+    assert len(gc.get_objects()) - before < 20
+    assert len(batch) == 600
+    assert len(rest) == 400

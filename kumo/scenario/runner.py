@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import tempfile
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Final, Protocol
@@ -57,6 +57,8 @@ from kumo.scenario.format import (
     Step,
     Wait,
 )
+from kumo.store.delivery_files import read_records, segment_sizes
+from kumo.store.layout import LOGS
 
 BOUNCE_PATH: Final = "/api/admin/bounce/v1"
 INJECT_PATH: Final = "/api/inject/v1"
@@ -118,33 +120,6 @@ class Target(Protocol):
 
     async def read_records(self) -> tuple[list[dict[str, Any]] | None, str | None]:
         """The delivery-log records written since the run began, or None and why not."""
-
-
-# -- reading delivery logs --------------------------------------------------------------
-
-
-def log_sizes(log_dir: Path) -> dict[str, int]:
-    """Blocking: the current size of each ``*.jsonl`` file under ``log_dir``."""
-    return {path.name: path.stat().st_size for path in sorted(log_dir.glob("*.jsonl"))}
-
-
-def read_records(log_dir: Path, skip: Mapping[str, int] | None = None) -> list[dict[str, Any]]:
-    """Blocking: every complete record under ``log_dir/*.jsonl``, in file order.
-
-    ``skip`` maps file names to byte offsets to start from (what existed before). A last
-    line still being written (no newline yet) is left for the next read.
-    """
-    records: list[dict[str, Any]] = []
-    skip = skip or {}
-    for path in sorted(log_dir.glob("*.jsonl")):
-        with path.open("rb") as file:
-            file.seek(skip.get(path.name, 0))
-            data = file.read()
-        complete = data[: data.rfind(b"\n") + 1]
-        for line in complete.splitlines():
-            if line.strip():
-                records.append(json.loads(line))
-    return records
 
 
 # -- the targets ------------------------------------------------------------------------
@@ -247,7 +222,7 @@ class InProcessTarget:
 
     async def read_records(self) -> tuple[list[dict[str, Any]] | None, str | None]:
         # Inline, not in a thread: a thread would let virtual time jump.
-        return read_records(self.data_dir / "logs"), None
+        return read_records(self.data_dir / LOGS), None
 
 
 class LiveTarget:
@@ -304,7 +279,7 @@ class LiveTarget:
             )
             if log_dir is not None:
                 # Records from before the run are not the scenario's: count from here.
-                target._log_offsets = await trio.to_thread.run_sync(log_sizes, log_dir)
+                target._log_offsets = await trio.to_thread.run_sync(segment_sizes, log_dir)
             yield target
 
     async def request(

@@ -36,6 +36,7 @@ from kumo.model.requests import BounceRequest
 from kumo.model.state import RuleView
 from kumo.runtime.clock import EngineClock
 from kumo.runtime.engine import Engine, open_engine
+from kumo.store.delivery_files import read_checkpoint, write_checkpoint
 from kumo.store.layout import DATABASE
 from kumo.store.sqlite_log import chain_link
 from tests.runtime.harness import WALL_ORIGIN, bounce, message
@@ -614,9 +615,9 @@ def test_verify_names_duplicate_and_missing_delivery_records(copy: Path) -> None
     dropped = orjson.loads(lines[0])["id"]
     kept = [*lines[1 : first_bounce + 1], lines[first_bounce], *lines[first_bounce + 1 :]]
     segment.write_bytes(b"".join(kept))
-    checkpoint = orjson.loads((copy / "logs" / "checkpoint.json").read_bytes())
-    checkpoint["offset"] = segment.stat().st_size
-    (copy / "logs" / "checkpoint.json").write_bytes(orjson.dumps(checkpoint))
+    checkpoint = read_checkpoint(copy / "logs")
+    assert checkpoint is not None
+    write_checkpoint(copy / "logs", attrs.evolve(checkpoint, offset=segment.stat().st_size))
     code, violations = _violations(copy)
     assert code == 1
     problems = [v["problem"] for v in violations]

@@ -21,6 +21,7 @@ from kumo.runtime.clock import EngineClock
 from kumo.runtime.delivery_log import DeliveryLogWriter
 from kumo.runtime.engine import open_engine
 from kumo.runtime.log_writer import LogWriter
+from kumo.store.delivery_files import Checkpoint, read_checkpoint, segment_name, write_checkpoint
 from kumo.store.sqlite_log import SqliteEventStore
 from tests.runtime.harness import WALL_ORIGIN, bounce, log_records, message
 
@@ -53,17 +54,16 @@ async def test_a_crash_after_writing_but_before_the_checkpoint_repeats_nothing(
 ) -> None:
     await fill(tmp_path, 10)
     logs = tmp_path / "logs"
-    checkpoint = orjson.loads((logs / "checkpoint.json").read_bytes())
-    segment = logs / checkpoint["segment"]
+    checkpoint = read_checkpoint(logs)
+    assert checkpoint is not None
+    segment = logs / checkpoint.segment
     complete = segment.read_bytes()
     # Pretend the last round (the sweep's AdminBounce lines, and half a line more) was
     # written but died before its checkpoint: the checkpoint still says "after seq 11,
     # the ten Reception lines".
     lines = complete.splitlines(keepends=True)
     offset = sum(len(line) for line in lines[:10])
-    (logs / "checkpoint.json").write_bytes(
-        orjson.dumps({"seq": 11, "segment": checkpoint["segment"], "offset": offset})
-    )
+    write_checkpoint(logs, Checkpoint(11, checkpoint.segment, offset))
     segment.write_bytes(complete + b'{"type":"AdminBou')
     async with open_engine(tmp_path, clock=EngineClock(WALL_ORIGIN), threads=False) as engine:
         await engine.wait_idle()
@@ -83,17 +83,33 @@ async def test_records_survive_and_continue_across_restarts(
 
 
 async def test_segments_rotate_and_are_named_by_their_first_seq(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, autojump_clock: trio.testing.MockClock
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
-    monkeypatch.setattr(delivery_log, "SEGMENT_BYTES", 2_000)
-    async with open_engine(tmp_path, clock=EngineClock(WALL_ORIGIN), threads=False) as engine:
+    store = SqliteEventStore(tmp_path / "log.db")
+    reader = SqliteEventStore(tmp_path / "log.db", readonly=True)
+    log = LogWriter(store, reader, EngineClock(WALL_ORIGIN), on_commit=lambda _: None)
+    writer = DeliveryLogWriter(
+        log, tmp_path / "logs", RuleBook(), "node", run_blocking=inline, segment_bytes=2_000
+    )
+    writer.recover()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(log.run)
+        await nursery.start(writer.run)
         for i in range(6):
-            await engine.inject([message(f"u{i}.{n}@d.com") for n in range(3)])
-            await engine.wait_idle()
+            await log.append(
+                [
+                    MessageReceived(f"m{i}.{n}", "d.com", "s@x", f"u{i}.{n}@d.com", 1)
+                    for n in range(3)
+                ]
+            )
+            await writer.position.wait_for(log.last_seq)
+        nursery.cancel_scope.cancel()
     segments = sorted(p.name for p in (tmp_path / "logs").glob("*.jsonl"))
     assert len(segments) > 1
-    assert segments[0] == delivery_log.segment_name(1)
+    assert segments[0] == segment_name(1)
     assert len(log_records(tmp_path)) == 18
+    store.close()
+    reader.close()
 
 
 def test_rounds_hold_about_round_records_each(monkeypatch: pytest.MonkeyPatch) -> None:

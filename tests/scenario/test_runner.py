@@ -16,11 +16,11 @@ from kumo.scenario.report import format_result
 from kumo.scenario.runner import (
     InProcessTarget,
     ScenarioResult,
-    read_records,
     run_in_process,
     run_live,
     run_scenario,
 )
+from kumo.store.delivery_files import read_records
 from tests.live_server import running_server
 
 LIBRARY = Path(__file__).resolve().parents[2] / "scripts" / "scenarios"

@@ -16,9 +16,7 @@ from kumo.store.log_snapshot import ChainedRow, LogSnapshot
 from kumo.store.sqlite_log import SqliteEventStore
 from kumo.store.verify import (
     ChainCheck,
-    Checkpoint,
     DeliveryRecord,
-    read_checkpoint,
     read_delivery_log,
     verify_data_dir,
 )
@@ -179,12 +177,15 @@ def test_delivery_log_reader_names_bad_lines_and_tolerates_a_line_being_written(
     ]
 
 
-def test_checkpoint_reading(tmp_path: Path) -> None:
-    assert read_checkpoint(tmp_path) is None
-    (tmp_path / "checkpoint.json").write_bytes(b'{"seq": 3, "segment": "s", "offset": 7}')
-    assert read_checkpoint(tmp_path) == Checkpoint(3, "s", 7)
-    (tmp_path / "checkpoint.json").write_bytes(b"{")
-    assert isinstance(read_checkpoint(tmp_path), Violation)
+def test_verify_reports_an_unreadable_checkpoint(tmp_path: Path) -> None:
+    make_log(tmp_path / "events.sqlite3").close()
+    write_segments(tmp_path / "logs", b"")
+    (tmp_path / "logs" / "checkpoint.json").write_bytes(b"{")
+    report = verify_data_dir(tmp_path)
+    [violation] = [v for v in report.violations if v.check == "checkpoint"]
+    assert violation.where == "logs/checkpoint.json"
+    assert violation.problem.startswith("unreadable checkpoint: not JSON")
+    assert report.checkpoint_seq is None
 
 
 def test_verify_checks_the_checkpoint_against_its_segment(tmp_path: Path) -> None:

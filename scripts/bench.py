@@ -72,9 +72,10 @@ import trio
 from kumo.cli.serve import tune_for_serving
 from kumo.model.criteria import Criteria
 from kumo.model.events import Message
-from kumo.model.log_record import admin_bounce_record, rfc3339
+from kumo.model.log_record import admin_bounce_record
 from kumo.model.queue_name import queue_name_for
 from kumo.model.requests import BounceRequest, NewMessage
+from kumo.model.rfc3339 import format_rfc3339
 from kumo.runtime.engine import Engine, open_engine
 
 SENDER: Final = "bench@sender.example"
@@ -207,7 +208,7 @@ def measure_floor(filled: Filled, queues: int, batch: int, directory: Path) -> F
     template = admin_bounce_record(
         probe, queue=queue_of(0, queues), reason=REASON, bounced_at=now, node_id=FLOOR_NODE_ID
     )
-    created = [(t // 1_000_000_000, rfc3339(t)) for t in filled.batch_times]
+    created = [(t // 1_000_000_000, format_rfc3339(t)) for t in filled.batch_times]
     recipients = [recipient_of(index, queues) for index in range(count)]
     gc.collect()
     # The floor's own garbage holds no cycles: without the collector its figure does not

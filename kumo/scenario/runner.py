@@ -30,7 +30,7 @@ import trio.testing
 
 from kumo.http.app import create_app
 from kumo.model.duration import NANOS_PER_SECOND
-from kumo.model.log_record import rfc3339
+from kumo.model.rfc3339 import format_rfc3339
 from kumo.runtime.blocking import inline
 from kumo.runtime.clock import EngineClock
 from kumo.runtime.engine import Engine, open_engine
@@ -509,7 +509,7 @@ class _Run:
     async def _bounce(self, step: Step, action: Bounce) -> list[Check]:
         body = dict(action.body)
         if action.expires_in is not None:
-            body["expires"] = rfc3339(self.target.wall_now() + action.expires_in)
+            body["expires"] = format_rfc3339(self.target.wall_now() + action.expires_in)
         reply = await self.target.request(
             "POST",
             BOUNCE_PATH,

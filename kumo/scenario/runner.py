@@ -30,6 +30,7 @@ import trio.testing
 
 from kumo.http.app import create_app
 from kumo.model.duration import NANOS_PER_SECOND
+from kumo.model.prometheus_text import parse_scheduled_counts
 from kumo.model.rfc3339 import format_rfc3339
 from kumo.runtime.blocking import inline
 from kumo.runtime.clock import EngineClock
@@ -44,7 +45,6 @@ from kumo.scenario.expect import (
     check_reply,
     evaluate,
     failed,
-    parse_scheduled_counts,
 )
 from kumo.scenario.format import (
     Bounce,

@@ -26,7 +26,6 @@ from kumo.cli.kcli import (
     cli,
     display_width,
     format_table,
-    parse_scheduled_counts,
     reason_phrase,
 )
 
@@ -937,39 +936,6 @@ def test_queue_summary_failure_is_reported() -> None:
 
     assert result.exit_code == 1
     assert result.stderr == "request status 401: Unauthorized. Response body: not trusted\n"
-
-
-def test_parse_scheduled_counts_unescapes_labels_and_skips_noise() -> None:
-    text = "\n".join(
-        [
-            'scheduled_count{queue="back\\\\slash"} 1',
-            'scheduled_count{queue="quo\\"te"} 2',
-            'scheduled_count{queue="new\\nline"} 3',
-            'scheduled_count{queue="odd\\xescape"} 4',
-            'scheduled_count { node="n1" , queue="spaced" , } 5.0 1700000000000',
-            'scheduled_count{queue="sci"} 1e3',
-            'scheduled_count{queue="nan"} NaN',
-            'scheduled_count{queue="inf"} +Inf',
-            'scheduled_count{node="n1"} 9',
-            'scheduled_count{queue="unterminated} 9',
-            'scheduled_count{queue="novalue"}',
-            'scheduled_count{queue="word"} many',
-            'scheduled_count_other{queue="x"} 9',
-            '  # comment scheduled_count{queue="c"} 1',
-            'scheduled_count{queue="dup"} 1',
-            'scheduled_count{queue="dup"} 2',
-        ]
-    )
-
-    assert parse_scheduled_counts(text) == {
-        "back\\slash": 1,
-        'quo"te': 2,
-        "new\nline": 3,
-        "odd\\xescape": 4,
-        "spaced": 5,
-        "sci": 1000,
-        "dup": 3,
-    }
 
 
 # --- tables ----------------------------------------------------------------------------

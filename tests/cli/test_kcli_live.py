@@ -27,6 +27,7 @@ import pytest
 from kumo.cli.kcli import BOUNCE_ASYNC_NOTE
 from kumo.model.duration import NANOS_PER_HOUR, NANOS_PER_MINUTE, parse_duration
 from kumo.model.events import BounceIssued
+from kumo.model.prometheus_text import parse_scheduled_counts
 from tests.live_server import (
     delivery_records,
     last_seq,
@@ -79,13 +80,7 @@ def scheduled_counts(url: str) -> dict[str, int]:
     """The ``scheduled_count`` gauges of /metrics, read without kcli."""
     reply = httpx.get(url + "/metrics")
     assert reply.status_code == 200, reply.text
-    counts = {}
-    prefix = 'scheduled_count{queue="'
-    for line in reply.text.splitlines():
-        if line.startswith(prefix):
-            labelled, _, value = line.rpartition(" ")
-            counts[labelled[len(prefix) : -len('"}')]] = int(value)
-    return counts
+    return parse_scheduled_counts(reply.text)
 
 
 def records_when(data: Path, *, count: int) -> list[dict[str, Any]] | None:

@@ -20,6 +20,7 @@ from kumo.http.errors import (
     JSON_SYNTAX_PREFIX,
     UNSUPPORTED_MEDIA_TYPE,
 )
+from kumo.model.prometheus_text import parse_samples, parse_scheduled_counts
 from tests.live_server import (
     delivery_records,
     logged_events,
@@ -54,24 +55,16 @@ def rules(url: str) -> list[dict[str, Any]]:
 
 
 def metrics(url: str) -> dict[str, float]:
-    """The samples of /metrics, by their full name with labels."""
+    """The unlabelled samples of /metrics, by name."""
     reply = httpx.get(url + "/metrics")
     assert reply.status_code == 200, reply.text
-    samples = {}
-    for line in reply.text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            samples[name] = float(value)
-    return samples
+    return {sample.name: sample.value for sample in parse_samples(reply.text) if not sample.labels}
 
 
 def scheduled(url: str) -> dict[str, int]:
-    found = {}
-    for name, value in metrics(url).items():
-        match = re.fullmatch(r'scheduled_count\{queue="(.*)"\}', name)
-        if match:
-            found[match.group(1)] = int(value)
-    return found
+    reply = httpx.get(url + "/metrics")
+    assert reply.status_code == 200, reply.text
+    return parse_scheduled_counts(reply.text)
 
 
 def records_when(data: Path, *, count: int) -> list[dict[str, Any]] | None:

@@ -26,14 +26,12 @@ import attrs
 import click
 import httpx
 
+from kumo.http.routes import BOUNCE_PATH, INJECT_PATH, METRICS_PATH
 from kumo.model.prometheus_text import parse_scheduled_counts
 
 DEFAULT_ENDPOINT = "http://127.0.0.1:8000"
 ENDPOINT_ENV_VAR = "KUMO_KCLI_ENDPOINT"
 TOKEN_ENV_VAR = "KUMO_KCLI_TOKEN"
-BOUNCE_PATH = "/api/admin/bounce/v1"
-INJECT_PATH = "/api/inject/v1"
-METRICS_PATH = "/metrics"
 
 # KumoMTA's kcli gives up on a request after 60 s; so do we.
 REQUEST_TIMEOUT = httpx.Timeout(60.0)

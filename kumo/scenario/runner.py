@@ -29,6 +29,7 @@ import trio
 import trio.testing
 
 from kumo.http.app import create_app
+from kumo.http.routes import BOUNCE_PATH, INJECT_PATH, LIVENESS_PATH, METRICS_PATH
 from kumo.model.duration import NANOS_PER_SECOND
 from kumo.model.prometheus_text import parse_scheduled_counts
 from kumo.model.rfc3339 import format_rfc3339
@@ -60,10 +61,6 @@ from kumo.scenario.format import (
 from kumo.store.delivery_files import read_records, segment_sizes
 from kumo.store.layout import LOGS
 
-BOUNCE_PATH: Final = "/api/admin/bounce/v1"
-INJECT_PATH: Final = "/api/inject/v1"
-METRICS_PATH: Final = "/metrics"
-LIVENESS_PATH: Final = "/api/check-liveness/v1"
 INJECT_BATCH: Final = 1_000
 """Recipients per inject request."""
 STEP_BUDGET: Final = 3_600.0

@@ -10,6 +10,7 @@ import pytest
 import trio
 import trio.testing
 
+from kumo.http.routes import BOUNCE_PATH
 from kumo.scenario.expect import Verdict
 from kumo.scenario.format import parse_scenario
 from kumo.scenario.report import format_result
@@ -189,7 +190,7 @@ def test_live_without_log_dir_or_restart_command_skips_those_checks(tmp_path: Pa
         first = run_live(scenario, url, settle_timeout=5)
         second = run_live(scenario, url, settle_timeout=5)
         with httpx.Client(base_url=url) as client:
-            assert client.get("/api/admin/bounce/v1").json() == []
+            assert client.get(BOUNCE_PATH).json() == []
     assert first.passed, format_result(first)
     restart, records, mixed = first.steps[2:]
     assert restart.verdict is Verdict.SKIPPED

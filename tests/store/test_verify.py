@@ -11,6 +11,7 @@ import pytest
 from kumo.model.criteria import Criteria
 from kumo.model.events import Bounced, BounceIssued, Event, Message, MessageReceived
 from kumo.model.invariants import Violation
+from kumo.store.delivery_files import segment_name
 from kumo.store.event_log import LogCorruptError
 from kumo.store.log_snapshot import ChainedRow, LogSnapshot
 from kumo.store.sqlite_log import SqliteEventStore
@@ -147,7 +148,7 @@ def write_segments(logs: Path, *segments: bytes) -> list[Path]:
     logs.mkdir(exist_ok=True)
     paths = []
     for index, data in enumerate(segments):
-        path = logs / f"{index + 1:020d}.jsonl"
+        path = logs / segment_name(index + 1)
         path.write_bytes(data)
         paths.append(path)
     return paths
@@ -168,7 +169,7 @@ def test_delivery_log_reader_names_bad_lines_and_tolerates_a_line_being_written(
         record("Reception", "b") + b'{"type": "Recep',
     )
     items = list(read_delivery_log(logs))
-    first, second = (f"logs/{n:020d}.jsonl" for n in (1, 2))
+    first, second = (f"logs/{segment_name(n)}" for n in (1, 2))
     assert items == [
         DeliveryRecord("Reception", "a", "a.com", "", f"{first} line 1"),
         Violation("delivery-log", f"{first} line 2", "not a delivery-log record"),

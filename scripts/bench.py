@@ -76,11 +76,13 @@ import orjson
 import trio
 
 from kumo.cli.serve import tune_for_serving
+from kumo.http.routes import BOUNCE_PATH, INJECT_PATH
 from kumo.model.criteria import Criteria
 from kumo.model.events import Message
-from kumo.model.log_record import admin_bounce_record, rfc3339
+from kumo.model.log_record import admin_bounce_record
 from kumo.model.queue_name import queue_name_for
 from kumo.model.requests import BounceRequest, NewMessage
+from kumo.model.rfc3339 import format_rfc3339
 from kumo.runtime.engine import Engine, open_engine
 
 SENDER: Final = "bench@sender.example"
@@ -232,7 +234,7 @@ def measure_floor(filled: Filled, queues: int, batch: int, directory: Path) -> F
     template = admin_bounce_record(
         probe, queue=queue_of(0, queues), reason=REASON, bounced_at=now, node_id=FLOOR_NODE_ID
     )
-    created = [(t // 1_000_000_000, rfc3339(t)) for t in filled.batch_times]
+    created = [(t // 1_000_000_000, format_rfc3339(t)) for t in filled.batch_times]
     recipients = [recipient_of(index, queues) for index in range(count)]
     gc.collect()
     # The floor's own garbage holds no cycles: without the collector its figure does not
@@ -605,7 +607,7 @@ def latency_run(data_dir: Path, messages: int, baseline: int) -> LatencyRun:
     sweep = {"reason": REASON, "duration": "5m"}
     with serving(data_dir) as server, httpx.Client(base_url=server.url, timeout=60) as client:
         base_post, base_get = _probe(client, probe, lambda _: len(_) < baseline, None)
-        response = client.post("/api/admin/bounce/v1", json=sweep)
+        response = client.post(BOUNCE_PATH, json=sweep)
         response.raise_for_status()
         sweep_started = time.perf_counter()
         rule_id = response.json()["id"]
@@ -648,11 +650,11 @@ def _probe(
             deadline = time.perf_counter() + PROBE_PERIOD
             started = time.perf_counter()
             if kind == "POST":
-                response = client.post("/api/admin/bounce/v1", json=body)
+                response = client.post(BOUNCE_PATH, json=body)
                 posts.append(time.perf_counter() - started)
                 response.raise_for_status()
             else:
-                response = client.get("/api/admin/bounce/v1")
+                response = client.get(BOUNCE_PATH)
                 gets.append(time.perf_counter() - started)
                 response.raise_for_status()
                 if check is not None and check(orjson.loads(response.content)):
@@ -782,11 +784,11 @@ def inject_run(data_dir: Path, messages: int, queues: int) -> InjectRun:
             latencies: list[float] = []
             headers = {"content-type": "application/json"}
             with httpx.Client(base_url=server.url, timeout=120, headers=headers) as client:
-                client.post("/api/inject/v1", content=warmup).raise_for_status()
+                client.post(INJECT_PATH, content=warmup).raise_for_status()
                 barrier.wait()
                 for body in share:
                     started = time.perf_counter()
-                    response = client.post("/api/inject/v1", content=body)
+                    response = client.post(INJECT_PATH, content=body)
                     latencies.append(time.perf_counter() - started)
                     response.raise_for_status()
                     reply = orjson.loads(response.content)

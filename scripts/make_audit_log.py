@@ -16,7 +16,6 @@ written as the engine's writer would (same records, segments and checkpoint), so
 from __future__ import annotations
 
 import itertools
-import os
 import random
 import sys
 import time
@@ -25,7 +24,6 @@ from typing import Final
 
 import attrs
 import click
-import orjson
 
 from kumo.model.criteria import Criteria
 from kumo.model.events import (
@@ -40,8 +38,9 @@ from kumo.model.events import (
 from kumo.model.queue_name import queue_name_for
 from kumo.model.settings import EngineSettings
 from kumo.model.state import QueueState, RuleBook, SweepRule
-from kumo.runtime.delivery_log import encode_records, segment_name
-from kumo.store.layout import CHECKPOINT, DATABASE, LOGS
+from kumo.runtime.delivery_log import encode_records
+from kumo.store.delivery_files import DeliveryFiles
+from kumo.store.layout import DATABASE, LOGS
 from kumo.store.sqlite_log import SqliteEventStore
 
 START: Final = 1_767_225_600_000_000_000
@@ -187,40 +186,23 @@ class _Day:
 
 
 class _DeliveryLog:
-    """Writes records as :class:`kumo.runtime.delivery_log.DeliveryLogWriter` would."""
+    """Writes records as :class:`kumo.runtime.delivery_log.DeliveryLogWriter` would:
+    through :class:`DeliveryFiles`, one round per commit."""
 
     def __init__(self, directory: Path, rules: RuleBook) -> None:
-        self.directory = directory
-        directory.mkdir(parents=True, exist_ok=True)
+        self.files = DeliveryFiles(directory, segment_bytes=EngineSettings().segment_bytes)
+        self.files.recover()
         self.rules = rules
-        self.segment = ""
-        self.offset = 0
-        self._handle: int | None = None
 
     def write(self, batch: list[Committed]) -> None:
         rules = {
             rule.id: (rule.reason, rule.suppress_logging) for rule in self.rules.rules.values()
         }
         lines = encode_records(batch, rules, NODE_ID)
-        if lines:
-            if self._handle is None or self.offset >= EngineSettings().segment_bytes:
-                if self._handle is not None:
-                    os.close(self._handle)
-                self.segment = segment_name(batch[0].seq)
-                self._handle = os.open(
-                    self.directory / self.segment, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644
-                )
-                self.offset = 0
-            data = b"".join(lines)
-            os.write(self._handle, data)
-            self.offset += len(data)
-        if self._handle is not None:
-            checkpoint = {"seq": batch[-1].seq, "segment": self.segment, "offset": self.offset}
-            (self.directory / CHECKPOINT).write_bytes(orjson.dumps(checkpoint))
+        self.files.append(lines, batch[0].seq, batch[-1].seq)
 
     def close(self) -> None:
-        if self._handle is not None:
-            os.close(self._handle)
+        self.files.close()
 
 
 def make_audit_log(

@@ -11,7 +11,6 @@ it signals, or to read its exit status).
 
 from __future__ import annotations
 
-import json
 import os
 import selectors
 import signal
@@ -25,6 +24,7 @@ from pathlib import Path
 from typing import IO, Any, Final, TypeVar
 
 from kumo.model.events import Committed
+from kumo.store.delivery_files import read_records
 from kumo.store.layout import DATABASE, LOGS
 from kumo.store.sqlite_log import SqliteEventStore
 
@@ -183,16 +183,9 @@ def last_seq(data_dir: Path) -> int:
 
 
 def delivery_records(data_dir: Path) -> list[dict[str, Any]]:
-    """Every record of the delivery log (``logs/*.jsonl``), in file and line order.
-
-    A last line still being written (no newline yet) is left out.
-    """
-    records = []
-    for path in sorted((data_dir / LOGS).glob("*.jsonl")):
-        text = path.read_text(encoding="utf-8")
-        complete = text[: text.rfind("\n") + 1]
-        records += [json.loads(line) for line in complete.splitlines()]
-    return records
+    """Every record of the delivery log, in log order; a last line still being written
+    (no newline yet) is left out."""
+    return read_records(data_dir / LOGS)
 
 
 def wait_until(

@@ -42,11 +42,10 @@ from rich.progress import (
 )
 
 from kumo.config import DEFAULT_DATA_DIR
-from kumo.http.rfc3339 import TimestampError, parse_rfc3339
 from kumo.model.audit import MessageStory, RuleAction, Timeline, TimelineFilter, state_at
 from kumo.model.duration import DurationError, format_duration, parse_duration
 from kumo.model.events import Committed, criteria_to_json
-from kumo.model.log_record import rfc3339
+from kumo.model.rfc3339 import TimestampError, format_rfc3339, parse_rfc3339
 from kumo.model.state import RuleView, State
 from kumo.store.event_log import LogCorruptError
 from kumo.store.layout import DATABASE
@@ -190,7 +189,7 @@ def render_csv(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
 
 
 def _time(nanos: int | None) -> str | None:
-    return rfc3339(nanos) if nanos is not None else None
+    return format_rfc3339(nanos) if nanos is not None else None
 
 
 TABLE_QUEUES: Final = 3
@@ -217,7 +216,7 @@ def fate(action: RuleAction) -> str:
 
 def action_json(action: RuleAction) -> dict[str, Any]:
     return {
-        "time": rfc3339(action.time),
+        "time": format_rfc3339(action.time),
         "seq": action.seq,
         "action": action.action,
         "rule": action.rule_id,
@@ -225,8 +224,8 @@ def action_json(action: RuleAction) -> dict[str, Any]:
         "criteria": criteria_to_json(action.criteria),
         "criteria_text": action.criteria.describe(),
         "reason": action.reason,
-        "issued_at": rfc3339(action.issued_at),
-        "expires": rfc3339(action.expires_at),
+        "issued_at": format_rfc3339(action.issued_at),
+        "expires": format_rfc3339(action.expires_at),
         "suppress_logging": action.suppress_logging,
         "status": action.status,
         "ended_at": _time(action.ended_at),
@@ -279,14 +278,14 @@ def render_timeline(
             _CSV_TIMELINE_HEADERS,
             (
                 (
-                    rfc3339(a.time),
+                    format_rfc3339(a.time),
                     "" if a.seq is None else a.seq,
                     a.action,
                     a.rule_id,
                     a.principal or "",
                     a.criteria.describe(),
                     a.reason,
-                    rfc3339(a.expires_at),
+                    format_rfc3339(a.expires_at),
                     a.status,
                     _time(a.ended_at) or "",
                     a.ended_by or "",
@@ -300,7 +299,7 @@ def render_timeline(
         _TIMELINE_HEADERS,
         (
             (
-                rfc3339(a.time),
+                format_rfc3339(a.time),
                 a.action,
                 a.rule_id,
                 a.principal or "-",
@@ -330,8 +329,8 @@ def rule_view_json(view: RuleView) -> dict[str, Any]:
         "duration": format_duration(max(view.remaining, 0)),
         "bounced": dict(view.bounced),
         "total_bounced": view.total_bounced,
-        "expires": rfc3339(view.expires_at),
-        "issued_at": rfc3339(view.issued_at),
+        "expires": format_rfc3339(view.expires_at),
+        "issued_at": format_rfc3339(view.issued_at),
         "issued_by": view.issued_by,
         "suppress_logging": view.suppress_logging,
     }
@@ -346,7 +345,7 @@ def render_state(state: State, at: int, fmt: str, queue: str | None) -> str:
     if fmt == "json":
         return orjson.dumps(
             {
-                "at": rfc3339(at),
+                "at": format_rfc3339(at),
                 "seq": state.last_seq,
                 "rules": [rule_view_json(view) for view in views],
                 "queues": counts,
@@ -394,7 +393,7 @@ def render_state(state: State, at: int, fmt: str, queue: str | None) -> str:
         ("QUEUE", "QUEUED"), ((name, f"{count:,}") for name, count in counts.items()), right=1
     )
     return (
-        f"State at {rfc3339(at)} (log up to seq {state.last_seq})\n\n"
+        f"State at {format_rfc3339(at)} (log up to seq {state.last_seq})\n\n"
         f"Live rules: {len(views)}\n{rules_table}\n\n"
         f"Scheduled queues: {len(counts)}\n{queues_table}\n\n"
         f"received {state.received_total:,}, bounced {state.bounced_total:,}, "
@@ -409,7 +408,7 @@ def story_json(story: MessageStory) -> dict[str, Any]:
         "received": [
             {
                 "seq": r.seq,
-                "time": rfc3339(r.time),
+                "time": format_rfc3339(r.time),
                 "queue": r.queue,
                 "sender": r.sender,
                 "recipient": r.recipient,
@@ -421,7 +420,7 @@ def story_json(story: MessageStory) -> dict[str, Any]:
         "bounced": [
             {
                 "seq": b.seq,
-                "time": rfc3339(b.time),
+                "time": format_rfc3339(b.time),
                 "queue": b.queue,
                 "rule": b.rule_id,
                 "how": b.how,
@@ -444,7 +443,7 @@ def render_story(story: MessageStory, fmt: str) -> str:
     for r in story.received:
         rows.append(
             (
-                rfc3339(r.time),
+                format_rfc3339(r.time),
                 str(r.seq),
                 "received",
                 r.queue,
@@ -458,7 +457,7 @@ def render_story(story: MessageStory, fmt: str) -> str:
             if b.criteria is not None
             else f"by rule {b.rule_id}, which the log never issued"
         )
-        rows.append((rfc3339(b.time), str(b.seq), "bounced", b.queue, rule))
+        rows.append((format_rfc3339(b.time), str(b.seq), "bounced", b.queue, rule))
     if story.status == "queued":
         rows.append(("", "", "queued", story.received[-1].queue, "still waiting in its queue"))
     if fmt == "csv":
@@ -574,7 +573,7 @@ def audit(
         since=since, until=until, rule_id=rule_id, queue=queue, principal=principal
     )
     header = {
-        "as_of": rfc3339(as_of),
+        "as_of": format_rfc3339(as_of),
         "log": {
             "events": snapshot.event_count,
             "first_seq": snapshot.first_seq,

@@ -14,7 +14,6 @@ from __future__ import annotations
 import email.policy
 import email.utils
 import json
-import math
 import re
 import unicodedata
 from collections.abc import Iterator, Mapping, Sequence
@@ -27,12 +26,12 @@ import attrs
 import click
 import httpx
 
+from kumo.http.routes import BOUNCE_PATH, INJECT_PATH, METRICS_PATH
+from kumo.model.prometheus_text import parse_scheduled_counts
+
 DEFAULT_ENDPOINT = "http://127.0.0.1:8000"
 ENDPOINT_ENV_VAR = "KUMO_KCLI_ENDPOINT"
 TOKEN_ENV_VAR = "KUMO_KCLI_TOKEN"
-BOUNCE_PATH = "/api/admin/bounce/v1"
-INJECT_PATH = "/api/inject/v1"
-METRICS_PATH = "/metrics"
 
 # KumoMTA's kcli gives up on a request after 60 s; so do we.
 REQUEST_TIMEOUT = httpx.Timeout(60.0)
@@ -242,91 +241,6 @@ def format_bounce_list(entries: Sequence[Mapping[str, Any]]) -> str:
 
 
 # --- queue-summary ---------------------------------------------------------------------
-
-_METRIC_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
-_LABEL_NAME = re.compile(r"\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*=\s*\"")
-_LABEL_ESCAPES = {"\\": "\\", '"': '"', "n": "\n"}
-
-
-def parse_labels(text: str, start: int) -> tuple[dict[str, str], int] | None:
-    """Parse a `{name="value",...}` label set whose `{` is at `start - 1`.
-
-    Returns the labels and the index just past the closing `}`, or None if malformed.
-    Label values are unescaped (`\\\\`, `\\"` and `\\n`).
-    """
-    labels: dict[str, str] = {}
-    pos = start
-    while True:
-        closing = re.compile(r"\s*}").match(text, pos)
-        if closing:
-            return labels, closing.end()
-        match = _LABEL_NAME.match(text, pos)
-        if match is None:
-            return None
-        pos = match.end()
-        value: list[str] = []
-        while True:
-            if pos >= len(text):
-                return None
-            char = text[pos]
-            if char == '"':
-                pos += 1
-                break
-            if char == "\\" and pos + 1 < len(text):
-                following = text[pos + 1]
-                value.append(_LABEL_ESCAPES.get(following, "\\" + following))
-                pos += 2
-                continue
-            value.append(char)
-            pos += 1
-        labels[match.group(1)] = "".join(value)
-        separator = re.compile(r"\s*,").match(text, pos)
-        if separator:
-            pos = separator.end()
-
-
-def parse_sample(line: str) -> tuple[str, dict[str, str], float] | None:
-    """One Prometheus text-format sample line as (name, labels, value), else None."""
-    match = _METRIC_NAME.match(line)
-    if match is None:
-        return None
-    name = match.group()
-    rest = line[match.end() :].lstrip()
-    labels: dict[str, str] = {}
-    if rest.startswith("{"):
-        parsed = parse_labels(rest, 1)
-        if parsed is None:
-            return None
-        labels, end = parsed
-        rest = rest[end:]
-    fields = rest.split()
-    if not fields:
-        return None
-    try:
-        value = float(fields[0])
-    except ValueError:
-        return None
-    return name, labels, value
-
-
-def parse_scheduled_counts(metrics_text: str) -> dict[str, int]:
-    """Map queue name to its `scheduled_count` gauge, from a Prometheus text page.
-
-    Comment lines and lines that do not parse are skipped; non-finite values too.
-    """
-    counts: dict[str, int] = {}
-    for line in metrics_text.splitlines():
-        if not line.strip() or line.lstrip().startswith("#"):
-            continue
-        sample = parse_sample(line.strip())
-        if sample is None:
-            continue
-        name, labels, value = sample
-        if name != "scheduled_count" or "queue" not in labels or not math.isfinite(value):
-            continue
-        queue = labels["queue"]
-        counts[queue] = counts.get(queue, 0) + int(value)
-    return counts
 
 
 def format_queue_summary(counts: Mapping[str, int]) -> str:

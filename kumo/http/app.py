@@ -33,17 +33,12 @@ from kumo.http.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from kumo.http.metrics import render_metrics
 from kumo.http.openapi import OPENAPI
 from kumo.http.replies import TEXT, Reply, text_reply
+from kumo.http.routes import BOUNCE_PATH, INJECT_PATH, LIVENESS_PATH, METRICS_PATH, OPENAPI_PATH
 from kumo.runtime.blocking import RunBlocking, in_thread
 from kumo.runtime.engine import EngineClosedError
 
 BODY_TIMEOUT: Final = 15
 """Seconds a client has to send a whole body before it gets 408."""
-
-BOUNCE_PATH: Final = "/api/admin/bounce/v1"
-INJECT_PATH: Final = "/api/inject/v1"
-LIVENESS_PATH: Final = "/api/check-liveness/v1"
-METRICS_PATH: Final = "/metrics"
-OPENAPI_PATH: Final = "/api-docs/openapi.json"
 
 _PROTECTED_PATHS: Final = frozenset({BOUNCE_PATH, INJECT_PATH, METRICS_PATH})
 """Routes served only to trusted or authenticated peers (docs/operations.md, "Access control")."""

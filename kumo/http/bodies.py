@@ -29,10 +29,10 @@ from kumo.http.errors import (
     json_syntax_error,
     unsupported_media_type,
 )
-from kumo.http.rfc3339 import TimestampError, parse_rfc3339
 from kumo.model.criteria import Criteria
 from kumo.model.duration import NANOS_PER_SECOND, NANOS_PER_YEAR, DurationError, parse_duration
 from kumo.model.requests import MAX_LIFETIME, BounceRequest
+from kumo.model.rfc3339 import TimestampError, parse_rfc3339
 
 # -- 415 and 400 ------------------------------------------------------------------------
 

@@ -13,7 +13,7 @@ from kumo.http.bodies import parse_bounce_request, parse_cancel_request
 from kumo.http.engine_protocol import AdminEngine
 from kumo.http.replies import Reply, json_reply, text_reply
 from kumo.model.duration import format_duration
-from kumo.model.log_record import rfc3339
+from kumo.model.rfc3339 import format_rfc3339
 from kumo.model.state import RuleView
 
 
@@ -45,8 +45,8 @@ def rule_entry(view: RuleView) -> dict[str, Any]:
         "total_bounced": view.total_bounced,
         "queue_names": sorted(criteria.queue_names),
         "suppress_logging": view.suppress_logging,
-        "expires": rfc3339(view.expires_at),
-        "issued_at": rfc3339(view.issued_at),
+        "expires": format_rfc3339(view.expires_at),
+        "issued_at": format_rfc3339(view.issued_at),
         "issued_by": view.issued_by,
     }
 

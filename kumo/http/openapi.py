@@ -1,8 +1,10 @@
-"""The OpenAPI 3.1 document of kumo's HTTP API, served at /api-docs/openapi.json."""
+"""The OpenAPI 3.1 document of kumo's HTTP API, served at ``/api-docs/openapi.json``."""
 
 from __future__ import annotations
 
 from typing import Any, Final
+
+from kumo.http.routes import BOUNCE_PATH, INJECT_PATH, LIVENESS_PATH, METRICS_PATH, OPENAPI_PATH
 
 _TEXT: Final = {"text/plain": {"schema": {"type": "string"}}}
 _NULLABLE_STRING: Final = {"type": ["string", "null"]}
@@ -139,7 +141,7 @@ OPENAPI: Final[dict[str, Any]] = {
         "description": "KumoMTA-compatible administrative bounce API, event-sourced.",
     },
     "paths": {
-        "/api/admin/bounce/v1": {
+        BOUNCE_PATH: {
             "post": {
                 "summary": "Bounce what matches; replies at once, before the sweep ends.",
                 "requestBody": {"required": True, "content": _json(_BOUNCE_REQUEST)},
@@ -189,7 +191,7 @@ OPENAPI: Final[dict[str, Any]] = {
                 },
             },
         },
-        "/api/inject/v1": {
+        INJECT_PATH: {
             "post": {
                 "summary": "Receive one message per recipient.",
                 "requestBody": {"required": True, "content": _json(_INJECT_REQUEST)},
@@ -221,13 +223,13 @@ OPENAPI: Final[dict[str, Any]] = {
                 },
             }
         },
-        "/api/check-liveness/v1": {
+        LIVENESS_PATH: {
             "get": {
                 "summary": "Liveness.",
                 "responses": {"200": {"description": "`OK`", "content": _TEXT}},
             }
         },
-        "/metrics": {
+        METRICS_PATH: {
             "get": {
                 "summary": "Prometheus text: scheduled_count{queue=...}, received and bounced.",
                 "responses": {
@@ -236,7 +238,7 @@ OPENAPI: Final[dict[str, Any]] = {
                 },
             }
         },
-        "/api-docs/openapi.json": {
+        OPENAPI_PATH: {
             "get": {
                 "summary": "This document.",
                 "responses": {"200": {"description": "OpenAPI 3.1", "content": _json({})}},

@@ -290,10 +290,18 @@ class DeliveryLogCheck:
     Feed every record of every segment, in file order, to :meth:`record`, then call
     :meth:`finish`. ``checkpoint_seq`` is the delivery log's checkpoint (0 if none):
     every record for an event up to it must be present; records for later events may
-    or may not be written yet.
+    or may not be written yet. ``checkpoint_where`` names the checkpoint in a violation
+    (the store knows its file; the model does not).
     """
 
-    def __init__(self, invariants: InvariantCheck, *, checkpoint_seq: int, last_seq: int) -> None:
+    def __init__(
+        self,
+        invariants: InvariantCheck,
+        *,
+        checkpoint_seq: int,
+        last_seq: int,
+        checkpoint_where: str = "the delivery-log checkpoint",
+    ) -> None:
         self.checkpoint_seq = checkpoint_seq
         self.last_seq = last_seq
         self.violations: list[Violation] = []
@@ -325,7 +333,7 @@ class DeliveryLogCheck:
             self.violations.append(
                 Violation(
                     "checkpoint",
-                    "logs/checkpoint.json",
+                    checkpoint_where,
                     f"the delivery log is checkpointed at seq {checkpoint_seq} but the event "
                     f"log ends at seq {last_seq}: events {last_seq + 1}..{checkpoint_seq} "
                     "are missing (the log was truncated)",

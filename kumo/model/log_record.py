@@ -9,35 +9,16 @@ writer emits one per message and a sweep emits a million: the constant parts of 
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Sequence
-from functools import lru_cache
 from typing import Any
 
 import orjson
 
 from kumo.model.duration import NANOS_PER_SECOND
 from kumo.model.events import Message, MessageReceived
+from kumo.model.rfc3339 import format_rfc3339
 
 ADMIN_BOUNCE_CODE = 551
-
-
-def rfc3339(nanos: int) -> str:
-    """UTC time as RFC 3339 with 0, 3, 6 or 9 fraction digits, as chrono prints it."""
-    return _rfc3339(nanos)
-
-
-@lru_cache(maxsize=4096)
-def _rfc3339(nanos: int) -> str:
-    seconds, fraction = divmod(nanos, NANOS_PER_SECOND)
-    stamp = dt.datetime.fromtimestamp(seconds, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S")
-    if fraction == 0:
-        return stamp + "Z"
-    if fraction % 1_000_000 == 0:
-        return f"{stamp}.{fraction // 1_000_000:03d}Z"
-    if fraction % 1_000 == 0:
-        return f"{stamp}.{fraction // 1_000:06d}Z"
-    return f"{stamp}.{fraction:09d}Z"
 
 
 def bounce_content(reason: str) -> str:
@@ -71,9 +52,9 @@ def _record(
         "response": response,
         "peer_address": None,
         "timestamp": event_time // NANOS_PER_SECOND,
-        "event_time": rfc3339(event_time),
+        "event_time": format_rfc3339(event_time),
         "created": created // NANOS_PER_SECOND,
-        "created_time": rfc3339(created),
+        "created_time": format_rfc3339(created),
         "num_attempts": 0,
         "bounce_classification": "Uncategorized",
         "egress_pool": None,
@@ -227,7 +208,7 @@ def admin_bounce_lines(
                     shared,
                     dumps(received_at // NANOS_PER_SECOND),
                     b',"created_time":',
-                    dumps(rfc3339(received_at)),
+                    dumps(format_rfc3339(received_at)),
                     tail,
                 )
             )

@@ -1,25 +1,23 @@
 """The delivery-log writer: Reception and AdminBounce records as JSON lines, exactly once.
 
 It follows the event log from its checkpoint, as far as the log is durable. Each round
-it takes what has been committed since, encodes the records, appends them to the
-current segment under ``<data-dir>/logs/`` with one write and one fsync, and then
-records its checkpoint ``(seq, segment, offset)`` atomically (a temporary file renamed
-over the old one).
+it takes what has been committed since, encodes the records, and hands them to
+:class:`~kumo.store.delivery_files.DeliveryFiles`, which appends them to the current
+segment under ``<data-dir>/logs/`` with one write and one fsync and then moves the
+checkpoint atomically.
 
-On start it truncates the segment named by the checkpoint to the checkpoint's offset:
-whatever a crash left after the last checkpoint (a record written twice, half a line)
-is cut off and written again from the log. So a restart neither loses nor repeats a
-record.
+On start the files are cut back to the checkpoint: whatever a crash left after it (a
+record written twice, half a line) is cut off and written again from the log. So a
+restart neither loses nor repeats a record. The files' layout and format are
+:mod:`kumo.store.delivery_files`'s; this task only decides what to write and when.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from pathlib import Path
 
 import attrs
-import orjson
 import trio
 
 from kumo.model.events import Bounced, Committed, MessageReceived
@@ -29,14 +27,7 @@ from kumo.model.state import RuleBook
 from kumo.runtime.blocking import RunBlocking, in_thread
 from kumo.runtime.log_writer import LogWriter
 from kumo.runtime.watermark import Watermark
-from kumo.store.layout import CHECKPOINT
-
-
-@attrs.frozen
-class Checkpoint:
-    seq: int
-    segment: str
-    offset: int
+from kumo.store.delivery_files import DeliveryFiles
 
 
 @attrs.frozen
@@ -47,82 +38,6 @@ class DeliveryLogStatistics:
     writes: int
     """Rounds written: each one write, one fdatasync and one checkpoint."""
     segment: str
-
-
-def segment_name(first_seq: int) -> str:
-    """Segments are named by the seq of the first event they hold, so they sort."""
-    return f"{first_seq:020d}.jsonl"
-
-
-class _Segments:
-    """The files under ``logs/``; used from a worker thread only."""
-
-    def __init__(self, directory: Path, segment_bytes: int) -> None:
-        self.directory = directory
-        self.segment_bytes = segment_bytes
-        self.checkpoint_path = directory / CHECKPOINT
-        self.fd: int | None = None
-        self.segment = ""
-        self.offset = 0
-
-    def recover(self) -> int:
-        """Open the checkpointed segment, cut it back to the checkpoint; return its seq."""
-        self.directory.mkdir(parents=True, exist_ok=True)
-        try:
-            data = orjson.loads(self.checkpoint_path.read_bytes())
-            checkpoint = Checkpoint(int(data["seq"]), str(data["segment"]), int(data["offset"]))
-        except FileNotFoundError:
-            return 0
-        self.segment, self.offset = checkpoint.segment, checkpoint.offset
-        self.fd = os.open(self.directory / self.segment, os.O_WRONLY | os.O_CREAT, 0o644)
-        os.ftruncate(self.fd, self.offset)
-        os.lseek(self.fd, self.offset, os.SEEK_SET)
-        return checkpoint.seq
-
-    def write(self, lines: list[bytes], first_seq: int, last_seq: int) -> int:
-        if lines:
-            if self.fd is None or self.offset >= self.segment_bytes:
-                self._rotate(first_seq)
-            assert self.fd is not None
-            data = b"".join(lines)
-            view = memoryview(data)
-            while view:
-                written = os.write(self.fd, view)
-                view = view[written:]
-            os.fdatasync(self.fd)
-            self.offset += len(data)
-            written_bytes = len(data)
-        else:
-            written_bytes = 0
-        if self.fd is not None:
-            self._checkpoint(last_seq)
-        return written_bytes
-
-    def _rotate(self, first_seq: int) -> None:
-        if self.fd is not None:
-            os.close(self.fd)
-        self.segment = segment_name(first_seq)
-        self.fd = os.open(
-            self.directory / self.segment, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644
-        )
-        self.offset = 0
-        dir_fd = os.open(self.directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-
-    def _checkpoint(self, seq: int) -> None:
-        temporary = self.checkpoint_path.with_suffix(".tmp")
-        temporary.write_bytes(
-            orjson.dumps({"seq": seq, "segment": self.segment, "offset": self.offset})
-        )
-        os.replace(temporary, self.checkpoint_path)
-
-    def close(self) -> None:
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
 
 
 def encode_records(
@@ -184,7 +99,7 @@ def _rounds(batch: list[Committed], round_records: int) -> list[list[Committed]]
 
 
 class DeliveryLogWriter:
-    """Follows the log and writes its records; see the module docstring."""
+    """Follows the log and writes its records to ``directory``; see the module docstring."""
 
     def __init__(
         self,
@@ -201,7 +116,7 @@ class DeliveryLogWriter:
         self._log = log
         self._rules = rules
         self._node_id = node_id
-        self._segments = _Segments(directory, settings.segment_bytes)
+        self._files = DeliveryFiles(directory, segment_bytes=settings.segment_bytes)
         self.position = Watermark(0)
         self._records = 0
         self._bytes = 0
@@ -209,7 +124,7 @@ class DeliveryLogWriter:
 
     def recover(self) -> int:
         """Blocking: cut the log files back to the checkpoint; returns its seq."""
-        seq = self._segments.recover()
+        seq = self._files.recover()
         self.position = Watermark(seq)
         return seq
 
@@ -232,7 +147,7 @@ class DeliveryLogWriter:
                 for round_ in _rounds(batch, self._settings.round_records):
                     await self._write(round_)
         finally:
-            self._segments.close()
+            self._files.close()
 
     async def _gather(self) -> None:
         log = self._log
@@ -255,11 +170,11 @@ class DeliveryLogWriter:
             if isinstance(c.event, Bounced) and (rule := self._rules.rules.get(c.event.rule_id))
         }
         node_id = self._node_id
-        segments = self._segments
+        files = self._files
 
         def encode_and_write() -> tuple[int, int]:
             lines = encode_records(batch, rules, node_id)
-            return len(lines), segments.write(lines, batch[0].seq, batch[-1].seq)
+            return len(lines), files.append(lines, batch[0].seq, batch[-1].seq)
 
         records, written = await self._run_blocking(encode_and_write)
         self._records += records
@@ -273,5 +188,5 @@ class DeliveryLogWriter:
             records_written=self._records,
             bytes_written=self._bytes,
             writes=self._writes,
-            segment=self._segments.segment,
+            segment=self._files.segment,
         )

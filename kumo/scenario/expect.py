@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import enum
 import json
-import math
-import re
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Final
@@ -174,35 +172,6 @@ def cancel_reply_text(status: int, rule_id: str) -> str | None:
 
 
 # -- /metrics ---------------------------------------------------------------------------
-
-_SAMPLE = re.compile(r"^scheduled_count\{(?P<labels>.*)\}\s+(?P<value>\S+)(?:\s+\S+)?\s*$")
-_LABEL = re.compile(r'\s*([A-Za-z_][A-Za-z0-9_]*)\s*=\s*"((?:[^"\\]|\\.)*)"\s*,?')
-_UNESCAPE = {"\\\\": "\\", '\\"': '"', "\\n": "\n"}
-
-
-def parse_scheduled_counts(metrics_text: str) -> dict[str, int]:
-    """The ``scheduled_count{queue="..."}`` gauges of a Prometheus text exposition."""
-    counts: dict[str, int] = {}
-    for line in metrics_text.splitlines():
-        match = _SAMPLE.match(line)
-        if match is None:
-            continue
-        labels = dict(
-            (key, re.sub(r"\\[\\\"n]", lambda m: _UNESCAPE[m.group()], value))
-            for key, value in _LABEL.findall(match.group("labels"))
-        )
-        queue = labels.get("queue")
-        if queue is None:
-            continue
-        try:
-            value = float(match.group("value"))
-        except ValueError:
-            continue
-        if not math.isfinite(value):
-            continue
-        counts[queue] = counts.get(queue, 0) + int(value)
-    return counts
-
 
 # -- expect steps -----------------------------------------------------------------------
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import tempfile
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Final, Protocol
@@ -29,8 +29,10 @@ import trio
 import trio.testing
 
 from kumo.http.app import create_app
+from kumo.http.routes import BOUNCE_PATH, INJECT_PATH, LIVENESS_PATH, METRICS_PATH
 from kumo.model.duration import NANOS_PER_SECOND
-from kumo.model.log_record import rfc3339
+from kumo.model.prometheus_text import parse_scheduled_counts
+from kumo.model.rfc3339 import format_rfc3339
 from kumo.runtime.blocking import inline
 from kumo.runtime.clock import EngineClock
 from kumo.runtime.engine import Engine, open_engine
@@ -44,7 +46,6 @@ from kumo.scenario.expect import (
     check_reply,
     evaluate,
     failed,
-    parse_scheduled_counts,
 )
 from kumo.scenario.format import (
     Bounce,
@@ -57,11 +58,9 @@ from kumo.scenario.format import (
     Step,
     Wait,
 )
+from kumo.store.delivery_files import read_records, segment_sizes
+from kumo.store.layout import LOGS
 
-BOUNCE_PATH: Final = "/api/admin/bounce/v1"
-INJECT_PATH: Final = "/api/inject/v1"
-METRICS_PATH: Final = "/metrics"
-LIVENESS_PATH: Final = "/api/check-liveness/v1"
 INJECT_BATCH: Final = 1_000
 """Recipients per inject request."""
 STEP_BUDGET: Final = 3_600.0
@@ -118,33 +117,6 @@ class Target(Protocol):
 
     async def read_records(self) -> tuple[list[dict[str, Any]] | None, str | None]:
         """The delivery-log records written since the run began, or None and why not."""
-
-
-# -- reading delivery logs --------------------------------------------------------------
-
-
-def log_sizes(log_dir: Path) -> dict[str, int]:
-    """Blocking: the current size of each ``*.jsonl`` file under ``log_dir``."""
-    return {path.name: path.stat().st_size for path in sorted(log_dir.glob("*.jsonl"))}
-
-
-def read_records(log_dir: Path, skip: Mapping[str, int] | None = None) -> list[dict[str, Any]]:
-    """Blocking: every complete record under ``log_dir/*.jsonl``, in file order.
-
-    ``skip`` maps file names to byte offsets to start from (what existed before). A last
-    line still being written (no newline yet) is left for the next read.
-    """
-    records: list[dict[str, Any]] = []
-    skip = skip or {}
-    for path in sorted(log_dir.glob("*.jsonl")):
-        with path.open("rb") as file:
-            file.seek(skip.get(path.name, 0))
-            data = file.read()
-        complete = data[: data.rfind(b"\n") + 1]
-        for line in complete.splitlines():
-            if line.strip():
-                records.append(json.loads(line))
-    return records
 
 
 # -- the targets ------------------------------------------------------------------------
@@ -247,7 +219,7 @@ class InProcessTarget:
 
     async def read_records(self) -> tuple[list[dict[str, Any]] | None, str | None]:
         # Inline, not in a thread: a thread would let virtual time jump.
-        return read_records(self.data_dir / "logs"), None
+        return read_records(self.data_dir / LOGS), None
 
 
 class LiveTarget:
@@ -304,7 +276,7 @@ class LiveTarget:
             )
             if log_dir is not None:
                 # Records from before the run are not the scenario's: count from here.
-                target._log_offsets = await trio.to_thread.run_sync(log_sizes, log_dir)
+                target._log_offsets = await trio.to_thread.run_sync(segment_sizes, log_dir)
             yield target
 
     async def request(
@@ -534,7 +506,7 @@ class _Run:
     async def _bounce(self, step: Step, action: Bounce) -> list[Check]:
         body = dict(action.body)
         if action.expires_in is not None:
-            body["expires"] = rfc3339(self.target.wall_now() + action.expires_in)
+            body["expires"] = format_rfc3339(self.target.wall_now() + action.expires_in)
         reply = await self.target.request(
             "POST",
             BOUNCE_PATH,

@@ -7,8 +7,7 @@ from typing import Final
 DATABASE: Final = "events.sqlite3"
 """The event log and the spool (SQLite, WAL mode)."""
 LOGS: Final = "logs"
-"""The delivery-log segments (``*.jsonl``) and their checkpoint."""
-CHECKPOINT: Final = "checkpoint.json"
-"""The delivery-log writer's checkpoint, inside :data:`LOGS`."""
+"""The delivery-log segments and their checkpoint; :mod:`kumo.store.delivery_files`
+owns what is inside."""
 LOCK: Final = "kumo.lock"
 """Held (``flock``) by the engine that has the directory open."""

@@ -8,26 +8,35 @@ Then every delivery-log record under ``logs/`` goes through
 :class:`~kumo.model.invariants.DeliveryLogCheck`, with the checkpoint.
 
 Nothing here writes: the log is read through :class:`LogSnapshot`, the delivery log
-with plain reads. A truncated log keeps a valid chain, so truncation is found from the
-outside: a delivery-log checkpoint past the log's end, or records for messages the log
-no longer holds.
+through :mod:`kumo.store.delivery_files`. A truncated log keeps a valid chain, so
+truncation is found from the outside: a delivery-log checkpoint past the log's end, or
+records for messages the log no longer holds.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
 import attrs
 import orjson
 
 from kumo.model.events import Committed, EventDecodeError, decode_event, event_type
 from kumo.model.invariants import DeliveryLogCheck, InvariantCheck, Violation, at_seq
-from kumo.store.layout import CHECKPOINT, DATABASE, LOGS
+from kumo.store.delivery_files import (
+    CHECKPOINT,
+    CheckpointError,
+    read_checkpoint,
+    read_lines,
+    segment_sizes,
+)
+from kumo.store.layout import DATABASE, LOGS
 from kumo.store.log_snapshot import ChainedRow, LogSnapshot
 from kumo.store.sqlite_log import GENESIS, chain_link
 
+CHECKPOINT_WHERE: Final = f"{LOGS}/{CHECKPOINT}"
+"""Where a violation about the delivery-log checkpoint is, for the report."""
 Progress = Callable[[str, int, int], None]
 """``progress(stage, done, total)``: called as work advances, for a progress bar."""
 
@@ -94,27 +103,6 @@ class ChainCheck:
         self._previous_time = time
 
 
-@attrs.frozen
-class Checkpoint:
-    """The delivery log's ``checkpoint.json``: records are written up to ``seq``."""
-
-    seq: int
-    segment: str
-    offset: int
-
-
-def read_checkpoint(logs: Path) -> Checkpoint | Violation | None:
-    """The checkpoint under ``logs``, ``None`` if there is none, or what is wrong with it."""
-    path = logs / CHECKPOINT
-    try:
-        data = orjson.loads(path.read_bytes())
-        return Checkpoint(int(data["seq"]), str(data["segment"]), int(data["offset"]))
-    except FileNotFoundError:
-        return None
-    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-        return Violation("checkpoint", f"{LOGS}/{CHECKPOINT}", f"unreadable checkpoint: {exc}")
-
-
 class DeliveryRecord(NamedTuple):
     """The fields of one delivery-log line that verification compares (a tuple: there
     is one per line)."""
@@ -129,37 +117,38 @@ class DeliveryRecord(NamedTuple):
 def read_delivery_log(
     logs: Path, progress: Progress = _no_progress
 ) -> Iterator[DeliveryRecord | Violation]:
-    """Every record of every ``*.jsonl`` segment under ``logs``, in name (= log) order.
+    """Every record of every segment under ``logs``, in log order.
 
     A line that is not a JSON object with ``type``, ``id`` and ``queue`` yields a
     :class:`Violation` naming its file and line, except an unterminated last line of
     the last segment, which a running server may be writing at this very moment.
     """
-    segments = sorted(logs.glob("*.jsonl"))
-    total = sum(segment.stat().st_size for segment in segments)
+    total = sum(segment_sizes(logs).values())
     done = 0
-    for index, segment in enumerate(segments):
-        with segment.open("rb") as file:
-            for number, line in enumerate(file, start=1):
-                done += len(line)
-                where = f"{LOGS}/{segment.name} line {number}"
-                if not line.endswith(b"\n"):
-                    if index != len(segments) - 1:
-                        yield Violation(
-                            "delivery-log", where, "unterminated line in an old segment"
-                        )
-                    continue
-                try:
-                    record = orjson.loads(line)
-                    response = record["response"]
-                    content = response.get("content") if isinstance(response, dict) else None
-                    yield DeliveryRecord(
-                        str(record["type"]), str(record["id"]), str(record["queue"]), content, where
-                    )
-                except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
-                    yield Violation("delivery-log", where, "not a delivery-log record")
-                if number % 65_536 == 0:
-                    progress("delivery log", done, total)
+    current = None
+    for segment, number, data, terminated, last_segment in read_lines(logs):
+        if segment != current:
+            if current is not None:
+                progress("delivery log", done, total)
+            current = segment
+        done += len(data) + terminated
+        where = f"{LOGS}/{segment} line {number}"
+        if not terminated:
+            if not last_segment:
+                yield Violation("delivery-log", where, "unterminated line in an old segment")
+            continue
+        try:
+            record = orjson.loads(data)
+            response = record["response"]
+            content = response.get("content") if isinstance(response, dict) else None
+            yield DeliveryRecord(
+                str(record["type"]), str(record["id"]), str(record["queue"]), content, where
+            )
+        except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
+            yield Violation("delivery-log", where, "not a delivery-log record")
+        if number % 65_536 == 0:
+            progress("delivery log", done, total)
+    if current is not None:
         progress("delivery log", done, total)
 
 
@@ -230,18 +219,20 @@ def verify_data_dir(data_dir: Path, progress: Progress = _no_progress) -> Verify
         key=lambda violation: violation.seq if violation.seq is not None else 2**63,
     )
     logs = data_dir / LOGS
-    checkpoint = read_checkpoint(logs)
-    checkpoint_seq = 0
-    if isinstance(checkpoint, Violation):
-        violations.append(checkpoint)
-    elif checkpoint is not None:
-        checkpoint_seq = checkpoint.seq
+    checkpoint = None
+    try:
+        checkpoint = read_checkpoint(logs)
+    except CheckpointError as exc:
+        violations.append(
+            Violation("checkpoint", CHECKPOINT_WHERE, f"unreadable checkpoint: {exc}")
+        )
+    if checkpoint is not None:
         segment = logs / checkpoint.segment
         if not segment.is_file():
             violations.append(
                 Violation(
                     "checkpoint",
-                    f"{LOGS}/{CHECKPOINT}",
+                    CHECKPOINT_WHERE,
                     f"names segment {checkpoint.segment}, which does not exist",
                 )
             )
@@ -249,13 +240,19 @@ def verify_data_dir(data_dir: Path, progress: Progress = _no_progress) -> Verify
             violations.append(
                 Violation(
                     "checkpoint",
-                    f"{LOGS}/{CHECKPOINT}",
+                    CHECKPOINT_WHERE,
                     f"segment {checkpoint.segment} holds {segment.stat().st_size} bytes, "
                     f"less than the checkpointed {checkpoint.offset}: it was truncated",
                 )
             )
-    delivery = DeliveryLogCheck(invariants, checkpoint_seq=checkpoint_seq, last_seq=last_seq)
-    segments = len(list(logs.glob("*.jsonl"))) if logs.is_dir() else 0
+    checkpoint_seq = checkpoint.seq if checkpoint is not None else None
+    delivery = DeliveryLogCheck(
+        invariants,
+        checkpoint_seq=checkpoint_seq or 0,
+        last_seq=last_seq,
+        checkpoint_where=CHECKPOINT_WHERE,
+    )
+    segments = len(segment_sizes(logs))
     if logs.is_dir():
         record = delivery.record
         for item in read_delivery_log(logs, progress):
@@ -276,7 +273,7 @@ def verify_data_dir(data_dir: Path, progress: Progress = _no_progress) -> Verify
         rules=len(invariants.projection.rules.rules),
         counters=len(invariants.tally),
         owed=invariants.owed(),
-        checkpoint_seq=checkpoint.seq if isinstance(checkpoint, Checkpoint) else None,
+        checkpoint_seq=checkpoint_seq,
         segments=segments,
         records=dict(delivery.seen),
         pending_records=delivery.pending(),

@@ -31,11 +31,12 @@ from rich.console import Console
 from kumo.cli.audit import ProgressBar, audit, parse_when, replay
 from kumo.cli.kumo import main as kumo_main
 from kumo.model.duration import format_duration
-from kumo.model.log_record import rfc3339
 from kumo.model.requests import BounceRequest
+from kumo.model.rfc3339 import format_rfc3339
 from kumo.model.state import RuleView
 from kumo.runtime.clock import EngineClock
 from kumo.runtime.engine import Engine, open_engine
+from kumo.store.delivery_files import read_checkpoint, segment_sizes, write_checkpoint
 from kumo.store.layout import DATABASE
 from kumo.store.sqlite_log import chain_link
 from tests.runtime.harness import WALL_ORIGIN, bounce, message
@@ -224,7 +225,7 @@ def fingerprint(directory: Path) -> dict[str, tuple[int, int, str]]:
 
 # -- the timeline ---------------------------------------------------------------------
 
-END = rfc3339(wall(240))
+END = format_rfc3339(wall(240))
 
 
 def test_timeline_lists_every_action_with_who_what_and_how_many(day: Day) -> None:
@@ -232,18 +233,18 @@ def test_timeline_lists_every_action_with_who_what_and_how_many(day: Day) -> Non
     r = day.rules
     got = [(a["time"], a["action"], a["rule"], a["principal"]) for a in report["actions"]]
     assert got == [
-        (rfc3339(wall(10)), "issued", r["R1"], "alice"),
-        (rfc3339(wall(30)), "issued", r["R2"], "bob"),
-        (rfc3339(wall(40)), "issued", r["R3"], "carol"),
-        (rfc3339(wall(45)), "issued", r["R4"], "bob"),
-        (rfc3339(wall(45)), "replaced", r["R1"], "bob"),
-        (rfc3339(wall(60)), "cancelled", r["R2"], "alice"),
-        (rfc3339(wall(70)), "expired", r["R3"], None),
-        (rfc3339(wall(80)), "issued", r["R5"], "dave"),
-        (rfc3339(wall(80)), "expired", r["R5"], None),
-        (rfc3339(wall(150)), "issued", r["R6"], "alice"),
-        (rfc3339(wall(160)), "expired", r["R6"], None),
-        (rfc3339(wall(225)), "expired", r["R4"], None),
+        (format_rfc3339(wall(10)), "issued", r["R1"], "alice"),
+        (format_rfc3339(wall(30)), "issued", r["R2"], "bob"),
+        (format_rfc3339(wall(40)), "issued", r["R3"], "carol"),
+        (format_rfc3339(wall(45)), "issued", r["R4"], "bob"),
+        (format_rfc3339(wall(45)), "replaced", r["R1"], "bob"),
+        (format_rfc3339(wall(60)), "cancelled", r["R2"], "alice"),
+        (format_rfc3339(wall(70)), "expired", r["R3"], None),
+        (format_rfc3339(wall(80)), "issued", r["R5"], "dave"),
+        (format_rfc3339(wall(80)), "expired", r["R5"], None),
+        (format_rfc3339(wall(150)), "issued", r["R6"], "alice"),
+        (format_rfc3339(wall(160)), "expired", r["R6"], None),
+        (format_rfc3339(wall(225)), "expired", r["R4"], None),
     ]
     by_rule = {a["rule"]: a for a in report["actions"] if a["action"] == "issued"}
     spring, news = "spring:acme@gmail.com", "news:acme@yahoo.com"
@@ -269,20 +270,20 @@ def test_timeline_lists_every_action_with_who_what_and_how_many(day: Day) -> Non
     }
     assert by_rule[r["R5"]]["criteria"]["queue_names"] == ["initech@example.com"]
     assert by_rule[r["R3"]]["suppress_logging"] is True
-    assert by_rule[r["R1"]]["ended_at"] == rfc3339(wall(45))
-    assert by_rule[r["R4"]]["expires"] == rfc3339(wall(225))
+    assert by_rule[r["R1"]]["ended_at"] == format_rfc3339(wall(45))
+    assert by_rule[r["R4"]]["expires"] == format_rfc3339(wall(225))
     assert report["log"]["first_seq"] == 1
 
 
 def test_status_and_counters_are_as_of_until(day: Day) -> None:
     """At 00:55 R1 is already replaced, R2 and R3 live; R4 has bounced nothing yet."""
-    report = run_json(audit, "--data-dir", str(day.data_dir), "--until", rfc3339(wall(55)))
+    report = run_json(audit, "--data-dir", str(day.data_dir), "--until", format_rfc3339(wall(55)))
     r = day.rules
     statuses = {a["rule"]: a["status"] for a in report["actions"] if a["action"] == "issued"}
     assert statuses == {r["R1"]: "replaced", r["R2"]: "live", r["R3"]: "live", r["R4"]: "live"}
     r4 = next(a for a in report["actions"] if a["rule"] == r["R4"])
     assert r4["total_bounced"] == 0
-    assert report["as_of"] == rfc3339(wall(55))
+    assert report["as_of"] == format_rfc3339(wall(55))
 
 
 def test_filters_since_until_rule_queue_principal(day: Day) -> None:
@@ -293,7 +294,7 @@ def test_filters_since_until_rule_queue_principal(day: Day) -> None:
         report = run_json(audit, *base, "--until", END, *args)
         return [(a["action"], a["rule"]) for a in report["actions"]]
 
-    assert actions("--since", rfc3339(wall(60))) == [
+    assert actions("--since", format_rfc3339(wall(60))) == [
         ("cancelled", r["R2"]),
         ("expired", r["R3"]),
         ("issued", r["R5"]),
@@ -313,7 +314,7 @@ def test_filters_since_until_rule_queue_principal(day: Day) -> None:
     issued = {a["rule"]: a["bounced"] for a in report["actions"] if a["action"] == "issued"}
     assert issued == {r["R3"]: {"globex@gmail.com": 3}, r["R6"]: {"globex@gmail.com": 2}}
     # --until reads the log up to that time only.
-    assert actions("--until", rfc3339(wall(30))) == [
+    assert actions("--until", format_rfc3339(wall(30))) == [
         ("issued", r["R1"]),
         ("issued", r["R2"]),
     ]
@@ -364,8 +365,8 @@ def test_table_and_csv_render_the_same_timeline(day: Day) -> None:
 )
 def test_state_at_equals_the_snapshot_taken_while_running(day: Day, name: str) -> None:
     snap = day.snapshots[name]
-    state = run_json(audit, "--data-dir", str(day.data_dir), "--at", rfc3339(snap.at))
-    assert state["at"] == rfc3339(snap.at)
+    state = run_json(audit, "--data-dir", str(day.data_dir), "--at", format_rfc3339(snap.at))
+    assert state["at"] == format_rfc3339(snap.at)
     assert state["queues"] == snap.queues
     assert [
         (rule["id"], rule["bounced"], rule["total_bounced"], rule["duration"])
@@ -378,7 +379,7 @@ def test_state_at_equals_the_snapshot_taken_while_running(day: Day, name: str) -
 
 
 def test_state_at_mid_day_in_table_and_csv(day: Day) -> None:
-    at = rfc3339(day.snapshots["mid"].at)
+    at = format_rfc3339(day.snapshots["mid"].at)
     table = run(audit, "--data-dir", str(day.data_dir), "--at", at)
     assert table.exit_code == 0
     assert f"State at {at}" in table.stdout
@@ -421,7 +422,7 @@ def test_message_swept_by_a_rule(day: Day) -> None:
         "sender@example.org",
         "spring0@gmail.com",
     )
-    assert received["time"] == rfc3339(wall(0))
+    assert received["time"] == format_rfc3339(wall(0))
     [bounced] = told["bounced"]
     assert (bounced["rule"], bounced["how"], bounced["reason"], bounced["issued_by"]) == (
         day.rules["R1"],
@@ -429,7 +430,7 @@ def test_message_swept_by_a_rule(day: Day) -> None:
         "complaints from acme",
         "alice",
     )
-    assert bounced["time"] == rfc3339(wall(10))
+    assert bounced["time"] == format_rfc3339(wall(10))
 
 
 def test_message_bounced_at_arrival_by_the_most_recent_rule(day: Day) -> None:
@@ -512,7 +513,7 @@ def test_commands_never_write_to_the_data_directory(day: Day) -> None:
     before = fingerprint(day.data_dir)
     assert not (day.data_dir / (DATABASE + "-wal")).exists()
     run(audit, "--data-dir", str(day.data_dir))
-    run(audit, "--data-dir", str(day.data_dir), "--at", rfc3339(wall(50)))
+    run(audit, "--data-dir", str(day.data_dir), "--at", format_rfc3339(wall(50)))
     run(audit, "--data-dir", str(day.data_dir), "--message", day.messages["spring"][0])
     run(replay, "--verify", "--data-dir", str(day.data_dir))
     assert fingerprint(day.data_dir) == before
@@ -607,16 +608,16 @@ def test_verify_names_a_broken_chain_value(copy: Path) -> None:
 
 
 def test_verify_names_duplicate_and_missing_delivery_records(copy: Path) -> None:
-    [segment] = sorted((copy / "logs").glob("*.jsonl"))
+    [segment] = [copy / "logs" / name for name in segment_sizes(copy / "logs")]
     lines = segment.read_bytes().splitlines(keepends=True)
     # Drop the first Reception, repeat the first AdminBounce right after it.
     first_bounce = next(i for i, line in enumerate(lines) if b'"AdminBounce"' in line)
     dropped = orjson.loads(lines[0])["id"]
     kept = [*lines[1 : first_bounce + 1], lines[first_bounce], *lines[first_bounce + 1 :]]
     segment.write_bytes(b"".join(kept))
-    checkpoint = orjson.loads((copy / "logs" / "checkpoint.json").read_bytes())
-    checkpoint["offset"] = segment.stat().st_size
-    (copy / "logs" / "checkpoint.json").write_bytes(orjson.dumps(checkpoint))
+    checkpoint = read_checkpoint(copy / "logs")
+    assert checkpoint is not None
+    write_checkpoint(copy / "logs", attrs.evolve(checkpoint, offset=segment.stat().st_size))
     code, violations = _violations(copy)
     assert code == 1
     problems = [v["problem"] for v in violations]
@@ -627,7 +628,7 @@ def test_verify_names_duplicate_and_missing_delivery_records(copy: Path) -> None
 
 
 def test_verify_rejects_a_logged_bounce_of_a_suppressed_rule(copy: Path, day: Day) -> None:
-    segment = sorted((copy / "logs").glob("*.jsonl"))[-1]
+    segment = copy / "logs" / list(segment_sizes(copy / "logs"))[-1]
     record = next(
         orjson.loads(line)
         for line in segment.read_bytes().splitlines()
@@ -662,7 +663,7 @@ async def test_audit_reads_a_log_that_a_running_engine_is_writing(
         rule = await engine.issue_bounce(bounce(domain="example.com"), issued_by="ops")
         await engine.wait_idle()
         assert (tmp_path / (DATABASE + "-wal")).exists()
-        now = rfc3339(engine.clock.now())
+        now = format_rfc3339(engine.clock.now())
         report = run_json(audit, "--data-dir", str(tmp_path), "--until", now)
         assert [(a["action"], a["rule"], a["status"]) for a in report["actions"]] == [
             ("issued", rule, "live")

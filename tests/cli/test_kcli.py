@@ -26,9 +26,9 @@ from kumo.cli.kcli import (
     cli,
     display_width,
     format_table,
-    parse_scheduled_counts,
     reason_phrase,
 )
+from kumo.http.routes import BOUNCE_PATH, INJECT_PATH, METRICS_PATH
 
 ID_A = "0f8d6c8e-5b7e-4a52-9a55-7f3f2f1f6a01"
 ID_B = "5e1c2d3b-8a9f-4c6d-b7e8-f9a0b1c2d3e4"
@@ -139,7 +139,7 @@ def test_bounce_posts_the_given_criteria(args: list[str], expected: dict[str, ob
     assert result.exit_code == 0, result.output
     (request,) = server.requests
     assert request.method == "POST"
-    assert request.url == "http://127.0.0.1:8000/api/admin/bounce/v1"
+    assert request.url == f"http://127.0.0.1:8000{BOUNCE_PATH}"
     assert request.headers["content-type"] == "application/json"
     assert json.loads(request.content) == expected
 
@@ -284,7 +284,7 @@ def test_bounce_list_prints_an_aligned_table() -> None:
     assert result.exit_code == 0
     (request,) = server.requests
     assert request.method == "GET"
-    assert request.url == "http://127.0.0.1:8000/api/admin/bounce/v1"
+    assert request.url == f"http://127.0.0.1:8000{BOUNCE_PATH}"
     # One space between columns, every column padded to its widest cell (the last
     # included), BOUNCED right-aligned: the layout of KumoMTA's kcli.
     criteria_b = "campaign=spring, tenant=acme, domain=example.com, routing_domain=relay"
@@ -428,7 +428,7 @@ def test_bounce_cancel_deletes_by_id_and_prints_the_reply() -> None:
     assert result.exit_code == 0
     (request,) = server.requests
     assert request.method == "DELETE"
-    assert request.url == "http://127.0.0.1:8000/api/admin/bounce/v1"
+    assert request.url == f"http://127.0.0.1:8000{BOUNCE_PATH}"
     assert request.headers["content-type"] == "application/json"
     assert json.loads(request.content) == {"id": ID_A}
     assert result.stdout == f"removed {ID_A}\n"
@@ -575,7 +575,7 @@ def test_endpoint_defaults_to_localhost_8000() -> None:
 
     run(server, "bounce-list")
 
-    assert str(server.requests[0].url) == "http://127.0.0.1:8000/api/admin/bounce/v1"
+    assert str(server.requests[0].url) == f"http://127.0.0.1:8000{BOUNCE_PATH}"
 
 
 def test_endpoint_from_the_environment() -> None:
@@ -583,7 +583,7 @@ def test_endpoint_from_the_environment() -> None:
 
     run(server, "bounce-list", env={"KUMO_KCLI_ENDPOINT": "http://env.example:9000"})
 
-    assert str(server.requests[0].url) == "http://env.example:9000/api/admin/bounce/v1"
+    assert str(server.requests[0].url) == f"http://env.example:9000{BOUNCE_PATH}"
 
 
 def test_endpoint_flag_wins_over_the_environment() -> None:
@@ -597,7 +597,7 @@ def test_endpoint_flag_wins_over_the_environment() -> None:
         env={"KUMO_KCLI_ENDPOINT": "http://env.example:9000"},
     )
 
-    assert str(server.requests[0].url) == "https://flag.example:8443/api/admin/bounce/v1"
+    assert str(server.requests[0].url) == f"https://flag.example:8443{BOUNCE_PATH}"
 
 
 @pytest.mark.parametrize("endpoint", ["localhost:8000", "ftp://example.com", "http://"])
@@ -760,7 +760,7 @@ def test_inject_posts_one_message_per_recipient_with_metadata() -> None:
     assert result.stdout == "injected 2 message(s)\n"
     (request,) = server.requests
     assert request.method == "POST"
-    assert request.url == "http://127.0.0.1:8000/api/inject/v1"
+    assert request.url == f"http://127.0.0.1:8000{INJECT_PATH}"
     assert request.headers["content-type"] == "application/json"
     body = json.loads(request.content)
     assert set(body) == {"envelope_sender", "recipients", "content"}
@@ -912,7 +912,7 @@ def test_queue_summary_prints_queues_by_count_then_name_and_a_total() -> None:
     assert result.exit_code == 0, result.output
     (request,) = server.requests
     assert request.method == "GET"
-    assert request.url == "http://127.0.0.1:8000/metrics"
+    assert request.url == f"http://127.0.0.1:8000{METRICS_PATH}"
     # 27 is the widest queue name, 9 the widest count.
     assert result.stdout == (
         "QUEUE                           COUNT\n"
@@ -937,39 +937,6 @@ def test_queue_summary_failure_is_reported() -> None:
 
     assert result.exit_code == 1
     assert result.stderr == "request status 401: Unauthorized. Response body: not trusted\n"
-
-
-def test_parse_scheduled_counts_unescapes_labels_and_skips_noise() -> None:
-    text = "\n".join(
-        [
-            'scheduled_count{queue="back\\\\slash"} 1',
-            'scheduled_count{queue="quo\\"te"} 2',
-            'scheduled_count{queue="new\\nline"} 3',
-            'scheduled_count{queue="odd\\xescape"} 4',
-            'scheduled_count { node="n1" , queue="spaced" , } 5.0 1700000000000',
-            'scheduled_count{queue="sci"} 1e3',
-            'scheduled_count{queue="nan"} NaN',
-            'scheduled_count{queue="inf"} +Inf',
-            'scheduled_count{node="n1"} 9',
-            'scheduled_count{queue="unterminated} 9',
-            'scheduled_count{queue="novalue"}',
-            'scheduled_count{queue="word"} many',
-            'scheduled_count_other{queue="x"} 9',
-            '  # comment scheduled_count{queue="c"} 1',
-            'scheduled_count{queue="dup"} 1',
-            'scheduled_count{queue="dup"} 2',
-        ]
-    )
-
-    assert parse_scheduled_counts(text) == {
-        "back\\slash": 1,
-        'quo"te': 2,
-        "new\nline": 3,
-        "odd\\xescape": 4,
-        "spaced": 5,
-        "sci": 1000,
-        "dup": 3,
-    }
 
 
 # --- tables ----------------------------------------------------------------------------

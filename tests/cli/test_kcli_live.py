@@ -25,8 +25,10 @@ import httpx
 import pytest
 
 from kumo.cli.kcli import BOUNCE_ASYNC_NOTE
+from kumo.http.routes import BOUNCE_PATH, METRICS_PATH
 from kumo.model.duration import NANOS_PER_HOUR, NANOS_PER_MINUTE, parse_duration
 from kumo.model.events import BounceIssued
+from kumo.model.prometheus_text import parse_scheduled_counts
 from tests.live_server import (
     delivery_records,
     last_seq,
@@ -35,7 +37,6 @@ from tests.live_server import (
     wait_until,
 )
 
-BOUNCE: Final = "/api/admin/bounce/v1"
 KCLI_TIMEOUT: Final = 60.0
 SENDER: Final = "news@example.org"
 
@@ -69,7 +70,7 @@ def kcli(endpoint: str, *args: str) -> Run:
 
 
 def live_rules(url: str) -> list[dict[str, Any]]:
-    reply = httpx.get(url + BOUNCE)
+    reply = httpx.get(url + BOUNCE_PATH)
     assert reply.status_code == 200, reply.text
     rules: list[dict[str, Any]] = reply.json()
     return rules
@@ -77,15 +78,9 @@ def live_rules(url: str) -> list[dict[str, Any]]:
 
 def scheduled_counts(url: str) -> dict[str, int]:
     """The ``scheduled_count`` gauges of /metrics, read without kcli."""
-    reply = httpx.get(url + "/metrics")
+    reply = httpx.get(url + METRICS_PATH)
     assert reply.status_code == 200, reply.text
-    counts = {}
-    prefix = 'scheduled_count{queue="'
-    for line in reply.text.splitlines():
-        if line.startswith(prefix):
-            labelled, _, value = line.rpartition(" ")
-            counts[labelled[len(prefix) : -len('"}')]] = int(value)
-    return counts
+    return parse_scheduled_counts(reply.text)
 
 
 def records_when(data: Path, *, count: int) -> list[dict[str, Any]] | None:
@@ -370,7 +365,7 @@ def test_server_refusal_is_reported_with_its_status(
 
 def test_bounce_cancel_then_cancel_again(server: tuple[str, Path]) -> None:
     url, _ = server
-    posted = httpx.post(url + BOUNCE, json={"domain": "example.com", "reason": "r"})
+    posted = httpx.post(url + BOUNCE_PATH, json={"domain": "example.com", "reason": "r"})
     assert posted.status_code == 200, posted.text
     rule_id = posted.json()["id"]
 

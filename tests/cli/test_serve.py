@@ -20,6 +20,8 @@ from click.testing import CliRunner
 from kumo.cli.kumo import kumod, main
 from kumo.cli.serve import ListenError, resolve_config, run_server
 from kumo.config import Config
+from kumo.http.routes import BOUNCE_PATH, INJECT_PATH, LIVENESS_PATH, METRICS_PATH
+from kumo.model.prometheus_text import parse_samples
 from kumo.runtime.engine import open_engine
 from kumo.store.layout import DATABASE
 from tests.live_server import start_server, wait_until
@@ -32,7 +34,7 @@ def test_serves_on_a_free_port_and_exits_0_on_signal(tmp_path: Path, sig: int) -
         assert server.url.startswith("http://127.0.0.1:")
         port = int(server.url.rsplit(":", 1)[1])
         assert port > 0
-        reply = httpx.get(f"{server.url}/api/check-liveness/v1")
+        reply = httpx.get(f"{server.url}{LIVENESS_PATH}")
         assert (reply.status_code, reply.text) == (200, "OK")
     finally:
         status = server.stop(sig)
@@ -43,7 +45,7 @@ def test_serves_on_a_free_port_and_exits_0_on_signal(tmp_path: Path, sig: int) -
 def test_stops_with_an_idle_keep_alive_connection_open(tmp_path: Path) -> None:
     server = start_server(tmp_path / "data")
     with httpx.Client() as client:  # keeps its connection open
-        assert client.get(f"{server.url}/api/check-liveness/v1").status_code == 200
+        assert client.get(f"{server.url}{LIVENESS_PATH}").status_code == 200
         assert server.stop(timeout=10) == 0
 
 
@@ -54,7 +56,7 @@ def test_ipv6_loopback(tmp_path: Path) -> None:
         pytest.skip(f"no IPv6 loopback here: {error}")
     try:
         assert server.url.startswith("http://[::1]:")
-        assert httpx.get(f"{server.url}/metrics").status_code == 200  # ::1 is trusted
+        assert httpx.get(f"{server.url}{METRICS_PATH}").status_code == 200  # ::1 is trusted
     finally:
         assert server.stop() == 0
 
@@ -113,7 +115,7 @@ def test_body_limit_from_config_is_enforced(tmp_path: Path) -> None:
     try:
         body = b'{"reason": "' + b"x" * 100 + b'"}'
         reply = httpx.post(
-            f"{server.url}/api/admin/bounce/v1",
+            f"{server.url}{BOUNCE_PATH}",
             content=body,
             headers={"Content-Type": "application/json"},
         )
@@ -137,7 +139,7 @@ def test_sigterm_mid_traffic_loses_no_acknowledged_message(tmp_path: Path) -> No
         with httpx.Client(timeout=30) as client:
             while True:
                 try:
-                    reply = client.post(f"{server.url}/api/inject/v1", json=body)
+                    reply = client.post(f"{server.url}{INJECT_PATH}", json=body)
                 except httpx.TransportError:
                     return  # the server stopped listening
                 statuses.add(reply.status_code)
@@ -155,12 +157,12 @@ def test_sigterm_mid_traffic_loses_no_acknowledged_message(tmp_path: Path) -> No
     assert statuses <= {200, 503}
     server = start_server(data)
     try:
-        page = httpx.get(f"{server.url}/metrics").text
+        page = httpx.get(f"{server.url}{METRICS_PATH}").text
     finally:
         assert server.stop() == 0
-    [received] = [line for line in page.splitlines() if line.startswith("total_messages_received ")]
+    [received] = [s.value for s in parse_samples(page) if s.name == "total_messages_received"]
     # A request in flight when the server stopped may be durable without an answer.
-    assert int(received.split()[1]) >= sum(acknowledged)
+    assert int(received) >= sum(acknowledged)
 
 
 async def test_run_server_in_process_until_stop_is_set(tmp_path: Path) -> None:
@@ -169,7 +171,7 @@ async def test_run_server_in_process_until_stop_is_set(tmp_path: Path) -> None:
     async with trio.open_nursery() as nursery:
         url = await nursery.start(partial(run_server, config, stop=stop))
         async with httpx.AsyncClient() as client:
-            reply = await client.get(f"{url}/api/check-liveness/v1")
+            reply = await client.get(f"{url}{LIVENESS_PATH}")
         assert (reply.status_code, reply.text) == (200, "OK")
         stop.set()
     assert (tmp_path / "data" / "events.sqlite3").exists()

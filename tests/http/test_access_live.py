@@ -15,10 +15,10 @@ import httpx
 import pytest
 
 from kumo.http.access import hash_password, hash_token
+from kumo.http.routes import BOUNCE_PATH, INJECT_PATH, LIVENESS_PATH, METRICS_PATH, OPENAPI_PATH
 from kumo.model.events import BounceCancelled, BounceIssued
 from tests.live_server import logged_events, running_server
 
-BOUNCE = "/api/admin/bounce/v1"
 TOKEN = "kumo-test-token-0123456789"
 CONFIG = f"""
 trusted_hosts = ["192.0.2.0/24"]
@@ -53,11 +53,11 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path
 @pytest.mark.parametrize(
     ("method", "path"),
     [
-        ("GET", BOUNCE),
-        ("POST", BOUNCE),
-        ("DELETE", BOUNCE),
-        ("POST", "/api/inject/v1"),
-        ("GET", "/metrics"),
+        ("GET", BOUNCE_PATH),
+        ("POST", BOUNCE_PATH),
+        ("DELETE", BOUNCE_PATH),
+        ("POST", INJECT_PATH),
+        ("GET", METRICS_PATH),
     ],
 )
 def test_untrusted_client_gets_401(server: tuple[str, Path], method: str, path: str) -> None:
@@ -76,8 +76,8 @@ def test_untrusted_client_gets_401(server: tuple[str, Path], method: str, path: 
 
 def test_open_endpoints_need_no_credentials(server: tuple[str, Path]) -> None:
     url, _ = server
-    assert httpx.get(url + "/api/check-liveness/v1").text == "OK"
-    assert httpx.get(url + "/api-docs/openapi.json").status_code == 200
+    assert httpx.get(url + LIVENESS_PATH).text == "OK"
+    assert httpx.get(url + OPENAPI_PATH).status_code == 200
 
 
 @pytest.mark.parametrize(
@@ -95,9 +95,9 @@ def test_wrong_credentials_get_401(
     url, data = server
     before = logged_events(data)
     if isinstance(auth, tuple):
-        reply = httpx.post(url + BOUNCE, json={"reason": "r"}, auth=auth)
+        reply = httpx.post(url + BOUNCE_PATH, json={"reason": "r"}, auth=auth)
     else:
-        reply = httpx.post(url + BOUNCE, json={"reason": "r"}, headers={"Authorization": auth})
+        reply = httpx.post(url + BOUNCE_PATH, json={"reason": "r"}, headers={"Authorization": auth})
     assert (reply.status_code, reply.text) == (401, why)
     assert logged_events(data) == before
 
@@ -106,23 +106,23 @@ def test_basic_and_bearer_work_and_name_the_principal(server: tuple[str, Path]) 
     url, data = server
     bearer = {"Authorization": f"Bearer {TOKEN}"}
     reply = httpx.post(
-        url + BOUNCE,
+        url + BOUNCE_PATH,
         json={"domain": "access.example", "reason": "who asked?"},
         auth=("alice", "wonderland"),
     )
     assert reply.status_code == 200, reply.text
     rule_id = reply.json()["id"]
 
-    listed = httpx.get(url + BOUNCE, headers=bearer)
+    listed = httpx.get(url + BOUNCE_PATH, headers=bearer)
     assert listed.status_code == 200
     [rule] = [entry for entry in listed.json() if entry["id"] == rule_id]
     assert rule["issued_by"] == "alice"
 
-    reply = httpx.request("DELETE", url + BOUNCE, json={"id": rule_id}, headers=bearer)
+    reply = httpx.request("DELETE", url + BOUNCE_PATH, json={"id": rule_id}, headers=bearer)
     assert (reply.status_code, reply.text) == (200, f"removed {rule_id}")
-    assert httpx.get(url + "/metrics", headers=bearer).status_code == 200
+    assert httpx.get(url + METRICS_PATH, headers=bearer).status_code == 200
     reply = httpx.post(
-        url + "/api/inject/v1",
+        url + INJECT_PATH,
         json={"envelope_sender": "s@x.org", "recipients": [{"email": "a@x.org"}], "content": "x"},
         headers=bearer,
     )

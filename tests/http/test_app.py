@@ -25,6 +25,7 @@ from kumo.http.errors import (
     JSON_SYNTAX_PREFIX,
     UNSUPPORTED_MEDIA_TYPE,
 )
+from kumo.http.routes import BOUNCE_PATH, INJECT_PATH, LIVENESS_PATH, METRICS_PATH, OPENAPI_PATH
 from kumo.model.criteria import Criteria
 from kumo.model.requests import BounceRequest, NewMessage
 from kumo.model.state import RuleView
@@ -124,11 +125,11 @@ async def call(
 # -- access -----------------------------------------------------------------------------
 
 PROTECTED = [
-    ("POST", "/api/admin/bounce/v1"),
-    ("GET", "/api/admin/bounce/v1"),
-    ("DELETE", "/api/admin/bounce/v1"),
-    ("POST", "/api/inject/v1"),
-    ("GET", "/metrics"),
+    ("POST", BOUNCE_PATH),
+    ("GET", BOUNCE_PATH),
+    ("DELETE", BOUNCE_PATH),
+    ("POST", INJECT_PATH),
+    ("GET", METRICS_PATH),
 ]
 
 
@@ -151,14 +152,14 @@ async def test_untrusted_peer_gets_401_first(
     assert engine.calls == []
 
 
-@pytest.mark.parametrize("path", ["/api/check-liveness/v1", "/api-docs/openapi.json"])
+@pytest.mark.parametrize("path", [LIVENESS_PATH, OPENAPI_PATH])
 async def test_open_endpoints(client: Client, path: str) -> None:
     status, _, _ = await call(client, "GET", path, scope=UNTRUSTED)
     assert status == 200
 
 
 async def test_liveness_text(client: Client) -> None:
-    assert await call(client, "GET", "/api/check-liveness/v1") == (
+    assert await call(client, "GET", LIVENESS_PATH) == (
         200,
         "text/plain; charset=utf-8",
         "OK",
@@ -174,7 +175,7 @@ async def test_basic_auth_names_the_principal(client: Client, engine: FakeEngine
     status, _, _ = await call(
         client,
         "POST",
-        "/api/admin/bounce/v1",
+        BOUNCE_PATH,
         body=b'{"reason": "r"}',
         headers=JSON | basic("alice", "wonderland"),
         scope=UNTRUSTED,
@@ -182,7 +183,7 @@ async def test_basic_auth_names_the_principal(client: Client, engine: FakeEngine
     assert status == 200
     assert engine.calls[-1][2] == "alice"
     status, _, text = await call(
-        client, "GET", "/metrics", headers=basic("alice", "nope"), scope=UNTRUSTED
+        client, "GET", METRICS_PATH, headers=basic("alice", "nope"), scope=UNTRUSTED
     )
     assert (status, text) == (401, "Invalid Authorization: unknown user or wrong password")
 
@@ -191,7 +192,7 @@ async def test_bearer_token_names_the_principal(client: Client, engine: FakeEngi
     status, _, text = await call(
         client,
         "DELETE",
-        "/api/admin/bounce/v1",
+        BOUNCE_PATH,
         body=orjson.dumps({"id": RULE_ID}),
         headers=JSON | {"Authorization": "Bearer tok"},
         scope=UNTRUSTED,
@@ -201,7 +202,7 @@ async def test_bearer_token_names_the_principal(client: Client, engine: FakeEngi
 
 
 async def test_401_asks_for_credentials(client: Client) -> None:
-    response = await client.get("/metrics", scope_base=UNTRUSTED)
+    response = await client.get(METRICS_PATH, scope_base=UNTRUSTED)
     assert response.status_code == 401
     assert "Basic" in response.headers["WWW-Authenticate"]
 
@@ -232,9 +233,7 @@ async def test_refusal_order_on_bounce_path(
     prefix: str,
 ) -> None:
     headers = {} if content_type is None else {"Content-Type": content_type}
-    got_status, got_type, text = await call(
-        client, method, "/api/admin/bounce/v1", body=body, headers=headers
-    )
+    got_status, got_type, text = await call(client, method, BOUNCE_PATH, body=body, headers=headers)
     if method == "DELETE" and status == 422:
         prefix += "missing field `id`"  # DELETE ignores unknown fields
     assert got_status == status
@@ -250,7 +249,7 @@ async def test_inject_refusals(client: Client, engine: FakeEngine) -> None:
         (b"[", JSON, 400),
         (b"{}", JSON, 422),
     ]:
-        got, _, _ = await call(client, "POST", "/api/inject/v1", body=body, headers=headers)
+        got, _, _ = await call(client, "POST", INJECT_PATH, body=body, headers=headers)
         assert got == status
     assert engine.calls == []
 
@@ -262,7 +261,7 @@ async def test_post_bounce(client: Client, engine: FakeEngine) -> None:
     status, content_type, text = await call(
         client,
         "POST",
-        "/api/admin/bounce/v1",
+        BOUNCE_PATH,
         body=b'{"domain": "example.com", "reason": "r", "duration": "1h"}',
         headers=JSON,
     )
@@ -278,7 +277,7 @@ async def test_post_bounce(client: Client, engine: FakeEngine) -> None:
 
 
 async def test_get_bounces(client: Client, engine: FakeEngine) -> None:
-    assert (await call(client, "GET", "/api/admin/bounce/v1"))[2] == "[]"
+    assert (await call(client, "GET", BOUNCE_PATH))[2] == "[]"
     engine.rules = [
         RuleView(
             id=RULE_ID,
@@ -293,7 +292,7 @@ async def test_get_bounces(client: Client, engine: FakeEngine) -> None:
             total_bounced=5,
         )
     ]
-    status, _, text = await call(client, "GET", "/api/admin/bounce/v1")
+    status, _, text = await call(client, "GET", BOUNCE_PATH)
     assert status == 200
     entries = orjson.loads(text)
     assert entries == [
@@ -330,14 +329,14 @@ async def test_get_bounces(client: Client, engine: FakeEngine) -> None:
 
 async def test_delete(client: Client, engine: FakeEngine) -> None:
     body = orjson.dumps({"id": RULE_ID.upper()})
-    assert await call(client, "DELETE", "/api/admin/bounce/v1", body=body, headers=JSON) == (
+    assert await call(client, "DELETE", BOUNCE_PATH, body=body, headers=JSON) == (
         200,
         "text/plain; charset=utf-8",
         f"removed {RULE_ID}",
     )
     other = "00000000-0000-4000-8000-000000000000"
     body = orjson.dumps({"id": other})
-    status, _, text = await call(client, "DELETE", "/api/admin/bounce/v1", body=body, headers=JSON)
+    status, _, text = await call(client, "DELETE", BOUNCE_PATH, body=body, headers=JSON)
     assert (status, text) == (404, f"bounce entry {other} not found")
 
 
@@ -349,7 +348,7 @@ async def test_inject(client: Client, engine: FakeEngine) -> None:
             "content": "Subject: hi\r\n\r\nhello",
         }
     )
-    status, _, text = await call(client, "POST", "/api/inject/v1", body=body, headers=JSON)
+    status, _, text = await call(client, "POST", INJECT_PATH, body=body, headers=JSON)
     assert status == 200
     assert orjson.loads(text) == {
         "success_count": 1,
@@ -365,7 +364,7 @@ async def test_inject(client: Client, engine: FakeEngine) -> None:
 
 
 async def test_metrics(client: Client) -> None:
-    status, content_type, text = await call(client, "GET", "/metrics")
+    status, content_type, text = await call(client, "GET", METRICS_PATH)
     assert status == 200
     assert content_type.startswith("text/plain; version=0.0.4")
     assert 'scheduled_count{queue="example.com"} 2\n' in text
@@ -373,11 +372,11 @@ async def test_metrics(client: Client) -> None:
 
 
 async def test_openapi(client: Client) -> None:
-    status, content_type, text = await call(client, "GET", "/api-docs/openapi.json")
+    status, content_type, text = await call(client, "GET", OPENAPI_PATH)
     document = orjson.loads(text)
     assert (status, content_type) == (200, "application/json")
     assert document["openapi"].startswith("3.")
-    assert set(document["paths"]) >= {"/api/admin/bounce/v1", "/api/inject/v1", "/metrics"}
+    assert set(document["paths"]) >= {BOUNCE_PATH, INJECT_PATH, METRICS_PATH}
 
 
 # -- everything else is a 4xx with a text -------------------------------------------------
@@ -388,9 +387,9 @@ async def test_openapi(client: Client) -> None:
     [
         ("GET", "/nope", 404),
         ("GET", "/api/admin/bounce/v2", 404),
-        ("PUT", "/api/admin/bounce/v1", 405),
-        ("POST", "/metrics", 405),
-        ("DELETE", "/api/check-liveness/v1", 405),
+        ("PUT", BOUNCE_PATH, 405),
+        ("POST", METRICS_PATH, 405),
+        ("DELETE", LIVENESS_PATH, 405),
     ],
 )
 async def test_unknown_routes(client: Client, method: str, path: str, status: int) -> None:
@@ -402,7 +401,5 @@ async def test_unknown_routes(client: Client, method: str, path: str, status: in
 
 async def test_closed_engine_is_503(client: Client, engine: FakeEngine) -> None:
     engine.closed = True
-    status, _, text = await call(
-        client, "POST", "/api/admin/bounce/v1", body=b'{"reason": "r"}', headers=JSON
-    )
+    status, _, text = await call(client, "POST", BOUNCE_PATH, body=b'{"reason": "r"}', headers=JSON)
     assert (status, text) == (503, "kumo is shutting down; retry later")

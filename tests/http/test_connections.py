@@ -20,6 +20,7 @@ from hypercorn.trio import serve
 
 from kumo.http.access import AccessPolicy, parse_network
 from kumo.http.app import ASGIApp, ASGIMessage, Scope, create_app
+from kumo.http.routes import BOUNCE_PATH, INJECT_PATH
 from tests.http.test_app import FakeEngine
 
 LIMIT = 1000
@@ -90,14 +91,14 @@ async def test_connection_is_reused_after_refusals_with_unread_bodies() -> None:
     async with serving() as (host, port):
         stream = await trio.open_tcp_stream(host, port)
         async with stream:
-            await refused_then_reused(stream, request("POST", "/api/admin/bounce/v1", big), 413)
+            await refused_then_reused(stream, request("POST", BOUNCE_PATH, big), 413)
             await refused_then_reused(stream, request("POST", "/nowhere", big), 404)
-            await refused_then_reused(stream, request("PUT", "/api/admin/bounce/v1", big), 405)
+            await refused_then_reused(stream, request("PUT", BOUNCE_PATH, big), 405)
             await refused_then_reused(
-                stream, request("POST", "/api/admin/bounce/v1", b"{}", "text/plain"), 415
+                stream, request("POST", BOUNCE_PATH, b"{}", "text/plain"), 415
             )
-            await refused_then_reused(stream, request("DELETE", "/api/admin/bounce/v1", b"{"), 400)
-            await refused_then_reused(stream, request("POST", "/api/inject/v1", b"{}"), 422)
+            await refused_then_reused(stream, request("DELETE", BOUNCE_PATH, b"{"), 400)
+            await refused_then_reused(stream, request("POST", INJECT_PATH, b"{}"), 422)
 
 
 async def test_connection_is_reused_after_401_with_a_body() -> None:
@@ -105,7 +106,7 @@ async def test_connection_is_reused_after_401_with_a_body() -> None:
         stream = await trio.open_tcp_stream(host, port)
         async with stream:
             big = b"x" * (4 * 2**20)  # more than hypercorn reads before the app answers
-            await refused_then_reused(stream, request("POST", "/api/admin/bounce/v1", big), 401)
+            await refused_then_reused(stream, request("POST", BOUNCE_PATH, big), 401)
 
 
 async def test_chunked_body_over_the_limit() -> None:
@@ -124,7 +125,7 @@ async def test_body_that_stops_arriving_gets_408_and_connection_close() -> None:
     async with serving() as (host, port):
         stream = await trio.open_tcp_stream(host, port)
         async with stream:
-            partial_request = request("POST", "/api/admin/bounce/v1", b"x" * 100)[:-90]
+            partial_request = request("POST", BOUNCE_PATH, b"x" * 100)[:-90]
             with trio.fail_after(10):
                 started = trio.current_time()
                 await stream.send_all(partial_request)
@@ -148,8 +149,8 @@ async def test_408_is_sent_body_timeout_after_the_request_started(
         "http_version": "1.1",
         "method": "POST",
         "scheme": "http",
-        "path": "/api/admin/bounce/v1",
-        "raw_path": b"/api/admin/bounce/v1",
+        "path": BOUNCE_PATH,
+        "raw_path": BOUNCE_PATH.encode(),
         "query_string": b"",
         "root_path": "",
         "headers": [

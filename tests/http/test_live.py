@@ -20,6 +20,8 @@ from kumo.http.errors import (
     JSON_SYNTAX_PREFIX,
     UNSUPPORTED_MEDIA_TYPE,
 )
+from kumo.http.routes import BOUNCE_PATH, INJECT_PATH, LIVENESS_PATH, METRICS_PATH
+from kumo.model.prometheus_text import parse_samples, parse_scheduled_counts
 from tests.live_server import (
     delivery_records,
     logged_events,
@@ -28,8 +30,6 @@ from tests.live_server import (
     wait_until,
 )
 
-BOUNCE = "/api/admin/bounce/v1"
-INJECT = "/api/inject/v1"
 JSON = {"Content-Type": "application/json"}
 
 
@@ -39,14 +39,14 @@ def inject(url: str, *recipients: dict[str, Any], content: Any = None) -> dict[s
         "recipients": list(recipients),
         "content": content or "Subject: test\r\n\r\nhello\r\n",
     }
-    reply = httpx.post(url + INJECT, json=body)
+    reply = httpx.post(url + INJECT_PATH, json=body)
     assert reply.status_code == 200, reply.text
     result: dict[str, Any] = reply.json()
     return result
 
 
 def rules(url: str) -> list[dict[str, Any]]:
-    reply = httpx.get(url + BOUNCE)
+    reply = httpx.get(url + BOUNCE_PATH)
     assert reply.status_code == 200, reply.text
     assert reply.headers["content-type"] == "application/json"
     listed: list[dict[str, Any]] = reply.json()
@@ -54,24 +54,16 @@ def rules(url: str) -> list[dict[str, Any]]:
 
 
 def metrics(url: str) -> dict[str, float]:
-    """The samples of /metrics, by their full name with labels."""
-    reply = httpx.get(url + "/metrics")
+    """The unlabelled samples of /metrics, by name."""
+    reply = httpx.get(url + METRICS_PATH)
     assert reply.status_code == 200, reply.text
-    samples = {}
-    for line in reply.text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            samples[name] = float(value)
-    return samples
+    return {sample.name: sample.value for sample in parse_samples(reply.text) if not sample.labels}
 
 
 def scheduled(url: str) -> dict[str, int]:
-    found = {}
-    for name, value in metrics(url).items():
-        match = re.fullmatch(r'scheduled_count\{queue="(.*)"\}', name)
-        if match:
-            found[match.group(1)] = int(value)
-    return found
+    reply = httpx.get(url + METRICS_PATH)
+    assert reply.status_code == 200, reply.text
+    return parse_scheduled_counts(reply.text)
 
 
 def records_when(data: Path, *, count: int) -> list[dict[str, Any]] | None:
@@ -108,7 +100,7 @@ def test_inject_bounce_read_back_and_restart(tmp_path: Path) -> None:
         assert metrics(url)["total_messages_received"] == 5
 
         reply = httpx.post(
-            url + BOUNCE,
+            url + BOUNCE_PATH,
             json={"domain": "example.com", "reason": "going\r\naway", "duration": "1h"},
         )
         assert reply.status_code == 200
@@ -172,9 +164,9 @@ def test_inject_bounce_read_back_and_restart(tmp_path: Path) -> None:
         # Restarting did not write any record twice.
         assert len(delivery_records(data)) == 10
 
-        reply = httpx.request("DELETE", url + BOUNCE, json={"id": rule_id})
+        reply = httpx.request("DELETE", url + BOUNCE_PATH, json={"id": rule_id})
         assert (reply.status_code, reply.text) == (200, f"removed {rule_id}")
-        reply = httpx.request("DELETE", url + BOUNCE, json={"id": rule_id})
+        reply = httpx.request("DELETE", url + BOUNCE_PATH, json={"id": rule_id})
         assert (reply.status_code, reply.text) == (404, f"bounce entry {rule_id} not found")
         assert rules(url) == []
         assert inject(url, {"email": "after@example.com"})["success_count"] == 1
@@ -190,7 +182,7 @@ def test_acknowledged_requests_survive_sigkill(tmp_path: Path) -> None:
     server = start_server(data)
     # Over 64 recipients: the messages are built in a worker thread.
     inject(server.url, *({"email": f"r{i}@example.com"} for i in range(100)))
-    reply = httpx.post(server.url + BOUNCE, json={"domain": "example.com", "reason": "r"})
+    reply = httpx.post(server.url + BOUNCE_PATH, json={"domain": "example.com", "reason": "r"})
     assert reply.status_code == 200
     server.kill()
     with running_server(data) as url:
@@ -205,7 +197,8 @@ def test_suppress_logging_keeps_counts_but_writes_no_records(tmp_path: Path) -> 
     with running_server(data) as url:
         inject(url, {"email": "a@quiet.org"}, {"email": "b@quiet.org"})
         reply = httpx.post(
-            url + BOUNCE, json={"domain": "quiet.org", "reason": "hush", "suppress_logging": True}
+            url + BOUNCE_PATH,
+            json={"domain": "quiet.org", "reason": "hush", "suppress_logging": True},
         )
         assert reply.status_code == 200
         wait_until(lambda: rules(url)[0]["total_bounced"] == 2)
@@ -219,13 +212,15 @@ def test_queue_names_rule_and_expired_rule(tmp_path: Path) -> None:
         inject(
             url, {"email": "a@x.org", "metadata": {"queue": "custom-queue"}}, {"email": "b@x.org"}
         )
-        reply = httpx.post(url + BOUNCE, json={"queue_names": ["custom-queue"], "reason": "q"})
+        reply = httpx.post(url + BOUNCE_PATH, json={"queue_names": ["custom-queue"], "reason": "q"})
         assert reply.status_code == 200
         [rule] = wait_until(lambda: [r for r in rules(url) if r["total_bounced"] == 1])
         assert rule["queue_names"] == ["custom-queue"]
         assert rule["domain"] is None
         # Issued already expired: sweeps once, never listed.
-        reply = httpx.post(url + BOUNCE, json={"domain": "x.org", "reason": "now", "duration": 0})
+        reply = httpx.post(
+            url + BOUNCE_PATH, json={"domain": "x.org", "reason": "now", "duration": 0}
+        )
         assert reply.status_code == 200
         wait_until(lambda: scheduled(url) == {})
         assert [r["id"] for r in rules(url)] == [rule["id"]]
@@ -251,26 +246,33 @@ def _chunks(body: bytes) -> Iterator[bytes]:
 
 BAD_INPUT = [
     # (method, path, headers, body, status, text prefix)
-    ("POST", BOUNCE, {}, b'{"reason": "r"}', 415, UNSUPPORTED_MEDIA_TYPE),
+    ("POST", BOUNCE_PATH, {}, b'{"reason": "r"}', 415, UNSUPPORTED_MEDIA_TYPE),
     (
         "POST",
-        BOUNCE,
+        BOUNCE_PATH,
         {"Content-Type": "text/plain"},
         b'{"reason": "r"}',
         415,
         UNSUPPORTED_MEDIA_TYPE,
     ),
-    ("DELETE", BOUNCE, {"Content-Type": "text/json"}, b"{}", 415, UNSUPPORTED_MEDIA_TYPE),
-    ("POST", INJECT, {"Content-Type": "form"}, b"{}", 415, UNSUPPORTED_MEDIA_TYPE),
-    ("POST", BOUNCE, JSON, b"", 400, JSON_SYNTAX_PREFIX),
-    ("POST", BOUNCE, JSON, b"reason=r", 400, JSON_SYNTAX_PREFIX),
-    ("DELETE", BOUNCE, JSON, b"{", 400, JSON_SYNTAX_PREFIX),
-    ("POST", INJECT, JSON, b"\xff", 400, JSON_SYNTAX_PREFIX),
-    ("POST", BOUNCE, JSON, b'{"domain": "d"}', 422, JSON_SHAPE_PREFIX + "missing field `reason`"),
-    ("POST", BOUNCE, JSON, b'{"reason": 1}', 422, JSON_SHAPE_PREFIX + "reason: invalid type"),
+    ("DELETE", BOUNCE_PATH, {"Content-Type": "text/json"}, b"{}", 415, UNSUPPORTED_MEDIA_TYPE),
+    ("POST", INJECT_PATH, {"Content-Type": "form"}, b"{}", 415, UNSUPPORTED_MEDIA_TYPE),
+    ("POST", BOUNCE_PATH, JSON, b"", 400, JSON_SYNTAX_PREFIX),
+    ("POST", BOUNCE_PATH, JSON, b"reason=r", 400, JSON_SYNTAX_PREFIX),
+    ("DELETE", BOUNCE_PATH, JSON, b"{", 400, JSON_SYNTAX_PREFIX),
+    ("POST", INJECT_PATH, JSON, b"\xff", 400, JSON_SYNTAX_PREFIX),
     (
         "POST",
-        BOUNCE,
+        BOUNCE_PATH,
+        JSON,
+        b'{"domain": "d"}',
+        422,
+        JSON_SHAPE_PREFIX + "missing field `reason`",
+    ),
+    ("POST", BOUNCE_PATH, JSON, b'{"reason": 1}', 422, JSON_SHAPE_PREFIX + "reason: invalid type"),
+    (
+        "POST",
+        BOUNCE_PATH,
         JSON,
         b'{"reason": "r", "foo": 1}',
         422,
@@ -278,7 +280,7 @@ BAD_INPUT = [
     ),
     (
         "POST",
-        BOUNCE,
+        BOUNCE_PATH,
         JSON,
         b'{"reason": "r", "duration": "5 fortnights"}',
         422,
@@ -286,7 +288,7 @@ BAD_INPUT = [
     ),
     (
         "POST",
-        BOUNCE,
+        BOUNCE_PATH,
         JSON,
         b'{"reason": "r", "duration": "101 years"}',
         422,
@@ -294,7 +296,7 @@ BAD_INPUT = [
     ),
     (
         "POST",
-        BOUNCE,
+        BOUNCE_PATH,
         JSON,
         b'{"reason": "r", "expires": "soon"}',
         422,
@@ -302,26 +304,26 @@ BAD_INPUT = [
     ),
     (
         "DELETE",
-        BOUNCE,
+        BOUNCE_PATH,
         JSON,
         b'{"id": "not-a-uuid"}',
         422,
         JSON_SHAPE_PREFIX + "id: UUID parsing failed: ",
     ),
-    ("DELETE", BOUNCE, JSON, b"{}", 422, JSON_SHAPE_PREFIX + "missing field `id`"),
+    ("DELETE", BOUNCE_PATH, JSON, b"{}", 422, JSON_SHAPE_PREFIX + "missing field `id`"),
     (
         "POST",
-        INJECT,
+        INJECT_PATH,
         JSON,
         b'{"recipients": []}',
         422,
         JSON_SHAPE_PREFIX + "missing field `envelope_sender`",
     ),
-    ("POST", BOUNCE, JSON, BIG, 413, BODY_TOO_LARGE),
-    ("POST", BOUNCE, {"Content-Type": "text/plain"}, BIG, 413, BODY_TOO_LARGE),
-    ("DELETE", BOUNCE, JSON, BIG, 413, BODY_TOO_LARGE),
-    ("POST", INJECT, JSON, BIG, 413, BODY_TOO_LARGE),
-    ("POST", BOUNCE, JSON, _chunks, 413, BODY_TOO_LARGE),  # chunked: no Content-Length
+    ("POST", BOUNCE_PATH, JSON, BIG, 413, BODY_TOO_LARGE),
+    ("POST", BOUNCE_PATH, {"Content-Type": "text/plain"}, BIG, 413, BODY_TOO_LARGE),
+    ("DELETE", BOUNCE_PATH, JSON, BIG, 413, BODY_TOO_LARGE),
+    ("POST", INJECT_PATH, JSON, BIG, 413, BODY_TOO_LARGE),
+    ("POST", BOUNCE_PATH, JSON, _chunks, 413, BODY_TOO_LARGE),  # chunked: no Content-Length
 ]
 
 
@@ -350,14 +352,14 @@ def test_bad_input_is_refused_and_changes_nothing(
     assert reply.headers["content-type"] == "text/plain; charset=utf-8"
     assert reply.text.startswith(prefix)
     assert logged_events(data) == before
-    assert httpx.get(url + "/api/check-liveness/v1").status_code == 200
+    assert httpx.get(url + LIVENESS_PATH).status_code == 200
 
 
 def test_body_at_the_limit_is_accepted(shared: tuple[str, Path]) -> None:
     url, _ = shared
     head, tail = b'{"reason": "', b'", "duration": 0}'
     body = head + b"x" * (2 * 1024 * 1024 - len(head) - len(tail)) + tail
-    reply = httpx.post(url + BOUNCE, content=body, headers=JSON)
+    reply = httpx.post(url + BOUNCE_PATH, content=body, headers=JSON)
     assert reply.status_code == 200, reply.text[:200]
 
 
@@ -366,13 +368,13 @@ def test_kept_alive_connection_survives_refusals(shared: tuple[str, Path]) -> No
     big = b"x" * (3 * 1024 * 1024)
     with httpx.Client(timeout=10) as client:
         requests: list[tuple[str, str, bytes | Iterator[bytes]]] = [
-            ("POST", BOUNCE, big),  # 413 on Content-Length, before reading
-            ("POST", BOUNCE, _chunks(big)),  # 413 while reading
-            ("PUT", BOUNCE, big),  # 405
+            ("POST", BOUNCE_PATH, big),  # 413 on Content-Length, before reading
+            ("POST", BOUNCE_PATH, _chunks(big)),  # 413 while reading
+            ("PUT", BOUNCE_PATH, big),  # 405
             ("POST", "/nowhere", big),  # 404
         ]
         for method, path, content in requests:
             reply = client.request(method, url + path, content=content, headers=JSON)
             assert reply.status_code in (404, 405, 413)
-            liveness = client.get(url + "/api/check-liveness/v1")  # same connection
+            liveness = client.get(url + LIVENESS_PATH)  # same connection
             assert liveness.text == "OK"

@@ -13,7 +13,6 @@ from kumo.model.log_record import (
     bounce_content,
     reception_line,
     reception_lines,
-    rfc3339,
 )
 
 NODE = "6f1c2a34-0000-4000-8000-000000000001"
@@ -64,13 +63,6 @@ def test_line_breaks_in_the_reason_become_single_spaces() -> None:
     assert bounce_content("a\r\nb\nc\rd\r\n\r\ne") == (
         "Administrator bounced with reason: a b c d  e"
     )
-
-
-def test_rfc3339_fraction_digits() -> None:
-    assert rfc3339(0) == "1970-01-01T00:00:00Z"
-    assert rfc3339(1_000_000) == "1970-01-01T00:00:00.001Z"
-    assert rfc3339(1_000) == "1970-01-01T00:00:00.000001Z"
-    assert rfc3339(1) == "1970-01-01T00:00:00.000000001Z"
 
 
 text = st.text(max_size=15)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import orjson
-
 from kumo.model.criteria import Criteria
 from kumo.model.queue_name import queue_name_for, recipient_domain
 from kumo.model.requests import BounceRequest, NewMessage
+from kumo.store.delivery_files import read_records
+from kumo.store.layout import LOGS
 
 WALL_ORIGIN = 1_767_225_600_000_000_000  # 2026-01-01T00:00:00Z, fixed so runs repeat
 
@@ -44,9 +44,5 @@ def bounce(
 
 
 def log_records(data_dir: Path) -> list[dict[str, object]]:
-    """Every delivery-log record under ``data_dir/logs``, in file order."""
-    records: list[dict[str, object]] = []
-    for path in sorted((data_dir / "logs").glob("*.jsonl")):
-        for line in path.read_bytes().splitlines():
-            records.append(orjson.loads(line))
-    return records
+    """Every delivery-log record under ``data_dir/logs``, in log order."""
+    return read_records(data_dir / LOGS)

@@ -22,6 +22,13 @@ from kumo.runtime.delivery_log import DeliveryLogWriter
 from kumo.runtime.engine import open_engine
 from kumo.runtime.log_writer import LogWriter
 from kumo.store.data_dir import open_event_log
+from kumo.store.delivery_files import (
+    Checkpoint,
+    read_checkpoint,
+    segment_name,
+    segment_sizes,
+    write_checkpoint,
+)
 from tests.runtime.harness import WALL_ORIGIN, bounce, log_records, message
 
 T = TypeVar("T")
@@ -55,17 +62,16 @@ async def test_a_crash_after_writing_but_before_the_checkpoint_repeats_nothing(
 ) -> None:
     await fill(tmp_path, 10)
     logs = tmp_path / "logs"
-    checkpoint = orjson.loads((logs / "checkpoint.json").read_bytes())
-    segment = logs / checkpoint["segment"]
+    checkpoint = read_checkpoint(logs)
+    assert checkpoint is not None
+    segment = logs / checkpoint.segment
     complete = segment.read_bytes()
     # Pretend the last round (the sweep's AdminBounce lines, and half a line more) was
     # written but died before its checkpoint: the checkpoint still says "after seq 11,
     # the ten Reception lines".
     lines = complete.splitlines(keepends=True)
     offset = sum(len(line) for line in lines[:10])
-    (logs / "checkpoint.json").write_bytes(
-        orjson.dumps({"seq": 11, "segment": checkpoint["segment"], "offset": offset})
-    )
+    write_checkpoint(logs, Checkpoint(11, checkpoint.segment, offset))
     segment.write_bytes(complete + b'{"type":"AdminBou')
     async with open_engine(tmp_path, clock=EngineClock(WALL_ORIGIN), threads=False) as engine:
         await engine.wait_idle()
@@ -94,9 +100,9 @@ async def test_segments_rotate_and_are_named_by_their_first_seq(
         for i in range(6):
             await engine.inject([message(f"u{i}.{n}@d.com") for n in range(3)])
             await engine.wait_idle()
-    segments = sorted(p.name for p in (tmp_path / "logs").glob("*.jsonl"))
+    segments = list(segment_sizes(tmp_path / "logs"))
     assert len(segments) > 1
-    assert segments[0] == delivery_log.segment_name(1)
+    assert segments[0] == segment_name(1)
     assert len(log_records(tmp_path)) == 18
 
 

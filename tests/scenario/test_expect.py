@@ -4,9 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from hypothesis import given
-from hypothesis import strategies as st
-
 from kumo.scenario.expect import (
     Observation,
     Verdict,
@@ -14,7 +11,6 @@ from kumo.scenario.expect import (
     check_bounce_reply,
     check_reply,
     evaluate,
-    parse_scheduled_counts,
     record_matches,
 )
 from kumo.scenario.format import Expect, RecordExpectation, ReplyCheck, RuleExpectation
@@ -165,32 +161,3 @@ def test_record_matching_is_exact() -> None:
     assert not record_matches(record, {"n": True})
     assert not record_matches(record, {"missing": None})
     assert not record_matches(record, {"n.deeper": 1})
-
-
-def test_scheduled_counts_from_metrics() -> None:
-    text = "\n".join(
-        [
-            "# HELP scheduled_count Messages waiting.",
-            "# TYPE scheduled_count gauge",
-            'scheduled_count{queue="camp:acme@example.com"} 3',
-            'scheduled_count{queue="q\\"uo\\\\te"} 2 1700000000',
-            'scheduled_count{node="n",queue="example.com!relay"} 1.0',
-            'scheduled_count_other{queue="x"} 9',
-            "total_messages_received 6",
-        ]
-    )
-    assert parse_scheduled_counts(text) == {
-        "camp:acme@example.com": 3,
-        'q"uo\\te': 2,
-        "example.com!relay": 1,
-    }
-
-
-@given(st.text())
-def test_metrics_parser_takes_any_text(text: str) -> None:
-    assert all(isinstance(v, int) for v in parse_scheduled_counts(text).values())
-
-
-def test_metrics_parser_ignores_non_finite_values() -> None:
-    text = 'scheduled_count{queue="a"} NaN\nscheduled_count{queue="b"} +Inf\n'
-    assert parse_scheduled_counts(text) == {}

@@ -10,17 +10,18 @@ import pytest
 import trio
 import trio.testing
 
+from kumo.http.routes import BOUNCE_PATH
 from kumo.scenario.expect import Verdict
 from kumo.scenario.format import parse_scenario
 from kumo.scenario.report import format_result
 from kumo.scenario.runner import (
     InProcessTarget,
     ScenarioResult,
-    read_records,
     run_in_process,
     run_live,
     run_scenario,
 )
+from kumo.store.delivery_files import read_records
 from tests.live_server import running_server
 
 LIBRARY = Path(__file__).resolve().parents[2] / "kumo" / "scenario" / "library"
@@ -189,7 +190,7 @@ def test_live_without_log_dir_or_restart_command_skips_those_checks(tmp_path: Pa
         first = run_live(scenario, url, settle_timeout=5)
         second = run_live(scenario, url, settle_timeout=5)
         with httpx.Client(base_url=url) as client:
-            assert client.get("/api/admin/bounce/v1").json() == []
+            assert client.get(BOUNCE_PATH).json() == []
     assert first.passed, format_result(first)
     restart, records, mixed = first.steps[2:]
     assert restart.verdict is Verdict.SKIPPED

@@ -11,14 +11,13 @@ import pytest
 from kumo.model.criteria import Criteria
 from kumo.model.events import Bounced, BounceIssued, Event, Message, MessageReceived
 from kumo.model.invariants import Violation
+from kumo.store.delivery_files import segment_name
 from kumo.store.event_log import LogCorruptError
 from kumo.store.log_snapshot import ChainedRow, LogSnapshot
 from kumo.store.sqlite_log import SqliteEventStore
 from kumo.store.verify import (
     ChainCheck,
-    Checkpoint,
     DeliveryRecord,
-    read_checkpoint,
     read_delivery_log,
     verify_data_dir,
 )
@@ -149,7 +148,7 @@ def write_segments(logs: Path, *segments: bytes) -> list[Path]:
     logs.mkdir(exist_ok=True)
     paths = []
     for index, data in enumerate(segments):
-        path = logs / f"{index + 1:020d}.jsonl"
+        path = logs / segment_name(index + 1)
         path.write_bytes(data)
         paths.append(path)
     return paths
@@ -170,7 +169,7 @@ def test_delivery_log_reader_names_bad_lines_and_tolerates_a_line_being_written(
         record("Reception", "b") + b'{"type": "Recep',
     )
     items = list(read_delivery_log(logs))
-    first, second = (f"logs/{n:020d}.jsonl" for n in (1, 2))
+    first, second = (f"logs/{segment_name(n)}" for n in (1, 2))
     assert items == [
         DeliveryRecord("Reception", "a", "a.com", "", f"{first} line 1"),
         Violation("delivery-log", f"{first} line 2", "not a delivery-log record"),
@@ -179,12 +178,15 @@ def test_delivery_log_reader_names_bad_lines_and_tolerates_a_line_being_written(
     ]
 
 
-def test_checkpoint_reading(tmp_path: Path) -> None:
-    assert read_checkpoint(tmp_path) is None
-    (tmp_path / "checkpoint.json").write_bytes(b'{"seq": 3, "segment": "s", "offset": 7}')
-    assert read_checkpoint(tmp_path) == Checkpoint(3, "s", 7)
-    (tmp_path / "checkpoint.json").write_bytes(b"{")
-    assert isinstance(read_checkpoint(tmp_path), Violation)
+def test_verify_reports_an_unreadable_checkpoint(tmp_path: Path) -> None:
+    make_log(tmp_path / "events.sqlite3").close()
+    write_segments(tmp_path / "logs", b"")
+    (tmp_path / "logs" / "checkpoint.json").write_bytes(b"{")
+    report = verify_data_dir(tmp_path)
+    [violation] = [v for v in report.violations if v.check == "checkpoint"]
+    assert violation.where == "logs/checkpoint.json"
+    assert violation.problem.startswith("unreadable checkpoint: not JSON")
+    assert report.checkpoint_seq is None
 
 
 def test_verify_checks_the_checkpoint_against_its_segment(tmp_path: Path) -> None:

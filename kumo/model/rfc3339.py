@@ -1,6 +1,9 @@
-"""RFC 3339 date-times as the ``expires`` field of a bounce carries them.
+"""RFC 3339 date-times: written as chrono prints them, read as the ``expires`` field of a
+bounce carries them.
 
-KumoMTA reads ``expires`` with chrono; this parser accepts what docs/rules.md states
+:func:`format_rfc3339` writes UTC with ``Z`` and 0, 3, 6 or 9 fraction digits, as chrono
+does (the delivery-log records, the API's replies, the audit). KumoMTA reads ``expires``
+with chrono; :func:`parse_rfc3339` accepts what docs/rules.md states
 (``Z`` or a numeric offset, upper- or lower-case ``T``/``Z``, a space for the ``T`` as
 RFC 3339 allows, any number of fraction digits, of which the first nine count) and
 refuses with chrono's own texts. Times are integer nanoseconds since the Unix epoch,
@@ -11,6 +14,7 @@ that is how the event log stores them.
 from __future__ import annotations
 
 import datetime as dt
+from functools import lru_cache
 from typing import Final
 
 from kumo.model.duration import NANOS_PER_SECOND
@@ -25,6 +29,28 @@ IMPOSSIBLE: Final = "no possible date and time matching input"
 INVALID: Final = "input contains invalid characters"
 TOO_SHORT: Final = "premature end of input"
 TOO_LONG: Final = "trailing input"
+
+
+def format_rfc3339(nanos: int) -> str:
+    """UTC time as RFC 3339 with 0, 3, 6 or 9 fraction digits, as chrono prints it.
+
+    :func:`parse_rfc3339` reads it back exactly, for every signed 64-bit ``nanos``.
+    """
+    return _format_rfc3339(nanos)
+
+
+# Records of one commit share its time, and a sweep writes a million of them.
+@lru_cache(maxsize=4096)
+def _format_rfc3339(nanos: int) -> str:
+    seconds, fraction = divmod(nanos, NANOS_PER_SECOND)
+    stamp = dt.datetime.fromtimestamp(seconds, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    if fraction == 0:
+        return stamp + "Z"
+    if fraction % 1_000_000 == 0:
+        return f"{stamp}.{fraction // 1_000_000:03d}Z"
+    if fraction % 1_000 == 0:
+        return f"{stamp}.{fraction // 1_000:06d}Z"
+    return f"{stamp}.{fraction:09d}Z"
 
 
 class TimestampError(ValueError):

@@ -1,4 +1,5 @@
-"""RFC 3339 parsing of ``expires``: accepted forms, chrono's refusals, and a fuzz."""
+"""RFC 3339: formatting as chrono prints it; parsing of ``expires`` (accepted forms,
+chrono's refusals, a fuzz); and the two agreeing."""
 
 from __future__ import annotations
 
@@ -9,18 +10,25 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kumo.http.rfc3339 import (
+from kumo.model.rfc3339 import (
     IMPOSSIBLE,
     INVALID,
     OUT_OF_RANGE,
     TOO_LONG,
     TOO_SHORT,
     TimestampError,
+    format_rfc3339,
     parse_rfc3339,
 )
-from kumo.model.log_record import rfc3339
 
 SECOND = 1_000_000_000
+
+
+def test_format_fraction_digits() -> None:
+    assert format_rfc3339(0) == "1970-01-01T00:00:00Z"
+    assert format_rfc3339(1_000_000) == "1970-01-01T00:00:00.001Z"
+    assert format_rfc3339(1_000) == "1970-01-01T00:00:00.000001Z"
+    assert format_rfc3339(1) == "1970-01-01T00:00:00.000000001Z"
 
 
 @pytest.mark.parametrize(
@@ -80,7 +88,7 @@ def test_refused_with_chronos_words(text: str, why: str) -> None:
 
 @given(st.integers(min_value=-(2**63), max_value=2**63 - 1))
 def test_reads_what_the_log_records_write(nanos: int) -> None:
-    assert parse_rfc3339(rfc3339(nanos)) == nanos
+    assert parse_rfc3339(format_rfc3339(nanos)) == nanos
 
 
 @given(st.datetimes(timezones=st.timezones()))

@@ -1,0 +1,25 @@
+"""The HTTP API's paths, spelled once.
+
+The app serves them (:mod:`kumo.http.app`), the OpenAPI document describes them
+(:mod:`kumo.http.openapi`), and kcli, the scenario runner, the benchmark and the tests
+request them. The first four are KumoMTA's own paths: a client written for KumoMTA
+finds them unchanged. Importing this module imports nothing else.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+BOUNCE_PATH: Final = "/api/admin/bounce/v1"
+"""Issue (POST), list (GET) and cancel (DELETE) bounce rules."""
+INJECT_PATH: Final = "/api/inject/v1"
+"""Receive messages (POST), one per recipient."""
+LIVENESS_PATH: Final = "/api/check-liveness/v1"
+"""``OK`` while the server runs (GET)."""
+METRICS_PATH: Final = "/metrics"
+"""Prometheus text (GET)."""
+OPENAPI_PATH: Final = "/api-docs/openapi.json"
+"""The OpenAPI document of these routes (GET)."""
+
+ROUTES: Final = (BOUNCE_PATH, INJECT_PATH, LIVENESS_PATH, METRICS_PATH, OPENAPI_PATH)
+"""Every path the app serves."""

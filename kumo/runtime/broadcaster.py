@@ -23,6 +23,7 @@ from kumo.model.events import (
 )
 from kumo.model.queue_index import QueueIndex
 from kumo.model.state import QueueState, RuleBook, SweepRule
+from kumo.model.statistics import counter, gauge
 from kumo.runtime.log_writer import LogWriter
 from kumo.runtime.queue_actor import QueueActor
 from kumo.runtime.watermark import Watermark
@@ -30,11 +31,13 @@ from kumo.runtime.watermark import Watermark
 
 @attrs.frozen
 class BroadcasterStatistics:
-    position: int
-    actors: int
-    lagging_actors: int
-    events_routed: int
-    deliveries: int
+    """How far the broadcaster has routed, and to how many actors."""
+
+    position: int = gauge("Sequence number of the last event routed to the queue actors.")
+    actors: int = gauge("Queue actors running: one per queue that has held messages.")
+    lagging_actors: int = gauge("Actors whose mailbox overflowed, catching up from the log.")
+    events_routed: int = counter("Events routed by this process.")
+    deliveries: int = counter("Batches of events handed to queue actors by this process.")
 
 
 class Broadcaster:

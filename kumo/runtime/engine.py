@@ -40,6 +40,7 @@ from kumo.model.events import (
 )
 from kumo.model.requests import BounceRequest, NewMessage
 from kumo.model.state import QueueState, RuleView, State, SweepRule
+from kumo.model.statistics import counter, gauge, record
 from kumo.runtime.blocking import in_thread, inline
 from kumo.runtime.broadcaster import Broadcaster, BroadcasterStatistics
 from kumo.runtime.clock import EngineClock
@@ -63,14 +64,16 @@ class EngineClosedError(Exception):
 
 @attrs.frozen
 class EngineStatistics:
-    received_total: int
-    bounced_total: int
-    queued_total: int
-    queues: int
-    live_rules: int
-    log: LogStatistics
-    broadcaster: BroadcasterStatistics
-    delivery_log: DeliveryLogStatistics
+    """What the engine has done and holds now; ``/metrics`` exports every field."""
+
+    received_total: int = counter("Messages received since the log began.")
+    bounced_total: int = counter("Messages bounced by an administrator.")
+    queued_total: int = gauge("Messages waiting, all scheduled queues.")
+    queues: int = gauge("Non-empty scheduled queues.")
+    live_rules: int = gauge("Bounce rules that GET would list.")
+    log: LogStatistics = record("The event log writer.")
+    broadcaster: BroadcasterStatistics = record("The broadcaster and its queue actors.")
+    delivery_log: DeliveryLogStatistics = record("The delivery-log writer.")
 
 
 class Engine:

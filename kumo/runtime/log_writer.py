@@ -40,6 +40,7 @@ import attrs
 import trio
 
 from kumo.model.events import Bounced, Committed, Event
+from kumo.model.statistics import Histogram, counter, gauge, histogram
 from kumo.runtime.blocking import RunBlocking, in_thread
 from kumo.runtime.clock import EngineClock
 from kumo.runtime.watermark import Watermark
@@ -71,16 +72,27 @@ class LogClosedError(Exception):
 
 @attrs.frozen
 class LogStatistics:
-    last_seq: int
-    durable_seq: int
-    commits: int
-    durable_commits: int
-    events_committed: int
-    urgent_waiting: int
-    background_waiting: int
-    background_messages_waiting: int
-    tail_events: int
-    disk_reads: int
+    """The log writer's progress and queues."""
+
+    last_seq: int = gauge("Sequence number of the last committed event.")
+    durable_seq: int = gauge(
+        "Sequence number up to which the log is fsynced (survives a power failure)."
+    )
+    commits: int = counter("Transactions committed by this process.")
+    durable_commits: int = counter("Transactions committed and fsynced by this process.")
+    events_committed: int = counter("Events committed by this process.")
+    urgent_waiting: int = gauge("Client requests waiting to be committed now.")
+    background_waiting: int = gauge("Bounced events waiting to be committed now.")
+    background_messages_waiting: int = gauge(
+        "Messages carried by the Bounced events waiting to be committed now."
+    )
+    tail_events: int = gauge("Recent events held in memory for the followers.")
+    disk_reads: int = counter(
+        "Times a follower fell behind the in-memory tail and read the database."
+    )
+    commit_seconds: Histogram = histogram(
+        "Seconds each commit of the store took, fsync included when it was durable."
+    )
 
 
 @attrs.define(eq=False)
@@ -132,6 +144,7 @@ class LogWriter:
         self._since_durable = 0
         self._events_committed = 0
         self._disk_reads = 0
+        self._commit_seconds = Histogram.empty()
         self._reading = trio.Lock()
 
     @property
@@ -199,6 +212,7 @@ class LogWriter:
             )
             time = max(self._store.last_time, self._clock.now())
             self._clients_in_flight = bool(requests)
+            started = trio.current_time()
             try:
                 committed = await self._run_blocking(
                     functools.partial(
@@ -215,6 +229,7 @@ class LogWriter:
                     request.error = exc
                     request.done.set()
                 raise
+            self._commit_seconds = self._commit_seconds.observe(trio.current_time() - started)
             self._background_in_flight = 0
             self._clients_in_flight = False
             self._published(committed, durable=durable)
@@ -325,4 +340,5 @@ class LogWriter:
             background_messages_waiting=self._background_messages,
             tail_events=self._tail_events,
             disk_reads=self._disk_reads,
+            commit_seconds=self._commit_seconds,
         )

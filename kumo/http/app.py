@@ -15,6 +15,7 @@ whoever serves it (:mod:`kumo.cli.serve`).
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, Final, TypeAlias
@@ -30,7 +31,7 @@ from kumo.http.access import AccessPolicy, Denied
 from kumo.http.engine_protocol import AdminEngine
 from kumo.http.errors import BODY_TOO_LARGE, DEFAULT_BODY_LIMIT, RequestRefused, unauthorized
 from kumo.http.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from kumo.http.metrics import render_metrics
+from kumo.http.metrics import AdminLatency, metrics_registry, page
 from kumo.http.openapi import OPENAPI
 from kumo.http.replies import TEXT, Reply, text_reply
 from kumo.runtime.blocking import RunBlocking, in_thread
@@ -47,6 +48,8 @@ OPENAPI_PATH: Final = "/api-docs/openapi.json"
 
 _PROTECTED_PATHS: Final = frozenset({BOUNCE_PATH, INJECT_PATH, METRICS_PATH})
 """Routes served only to trusted or authenticated peers (SPEC section 4, Access)."""
+_ADMIN_PREFIX: Final = "/api/admin/"
+"""Routes whose answer times /metrics reports (``kumo_admin_request_seconds``)."""
 
 _log = logging.getLogger(__name__)
 
@@ -133,8 +136,9 @@ def create_app(
 ) -> QuartTrio:
     """The ASGI app serving ``engine``; ``access`` defaults to loopback-only trust.
 
-    ``run_blocking`` runs the app's CPU-heavy steps (building a large injection); pass
-    :func:`kumo.runtime.blocking.inline` beside an engine opened with ``threads=False``.
+    ``run_blocking`` runs the app's CPU-heavy steps (building a large injection, the
+    /metrics page); pass :func:`kumo.runtime.blocking.inline` beside an engine opened
+    with ``threads=False``.
     """
     policy = access if access is not None else AccessPolicy()
     # scrypt costs ~16 MiB and tens of ms; two at a time bounds both.
@@ -144,6 +148,21 @@ def create_app(
     app.config["MAX_CONTENT_LENGTH"] = body_limit
     app.config["BODY_TIMEOUT"] = body_timeout
     app.asgi_app = _BodyBeforeResponse(app.asgi_app, body_timeout)  # type: ignore[assignment,arg-type]
+    latency = AdminLatency()
+    registry = metrics_registry(engine, latency)
+
+    # Registered first, so that the time of an admin request includes its access check.
+    @app.before_request
+    async def start_clock() -> None:
+        g.started = trio.current_time()
+
+    @app.after_request
+    async def time_admin_request(response: Response) -> Response:
+        rule = request.url_rule
+        started = g.get("started")
+        if rule is not None and rule.rule.startswith(_ADMIN_PREFIX) and started is not None:
+            latency.observe(rule.rule, request.method, trio.current_time() - started)
+        return response
 
     @app.before_request
     async def check_access() -> None:
@@ -205,8 +224,8 @@ def create_app(
 
     @app.get(METRICS_PATH)
     async def metrics() -> Response:
-        page = render_metrics(engine.queue_counts(), engine.statistics())
-        return Response(page, status=200, content_type=METRICS_CONTENT_TYPE)
+        text = await run_blocking(functools.partial(page, registry))
+        return Response(text, status=200, content_type=METRICS_CONTENT_TYPE)
 
     @app.get(OPENAPI_PATH)
     async def openapi() -> Response:

@@ -230,6 +230,16 @@ OPENAPI: Final[dict[str, Any]] = {
         "/metrics": {
             "get": {
                 "summary": "Prometheus text: scheduled_count{queue=...}, received and bounced.",
+                "description": (
+                    "KumoMTA's `scheduled_count{queue}`, `total_messages_received` and "
+                    "`total_messages_bounced`; every field of the engine's statistics as "
+                    "`kumo_engine_<field>` (counter or gauge, as the field declares); per "
+                    "queue actor `kumo_actor_mailbox_used`, `kumo_actor_lagging`, "
+                    "`kumo_actor_catch_ups` and `kumo_actor_bounced`; and the histograms "
+                    "`kumo_engine_log_commit_seconds` and "
+                    "`kumo_admin_request_seconds{route,method}`. docs/operations.md lists "
+                    "them all."
+                ),
                 "responses": {
                     "200": {"description": "Prometheus text format 0.0.4.", "content": _TEXT},
                     **_refusals(401),

@@ -28,7 +28,9 @@ from kumo.http.errors import (
 from kumo.model.criteria import Criteria
 from kumo.model.requests import BounceRequest, NewMessage
 from kumo.model.state import RuleView
+from kumo.model.statistics import counter
 from kumo.runtime.engine import EngineClosedError
+from kumo.runtime.queue_actor import ActorStatistics
 
 RULE_ID = "8d2b1f7e-3c4a-4b5d-9e6f-0a1b2c3d4e5f"
 TRUSTED = {"client": ("127.0.0.1", 50000)}
@@ -39,8 +41,8 @@ SECOND = 1_000_000_000
 
 @attrs.frozen
 class FakeStatistics:
-    received_total: int = 3
-    bounced_total: int = 1
+    received_total: int = counter("Messages received.")
+    bounced_total: int = counter("Messages bounced.")
 
 
 class FakeEngine:
@@ -79,7 +81,10 @@ class FakeEngine:
         return {"example.com": 2}
 
     def statistics(self) -> FakeStatistics:
-        return FakeStatistics()
+        return FakeStatistics(received_total=3, bounced_total=1)
+
+    def actor_statistics(self) -> list[ActorStatistics]:
+        return [ActorStatistics("example.com", 2, 0, 1, False, 0, 9, 0)]
 
 
 @pytest.fixture
@@ -370,6 +375,26 @@ async def test_metrics(client: Client) -> None:
     assert content_type.startswith("text/plain; version=0.0.4")
     assert 'scheduled_count{queue="example.com"} 2\n' in text
     assert "total_messages_received 3\n" in text
+    assert 'kumo_actor_mailbox_used{queue="example.com"} 1\n' in text
+
+
+async def test_metrics_time_admin_requests(client: Client) -> None:
+    await call(client, "GET", "/api/admin/bounce/v1")
+    await call(client, "GET", "/api/admin/bounce/v1")
+    await call(client, "DELETE", "/api/admin/bounce/v1", body=b"{}", headers=JSON)  # 422
+    await call(client, "GET", "/api/admin/bounce/v1", scope=UNTRUSTED)  # 401
+    await call(client, "GET", "/api/check-liveness/v1")  # not an admin route
+    _, _, text = await call(client, "GET", "/metrics")
+    counts = {
+        line.split(" ")[0]: line.split(" ")[1]
+        for line in text.splitlines()
+        if line.startswith("kumo_admin_request_seconds_count")
+    }
+    route = 'route="/api/admin/bounce/v1"'
+    assert counts == {
+        f'kumo_admin_request_seconds_count{{{route},method="GET"}}': "3",
+        f'kumo_admin_request_seconds_count{{{route},method="DELETE"}}': "1",
+    }
 
 
 async def test_openapi(client: Client) -> None:

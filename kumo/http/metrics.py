@@ -175,28 +175,40 @@ def _kumomta_families(statistics: object) -> Iterator[Metric]:
             yield _field_family(fields[field_name], name, getattr(statistics, field_name))
 
 
-class _QueueLabels(dict[str, dict[str, str]]):
-    """``queue`` -> its labels, one dict per queue that every per-queue family shares:
-    :func:`exposition` then formats each queue's labels once."""
+class QueueSeries(Metric):
+    """A family of one sample per scheduled queue, labelled ``queue``, in queue order.
 
-    def __missing__(self, queue: str) -> dict[str, str]:
-        labels = self[queue] = {"queue": queue}
-        return labels
+    It keeps ``(queue, value)`` pairs and makes prometheus-client's ``Sample`` objects
+    only when :attr:`samples` is read; :func:`exposition` writes it from the pairs. At
+    10,000 queues a page has five such families: 50,000 samples, each a tuple holding a
+    dict that the garbage collector then scans, cost more than all the rest of a scrape
+    and stall the event loop while a collection runs.
+    """
+
+    def __init__(
+        self, name: str, documentation: str, kind: str, values: list[tuple[str, int]]
+    ) -> None:
+        super().__init__(name, documentation, kind)
+        self.values = values
+
+    @property
+    def samples(self) -> list[Sample]:
+        return [Sample(self.name, {"queue": queue}, value) for queue, value in self.values]
+
+    @samples.setter
+    def samples(self, samples: list[Sample]) -> None:
+        if samples:
+            raise AttributeError("a QueueSeries holds its values as (queue, value) pairs")
 
 
-def _actor_families(actors: Sequence[ActorStatistics], labels: _QueueLabels) -> Iterator[Metric]:
+def _actor_families(actors: Sequence[ActorStatistics]) -> Iterator[Metric]:
     declared = {field.name: field for field in declared_fields(ActorStatistics)}
     ordered = sorted(actors, key=lambda actor: actor.queue)
     for field_name in ACTOR_FIELDS:
         field = declared[field_name]
-        name = ACTOR_PREFIX + field_name
         kind = "counter" if field.kind is Kind.COUNTER else "gauge"
-        family = Metric(name, field.help, kind)
-        # Samples built directly: at 10,000 queues this loop is most of a scrape.
-        family.samples = [
-            Sample(name, labels[actor.queue], int(getattr(actor, field_name))) for actor in ordered
-        ]
-        yield family
+        values = [(actor.queue, int(getattr(actor, field_name))) for actor in ordered]
+        yield QueueSeries(ACTOR_PREFIX + field_name, field.help, kind, values)
 
 
 def _latency_family(latency: Mapping[tuple[str, str], Histogram]) -> Metric:
@@ -216,19 +228,18 @@ def metric_families(scrape: Scrape) -> list[Metric]:
     Queues are listed by name, so that the page is stable between scrapes. Raises
     :class:`TypeError` if the statistics record declares a field without a kind.
     """
-    scheduled = GaugeMetricFamily(
-        "scheduled_count", "Messages waiting in a scheduled queue.", labels=["queue"]
-    )
     counts = scrape.queue_counts
-    labels = _QueueLabels()
-    scheduled.samples = [
-        Sample("scheduled_count", labels[queue], counts[queue]) for queue in sorted(counts)
-    ]
+    scheduled = QueueSeries(
+        "scheduled_count",
+        "Messages waiting in a scheduled queue.",
+        "gauge",
+        [(queue, counts[queue]) for queue in sorted(counts)],
+    )
     return [
         scheduled,
         *_kumomta_families(scrape.statistics),
         *_record_families(scrape.statistics, ENGINE_PREFIX, top=True),
-        *_actor_families(scrape.actors, labels),
+        *_actor_families(scrape.actors),
         _latency_family(scrape.admin_latency),
     ]
 
@@ -238,7 +249,8 @@ class EngineCollector:
 
     It may be collected in the event loop's thread or in a worker thread of that loop
     (:func:`page`); either way the engine is read in the loop's thread, at once, and
-    only the building of the families happens where the collector was called.
+    only the building of the families happens where the collector was called. (Outside
+    any Trio run, as in a script, it reads the engine where it is called.)
     """
 
     def __init__(self, engine: MetricsEngine, latency: AdminLatency) -> None:
@@ -249,13 +261,22 @@ class EngineCollector:
         return read_scrape(self._engine, self._latency)
 
     def collect(self) -> Iterator[Metric]:
-        if trio.lowlevel.in_trio_run():
-            scrape = self._read()
-        else:
-            # A worker thread: the engine's tasks change what it reads, so the read
-            # hops back to the loop's thread.
-            scrape = trio.from_thread.run_sync(self._read)
+        # In a worker thread the read hops to the loop's thread: the engine's tasks
+        # change what it reads.
+        hop = _in_worker_thread()
+        scrape = trio.from_thread.run_sync(self._read) if hop else self._read()
         yield from metric_families(scrape)
+
+
+def _in_worker_thread() -> bool:
+    """Whether this is a thread that Trio started for a task (``trio.to_thread``)."""
+    if trio.lowlevel.in_trio_run():
+        return False
+    try:
+        trio.from_thread.check_cancelled()
+    except RuntimeError:
+        return False
+    return True
 
 
 def metrics_registry(engine: MetricsEngine, latency: AdminLatency) -> CollectorRegistry:
@@ -279,7 +300,7 @@ def page(registry: CollectorRegistry) -> bytes:
 
 
 def _value(value: float) -> str:
-    if isinstance(value, int):
+    if isinstance(value, int):  # exact, as KumoMTA prints its counts
         return str(value)
     if math.isnan(value):
         return "NaN"
@@ -295,7 +316,9 @@ def _exposed(family: Metric) -> tuple[str, str]:
             return family.name + "_info", "gauge"
         case "unknown":
             return family.name, "untyped"
-        case "counter" if family.samples and family.samples[0].name == family.name + "_total":
+        case "counter" if not isinstance(family, QueueSeries) and any(
+            sample.name == family.name + "_total" for sample in family.samples
+        ):
             return family.name + "_total", "counter"  # built by CounterMetricFamily
         case kind:
             return family.name, kind
@@ -308,6 +331,15 @@ def _labels_text(labels: Mapping[str, str]) -> str:
     return "{" + pairs + "}"
 
 
+class _QueueLabels(dict[str, str]):
+    """Queue name -> its formatted labels, made once per page though five families
+    carry them."""
+
+    def __missing__(self, queue: str) -> str:
+        text = self[queue] = f'{{queue="{escape_label_value(queue)}"}} '
+        return text
+
+
 def exposition(families: Iterable[Metric]) -> bytes:
     """The Prometheus text format (0.0.4) of ``families``: HELP and TYPE, then samples.
 
@@ -315,21 +347,16 @@ def exposition(families: Iterable[Metric]) -> bytes:
     """
     lines: list[str] = []
     append = lines.append
-    # Each queue's labels are formatted once, though five families carry them: keyed by
-    # the identity of the labels dict, kept alive here so that no id is reused.
-    formatted: dict[int, tuple[Mapping[str, str], str]] = {}
+    queue_labels = _QueueLabels()
     for family in families:
         name, kind = _exposed(family)
         append(f"# HELP {name} {_escape_help(family.documentation)}")
         append(f"# TYPE {name} {kind}")
+        if isinstance(family, QueueSeries):
+            lines += [f"{name}{queue_labels[queue]}{value}" for queue, value in family.values]
+            continue
         for sample in family.samples:
-            labels = sample.labels
-            known = formatted.get(id(labels))
-            if known is None:
-                known = formatted[id(labels)] = (labels, _labels_text(labels))
-            value = sample.value
-            text = str(value) if type(value) is int else _value(value)
-            append(f"{sample.name}{known[1]} {text}")
+            append(f"{sample.name}{_labels_text(sample.labels)} {_value(sample.value)}")
     return ("\n".join(lines) + "\n").encode()
 
 

@@ -10,6 +10,7 @@ import attrs
 import pytest
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
 
 from kumo.http.metrics import (
     AdminLatency,
@@ -249,3 +250,11 @@ def test_ten_thousand_queues() -> None:
     text = exposition(metric_families(scrape)).decode()
     assert sum(line.startswith("scheduled_count{") for line in text.splitlines()) == 10_000
     assert sum(line.startswith("kumo_actor_") for line in text.splitlines()) == 40_000
+
+
+def test_queue_series_make_samples_on_demand() -> None:
+    [scheduled, *_] = metric_families(Scrape({"b": 2, "a": 1}, engine_statistics()))
+    assert scheduled.samples == [
+        Sample("scheduled_count", {"queue": "a"}, 1),
+        Sample("scheduled_count", {"queue": "b"}, 2),
+    ]

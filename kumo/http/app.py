@@ -6,7 +6,9 @@ The app is thin: each route reads the body (bounded), hands it to a handler of
 order: access (401) before the body is read, then size (413, enforced while the body
 arrives: a body over the limit is never held whole), then content type (415), JSON
 syntax (400) and shape (422). Whatever a client sends gets a 2xx or a 4xx with a
-plain-text reason; a 5xx means kumo itself failed.
+plain-text reason; a 503 means the engine refused the work for now (it is shutting
+down, or its event log is closed: :class:`~kumo.runtime.refusal.RefusedError`), and a
+500 that kumo itself failed.
 
 The app starts no background task: the engine and the server run in the nursery of
 whoever serves it (:mod:`kumo.cli.serve`).
@@ -35,7 +37,7 @@ from kumo.http.metrics import AdminLatency, metrics_registry, page
 from kumo.http.openapi import OPENAPI
 from kumo.http.replies import TEXT, Reply, text_reply
 from kumo.runtime.blocking import RunBlocking, in_thread
-from kumo.runtime.engine import EngineClosedError
+from kumo.runtime.refusal import RefusedError
 
 BODY_TIMEOUT: Final = 15
 """Seconds a client has to send a whole body before it gets 408."""
@@ -250,9 +252,11 @@ def create_app(
             response.headers["Allow"] = ", ".join(sorted(allowed))
         return response
 
-    @app.errorhandler(EngineClosedError)
-    async def shutting_down(error: EngineClosedError) -> Response:
-        return Response("kumo is shutting down; retry later", status=503, content_type=TEXT)
+    @app.errorhandler(RefusedError)
+    async def refused_by_engine(error: RefusedError) -> Response:
+        # Shutting down, or the event log closed: the client may retry later.
+        reason = str(error) or "kumo cannot take this request now"
+        return Response(f"{reason}; retry later", status=503, content_type=TEXT)
 
     @app.errorhandler(Exception)
     async def internal_error(error: Exception) -> Response:

@@ -47,6 +47,7 @@ from kumo.runtime.clock import EngineClock
 from kumo.runtime.delivery_log import DeliveryLogStatistics, DeliveryLogWriter
 from kumo.runtime.log_writer import LogStatistics, LogWriter
 from kumo.runtime.queue_actor import ActorStatistics
+from kumo.runtime.refusal import RefusedError
 from kumo.store.ids import random_ids
 from kumo.store.layout import DATABASE, LOGS
 from kumo.store.lock import DataDirectoryLock
@@ -58,7 +59,7 @@ SHUTDOWN_DEADLINE: Final = 30.0
 """Seconds a shutdown waits for actors and followers to finish their work."""
 
 
-class EngineClosedError(Exception):
+class EngineClosedError(RefusedError):
     """The engine is shutting down and takes no more requests."""
 
 

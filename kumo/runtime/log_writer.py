@@ -43,6 +43,7 @@ from kumo.model.events import Bounced, Committed, Event
 from kumo.model.statistics import Histogram, counter, gauge, histogram
 from kumo.runtime.blocking import RunBlocking, in_thread
 from kumo.runtime.clock import EngineClock
+from kumo.runtime.refusal import RefusedError
 from kumo.runtime.watermark import Watermark
 from kumo.store.event_log import EventStore
 
@@ -66,7 +67,7 @@ TAIL_EVENTS: Final = 10_000
 """Recent committed events kept in memory for followers."""
 
 
-class LogClosedError(Exception):
+class LogClosedError(RefusedError):
     """The log no longer takes events: the engine is shutting down."""
 
 

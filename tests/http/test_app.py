@@ -30,7 +30,9 @@ from kumo.model.requests import BounceRequest, NewMessage
 from kumo.model.state import RuleView
 from kumo.model.statistics import counter
 from kumo.runtime.engine import EngineClosedError
+from kumo.runtime.log_writer import LogClosedError
 from kumo.runtime.queue_actor import ActorStatistics
+from kumo.runtime.refusal import RefusedError
 
 RULE_ID = "8d2b1f7e-3c4a-4b5d-9e6f-0a1b2c3d4e5f"
 TRUSTED = {"client": ("127.0.0.1", 50000)}
@@ -54,10 +56,17 @@ class FakeEngine:
         self.calls: list[tuple[str, Any, str]] = []
         self.rules: list[RuleView] = []
         self.closed = False
+        self.refusal: RefusedError | None = None
+        """Raised by every call, when set."""
 
     def _check(self) -> None:
+        self._refuse()
         if self.closed:
             raise EngineClosedError("kumo is shutting down")
+
+    def _refuse(self) -> None:
+        if self.refusal is not None:
+            raise self.refusal
 
     async def inject(self, messages: Sequence[NewMessage]) -> list[str]:
         self._check()
@@ -75,15 +84,19 @@ class FakeEngine:
         return rule_id == RULE_ID
 
     def list_bounces(self) -> list[RuleView]:
+        self._refuse()
         return list(self.rules)
 
     def queue_counts(self) -> Mapping[str, int]:
+        self._refuse()
         return {"example.com": 2}
 
     def statistics(self) -> FakeStatistics:
+        self._refuse()
         return FakeStatistics(received_total=3, bounced_total=1)
 
     def actor_statistics(self) -> list[ActorStatistics]:
+        self._refuse()
         return [ActorStatistics("example.com", 2, 0, 1, False, 0, 9, 0)]
 
 
@@ -431,3 +444,43 @@ async def test_closed_engine_is_503(client: Client, engine: FakeEngine) -> None:
         client, "POST", "/api/admin/bounce/v1", body=b'{"reason": "r"}', headers=JSON
     )
     assert (status, text) == (503, "kumo is shutting down; retry later")
+
+
+INJECT_BODY = orjson.dumps(
+    {
+        "envelope_sender": "s@example.com",
+        "recipients": [{"email": "a@example.com"}],
+        "content": "Subject: hi\r\n\r\nhello",
+    }
+)
+ENGINE_CALLS = [
+    ("POST", "/api/admin/bounce/v1", b'{"reason": "r"}'),
+    ("GET", "/api/admin/bounce/v1", None),
+    ("DELETE", "/api/admin/bounce/v1", f'{{"id": "{RULE_ID}"}}'.encode()),
+    ("POST", "/api/inject/v1", INJECT_BODY),
+    ("GET", "/metrics", None),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "body"), ENGINE_CALLS)
+@pytest.mark.parametrize(
+    ("refusal", "text"),
+    [
+        (EngineClosedError("kumo is shutting down"), "kumo is shutting down; retry later"),
+        (LogClosedError("the event log is closed"), "the event log is closed; retry later"),
+        (LogClosedError("the event log failed"), "the event log failed; retry later"),
+        (RefusedError(), "kumo cannot take this request now; retry later"),
+    ],
+)
+async def test_engine_refusals_are_503(
+    client: Client,
+    engine: FakeEngine,
+    method: str,
+    path: str,
+    body: bytes | None,
+    refusal: RefusedError,
+    text: str,
+) -> None:
+    engine.refusal = refusal
+    got = await call(client, method, path, body=body, headers=JSON)
+    assert got == (503, "text/plain; charset=utf-8", text)

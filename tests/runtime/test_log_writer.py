@@ -24,7 +24,7 @@ def open_writer(path: Path, seen: list[Committed]) -> LogWriter:
 
 
 def received(n: int) -> MessageReceived:
-    return MessageReceived(f"m{n}", "q", "s@x", f"r{n}@y", 1)
+    return MessageReceived(f"{n:032x}", "q", "s@x", f"r{n}@y", 1)
 
 
 async def test_concurrent_appends_share_transactions(tmp_path: Path) -> None:

@@ -163,11 +163,16 @@ class Bounced:
     that the delivery-log writer can (re)build the records from the log alone.
     """
 
-    rule_id: str = attrs.field(validator=_text)
-    queue: str = attrs.field(validator=_text)
+    rule_id: str
+    queue: str
     messages: tuple[Message, ...] = attrs.field(converter=_to_messages)
     """Not checked one by one: a sweep's events carry thousands, and merging an actor's
     decisions rebuilds the tuple once per decision."""
+
+    def __attrs_post_init__(self) -> None:
+        # Inline rather than two validators: an arrival that a rule takes makes one.
+        if not type(self.rule_id) is type(self.queue) is str:
+            raise TypeError(f"rule_id and queue must be strings: {self.rule_id!r}, {self.queue!r}")
 
 
 Event: TypeAlias = MessageReceived | BounceIssued | BounceCancelled | BounceExpired | Bounced

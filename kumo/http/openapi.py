@@ -17,6 +17,8 @@ def _refusals(*statuses: int) -> dict[str, Any]:
         400: "Body empty or not JSON (`Failed to parse the request body as JSON: ...`).",
         422: "JSON of the wrong shape "
         "(`Failed to deserialize the JSON body into the target type: ...`).",
+        503: "The engine refuses work for now: it is shutting down or its event log is "
+        "closed (`kumo is shutting down; retry later`, `the event log is closed; retry later`).",
     }
     return {str(status): {"description": texts[status], "content": _TEXT} for status in statuses}
 
@@ -158,7 +160,7 @@ OPENAPI: Final[dict[str, Any]] = {
                             }
                         ),
                     },
-                    **_refusals(401, 413, 415, 400, 422),
+                    **_refusals(401, 413, 415, 400, 422, 503),
                 },
             },
             "get": {
@@ -168,7 +170,7 @@ OPENAPI: Final[dict[str, Any]] = {
                         "description": "Live rules.",
                         "content": _json({"type": "array", "items": _BOUNCE_ENTRY}),
                     },
-                    **_refusals(401),
+                    **_refusals(401, 503),
                 },
             },
             "delete": {
@@ -185,7 +187,7 @@ OPENAPI: Final[dict[str, Any]] = {
                 },
                 "responses": {
                     "200": {"description": "`removed <id>`", "content": _TEXT},
-                    **_refusals(401, 404, 413, 415, 400, 422),
+                    **_refusals(401, 404, 413, 415, 400, 422, 503),
                 },
             },
         },
@@ -217,7 +219,7 @@ OPENAPI: Final[dict[str, Any]] = {
                             }
                         ),
                     },
-                    **_refusals(401, 413, 415, 400, 422),
+                    **_refusals(401, 413, 415, 400, 422, 503),
                 },
             }
         },
@@ -242,7 +244,7 @@ OPENAPI: Final[dict[str, Any]] = {
                 ),
                 "responses": {
                     "200": {"description": "Prometheus text format 0.0.4.", "content": _TEXT},
-                    **_refusals(401),
+                    **_refusals(401, 503),
                 },
             }
         },

@@ -6,7 +6,9 @@ The app is thin: each route reads the body (bounded), hands it to a handler of
 docs/operations.md ("Error replies") states: access (401) before the body is read, then
 size (413, enforced while the body arrives: a body over the limit is never held whole),
 then content type (415), JSON syntax (400) and shape (422). Whatever a client sends gets
-a 2xx or a 4xx with a plain-text reason; a 5xx means kumo itself failed.
+a 2xx or a 4xx with a plain-text reason; a 503 means the engine refused the work for now
+(it is shutting down, or its event log is closed:
+:class:`~kumo.runtime.refusal.RefusedError`), and a 500 that kumo itself failed.
 
 The app starts no background task: the engine and the server run in the nursery of
 whoever serves it (:mod:`kumo.cli.serve`).
@@ -15,6 +17,7 @@ whoever serves it (:mod:`kumo.cli.serve`).
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, Final, TypeAlias
@@ -30,18 +33,20 @@ from kumo.http.access import AccessPolicy, Denied
 from kumo.http.engine_protocol import AdminEngine
 from kumo.http.errors import BODY_TOO_LARGE, DEFAULT_BODY_LIMIT, RequestRefused, unauthorized
 from kumo.http.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from kumo.http.metrics import render_metrics
+from kumo.http.metrics import AdminLatency, metrics_registry, page
 from kumo.http.openapi import OPENAPI
 from kumo.http.replies import TEXT, Reply, text_reply
 from kumo.http.routes import BOUNCE_PATH, INJECT_PATH, LIVENESS_PATH, METRICS_PATH, OPENAPI_PATH
 from kumo.runtime.blocking import RunBlocking, in_thread
-from kumo.runtime.engine import EngineClosedError
+from kumo.runtime.refusal import RefusedError
 
 BODY_TIMEOUT: Final = 15
 """Seconds a client has to send a whole body before it gets 408."""
 
 _PROTECTED_PATHS: Final = frozenset({BOUNCE_PATH, INJECT_PATH, METRICS_PATH})
 """Routes served only to trusted or authenticated peers (docs/operations.md, "Access control")."""
+_ADMIN_PREFIX: Final = "/api/admin/"
+"""Routes whose answer times /metrics reports (``kumo_admin_request_seconds``)."""
 
 _log = logging.getLogger(__name__)
 
@@ -128,8 +133,9 @@ def create_app(
 ) -> QuartTrio:
     """The ASGI app serving ``engine``; ``access`` defaults to loopback-only trust.
 
-    ``run_blocking`` runs the app's CPU-heavy steps (building a large injection); pass
-    :func:`kumo.runtime.blocking.inline` beside an engine opened with ``threads=False``.
+    ``run_blocking`` runs the app's CPU-heavy steps (building a large injection, the
+    /metrics page); pass :func:`kumo.runtime.blocking.inline` beside an engine opened
+    with ``threads=False``.
     """
     policy = access if access is not None else AccessPolicy()
     # scrypt costs ~16 MiB and tens of ms; two at a time bounds both.
@@ -139,6 +145,21 @@ def create_app(
     app.config["MAX_CONTENT_LENGTH"] = body_limit
     app.config["BODY_TIMEOUT"] = body_timeout
     app.asgi_app = _BodyBeforeResponse(app.asgi_app, body_timeout)  # type: ignore[assignment,arg-type]
+    latency = AdminLatency()
+    registry = metrics_registry(engine, latency)
+
+    # Registered first, so that the time of an admin request includes its access check.
+    @app.before_request
+    async def start_clock() -> None:
+        g.started = trio.current_time()
+
+    @app.after_request
+    async def time_admin_request(response: Response) -> Response:
+        rule = request.url_rule
+        started = g.get("started")
+        if rule is not None and rule.rule.startswith(_ADMIN_PREFIX) and started is not None:
+            latency.observe(rule.rule, request.method, trio.current_time() - started)
+        return response
 
     @app.before_request
     async def check_access() -> None:
@@ -200,8 +221,8 @@ def create_app(
 
     @app.get(METRICS_PATH)
     async def metrics() -> Response:
-        page = render_metrics(engine.queue_counts(), engine.statistics())
-        return Response(page, status=200, content_type=METRICS_CONTENT_TYPE)
+        text = await run_blocking(functools.partial(page, registry))
+        return Response(text, status=200, content_type=METRICS_CONTENT_TYPE)
 
     @app.get(OPENAPI_PATH)
     async def openapi() -> Response:
@@ -226,9 +247,11 @@ def create_app(
             response.headers["Allow"] = ", ".join(sorted(allowed))
         return response
 
-    @app.errorhandler(EngineClosedError)
-    async def shutting_down(error: EngineClosedError) -> Response:
-        return Response("kumo is shutting down; retry later", status=503, content_type=TEXT)
+    @app.errorhandler(RefusedError)
+    async def refused_by_engine(error: RefusedError) -> Response:
+        # Shutting down, or the event log closed: the client may retry later.
+        reason = str(error) or "kumo cannot take this request now"
+        return Response(f"{reason}; retry later", status=503, content_type=TEXT)
 
     @app.errorhandler(Exception)
     async def internal_error(error: Exception) -> Response:

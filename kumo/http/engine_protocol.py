@@ -11,6 +11,7 @@ from typing import Protocol
 
 from kumo.model.requests import BounceRequest, NewMessage
 from kumo.model.state import RuleView
+from kumo.runtime.queue_actor import ActorStatistics
 
 
 class AdminEngine(Protocol):
@@ -29,4 +30,8 @@ class AdminEngine(Protocol):
 
     def queue_counts(self) -> Mapping[str, int]: ...
 
-    def statistics(self) -> object: ...
+    def statistics(self) -> object:
+        """A statistics record (:mod:`kumo.model.statistics`)."""
+        ...
+
+    def actor_statistics(self) -> Sequence[ActorStatistics]: ...

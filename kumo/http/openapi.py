@@ -19,6 +19,8 @@ def _refusals(*statuses: int) -> dict[str, Any]:
         400: "Body empty or not JSON (`Failed to parse the request body as JSON: ...`).",
         422: "JSON of the wrong shape "
         "(`Failed to deserialize the JSON body into the target type: ...`).",
+        503: "The engine refuses work for now: it is shutting down or its event log is "
+        "closed (`kumo is shutting down; retry later`, `the event log is closed; retry later`).",
     }
     return {str(status): {"description": texts[status], "content": _TEXT} for status in statuses}
 
@@ -160,7 +162,7 @@ OPENAPI: Final[dict[str, Any]] = {
                             }
                         ),
                     },
-                    **_refusals(401, 413, 415, 400, 422),
+                    **_refusals(401, 413, 415, 400, 422, 503),
                 },
             },
             "get": {
@@ -170,7 +172,7 @@ OPENAPI: Final[dict[str, Any]] = {
                         "description": "Live rules.",
                         "content": _json({"type": "array", "items": _BOUNCE_ENTRY}),
                     },
-                    **_refusals(401),
+                    **_refusals(401, 503),
                 },
             },
             "delete": {
@@ -187,7 +189,7 @@ OPENAPI: Final[dict[str, Any]] = {
                 },
                 "responses": {
                     "200": {"description": "`removed <id>`", "content": _TEXT},
-                    **_refusals(401, 404, 413, 415, 400, 422),
+                    **_refusals(401, 404, 413, 415, 400, 422, 503),
                 },
             },
         },
@@ -219,7 +221,7 @@ OPENAPI: Final[dict[str, Any]] = {
                             }
                         ),
                     },
-                    **_refusals(401, 413, 415, 400, 422),
+                    **_refusals(401, 413, 415, 400, 422, 503),
                 },
             }
         },
@@ -232,9 +234,19 @@ OPENAPI: Final[dict[str, Any]] = {
         METRICS_PATH: {
             "get": {
                 "summary": "Prometheus text: scheduled_count{queue=...}, received and bounced.",
+                "description": (
+                    "KumoMTA's `scheduled_count{queue}`, `total_messages_received` and "
+                    "`total_messages_bounced`; every field of the engine's statistics as "
+                    "`kumo_engine_<field>` (counter or gauge, as the field declares); per "
+                    "queue actor `kumo_actor_mailbox_used`, `kumo_actor_lagging`, "
+                    "`kumo_actor_catch_ups` and `kumo_actor_bounced`; and the histograms "
+                    "`kumo_engine_log_commit_seconds` and "
+                    "`kumo_admin_request_seconds{route,method}`. docs/operations.md lists "
+                    "them all."
+                ),
                 "responses": {
                     "200": {"description": "Prometheus text format 0.0.4.", "content": _TEXT},
-                    **_refusals(401),
+                    **_refusals(401, 503),
                 },
             }
         },

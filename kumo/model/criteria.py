@@ -14,23 +14,35 @@ from kumo.model.queue_name import QueueName
 
 
 def _to_names(names: Iterable[str]) -> frozenset[str]:
+    if isinstance(names, str):
+        raise TypeError(f"queue_names must be a collection of names, not the string {names!r}")
     return frozenset(names)
+
+
+def _check_names(_: object, __: attrs.Attribute[frozenset[str]], names: frozenset[str]) -> None:
+    if not all(type(name) is str for name in names):
+        raise TypeError(f"queue_names must be strings, got {sorted(map(repr, names))}")
+
+
+_part = attrs.validators.optional(attrs.validators.instance_of(str))
 
 
 @attrs.frozen(slots=True)
 class Criteria:
-    """What a bounce rule selects.
+    """What a bounce rule selects: each part a string or None, the names strings.
 
     Two criteria are equal (and a new rule replaces a live one) when the four parts
     are equal and the ``queue_names`` are equal as sets (order and duplicates do not
     matter).
     """
 
-    campaign: str | None = None
-    tenant: str | None = None
-    domain: str | None = None
-    routing_domain: str | None = None
-    queue_names: frozenset[str] = attrs.field(default=frozenset(), converter=_to_names)
+    campaign: str | None = attrs.field(default=None, validator=_part)
+    tenant: str | None = attrs.field(default=None, validator=_part)
+    domain: str | None = attrs.field(default=None, validator=_part)
+    routing_domain: str | None = attrs.field(default=None, validator=_part)
+    queue_names: frozenset[str] = attrs.field(
+        default=frozenset(), converter=_to_names, validator=_check_names
+    )
 
     @property
     def everything(self) -> bool:

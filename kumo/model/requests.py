@@ -10,9 +10,11 @@ from __future__ import annotations
 from typing import Final
 
 import attrs
+from attrs.validators import instance_of
 
 from kumo.model.criteria import Criteria
 from kumo.model.duration import NANOS_PER_MINUTE, NANOS_PER_YEAR
+from kumo.model.events import INT64_MAX, INT64_MIN
 
 DEFAULT_LIFETIME: Final = 5 * NANOS_PER_MINUTE
 """A rule without ``duration`` or ``expires`` lives five minutes, as in KumoMTA."""
@@ -21,8 +23,24 @@ MAX_LIFETIME: Final = 100 * NANOS_PER_YEAR
 
 
 def _check_lifetime(_: object, attribute: attrs.Attribute[int | None], value: int | None) -> None:
-    if value is not None and not 0 <= value <= MAX_LIFETIME:
+    if value is None:
+        return
+    if type(value) is not int:
+        raise TypeError(f"{attribute.name} must be an int or None, got {value!r}")
+    if not 0 <= value <= MAX_LIFETIME:
         raise ValueError(f"{attribute.name} must be between 0 and 100 years, got {value} ns")
+
+
+def _check_expiry(_: object, attribute: attrs.Attribute[int | None], value: int | None) -> None:
+    if value is None:
+        return
+    if type(value) is not int:
+        raise TypeError(f"{attribute.name} must be an int or None, got {value!r}")
+    if not INT64_MIN <= value <= INT64_MAX:
+        raise ValueError(f"{attribute.name} must fit in 64 bits, got {value}")
+
+
+_text = instance_of(str)
 
 
 @attrs.frozen(slots=True)
@@ -33,11 +51,13 @@ class BounceRequest:
     ``duration`` after it is issued, else :data:`DEFAULT_LIFETIME` after it is issued.
     """
 
-    criteria: Criteria
-    reason: str
+    criteria: Criteria = attrs.field(validator=instance_of(Criteria))
+    reason: str = attrs.field(validator=_text)
+    """Any string, the empty one too (the API takes it); never None."""
     duration: int | None = attrs.field(default=None, validator=_check_lifetime)
-    expires_at: int | None = None
-    suppress_logging: bool = False
+    expires_at: int | None = attrs.field(default=None, validator=_check_expiry)
+    """May be in the past, before 1970 too: the rule is then born expired."""
+    suppress_logging: bool = attrs.field(default=False, validator=instance_of(bool))
 
     def expiry(self, issued_at: int) -> int:
         """When a rule issued at ``issued_at`` (ns since the epoch) stops matching."""
@@ -55,3 +75,10 @@ class NewMessage:
     recipient: str
     queue: str
     body: bytes
+
+    def __attrs_post_init__(self) -> None:
+        # One check rather than four validators: one of these is built per recipient.
+        if not type(self.sender) is type(self.recipient) is type(self.queue) is str or (
+            type(self.body) is not bytes
+        ):
+            raise TypeError("sender, recipient and queue must be strings, body bytes")

@@ -18,6 +18,7 @@ from kumo.model.events import Committed
 from kumo.model.router import Router
 from kumo.model.settings import EngineSettings
 from kumo.model.state import QueueState
+from kumo.model.statistics import counter, gauge
 from kumo.runtime.log_writer import LogWriter
 from kumo.runtime.queue_actor import MissedDeliveries, QueueActor
 from kumo.runtime.supervisor import QueueSupervisor
@@ -26,11 +27,13 @@ from kumo.runtime.watermark import Watermark
 
 @attrs.frozen
 class BroadcasterStatistics:
-    position: int
-    actors: int
-    lagging_actors: int
-    events_routed: int
-    deliveries: int
+    """How far the broadcaster has routed, and to how many actors."""
+
+    position: int = gauge("Sequence number of the last event routed to the queue actors.")
+    actors: int = gauge("Queue actors running: one per queue that has held messages.")
+    lagging_actors: int = gauge("Actors whose mailbox overflowed, catching up from the log.")
+    events_routed: int = counter("Events routed by this process.")
+    deliveries: int = counter("Batches of events handed to queue actors by this process.")
 
 
 class Broadcaster:

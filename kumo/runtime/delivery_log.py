@@ -24,6 +24,7 @@ from kumo.model.events import Bounced, Committed, MessageReceived
 from kumo.model.log_record import admin_bounce_lines, reception_lines
 from kumo.model.settings import EngineSettings
 from kumo.model.state import RuleBook
+from kumo.model.statistics import counter, gauge, info
 from kumo.runtime.blocking import RunBlocking, in_thread
 from kumo.runtime.log_writer import LogWriter
 from kumo.runtime.watermark import Watermark
@@ -32,12 +33,15 @@ from kumo.store.delivery_files import DeliveryFiles
 
 @attrs.frozen
 class DeliveryLogStatistics:
-    position: int
-    records_written: int
-    bytes_written: int
-    writes: int
-    """Rounds written: each one write, one fdatasync and one checkpoint."""
-    segment: str
+    """The delivery-log writer's progress."""
+
+    position: int = gauge("Sequence number of the last event the delivery log covers.")
+    records_written: int = counter("Delivery-log records written by this process.")
+    bytes_written: int = counter("Delivery-log bytes written by this process.")
+    writes: int = counter(
+        "Delivery-log rounds (one write, one fdatasync, one checkpoint each) by this process."
+    )
+    segment: str = info("The delivery-log segment being written.")
 
 
 def encode_records(

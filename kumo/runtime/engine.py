@@ -37,6 +37,7 @@ from kumo.model.requests import BounceRequest, NewMessage
 from kumo.model.router import Router
 from kumo.model.settings import EngineSettings
 from kumo.model.state import QueueState, RuleView, State
+from kumo.model.statistics import counter, gauge, record
 from kumo.runtime.blocking import in_thread, inline
 from kumo.runtime.broadcaster import Broadcaster, BroadcasterStatistics
 from kumo.runtime.clock import EngineClock
@@ -44,6 +45,7 @@ from kumo.runtime.delivery_log import DeliveryLogStatistics, DeliveryLogWriter
 from kumo.runtime.log_writer import LogStatistics, LogWriter
 from kumo.runtime.projection import Projection
 from kumo.runtime.queue_actor import ActorStatistics
+from kumo.runtime.refusal import RefusedError
 from kumo.runtime.rule_expiry import RuleExpiry
 from kumo.runtime.supervisor import QueueSupervisor
 from kumo.store.data_dir import open_event_log
@@ -55,20 +57,22 @@ from kumo.store.lock import DataDirectoryLockedError as DataDirectoryLockedError
 from kumo.store.replay import fold_log
 
 
-class EngineClosedError(Exception):
+class EngineClosedError(RefusedError):
     """The engine is shutting down and takes no more requests."""
 
 
 @attrs.frozen
 class EngineStatistics:
-    received_total: int
-    bounced_total: int
-    queued_total: int
-    queues: int
-    live_rules: int
-    log: LogStatistics
-    broadcaster: BroadcasterStatistics
-    delivery_log: DeliveryLogStatistics
+    """What the engine has done and holds now; ``/metrics`` exports every field."""
+
+    received_total: int = counter("Messages received since the log began.")
+    bounced_total: int = counter("Messages bounced by an administrator.")
+    queued_total: int = gauge("Messages waiting, all scheduled queues.")
+    queues: int = gauge("Non-empty scheduled queues.")
+    live_rules: int = gauge("Bounce rules that GET would list.")
+    log: LogStatistics = record("The event log writer.")
+    broadcaster: BroadcasterStatistics = record("The broadcaster and its queue actors.")
+    delivery_log: DeliveryLogStatistics = record("The delivery-log writer.")
 
 
 @attrs.frozen

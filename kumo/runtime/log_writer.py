@@ -36,30 +36,44 @@ import attrs
 import trio
 
 from kumo.model.commit_plan import CommitPlanner
+from kumo.model.duration import NANOS_PER_SECOND
 from kumo.model.events import Bounced, Committed, Event
 from kumo.model.settings import EngineSettings
+from kumo.model.statistics import Histogram, counter, gauge, histogram
 from kumo.runtime.blocking import RunBlocking, in_thread
 from kumo.runtime.clock import EngineClock
+from kumo.runtime.refusal import RefusedError
 from kumo.runtime.watermark import Watermark
 from kumo.store.event_log import EventStore
 
 
-class LogClosedError(Exception):
+class LogClosedError(RefusedError):
     """The log no longer takes events: the engine is shutting down."""
 
 
 @attrs.frozen
 class LogStatistics:
-    last_seq: int
-    durable_seq: int
-    commits: int
-    durable_commits: int
-    events_committed: int
-    urgent_waiting: int
-    background_waiting: int
-    background_messages_waiting: int
-    tail_events: int
-    disk_reads: int
+    """The log writer's progress and queues."""
+
+    last_seq: int = gauge("Sequence number of the last committed event.")
+    durable_seq: int = gauge(
+        "Sequence number up to which the log is fsynced (survives a power failure)."
+    )
+    commits: int = counter("Transactions committed by this process.")
+    durable_commits: int = counter("Transactions committed and fsynced by this process.")
+    events_committed: int = counter("Events committed by this process.")
+    urgent_waiting: int = gauge("Client requests waiting to be committed now.")
+    background_waiting: int = gauge("Bounced events waiting to be committed now.")
+    background_messages_waiting: int = gauge(
+        "Messages carried by the Bounced events waiting to be committed now."
+    )
+    tail_events: int = gauge("Recent events held in memory for the followers.")
+    disk_reads: int = counter(
+        "Times a follower fell behind the in-memory tail and read the database."
+    )
+    commit_seconds: Histogram = histogram(
+        "Seconds each commit of the store took, fsync included when it was durable."
+    )
 
 
 @attrs.define(eq=False)
@@ -112,6 +126,7 @@ class LogWriter:
         self._durable_commits = 0
         self._events_committed = 0
         self._disk_reads = 0
+        self._commit_seconds = Histogram.empty()
         self._reading = trio.Lock()
 
     @property
@@ -210,6 +225,9 @@ class LogWriter:
                     request.done.set()
                 raise
             self._planner.committed(plan)
+            self._commit_seconds = self._commit_seconds.observe(
+                (self._clock.now() - now) / NANOS_PER_SECOND
+            )
             self._background_in_flight = 0
             self._clients_in_flight = False
             self._published(committed, durable=durable)
@@ -308,4 +326,5 @@ class LogWriter:
             background_messages_waiting=self._background_messages,
             tail_events=self._tail_events,
             disk_reads=self._disk_reads,
+            commit_seconds=self._commit_seconds,
         )

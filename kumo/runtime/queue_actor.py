@@ -8,20 +8,23 @@ import trio
 from kumo.model.events import Bounced, Committed
 from kumo.model.settings import EngineSettings
 from kumo.model.state import QueueState
+from kumo.model.statistics import counter, gauge, info
 from kumo.runtime.log_writer import LogClosedError, LogWriter
 from kumo.runtime.watermark import Watermark
 
 
 @attrs.frozen
 class ActorStatistics:
-    queue: str
-    queued: int
-    live_rules: int
-    mailbox_used: int
-    lagging: bool
-    catch_ups: int
-    processed_seq: int
-    bounced: int
+    """One queue actor's holdings and progress."""
+
+    queue: str = info("The scheduled queue the actor holds.")
+    queued: int = gauge("Messages the actor holds.")
+    live_rules: int = gauge("Live rules that match the actor's queue.")
+    mailbox_used: int = gauge("Deliveries waiting in the actor's mailbox.")
+    lagging: bool = gauge("1 while the actor catches up from the log after its mailbox overflowed.")
+    catch_ups: int = counter("Times the actor's mailbox overflowed and it caught up from the log.")
+    processed_seq: int = gauge("Sequence number of the last event the actor has processed.")
+    bounced: int = counter("Messages the actor bounced in this process.")
 
 
 def merge_bounces(bounces: list[Bounced]) -> list[Bounced]:

@@ -29,7 +29,11 @@ from kumo.http.routes import BOUNCE_PATH, INJECT_PATH, LIVENESS_PATH, METRICS_PA
 from kumo.model.criteria import Criteria
 from kumo.model.requests import BounceRequest, NewMessage
 from kumo.model.state import RuleView
+from kumo.model.statistics import counter
 from kumo.runtime.engine import EngineClosedError
+from kumo.runtime.log_writer import LogClosedError
+from kumo.runtime.queue_actor import ActorStatistics
+from kumo.runtime.refusal import RefusedError
 
 RULE_ID = "8d2b1f7e-3c4a-4b5d-9e6f-0a1b2c3d4e5f"
 TRUSTED = {"client": ("127.0.0.1", 50000)}
@@ -40,8 +44,8 @@ SECOND = 1_000_000_000
 
 @attrs.frozen
 class FakeStatistics:
-    received_total: int = 3
-    bounced_total: int = 1
+    received_total: int = counter("Messages received.")
+    bounced_total: int = counter("Messages bounced.")
 
 
 class FakeEngine:
@@ -53,10 +57,17 @@ class FakeEngine:
         self.calls: list[tuple[str, Any, str]] = []
         self.rules: list[RuleView] = []
         self.closed = False
+        self.refusal: RefusedError | None = None
+        """Raised by every call, when set."""
 
     def _check(self) -> None:
+        self._refuse()
         if self.closed:
             raise EngineClosedError("kumo is shutting down")
+
+    def _refuse(self) -> None:
+        if self.refusal is not None:
+            raise self.refusal
 
     async def inject(self, messages: Sequence[NewMessage]) -> list[str]:
         self._check()
@@ -74,13 +85,20 @@ class FakeEngine:
         return rule_id == RULE_ID
 
     def list_bounces(self) -> list[RuleView]:
+        self._refuse()
         return list(self.rules)
 
     def queue_counts(self) -> Mapping[str, int]:
+        self._refuse()
         return {"example.com": 2}
 
     def statistics(self) -> FakeStatistics:
-        return FakeStatistics()
+        self._refuse()
+        return FakeStatistics(received_total=3, bounced_total=1)
+
+    def actor_statistics(self) -> list[ActorStatistics]:
+        self._refuse()
+        return [ActorStatistics("example.com", 2, 0, 1, False, 0, 9, 0)]
 
 
 @pytest.fixture
@@ -369,6 +387,26 @@ async def test_metrics(client: Client) -> None:
     assert content_type.startswith("text/plain; version=0.0.4")
     assert 'scheduled_count{queue="example.com"} 2\n' in text
     assert "total_messages_received 3\n" in text
+    assert 'kumo_actor_mailbox_used{queue="example.com"} 1\n' in text
+
+
+async def test_metrics_time_admin_requests(client: Client) -> None:
+    await call(client, "GET", "/api/admin/bounce/v1")
+    await call(client, "GET", "/api/admin/bounce/v1")
+    await call(client, "DELETE", "/api/admin/bounce/v1", body=b"{}", headers=JSON)  # 422
+    await call(client, "GET", "/api/admin/bounce/v1", scope=UNTRUSTED)  # 401
+    await call(client, "GET", "/api/check-liveness/v1")  # not an admin route
+    _, _, text = await call(client, "GET", "/metrics")
+    counts = {
+        line.split(" ")[0]: line.split(" ")[1]
+        for line in text.splitlines()
+        if line.startswith("kumo_admin_request_seconds_count")
+    }
+    route = 'route="/api/admin/bounce/v1"'
+    assert counts == {
+        f'kumo_admin_request_seconds_count{{{route},method="GET"}}': "3",
+        f'kumo_admin_request_seconds_count{{{route},method="DELETE"}}': "1",
+    }
 
 
 async def test_openapi(client: Client) -> None:
@@ -403,3 +441,43 @@ async def test_closed_engine_is_503(client: Client, engine: FakeEngine) -> None:
     engine.closed = True
     status, _, text = await call(client, "POST", BOUNCE_PATH, body=b'{"reason": "r"}', headers=JSON)
     assert (status, text) == (503, "kumo is shutting down; retry later")
+
+
+INJECT_BODY = orjson.dumps(
+    {
+        "envelope_sender": "s@example.com",
+        "recipients": [{"email": "a@example.com"}],
+        "content": "Subject: hi\r\n\r\nhello",
+    }
+)
+ENGINE_CALLS = [
+    ("POST", "/api/admin/bounce/v1", b'{"reason": "r"}'),
+    ("GET", "/api/admin/bounce/v1", None),
+    ("DELETE", "/api/admin/bounce/v1", f'{{"id": "{RULE_ID}"}}'.encode()),
+    ("POST", "/api/inject/v1", INJECT_BODY),
+    ("GET", "/metrics", None),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "body"), ENGINE_CALLS)
+@pytest.mark.parametrize(
+    ("refusal", "text"),
+    [
+        (EngineClosedError("kumo is shutting down"), "kumo is shutting down; retry later"),
+        (LogClosedError("the event log is closed"), "the event log is closed; retry later"),
+        (LogClosedError("the event log failed"), "the event log failed; retry later"),
+        (RefusedError(), "kumo cannot take this request now; retry later"),
+    ],
+)
+async def test_engine_refusals_are_503(
+    client: Client,
+    engine: FakeEngine,
+    method: str,
+    path: str,
+    body: bytes | None,
+    refusal: RefusedError,
+    text: str,
+) -> None:
+    engine.refusal = refusal
+    got = await call(client, method, path, body=body, headers=JSON)
+    assert got == (503, "text/plain; charset=utf-8", text)

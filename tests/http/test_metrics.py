@@ -1,27 +1,81 @@
-"""The Prometheus text of /metrics."""
+"""The Prometheus text of /metrics: names, kinds, help texts, per-queue series, histograms."""
 
 from __future__ import annotations
 
 import dataclasses
+import re
+from pathlib import Path
 
 import attrs
+import pytest
+from prometheus_client import REGISTRY
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
 
-from kumo.http.metrics import escape_label_value, render_metrics
+from kumo.http.metrics import (
+    AdminLatency,
+    Scrape,
+    escape_label_value,
+    exposition,
+    metric_families,
+    metrics_registry,
+    page,
+    render_metrics,
+)
+from kumo.model.statistics import Histogram, counter, gauge, info, record
+from kumo.runtime.broadcaster import BroadcasterStatistics
+from kumo.runtime.delivery_log import DeliveryLogStatistics
+from kumo.runtime.engine import EngineStatistics
+from kumo.runtime.log_writer import LogStatistics
+from kumo.runtime.queue_actor import ActorStatistics
+
+OPERATIONS = Path(__file__).resolve().parents[2] / "docs" / "operations.md"
 
 
 @attrs.frozen
 class LogStats:
-    commits: int
-    healthy: bool
+    commits: int = counter("Commits.")
+    healthy: bool = gauge("Whether the log is healthy.")
 
 
 @attrs.frozen
 class Stats:
-    received_total: int
-    bounced_total: int
-    queues: int
-    log: LogStats
-    name: str
+    received_total: int = counter("Received.")
+    bounced_total: int = counter("Bounced.")
+    queues: int = gauge("Queues.")
+    log: LogStats = record("The log.")
+    name: str = info("A name.")
+
+
+def samples_of(page_text: str) -> list[str]:
+    return [line for line in page_text.splitlines() if not line.startswith("#")]
+
+
+def engine_statistics() -> EngineStatistics:
+    latency = Histogram.empty().observe(0.0004).observe(0.003).observe(0.003)
+    return EngineStatistics(
+        received_total=1048,
+        bounced_total=1002,
+        queued_total=46,
+        queues=3,
+        live_rules=3,
+        log=LogStatistics(1054, 1054, 1, 1, 5, 0, 0, 0, 5, 0, latency),
+        broadcaster=BroadcasterStatistics(1054, 3, 0, 5, 1),
+        delivery_log=DeliveryLogStatistics(1054, 5, 3325, 1, "00000000000000000001.jsonl"),
+    )
+
+
+def actor(queue: str, **fields: int | bool) -> ActorStatistics:
+    defaults: dict[str, int | bool] = {
+        "queued": 0,
+        "live_rules": 0,
+        "mailbox_used": 0,
+        "lagging": False,
+        "catch_ups": 0,
+        "processed_seq": 0,
+        "bounced": 0,
+    }
+    return ActorStatistics(queue=queue, **{**defaults, **fields})  # type: ignore[arg-type]
 
 
 def test_label_escaping() -> None:
@@ -30,14 +84,14 @@ def test_label_escaping() -> None:
 
 
 def test_page() -> None:
-    page = render_metrics(
+    page_text = render_metrics(
         {"example.com": 3, 'we"ird\\q\n': 1, "c:t@a.org": 2},
         Stats(received_total=10, bounced_total=4, queues=3, log=LogStats(7, True), name="x"),
     )
-    assert page.endswith("\n")
-    lines = page.splitlines()
-    samples = [line for line in lines if not line.startswith("#")]
-    assert samples == [
+    assert page_text.endswith("\n")
+    lines = page_text.splitlines()
+    samples = samples_of(page_text)
+    assert samples[:7] == [
         'scheduled_count{queue="c:t@a.org"} 2',
         'scheduled_count{queue="example.com"} 3',
         'scheduled_count{queue="we\\"ird\\\\q\\n"} 1',
@@ -46,29 +100,161 @@ def test_page() -> None:
         "kumo_engine_queues 3",
         "kumo_engine_log_commits 7",
     ]
+    # A bool is a gauge of 0 or 1; a string an info family.
+    assert samples[7:9] == ["kumo_engine_log_healthy 1", 'kumo_engine_name_info{name="x"} 1']
     assert "# TYPE scheduled_count gauge" in lines
     assert "# TYPE total_messages_received counter" in lines
     assert "# TYPE total_messages_bounced counter" in lines
-    assert "# TYPE kumo_engine_queues untyped" in lines
+    assert "# TYPE kumo_engine_queues gauge" in lines
+    assert "# TYPE kumo_engine_log_commits counter" in lines
+    assert "# TYPE kumo_engine_name_info gauge" in lines
+    # The help texts are the records' declarations.
+    assert "# HELP total_messages_received Received." in lines
+    assert "# HELP kumo_engine_log_commits Commits." in lines
     # Every sample's family is declared before it.
-    for index, line in enumerate(lines):
-        if not line.startswith("#"):
-            family = line.split("{")[0].split(" ")[0]
-            assert f"# TYPE {family} " in "\n".join(lines[:index])
+    declared: dict[str, str] = {}
+    for line in lines:
+        if line.startswith("# TYPE "):
+            _, _, name, kind = line.split(" ")
+            declared[name] = kind
+        elif not line.startswith("#"):
+            name = line.split("{")[0].split(" ")[0]
+            histogram = re.sub(r"_(bucket|count|sum)$", "", name)
+            assert name in declared or declared.get(histogram) == "histogram", line
 
 
-def test_empty_engine_and_other_record_kinds() -> None:
-    @dataclasses.dataclass
+def test_empty_engine_and_float_values() -> None:
+    @attrs.frozen
     class Plain:
-        received_total: int = 0
-        bounced_total: int = 0
-        depth: float = 1.5
+        received_total: int = counter("Received.")
+        bounced_total: int = counter("Bounced.")
+        depth: float = gauge("Depth.")
 
-    page = render_metrics({}, Plain())
-    samples = [line for line in page.splitlines() if not line.startswith("#")]
-    assert samples == [
+    page_text = render_metrics({}, Plain(0, 0, 1.5))
+    assert samples_of(page_text) == [
         "total_messages_received 0",
         "total_messages_bounced 0",
         "kumo_engine_depth 1.5",
     ]
-    assert "scheduled_count{" not in render_metrics({}, object())
+    assert "scheduled_count{" not in page_text
+
+
+def test_a_record_without_declarations_is_refused() -> None:
+    @attrs.frozen
+    class Undeclared:
+        received_total: int
+
+    @dataclasses.dataclass
+    class Dataclass:
+        received_total: int = 0
+
+    for statistics in (Undeclared(1), Dataclass(), object()):
+        with pytest.raises(TypeError, match=r"statistics record|declares no kind"):
+            render_metrics({}, statistics)
+
+
+def test_the_engine_page_reads_as_prometheus_text() -> None:
+    latency = AdminLatency()
+    latency.observe("/api/admin/bounce/v1", "GET", 0.004)
+    latency.observe("/api/admin/bounce/v1", "GET", 0.03)
+    latency.observe("/api/admin/bounce/v1", "POST", 0.002)
+    page_text = render_metrics(
+        {"example.com": 2},
+        engine_statistics(),
+        [actor("example.com", mailbox_used=3, catch_ups=2, bounced=5, lagging=True)],
+        latency.snapshot(),
+    )
+    families = {family.name: family for family in text_string_to_metric_families(page_text)}
+    assert families["total_messages_received"].type == "counter"
+    assert families["kumo_engine_log_last_seq"].type == "gauge"
+    assert families["kumo_engine_log_commits"].type == "counter"
+    assert families["kumo_engine_delivery_log_segment_info"].type == "gauge"
+    commit = families["kumo_engine_log_commit_seconds"]
+    assert commit.type == "histogram"
+    values = {(s.name, s.labels.get("le")): s.value for s in commit.samples}
+    assert values[("kumo_engine_log_commit_seconds_bucket", "0.0005")] == 1
+    assert values[("kumo_engine_log_commit_seconds_bucket", "0.005")] == 3
+    assert values[("kumo_engine_log_commit_seconds_bucket", "+Inf")] == 3
+    assert values[("kumo_engine_log_commit_seconds_count", None)] == 3
+    assert values[("kumo_engine_log_commit_seconds_sum", None)] == pytest.approx(0.0064)
+    admin = families["kumo_admin_request_seconds"]
+    counts = {
+        (s.labels["route"], s.labels["method"]): s.value
+        for s in admin.samples
+        if s.name.endswith("_count")
+    }
+    assert counts == {("/api/admin/bounce/v1", "GET"): 2, ("/api/admin/bounce/v1", "POST"): 1}
+    samples = samples_of(page_text)
+    assert 'kumo_actor_mailbox_used{queue="example.com"} 3' in samples
+    assert 'kumo_actor_lagging{queue="example.com"} 1' in samples
+    assert 'kumo_actor_catch_ups{queue="example.com"} 2' in samples
+    assert 'kumo_actor_bounced{queue="example.com"} 5' in samples
+    assert "# TYPE kumo_actor_catch_ups counter" in page_text.splitlines()
+    assert "# TYPE kumo_actor_mailbox_used gauge" in page_text.splitlines()
+
+
+def test_actor_series_are_sorted_and_share_escaping() -> None:
+    names = ["b.example", 'q"uote', "a.example"]
+    page_text = render_metrics(
+        dict.fromkeys(names, 1), engine_statistics(), [actor(n, bounced=1) for n in names]
+    )
+    bounced = [s for s in samples_of(page_text) if s.startswith("kumo_actor_bounced")]
+    assert bounced == [
+        'kumo_actor_bounced{queue="a.example"} 1',
+        'kumo_actor_bounced{queue="b.example"} 1',
+        'kumo_actor_bounced{queue="q\\"uote"} 1',
+    ]
+
+
+def test_documented_metrics_are_the_page() -> None:
+    """docs/operations.md lists every family of the page, with its type."""
+    page_text = render_metrics({"a": 1}, engine_statistics(), [actor("a")], {})
+    on_page = {
+        match.group(1): match.group(2)
+        for match in re.finditer(r"^# TYPE (\S+) (\S+)$", page_text, re.MULTILINE)
+    }
+    documented: dict[str, str] = {}
+    for row in re.finditer(r"^\| (`.*?) \| (\w+) \|", OPERATIONS.read_text(), re.MULTILINE):
+        for name in re.findall(r"`([a-z_]+)(?:\{[^`]*\})?`", row.group(1)):
+            documented[name] = row.group(2)
+    assert documented == on_page
+
+
+async def test_each_app_has_its_own_registry() -> None:
+    class Engine:
+        def __init__(self, received: int) -> None:
+            self.received = received
+
+        def queue_counts(self) -> dict[str, int]:
+            return {}
+
+        def statistics(self) -> Stats:
+            return Stats(self.received, 0, 0, LogStats(0, True), "n")
+
+        def actor_statistics(self) -> list[ActorStatistics]:
+            return []
+
+    before = list(REGISTRY.collect())
+    one = metrics_registry(Engine(1), AdminLatency())
+    two = metrics_registry(Engine(2), AdminLatency())
+    assert "total_messages_received 1\n" in page(one).decode()
+    assert "total_messages_received 2\n" in page(two).decode()
+    assert [family.name for family in REGISTRY.collect()] == [family.name for family in before]
+
+
+def test_ten_thousand_queues() -> None:
+    names = [f"camp{n}:tenant@domain{n}.example" for n in range(10_000)]
+    scrape = Scrape(
+        dict.fromkeys(names, 7), engine_statistics(), [actor(name, queued=7) for name in names]
+    )
+    text = exposition(metric_families(scrape)).decode()
+    assert sum(line.startswith("scheduled_count{") for line in text.splitlines()) == 10_000
+    assert sum(line.startswith("kumo_actor_") for line in text.splitlines()) == 40_000
+
+
+def test_queue_series_make_samples_on_demand() -> None:
+    [scheduled, *_] = metric_families(Scrape({"b": 2, "a": 1}, engine_statistics()))
+    assert scheduled.samples == [
+        Sample("scheduled_count", {"queue": "a"}, 1),
+        Sample("scheduled_count", {"queue": "b"}, 2),
+    ]

@@ -20,6 +20,11 @@ MINUTE = 60 * SECOND
 T0 = 1_767_225_600 * SECOND
 
 
+def spool_id(label: str) -> str:
+    """A message id (32 hex digits, as MessageReceived requires) that spells ``label``."""
+    return label.encode().hex().rjust(32, "0")
+
+
 class Log:
     """Commits events with consecutive seqs at a time the test moves."""
 
@@ -36,9 +41,10 @@ class Log:
         self.events.append(committed)
         return committed
 
-    def receive(self, message_id: str, queue: str) -> Message:
-        committed = self.add(MessageReceived(message_id, queue, "s@x.org", f"{message_id}@x", 10))
-        return Message(message_id, "s@x.org", f"{message_id}@x", 10, committed.time, committed.seq)
+    def receive(self, label: str, queue: str) -> Message:
+        message_id = spool_id(label)
+        committed = self.add(MessageReceived(message_id, queue, "s@x.org", f"{label}@x", 10))
+        return Message(message_id, "s@x.org", f"{label}@x", 10, committed.time, committed.seq)
 
     def issue(
         self,
@@ -172,8 +178,8 @@ def test_state_at_folds_up_to_the_moment() -> None:
 def test_story_of_swept_arrived_queued_and_unknown_messages() -> None:
     log, _ = a_day()
 
-    def story(message_id: str) -> MessageStory:
-        told = MessageStory(message_id)
+    def story(label: str) -> MessageStory:
+        told = MessageStory(spool_id(label))
         for committed in log.events:
             told.apply(committed)
         return told
@@ -200,7 +206,7 @@ def test_story_reports_a_bounce_by_a_rule_the_log_never_issued() -> None:
     log = Log()
     message = log.receive("m", "q")
     log.add(Bounced("ghost", "q", [message]))
-    told = MessageStory("m")
+    told = MessageStory(spool_id("m"))
     for committed in log.events:
         told.apply(committed)
     [outcome] = told.bounces()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 
 import orjson
 import pytest
@@ -16,17 +17,23 @@ from kumo.model.events import (
     Bounced,
     BounceExpired,
     BounceIssued,
+    Committed,
     Event,
     EventDecodeError,
     Message,
     MessageReceived,
+    criteria_to_json,
     decode_event,
+    decode_received,
     encode_event,
+    is_message_id,
 )
 
 text = st.text(max_size=20)
 maybe = st.none() | text
 nanos = st.integers(0, 2**62)
+ids = st.binary(min_size=16, max_size=16).map(bytes.hex)
+int64 = st.integers(-(2**63), 2**63 - 1)
 criteria = st.builds(
     Criteria,
     campaign=maybe,
@@ -37,8 +44,10 @@ criteria = st.builds(
 )
 messages = st.builds(Message, text, text, text, st.integers(0, 10**9), nanos, st.integers(1, 10**9))
 events: st.SearchStrategy[Event] = st.one_of(
-    st.builds(MessageReceived, text, text, text, text, st.integers(0, 10**9), text),
-    st.builds(BounceIssued, text, criteria, text, nanos, st.booleans(), text),
+    st.builds(MessageReceived, ids, text, text, text, st.integers(0, 10**9), text),
+    st.builds(
+        BounceIssued, text, criteria, text, st.integers(-(2**63), 2**63 - 1), st.booleans(), text
+    ),
     st.builds(BounceCancelled, text, text),
     st.builds(BounceExpired, text),
     st.builds(Bounced, text, text, st.lists(messages, max_size=4)),
@@ -74,3 +83,162 @@ def test_refuses_what_it_cannot_read(body: bytes, problem: str) -> None:
 def test_garbage_only_raises_the_declared_error(body: bytes) -> None:
     with contextlib.suppress(EventDecodeError):
         decode_event(body)
+
+
+# -- valid by construction --------------------------------------------------------------
+
+anything = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**70), 2**70),
+    st.floats(),
+    text,
+    ids,
+    st.binary(max_size=8),
+    st.lists(text, max_size=2),
+    criteria,
+)
+"""Values of every type a field might be handed, right or wrong."""
+
+
+def _any_of(*right: st.SearchStrategy[object]) -> st.SearchStrategy[object]:
+    return st.one_of(*right, anything)
+
+
+constructions: st.SearchStrategy[Event] = st.one_of(
+    st.builds(
+        MessageReceived,
+        _any_of(ids),
+        _any_of(text),
+        _any_of(text),
+        _any_of(text),
+        _any_of(st.integers(0, 2**63 - 1)),
+        _any_of(text),
+    ),
+    st.builds(
+        BounceIssued,
+        _any_of(text),
+        _any_of(criteria),
+        _any_of(text),
+        _any_of(int64),
+        _any_of(st.booleans()),
+        _any_of(text),
+    ),
+    st.builds(BounceCancelled, _any_of(text), _any_of(text)),
+    st.builds(BounceExpired, _any_of(text)),
+    st.builds(Bounced, _any_of(text), _any_of(text), st.lists(messages, max_size=3)),
+)
+
+
+@given(st.data())
+def test_any_construction_is_valid_and_round_trips_or_raises(data: st.DataObject) -> None:
+    try:
+        event = data.draw(constructions)
+    except (TypeError, ValueError):
+        return  # refused at construction: no such event exists
+    assert decode_event(encode_event(event)) == event
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: MessageReceived("m1", "q", "s", "r", 1),
+        lambda: MessageReceived("AB" * 16, "q", "s", "r", 1),
+        lambda: MessageReceived("ab" * 16, "q", "s", "r", -1),
+        lambda: MessageReceived("ab" * 16, "q", "s", "r", True),
+        lambda: MessageReceived("ab" * 16, "q", "s", "r", 1.0),  # type: ignore[arg-type]
+        lambda: MessageReceived("ab" * 16, "q", "s", "r", 2**63),
+        lambda: MessageReceived("ab" * 16, None, "s", "r", 1),  # type: ignore[arg-type]
+        lambda: BounceIssued("r", Criteria(), None, 0),  # type: ignore[arg-type]
+        lambda: BounceIssued("r", Criteria(), 5, 0),  # type: ignore[arg-type]
+        lambda: BounceIssued("r", {"domain": "d"}, "why", 0),  # type: ignore[arg-type]
+        lambda: BounceIssued("r", Criteria(), "why", 2**63),
+        lambda: BounceIssued("r", Criteria(), "why", 1.5),  # type: ignore[arg-type]
+        lambda: BounceIssued("r", Criteria(), "why", 0, suppress_logging=1),  # type: ignore[arg-type]
+        lambda: BounceCancelled(None),  # type: ignore[arg-type]
+        lambda: BounceExpired(7),  # type: ignore[arg-type]
+        lambda: Bounced("r", None, []),  # type: ignore[arg-type]
+        lambda: Committed(-1, 0, BounceExpired("r")),
+        lambda: Committed(1, -1, BounceExpired("r")),
+        lambda: Committed(1, 0, "BounceExpired"),  # type: ignore[arg-type]
+        lambda: Criteria(domain=5),  # type: ignore[arg-type]
+        lambda: Criteria(queue_names="abc"),
+        lambda: Criteria(queue_names=[1]),  # type: ignore[list-item]
+    ],
+)
+def test_invalid_events_cannot_exist(make: Callable[[], object]) -> None:
+    with pytest.raises((TypeError, ValueError)):
+        make()
+
+
+def test_what_the_api_may_send_is_valid() -> None:
+    """An empty reason and an expiry before 1970 (the API takes both) are events."""
+    event = BounceIssued("r", Criteria(), "", -(10**18))
+    assert decode_event(encode_event(event)) == event
+    assert is_message_id("0123456789abcdef" * 2)
+    assert not is_message_id("0123456789abcdef" * 2 + "0")
+
+
+def _body(event: Event, **changes: object) -> bytes:
+    body = orjson.loads(encode_event(event))
+    body.update(changes)
+    return orjson.dumps(body)
+
+
+RECEIVED = MessageReceived("ab" * 16, "q", "s@x", "r@y", 10)
+ISSUED = BounceIssued("r", Criteria(domain="d"), "why", 10**18)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        _body(RECEIVED, size=-1),
+        _body(RECEIVED, size=True),
+        _body(RECEIVED, message_id="m1"),
+        _body(RECEIVED, queue=None),
+        _body(ISSUED, reason=None),
+        _body(ISSUED, expires_at="soon"),
+        _body(ISSUED, criteria={**criteria_to_json(Criteria()), "domain": 5}),
+        _body(ISSUED, suppress_logging="yes"),
+        _body(BounceCancelled("r"), rule_id=7),
+        _body(Bounced("r", "q", []), queue=[]),
+    ],
+)
+def test_stored_bodies_that_break_a_validator_are_decode_errors(body: bytes) -> None:
+    with pytest.raises(EventDecodeError):
+        decode_event(body)
+
+
+@given(st.sampled_from([RECEIVED, ISSUED, BounceCancelled("r", "ops")]), st.data())
+def test_a_stored_field_replaced_by_anything_decodes_or_is_a_decode_error(
+    event: Event, data: st.DataObject
+) -> None:
+    body = orjson.loads(encode_event(event))
+    field = data.draw(st.sampled_from(sorted(set(body) - {"v", "type"})))
+    body[field] = data.draw(
+        st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats() | text
+    )
+    try:
+        decoded = decode_event(orjson.dumps(body))
+    except EventDecodeError:
+        return
+    assert decode_event(encode_event(decoded)) == decoded
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        _body(RECEIVED, size=-1),
+        _body(RECEIVED, size=True),
+        _body(RECEIVED, size=1.5),
+        _body(RECEIVED, message_id="m1"),
+        _body(RECEIVED, message_id=None),
+    ],
+)
+def test_the_replay_fast_path_checks_sizes_and_ids(body: bytes) -> None:
+    with pytest.raises(EventDecodeError):
+        decode_received(body, {})
+
+
+def test_the_replay_fast_path_reads_what_it_checks() -> None:
+    assert decode_received(encode_event(RECEIVED), {}) == ("q", "ab" * 16, "s@x", "r@y", 10)

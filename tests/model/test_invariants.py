@@ -61,7 +61,7 @@ class Simulation:
             live = [SweepRule.of(rule) for rule in self.rules.matching_live(queue)]
             state = self.queues[queue] = QueueState(queue, rules=live)
         committed = self.commit(
-            MessageReceived(f"m{len(self.log)}", queue, "s@x", f"r{len(self.log)}@x", 5)
+            MessageReceived(f"{len(self.log):032x}", queue, "s@x", f"r{len(self.log)}@x", 5)
         )
         bounce = state.apply(committed)
         if bounce is not None:
@@ -167,11 +167,15 @@ def test_a_bounce_given_to_another_rule_is_an_attribution_violation(
     assert all(v.seq == target.seq for v in invariants.violations if v.check == "attribution")
 
 
-def message(seq: int, message_id: str = "m") -> Message:
+M1, M2, M3 = (f"{n:032x}" for n in (1, 2, 3))
+"""Message ids of the example log: 32 hex digits, as MessageReceived requires."""
+
+
+def message(seq: int, message_id: str = M1) -> Message:
     return Message(message_id, "s@x", "r@x", 5, 1_000, seq)
 
 
-def received(seq: int, message_id: str = "m", queue: str = "a.com") -> Committed:
+def received(seq: int, message_id: str = M1, queue: str = "a.com") -> Committed:
     return Committed(seq, 1_000, MessageReceived(message_id, queue, "s@x", "r@x", 5))
 
 
@@ -194,7 +198,7 @@ def problems(log: list[Committed]) -> list[tuple[str, int | None, str]]:
 def test_received_twice() -> None:
     """The duplicate, and what it did to the rebuilt gauges, are both reported."""
     found = problems([received(1), received(2)])
-    assert found[0] == ("conservation", 2, "message m received again (first at seq 1)")
+    assert found[0] == ("conservation", 2, f"message {M1} received again (first at seq 1)")
     assert {kind for kind, _, _ in found[1:]} == {"counters"}
 
 
@@ -283,13 +287,13 @@ def delivery(log: list[Committed], *, checkpoint: int | None = None) -> Delivery
 
 
 LOG = [
-    received(1, "m1"),
-    received(2, "m2"),
+    received(1, M1),
+    received(2, M2),
     issued(3, "loud", domain="a.com"),
-    bounced(4, message(1, "m1"), message(2, "m2"), rule_id="loud"),
-    received(5, "m3", queue="b.com"),
+    bounced(4, message(1, M1), message(2, M2), rule_id="loud"),
+    received(5, M3, queue="b.com"),
     issued(6, "quiet", suppress=True, domain="b.com"),
-    bounced(7, message(5, "m3"), rule_id="quiet", queue="b.com"),
+    bounced(7, message(5, M3), rule_id="quiet", queue="b.com"),
 ]
 CONTENT = bounce_content("why")
 
@@ -297,11 +301,11 @@ CONTENT = bounce_content("why")
 def feed_all(check: DeliveryLogCheck, skip: str = "") -> None:
     for line, (kind, mid, queue) in enumerate(
         [
-            ("Reception", "m1", "a.com"),
-            ("Reception", "m2", "a.com"),
-            ("AdminBounce", "m1", "a.com"),
-            ("AdminBounce", "m2", "a.com"),
-            ("Reception", "m3", "b.com"),
+            ("Reception", M1, "a.com"),
+            ("Reception", M2, "a.com"),
+            ("AdminBounce", M1, "a.com"),
+            ("AdminBounce", M2, "a.com"),
+            ("Reception", M3, "b.com"),
         ],
         start=1,
     ):
@@ -319,16 +323,16 @@ def test_complete_delivery_log() -> None:
 
 def test_missing_record_names_the_event() -> None:
     check = delivery(LOG)
-    feed_all(check, skip="AdminBounce:m2")
+    feed_all(check, skip=f"AdminBounce:{M2}")
     [violation] = check.finish()
     assert (violation.check, violation.where, violation.seq) == ("delivery-log", "seq 4", 4)
-    assert "no AdminBounce record for 1 message(s) of this event: m2" in violation.problem
+    assert f"no AdminBounce record for 1 message(s) of this event: {M2}" in violation.problem
 
 
 def test_records_after_the_checkpoint_are_not_yet_due() -> None:
     check = delivery(LOG, checkpoint=3)
-    check.record("Reception", "m1", "a.com", "", "l1")
-    check.record("Reception", "m2", "a.com", "", "l2")
+    check.record("Reception", M1, "a.com", "", "l1")
+    check.record("Reception", M2, "a.com", "", "l2")
     assert check.finish() == []
     assert check.pending() == 3
 
@@ -336,28 +340,28 @@ def test_records_after_the_checkpoint_are_not_yet_due() -> None:
 def test_duplicate_unknown_suppressed_and_wrong_records() -> None:
     check = delivery(LOG)
     feed_all(check)
-    check.record("Reception", "m1", "a.com", "", "dup")
+    check.record("Reception", M1, "a.com", "", "dup")
     check.record("Reception", "zz", "a.com", "", "unknown")
-    check.record("AdminBounce", "m3", "b.com", CONTENT, "suppressed")
+    check.record("AdminBounce", M3, "b.com", CONTENT, "suppressed")
     check.record("AdminBounce", "m1x", "a.com", CONTENT, "never bounced")
-    check.record("Delivery", "m1", "a.com", "", "other kinds are not ours to judge")
+    check.record("Delivery", M1, "a.com", "", "other kinds are not ours to judge")
     found = {(v.where, v.problem) for v in check.finish()}
     assert found == {
-        ("dup", "duplicate Reception record for m1"),
+        ("dup", f"duplicate Reception record for {M1}"),
         ("unknown", "Reception for zz, which the log never received"),
-        ("suppressed", "AdminBounce for m3, whose rule quiet suppresses logging"),
+        ("suppressed", f"AdminBounce for {M3}, whose rule quiet suppresses logging"),
         ("never bounced", "AdminBounce for m1x, which the log never bounced"),
     }
 
 
 def test_wrong_queue_and_content() -> None:
     check = delivery(LOG[:4])
-    check.record("Reception", "m1", "b.com", "", "l1")
-    check.record("AdminBounce", "m1", "a.com", "Administrator bounced with reason: other", "l2")
+    check.record("Reception", M1, "b.com", "", "l1")
+    check.record("AdminBounce", M1, "a.com", "Administrator bounced with reason: other", "l2")
     problems = sorted(v.problem for v in check.finish() if v.where in ("l1", "l2"))
     assert problems == [
-        "AdminBounce for m1 has content 'Administrator bounced with reason: other'",
-        "Reception for m1 names queue b.com, log says a.com",
+        f"AdminBounce for {M1} has content 'Administrator bounced with reason: other'",
+        f"Reception for {M1} names queue b.com, log says a.com",
     ]
 
 

@@ -97,7 +97,7 @@ def test_fast_lines_equal_the_plain_records(
 
 received_events = st.builds(
     MessageReceived,
-    text,
+    st.binary(min_size=16, max_size=16).map(bytes.hex),
     st.sampled_from(["q", "camp:t@d.example"]) | text,
     st.sampled_from(["s@x.example"]) | text,
     text,

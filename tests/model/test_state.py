@@ -93,7 +93,7 @@ class LiveSystem:
                 case ("receive", int(index)):
                     number = len(self.log)
                     event: Event = MessageReceived(
-                        f"m{number}", QUEUES[index], "s@x", f"r{number}@y", 10
+                        f"{number:032x}", QUEUES[index], "s@x", f"r{number}@y", 10
                     )
                 case ("issue", int(index), int(lifetime)):
                     rule_id = f"rule{len(self.issued)}"

@@ -107,7 +107,7 @@ async def test_segments_rotate_and_are_named_by_their_first_seq(
 
 
 def test_rounds_hold_about_round_records_each() -> None:
-    received = [Committed(n, 1, MessageReceived(f"m{n}", "q", "s", "r", 1)) for n in (1, 2, 3)]
+    received = [Committed(n, 1, MessageReceived(f"{n:032x}", "q", "s", "r", 1)) for n in (1, 2, 3)]
     taken = tuple(Message(f"m{n}", "s", "r", 1, 1, n) for n in range(4))
     bounced = Committed(4, 2, Bounced("rule", "q", taken))
     rounds = delivery_log._rounds([*received, bounced, *received], 5)
@@ -146,7 +146,7 @@ async def test_a_busy_log_is_written_once_for_several_commits(
 
     async def client(number: int) -> None:
         for n in range(25):
-            await log.append([MessageReceived(f"m{number}.{n}", "q", "s@x", "r@y", 1)])
+            await log.append([MessageReceived(f"{number:016x}{n:016x}", "q", "s@x", "r@y", 1)])
 
     async with trio.open_nursery() as nursery:
         await nursery.start(log.run)
@@ -217,9 +217,10 @@ async def test_records_follow_only_what_the_log_made_durable(
 
 def test_records_of_a_mixed_batch_come_in_log_order() -> None:
     def received(seq: int, time: int) -> Committed:
-        return Committed(seq, time, MessageReceived(f"m{seq}", "q", "s", f"r{seq}", 1))
+        return Committed(seq, time, MessageReceived(ids[seq], "q", "s", f"r{seq}", 1))
 
-    taken = (Message("m1", "s", "r1", 1, 10, 1),)
+    ids = [f"{n:032x}" for n in range(6)]
+    taken = (Message(ids[1], "s", "r1", 1, 10, 1),)
     batch = [
         received(1, 10 * SECOND),
         received(2, 10 * SECOND),
@@ -230,11 +231,11 @@ def test_records_of_a_mixed_batch_come_in_log_order() -> None:
     lines = delivery_log.encode_records(batch, {"rule": ("why", False)}, "node")
     records = [orjson.loads(line) for line in lines]
     assert [(r["type"], r["id"]) for r in records] == [
-        ("Reception", "m1"),
-        ("Reception", "m2"),
-        ("AdminBounce", "m1"),
-        ("Reception", "m4"),
-        ("Reception", "m5"),
+        ("Reception", ids[1]),
+        ("Reception", ids[2]),
+        ("AdminBounce", ids[1]),
+        ("Reception", ids[4]),
+        ("Reception", ids[5]),
     ]
     assert [r["timestamp"] for r in records if r["type"] == "Reception"] == [10, 10, 10, 20]
     assert lines[0] == reception_line(batch[0].event, received_at=10 * SECOND, node_id="node")  # type: ignore[arg-type]

@@ -28,7 +28,7 @@ def open_writer(
 
 
 def received(n: int) -> MessageReceived:
-    return MessageReceived(f"m{n}", "q", "s@x", f"r{n}@y", 1)
+    return MessageReceived(f"{n:032x}", "q", "s@x", f"r{n}@y", 1)
 
 
 async def test_concurrent_appends_share_transactions(tmp_path: Path) -> None:
@@ -189,3 +189,16 @@ async def test_only_some_background_transactions_are_fsynced(
         await writer.append([received(1)])
         assert writer.statistics().durable_commits == 4
         writer.close()
+
+
+async def test_every_commit_is_timed(tmp_path: Path) -> None:
+    seen: list[Committed] = []
+    writer = open_writer(tmp_path, seen)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(writer.run)
+        for n in range(5):
+            await writer.append([received(n)])
+        writer.close()
+    stats = writer.statistics()
+    assert stats.commit_seconds.count == stats.commits == 5
+    assert stats.commit_seconds.total >= 0

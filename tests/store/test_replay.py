@@ -17,11 +17,11 @@ from kumo.store.sqlite_log import SqliteEventStore
 def stored_log(path: Path) -> SqliteEventStore:
     store = SqliteEventStore(path / "log.db")
     received: list[Event] = [
-        MessageReceived(f"m{n}", f"q{n % 3}", "same@sender", f"r{n}@x", n) for n in range(9)
+        MessageReceived(f"{n:032x}", f"q{n % 3}", "same@sender", f"r{n}@x", n) for n in range(9)
     ]
     store.commit(received, time=100, bodies={})
     store.commit([BounceIssued("r", Criteria(domain="q1"), "why", 10**12)], time=200, bodies={})
-    taken = [Message(f"m{n}", "same@sender", f"r{n}@x", n, 100, n + 1) for n in (1, 4, 7)]
+    taken = [Message(f"{n:032x}", "same@sender", f"r{n}@x", n, 100, n + 1) for n in (1, 4, 7)]
     store.commit([Bounced("r", "q1", taken)], time=300, bodies={})
     return store
 

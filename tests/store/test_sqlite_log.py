@@ -15,7 +15,7 @@ from kumo.store.sqlite_log import GENESIS, SqliteEventStore, chain_link
 
 
 def received(n: int) -> MessageReceived:
-    return MessageReceived(f"m{n}", "q", "s@x", f"r{n}@y", 3)
+    return MessageReceived(f"{n:032x}", "q", "s@x", f"r{n}@y", 3)
 
 
 def test_commit_assigns_gapless_seqs_and_spools_bodies(tmp_path: Path) -> None:

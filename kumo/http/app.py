@@ -37,6 +37,7 @@ from kumo.http.metrics import AdminLatency, metrics_registry, page
 from kumo.http.openapi import OPENAPI
 from kumo.http.replies import TEXT, Reply, text_reply
 from kumo.http.routes import BOUNCE_PATH, INJECT_PATH, LIVENESS_PATH, METRICS_PATH, OPENAPI_PATH
+from kumo.model.duration import NANOS_PER_SECOND
 from kumo.runtime.blocking import RunBlocking, in_thread
 from kumo.runtime.refusal import RefusedError
 
@@ -209,7 +210,7 @@ def create_app(
             engine,
             content_type=request.headers.get("Content-Type"),
             body=body,
-            now=dt.datetime.now(dt.UTC),
+            now=dt.datetime.fromtimestamp(engine.now() / NANOS_PER_SECOND, dt.UTC),
             max_bytes=max_inject_bytes,
             run_blocking=run_blocking,
         )

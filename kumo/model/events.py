@@ -107,7 +107,10 @@ class BounceIssued:
     """An administrator asked to bounce what matches ``criteria`` until ``expires_at``.
 
     ``reason`` is a string (it may be empty, as the API allows); there is no rule
-    without one.
+    without one. ``issued_at`` is the engine clock's reading the expiry was computed
+    from (``expires_at`` is exactly ``issued_at`` plus the requested duration); logs
+    written before it existed lack it, and the rule was then issued at its commit time
+    (:func:`issue_time`).
     """
 
     rule_id: str = attrs.field(validator=_text)
@@ -116,6 +119,7 @@ class BounceIssued:
     expires_at: int = attrs.field(validator=_int64)
     suppress_logging: bool = attrs.field(default=False, validator=_flag)
     issued_by: str = attrs.field(default="", validator=_text)
+    issued_at: int | None = attrs.field(default=None, validator=attrs.validators.optional(_int64))
 
 
 @attrs.frozen(slots=True)
@@ -190,6 +194,14 @@ class Committed:
             raise TypeError(f"not an event: {self.event!r}")
 
 
+def issue_time(committed: Committed) -> int:
+    """When the rule of a committed ``BounceIssued`` was issued: the clock reading it
+    carries, or (for a log written before events carried one) its commit time."""
+    event = committed.event
+    assert isinstance(event, BounceIssued)
+    return committed.time if event.issued_at is None else event.issued_at
+
+
 # -- codec ------------------------------------------------------------------------------
 
 
@@ -233,7 +245,7 @@ def _encode_body(event: Event) -> dict[str, Any]:
                 "expires_at": event.expires_at,
                 "suppress_logging": event.suppress_logging,
                 "issued_by": event.issued_by,
-            }
+            } | ({} if event.issued_at is None else {"issued_at": event.issued_at})
         case BounceCancelled():
             return {"rule_id": event.rule_id, "cancelled_by": event.cancelled_by}
         case BounceExpired():
@@ -271,6 +283,7 @@ _DECODERS: Final[dict[str, Callable[[dict[str, Any]], Event]]] = {
         expires_at=d["expires_at"],
         suppress_logging=d["suppress_logging"],
         issued_by=d["issued_by"],
+        issued_at=d.get("issued_at"),
     ),
     "BounceCancelled": lambda d: BounceCancelled(
         rule_id=d["rule_id"], cancelled_by=d["cancelled_by"]

@@ -35,6 +35,7 @@ from kumo.model.events import (
     Event,
     Message,
     MessageReceived,
+    issue_time,
 )
 from kumo.model.message_queue import MessageQueue
 from kumo.model.queue_name import QueueName
@@ -132,7 +133,7 @@ class RuleBook:
         event = committed.event
         match event:
             case BounceIssued():
-                return self._issue(event, committed.seq, committed.time)
+                return self._issue(event, committed)
             case BounceCancelled():
                 return self._end(event.rule_id, "cancelled", committed, event.cancelled_by)
             case BounceExpired():
@@ -147,13 +148,14 @@ class RuleBook:
             case MessageReceived():
                 return None
 
-    def _issue(self, event: BounceIssued, seq: int, time: int) -> Rule:
+    def _issue(self, event: BounceIssued, committed: Committed) -> Rule:
+        seq, time = committed.seq, committed.time
         rule = Rule(
             id=event.rule_id,
             criteria=event.criteria,
             reason=event.reason,
             issued_seq=seq,
-            issued_at=time,
+            issued_at=issue_time(committed),
             expires_at=event.expires_at,
             suppress_logging=event.suppress_logging,
             issued_by=event.issued_by,
@@ -249,7 +251,7 @@ class SweepRule:
             event.rule_id,
             event.criteria,
             event.expires_at,
-            event.expires_at <= committed.time,
+            event.expires_at <= issue_time(committed),
         )
 
 

@@ -103,6 +103,10 @@ class Engine:
 
     # -- the API ---------------------------------------------------------------------
 
+    def now(self) -> int:
+        """The engine clock's reading, ns since the epoch (every time kumo stamps)."""
+        return self.clock.now()
+
     async def inject(self, messages: Sequence[NewMessage]) -> list[str]:
         """Receive ``messages``; return their spool ids once they are durable."""
         self._check_open()
@@ -129,13 +133,15 @@ class Engine:
         """
         self._check_open()
         rule_id = str(uuid.uuid4())
+        now = self.clock.now()
         event = BounceIssued(
             rule_id=rule_id,
             criteria=request.criteria,
             reason=request.reason,
-            expires_at=request.expiry(self.clock.now()),
+            expires_at=request.expiry(now),
             suppress_logging=request.suppress_logging,
             issued_by=issued_by,
+            issued_at=now,
         )
         await self._log.append([event])
         return rule_id

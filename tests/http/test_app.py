@@ -69,6 +69,9 @@ class FakeEngine:
         if self.refusal is not None:
             raise self.refusal
 
+    def now(self) -> int:
+        return 1_767_225_600 * SECOND
+
     async def inject(self, messages: Sequence[NewMessage]) -> list[str]:
         self._check()
         self.calls.append(("inject", list(messages), ""))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 
+import attrs
 import orjson
 import pytest
 from hypothesis import given
@@ -27,6 +28,7 @@ from kumo.model.events import (
     decode_received,
     encode_event,
     is_message_id,
+    issue_time,
 )
 
 text = st.text(max_size=20)
@@ -46,7 +48,14 @@ messages = st.builds(Message, text, text, text, st.integers(0, 10**9), nanos, st
 events: st.SearchStrategy[Event] = st.one_of(
     st.builds(MessageReceived, ids, text, text, text, st.integers(0, 10**9), text),
     st.builds(
-        BounceIssued, text, criteria, text, st.integers(-(2**63), 2**63 - 1), st.booleans(), text
+        BounceIssued,
+        text,
+        criteria,
+        text,
+        st.integers(-(2**63), 2**63 - 1),
+        st.booleans(),
+        text,
+        st.none() | st.integers(-(2**63), 2**63 - 1),
     ),
     st.builds(BounceCancelled, text, text),
     st.builds(BounceExpired, text),
@@ -57,6 +66,15 @@ events: st.SearchStrategy[Event] = st.one_of(
 @given(events)
 def test_round_trip(event: Event) -> None:
     assert decode_event(encode_event(event)) == event
+
+
+def test_a_rule_without_its_issue_reading_was_issued_at_its_commit() -> None:
+    """Logs written before BounceIssued carried ``issued_at`` still read, byte for byte."""
+    old = BounceIssued("r", Criteria(), "why", 99, False, "ops")
+    assert b"issued_at" not in encode_event(old)
+    assert issue_time(Committed(3, 50, decode_event(encode_event(old)))) == 50
+    new = attrs.evolve(old, issued_at=40)
+    assert issue_time(Committed(3, 50, decode_event(encode_event(new)))) == 40
 
 
 def test_body_is_versioned_and_typed() -> None:

@@ -299,3 +299,23 @@ async def test_live_rules_and_counts_survive_a_restart(
         assert engine.list_bounces()[0].total_bounced == 2
         await trio.sleep(5 * MINUTE)
         assert engine.list_bounces() == []
+
+
+async def test_a_rule_expires_exactly_its_duration_after_it_was_issued(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """One clock reading per rule: ``expires`` is ``issued_at`` plus the duration, to the
+    nanosecond, even when the commit comes later than the reading (a busy writer)."""
+    duration = parse_duration("7m 3s 5ns")
+    async with engine_at(tmp_path) as engine:
+        await trio.sleep(1.5)  # the clock has moved since the engine started
+        await engine.issue_bounce(
+            BounceRequest(Criteria(domain="d.com"), "why", duration=duration), issued_by="o"
+        )
+        [view] = engine.list_bounces()
+        assert view.expires_at - view.issued_at == duration
+        assert view.issued_at == WALL_ORIGIN + 1_500_000_000
+    # The reading is in the log: a restart shows the same.
+    async with engine_at(tmp_path) as engine:
+        [again] = engine.list_bounces()
+        assert (again.issued_at, again.expires_at) == (view.issued_at, view.expires_at)

@@ -86,6 +86,7 @@ class QueueActor:
         "_chunk",
         "_log",
         "_mailbox",
+        "_mailbox_used",
         "_missed",
         "_send",
         "processed",
@@ -106,6 +107,8 @@ class QueueActor:
         self._send, self._mailbox = trio.open_memory_channel[tuple[list[Committed], int]](
             settings.mailbox_capacity
         )
+        self._mailbox_used = 0
+        """Deliveries in the mailbox (trio's channel statistics cost a record a call)."""
         self.processed = Watermark()
         """The last seq whose events this actor has applied (and whose bounces it has
         submitted to the log)."""
@@ -125,6 +128,7 @@ class QueueActor:
             self._send.send_nowait((events, upto))
         except trio.WouldBlock:
             return False
+        self._mailbox_used += 1
         return True
 
     def close(self) -> None:
@@ -148,6 +152,7 @@ class QueueActor:
                         return
                 except trio.EndOfChannel:
                     return
+                self._mailbox_used -= 1
                 await self._process(events, upto)
         except LogClosedError:
             # Shutting down past its deadline: what this actor had not yet emitted is
@@ -193,7 +198,7 @@ class QueueActor:
             queue=self.state.name,
             queued=len(self.state.messages),
             live_rules=len(self.state.rules),
-            mailbox_used=self._mailbox.statistics().current_buffer_used,
+            mailbox_used=self._mailbox_used,
             lagging=self.name in self._missed,
             catch_ups=self._catch_ups,
             processed_seq=self.processed.value,

@@ -315,6 +315,30 @@ class QueueState:
             case Bounced():
                 return None
 
+    def settle(self, events: Sequence[Committed]) -> bool:
+        """Fold ``events`` if none of them asks for a decision; else change nothing.
+
+        Arrivals into a queue that holds no rule only join it: nothing can be decided.
+        Returns whether ``events`` were folded (all arrivals, no rule held).
+        """
+        if self.rules or self.sweeping is not None:
+            return False
+        if not all(type(committed.event) is MessageReceived for committed in events):
+            return False
+        append = self.messages.add
+        for committed in events:
+            event = committed.event
+            assert type(event) is MessageReceived
+            append(
+                event.message_id,
+                event.sender,
+                event.recipient,
+                event.size,
+                committed.time,
+                committed.seq,
+            )
+        return True
+
     def receive(self, message: Message) -> Bounced | None:
         """A message arrives: the most recent live matching rule bounces it at once."""
         rule = counting_rule(self.rules, message.received_at)

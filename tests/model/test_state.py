@@ -197,3 +197,24 @@ def test_copy_is_independent() -> None:
     clone.apply(_committed(2, 20, BounceCancelled("r1")))
     assert book.is_live("r1", 50)
     assert not clone.is_live("r1", 50)
+
+
+def test_settle_folds_arrivals_only_where_nothing_can_be_decided() -> None:
+    arrivals = [
+        Committed(seq, 10 * seq, MessageReceived(f"{seq:032x}", "a.com", "s@x", f"r{seq}@a.com", 1))
+        for seq in (1, 2, 3)
+    ]
+    settled, applied = QueueState("a.com"), QueueState("a.com")
+    assert settled.settle(arrivals)
+    for committed in arrivals:
+        assert applied.apply(committed) is None
+    assert list(settled.messages) == list(applied.messages)
+    # A queue holding a rule decides every arrival: settle changes nothing.
+    rule = SweepRule("r", Criteria(), expires_at=10**12, issued_expired=False)
+    ruled = QueueState("a.com", rules=[rule])
+    assert not ruled.settle(arrivals)
+    assert not ruled.messages
+    # Neither does an event other than an arrival.
+    issued = Committed(4, 40, BounceIssued("r", Criteria(), "why", 10**12))
+    assert not settled.settle([*arrivals, issued])
+    assert len(settled.messages) == 3

@@ -151,17 +151,17 @@ class MessageQueue:
         return list(map(senders.__getitem__, self._sender_index))
 
     def __iter__(self) -> Iterator[Message]:
-        return map(
-            Message._make,
-            zip(
-                self._id_column(),
-                self._sender_column(),
-                self._recipient_column(),
-                self._sizes,
-                self._times,
-                self._seqs,
-                strict=True,
-            ),
+        return map(Message._make, self._zip())
+
+    def _zip(self) -> Iterator[tuple[str, str, str, int, int, int]]:
+        return zip(
+            self._id_column(),
+            self._sender_column(),
+            self._recipient_column(),
+            self._sizes,
+            self._times,
+            self._seqs,
+            strict=True,
         )
 
     def __eq__(self, other: object) -> bool:
@@ -232,17 +232,7 @@ class MessageQueue:
 
     def rows(self) -> list[tuple[str, str, str, int, int, int]]:
         """The messages as plain tuples, in order (for an encoder)."""
-        return list(
-            zip(
-                self._id_column(),
-                self._sender_column(),
-                self._recipient_column(),
-                self._sizes,
-                self._times,
-                self._seqs,
-                strict=True,
-            )
-        )
+        return list(self._zip())
 
     def remove(self, ids: set[str]) -> None:
         """Drop the messages whose id is in ``ids`` (the rest keep their order)."""

@@ -24,9 +24,10 @@ as declared.
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import Final, Protocol
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Final, Protocol, TypeVar
 
 import attrs
 import trio
@@ -108,17 +109,46 @@ class MetricsEngine(Protocol):
 
     def statistics(self) -> object: ...
 
-    def actor_statistics(self) -> Sequence[ActorStatistics]: ...
+    def actor_statistics(
+        self, start: int = 0, stop: int | None = None
+    ) -> Sequence[ActorStatistics]: ...
 
 
-def read_scrape(engine: MetricsEngine, latency: AdminLatency) -> Scrape:
-    """Read the engine for one scrape (in the event loop's thread)."""
-    return Scrape(
-        queue_counts=dict(engine.queue_counts()),
-        statistics=engine.statistics(),
-        actors=engine.actor_statistics(),
-        admin_latency=latency.snapshot(),
+ACTORS_PER_READ: Final = 500
+"""Actors whose statistics one hop to the event loop reads (about 1 ms of the loop)."""
+
+
+T = TypeVar("T")
+
+
+class RunOnLoop(Protocol):
+    """Runs a read in the event loop's thread (``trio.from_thread.run_sync``)."""
+
+    def __call__(self, read: Callable[[], T], /) -> T: ...
+
+
+def _here(read: Callable[[], T], /) -> T:
+    return read()
+
+
+def read_scrape(engine: MetricsEngine, latency: AdminLatency, on_loop: RunOnLoop = _here) -> Scrape:
+    """Read the engine for one scrape, each read through ``on_loop`` (which runs it in
+    the event loop's thread): the actors :data:`ACTORS_PER_READ` at a time, so that a
+    scrape of 10,000 queues never holds the loop for long."""
+    scrape = on_loop(
+        lambda: Scrape(
+            queue_counts=dict(engine.queue_counts()),
+            statistics=engine.statistics(),
+            admin_latency=latency.snapshot(),
+        )
     )
+    actors: list[ActorStatistics] = []
+    while True:
+        start = len(actors)
+        part = on_loop(functools.partial(engine.actor_statistics, start, start + ACTORS_PER_READ))
+        actors.extend(part)
+        if len(part) < ACTORS_PER_READ:
+            return attrs.evolve(scrape, actors=actors)
 
 
 # -- families ---------------------------------------------------------------------------
@@ -257,14 +287,13 @@ class EngineCollector:
         self._engine = engine
         self._latency = latency
 
-    def _read(self) -> Scrape:
-        return read_scrape(self._engine, self._latency)
-
     def collect(self) -> Iterator[Metric]:
-        # In a worker thread the read hops to the loop's thread: the engine's tasks
+        # In a worker thread each read hops to the loop's thread: the engine's tasks
         # change what it reads.
-        hop = _in_worker_thread()
-        scrape = trio.from_thread.run_sync(self._read) if hop else self._read()
+        if _in_worker_thread():
+            scrape = read_scrape(self._engine, self._latency, trio.from_thread.run_sync)
+        else:
+            scrape = read_scrape(self._engine, self._latency)
         yield from metric_families(scrape)
 
 

@@ -99,7 +99,7 @@ class FakeEngine:
         self._refuse()
         return FakeStatistics(received_total=3, bounced_total=1)
 
-    def actor_statistics(self) -> list[ActorStatistics]:
+    def actor_statistics(self, start: int = 0, stop: int | None = None) -> list[ActorStatistics]:
         self._refuse()
         return [ActorStatistics("example.com", 2, 0, 1, False, 0, 9, 0)]
 

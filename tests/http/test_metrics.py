@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import attrs
 import pytest
@@ -13,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
 from kumo.http.metrics import (
+    ACTORS_PER_READ,
     AdminLatency,
     Scrape,
     escape_label_value,
@@ -20,6 +23,7 @@ from kumo.http.metrics import (
     metric_families,
     metrics_registry,
     page,
+    read_scrape,
     render_metrics,
 )
 from kumo.model.statistics import Histogram, counter, gauge, info, record
@@ -30,6 +34,8 @@ from kumo.runtime.log_writer import LogStatistics
 from kumo.runtime.queue_actor import ActorStatistics
 
 OPERATIONS = Path(__file__).resolve().parents[2] / "docs" / "operations.md"
+
+T = TypeVar("T")
 
 
 @attrs.frozen
@@ -231,7 +237,9 @@ async def test_each_app_has_its_own_registry() -> None:
         def statistics(self) -> Stats:
             return Stats(self.received, 0, 0, LogStats(0, True), "n")
 
-        def actor_statistics(self) -> list[ActorStatistics]:
+        def actor_statistics(
+            self, start: int = 0, stop: int | None = None
+        ) -> list[ActorStatistics]:
             return []
 
     before = list(REGISTRY.collect())
@@ -258,3 +266,30 @@ def test_queue_series_make_samples_on_demand() -> None:
         Sample("scheduled_count", {"queue": "a"}, 1),
         Sample("scheduled_count", {"queue": "b"}, 2),
     ]
+
+
+def test_a_scrape_reads_the_actors_a_slice_at_a_time() -> None:
+    """Each read runs on the event loop; between them the loop serves others."""
+
+    class ManyActors:
+        def queue_counts(self) -> dict[str, int]:
+            return {}
+
+        def statistics(self) -> Stats:
+            return Stats(0, 0, 0, LogStats(0, True), "n")
+
+        def actor_statistics(
+            self, start: int = 0, stop: int | None = None
+        ) -> list[ActorStatistics]:
+            every = [ActorStatistics(f"q{n}", n, 0, 0, False, 0, 0, 0) for n in range(1_234)]
+            return every[start:stop]
+
+    reads: list[object] = []
+
+    def on_loop(read: Callable[[], T], /) -> T:
+        reads.append(read)
+        return read()
+
+    scrape = read_scrape(ManyActors(), AdminLatency(), on_loop)
+    assert [actor.queue for actor in scrape.actors] == [f"q{n}" for n in range(1_234)]
+    assert len(reads) == 1 + -(-1_234 // ACTORS_PER_READ)

@@ -247,7 +247,11 @@ class EngineMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.directory = Path(tempfile.mkdtemp(prefix="kumo-machine-"))
-        self.host = EngineHost(self.directory)
+        try:
+            self.host = EngineHost(self.directory)
+        except BaseException:
+            shutil.rmtree(self.directory, ignore_errors=True)
+            raise
         self.reference = ReferenceModel()
         self.criteria: dict[str, Mapping[str, Any]] = {}
         self.received = 0

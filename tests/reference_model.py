@@ -1,0 +1,213 @@
+"""SPEC sections 2, 3 and 7 restated as a small reference model, for the state machines.
+
+It imports nothing of kumo: rules and messages are plain records in plain dicts, each
+message's fate is computed directly from the SPEC's sentences, and queue names are
+matched through a table of their parts (SPEC section 1) rather than a parser. The model
+machine (``tests/model/test_engine_machine.py``) and the engine machine
+(``tests/runtime/test_engine_machine.py``) both tell it what happened, in log order,
+and compare what kumo shows with what it says.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Collection, Mapping
+from typing import Any, Final
+
+import attrs
+
+QUEUE_PARTS: Final[Mapping[str, tuple[str | None, str | None, str, str | None]]] = {
+    # name: (campaign, tenant, domain, routing_domain), read off SPEC section 1's table.
+    "a.com": (None, None, "a.com", None),
+    "t@a.com": (None, "t", "a.com", None),
+    "c:t@b.com": ("c", "t", "b.com", None),
+    "b.com!r": (None, None, "b.com", "r"),
+    "c:@a.com": ("c", "", "a.com", None),
+    "c:t@b.com!r": ("c", "t", "b.com", "r"),
+}
+"""The small set of queues the machines inject into."""
+QUEUES: Final = tuple(QUEUE_PARTS)
+
+CRITERIA: Final[tuple[Mapping[str, Any], ...]] = (
+    {"domain": "a.com"},
+    {"tenant": "t"},
+    {},
+    {"queue_names": ["b.com!r", "a.com"]},
+    # Equal to the one above: queue names compare as sets (SPEC section 7).
+    {"queue_names": ["a.com", "b.com!r", "a.com"]},
+    {"campaign": "c"},
+    {"campaign": "c", "tenant": "t", "domain": "b.com"},
+    # All four parts set: catches arrivals too (KumoMTA's bug, not copied).
+    {"campaign": "c", "tenant": "t", "domain": "b.com", "routing_domain": "r"},
+    # Case-sensitive: matches none of the queues.
+    {"domain": "A.com"},
+)
+"""Criteria the machines issue rules with, as keyword arguments of ``Criteria``: few, so
+that a new rule's criteria often equal a live rule's."""
+
+PARTS: Final = ("campaign", "tenant", "domain", "routing_domain")
+
+CriteriaKey = tuple[str | None, str | None, str | None, str | None, frozenset[str]]
+
+
+def criteria_key(criteria: Mapping[str, Any]) -> CriteriaKey:
+    """What makes two criteria equal: the four parts, and the queue names as a set."""
+    campaign, tenant, domain, routing_domain = (criteria.get(part) for part in PARTS)
+    return (campaign, tenant, domain, routing_domain, frozenset(criteria.get("queue_names", ())))
+
+
+def matches(key: CriteriaKey, queue: str) -> bool:
+    """SPEC section 2: exact names when given, else every part set equals the queue's."""
+    *parts, names = key
+    if names:
+        return queue in names
+    return all(
+        wanted is None or present == wanted
+        for wanted, present in zip(parts, QUEUE_PARTS[queue], strict=True)
+    )
+
+
+@attrs.define
+class ReferenceRule:
+    id: str
+    key: CriteriaKey
+    order: int
+    """Its place among everything the model was told (issue order)."""
+    issued_at: int
+    expires_at: int
+    ended: int | None = None
+    """The place of whatever ended it: a cancel, or its replacement."""
+
+    @property
+    def issued_expired(self) -> bool:
+        return self.expires_at <= self.issued_at
+
+    def live(self, order: int, time: int) -> bool:
+        """Live at that place of the log and that time (SPEC sections 2, 3)."""
+        return (
+            self.order < order
+            and not self.issued_expired
+            and (self.ended is None or self.ended > order)
+            and time < self.expires_at
+        )
+
+
+@attrs.define
+class ReferenceMessage:
+    id: str
+    queue: str
+    order: int
+    received_at: int
+
+
+@attrs.frozen
+class Listed:
+    """A rule as GET lists it, reduced to what the reference can say."""
+
+    id: str
+    remaining: int
+    bounced: dict[str, int]
+    total_bounced: int
+
+
+class ReferenceModel:
+    """Rules and messages in the order the log has them; fates computed on demand."""
+
+    def __init__(self) -> None:
+        self.rules: dict[str, ReferenceRule] = {}
+        self.messages: dict[str, ReferenceMessage] = {}
+        self._order = 0
+        self._fates: dict[str, str] | None = None
+
+    def _next(self) -> int:
+        self._order += 1
+        self._fates = None
+        return self._order
+
+    # -- what happened ----------------------------------------------------------------
+
+    def receive(self, message_id: str, queue: str, time: int) -> None:
+        assert message_id not in self.messages
+        self.messages[message_id] = ReferenceMessage(message_id, queue, self._next(), time)
+
+    def issue(self, rule_id: str, criteria: Mapping[str, Any], time: int, expires_at: int) -> None:
+        order = self._next()
+        rule = ReferenceRule(rule_id, criteria_key(criteria), order, time, expires_at)
+        if not rule.issued_expired:
+            # A new rule ends the live one with equal criteria (SPEC section 2); one
+            # issued already expired never replaces anything (section 7).
+            for other in self.rules.values():
+                if other.key == rule.key and other.live(order, time):
+                    other.ended = order
+        self.rules[rule_id] = rule
+
+    def cancel(self, rule_id: str, time: int) -> bool:
+        """DELETE: True (200) for a live rule, which ends; False (404) for any other id."""
+        order = self._next()
+        rule = self.rules.get(rule_id)
+        if rule is None or not rule.live(order, time):
+            return False
+        rule.ended = order
+        return True
+
+    # -- what follows -----------------------------------------------------------------
+
+    def fate(self, message_id: str) -> str | None:
+        """The rule that bounces the message, if any (SPEC sections 3 and 7): the most
+        recently issued rule live and matching at its arrival, else the first matching
+        rule issued after it (that rule's sweep; an already-expired rule sweeps too)."""
+        message = self.messages[message_id]
+        matching = [rule for rule in self.rules.values() if matches(rule.key, message.queue)]
+        at_arrival = [rule for rule in matching if rule.live(message.order, message.received_at)]
+        if at_arrival:
+            return at_arrival[-1].id
+        return next((rule.id for rule in matching if rule.order > message.order), None)
+
+    def fates(self) -> dict[str, str]:
+        """Message id -> the rule that bounces it, for every message some rule takes."""
+        if self._fates is None:
+            fates = {mid: self.fate(mid) for mid in self.messages}
+            self._fates = {mid: rule for mid, rule in fates.items() if rule is not None}
+        return dict(self._fates)
+
+    def is_live(self, rule_id: str, time: int) -> bool:
+        rule = self.rules.get(rule_id)
+        return rule is not None and rule.live(self._order + 1, time)
+
+    def live_ids(self, time: int) -> list[str]:
+        return [rule.id for rule in self.rules.values() if rule.live(self._order + 1, time)]
+
+    def queued(self, bounced: Collection[str] | None = None) -> dict[str, list[str]]:
+        """Queue -> ids still queued, in arrival order (non-empty queues only).
+
+        ``bounced`` (default: every message with a fate) is what has left already.
+        """
+        gone = self.fates() if bounced is None else bounced
+        queues: dict[str, list[str]] = {}
+        for message in self.messages.values():
+            if message.id not in gone:
+                queues.setdefault(message.queue, []).append(message.id)
+        return queues
+
+    def queue_counts(self, bounced: Collection[str] | None = None) -> dict[str, int]:
+        return {queue: len(ids) for queue, ids in self.queued(bounced).items()}
+
+    def bounced(self, bounced: Collection[str] | None = None) -> dict[str, dict[str, int]]:
+        """Rule id -> queue -> messages it bounced there (of ``bounced``, default every
+        message with a fate), for every rule that bounced any."""
+        fates = self.fates()
+        counted: dict[str, Counter[str]] = {}
+        for mid in fates.keys() if bounced is None else bounced:
+            counted.setdefault(fates[mid], Counter())[self.messages[mid].queue] += 1
+        return {rule_id: dict(per_queue) for rule_id, per_queue in counted.items()}
+
+    def listing(self, now: int, bounced: Collection[str] | None = None) -> list[Listed]:
+        """GET at ``now``: the live rules in issue order, each with the messages it
+        bounced per queue (of ``bounced``, default every message with a fate)."""
+        counted = self.bounced(bounced)
+        listed = []
+        for rule_id in self.live_ids(now):
+            per_queue = counted.get(rule_id, {})
+            remaining = self.rules[rule_id].expires_at - now
+            listed.append(Listed(rule_id, remaining, per_queue, sum(per_queue.values())))
+        return listed

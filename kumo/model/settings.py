@@ -75,10 +75,11 @@ class EngineSettings:
     runs; appends and sequential reads need little of it."""
 
     # -- the broadcaster (kumo.runtime.broadcaster) --------------------------------------
-    deliveries_per_yield: int = _int_field(256)
+    deliveries_per_yield: int = _int_field(64)
     """Actors the broadcaster hands events to between two yields to the event loop: a
     rule that matches 10,000 queues wakes 10,000 tasks, and the loop serves requests
-    between each slice of them rather than after all."""
+    between each slice of them rather than after all (64 rather than 256 halved the
+    spikes of such a sweep's first second: docs/benchmarks.md)."""
 
     # -- the queue actors (kumo.runtime.queue_actor) -------------------------------------
     mailbox_capacity: int = _int_field(64)

@@ -39,8 +39,10 @@ def format_rfc3339(nanos: int) -> str:
     return _format_rfc3339(nanos)
 
 
-# Records of one commit share its time, and a sweep writes a million of them.
-@lru_cache(maxsize=4096)
+# Records of one commit share its time, and a sweep writes a million of them; GET
+# formats each live rule's two times again and again (a least-recently-used cache
+# smaller than two entries a rule misses every one of them when it cycles).
+@lru_cache(maxsize=65_536)
 def _format_rfc3339(nanos: int) -> str:
     seconds, fraction = divmod(nanos, NANOS_PER_SECOND)
     stamp = dt.datetime.fromtimestamp(seconds, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S")

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import bisect
 from collections import Counter
+from collections.abc import Iterable
 from typing import Final, NamedTuple
 
 import attrs
@@ -82,6 +83,15 @@ class InvariantCheck:
         # Queue -> (issued seq, rule id) of every matching rule issued after the queue
         # was first seen, in log order: where an unclaimed message's sweep comes from.
         self._issued_matching: dict[str, list[tuple[int, str]]] = {}
+
+    @classmethod
+    def over(cls, log: Iterable[Committed]) -> InvariantCheck:
+        """The check of a whole log held in memory, finished."""
+        check = cls()
+        for committed in log:
+            check.apply(committed)
+        check.finish()
+        return check
 
     def _violate(self, check: str, seq: int, problem: str) -> None:
         self.violations.append(Violation(check, at_seq(seq), problem, seq))

@@ -495,11 +495,7 @@ class EngineModel(RuleBasedStateMachine):
 
 
 def check(log: list[Committed]) -> InvariantCheck:
-    invariants = InvariantCheck()
-    for committed in log:
-        invariants.apply(committed)
-    invariants.finish()
-    return invariants
+    return InvariantCheck.over(log)
 
 
 EngineModel.TestCase.settings = settings(max_examples=60, stateful_step_count=50, deadline=None)

@@ -44,11 +44,7 @@ def bounced(seq: int, *messages: Message, rule_id: str = "r", queue: str = "a.co
 
 
 def check(log: list[Committed]) -> InvariantCheck:
-    invariants = InvariantCheck()
-    for committed in log:
-        invariants.apply(committed)
-    invariants.finish()
-    return invariants
+    return InvariantCheck.over(log)
 
 
 def problems(log: list[Committed]) -> list[tuple[str, int | None, str]]:

@@ -71,12 +71,6 @@ class Router:
         self._holders: dict[str, set[str]] = {}
         """Rule id -> the queues that hold it (only rules not yet ended)."""
 
-    def __len__(self) -> int:
-        return len(self._index)
-
-    def __contains__(self, queue: str) -> bool:
-        return queue in self._index
-
     def open_queue(self, name: str) -> tuple[SweepRule, ...]:
         """Open ``name`` (unknown so far); return the live rules it holds from now on."""
         parsed = QueueName.parse(name)
@@ -116,7 +110,3 @@ class Router:
                 case _:
                     self.rules.apply(committed)
         return Routing(new_queues, deliveries)
-
-    def holders(self, rule_id: str) -> frozenset[str]:
-        """The queues that hold a rule not yet ended (empty for any other id)."""
-        return frozenset(self._holders.get(rule_id, ()))

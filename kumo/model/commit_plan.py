@@ -15,8 +15,10 @@ from the time and what waits, and carries the answer out. The policy:
   event is always taken, so that a stream of requests never starves a sweep;
 - a transaction is durable (fsynced) when it carries clients' events, when it leaves
   nothing waiting (the last before idle), and at least one in ``durable_every``; the
-  others commit without an fsync and become durable with the next durable one;
-- a transaction that clients wait on leaves the WAL checkpoint to a later one.
+  others commit without an fsync and become durable with the next durable one.
+
+No transaction copies the WAL back into the database: a checkpointer does that beside
+the writer (:mod:`kumo.runtime.wal_checkpointer`), so that no client waits for it.
 """
 
 from __future__ import annotations
@@ -40,8 +42,6 @@ class CommitPlan:
     """Background events to take, from the front of their lane."""
     durable: bool
     """Fsync this transaction (and so every one before it)."""
-    checkpoint: bool
-    """Let this commit copy the WAL back into the database if it is due."""
 
 
 class CommitPlanner:
@@ -94,7 +94,7 @@ class CommitPlanner:
         durable = (
             taken_requests > 0 or left == 0 or self._since_durable + 1 >= settings.durable_every
         )
-        return CommitPlan(taken_requests, taken, durable, checkpoint=taken_requests == 0)
+        return CommitPlan(taken_requests, taken, durable)
 
     def committed(self, plan: CommitPlan) -> None:
         """``plan``'s transaction is committed."""

@@ -65,11 +65,10 @@ class EngineSettings:
     """Events a follower (the broadcaster, a lagging actor) reads from the log at a time."""
 
     # -- the store (kumo.store.sqlite_log) ----------------------------------------------
-    wal_checkpoint_pages: int = _int_field(256)
-    """WAL pages (4 KiB) after which a commit copies the WAL back into the database
-    (SQLite's auto-checkpoint; its default is 1,000). Small checkpoints, often, keep the
-    slowest commits short: a commit that checkpoints 4 MB waits for it, and so does every
-    client whose events queue behind it."""
+    wal_checkpoint_interval: float = _seconds_field(0.05)
+    """Seconds between two checkpoints (copies of the write-ahead log back into the
+    database, beside the writer) while commits happen. The WAL holds about what is
+    committed in that time, and commits never wait for a checkpoint."""
     cache_kib: int = _int_field(8 * 1024)
     """SQLite page cache per connection, in KiB: memory held for as long as the engine
     runs; appends and sequential reads need little of it."""

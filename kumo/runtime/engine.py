@@ -9,7 +9,8 @@ this order)::
     │   └── QueueActor.run ×N      one per scheduled queue
     ├── followers                  a nursery cancelled last at shutdown
     │   ├── DeliveryLogWriter.run  Reception / AdminBounce JSON lines, checkpointed
-    │   └── RuleExpiry.run         appends BounceExpired when a rule's time is up
+    │   ├── RuleExpiry.run         appends BounceExpired when a rule's time is up
+    │   └── WalCheckpointer.run    copies the SQLite WAL back, beside the writer
     └── Broadcaster.run            carries committed events to the queue actors
 
 The projections (rules, counters, queue gauges) are folded synchronously by the
@@ -49,6 +50,7 @@ from kumo.runtime.queue_actor import ActorStatistics
 from kumo.runtime.refusal import RefusedError
 from kumo.runtime.rule_expiry import RuleExpiry
 from kumo.runtime.supervisor import QueueSupervisor
+from kumo.runtime.wal_checkpointer import CheckpointStatistics, WalCheckpointer
 from kumo.store.data_dir import open_event_log
 from kumo.store.event_log import EventStore
 from kumo.store.ids import random_ids
@@ -74,6 +76,7 @@ class EngineStatistics:
     log: LogStatistics = record("The event log writer.")
     broadcaster: BroadcasterStatistics = record("The broadcaster and its queue actors.")
     delivery_log: DeliveryLogStatistics = record("The delivery-log writer.")
+    wal: CheckpointStatistics = record("The checkpointer of the event log's WAL.")
 
 
 @attrs.frozen
@@ -88,6 +91,7 @@ class EngineParts:
     broadcaster: Broadcaster
     delivery: DeliveryLogWriter
     expiry: RuleExpiry
+    checkpointer: WalCheckpointer
 
 
 class Engine:
@@ -192,6 +196,7 @@ class Engine:
             log=self._log.statistics(),
             broadcaster=self._parts.broadcaster.statistics(),
             delivery_log=self._parts.delivery.statistics(),
+            wal=self._parts.checkpointer.statistics(),
         )
 
     def actor_statistics(self, start: int = 0, stop: int | None = None) -> list[ActorStatistics]:
@@ -263,21 +268,24 @@ async def open_engine(
         data_dir.mkdir(parents=True, exist_ok=True)
         return DataDirectoryLock(data_dir)
 
-    def open_and_replay() -> tuple[EventStore, EventStore, State, str]:
-        store = open_event_log(data_dir, settings=settings)
+    def open_and_replay() -> tuple[EventStore, EventStore, EventStore, State, str]:
+        store = open_event_log(data_dir, settings=settings, auto_checkpoint=False)
         stored_id = store.get_meta("node_id")
         chosen = node_id or stored_id or str(uuid.uuid4())
         if chosen != stored_id:
             store.set_meta("node_id", chosen)
         reader = open_event_log(data_dir, readonly=True, settings=settings)
-        return store, reader, _fold_without_collecting(store), chosen
+        checkpoints = open_event_log(data_dir, settings=settings)
+        return store, reader, checkpoints, _fold_without_collecting(store), chosen
 
     async with contextlib.AsyncExitStack() as cleanup:
         cleanup.callback((await run_blocking(lock)).release)
-        store, reader, state, chosen_id = await run_blocking(open_and_replay)
-        # The reader first: the last connection to close checkpoints the WAL into the
+        store, reader, checkpoints, state, chosen_id = await run_blocking(open_and_replay)
+        # The writer last: the last connection to close checkpoints the WAL into the
         # database file and removes it, which a read-only connection cannot do.
-        cleanup.push_async_callback(run_blocking, functools.partial(_close_all, reader, store))
+        cleanup.push_async_callback(
+            run_blocking, functools.partial(_close_all, reader, checkpoints, store)
+        )
         recovery = recover(state, chunk=settings.resume_chunk)
         router = Router(state.rules.copy())
         projection = Projection(state)
@@ -296,6 +304,7 @@ async def open_engine(
                 log, data_dir / LOGS, state.rules, chosen_id, settings, run_blocking=run_blocking
             ),
             expiry=RuleExpiry(log, projection, clock),
+            checkpointer=WalCheckpointer(checkpoints, log, settings, run_blocking=run_blocking),
         )
         await run_blocking(parts.delivery.recover)
         engine = Engine(parts, chosen_id)
@@ -331,6 +340,7 @@ async def _run(
             async with trio.open_nursery() as inner:
                 await inner.start(parts.delivery.run)
                 await inner.start(parts.expiry.run)
+                await inner.start(parts.checkpointer.run)
                 task_status.started()
 
     await nursery.start(run_followers)

@@ -216,7 +216,6 @@ class LogWriter:
                         time=time,
                         bodies=bodies,
                         durable=durable,
-                        checkpoint=plan.checkpoint,
                     )
                 )
             except BaseException as exc:

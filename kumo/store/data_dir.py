@@ -16,11 +16,19 @@ from kumo.store.sqlite_log import SqliteEventStore
 
 
 def open_event_log(
-    data_dir: Path, *, readonly: bool = False, settings: EngineSettings | None = None
+    data_dir: Path,
+    *,
+    readonly: bool = False,
+    settings: EngineSettings | None = None,
+    auto_checkpoint: bool = True,
 ) -> EventStore:
     """Open (for writing: create if missing) the event log of ``data_dir``.
 
     A writer must hold the directory's lock (:class:`kumo.store.lock.DataDirectoryLock`);
     readers may open it beside a running writer. Close it when done.
+    ``auto_checkpoint=False``: the writer's commits never copy the write-ahead log back;
+    another connection must call :meth:`~kumo.store.event_log.EventStore.checkpoint`.
     """
-    return SqliteEventStore(data_dir / DATABASE, readonly=readonly, settings=settings)
+    return SqliteEventStore(
+        data_dir / DATABASE, readonly=readonly, settings=settings, auto_checkpoint=auto_checkpoint
+    )

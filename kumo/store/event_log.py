@@ -39,7 +39,6 @@ class EventStore(Protocol):
         time: int,
         bodies: Mapping[int, bytes],
         durable: bool = True,
-        checkpoint: bool = True,
     ) -> list[Committed]:
         """Append ``events`` in one transaction, all stamped ``time``.
 
@@ -52,9 +51,14 @@ class EventStore(Protocol):
         before it, survives a power failure. Without, it returns once the transaction
         is committed and ordered: it survives the process being killed, and a power
         failure can undo it (with whatever followed it) until the next durable commit.
-        ``checkpoint=False`` asks the store to leave housekeeping (such as copying a
-        write-ahead log back) to a later commit: clients wait on this one.
         """
+        ...
+
+    def checkpoint(self) -> tuple[int, int]:
+        """Copy what a write-ahead log holds back into the database, without making a
+        writer on another connection wait; return ``(frames, copied)``, the log's size
+        and how much of it is now copied (both 0 for a store without one). Called from
+        a connection of its own beside the writer, whose commits then never do it."""
         ...
 
     def read(self, after_seq: int, limit: int) -> list[Committed]:

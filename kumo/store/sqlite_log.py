@@ -57,6 +57,8 @@ CREATE TABLE IF NOT EXISTS meta (
 
 GENESIS = b"\x00" * 16
 
+_WAL_SIZE_KEPT = 64 * 1024 * 1024
+
 
 def chain_link(previous: bytes, seq: int, time: int, kind: str, body: bytes) -> bytes:
     """The ``chain`` value of a row, given the previous row's (``GENESIS`` first)."""
@@ -76,11 +78,15 @@ class SqliteEventStore:
     """
 
     def __init__(
-        self, path: Path, *, readonly: bool = False, settings: EngineSettings | None = None
+        self,
+        path: Path,
+        *,
+        readonly: bool = False,
+        settings: EngineSettings | None = None,
+        auto_checkpoint: bool = True,
     ) -> None:
         settings = settings or EngineSettings()
         self.path = path
-        self._checkpoint_pages = settings.wal_checkpoint_pages
         if readonly:
             uri = f"file:{path}?mode=ro"
             self._db = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
@@ -88,7 +94,13 @@ class SqliteEventStore:
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
-            self._db.execute(f"PRAGMA wal_autocheckpoint={self._checkpoint_pages}")
+            if not auto_checkpoint:
+                # The engine's writer: commits never copy the WAL back themselves (a
+                # client would wait for it); a checkpointer beside it calls checkpoint().
+                self._db.execute("PRAGMA wal_autocheckpoint=0")
+            # A WAL that grew large (a long stretch of writes) shrinks back to this when
+            # it restarts, rather than keeping its largest size on disk for good.
+            self._db.execute(f"PRAGMA journal_size_limit={_WAL_SIZE_KEPT}")
             self._db.executescript(_SCHEMA)
             # A killed process can leave commits that were never fsynced (see
             # ``commit(durable=False)``) in the WAL, in the page cache only. The runtime
@@ -105,7 +117,6 @@ class SqliteEventStore:
         self._last_time: int = row[1] if row else 0
         self._chain: bytes = row[2] if row else GENESIS
         self._synchronous = "FULL"
-        self._checkpoints = True
 
     @property
     def last_seq(self) -> int:
@@ -122,13 +133,8 @@ class SqliteEventStore:
         time: int,
         bodies: Mapping[int, bytes],
         durable: bool = True,
-        checkpoint: bool = True,
     ) -> list[Committed]:
-        """See :meth:`kumo.store.event_log.EventStore.commit`.
-
-        ``checkpoint=False`` keeps this commit from running the WAL auto-checkpoint (a
-        later one will): for a transaction that clients wait on.
-        """
+        """See :meth:`kumo.store.event_log.EventStore.commit`."""
         rows: list[tuple[int, str, str, int, bytes, bytes]] = []
         spooled: list[tuple[int, bytes]] = []
         unspooled: list[int] = []
@@ -154,9 +160,6 @@ class SqliteEventStore:
         if synchronous != self._synchronous:
             db.execute(f"PRAGMA synchronous={synchronous}")
             self._synchronous = synchronous
-        if checkpoint != self._checkpoints:
-            db.execute(f"PRAGMA wal_autocheckpoint={self._checkpoint_pages if checkpoint else 0}")
-            self._checkpoints = checkpoint
         db.execute("BEGIN IMMEDIATE")
         try:
             db.executemany("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?)", rows)
@@ -175,6 +178,17 @@ class SqliteEventStore:
             raise
         self._last_seq, self._last_time, self._chain = seq, time, chain
         return committed
+
+    def checkpoint(self) -> tuple[int, int]:
+        """See :meth:`kumo.store.event_log.EventStore.checkpoint`.
+
+        SQLite's PASSIVE checkpoint: it copies the frames no reader still needs and waits
+        for nobody; the writer restarts the WAL from its start once all are copied.
+        """
+        _busy, frames, copied = self._db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        # -1, -1 when the database is not in WAL mode (a read-only connection to a
+        # log that has none): nothing to copy.
+        return max(frames, 0), max(copied, 0)
 
     def read(self, after_seq: int, limit: int) -> list[Committed]:
         rows = self._db.execute(

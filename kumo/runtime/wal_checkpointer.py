@@ -28,8 +28,8 @@ class CheckpointStatistics:
     """The checkpointer's progress."""
 
     checkpoints: int = counter("Checkpoints of the write-ahead log run by this process.")
-    wal_frames: int = gauge("Frames (pages) in the write-ahead log at the last checkpoint.")
-    wal_frames_left: int = gauge(
+    frames: int = gauge("Frames (pages) in the write-ahead log at the last checkpoint.")
+    frames_left: int = gauge(
         "Frames the last checkpoint could not copy yet (readers still needed them)."
     )
 
@@ -66,6 +66,6 @@ class WalCheckpointer:
     def statistics(self) -> CheckpointStatistics:
         return CheckpointStatistics(
             checkpoints=self._checkpoints,
-            wal_frames=self._frames,
-            wal_frames_left=self._frames - self._copied,
+            frames=self._frames,
+            frames_left=self._frames - self._copied,
         )

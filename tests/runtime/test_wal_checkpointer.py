@@ -29,7 +29,7 @@ async def test_the_wal_stays_small_under_a_stream_of_injects(
         statistics = engine.statistics().wal
         assert engine.statistics().received_total == 3000
     assert statistics.checkpoints >= 50
-    assert statistics.wal_frames_left == 0
+    assert statistics.frames_left == 0
     # 3,000 messages of 4 KB are 12 MB and more than 3,000 pages; the WAL never held
     # more than a few batches of them.
     assert max(sizes) < 2 * 1024 * 1024

@@ -216,7 +216,8 @@ def criteria_to_json(criteria: Criteria) -> dict[str, Any]:
     }
 
 
-def _criteria_from_json(data: dict[str, Any]) -> Criteria:
+def criteria_from_json(data: dict[str, Any]) -> Criteria:
+    """The inverse of :func:`criteria_to_json`."""
     return Criteria(
         campaign=data["campaign"],
         tenant=data["tenant"],
@@ -278,7 +279,7 @@ _DECODERS: Final[dict[str, Callable[[dict[str, Any]], Event]]] = {
     ),
     "BounceIssued": lambda d: BounceIssued(
         rule_id=d["rule_id"],
-        criteria=_criteria_from_json(d["criteria"]),
+        criteria=criteria_from_json(d["criteria"]),
         reason=d["reason"],
         expires_at=d["expires_at"],
         suppress_logging=d["suppress_logging"],

@@ -13,9 +13,10 @@ queue, and the columns are turned back into strings by a few C-level calls (``he
 
 from __future__ import annotations
 
+import json
 from array import array
 from collections.abc import Iterable, Iterator, Sequence
-from typing import overload
+from typing import NamedTuple, overload
 
 from kumo.model.message import Message
 
@@ -34,6 +35,18 @@ def _raw_id(message_id: str) -> bytes | None:
     except ValueError:
         return None
     return raw if raw.hex() == message_id else None
+
+
+class QueueColumns(NamedTuple):
+    """What :meth:`MessageQueue.columns` tells about a queue beside its columns' bytes."""
+
+    messages: int
+    raw_ids: bool
+    """Ids as 16 raw bytes each (else a JSON list of strings)."""
+    lengths: bool
+    """A column of recipient lengths follows the recipients (else NUL-terminated)."""
+    senders: list[str]
+    """The distinct senders, in the order the sender index counts them."""
 
 
 class MessageQueue:
@@ -233,6 +246,68 @@ class MessageQueue:
     def rows(self) -> list[tuple[str, str, str, int, int, int]]:
         """The messages as plain tuples, in order (for an encoder)."""
         return list(self._zip())
+
+    def columns(self) -> tuple[QueueColumns, list[bytes]]:
+        """The queue as plain data, for a snapshot: a small description and its columns'
+        bytes (numbers in this machine's byte order). :meth:`from_columns` reverses it."""
+        described = QueueColumns(
+            messages=len(self._seqs),
+            raw_ids=self._raw is not None,
+            lengths=self._lengths is not None,
+            senders=list(self._senders),
+        )
+        # Ids that are not spool ids are rare (logs of tests, of old versions): JSON
+        # (ASCII, which carries any string) is fast enough for them.
+        ids = bytes(self._raw) if self._raw is not None else json.dumps(self._ids).encode()
+        blobs = [ids, bytes(self._recipients)]
+        if self._lengths is not None:
+            blobs.append(self._lengths.tobytes())
+        blobs += [column.tobytes() for column in self._numbers()]
+        return described, blobs
+
+    @classmethod
+    def from_columns(cls, described: QueueColumns, blobs: Sequence[bytes]) -> MessageQueue:
+        """The queue :meth:`columns` described; ValueError if the parts do not fit."""
+        queue = cls()
+        blobs = list(blobs)
+        expected = 6 + described.lengths
+        if len(blobs) != expected:
+            raise ValueError(f"{len(blobs)} columns, expected {expected}")
+        count = described.messages
+        ids, recipients = blobs[0], blobs[1]
+        if described.raw_ids:
+            if len(ids) != count * _ID_BYTES:
+                raise ValueError("the id column does not hold one id per message")
+            queue._raw = bytearray(ids)
+        else:
+            queue._raw = None
+            queue._ids = json.loads(ids)
+            if (
+                not isinstance(queue._ids, list)
+                or len(queue._ids) != count
+                or not all(isinstance(item, str) for item in queue._ids)
+            ):
+                raise ValueError("the id column does not hold one id per message")
+        queue._recipients = bytearray(recipients)
+        numbers = blobs[2:]
+        if described.lengths:
+            queue._lengths = array("I")
+            queue._lengths.frombytes(numbers.pop(0))
+            if len(queue._lengths) != count or sum(queue._lengths) != len(recipients):
+                raise ValueError("the recipient lengths do not fit the recipients")
+        elif recipients.count(0) != count or (count and recipients[-1] != 0):
+            raise ValueError("the recipient column does not hold one recipient per message")
+        queue._senders = {sender: index for index, sender in enumerate(described.senders)}
+        for column, data in zip(queue._numbers(), numbers, strict=True):
+            column.frombytes(data)
+            if len(column) != count:
+                raise ValueError("a column does not hold one value per message")
+        if count and max(queue._sender_index) >= len(described.senders):
+            raise ValueError("a sender index is out of range")
+        return queue
+
+    def _numbers(self) -> tuple[array[int], ...]:
+        return (self._sender_index, self._sizes, self._times, self._seqs)
 
     def remove(self, ids: set[str]) -> None:
         """Drop the messages whose id is in ``ids`` (the rest keep their order)."""

@@ -105,16 +105,22 @@ class RuleBook:
         self._live: dict[str, Rule] = {}
         self._by_criteria: dict[Criteria, Rule] = {}
 
+    @classmethod
+    def restore(cls, rules: Iterable[Rule]) -> RuleBook:
+        """The book that folded ``rules`` (every rule, in issue order, as it stands)."""
+        book = cls()
+        for rule in rules:
+            book.rules[rule.id] = rule
+            if rule.end is None and not rule.issued_expired:
+                book._live[rule.id] = rule
+                book._by_criteria[rule.criteria] = rule
+        return book
+
     def copy(self) -> RuleBook:
         """An independent copy (counters included) that can be folded on its own."""
-        other = RuleBook()
-        for rule in self.rules.values():
-            clone = attrs.evolve(rule, bounced=dict(rule.bounced))
-            other.rules[clone.id] = clone
-            if rule.id in self._live:
-                other._live[clone.id] = clone
-                other._by_criteria[clone.criteria] = clone
-        return other
+        return RuleBook.restore(
+            attrs.evolve(rule, bounced=dict(rule.bounced)) for rule in self.rules.values()
+        )
 
     def live_rules(self) -> Iterator[Rule]:
         """Rules not yet ended by an event, oldest first (some may be past expiry)."""

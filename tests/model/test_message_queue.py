@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -128,3 +129,31 @@ def test_a_taken_batch_keeps_no_object_per_message_for_the_collector() -> None:
     assert len(gc.get_objects()) - before < 20
     assert len(batch) == 600
     assert len(rest) == 400
+
+
+@given(st.lists(messages, max_size=20), st.lists(st.integers(0, 5), max_size=3))
+def test_columns_round_trip_whatever_the_queue_went_through(
+    batch: list[Message], takes: list[int]
+) -> None:
+    queue = MessageQueue(batch)
+    for count in takes:
+        queue.take(count)
+    described, blobs = queue.columns()
+    restored = MessageQueue.from_columns(described, blobs)
+    assert list(restored) == list(queue)
+    assert restored.columns() == (described, blobs)
+
+
+def test_columns_that_do_not_fit_are_refused() -> None:
+    queue = MessageQueue([Message(f"{n:032x}", "s@x", f"r{n}@a", 1, 2, n) for n in range(3)])
+    described, blobs = queue.columns()
+    with pytest.raises(ValueError, match="one id per message"):
+        MessageQueue.from_columns(described, [blobs[0][:-1], *blobs[1:]])
+    with pytest.raises(ValueError, match="one recipient per message"):
+        MessageQueue.from_columns(described, [blobs[0], blobs[1] + b"x\x00", *blobs[2:]])
+    with pytest.raises(ValueError, match="one value per message"):
+        MessageQueue.from_columns(described, [*blobs[:-1], blobs[-1][:-8]])
+    with pytest.raises(ValueError, match="sender index"):
+        MessageQueue.from_columns(described._replace(senders=[]), blobs)
+    with pytest.raises(ValueError, match="columns, expected"):
+        MessageQueue.from_columns(described, blobs[:-1])

@@ -2,13 +2,29 @@
 
 from __future__ import annotations
 
+import ipaddress
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
+import attrs
 import pytest
 
-from kumo.config import Config, ConfigError, load_config, main, parse_config, parse_listen
+from kumo.config import (
+    Config,
+    ConfigError,
+    DomainOverrides,
+    EgressSettings,
+    LineEndings,
+    Nameserver,
+    QueueSettings,
+    TlsPolicy,
+    load_config,
+    main,
+    parse_config,
+    parse_listen,
+)
 from kumo.http.access import (
     DEFAULT_TRUSTED_HOSTS,
     Granted,
@@ -17,6 +33,9 @@ from kumo.http.access import (
     parse_network,
     verify_password,
 )
+from kumo.model.cidr_set import CidrSet
+from kumo.model.duration import NANOS_PER_SECOND
+from kumo.model.retry import RetryPolicy
 
 BASE = Path("/etc/kumo")
 ALICE = hash_password("wonderland")
@@ -143,3 +162,272 @@ def test_usage(capsys: pytest.CaptureFixture[str]) -> None:
     assert main([]) == 2
     assert main(["frobnicate"]) == 2
     assert "hash-password" in capsys.readouterr().err
+
+
+# -- the mail path: [smtp_listener], [queue], [egress], [domains."..."], [dns] -----------
+
+SECOND = NANOS_PER_SECOND
+MINUTE = 60 * SECOND
+
+
+def test_mail_path_defaults_are_kumomta_s() -> None:
+    config = parse_config("", base_dir=BASE)
+    listener = config.smtp_listener
+    assert listener.listen == "127.0.0.1:2025"
+    assert listener.hostname == (socket.gethostname() or "localhost")
+    assert listener.relay_hosts == CidrSet.parse(["127.0.0.1", "::1"])
+    assert listener.max_message_size == 20 * 1024 * 1024
+    assert listener.max_recipients_per_message == 1024
+    assert listener.max_messages_per_connection == 10_000
+    assert listener.max_connections == 32_768
+    assert listener.client_timeout == 60 * SECOND
+    assert listener.data_processing_timeout == 5 * MINUTE
+    assert listener.line_length_hard_limit == 998
+    assert listener.invalid_line_endings is LineEndings.DENY
+    assert listener.tls_certificate is None
+    assert listener.tls_private_key is None
+
+    assert config.queue == QueueSettings(
+        retry_interval=20 * MINUTE, max_retry_interval=None, max_age=7 * 86_400 * SECOND
+    )
+    assert config.queue.mx_list == ()
+    assert config.queue.retry_policy == RetryPolicy()
+
+    egress = config.egress
+    assert (egress.connection_limit, egress.max_deliveries_per_connection) == (32, 1024)
+    assert egress.max_ready == 1024
+    assert egress.enable_tls is TlsPolicy.OPPORTUNISTIC
+    assert egress.smtp_port == 25
+    assert egress.prohibited_hosts == CidrSet.parse(["127.0.0.0/8", "::1", "0.0.0.0", "::"])
+    assert egress.ehlo_domain == listener.hostname
+    timeouts = {
+        name: getattr(egress, f"{name}_timeout") // SECOND
+        for name in (
+            "connect",
+            "banner",
+            "ehlo",
+            "mail_from",
+            "rcpt_to",
+            "data",
+            "data_dot",
+            "rset",
+            "idle",
+            "starttls",
+        )
+    }
+    # KumoMTA's code defaults (its docs say 60s for idle and data_dot).
+    assert timeouts == {
+        "connect": 60,
+        "banner": 60,
+        "ehlo": 300,
+        "mail_from": 300,
+        "rcpt_to": 300,
+        "data": 300,
+        "data_dot": 300,
+        "rset": 5,
+        "idle": 5,
+        "starttls": 5,
+    }
+    assert config.domains == {}
+    assert config.dns.nameservers == ()
+
+
+def test_full_mail_path_config() -> None:
+    config = parse_config(
+        """
+        [smtp_listener]
+        listen = "0.0.0.0:25"
+        hostname = "mx.example.net"
+        relay_hosts = ["127.0.0.1", "::1", "10.0.0.0/8"]
+        max_message_size = 1048576
+        max_recipients_per_message = 10
+        max_messages_per_connection = 100
+        max_connections = 64
+        client_timeout = "30s"
+        data_processing_timeout = 90
+        line_length_hard_limit = 2000
+        invalid_line_endings = "Fix"
+        tls_certificate = "cert.pem"
+        tls_private_key = "/keys/key.pem"
+
+        [queue]
+        retry_interval = "5m"
+        max_retry_interval = "8h"
+        max_age = "3days"
+
+        [egress]
+        connection_limit = 4
+        max_deliveries_per_connection = 100
+        max_ready = 50
+        enable_tls = "Disabled"
+        smtp_port = 2525
+        prohibited_hosts = []
+        connect_timeout = "5s"
+        idle_timeout = 1.5
+        ehlo_domain = "out.example.net"
+
+        [domains."example.com"]
+        mx_list = ["127.0.0.1:2600"]
+        retry_interval = "10s"
+        connection_limit = 1
+
+        [domains.slow]
+        max_age = "1h"
+
+        [dns]
+        nameservers = ["127.0.0.1:5353", "::1", "[::1]:5300", "192.0.2.53"]
+        """,
+        base_dir=BASE,
+    )
+    listener = config.smtp_listener
+    assert (listener.listen, listener.hostname) == ("0.0.0.0:25", "mx.example.net")
+    assert ipaddress.ip_address("10.9.8.7") in listener.relay_hosts
+    assert listener.client_timeout == 30 * SECOND
+    assert listener.data_processing_timeout == 90 * SECOND
+    assert listener.invalid_line_endings is LineEndings.FIX
+    assert listener.tls_certificate == BASE / "cert.pem"
+    assert listener.tls_private_key == Path("/keys/key.pem")
+    assert config.queue == QueueSettings(
+        retry_interval=5 * MINUTE, max_retry_interval=8 * 60 * MINUTE, max_age=3 * 86_400 * SECOND
+    )
+    assert config.egress.enable_tls is TlsPolicy.DISABLED
+    assert config.egress.prohibited_hosts == CidrSet.parse([])
+    assert config.egress.idle_timeout == 1_500_000_000
+    assert config.egress.ehlo_domain == "out.example.net"
+    assert config.dns.nameservers == (
+        Nameserver("127.0.0.1", 5353),
+        Nameserver("::1"),
+        Nameserver("::1", 5300),
+        Nameserver("192.0.2.53", 53),
+    )
+
+    domain = config.queue_settings("Example.COM")
+    assert domain == attrs.evolve(
+        config.queue, retry_interval=10 * SECOND, mx_list=("127.0.0.1:2600",)
+    )
+    assert config.egress_settings("example.com") == attrs.evolve(config.egress, connection_limit=1)
+    assert config.queue_settings("slow").max_age == 3600 * SECOND
+    assert config.egress_settings("slow") is config.egress
+    assert config.queue_settings("elsewhere.example") is config.queue
+
+
+def test_domain_overrides_follow_the_defaults_they_leave() -> None:
+    config = parse_config('[domains."example.com"]\nretry_interval = "1m"', base_dir=BASE)
+    changed = attrs.evolve(config, queue=attrs.evolve(config.queue, max_age=3600 * SECOND))
+    assert changed.queue_settings("example.com") == QueueSettings(
+        retry_interval=MINUTE, max_age=3600 * SECOND
+    )
+
+
+@pytest.mark.parametrize(
+    ("value", "nanos"),
+    [
+        ('"20m"', 20 * MINUTE),
+        ('"1h 30m"', 90 * MINUTE),
+        ('"7days"', 7 * 86_400 * SECOND),
+        ("45", 45 * SECOND),
+        ("2.5", 2_500_000_000),
+        ("0.1", 100_000_000),
+        ("1e-9", 1),
+        ("1.4e-9", 1),  # to the nearest nanosecond, as Rust's Duration::from_secs_f64
+        ("1.6e-9", 2),
+    ],
+)
+def test_durations_are_strings_or_seconds(value: str, nanos: int) -> None:
+    config = parse_config(f"[smtp_listener]\nclient_timeout = {value}", base_dir=BASE)
+    assert config.smtp_listener.client_timeout == nanos
+
+
+def test_listener_off() -> None:
+    config = parse_config('[smtp_listener]\nlisten = "off"', base_dir=BASE)
+    assert config.smtp_listener.listen is None
+
+
+L = "[smtp_listener]\n"
+Q = "[queue]\n"
+E = "[egress]\n"
+D = '[domains."example.com"]\n'
+
+
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        ("smtp_listener = 1", "[smtp_listener] must be a table"),
+        (L + "port = 25", "unknown key 'port' in [smtp_listener]; expected one of listen, "),
+        (L + "listen = 'localhost'", "smtp_listener.listen: listen address 'localhost' is not"),
+        (L + "hostname = ''", "smtp_listener.hostname must be a non-empty string"),
+        (L + "relay_hosts = '127.0.0.1'", "smtp_listener.relay_hosts must be a list"),
+        (
+            L + "relay_hosts = ['10.0.0.1/8']",
+            "smtp_listener.relay_hosts: '10.0.0.1/8' is not a valid CIDR: "
+            "host bits are set; did you mean 10.0.0.0/8?",
+        ),
+        (L + "max_message_size = 0", "smtp_listener.max_message_size must be a positive integer"),
+        (L + "max_connections = true", "smtp_listener.max_connections must be an integer, got Tr"),
+        (L + "client_timeout = '0s'", "smtp_listener.client_timeout must be a positive duration"),
+        (L + "client_timeout = '60'", "smtp_listener.client_timeout: '60' is not a duration: "),
+        (L + "client_timeout = -1", "smtp_listener.client_timeout must be a duration string"),
+        (L + "client_timeout = nan", "smtp_listener.client_timeout must be a duration string"),
+        (
+            L + "invalid_line_endings = 'deny'",
+            "smtp_listener.invalid_line_endings must be one of Deny, Allow, Fix",
+        ),
+        (L + "tls_certificate = 'c.pem'", "tls_certificate and smtp_listener.tls_private_key go"),
+        (
+            Q + "retry = '5m'",
+            "unknown key 'retry' in [queue]; "
+            "expected one of retry_interval, max_retry_interval, max_age",
+        ),
+        (Q + "mx_list = ['a']", "unknown key 'mx_list' in [queue]"),
+        (Q + "retry_interval = '500ms'", "queue.retry_interval must be a duration of at least 1s"),
+        (Q + "max_retry_interval = 0", "queue.max_retry_interval must be a duration of at least"),
+        (Q + "max_age = '1 fortnight'", "queue.max_age: '1 fortnight' is not a duration: unknown"),
+        (Q + "max_age = 1e30", "queue.max_age must be a positive duration"),
+        (E + "connection_limit = 0", "egress.connection_limit must be a positive integer"),
+        (E + "smtp_port = 70000", "egress.smtp_port must be a port number from 1 to 65535"),
+        (
+            E + "enable_tls = true",
+            "egress.enable_tls must be one of Opportunistic, OpportunisticInsecure, Required, "
+            "RequiredInsecure, Disabled",
+        ),
+        (E + "prohibited_hosts = ['localhost']", "egress.prohibited_hosts: 'localhost' is not a"),
+        (E + "data_dot_timout = 5", "unknown key 'data_dot_timout' in [egress]"),
+        (E + "ehlo_domain = 5", "egress.ehlo_domain must be a string"),
+        ("domains = 1", "[domains] must be a table"),
+        ("[domains]\n'example.com' = 1", '[domains."example.com"] must be a table'),
+        (
+            D + "mx_lists = []",
+            "unknown key 'mx_lists' in [domains.\"example.com\"]; expected one of retry_interval, ",
+        ),
+        (D + 'mx_list = "a"', 'domains."example.com".mx_list must be a list of strings'),
+        (D + 'mx_list = [""]', 'domains."example.com".mx_list must be a non-empty string'),
+        ("[domains.example]\nmax_ready = 0", "domains.example.max_ready must be a positive"),
+        ('[domains.""]\nmax_ready = 1', "[domains] has an empty domain name"),
+        ('[domains."Example.com"]\n[domains."example.COM"]', "names 'example.com' twice"),
+        ("[dns]\nservers = []", "unknown key 'servers' in [dns]; expected one of nameservers"),
+        ("[dns]\nnameservers = '127.0.0.1'", "dns.nameservers must be a list"),
+        (
+            "[dns]\nnameservers = ['localhost:53']",
+            "dns.nameservers: 'localhost:53' is not IP, IP:PORT or [IPv6]:PORT",
+        ),
+        ("[dns]\nnameservers = ['127.0.0.1:0']", "dns.nameservers: '127.0.0.1:0' is not IP"),
+    ],
+)
+def test_bad_mail_path_configs_name_the_key(text: str, why: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text, base_dir=BASE)
+    assert why in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+def test_records_check_their_fields() -> None:
+    with pytest.raises(ConfigError, match="max_ready must be a positive integer"):
+        EgressSettings(max_ready=0)
+    with pytest.raises(ConfigError, match="retry_interval must be a duration of at least 1s"):
+        QueueSettings(retry_interval=0)
+    with pytest.raises(ConfigError, match="must be written in lower case"):
+        Config(domains={"Example.com": DomainOverrides()})
+    with pytest.raises(ConfigError, match=r"domains\.x: .*max_age must be a positive duration"):
+        Config(domains={"x": DomainOverrides(queue={"max_age": -1})})
+    with pytest.raises(ConfigError, match="a nameserver must be an IP address"):
+        Nameserver("localhost")

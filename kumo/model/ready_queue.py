@@ -28,13 +28,13 @@ import ipaddress
 import math
 import random
 import string
-import struct
 from collections.abc import Iterable, Sequence
 from typing import Final
 
 import attrs
 
 from kumo.model.cidr_set import CidrSet, IPAddress, rust_ip_text
+from kumo.model.retry import f32
 
 __all__ = [
     "MX_RESOLVED_TO_NO_HOSTS",
@@ -248,11 +248,6 @@ def check_plan(plan: Sequence[ResolvedAddress], prohibited_hosts: CidrSet) -> Pl
     return None
 
 
-def _f32(value: float) -> float:
-    result: float = struct.unpack("<f", struct.pack("<f", value))[0]
-    return result
-
-
 def ideal_connection_count(ready_count: int, connection_limit: int) -> int:
     """How many connections a ready queue holding ``ready_count`` messages should have.
 
@@ -263,8 +258,8 @@ def ideal_connection_count(ready_count: int, connection_limit: int) -> int:
     """
     if ready_count <= 0 or connection_limit <= 0:
         return 0
-    count = _f32(float(ready_count))
-    exponent = _f32(_f32(-count) * _f32(0.023))
-    fraction = min(_f32(1.0 - _f32(math.exp(exponent))), count)
-    goal = _f32(_f32(float(connection_limit)) * fraction)
+    count = f32(float(ready_count))
+    exponent = f32(f32(-count) * f32(0.023))
+    fraction = min(f32(1.0 - f32(math.exp(exponent))), count)
+    goal = f32(f32(float(connection_limit)) * fraction)
     return min(math.ceil(goal), ready_count, connection_limit)

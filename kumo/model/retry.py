@@ -58,7 +58,7 @@ _JITTER_CAP_SECONDS: Final = 60.0
 _REQUEUE_JITTER_SECONDS: Final = 60.0
 
 
-def _f32(value: float) -> float:
+def f32(value: float) -> float:
     """``value`` rounded to the nearest single-precision float, as Rust's ``as f32``."""
     result: float = struct.unpack("<f", struct.pack("<f", value))[0]
     return result
@@ -126,9 +126,9 @@ def jitter_seconds(policy: RetryPolicy, uniform: float) -> int:
     draw = _uniform_f32(uniform)
     whole, nanos = divmod(policy.retry_interval, NANOS_PER_SECOND)
     # Rust's Duration::as_secs_f32: each part to f32, then the f32 sum.
-    interval = _f32(_f32(float(whole)) + _f32(_f32(float(nanos)) / _f32(1e9)))
-    magnitude = min(_f32(interval / 20.0), _JITTER_CAP_SECONDS)
-    jitter = _f32(_f32(draw * magnitude) - _f32(magnitude / 2.0))
+    interval = f32(f32(float(whole)) + f32(f32(float(nanos)) / f32(1e9)))
+    magnitude = min(f32(interval / 20.0), _JITTER_CAP_SECONDS)
+    jitter = f32(f32(draw * magnitude) - f32(magnitude / 2.0))
     return int(jitter)  # int() truncates toward zero, as Rust's `as i64`
 
 
@@ -192,7 +192,7 @@ def requeue_jitter_seconds(uniform: float) -> int:
     """The delay of a requeue that is not an attempt: ``uniform * 60`` in single
     precision, truncated to whole seconds (0 to 59). Raises ValueError if ``uniform`` is
     outside [0, 1)."""
-    return int(_f32(_uniform_f32(uniform) * _REQUEUE_JITTER_SECONDS))
+    return int(f32(_uniform_f32(uniform) * _REQUEUE_JITTER_SECONDS))
 
 
 def _chrono_text(nanos: int) -> str:

@@ -1,6 +1,6 @@
 """``kumo audit`` and ``kumo replay``: answers from the event log alone.
 
-Both read the data directory through :class:`kumo.store.log_snapshot.LogSnapshot`, a
+Both read the data directory through :class:`kumo.store.log_view.LogView`, a
 read-only view taken when the command starts: they never write there, and they work
 on a copy as well as beside a running server (which may go on appending; the command
 sees the log as it was when it started).
@@ -49,7 +49,7 @@ from kumo.model.rfc3339 import TimestampError, format_rfc3339, parse_rfc3339
 from kumo.model.state import RuleView, State
 from kumo.store.event_log import LogCorruptError
 from kumo.store.layout import DATABASE
-from kumo.store.log_snapshot import LogSnapshot
+from kumo.store.log_view import LogView
 from kumo.store.verify import VerifyReport, verify_data_dir
 
 PROGRESS_AFTER: Final = 1.0
@@ -479,9 +479,9 @@ def _data_dir_option(function: Callable[..., T]) -> Callable[..., T]:
     )(function)
 
 
-def _open(data_dir: Path) -> LogSnapshot:
+def _open(data_dir: Path) -> LogView:
     try:
-        return LogSnapshot(data_dir / DATABASE)
+        return LogView(data_dir / DATABASE)
     except FileNotFoundError as exc:
         raise click.ClickException(str(exc)) from None
     except sqlite3.DatabaseError as exc:
@@ -594,7 +594,7 @@ def audit(
         raise click.ClickException(f"rule {rule_id} is not in the log")
 
 
-def _message_story(snapshot: LogSnapshot, message_id: str, progress: ProgressBar) -> MessageStory:
+def _message_story(snapshot: LogView, message_id: str, progress: ProgressBar) -> MessageStory:
     story = MessageStory(message_id)
     batches = snapshot.committed(
         skip=("MessageReceived", "Bounced"), unless_containing=message_id.encode()
@@ -624,6 +624,7 @@ def render_report(report: VerifyReport, fmt: str) -> str:
                 "segments": report.segments,
                 "records": report.records,
                 "pending_records": report.pending_records,
+                "snapshots": report.snapshots,
                 "violations": [
                     {"check": v.check, "where": v.where, "seq": v.seq, "problem": v.problem}
                     for v in report.violations
@@ -660,6 +661,8 @@ def render_report(report: VerifyReport, fmt: str) -> str:
         f"delivery log  {mark('delivery-log', 'checkpoint')}: {report.segments} segment(s), "
         f"{records.get('Reception', 0):,} Reception + {records.get('AdminBounce', 0):,} "
         f"AdminBounce records, {checkpoint}",
+        f"snapshots     {mark('snapshot')}: {report.snapshots} checked against the fold "
+        "of the log at their seq",
     ]
     if report.pending_records:
         lines.append(

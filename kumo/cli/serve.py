@@ -14,6 +14,7 @@ shut down cleanly first).
 from __future__ import annotations
 
 import gc
+import logging
 import signal
 import sys
 from collections.abc import Iterator
@@ -30,6 +31,7 @@ from quart_trio import QuartTrio
 from kumo.config import Config, ConfigError, load_config, parse_listen
 from kumo.http.app import create_app
 from kumo.runtime.engine import DataDirectoryLockedError, open_engine
+from kumo.store.event_log import LogCorruptError
 
 SWITCH_INTERVAL: Final = 0.0005
 """Seconds a thread may hold the GIL while another wants it (Python's default: 0.005)."""
@@ -189,10 +191,12 @@ def serve(listen: str | None, data_dir: Path | None, config_path: Path | None) -
             print(f"kumo listening on {url}", flush=True)
 
     tune_for_serving()
+    # The engine's lines (a snapshot skipped or taken), as this module's own read.
+    logging.basicConfig(level=logging.INFO, format="kumo: %(message)s", stream=sys.stderr)
     refusal = None
     try:
         trio.run(main)
-    except* (DataDirectoryLockedError, ListenError) as group:
+    except* (DataDirectoryLockedError, ListenError, LogCorruptError) as group:
         refusal = "; ".join(str(error) for error in _leaves(group))
     if refusal is not None:
         print(f"kumo: {refusal}", file=sys.stderr, flush=True)

@@ -108,6 +108,15 @@ class EngineSettings:
     fsyncs, and checkpoints) once for several commits rather than once for each. It
     waits on commits, not on a clock, so an idle log is written at once."""
 
+    # -- snapshots (kumo.runtime.snapshotter) --------------------------------------------
+    snapshot_every: int = attrs.field(
+        default=100_000,
+        validator=[attrs.validators.instance_of(int), attrs.validators.ge(0)],
+        kw_only=True,
+    )
+    """Durable events between two snapshots of the state taken while serving (0: none).
+    A start loads the newest snapshot and folds only the events after it."""
+
     # -- the engine (kumo.runtime.engine) ------------------------------------------------
     shutdown_deadline: float = _seconds_field(30.0)
     """Seconds a shutdown waits for actors and followers to finish their work; what it

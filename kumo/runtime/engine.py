@@ -10,7 +10,8 @@ this order)::
     ├── followers                  a nursery cancelled last at shutdown
     │   ├── DeliveryLogWriter.run  Reception / AdminBounce JSON lines, checkpointed
     │   ├── RuleExpiry.run         appends BounceExpired when a rule's time is up
-    │   └── WalCheckpointer.run    copies the SQLite WAL back, beside the writer
+    │   ├── WalCheckpointer.run    copies the SQLite WAL back, beside the writer
+    │   └── Snapshotter.run        snapshots the state every so many events
     └── Broadcaster.run            carries committed events to the queue actors
 
 The projections (rules, counters, queue gauges) are folded synchronously by the
@@ -25,6 +26,7 @@ import contextlib
 import functools
 import gc
 import itertools
+import logging
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -49,15 +51,18 @@ from kumo.runtime.projection import Projection
 from kumo.runtime.queue_actor import ActorStatistics
 from kumo.runtime.refusal import RefusedError
 from kumo.runtime.rule_expiry import RuleExpiry
+from kumo.runtime.snapshotter import SnapshotStatistics, Snapshotter
 from kumo.runtime.supervisor import QueueSupervisor
 from kumo.runtime.wal_checkpointer import CheckpointStatistics, WalCheckpointer
 from kumo.store.data_dir import open_event_log
 from kumo.store.event_log import EventStore
 from kumo.store.ids import random_ids
-from kumo.store.layout import LOGS
+from kumo.store.layout import LOGS, SNAPSHOTS
 from kumo.store.lock import DataDirectoryLock
 from kumo.store.lock import DataDirectoryLockedError as DataDirectoryLockedError
-from kumo.store.replay import fold_log
+from kumo.store.snapshots import fold_from_snapshot
+
+logger = logging.getLogger("kumo.engine")
 
 
 class EngineClosedError(RefusedError):
@@ -77,6 +82,7 @@ class EngineStatistics:
     broadcaster: BroadcasterStatistics = record("The broadcaster and its queue actors.")
     delivery_log: DeliveryLogStatistics = record("The delivery-log writer.")
     wal: CheckpointStatistics = record("The checkpointer of the event log's WAL.")
+    snapshots: SnapshotStatistics = record("The snapshots of the state.")
 
 
 @attrs.frozen
@@ -92,6 +98,7 @@ class EngineParts:
     delivery: DeliveryLogWriter
     expiry: RuleExpiry
     checkpointer: WalCheckpointer
+    snapshotter: Snapshotter
 
 
 class Engine:
@@ -197,6 +204,7 @@ class Engine:
             broadcaster=self._parts.broadcaster.statistics(),
             delivery_log=self._parts.delivery.statistics(),
             wal=self._parts.checkpointer.statistics(),
+            snapshots=self._parts.snapshotter.statistics(),
         )
 
     def actor_statistics(self, start: int = 0, stop: int | None = None) -> list[ActorStatistics]:
@@ -228,6 +236,10 @@ class Engine:
             await self._parts.delivery.position.wait_for(target)
             if log.last_seq == target and not log.background_pending():
                 return
+
+    async def wait_snapshot(self, seq: int) -> None:
+        """Return once a snapshot of the state at ``seq`` or later is written."""
+        await self._parts.snapshotter.position.wait_for(seq)
 
     def close(self) -> None:
         """Refuse new requests (:class:`EngineClosedError`) from now on."""
@@ -268,7 +280,7 @@ async def open_engine(
         data_dir.mkdir(parents=True, exist_ok=True)
         return DataDirectoryLock(data_dir)
 
-    def open_and_replay() -> tuple[EventStore, EventStore, EventStore, State, str]:
+    def open_and_replay() -> tuple[EventStore, EventStore, EventStore, State, int, str]:
         store = open_event_log(data_dir, settings=settings, auto_checkpoint=False)
         stored_id = store.get_meta("node_id")
         chosen = node_id or stored_id or str(uuid.uuid4())
@@ -276,11 +288,14 @@ async def open_engine(
             store.set_meta("node_id", chosen)
         reader = open_event_log(data_dir, readonly=True, settings=settings)
         checkpoints = open_event_log(data_dir, settings=settings)
-        return store, reader, checkpoints, _fold_without_collecting(store), chosen
+        state, snapshot_seq = _fold_without_collecting(data_dir, store)
+        return store, reader, checkpoints, state, snapshot_seq, chosen
 
     async with contextlib.AsyncExitStack() as cleanup:
         cleanup.callback((await run_blocking(lock)).release)
-        store, reader, checkpoints, state, chosen_id = await run_blocking(open_and_replay)
+        store, reader, checkpoints, state, snapshot_seq, chosen_id = await run_blocking(
+            open_and_replay
+        )
         # The writer last: the last connection to close checkpoints the WAL into the
         # database file and removes it, which a read-only connection cannot do.
         cleanup.push_async_callback(
@@ -305,6 +320,13 @@ async def open_engine(
             ),
             expiry=RuleExpiry(log, projection, clock),
             checkpointer=WalCheckpointer(checkpoints, log, settings, run_blocking=run_blocking),
+            snapshotter=Snapshotter(
+                data_dir,
+                log,
+                settings,
+                start_seq=snapshot_seq,
+                run_blocking=None if threads else run_blocking,
+            ),
         )
         await run_blocking(parts.delivery.recover)
         engine = Engine(parts, chosen_id)
@@ -341,6 +363,7 @@ async def _run(
                 await inner.start(parts.delivery.run)
                 await inner.start(parts.expiry.run)
                 await inner.start(parts.checkpointer.run)
+                await inner.start(parts.snapshotter.run)
                 task_status.started()
 
     await nursery.start(run_followers)
@@ -350,8 +373,8 @@ async def _run(
     return followers
 
 
-def _fold_without_collecting(store: EventStore) -> State:
-    """Fold the log with the cyclic collector paused.
+def _fold_without_collecting(data_dir: Path, store: EventStore) -> tuple[State, int]:
+    """The newest usable snapshot and the events after it, the cyclic collector paused.
 
     A replay allocates a million long-lived messages and nothing cyclic; collecting
     while it runs only rescans them (a third of a start's time at full size).
@@ -359,11 +382,10 @@ def _fold_without_collecting(store: EventStore) -> State:
     was_enabled = gc.isenabled()
     gc.disable()
     try:
-        state = fold_log(store)
+        return fold_from_snapshot(data_dir / SNAPSHOTS, store, report=logger.warning)
     finally:
         if was_enabled:
             gc.enable()
-    return state
 
 
 def _close_all(*stores: EventStore) -> None:

@@ -77,6 +77,11 @@ class EventStore(Protocol):
         :class:`LogCorruptError` at the first gap in the sequence."""
         ...
 
+    def chain_at(self, seq: int) -> bytes | None:
+        """The hash chain's value at ``seq`` (the genesis value at 0), or None if the
+        store holds no event ``seq``."""
+        ...
+
     def spool_body(self, seq: int) -> bytes | None:
         """The content of the message received at ``seq``, if still spooled."""
         ...

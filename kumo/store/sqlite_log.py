@@ -240,6 +240,13 @@ class SqliteEventStore:
             expected += len(rows)
             yield rows
 
+    def chain_at(self, seq: int) -> bytes | None:
+        """See :meth:`kumo.store.event_log.EventStore.chain_at`."""
+        if seq == 0:
+            return GENESIS
+        row = self._db.execute("SELECT chain FROM events WHERE seq = ?", (seq,)).fetchone()
+        return bytes(row[0]) if row else None
+
     def spool_body(self, seq: int) -> bytes | None:
         row = self._db.execute("SELECT body FROM spool WHERE seq = ?", (seq,)).fetchone()
         return bytes(row[0]) if row else None

@@ -7,7 +7,7 @@ the type their row names) and feeds the decoded events to the model's
 Then every delivery-log record under ``logs/`` goes through
 :class:`~kumo.model.invariants.DeliveryLogCheck`, with the checkpoint.
 
-Nothing here writes: the log is read through :class:`LogSnapshot`, the delivery log
+Nothing here writes: the log is read through :class:`LogView`, the delivery log
 through :mod:`kumo.store.delivery_files`. A truncated log keeps a valid chain, so
 truncation is found from the outside: a delivery-log checkpoint past the log's end, or
 records for messages the log no longer holds.
@@ -24,6 +24,8 @@ import orjson
 
 from kumo.model.events import Committed, EventDecodeError, decode_event, event_type
 from kumo.model.invariants import DeliveryLogCheck, InvariantCheck, Violation, at_seq
+from kumo.model.snapshot import SnapshotError, SnapshotPosition, decode_snapshot, state_differences
+from kumo.model.state import State
 from kumo.store.delivery_files import (
     CHECKPOINT,
     CheckpointError,
@@ -31,8 +33,9 @@ from kumo.store.delivery_files import (
     read_lines,
     segment_sizes,
 )
-from kumo.store.layout import DATABASE, LOGS
-from kumo.store.log_snapshot import ChainedRow, LogSnapshot
+from kumo.store.layout import DATABASE, LOGS, SNAPSHOTS
+from kumo.store.log_view import ChainedRow, LogView
+from kumo.store.snapshots import snapshot_paths
 from kumo.store.sqlite_log import GENESIS, chain_link
 
 CHECKPOINT_WHERE: Final = f"{LOGS}/{CHECKPOINT}"
@@ -152,6 +155,55 @@ def read_delivery_log(
         progress("delivery log", done, total)
 
 
+class SnapshotCheck:
+    """Checks each snapshot under ``snapshots/`` against the fold of the log at its seq.
+
+    Fed every event in order while snapshots remain to check (it folds a full state,
+    messages included, only for as long as that); a damaged snapshot, one that differs
+    from the log's fold or chain, or one beyond the log's end is a violation naming it.
+    """
+
+    def __init__(self, data_dir: Path, violations: list[Violation]) -> None:
+        self._violations = violations
+        self.checked = 0
+        self._waiting: list[tuple[str, State, SnapshotPosition]] = []
+        for path in reversed(snapshot_paths(data_dir / SNAPSHOTS)):
+            where = f"{SNAPSHOTS}/{path.name}"
+            try:
+                state, position = decode_snapshot(path.read_bytes())
+            except (OSError, SnapshotError) as exc:
+                violations.append(Violation("snapshot", where, str(exc)))
+                continue
+            self._waiting.append((where, state, position))
+        self._fold = State()
+
+    @property
+    def pending(self) -> bool:
+        return bool(self._waiting)
+
+    def apply(self, committed: Committed, chain: bytes) -> None:
+        self._fold.apply(committed)
+        while self._waiting and self._waiting[0][2].seq == committed.seq:
+            where, state, position = self._waiting.pop(0)
+            self.checked += 1
+            problems = state_differences(self._fold, state)
+            if position.chain != chain:
+                problems.insert(0, "its chain differs from the log's")
+            for problem in problems[:5]:
+                self._violations.append(Violation("snapshot", where, problem, committed.seq))
+
+    def finish(self, last_seq: int) -> None:
+        for where, _, position in self._waiting:
+            self._violations.append(
+                Violation(
+                    "snapshot",
+                    where,
+                    f"taken at seq {position.seq}, beyond the log's end at seq {last_seq}: "
+                    "the log lost events",
+                )
+            )
+
+
 @attrs.frozen
 class VerifyReport:
     """What ``kumo replay --verify`` checked, with counts, and every violation found."""
@@ -173,6 +225,8 @@ class VerifyReport:
     records: dict[str, int]
     pending_records: int
     """Records for events after the checkpoint, not written yet (a running server)."""
+    snapshots: int
+    """Snapshots checked against the fold of the log."""
     violations: list[Violation]
 
     @property
@@ -189,7 +243,8 @@ def verify_data_dir(data_dir: Path, progress: Progress = _no_progress) -> Verify
     chain = ChainCheck()
     invariants = InvariantCheck()
     violations: list[Violation] = []
-    with LogSnapshot(data_dir / DATABASE) as snapshot:
+    snapshots = SnapshotCheck(data_dir, violations)
+    with LogView(data_dir / DATABASE) as snapshot:
         last_seq = snapshot.last_seq
         apply_row = chain.apply
         apply_event = invariants.apply
@@ -211,9 +266,13 @@ def verify_data_dir(data_dir: Path, progress: Progress = _no_progress) -> Verify
                             seq,
                         )
                     )
-                apply_event(Committed(seq, time, event))
+                committed = Committed(seq, time, event)
+                apply_event(committed)
+                if snapshots.pending:
+                    snapshots.apply(committed, row[4])
             progress("event log", batch[-1][0], last_seq)
         events, first_seq = snapshot.event_count, snapshot.first_seq
+    snapshots.finish(last_seq)
     violations = sorted(
         [*chain.violations, *violations, *invariants.finish()],
         key=lambda violation: violation.seq if violation.seq is not None else 2**63,
@@ -277,5 +336,6 @@ def verify_data_dir(data_dir: Path, progress: Progress = _no_progress) -> Verify
         segments=segments,
         records=dict(delivery.seen),
         pending_records=delivery.pending(),
+        snapshots=snapshots.checked,
         violations=violations,
     )

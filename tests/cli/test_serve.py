@@ -21,9 +21,12 @@ from kumo.cli.kumo import kumod, main
 from kumo.cli.serve import ListenError, resolve_config, run_server
 from kumo.config import Config
 from kumo.http.routes import BOUNCE_PATH, INJECT_PATH, LIVENESS_PATH, METRICS_PATH
+from kumo.model.events import MessageReceived
 from kumo.model.prometheus_text import parse_samples
 from kumo.runtime.engine import open_engine
+from kumo.store.data_dir import open_event_log
 from kumo.store.layout import DATABASE
+from kumo.store.snapshots import take_snapshot
 from tests.live_server import start_server, wait_until
 
 
@@ -263,3 +266,30 @@ def test_kumod_is_serve_under_its_own_name(
     if status == 0:
         assert "--listen" in text
         assert "--data-dir" in text
+
+
+def test_a_log_lost_behind_its_snapshot_is_one_line_and_exit_1(tmp_path: Path) -> None:
+    # Issue 12: a zero-byte events.sqlite3 was served as a fresh log, its history gone.
+    data = tmp_path / "data"
+    data.mkdir()
+    store = open_event_log(data)
+    store.commit(
+        [MessageReceived(f"{n:032x}", "a.com", "s@x", "r@a.com", 10) for n in range(5)],
+        time=1,
+        bodies={},
+    )
+    store.close()
+    take_snapshot(data)
+    for path in data.glob(f"{DATABASE}*"):
+        path.unlink()
+    (data / DATABASE).write_bytes(b"")
+
+    result = serve_process("--listen", "127.0.0.1:0", "--data-dir", str(data))
+
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert result.stderr == (
+        "kumo: event log corrupt at seq 1: the log ends at seq 0 but snapshot "
+        f"{5:020d}.snapshot was taken at seq 5: events 1..5 are missing from the log "
+        "(restore the data directory from a backup)\n"
+    )

@@ -32,6 +32,7 @@ from kumo.runtime.delivery_log import DeliveryLogStatistics
 from kumo.runtime.engine import EngineStatistics
 from kumo.runtime.log_writer import LogStatistics
 from kumo.runtime.queue_actor import ActorStatistics
+from kumo.runtime.snapshotter import SnapshotStatistics
 from kumo.runtime.wal_checkpointer import CheckpointStatistics
 
 OPERATIONS = Path(__file__).resolve().parents[2] / "docs" / "operations.md"
@@ -70,6 +71,7 @@ def engine_statistics() -> EngineStatistics:
         broadcaster=BroadcasterStatistics(1054, 3, 0, 5, 1),
         delivery_log=DeliveryLogStatistics(1054, 5, 3325, 1, "00000000000000000001.jsonl"),
         wal=CheckpointStatistics(12, 40, 0),
+        snapshots=SnapshotStatistics(1000, 1, 0, 0.25, 123456),
     )
 
 

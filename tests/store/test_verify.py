@@ -13,7 +13,7 @@ from kumo.model.events import Bounced, BounceIssued, Event, Message, MessageRece
 from kumo.model.invariants import Violation
 from kumo.store.delivery_files import segment_name
 from kumo.store.event_log import LogCorruptError
-from kumo.store.log_snapshot import ChainedRow, LogSnapshot
+from kumo.store.log_view import ChainedRow, LogView
 from kumo.store.sqlite_log import SqliteEventStore
 from kumo.store.verify import (
     ChainCheck,
@@ -47,7 +47,7 @@ def make_log(path: Path, count: int = 6) -> SqliteEventStore:
 def test_snapshot_of_a_closed_log_creates_no_file(tmp_path: Path) -> None:
     make_log(tmp_path / "events.sqlite3").close()
     before = sorted(os.listdir(tmp_path))
-    with LogSnapshot(tmp_path / "events.sqlite3") as snapshot:
+    with LogView(tmp_path / "events.sqlite3") as snapshot:
         assert (snapshot.first_seq, snapshot.last_seq, snapshot.event_count) == (1, 8, 8)
         assert snapshot.last_time == 30 * SECOND
         [batch] = list(snapshot.committed())
@@ -57,7 +57,7 @@ def test_snapshot_of_a_closed_log_creates_no_file(tmp_path: Path) -> None:
 
 def test_snapshot_filters_rows_in_sql(tmp_path: Path) -> None:
     make_log(tmp_path / "events.sqlite3").close()
-    with LogSnapshot(tmp_path / "events.sqlite3") as snapshot:
+    with LogView(tmp_path / "events.sqlite3") as snapshot:
 
         def seqs(**where: object) -> list[int]:
             return [row[0] for batch in snapshot.rows(**where) for row in batch]  # type: ignore[arg-type]
@@ -75,11 +75,11 @@ def test_snapshot_filters_rows_in_sql(tmp_path: Path) -> None:
 def test_snapshot_sees_the_log_as_it_was_when_opened(tmp_path: Path) -> None:
     store = make_log(tmp_path / "events.sqlite3")
     try:
-        with LogSnapshot(tmp_path / "events.sqlite3") as snapshot:
+        with LogView(tmp_path / "events.sqlite3") as snapshot:
             store.commit([received(99)], time=40 * SECOND, bodies={})
             assert snapshot.last_seq == 8
             assert [row[0] for batch in snapshot.rows() for row in batch] == list(range(1, 9))
-        with LogSnapshot(tmp_path / "events.sqlite3") as later:
+        with LogView(tmp_path / "events.sqlite3") as later:
             assert later.last_seq == 9
     finally:
         store.close()
@@ -87,12 +87,12 @@ def test_snapshot_sees_the_log_as_it_was_when_opened(tmp_path: Path) -> None:
 
 def test_snapshot_refuses_a_missing_log_and_reports_bad_bodies(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
-        LogSnapshot(tmp_path / "events.sqlite3")
+        LogView(tmp_path / "events.sqlite3")
     store = make_log(tmp_path / "events.sqlite3")
     store._db.execute("UPDATE events SET body = x'00' WHERE seq = 3")
     store.close()
     with (
-        LogSnapshot(tmp_path / "events.sqlite3") as snapshot,
+        LogView(tmp_path / "events.sqlite3") as snapshot,
         pytest.raises(LogCorruptError) as caught,
     ):
         list(snapshot.committed())
@@ -101,7 +101,7 @@ def test_snapshot_refuses_a_missing_log_and_reports_bad_bodies(tmp_path: Path) -
 
 def chained_rows(tmp_path: Path) -> list[ChainedRow]:
     make_log(tmp_path / "events.sqlite3").close()
-    with LogSnapshot(tmp_path / "events.sqlite3") as snapshot:
+    with LogView(tmp_path / "events.sqlite3") as snapshot:
         return [row for batch in snapshot.chained_rows() for row in batch]
 
 
@@ -221,3 +221,37 @@ def test_verify_without_a_delivery_log_checks_the_log_alone(tmp_path: Path) -> N
     assert report.checkpoint_seq is None
     assert report.pending_records == 7
     assert stages == ["event log"]
+
+
+def test_verify_checks_each_snapshot_against_the_fold_of_the_log(tmp_path: Path) -> None:
+    from kumo.model.snapshot import decode_snapshot, encode_snapshot
+    from kumo.store.layout import SNAPSHOTS
+    from kumo.store.snapshots import snapshot_paths, take_snapshot, write_snapshot
+
+    make_log(tmp_path / "events.sqlite3").close()
+    take_snapshot(tmp_path, until=6)
+    take_snapshot(tmp_path)
+    report = verify_data_dir(tmp_path)
+    assert (report.snapshots, report.violations) == (2, [])
+    # A snapshot rewritten whole (a valid digest) with one message gone: named.
+    newest = snapshot_paths(tmp_path / SNAPSHOTS)[0]
+    state, position = decode_snapshot(newest.read_bytes())
+    assert state.queues is not None
+    state.queues["a.com"].remove({f"{5:032x}"})
+    newest.write_bytes(encode_snapshot(state, position.chain))
+    [violation] = verify_data_dir(tmp_path).violations
+    assert violation == Violation(
+        "snapshot", f"snapshots/{newest.name}", "queue 'a.com': 4 messages, the log says 5", 8
+    )
+    # A damaged one, and one beyond the log's end.
+    newest.write_bytes(b"garbage")
+    state.last_seq = 99
+    write_snapshot(tmp_path / SNAPSHOTS, 99, encode_snapshot(state, position.chain))
+    problems = [(v.where, v.problem) for v in verify_data_dir(tmp_path).violations]
+    assert problems == [
+        (f"snapshots/{newest.name}", "not a kumo snapshot (no magic line)"),
+        (
+            f"snapshots/{99:020d}.snapshot",
+            "taken at seq 99, beyond the log's end at seq 8: the log lost events",
+        ),
+    ]

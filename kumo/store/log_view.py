@@ -32,7 +32,7 @@ CHUNK = 2_000
 sweep events (thousands of messages each) stays small."""
 
 
-class LogSnapshot:
+class LogView:
     """The events table of ``path`` as it was when this was opened. Never writes.
 
     Raises ``FileNotFoundError`` if ``path`` does not exist (SQLite would otherwise
@@ -64,7 +64,7 @@ class LogSnapshot:
         self.last_time: int = last_time or 0
         self.node_id: str | None = str(meta[0]) if meta else None
 
-    def __enter__(self) -> LogSnapshot:
+    def __enter__(self) -> LogView:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -1,7 +1,8 @@
 """``kumo audit`` and ``kumo replay``: answers from the event log alone.
 
-Both read the data directory through :class:`kumo.store.log_view.LogView`, a
-read-only view taken when the command starts: they never write there, and they work
+Both read the data directory through :class:`kumo.store.history.HistoryView` (the
+archive segments and the live store as one log), a read-only view taken when the
+command starts: they never write there, and they work
 on a copy as well as beside a running server (which may go on appending; the command
 sees the log as it was when it started).
 
@@ -47,10 +48,11 @@ from kumo.model.duration import DurationError, format_duration, parse_duration
 from kumo.model.events import Committed, criteria_to_json
 from kumo.model.rfc3339 import TimestampError, format_rfc3339, parse_rfc3339
 from kumo.model.state import RuleView, State
+from kumo.store.archive import ArchiveCorruptError
 from kumo.store.event_log import LogCorruptError
+from kumo.store.history import HistoryView
 from kumo.store.layout import DATABASE
-from kumo.store.log_view import LogView
-from kumo.store.verify import VerifyReport, verify_data_dir
+from kumo.store.verify import LogUnreadableError, VerifyReport, verify_data_dir
 
 PROGRESS_AFTER: Final = 1.0
 """Seconds of work before a progress bar appears on stderr."""
@@ -479,10 +481,10 @@ def _data_dir_option(function: Callable[..., T]) -> Callable[..., T]:
     )(function)
 
 
-def _open(data_dir: Path) -> LogView:
+def _open(data_dir: Path) -> HistoryView:
     try:
-        return LogView(data_dir / DATABASE)
-    except FileNotFoundError as exc:
+        return HistoryView(data_dir)
+    except (FileNotFoundError, ArchiveCorruptError) as exc:
         raise click.ClickException(str(exc)) from None
     except sqlite3.DatabaseError as exc:
         raise click.ClickException(
@@ -594,7 +596,7 @@ def audit(
         raise click.ClickException(f"rule {rule_id} is not in the log")
 
 
-def _message_story(snapshot: LogView, message_id: str, progress: ProgressBar) -> MessageStory:
+def _message_story(snapshot: HistoryView, message_id: str, progress: ProgressBar) -> MessageStory:
     story = MessageStory(message_id)
     batches = snapshot.committed(
         skip=("MessageReceived", "Bounced"), unless_containing=message_id.encode()
@@ -720,6 +722,8 @@ def replay(data_dir: Path, verify: bool, fmt: str) -> None:
         raise click.ClickException(
             f"{data_dir / DATABASE} is not a kumo event log: {exc}"
         ) from None
+    except LogUnreadableError as exc:
+        raise click.ClickException(f"cannot verify: {exc}") from None
     click.echo(render_report(report, fmt))
     if not report.ok:
         sys.exit(1)

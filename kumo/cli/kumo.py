@@ -13,6 +13,7 @@ _SUBCOMMANDS = {
     "audit": "kumo.cli.audit:audit",
     "replay": "kumo.cli.audit:replay",
     "scenario": "kumo.cli.scenario:scenario",
+    "compact": "kumo.cli.compact:compact",
 }
 
 

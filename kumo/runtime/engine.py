@@ -57,7 +57,7 @@ from kumo.runtime.wal_checkpointer import CheckpointStatistics, WalCheckpointer
 from kumo.store.data_dir import open_event_log
 from kumo.store.event_log import EventStore
 from kumo.store.ids import random_ids
-from kumo.store.layout import LOGS, SNAPSHOTS
+from kumo.store.layout import LOGS
 from kumo.store.lock import DataDirectoryLock
 from kumo.store.lock import DataDirectoryLockedError as DataDirectoryLockedError
 from kumo.store.snapshots import fold_from_snapshot
@@ -382,7 +382,7 @@ def _fold_without_collecting(data_dir: Path, store: EventStore) -> tuple[State, 
     was_enabled = gc.isenabled()
     gc.disable()
     try:
-        return fold_from_snapshot(data_dir / SNAPSHOTS, store, report=logger.warning)
+        return fold_from_snapshot(data_dir, store, report=logger.warning)
     finally:
         if was_enabled:
             gc.enable()

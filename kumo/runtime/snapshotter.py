@@ -1,11 +1,13 @@
-"""The task that takes a snapshot of the state every ``snapshot_every`` durable events.
+"""The task that compacts the data directory every ``snapshot_every`` durable events.
 
-A snapshot is taken by a process of its own (``python -m kumo.store.snapshots``): it
-reads the log through a read-only connection, folds the events since the previous
-snapshot into that one, and writes the new file atomically. The engine only waits for
-it, so the fold and the encoding (seconds at a million queued messages) never hold the
-interpreter that serves requests. Without threads (tests under a virtual clock) it runs
-inline instead, deterministically.
+Compaction (:mod:`kumo.store.compaction`) takes a snapshot of the state, then moves the
+events no start can need any more to the archive. It runs as a process of its own
+(``python -m kumo.store.compaction``): it reads the log through a read-only connection,
+folds the events since the previous snapshot into that one, writes the new files
+atomically, and deletes archived rows from the live store in small transactions. The
+engine only waits for it, so the fold and the encoding (seconds at a million queued
+messages) never hold the interpreter that serves requests. Without threads (tests under
+a virtual clock) it runs inline instead, deterministically.
 
 A failed snapshot is reported (``kumo_engine_snapshots_failures`` and a log line) and
 tried again after ``snapshot_every`` more events or a minute, whichever comes later;
@@ -17,7 +19,7 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import attrs
 import orjson
@@ -28,7 +30,7 @@ from kumo.model.statistics import counter, gauge
 from kumo.runtime.blocking import RunBlocking
 from kumo.runtime.log_writer import LogWriter
 from kumo.runtime.watermark import Watermark
-from kumo.store.snapshots import take_snapshot
+from kumo.store.compaction import compact
 
 logger = logging.getLogger("kumo.snapshots")
 
@@ -45,6 +47,9 @@ class SnapshotStatistics:
     failures: int = counter("Snapshots that failed, by this process.")
     last_seconds: float = gauge("Seconds the last snapshot took.")
     last_bytes: int = gauge("Size in bytes of the last snapshot.")
+    archived_through: int = gauge(
+        "Last sequence number moved to the archive by this process's compactions (0: none)."
+    )
 
 
 class Snapshotter:
@@ -72,6 +77,7 @@ class Snapshotter:
         self._failures = 0
         self._last_seconds = 0.0
         self._last_bytes = 0
+        self._archived_through = 0
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
@@ -82,26 +88,28 @@ class Snapshotter:
             until = self._log.durable.value
             self._due = until + self._every
             try:
-                seq, size, seconds = await self._take(until)
+                summary = await self._compact(until)
             except SnapshotFailedError as exc:
                 self._failures += 1
-                logger.warning("snapshot at seq %d failed: %s", until, exc)
+                logger.warning("compaction at seq %d failed: %s", until, exc)
                 await trio.sleep(RETRY_AFTER)
                 continue
+            self._archived_through = max(self._archived_through, summary.archived_through)
+            seq, size, seconds = summary.seq, summary.bytes, summary.seconds
             if seq:
                 self.position.advance(seq)
                 self._taken += 1
                 self._last_seconds, self._last_bytes = seconds, size
                 logger.info("snapshot at seq %d: %d bytes in %.2f s", seq, size, seconds)
 
-    async def _take(self, until: int) -> tuple[int, int, float]:
+    async def _compact(self, until: int) -> _Summary:
         if self._run_blocking is not None:
             try:
-                taken = await self._run_blocking(lambda: take_snapshot(self._data_dir, until))
+                done = await self._run_blocking(lambda: compact(self._data_dir, until))
             except Exception as exc:  # the log stays the truth; report and go on
                 raise SnapshotFailedError(repr(exc)) from exc
-            return (0, 0, 0.0) if taken is None else (taken.seq, taken.bytes, taken.seconds)
-        command = [sys.executable, "-m", "kumo.store.snapshots", str(self._data_dir)]
+            return _Summary.of(done.summary())
+        command = [sys.executable, "-m", "kumo.store.compaction", str(self._data_dir)]
         result = await trio.run_process(
             [*command, "--until", str(until)],
             capture_stdout=True,
@@ -114,10 +122,7 @@ class Snapshotter:
                 or f"exit status {result.returncode}"
             )
         try:
-            summary = orjson.loads(result.stdout)
-            if summary["seq"] is None:
-                return 0, 0, 0.0
-            return int(summary["seq"]), int(summary["bytes"]), float(summary["seconds"])
+            return _Summary.of(orjson.loads(result.stdout))
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             raise SnapshotFailedError(f"unexpected output {result.stdout[:200]!r}") from exc
 
@@ -128,6 +133,27 @@ class Snapshotter:
             failures=self._failures,
             last_seconds=self._last_seconds,
             last_bytes=self._last_bytes,
+            archived_through=self._archived_through,
+        )
+
+
+@attrs.frozen
+class _Summary:
+    """A compaction's summary line (:meth:`kumo.store.compaction.Compaction.summary`)."""
+
+    seq: int
+    """The new snapshot's seq; 0 if none was taken (nothing new)."""
+    bytes: int
+    seconds: float
+    archived_through: int
+
+    @classmethod
+    def of(cls, data: dict[str, Any]) -> _Summary:
+        return cls(
+            seq=int(data["seq"] or 0),
+            bytes=int(data["bytes"] or 0),
+            seconds=float(data["seconds"]),
+            archived_through=int(data["archived_through"]),
         )
 
 

@@ -73,6 +73,11 @@ class LogView:
     def close(self) -> None:
         self._db.close()
 
+    def count_after(self, seq: int) -> int:
+        """How many stored rows have a seq beyond ``seq``."""
+        (count,) = self._db.execute("SELECT count(*) FROM events WHERE seq > ?", (seq,)).fetchone()
+        return int(count)
+
     def _query(
         self,
         columns: str,
@@ -80,9 +85,17 @@ class LogView:
         until: int | None,
         skip: Collection[str],
         unless_containing: bytes | None,
+        after: int = 0,
+        through: int | None = None,
     ) -> sqlite3.Cursor:
         where: list[str] = []
         params: list[object] = []
+        if after:
+            where.append("seq > ?")
+            params.append(after)
+        if through is not None:
+            where.append("seq <= ?")
+            params.append(through)
         if until is not None:
             where.append("time <= ?")
             params.append(until)
@@ -103,23 +116,36 @@ class LogView:
         until: int | None = None,
         skip: Collection[str] = (),
         unless_containing: bytes | None = None,
+        after: int = 0,
     ) -> Iterator[list[Row]]:
         """Stored rows in log order, in chunks, undecoded.
 
         ``until`` keeps rows committed at or before that time (ns since the epoch);
         ``skip`` leaves out rows of those event types, except those whose body contains
-        ``unless_containing``.
+        ``unless_containing``; ``after`` leaves out rows up to that seq.
         """
         cursor = self._query(
-            "seq, time, type, body", until=until, skip=skip, unless_containing=unless_containing
+            "seq, time, type, body",
+            until=until,
+            skip=skip,
+            unless_containing=unless_containing,
+            after=after,
         )
         while batch := cursor.fetchmany(CHUNK):
             yield batch
 
-    def chained_rows(self) -> Iterator[list[ChainedRow]]:
-        """Every stored row with its hash-chain value, in log order, in chunks."""
+    def chained_rows(
+        self, after: int = 0, through: int | None = None
+    ) -> Iterator[list[ChainedRow]]:
+        """The stored rows after seq ``after`` (up to ``through``) with their hash-chain
+        values, in log order, in chunks."""
         cursor = self._query(
-            "seq, time, type, body, chain", until=None, skip=(), unless_containing=None
+            "seq, time, type, body, chain",
+            until=None,
+            skip=(),
+            unless_containing=None,
+            after=after,
+            through=through,
         )
         while batch := cursor.fetchmany(CHUNK):
             yield batch

@@ -8,7 +8,7 @@ million queued messages within the engine's memory budget.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 
 from kumo.model.events import Committed, EventDecodeError, decode_event, decode_received
 from kumo.model.state import State
@@ -29,9 +29,21 @@ def fold_log(
     the seq of a gap or of a body that cannot be decoded.
     """
     state = state if state is not None else State()
+    return fold_rows(store.scan_rows(state.last_seq), state, until=until, progress=progress)
+
+
+def fold_rows(
+    batches: Iterable[Sequence[tuple[int, int, str, bytes]]],
+    state: State,
+    *,
+    until: Callable[[int, int], bool] | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> State:
+    """Fold stored ``(seq, time, type, body)`` rows, in log order, into ``state``; as
+    :func:`fold_log` does, for rows read from elsewhere (archive segments)."""
     senders: dict[str, str] = {}
     last_time = -1
-    for rows in store.scan_rows(state.last_seq):
+    for rows in batches:
         for seq, time, kind, body in rows:
             if until is not None and until(seq, time):
                 return state

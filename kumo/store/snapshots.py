@@ -16,18 +16,14 @@ failure), so no snapshot is ever ahead of the log; one that is means the log los
 events, and a start refuses (:class:`SnapshotAheadError`) rather than serve a log that
 silently forgot its history.
 
-``python -m kumo.store.snapshots DATA_DIR --until SEQ`` takes a snapshot in a process of
-its own: a running engine starts it so that the fold and the encoding never compete with
-requests for the interpreter. It prints one JSON line (``{"seq", "bytes", "seconds"}``,
-or ``{"seq": null}`` when there was nothing new).
+A running engine takes snapshots in a process of its own
+(:mod:`kumo.store.compaction`), so that the fold and the encoding never compete with
+requests for the interpreter.
 """
 
 from __future__ import annotations
 
-import argparse
-import gc
 import os
-import sqlite3
 import sys
 import time
 from collections.abc import Callable
@@ -35,7 +31,6 @@ from pathlib import Path
 from typing import Final
 
 import attrs
-import orjson
 
 from kumo.model.snapshot import (
     SnapshotError,
@@ -44,10 +39,11 @@ from kumo.model.snapshot import (
     encode_snapshot,
 )
 from kumo.model.state import State
+from kumo.store.archive import archive_segments
 from kumo.store.data_dir import open_event_log
 from kumo.store.event_log import EventStore, LogCorruptError
-from kumo.store.layout import SNAPSHOTS
-from kumo.store.replay import fold_log
+from kumo.store.layout import ARCHIVE, SNAPSHOTS
+from kumo.store.replay import fold_log, fold_rows
 
 SUFFIX: Final = ".snapshot"
 _TEMPORARY: Final = ".tmp"
@@ -128,23 +124,36 @@ def load_newest(
 
 
 def fold_from_snapshot(
-    directory: Path, store: EventStore, *, report: Callable[[str], None]
+    data_dir: Path, store: EventStore, *, report: Callable[[str], None]
 ) -> tuple[State, int]:
-    """The state of the whole of ``store``: the newest usable snapshot, then the events
-    after it (all of them when there is none); and the seq of that snapshot (0: none)."""
-    loaded = load_newest(directory, store, report=report)
-    if loaded is None:
-        return fold_log(store), 0
-    state, position = loaded
-    return fold_log(store, state), position.seq
+    """The state of ``data_dir``'s whole log, ``store`` being its live store: the newest
+    usable snapshot, then the events after it; without one, the archive segments and
+    then the live store. Also returns the seq of the snapshot used (0: none)."""
+    loaded = load_newest(data_dir / SNAPSHOTS, store, report=report)
+    if loaded is not None:
+        state, position = loaded
+        return fold_log(store, state), position.seq
+    state = State()
+    for segment in archive_segments(data_dir / ARCHIVE):
+        fold_rows(
+            ([row[:4] for row in chunk] for chunk in segment.chunks(after=state.last_seq)),
+            state,
+        )
+    return fold_log(store, state), 0
 
 
-def take_snapshot(data_dir: Path, until: int | None = None) -> SnapshotTaken | None:
+def take_snapshot(
+    data_dir: Path,
+    until: int | None = None,
+    *,
+    progress: Callable[[int, int], None] | None = None,
+) -> SnapshotTaken | None:
     """Snapshot ``data_dir``'s log at ``until`` (default: its end), from the newest
     snapshot and the events after it; None if no event was folded since that one.
 
     Reads through a read-only connection, beside a running engine or offline.
-    ``until`` must be durable (the engine passes its durable seq).
+    ``until`` must be durable (the engine passes its durable seq). ``progress(done,
+    total)`` is called as the fold advances (events since the previous snapshot).
     """
     started = time.perf_counter()
     directory = data_dir / SNAPSHOTS
@@ -176,30 +185,3 @@ def _fsync_directory(directory: Path) -> None:
 
 def _to_stderr(line: str) -> None:
     print(f"kumo: {line}", file=sys.stderr, flush=True)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """The snapshot process a running engine starts (see the module docstring)."""
-    parser = argparse.ArgumentParser(prog="python -m kumo.store.snapshots")
-    parser.add_argument("data_dir", type=Path)
-    parser.add_argument("--until", type=int, default=None)
-    arguments = parser.parse_args(argv)
-    # A short-lived process that allocates a million long-lived objects and nothing
-    # cyclic: collecting would only rescan them.
-    gc.disable()
-    try:
-        taken = take_snapshot(arguments.data_dir, arguments.until)
-    except (OSError, sqlite3.Error, LogCorruptError) as exc:
-        _to_stderr(f"snapshot failed: {exc}")
-        return 1
-    summary = (
-        {"seq": None}
-        if taken is None
-        else {"seq": taken.seq, "bytes": taken.bytes, "seconds": round(taken.seconds, 3)}
-    )
-    print(orjson.dumps(summary).decode(), flush=True)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -70,6 +70,51 @@ def chain_link(previous: bytes, seq: int, time: int, kind: str, body: bytes) -> 
     return digest.digest()
 
 
+def drop_events(path: Path, through: int, *, chunk: int = 5_000) -> int:
+    """Delete the events up to seq ``through`` from the log at ``path`` (they are in an
+    archive segment), in small transactions beside a running writer; give the freed
+    pages back to the disk where the database allows it. Returns the rows deleted.
+
+    Each transaction deletes ``chunk`` rows: a writer waits for one (a few ms), never
+    for the whole pass. The spool is left alone: a queued message's content stays.
+    """
+    db = sqlite3.connect(path, isolation_level=None, timeout=30.0)
+    try:
+        db.execute("PRAGMA synchronous=FULL")
+        deleted = 0
+        while True:
+            db.execute("BEGIN IMMEDIATE")
+            cursor = db.execute(
+                "DELETE FROM events WHERE seq IN "
+                "(SELECT seq FROM events WHERE seq <= ? ORDER BY seq LIMIT ?)",
+                (through, chunk),
+            )
+            db.execute("COMMIT")
+            deleted += cursor.rowcount
+            if cursor.rowcount < chunk:
+                break
+        if db.execute("PRAGMA auto_vacuum").fetchone()[0] == 2:  # INCREMENTAL
+            # A few MB at a time, for the same reason as the deletes.
+            while db.execute("PRAGMA freelist_count").fetchone()[0]:
+                db.execute("PRAGMA incremental_vacuum(2048)").fetchall()
+        return deleted
+    finally:
+        db.close()
+
+
+def vacuum(path: Path) -> None:
+    """Rewrite the log at ``path`` to hold only its live pages (no writer may run), and
+    turn on incremental vacuum for the future if it was off (a store created before
+    archives existed)."""
+    db = sqlite3.connect(path, isolation_level=None)
+    try:
+        db.execute("PRAGMA auto_vacuum=INCREMENTAL")
+        db.execute("VACUUM")
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        db.close()
+
+
 class SqliteEventStore:
     """The SQLite implementation of :class:`kumo.store.event_log.EventStore`.
 
@@ -101,6 +146,9 @@ class SqliteEventStore:
             # A WAL that grew large (a long stretch of writes) shrinks back to this when
             # it restarts, rather than keeping its largest size on disk for good.
             self._db.execute(f"PRAGMA journal_size_limit={_WAL_SIZE_KEPT}")
+            # Only takes on a new database (before its first table): events moved to
+            # the archive free pages that drop_events then gives back to the disk.
+            self._db.execute("PRAGMA auto_vacuum=INCREMENTAL")
             self._db.executescript(_SCHEMA)
             # A killed process can leave commits that were never fsynced (see
             # ``commit(durable=False)``) in the WAL, in the page cache only. The runtime

@@ -7,7 +7,8 @@ the type their row names) and feeds the decoded events to the model's
 Then every delivery-log record under ``logs/`` goes through
 :class:`~kumo.model.invariants.DeliveryLogCheck`, with the checkpoint.
 
-Nothing here writes: the log is read through :class:`LogView`, the delivery log
+Nothing here writes: the log (archive segments and live store) is read through
+:class:`~kumo.store.history.HistoryView`, the delivery log
 through :mod:`kumo.store.delivery_files`. A truncated log keeps a valid chain, so
 truncation is found from the outside: a delivery-log checkpoint past the log's end, or
 records for messages the log no longer holds.
@@ -15,7 +16,7 @@ records for messages the log no longer holds.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Final, NamedTuple
 
@@ -26,6 +27,7 @@ from kumo.model.events import Committed, EventDecodeError, decode_event, event_t
 from kumo.model.invariants import DeliveryLogCheck, InvariantCheck, Violation, at_seq
 from kumo.model.snapshot import SnapshotError, SnapshotPosition, decode_snapshot, state_differences
 from kumo.model.state import State
+from kumo.store.archive import ArchiveCorruptError, ArchiveSegment
 from kumo.store.delivery_files import (
     CHECKPOINT,
     CheckpointError,
@@ -33,8 +35,9 @@ from kumo.store.delivery_files import (
     read_lines,
     segment_sizes,
 )
-from kumo.store.layout import DATABASE, LOGS, SNAPSHOTS
-from kumo.store.log_view import ChainedRow, LogView
+from kumo.store.history import HistoryView
+from kumo.store.layout import ARCHIVE, LOGS, SNAPSHOTS
+from kumo.store.log_view import ChainedRow
 from kumo.store.snapshots import snapshot_paths
 from kumo.store.sqlite_log import GENESIS, chain_link
 
@@ -234,44 +237,76 @@ class VerifyReport:
         return not self.violations
 
 
+class LogUnreadableError(Exception):
+    """The log cannot be read far enough to verify anything; the message says where."""
+
+
+def _check_rows(
+    batch: list[ChainedRow],
+    chain: ChainCheck,
+    invariants: InvariantCheck,
+    snapshots: SnapshotCheck,
+    violations: list[Violation],
+) -> None:
+    """Feed one batch of stored rows to every check of the log's pass."""
+    for row in batch:
+        chain.apply(row)
+        seq, time, kind, body, stored_chain = row
+        try:
+            event = decode_event(body)
+        except EventDecodeError as exc:
+            violations.append(Violation("decode", at_seq(seq), str(exc), seq))
+            continue
+        if event_type(event) != kind:
+            violations.append(
+                Violation(
+                    "decode",
+                    at_seq(seq),
+                    f"row type {kind} but its body is a {event_type(event)}",
+                    seq,
+                )
+            )
+        committed = Committed(seq, time, event)
+        invariants.apply(committed)
+        if snapshots.pending:
+            snapshots.apply(committed, stored_chain)
+
+
+def _name_segments(violations: list[Violation], segments: Sequence[ArchiveSegment]) -> None:
+    """Prefix the place of each violation inside an archive segment with its file."""
+    for index, violation in enumerate(violations):
+        for segment in segments:
+            if violation.seq is not None and segment.first_seq <= violation.seq <= segment.last_seq:
+                where = f"{ARCHIVE}/{segment.path.name}, {violation.where}"
+                violations[index] = attrs.evolve(violation, where=where)
+
+
 def verify_data_dir(data_dir: Path, progress: Progress = _no_progress) -> VerifyReport:
     """Check ``data_dir`` (its event log and delivery log) without writing anything.
 
-    Raises ``FileNotFoundError`` if there is no event log. Violations are listed in the
-    order they were found: the log's rows first (by seq), then the delivery log.
+    Raises ``FileNotFoundError`` if there is no event log, :class:`LogUnreadableError`
+    if an archive segment cannot even be opened. Violations are listed in the order
+    they were found: the log's rows first (by seq; those inside an archive segment
+    name it), then the delivery log.
     """
     chain = ChainCheck()
     invariants = InvariantCheck()
     violations: list[Violation] = []
     snapshots = SnapshotCheck(data_dir, violations)
-    with LogView(data_dir / DATABASE) as snapshot:
-        last_seq = snapshot.last_seq
-        apply_row = chain.apply
-        apply_event = invariants.apply
-        for batch in snapshot.chained_rows():
-            for row in batch:
-                apply_row(row)
-                seq, time, kind, body, _ = row
-                try:
-                    event = decode_event(body)
-                except EventDecodeError as exc:
-                    violations.append(Violation("decode", at_seq(seq), str(exc), seq))
-                    continue
-                if event_type(event) != kind:
-                    violations.append(
-                        Violation(
-                            "decode",
-                            at_seq(seq),
-                            f"row type {kind} but its body is a {event_type(event)}",
-                            seq,
-                        )
-                    )
-                committed = Committed(seq, time, event)
-                apply_event(committed)
-                if snapshots.pending:
-                    snapshots.apply(committed, row[4])
-            progress("event log", batch[-1][0], last_seq)
-        events, first_seq = snapshot.event_count, snapshot.first_seq
+    try:
+        history = HistoryView(data_dir)
+    except ArchiveCorruptError as exc:
+        raise LogUnreadableError(f"{ARCHIVE}/{exc.path.name}: {exc.problem}") from None
+    with history as view:
+        last_seq = view.last_seq
+        try:
+            for batch in view.chained_rows():
+                _check_rows(batch, chain, invariants, snapshots, violations)
+                progress("event log", batch[-1][0], last_seq)
+        except ArchiveCorruptError as exc:
+            violations.append(Violation("archive", f"{ARCHIVE}/{exc.path.name}", exc.problem))
+        events, first_seq = view.event_count, view.first_seq
+        _name_segments(chain.violations, view.segments)
     snapshots.finish(last_seq)
     violations = sorted(
         [*chain.violations, *violations, *invariants.finish()],

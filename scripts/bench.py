@@ -481,7 +481,8 @@ class Server:
         self.data_dir = data_dir
         self._stderr: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115  # closed by stop()
         args = [sys.executable, "-m", "kumo.cli.serve", "--listen", "127.0.0.1:0"]
-        args += ["--data-dir", str(data_dir)]
+        # These benchmarks speak HTTP; no SMTP listener to fight over port 2025.
+        args += ["--data-dir", str(data_dir), "--smtp-listen", "off"]
         self.started = time.perf_counter()
         self.process = subprocess.Popen(
             [*wrap, *args],

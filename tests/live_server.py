@@ -3,7 +3,8 @@
     with running_server(tmp_path / "data") as url:
         httpx.get(f"{url}/api/check-liveness/v1")
 
-The server binds port 0 on ``host`` and the helper reads the URL it prints. On exit
+The server binds port 0 on ``host`` for HTTP and for SMTP, and the helper reads the
+addresses it prints (``ServerProcess.smtp_port``: the SMTP listener's). On exit
 it sends SIGTERM and checks that the server stopped cleanly (exit status 0) within
 :data:`STOP_TIMEOUT`. Use :func:`start_server` to hold the process yourself (to send
 it signals, or to read its exit status).
@@ -33,6 +34,7 @@ T = TypeVar("T")
 START_TIMEOUT: Final = 30.0
 STOP_TIMEOUT: Final = 30.0
 _READY: Final = "kumo listening on "
+_SMTP_READY: Final = "kumo smtp listening on "
 
 
 class ServerProcess:
@@ -41,7 +43,14 @@ class ServerProcess:
     def __init__(self, process: subprocess.Popen[str], url: str, stderr: IO[bytes]) -> None:
         self.process = process
         self.url = url
+        self.smtp: str | None = None
+        """The SMTP listener's ``HOST:PORT`` as printed; None when it is off."""
         self._stderr = stderr
+
+    @property
+    def smtp_port(self) -> int:
+        assert self.smtp is not None, "the server runs no SMTP listener"
+        return int(self.smtp.rpartition(":")[2])
 
     def stderr_text(self) -> str:
         """What the server wrote on stderr so far."""
@@ -81,10 +90,14 @@ def start_server(
     config: str | None = None,
     host: str = "127.0.0.1",
     extra_args: tuple[str, ...] = (),
+    smtp: bool = True,
 ) -> ServerProcess:
     """Start ``kumo serve`` on ``host`` port 0 with ``data_dir``; return once it serves.
 
-    ``config`` is TOML text, written next to ``data_dir`` (as ``<data_dir>.toml``).
+    ``config`` is TOML text, written next to ``data_dir`` (as ``<data_dir>.toml``). The
+    SMTP listener listens on ``host`` port 0 too (``--smtp-listen``, which wins over the
+    config), or not at all with ``smtp=False``: never on the fixed default port, which
+    tests running side by side would fight over.
     """
     data_dir.parent.mkdir(parents=True, exist_ok=True)
     bracketed = f"[{host}]" if ":" in host else host
@@ -96,6 +109,8 @@ def start_server(
         f"{bracketed}:0",
         "--data-dir",
         str(data_dir),
+        "--smtp-listen",
+        f"{bracketed}:0" if smtp else "off",
         *extra_args,
     ]
     if config is not None:
@@ -107,7 +122,7 @@ def start_server(
     process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=stderr, text=True, env=env)
     server = ServerProcess(process, "", stderr)
     try:
-        server.url = _wait_for_url(process)
+        server.url, server.smtp = _wait_for_addresses(process, smtp=smtp)
     except BaseException:
         process.kill()
         process.wait()
@@ -117,7 +132,8 @@ def start_server(
     return server
 
 
-def _wait_for_url(process: subprocess.Popen[str]) -> str:
+def _wait_for_addresses(process: subprocess.Popen[str], *, smtp: bool) -> tuple[str, str | None]:
+    """The URL, and with ``smtp`` the SMTP address printed right after it."""
     assert process.stdout is not None
     deadline = time.monotonic() + START_TIMEOUT
     with selectors.DefaultSelector() as selector:
@@ -130,7 +146,16 @@ def _wait_for_url(process: subprocess.Popen[str]) -> str:
             if not line:
                 raise EOFError("kumo serve exited")
             if line.startswith(_READY):
-                return line[len(_READY) :].strip()
+                url = line[len(_READY) :].strip()
+                break
+    if not smtp:
+        return url, None
+    # Printed at once after the URL, and maybe already read into the pipe's buffer,
+    # where a select() would not see it: read it straight.
+    line = process.stdout.readline()
+    if not line.startswith(_SMTP_READY):
+        raise EOFError(f"no SMTP address after the URL: {line!r}")
+    return url, line[len(_SMTP_READY) :].strip()
 
 
 @contextmanager

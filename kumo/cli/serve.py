@@ -1,8 +1,9 @@
-"""``kumo serve`` (and ``kumod``): the engine and the HTTP API in one Trio process.
+"""``kumo serve`` (and ``kumod``): the engine, the HTTP API and the SMTP listener in one
+Trio process.
 
-One ``trio.run``: the engine opens (replaying its log), hypercorn serves the app inside
-the engine's lifetime, and this module owns the nursery they share with the signal
-watcher. On SIGINT or SIGTERM the server stops accepting, lets requests in flight
+One ``trio.run``: the engine opens (replaying its log), the SMTP listener and hypercorn
+serve inside the engine's lifetime, and this module owns the nursery they share with the
+signal watcher. On SIGINT or SIGTERM the server stops accepting, lets requests in flight
 finish (up to :data:`GRACEFUL_TIMEOUT`), and then the engine shuts down gracefully:
 its channels drain, its log commits and closes. A second signal abandons the requests
 still in flight; the engine still closes cleanly. The process exits 0 after a clean
@@ -13,11 +14,13 @@ shut down cleanly first).
 
 from __future__ import annotations
 
+import functools
 import gc
 import logging
 import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Final
 
@@ -28,9 +31,11 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
 from quart_trio import QuartTrio
 
-from kumo.config import Config, ConfigError, load_config, parse_listen
+from kumo.config import Config, ConfigError, LineEndings, load_config, parse_listen
 from kumo.http.app import create_app
-from kumo.runtime.engine import DataDirectoryLockedError, open_engine
+from kumo.model.smtp_server import SmtpServerSettings
+from kumo.runtime.engine import DataDirectoryLockedError, Engine, open_engine
+from kumo.runtime.smtp_listener import ListenerSettings, SmtpListener, server_tls_context
 from kumo.store.event_log import LogCorruptError
 
 SWITCH_INTERVAL: Final = 0.0005
@@ -96,21 +101,119 @@ async def _serve_until_stopped(
     done.cancel()  # the server is down: stop watching for signals
 
 
+def smtp_listener_settings(config: Config) -> ListenerSettings | None:
+    """What the SMTP listener runs with under ``config``; None when
+    ``smtp_listener.listen`` is ``"off"``. Reads the TLS certificate and key, if any.
+
+    Raises :class:`ConfigError` for what the listener cannot run with: a key file that
+    cannot be loaded, a host name that cannot go into a reply, or an
+    ``invalid_line_endings`` other than ``"Deny"`` (the only one the session implements).
+    """
+    smtp = config.smtp_listener
+    if smtp.listen is None:
+        return None
+    if smtp.invalid_line_endings is not LineEndings.DENY:
+        raise ConfigError(
+            f'smtp_listener.invalid_line_endings = "{smtp.invalid_line_endings.value}" is not '
+            'supported yet: only "Deny"'
+        )
+    host, port = parse_listen(smtp.listen)
+    tls = None
+    if smtp.tls_certificate is not None and smtp.tls_private_key is not None:
+        try:
+            tls = server_tls_context(smtp.tls_certificate, smtp.tls_private_key)
+        except OSError as exc:  # ssl.SSLError is one
+            raise ConfigError(
+                f"smtp_listener.tls_certificate: cannot load {smtp.tls_certificate} with "
+                f"{smtp.tls_private_key}: {exc}"
+            ) from None
+    try:
+        session = SmtpServerSettings(
+            hostname=smtp.hostname,
+            relay_hosts=smtp.relay_hosts.networks,
+            max_message_size=smtp.max_message_size,
+            max_recipients_per_message=smtp.max_recipients_per_message,
+            max_messages_per_connection=smtp.max_messages_per_connection,
+            starttls=tls is not None,
+            line_length_limit=smtp.line_length_hard_limit,
+        )
+    except ValueError as exc:
+        raise ConfigError(f"smtp_listener: {exc}") from None
+    return ListenerSettings(
+        host=host,
+        port=port,
+        session=session,
+        max_connections=smtp.max_connections,
+        client_timeout=smtp.client_timeout,
+        data_processing_timeout=smtp.data_processing_timeout,
+        tls=tls,
+    )
+
+
+@asynccontextmanager
+async def _smtp_listening(
+    config: Config,
+    engine: Engine,
+    stop: trio.Event,
+    on_listening: Callable[[str], None] | None,
+) -> AsyncIterator[None]:
+    """Run the SMTP listener of ``config`` (none when it is off) for the duration of the
+    block, and call ``on_listening`` with the ``HOST:PORT`` it is bound to. Once ``stop``
+    is set, or the block ends, the listener shuts down gracefully (every session gets
+    its ``421``); leaving waits for that. Raises :class:`ListenError` if it cannot bind.
+    """
+    settings = smtp_listener_settings(config)
+    if settings is None:
+        yield
+        return
+    listener = SmtpListener(engine, settings)
+    watching = trio.CancelScope()
+
+    async def shut_down_on_stop() -> None:
+        with watching:
+            await stop.wait()
+        listener.shut_down()
+
+    async with trio.open_nursery() as nursery:
+        try:
+            address: str = await nursery.start(listener.run)
+        except* OSError as group:
+            [error, *_] = _leaves(group)
+            assert isinstance(error, OSError)
+            why = _describe_os_error(error)
+            raise ListenError(
+                f"cannot listen for SMTP on {config.smtp_listener.listen}: {why}"
+            ) from error
+        nursery.start_soon(shut_down_on_stop)
+        if on_listening is not None:
+            on_listening(address)
+        try:
+            yield
+        finally:
+            watching.cancel()
+
+
 async def run_server(
     config: Config,
     *,
     stop: trio.Event | None = None,
+    on_smtp_listening: Callable[[str], None] | None = None,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``config`` until SIGINT/SIGTERM (or ``stop`` is set); report the base URL.
 
-    Returns after the server stopped and the engine shut down cleanly. Raises
-    ``DataDirectoryLockedError`` if another process has the data directory, and
-    :class:`ListenError` (in an exception group) if the address cannot be bound, once
-    the engine has shut down cleanly too.
+    The SMTP listener (unless ``smtp_listener.listen`` is ``"off"``) is bound first;
+    ``on_smtp_listening`` gets its ``HOST:PORT``. Returns after both stopped and the engine
+    shut down cleanly. Raises ``DataDirectoryLockedError`` if another process has the data
+    directory, :class:`ConfigError` if the SMTP listener cannot run with ``config`` (see
+    :func:`smtp_listener_settings`), and :class:`ListenError` (in an exception group) if an
+    address cannot be bound, once the engine has shut down cleanly too.
     """
     stop = trio.Event() if stop is None else stop
-    async with open_engine(config.data_dir, node_id=config.node_id) as engine:
+    async with (
+        open_engine(config.data_dir, node_id=config.node_id) as engine,
+        _smtp_listening(config, engine, stop, on_smtp_listening),
+    ):
         app = create_app(engine, access=config.access_policy(), body_limit=config.body_limit)
         async with trio.open_nursery() as nursery:
             await nursery.start(_stop_on_signals, stop, nursery.cancel_scope)
@@ -132,7 +235,11 @@ async def run_server(
 
 
 def resolve_config(
-    *, listen: str | None, data_dir: Path | None, config_path: Path | None
+    *,
+    listen: str | None,
+    data_dir: Path | None,
+    config_path: Path | None,
+    smtp_listen: str | None = None,
 ) -> Config:
     """The configuration to serve: options given on the command line win over the
     config file, which wins over the defaults. Raises ConfigError."""
@@ -141,7 +248,23 @@ def resolve_config(
         config = attrs.evolve(config, listen=listen)
     if data_dir is not None:
         config = attrs.evolve(config, data_dir=data_dir)
+    if smtp_listen is not None:
+        config = with_smtp_listen(config, smtp_listen)
     return config
+
+
+def with_smtp_listen(config: Config, smtp_listen: str) -> Config:
+    """``config`` with ``--smtp-listen``: ``HOST:PORT``, or ``off`` for no SMTP listener.
+    Raises ConfigError."""
+    if smtp_listen == "off":
+        return attrs.evolve(config, smtp_listener=attrs.evolve(config.smtp_listener, listen=None))
+    try:
+        parse_listen(smtp_listen)
+    except ConfigError as exc:
+        raise ConfigError(f'--smtp-listen: {exc} (or "off")') from None
+    return attrs.evolve(
+        config, smtp_listener=attrs.evolve(config.smtp_listener, listen=smtp_listen)
+    )
 
 
 def tune_for_serving() -> None:
@@ -175,20 +298,40 @@ def tune_for_serving() -> None:
     default=None,
     help="TOML file: trusted_hosts, users, tokens, body_limit, node_id (see kumo.config).",
 )
-def serve(listen: str | None, data_dir: Path | None, config_path: Path | None) -> None:
-    """Run the engine and the KumoMTA-compatible HTTP API until SIGINT or SIGTERM."""
+@click.option(
+    "--smtp-listen",
+    metavar="HOST:PORT|off",
+    default=None,
+    help="Address of the SMTP listener; port 0 picks a free port; off: none.  "
+    "[default: 127.0.0.1:2025]",
+)
+def serve(
+    listen: str | None, data_dir: Path | None, config_path: Path | None, smtp_listen: str | None
+) -> None:
+    """Run the engine, the KumoMTA-compatible HTTP API and the SMTP listener until SIGINT
+    or SIGTERM."""
     try:
-        config = resolve_config(listen=listen, data_dir=data_dir, config_path=config_path)
+        config = resolve_config(
+            listen=listen, data_dir=data_dir, config_path=config_path, smtp_listen=smtp_listen
+        )
+        smtp_listener_settings(config)  # refuse what the listener cannot run with, now
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
-            url = await nursery.start(run_server, config)
+            smtp: list[str] = []
+            url = await nursery.start(
+                functools.partial(run_server, config, on_smtp_listening=smtp.append)
+            )
             # What the replay built lives as long as the server: keep it out of every
             # later collection.
             gc.freeze()
+            # Both lines once both listen, the HTTP one first as it always was: a reader
+            # waiting for it (the tests, scripts) finds SMTP up already.
             print(f"kumo listening on {url}", flush=True)
+            for address in smtp:
+                print(f"kumo smtp listening on {address}", flush=True)
 
     tune_for_serving()
     # The engine's lines (a snapshot skipped or taken), as this module's own read.

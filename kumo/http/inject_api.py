@@ -34,6 +34,7 @@ from kumo.http.bodies import (
 from kumo.http.engine_protocol import AdminEngine
 from kumo.http.errors import RequestRefused
 from kumo.http.replies import Reply, json_reply
+from kumo.model.message_headers import QUEUE_HEADERS, content_headers
 from kumo.model.queue_name import queue_name_for, recipient_domain
 from kumo.model.requests import NewMessage
 from kumo.runtime.blocking import RunBlocking, in_thread
@@ -55,30 +56,6 @@ class InjectionPlan:
     messages: tuple[NewMessage, ...]
     failed_recipients: tuple[str, ...]
     errors: tuple[str, ...]
-
-
-def content_headers(message: str, names: frozenset[str]) -> dict[str, str]:
-    """The first value of each header in ``names`` (lower-case) of an RFC 5322 text.
-
-    Reads only the header block, up to the first empty line; unfolds continuation
-    lines; a header with an empty value counts as absent.
-    """
-    ends = [end for end in (message.find("\r\n\r\n"), message.find("\n\n")) if end >= 0]
-    block = message[: min(ends)] if ends else message
-    found: dict[str, str] = {}
-    current: str | None = None
-    for line in block.replace("\r\n", "\n").split("\n"):
-        if line[:1] in (" ", "\t") and current is not None:
-            if current in names and current in found:
-                found[current] = f"{found[current]} {line.strip()}".strip()
-            continue
-        name, colon, value = line.partition(":")
-        if not colon:
-            break
-        current = name.strip().lower()
-        if current in names and current not in found:
-            found[current] = value.strip()
-    return {name: value for name, value in found.items() if value}
 
 
 def _format_address(mailbox: Mailbox) -> str:
@@ -143,7 +120,7 @@ def plan_injection(
     if isinstance(content, str):
         # Every recipient gets the very same bytes object: no copy per message.
         shared = content.encode()
-        headers = content_headers(content, frozenset({"x-campaign", "x-tenant"}))
+        headers = content_headers(content, QUEUE_HEADERS)
         _check_expansion(len(shared) * len(request.recipients), max_bytes)
         build = lambda _: shared  # noqa: E731
     else:

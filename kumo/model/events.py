@@ -65,10 +65,22 @@ _flag = instance_of(bool)
 
 
 @attrs.frozen(slots=True)
+class PeerAddress:
+    """Who sent a message or a command over SMTP, as the delivery log shows it
+    (``peer_address``): the name the client gave in EHLO or HELO (``""`` before one)
+    and its IP address as text."""
+
+    name: str = attrs.field(validator=_text)
+    addr: str = attrs.field(validator=_text)
+
+
+@attrs.frozen(slots=True)
 class MessageReceived:
     """A message was accepted into the spool and its scheduled queue.
 
     ``message_id`` is 32 lowercase hex digits, ``size`` (bytes) is not negative.
+    ``protocol`` is ``"HTTP"`` or ``"ESMTP"``; ``peer`` is the SMTP client (``None``
+    for HTTP, and in logs written before SMTP reception existed).
     """
 
     message_id: str
@@ -77,6 +89,7 @@ class MessageReceived:
     recipient: str
     size: int
     protocol: str = "HTTP"
+    peer: PeerAddress | None = None
 
     def __attrs_post_init__(self) -> None:
         # One inline test rather than a validator a field: one of these is built per
@@ -90,6 +103,7 @@ class MessageReceived:
             or not 0 <= size <= INT64_MAX
             or not type(self.queue) is type(self.sender) is type(self.recipient) is str
             or type(self.protocol) is not str
+            or (self.peer is not None and type(self.peer) is not PeerAddress)
         ):
             self._refuse()
 
@@ -100,6 +114,8 @@ class MessageReceived:
             if type(getattr(self, name)) is not str:
                 raise TypeError(f"{name} must be a string, got {getattr(self, name)!r}")
         _check_int("size", self.size, 0)
+        if self.peer is not None and type(self.peer) is not PeerAddress:
+            raise TypeError(f"peer must be a PeerAddress or None, got {self.peer!r}")
 
 
 @attrs.frozen(slots=True)
@@ -162,11 +178,48 @@ class Bounced:
             raise TypeError(f"rule_id and queue must be strings: {self.rule_id!r}, {self.queue!r}")
 
 
-Event: TypeAlias = MessageReceived | BounceIssued | BounceCancelled | BounceExpired | Bounced
+def _reply_code(_: object, attribute: attrs.Attribute[int], value: int) -> None:
+    if type(value) is not int or not 400 <= value <= 599:
+        raise ValueError(f"{attribute.name} must be a 4xx or 5xx reply code, got {value!r}")
+
+
+def _reply_text(_: object, attribute: attrs.Attribute[str], value: str) -> None:
+    if type(value) is not str:
+        raise TypeError(f"{attribute.name} must be a string, got {value!r}")
+    if "\r" in value:
+        # A CR would break the reply it came from into lines no client read.
+        raise ValueError(f"{attribute.name} must hold no CR, got {value!r}")
+
+
+@attrs.frozen(slots=True)
+class Rejected:
+    """The SMTP listener gave a client a ``4xx``/``5xx`` reply (a ``Rejection`` record).
+
+    It changes no state: it is in the log so that the delivery-log writer writes its
+    record exactly once, as it does every other record, and so that a replay shows it.
+    """
+
+    code: int = attrs.field(validator=_reply_code)
+    text: str = attrs.field(validator=_reply_text)
+    """The reply's text after the code, enhanced status code included, lines joined by
+    ``\\n`` (``5.7.1 relaying not permitted for 10.0.0.5:51234``)."""
+    command: str | None = attrs.field(validator=attrs.validators.optional(_text))
+    """The client's line without its CRLF, ``"DATA"`` for a reply after the message
+    data, ``None`` when there is no line to show (too long, not UTF-8)."""
+    sender: str = attrs.field(validator=_text)
+    """The transaction's sender, ``""`` outside a transaction."""
+    recipient: str = attrs.field(validator=_text)
+    """The last recipient accepted in the transaction (not the refused one), or ``""``."""
+    peer: PeerAddress = attrs.field(validator=instance_of(PeerAddress))
+
+
+Event: TypeAlias = (
+    MessageReceived | BounceIssued | BounceCancelled | BounceExpired | Bounced | Rejected
+)
 
 
 _EVENT_CLASSES: Final = frozenset(
-    {MessageReceived, BounceIssued, BounceCancelled, BounceExpired, Bounced}
+    {MessageReceived, BounceIssued, BounceCancelled, BounceExpired, Bounced, Rejected}
 )
 
 
@@ -237,7 +290,7 @@ def _encode_body(event: Event) -> dict[str, Any]:
                 "recipient": event.recipient,
                 "size": event.size,
                 "protocol": event.protocol,
-            }
+            } | ({} if event.peer is None else {"peer": _peer_to_json(event.peer)})
         case BounceIssued():
             return {
                 "rule_id": event.rule_id,
@@ -258,6 +311,25 @@ def _encode_body(event: Event) -> dict[str, Any]:
                 # Positional rows keep a sweep's events small: they are most of the log.
                 "messages": event.messages.rows(),
             }
+        case Rejected():
+            return {
+                "code": event.code,
+                "text": event.text,
+                "command": event.command,
+                "sender": event.sender,
+                "recipient": event.recipient,
+                "peer": _peer_to_json(event.peer),
+            }
+
+
+def _peer_to_json(peer: PeerAddress) -> dict[str, str]:
+    return {"name": peer.name, "addr": peer.addr}
+
+
+def _peer_from_json(data: object) -> PeerAddress:
+    if not isinstance(data, dict):
+        raise TypeError(f"peer must be an object, got {data!r}")
+    return PeerAddress(name=data["name"], addr=data["addr"])
 
 
 def _decode_bounced(data: dict[str, Any]) -> Bounced:
@@ -276,6 +348,8 @@ _DECODERS: Final[dict[str, Callable[[dict[str, Any]], Event]]] = {
         recipient=d["recipient"],
         size=d["size"],
         protocol=d["protocol"],
+        # Absent from HTTP arrivals and from logs older than SMTP reception.
+        peer=None if d.get("peer") is None else _peer_from_json(d["peer"]),
     ),
     "BounceIssued": lambda d: BounceIssued(
         rule_id=d["rule_id"],
@@ -291,6 +365,14 @@ _DECODERS: Final[dict[str, Callable[[dict[str, Any]], Event]]] = {
     ),
     "BounceExpired": lambda d: BounceExpired(rule_id=d["rule_id"]),
     "Bounced": _decode_bounced,
+    "Rejected": lambda d: Rejected(
+        code=d["code"],
+        text=d["text"],
+        command=d["command"],
+        sender=d["sender"],
+        recipient=d["recipient"],
+        peer=_peer_from_json(d["peer"]),
+    ),
 }
 
 EVENT_TYPES: Final = tuple(_DECODERS)

@@ -14,7 +14,8 @@
 
 :class:`DeliveryLogCheck` then compares the delivery-log records with what the log
 says must be there: one ``Reception`` per received message, one ``AdminBounce`` per
-bounced message unless its rule suppresses logging, nothing else, nothing twice, for
+bounced message unless its rule suppresses logging, one ``Rejection`` per ``Rejected``
+event (counted: a rejection names no message), nothing else, nothing twice, for
 every event up to the delivery log's checkpoint, and a checkpoint that does not point
 past the end of the log (which would mean the log lost its tail).
 """
@@ -28,7 +29,7 @@ from typing import Final, NamedTuple
 
 import attrs
 
-from kumo.model.events import Bounced, BounceIssued, Committed, MessageReceived
+from kumo.model.events import Bounced, BounceIssued, Committed, MessageReceived, Rejected
 from kumo.model.log_record import bounce_content
 from kumo.model.queue_name import QueueName
 from kumo.model.state import Rule, State
@@ -75,6 +76,8 @@ class InvariantCheck:
         self.tally: Counter[tuple[str, str]] = Counter()
         """(rule id, queue) -> messages the ``Bounced`` events give that rule there."""
         self.bounced_events = 0
+        self.rejected: list[int] = []
+        """The seqs of the ``Rejected`` events, in log order."""
         self.queues: dict[str, list[str]] = {}
         """What :meth:`queued` returned when :meth:`finish` ran."""
         # Queue -> rules not ended by an event that match it, newest first; dropped
@@ -104,6 +107,8 @@ class InvariantCheck:
             self._receive(committed, event)
         elif isinstance(event, Bounced):
             self._bounce(committed, event)
+        elif isinstance(event, Rejected):
+            self.rejected.append(seq)
         else:
             self._live_matching.clear()
             if isinstance(event, BounceIssued):
@@ -335,6 +340,7 @@ class DeliveryLogCheck:
             if content is None:
                 content = contents[rule_id] = bounce_content(rule.reason)
             self.bounces[mid] = ExpectedRecord(seq, queue, content)
+        self.rejected = invariants.rejected
         self.seen: Counter[str] = Counter()
         """Record type -> records read."""
         self._seen_receptions: set[str] = set()
@@ -375,6 +381,7 @@ class DeliveryLogCheck:
                 )
                 return
         else:
+            # Rejections name no message: finish() compares their number.
             return
         if message_id in seen:
             self._bad(where, f"duplicate {kind} record for {message_id}")
@@ -392,6 +399,7 @@ class DeliveryLogCheck:
 
     def finish(self) -> list[Violation]:
         """Report records missing for events up to the checkpoint; return all violations."""
+        self._count_rejections()
         for kind, expected, seen in (
             ("Reception", self.receptions, self._seen_receptions),
             ("AdminBounce", self.bounces, self._seen_bounces),
@@ -415,9 +423,34 @@ class DeliveryLogCheck:
                 )
         return self.violations
 
+    def _count_rejections(self) -> None:
+        # Up to the checkpoint every Rejected event has its record; after it, some may.
+        written = self.seen["Rejection"]
+        due = self._due_rejections()
+        if written < due:
+            seq = self.rejected[written]
+            self.violations.append(
+                Violation(
+                    "delivery-log",
+                    at_seq(seq),
+                    f"{due - written} Rejection record(s) missing: the log holds {due} "
+                    f"Rejected event(s) up to the checkpoint, the files {written} records",
+                    seq,
+                )
+            )
+        elif written > len(self.rejected):
+            self._bad(
+                "the delivery log",
+                f"{written} Rejection records, but the log holds only "
+                f"{len(self.rejected)} Rejected event(s)",
+            )
+
     def pending(self) -> int:
         """Records the log calls for after the checkpoint that are not written yet."""
-        return sum(
+        rejections = max(
+            0, len(self.rejected) - max(self.seen["Rejection"], self._due_rejections())
+        )
+        return rejections + sum(
             1
             for expected, seen in (
                 (self.receptions, self._seen_receptions),
@@ -426,3 +459,6 @@ class DeliveryLogCheck:
             for mid, record in expected.items()
             if record.seq > self.checkpoint_seq and mid not in seen
         )
+
+    def _due_rejections(self) -> int:
+        return bisect.bisect_right(self.rejected, self.checkpoint_seq)

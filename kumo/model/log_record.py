@@ -1,4 +1,5 @@
-"""The delivery-log records, ``Reception`` and ``AdminBounce``, in KumoMTA's format.
+"""The delivery-log records, ``Reception``, ``AdminBounce`` and ``Rejection``, in KumoMTA's
+format.
 
 The fields and two examples are in docs/operations.md, "The delivery log".
 
@@ -15,8 +16,10 @@ from typing import Any
 import orjson
 
 from kumo.model.duration import NANOS_PER_SECOND
-from kumo.model.events import Message, MessageReceived
+from kumo.model.events import Message, MessageReceived, PeerAddress, Rejected
 from kumo.model.rfc3339 import format_rfc3339
+from kumo.model.smtp_reply import flatten_content
+from kumo.model.smtp_server import Reply
 
 ADMIN_BOUNCE_CODE = 551
 
@@ -69,8 +72,13 @@ def _record(
     }
 
 
+def peer_address(peer: PeerAddress | None) -> dict[str, str] | None:
+    """The ``peer_address`` of a record: ``{"name": <EHLO name>, "addr": <IP>}`` or null."""
+    return None if peer is None else {"name": peer.name, "addr": peer.addr}
+
+
 def reception_record(event: MessageReceived, *, received_at: int, node_id: str) -> dict[str, Any]:
-    """The ``Reception`` record of a received message."""
+    """The ``Reception`` record of a received message (``peer_address`` null over HTTP)."""
     record = _record(
         kind="Reception",
         message_id=event.message_id,
@@ -84,8 +92,50 @@ def reception_record(event: MessageReceived, *, received_at: int, node_id: str) 
         created=received_at,
         node_id=node_id,
     )
+    record["peer_address"] = peer_address(event.peer)
     record["reception_protocol"] = event.protocol
     return record
+
+
+def rejection_record(event: Rejected, *, rejected_at: int, node_id: str) -> dict[str, Any]:
+    """The ``Rejection`` record of a ``4xx``/``5xx`` reply to an SMTP client (reference
+    4.5): no message (``id``, ``queue`` and ``site`` empty, ``size`` 0), created when
+    rejected, the reply's enhanced code taken out of its text, and the client's command
+    without CRLF. KumoMTA also sets ``session_id``; kumo has no session ids, so the
+    record leaves it out, as KumoMTA does when it is unset."""
+    reply = Reply(event.code, event.text)
+    enhanced = reply.enhanced_code
+    record = _record(
+        kind="Rejection",
+        message_id="",
+        sender=event.sender,
+        recipient=event.recipient,
+        queue="",
+        site="",
+        size=0,
+        response={
+            "code": event.code,
+            "enhanced_code": None
+            if enhanced is None
+            else {"class": enhanced[0], "subject": enhanced[1], "detail": enhanced[2]},
+            "content": flatten_content(reply.content),
+            "command": event.command,
+        },
+        event_time=rejected_at,
+        created=rejected_at,
+        node_id=node_id,
+    )
+    record["peer_address"] = peer_address(event.peer)
+    record["reception_protocol"] = None
+    return record
+
+
+def rejection_line(event: Rejected, *, rejected_at: int, node_id: str) -> bytes:
+    """One JSON line (newline included) for a rejection."""
+    return orjson.dumps(
+        rejection_record(event, rejected_at=rejected_at, node_id=node_id),
+        option=orjson.OPT_APPEND_NEWLINE,
+    )
 
 
 def admin_bounce_record(
@@ -133,14 +183,24 @@ def reception_lines(
     probe = reception_record(events[0], received_at=received_at, node_id=node_id)
     dumps = orjson.dumps
     keys = list(probe)
-    # Everything from "response" up to "reception_protocol" is the same for the batch.
-    shared = dumps({k: probe[k] for k in keys[keys.index("response") : -2]})
+    # Everything from "response" up to "reception_protocol" is the same for the batch,
+    # but for "peer_address", which is each SMTP client's own.
+    peer_at = keys.index("peer_address")
+    response = dumps({k: probe[k] for k in keys[keys.index("response") : peer_at]})
+    response = b"," + response[1:-1] + b',"peer_address":'
+    shared = dumps({k: probe[k] for k in keys[peer_at + 1 : -2]})
     shared = b"," + shared[1:-1] + b',"reception_protocol":'
     tail = b',"nodeid":' + dumps(node_id) + b"}\n"
     join = b"".join
     lines: list[bytes] = []
     append = lines.append
+    # Messages of one transaction share their peer: encode it once per run.
+    last_peer: PeerAddress | None = None
+    peer = b"null"
     for event in events:
+        if event.peer is not last_peer:
+            last_peer = event.peer
+            peer = dumps(peer_address(event.peer))
         append(
             join(
                 (
@@ -154,6 +214,8 @@ def reception_lines(
                     dumps(event.queue),
                     b',"site":"","size":',
                     str(event.size).encode(),
+                    response,
+                    peer,
                     shared,
                     dumps(event.protocol),
                     tail,

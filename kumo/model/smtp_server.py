@@ -394,6 +394,28 @@ _LONE_LINE_END: Final = Reply(552, "5.6.0 message data must use CRLF for line en
 _CRLF: Final = b"\r\n"
 
 
+# Session-level replies the shell gives on its own (reference 4.2, 4.1), outside a session
+# or through messages_failed. Like every "421 4.3.2", the first two are not Rejections.
+
+
+def too_many_sessions(settings: SmtpServerSettings) -> Reply:
+    """``421 4.3.2 <hostname> too many concurrent sessions. Try later``: the reply, in
+    place of the banner, to a connection over ``max_connections``."""
+    return Reply(421, f"4.3.2 {settings.hostname} too many concurrent sessions. Try later")
+
+
+def spool_refused(settings: SmtpServerSettings) -> Reply:
+    """``421 4.3.2 <hostname> the spool is not accepting writes. Try later``: for
+    :meth:`SmtpSession.messages_failed` when the messages cannot be made durable (the
+    server is stopping, its log failed)."""
+    return Reply(421, f"4.3.2 {settings.hostname} the spool is not accepting writes. Try later")
+
+
+SPOOL_TIMED_OUT: Final = Reply(451, "4.4.5 data_processing_timeout exceeded (spool)")
+"""For :meth:`SmtpSession.messages_failed` when making the messages durable took longer
+than ``data_processing_timeout``."""
+
+
 class SmtpSession:
     """The server side of one SMTP connection; see the module docstring.
 

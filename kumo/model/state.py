@@ -35,6 +35,7 @@ from kumo.model.events import (
     Event,
     Message,
     MessageReceived,
+    Rejected,
     issue_time,
 )
 from kumo.model.message_queue import MessageQueue
@@ -151,7 +152,7 @@ class RuleBook:
                     rule.bounced[event.queue] = rule.bounced.get(event.queue, 0) + count
                     rule.total_bounced += count
                 return rule
-            case MessageReceived():
+            case MessageReceived() | Rejected():
                 return None
 
     def _issue(self, event: BounceIssued, committed: Committed) -> Rule:
@@ -298,7 +299,7 @@ class QueueState:
                 return event.criteria.matches(self.parsed)
             case BounceCancelled() | BounceExpired():
                 return any(rule.id == event.rule_id for rule in self.rules)
-            case Bounced():
+            case Bounced() | Rejected():
                 return False
 
     def apply(self, committed: Committed, *, limit: int | None = None) -> Bounced | None:
@@ -318,7 +319,7 @@ class QueueState:
             case BounceCancelled() | BounceExpired():
                 self.rules = [rule for rule in self.rules if rule.id != event.rule_id]
                 return None
-            case Bounced():
+            case Bounced() | Rejected():
                 return None
 
     def settle(self, events: Sequence[Committed]) -> bool:

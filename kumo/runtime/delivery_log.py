@@ -1,4 +1,5 @@
-"""The delivery-log writer: Reception and AdminBounce records as JSON lines, exactly once.
+"""The delivery-log writer: Reception, AdminBounce and Rejection records as JSON lines,
+exactly once.
 
 It follows the event log from its checkpoint, as far as the log is durable. Each round
 it takes what has been committed since, encodes the records, and hands them to
@@ -20,8 +21,8 @@ from pathlib import Path
 import attrs
 import trio
 
-from kumo.model.events import Bounced, Committed, MessageReceived
-from kumo.model.log_record import admin_bounce_lines, reception_lines
+from kumo.model.events import Bounced, Committed, MessageReceived, Rejected
+from kumo.model.log_record import admin_bounce_lines, reception_lines, rejection_line
 from kumo.model.settings import EngineSettings
 from kumo.model.state import RuleBook
 from kumo.model.statistics import counter, gauge, info
@@ -82,6 +83,8 @@ def encode_records(
                         node_id=node_id,
                     )
                 )
+        elif isinstance(event, Rejected):
+            lines.append(rejection_line(event, rejected_at=committed.time, node_id=node_id))
     if received:
         flush_received()
     return lines

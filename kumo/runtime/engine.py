@@ -35,7 +35,14 @@ from pathlib import Path
 import attrs
 import trio
 
-from kumo.model.events import BounceCancelled, BounceIssued, Event, MessageReceived
+from kumo.model.events import (
+    BounceCancelled,
+    BounceIssued,
+    Committed,
+    Event,
+    MessageReceived,
+    Rejected,
+)
 from kumo.model.recovery import Recovery, recover
 from kumo.model.requests import BounceRequest, NewMessage
 from kumo.model.router import Router
@@ -136,6 +143,29 @@ class Engine:
         bodies = {index: message.body for index, message in enumerate(messages)}
         await self._log.append(events, bodies=bodies)
         return ids
+
+    async def receive(
+        self, events: Sequence[MessageReceived], bodies: Sequence[bytes]
+    ) -> list[Committed]:
+        """Receive messages whose events are already made (the SMTP listener's: spool
+        ids, queues and peers decided by :mod:`kumo.model.smtp_reception`), ``bodies[i]``
+        the content of ``events[i]``; return once they are durable, in one group commit
+        with whatever else waits.
+
+        Raises :class:`RefusedError` when the engine is closing or its log failed;
+        then none of them is acknowledged (cancelled while waiting, they may or may not
+        be committed, as with :meth:`inject`).
+        """
+        self._check_open()
+        return await self._log.append(events, bodies=dict(enumerate(bodies)))
+
+    async def record_rejections(self, events: Sequence[Rejected]) -> None:
+        """Queue ``Rejected`` events for the log without waiting for them to be durable:
+        the replies they record are not held back for them. Waits only while the log's
+        background lane is full. Raises :class:`RefusedError` when the engine is closing.
+        """
+        self._check_open()
+        await self._log.submit(events)
 
     async def issue_bounce(self, request: BounceRequest, *, issued_by: str) -> str:
         """Issue a rule; return its id once its ``BounceIssued`` is durable.

@@ -19,7 +19,7 @@ from click.testing import CliRunner
 
 from kumo.cli.kumo import kumod, main
 from kumo.cli.serve import ListenError, resolve_config, run_server
-from kumo.config import Config
+from kumo.config import Config, SmtpListenerSettings
 from kumo.http.routes import BOUNCE_PATH, INJECT_PATH, LIVENESS_PATH, METRICS_PATH
 from kumo.model.events import MessageReceived
 from kumo.model.prometheus_text import parse_samples
@@ -28,6 +28,9 @@ from kumo.store.data_dir import open_event_log
 from kumo.store.layout import DATABASE
 from kumo.store.snapshots import take_snapshot
 from tests.live_server import start_server, wait_until
+
+NO_SMTP = SmtpListenerSettings(listen=None)
+"""In-process servers listen for HTTP only: the SMTP default port is one per machine."""
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
@@ -89,7 +92,7 @@ def test_bad_config_is_a_usage_error(tmp_path: Path) -> None:
     path = tmp_path / "kumo.toml"
     path.write_text("trusted_hosts = ['somewhere']\n", encoding="utf-8")
     result = subprocess.run(
-        [sys.executable, "-m", "kumo.cli.serve", "--config", str(path)],
+        [sys.executable, "-m", "kumo.cli.serve", "--config", str(path), "--smtp-listen", "off"],
         capture_output=True,
         text=True,
         timeout=60,
@@ -170,7 +173,7 @@ def test_sigterm_mid_traffic_loses_no_acknowledged_message(tmp_path: Path) -> No
 
 async def test_run_server_in_process_until_stop_is_set(tmp_path: Path) -> None:
     stop = trio.Event()
-    config = Config(listen="127.0.0.1:0", data_dir=tmp_path / "data")
+    config = Config(listen="127.0.0.1:0", data_dir=tmp_path / "data", smtp_listener=NO_SMTP)
     async with trio.open_nursery() as nursery:
         url = await nursery.start(partial(run_server, config, stop=stop))
         async with httpx.AsyncClient() as client:
@@ -202,7 +205,9 @@ def serve_process(*args: str) -> subprocess.CompletedProcess[str]:
 def test_a_port_in_use_is_one_line_and_exit_1(tmp_path: Path) -> None:
     data = tmp_path / "data"
     with occupied_port() as port:
-        result = serve_process("--listen", f"127.0.0.1:{port}", "--data-dir", str(data))
+        result = serve_process(
+            "--listen", f"127.0.0.1:{port}", "--data-dir", str(data), "--smtp-listen", "127.0.0.1:0"
+        )
 
     assert result.returncode == 1
     assert result.stdout == ""
@@ -217,7 +222,7 @@ async def test_run_server_on_a_port_in_use_raises_listen_error_after_a_clean_clo
 ) -> None:
     data = tmp_path / "data"
     with occupied_port() as port:
-        config = Config(listen=f"127.0.0.1:{port}", data_dir=data)
+        config = Config(listen=f"127.0.0.1:{port}", data_dir=data, smtp_listener=NO_SMTP)
         why = f"^cannot listen on 127.0.0.1:{port}: address already in use$"
         with pytest.RaisesGroup(pytest.RaisesExc(ListenError, match=why), flatten_subgroups=True):
             await run_server(config)
@@ -231,7 +236,9 @@ def test_a_data_directory_in_use_is_one_line_and_exit_1(tmp_path: Path) -> None:
     data = tmp_path / "data"
     server = start_server(data)
     try:
-        result = serve_process("--listen", "127.0.0.1:0", "--data-dir", str(data))
+        result = serve_process(
+            "--listen", "127.0.0.1:0", "--data-dir", str(data), "--smtp-listen", "127.0.0.1:0"
+        )
     finally:
         assert server.stop() == 0
 

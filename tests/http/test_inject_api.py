@@ -10,7 +10,7 @@ import pytest
 
 from kumo.http.bodies import BuiltContent, InjectRecipient, InjectRequest, Mailbox
 from kumo.http.errors import RequestRefused
-from kumo.http.inject_api import content_headers, plan_injection, render_message
+from kumo.http.inject_api import plan_injection, render_message
 from kumo.model.requests import NewMessage
 
 NOW = dt.datetime(2030, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
@@ -53,15 +53,6 @@ def test_bad_recipients_fail_alone() -> None:
     assert result.failed_recipients == ("nobody", "trailing@", "meta@example.com")
     assert result.errors[0].startswith("nobody: ")
     assert result.errors[2] == "meta@example.com: metadata `campaign` must be a string"
-
-
-def test_content_headers() -> None:
-    names = frozenset({"x-campaign", "x-tenant"})
-    assert content_headers(TEXT, names) == {"x-campaign": "spring", "x-tenant": "acme"}
-    folded = "X-Campaign: a\n b\nX-Campaign: second\nx-tenant:\n\nX-Tenant: body"
-    assert content_headers(folded, names) == {"x-campaign": "a b"}
-    assert content_headers("no headers at all", names) == {}
-    assert content_headers("", names) == {}
 
 
 def test_expansion_limit() -> None:

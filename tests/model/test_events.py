@@ -23,6 +23,8 @@ from kumo.model.events import (
     EventDecodeError,
     Message,
     MessageReceived,
+    PeerAddress,
+    Rejected,
     criteria_to_json,
     decode_event,
     decode_received,
@@ -45,8 +47,12 @@ criteria = st.builds(
     queue_names=st.frozensets(text, max_size=3),
 )
 messages = st.builds(Message, text, text, text, st.integers(0, 10**9), nanos, st.integers(1, 10**9))
+peers = st.builds(PeerAddress, text, text)
+reply_texts = st.text(max_size=20).filter(lambda t: "\r" not in t)
 events: st.SearchStrategy[Event] = st.one_of(
     st.builds(MessageReceived, ids, text, text, text, st.integers(0, 10**9), text),
+    st.builds(MessageReceived, ids, text, text, text, st.integers(0, 10**9), text, peers),
+    st.builds(Rejected, st.integers(400, 599), reply_texts, maybe, text, text, peers),
     st.builds(
         BounceIssued,
         text,
@@ -145,6 +151,25 @@ constructions: st.SearchStrategy[Event] = st.one_of(
     st.builds(BounceCancelled, _any_of(text), _any_of(text)),
     st.builds(BounceExpired, _any_of(text)),
     st.builds(Bounced, _any_of(text), _any_of(text), st.lists(messages, max_size=3)),
+    st.builds(
+        MessageReceived,
+        ids,
+        text,
+        text,
+        text,
+        st.integers(0, 10),
+        text,
+        _any_of(peers, st.builds(PeerAddress, _any_of(text), _any_of(text))),
+    ),
+    st.builds(
+        Rejected,
+        _any_of(st.integers(400, 599)),
+        _any_of(reply_texts),
+        _any_of(maybe),
+        _any_of(text),
+        _any_of(text),
+        _any_of(peers),
+    ),
 )
 
 
@@ -176,6 +201,12 @@ def test_any_construction_is_valid_and_round_trips_or_raises(data: st.DataObject
         lambda: BounceCancelled(None),  # type: ignore[arg-type]
         lambda: BounceExpired(7),  # type: ignore[arg-type]
         lambda: Bounced("r", None, []),  # type: ignore[arg-type]
+        lambda: MessageReceived("ab" * 16, "q", "s", "r", 1, "ESMTP", ("n", "a")),  # type: ignore[arg-type]
+        lambda: PeerAddress("n", None),  # type: ignore[arg-type]
+        lambda: Rejected(250, "OK", None, "", "", PeerAddress("", "::1")),
+        lambda: Rejected(500, "a\r\nb", None, "", "", PeerAddress("", "::1")),
+        lambda: Rejected(500, "x", 5, "", "", PeerAddress("", "::1")),  # type: ignore[arg-type]
+        lambda: Rejected(500, "x", None, "", "", {"name": "", "addr": ""}),  # type: ignore[arg-type]
         lambda: Committed(-1, 0, BounceExpired("r")),
         lambda: Committed(1, -1, BounceExpired("r")),
         lambda: Committed(1, 0, "BounceExpired"),  # type: ignore[arg-type]
@@ -204,6 +235,12 @@ def _body(event: Event, **changes: object) -> bytes:
 
 
 RECEIVED = MessageReceived("ab" * 16, "q", "s@x", "r@y", 10)
+SMTP_RECEIVED = MessageReceived(
+    "cd" * 16, "q", "s@x", "r@y", 10, "ESMTP", PeerAddress("client.example", "10.0.0.5")
+)
+REJECTED = Rejected(
+    550, "5.7.1 relaying not permitted", "RCPT TO:<a@b>", "s@x", "", PeerAddress("", "10.0.0.5")
+)
 ISSUED = BounceIssued("r", Criteria(domain="d"), "why", 10**18)
 
 
@@ -220,6 +257,11 @@ ISSUED = BounceIssued("r", Criteria(domain="d"), "why", 10**18)
         _body(ISSUED, suppress_logging="yes"),
         _body(BounceCancelled("r"), rule_id=7),
         _body(Bounced("r", "q", []), queue=[]),
+        _body(SMTP_RECEIVED, peer="10.0.0.5"),
+        _body(SMTP_RECEIVED, peer={"name": "c"}),
+        _body(REJECTED, code=250),
+        _body(REJECTED, peer=None),
+        _body(REJECTED, text="a\r\nb"),
     ],
 )
 def test_stored_bodies_that_break_a_validator_are_decode_errors(body: bytes) -> None:
@@ -227,7 +269,10 @@ def test_stored_bodies_that_break_a_validator_are_decode_errors(body: bytes) -> 
         decode_event(body)
 
 
-@given(st.sampled_from([RECEIVED, ISSUED, BounceCancelled("r", "ops")]), st.data())
+@given(
+    st.sampled_from([RECEIVED, SMTP_RECEIVED, REJECTED, ISSUED, BounceCancelled("r", "ops")]),
+    st.data(),
+)
 def test_a_stored_field_replaced_by_anything_decodes_or_is_a_decode_error(
     event: Event, data: st.DataObject
 ) -> None:
@@ -260,3 +305,21 @@ def test_the_replay_fast_path_checks_sizes_and_ids(body: bytes) -> None:
 
 def test_the_replay_fast_path_reads_what_it_checks() -> None:
     assert decode_received(encode_event(RECEIVED), {}) == ("q", "ab" * 16, "s@x", "r@y", 10)
+
+
+def test_a_peer_is_stored_only_when_there_is_one() -> None:
+    """An HTTP arrival's body is what it was before SMTP existed, so old logs decode."""
+    assert "peer" not in orjson.loads(encode_event(RECEIVED))
+    old_body = (
+        b'{"v":1,"type":"MessageReceived","message_id":"'
+        + b"ab" * 16
+        + (b'","queue":"q","sender":"s@x","recipient":"r@y","size":10,"protocol":"HTTP"}')
+    )
+    assert decode_event(old_body) == RECEIVED
+    assert orjson.loads(encode_event(SMTP_RECEIVED))["peer"] == {
+        "name": "client.example",
+        "addr": "10.0.0.5",
+    }
+    assert decode_event(encode_event(SMTP_RECEIVED)) == SMTP_RECEIVED
+    assert decode_received(encode_event(SMTP_RECEIVED), {})[1] == "cd" * 16
+    assert decode_event(encode_event(REJECTED)) == REJECTED

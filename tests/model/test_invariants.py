@@ -15,6 +15,8 @@ from kumo.model.events import (
     Committed,
     Message,
     MessageReceived,
+    PeerAddress,
+    Rejected,
 )
 from kumo.model.invariants import DeliveryLogCheck, InvariantCheck, Violation
 from kumo.model.log_record import bounce_content
@@ -227,3 +229,51 @@ def test_checkpoint_past_the_end_means_a_truncated_log() -> None:
     [violation] = check.finish()
     assert (violation.check, violation.seq) == ("checkpoint", 8)
     assert "events 8..9 are missing (the log was truncated)" in violation.problem
+
+
+def rejected(seq: int) -> Committed:
+    event = Rejected(
+        503, "5.5.0 RCPT TO must be issued first", "DATA", "", "", PeerAddress("", "::1")
+    )
+    return Committed(seq, 1_000, event)
+
+
+REJECTING_LOG = [received(1, M1), rejected(2), rejected(3), rejected(4)]
+
+
+def test_rejections_change_nothing_and_are_counted() -> None:
+    invariants = check(REJECTING_LOG)
+    assert invariants.violations == []
+    assert invariants.rejected == [2, 3, 4]
+    assert invariants.queued() == {"a.com": [M1]}
+
+
+def test_rejection_records_are_counted_against_the_rejected_events() -> None:
+    complete = delivery(REJECTING_LOG)
+    complete.record("Reception", M1, "a.com", "", "l1")
+    for line in range(2, 5):
+        complete.record("Rejection", "", "", "relaying", f"l{line}")
+    assert complete.finish() == []
+    assert complete.pending() == 0
+
+    missing = delivery(REJECTING_LOG)
+    missing.record("Reception", M1, "a.com", "", "l1")
+    missing.record("Rejection", "", "", "", "l2")
+    [violation] = missing.finish()
+    assert (violation.check, violation.seq) == ("delivery-log", 3)
+    assert violation.problem.startswith("2 Rejection record(s) missing")
+
+    extra = delivery(REJECTING_LOG)
+    extra.record("Reception", M1, "a.com", "", "l1")
+    for line in range(2, 6):
+        extra.record("Rejection", "", "", "", f"l{line}")
+    [violation] = extra.finish()
+    assert violation.problem == "4 Rejection records, but the log holds only 3 Rejected event(s)"
+
+
+def test_rejection_records_after_the_checkpoint_are_not_yet_due() -> None:
+    early = delivery(REJECTING_LOG, checkpoint=2)
+    early.record("Reception", M1, "a.com", "", "l1")
+    early.record("Rejection", "", "", "", "l2")
+    assert early.finish() == []
+    assert early.pending() == 2

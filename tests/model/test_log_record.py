@@ -1,4 +1,5 @@
-"""The Reception and AdminBounce records (docs/operations.md, "The delivery log")."""
+"""The Reception, AdminBounce and Rejection records (docs/operations.md, "The delivery
+log")."""
 
 from __future__ import annotations
 
@@ -6,13 +7,14 @@ import orjson
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kumo.model.events import Message, MessageReceived
+from kumo.model.events import Message, MessageReceived, PeerAddress, Rejected
 from kumo.model.log_record import (
     admin_bounce_lines,
     admin_bounce_record,
     bounce_content,
     reception_line,
     reception_lines,
+    rejection_line,
 )
 
 NODE = "6f1c2a34-0000-4000-8000-000000000001"
@@ -59,6 +61,62 @@ def test_reception_record() -> None:
     assert record["event_time"] == "1970-01-01T00:00:01.000000001Z"
 
 
+def test_reception_record_of_a_message_received_over_smtp() -> None:
+    peer = PeerAddress("client.example", "10.0.0.5")
+    event = MessageReceived("cd" * 16, "q", "s@x", "r@y", 10, "ESMTP", peer)
+    record = orjson.loads(reception_line(event, received_at=1_000_000_001, node_id=NODE))
+    assert list(record) == KEYS
+    assert record["peer_address"] == {"name": "client.example", "addr": "10.0.0.5"}
+    assert record["reception_protocol"] == "ESMTP"
+
+
+def test_rejection_record_has_the_reference_shape() -> None:
+    """Reference 4.5: no message, the last accepted recipient, the command without CRLF."""
+    event = Rejected(
+        code=550,
+        text="5.7.1 relaying not permitted for 10.0.0.5:51234",
+        command="RCPT TO:<c@d.example>",
+        sender="a@b.example",
+        recipient="first@d.example",
+        peer=PeerAddress("client.example", "10.0.0.5"),
+    )
+    record = orjson.loads(
+        rejection_line(event, rejected_at=1_700_000_100_000_000_000, node_id=NODE)
+    )
+    assert list(record) == KEYS
+    assert record == record | {
+        "type": "Rejection",
+        "id": "",
+        "sender": "a@b.example",
+        "recipient": "first@d.example",
+        "queue": "",
+        "site": "",
+        "size": 0,
+        "response": {
+            "code": 550,
+            "enhanced_code": {"class": 5, "subject": 7, "detail": 1},
+            "content": "relaying not permitted for 10.0.0.5:51234",
+            "command": "RCPT TO:<c@d.example>",
+        },
+        "peer_address": {"name": "client.example", "addr": "10.0.0.5"},
+        "timestamp": 1_700_000_100,
+        "created": 1_700_000_100,
+        "num_attempts": 0,
+        "bounce_classification": "Uncategorized",
+        "reception_protocol": None,
+        "delivery_protocol": None,
+        "nodeid": NODE,
+    }
+    plain = Rejected(501, "Syntax error\nsecond line", None, "", "", PeerAddress("", "::1"))
+    response = orjson.loads(rejection_line(plain, rejected_at=0, node_id=NODE))["response"]
+    assert response == {
+        "code": 501,
+        "enhanced_code": None,
+        "content": "Syntax error second line",
+        "command": None,
+    }
+
+
 def test_line_breaks_in_the_reason_become_single_spaces() -> None:
     assert bounce_content("a\r\nb\nc\rd\r\n\r\ne") == (
         "Administrator bounced with reason: a b c d  e"
@@ -103,6 +161,10 @@ received_events = st.builds(
     text,
     st.integers(0, 10**7),
     st.sampled_from(["HTTP", "ESMTP"]) | text,
+    # Runs of one peer (what the encoder shares), and changes between them.
+    st.none()
+    | st.sampled_from([PeerAddress("c.example", "127.0.0.1")])
+    | st.builds(PeerAddress, text, text),
 )
 
 

@@ -1054,3 +1054,21 @@ class SessionMachine(RuleBasedStateMachine):
 
 SessionMachine.TestCase.settings = settings(max_examples=100, stateful_step_count=40, deadline=None)
 TestSessionMachine = SessionMachine.TestCase
+
+
+def test_the_replies_the_shell_gives_on_its_own() -> None:
+    from kumo.model.smtp_server import SPOOL_TIMED_OUT, spool_refused, too_many_sessions
+
+    assert too_many_sessions(SETTINGS).encode() == (
+        b"421 4.3.2 mx.example.net too many concurrent sessions. Try later\r\n"
+    )
+    assert spool_refused(SETTINGS).encode() == (
+        b"421 4.3.2 mx.example.net the spool is not accepting writes. Try later\r\n"
+    )
+    assert SPOOL_TIMED_OUT.encode() == b"451 4.4.5 data_processing_timeout exceeded (spool)\r\n"
+    # A refused spool closes the session and, like every 421 4.3.2, is no Rejection.
+    started = session()
+    started.receive_data(OPEN + b"DATA\r\n")
+    started.receive_data(b"x\r\n.\r\n")
+    outputs = started.messages_failed(spool_refused(SETTINGS))
+    assert [type(output).__name__ for output in outputs] == ["Reply", "Close"]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import os
 import sqlite3
 import sys
 import time
@@ -141,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("data_dir", type=Path)
     parser.add_argument("--until", type=int, default=None)
     arguments = parser.parse_args(argv)
+    # Beside a running server: the server's requests come first for the CPU.
+    os.nice(10)
     # A short-lived process that allocates a million long-lived objects and nothing
     # cyclic: collecting would only rescan them.
     gc.disable()

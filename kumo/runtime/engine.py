@@ -62,7 +62,7 @@ from kumo.runtime.snapshotter import SnapshotStatistics, Snapshotter
 from kumo.runtime.supervisor import QueueSupervisor
 from kumo.runtime.wal_checkpointer import CheckpointStatistics, WalCheckpointer
 from kumo.store.data_dir import open_event_log
-from kumo.store.event_log import EventStore
+from kumo.store.event_log import EventStore, LogCorruptError
 from kumo.store.ids import random_ids
 from kumo.store.layout import LOGS
 from kumo.store.lock import DataDirectoryLock
@@ -70,6 +70,10 @@ from kumo.store.lock import DataDirectoryLockedError as DataDirectoryLockedError
 from kumo.store.snapshots import fold_from_snapshot
 
 logger = logging.getLogger("kumo.engine")
+
+
+class DeliveryLogAheadError(LogCorruptError):
+    """The delivery log's checkpoint stands beyond the end of the event log."""
 
 
 class EngineClosedError(RefusedError):
@@ -358,7 +362,17 @@ async def open_engine(
                 run_blocking=None if threads else run_blocking,
             ),
         )
-        await run_blocking(parts.delivery.recover)
+        written = await run_blocking(parts.delivery.recover)
+        if written > state.last_seq:
+            # The delivery log describes events the log no longer holds: the log lost
+            # them (an emptied or replaced database). Serving it would silently forget
+            # that history and never log the new events (their seqs are "written").
+            raise DeliveryLogAheadError(
+                state.last_seq + 1,
+                f"the delivery log is written up to seq {written} but the event log ends at "
+                f"seq {state.last_seq}: events {state.last_seq + 1}..{written} are missing "
+                "from the log (restore the data directory from a backup)",
+            )
         engine = Engine(parts, chosen_id)
         async with trio.open_nursery() as nursery:
             followers = await _run(nursery, parts, router, recovery)

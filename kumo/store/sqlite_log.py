@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
-import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from time import sleep
 
 import orjson
 
@@ -98,12 +98,12 @@ def drop_events(path: Path, through: int, *, chunk: int = 500, pause: float = 0.
             deleted += cursor.rowcount
             if cursor.rowcount < chunk:
                 break
-            time.sleep(pause)
+            sleep(pause)
         if db.execute("PRAGMA auto_vacuum").fetchone()[0] == 2:  # INCREMENTAL
             # A MB at a time, for the same reason as the deletes.
             while db.execute("PRAGMA freelist_count").fetchone()[0]:
                 db.execute("PRAGMA incremental_vacuum(256)").fetchall()
-                time.sleep(pause)
+                sleep(pause)
         return deleted
     finally:
         db.close()

@@ -11,7 +11,7 @@ import trio.testing
 
 from kumo.model.settings import EngineSettings
 from kumo.runtime.clock import EngineClock
-from kumo.runtime.engine import open_engine
+from kumo.runtime.engine import DeliveryLogAheadError, open_engine
 from kumo.store.layout import DATABASE, SNAPSHOTS
 from kumo.store.snapshots import SnapshotAheadError, snapshot_paths
 from tests.runtime.harness import WALL_ORIGIN, bounce, message
@@ -99,3 +99,15 @@ async def test_snapshots_taken_by_a_process_of_their_own(tmp_path: Path) -> None
     assert statistics.taken == 1
     assert statistics.seq == 60
     assert statistics.last_bytes == snapshot_paths(tmp_path / SNAPSHOTS)[0].stat().st_size
+
+
+async def test_a_log_emptied_behind_its_delivery_log_is_refused_too(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    # No snapshot to tell: the delivery log's checkpoint does.
+    async with open_engine(tmp_path, clock=EngineClock(WALL_ORIGIN), threads=False) as engine:
+        await engine.inject([message(f"u{n}@a.example") for n in range(5)])
+        await engine.wait_idle()
+    empty_the_log(tmp_path)
+    with pytest.raises(DeliveryLogAheadError, match=r"written up to seq 5 .* ends at seq 0"):
+        await shown(tmp_path)

@@ -276,7 +276,7 @@ class LogWriter:
     # -- following -------------------------------------------------------------------
 
     async def read_after(self, seq: int, limit: int | None = None) -> list[Committed]:
-        """Committed events after ``seq`` (at most about ``limit``), in order.
+        """Committed events after ``seq`` (at most ``limit``), in order.
 
         Returns ``[]`` when nothing is committed after ``seq`` yet; use
         :meth:`wait_beyond` to wait. Recent events come from memory. ``limit``
@@ -294,7 +294,7 @@ class LogWriter:
                 start = max(0, seq + 1 - batch[0].seq)
                 out.extend(batch[start:] if start else batch)
                 if len(out) >= limit:
-                    break
+                    return out[:limit]
             return out
         async with self._reading:
             self._disk_reads += 1

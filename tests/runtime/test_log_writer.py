@@ -103,6 +103,7 @@ async def test_followers_read_from_memory_then_from_disk(tmp_path: Path) -> None
         for batch in range(10):
             await writer.append([received(batch * 5 + n) for n in range(5)])
         recent = await writer.read_after(45)
+        assert [c.seq for c in await writer.read_after(41, limit=3)] == [42, 43, 44]
         assert writer.statistics().disk_reads == 0
         old = await writer.read_after(0, limit=100)
         assert writer.statistics().disk_reads == 1

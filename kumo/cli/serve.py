@@ -18,6 +18,7 @@ import functools
 import gc
 import logging
 import signal
+import sqlite3
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
@@ -341,6 +342,11 @@ def serve(
         trio.run(main)
     except* (DataDirectoryLockedError, ListenError, LogCorruptError) as group:
         refusal = "; ".join(str(error) for error in _leaves(group))
+    except* sqlite3.Error as group:
+        # Opening the log failed (a full disk, a file that is not a database): the
+        # engine never ran, nothing was written.
+        why = "; ".join(str(error) for error in _leaves(group))
+        refusal = f"cannot open the event log in {config.data_dir}: {why}"
     if refusal is not None:
         print(f"kumo: {refusal}", file=sys.stderr, flush=True)
         sys.exit(1)

@@ -69,6 +69,9 @@ class EngineSettings:
     """Seconds between two checkpoints (copies of the write-ahead log back into the
     database, beside the writer) while commits happen. The WAL holds about what is
     committed in that time, and commits never wait for a checkpoint."""
+    disk_full_retry: float = _seconds_field(1.0)
+    """Seconds the log writer waits before it tries again after a commit found the disk
+    full (the clients of that commit got a 503 at once; the actors' events wait)."""
     cache_kib: int = _int_field(8 * 1024)
     """SQLite page cache per connection, in KiB: memory held for as long as the engine
     runs; appends and sequential reads need little of it."""

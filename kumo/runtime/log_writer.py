@@ -44,11 +44,15 @@ from kumo.runtime.blocking import RunBlocking, in_thread
 from kumo.runtime.clock import EngineClock
 from kumo.runtime.refusal import RefusedError
 from kumo.runtime.watermark import Watermark
-from kumo.store.event_log import EventStore
+from kumo.store.event_log import EventStore, LogFullError
 
 
 class LogClosedError(RefusedError):
     """The log no longer takes events: the engine is shutting down."""
+
+
+class DiskFullError(RefusedError):
+    """The event log's disk is full: the request's events were not written."""
 
 
 @attrs.frozen
@@ -70,6 +74,9 @@ class LogStatistics:
     tail_events: int = gauge("Recent events held in memory for the followers.")
     disk_reads: int = counter(
         "Times a follower fell behind the in-memory tail and read the database."
+    )
+    disk_full: int = counter(
+        "Transactions refused because the disk was full (their clients got a 503)."
     )
     commit_seconds: Histogram = histogram(
         "Seconds each commit of the store took, fsync included when it was durable."
@@ -126,6 +133,7 @@ class LogWriter:
         self._durable_commits = 0
         self._events_committed = 0
         self._disk_reads = 0
+        self._disk_full = 0
         self._commit_seconds = Histogram.empty()
         self._reading = trio.Lock()
 
@@ -150,6 +158,11 @@ class LogWriter:
         self._urgent.append(request)
         self._work.set()
         await request.done.wait()
+        if isinstance(request.error, LogFullError):
+            raise DiskFullError(
+                "the event log's disk is full: nothing of this request was written; "
+                "retry once space is freed"
+            ) from request.error
         if request.error is not None:
             raise LogClosedError("the event log failed") from request.error
         assert request.committed is not None
@@ -218,6 +231,20 @@ class LogWriter:
                         durable=durable,
                     )
                 )
+            except LogFullError as exc:
+                # Nothing was written. The clients hear it now; the actors' events go
+                # back to the front of their lane, to be committed once there is room.
+                self._disk_full += 1
+                for request in requests:
+                    request.error = exc
+                    request.done.set()
+                background = events[len(events) - self._background_in_flight :]
+                self._background.extendleft(reversed(background))
+                self._background_messages += sum(map(_weight, background))
+                self._background_in_flight = 0
+                self._clients_in_flight = False
+                await trio.sleep(self._settings.disk_full_retry)
+                continue
             except BaseException as exc:
                 for request in requests:
                     request.error = exc
@@ -325,5 +352,6 @@ class LogWriter:
             background_messages_waiting=self._background_messages,
             tail_events=self._tail_events,
             disk_reads=self._disk_reads,
+            disk_full=self._disk_full,
             commit_seconds=self._commit_seconds,
         )

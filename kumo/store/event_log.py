@@ -21,6 +21,11 @@ class LogCorruptError(Exception):
         self.problem = problem
 
 
+class LogFullError(Exception):
+    """The store's disk (or its size limit) is full: nothing of the transaction was
+    written. Writes may succeed again once space is freed."""
+
+
 class EventStore(Protocol):
     @property
     def last_seq(self) -> int:
@@ -45,7 +50,7 @@ class EventStore(Protocol):
         ``bodies`` maps an index into ``events`` (a ``MessageReceived``) to the message's
         content, stored in the spool in the same transaction. A ``Bounced`` event deletes
         its messages' spool entries in that transaction too. On an exception nothing was
-        appended.
+        appended; :class:`LogFullError` when the disk is full.
 
         With ``durable`` (the default) it returns once the transaction, and every one
         before it, survives a power failure. Without, it returns once the transaction

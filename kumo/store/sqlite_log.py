@@ -34,7 +34,7 @@ from kumo.model.events import (
     event_type,
 )
 from kumo.model.settings import EngineSettings
-from kumo.store.event_log import LogCorruptError
+from kumo.store.event_log import LogCorruptError, LogFullError
 from kumo.store.ids import ordered_ids
 
 _SCHEMA = """
@@ -59,6 +59,7 @@ CREATE TABLE IF NOT EXISTS meta (
 GENESIS = b"\x00" * 16
 
 _WAL_SIZE_KEPT = 64 * 1024 * 1024
+_SQLITE_FULL = 13
 
 
 def chain_link(previous: bytes, seq: int, time: int, kind: str, body: bytes) -> bytes:
@@ -228,8 +229,12 @@ class SqliteEventStore:
                     (orjson.dumps(unspooled),),
                 )
             db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
+        except BaseException as exc:
+            # SQLite may have rolled back already (it does on a full disk).
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.Error) and exc.sqlite_errorcode == _SQLITE_FULL:
+                raise LogFullError(str(exc)) from exc
             raise
         self._last_seq, self._last_time, self._chain = seq, time, chain
         return committed

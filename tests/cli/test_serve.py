@@ -300,3 +300,15 @@ def test_a_log_lost_behind_its_snapshot_is_one_line_and_exit_1(tmp_path: Path) -
         f"{5:020d}.snapshot was taken at seq 5: events 1..5 are missing from the log "
         "(restore the data directory from a backup)\n"
     )
+
+
+def test_a_log_that_cannot_be_opened_is_one_line_and_exit_1(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / DATABASE).write_bytes(b"this is not a database, and long enough to tell" * 100)
+
+    result = serve_process("--listen", "127.0.0.1:0", "--data-dir", str(data))
+
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert result.stderr == (f"kumo: cannot open the event log in {data}: file is not a database\n")

@@ -12,7 +12,7 @@ from kumo.model.events import Bounced, BounceExpired, Committed, Event, Message,
 from kumo.model.settings import EngineSettings
 from kumo.runtime.blocking import inline
 from kumo.runtime.clock import EngineClock
-from kumo.runtime.log_writer import LogClosedError, LogWriter
+from kumo.runtime.log_writer import DiskFullError, LogClosedError, LogWriter
 from kumo.store.data_dir import open_event_log
 from tests.runtime.harness import WALL_ORIGIN
 
@@ -203,3 +203,43 @@ async def test_every_commit_is_timed(tmp_path: Path) -> None:
     stats = writer.statistics()
     assert stats.commit_seconds.count == stats.commits == 5
     assert stats.commit_seconds.total >= 0
+
+
+async def test_a_full_disk_refuses_clients_keeps_background_events_and_recovers(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    seen: list[Committed] = []
+    store = open_event_log(tmp_path)
+    reader = open_event_log(tmp_path, readonly=True)
+    writer = LogWriter(
+        store,
+        reader,
+        EngineClock(WALL_ORIGIN),
+        EngineSettings(),
+        on_commit=seen.extend,
+        run_blocking=inline,
+    )
+    db = store._db  # type: ignore[attr-defined]  # the file size limit stands for the disk
+    pages = db.execute("PRAGMA page_count").fetchone()[0]
+    db.execute(f"PRAGMA max_page_count={pages + 20}")
+    big = b"x" * 400_000
+    async with trio.open_nursery() as nursery:
+        await nursery.start(writer.run)
+        await writer.append([received(0)], bodies={0: b"small"})
+        # An actor's event goes into the same transaction as a client's that does not
+        # fit: the client is refused, the actor's event is kept and committed later.
+        await writer.submit([BounceExpired("r1")])
+        with pytest.raises(DiskFullError, match="disk is full: nothing of this request"):
+            await writer.append([received(1)], bodies={0: big})
+        assert [c.seq for c in seen] == [1]
+        await writer.committed.wait_for(2)  # the writer tried again a second later
+        assert writer.statistics().disk_full == 1
+        assert [c.event for c in seen] == [received(0), BounceExpired("r1")]
+        db.execute("PRAGMA max_page_count=1000000")  # space freed
+        [committed] = await writer.append([received(2)], bodies={0: big})
+        await writer.committed.wait_for(3)
+        writer.close()
+    assert [c.event for c in seen] == [received(0), BounceExpired("r1"), received(2)]
+    assert committed.seq == 3
+    store.close()
+    reader.close()

@@ -122,11 +122,11 @@ class Engine:
                 queue=message.queue,
                 sender=message.sender,
                 recipient=message.recipient,
-                size=len(message.body),
+                size=message.size,
             )
             for message_id, message in zip(ids, messages, strict=True)
         ]
-        bodies = {index: message.body for index, message in enumerate(messages)}
+        bodies = {index: message.content for index, message in enumerate(messages)}
         await self._log.append(events, bodies=bodies)
         return ids
 

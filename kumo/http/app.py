@@ -31,13 +31,20 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from kumo.http import bounce_api, inject_api
-from kumo.http.access import AccessPolicy, Denied
+from kumo.http.access import AccessPolicy, Denied, PasswordCheck
 from kumo.http.connection_guard import ASGIApp as ASGIApp
 from kumo.http.connection_guard import ASGIMessage as ASGIMessage
 from kumo.http.connection_guard import ConnectionGuard
 from kumo.http.connection_guard import Scope as Scope
 from kumo.http.engine_protocol import AdminEngine
-from kumo.http.errors import BODY_TOO_LARGE, DEFAULT_BODY_LIMIT, RequestRefused, unauthorized
+from kumo.http.errors import (
+    BODY_TOO_LARGE,
+    DEFAULT_BODY_LIMIT,
+    RequestRefused,
+    too_many_attempts,
+    unauthorized,
+)
+from kumo.http.gatekeeper import AttemptLimits, Gatekeeper, Throttled
 from kumo.http.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from kumo.http.metrics import AdminLatency, metrics_registry, page
 from kumo.http.openapi import OPENAPI
@@ -81,16 +88,19 @@ def create_app(
     max_inject_bytes: int = inject_api.DEFAULT_MAX_INJECT_BYTES,
     body_timeout: float = BODY_TIMEOUT,
     run_blocking: RunBlocking = in_thread,
+    attempt_limits: AttemptLimits | None = None,
 ) -> QuartTrio:
     """The ASGI app serving ``engine``; ``access`` defaults to loopback-only trust.
 
     ``run_blocking`` runs the app's CPU-heavy steps (building a large injection, the
     /metrics page); pass :func:`kumo.runtime.blocking.inline` beside an engine opened
-    with ``threads=False``.
+    with ``threads=False``. ``attempt_limits`` bounds failed authentication attempts
+    (:mod:`kumo.http.gatekeeper`).
     """
-    policy = access if access is not None else AccessPolicy()
-    # scrypt costs ~16 MiB and tens of ms; two at a time bounds both.
-    password_checks = trio.CapacityLimiter(2)
+    gate = Gatekeeper(access if access is not None else AccessPolicy(), attempt_limits)
+    # scrypt costs ~16 MiB and tens of ms of a CPU: one at a time bounds both, and leaves
+    # the other CPU to the event loop whatever guessers send.
+    password_checks = trio.CapacityLimiter(1)
 
     app = QuartTrio(__name__, static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = body_limit
@@ -119,12 +129,18 @@ def create_app(
             return  # open, or no such route: routing answers 404 or 405
         peer = _peer()
         authorization = request.headers.get("Authorization")
-        if authorization is not None and authorization.lstrip()[:6].lower() == "basic ":
-            decision = await trio.to_thread.run_sync(
-                policy.authorize, peer, authorization, limiter=password_checks
-            )
-        else:
-            decision = policy.authorize(peer, authorization)
+        decision = gate.admit(peer, authorization, now=trio.current_time())
+        if isinstance(decision, PasswordCheck):
+            try:
+                verified = await trio.to_thread.run_sync(
+                    gate.policy.verify, decision, limiter=password_checks
+                )
+            except BaseException:
+                gate.abandon(decision)
+                raise
+            decision = gate.conclude(decision, verified, now=trio.current_time())
+        if isinstance(decision, Throttled):
+            raise too_many_attempts(decision.why, decision.retry_after)
         if isinstance(decision, Denied):
             raise unauthorized(decision.why)
         g.principal = decision.principal
@@ -184,6 +200,8 @@ def create_app(
         response = _response(text_reply(error.text, error.status))
         if error.status == 401:
             response.headers["WWW-Authenticate"] = 'Basic realm="kumo", Bearer realm="kumo"'
+        if error.retry_after is not None:
+            response.headers["Retry-After"] = str(error.retry_after)
         return response
 
     @app.errorhandler(HTTPException)

@@ -114,9 +114,9 @@ async def run_server(
 
     Stops through the stages of :mod:`kumo.cli.shutdown`, each reported on stderr.
     Returns after the server stopped and the engine shut down cleanly (a third signal
-    ends the process instead). Raises ``DataDirectoryLockedError`` if another process
-    has the data directory, and :class:`ListenError` (in an exception group) if the
-    address cannot be bound, once the engine has shut down cleanly too.
+    ends the process instead). Raises, in an exception group, ``DataDirectoryLockedError``
+    if another process has the data directory, and :class:`ListenError` if the address
+    cannot be bound, once the engine has shut down cleanly too.
     """
     shutdown = Shutdown(requested=stop)
     async with trio.open_nursery() as watching:

@@ -2,14 +2,16 @@
 Trio process.
 
 One ``trio.run``: the engine opens (replaying its log), the SMTP listener and hypercorn
-serve inside the engine's lifetime, and this module owns the nursery they share with the
-signal watcher. On SIGINT or SIGTERM the server stops accepting, lets requests in flight
-finish (up to :data:`GRACEFUL_TIMEOUT`), and then the engine shuts down gracefully:
-its channels drain, its log commits and closes. A second signal abandons the requests
-still in flight; the engine still closes cleanly. The process exits 0 after a clean
-shutdown. A data directory another kumo process holds, or a listening address it
-cannot bind, is one line on stderr and exit status 1 (the engine, if it had opened,
-shut down cleanly first).
+serve inside the engine's lifetime, and a signal watcher runs around them all, from
+before the engine opens until its store is closed. On SIGINT or SIGTERM the servers stop
+accepting (every SMTP session gets its ``421``), requests in flight may finish (up to
+:data:`GRACEFUL_TIMEOUT`), and then the engine shuts down gracefully: its work under way
+finishes, its log commits and closes. A second signal stops both waits (the store is
+still closed cleanly, the exit status still 0), a third exits at once with status 3
+(:mod:`kumo.cli.shutdown`); each stage says on stderr what it waits for. A data
+directory another kumo process holds, a log that cannot be opened, or a listening
+address it cannot bind, is one line on stderr and exit status 1 (the engine, if it had
+opened, shut down cleanly first).
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ from __future__ import annotations
 import functools
 import gc
 import logging
-import signal
 import sqlite3
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -32,8 +33,10 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
 from quart_trio import QuartTrio
 
+from kumo.cli.shutdown import Shutdown
 from kumo.config import Config, ConfigError, LineEndings, load_config, parse_listen
 from kumo.http.app import create_app
+from kumo.model.settings import EngineSettings
 from kumo.model.smtp_server import SmtpServerSettings
 from kumo.runtime.engine import DataDirectoryLockedError, Engine, open_engine
 from kumo.runtime.smtp_listener import ListenerSettings, SmtpListener, server_tls_context
@@ -46,6 +49,9 @@ GC_THRESHOLDS: Final = (100_000, 50, 100)
 GRACEFUL_TIMEOUT: Final = 1.0
 """Seconds that requests in flight get to finish after a stop signal. Idle keep-alive
 connections hold hypercorn for this long too, so it is kept short."""
+_SHUTDOWN_DEADLINE: Final = EngineSettings().shutdown_deadline
+"""Seconds the engine waits for its work under way when it closes (it runs with the
+default settings)."""
 
 
 class ListenError(Exception):
@@ -76,30 +82,35 @@ def _hypercorn_config(config: Config) -> HypercornConfig:
     return hyper
 
 
-async def _stop_on_signals(
-    stop: trio.Event,
-    force: trio.CancelScope,
-    *,
-    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        task_status.started()
-        async for _ in signals:
-            if stop.is_set():
-                force.cancel()
-            stop.set()
-
-
 async def _serve_until_stopped(
     app: QuartTrio,
     hyper: HypercornConfig,
-    stop: trio.Event,
-    done: trio.CancelScope,
+    shutdown: Shutdown,
     *,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    await hypercorn_serve(app, hyper, shutdown_trigger=stop.wait, task_status=task_status)
-    done.cancel()  # the server is down: stop watching for signals
+    async def stop_requested() -> None:
+        await shutdown.requested.wait()
+        shutdown.report(
+            "kumo: no longer accepting connections; "
+            f"waiting up to {GRACEFUL_TIMEOUT:g} s for requests in flight"
+        )
+
+    await hypercorn_serve(app, hyper, shutdown_trigger=stop_requested, task_status=task_status)
+
+
+def _work_under_way(engine: Engine) -> str:
+    """What the engine's shutdown waits for, in a few words."""
+    stats = engine.statistics()
+    last = stats.log.last_seq
+    pending = []
+    if stats.broadcaster.position < last:
+        pending.append(f"events routed to seq {stats.broadcaster.position:,} of {last:,}")
+    if stats.log.background_messages_waiting:
+        pending.append(f"{stats.log.background_messages_waiting:,} bounces to commit")
+    if stats.delivery_log.position < last:
+        pending.append(f"delivery log at seq {stats.delivery_log.position:,} of {last:,}")
+    return "; ".join(pending) or "queue actors finishing"
 
 
 def smtp_listener_settings(config: Config) -> ListenerSettings | None:
@@ -204,27 +215,38 @@ async def run_server(
     """Serve ``config`` until SIGINT/SIGTERM (or ``stop`` is set); report the base URL.
 
     The SMTP listener (unless ``smtp_listener.listen`` is ``"off"``) is bound first;
-    ``on_smtp_listening`` gets its ``HOST:PORT``. Returns after both stopped and the engine
-    shut down cleanly. Raises ``DataDirectoryLockedError`` if another process has the data
-    directory, :class:`ConfigError` if the SMTP listener cannot run with ``config`` (see
-    :func:`smtp_listener_settings`), and :class:`ListenError` (in an exception group) if an
-    address cannot be bound, once the engine has shut down cleanly too.
+    ``on_smtp_listening`` gets its ``HOST:PORT``. Stops through the stages of
+    :mod:`kumo.cli.shutdown`, each reported on stderr. Returns after both servers stopped
+    and the engine shut down cleanly (a third signal ends the process instead). Raises
+    ``DataDirectoryLockedError`` if another process has the data directory,
+    :class:`ConfigError` if the SMTP listener cannot run with ``config`` (see
+    :func:`smtp_listener_settings`), and :class:`ListenError` if an address cannot be
+    bound (in an exception group), once the engine has shut down cleanly too.
     """
-    stop = trio.Event() if stop is None else stop
+    shutdown = Shutdown(requested=stop)
+    async with trio.open_nursery() as watching:
+        await watching.start(shutdown.watch_signals)
+        await _serve(config, shutdown, on_smtp_listening, task_status=task_status)
+        watching.cancel_scope.cancel()
+
+
+async def _serve(
+    config: Config,
+    shutdown: Shutdown,
+    on_smtp_listening: Callable[[str], None] | None,
+    *,
+    task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
+) -> None:
     async with (
         open_engine(config.data_dir, node_id=config.node_id) as engine,
-        _smtp_listening(config, engine, stop, on_smtp_listening),
+        _smtp_listening(config, engine, shutdown.requested, on_smtp_listening),
     ):
+        shutdown.when_hurried(engine.cut_shutdown_short)
         app = create_app(engine, access=config.access_policy(), body_limit=config.body_limit)
         async with trio.open_nursery() as nursery:
-            await nursery.start(_stop_on_signals, stop, nursery.cancel_scope)
             try:
                 urls: list[str] = await nursery.start(
-                    _serve_until_stopped,
-                    app,
-                    _hypercorn_config(config),
-                    stop,
-                    nursery.cancel_scope,
+                    _serve_until_stopped, app, _hypercorn_config(config), shutdown
                 )
             except* OSError as group:
                 # An OSError before hypercorn reports its URLs is binding or listening.
@@ -232,7 +254,21 @@ async def run_server(
                 assert isinstance(error, OSError)
                 why = _describe_os_error(error)
                 raise ListenError(f"cannot listen on {config.listen}: {why}") from error
+            # Registered once serving, so that the URL is reported even if a second
+            # signal came during the replay; the server then stops at once.
+            shutdown.when_hurried(nursery.cancel_scope.cancel)
             task_status.started(urls[0])
+        if shutdown.hurried:
+            shutdown.report("kumo: closing the engine without waiting for work under way")
+        else:
+            shutdown.report(
+                f"kumo: closing the engine: waiting up to {_SHUTDOWN_DEADLINE:g} s for "
+                f"work under way ({_work_under_way(engine)})"
+            )
+    if engine.shutdown_cut_short:
+        shutdown.report(
+            "kumo: the engine closed before its work under way was done; the next start finishes it"
+        )
 
 
 def resolve_config(

@@ -8,9 +8,12 @@ as ``issued_by`` / ``cancelled_by``: the user name, the token's configured name,
 peer address; never a password or a token.
 
 Secrets are stored hashed: passwords with scrypt and a random salt, tokens (random
-and long, so a salt adds nothing) with SHA-256. Everything here is plain Python with
-no I/O; :meth:`AccessPolicy.authorize` may spend tens of milliseconds on scrypt, so
-the app calls it from a worker thread when a request carries Basic credentials.
+and long, so a salt adds nothing) with SHA-256. A password is checked in the same time
+whether its user exists or not: an unknown user's password is checked against a dummy
+hash with the parameters of the configured ones, so that user names cannot be found by
+timing. Everything here is plain Python with no I/O; scrypt takes tens of milliseconds,
+so :meth:`AccessPolicy.decide` leaves it to :meth:`AccessPolicy.verify`, which the app
+calls from a worker thread (:mod:`kumo.http.gatekeeper` bounds how many, and how often).
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ import hashlib
 import hmac
 import ipaddress
 import os
-from collections.abc import Mapping
+from collections import Counter
+from collections.abc import Iterable, Mapping
 from typing import Final, TypeAlias
 
 import attrs
@@ -100,6 +104,16 @@ class _ScryptHash:
         candidate = _scrypt(password, self.salt, self.n, self.r, self.p, len(self.digest))
         return hmac.compare_digest(candidate, self.digest)
 
+    @classmethod
+    def dummy_like(cls, hashes: Iterable[_ScryptHash]) -> _ScryptHash:
+        """A hash no password matches, as costly to check as the most common of
+        ``hashes`` (the default parameters if there are none)."""
+        shapes = Counter((h.n, h.r, h.p, len(h.salt), len(h.digest)) for h in hashes)
+        n, r, p, salt, digest = (
+            shapes.most_common(1)[0][0] if shapes else (_SCRYPT_N, _SCRYPT_R, _SCRYPT_P, 16, 32)
+        )
+        return cls(n, r, p, os.urandom(salt), os.urandom(digest))
+
 
 def check_password_hash(encoded: str) -> None:
     """Raise ValueError saying why, unless ``encoded`` is a hash :func:`hash_password` makes."""
@@ -135,9 +149,29 @@ class Granted:
 
 @attrs.frozen(slots=True)
 class Denied:
-    """Refuse with 401; ``why`` is the reply's text."""
+    """Refuse with 401; ``why`` is the reply's text. ``attempt`` says whether the
+    request presented credentials that failed (a guess, for the attempt limits), as
+    opposed to none or a header that could not be read."""
 
     why: str
+    attempt: bool = False
+
+
+@attrs.frozen(slots=True)
+class PasswordCheck:
+    """Basic credentials that only scrypt can decide: give it to
+    :meth:`AccessPolicy.verify` (slow), then the outcome to :meth:`AccessPolicy.conclude`.
+
+    ``peer`` is the request's peer address and ``trusted`` whether it is trusted.
+    """
+
+    peer: str | None
+    trusted: bool
+    user: str
+    password: str = attrs.field(repr=False)
+
+
+_WRONG_PASSWORD: Final = "Invalid Authorization: unknown user or wrong password"
 
 
 def parse_network(text: str) -> IPNetwork:
@@ -186,13 +220,18 @@ class AccessPolicy:
     )
     """(user, SHA-256 of password) pairs that passed scrypt: a client that sends
     Basic credentials with every request pays scrypt once, not each time."""
+    _hashes: dict[str, _ScryptHash] = attrs.field(factory=dict, init=False, eq=False, repr=False)
+    _dummy: _ScryptHash = attrs.field(init=False, eq=False, repr=False)
+    """The hash an unknown user's password is checked against."""
 
     def __attrs_post_init__(self) -> None:
         for name, encoded in self.users.items():
             try:
-                check_password_hash(encoded)
+                self._hashes[name] = _ScryptHash.parse(encoded)
             except ValueError as exc:
                 raise ValueError(f"user {name!r}: {exc}") from None
+        # attrs' way to set a field of a frozen instance in its own initialisation.
+        object.__setattr__(self, "_dummy", _ScryptHash.dummy_like(self._hashes.values()))
         for name, encoded in self.tokens.items():
             try:
                 check_token_hash(encoded)
@@ -205,10 +244,24 @@ class AccessPolicy:
         return address is not None and any(address in network for network in self.trusted_hosts)
 
     def authorize(self, peer: str | None, authorization: str | None) -> Granted | Denied:
-        """Decide a request from ``peer`` with the ``Authorization`` header given.
+        """Decide a request from ``peer`` with the ``Authorization`` header given:
+        :meth:`decide`, then :meth:`verify` and :meth:`conclude` if it takes scrypt.
 
         May run scrypt (tens of ms, once per user and password): call it from a worker
         thread when ``authorization`` holds Basic credentials.
+        """
+        decision = self.decide(peer, authorization)
+        if isinstance(decision, PasswordCheck):
+            return self.conclude(decision, self.verify(decision))
+        return decision
+
+    def decide(
+        self, peer: str | None, authorization: str | None
+    ) -> Granted | Denied | PasswordCheck:
+        """Decide what can be decided without scrypt (quick: no thread needed).
+
+        A password already verified for its user is granted here; any other Basic
+        credentials (known user or not, alike) are a :class:`PasswordCheck`.
         """
         trusted = self.is_trusted(peer)
         if authorization is None:
@@ -218,46 +271,63 @@ class AccessPolicy:
                 f"Missing Authorization header: {peer or 'this peer'} is not a trusted host; "
                 "send Basic or Bearer credentials"
             )
-        principal, why = self._authenticate(authorization)
+        principal, why, attempt = self._authenticate(peer, trusted, authorization)
+        if isinstance(principal, PasswordCheck):
+            return principal
         if principal is not None:
             return Granted(principal)
         if trusted:
             return Granted(str(peer))
-        return Denied(why)
+        return Denied(why, attempt=attempt)
 
-    def _authenticate(self, authorization: str) -> tuple[str | None, str]:
-        parsed = _credentials(authorization)
-        if parsed is None:
-            return None, "Malformed Authorization header: expected `Basic` or `Bearer` credentials"
-        scheme, rest = parsed
-        if scheme == "basic":
-            return self._basic(rest)
-        if scheme == "bearer":
-            return self._bearer(rest)
-        return None, "Unsupported Authorization scheme: expected `Basic` or `Bearer`"
-
-    def _basic(self, encoded: str) -> tuple[str | None, str]:
-        try:
-            decoded = base64.b64decode(encoded, validate=True).decode()
-        except (binascii.Error, ValueError):
-            return None, "Malformed Authorization header: Basic credentials are not base64 UTF-8"
-        user, _, password = decoded.partition(":")
-        stored = self.users.get(user)
-        if stored is None:
-            return None, "Invalid Authorization: unknown user or wrong password"
-        key = (user, hashlib.sha256(password.encode()).digest())
-        if key in self._verified:
-            return user, ""
-        if not verify_password(password, stored):
-            return None, "Invalid Authorization: unknown user or wrong password"
+    def verify(self, check: PasswordCheck) -> bool:
+        """Whether the password of ``check`` is its user's: runs scrypt (tens of ms,
+        thread-safe), against a dummy hash for an unknown user so that it takes as long.
+        A password that passes is remembered (:meth:`decide` grants it at once)."""
+        stored = self._hashes.get(check.user)
+        matches = (stored or self._dummy).verify(check.password)
+        if not (matches and stored is not None):
+            return False
         if len(self._verified) >= _CACHE_SIZE:
             self._verified.clear()
-        self._verified[key] = None
-        return user, ""
+        self._verified[_cache_key(check.user, check.password)] = None
+        return True
 
-    def _bearer(self, token: str) -> tuple[str | None, str]:
-        presented = hash_token(token)
-        for name, stored in self.tokens.items():
-            if hmac.compare_digest(presented, stored):
-                return name, ""
-        return None, "Invalid Authorization: unknown bearer token"
+    def conclude(self, check: PasswordCheck, verified: bool) -> Granted | Denied:
+        """The decision once :meth:`verify` has said whether the password is right."""
+        if verified:
+            return Granted(check.user)
+        if check.trusted:
+            return Granted(str(check.peer))
+        return Denied(_WRONG_PASSWORD, attempt=True)
+
+    def _authenticate(
+        self, peer: str | None, trusted: bool, authorization: str
+    ) -> tuple[str | PasswordCheck | None, str, bool]:
+        """(principal or the check to run, why not, whether credentials were tried)."""
+        parsed = _credentials(authorization)
+        if parsed is None:
+            why = "Malformed Authorization header: expected `Basic` or `Bearer` credentials"
+            return None, why, False
+        scheme, rest = parsed
+        if scheme == "basic":
+            try:
+                decoded = base64.b64decode(rest, validate=True).decode()
+            except (binascii.Error, ValueError):
+                why = "Malformed Authorization header: Basic credentials are not base64 UTF-8"
+                return None, why, False
+            user, _, password = decoded.partition(":")
+            if user in self._hashes and _cache_key(user, password) in self._verified:
+                return user, "", True
+            return PasswordCheck(peer, trusted, user, password), "", True
+        if scheme == "bearer":
+            presented = hash_token(rest)
+            for name, stored in self.tokens.items():
+                if hmac.compare_digest(presented, stored):
+                    return name, "", True
+            return None, "Invalid Authorization: unknown bearer token", True
+        return None, "Unsupported Authorization scheme: expected `Basic` or `Bearer`", False
+
+
+def _cache_key(user: str, password: str) -> tuple[str, bytes]:
+    return user, hashlib.sha256(password.encode()).digest()

@@ -4,7 +4,9 @@ The app is thin: each route reads the body (bounded), hands it to a handler of
 :mod:`kumo.http.bounce_api` or :mod:`kumo.http.inject_api`, and turns the handler's
 :class:`~kumo.http.replies.Reply` into a response. Refusals come in the order that
 docs/operations.md ("Error replies") states: access (401) before the body is read, then
-size (413, enforced while the body arrives: a body over the limit is never held whole),
+size (413, from ``Content-Length`` before the body is read, else as soon as the body
+grows over the limit: a body over the limit is never held whole; see
+:mod:`kumo.http.connection_guard` for what an early answer does to the connection),
 then content type (415), JSON syntax (400) and shape (422). Whatever a client sends gets
 a 2xx or a 4xx with a plain-text reason; a 503 means the engine refused the work for now
 (it is shutting down, or its event log is closed:
@@ -20,7 +22,7 @@ import datetime as dt
 import functools
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any, Final, TypeAlias
+from typing import Final
 
 import orjson
 import trio
@@ -29,9 +31,20 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from kumo.http import bounce_api, inject_api
-from kumo.http.access import AccessPolicy, Denied
+from kumo.http.access import AccessPolicy, Denied, PasswordCheck
+from kumo.http.connection_guard import ASGIApp as ASGIApp
+from kumo.http.connection_guard import ASGIMessage as ASGIMessage
+from kumo.http.connection_guard import ConnectionGuard
+from kumo.http.connection_guard import Scope as Scope
 from kumo.http.engine_protocol import AdminEngine
-from kumo.http.errors import BODY_TOO_LARGE, DEFAULT_BODY_LIMIT, RequestRefused, unauthorized
+from kumo.http.errors import (
+    BODY_TOO_LARGE,
+    DEFAULT_BODY_LIMIT,
+    RequestRefused,
+    too_many_attempts,
+    unauthorized,
+)
+from kumo.http.gatekeeper import AttemptLimits, Gatekeeper, Throttled
 from kumo.http.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from kumo.http.metrics import AdminLatency, metrics_registry, page
 from kumo.http.openapi import OPENAPI
@@ -50,62 +63,6 @@ _ADMIN_PREFIX: Final = "/api/admin/"
 """Routes whose answer times /metrics reports (``kumo_admin_request_seconds``)."""
 
 _log = logging.getLogger(__name__)
-
-Scope: TypeAlias = dict[str, Any]
-ASGIMessage: TypeAlias = dict[str, Any]
-ASGIReceive: TypeAlias = Callable[[], Awaitable[ASGIMessage]]
-ASGISend: TypeAlias = Callable[[ASGIMessage], Awaitable[None]]
-ASGIApp: TypeAlias = Callable[[Scope, ASGIReceive, ASGISend], Awaitable[None]]
-
-
-class _BodyBeforeResponse:
-    """ASGI middleware: a response starts only once the request body has arrived whole.
-
-    Why: quart-trio cancels a request's tasks as soon as hypercorn reports the request
-    stream closed. When a response ends while the client is still sending its body (a
-    401, 404 or 405 answered without reading it, a 413 answered on ``Content-Length``),
-    hypercorn closes the connection from inside that cancelled task, the close never
-    completes, and the client's next request on the kept-alive connection hangs.
-    Holding the response until the body has arrived (Quart reads it, keeping at most
-    the body limit) keeps the connection in step for the next request. A body that has
-    not ended ``timeout`` seconds after the request started gets ``Connection: close``
-    on the response, so that the client does not send another request there.
-
-    The wait is bounded by that same deadline, not by a fresh ``timeout``: Quart answers
-    408 once the body has been late for ``timeout`` seconds, and that answer must go out
-    then, not ``timeout`` seconds later.
-    """
-
-    def __init__(self, app: ASGIApp, timeout: float) -> None:
-        self.app = app
-        self.timeout = timeout
-
-    async def __call__(self, scope: Scope, receive: ASGIReceive, send: ASGISend) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        body_ended = trio.Event()
-        deadline = trio.current_time() + self.timeout
-
-        async def tracking_receive() -> ASGIMessage:
-            message = await receive()
-            kind = message["type"]
-            if kind == "http.disconnect" or (
-                kind == "http.request" and not message.get("more_body", False)
-            ):
-                body_ended.set()
-            return message
-
-        async def send_after_body(message: ASGIMessage) -> None:
-            if message["type"] == "http.response.start" and not body_ended.is_set():
-                with trio.move_on_at(deadline):
-                    await body_ended.wait()
-                if not body_ended.is_set():
-                    headers = [*message.get("headers", ()), (b"connection", b"close")]
-                    message = {**message, "headers": headers}
-            await send(message)
-
-        await self.app(scope, tracking_receive, send_after_body)
 
 
 def _response(reply: Reply) -> Response:
@@ -131,21 +88,24 @@ def create_app(
     max_inject_bytes: int = inject_api.DEFAULT_MAX_INJECT_BYTES,
     body_timeout: float = BODY_TIMEOUT,
     run_blocking: RunBlocking = in_thread,
+    attempt_limits: AttemptLimits | None = None,
 ) -> QuartTrio:
     """The ASGI app serving ``engine``; ``access`` defaults to loopback-only trust.
 
     ``run_blocking`` runs the app's CPU-heavy steps (building a large injection, the
     /metrics page); pass :func:`kumo.runtime.blocking.inline` beside an engine opened
-    with ``threads=False``.
+    with ``threads=False``. ``attempt_limits`` bounds failed authentication attempts
+    (:mod:`kumo.http.gatekeeper`).
     """
-    policy = access if access is not None else AccessPolicy()
-    # scrypt costs ~16 MiB and tens of ms; two at a time bounds both.
-    password_checks = trio.CapacityLimiter(2)
+    gate = Gatekeeper(access if access is not None else AccessPolicy(), attempt_limits)
+    # scrypt costs ~16 MiB and tens of ms of a CPU: one at a time bounds both, and leaves
+    # the other CPU to the event loop whatever guessers send.
+    password_checks = trio.CapacityLimiter(1)
 
     app = QuartTrio(__name__, static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = body_limit
     app.config["BODY_TIMEOUT"] = body_timeout
-    app.asgi_app = _BodyBeforeResponse(app.asgi_app, body_timeout)  # type: ignore[assignment,arg-type]
+    app.asgi_app = ConnectionGuard(app.asgi_app, body_timeout=body_timeout)  # type: ignore[assignment,arg-type]
     latency = AdminLatency()
     registry = metrics_registry(engine, latency)
 
@@ -169,12 +129,18 @@ def create_app(
             return  # open, or no such route: routing answers 404 or 405
         peer = _peer()
         authorization = request.headers.get("Authorization")
-        if authorization is not None and authorization.lstrip()[:6].lower() == "basic ":
-            decision = await trio.to_thread.run_sync(
-                policy.authorize, peer, authorization, limiter=password_checks
-            )
-        else:
-            decision = policy.authorize(peer, authorization)
+        decision = gate.admit(peer, authorization, now=trio.current_time())
+        if isinstance(decision, PasswordCheck):
+            try:
+                verified = await trio.to_thread.run_sync(
+                    gate.policy.verify, decision, limiter=password_checks
+                )
+            except BaseException:
+                gate.abandon(decision)
+                raise
+            decision = gate.conclude(decision, verified, now=trio.current_time())
+        if isinstance(decision, Throttled):
+            raise too_many_attempts(decision.why, decision.retry_after)
         if isinstance(decision, Denied):
             raise unauthorized(decision.why)
         g.principal = decision.principal
@@ -234,6 +200,8 @@ def create_app(
         response = _response(text_reply(error.text, error.status))
         if error.status == 401:
             response.headers["WWW-Authenticate"] = 'Basic realm="kumo", Bearer realm="kumo"'
+        if error.retry_after is not None:
+            response.headers["Retry-After"] = str(error.retry_after)
         return response
 
     @app.errorhandler(HTTPException)

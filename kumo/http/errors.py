@@ -26,10 +26,12 @@ class RequestRefused(Exception):
     has changed when it is raised: handlers validate before they call the engine.
     """
 
-    def __init__(self, status: int, text: str) -> None:
+    def __init__(self, status: int, text: str, *, retry_after: int | None = None) -> None:
         super().__init__(status, text)
         self.status = status
         self.text = text
+        self.retry_after = retry_after
+        """Seconds for the ``Retry-After`` header of a 429, if any."""
 
     def __str__(self) -> str:
         return f"{self.status}: {self.text}"
@@ -58,3 +60,8 @@ def body_too_large() -> RequestRefused:
 def unauthorized(why: str) -> RequestRefused:
     """401: the peer is not trusted and did not authenticate."""
     return RequestRefused(401, why)
+
+
+def too_many_attempts(why: str, retry_after: int) -> RequestRefused:
+    """429: too many failed attempts to authenticate; ``Retry-After`` says when to retry."""
+    return RequestRefused(429, why, retry_after=retry_after)

@@ -13,6 +13,8 @@ _NULLABLE_STRING: Final = {"type": ["string", "null"]}
 def _refusals(*statuses: int) -> dict[str, Any]:
     texts = {
         401: "Not a trusted host and no valid credentials.",
+        429: "Too many failed authentication attempts from this peer or for this user, or "
+        "too many password checks under way; `Retry-After` says when to retry.",
         404: "No live rule has this id.",
         413: "Body over the limit (`Failed to buffer the request body: length limit exceeded`).",
         415: "Content-Type is not JSON (`Expected request with `Content-Type: application/json``).",
@@ -22,7 +24,17 @@ def _refusals(*statuses: int) -> dict[str, Any]:
         503: "The engine refuses work for now: it is shutting down or its event log is "
         "closed (`kumo is shutting down; retry later`, `the event log is closed; retry later`).",
     }
-    return {str(status): {"description": texts[status], "content": _TEXT} for status in statuses}
+    replies: dict[str, Any] = {
+        str(status): {"description": texts[status], "content": _TEXT} for status in statuses
+    }
+    if 429 in statuses:
+        replies["429"]["headers"] = {
+            "Retry-After": {
+                "description": "Whole seconds to wait before the next attempt.",
+                "schema": {"type": "integer", "minimum": 1},
+            }
+        }
+    return replies
 
 
 _BOUNCE_REQUEST: Final = {
@@ -162,7 +174,7 @@ OPENAPI: Final[dict[str, Any]] = {
                             }
                         ),
                     },
-                    **_refusals(401, 413, 415, 400, 422, 503),
+                    **_refusals(401, 429, 413, 415, 400, 422, 503),
                 },
             },
             "get": {
@@ -172,7 +184,7 @@ OPENAPI: Final[dict[str, Any]] = {
                         "description": "Live rules.",
                         "content": _json({"type": "array", "items": _BOUNCE_ENTRY}),
                     },
-                    **_refusals(401, 503),
+                    **_refusals(401, 429, 503),
                 },
             },
             "delete": {
@@ -189,7 +201,7 @@ OPENAPI: Final[dict[str, Any]] = {
                 },
                 "responses": {
                     "200": {"description": "`removed <id>`", "content": _TEXT},
-                    **_refusals(401, 404, 413, 415, 400, 422, 503),
+                    **_refusals(401, 429, 404, 413, 415, 400, 422, 503),
                 },
             },
         },
@@ -221,7 +233,7 @@ OPENAPI: Final[dict[str, Any]] = {
                             }
                         ),
                     },
-                    **_refusals(401, 413, 415, 400, 422, 503),
+                    **_refusals(401, 429, 413, 415, 400, 422, 503),
                 },
             }
         },
@@ -246,7 +258,7 @@ OPENAPI: Final[dict[str, Any]] = {
                 ),
                 "responses": {
                     "200": {"description": "Prometheus text format 0.0.4.", "content": _TEXT},
-                    **_refusals(401, 503),
+                    **_refusals(401, 429, 503),
                 },
             }
         },

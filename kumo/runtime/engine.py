@@ -123,6 +123,9 @@ class Engine:
         self._log = parts.log
         self._cancelling: set[str] = set()
         self._closed = False
+        # The shutdown's wait for work under way: made now so that it can be cut short
+        # before the shutdown begins (cancelling a scope not yet entered is kept).
+        self._shutdown_wait = trio.CancelScope(shield=True)
 
     # -- the API ---------------------------------------------------------------------
 
@@ -140,11 +143,11 @@ class Engine:
                 queue=message.queue,
                 sender=message.sender,
                 recipient=message.recipient,
-                size=len(message.body),
+                size=message.size,
             )
             for message_id, message in zip(ids, messages, strict=True)
         ]
-        bodies = {index: message.body for index, message in enumerate(messages)}
+        bodies = {index: message.content for index, message in enumerate(messages)}
         await self._log.append(events, bodies=bodies)
         return ids
 
@@ -279,6 +282,30 @@ class Engine:
         """Refuse new requests (:class:`EngineClosedError`) from now on."""
         self._closed = True
 
+    def cut_shutdown_short(self) -> None:
+        """Do not wait (any longer) for work under way when the engine shuts down.
+
+        The shutdown still stops the actors, commits what the log holds and closes the
+        database cleanly; the work it did not wait for (a sweep, delivery-log records)
+        is redone by the next start, as after a crash. May be called at any time,
+        before the shutdown too; it never blocks.
+        """
+        self._shutdown_wait.cancel()
+
+    @property
+    def shutdown_cut_short(self) -> bool:
+        """Whether the shutdown stopped waiting before the work under way was done (cut
+        short by :meth:`cut_shutdown_short`, or by ``shutdown_deadline``)."""
+        return self._shutdown_wait.cancelled_caught
+
+    async def _wait_idle_at_shutdown(self, seconds: float) -> None:
+        """:meth:`wait_idle`, shielded from the caller's cancellation, for at most
+        ``seconds`` and until :meth:`cut_shutdown_short`."""
+        wait = self._shutdown_wait
+        wait.deadline = min(wait.deadline, trio.current_time() + seconds)
+        with wait:
+            await self.wait_idle()
+
     def _check_open(self) -> None:
         if self._closed:
             raise EngineClosedError("kumo is shutting down")
@@ -298,9 +325,9 @@ async def open_engine(
     Replay rebuilds the queues, the rules and their counters, finishes the bounces a
     crash cut short, and lets the delivery log catch up from its checkpoint. Leaving
     the block shuts down: new requests are refused, the actors and followers get up to
-    ``settings.shutdown_deadline`` seconds to finish, the log commits what is queued,
-    and the database is closed. Work cut off by the deadline is redone by the next
-    start.
+    ``settings.shutdown_deadline`` seconds to finish (less if
+    :meth:`Engine.cut_shutdown_short` is called), the log commits what is queued, and
+    the database is closed. Work cut off is redone by the next start.
 
     ``threads=False`` runs SQLite and file I/O in the Trio thread: slower, but
     deterministic under ``MockClock(autojump_threshold=0)``, where a wait on a worker
@@ -380,9 +407,7 @@ async def open_engine(
                 yield engine
             finally:
                 engine.close()
-                with trio.move_on_after(settings.shutdown_deadline) as waited:
-                    waited.shield = True
-                    await engine.wait_idle()
+                await engine._wait_idle_at_shutdown(settings.shutdown_deadline)
                 parts.broadcaster.close()
                 supervisor.close()
                 followers.cancel()

@@ -38,6 +38,7 @@ import trio
 from kumo.model.commit_plan import CommitPlanner
 from kumo.model.duration import NANOS_PER_SECOND
 from kumo.model.events import Bounced, Committed, Event
+from kumo.model.requests import Content
 from kumo.model.settings import EngineSettings
 from kumo.model.statistics import Histogram, counter, gauge, histogram
 from kumo.runtime.blocking import RunBlocking, in_thread
@@ -86,7 +87,7 @@ class LogStatistics:
 @attrs.define(eq=False)
 class _Append:
     events: Sequence[Event]
-    bodies: Mapping[int, bytes]
+    bodies: Mapping[int, Content]
     done: trio.Event = attrs.Factory(trio.Event)
     committed: list[Committed] | None = None
     error: BaseException | None = None
@@ -144,7 +145,7 @@ class LogWriter:
     # -- writing ---------------------------------------------------------------------
 
     async def append(
-        self, events: Sequence[Event], *, bodies: Mapping[int, bytes] | None = None
+        self, events: Sequence[Event], *, bodies: Mapping[int, Content] | None = None
     ) -> list[Committed]:
         """Append ``events`` (in order, contiguously) and return once they are durable.
 
@@ -265,10 +266,10 @@ class LogWriter:
 
     def _take(
         self, request_count: int, background_count: int
-    ) -> tuple[list[_Append], list[Event], dict[int, bytes]]:
+    ) -> tuple[list[_Append], list[Event], dict[int, Content]]:
         requests: list[_Append] = []
         events: list[Event] = []
-        bodies: dict[int, bytes] = {}
+        bodies: dict[int, Content] = {}
         for _ in range(request_count):
             request = self._urgent.popleft()
             requests.append(request)

@@ -10,6 +10,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Protocol
 
 from kumo.model.events import Committed, Event
+from kumo.model.requests import Content
 
 
 class LogCorruptError(Exception):
@@ -42,15 +43,16 @@ class EventStore(Protocol):
         events: Sequence[Event],
         *,
         time: int,
-        bodies: Mapping[int, bytes],
+        bodies: Mapping[int, Content],
         durable: bool = True,
     ) -> list[Committed]:
         """Append ``events`` in one transaction, all stamped ``time``.
 
         ``bodies`` maps an index into ``events`` (a ``MessageReceived``) to the message's
-        content, stored in the spool in the same transaction. A ``Bounced`` event deletes
-        its messages' spool entries in that transaction too. On an exception nothing was
-        appended; :class:`LogFullError` when the disk is full.
+        content, stored in the spool in the same transaction (a ``(head, body)`` pair is
+        joined as its row is written, so that no more than one joined copy is held). A
+        ``Bounced`` event deletes its messages' spool entries in that transaction too. On
+        an exception nothing was appended; :class:`LogFullError` when the disk is full.
 
         With ``durable`` (the default) it returns once the transaction, and every one
         before it, survives a power failure. Without, it returns once the transaction

@@ -33,6 +33,7 @@ from kumo.model.events import (
     encode_event,
     event_type,
 )
+from kumo.model.requests import Content
 from kumo.model.settings import EngineSettings
 from kumo.store.event_log import LogCorruptError, LogFullError
 from kumo.store.ids import ordered_ids
@@ -187,12 +188,12 @@ class SqliteEventStore:
         events: Sequence[Event],
         *,
         time: int,
-        bodies: Mapping[int, bytes],
+        bodies: Mapping[int, Content],
         durable: bool = True,
     ) -> list[Committed]:
         """See :meth:`kumo.store.event_log.EventStore.commit`."""
         rows: list[tuple[int, str, str, int, bytes, bytes]] = []
-        spooled: list[tuple[int, bytes]] = []
+        spooled: list[tuple[int, Content]] = []
         unspooled: list[int] = []
         committed: list[Committed] = []
         chain = self._chain
@@ -220,7 +221,7 @@ class SqliteEventStore:
         try:
             db.executemany("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?)", rows)
             if spooled:
-                db.executemany("INSERT INTO spool VALUES (?, ?)", spooled)
+                db.executemany("INSERT INTO spool VALUES (?, ?)", _joined(spooled))
             if unspooled:
                 # One statement for all of them: executemany would release and take
                 # back the GIL once per row, and a sweep deletes a million rows.
@@ -324,3 +325,10 @@ class SqliteEventStore:
 
     def close(self) -> None:
         self._db.close()
+
+
+def _joined(spooled: list[tuple[int, Content]]) -> Iterator[tuple[int, bytes]]:
+    """The spool's rows, each content joined only as its row is written: a request's
+    recipients share one body, and joining them all first would copy it once each."""
+    for seq, content in spooled:
+        yield seq, content if isinstance(content, bytes) else content[0] + content[1]

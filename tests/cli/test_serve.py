@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import signal
 import socket
 import subprocess
@@ -27,7 +28,7 @@ from kumo.runtime.engine import open_engine
 from kumo.store.data_dir import open_event_log
 from kumo.store.layout import DATABASE
 from kumo.store.snapshots import take_snapshot
-from tests.live_server import start_server, wait_until
+from tests.live_server import ServerProcess, build_queued, start_server, wait_until
 
 NO_SMTP = SmtpListenerSettings(listen=None)
 """In-process servers listen for HTTP only: the SMTP default port is one per machine."""
@@ -312,3 +313,116 @@ def test_a_log_that_cannot_be_opened_is_one_line_and_exit_1(tmp_path: Path) -> N
     assert result.returncode == 1
     assert result.stdout == ""
     assert result.stderr == (f"kumo: cannot open the event log in {data}: file is not a database\n")
+
+
+# -- repeated signals (kumo.cli.shutdown) ---------------------------------------------
+
+QUEUED = 40_000
+"""Messages in a busy data directory: its server has a second or more of work under
+way when it is stopped (their Reception records, then the sweep of all of them)."""
+
+
+@pytest.fixture(scope="module")
+def busy_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    data = tmp_path_factory.mktemp("busy") / "data"
+    build_queued(data, QUEUED)
+    return data
+
+
+@pytest.fixture
+def busy(busy_template: Path, tmp_path: Path) -> Path:
+    data = tmp_path / "data"
+    shutil.copytree(busy_template, data)
+    return data
+
+
+def stopping_with_work_under_way(data: Path, sig: int) -> ServerProcess:
+    """A server on ``data`` that sweeps every queued message, sent ``sig`` once and
+    closing its engine, the sweep not done."""
+    server = start_server(data)
+    reply = httpx.post(f"{server.url}{BOUNCE_PATH}", json={"reason": "everything"})
+    assert reply.status_code == 200, reply.text
+    server.process.send_signal(sig)
+    wait_until(lambda: "kumo: closing the engine: waiting" in server.stderr_text())
+    return server
+
+
+def assert_the_next_start_finishes_the_work(data: Path) -> None:
+    server = start_server(data)
+    try:
+
+        def finished() -> bool:
+            samples = parse_samples(httpx.get(f"{server.url}{METRICS_PATH}").text)
+            value = {s.name: s.value for s in samples if not s.labels}
+            return value["total_messages_bounced"] == QUEUED and (
+                value["kumo_engine_delivery_log_position"] == value["kumo_engine_log_last_seq"]
+            )
+
+        wait_until(finished, timeout=60)
+    finally:
+        assert server.stop() == 0, server.stderr_text()
+    verify = CliRunner().invoke(main, ["replay", "--verify", "--data-dir", str(data)])
+    assert verify.exit_code == 0, verify.output
+    assert f"{QUEUED:,} Reception + {QUEUED:,} AdminBounce records" in verify.output
+
+
+def test_a_second_signal_stops_waiting_closes_the_store_and_exits_0(busy: Path) -> None:
+    # SIGINT once hung for the whole engine deadline (30 s), then printed a traceback
+    # and exited 1; a second SIGTERM killed the server (143). The third-signal test
+    # below sends SIGTERM twice on the way.
+    server = stopping_with_work_under_way(busy, signal.SIGINT)
+    status = server.stop(signal.SIGINT, timeout=20)
+    text = server.stderr_text()
+
+    assert status == 0, text
+    assert "Traceback" not in text
+    assert text.splitlines() == [
+        "kumo: SIGINT: stopping gracefully (a second signal stops waiting, a third exits at once)",
+        "kumo: no longer accepting connections; waiting up to 1 s for requests in flight",
+        text.splitlines()[2],  # what the engine waits for: below
+        "kumo: SIGINT again: not waiting any longer; closing the store (requests in flight "
+        "are dropped, work under way is left to the next start)",
+        "kumo: the engine closed before its work under way was done; the next start finishes it",
+        "kumo stopped",
+    ]
+    assert text.splitlines()[2].startswith(
+        "kumo: closing the engine: waiting up to 30 s for work under way ("
+    )
+    assert not (busy / f"{DATABASE}-wal").exists()  # the store was closed cleanly
+    assert_the_next_start_finishes_the_work(busy)
+
+
+def test_a_third_signal_exits_at_once_with_status_3(busy: Path) -> None:
+    server = stopping_with_work_under_way(busy, signal.SIGTERM)
+    server.process.send_signal(signal.SIGTERM)
+    wait_until(lambda: "SIGTERM again" in server.stderr_text())
+    status = server.stop(signal.SIGTERM, timeout=10)
+    text = server.stderr_text()
+
+    assert status == 3, text
+    assert "Traceback" not in text
+    assert text.splitlines()[-1] == (
+        "kumo: SIGTERM a third time: exiting now with status 3, store not closed "
+        "(nothing acknowledged is lost: the next start recovers)"
+    )
+    assert_the_next_start_finishes_the_work(busy)
+
+
+def test_a_second_signal_drops_a_request_in_flight_at_once(tmp_path: Path) -> None:
+    server = start_server(tmp_path / "data")
+    host, port = server.url.removeprefix("http://").rsplit(":", 1)
+    with socket.create_connection((host, int(port))) as client:
+        # A request whose body never ends holds the first stop for GRACEFUL_TIMEOUT.
+        client.sendall(
+            f"POST {BOUNCE_PATH} HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+            "Content-Length: 100\r\n\r\n{".encode()
+        )
+        wait_until(lambda: httpx.get(f"{server.url}{LIVENESS_PATH}").status_code == 200)
+        server.process.send_signal(signal.SIGTERM)
+        wait_until(lambda: "waiting up to 1 s for requests in flight" in server.stderr_text())
+        status = server.stop(signal.SIGTERM, timeout=10)
+    text = server.stderr_text()
+    assert status == 0, text
+    assert "SIGTERM again" in text
+    assert "closing the engine without waiting for work under way" in text
+    assert text.endswith("kumo stopped\n")

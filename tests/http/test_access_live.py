@@ -136,3 +136,25 @@ def test_basic_and_bearer_work_and_name_the_principal(server: tuple[str, Path]) 
     text = (data / "events.sqlite3").read_bytes()
     assert b"wonderland" not in text
     assert TOKEN.encode() not in text
+
+
+def test_a_guesser_gets_429_and_retry_after_while_others_are_served(
+    server: tuple[str, Path],
+) -> None:
+    url, _ = server
+    # The guesser comes from 127.0.0.3, so that the other tests' client keeps its budget.
+    guesser = httpx.Client(transport=httpx.HTTPTransport(local_address="127.0.0.3"))
+    with guesser:
+        statuses = [
+            guesser.get(url + BOUNCE_PATH, auth=("guesser", f"guess{n}")).status_code
+            for n in range(10)
+        ]
+        assert statuses == [401] * 10
+        reply = guesser.get(url + BOUNCE_PATH, auth=("guesser", "guess10"))
+        assert reply.status_code == 429
+        assert reply.headers["Retry-After"] == "6"
+        assert reply.text == (
+            "Too many failed authentication attempts from 127.0.0.3; retry in 6 s"
+        )
+        served = httpx.get(url + BOUNCE_PATH, auth=("alice", "wonderland"))
+        assert served.status_code == 200

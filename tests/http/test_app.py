@@ -14,6 +14,8 @@ from typing import Any
 import attrs
 import orjson
 import pytest
+import trio
+import trio.testing
 from quart.testing.utils import sentinel
 from quart.typing import TestClientProtocol as Client
 
@@ -25,6 +27,7 @@ from kumo.http.errors import (
     JSON_SYNTAX_PREFIX,
     UNSUPPORTED_MEDIA_TYPE,
 )
+from kumo.http.gatekeeper import AttemptLimits
 from kumo.http.routes import BOUNCE_PATH, INJECT_PATH, LIVENESS_PATH, METRICS_PATH, OPENAPI_PATH
 from kumo.model.criteria import Criteria
 from kumo.model.requests import BounceRequest, NewMessage
@@ -110,6 +113,7 @@ def engine() -> FakeEngine:
 
 
 ALICE = hash_password("wonderland")
+BOB = hash_password("builder")
 
 
 @pytest.fixture
@@ -484,3 +488,39 @@ async def test_engine_refusals_are_503(
     engine.refusal = refusal
     got = await call(client, method, path, body=body, headers=JSON)
     assert got == (503, "text/plain; charset=utf-8", text)
+
+
+async def test_failed_attempts_get_429_with_retry_after_until_time_passes(
+    engine: FakeEngine, mock_clock: trio.testing.MockClock
+) -> None:
+    policy = AccessPolicy(trusted_hosts=(), users={"alice": ALICE, "bob": BOB})
+    limits = AttemptLimits(burst=3, refill=5.0)
+    client = create_app(engine, access=policy, attempt_limits=limits).test_client()
+    guesser = {"client": ("198.51.100.66", 50000)}
+
+    for attempt in range(3):
+        status, _, _ = await call(
+            client, "GET", BOUNCE_PATH, headers=basic("alice", f"g{attempt}"), scope=guesser
+        )
+        assert status == 401
+    response = await client.get(BOUNCE_PATH, headers=basic("alice", "g3"), scope_base=guesser)
+    assert response.status_code == 429
+    assert response.headers["Retry-After"] == "5"
+    assert await response.get_data(as_text=True) == (
+        "Too many failed authentication attempts from 198.51.100.66; retry in 5 s"
+    )
+    # Another peer, another user: served at once.
+    status, _, _ = await call(
+        client, "GET", BOUNCE_PATH, headers=basic("bob", "builder"), scope=UNTRUSTED
+    )
+    assert status == 200
+
+    mock_clock.jump(5.0)  # one failure has leaked away: one more attempt
+    status, _, _ = await call(
+        client, "GET", BOUNCE_PATH, headers=basic("alice", "g4"), scope=guesser
+    )
+    assert status == 401
+    status, _, _ = await call(
+        client, "GET", BOUNCE_PATH, headers=basic("alice", "g5"), scope=guesser
+    )
+    assert status == 429

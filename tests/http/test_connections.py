@@ -1,13 +1,17 @@
-"""Connections stay usable after a refusal: the app served by hypercorn, in process.
+"""Connections stay usable after a refusal, or are closed: the app served by hypercorn.
 
 A client that keeps its connection alive must be able to send its next request after
 any refusal, including those answered without reading the body (401, 404, 405, and a
 413 decided on ``Content-Length``); a body that never ends gets its answer with
 ``Connection: close``, ``body_timeout`` after the request started (not twice that).
+Every connection that must close does close (``Connection: close``, HTTP/1.0, the 408,
+a body declared far over the limit), and an idle kept-alive one closes after hypercorn's
+keep-alive timeout (kumo.http.connection_guard says why each once stayed open).
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
@@ -20,11 +24,14 @@ from hypercorn.trio import serve
 
 from kumo.http.access import AccessPolicy, parse_network
 from kumo.http.app import ASGIApp, ASGIMessage, Scope, create_app
+from kumo.http.connection_guard import DRAIN_LIMIT
+from kumo.http.errors import BODY_TOO_LARGE
 from kumo.http.routes import BOUNCE_PATH, INJECT_PATH
 from tests.http.test_app import FakeEngine
 
 LIMIT = 1000
 BODY_TIMEOUT = 0.5
+KEEP_ALIVE_TIMEOUT = 0.3
 
 
 @asynccontextmanager
@@ -34,6 +41,7 @@ async def serving(*, trusted: bool = True) -> AsyncIterator[tuple[str, int]]:
     config = HypercornConfig()
     config.bind = ["127.0.0.1:0"]
     config.graceful_timeout = 0.1
+    config.keep_alive_timeout = KEEP_ALIVE_TIMEOUT
     config.loglevel = "WARNING"
     stop = trio.Event()
     async with trio.open_nursery() as nursery:
@@ -74,6 +82,17 @@ def request(
 
 
 LIVENESS = b"GET /api/check-liveness/v1 HTTP/1.1\r\nHost: test\r\n\r\n"
+
+
+async def closed_by_server(stream: trio.SocketStream) -> None:
+    """Wait (at most 5 s) for the server to close the connection."""
+    with trio.fail_after(5):
+        while True:
+            try:
+                if not await stream.receive_some():
+                    return
+            except trio.BrokenResourceError:
+                return  # reset: closed too
 
 
 async def refused_then_reused(stream: trio.SocketStream, raw: bytes, status: int) -> None:
@@ -136,6 +155,83 @@ async def test_body_that_stops_arriving_gets_408_and_connection_close() -> None:
             assert BODY_TIMEOUT <= elapsed < 1.9 * BODY_TIMEOUT
             assert headers["connection"] == "close"
             assert body.startswith(b"408 Request Timeout")
+            await closed_by_server(stream)
+
+
+async def test_connection_close_is_honoured() -> None:
+    async with serving() as (host, port):
+        stream = await trio.open_tcp_stream(host, port)
+        async with stream:
+            with trio.fail_after(10):
+                await stream.send_all(
+                    LIVENESS.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n")
+                )
+                status, headers, _ = await read_response(stream)
+            assert (status, headers["connection"]) == (200, "close")
+            await closed_by_server(stream)
+
+
+async def test_http_1_0_connection_is_closed_after_its_response() -> None:
+    async with serving() as (host, port):
+        stream = await trio.open_tcp_stream(host, port)
+        async with stream:
+            with trio.fail_after(10):
+                await stream.send_all(b"GET /api/check-liveness/v1 HTTP/1.0\r\n\r\n")
+                assert (await read_response(stream))[0] == 200
+            await closed_by_server(stream)
+
+
+async def test_idle_kept_alive_connection_closes_after_the_keep_alive_timeout() -> None:
+    async with serving() as (host, port):
+        stream = await trio.open_tcp_stream(host, port)
+        async with stream:
+            with trio.fail_after(10):
+                await stream.send_all(LIVENESS)
+                assert (await read_response(stream))[0] == 200
+            started = trio.current_time()
+            await closed_by_server(stream)
+            assert trio.current_time() - started >= KEEP_ALIVE_TIMEOUT * 0.9
+
+
+async def test_a_body_declared_far_over_the_limit_gets_413_before_it_is_sent() -> None:
+    async with serving() as (host, port):
+        stream = await trio.open_tcp_stream(host, port)
+        async with stream:
+            head = request("POST", BOUNCE_PATH, b"")
+            head = head.replace(b"Content-Length: 0", b"Content-Length: 100000000")
+            with trio.fail_after(5):
+                await stream.send_all(head)  # and not one byte of the body
+                status, headers, body = await read_response(stream)
+            assert (status, headers["connection"]) == (413, "close")
+            assert body == BODY_TOO_LARGE.encode()
+            await closed_by_server(stream)
+
+
+async def test_chunked_body_413_at_the_limit_and_closed_past_the_drain_limit() -> None:
+    async with serving() as (host, port):
+        stream = await trio.open_tcp_stream(host, port)
+        async with stream:
+            head = (
+                b"POST /api/admin/bounce/v1 HTTP/1.1\r\nHost: test\r\n"
+                b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+            )
+            chunk = b"%x\r\n%s\r\n" % (600, b"y" * 600)
+            with trio.fail_after(5):
+                await stream.send_all(head + chunk * 2)  # over the limit, and no end
+                status, headers, _ = await read_response(stream)
+            assert status == 413
+            assert "connection" not in headers  # kept, should the body end soon
+
+            async def keep_sending() -> None:
+                big = b"%x\r\n%s\r\n" % (2**16, b"z" * 2**16)
+                with contextlib.suppress(trio.BrokenResourceError):
+                    for _ in range(DRAIN_LIMIT // 2**16 + 64):
+                        await stream.send_all(big)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(keep_sending)
+                await closed_by_server(stream)  # once DRAIN_LIMIT more bytes were dropped
+                nursery.cancel_scope.cancel()
 
 
 async def test_408_is_sent_body_timeout_after_the_request_started(

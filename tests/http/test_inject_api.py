@@ -5,13 +5,25 @@ from __future__ import annotations
 import datetime as dt
 import email
 import email.policy
+from collections.abc import Callable
+from typing import TypeVar
 
+import orjson
 import pytest
 
 from kumo.http.bodies import BuiltContent, InjectRecipient, InjectRequest, Mailbox
 from kumo.http.errors import RequestRefused
-from kumo.http.inject_api import plan_injection, render_message
+from kumo.http.inject_api import (
+    inject,
+    plan_injection,
+    render_message,
+    render_own_headers,
+    render_shared,
+)
 from kumo.model.requests import NewMessage
+from tests.http.test_app import FakeEngine
+
+T = TypeVar("T")
 
 NOW = dt.datetime(2030, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
 TEXT = "From: s@example.com\r\nX-Campaign: spring\r\nX-Tenant:  acme \r\n\r\nhello\r\n"
@@ -101,3 +113,81 @@ def test_unrenderable_address_fails_the_recipient() -> None:
     result = plan(BuiltContent(text_body="hi"), InjectRecipient("a b c <x@y.z>@example.com"))
     assert result.messages == ()
     assert result.failed_recipients == ("a b c <x@y.z>@example.com",)
+
+
+def test_object_content_is_rendered_once_and_shared() -> None:
+    content = BuiltContent(text_body="x" * 100_000, subject="big", from_=Mailbox("s@example.com"))
+    result = plan(
+        content, InjectRecipient("a@example.com", "Ann"), InjectRecipient("b@example.com")
+    )
+    first, second = result.messages
+    assert first.body is second.body  # one copy of the 100 KB for every recipient
+    assert first.head == b"To: Ann <a@example.com>\r\nMessage-ID: <id@test>\r\n"
+    assert second.head == b"To: b@example.com\r\nMessage-ID: <id@test>\r\n"
+    assert first.size == len(first.head) + len(first.body)
+    parsed = email.message_from_bytes(first.head + first.body, policy=email.policy.default)
+    assert (parsed["To"], parsed["Subject"], parsed["Message-ID"]) == (
+        "Ann <a@example.com>",
+        "big",
+        "<id@test>",
+    )
+    assert parsed.get_content().rstrip("\r\n") == "x" * 100_000
+
+
+def test_headers_that_content_sets_replace_the_recipients_own() -> None:
+    content = BuiltContent(text_body="hi", headers=(("to", "list@example.com"),))
+    recipient = InjectRecipient("a@example.com")
+    assert render_own_headers(content, recipient, message_id="<m@x>") == b"Message-ID: <m@x>\r\n"
+    raw = render_message(content, recipient, date=NOW, message_id="<m@x>")
+    parsed = email.message_from_bytes(raw, policy=email.policy.default)
+    assert parsed.get_all("To") == ["list@example.com"]
+    assert render_shared(content, date=NOW) in raw
+
+
+def test_content_that_cannot_be_rendered_fails_every_recipient() -> None:
+    content = BuiltContent(text_body="hi", from_=Mailbox("a b c <x@y.z>@example.com"))
+    result = plan(content, InjectRecipient("a@example.com"), InjectRecipient("b@example.com"))
+    assert result.messages == ()
+    assert result.failed_recipients == ("a@example.com", "b@example.com")
+
+
+def test_expansion_limit_counts_heads_too() -> None:
+    content = BuiltContent(text_body="x" * 1000)
+    one = plan(content, InjectRecipient("a@example.com")).messages[0]
+    assert len(plan(content, InjectRecipient("a@example.com"), max_bytes=one.size).messages) == 1
+    with pytest.raises(RequestRefused):
+        plan(content, InjectRecipient("a@example.com"), max_bytes=one.size - 1)
+
+
+@pytest.mark.parametrize(
+    ("content", "recipients", "off_the_loop"),
+    [
+        ("Subject: s\r\n\r\nx", 2, False),  # text content, a few recipients: a few µs each
+        ("Subject: s\r\n\r\nx", 513, True),
+        ({"text_body": "x"}, 1, True),  # rendering is the email package's: always off
+    ],
+)
+async def test_messages_are_planned_off_the_event_loop_unless_cheap(
+    content: object, recipients: int, off_the_loop: bool
+) -> None:
+    ran: list[str] = []
+
+    async def spy(call: Callable[[], T]) -> T:
+        ran.append("thread")
+        return call()
+
+    body = orjson.dumps(
+        {
+            "envelope_sender": "s@example.com",
+            "recipients": [{"email": f"r{i}@example.com"} for i in range(recipients)],
+            "content": content,
+        }
+    )
+    engine = FakeEngine()
+    reply = await inject(
+        engine, content_type="application/json", body=body, now=NOW, run_blocking=spy
+    )
+    assert reply.status == 200
+    assert ran == (["thread"] if off_the_loop else [])
+    [(_, messages, _)] = engine.calls
+    assert len(messages) == recipients

@@ -7,6 +7,7 @@ directory, talks to it over HTTP only, and reads the delivery log files it write
 from __future__ import annotations
 
 import re
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -378,3 +379,27 @@ def test_kept_alive_connection_survives_refusals(shared: tuple[str, Path]) -> No
             assert reply.status_code in (404, 405, 413)
             liveness = client.get(url + LIVENESS_PATH)  # same connection
             assert liveness.text == "OK"
+
+
+def test_clients_that_ask_to_close_hold_no_descriptors(shared: tuple[str, Path]) -> None:
+    # Each of these once held a descriptor of the server for as long as its client lived.
+    url, _ = shared
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    requests = [
+        b"GET /api/check-liveness/v1 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+        b"GET /api/check-liveness/v1 HTTP/1.0\r\n\r\n",
+    ]
+    clients = []
+    for index in range(100):
+        client = socket.create_connection((host, int(port)), timeout=10)
+        client.sendall(requests[index % 2])
+        clients.append(client)
+    try:
+        for client in clients:
+            received = b""
+            while chunk := client.recv(65536):  # until the server closes
+                received += chunk
+            assert received.startswith((b"HTTP/1.1 200", b"HTTP/1.0 200")), received
+    finally:
+        for client in clients:
+            client.close()

@@ -74,3 +74,12 @@ def test_a_request_makes_a_valid_event(request: BounceRequest, now: int) -> None
         "ops",
     )
     assert decode_event(encode_event(event)) == event
+
+
+def test_a_new_message_is_its_head_then_its_body() -> None:
+    plain = NewMessage("s@x", "r@y", "y", b"body")
+    assert (plain.size, plain.content) == (4, b"body")
+    split = NewMessage("s@x", "r@y", "y", b"body", b"To: r@y\r\n")
+    assert (split.size, split.content) == (13, (b"To: r@y\r\n", b"body"))
+    with pytest.raises(TypeError):
+        NewMessage("s@x", "r@y", "y", b"body", "To: r@y\r\n")  # type: ignore[arg-type]

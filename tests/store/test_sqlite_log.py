@@ -41,6 +41,19 @@ def test_commit_assigns_gapless_seqs_and_spools_bodies(tmp_path: Path) -> None:
     assert [len(chunk) for chunk in reopened.scan(chunk=3)] == [3, 1]
 
 
+def test_a_head_and_body_pair_is_spooled_joined(tmp_path: Path) -> None:
+    store = SqliteEventStore(tmp_path / "log.db")
+    shared = b"Subject: s\r\n\r\nbody"
+    store.commit(
+        [received(1), received(2)],
+        time=10,
+        bodies={0: (b"To: a@x\r\n", shared), 1: (b"To: b@x\r\n", shared)},
+    )
+    assert store.spool_body(1) == b"To: a@x\r\n" + shared
+    assert store.spool_body(2) == b"To: b@x\r\n" + shared
+    store.close()
+
+
 def test_rows_form_a_hash_chain(tmp_path: Path) -> None:
     store = SqliteEventStore(tmp_path / "log.db")
     events: list[Event] = [received(n) for n in range(5)]

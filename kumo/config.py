@@ -61,6 +61,7 @@ from kumo.http.errors import DEFAULT_BODY_LIMIT
 from kumo.model.cidr_set import DEFAULT_PROHIBITED_HOSTS, DEFAULT_RELAY_HOSTS, CidrError, CidrSet
 from kumo.model.duration import MAX_NANOS, NANOS_PER_SECOND, DurationError, parse_duration
 from kumo.model.retry import RetryPolicy
+from kumo.model.smtp_client import ClientSettings, ClientTimeouts, TlsMode
 
 DEFAULT_LISTEN: Final = "127.0.0.1:8000"
 DEFAULT_DATA_DIR: Final = Path("kumo-data")
@@ -440,6 +441,27 @@ class EgressSettings:
     starttls_timeout: int = _timeout(5)
     """The reply to STARTTLS."""
 
+    @property
+    def client_settings(self) -> ClientSettings:
+        """What :class:`kumo.model.smtp_client.SmtpClient` decides with, from these keys."""
+        return ClientSettings(
+            self.ehlo_domain,
+            enable_tls=TlsMode(self.enable_tls.value),
+            max_deliveries_per_connection=self.max_deliveries_per_connection,
+            timeouts=ClientTimeouts(
+                connect=self.connect_timeout,
+                banner=self.banner_timeout,
+                ehlo=self.ehlo_timeout,
+                starttls=self.starttls_timeout,
+                rset=self.rset_timeout,
+                mail_from=self.mail_from_timeout,
+                rcpt_to=self.rcpt_to_timeout,
+                data=self.data_timeout,
+                data_dot=self.data_dot_timeout,
+                idle=self.idle_timeout,
+            ),
+        )
+
 
 def _check_nameserver_address(_: object, __: object, value: str) -> None:
     try:
@@ -497,6 +519,12 @@ class DnsSettings:
         default=(), check=_check_nameservers, parse=_parse_nameservers
     )
     """The servers to ask (``"127.0.0.1:5353"``); default: the system's resolver."""
+
+    @property
+    def servers(self) -> tuple[tuple[str, int], ...]:
+        """(IP, port) of each nameserver, in order, as :class:`kumo.runtime.mx.MxResolver`
+        takes them; empty: the system's resolver."""
+        return tuple((server.address, server.port) for server in self.nameservers)
 
 
 def _settings_fields(*records: type[Any]) -> dict[str, attrs.Attribute[Any]]:

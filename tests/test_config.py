@@ -36,6 +36,7 @@ from kumo.http.access import (
 from kumo.model.cidr_set import CidrSet
 from kumo.model.duration import NANOS_PER_SECOND
 from kumo.model.retry import RetryPolicy
+from kumo.model.smtp_client import ClientSettings, ClientTimeouts, TlsMode
 
 BASE = Path("/etc/kumo")
 ALICE = hash_password("wonderland")
@@ -228,8 +229,11 @@ def test_mail_path_defaults_are_kumomta_s() -> None:
         "idle": 5,
         "starttls": 5,
     }
+    # The client's own defaults are the same.
+    assert egress.client_settings == ClientSettings(listener.hostname)
     assert config.domains == {}
     assert config.dns.nameservers == ()
+    assert config.dns.servers == ()
 
 
 def test_full_mail_path_config() -> None:
@@ -300,6 +304,18 @@ def test_full_mail_path_config() -> None:
         Nameserver("::1", 5300),
         Nameserver("192.0.2.53", 53),
     )
+
+    assert config.dns.servers == (
+        ("127.0.0.1", 5353),
+        ("::1", 53),
+        ("::1", 5300),
+        ("192.0.2.53", 53),
+    )
+    client = config.egress.client_settings
+    assert client.ehlo_domain == "out.example.net"
+    assert client.enable_tls is TlsMode.DISABLED
+    assert client.max_deliveries_per_connection == 100
+    assert client.timeouts == attrs.evolve(ClientTimeouts(), connect=5 * SECOND, idle=1_500_000_000)
 
     domain = config.queue_settings("Example.COM")
     assert domain == attrs.evolve(

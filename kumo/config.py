@@ -333,6 +333,9 @@ class SmtpListenerSettings:
     line_length_hard_limit: int = _setting(default=998, check=_check_count, parse=_parse_integer)
     """Octets per command or data line at most, CRLF excluded; over it: ``500 5.2.3
     line too long``."""
+    max_errors: int = _setting(default=20, check=_check_count, parse=_parse_integer)
+    """Refused commands a session may earn since its last accepted message; then ``421
+    4.7.0 <hostname> too many errors`` (beyond KumoMTA: each refusal is a record)."""
     invalid_line_endings: LineEndings = _setting(
         default=LineEndings.DENY,
         check=_check_type(LineEndings),

@@ -148,6 +148,7 @@ def smtp_listener_settings(config: Config) -> ListenerSettings | None:
             max_messages_per_connection=smtp.max_messages_per_connection,
             starttls=tls is not None,
             line_length_limit=smtp.line_length_hard_limit,
+            max_errors=smtp.max_errors,
         )
     except ValueError as exc:
         raise ConfigError(f"smtp_listener: {exc}") from None

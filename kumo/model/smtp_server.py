@@ -116,6 +116,12 @@ class SmtpServerSettings:
     line_length_limit: int = attrs.field(default=998, validator=_positive, kw_only=True)
     """Characters of a command line or of a message line at most, CRLF excluded; more is
     ``500 5.2.3 line too long``."""
+    max_errors: int = attrs.field(default=20, validator=_positive, kw_only=True)
+    """Refused commands (``4xx``/``5xx`` replies) a session may earn since it last had a
+    message accepted; the next one is followed by ``421 4.7.0 <hostname> too many
+    errors`` and the connection closes. Beyond KumoMTA (Postfix's
+    ``smtpd_hard_error_limit``): every refusal is a ``Rejection`` record in the log, so a
+    client that sends garbage must not write to it without end."""
 
     @property
     def paused_input_limit(self) -> int:
@@ -447,6 +453,7 @@ class SmtpSession:
         "_connection_recipients",
         "_discarding",
         "_ehlo_name",
+        "_errors",
         "_lone_line_end",
         "_out",
         "_phase",
@@ -473,6 +480,8 @@ class SmtpSession:
         """The transaction's reverse path; ``None`` outside a transaction."""
         self._recipients: list[str] = []
         self._connection_recipients = 0
+        self._errors = 0
+        """Refused commands since the last accepted message (see ``max_errors``)."""
         self._close_when_resumed = False
         self._shut_down_when_resumed = False
         # The message being received (phase DATA):
@@ -559,6 +568,7 @@ class SmtpSession:
         if self._resumable("messages_durable"):
             if not ids or any(not isinstance(i, str) or not i or i.split() != [i] for i in ids):
                 raise ValueError(f"ids must be non-empty words, got {ids!r}")
+            self._errors = 0
             self._resume(Reply(250, "OK ids=" + " ".join(ids)))
         return self._flush()
 
@@ -637,6 +647,10 @@ class SmtpSession:
         self._out.append(reply)
         if reply.closes:
             self._close()
+        elif reply.code >= 400:
+            self._errors += 1
+            if self._errors >= self._settings.max_errors:
+                self._reply(Reply(421, f"4.7.0 {self._settings.hostname} too many errors"))
 
     def _close(self) -> None:
         self._phase = Phase.CLOSED

@@ -812,6 +812,23 @@ def test_a_valid_session_delivers_every_content_unchanged(
     assert driver.outputs[-1] == Close()
 
 
+def test_a_session_of_too_many_errors_is_closed_and_an_accepted_message_resets_the_count() -> None:
+    client = session(max_errors=3)
+    client.receive_data(b"EHLO client.example\r\n")
+    assert lines(client.receive_data(b"BOGUS\r\nBOGUS\r\n"))[-1].startswith("502 ")
+    client.receive_data(b"MAIL FROM:<a@b.example>\r\nRCPT TO:<c@d.example>\r\nDATA\r\n")
+    [received] = [o for o in client.receive_data(b"hi\r\n.\r\n") if isinstance(o, MessagesReceived)]
+    client.messages_durable(ids(1))
+    # Two errors before the message, none counted after it: two more are still allowed.
+    assert not any(isinstance(o, Close) for o in client.receive_data(b"BOGUS\r\nBOGUS\r\n"))
+    outputs = client.receive_data(b"BOGUS\r\nNOOP\r\n")
+    assert lines(outputs)[-1] == f"421 4.7.0 {HOST} too many errors"
+    assert isinstance(outputs[-1], Close)
+    rejections = [o for o in outputs if isinstance(o, Rejection)]
+    assert [r.reply.code for r in rejections] == [502, 421]
+    assert list(received.recipients) == ["c@d.example"]
+
+
 # --- the state machine against a tiny reference ----------------------------------------------
 
 MACHINE = SmtpServerSettings(
@@ -820,6 +837,7 @@ MACHINE = SmtpServerSettings(
     max_recipients_per_message=3,
     max_messages_per_connection=4,
     line_length_limit=30,
+    max_errors=10**9,  # the reference leaves the error limit out: its own test is above
 )
 SENDERS = st.sampled_from(["a@b.example", "", "x.y@[192.0.2.1]"])
 RECIPIENTS = st.sampled_from(["c@d.example", "e@f.example", "Postmaster"])

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
 import re
 import sqlite3
 import struct
@@ -41,6 +40,7 @@ from typing import Final
 import attrs
 import zstandard
 
+from kumo.store.durable_files import replace_durably
 from kumo.store.log_view import ChainedRow
 
 SUFFIX: Final = ".archive.sqlite3"
@@ -230,15 +230,8 @@ def write_segment(
         db.close()
         if not first_seq:
             temporary.unlink(missing_ok=True)
-    with open(temporary, "rb+") as file:
-        os.fsync(file.fileno())
     path = directory / segment_name(first_seq, last_seq)
-    os.replace(temporary, path)
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    replace_durably(temporary, path)
     return path
 
 

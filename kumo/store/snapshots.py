@@ -23,7 +23,6 @@ requests for the interpreter.
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -41,6 +40,7 @@ from kumo.model.snapshot import (
 from kumo.model.state import State
 from kumo.store.archive import archive_segments
 from kumo.store.data_dir import open_event_log
+from kumo.store.durable_files import replace_durably
 from kumo.store.event_log import EventStore, LogCorruptError
 from kumo.store.layout import ARCHIVE, SNAPSHOTS
 from kumo.store.replay import fold_log, fold_rows
@@ -80,12 +80,8 @@ def write_snapshot(directory: Path, seq: int, data: bytes) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{seq:020d}{SUFFIX}"
     temporary = path.with_suffix(_TEMPORARY)
-    with open(temporary, "wb") as file:
-        file.write(data)
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(temporary, path)
-    _fsync_directory(directory)
+    temporary.write_bytes(data)
+    replace_durably(temporary, path)
     for old in snapshot_paths(directory)[KEEP:]:
         old.unlink()
     for leftover in directory.glob(f"*{_TEMPORARY}"):
@@ -173,14 +169,6 @@ def take_snapshot(
         store.close()
     path = write_snapshot(directory, state.last_seq, data)
     return SnapshotTaken(state.last_seq, len(data), time.perf_counter() - started, path)
-
-
-def _fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _to_stderr(line: str) -> None:

@@ -61,6 +61,7 @@ from kumo.http.errors import DEFAULT_BODY_LIMIT
 from kumo.model.cidr_set import DEFAULT_PROHIBITED_HOSTS, DEFAULT_RELAY_HOSTS, CidrError, CidrSet
 from kumo.model.duration import MAX_NANOS, NANOS_PER_SECOND, DurationError, parse_duration
 from kumo.model.retry import RetryPolicy
+from kumo.model.settings import EngineSettings
 from kumo.model.smtp_client import ClientSettings, ClientTimeouts, TlsMode
 
 DEFAULT_LISTEN: Final = "127.0.0.1:8000"
@@ -139,6 +140,11 @@ def _got(value: object) -> str:
 def _check_count(name: str, value: Any) -> None:
     if type(value) is not int or value < 1:
         raise ConfigError(f"{name} must be a positive integer, {_got(value)}")
+
+
+def _check_count_or_zero(name: str, value: Any) -> None:
+    if type(value) is not int or value < 0:
+        raise ConfigError(f"{name} must be a whole number, 0 or more, {_got(value)}")
 
 
 def _check_port(name: str, value: Any) -> None:
@@ -530,6 +536,21 @@ class DnsSettings:
         return tuple((server.address, server.port) for server in self.nameservers)
 
 
+@attrs.frozen(slots=True)
+class LogSettings:
+    """``[log]``: the event log over time (docs/operations.md, "Compaction")."""
+
+    snapshot_every: int = _setting(
+        default=100_000, check=_check_count_or_zero, parse=_parse_integer
+    )
+    """Durable events between two compactions while serving (a snapshot of the state,
+    then an archive pass); 0: none while serving (``kumo compact`` still works)."""
+
+    def engine_settings(self) -> EngineSettings:
+        """The engine's settings under this table (the rest at their defaults)."""
+        return EngineSettings(snapshot_every=self.snapshot_every)
+
+
 def _settings_fields(*records: type[Any]) -> dict[str, attrs.Attribute[Any]]:
     """The fields of ``records`` that a TOML table may set, by key."""
     return {
@@ -548,6 +569,7 @@ _QUEUE_FIELDS: Final = {
 _EGRESS_FIELDS: Final = _settings_fields(EgressSettings)
 _DOMAIN_FIELDS: Final = _settings_fields(QueueSettings, EgressSettings)
 _DNS_FIELDS: Final = _settings_fields(DnsSettings)
+_LOG_FIELDS: Final = _settings_fields(LogSettings)
 # A [domains] key must say which record it sets.
 assert len(_DOMAIN_FIELDS) == len(_QUEUE_FIELDS) + 1 + len(_EGRESS_FIELDS)
 
@@ -644,6 +666,7 @@ class Config:
     domains: Mapping[str, DomainOverrides] = attrs.field(factory=dict)
     """Lower-case destination domain -> the settings it overrides."""
     dns: DnsSettings = attrs.field(factory=DnsSettings)
+    log: LogSettings = attrs.field(factory=LogSettings)
     _by_domain: dict[str, tuple[QueueSettings, EgressSettings]] = attrs.field(
         init=False, factory=dict, eq=False, repr=False
     )
@@ -714,6 +737,7 @@ _KEYS: Final = (
     "egress",
     "domains",
     "dns",
+    "log",
 )
 
 
@@ -780,6 +804,7 @@ def parse_config(text: str, *, base_dir: Path) -> Config:
         ("queue", QueueSettings, _QUEUE_FIELDS),
         ("egress", EgressSettings, _EGRESS_FIELDS),
         ("dns", DnsSettings, _DNS_FIELDS),
+        ("log", LogSettings, _LOG_FIELDS),
     )
     for key, record, fields in tables:
         if key in data:

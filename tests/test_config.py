@@ -447,3 +447,13 @@ def test_records_check_their_fields() -> None:
         Config(domains={"x": DomainOverrides(queue={"max_age": -1})})
     with pytest.raises(ConfigError, match="a nameserver must be an IP address"):
         Nameserver("localhost")
+
+
+def test_the_log_table_sets_how_often_the_engine_compacts() -> None:
+    assert parse_config("", base_dir=BASE).log.engine_settings().snapshot_every == 100_000
+    config = parse_config("[log]\nsnapshot_every = 0", base_dir=BASE)
+    assert config.log.engine_settings().snapshot_every == 0
+    with pytest.raises(ConfigError, match=r"snapshot_every must be a whole number, 0 or more"):
+        parse_config("[log]\nsnapshot_every = -1", base_dir=BASE)
+    with pytest.raises(ConfigError, match=r"unknown key 'archive_retention' in \[log\]"):
+        parse_config('[log]\narchive_retention = "90days"', base_dir=BASE)

@@ -239,7 +239,9 @@ async def _serve(
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     async with (
-        open_engine(config.data_dir, node_id=config.node_id) as engine,
+        open_engine(
+            config.data_dir, node_id=config.node_id, settings=config.log.engine_settings()
+        ) as engine,
         _smtp_listening(config, engine, shutdown.requested, on_smtp_listening),
     ):
         shutdown.when_hurried(engine.cut_shutdown_short)

@@ -1,9 +1,10 @@
 """`kcli`: the command-line client for the administrative bounce API.
 
-Compatible with KumoMTA's `kcli` for `bounce`, `bounce-list` and `bounce-cancel` (same
-options, same output, same error texts), plus two commands KumoMTA's kcli does not have
-in this form: `inject` (send test messages through `/api/inject/v1`) and
-`queue-summary` (the `scheduled_count` gauges of `/metrics` as a table).
+Compatible with KumoMTA's `kcli` for `bounce`, `bounce-list`, `bounce-cancel`,
+`inspect-message` and `inspect-sched-q` (same options, same output, same error texts),
+plus two commands KumoMTA's kcli does not have in this form: `inject` (send test
+messages through `/api/inject/v1`) and `queue-summary` (the `scheduled_count` gauges of
+`/metrics` as a table).
 
 Every command talks to one HTTP endpoint through a `Target`; tests hand the group a
 `Target` carrying an `httpx.MockTransport` as click's context object.
@@ -26,7 +27,14 @@ import attrs
 import click
 import httpx
 
-from kumo.http.routes import BOUNCE_PATH, INJECT_PATH, METRICS_PATH
+from kumo.http.bodies import parse_uuid
+from kumo.http.routes import (
+    BOUNCE_PATH,
+    INJECT_PATH,
+    INSPECT_MESSAGE_PATH,
+    INSPECT_QUEUE_PATH,
+    METRICS_PATH,
+)
 from kumo.model.prometheus_text import parse_scheduled_counts
 
 DEFAULT_ENDPOINT = "http://127.0.0.1:8000"
@@ -122,17 +130,24 @@ def _describe(client: httpx.Client) -> str:
     return without_credentials(client.base_url).rstrip("/")
 
 
-def send(client: httpx.Client, method: str, path: str, *, body: object = None) -> httpx.Response:
-    """Send one request and return its 2xx response.
+def send(
+    client: httpx.Client,
+    method: str,
+    path: str,
+    *,
+    body: object = None,
+    params: Mapping[str, str] | None = None,
+) -> httpx.Response:
+    """Send one request (``params`` as its query string) and return its 2xx response.
 
     Raises `KcliError` for a non-2xx reply (with KumoMTA's wording) and for a
     transport failure (one line, no traceback).
     """
     try:
         if body is None:
-            response = client.request(method, path)
+            response = client.request(method, path, params=params)
         else:
-            response = client.request(method, path, json=body)
+            response = client.request(method, path, json=body, params=params)
     except httpx.TimeoutException as exc:
         raise KcliError(f"request to {_describe(client)} timed out: {exc}") from exc
     except httpx.ConnectError as exc:
@@ -153,6 +168,13 @@ def decode_json(response: httpx.Response) -> Any:
         return json.loads(response.content)
     except ValueError as exc:
         raise KcliError(f"parsing response as json: {response.text}") from exc
+
+
+def echo_json(value: object) -> None:
+    """``value`` as serde_json's pretty printer writes it: 2-space indent, non-ASCII as
+    is, in UTF-8 whatever the locale (bytes go to the binary stream, so a latin-1 or
+    ASCII stdout cannot fail to encode them)."""
+    click.echo(json.dumps(value, indent=2, ensure_ascii=False).encode())
 
 
 # --- tables --------------------------------------------------------------------------
@@ -454,9 +476,7 @@ def bounce_list(target: Target, as_json: bool) -> None:
     if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
         raise KcliError(f"unexpected reply from server: {json.dumps(entries)}")
     if as_json:
-        # As serde_json: non-ASCII as is, in UTF-8 whatever the locale (bytes go to the
-        # binary stream, so a latin-1 or ASCII stdout cannot fail to encode them).
-        click.echo(json.dumps(entries, indent=2, ensure_ascii=False).encode())
+        echo_json(entries)
     else:
         click.echo(format_bounce_list(entries))
 
@@ -546,6 +566,69 @@ def inject(
     click.echo(f"injected {injected} message(s)")
     if failed:
         ctx.exit(1)
+
+
+def validate_spool_id(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """A spool id in any UUID spelling, as kcli sends it: 32 lowercase hex digits."""
+    try:
+        return parse_uuid(value).replace("-", "")
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
+
+
+@cli.command("inspect-message")
+@click.option("--want-body", is_flag=True, help="Include the message's content as `data`.")
+@click.argument("message_id", metavar="ID", callback=validate_spool_id)
+@click.pass_obj
+def inspect_message(target: Target, want_body: bool, message_id: str) -> None:
+    """Show a message in the spool: its envelope and metadata (and content)."""
+    params = {"id": message_id}
+    if want_body:
+        params["want_body"] = "true"
+    with target.open_client() as client:
+        reply = decode_json(send(client, "GET", INSPECT_MESSAGE_PATH, params=params))
+    if not isinstance(reply, dict):
+        raise KcliError(f"unexpected reply from server: {json.dumps(reply)}")
+    echo_json(reply)
+
+
+@cli.command("inspect-sched-q")
+@click.option(
+    "--want-body",
+    is_flag=True,
+    help="Include each message's content. This can be expensive, with large or no limits.",
+)
+@click.option(
+    "--limit",
+    type=click.IntRange(min=0),
+    default=5,
+    show_default=True,
+    help="How many messages to include in the sample (the queue's first, oldest first).",
+)
+@click.option(
+    "--no-limit",
+    is_flag=True,
+    help="Include every message of the queue. This can be expensive with --want-body.",
+)
+@click.argument("queue_name", metavar="QUEUE_NAME")
+@click.pass_context
+def inspect_sched_q(
+    ctx: click.Context, want_body: bool, limit: int, no_limit: bool, queue_name: str
+) -> None:
+    """Show a scheduled queue: its counts, its settings and a sample of its messages."""
+    if no_limit and ctx.get_parameter_source("limit") is not click.core.ParameterSource.DEFAULT:
+        raise click.UsageError("--no-limit cannot be combined with --limit")
+    params = {"queue_name": queue_name}
+    if want_body:
+        params["want_body"] = "true"
+    if not no_limit:
+        params["limit"] = str(limit)
+    target = ctx.ensure_object(Target)
+    with target.open_client() as client:
+        reply = decode_json(send(client, "GET", INSPECT_QUEUE_PATH, params=params))
+    if not isinstance(reply, dict):
+        raise KcliError(f"unexpected reply from server: {json.dumps(reply)}")
+    echo_json(reply)
 
 
 @cli.command("queue-summary")

@@ -36,6 +36,8 @@ from quart_trio import QuartTrio
 from kumo.cli.shutdown import Shutdown
 from kumo.config import Config, ConfigError, LineEndings, load_config, parse_listen
 from kumo.http.app import create_app
+from kumo.model.inspection import QueueConfig
+from kumo.model.queue_name import QueueName
 from kumo.model.settings import EngineSettings
 from kumo.model.smtp_server import SmtpServerSettings
 from kumo.runtime.engine import DataDirectoryLockedError, Engine, open_engine
@@ -111,6 +113,17 @@ def _work_under_way(engine: Engine) -> str:
     if stats.delivery_log.position < last:
         pending.append(f"delivery log at seq {stats.delivery_log.position:,} of {last:,}")
     return "; ".join(pending) or "queue actors finishing"
+
+
+def queue_configs(config: Config) -> Callable[[str], QueueConfig]:
+    """Each scheduled queue's settings under ``config``, as inspect-sched-q reports
+    them: those of the queue's destination domain."""
+
+    def of(queue: str) -> QueueConfig:
+        settings = config.queue_settings(QueueName.parse(queue).domain)
+        return QueueConfig(settings.retry_policy, settings.mx_list)
+
+    return of
 
 
 def smtp_listener_settings(config: Config) -> ListenerSettings | None:
@@ -245,7 +258,12 @@ async def _serve(
         _smtp_listening(config, engine, shutdown.requested, on_smtp_listening),
     ):
         shutdown.when_hurried(engine.cut_shutdown_short)
-        app = create_app(engine, access=config.access_policy(), body_limit=config.body_limit)
+        app = create_app(
+            engine,
+            access=config.access_policy(),
+            body_limit=config.body_limit,
+            queue_configs=queue_configs(config),
+        )
         async with trio.open_nursery() as nursery:
             try:
                 urls: list[str] = await nursery.start(

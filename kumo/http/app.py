@@ -1,7 +1,8 @@
 """The quart-trio application: routes, access control, and the replies to bad requests.
 
-The app is thin: each route reads the body (bounded), hands it to a handler of
-:mod:`kumo.http.bounce_api` or :mod:`kumo.http.inject_api`, and turns the handler's
+The app is thin: each route reads the body (bounded) or the query string, hands it to
+a handler of :mod:`kumo.http.bounce_api`, :mod:`kumo.http.inject_api` or
+:mod:`kumo.http.inspect_api`, and turns the handler's
 :class:`~kumo.http.replies.Reply` into a response. Refusals come in the order that
 docs/operations.md ("Error replies") states: access (401) before the body is read, then
 size (413, from ``Content-Length`` before the body is read, else as soon as the body
@@ -30,7 +31,7 @@ from quart import Response, g, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from kumo.http import bounce_api, inject_api
+from kumo.http import bounce_api, inject_api, inspect_api
 from kumo.http.access import AccessPolicy, Denied, PasswordCheck
 from kumo.http.connection_guard import ASGIApp as ASGIApp
 from kumo.http.connection_guard import ASGIMessage as ASGIMessage
@@ -49,15 +50,26 @@ from kumo.http.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from kumo.http.metrics import AdminLatency, metrics_registry, page
 from kumo.http.openapi import OPENAPI
 from kumo.http.replies import TEXT, Reply, text_reply
-from kumo.http.routes import BOUNCE_PATH, INJECT_PATH, LIVENESS_PATH, METRICS_PATH, OPENAPI_PATH
+from kumo.http.routes import (
+    BOUNCE_PATH,
+    INJECT_PATH,
+    INSPECT_MESSAGE_PATH,
+    INSPECT_QUEUE_PATH,
+    LIVENESS_PATH,
+    METRICS_PATH,
+    OPENAPI_PATH,
+)
 from kumo.model.duration import NANOS_PER_SECOND
+from kumo.model.inspection import QueueConfig
 from kumo.runtime.blocking import RunBlocking, in_thread
 from kumo.runtime.refusal import RefusedError
 
 BODY_TIMEOUT: Final = 15
 """Seconds a client has to send a whole body before it gets 408."""
 
-_PROTECTED_PATHS: Final = frozenset({BOUNCE_PATH, INJECT_PATH, METRICS_PATH})
+_PROTECTED_PATHS: Final = frozenset(
+    {BOUNCE_PATH, INJECT_PATH, METRICS_PATH, INSPECT_MESSAGE_PATH, INSPECT_QUEUE_PATH}
+)
 """Routes served only to trusted or authenticated peers (docs/operations.md, "Access control")."""
 _ADMIN_PREFIX: Final = "/api/admin/"
 """Routes whose answer times /metrics reports (``kumo_admin_request_seconds``)."""
@@ -72,6 +84,11 @@ def _response(reply: Reply) -> Response:
 def _peer() -> str | None:
     client = request.scope.get("client")
     return None if client is None else str(client[0])
+
+
+def _query() -> dict[str, list[str]]:
+    """The query string's parameters, each name with every value given for it."""
+    return {name: request.args.getlist(name) for name in request.args}
 
 
 async def _body() -> bytes:
@@ -89,14 +106,17 @@ def create_app(
     body_timeout: float = BODY_TIMEOUT,
     run_blocking: RunBlocking = in_thread,
     attempt_limits: AttemptLimits | None = None,
+    queue_configs: inspect_api.QueueConfigs | None = None,
 ) -> QuartTrio:
     """The ASGI app serving ``engine``; ``access`` defaults to loopback-only trust.
 
     ``run_blocking`` runs the app's CPU-heavy steps (building a large injection, the
     /metrics page); pass :func:`kumo.runtime.blocking.inline` beside an engine opened
     with ``threads=False``. ``attempt_limits`` bounds failed authentication attempts
-    (:mod:`kumo.http.gatekeeper`).
+    (:mod:`kumo.http.gatekeeper`). ``queue_configs`` gives each queue's settings for
+    inspect-sched-q (default: KumoMTA's defaults for every queue).
     """
+    configs = queue_configs or (lambda _: QueueConfig())
     gate = Gatekeeper(access if access is not None else AccessPolicy(), attempt_limits)
     # scrypt costs ~16 MiB and tens of ms of a CPU: one at a time bounds both, and leaves
     # the other CPU to the event loop whatever guessers send.
@@ -181,6 +201,14 @@ def create_app(
             run_blocking=run_blocking,
         )
         return _response(reply)
+
+    @app.get(INSPECT_MESSAGE_PATH)
+    async def inspect_message() -> Response:
+        return _response(await inspect_api.inspect_message(engine, _query()))
+
+    @app.get(INSPECT_QUEUE_PATH)
+    async def inspect_queue() -> Response:
+        return _response(await inspect_api.inspect_queue(engine, _query(), configs))
 
     @app.get(LIVENESS_PATH)
     async def liveness() -> Response:

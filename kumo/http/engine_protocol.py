@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Protocol
 
+from kumo.model.inspection import InspectedMessage, InspectedQueue
 from kumo.model.requests import BounceRequest, NewMessage
 from kumo.model.state import RuleView
 from kumo.runtime.queue_actor import ActorStatistics
@@ -33,6 +34,14 @@ class AdminEngine(Protocol):
     def list_bounces(self) -> list[RuleView]: ...
 
     def queue_counts(self) -> Mapping[str, int]: ...
+
+    async def inspect_message(
+        self, message_id: str, *, want_body: bool
+    ) -> InspectedMessage | None: ...
+
+    async def inspect_queue(
+        self, name: str, *, want_body: bool, limit: int | None
+    ) -> InspectedQueue | None: ...
 
     def statistics(self) -> object:
         """A statistics record (:mod:`kumo.model.statistics`)."""

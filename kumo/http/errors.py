@@ -1,8 +1,8 @@
 """Refusals: a request the server will not act on, and the reply that says why.
 
 Every refusal is a client error (4xx) with a ``text/plain`` body. The texts of the
-415, 400, 413 and 422 refusals are KumoMTA's (axum's ``Json`` extractor) to the
-letter, so the prefixes below are part of the wire contract (docs/operations.md,
+415, 400, 413 and 422 refusals are KumoMTA's (axum's ``Json`` and ``Query`` extractors)
+to the letter, so the prefixes below are part of the wire contract (docs/operations.md,
 "Error replies").
 """
 
@@ -14,6 +14,7 @@ UNSUPPORTED_MEDIA_TYPE: Final = "Expected request with `Content-Type: applicatio
 JSON_SYNTAX_PREFIX: Final = "Failed to parse the request body as JSON: "
 JSON_SHAPE_PREFIX: Final = "Failed to deserialize the JSON body into the target type: "
 BODY_TOO_LARGE: Final = "Failed to buffer the request body: length limit exceeded"
+QUERY_PREFIX: Final = "Failed to deserialize query string: "
 
 DEFAULT_BODY_LIMIT: Final = 2 * 2**20
 """2 MiB, KumoMTA's (axum's) default request body limit; over it is a 413."""
@@ -50,6 +51,12 @@ def json_syntax_error(why: str) -> RequestRefused:
 def json_shape_error(why: str) -> RequestRefused:
     """422: JSON of the wrong shape; ``why`` names the field and what is wrong with it."""
     return RequestRefused(422, JSON_SHAPE_PREFIX + why)
+
+
+def query_error(why: str) -> RequestRefused:
+    """400: a query string that does not fit its route (a parameter missing, given
+    twice, or of the wrong form); ``why`` names the parameter and what is wrong."""
+    return RequestRefused(400, QUERY_PREFIX + why)
 
 
 def body_too_large() -> RequestRefused:

@@ -4,14 +4,23 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-from kumo.http.routes import BOUNCE_PATH, INJECT_PATH, LIVENESS_PATH, METRICS_PATH, OPENAPI_PATH
+from kumo.http.routes import (
+    BOUNCE_PATH,
+    INJECT_PATH,
+    INSPECT_MESSAGE_PATH,
+    INSPECT_QUEUE_PATH,
+    LIVENESS_PATH,
+    METRICS_PATH,
+    OPENAPI_PATH,
+)
 
 _TEXT: Final = {"text/plain": {"schema": {"type": "string"}}}
 _NULLABLE_STRING: Final = {"type": ["string", "null"]}
 
 
-def _refusals(*statuses: int) -> dict[str, Any]:
-    texts = {
+def _refusals(*statuses: int, texts: dict[int, str] | None = None) -> dict[str, Any]:
+    """Refusal replies for ``statuses``; ``texts`` replaces the usual descriptions."""
+    usual = {
         401: "Not a trusted host and no valid credentials.",
         429: "Too many failed authentication attempts from this peer or for this user, or "
         "too many password checks under way; `Retry-After` says when to retry.",
@@ -24,8 +33,9 @@ def _refusals(*statuses: int) -> dict[str, Any]:
         503: "The engine refuses work for now: it is shutting down or its event log is "
         "closed (`kumo is shutting down; retry later`, `the event log is closed; retry later`).",
     }
+    described = usual | (texts or {})
     replies: dict[str, Any] = {
-        str(status): {"description": texts[status], "content": _TEXT} for status in statuses
+        str(status): {"description": described[status], "content": _TEXT} for status in statuses
     }
     if 429 in statuses:
         replies["429"]["headers"] = {
@@ -140,6 +150,89 @@ _INJECT_REQUEST: Final = {
     },
 }
 
+_SPOOL_ID: Final = {"type": "string", "pattern": "^[0-9a-f]{32}$"}
+
+_MESSAGE_INFORMATION: Final = {
+    "type": "object",
+    "required": ["sender", "recipient", "meta", "data"],
+    "properties": {
+        "sender": {"type": "string"},
+        "recipient": {
+            "description": "one address, or an array for a message with several",
+            "oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}],
+        },
+        "meta": {
+            "type": "object",
+            "description": "`campaign`, `tenant`, `routing_domain`: those its queue name has",
+            "additionalProperties": {"type": "string"},
+        },
+        "data": {
+            "type": ["string", "null"],
+            "description": "the content (invalid UTF-8 replaced), when `want_body=true`",
+        },
+        "due": {
+            "type": "string",
+            "format": "date-time",
+            "description": "inspect-sched-q only: when next due (today: its arrival)",
+        },
+        "num_attempts": {
+            "type": "integer",
+            "minimum": 0,
+            "description": "inspect-sched-q only: delivery attempts so far (today: 0)",
+        },
+    },
+}
+
+_INSPECTED_MESSAGE: Final = {
+    "type": "object",
+    "required": ["id", "message"],
+    "properties": {"id": _SPOOL_ID, "message": _MESSAGE_INFORMATION},
+}
+
+_INSPECTED_QUEUE: Final = {
+    "type": "object",
+    "required": [
+        "queue_name",
+        "messages",
+        "num_scheduled",
+        "queue_config",
+        "delayed_metric",
+        "now",
+        "last_changed",
+    ],
+    "properties": {
+        "queue_name": {"type": "string"},
+        "messages": {"type": "array", "items": _INSPECTED_MESSAGE},
+        "num_scheduled": {"type": "integer", "minimum": 0},
+        "queue_config": {
+            "type": "object",
+            "description": "the keys of KumoMTA's QueueConfig that kumo has: `retry_interval`, "
+            "`max_retry_interval`, `max_age`, `protocol`, and null `egress_pool`, "
+            "`max_message_rate`, `provider_name`",
+        },
+        "delayed_metric": {"type": "integer", "minimum": 0},
+        "now": {"type": "string", "format": "date-time"},
+        "last_changed": {
+            "type": "string",
+            "format": "date-time",
+            "description": "when a message last arrived in the queue",
+        },
+    },
+}
+
+_WANT_BODY: Final = {
+    "name": "want_body",
+    "in": "query",
+    "required": False,
+    "description": "`true` to include each message's content as `data`",
+    "schema": {"type": "boolean", "default": False},
+}
+
+_QUERY_REFUSED: Final = (
+    "A parameter missing, given twice or of the wrong form "
+    "(`Failed to deserialize query string: ...`)."
+)
+
 _JSON_BODY: Final = "application/json"
 
 
@@ -234,6 +327,74 @@ OPENAPI: Final[dict[str, Any]] = {
                         ),
                     },
                     **_refusals(401, 429, 413, 415, 400, 422, 503),
+                },
+            }
+        },
+        INSPECT_MESSAGE_PATH: {
+            "get": {
+                "summary": "A queued message by its spool id.",
+                "parameters": [
+                    {
+                        "name": "id",
+                        "in": "query",
+                        "required": True,
+                        "description": "the spool id: 32 hex digits, or any UUID spelling",
+                        "schema": {"type": "string"},
+                    },
+                    _WANT_BODY,
+                ],
+                "responses": {
+                    "200": {"description": "The message.", "content": _json(_INSPECTED_MESSAGE)},
+                    **_refusals(
+                        401,
+                        429,
+                        400,
+                        404,
+                        503,
+                        texts={
+                            400: _QUERY_REFUSED,
+                            404: "No scheduled queue holds this message "
+                            "(`Error: no such message <id>`).",
+                        },
+                    ),
+                },
+            }
+        },
+        INSPECT_QUEUE_PATH: {
+            "get": {
+                "summary": "A scheduled queue and its first messages.",
+                "parameters": [
+                    {
+                        "name": "queue_name",
+                        "in": "query",
+                        "required": True,
+                        "description": "the scheduled queue's name",
+                        "schema": {"type": "string"},
+                    },
+                    _WANT_BODY,
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "required": False,
+                        "description": "messages to include at most, in arrival order; "
+                        "absent: all of them",
+                        "schema": {"type": "integer", "minimum": 0},
+                    },
+                ],
+                "responses": {
+                    "200": {"description": "The queue.", "content": _json(_INSPECTED_QUEUE)},
+                    **_refusals(
+                        401,
+                        429,
+                        400,
+                        404,
+                        503,
+                        texts={
+                            400: _QUERY_REFUSED,
+                            404: "kumo has no such queue: none has held messages since the "
+                            "start (`Error: no such queue <name>`).",
+                        },
+                    ),
                 },
             }
         },

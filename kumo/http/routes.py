@@ -2,8 +2,8 @@
 
 The app serves them (:mod:`kumo.http.app`), the OpenAPI document describes them
 (:mod:`kumo.http.openapi`), and kcli, the scenario runner, the benchmark and the tests
-request them. The first four are KumoMTA's own paths: a client written for KumoMTA
-finds them unchanged. Importing this module imports nothing else.
+request them. All but the OpenAPI document's are KumoMTA's own paths: a client written
+for KumoMTA finds them unchanged. Importing this module imports nothing else.
 """
 
 from __future__ import annotations
@@ -20,6 +20,19 @@ METRICS_PATH: Final = "/metrics"
 """Prometheus text (GET)."""
 OPENAPI_PATH: Final = "/api-docs/openapi.json"
 """The OpenAPI document of these routes (GET)."""
+INSPECT_MESSAGE_PATH: Final = "/api/admin/inspect-message/v1"
+"""A queued message by its spool id (GET ``?id=<id>[&want_body=true]``)."""
+INSPECT_QUEUE_PATH: Final = "/api/admin/inspect-sched-q/v1"
+"""A scheduled queue and a sample of its messages (GET
+``?queue_name=<name>[&want_body=true][&limit=N]``)."""
 
-ROUTES: Final = (BOUNCE_PATH, INJECT_PATH, LIVENESS_PATH, METRICS_PATH, OPENAPI_PATH)
+ROUTES: Final = (
+    BOUNCE_PATH,
+    INJECT_PATH,
+    LIVENESS_PATH,
+    METRICS_PATH,
+    OPENAPI_PATH,
+    INSPECT_MESSAGE_PATH,
+    INSPECT_QUEUE_PATH,
+)
 """Every path the app serves."""

@@ -205,35 +205,95 @@ class MessageQueue:
         """
         if count >= len(self._seqs):
             return self.take_all()
+        head = self._head(count)
+        if self._raw is not None:
+            del self._raw[: count * _ID_BYTES]
+        else:
+            del self._ids[:count]
+        if self._lengths is not None:
+            del self._lengths[:count]
+        del self._recipients[: len(head._recipients)]
+        for column in self._numbers():
+            del column[:count]
+        return MessageBatch.adopt(head)
+
+    def head(self, count: int) -> list[Message]:
+        """The first ``count`` messages (all of them if fewer), in order; the queue is
+        unchanged. Costs what it returns, whatever the length of the queue."""
+        return list(self._head(min(count, len(self._seqs))))
+
+    def _head(self, count: int) -> MessageQueue:
+        """A new queue holding copies of the first ``count`` (at most ``len``) messages."""
         head = MessageQueue()
         if self._raw is not None:
             assert head._raw is not None
-            cut = count * _ID_BYTES
-            head._raw += self._raw[:cut]
-            del self._raw[:cut]
+            head._raw += self._raw[: count * _ID_BYTES]
         else:
             head._raw = None
             head._ids = self._ids[:count]
-            del self._ids[:count]
         if self._lengths is None:
-            end = -1
-            for _ in range(count):
-                end = self._recipients.index(0, end + 1)
-            cut = end + 1
+            cut = self._recipient_start(count)
         else:
             head._lengths = self._lengths[:count]
-            del self._lengths[:count]
             cut = sum(head._lengths)
         head._recipients = self._recipients[:cut]
-        del self._recipients[:cut]
         # The table of senders only grows (a cleared queue starts a new one): the head
         # may share it.
         head._senders = self._senders
         for column in ("_sender_index", "_sizes", "_times", "_seqs"):
-            mine = getattr(self, column)
-            setattr(head, column, mine[:count])
-            del mine[:count]
-        return MessageBatch.adopt(head)
+            setattr(head, column, getattr(self, column)[:count])
+        return head
+
+    def _recipient_start(self, index: int) -> int:
+        """Where the ``index``-th recipient starts in the blob (its length, past the last)."""
+        if self._lengths is not None:
+            return sum(self._lengths[:index])
+        end = -1
+        for _ in range(index):
+            end = self._recipients.index(0, end + 1)
+        return end + 1
+
+    def find(self, message_id: str) -> Message | None:
+        """The queued message whose id is ``message_id``, if the queue holds it.
+
+        The search runs over the id column in C; building the message then costs a walk
+        over the recipients before it (they have no fixed width).
+        """
+        raw_column = self._raw
+        if raw_column is None:
+            try:
+                index = self._ids.index(message_id)
+            except ValueError:
+                return None
+        else:
+            raw = _raw_id(message_id)
+            if raw is None:
+                return None
+            position = raw_column.find(raw)
+            # A match that straddles two ids is not one of them: look further.
+            while position > 0 and position % _ID_BYTES:
+                position = raw_column.find(raw, position + 1)
+            if position < 0:
+                return None
+            index = position // _ID_BYTES
+        start = self._recipient_start(index)
+        if self._lengths is None:
+            end = self._recipients.index(0, start)
+        else:
+            end = start + self._lengths[index]
+        senders = list(self._senders)
+        return Message(
+            message_id,
+            senders[self._sender_index[index]],
+            self._recipients[start:end].decode("utf-8", _TEXT),
+            self._sizes[index],
+            self._times[index],
+            self._seqs[index],
+        )
+
+    def last_received_at(self) -> int | None:
+        """The ``received_at`` of the newest message, None for an empty queue."""
+        return self._times[-1] if self._times else None
 
     def ids(self) -> list[str]:
         """The messages' ids, in order."""

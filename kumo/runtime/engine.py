@@ -43,6 +43,8 @@ from kumo.model.events import (
     MessageReceived,
     Rejected,
 )
+from kumo.model.inspection import InspectedMessage, InspectedQueue
+from kumo.model.message import Message
 from kumo.model.recovery import Recovery, recover
 from kumo.model.requests import BounceRequest, NewMessage
 from kumo.model.router import Router
@@ -55,7 +57,7 @@ from kumo.runtime.clock import EngineClock
 from kumo.runtime.delivery_log import DeliveryLogStatistics, DeliveryLogWriter
 from kumo.runtime.log_writer import LogStatistics, LogWriter
 from kumo.runtime.projection import Projection
-from kumo.runtime.queue_actor import ActorStatistics
+from kumo.runtime.queue_actor import ActorStatistics, QueueActor
 from kumo.runtime.refusal import RefusedError
 from kumo.runtime.rule_expiry import RuleExpiry
 from kumo.runtime.snapshotter import SnapshotStatistics, Snapshotter
@@ -229,6 +231,75 @@ class Engine:
             if actor.state.messages
         }
 
+    async def inspect_message(self, message_id: str, *, want_body: bool) -> InspectedMessage | None:
+        """The message ``message_id`` (a spool id) if a scheduled queue holds it, with
+        its content from the spool if ``want_body``; None otherwise.
+
+        The answer covers every event committed before the call (see
+        :meth:`_settled_actor`). The queue is found through the projection's
+        :class:`~kumo.model.message_locations.MessageLocations`, not by asking every
+        queue; the content is read in a worker thread.
+        """
+        self._check_open()
+        await self._parts.broadcaster.position.wait_for(self._log.last_seq)
+        for queue in await self._parts.projection.locate(message_id):
+            actor = await self._settled_actor(queue)
+            found = None if actor is None else actor.state.messages.find(message_id)
+            if found is not None:
+                inspected = await self._inspected(queue, [found], want_body=want_body)
+                return inspected[0] if inspected else None
+        return None
+
+    async def inspect_queue(
+        self, name: str, *, want_body: bool, limit: int | None
+    ) -> InspectedQueue | None:
+        """The scheduled queue ``name`` and its first ``limit`` messages (all with None),
+        with their content if ``want_body``; None if kumo has no such queue (one that
+        has held messages since the start; an empty one stays known until the restart).
+
+        Covers every event committed before the call, as :meth:`inspect_message` does.
+        """
+        self._check_open()
+        await self._parts.broadcaster.position.wait_for(self._log.last_seq)
+        actor = await self._settled_actor(name)
+        if actor is None:
+            return None
+        queued = actor.state.messages
+        scheduled = len(queued)
+        sample = queued.head(scheduled if limit is None else limit)
+        inspected = await self._inspected(name, sample, want_body=want_body)
+        now = self.clock.now()
+        return InspectedQueue(
+            name=name,
+            messages=tuple(inspected),
+            scheduled=scheduled,
+            last_changed=self._parts.projection.arrivals.get(name, now),
+            now=now,
+        )
+
+    async def _settled_actor(self, queue: str) -> QueueActor | None:
+        """``queue``'s actor once it has applied every event routed to it so far (at
+        once, unless it is busy: a sweep of it is then waited for); None if the queue
+        has none. The caller has waited for the broadcaster to route what it must see."""
+        actor = self._parts.supervisor.get(queue)
+        if actor is not None:
+            await actor.processed.wait_for(self._parts.broadcaster.assigned(queue))
+        return actor
+
+    async def _inspected(
+        self, queue: str, messages: Sequence[Message], *, want_body: bool
+    ) -> list[InspectedMessage]:
+        """``messages`` of ``queue`` as inspection shows them; with ``want_body``, read
+        from the spool, leaving out any that left it meanwhile."""
+        if not want_body:
+            return [InspectedMessage.of(queue, message) for message in messages]
+        bodies = await self._log.read_bodies([message.seq for message in messages])
+        return [
+            InspectedMessage.of(queue, message, body)
+            for message, body in zip(messages, bodies, strict=True)
+            if body is not None
+        ]
+
     def statistics(self) -> EngineStatistics:
         projection = self._projection
         return EngineStatistics(
@@ -364,7 +435,7 @@ async def open_engine(
         )
         recovery = recover(state, chunk=settings.resume_chunk)
         router = Router(state.rules.copy())
-        projection = Projection(state)
+        projection = Projection(state, recovery.queues)
         log = LogWriter(
             store, reader, clock, settings, on_commit=projection.apply, run_blocking=run_blocking
         )

@@ -31,6 +31,7 @@ from __future__ import annotations
 import functools
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
+from typing import Final
 
 import attrs
 import trio
@@ -46,6 +47,9 @@ from kumo.runtime.clock import EngineClock
 from kumo.runtime.refusal import RefusedError
 from kumo.runtime.watermark import Watermark
 from kumo.store.event_log import EventStore, LogFullError
+
+BODIES_PER_READ: Final = 64
+"""Message contents :meth:`LogWriter.read_bodies` reads per trip to a worker thread."""
 
 
 class LogClosedError(RefusedError):
@@ -328,6 +332,21 @@ class LogWriter:
             self._disk_reads += 1
             return await self._run_blocking(functools.partial(self._reader.read, seq, limit))
 
+    async def read_bodies(self, seqs: Sequence[int]) -> list[bytes | None]:
+        """The spooled content of the messages received at ``seqs``, in order (None for
+        one no longer spooled: bounced, or never received).
+
+        Read through the followers' reader connection in worker threads,
+        :data:`BODIES_PER_READ` at a time, so that neither the event loop nor a follower
+        that fell behind the in-memory tail waits on a large read.
+        """
+        bodies: list[bytes | None] = []
+        for start in range(0, len(seqs), BODIES_PER_READ):
+            read = functools.partial(_spooled, self._reader, seqs[start : start + BODIES_PER_READ])
+            async with self._reading:
+                bodies += await self._run_blocking(read)
+        return bodies
+
     async def wait_beyond(self, seq: int) -> None:
         """Return once an event after ``seq`` is committed."""
         await self.committed.wait_for(seq + 1)
@@ -356,3 +375,7 @@ class LogWriter:
             disk_full=self._disk_full,
             commit_seconds=self._commit_seconds,
         )
+
+
+def _spooled(store: EventStore, seqs: Sequence[int]) -> list[bytes | None]:
+    return [store.spool_body(seq) for seq in seqs]

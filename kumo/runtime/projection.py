@@ -1,10 +1,20 @@
-"""The running fold that the API reads: rules, counters, queue gauges."""
+"""The running fold that the API reads: rules, counters, queue gauges, where messages are."""
 
 from __future__ import annotations
 
-from kumo.model.events import BounceIssued, Committed
+from collections.abc import Mapping
+from typing import Final
+
+import trio
+
+from kumo.model.events import Bounced, BounceIssued, Committed, MessageReceived
+from kumo.model.message_locations import MessageLocations
+from kumo.model.message_queue import MessageQueue
 from kumo.model.state import State
 from kumo.runtime.watermark import Watermark
+
+INDEX_CHUNK: Final = 10_000
+"""Messages :meth:`Projection.locate` indexes between two checkpoints (about 10 ms)."""
 
 
 class Projection:
@@ -12,21 +22,78 @@ class Projection:
 
     The writer calls :meth:`apply` synchronously, before it wakes the appenders, so
     whatever an API call reads after its append returned already shows that append.
+
+    Beside the state it keeps what inspection needs and the queue actors do not: which
+    queue each message was received into (:attr:`locations`, a hint that the actor
+    holding the queue confirms; read it with :meth:`locate`), and when each queue last
+    had an arrival (:attr:`arrivals`).
     """
 
-    __slots__ = ("rules_issued", "state")
+    __slots__ = ("_indexing", "_unindexed", "arrivals", "locations", "rules_issued", "state")
 
-    def __init__(self, state: State) -> None:
+    def __init__(self, state: State, queued: Mapping[str, MessageQueue] | None = None) -> None:
+        """``queued``: the messages the queues hold at start
+        (:func:`kumo.model.recovery.recover`), the very objects their actors hold."""
         self.state = state
         self.rules_issued = Watermark()
         """How many ``BounceIssued`` have been folded: the rule expiry waits on it."""
+        self.locations = MessageLocations()
+        """Spool id -> the queue it was received into, while that queue holds messages."""
+        self.arrivals: dict[str, int] = {}
+        """Queue name -> commit time of its last ``MessageReceived`` (at start: of the
+        newest message it holds)."""
+        self._unindexed = dict(queued or {})
+        """The queues as they were at start, whose messages :meth:`locate` indexes the
+        first time it is asked: a start does not pay for it (a second at a million
+        messages), nor does a server nobody asks."""
+        self._indexing = trio.Lock()
+        for name, messages in self._unindexed.items():
+            newest = messages.last_received_at()
+            if newest is not None:
+                self.arrivals[name] = newest
+
+    async def locate(self, message_id: str) -> list[str]:
+        """The queues that may hold ``message_id`` (a hint: see
+        :class:`~kumo.model.message_locations.MessageLocations`).
+
+        The first call after a start indexes first what the queues held at start, from
+        the queues themselves as they are now, :data:`INDEX_CHUNK` messages between two
+        checkpoints; calls made meanwhile wait for it. A call cancelled meanwhile leaves
+        the queue it was indexing to the next call, which indexes all of it again (the
+        index names each queue once per id, however often it holds the entry).
+        """
+        if self._unindexed:
+            async with self._indexing:
+                while self._unindexed:
+                    name, messages = next(iter(self._unindexed.items()))
+                    ids = messages.ids()
+                    for start in range(0, len(ids), INDEX_CHUNK):
+                        chunk = ids[start : start + INDEX_CHUNK]
+                        self.locations.add_many((message, name) for message in chunk)
+                        await trio.lowlevel.checkpoint()
+                    del self._unindexed[name]
+        return self.locations.queues_of(message_id)
 
     def apply(self, committed: list[Committed]) -> None:
         apply = self.state.apply
         issued = 0
+        received: list[tuple[str, str]] = []
+        arrivals = self.arrivals
         for item in committed:
             apply(item)
-            if type(item.event) is BounceIssued:
+            event = item.event
+            if type(event) is MessageReceived:
+                received.append((event.message_id, event.queue))
+                arrivals[event.queue] = item.time
+            elif type(event) is BounceIssued:
                 issued += 1
+            elif type(event) is Bounced and event.queue not in self.state.queue_counts:
+                # The queue is empty: all its entries die at once, none one by one (a
+                # sweep would otherwise pay a lookup for each message it bounces).
+                self.locations.add_many(received)
+                received.clear()
+                self.locations.retire(event.queue)
+        if received:
+            self.locations.add_many(received)
         if issued:
             self.rules_issued.advance(self.rules_issued.value + issued)

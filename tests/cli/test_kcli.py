@@ -28,11 +28,18 @@ from kumo.cli.kcli import (
     format_table,
     reason_phrase,
 )
-from kumo.http.routes import BOUNCE_PATH, INJECT_PATH, METRICS_PATH
+from kumo.http.routes import (
+    BOUNCE_PATH,
+    INJECT_PATH,
+    INSPECT_MESSAGE_PATH,
+    INSPECT_QUEUE_PATH,
+    METRICS_PATH,
+)
 
 ID_A = "0f8d6c8e-5b7e-4a52-9a55-7f3f2f1f6a01"
 ID_B = "5e1c2d3b-8a9f-4c6d-b7e8-f9a0b1c2d3e4"
 ID_C = "9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d"
+SPOOL_ID = "d7ef132b5d7711eea8c8000c29c33806"
 
 Handler = Callable[[httpx.Request], httpx.Response]
 
@@ -632,13 +639,15 @@ def test_no_credentials_no_authorization_header() -> None:
         ["bounce-cancel", "--id", ID_A],
         ["queue-summary"],
         ["inject", "--from", "s@x.com", "--to", "r@x.org"],
+        ["inspect-message", SPOOL_ID],
+        ["inspect-sched-q", "example.com"],
     ],
 )
 def test_token_is_sent_as_a_bearer_on_every_command(command: list[str]) -> None:
     server = FakeServer(
         lambda request: (
             httpx.Response(200, json={"id": ID_A, "success_count": 1})
-            if request.method == "POST"
+            if request.method == "POST" or "/inspect-" in request.url.path
             else httpx.Response(200, json=[])
         )
     )
@@ -939,6 +948,145 @@ def test_queue_summary_failure_is_reported() -> None:
     assert result.stderr == "request status 401: Unauthorized. Response body: not trusted\n"
 
 
+# --- inspect-message and inspect-sched-q -------------------------------------------------
+
+MESSAGE_REPLY = {
+    "id": SPOOL_ID,
+    "message": {
+        "sender": "news@example.org",
+        "recipient": "bücher@example.com",
+        "meta": {"campaign": "spring", "tenant": "acme"},
+        "data": None,
+    },
+}
+QUEUE_REPLY = {
+    "queue_name": "spring:acme@example.com",
+    "messages": [],
+    "num_scheduled": 0,
+    "queue_config": {"max_age": "7days", "protocol": {"smtp": {"mx_list": []}}},
+    "delayed_metric": 0,
+    "now": "2026-01-01T00:00:01Z",
+    "last_changed": "2026-01-01T00:00:00Z",
+}
+
+
+@pytest.mark.parametrize(
+    ("args", "query"),
+    [
+        ([SPOOL_ID], {"id": SPOOL_ID}),
+        (["--want-body", SPOOL_ID], {"id": SPOOL_ID, "want_body": "true"}),
+        # Any spelling of a UUID, sent as kumo and KumoMTA write spool ids.
+        (["D7EF132B-5D77-11EE-A8C8-000C29C33806"], {"id": SPOOL_ID}),
+    ],
+)
+def test_inspect_message_asks_for_the_id_and_prints_the_reply_pretty(
+    args: list[str], query: dict[str, str]
+) -> None:
+    server = replying(json_body=MESSAGE_REPLY)
+
+    result = run(server, "inspect-message", *args)
+
+    assert result.exit_code == 0, result.output
+    (request,) = server.requests
+    assert (request.method, request.url.path) == ("GET", INSPECT_MESSAGE_PATH)
+    assert dict(request.url.params) == query
+    assert (
+        result.stdout_bytes
+        == json.dumps(MESSAGE_REPLY, indent=2, ensure_ascii=False).encode() + b"\n"
+    )
+    assert result.stdout.startswith('{\n  "id": "d7ef132b5d7711eea8c8000c29c33806",\n')
+
+
+def test_inspect_message_refuses_an_id_that_is_no_uuid_and_sends_nothing() -> None:
+    server = replying(json_body=MESSAGE_REPLY)
+
+    result = run(server, "inspect-message", "nope")
+
+    assert result.exit_code == 2
+    assert server.requests == []
+    assert (
+        "Invalid value for 'ID': invalid character: expected an optional prefix of `urn:uuid:`"
+        " followed by [0-9a-fA-F-], found `n` at 1"
+    ) in result.stderr
+
+
+def test_inspect_message_of_an_unknown_id_fails_with_the_server_text() -> None:
+    text = f"Error: no such message {SPOOL_ID}"
+
+    result = run(replying(404, text=text), "inspect-message", SPOOL_ID)
+
+    assert result.exit_code == 1
+    assert result.stdout == ""
+    assert result.stderr == f"request status 404: Not Found. Response body: {text}\n"
+
+
+@pytest.mark.parametrize(
+    ("args", "query"),
+    [
+        ([], {"queue_name": "spring:acme@example.com", "limit": "5"}),
+        (["--limit", "0"], {"queue_name": "spring:acme@example.com", "limit": "0"}),
+        (
+            ["--want-body", "--limit", "12"],
+            {"queue_name": "spring:acme@example.com", "want_body": "true", "limit": "12"},
+        ),
+        (["--no-limit"], {"queue_name": "spring:acme@example.com"}),
+        (
+            ["--no-limit", "--want-body"],
+            {"queue_name": "spring:acme@example.com", "want_body": "true"},
+        ),
+    ],
+)
+def test_inspect_sched_q_asks_for_five_messages_unless_told_and_prints_the_reply(
+    args: list[str], query: dict[str, str]
+) -> None:
+    server = replying(json_body=QUEUE_REPLY)
+
+    result = run(server, "inspect-sched-q", *args, "spring:acme@example.com")
+
+    assert result.exit_code == 0, result.output
+    (request,) = server.requests
+    assert (request.method, request.url.path) == ("GET", INSPECT_QUEUE_PATH)
+    assert dict(request.url.params) == query
+    assert result.stdout == json.dumps(QUEUE_REPLY, indent=2) + "\n"
+
+
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        (["--no-limit", "--limit", "5"], "--no-limit cannot be combined with --limit"),
+        (["--limit", "-1"], "Invalid value for '--limit'"),
+        ([], "Missing argument 'QUEUE_NAME'"),
+    ],
+)
+def test_inspect_sched_q_usage_errors_send_nothing(args: list[str], error: str) -> None:
+    server = replying(json_body=QUEUE_REPLY)
+
+    result = run(server, "inspect-sched-q", *args, *(["q.example"] if args else []))
+
+    assert result.exit_code == 2
+    assert error in result.stderr
+    assert server.requests == []
+
+
+def test_inspect_sched_q_of_an_unknown_queue_fails_with_the_server_text() -> None:
+    result = run(
+        replying(404, text="Error: no such queue q.example"), "inspect-sched-q", "q.example"
+    )
+
+    assert result.exit_code == 1
+    assert result.stderr == (
+        "request status 404: Not Found. Response body: Error: no such queue q.example\n"
+    )
+
+
+@pytest.mark.parametrize("command", [["inspect-message", SPOOL_ID], ["inspect-sched-q", "q"]])
+def test_inspection_rejects_a_reply_that_is_not_an_object(command: list[str]) -> None:
+    result = run(replying(json_body=[1, 2]), *command)
+
+    assert result.exit_code == 1
+    assert result.stderr == "unexpected reply from server: [1, 2]\n"
+
+
 # --- tables ----------------------------------------------------------------------------
 
 
@@ -969,5 +1117,13 @@ def test_module_runs_as_a_program() -> None:
 
     assert completed.returncode == 0
     assert completed.stdout.startswith("Usage: kcli ")
-    for command in ("bounce", "bounce-list", "bounce-cancel", "inject", "queue-summary"):
+    for command in (
+        "bounce",
+        "bounce-list",
+        "bounce-cancel",
+        "inject",
+        "queue-summary",
+        "inspect-message",
+        "inspect-sched-q",
+    ):
         assert command in completed.stdout

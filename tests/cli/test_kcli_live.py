@@ -390,3 +390,57 @@ def test_unreachable_server_is_one_clean_line() -> None:
     assert run.stderr.startswith(f"cannot connect to {endpoint}: ")
     assert run.stderr.endswith("\n")
     assert run.stderr.count("\n") == 1
+
+
+def test_inspect_sched_q_then_inspect_message(server: tuple[str, Path]) -> None:
+    url, data = server
+    run = kcli(
+        url,
+        "inject",
+        "--from",
+        SENDER,
+        "--to",
+        "a@example.com",
+        "--campaign",
+        "spring",
+        "--count",
+        "7",
+    )
+    assert run == Run(0, "injected 7 message(s)\n", "")
+    records = wait_until(lambda: records_when(data, count=7))
+
+    # Five messages by default, the oldest first; printed as pretty JSON.
+    run = kcli(url, "inspect-sched-q", "spring:@example.com")
+    assert (run.status, run.stderr) == (0, "")
+    queue = json.loads(run.stdout)
+    assert run.stdout == json.dumps(queue, indent=2, ensure_ascii=False) + "\n"
+    assert [m["id"] for m in queue["messages"]] == [r["id"] for r in records[:5]]
+    assert queue["num_scheduled"] == 7
+    assert queue["messages"][0]["message"]["meta"] == {"campaign": "spring"}
+    assert queue["messages"][0]["message"]["data"] is None
+    everything = json.loads(
+        kcli(url, "inspect-sched-q", "--no-limit", "spring:@example.com").stdout
+    )
+    assert len(everything["messages"]) == 7
+
+    # One message, with its content, by its id in a UUID spelling.
+    message_id = records[6]["id"]
+    hyphenated = str(uuid.UUID(message_id))
+    run = kcli(url, "inspect-message", "--want-body", hyphenated)
+    assert run.status == 0, run.stderr
+    message = json.loads(run.stdout)
+    assert message["id"] == message_id
+    assert message["message"]["recipient"] == "a@example.com"
+    assert "This is a test message injected by kcli." in message["message"]["data"]
+
+    # What the server does not hold: its 404, as KumoMTA's kcli prints a refusal.
+    run = kcli(url, "inspect-message", "0" * 32)
+    assert run == Run(
+        1, "", f"request status 404: Not Found. Response body: Error: no such message {'0' * 32}\n"
+    )
+    run = kcli(url, "inspect-sched-q", "nowhere.example")
+    assert run == Run(
+        1,
+        "",
+        "request status 404: Not Found. Response body: Error: no such queue nowhere.example\n",
+    )

@@ -30,6 +30,7 @@ from kumo.http.errors import (
 from kumo.http.gatekeeper import AttemptLimits
 from kumo.http.routes import BOUNCE_PATH, INJECT_PATH, LIVENESS_PATH, METRICS_PATH, OPENAPI_PATH
 from kumo.model.criteria import Criteria
+from kumo.model.inspection import InspectedMessage, InspectedQueue
 from kumo.model.requests import BounceRequest, NewMessage
 from kumo.model.state import RuleView
 from kumo.model.statistics import counter
@@ -62,6 +63,10 @@ class FakeEngine:
         self.closed = False
         self.refusal: RefusedError | None = None
         """Raised by every call, when set."""
+        self.messages: dict[str, InspectedMessage] = {}
+        """What inspect_message finds, by id."""
+        self.queues: dict[str, InspectedQueue] = {}
+        """What inspect_queue finds, by name."""
 
     def _check(self) -> None:
         self._refuse()
@@ -97,6 +102,21 @@ class FakeEngine:
     def queue_counts(self) -> Mapping[str, int]:
         self._refuse()
         return {"example.com": 2}
+
+    async def inspect_message(self, message_id: str, *, want_body: bool) -> InspectedMessage | None:
+        self._check()
+        self.calls.append(("inspect_message", (message_id, want_body), ""))
+        message = self.messages.get(message_id)
+        if message is None or want_body:
+            return message
+        return attrs.evolve(message, body=None)
+
+    async def inspect_queue(
+        self, name: str, *, want_body: bool, limit: int | None
+    ) -> InspectedQueue | None:
+        self._check()
+        self.calls.append(("inspect_queue", (name, want_body, limit), ""))
+        return self.queues.get(name)
 
     def statistics(self) -> FakeStatistics:
         self._refuse()

@@ -1,5 +1,9 @@
-"""Fuzz a real server: no method, path, header or body gets a 5xx or hangs, and a
+"""Fuzz a real server: no method, path, query, header or body gets a 5xx or hangs, and a
 refused request leaves the event log as it was.
+
+Every path the OpenAPI document describes is fuzzed, with query strings made of the
+parameters it declares for it (each absent, given once or twice, with values near and
+far from valid ones), so that a new route is fuzzed as soon as it is documented.
 
 A refused request may not append any event a client causes (``MessageReceived``,
 ``BounceIssued``, ``BounceCancelled``). The engine's own events (``Bounced`` from a
@@ -14,12 +18,15 @@ import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import httpx
 import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from kumo.http.openapi import OPENAPI
+from kumo.http.routes import INJECT_PATH
 from kumo.model.events import BounceCancelled, BounceIssued, MessageReceived
 from tests.live_server import events_after, last_seq, running_server
 
@@ -43,6 +50,56 @@ PATHS = [
     "/%ff",
     "/",
 ]
+PATHS += sorted(set(OPENAPI["paths"]) - set(PATHS))
+
+_PARAMETERS: dict[str, list[dict[str, Any]]] = {
+    path: [p for operation in item.values() for p in operation.get("parameters", [])]
+    for path, item in OPENAPI["paths"].items()
+}
+"""Path -> the query parameters its operations declare."""
+
+KNOWN_IDS: list[str] = ["0" * 32]
+"""Spool ids of messages a server holds (``holding_server`` puts its own here), so that
+a fuzzed inspection finds something too."""
+
+_known_ids = st.integers(0, 7).map(lambda n: KNOWN_IDS[n % len(KNOWN_IDS)])
+"""One of :data:`KNOWN_IDS`, read at each draw: they are known once a server runs."""
+_held = st.sampled_from(["held.fuzz.example", "fuzz.example", "00" * 16, ""]) | _known_ids
+"""Strings that name what a server may hold: queues, spool ids."""
+_well_formed = {
+    "boolean": st.sampled_from(["true", "false"]),
+    "integer": st.integers(0, 3).map(str),
+    "string": _held,
+}
+_any_value = {
+    "boolean": st.sampled_from(["true", "false", "TRUE", "1", ""]),
+    "integer": st.sampled_from(["0", "5", "+3", "-1", "", "x", str(2**64), str(2**64 - 1)])
+    | st.integers(0, 10**6).map(str),
+    "string": _held
+    | st.sampled_from(["D7EF132B-5D77-11EE-A8C8-000C29C33806", "{x}"])
+    | st.text(max_size=20),
+}
+
+
+@st.composite
+def _targets(draw: st.DrawFn, paths: list[str] = PATHS) -> str:
+    """One of ``paths``, and for a documented one a query of the parameters it declares:
+    half the time well formed (each once, optional ones maybe absent), else anything
+    (each absent, once or twice, with any value)."""
+    path = draw(st.sampled_from(paths))
+    pairs: list[tuple[str, str]] = []
+    well_formed = draw(st.booleans())
+    for parameter in _PARAMETERS.get(path, []):
+        kind = parameter["schema"]["type"]
+        if well_formed:
+            times = 1 if parameter["required"] else draw(st.integers(0, 1))
+            values = _well_formed[kind]
+        else:
+            times = draw(st.sampled_from([0, 1, 1, 1, 2]))
+            values = _any_value[kind]
+        pairs += [(parameter["name"], draw(values)) for _ in range(times)]
+    return f"{path}?{urlencode(pairs)}" if pairs else path
+
 
 _scalars = (
     st.none()
@@ -146,6 +203,28 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path
         yield url, data
 
 
+@pytest.fixture(scope="module")
+def holding_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    """A server holding two messages, which nothing bounces: inspections find them."""
+    data = tmp_path_factory.mktemp("fuzz-queries") / "data"
+    with running_server(data) as url:
+        reply = httpx.post(
+            url + INJECT_PATH,
+            json={
+                "envelope_sender": "s@fuzz.example",
+                "recipients": [{"email": "a@held.fuzz.example"}, {"email": "b@held.fuzz.example"}],
+                "content": "Subject: held\r\n\r\nfor inspection\r\n",
+            },
+        )
+        assert reply.status_code == 200, reply.text
+        KNOWN_IDS[:] = [
+            committed.event.message_id
+            for committed in events_after(data, 0)
+            if isinstance(committed.event, MessageReceived)
+        ]
+        yield url, data
+
+
 @settings(
     max_examples=250,
     deadline=None,
@@ -153,7 +232,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path
 )
 @given(
     method=_methods,
-    path=st.sampled_from(PATHS),
+    path=_targets(),
     content_type=_content_types,
     authorization=_authorization,
     extra=st.dictionaries(
@@ -181,7 +260,7 @@ def test_no_5xx_no_hang_and_refusals_change_nothing(
     before = last_seq(data)
     reply = httpx.request(method, url + path, headers=headers, content=body, timeout=TIMEOUT)
     assert reply.status_code < 500, (reply.status_code, reply.text)
-    event(f"{method} {reply.status_code}")
+    event(f"{method} {path.partition('?')[0]} {reply.status_code}")
     if reply.status_code >= 400:
         if method != "HEAD":
             assert reply.text, "a refusal says why"
@@ -191,6 +270,36 @@ def test_no_5xx_no_hang_and_refusals_change_nothing(
             if isinstance(committed.event, CLIENT_EVENTS)
         ]
         assert caused == []
+
+
+_QUERIED = sorted(path for path, parameters in _PARAMETERS.items() if parameters)
+"""The documented paths that take query parameters (each a GET)."""
+
+
+@settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(target=_targets(_QUERIED))
+def test_every_documented_query_gets_an_answer_and_no_5xx(
+    holding_server: tuple[str, Path], target: str
+) -> None:
+    url, data = holding_server
+    before = last_seq(data)
+    reply = httpx.get(url + target, timeout=TIMEOUT)
+    event(f"GET {target.partition('?')[0]} {reply.status_code}")
+    assert reply.status_code in (200, 400, 404), (reply.status_code, reply.text)
+    if reply.status_code == 200:
+        assert reply.headers["content-type"] == "application/json"
+        reply.json()
+    else:
+        assert reply.text, "a refusal says why"
+    assert not [
+        committed
+        for committed in events_after(data, before)
+        if isinstance(committed.event, CLIENT_EVENTS)
+    ]
 
 
 @pytest.mark.parametrize(

@@ -11,6 +11,8 @@ from kumo.http.openapi import OPENAPI
 from kumo.http.routes import (
     BOUNCE_PATH,
     INJECT_PATH,
+    INSPECT_MESSAGE_PATH,
+    INSPECT_QUEUE_PATH,
     LIVENESS_PATH,
     METRICS_PATH,
     OPENAPI_PATH,
@@ -25,7 +27,9 @@ def test_the_paths_are_kumomtas() -> None:
     assert LIVENESS_PATH == "/api/check-liveness/v1"
     assert METRICS_PATH == "/metrics"
     assert OPENAPI_PATH == "/api-docs/openapi.json"
-    assert len(set(ROUTES)) == len(ROUTES) == 5
+    assert INSPECT_MESSAGE_PATH == "/api/admin/inspect-message/v1"
+    assert INSPECT_QUEUE_PATH == "/api/admin/inspect-sched-q/v1"
+    assert len(set(ROUTES)) == len(ROUTES) == 7
 
 
 def test_the_app_serves_every_route_and_no_other() -> None:

@@ -157,3 +157,48 @@ def test_columns_that_do_not_fit_are_refused() -> None:
         MessageQueue.from_columns(described._replace(senders=[]), blobs)
     with pytest.raises(ValueError, match="columns, expected"):
         MessageQueue.from_columns(described, blobs[:-1])
+
+
+@given(st.lists(messages, max_size=20), st.integers(0, 25), st.integers(0, 5))
+def test_head_copies_the_first_messages_and_leaves_the_queue(
+    batch: list[Message], count: int, taken: int
+) -> None:
+    queue = MessageQueue(batch)
+    queue.take(taken)
+    rest = batch[taken:]
+    assert queue.head(count) == rest[:count]
+    assert list(queue) == rest
+    # What head returned is a copy: taking afterwards still yields every message.
+    assert list(queue.take_all()) == rest
+
+
+@given(st.lists(messages, max_size=20, unique_by=lambda m: m.id), st.integers(0, 5), any_ids)
+def test_find_returns_the_message_with_that_id_or_none(
+    batch: list[Message], taken: int, other: str
+) -> None:
+    queue = MessageQueue(batch)
+    queue.take(taken)
+    for message in batch[taken:]:
+        assert queue.find(message.id) == message
+    for message in batch[:taken]:
+        assert queue.find(message.id) is None
+    if other not in {m.id for m in batch}:
+        assert queue.find(other) is None
+
+
+def test_find_never_matches_across_two_ids() -> None:
+    first, second = "00" * 8 + "ab" * 8, "cd" * 8 + "11" * 8
+    queue = MessageQueue([Message(first, "s", "r1", 1, 2, 1), Message(second, "s", "r2", 1, 2, 2)])
+    straddling = "ab" * 8 + "cd" * 8  # the end of the first id, the start of the second
+    assert queue.find(straddling) is None
+    assert queue.find(second) == Message(second, "s", "r2", 1, 2, 2)
+
+
+def test_last_received_at_is_the_newest_arrival() -> None:
+    queue = MessageQueue()
+    assert queue.last_received_at() is None
+    queue.append(Message("a" * 32, "s", "r", 1, 10, 1))
+    queue.append(Message("b" * 32, "s", "r", 1, 30, 2))
+    assert queue.last_received_at() == 30
+    queue.take(1)
+    assert queue.last_received_at() == 30

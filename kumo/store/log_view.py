@@ -150,6 +150,14 @@ class LogView:
         while batch := cursor.fetchmany(CHUNK):
             yield batch
 
+    def spool_seqs(self) -> Iterator[list[int]]:
+        """The seqs of the spooled contents (the ``MessageReceived`` of each message
+        still spooled), in order, in chunks; read in the view's transaction, so that
+        they agree with its events."""
+        cursor = self._db.execute("SELECT seq FROM spool ORDER BY seq")
+        while batch := cursor.fetchmany(CHUNK * 10):
+            yield [seq for (seq,) in batch]
+
     def committed(
         self,
         *,

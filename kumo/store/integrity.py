@@ -23,9 +23,9 @@ from __future__ import annotations
 import re
 import sqlite3
 import threading
-from collections.abc import Iterator
-from contextlib import closing, contextmanager
+from contextlib import ContextDecorator, closing, suppress
 from pathlib import Path
+from types import TracebackType
 from typing import Final
 
 import attrs
@@ -201,38 +201,46 @@ def damage_error(path: Path, damages: list[Damage]) -> StoreDamagedError:
     )
 
 
-@contextmanager
-def checked_beside(path: Path) -> Iterator[None]:
-    """Run ``PRAGMA quick_check`` of the database at ``path`` in a thread while the
-    block runs (a replay: the check reads pages, the replay decodes rows, each on its
-    own CPU); on leaving, wait for it.
+class StructureCheck(ContextDecorator):
+    """``PRAGMA quick_check`` of the database at ``path``, in a thread, while a block
+    (or a decorated function) runs: a replay, so that the check reads pages while the
+    replay decodes rows, each on its own CPU. Leaving waits for the check.
 
-    Raises :class:`~kumo.store.event_log.StoreDamagedError` naming the damage if the
-    check found any, in place of whatever the block raised (a damaged page explains
-    the read that failed on it; the block's error is chained). A database that does
-    not exist yet is not checked.
+    Leaving raises :class:`~kumo.store.event_log.StoreDamagedError` naming the damage
+    if the check found any, in place of whatever the block raised (a damaged page
+    explains the read that failed on it; the block's error is chained). A database
+    that does not exist yet is not checked. Not re-entrant.
     """
-    if not path.is_file():
-        yield
-        return
-    result: list[list[Damage]] = []
 
-    def check() -> None:
-        try:
-            result.append(check_structure(path, thorough=False))
-        except (OSError, sqlite3.Error):
-            # Not a database, gone, or unreadable: the block's own open says so.
-            result.append([])
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._thread: threading.Thread | None = None
+        self._found: list[Damage] = []
 
-    thread = threading.Thread(target=check, name="kumo-quick-check", daemon=True)
-    thread.start()
-    try:
-        yield
-    except BaseException as exc:
-        thread.join()
-        if result and result[0]:
-            raise damage_error(path, result[0]) from exc
-        raise
-    thread.join()
-    if result and result[0]:
-        raise damage_error(path, result[0])
+    def __enter__(self) -> None:
+        self._found = []
+        self._thread = None
+        if self.path.is_file():
+            self._thread = threading.Thread(target=self._check, name="kumo-quick-check")
+            self._thread.start()
+
+    def _check(self) -> None:
+        # Not a database, gone, or unreadable: the block's own open says so.
+        with suppress(OSError, sqlite3.Error):
+            self._found = check_structure(self.path, thorough=False)
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if self._thread is not None:
+            self._thread.join()
+        if self._found:
+            raise damage_error(self.path, self._found) from error
+
+
+def checked_beside(path: Path) -> StructureCheck:
+    """A :class:`StructureCheck` of the database at ``path``."""
+    return StructureCheck(path)

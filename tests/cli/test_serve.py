@@ -26,9 +26,11 @@ from kumo.model.events import MessageReceived
 from kumo.model.prometheus_text import parse_samples
 from kumo.runtime.engine import open_engine
 from kumo.store.data_dir import open_event_log
+from kumo.store.integrity import PARTS
 from kumo.store.layout import DATABASE
 from kumo.store.snapshots import take_snapshot
 from tests.live_server import ServerProcess, build_queued, start_server, wait_until
+from tests.page_damage import build_store, damage
 
 NO_SMTP = SmtpListenerSettings(listen=None)
 """In-process servers listen for HTTP only: the SMTP default port is one per machine."""
@@ -313,6 +315,42 @@ def test_a_log_that_cannot_be_opened_is_one_line_and_exit_1(tmp_path: Path) -> N
     assert result.returncode == 1
     assert result.stdout == ""
     assert result.stderr == (f"kumo: cannot open the event log in {data}: file is not a database\n")
+
+
+@pytest.mark.parametrize(
+    ("name", "kind"),
+    [
+        ("spool", "internal"),
+        ("events", "internal"),
+        ("sqlite_autoindex_events_1", "leaf"),
+        ("meta", "leaf"),
+    ],
+)
+def test_a_damaged_page_is_refused_at_start_in_one_line(
+    tmp_path: Path, name: str, kind: str
+) -> None:
+    # Issue 12: a damaged interior page of the spool was served (a bounce accepted, then
+    # the server stopped listening and exited 30 s later, at every start); a damaged
+    # events table was refused with a 70-line traceback.
+    data = tmp_path / "data"
+    build_store(data / DATABASE)
+    page = damage(data / DATABASE, name, kind)
+
+    result = serve_process(
+        "--listen", "127.0.0.1:0", "--smtp-listen", "off", "--data-dir", str(data)
+    )
+
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert result.stderr.count("\n") == 1
+    assert result.stderr.startswith(
+        f"kumo: the event log {data / DATABASE} is damaged: {PARTS[name]}: "
+    )
+    assert f" {page}" in result.stderr
+    assert result.stderr.endswith(
+        f"; run `kumo replay --verify --data-dir {data}` for the whole report, and restore "
+        "the data directory from a backup\n"
+    )
 
 
 # -- repeated signals (kumo.cli.shutdown) ---------------------------------------------

@@ -39,6 +39,7 @@ from kumo.config import Config, ConfigError, LineEndings, load_config, parse_lis
 from kumo.http.app import create_app
 from kumo.model.settings import EngineSettings
 from kumo.model.smtp_server import SmtpServerSettings
+from kumo.runtime.delivery_repair import RepairError
 from kumo.runtime.engine import DataDirectoryLockedError, Engine, open_engine
 from kumo.runtime.smtp_listener import ListenerSettings, SmtpListener, server_tls_context
 from kumo.store.event_log import LogCorruptError, StoreDamagedError
@@ -386,7 +387,13 @@ def serve(
     refusal = None
     try:
         trio.run(main)
-    except* (DataDirectoryLockedError, ListenError, LogCorruptError, StoreDamagedError) as group:
+    except* (
+        DataDirectoryLockedError,
+        ListenError,
+        LogCorruptError,
+        StoreDamagedError,
+        RepairError,
+    ) as group:
         refusal = "; ".join(str(error) for error in _leaves(group))
     except* sqlite3.Error as group:
         errors = list(_leaves(group))

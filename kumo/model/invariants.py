@@ -556,9 +556,7 @@ class DeliveryLogCheck:
             self._bad(where, f"AdminBounce for {message_id} has content {content!r}")
         return expected.seq
 
-    def _expected(
-        self, kind: str, message_id: str, seq: int, node: str
-    ) -> dict[str, Any] | None:
+    def _expected(self, kind: str, message_id: str, seq: int, node: str) -> dict[str, Any] | None:
         """The record kumo writes for ``kind`` of ``message_id`` (event ``seq``) on node
         ``node``: the model's own record, built once per batch that shares everything
         but the message's own fields, then those fields set (building each of a

@@ -669,8 +669,8 @@ def render_report(report: VerifyReport, fmt: str) -> str:
         "(docs/rules.md)",
         f"counters      {mark('counters')}: {report.counters:,} rule/queue counters of "
         f"{report.rules:,} rules equal their Bounced events; queue gauges match",
-        f"spool         {mark('spool')}: {report.spooled:,} contents, one for each queued "
-        "message and no other",
+        f"spool         {mark('spool')}: {report.spooled:,} message content(s), one for each "
+        "queued message and no other",
         f"delivery log  {mark('delivery-log', 'checkpoint')}: {report.segments} segment(s), "
         f"{records.get('Reception', 0):,} Reception + {records.get('AdminBounce', 0):,} "
         f"AdminBounce records, every field compared with the log, {checkpoint}",

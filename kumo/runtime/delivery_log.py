@@ -34,9 +34,10 @@ from kumo.model.settings import EngineSettings
 from kumo.model.state import RuleBook
 from kumo.model.statistics import counter, gauge, info
 from kumo.runtime.blocking import RunBlocking, in_thread
-from kumo.runtime.delivery_repair import cut_damaged_tail
+from kumo.runtime.delivery_repair import RepairError, cut_damaged_tail
 from kumo.runtime.log_writer import LogWriter
 from kumo.runtime.watermark import Watermark
+from kumo.store.archive import ArchiveCorruptError
 from kumo.store.delivery_files import (
     CHECKPOINT,
     STALE_SUFFIX,
@@ -190,7 +191,17 @@ class DeliveryLogWriter:
     def _repair(self, why: str, segment: str, limit: int, through: int | None) -> int:
         """Cut ``segment`` back to its last whole record before byte ``limit`` that the
         log calls for, write the records after it again up to seq ``through`` (the
-        log's end if ``None``), checkpoint there and return that seq."""
+        log's end if ``None``), checkpoint there and return that seq. Raises
+        :class:`RepairError` if the events needed cannot be read."""
+        try:
+            return self._repair_from_history(why, segment, limit, through)
+        except ArchiveCorruptError as exc:
+            raise RepairError(
+                f"the delivery log cannot be repaired ({why}): {exc}; run `kumo replay "
+                "--verify`, and restore the data directory from a backup"
+            ) from None
+
+    def _repair_from_history(self, why: str, segment: str, limit: int, through: int | None) -> int:
         files = self._files
         rules = self._rules.rules
         reasons = {rule.id: (rule.reason, rule.suppress_logging) for rule in rules.values()}

@@ -20,6 +20,7 @@ from kumo.runtime import delivery_log
 from kumo.runtime.blocking import RunBlocking, inline
 from kumo.runtime.clock import EngineClock
 from kumo.runtime.delivery_log import DeliveryLogWriter
+from kumo.runtime.delivery_repair import RepairError
 from kumo.runtime.engine import DeliveryLogAheadError, open_engine
 from kumo.runtime.log_writer import LogWriter
 from kumo.store.compaction import compact
@@ -429,3 +430,25 @@ async def test_records_of_archived_events_are_written_again_from_the_archive(
     [line] = repairs(caplog)
     assert line.endswith("20 record(s) written again from the event log, up to seq 12")
     assert verify_data_dir(tmp_path).ok
+
+
+async def test_a_repair_that_needs_a_damaged_archive_is_refused_in_one_line(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    await fill(tmp_path, 10)
+    compact(tmp_path)
+    [archive] = (tmp_path / "archive").iterdir()
+    archive.write_bytes(b"not an archive" * 100)
+    [segment] = (tmp_path / "logs").glob("*.jsonl")
+    segment.unlink()
+
+    with pytest.raises(RepairError) as caught:
+        async with open_engine(tmp_path, clock=EngineClock(WALL_ORIGIN), threads=False):
+            pytest.fail("served without its delivery log")
+
+    message = str(caught.value)
+    assert message.startswith(
+        f"the delivery log cannot be repaired (logs/{segment.name} is missing): archive "
+        f"segment {archive.name} unreadable: "
+    )
+    assert "\n" not in message

@@ -627,6 +627,9 @@ def render_report(report: VerifyReport, fmt: str) -> str:
                 "records": report.records,
                 "pending_records": report.pending_records,
                 "snapshots": report.snapshots,
+                "spooled": report.spooled,
+                "records_due_through": report.records_due_through,
+                "log_read": report.log_read,
                 "violations": [
                     {"check": v.check, "where": v.where, "seq": v.seq, "problem": v.problem}
                     for v in report.violations
@@ -643,12 +646,18 @@ def render_report(report: VerifyReport, fmt: str) -> str:
         return "ok" if not found else f"{found:,} VIOLATION(S)"
 
     records = report.records
-    checkpoint = (
-        f"checkpoint at seq {report.checkpoint_seq:,}"
-        if report.checkpoint_seq is not None
-        else "no checkpoint (nothing written yet)"
-    )
+    if report.checkpoint_seq is not None:
+        checkpoint = f"checkpoint at seq {report.checkpoint_seq:,}"
+    elif sum(records.values()):
+        checkpoint = (
+            f"no checkpoint: every record up to seq {report.records_due_through:,} "
+            "(the last event the files hold records for) required"
+        )
+    else:
+        checkpoint = "no checkpoint (nothing written yet)"
     lines = [
+        f"structure     {mark('structure')}: SQLite integrity_check of {DATABASE} (events, "
+        "id index, spool, meta)",
         f"sequence      {mark('sequence')}: {report.events:,} events, "
         f"seq {report.first_seq:,}..{report.last_seq:,}, expected gapless from 1",
         f"hash chain    {mark('chain')}: {report.events:,} links checked",
@@ -660,12 +669,19 @@ def render_report(report: VerifyReport, fmt: str) -> str:
         "(docs/rules.md)",
         f"counters      {mark('counters')}: {report.counters:,} rule/queue counters of "
         f"{report.rules:,} rules equal their Bounced events; queue gauges match",
+        f"spool         {mark('spool')}: {report.spooled:,} message content(s), one for each "
+        "queued message and no other",
         f"delivery log  {mark('delivery-log', 'checkpoint')}: {report.segments} segment(s), "
         f"{records.get('Reception', 0):,} Reception + {records.get('AdminBounce', 0):,} "
-        f"AdminBounce records, {checkpoint}",
+        f"AdminBounce records, every field compared with the log, {checkpoint}",
         f"snapshots     {mark('snapshot')}: {report.snapshots} checked against the fold "
         "of the log at their seq",
     ]
+    if not report.log_read:
+        lines.append(
+            "              the log could not be read to its end: the spool and the delivery "
+            "log were not compared with it"
+        )
     if report.pending_records:
         lines.append(
             f"              {report.pending_records:,} record(s) for events after the "
@@ -695,11 +711,14 @@ def render_report(report: VerifyReport, fmt: str) -> str:
 def replay(data_dir: Path, verify: bool, fmt: str) -> None:
     """Rebuild the projections from the log (and with --verify, check them).
 
-    --verify checks the hash chain and the gapless sequence (a tampered, removed or
-    truncated row is named by its seq), conservation of messages, attribution of each
-    bounce, the counters, and the delivery log (one Reception per received message,
-    one AdminBounce per bounced message unless its rule suppresses logging, no
-    duplicates, a checkpoint within the log). Exit status 1 if anything is violated.
+    --verify checks the database's pages (SQLite's integrity_check: the events, their
+    id index, the spool, meta), the hash chain and the gapless sequence (a tampered,
+    removed or truncated row is named by its seq), conservation of messages,
+    attribution of each bounce, the counters, the spool (the content of every queued
+    message, none of a message that is gone), and the delivery log (one Reception per
+    received message, one AdminBounce per bounced message unless its rule suppresses
+    logging, every field as the log says, no duplicates, a checkpoint within the log).
+    Exit status 1 if anything is violated.
     """
     if not verify:
         with _open(data_dir) as snapshot, ProgressBar() as progress:

@@ -11,7 +11,8 @@ still closed cleanly, the exit status still 0), a third exits at once with statu
 (:mod:`kumo.cli.shutdown`); each stage says on stderr what it waits for. A data
 directory another kumo process holds, a log that cannot be opened, or a listening
 address it cannot bind, is one line on stderr and exit status 1 (the engine, if it had
-opened, shut down cleanly first).
+opened, shut down cleanly first); so is an event log whose database pages are damaged
+(checked at every start), in a line that names the damage and says what to do.
 """
 
 from __future__ import annotations
@@ -40,9 +41,10 @@ from kumo.model.inspection import QueueConfig
 from kumo.model.queue_name import QueueName
 from kumo.model.settings import EngineSettings
 from kumo.model.smtp_server import SmtpServerSettings
+from kumo.runtime.delivery_repair import RepairError
 from kumo.runtime.engine import DataDirectoryLockedError, Engine, open_engine
 from kumo.runtime.smtp_listener import ListenerSettings, SmtpListener, server_tls_context
-from kumo.store.event_log import LogCorruptError
+from kumo.store.event_log import LogCorruptError, StoreDamagedError
 
 SWITCH_INTERVAL: Final = 0.0005
 """Seconds a thread may hold the GIL while another wants it (Python's default: 0.005)."""
@@ -56,6 +58,9 @@ _SHUTDOWN_DEADLINE: Final = EngineSettings().shutdown_deadline
 default settings)."""
 
 
+_SQLITE_CORRUPT: Final = 11
+
+
 class ListenError(Exception):
     """The server could not listen on its address (in use, not permitted, not local)."""
 
@@ -66,6 +71,12 @@ def _leaves(group: BaseExceptionGroup[BaseException]) -> Iterator[BaseException]
             yield from _leaves(error)
         else:
             yield error
+
+
+def _is_corrupt(error: BaseException) -> bool:
+    """Whether SQLite found the database damaged (``SQLITE_CORRUPT``, any variant)."""
+    code = getattr(error, "sqlite_errorcode", None)
+    return isinstance(code, int) and code & 0xFF == _SQLITE_CORRUPT
 
 
 def _describe_os_error(error: OSError) -> str:
@@ -397,13 +408,28 @@ def serve(
     refusal = None
     try:
         trio.run(main)
-    except* (DataDirectoryLockedError, ListenError, LogCorruptError) as group:
+    except* (
+        DataDirectoryLockedError,
+        ListenError,
+        LogCorruptError,
+        StoreDamagedError,
+        RepairError,
+    ) as group:
         refusal = "; ".join(str(error) for error in _leaves(group))
     except* sqlite3.Error as group:
-        # Opening the log failed (a full disk, a file that is not a database): the
-        # engine never ran, nothing was written.
-        why = "; ".join(str(error) for error in _leaves(group))
-        refusal = f"cannot open the event log in {config.data_dir}: {why}"
+        errors = list(_leaves(group))
+        why = "; ".join(str(error) for error in errors)
+        if any(_is_corrupt(error) for error in errors):
+            # Damage the start's check did not see: it came while serving.
+            refusal = (
+                f"the event log in {config.data_dir} is damaged: {why}; run `kumo replay "
+                f"--verify --data-dir {config.data_dir}` for the whole report, and restore "
+                "the data directory from a backup"
+            )
+        else:
+            # Opening the log failed (a full disk, a file that is not a database): the
+            # engine never ran, nothing was written.
+            refusal = f"cannot open the event log in {config.data_dir}: {why}"
     if refusal is not None:
         print(f"kumo: {refusal}", file=sys.stderr, flush=True)
         sys.exit(1)

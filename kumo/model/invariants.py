@@ -15,22 +15,37 @@
 :class:`DeliveryLogCheck` then compares the delivery-log records with what the log
 says must be there: one ``Reception`` per received message, one ``AdminBounce`` per
 bounced message unless its rule suppresses logging, one ``Rejection`` per ``Rejected``
-event (counted: a rejection names no message), nothing else, nothing twice, for
-every event up to the delivery log's checkpoint, and a checkpoint that does not point
-past the end of the log (which would mean the log lost its tail).
+event (the n-th record for the n-th event: a rejection names no message), nothing
+else, nothing twice, each record field for field the one kumo writes for its event
+(:mod:`kumo.model.log_record`), for every event up to the delivery log's checkpoint
+(or without one, up to the last event a record is for), and a checkpoint that does
+not point past the end of the log (which would mean the log lost its tail).
 """
 
 from __future__ import annotations
 
 import bisect
 from collections import Counter
-from collections.abc import Iterable
-from typing import Final, NamedTuple
+from collections.abc import Iterable, Mapping
+from typing import Any, Final, NamedTuple
 
 import attrs
 
-from kumo.model.events import Bounced, BounceIssued, Committed, MessageReceived, Rejected
-from kumo.model.log_record import bounce_content
+from kumo.model.events import (
+    Bounced,
+    BounceIssued,
+    Committed,
+    MessageReceived,
+    PeerAddress,
+    Rejected,
+)
+from kumo.model.log_record import (
+    admin_bounce_record,
+    bounce_content,
+    reception_record,
+    rejection_record,
+)
+from kumo.model.message import Message
 from kumo.model.queue_name import QueueName
 from kumo.model.state import Rule, State
 
@@ -58,6 +73,11 @@ class _Received:
     queue: str
     arrival_rule: str | None
     """The rule that had to bounce it at arrival, if one was live and matching."""
+    sender: str
+    recipient: str
+    size: int
+    protocol: str
+    peer: PeerAddress | None
 
 
 class InvariantCheck:
@@ -78,6 +98,14 @@ class InvariantCheck:
         self.bounced_events = 0
         self.rejected: list[int] = []
         """The seqs of the ``Rejected`` events, in log order."""
+        self.rejections: list[Committed] = []
+        """The ``Rejected`` events themselves, in log order (their records' fields)."""
+        self.bounce_times: dict[int, int] = {}
+        """Seq -> commit time of each ``Bounced`` event (its records' time)."""
+        # Strings and sizes that repeat from message to message, held once each:
+        # verification keeps a million messages.
+        self._strings: dict[str, str] = {}
+        self._sizes: dict[int, int] = {}
         self.queues: dict[str, list[str]] = {}
         """What :meth:`queued` returned when :meth:`finish` ran."""
         # Queue -> rules not ended by an event that match it, newest first; dropped
@@ -109,6 +137,7 @@ class InvariantCheck:
             self._bounce(committed, event)
         elif isinstance(event, Rejected):
             self.rejected.append(seq)
+            self.rejections.append(committed)
         else:
             self._live_matching.clear()
             if isinstance(event, BounceIssued):
@@ -139,13 +168,23 @@ class InvariantCheck:
             (rule.id for rule in live if rule.live_at(committed.time)),
             None,
         )
+        strings = self._strings
         self.received[event.message_id] = _Received(
-            committed.seq, committed.time, queue, arrival_rule
+            committed.seq,
+            committed.time,
+            queue,
+            arrival_rule,
+            strings.setdefault(event.sender, event.sender),
+            event.recipient,
+            self._sizes.setdefault(event.size, event.size),
+            strings.setdefault(event.protocol, event.protocol),
+            event.peer,
         )
 
     def _bounce(self, committed: Committed, event: Bounced) -> None:
         seq = committed.seq
         self.bounced_events += 1
+        self.bounce_times[seq] = committed.time
         rule = self.projection.rules.rules.get(event.rule_id)
         if rule is None:
             self._violate("conservation", seq, f"bounced by rule {event.rule_id}, never issued")
@@ -182,6 +221,18 @@ class InvariantCheck:
                     seq,
                     f"message {mid} is bounced as received at seq {message.seq}, "
                     f"but was received at seq {received.seq}",
+                )
+            elif (message.sender, message.recipient, message.size) != (
+                received.sender,
+                received.recipient,
+                received.size,
+            ):
+                self._violate(
+                    "conservation",
+                    seq,
+                    f"message {mid} is bounced as from {message.sender} to "
+                    f"{message.recipient}, {message.size} bytes, but was received from "
+                    f"{received.sender} to {received.recipient}, {received.size} bytes",
                 )
             expected = self._attributed_rule(received)
             if rule is not None and expected != event.rule_id:
@@ -288,6 +339,8 @@ class InvariantCheck:
 
 MISSING_SAMPLE: Final = 3
 """How many message ids a violation about missing records names."""
+DIFFERENCES_SHOWN: Final = 3
+"""How many differing fields a violation about a record shows with their values."""
 
 
 class ExpectedRecord(NamedTuple):
@@ -299,32 +352,73 @@ class ExpectedRecord(NamedTuple):
     """The AdminBounce response content; ``None`` for a Reception."""
 
 
+def record_differences(expected: Mapping[str, Any], found: Mapping[str, Any]) -> list[str]:
+    """The fields in which ``found`` differs from ``expected``, in ``expected``'s order
+    (then ``found``'s extra ones); a field holding an object is compared field by field
+    (``response.code``)."""
+    differences: list[str] = []
+    for key in [*expected, *(key for key in found if key not in expected)]:
+        want, got = expected.get(key, _ABSENT), found.get(key, _ABSENT)
+        if want == got:
+            continue
+        if isinstance(want, dict) and isinstance(got, dict):
+            differences.extend(f"{key}.{inner}" for inner in record_differences(want, got))
+        else:
+            differences.append(key)
+    return differences
+
+
+_ABSENT: Final = object()
+_TEMPLATES_KEPT: Final = 4_096
+"""Record templates kept (records come in log order: a batch's are together)."""
+
+
+def _field(record: Mapping[str, Any], path: str) -> object:
+    """The value at ``path`` (``response.code``) in ``record``, or :data:`_ABSENT`."""
+    value: object = record
+    for key in path.split("."):
+        if not isinstance(value, Mapping):
+            return _ABSENT
+        value = value.get(key, _ABSENT)
+    return value
+
+
+def _shown(value: object) -> str:
+    return "(absent)" if value is _ABSENT else repr(value)
+
+
 class DeliveryLogCheck:
     """Compares delivery-log records with what an :class:`InvariantCheck` fold expects.
 
-    Feed every record of every segment, in file order, to :meth:`record`, then call
-    :meth:`finish`. ``checkpoint_seq`` is the delivery log's checkpoint (0 if none):
-    every record for an event up to it must be present; records for later events may
-    or may not be written yet. ``checkpoint_where`` names the checkpoint in a violation
-    (the store knows its file; the model does not).
+    Feed every record of every segment, in file order, to :meth:`check` (every field)
+    or :meth:`record` (which message, its queue and its bounce text only), then call
+    :meth:`finish`. ``checkpoint_seq`` is the delivery log's checkpoint: every record
+    for an event up to it must be present; records for later events may or may not be
+    written yet. ``None`` means there is no checkpoint to trust (missing, unreadable):
+    then the records themselves say how far the files go (the last event any record
+    is for, :attr:`through`), and every record up to there must be present, since
+    records are written in log order. ``checkpoint_where`` names the checkpoint in a
+    violation (the store knows its file; the model does not).
     """
 
     def __init__(
         self,
         invariants: InvariantCheck,
         *,
-        checkpoint_seq: int,
+        checkpoint_seq: int | None,
         last_seq: int,
         checkpoint_where: str = "the delivery-log checkpoint",
     ) -> None:
         self.checkpoint_seq = checkpoint_seq
         self.last_seq = last_seq
         self.violations: list[Violation] = []
+        self._invariants = invariants
         self.receptions: dict[str, ExpectedRecord] = {
             mid: ExpectedRecord(received.seq, received.queue, None)
             for mid, received in invariants.received.items()
         }
         rules = invariants.projection.rules.rules
+        self._reasons: dict[str, str] = {}
         self.bounces: dict[str, ExpectedRecord] = {}
         self.suppressed: dict[str, str] = {}
         """Message id -> id of the suppressing rule that bounced it."""
@@ -339,13 +433,17 @@ class DeliveryLogCheck:
             content = contents.get(rule_id)
             if content is None:
                 content = contents[rule_id] = bounce_content(rule.reason)
+                self._reasons[rule_id] = rule.reason
             self.bounces[mid] = ExpectedRecord(seq, queue, content)
         self.rejected = invariants.rejected
         self.seen: Counter[str] = Counter()
         """Record type -> records read."""
+        self.through = 0
+        """The last event that a record read so far is for (0: none)."""
         self._seen_receptions: set[str] = set()
         self._seen_bounces: set[str] = set()
-        if checkpoint_seq > last_seq:
+        self._templates: dict[tuple[object, ...], dict[str, Any]] = {}
+        if checkpoint_seq is not None and checkpoint_seq > last_seq:
             self.violations.append(
                 Violation(
                     "checkpoint",
@@ -357,17 +455,71 @@ class DeliveryLogCheck:
                 )
             )
 
+    @property
+    def due_through(self) -> int:
+        """Every record for an event up to this seq must be present."""
+        return self.checkpoint_seq if self.checkpoint_seq is not None else self.through
+
     def record(
         self, kind: str, message_id: str, queue: str, content: str | None, where: str
     ) -> None:
-        """Check one delivery-log record (``where`` names its file and line)."""
+        """Check one delivery-log record by its message (``where`` names its file and
+        line): that the log calls for it, once, in that queue, with that bounce text."""
+        self._match(kind, message_id, queue, content, where)
+
+    def check(self, record: Mapping[str, Any], where: str) -> None:
+        """Check one decoded delivery-log record, every field of it: as :meth:`record`
+        does, then that it is the record kumo writes for that event (sender,
+        recipient, size, times, response, peer, protocol, the constant fields).
+
+        ``nodeid`` is the one field the log does not hold (it is the node's id when
+        the record was written, which a configuration may change): any non-empty
+        string passes.
+        """
+        kind, message_id, queue = record.get("type"), record.get("id"), record.get("queue")
+        response = record.get("response")
+        content = response.get("content") if isinstance(response, dict) else None
+        if not (isinstance(kind, str) and isinstance(message_id, str) and isinstance(queue, str)):
+            self._bad(where, "not a delivery-log record")
+            return
+        matched = self._match(kind, message_id, queue, content, where)
+        if matched is None:
+            return
+        node_id = record.get("nodeid")
+        node = node_id if isinstance(node_id, str) else ""
+        expected = self._expected(kind, message_id, matched, node)
+        if expected is None or (expected == record and node):
+            return
+        differences = record_differences(expected, record)
+        if not node:
+            differences.append("nodeid")
+        # Reported by _match already.
+        reported = {"queue", "response.content"}
+        differences = [name for name in differences if name not in reported]
+        if differences:
+            shown = "; ".join(
+                f"{name} {_shown(_field(record, name))}, log says {_shown(_field(expected, name))}"
+                for name in differences[:DIFFERENCES_SHOWN]
+            )
+            more = len(differences) - DIFFERENCES_SHOWN
+            self._bad(
+                where,
+                f"{kind} for {message_id or 'a rejection'} differs from the log's event at "
+                f"seq {matched}: {shown}" + (f" (and {more} more field(s))" if more > 0 else ""),
+            )
+
+    def _match(
+        self, kind: str, message_id: str, queue: str, content: str | None, where: str
+    ) -> int | None:
+        """Count and identify one record; return the seq of the event it is for, or
+        ``None`` if the log does not call for it (reported) or it is not ours to judge."""
         self.seen[kind] += 1
         if kind == "Reception":
             expected = self.receptions.get(message_id)
             seen = self._seen_receptions
             if expected is None:
                 self._bad(where, f"Reception for {message_id}, which the log never received")
-                return
+                return None
         elif kind == "AdminBounce":
             expected = self.bounces.get(message_id)
             seen = self._seen_bounces
@@ -379,34 +531,120 @@ class DeliveryLogCheck:
                     if rule_id
                     else f"AdminBounce for {message_id}, which the log never bounced",
                 )
-                return
+                return None
+        elif kind == "Rejection":
+            # Rejections name no message: the n-th record is the n-th Rejected event's
+            # (records are written in log order); finish() compares their number.
+            index = self.seen["Rejection"] - 1
+            if index >= len(self.rejected):
+                return None
+            seq = self.rejected[index]
+            self.through = max(self.through, seq)
+            return seq
         else:
-            # Rejections name no message: finish() compares their number.
-            return
+            return None
         if message_id in seen:
             self._bad(where, f"duplicate {kind} record for {message_id}")
-            return
+            return None
         seen.add(message_id)
+        self.through = max(self.through, expected.seq)
         if queue != expected.queue:
             self._bad(
                 where, f"{kind} for {message_id} names queue {queue}, log says {expected.queue}"
             )
         if expected.content is not None and content != expected.content:
             self._bad(where, f"AdminBounce for {message_id} has content {content!r}")
+        return expected.seq
+
+    def _expected(self, kind: str, message_id: str, seq: int, node: str) -> dict[str, Any] | None:
+        """The record kumo writes for ``kind`` of ``message_id`` (event ``seq``) on node
+        ``node``: the model's own record, built once per batch that shares everything
+        but the message's own fields, then those fields set (building each of a
+        million records whole adds some 10 s to a verification)."""
+        invariants = self._invariants
+        if kind == "Rejection":
+            rejection = invariants.rejections[self.seen["Rejection"] - 1]
+            assert isinstance(rejection.event, Rejected)
+            return rejection_record(rejection.event, rejected_at=rejection.time, node_id=node)
+        received = invariants.received.get(message_id)
+        if received is None:
+            # Bounced but never received: a conservation violation already, and there is
+            # no reception to say what the record must hold.
+            return None
+        queue = rule_id = ""
+        if kind == "Reception":
+            key: tuple[object, ...] = (kind, received.time, received.protocol, received.peer, node)
+        else:
+            _, queue, rule_id = invariants.bounced[message_id]
+            key = (kind, seq, queue, rule_id, received.time, node)
+        template = self._templates.get(key)
+        if template is None:
+            if len(self._templates) > _TEMPLATES_KEPT:
+                self._templates.clear()
+            if kind == "Reception":
+                template = self._reception(received, message_id, node)
+            else:
+                template = self._admin_bounce(received, message_id, seq, queue, rule_id, node)
+            self._templates[key] = template
+        expected = template.copy()
+        expected["id"] = message_id
+        expected["sender"] = received.sender
+        expected["recipient"] = received.recipient
+        expected["size"] = received.size
+        if kind == "Reception":
+            # A batch of arrivals spreads over many queues: not part of the key.
+            expected["queue"] = received.queue
+        return expected
+
+    @staticmethod
+    def _reception(received: _Received, message_id: str, node: str) -> dict[str, Any]:
+        """The whole Reception record, as :mod:`kumo.model.log_record` builds it."""
+        event = MessageReceived(
+            message_id,
+            received.queue,
+            received.sender,
+            received.recipient,
+            received.size,
+            received.protocol,
+            received.peer,
+        )
+        return reception_record(event, received_at=received.time, node_id=node)
+
+    def _admin_bounce(
+        self, received: _Received, message_id: str, seq: int, queue: str, rule_id: str, node: str
+    ) -> dict[str, Any]:
+        """The whole AdminBounce record, as :mod:`kumo.model.log_record` builds it."""
+        message = Message(
+            message_id,
+            received.sender,
+            received.recipient,
+            received.size,
+            received.time,
+            received.seq,
+        )
+        return admin_bounce_record(
+            message,
+            queue=queue,
+            reason=self._reasons[rule_id],
+            bounced_at=self._invariants.bounce_times[seq],
+            node_id=node,
+        )
 
     def _bad(self, where: str, problem: str) -> None:
         self.violations.append(Violation("delivery-log", where, problem))
 
     def finish(self) -> list[Violation]:
-        """Report records missing for events up to the checkpoint; return all violations."""
+        """Report records missing for events up to :attr:`due_through`; return all
+        violations."""
         self._count_rejections()
+        due = self.due_through
         for kind, expected, seen in (
             ("Reception", self.receptions, self._seen_receptions),
             ("AdminBounce", self.bounces, self._seen_bounces),
         ):
             missing: dict[int, list[str]] = {}
             for mid, record in expected.items():
-                if record.seq <= self.checkpoint_seq and mid not in seen:
+                if record.seq <= due and mid not in seen:
                     missing.setdefault(record.seq, []).append(mid)
             for seq in sorted(missing):
                 ids = missing[seq]
@@ -446,7 +684,8 @@ class DeliveryLogCheck:
             )
 
     def pending(self) -> int:
-        """Records the log calls for after the checkpoint that are not written yet."""
+        """Records the log calls for after :attr:`due_through` that are not written yet."""
+        due = self.due_through
         rejections = max(
             0, len(self.rejected) - max(self.seen["Rejection"], self._due_rejections())
         )
@@ -457,8 +696,8 @@ class DeliveryLogCheck:
                 (self.bounces, self._seen_bounces),
             )
             for mid, record in expected.items()
-            if record.seq > self.checkpoint_seq and mid not in seen
+            if record.seq > due and mid not in seen
         )
 
     def _due_rejections(self) -> int:
-        return bisect.bisect_right(self.rejected, self.checkpoint_seq)
+        return bisect.bisect_right(self.rejected, self.due_through)

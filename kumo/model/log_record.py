@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 
 from kumo.model.duration import NANOS_PER_SECOND
-from kumo.model.events import Message, MessageReceived, PeerAddress, Rejected
+from kumo.model.events import Bounced, Event, Message, MessageReceived, PeerAddress, Rejected
 from kumo.model.rfc3339 import format_rfc3339
 from kumo.model.smtp_reply import flatten_content
 from kumo.model.smtp_server import Reply
@@ -291,3 +291,19 @@ def admin_bounce_lines(
             )
         )
     return lines
+
+
+def record_position(event: Event, kind: str, message_id: str, *, suppressed: bool) -> int | None:
+    """Where the ``kind`` record of ``message_id`` falls among the records ``event``
+    calls for, in the order they are written (0: first), or ``None`` if it calls for no
+    such record. ``suppressed``: whether the rule of a ``Bounced`` event suppresses
+    logging. A ``MessageReceived`` calls for one record, a ``Bounced`` for one per
+    message in its order (none if suppressed), a ``Rejected`` for one."""
+    if kind == "Reception":
+        if isinstance(event, MessageReceived) and event.message_id == message_id:
+            return 0
+    elif kind == "AdminBounce" and isinstance(event, Bounced) and not suppressed:
+        for index, message in enumerate(event.messages):
+            if message.id == message_id:
+                return index
+    return None

@@ -9,12 +9,19 @@ checkpoint atomically.
 
 On start the files are cut back to the checkpoint: whatever a crash left after it (a
 record written twice, half a line) is cut off and written again from the log. So a
-restart neither loses nor repeats a record. The files' layout and format are
-:mod:`kumo.store.delivery_files`'s; this task only decides what to write and when.
+restart neither loses nor repeats a record. When the files do not end a record at the
+checkpoint (damaged, a line removed or repeated, the segment gone), or there is no
+checkpoint to trust (deleted, unreadable), the tail after the last whole record the log
+calls for is moved aside and the records after it are written again
+(:mod:`kumo.runtime.delivery_repair`), in one line on stderr that says so. The files'
+layout and format are :mod:`kumo.store.delivery_files`'s; this task only decides what
+to write and when.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -27,9 +34,23 @@ from kumo.model.settings import EngineSettings
 from kumo.model.state import RuleBook
 from kumo.model.statistics import counter, gauge, info
 from kumo.runtime.blocking import RunBlocking, in_thread
+from kumo.runtime.delivery_repair import RepairError, cut_damaged_tail
 from kumo.runtime.log_writer import LogWriter
 from kumo.runtime.watermark import Watermark
-from kumo.store.delivery_files import DeliveryFiles
+from kumo.store.archive import ArchiveCorruptError
+from kumo.store.delivery_files import (
+    CHECKPOINT,
+    STALE_SUFFIX,
+    CheckpointError,
+    DeliveryFiles,
+    TailDamagedError,
+    read_checkpoint,
+    segment_sizes,
+)
+from kumo.store.history import HistoryView
+from kumo.store.layout import LOGS
+
+logger = logging.getLogger("kumo.delivery_log")
 
 
 @attrs.frozen
@@ -130,10 +151,104 @@ class DeliveryLogWriter:
         self._writes = 0
 
     def recover(self) -> int:
-        """Blocking: cut the log files back to the checkpoint; returns its seq."""
-        seq = self._files.recover()
+        """Blocking: cut the log files back to the checkpoint; returns its seq.
+
+        Damaged files, and a checkpoint that is missing beside segments or unreadable,
+        are repaired from the event log (see the module docstring), and the line that
+        says what was done is logged as a warning. A checkpoint beyond the end of the
+        event log is returned as it is, the files untouched: the log lost events, and
+        the engine refuses to start.
+        """
+        files = self._files
+        directory = files.directory
+        why = None
+        try:
+            checkpoint = read_checkpoint(directory)
+        except CheckpointError as exc:
+            aside = f"{CHECKPOINT}{STALE_SUFFIX}"
+            os.replace(directory / CHECKPOINT, directory / aside)
+            checkpoint = None
+            why = f"{CHECKPOINT} is unreadable ({exc}; moved to {LOGS}/{aside})"
+        segments = segment_sizes(directory)
+        if why is not None and not segments:
+            logger.warning("delivery log: %s/%s; no segment to rebuild it from", LOGS, why)
+        if checkpoint is None and segments:
+            why = why or f"{CHECKPOINT} is missing"
+            last, size = list(segments.items())[-1]
+            seq = self._repair(f"{LOGS}/{why}; rebuilt from the segments", last, size, None)
+        else:
+            try:
+                seq = files.recover()
+            except TailDamagedError as exc:
+                checkpoint = exc.checkpoint
+                if checkpoint.seq > self._log.last_seq:
+                    return checkpoint.seq
+                why = f"{LOGS}/{exc}"
+                seq = self._repair(why, checkpoint.segment, checkpoint.offset, checkpoint.seq)
         self.position = Watermark(seq)
         return seq
+
+    def _repair(self, why: str, segment: str, limit: int, through: int | None) -> int:
+        """Cut ``segment`` back to its last whole record before byte ``limit`` that the
+        log calls for, write the records after it again up to seq ``through`` (the
+        log's end if ``None``), checkpoint there and return that seq. Raises
+        :class:`RepairError` if the events needed cannot be read."""
+        try:
+            return self._repair_from_history(why, segment, limit, through)
+        except ArchiveCorruptError as exc:
+            raise RepairError(
+                f"the delivery log cannot be repaired ({why}): {exc}; run `kumo replay "
+                "--verify`, and restore the data directory from a backup"
+            ) from None
+
+    def _repair_from_history(self, why: str, segment: str, limit: int, through: int | None) -> int:
+        files = self._files
+        rules = self._rules.rules
+        reasons = {rule.id: (rule.reason, rule.suppress_logging) for rule in rules.values()}
+
+        def suppressed(rule_id: str) -> bool:
+            return reasons.get(rule_id, ("", False))[1]
+
+        # The logs directory is the data directory's (kumo.store.layout).
+        with HistoryView(files.directory.parent) as history:
+            end = history.last_seq if through is None else through
+            resumption = cut_damaged_tail(
+                files,
+                history,
+                segment=segment,
+                limit=limit,
+                through=end,
+                suppressed=suppressed,
+            )
+            files.resume(resumption.segment, resumption.offset, resumption.last_line)
+            skip = resumption.skip
+            rewritten = 0
+            batches = history.committed(after=resumption.first_seq - 1, through=end)
+            for batch in batches:
+                for round_ in _rounds(batch, self._settings.round_records):
+                    lines = encode_records(round_, reasons, self._node_id)[skip:]
+                    skip = 0
+                    files.append(lines, round_[0].seq, round_[-1].seq)
+                    rewritten += len(lines)
+            files.append([], end, end)
+        where = f"{LOGS}/{segment}"
+        if resumption.moved is None and resumption.kept is not None:
+            done = f"{where} ends with {resumption.kept}"
+        elif resumption.kept is not None:
+            done = f"{where} cut back to byte {resumption.offset:,}, after {resumption.kept}"
+        else:
+            done = f"{where} cut to nothing (no whole record in it that the log calls for)"
+        if resumption.moved is not None:
+            stale, size = resumption.moved
+            done += f"; the {size:,} bytes after it moved to {LOGS}/{stale}"
+        logger.warning(
+            "delivery log: %s; %s; %s record(s) written again from the event log, up to seq %s",
+            why,
+            done,
+            f"{rewritten:,}",
+            f"{end:,}",
+        )
+        return end
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()

@@ -63,7 +63,7 @@ from kumo.runtime.rule_expiry import RuleExpiry
 from kumo.runtime.snapshotter import SnapshotStatistics, Snapshotter
 from kumo.runtime.supervisor import QueueSupervisor
 from kumo.runtime.wal_checkpointer import CheckpointStatistics, WalCheckpointer
-from kumo.store.data_dir import open_event_log
+from kumo.store.data_dir import open_event_log, structure_checked
 from kumo.store.event_log import EventStore, LogCorruptError
 from kumo.store.ids import random_ids
 from kumo.store.layout import LOGS
@@ -394,11 +394,13 @@ async def open_engine(
     """Open (or create) ``data_dir``, replay its log, and run the engine inside.
 
     Replay rebuilds the queues, the rules and their counters, finishes the bounces a
-    crash cut short, and lets the delivery log catch up from its checkpoint. Leaving
-    the block shuts down: new requests are refused, the actors and followers get up to
-    ``settings.shutdown_deadline`` seconds to finish (less if
-    :meth:`Engine.cut_shutdown_short` is called), the log commits what is queued, and
-    the database is closed. Work cut off is redone by the next start.
+    crash cut short, and lets the delivery log catch up from its checkpoint. A log
+    whose database pages are damaged is refused (a
+    :class:`~kumo.store.event_log.StoreDamagedError`, checked beside the replay)
+    before anything is served. Leaving the block shuts down: new requests are refused,
+    the actors and followers get up to ``settings.shutdown_deadline`` seconds to finish
+    (less if :meth:`Engine.cut_shutdown_short` is called), the log commits what is
+    queued, and the database is closed. Work cut off is redone by the next start.
 
     ``threads=False`` runs SQLite and file I/O in the Trio thread: slower, but
     deterministic under ``MockClock(autojump_threshold=0)``, where a wait on a worker
@@ -412,6 +414,7 @@ async def open_engine(
         data_dir.mkdir(parents=True, exist_ok=True)
         return DataDirectoryLock(data_dir)
 
+    @structure_checked(data_dir)
     def open_and_replay() -> tuple[EventStore, EventStore, EventStore, State, int, str]:
         store = open_event_log(data_dir, settings=settings, auto_checkpoint=False)
         stored_id = store.get_meta("node_id")

@@ -22,6 +22,17 @@ class LogCorruptError(Exception):
         self.problem = problem
 
 
+class StoreDamagedError(Exception):
+    """The store's files are damaged below the level of events (a page of a table or
+    an index): it cannot be trusted for reading or writing. The message names the file,
+    the first damage found, and what to do."""
+
+    def __init__(self, where: str, damage: str, remedy: str) -> None:
+        super().__init__(f"the event log {where} is damaged: {damage}; {remedy}")
+        self.where = where
+        self.damage = damage
+
+
 class LogFullError(Exception):
     """The store's disk (or its size limit) is full: nothing of the transaction was
     written. Writes may succeed again once space is freed."""

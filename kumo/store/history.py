@@ -63,18 +63,27 @@ class HistoryView:
         until: int | None = None,
         skip: Collection[str] = (),
         unless_containing: bytes | None = None,
+        after: int = 0,
+        through: int | None = None,
     ) -> Iterator[list[Row]]:
         """As :meth:`LogView.rows`, over the whole log."""
         for segment in self.segments:
+            if segment.last_seq <= after:
+                continue
+            if through is not None and segment.first_seq > through:
+                return
             for chunk in segment.chunks(
-                until=until, skip=skip, unless_containing=unless_containing
+                after=after, until=until, skip=skip, unless_containing=unless_containing
             ):
-                yield [row[:4] for row in chunk]
+                rows = [row[:4] for row in chunk if through is None or row[0] <= through]
+                if rows:
+                    yield rows
         yield from self.live.rows(
             until=until,
             skip=skip,
             unless_containing=unless_containing,
-            after=self.archived_through,
+            after=max(after, self.archived_through),
+            through=through,
         )
 
     def chained_rows(self) -> Iterator[list[ChainedRow]]:
@@ -89,7 +98,16 @@ class HistoryView:
         until: int | None = None,
         skip: Collection[str] = (),
         unless_containing: bytes | None = None,
+        after: int = 0,
+        through: int | None = None,
     ) -> Iterator[list[Committed]]:
-        """As :meth:`LogView.committed`, over the whole log."""
-        for batch in self.rows(until=until, skip=skip, unless_containing=unless_containing):
+        """As :meth:`LogView.committed`, over the whole log (``after`` and ``through``
+        as :meth:`rows` takes them)."""
+        for batch in self.rows(
+            until=until,
+            skip=skip,
+            unless_containing=unless_containing,
+            after=after,
+            through=through,
+        ):
             yield [decode_row(row) for row in batch]

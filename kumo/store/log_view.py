@@ -117,12 +117,14 @@ class LogView:
         skip: Collection[str] = (),
         unless_containing: bytes | None = None,
         after: int = 0,
+        through: int | None = None,
     ) -> Iterator[list[Row]]:
         """Stored rows in log order, in chunks, undecoded.
 
         ``until`` keeps rows committed at or before that time (ns since the epoch);
         ``skip`` leaves out rows of those event types, except those whose body contains
-        ``unless_containing``; ``after`` leaves out rows up to that seq.
+        ``unless_containing``; ``after`` leaves out rows up to that seq, ``through``
+        those after that one.
         """
         cursor = self._query(
             "seq, time, type, body",
@@ -130,6 +132,7 @@ class LogView:
             skip=skip,
             unless_containing=unless_containing,
             after=after,
+            through=through,
         )
         while batch := cursor.fetchmany(CHUNK):
             yield batch
@@ -149,6 +152,14 @@ class LogView:
         )
         while batch := cursor.fetchmany(CHUNK):
             yield batch
+
+    def spool_seqs(self) -> Iterator[list[int]]:
+        """The seqs of the spooled contents (the ``MessageReceived`` of each message
+        still spooled), in order, in chunks; read in the view's transaction, so that
+        they agree with its events."""
+        cursor = self._db.execute("SELECT seq FROM spool ORDER BY seq")
+        while batch := cursor.fetchmany(CHUNK * 10):
+            yield [seq for (seq,) in batch]
 
     def committed(
         self,

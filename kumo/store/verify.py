@@ -1,11 +1,16 @@
 """``kumo replay --verify``: check a data directory against everything the log promises.
 
-One pass over the stored rows checks the log itself (:class:`ChainCheck`: gapless
-sequence from 1, hash chain, commit times that never go back, bodies that decode to
-the type their row names) and feeds the decoded events to the model's
-:class:`~kumo.model.invariants.InvariantCheck` (conservation, attribution, counters).
-Then every delivery-log record under ``logs/`` goes through
-:class:`~kumo.model.invariants.DeliveryLogCheck`, with the checkpoint.
+First the database's own structure (:func:`kumo.store.integrity.check_structure`,
+SQLite's ``integrity_check``: every page of the events table, its id index, the spool
+and the meta table). One pass over the stored rows then checks the log itself
+(:class:`ChainCheck`: gapless sequence from 1, hash chain, commit times that never go
+back, bodies that decode to the type their row names) and feeds the decoded events to
+the model's :class:`~kumo.model.invariants.InvariantCheck` (conservation, attribution,
+counters). The spool is compared with the fold (:func:`check_spool`: every queued
+message has its content, and no content is left for a message that is gone). Then
+every delivery-log record under ``logs/`` goes through
+:class:`~kumo.model.invariants.DeliveryLogCheck`, every field of it, with the
+checkpoint (or, without one, as far as the records go).
 
 Nothing here writes: the log (archive segments and live store) is read through
 :class:`~kumo.store.history.HistoryView`, the delivery log
@@ -16,9 +21,10 @@ records for messages the log no longer holds.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+import sqlite3
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Final, NamedTuple
+from typing import Any, Final, NamedTuple
 
 import attrs
 import orjson
@@ -36,13 +42,16 @@ from kumo.store.delivery_files import (
     segment_sizes,
 )
 from kumo.store.history import HistoryView
-from kumo.store.layout import ARCHIVE, LOGS, SNAPSHOTS
+from kumo.store.integrity import check_structure
+from kumo.store.layout import ARCHIVE, DATABASE, LOGS, SNAPSHOTS
 from kumo.store.log_view import ChainedRow
 from kumo.store.snapshots import snapshot_paths
 from kumo.store.sqlite_log import GENESIS, chain_link
 
 CHECKPOINT_WHERE: Final = f"{LOGS}/{CHECKPOINT}"
 """Where a violation about the delivery-log checkpoint is, for the report."""
+SPOOL_WHERE: Final = f"{DATABASE}, the spool"
+"""Where a violation about the spool as a whole is."""
 Progress = Callable[[str, int, int], None]
 """``progress(stage, done, total)``: called as work advances, for a progress bar."""
 
@@ -129,6 +138,31 @@ def read_delivery_log(
     :class:`Violation` naming its file and line, except an unterminated last line of
     the last segment, which a running server may be writing at this very moment.
     """
+    for item in read_delivery_records(logs, progress):
+        if isinstance(item, Violation):
+            yield item
+            continue
+        record, where = item
+        try:
+            response = record["response"]
+            content = response.get("content") if isinstance(response, dict) else None
+            yield DeliveryRecord(
+                str(record["type"]), str(record["id"]), str(record["queue"]), content, where
+            )
+        except (KeyError, TypeError, AttributeError):
+            yield Violation("delivery-log", where, "not a delivery-log record")
+
+
+def read_delivery_records(
+    logs: Path, progress: Progress = _no_progress
+) -> Iterator[tuple[dict[str, Any], str] | Violation]:
+    """Every record of every segment under ``logs``, decoded, with where it is (its
+    file and line), in log order.
+
+    A line that is not a JSON object yields a :class:`Violation` naming its file and
+    line, as does an unterminated line, except the last line of the last segment,
+    which a running server may be writing at this very moment.
+    """
     total = sum(segment_sizes(logs).values())
     done = 0
     current = None
@@ -145,12 +179,11 @@ def read_delivery_log(
             continue
         try:
             record = orjson.loads(data)
-            response = record["response"]
-            content = response.get("content") if isinstance(response, dict) else None
-            yield DeliveryRecord(
-                str(record["type"]), str(record["id"]), str(record["queue"]), content, where
-            )
-        except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
+        except orjson.JSONDecodeError:
+            record = None
+        if isinstance(record, dict):
+            yield record, where
+        else:
             yield Violation("delivery-log", where, "not a delivery-log record")
         if number % 65_536 == 0:
             progress("delivery log", done, total)
@@ -207,6 +240,86 @@ class SnapshotCheck:
             )
 
 
+SPOOL_NAMED: Final = 10
+"""How many contents missing from the spool, and how many left in it, a report names
+one by one (the rest are counted)."""
+
+
+def check_spool(
+    spooled: Iterable[list[int]], invariants: InvariantCheck
+) -> tuple[int, list[Violation]]:
+    """Compare the spool's seqs (in chunks) with a finished fold: every
+    queued message must have its content (spooled at the seq of its
+    ``MessageReceived``), and no content may be left for a message that is gone, or
+    at a seq that received none. Returns the number of contents and the violations.
+    """
+    bounced = invariants.bounced
+    queued = ((r.seq, mid) for mid, r in invariants.received.items() if mid not in bounced)
+    violations: list[Violation] = []
+    missing = 0
+    left: list[int] = []
+    want = next(queued, None)
+    # Sorted here: a damaged page of the spool can hand its rows over out of order.
+    seqs = sorted(seq for chunk in spooled for seq in chunk)
+    count = len(seqs)
+    for seq in seqs:
+        while want is not None and want[0] < seq:
+            missing += 1
+            if missing <= SPOOL_NAMED:
+                violations.append(_missing_content(*want))
+            want = next(queued, None)
+        if want is not None and want[0] == seq:
+            want = next(queued, None)
+        else:
+            left.append(seq)
+    while want is not None:
+        missing += 1
+        if missing <= SPOOL_NAMED:
+            violations.append(_missing_content(*want))
+        want = next(queued, None)
+    if missing > SPOOL_NAMED:
+        violations.append(
+            Violation(
+                "spool",
+                SPOOL_WHERE,
+                f"and {missing - SPOOL_NAMED:,} more queued message(s) without content",
+            )
+        )
+    if left:
+        named = set(left[:SPOOL_NAMED])
+        messages = {r.seq: mid for mid, r in invariants.received.items() if r.seq in named}
+        for seq in left[:SPOOL_NAMED]:
+            mid = messages.get(seq)
+            if mid is None:
+                problem = f"content spooled at seq {seq}, which received no message"
+            elif mid in bounced:
+                problem = (
+                    f"content of message {mid} is still spooled, but the message was "
+                    f"bounced at seq {bounced[mid][0]}"
+                )
+            else:
+                problem = f"content of message {mid} is spooled twice"
+            violations.append(Violation("spool", at_seq(seq), problem, seq))
+        if len(left) > SPOOL_NAMED:
+            violations.append(
+                Violation(
+                    "spool",
+                    SPOOL_WHERE,
+                    f"and {len(left) - SPOOL_NAMED:,} more content(s) of no queued message",
+                )
+            )
+    return count, violations
+
+
+def _missing_content(seq: int, message_id: str) -> Violation:
+    return Violation(
+        "spool",
+        at_seq(seq),
+        f"message {message_id} is queued, but its content is not in the spool",
+        seq,
+    )
+
+
 @attrs.frozen
 class VerifyReport:
     """What ``kumo replay --verify`` checked, with counts, and every violation found."""
@@ -231,6 +344,14 @@ class VerifyReport:
     snapshots: int
     """Snapshots checked against the fold of the log."""
     violations: list[Violation]
+    spooled: int = 0
+    """Contents in the spool (each compared with the queued messages)."""
+    records_due_through: int = 0
+    """Every delivery-log record for an event up to this seq was required: the
+    checkpoint's, or without one, the last event the records themselves are for."""
+    log_read: bool = True
+    """False when the events could not all be read (a damaged table): the spool and
+    the delivery log were then not compared with them."""
 
     @property
     def ok(self) -> bool:
@@ -282,13 +403,20 @@ def _name_segments(violations: list[Violation], segments: Sequence[ArchiveSegmen
 
 
 def verify_data_dir(data_dir: Path, progress: Progress = _no_progress) -> VerifyReport:
-    """Check ``data_dir`` (its event log and delivery log) without writing anything.
+    """Check ``data_dir`` (its database, event log, spool and delivery log) without
+    writing anything.
 
-    Raises ``FileNotFoundError`` if there is no event log, :class:`LogUnreadableError`
-    if an archive segment cannot even be opened. Violations are listed in the order
-    they were found: the log's rows first (by seq; those inside an archive segment
-    name it), then the delivery log.
+    Raises ``FileNotFoundError`` if there is no event log, ``sqlite3.DatabaseError``
+    if it is not a database at all, :class:`LogUnreadableError` if an archive segment
+    cannot even be opened. Violations are listed in the order they were found: the
+    database's structure first, then the log's rows and the spool (by seq; those inside
+    an archive segment name it), then the delivery log.
     """
+    structure = [
+        Violation("structure", f"{DATABASE}, {damage.part}", finding)
+        for damage in check_structure(data_dir / DATABASE, thorough=True)
+        for finding in damage.findings
+    ]
     chain = ChainCheck()
     invariants = InvariantCheck()
     violations: list[Violation] = []
@@ -297,6 +425,14 @@ def verify_data_dir(data_dir: Path, progress: Progress = _no_progress) -> Verify
         history = HistoryView(data_dir)
     except ArchiveCorruptError as exc:
         raise LogUnreadableError(f"{ARCHIVE}/{exc.path.name}: {exc.problem}") from None
+    except sqlite3.DatabaseError as exc:
+        if not structure:
+            raise
+        # The damage the structure check named keeps the log from being read at all.
+        unreadable = Violation("structure", DATABASE, f"the log cannot be read: {exc}")
+        return _unread_report([*structure, unreadable])
+    log_read = True
+    spooled = 0
     with history as view:
         last_seq = view.last_seq
         try:
@@ -305,11 +441,31 @@ def verify_data_dir(data_dir: Path, progress: Progress = _no_progress) -> Verify
                 progress("event log", batch[-1][0], last_seq)
         except ArchiveCorruptError as exc:
             violations.append(Violation("archive", f"{ARCHIVE}/{exc.path.name}", exc.problem))
+        except sqlite3.DatabaseError as exc:
+            log_read = False
+            violations.append(
+                Violation(
+                    "structure",
+                    DATABASE,
+                    f"the events after seq {chain.expected_seq - 1} cannot be read ({exc}): "
+                    "the spool and the delivery log were not compared with the log",
+                    chain.expected_seq,
+                )
+            )
         events, first_seq = view.event_count, view.first_seq
         _name_segments(chain.violations, view.segments)
+        log_violations = invariants.finish()
+        if log_read:
+            try:
+                spooled, spool_violations = check_spool(view.live.spool_seqs(), invariants)
+            except sqlite3.DatabaseError as exc:
+                spool_violations = [
+                    Violation("spool", SPOOL_WHERE, f"the spool cannot be read: {exc}")
+                ]
+            violations.extend(spool_violations)
     snapshots.finish(last_seq)
-    violations = sorted(
-        [*chain.violations, *violations, *invariants.finish()],
+    violations = structure + sorted(
+        [*chain.violations, *violations, *log_violations],
         key=lambda violation: violation.seq if violation.seq is not None else 2**63,
     )
     logs = data_dir / LOGS
@@ -318,7 +474,11 @@ def verify_data_dir(data_dir: Path, progress: Progress = _no_progress) -> Verify
         checkpoint = read_checkpoint(logs)
     except CheckpointError as exc:
         violations.append(
-            Violation("checkpoint", CHECKPOINT_WHERE, f"unreadable checkpoint: {exc}")
+            Violation(
+                "checkpoint",
+                CHECKPOINT_WHERE,
+                f"unreadable checkpoint: {exc} (the next start rebuilds it from the segments)",
+            )
         )
     if checkpoint is not None:
         segment = logs / checkpoint.segment
@@ -342,19 +502,31 @@ def verify_data_dir(data_dir: Path, progress: Progress = _no_progress) -> Verify
     checkpoint_seq = checkpoint.seq if checkpoint is not None else None
     delivery = DeliveryLogCheck(
         invariants,
-        checkpoint_seq=checkpoint_seq or 0,
+        checkpoint_seq=checkpoint_seq,
         last_seq=last_seq,
         checkpoint_where=CHECKPOINT_WHERE,
     )
     segments = len(segment_sizes(logs))
-    if logs.is_dir():
-        record = delivery.record
-        for item in read_delivery_log(logs, progress):
+    if logs.is_dir() and log_read:
+        check = delivery.check
+        for item in read_delivery_records(logs, progress):
             if isinstance(item, Violation):
                 delivery.violations.append(item)
             else:
-                record(item.kind, item.message_id, item.queue, item.content, item.where)
-    violations.extend(delivery.finish())
+                check(*item)
+    records = sum(delivery.seen.values())
+    if records and not (logs / CHECKPOINT).exists():
+        violations.append(
+            Violation(
+                "checkpoint",
+                CHECKPOINT_WHERE,
+                f"missing, but the segments hold {records:,} records (for events up to seq "
+                f"{delivery.through:,}): every record up to there was checked; the next "
+                "start rebuilds the checkpoint from the segments",
+            )
+        )
+    if log_read:
+        violations.extend(delivery.finish())
     queued = sum(len(ids) for ids in invariants.queues.values())
     return VerifyReport(
         events=events,
@@ -370,7 +542,33 @@ def verify_data_dir(data_dir: Path, progress: Progress = _no_progress) -> Verify
         checkpoint_seq=checkpoint_seq,
         segments=segments,
         records=dict(delivery.seen),
-        pending_records=delivery.pending(),
+        pending_records=delivery.pending() if log_read else 0,
         snapshots=snapshots.checked,
         violations=violations,
+        spooled=spooled,
+        records_due_through=delivery.due_through,
+        log_read=log_read,
+    )
+
+
+def _unread_report(violations: list[Violation]) -> VerifyReport:
+    """The report on a log that could not be opened for reading at all."""
+    return VerifyReport(
+        events=0,
+        first_seq=0,
+        last_seq=0,
+        received=0,
+        bounced=0,
+        queued=0,
+        bounced_events=0,
+        rules=0,
+        counters=0,
+        owed={},
+        checkpoint_seq=None,
+        segments=0,
+        records={},
+        pending_records=0,
+        snapshots=0,
+        violations=violations,
+        log_read=False,
     )

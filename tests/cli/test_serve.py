@@ -26,9 +26,18 @@ from kumo.model.events import MessageReceived
 from kumo.model.prometheus_text import parse_samples
 from kumo.runtime.engine import open_engine
 from kumo.store.data_dir import open_event_log
-from kumo.store.layout import DATABASE
+from kumo.store.integrity import PARTS
+from kumo.store.layout import DATABASE, LOGS
 from kumo.store.snapshots import take_snapshot
-from tests.live_server import ServerProcess, build_queued, start_server, wait_until
+from tests.live_server import (
+    ServerProcess,
+    build_queued,
+    delivery_records,
+    running_server,
+    start_server,
+    wait_until,
+)
+from tests.page_damage import build_store, damage
 
 NO_SMTP = SmtpListenerSettings(listen=None)
 """In-process servers listen for HTTP only: the SMTP default port is one per machine."""
@@ -313,6 +322,71 @@ def test_a_log_that_cannot_be_opened_is_one_line_and_exit_1(tmp_path: Path) -> N
     assert result.returncode == 1
     assert result.stdout == ""
     assert result.stderr == (f"kumo: cannot open the event log in {data}: file is not a database\n")
+
+
+@pytest.mark.parametrize(
+    ("name", "kind"),
+    [
+        ("spool", "internal"),
+        ("events", "internal"),
+        ("sqlite_autoindex_events_1", "leaf"),
+        ("meta", "leaf"),
+    ],
+)
+def test_a_damaged_page_is_refused_at_start_in_one_line(
+    tmp_path: Path, name: str, kind: str
+) -> None:
+    # Issue 12: a damaged interior page of the spool was served (a bounce accepted, then
+    # the server stopped listening and exited 30 s later, at every start); a damaged
+    # events table was refused with a 70-line traceback.
+    data = tmp_path / "data"
+    build_store(data / DATABASE)
+    page = damage(data / DATABASE, name, kind)
+
+    result = serve_process(
+        "--listen", "127.0.0.1:0", "--smtp-listen", "off", "--data-dir", str(data)
+    )
+
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert result.stderr.count("\n") == 1
+    assert result.stderr.startswith(
+        f"kumo: the event log {data / DATABASE} is damaged: {PARTS[name]}: "
+    )
+    assert f" {page}" in result.stderr
+    assert result.stderr.endswith(
+        f"; run `kumo replay --verify --data-dir {data}` for the whole report, and restore "
+        "the data directory from a backup\n"
+    )
+
+
+def test_a_truncated_delivery_log_checkpoint_is_one_line_and_rebuilt(tmp_path: Path) -> None:
+    # Issue 12: a truncated checkpoint.json killed serve with a raw JSON traceback.
+    data = tmp_path / "data"
+    body = {
+        "envelope_sender": "s@example.com",
+        "recipients": [{"email": f"r{i}@a.example"} for i in range(3)],
+        "content": "Subject: x\r\n\r\nx",
+    }
+    with running_server(data) as url:
+        assert httpx.post(f"{url}{INJECT_PATH}", json=body).status_code == 200
+        wait_until(lambda: len(delivery_records(data)) == 3)
+    checkpoint = data / LOGS / "checkpoint.json"
+    checkpoint.write_bytes(checkpoint.read_bytes()[:15])
+
+    server = start_server(data)
+    try:
+        assert httpx.post(f"{server.url}{INJECT_PATH}", json=body).status_code == 200
+        wait_until(lambda: len(delivery_records(data)) == 6)
+    finally:
+        assert server.stop() == 0
+    stderr = server.stderr_text()
+    assert "Traceback" not in stderr
+    [line] = [line for line in stderr.splitlines() if "delivery log" in line]
+    assert line.startswith("kumo: delivery log: logs/checkpoint.json is unreadable (not JSON: ")
+    assert "rebuilt from the segments" in line
+    result = CliRunner().invoke(main, ["replay", "--verify", "--data-dir", str(data)])
+    assert result.exit_code == 0, result.output
 
 
 # -- repeated signals (kumo.cli.shutdown) ---------------------------------------------

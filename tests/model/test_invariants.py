@@ -7,6 +7,10 @@ given to another rule is caught, is checked by the state machine in
 
 from __future__ import annotations
 
+from typing import Any
+
+import orjson
+
 from kumo.model.criteria import Criteria
 from kumo.model.events import (
     BounceCancelled,
@@ -20,6 +24,7 @@ from kumo.model.events import (
 )
 from kumo.model.invariants import DeliveryLogCheck, InvariantCheck, Violation
 from kumo.model.log_record import bounce_content
+from kumo.runtime.delivery_log import encode_records
 
 M1, M2, M3 = (f"{n:032x}" for n in (1, 2, 3))
 """Message ids of the example log: 32 hex digits, as MessageReceived requires."""
@@ -277,3 +282,105 @@ def test_rejection_records_after_the_checkpoint_are_not_yet_due() -> None:
     early.record("Rejection", "", "", "", "l2")
     assert early.finish() == []
     assert early.pending() == 2
+
+
+# -- every field of a record (issue 12: forged fields passed) -------------------------
+
+
+def records_for(log: list[Committed]) -> list[dict[str, Any]]:
+    """The records kumo writes for ``log`` (node ``n``)."""
+    rules = {"loud": ("why", False), "quiet": ("why", True)}
+    return [orjson.loads(line) for line in encode_records(log, rules, "n")]
+
+
+def test_the_records_kumo_writes_pass_every_field() -> None:
+    check = delivery(LOG)
+    for line, record in enumerate(records_for(LOG), start=1):
+        check.check(record, f"l{line}")
+    assert check.finish() == []
+    assert dict(check.seen) == {"Reception": 3, "AdminBounce": 2}
+
+
+def test_a_forged_field_is_named_with_both_values() -> None:
+    records = records_for(LOG)
+    records[0]["recipient"] = "forged@x"
+    records[3]["size"], records[3]["created"], records[3]["site"] = 6, 7, "x"
+    records[3]["response"]["code"] = 250
+    del records[4]["reception_protocol"]
+    check = delivery(LOG)
+    for line, record in enumerate(records, start=1):
+        check.check(record, f"l{line}")
+    assert [(v.where, v.problem) for v in check.finish()] == [
+        (
+            "l1",
+            f"Reception for {M1} differs from the log's event at seq 1: recipient "
+            "'forged@x', log says 'r@x'",
+        ),
+        (
+            "l4",
+            f"AdminBounce for {M2} differs from the log's event at seq 4: site 'x', log "
+            "says 'localhost'; size 6, log says 5; response.code 250, log says 551 (and 1 more "
+            "field(s))",
+        ),
+        (
+            "l5",
+            f"Reception for {M3} differs from the log's event at seq 5: reception_protocol "
+            "(absent), log says 'HTTP'",
+        ),
+    ]
+
+
+def test_any_node_id_passes_but_none() -> None:
+    records = records_for(LOG[:1])
+    records[0]["nodeid"] = "another node"
+    check = delivery(LOG[:1])
+    check.check(records[0], "l1")
+    assert check.finish() == []
+    records[0]["nodeid"] = ""
+    check = delivery(LOG[:1])
+    check.check(records[0], "l1")
+    [violation] = check.finish()
+    assert violation.problem.endswith("nodeid '', log says ''")
+
+
+def test_rejection_records_are_compared_with_their_events_in_order() -> None:
+    records = records_for(REJECTING_LOG)
+    records[2]["recipient"] = "forged@x"
+    check = delivery(REJECTING_LOG)
+    for line, record in enumerate(records, start=1):
+        check.check(record, f"l{line}")
+    assert [(v.where, v.problem) for v in check.finish()] == [
+        (
+            "l3",
+            "Rejection for a rejection differs from the log's event at seq 3: recipient "
+            "'forged@x', log says ''",
+        ),
+    ]
+
+
+def test_a_bounce_must_carry_the_message_as_received() -> None:
+    forged = Message(M1, "s@x", "other@x", 5, 1_000, 1)
+    found = problems([received(1), issued(2, domain="a.com"), bounced(3, forged)])
+    assert found == [
+        (
+            "conservation",
+            3,
+            f"message {M1} is bounced as from s@x to other@x, 5 bytes, but "
+            "was received from s@x to r@x, 5 bytes",
+        ),
+    ]
+
+
+def test_without_a_checkpoint_the_records_say_how_far_the_files_go() -> None:
+    invariants = check(LOG)
+    check_ = DeliveryLogCheck(invariants, checkpoint_seq=None, last_seq=7)
+    check_.record("Reception", M2, "a.com", "", "l1")  # M1's Reception (seq 1) is gone
+    assert check_.due_through == 2
+    [violation] = check_.finish()
+    assert (violation.where, violation.problem) == (
+        "seq 1",
+        f"no Reception record for 1 message(s) of this event: {M1}",
+    )
+    assert check_.pending() == 3  # the bounces of seq 4 and M3's Reception
+    nothing = DeliveryLogCheck(invariants, checkpoint_seq=None, last_seq=7)
+    assert (nothing.finish(), nothing.pending()) == ([], 5)

@@ -7,13 +7,14 @@ import orjson
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kumo.model.events import Message, MessageReceived, PeerAddress, Rejected
+from kumo.model.events import Bounced, Message, MessageReceived, PeerAddress, Rejected
 from kumo.model.log_record import (
     admin_bounce_lines,
     admin_bounce_record,
     bounce_content,
     reception_line,
     reception_lines,
+    record_position,
     rejection_line,
 )
 
@@ -175,3 +176,17 @@ def test_fast_reception_lines_equal_the_plain_records(
     assert reception_lines(batch, received_at=received_at, node_id=node_id) == [
         reception_line(event, received_at=received_at, node_id=node_id) for event in batch
     ]
+
+
+def test_a_records_position_among_its_events_records() -> None:
+    mids = [f"{n:032x}" for n in range(3)]
+    received = MessageReceived(mids[0], "q", "s@x", "r@x", 5)
+    messages = [Message(mid, "s@x", "r@x", 5, 1, 1) for mid in mids]
+    bounced = Bounced("rule", "q", messages)
+
+    assert record_position(received, "Reception", mids[0], suppressed=False) == 0
+    assert record_position(received, "Reception", mids[1], suppressed=False) is None
+    assert record_position(received, "AdminBounce", mids[0], suppressed=False) is None
+    assert record_position(bounced, "AdminBounce", mids[2], suppressed=False) == 2
+    assert record_position(bounced, "AdminBounce", mids[2], suppressed=True) is None
+    assert record_position(bounced, "Reception", mids[2], suppressed=False) is None

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import orjson
+import pytest
 import trio
 import trio.testing
 
@@ -19,8 +20,10 @@ from kumo.runtime import delivery_log
 from kumo.runtime.blocking import RunBlocking, inline
 from kumo.runtime.clock import EngineClock
 from kumo.runtime.delivery_log import DeliveryLogWriter
-from kumo.runtime.engine import open_engine
+from kumo.runtime.delivery_repair import RepairError
+from kumo.runtime.engine import DeliveryLogAheadError, open_engine
 from kumo.runtime.log_writer import LogWriter
+from kumo.store.compaction import compact
 from kumo.store.data_dir import open_event_log
 from kumo.store.delivery_files import (
     Checkpoint,
@@ -29,6 +32,7 @@ from kumo.store.delivery_files import (
     segment_sizes,
     write_checkpoint,
 )
+from kumo.store.verify import verify_data_dir
 from tests.runtime.harness import WALL_ORIGIN, bounce, log_records, message
 
 T = TypeVar("T")
@@ -239,3 +243,212 @@ def test_records_of_a_mixed_batch_come_in_log_order() -> None:
     ]
     assert [r["timestamp"] for r in records if r["type"] == "Reception"] == [10, 10, 10, 20]
     assert lines[0] == reception_line(batch[0].event, received_at=10 * SECOND, node_id="node")  # type: ignore[arg-type]
+
+
+# -- a damaged delivery log (issue 12) ----------------------------------------------------
+
+
+async def restart(path: Path) -> None:
+    async with open_engine(path, clock=EngineClock(WALL_ORIGIN), threads=False) as engine:
+        await engine.inject([message("after@d.com")])
+        await engine.wait_idle()
+
+
+def repairs(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "kumo.delivery_log"]
+
+
+def damaged(path: Path, edit: Callable[[list[bytes]], None]) -> tuple[Path, list[bytes]]:
+    """Edit the lines of the (only) segment in place; return it and its lines before."""
+    [segment] = (path / "logs").glob("*.jsonl")
+    before = segment.read_bytes().splitlines(keepends=True)
+    lines = list(before)
+    edit(lines)
+    segment.write_bytes(b"".join(lines))
+    return segment, before
+
+
+def every_line_is_a_record(path: Path) -> None:
+    for segment in (path / "logs").glob("*.jsonl"):
+        for line in segment.read_bytes().splitlines(keepends=True):
+            assert line.endswith(b"\n")
+            assert isinstance(orjson.loads(line), dict), line
+
+
+async def test_a_line_repeated_before_the_checkpoint_is_not_cut_into(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Issue 12: recovery cut the segment at the checkpoint's offset, into the middle of
+    # its last record, and the next record was written onto the half line.
+    ids = await fill(tmp_path, 10)
+    segment, before = damaged(tmp_path, lambda lines: lines.insert(3, lines[3]))
+
+    await restart(tmp_path)
+
+    every_line_is_a_record(tmp_path)
+    lines = segment.read_bytes().splitlines(keepends=True)
+    assert lines[: len(before) + 1] == [*before[:4], before[3], *before[4:]]
+    assert orjson.loads(lines[-1])["recipient"] == "after@d.com"
+    # Cut just before the last record, which the repeated line had pushed past the
+    # checkpoint; that record moved aside whole, and written again.
+    cut = len(b"".join(before)) + len(before[3]) - len(before[-1])
+    stale = segment.with_name(f"{segment.name}.{cut}.stale")
+    assert stale.read_bytes() == before[-1]
+    assert lines[len(before)] == before[-1]
+    [line] = repairs(caplog)
+    assert line.startswith(
+        f"delivery log: logs/{segment.name} has no end of a record at the checkpointed byte "
+    )
+    assert f"after the AdminBounce record of {ids[-2]}" in line
+    assert line.endswith("1 record(s) written again from the event log, up to seq 12")
+    # The repeated line is left for verify to name.
+    report = verify_data_dir(tmp_path)
+    assert [v.problem for v in report.violations] == [f"duplicate Reception record for {ids[3]}"]
+
+
+async def test_a_line_removed_before_the_checkpoint_is_not_padded(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Issue 12: recovery padded the shortened segment with zeros up to the checkpoint.
+    ids = await fill(tmp_path, 10)
+    segment, _ = damaged(tmp_path, lambda lines: lines.__delitem__(3))
+
+    await restart(tmp_path)
+
+    every_line_is_a_record(tmp_path)
+    assert b"\0" not in segment.read_bytes()
+    [line] = repairs(caplog)
+    assert " fewer than the checkpointed " in line
+    assert [v.problem for v in verify_data_dir(tmp_path).violations] == [
+        f"no Reception record for 1 message(s) of this event: {ids[3]}"
+    ]
+
+
+async def test_another_line_of_the_same_length_at_the_checkpoint_is_found(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    ids = await fill(tmp_path, 10)
+
+    def swap_last_two(lines: list[bytes]) -> None:
+        # Same length: only the checkpoint's digest of its last line tells.
+        lines[-1] = lines[-1].replace(ids[-1].encode(), ids[-2].encode())
+
+    damaged(tmp_path, swap_last_two)
+
+    await restart(tmp_path)
+
+    every_line_is_a_record(tmp_path)
+    [line] = repairs(caplog)
+    assert "ends another record than the checkpointed one" in line
+    assert f"ends with the AdminBounce record of {ids[-2]}" in line
+    # The record the checkpoint ended with is written again (cut there, it would have
+    # been lost); the one in its place is left for verify to name.
+    assert line.endswith("1 record(s) written again from the event log, up to seq 12")
+    assert [v.problem for v in verify_data_dir(tmp_path).violations] == [
+        f"duplicate AdminBounce record for {ids[-2]}"
+    ]
+
+
+@pytest.mark.parametrize("how", ["truncated", "deleted"])
+async def test_a_checkpoint_lost_is_rebuilt_from_the_segments(
+    tmp_path: Path,
+    autojump_clock: trio.testing.MockClock,
+    caplog: pytest.LogCaptureFixture,
+    how: str,
+) -> None:
+    # Issue 12: a truncated checkpoint.json killed serve with a raw JSON traceback; a
+    # deleted one had every record written again, after the old ones were moved aside.
+    await fill(tmp_path, 10)
+    logs = tmp_path / "logs"
+    checkpoint = logs / "checkpoint.json"
+    if how == "truncated":
+        checkpoint.write_bytes(checkpoint.read_bytes()[:20])
+    else:
+        checkpoint.unlink()
+
+    await restart(tmp_path)
+
+    [line] = repairs(caplog)
+    if how == "truncated":
+        assert line.startswith("delivery log: logs/checkpoint.json is unreadable (not JSON: ")
+        assert (logs / "checkpoint.json.stale").read_bytes() == b'{"seq":12,"segment":'
+    else:
+        assert line.startswith("delivery log: logs/checkpoint.json is missing; rebuilt from ")
+    assert "0 record(s) written again from the event log, up to seq 12" in line
+    assert [p.name for p in logs.glob("*.jsonl*")] == [segment_name(1)]
+    assert len(log_records(tmp_path)) == 22  # "after" is bounced too: the rule is live
+    assert verify_data_dir(tmp_path).ok
+
+
+async def test_a_segment_lost_is_written_again(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    await fill(tmp_path, 10)
+    [segment] = (tmp_path / "logs").glob("*.jsonl")
+    before = segment.read_bytes()
+    segment.unlink()
+
+    async with open_engine(tmp_path, clock=EngineClock(WALL_ORIGIN), threads=False) as engine:
+        await engine.wait_idle()
+
+    assert segment.read_bytes() == before
+    [line] = repairs(caplog)
+    assert line.endswith("20 record(s) written again from the event log, up to seq 12")
+
+
+async def test_a_damaged_tail_beyond_the_log_is_left_for_the_refusal(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    await fill(tmp_path, 10)
+    logs = tmp_path / "logs"
+    checkpoint = read_checkpoint(logs)
+    assert checkpoint is not None
+    write_checkpoint(logs, Checkpoint(99, checkpoint.segment, checkpoint.offset + 5))
+    segment = logs / checkpoint.segment
+    before = segment.read_bytes()
+
+    with pytest.raises(DeliveryLogAheadError, match="written up to seq 99"):
+        async with open_engine(tmp_path, clock=EngineClock(WALL_ORIGIN), threads=False):
+            pytest.fail("served a log that lost events")
+
+    assert segment.read_bytes() == before
+
+
+async def test_records_of_archived_events_are_written_again_from_the_archive(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    await fill(tmp_path, 10)
+    assert compact(tmp_path).archived_through == 11  # all but the sweep's Bounced
+    [segment] = (tmp_path / "logs").glob("*.jsonl")
+    before = segment.read_bytes()
+    segment.unlink()
+
+    async with open_engine(tmp_path, clock=EngineClock(WALL_ORIGIN), threads=False) as engine:
+        await engine.wait_idle()
+
+    assert segment.read_bytes() == before
+    [line] = repairs(caplog)
+    assert line.endswith("20 record(s) written again from the event log, up to seq 12")
+    assert verify_data_dir(tmp_path).ok
+
+
+async def test_a_repair_that_needs_a_damaged_archive_is_refused_in_one_line(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    await fill(tmp_path, 10)
+    compact(tmp_path)
+    [archive] = (tmp_path / "archive").iterdir()
+    archive.write_bytes(b"not an archive" * 100)
+    [segment] = (tmp_path / "logs").glob("*.jsonl")
+    segment.unlink()
+
+    with pytest.raises(RepairError) as caught:
+        async with open_engine(tmp_path, clock=EngineClock(WALL_ORIGIN), threads=False):
+            pytest.fail("served without its delivery log")
+
+    message = str(caught.value)
+    assert message.startswith(
+        f"the delivery log cannot be repaired (logs/{segment.name} is missing): archive "
+        f"segment {archive.name} unreadable: "
+    )
+    assert "\n" not in message

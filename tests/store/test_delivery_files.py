@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from unittest.mock import patch
 
 import orjson
 import pytest
@@ -18,11 +20,15 @@ from kumo.store.delivery_files import (
     CheckpointError,
     DeliveryFiles,
     SegmentLine,
+    TailDamagedError,
+    line_digest,
     read_checkpoint,
     read_lines,
     read_records,
+    segment_first_seq,
     segment_name,
     segment_sizes,
+    whole_lines_before,
     write_checkpoint,
 )
 
@@ -303,3 +309,125 @@ def test_recovery_leaves_exactly_the_checkpointed_records(
         write_rounds(files, rounds[len(kept) :] if checkpoint else rounds, recovered + 1)
         files.close()
         assert read_records(directory) == [r for _, round_ in rounds for r in round_]
+
+
+# -- damage (issue 12) ----------------------------------------------------------------------
+
+
+def test_a_segment_is_checkpointed_as_it_is_begun(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    files = DeliveryFiles(tmp_path, segment_bytes=SEGMENT_BYTES)
+    files.recover()
+
+    def crash(fd: int) -> None:
+        raise OSError("the crash, before the round's fdatasync")
+
+    monkeypatch.setattr("kumo.store.delivery_files.os.fdatasync", crash)
+    with pytest.raises(OSError, match="the crash"):
+        files.append(lines("a"), 5, 6)
+    files.close()
+    # So a segment without a checkpoint is never one being written: it is damage.
+    assert read_checkpoint(tmp_path) == Checkpoint(4, segment_name(5), 0)
+    monkeypatch.undo()
+    assert DeliveryFiles(tmp_path, segment_bytes=SEGMENT_BYTES).recover() == 4
+    assert ids(tmp_path) == []
+
+
+def test_the_checkpoint_holds_the_digest_of_the_line_it_ends_with(tmp_path: Path) -> None:
+    files = DeliveryFiles(tmp_path, segment_bytes=SEGMENT_BYTES)
+    files.recover()
+    written = lines("a", "b")
+    files.append(written, 1, 2)
+    files.append([], 3, 3)
+    files.close()
+    checkpoint = read_checkpoint(tmp_path)
+    assert checkpoint is not None
+    assert checkpoint.last_line == line_digest(written[-1])
+    assert orjson.loads(checkpoint.to_json())["last_line"] == checkpoint.last_line
+    # A position: the digest checks it, and takes no part in equality.
+    assert checkpoint == Checkpoint(3, segment_name(1), len(b"".join(written)))
+    with pytest.raises(CheckpointError, match="last_line must be 16 hex digits"):
+        Checkpoint.from_json(b'{"seq": 3, "segment": "s", "offset": 7, "last_line": "x"}')
+
+
+@pytest.mark.parametrize(
+    ("edit", "problem"),
+    [
+        (lambda data: data[:10] + data[:10] + data[10:], "has no end of a record at the "),
+        (lambda data: data[10:], "holds 80 bytes, fewer than the checkpointed 90"),
+        (lambda data: data[:-30] + line({"type": "Reception", "id": "x"}), "ends another record"),
+    ],
+    ids=["a line repeated", "a line removed", "the last line replaced"],
+)
+def test_recovery_refuses_to_cut_a_segment_that_ends_no_record_at_the_checkpoint(
+    tmp_path: Path, edit: Callable[[bytes], bytes], problem: str
+) -> None:
+    files = DeliveryFiles(tmp_path, segment_bytes=SEGMENT_BYTES)
+    files.recover()
+    files.append(lines("a", "b", "c"), 1, 3)  # 30 bytes each
+    files.close()
+    segment = tmp_path / segment_name(1)
+    damaged = edit(segment.read_bytes())
+    segment.write_bytes(damaged)
+
+    with pytest.raises(TailDamagedError) as caught:
+        DeliveryFiles(tmp_path, segment_bytes=SEGMENT_BYTES).recover()
+
+    assert problem in caught.value.problem
+    assert str(caught.value).startswith(f"{segment_name(1)} ")
+    assert segment.read_bytes() == damaged  # touched nothing
+
+
+def test_recovery_refuses_a_checkpointed_segment_that_is_gone(tmp_path: Path) -> None:
+    write_checkpoint(tmp_path, Checkpoint(3, segment_name(1), 60))
+    with pytest.raises(TailDamagedError, match="is missing"):
+        DeliveryFiles(tmp_path, segment_bytes=SEGMENT_BYTES).recover()
+    assert not (tmp_path / segment_name(1)).exists()
+
+
+def test_a_cut_moves_the_tail_and_later_segments_aside(tmp_path: Path) -> None:
+    (tmp_path / segment_name(1)).write_bytes(b"".join(lines("a", "b")) + b"half")
+    (tmp_path / segment_name(3)).write_bytes(b"".join(lines("c")))
+    files = DeliveryFiles(tmp_path, segment_bytes=SEGMENT_BYTES)
+
+    assert files.cut(segment_name(1), 30) == (f"{segment_name(1)}.30.stale", 34)
+
+    assert ids(tmp_path) == ["a"]
+    assert (tmp_path / f"{segment_name(1)}.30.stale").read_bytes() == line(
+        {"type": "Reception", "id": "b"}
+    ) + b"half"
+    assert (tmp_path / f"{segment_name(3)}.stale").read_bytes() == b"".join(lines("c"))
+    assert files.cut(segment_name(1), 30) is None  # nothing more to move
+    assert files.cut(segment_name(2), 0) is None  # nor in a segment that is not there
+
+
+def test_segment_names_say_their_first_seq() -> None:
+    assert segment_first_seq(segment_name(404_097)) == 404_097
+    assert segment_first_seq("notes.jsonl") is None
+    assert segment_first_seq(segment_name(1) + ".stale") is None
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    text=st.lists(st.binary(max_size=30).map(lambda b: b.replace(b"\n", b"")), max_size=12),
+    tail=st.binary(max_size=10).map(lambda b: b.replace(b"\n", b"")),
+    limit=st.integers(min_value=0, max_value=500),
+    count=st.integers(min_value=1, max_value=5),
+    block=st.sampled_from([1, 2, 7, 64]),
+)
+def test_whole_lines_are_read_backwards_from_a_limit(
+    text: list[bytes], tail: bytes, limit: int, count: int, block: int
+) -> None:
+    data = b"".join(part + b"\n" for part in text) + tail
+    expected: list[tuple[int, bytes]] = []
+    end = 0
+    for part in text:
+        end += len(part) + 1
+        if end <= limit:
+            expected.insert(0, (end, part + b"\n"))
+    with tempfile.TemporaryDirectory() as name:
+        path = Path(name) / "segment"
+        path.write_bytes(data)
+        with patch("kumo.store.delivery_files._BLOCK", block):
+            assert whole_lines_before(path, limit, count) == expected[:count]

@@ -11,8 +11,12 @@ import pytest
 from kumo.model.criteria import Criteria
 from kumo.model.events import Bounced, BounceIssued, Event, Message, MessageReceived
 from kumo.model.invariants import Violation
-from kumo.store.delivery_files import segment_name
+from kumo.model.log_record import reception_line
+from kumo.runtime.delivery_log import encode_records
+from kumo.store.delivery_files import CHECKPOINT, Checkpoint, segment_name
 from kumo.store.event_log import LogCorruptError
+from kumo.store.integrity import PARTS
+from kumo.store.layout import DATABASE, LOGS
 from kumo.store.log_view import ChainedRow, LogView
 from kumo.store.sqlite_log import SqliteEventStore
 from kumo.store.verify import (
@@ -21,6 +25,7 @@ from kumo.store.verify import (
     read_delivery_log,
     verify_data_dir,
 )
+from tests.page_damage import build_store, damage
 
 SECOND = 1_000_000_000
 
@@ -195,7 +200,10 @@ def test_verify_reports_an_unreadable_checkpoint(tmp_path: Path) -> None:
 
 def test_verify_checks_the_checkpoint_against_its_segment(tmp_path: Path) -> None:
     make_log(tmp_path / "events.sqlite3").close()
-    lines = b"".join(record("Reception", f"{n:032x}") for n in range(6))
+    # The Reception records kumo writes for make_log's messages.
+    lines = b"".join(
+        reception_line(received(n), received_at=10 * SECOND, node_id="n") for n in range(6)
+    )
     [segment] = write_segments(tmp_path / "logs", lines)
     checkpoint = {"seq": 6, "segment": segment.name, "offset": len(lines) + 10}
     (tmp_path / "logs" / "checkpoint.json").write_bytes(orjson.dumps(checkpoint))
@@ -253,5 +261,166 @@ def test_verify_checks_each_snapshot_against_the_fold_of_the_log(tmp_path: Path)
         (
             f"snapshots/{99:020d}.snapshot",
             "taken at seq 99, beyond the log's end at seq 8: the log lost events",
+        ),
+    ]
+
+
+# -- corruption (issue 12): the database's pages, the spool, every field of a record ---
+
+
+@pytest.mark.parametrize(
+    ("name", "kind"),
+    [
+        ("spool", "internal"),
+        ("spool", "leaf"),
+        ("sqlite_autoindex_events_1", "internal"),
+        ("sqlite_autoindex_events_1", "leaf"),
+        ("meta", "leaf"),
+    ],
+)
+def test_verify_names_a_damaged_page_of_the_spool_the_id_index_or_meta(
+    tmp_path: Path, name: str, kind: str
+) -> None:
+    # Issue 12: each of these passed with "no violations".
+    build_store(tmp_path / DATABASE)
+    assert verify_data_dir(tmp_path).ok
+    damage(tmp_path / DATABASE, name, kind)
+
+    report = verify_data_dir(tmp_path)
+
+    first = report.violations[0]
+    assert (first.check, first.where) == ("structure", f"{DATABASE}, {PARTS[name]}")
+    assert "page" in first.problem.lower()
+
+
+def test_verify_of_a_log_whose_events_cannot_be_read_reports_the_damage(tmp_path: Path) -> None:
+    build_store(tmp_path / DATABASE)
+    damage(tmp_path / DATABASE, "events", "internal")
+
+    report = verify_data_dir(tmp_path)
+
+    assert not report.log_read
+    first = report.violations[0]
+    assert (first.check, first.where) == ("structure", f"{DATABASE}, {PARTS['events']}")
+    assert report.violations[-1] == Violation(
+        "structure", DATABASE, "the log cannot be read: database disk image is malformed"
+    )
+
+
+def test_verify_compares_the_spool_with_the_queued_messages(tmp_path: Path) -> None:
+    store = make_log(tmp_path / DATABASE)
+    assert verify_data_dir(tmp_path).spooled == 5  # six received, one bounced
+    store._db.execute("DELETE FROM spool WHERE seq = 3")  # a queued message's content
+    store._db.execute("INSERT INTO spool VALUES (1, x'00')")  # the bounced one's
+    store._db.execute("INSERT INTO spool VALUES (7, x'00')")  # the rule's seq
+    store.close()
+
+    report = verify_data_dir(tmp_path)
+
+    assert report.spooled == 6
+    assert report.violations == [
+        Violation(
+            "spool",
+            "seq 1",
+            f"content of message {0:032x} is still spooled, but the message was bounced at seq 8",
+            1,
+        ),
+        Violation(
+            "spool",
+            "seq 3",
+            f"message {2:032x} is queued, but its content is not in the spool",
+            3,
+        ),
+        Violation("spool", "seq 7", "content spooled at seq 7, which received no message", 7),
+    ]
+
+
+def write_delivery_log(data_dir: Path, *, checkpoint: bool = True) -> list[bytes]:
+    """The records kumo writes for make_log's events, and (by default) its checkpoint."""
+    with LogView(data_dir / DATABASE) as view:
+        events = [committed for batch in view.committed() for committed in batch]
+    lines = encode_records(events, {"r": ("why", False)}, "node-1")
+    [segment] = write_segments(data_dir / LOGS, b"".join(lines))
+    if checkpoint:
+        written = Checkpoint(events[-1].seq, segment.name, segment.stat().st_size)
+        (data_dir / LOGS / CHECKPOINT).write_bytes(written.to_json())
+    return lines
+
+
+@pytest.mark.parametrize(
+    ("field", "forged", "expected"),
+    [
+        ("recipient", "attacker@example", "'r2@a.com'"),
+        ("sender", "attacker@example", "'s@x'"),
+        ("size", 1_000_000, "10"),
+        ("created", 1, "10"),
+        ("event_time", "2000-01-01T00:00:00Z", "'1970-01-01T00:00:10Z'"),
+        ("peer_address", {"name": "x", "addr": "10.0.0.1"}, "None"),
+    ],
+)
+def test_verify_compares_every_field_of_a_record_with_the_log(
+    tmp_path: Path, field: str, forged: object, expected: str
+) -> None:
+    # Issue 12: forged recipient, sender, size or created fields passed verify.
+    make_log(tmp_path / DATABASE).close()
+    lines = write_delivery_log(tmp_path)
+    assert verify_data_dir(tmp_path).ok
+    record = orjson.loads(lines[2])
+    record[field] = forged
+    lines[2] = orjson.dumps(record) + b"\n"
+    segment = tmp_path / LOGS / segment_name(1)
+    segment.write_bytes(b"".join(lines))
+    checkpoint = Checkpoint(8, segment.name, segment.stat().st_size)
+    (tmp_path / LOGS / CHECKPOINT).write_bytes(checkpoint.to_json())
+
+    [violation] = verify_data_dir(tmp_path).violations
+
+    assert violation.where == f"{LOGS}/{segment.name} line 3"
+    assert violation.problem == (
+        f"Reception for {2:032x} differs from the log's event at seq 3: "
+        f"{field} {forged!r}, log says {expected}"
+    )
+
+
+def test_verify_compares_an_admin_bounce_record_too(tmp_path: Path) -> None:
+    make_log(tmp_path / DATABASE).close()
+    lines = write_delivery_log(tmp_path, checkpoint=False)
+    record = orjson.loads(lines[-1])
+    assert record["type"] == "AdminBounce"
+    record["recipient"], record["timestamp"] = "attacker@example", 0
+    lines[-1] = orjson.dumps(record) + b"\n"
+    write_segments(tmp_path / LOGS, b"".join(lines))
+
+    problems = [v.problem for v in verify_data_dir(tmp_path).violations if v.check != "checkpoint"]
+
+    assert problems == [
+        f"AdminBounce for {0:032x} differs from the log's event at seq 8: recipient "
+        "'attacker@example', log says 'r0@a.com'; timestamp 0, log says 30"
+    ]
+
+
+def test_verify_without_a_checkpoint_still_checks_every_record(tmp_path: Path) -> None:
+    # Issue 12: a deleted checkpoint made verify say "nothing written yet".
+    make_log(tmp_path / DATABASE).close()
+    lines = write_delivery_log(tmp_path, checkpoint=False)
+    del lines[1]
+    write_segments(tmp_path / LOGS, b"".join(lines))
+
+    report = verify_data_dir(tmp_path)
+
+    assert report.checkpoint_seq is None
+    assert report.records_due_through == 8
+    assert report.pending_records == 0
+    assert [(v.check, v.where, v.problem) for v in report.violations] == [
+        (
+            "checkpoint",
+            "logs/checkpoint.json",
+            "missing, but the segments hold 6 records (for events up to seq 8): every record "
+            "up to there was checked; the next start rebuilds the checkpoint from the segments",
+        ),
+        (
+            "delivery-log",
+            "seq 2",
+            f"no Reception record for 1 message(s) of this event: {1:032x}",
         ),
     ]

@@ -32,6 +32,8 @@ from collections.abc import Iterable
 from itertools import count
 from typing import Final
 
+from kumo.model.message_queue import raw_id
+
 _BUCKET_BITS: Final = 12
 _BUCKETS: Final = 1 << _BUCKET_BITS
 _KEY: Final = 8
@@ -40,17 +42,6 @@ _ENTRY: Final = _KEY + 8
 """An entry: the key, then the slot as 8 little-endian bytes."""
 _FIRST_LIMIT: Final = 16 * _ENTRY
 """Bytes a bucket may hold before its dead entries are first looked for."""
-
-
-def _raw(message_id: str) -> bytes | None:
-    """The 16 bytes of a spool id (32 lowercase hex digits), None for any other text."""
-    if len(message_id) != 32:
-        return None
-    try:
-        raw = bytes.fromhex(message_id)
-    except ValueError:
-        return None
-    return raw if raw.hex() == message_id else None
 
 
 def _bucket(raw: bytes) -> int:
@@ -118,7 +109,7 @@ class MessageLocations:
     def queues_of(self, message_id: str) -> list[str]:
         """The queues that may hold ``message_id``: almost always one or none; check each
         (see the module docstring). Any text may be asked; a non-spool id is in none."""
-        raw = _raw(message_id)
+        raw = raw_id(message_id)
         if raw is None:
             return []
         bucket = self._buckets[_bucket(raw)]
@@ -144,7 +135,7 @@ class MessageLocations:
     def discard(self, message_id: str, queue: str) -> None:
         """``message_id`` left ``queue``, which holds others still: drop its entry (no-op
         for an id not indexed there)."""
-        raw = _raw(message_id)
+        raw = raw_id(message_id)
         slot = self._slots.get(queue)
         if raw is None or slot is None:
             return

@@ -26,7 +26,7 @@ _TEXT = "surrogatepass"
 handler round-trips every one of them through UTF-8."""
 
 
-def _raw_id(message_id: str) -> bytes | None:
+def raw_id(message_id: str) -> bytes | None:
     """The 16 bytes of a 32-lowercase-hex spool id, or None for any other id."""
     if len(message_id) != 2 * _ID_BYTES:
         return None
@@ -94,7 +94,7 @@ class MessageQueue:
     ) -> None:
         """Append a message given as its fields (a replay need not build the tuple)."""
         if self._raw is not None:
-            raw = _raw_id(message_id)
+            raw = raw_id(message_id)
             if raw is None:
                 # Fall back to strings for the whole queue, once.
                 self._ids = self._id_column()
@@ -266,7 +266,7 @@ class MessageQueue:
             except ValueError:
                 return None
         else:
-            raw = _raw_id(message_id)
+            raw = raw_id(message_id)
             if raw is None:
                 return None
             position = raw_column.find(raw)

@@ -40,12 +40,12 @@ RETRY_AFTER: Final = 60.0
 
 @attrs.frozen
 class SnapshotStatistics:
-    """The snapshotter's progress."""
+    """The compactions' progress (a snapshot, then an archive pass, each time)."""
 
     seq: int = gauge("Sequence number of the newest snapshot (0: none).")
     taken: int = counter("Snapshots taken by this process.")
-    failures: int = counter("Snapshots that failed, by this process.")
-    last_seconds: float = gauge("Seconds the last snapshot took.")
+    failures: int = counter("Compactions that failed, by this process.")
+    last_seconds: float = gauge("Seconds the last compaction (snapshot and archive pass) took.")
     last_bytes: int = gauge("Size in bytes of the last snapshot.")
     archived_through: int = gauge(
         "Last sequence number moved to the archive by this process's compactions (0: none)."
@@ -53,7 +53,7 @@ class SnapshotStatistics:
 
 
 class Snapshotter:
-    """Snapshots ``data_dir`` as the log's durable end passes each ``snapshot_every``."""
+    """Compacts ``data_dir`` as the log's durable end passes each ``snapshot_every``."""
 
     def __init__(
         self,
@@ -89,7 +89,7 @@ class Snapshotter:
             self._due = until + self._every
             try:
                 summary = await self._compact(until)
-            except SnapshotFailedError as exc:
+            except CompactionFailedError as exc:
                 self._failures += 1
                 logger.warning("compaction at seq %d failed: %s", until, exc)
                 await trio.sleep(RETRY_AFTER)
@@ -107,7 +107,7 @@ class Snapshotter:
             try:
                 done = await self._run_blocking(lambda: compact(self._data_dir, until))
             except Exception as exc:  # the log stays the truth; report and go on
-                raise SnapshotFailedError(repr(exc)) from exc
+                raise CompactionFailedError(repr(exc)) from exc
             return _Summary.of(done.summary())
         command = [sys.executable, "-m", "kumo.store.compaction", str(self._data_dir)]
         result = await trio.run_process(
@@ -117,14 +117,14 @@ class Snapshotter:
             check=False,
         )
         if result.returncode != 0:
-            raise SnapshotFailedError(
+            raise CompactionFailedError(
                 result.stderr.decode(errors="replace").strip()[-500:]
                 or f"exit status {result.returncode}"
             )
         try:
             return _Summary.of(orjson.loads(result.stdout))
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-            raise SnapshotFailedError(f"unexpected output {result.stdout[:200]!r}") from exc
+            raise CompactionFailedError(f"unexpected output {result.stdout[:200]!r}") from exc
 
     def statistics(self) -> SnapshotStatistics:
         return SnapshotStatistics(
@@ -157,5 +157,5 @@ class _Summary:
         )
 
 
-class SnapshotFailedError(Exception):
-    """A snapshot could not be taken; the message says why."""
+class CompactionFailedError(Exception):
+    """A compaction failed; the message says why."""

@@ -65,7 +65,7 @@ class EngineSettings:
     """Events a follower (the broadcaster, a lagging actor) reads from the log at a time."""
 
     # -- the store (kumo.store.sqlite_log) ----------------------------------------------
-    wal_checkpoint_interval: float = _seconds_field(0.05)
+    wal_checkpoint_interval: float = _seconds_field(0.5)
     """Seconds between two checkpoints (copies of the write-ahead log back into the
     database, beside the writer) while commits happen. The WAL holds about what is
     committed in that time, and commits never wait for a checkpoint."""

@@ -7,6 +7,7 @@ from pathlib import Path
 import trio
 import trio.testing
 
+from kumo.model.settings import EngineSettings
 from kumo.runtime.clock import EngineClock
 from kumo.runtime.engine import open_engine
 from kumo.store.layout import DATABASE
@@ -24,7 +25,7 @@ async def test_the_wal_stays_small_under_a_stream_of_injects(
     async with open_engine(tmp_path, clock=EngineClock(WALL_ORIGIN), threads=False) as engine:
         for _ in range(60):
             await engine.inject([message(f"u{i}@example.com", body=body) for i in range(50)])
-            await trio.sleep(0.05)
+            await trio.sleep(EngineSettings().wal_checkpoint_interval)
             sizes.append(wal.stat().st_size)
         statistics = engine.statistics().wal
         assert engine.statistics().received_total == 3000

@@ -10,20 +10,31 @@ import trio.testing
 
 from kumo.model.events import Bounced, BounceExpired, Committed, Event, Message, MessageReceived
 from kumo.model.settings import EngineSettings
-from kumo.runtime.blocking import inline
+from kumo.runtime.blocking import RunBlocking, in_thread, inline
 from kumo.runtime.clock import EngineClock
 from kumo.runtime.log_writer import DiskFullError, LogClosedError, LogWriter
 from kumo.store.data_dir import open_event_log
+from kumo.store.event_log import EventStore
 from tests.runtime.harness import WALL_ORIGIN
 
 
 def open_writer(
-    path: Path, seen: list[Committed], settings: EngineSettings | None = None
+    path: Path,
+    seen: list[Committed],
+    settings: EngineSettings | None = None,
+    *,
+    store: EventStore | None = None,
+    run_blocking: RunBlocking = in_thread,
 ) -> LogWriter:
-    store = open_event_log(path)
-    reader = open_event_log(path, readonly=True)
+    """A writer on the log at ``path`` (through ``store`` if given) that records what it
+    commits in ``seen``."""
     return LogWriter(
-        store, reader, EngineClock(WALL_ORIGIN), settings or EngineSettings(), on_commit=seen.extend
+        store or open_event_log(path),
+        open_event_log(path, readonly=True),
+        EngineClock(WALL_ORIGIN),
+        settings or EngineSettings(),
+        on_commit=seen.extend,
+        run_blocking=run_blocking,
     )
 
 
@@ -70,16 +81,7 @@ async def test_background_lane_does_not_wait_for_durability_and_is_bounded(
     tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
     seen: list[Committed] = []
-    store = open_event_log(tmp_path)
-    reader = open_event_log(tmp_path, readonly=True)
-    writer = LogWriter(
-        store,
-        reader,
-        EngineClock(WALL_ORIGIN),
-        EngineSettings(background_capacity=3),
-        on_commit=seen.extend,
-        run_blocking=inline,
-    )
+    writer = open_writer(tmp_path, seen, EngineSettings(background_capacity=3), run_blocking=inline)
     events: list[Event] = [BounceExpired(f"r{n}") for n in range(3)]
     await writer.submit(events)  # room for three: returns at once, nothing committed yet
     assert writer.background_pending()
@@ -210,15 +212,7 @@ async def test_a_full_disk_refuses_clients_keeps_background_events_and_recovers(
 ) -> None:
     seen: list[Committed] = []
     store = open_event_log(tmp_path)
-    reader = open_event_log(tmp_path, readonly=True)
-    writer = LogWriter(
-        store,
-        reader,
-        EngineClock(WALL_ORIGIN),
-        EngineSettings(),
-        on_commit=seen.extend,
-        run_blocking=inline,
-    )
+    writer = open_writer(tmp_path, seen, store=store, run_blocking=inline)
     db = store._db  # type: ignore[attr-defined]  # the file size limit stands for the disk
     pages = db.execute("PRAGMA page_count").fetchone()[0]
     db.execute(f"PRAGMA max_page_count={pages + 20}")
@@ -242,4 +236,3 @@ async def test_a_full_disk_refuses_clients_keeps_background_events_and_recovers(
     assert [c.event for c in seen] == [received(0), BounceExpired("r1"), received(2)]
     assert committed.seq == 3
     store.close()
-    reader.close()

@@ -213,13 +213,158 @@ class Rejected:
     peer: PeerAddress = attrs.field(validator=instance_of(PeerAddress))
 
 
+def _optional_text(_: object, attribute: attrs.Attribute[str | None], value: str | None) -> None:
+    if value is not None and type(value) is not str:
+        raise TypeError(f"{attribute.name} must be a string or None, got {value!r}")
+
+
+def _enhanced(
+    _: object,
+    attribute: attrs.Attribute[tuple[int, int, int] | None],
+    value: tuple[int, int, int] | None,
+) -> None:
+    if value is None:
+        return
+    if (
+        type(value) is not tuple
+        or len(value) != 3
+        or not all(type(part) is int and 0 <= part <= 999 for part in value)
+    ):
+        raise ValueError(f"{attribute.name} must be None or three ints, got {value!r}")
+
+
+def _attempt_code(_: object, attribute: attrs.Attribute[int], value: int) -> None:
+    if type(value) is not int or not 200 <= value <= 599:
+        raise ValueError(f"{attribute.name} must be a reply code from 200 to 599, got {value!r}")
+
+
+@attrs.frozen(slots=True)
+class Attempt:
+    """One delivery attempt as its log record tells it (reference 5.1, 5.2): the reply
+    that decided it, or an internal failure told as one, and where it went."""
+
+    site: str = attrs.field(validator=_text)
+    """The ready queue (``unspecified->mx.example.com@smtp_client``), or ``""`` when
+    the message never reached one (its destination could not be resolved)."""
+    code: int = attrs.field(validator=_attempt_code)
+    enhanced_code: tuple[int, int, int] | None = attrs.field(validator=_enhanced)
+    content: str = attrs.field(validator=_text)
+    """The reply's text after the code (and enhanced code), flattened to one line."""
+    command: str | None = attrs.field(validator=_optional_text)
+    """The command the reply answered, as sent (CRLF included); None for none."""
+    peer: PeerAddress | None = attrs.field(
+        default=None, validator=attrs.validators.optional(instance_of(PeerAddress))
+    )
+    """``{name: MX host, addr: IP}``; None when no host was reached."""
+    source_address: str | None = attrs.field(default=None, validator=_optional_text)
+    session_id: str | None = attrs.field(default=None, validator=_optional_text)
+    protocol: str | None = attrs.field(default=None, validator=_optional_text)
+    """``"ESMTP"`` for an SMTP transaction; None for a failure before any connection."""
+    tls_cipher: str | None = attrs.field(default=None, validator=_optional_text)
+    tls_protocol_version: str | None = attrs.field(default=None, validator=_optional_text)
+
+
+def _message(_: object, attribute: attrs.Attribute[Message], value: Message) -> None:
+    if type(value) is not Message:
+        raise TypeError(f"{attribute.name} must be a Message, got {value!r}")
+
+
+def _count(_: object, attribute: attrs.Attribute[int], value: int) -> None:
+    _check_int(attribute.name, value, 0)
+
+
+def _optional_time(_: object, attribute: attrs.Attribute[int | None], value: int | None) -> None:
+    if value is not None:
+        _check_int(attribute.name, value, INT64_MIN)
+
+
+@attrs.frozen(slots=True)
+class Delivered:
+    """The destination accepted ``message`` (a ``Delivery`` record); it left ``queue``.
+
+    ``attempts`` counts the attempts before this one (the record's ``num_attempts``).
+    """
+
+    queue: str = attrs.field(validator=_text)
+    message: Message = attrs.field(validator=_message)
+    attempts: int = attrs.field(validator=_count)
+    attempt: Attempt = attrs.field(validator=instance_of(Attempt))
+
+
+@attrs.frozen(slots=True)
+class PermanentlyFailed:
+    """The destination refused ``message`` for good, or kumo may not deliver it there
+    (a ``Bounce`` record); it left ``queue``."""
+
+    queue: str = attrs.field(validator=_text)
+    message: Message = attrs.field(validator=_message)
+    attempts: int = attrs.field(validator=_count)
+    attempt: Attempt = attrs.field(validator=instance_of(Attempt))
+
+
+@attrs.frozen(slots=True)
+class TransientlyFailed:
+    """An attempt to deliver ``message`` failed transiently (a ``TransientFailure``
+    record): it stays in ``queue`` with ``attempts + 1`` attempts, due again at ``due``.
+
+    ``due`` is None when the message will not be retried: the next event of the same
+    commit takes it out (``Expired``, or a live rule's ``Bounced``).
+    """
+
+    queue: str = attrs.field(validator=_text)
+    message: Message = attrs.field(validator=_message)
+    attempts: int = attrs.field(validator=_count)
+    attempt: Attempt = attrs.field(validator=instance_of(Attempt))
+    due: int | None = attrs.field(validator=_optional_time)
+
+
+@attrs.frozen(slots=True)
+class Expired:
+    """``message`` left ``queue`` unsent: its next attempt would fall past ``max_age``
+    (an ``Expiration`` record, ``551 5.4.7 <content>``). ``attempts`` counts every
+    attempt made, the last one included (KumoMTA's ``num_attempts`` here)."""
+
+    queue: str = attrs.field(validator=_text)
+    message: Message = attrs.field(validator=_message)
+    attempts: int = attrs.field(validator=_count)
+    content: str = attrs.field(validator=_text)
+    site: str = attrs.field(default="", validator=_text)
+
+
+Outcome: TypeAlias = Delivered | PermanentlyFailed | TransientlyFailed | Expired
+"""The events of the mail path: what became of a message handed to a destination."""
+
+DEPARTURES: Final = (Delivered, PermanentlyFailed, Expired)
+"""The mail-path events that take their message out of its queue for good."""
+
+
 Event: TypeAlias = (
-    MessageReceived | BounceIssued | BounceCancelled | BounceExpired | Bounced | Rejected
+    MessageReceived
+    | BounceIssued
+    | BounceCancelled
+    | BounceExpired
+    | Bounced
+    | Rejected
+    | Delivered
+    | PermanentlyFailed
+    | TransientlyFailed
+    | Expired
 )
 
 
 _EVENT_CLASSES: Final = frozenset(
-    {MessageReceived, BounceIssued, BounceCancelled, BounceExpired, Bounced, Rejected}
+    {
+        MessageReceived,
+        BounceIssued,
+        BounceCancelled,
+        BounceExpired,
+        Bounced,
+        Rejected,
+        Delivered,
+        PermanentlyFailed,
+        TransientlyFailed,
+        Expired,
+    }
 )
 
 
@@ -311,6 +456,29 @@ def _encode_body(event: Event) -> dict[str, Any]:
                 # Positional rows keep a sweep's events small: they are most of the log.
                 "messages": event.messages.rows(),
             }
+        case Delivered() | PermanentlyFailed():
+            return {
+                "queue": event.queue,
+                "message": list(event.message),
+                "attempts": event.attempts,
+                "attempt": _attempt_to_json(event.attempt),
+            }
+        case TransientlyFailed():
+            return {
+                "queue": event.queue,
+                "message": list(event.message),
+                "attempts": event.attempts,
+                "attempt": _attempt_to_json(event.attempt),
+                "due": event.due,
+            }
+        case Expired():
+            return {
+                "queue": event.queue,
+                "message": list(event.message),
+                "attempts": event.attempts,
+                "content": event.content,
+                "site": event.site,
+            }
         case Rejected():
             return {
                 "code": event.code,
@@ -320,6 +488,55 @@ def _encode_body(event: Event) -> dict[str, Any]:
                 "recipient": event.recipient,
                 "peer": _peer_to_json(event.peer),
             }
+
+
+def _attempt_to_json(attempt: Attempt) -> dict[str, Any]:
+    return {
+        "site": attempt.site,
+        "code": attempt.code,
+        "enhanced_code": None if attempt.enhanced_code is None else list(attempt.enhanced_code),
+        "content": attempt.content,
+        "command": attempt.command,
+        "peer": None if attempt.peer is None else _peer_to_json(attempt.peer),
+        "source_address": attempt.source_address,
+        "session_id": attempt.session_id,
+        "protocol": attempt.protocol,
+        "tls_cipher": attempt.tls_cipher,
+        "tls_protocol_version": attempt.tls_protocol_version,
+    }
+
+
+def _attempt_from_json(data: object) -> Attempt:
+    if not isinstance(data, dict):
+        raise TypeError(f"attempt must be an object, got {data!r}")
+    enhanced = data["enhanced_code"]
+    return Attempt(
+        site=data["site"],
+        code=data["code"],
+        enhanced_code=None if enhanced is None else tuple(enhanced),
+        content=data["content"],
+        command=data["command"],
+        peer=None if data["peer"] is None else _peer_from_json(data["peer"]),
+        source_address=data["source_address"],
+        session_id=data["session_id"],
+        protocol=data["protocol"],
+        tls_cipher=data["tls_cipher"],
+        tls_protocol_version=data["tls_protocol_version"],
+    )
+
+
+def _message_from_json(data: object) -> Message:
+    if not isinstance(data, list) or len(data) != 6:
+        raise TypeError(f"message must be a list of 6 fields, got {data!r}")
+    message = Message(*data)
+    if not (
+        is_message_id(message.id)
+        and type(message.sender) is str
+        and type(message.recipient) is str
+        and all(type(part) is int for part in message[3:])
+    ):
+        raise ValueError(f"not a queued message: {data!r}")
+    return message
 
 
 def _peer_to_json(peer: PeerAddress) -> dict[str, str]:
@@ -365,6 +582,32 @@ _DECODERS: Final[dict[str, Callable[[dict[str, Any]], Event]]] = {
     ),
     "BounceExpired": lambda d: BounceExpired(rule_id=d["rule_id"]),
     "Bounced": _decode_bounced,
+    "Delivered": lambda d: Delivered(
+        queue=d["queue"],
+        message=_message_from_json(d["message"]),
+        attempts=d["attempts"],
+        attempt=_attempt_from_json(d["attempt"]),
+    ),
+    "PermanentlyFailed": lambda d: PermanentlyFailed(
+        queue=d["queue"],
+        message=_message_from_json(d["message"]),
+        attempts=d["attempts"],
+        attempt=_attempt_from_json(d["attempt"]),
+    ),
+    "TransientlyFailed": lambda d: TransientlyFailed(
+        queue=d["queue"],
+        message=_message_from_json(d["message"]),
+        attempts=d["attempts"],
+        attempt=_attempt_from_json(d["attempt"]),
+        due=d["due"],
+    ),
+    "Expired": lambda d: Expired(
+        queue=d["queue"],
+        message=_message_from_json(d["message"]),
+        attempts=d["attempts"],
+        content=d["content"],
+        site=d["site"],
+    ),
     "Rejected": lambda d: Rejected(
         code=d["code"],
         text=d["text"],

@@ -32,16 +32,24 @@ from typing import Any, Final, NamedTuple
 import attrs
 
 from kumo.model.events import (
+    DEPARTURES,
     Bounced,
     BounceIssued,
     Committed,
+    Delivered,
+    Expired,
     MessageReceived,
+    Outcome,
     PeerAddress,
+    PermanentlyFailed,
     Rejected,
+    TransientlyFailed,
 )
 from kumo.model.log_record import (
+    OUTCOME_KINDS,
     admin_bounce_record,
     bounce_content,
+    outcome_record,
     reception_record,
     rejection_record,
 )
@@ -102,6 +110,14 @@ class InvariantCheck:
         """The ``Rejected`` events themselves, in log order (their records' fields)."""
         self.bounce_times: dict[int, int] = {}
         """Seq -> commit time of each ``Bounced`` event (its records' time)."""
+        self.departed: dict[str, tuple[int, str]] = {}
+        """Message id -> (seq, event type) of the mail-path event that took it out
+        (``Delivered``, ``PermanentlyFailed``, ``Expired``)."""
+        self.outcomes: list[Committed] = []
+        """The mail-path events, in log order (one record each)."""
+        self._anchors: dict[str, tuple[int, str | None]] = {}
+        """Message id -> (seq of its last ``TransientlyFailed``, the rule live and
+        matching then): what its attribution counts from after a failed attempt."""
         # Strings and sizes that repeat from message to message, held once each:
         # verification keeps a million messages.
         self._strings: dict[str, str] = {}
@@ -138,6 +154,8 @@ class InvariantCheck:
         elif isinstance(event, Rejected):
             self.rejected.append(seq)
             self.rejections.append(committed)
+        elif isinstance(event, Delivered | PermanentlyFailed | TransientlyFailed | Expired):
+            self._outcome(committed, event)
         else:
             self._live_matching.clear()
             if isinstance(event, BounceIssued):
@@ -158,16 +176,7 @@ class InvariantCheck:
         queue = event.queue
         if queue not in self._issued_matching:
             self._issued_matching[queue] = []
-        live = self._live_matching.get(queue)
-        if live is None:
-            parsed = QueueName.parse(queue)
-            live = [r for r in self.projection.rules.live_rules() if r.criteria.matches(parsed)]
-            live.reverse()
-            self._live_matching[queue] = live
-        arrival_rule = next(
-            (rule.id for rule in live if rule.live_at(committed.time)),
-            None,
-        )
+        arrival_rule = self._live_rule(queue, committed.time)
         strings = self._strings
         self.received[event.message_id] = _Received(
             committed.seq,
@@ -180,6 +189,56 @@ class InvariantCheck:
             strings.setdefault(event.protocol, event.protocol),
             event.peer,
         )
+
+    def _live_rule(self, queue: str, time: int) -> str | None:
+        """The most recently issued rule live at ``time`` that matches ``queue``."""
+        live = self._live_matching.get(queue)
+        if live is None:
+            parsed = QueueName.parse(queue)
+            live = [r for r in self.projection.rules.live_rules() if r.criteria.matches(parsed)]
+            live.reverse()
+            self._live_matching[queue] = live
+        return next((rule.id for rule in live if rule.live_at(time)), None)
+
+    def _outcome(self, committed: Committed, event: Outcome) -> None:
+        seq, mid = committed.seq, event.message.id
+        self.outcomes.append(committed)
+        received = self.received.get(mid)
+        if received is None:
+            self._violate("conservation", seq, f"message {mid} attempted but never received")
+            return
+        gone = self.gone(mid)
+        if gone is not None:
+            self._violate("conservation", seq, f"message {mid} attempted after it left ({gone})")
+            return
+        if received.queue != event.queue:
+            self._violate(
+                "conservation",
+                seq,
+                f"message {mid} attempted from {event.queue} but was received into "
+                f"{received.queue}",
+            )
+        if event.message.seq != received.seq or event.message.received_at != received.time:
+            self._violate(
+                "conservation",
+                seq,
+                f"message {mid} is attempted as received at seq {event.message.seq}, "
+                f"but was received at seq {received.seq}",
+            )
+        if isinstance(event, TransientlyFailed):
+            self._anchors[mid] = (seq, self._live_rule(received.queue, committed.time))
+        elif isinstance(event, DEPARTURES):
+            self.departed[mid] = (seq, type(event).__name__)
+
+    def gone(self, mid: str) -> str | None:
+        """How message ``mid`` left, if it did: ``bounced at seq N``, ``Delivered at seq N``."""
+        bounced = self.bounced.get(mid)
+        if bounced is not None:
+            return f"bounced at seq {bounced[0]}"
+        departed = self.departed.get(mid)
+        if departed is not None:
+            return f"{departed[1]} at seq {departed[0]}"
+        return None
 
     def _bounce(self, committed: Committed, event: Bounced) -> None:
         seq = committed.seq
@@ -201,6 +260,14 @@ class InvariantCheck:
             if first is not None:
                 self._violate(
                     "conservation", seq, f"message {mid} bounced again (first at seq {first[0]})"
+                )
+                continue
+            departed = self.departed.get(mid)
+            if departed is not None:
+                self._violate(
+                    "conservation",
+                    seq,
+                    f"message {mid} bounced after it left ({departed[1]} at seq {departed[0]})",
                 )
                 continue
             self.bounced[mid] = (seq, event.queue, event.rule_id)
@@ -234,7 +301,7 @@ class InvariantCheck:
                     f"{message.recipient}, {message.size} bytes, but was received from "
                     f"{received.sender} to {received.recipient}, {received.size} bytes",
                 )
-            expected = self._attributed_rule(received)
+            expected = self._attributed_rule(mid, received)
             if rule is not None and expected != event.rule_id:
                 self._violate(
                     "attribution",
@@ -247,20 +314,25 @@ class InvariantCheck:
                     ),
                 )
 
-    def _attributed_rule(self, received: _Received) -> str | None:
-        """The rule the message counts to, as far as the log has gone (see the module docstring)."""
-        if received.arrival_rule is not None:
-            return received.arrival_rule
+    def _attributed_rule(self, mid: str, received: _Received) -> str | None:
+        """The rule the message counts to, as far as the log has gone (see the module
+        docstring); after a failed attempt, counted from that attempt as from an arrival."""
+        since, live = received.seq, received.arrival_rule
+        anchor = self._anchors.get(mid)
+        if anchor is not None:
+            since, live = anchor
+        if live is not None:
+            return live
         issued = self._issued_matching.get(received.queue, [])
-        index = bisect.bisect_right(issued, (received.seq, "\uffff"))
+        index = bisect.bisect_right(issued, (since, "\uffff"))
         return issued[index][1] if index < len(issued) else None
 
     def queued(self) -> dict[str, list[str]]:
-        """Queue -> ids of the messages received and not bounced, in arrival order."""
+        """Queue -> ids of the messages received and not gone, in arrival order."""
         queues: dict[str, list[str]] = {}
-        bounced = self.bounced
+        bounced, departed = self.bounced, self.departed
         for mid, received in self.received.items():
-            if mid not in bounced:
+            if mid not in bounced and mid not in departed:
                 queues.setdefault(received.queue, []).append(mid)
         return queues
 
@@ -271,10 +343,10 @@ class InvariantCheck:
         leaves such messages, and the next start bounces them (``unfinished_bounces``).
         """
         owed: Counter[str] = Counter()
-        bounced = self.bounced
+        bounced, departed = self.bounced, self.departed
         for mid, received in self.received.items():
-            if mid not in bounced:
-                rule = self._attributed_rule(received)
+            if mid not in bounced and mid not in departed:
+                rule = self._attributed_rule(mid, received)
                 if rule is not None:
                     owed[rule] += 1
         return dict(owed)
@@ -368,6 +440,8 @@ def record_differences(expected: Mapping[str, Any], found: Mapping[str, Any]) ->
     return differences
 
 
+_OUTCOME_RECORDS: Final = frozenset(OUTCOME_KINDS.values())
+
 _ABSENT: Final = object()
 _TEMPLATES_KEPT: Final = 4_096
 """Record templates kept (records come in log order: a batch's are together)."""
@@ -436,6 +510,9 @@ class DeliveryLogCheck:
                 self._reasons[rule_id] = rule.reason
             self.bounces[mid] = ExpectedRecord(seq, queue, content)
         self.rejected = invariants.rejected
+        self.outcomes = invariants.outcomes
+        self._outcome_seqs = [committed.seq for committed in invariants.outcomes]
+        self._outcomes_seen = 0
         self.seen: Counter[str] = Counter()
         """Record type -> records read."""
         self.through = 0
@@ -541,6 +618,35 @@ class DeliveryLogCheck:
             seq = self.rejected[index]
             self.through = max(self.through, seq)
             return seq
+        elif kind in _OUTCOME_RECORDS:
+            # A message may fail many times: the n-th record of the mail path is the
+            # n-th mail-path event's (records are written in log order).
+            index = self._outcomes_seen
+            self._outcomes_seen += 1
+            if index >= len(self.outcomes):
+                self._bad(
+                    where,
+                    f"{kind} for {message_id}, but the log holds only {len(self.outcomes)} "
+                    "mail-path event(s)",
+                )
+                return None
+            committed = self.outcomes[index]
+            event = committed.event
+            assert isinstance(event, Delivered | PermanentlyFailed | TransientlyFailed | Expired)
+            want = OUTCOME_KINDS[type(event)]
+            if want != kind or event.message.id != message_id:
+                self._bad(
+                    where,
+                    f"{kind} for {message_id}, but the log's next mail-path event (seq "
+                    f"{committed.seq}) calls for {want} for {event.message.id}",
+                )
+                return None
+            self.through = max(self.through, committed.seq)
+            if queue != event.queue:
+                self._bad(
+                    where, f"{kind} for {message_id} names queue {queue}, log says {event.queue}"
+                )
+            return committed.seq
         else:
             return None
         if message_id in seen:
@@ -562,6 +668,11 @@ class DeliveryLogCheck:
         but the message's own fields, then those fields set (building each of a
         million records whole adds some 10 s to a verification)."""
         invariants = self._invariants
+        if kind in _OUTCOME_RECORDS:
+            committed = self.outcomes[self._outcomes_seen - 1]
+            event = committed.event
+            assert isinstance(event, Delivered | PermanentlyFailed | TransientlyFailed | Expired)
+            return outcome_record(event, at=committed.time, node_id=node)
         if kind == "Rejection":
             rejection = invariants.rejections[self.seen["Rejection"] - 1]
             assert isinstance(rejection.event, Rejected)
@@ -637,6 +748,7 @@ class DeliveryLogCheck:
         """Report records missing for events up to :attr:`due_through`; return all
         violations."""
         self._count_rejections()
+        self._count_outcomes()
         due = self.due_through
         for kind, expected, seen in (
             ("Reception", self.receptions, self._seen_receptions),
@@ -660,6 +772,21 @@ class DeliveryLogCheck:
                     )
                 )
         return self.violations
+
+    def _count_outcomes(self) -> None:
+        written = self._outcomes_seen
+        due = bisect.bisect_right(self._outcome_seqs, self.due_through)
+        if written < due:
+            missing = self.outcomes[written]
+            self.violations.append(
+                Violation(
+                    "delivery-log",
+                    at_seq(missing.seq),
+                    f"{due - written} mail-path record(s) missing: the log holds {due} "
+                    f"mail-path event(s) up to the checkpoint, the files {written} records",
+                    missing.seq,
+                )
+            )
 
     def _count_rejections(self) -> None:
         # Up to the checkpoint every Rejected event has its record; after it, some may.
@@ -689,14 +816,23 @@ class DeliveryLogCheck:
         rejections = max(
             0, len(self.rejected) - max(self.seen["Rejection"], self._due_rejections())
         )
-        return rejections + sum(
-            1
-            for expected, seen in (
-                (self.receptions, self._seen_receptions),
-                (self.bounces, self._seen_bounces),
+        outcomes = max(
+            0,
+            len(self.outcomes)
+            - max(self._outcomes_seen, bisect.bisect_right(self._outcome_seqs, due)),
+        )
+        return (
+            rejections
+            + outcomes
+            + sum(
+                1
+                for expected, seen in (
+                    (self.receptions, self._seen_receptions),
+                    (self.bounces, self._seen_bounces),
+                )
+                for mid, record in expected.items()
+                if record.seq > due and mid not in seen
             )
-            for mid, record in expected.items()
-            if record.seq > due and mid not in seen
         )
 
     def _due_rejections(self) -> int:

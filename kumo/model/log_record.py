@@ -1,4 +1,5 @@
-"""The delivery-log records, ``Reception``, ``AdminBounce`` and ``Rejection``, in KumoMTA's
+"""The delivery-log records, ``Reception``, ``AdminBounce``, ``Rejection`` and the mail
+path's ``Delivery``, ``TransientFailure``, ``Bounce`` and ``Expiration``, in KumoMTA's
 format.
 
 The fields and two examples are in docs/operations.md, "The delivery log".
@@ -16,7 +17,20 @@ from typing import Any
 import orjson
 
 from kumo.model.duration import NANOS_PER_SECOND
-from kumo.model.events import Bounced, Event, Message, MessageReceived, PeerAddress, Rejected
+from kumo.model.events import (
+    Attempt,
+    Bounced,
+    Delivered,
+    Event,
+    Expired,
+    Message,
+    MessageReceived,
+    Outcome,
+    PeerAddress,
+    PermanentlyFailed,
+    Rejected,
+    TransientlyFailed,
+)
 from kumo.model.rfc3339 import format_rfc3339
 from kumo.model.smtp_reply import flatten_content
 from kumo.model.smtp_server import Reply
@@ -162,6 +176,91 @@ def admin_bounce_record(
     )
 
 
+EGRESS_SOURCE = "unspecified"
+"""The egress source and pool of every delivery: kumo has no pools (KumoMTA's default
+pool ``unspecified`` with its one source ``unspecified``)."""
+
+OUTCOME_KINDS: dict[type[Outcome], str] = {
+    Delivered: "Delivery",
+    PermanentlyFailed: "Bounce",
+    TransientlyFailed: "TransientFailure",
+    Expired: "Expiration",
+}
+"""The record type each mail-path event calls for."""
+
+
+def _enhanced_json(code: tuple[int, int, int] | None) -> dict[str, int] | None:
+    return None if code is None else {"class": code[0], "subject": code[1], "detail": code[2]}
+
+
+def outcome_record(event: Outcome, *, at: int, node_id: str) -> dict[str, Any]:
+    """The record of a mail-path event (reference 5.1, 5.2): ``Delivery``, ``Bounce``
+    and ``TransientFailure`` with the attempt's reply, peer and session, ``num_attempts``
+    the attempts before it; ``Expiration`` with ``551 5.4.7``, ``num_attempts`` all of
+    them, no peer."""
+    message = event.message
+    if isinstance(event, Expired):
+        return _record(
+            kind="Expiration",
+            message_id=message.id,
+            sender=message.sender,
+            recipient=message.recipient,
+            queue=event.queue,
+            site=event.site,
+            size=message.size,
+            response={
+                "code": 551,
+                "enhanced_code": _enhanced_json((5, 4, 7)),
+                "content": event.content,
+                "command": None,
+            },
+            event_time=at,
+            created=message.received_at,
+            node_id=node_id,
+        ) | {"num_attempts": event.attempts}
+    attempt: Attempt = event.attempt
+    record = _record(
+        kind=OUTCOME_KINDS[type(event)],
+        message_id=message.id,
+        sender=message.sender,
+        recipient=message.recipient,
+        queue=event.queue,
+        site=attempt.site,
+        size=message.size,
+        response={
+            "code": attempt.code,
+            "enhanced_code": _enhanced_json(attempt.enhanced_code),
+            "content": attempt.content,
+            "command": attempt.command,
+        },
+        event_time=at,
+        created=message.received_at,
+        node_id=node_id,
+    )
+    record["peer_address"] = peer_address(attempt.peer)
+    record["num_attempts"] = event.attempts
+    if attempt.protocol is not None:
+        record["egress_pool"] = EGRESS_SOURCE
+        record["egress_source"] = EGRESS_SOURCE
+        record["delivery_protocol"] = attempt.protocol
+    if attempt.source_address is not None:
+        record["source_address"] = {"address": attempt.source_address}
+    if attempt.tls_cipher is not None:
+        record["tls_cipher"] = attempt.tls_cipher
+    if attempt.tls_protocol_version is not None:
+        record["tls_protocol_version"] = attempt.tls_protocol_version
+    if attempt.session_id is not None:
+        record["session_id"] = attempt.session_id
+    return record
+
+
+def outcome_line(event: Outcome, *, at: int, node_id: str) -> bytes:
+    """One JSON line (newline included) for a mail-path event."""
+    return orjson.dumps(
+        outcome_record(event, at=at, node_id=node_id), option=orjson.OPT_APPEND_NEWLINE
+    )
+
+
 def reception_line(event: MessageReceived, *, received_at: int, node_id: str) -> bytes:
     """One JSON line (newline included) for a received message."""
     return orjson.dumps(
@@ -298,7 +397,8 @@ def record_position(event: Event, kind: str, message_id: str, *, suppressed: boo
     calls for, in the order they are written (0: first), or ``None`` if it calls for no
     such record. ``suppressed``: whether the rule of a ``Bounced`` event suppresses
     logging. A ``MessageReceived`` calls for one record, a ``Bounced`` for one per
-    message in its order (none if suppressed), a ``Rejected`` for one."""
+    message in its order (none if suppressed), a ``Rejected`` for one, and each
+    mail-path event for one (:data:`OUTCOME_KINDS`)."""
     if kind == "Reception":
         if isinstance(event, MessageReceived) and event.message_id == message_id:
             return 0
@@ -306,4 +406,10 @@ def record_position(event: Event, kind: str, message_id: str, *, suppressed: boo
         for index, message in enumerate(event.messages):
             if message.id == message_id:
                 return index
+    elif (
+        isinstance(event, Delivered | PermanentlyFailed | TransientlyFailed | Expired)
+        and OUTCOME_KINDS[type(event)] == kind
+        and event.message.id == message_id
+    ):
+        return 0
     return None

@@ -16,7 +16,7 @@ import attrs
 from kumo.model.events import Bounced, Message
 from kumo.model.message_queue import MessageQueue
 from kumo.model.queue_name import QueueName
-from kumo.model.state import Rule, State
+from kumo.model.state import Retry, Rule, State
 
 
 @attrs.frozen
@@ -27,6 +27,8 @@ class Recovery:
     """Each non-empty queue's messages once the owed bounces are taken out."""
     owed: list[Bounced]
     """The bounces to append before anything else, each of at most the chunk size."""
+    schedule: dict[str, Retry] = attrs.field(factory=dict)
+    """Message id -> the retries of each queued message that has failed before."""
 
 
 def recover(state: State, *, chunk: int) -> Recovery:
@@ -37,8 +39,12 @@ def recover(state: State, *, chunk: int) -> Recovery:
     """
     owed = owed_bounces(state)
     queues = state.detach_queues()
+    schedule, state.schedule = state.schedule, {}
     for bounce in owed:
-        queues[bounce.queue].remove(set(bounce.messages.ids()))
+        ids = set(bounce.messages.ids())
+        queues[bounce.queue].remove(ids)
+        for message_id in ids:
+            schedule.pop(message_id, None)
     chunks: list[Bounced] = []
     for bounce in owed:
         messages = list(bounce.messages)
@@ -49,6 +55,7 @@ def recover(state: State, *, chunk: int) -> Recovery:
     return Recovery(
         queues={name: messages for name, messages in queues.items() if messages},
         owed=chunks,
+        schedule=schedule,
     )
 
 
@@ -70,13 +77,25 @@ def owed_bounces(state: State) -> list[Bounced]:
             continue
         owed: dict[str, list[Message]] = {}
         for message in messages:
-            rule = _fate(message, rules)
+            retried = state.schedule.get(message.id)
+            rule = (
+                _fate(message, rules)
+                if retried is None
+                else _sweep_after(rules, retried.anchor_seq)
+            )
             if rule is not None:
                 owed.setdefault(rule.id, []).append(message)
         decisions.extend(
             Bounced(rule_id=rule_id, queue=queue, messages=taken) for rule_id, taken in owed.items()
         )
     return decisions
+
+
+def _sweep_after(rules: list[Rule], seq: int) -> Rule | None:
+    """The first of ``rules`` issued after ``seq``: the sweep that owes a message whose
+    last attempt failed at ``seq`` (a rule live then would have bounced it at once, in
+    the same commit, and rules issued before it swept while it was in flight)."""
+    return next((rule for rule in rules if rule.issued_seq > seq), None)
 
 
 def _fate(message: Message, rules: list[Rule]) -> Rule | None:
@@ -90,7 +109,4 @@ def _fate(message: Message, rules: list[Rule]) -> Rule | None:
             and message.received_at < rule.expires_at
         ):
             return rule
-    for rule in rules:
-        if rule.issued_seq > message.seq:
-            return rule
-    return None
+    return _sweep_after(rules, message.seq)

@@ -20,26 +20,33 @@ to what the log holds. Tests check that both agree.
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Literal, TypeAlias
 
 import attrs
 
+from kumo.model import retry
 from kumo.model.criteria import Criteria
 from kumo.model.events import (
+    Attempt,
     BounceCancelled,
     Bounced,
     BounceExpired,
     BounceIssued,
     Committed,
+    Delivered,
     Event,
+    Expired,
     Message,
     MessageReceived,
-    Rejected,
+    PermanentlyFailed,
+    TransientlyFailed,
     issue_time,
 )
 from kumo.model.message_queue import MessageQueue
 from kumo.model.queue_name import QueueName
+from kumo.model.smtp_reply import Disposition
 
 RuleEnd: TypeAlias = Literal["cancelled", "replaced", "expired"]
 
@@ -152,7 +159,7 @@ class RuleBook:
                     rule.bounced[event.queue] = rule.bounced.get(event.queue, 0) + count
                     rule.total_bounced += count
                 return rule
-            case MessageReceived() | Rejected():
+            case _:
                 return None
 
     def _issue(self, event: BounceIssued, committed: Committed) -> Rule:
@@ -262,8 +269,30 @@ class SweepRule:
         )
 
 
+@attrs.frozen(slots=True)
+class Retry:
+    """Where a message stands in its retries, as the log tells it (only for messages
+    that have failed at least once)."""
+
+    due: int | None
+    """When it is due again (None: at once)."""
+    attempts: int
+    """Attempts made so far."""
+    anchor_seq: int
+    """Seq of its last ``TransientlyFailed``: rules issued before it no longer owe it a
+    sweep (it was in flight when they swept, or they were not yet issued)."""
+
+
+@attrs.frozen(slots=True)
+class Handed:
+    """A message a queue handed to its destination, with its attempts so far."""
+
+    message: Message
+    attempts: int
+
+
 class QueueState:
-    """One scheduled queue as its actor holds it, deciding bounces in log order.
+    """One scheduled queue as its actor holds it, deciding in log order.
 
     Feed it the events that concern its queue, in log order; each call returns the
     ``Bounced`` event it decided on, if any, and has already removed those messages.
@@ -272,16 +301,37 @@ class QueueState:
     many messages of a sweep and leaves the rest owed (:attr:`sweeping`); the owner takes
     them with :meth:`continue_sweep` before it applies the next event. The messages are
     the sweeping rule's either way: the decision was made when its event was applied.
+
+    The mail path (docs/mail-path.md): a message is in one of three places here.
+    :attr:`messages` holds those due now, in order; :attr:`waiting` those due later
+    (after a transient failure); :attr:`handed` those handed to a destination (ready
+    or in flight), which only their outcome (:meth:`attempted`) or :meth:`take_back`
+    returns. A sweep takes the first two; the owner takes back from its ready queue
+    what no connection holds before it applies a rule (a message in flight is not
+    interrupted, and a transient failure under a live rule bounces it then).
     """
 
-    __slots__ = ("messages", "name", "parsed", "rules", "sweeping")
+    __slots__ = (
+        "_timeline",
+        "attempts",
+        "handed",
+        "messages",
+        "name",
+        "parsed",
+        "rules",
+        "sweeping",
+        "waiting",
+    )
 
     def __init__(
         self,
         name: str,
         messages: MessageQueue | None = None,
         rules: Iterable[SweepRule] = (),
+        schedule: Mapping[str, Retry] | None = None,
     ) -> None:
+        """``schedule``: the retries of the messages that have failed (message id ->
+        :class:`Retry`), from the fold of the log; those due later start waiting."""
         self.name = name
         self.parsed = QueueName.parse(name)
         self.messages = messages if messages is not None else MessageQueue()
@@ -289,6 +339,40 @@ class QueueState:
         """Live rules that match this queue, oldest first."""
         self.sweeping: SweepRule | None = None
         """The rule whose sweep still owes messages (only with a ``limit``)."""
+        self.waiting: dict[str, tuple[Message, int]] = {}
+        """Message id -> (message, due time) of those due later."""
+        self._timeline: list[tuple[int, str]] = []
+        """(due, id) of :attr:`waiting`, a heap; entries no longer waiting are skipped."""
+        self.attempts: dict[str, int] = {}
+        """Message id -> attempts made, for those held that have failed before."""
+        self.handed: dict[str, Handed] = {}
+        """Message id -> the messages handed to a destination, awaiting their outcome."""
+        if schedule:
+            later: list[Message] = []
+            for message in self.messages:
+                entry = schedule.get(message.id)
+                if entry is None:
+                    continue
+                self.attempts[message.id] = entry.attempts
+                if entry.due is not None:
+                    later.append(message)
+                    self._wait(message, entry.due)
+            if later:
+                self.messages.remove({message.id for message in later})
+
+    def __len__(self) -> int:
+        """Every message the queue holds, wherever it is."""
+        return len(self.messages) + len(self.waiting) + len(self.handed)
+
+    def find(self, message_id: str) -> Message | None:
+        """The held message ``message_id``, wherever it is here."""
+        waiting = self.waiting.get(message_id)
+        if waiting is not None:
+            return waiting[0]
+        handed = self.handed.get(message_id)
+        if handed is not None:
+            return handed.message
+        return self.messages.find(message_id)
 
     def concerns(self, event: Event) -> bool:
         """Whether ``event`` changes this queue (used when catching up from the log)."""
@@ -299,7 +383,7 @@ class QueueState:
                 return event.criteria.matches(self.parsed)
             case BounceCancelled() | BounceExpired():
                 return any(rule.id == event.rule_id for rule in self.rules)
-            case Bounced() | Rejected():
+            case _:
                 return False
 
     def apply(self, committed: Committed, *, limit: int | None = None) -> Bounced | None:
@@ -319,7 +403,7 @@ class QueueState:
             case BounceCancelled() | BounceExpired():
                 self.rules = [rule for rule in self.rules if rule.id != event.rule_id]
                 return None
-            case Bounced() | Rejected():
+            case _:
                 return None
 
     def settle(self, events: Sequence[Committed]) -> bool:
@@ -355,10 +439,16 @@ class QueueState:
         return None
 
     def issue(self, rule: SweepRule, *, limit: int | None = None) -> Bounced | None:
-        """A matching rule is issued: it replaces its equal and sweeps the queue."""
+        """A matching rule is issued: it replaces its equal and sweeps the queue (the
+        messages due now and those waiting; not those handed to a destination)."""
         if not rule.issued_expired:
             self.rules = [r for r in self.rules if r.criteria != rule.criteria]
             self.rules.append(rule)
+        if self.waiting:
+            for message, _ in self.waiting.values():
+                self.messages.append(message)
+            self.waiting.clear()
+            self._timeline.clear()
         if not self.messages:
             return None
         self.sweeping = rule
@@ -372,7 +462,112 @@ class QueueState:
         taken = self.messages.take_all() if limit is None else self.messages.take(limit)
         if not self.messages:
             self.sweeping = None
+        if self.attempts:
+            for message_id in taken.ids():
+                self.attempts.pop(message_id, None)
         return Bounced(rule_id=rule.id, queue=self.name, messages=taken)
+
+    # -- the mail path -----------------------------------------------------------------
+
+    def _wait(self, message: Message, due: int) -> None:
+        self.waiting[message.id] = (message, due)
+        heapq.heappush(self._timeline, (due, message.id))
+
+    def next_due(self) -> int | None:
+        """When the earliest waiting message is due, if one waits."""
+        timeline, waiting = self._timeline, self.waiting
+        while timeline:
+            due, message_id = timeline[0]
+            entry = waiting.get(message_id)
+            if entry is not None and entry[1] == due:
+                return due
+            heapq.heappop(timeline)
+        return None
+
+    def wake(self, now: int) -> int:
+        """Move the waiting messages due at ``now`` to those due now; return how many."""
+        moved = 0
+        timeline, waiting = self._timeline, self.waiting
+        while timeline and timeline[0][0] <= now:
+            due, message_id = heapq.heappop(timeline)
+            entry = waiting.get(message_id)
+            if entry is not None and entry[1] == due:
+                del waiting[message_id]
+                self.messages.append(entry[0])
+                moved += 1
+        return moved
+
+    def hand(self, limit: int) -> list[Handed]:
+        """Hand up to ``limit`` messages due now to the destination, oldest first."""
+        if limit <= 0 or not self.messages or self.sweeping is not None:
+            return []
+        handed = [
+            Handed(message, self.attempts.get(message.id, 0))
+            for message in self.messages.take(limit)
+        ]
+        for entry in handed:
+            self.handed[entry.message.id] = entry
+        return handed
+
+    def take_back(self, message_ids: Iterable[str]) -> None:
+        """Messages handed out and returned unattempted (withdrawn from the ready queue
+        before a rule applies, or when delivery stops): due now again, in order."""
+        for message_id in message_ids:
+            entry = self.handed.pop(message_id, None)
+            if entry is not None:
+                self.messages.append(entry.message)
+
+    def attempted(
+        self,
+        message_id: str,
+        disposition: Disposition,
+        attempt: Attempt,
+        *,
+        now: int,
+        policy: retry.RetryPolicy,
+        uniform: float,
+    ) -> list[Event]:
+        """A handed message's attempt ended: the events that record what follows.
+
+        Delivery and bounce take it out; a transient failure reschedules it by
+        ``policy`` (``uniform`` the draw of its jitter), unless it would be due past
+        ``max_age`` (it expires) or a rule that matches the queue is live at ``now``
+        (that rule bounces it, the attempt recorded first). Empty if it was not handed.
+        """
+        entry = self.handed.pop(message_id, None)
+        if entry is None:
+            return []
+        message, attempts = entry.message, entry.attempts
+        if disposition is Disposition.DELIVERY:
+            self.attempts.pop(message_id, None)
+            return [Delivered(self.name, message, attempts, attempt)]
+        if disposition is Disposition.BOUNCE:
+            self.attempts.pop(message_id, None)
+            return [PermanentlyFailed(self.name, message, attempts, attempt)]
+        failures = attempts + 1
+        outcome = retry.reschedule_after_failure(
+            policy,
+            created_at=message.received_at,
+            failed_at=now,
+            failures=failures,
+            uniform=uniform,
+        )
+        if isinstance(outcome, retry.Expired):
+            self.attempts.pop(message_id, None)
+            return [
+                TransientlyFailed(self.name, message, attempts, attempt, None),
+                Expired(self.name, message, failures, outcome.content, outcome.site),
+            ]
+        rule = counting_rule(self.rules, now)
+        if rule is not None:
+            self.attempts.pop(message_id, None)
+            return [
+                TransientlyFailed(self.name, message, attempts, attempt, None),
+                Bounced(rule_id=rule.id, queue=self.name, messages=(message,)),
+            ]
+        self.attempts[message_id] = failures
+        self._wait(message, outcome.due)
+        return [TransientlyFailed(self.name, message, attempts, attempt, outcome.due)]
 
 
 def counting_rule(rules: Sequence[SweepRule], received_at: int) -> SweepRule | None:
@@ -390,19 +585,41 @@ def counting_rule(rules: Sequence[SweepRule], received_at: int) -> SweepRule | N
 class State:
     """The fold of the whole log: rules, counters, gauges and (optionally) messages.
 
-    With ``keep_messages`` the fold holds every queued message (a restart, an audit,
-    a replay check); without it, it is the running engine's projection, whose queues
-    live in the actors.
+    With ``keep_messages`` the fold holds every queued message and the retries of
+    those that failed (a restart, an audit, a replay check); without it, it is the
+    running engine's projection, whose queues live in the actors.
     """
 
     def __init__(self, *, keep_messages: bool = True) -> None:
         self.rules = RuleBook()
         self.queue_counts: dict[str, int] = {}
-        self.queues: dict[str, MessageQueue] | None = {} if keep_messages else None
+        self._queues: dict[str, MessageQueue] | None = {} if keep_messages else None
+        self._leaving: dict[str, set[str]] = {}
+        """Queue -> ids that left it one by one, not yet taken out of its columns (one
+        removal per queue when the queues are next read, not one per message)."""
+        self.schedule: dict[str, Retry] = {}
+        """Message id -> its retries, for the queued messages that have failed (only
+        with ``keep_messages``)."""
         self.received_total = 0
         self.bounced_total = 0
+        self.delivered_total = 0
+        self.failed_total = 0
+        """Messages bounced by their destination (or refused before a connection)."""
+        self.expired_total = 0
         self.last_seq = 0
         self.last_time = 0
+
+    @property
+    def queues(self) -> dict[str, MessageQueue] | None:
+        """Queue name -> its messages (non-empty queues), or None without messages."""
+        if self._leaving:
+            self._take_out_leaving()
+        return self._queues
+
+    @queues.setter
+    def queues(self, queues: dict[str, MessageQueue] | None) -> None:
+        self._queues = queues
+        self._leaving.clear()
 
     def apply(self, committed: Committed) -> None:
         """Fold one committed event. Events must come in log order, each once."""
@@ -422,18 +639,36 @@ class State:
         self.last_time = committed.time
         match event:
             case Bounced():
-                count = len(event.messages)
-                self.bounced_total += count
-                remaining = self.queue_counts.get(event.queue, 0) - count
-                if remaining > 0:
-                    self.queue_counts[event.queue] = remaining
-                else:
-                    self.queue_counts.pop(event.queue, None)
-                if self.queues is not None:
+                self.bounced_total += len(event.messages)
+                self._count_out(event.queue, len(event.messages))
+                if self._queues is not None:
                     self._remove(event)
                 self.rules.apply(committed)
+            case Delivered() | PermanentlyFailed() | Expired():
+                if type(event) is Delivered:
+                    self.delivered_total += 1
+                elif type(event) is Expired:
+                    self.expired_total += 1
+                else:
+                    self.failed_total += 1
+                self._count_out(event.queue, 1)
+                if self._queues is not None:
+                    self._leaving.setdefault(event.queue, set()).add(event.message.id)
+                    self.schedule.pop(event.message.id, None)
+            case TransientlyFailed():
+                if self._queues is not None:
+                    self.schedule[event.message.id] = Retry(
+                        event.due, event.attempts + 1, committed.seq
+                    )
             case _:
                 self.rules.apply(committed)
+
+    def _count_out(self, queue: str, count: int) -> None:
+        remaining = self.queue_counts.get(queue, 0) - count
+        if remaining > 0:
+            self.queue_counts[queue] = remaining
+        else:
+            self.queue_counts.pop(queue, None)
 
     def apply_received(
         self,
@@ -454,21 +689,36 @@ class State:
         self.received_total += 1
         counts = self.queue_counts
         counts[queue] = counts.get(queue, 0) + 1
-        if self.queues is not None:
-            queued = self.queues.get(queue)
+        if self._queues is not None:
+            queued = self._queues.get(queue)
             if queued is None:
-                queued = self.queues[queue] = MessageQueue()
+                queued = self._queues[queue] = MessageQueue()
             queued.add(message_id, sender, recipient, size, time, seq)
 
     def _remove(self, event: Bounced) -> None:
-        assert self.queues is not None
-        queued = self.queues.get(event.queue)
-        if queued is not None:
-            queued.remove(set(event.messages.ids()))
-            if not queued:
-                del self.queues[event.queue]
+        ids = event.messages.ids()
+        self._leaving.setdefault(event.queue, set()).update(ids)
+        if self.schedule:
+            for message_id in ids:
+                self.schedule.pop(message_id, None)
+
+    def _take_out_leaving(self) -> None:
+        queues = self._queues
+        assert queues is not None
+        for name, ids in self._leaving.items():
+            queued = queues.get(name)
+            if queued is not None:
+                queued.remove(ids)
+                if not queued:
+                    del queues[name]
+        self._leaving.clear()
 
     def detach_queues(self) -> dict[str, MessageQueue]:
         """Hand the queued messages over (to the actors); the fold keeps only counts."""
         queues, self.queues = self.queues or {}, None
         return queues
+
+    @property
+    def departed_total(self) -> int:
+        """Messages that left by the mail path: delivered, failed or expired."""
+        return self.delivered_total + self.failed_total + self.expired_total

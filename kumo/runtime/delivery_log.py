@@ -28,8 +28,22 @@ from pathlib import Path
 import attrs
 import trio
 
-from kumo.model.events import Bounced, Committed, MessageReceived, Rejected
-from kumo.model.log_record import admin_bounce_lines, reception_lines, rejection_line
+from kumo.model.events import (
+    Bounced,
+    Committed,
+    Delivered,
+    Expired,
+    MessageReceived,
+    PermanentlyFailed,
+    Rejected,
+    TransientlyFailed,
+)
+from kumo.model.log_record import (
+    admin_bounce_lines,
+    outcome_line,
+    reception_lines,
+    rejection_line,
+)
 from kumo.model.settings import EngineSettings
 from kumo.model.state import RuleBook
 from kumo.model.statistics import counter, gauge, info
@@ -106,6 +120,8 @@ def encode_records(
                 )
         elif isinstance(event, Rejected):
             lines.append(rejection_line(event, rejected_at=committed.time, node_id=node_id))
+        elif isinstance(event, Delivered | PermanentlyFailed | TransientlyFailed | Expired):
+            lines.append(outcome_line(event, at=committed.time, node_id=node_id))
     if received:
         flush_received()
     return lines

@@ -9,7 +9,8 @@ Tables:
   chain and this row, so that an edited, removed or reordered row is detectable.
 - ``spool(seq, body)``: message contents, keyed by the ``seq`` of their
   ``MessageReceived``, written in the same transaction as that event and deleted in the
-  transaction of the ``Bounced`` event that removes the message.
+  transaction of the event that removes the message (``Bounced``, ``Delivered``,
+  ``PermanentlyFailed``, ``Expired``).
 - ``meta(key, value)``: the node id and other small facts.
 """
 
@@ -24,6 +25,7 @@ from time import sleep
 import orjson
 
 from kumo.model.events import (
+    DEPARTURES,
     Bounced,
     Committed,
     Event,
@@ -210,6 +212,8 @@ class SqliteEventStore:
                 spooled.append((seq, bodies.get(index, b"")))
             elif isinstance(event, Bounced):
                 unspooled.extend(event.messages.seqs())
+            elif isinstance(event, DEPARTURES):
+                unspooled.append(event.message.seq)
         db = self._db
         # WAL with synchronous=NORMAL: the commit appends to the WAL without an fsync;
         # the next FULL commit's fsync of the WAL (or a checkpoint) makes it durable.

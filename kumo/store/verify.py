@@ -253,8 +253,8 @@ def check_spool(
     ``MessageReceived``), and no content may be left for a message that is gone, or
     at a seq that received none. Returns the number of contents and the violations.
     """
-    bounced = invariants.bounced
-    queued = ((r.seq, mid) for mid, r in invariants.received.items() if mid not in bounced)
+    gone = invariants.bounced.keys() | invariants.departed.keys()
+    queued = ((r.seq, mid) for mid, r in invariants.received.items() if mid not in gone)
     violations: list[Violation] = []
     missing = 0
     left: list[int] = []
@@ -292,10 +292,10 @@ def check_spool(
             mid = messages.get(seq)
             if mid is None:
                 problem = f"content spooled at seq {seq}, which received no message"
-            elif mid in bounced:
+            elif mid in gone:
                 problem = (
-                    f"content of message {mid} is still spooled, but the message was "
-                    f"bounced at seq {bounced[mid][0]}"
+                    f"content of message {mid} is still spooled, but the message left: "
+                    f"{invariants.gone(mid)}"
                 )
             else:
                 problem = f"content of message {mid} is spooled twice"

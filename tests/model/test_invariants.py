@@ -207,9 +207,11 @@ def test_duplicate_unknown_suppressed_and_wrong_records() -> None:
     check.record("Reception", "zz", "a.com", "", "unknown")
     check.record("AdminBounce", M3, "b.com", CONTENT, "suppressed")
     check.record("AdminBounce", "m1x", "a.com", CONTENT, "never bounced")
-    check.record("Delivery", M1, "a.com", "", "other kinds are not ours to judge")
+    check.record("Delivery", M1, "a.com", "", "no delivery")
+    check.record("Feedback", M1, "a.com", "", "other kinds are not ours to judge")
     found = {(v.where, v.problem) for v in check.finish()}
     assert found == {
+        ("no delivery", f"Delivery for {M1}, but the log holds only 0 mail-path event(s)"),
         ("dup", f"duplicate Reception record for {M1}"),
         ("unknown", "Reception for zz, which the log never received"),
         ("suppressed", f"AdminBounce for {M3}, whose rule quiet suppresses logging"),

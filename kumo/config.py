@@ -657,6 +657,10 @@ class Config:
     tokens: Mapping[str, str] = attrs.field(factory=dict)
     """Token name -> SHA-256 token hash."""
     body_limit: int = attrs.field(default=DEFAULT_BODY_LIMIT, validator=_check_body_limit)
+    deliver: bool = True
+    """Deliver due messages over SMTP (``[queue]``, ``[egress]``, ``[domains]``, ``[dns]``);
+    ``false`` holds every message in its scheduled queue until a rule bounces it (a
+    staging node, a test)."""
     node_id: str | None = None
     smtp_listener: SmtpListenerSettings = attrs.field(factory=SmtpListenerSettings)
     queue: QueueSettings = attrs.field(factory=QueueSettings)
@@ -727,6 +731,7 @@ def _evolve(
 _KEYS: Final = (
     "listen",
     "data_dir",
+    "deliver",
     "node_id",
     "body_limit",
     "trusted_hosts",
@@ -794,6 +799,10 @@ def parse_config(text: str, *, base_dir: Path) -> Config:
         values["node_id"] = _node_id(data["node_id"])
     if "body_limit" in data:
         values["body_limit"] = data["body_limit"]
+    if "deliver" in data:
+        if type(data["deliver"]) is not bool:
+            raise ConfigError(f"deliver must be true or false, got {data['deliver']!r}")
+        values["deliver"] = data["deliver"]
     if "trusted_hosts" in data:
         values["trusted_hosts"] = _networks(data["trusted_hosts"])
     for key in ("users", "tokens"):

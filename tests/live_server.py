@@ -96,13 +96,15 @@ def start_server(
     host: str = "127.0.0.1",
     extra_args: tuple[str, ...] = (),
     smtp: bool = True,
+    deliver: bool = False,
 ) -> ServerProcess:
     """Start ``kumo serve`` on ``host`` port 0 with ``data_dir``; return once it serves.
 
     ``config`` is TOML text, written next to ``data_dir`` (as ``<data_dir>.toml``). The
     SMTP listener listens on ``host`` port 0 too (``--smtp-listen``, which wins over the
     config), or not at all with ``smtp=False``: never on the fixed default port, which
-    tests running side by side would fight over.
+    tests running side by side would fight over. It delivers nothing unless
+    ``deliver`` (``--no-deliver``): a test's queues stay as it filled them.
     """
     data_dir.parent.mkdir(parents=True, exist_ok=True)
     bracketed = f"[{host}]" if ":" in host else host
@@ -116,6 +118,7 @@ def start_server(
         str(data_dir),
         "--smtp-listen",
         f"{bracketed}:0" if smtp else "off",
+        "--deliver" if deliver else "--no-deliver",
         *extra_args,
     ]
     if config is not None:

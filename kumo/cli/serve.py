@@ -41,8 +41,11 @@ from kumo.model.inspection import QueueConfig
 from kumo.model.queue_name import QueueName
 from kumo.model.settings import EngineSettings
 from kumo.model.smtp_server import SmtpServerSettings
+from kumo.runtime.delivery import DestinationSettings, MailSettings
 from kumo.runtime.delivery_repair import RepairError
 from kumo.runtime.engine import DataDirectoryLockedError, Engine, open_engine
+from kumo.runtime.mx import MxResolver
+from kumo.runtime.smtp_connection import ConnectionSettings, client_tls_context
 from kumo.runtime.smtp_listener import ListenerSettings, SmtpListener, server_tls_context
 from kumo.store.event_log import LogCorruptError, StoreDamagedError
 
@@ -135,6 +138,38 @@ def queue_configs(config: Config) -> Callable[[str], QueueConfig]:
         return QueueConfig(settings.retry_policy, settings.mx_list)
 
     return of
+
+
+def mail_settings(config: Config) -> MailSettings | None:
+    """How ``kumo serve`` delivers under ``config``: each destination's settings (made
+    once per domain, the TLS contexts once for all), and the MX resolver of ``[dns]``;
+    None with ``deliver = false``."""
+    if not config.deliver:
+        return None
+    verifying = client_tls_context(verify=True)
+    insecure = client_tls_context(verify=False)
+    made: dict[str, DestinationSettings] = {}
+
+    def destination(domain: str) -> DestinationSettings:
+        settings = made.get(domain)
+        if settings is None:
+            queue, egress = config.queue_settings(domain), config.egress_settings(domain)
+            settings = made[domain] = DestinationSettings(
+                retry=queue.retry_policy,
+                mx_list=queue.mx_list,
+                connection=ConnectionSettings(
+                    egress.client_settings,
+                    smtp_port=egress.smtp_port,
+                    verifying_tls=verifying,
+                    insecure_tls=insecure,
+                ),
+                connection_limit=egress.connection_limit,
+                max_ready=egress.max_ready,
+                prohibited_hosts=egress.prohibited_hosts,
+            )
+        return settings
+
+    return MailSettings(destination, MxResolver(config.dns.servers))
 
 
 def smtp_listener_settings(config: Config) -> ListenerSettings | None:
@@ -264,7 +299,10 @@ async def _serve(
 ) -> None:
     async with (
         open_engine(
-            config.data_dir, node_id=config.node_id, settings=config.log.engine_settings()
+            config.data_dir,
+            node_id=config.node_id,
+            settings=config.log.engine_settings(),
+            mail=mail_settings(config),
         ) as engine,
         _smtp_listening(config, engine, shutdown.requested, on_smtp_listening),
     ):
@@ -309,10 +347,13 @@ def resolve_config(
     data_dir: Path | None,
     config_path: Path | None,
     smtp_listen: str | None = None,
+    deliver: bool | None = None,
 ) -> Config:
     """The configuration to serve: options given on the command line win over the
     config file, which wins over the defaults. Raises ConfigError."""
     config = load_config(config_path) if config_path is not None else Config()
+    if deliver is not None:
+        config = attrs.evolve(config, deliver=deliver)
     if listen is not None:
         config = attrs.evolve(config, listen=listen)
     if data_dir is not None:
@@ -374,14 +415,28 @@ def tune_for_serving() -> None:
     help="Address of the SMTP listener; port 0 picks a free port; off: none.  "
     "[default: 127.0.0.1:2025]",
 )
+@click.option(
+    "--deliver/--no-deliver",
+    default=None,
+    help="Deliver due messages over SMTP, or hold them all until bounced.  "
+    "[default: the config's deliver, true]",
+)
 def serve(
-    listen: str | None, data_dir: Path | None, config_path: Path | None, smtp_listen: str | None
+    listen: str | None,
+    data_dir: Path | None,
+    config_path: Path | None,
+    smtp_listen: str | None,
+    deliver: bool | None,
 ) -> None:
-    """Run the engine, the KumoMTA-compatible HTTP API and the SMTP listener until SIGINT
-    or SIGTERM."""
+    """Run the engine, the KumoMTA-compatible HTTP API, the SMTP listener and the
+    delivery of due mail until SIGINT or SIGTERM."""
     try:
         config = resolve_config(
-            listen=listen, data_dir=data_dir, config_path=config_path, smtp_listen=smtp_listen
+            listen=listen,
+            data_dir=data_dir,
+            config_path=config_path,
+            smtp_listen=smtp_listen,
+            deliver=deliver,
         )
         smtp_listener_settings(config)  # refuse what the listener cannot run with, now
     except ConfigError as exc:

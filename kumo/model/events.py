@@ -234,8 +234,8 @@ def _enhanced(
 
 
 def _attempt_code(_: object, attribute: attrs.Attribute[int], value: int) -> None:
-    if type(value) is not int or not 200 <= value <= 599:
-        raise ValueError(f"{attribute.name} must be a reply code from 200 to 599, got {value!r}")
+    if type(value) is not int or not 0 <= value <= 999:
+        raise ValueError(f"{attribute.name} must be a reply code from 0 to 999, got {value!r}")
 
 
 @attrs.frozen(slots=True)

@@ -34,6 +34,7 @@ from typing import Final
 import attrs
 
 from kumo.model.cidr_set import CidrSet, IPAddress, rust_ip_text
+from kumo.model.message import Message
 from kumo.model.retry import f32
 
 __all__ = [
@@ -42,6 +43,8 @@ __all__ = [
     "SMTP_CLIENT",
     "UNSPECIFIED_SOURCE",
     "PlanFailure",
+    "ReadyEntry",
+    "ReadyQueue",
     "ResolvedAddress",
     "check_plan",
     "connection_plan",
@@ -263,3 +266,70 @@ def ideal_connection_count(ready_count: int, connection_limit: int) -> int:
     fraction = min(f32(1.0 - f32(math.exp(exponent))), count)
     goal = f32(f32(float(connection_limit)) * fraction)
     return min(math.ceil(goal), ready_count, connection_limit)
+
+
+@attrs.frozen(slots=True)
+class ReadyEntry:
+    """A message waiting in a ready queue, with the scheduled queue that handed it over
+    (and still owns it) and its attempts so far."""
+
+    queue: str
+    message: Message
+    attempts: int
+
+
+class ReadyQueue:
+    """The messages due for one destination, oldest first, at most ``max_ready``.
+
+    Scheduled queues :meth:`push` what is due while there is :meth:`room`; connections
+    :meth:`pop` the next message. A scheduled queue :meth:`withdraw`\\ s what it handed
+    and no connection took yet before a rule applies to it, so that a rule's sweep
+    reaches ready messages too; a connection that could not use a message it took gives
+    it back at the front (:meth:`push_front`).
+    """
+
+    __slots__ = ("_entries", "max_ready", "name")
+
+    def __init__(self, name: str, max_ready: int) -> None:
+        if max_ready < 1:
+            raise ValueError(f"max_ready must be at least 1, got {max_ready}")
+        self.name = name
+        self.max_ready = max_ready
+        self._entries: dict[str, ReadyEntry] = {}
+        """Message id -> entry, in the order pushed (dicts keep it)."""
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def room(self) -> int:
+        """How many more messages may be pushed now."""
+        return max(self.max_ready - len(self._entries), 0)
+
+    def push(self, entries: Iterable[ReadyEntry]) -> None:
+        """Add ``entries`` at the back (the caller keeps within :meth:`room`)."""
+        for entry in entries:
+            self._entries[entry.message.id] = entry
+
+    def push_front(self, entry: ReadyEntry) -> None:
+        """Give back an entry that was popped and not attempted: it is next again."""
+        self._entries = {entry.message.id: entry, **self._entries}
+
+    def pop(self) -> ReadyEntry | None:
+        """The oldest entry, taken out; None when the queue is empty."""
+        if not self._entries:
+            return None
+        message_id = next(iter(self._entries))
+        return self._entries.pop(message_id)
+
+    def withdraw(self, queue: str) -> list[str]:
+        """Take out every entry scheduled queue ``queue`` handed over; their ids, in order."""
+        ids = [mid for mid, entry in self._entries.items() if entry.queue == queue]
+        for message_id in ids:
+            del self._entries[message_id]
+        return ids
+
+    def drain(self) -> list[ReadyEntry]:
+        """Take out every entry (delivery stops), in order."""
+        entries = list(self._entries.values())
+        self._entries.clear()
+        return entries

@@ -364,6 +364,10 @@ class QueueState:
         """Every message the queue holds, wherever it is."""
         return len(self.messages) + len(self.waiting) + len(self.handed)
 
+    def held_ids(self) -> list[str]:
+        """The ids of every message held: due now (in order), waiting, handed."""
+        return [*self.messages.ids(), *self.waiting, *self.handed]
+
     def find(self, message_id: str) -> Message | None:
         """The held message ``message_id``, wherever it is here."""
         waiting = self.waiting.get(message_id)

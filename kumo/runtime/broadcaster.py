@@ -20,7 +20,7 @@ from kumo.model.settings import EngineSettings
 from kumo.model.state import QueueState
 from kumo.model.statistics import counter, gauge
 from kumo.runtime.log_writer import LogWriter
-from kumo.runtime.queue_actor import MissedDeliveries, QueueActor
+from kumo.runtime.queue_actor import MailPath, MissedDeliveries, QueueActor
 from kumo.runtime.supervisor import QueueSupervisor
 from kumo.runtime.watermark import Watermark
 
@@ -47,8 +47,11 @@ class Broadcaster:
         settings: EngineSettings,
         *,
         position: int,
+        mail: MailPath | None = None,
     ) -> None:
+        """``mail``: how the actors deliver (None: they hold their messages)."""
         self._log = log
+        self._mail = mail
         self._router = router
         self._supervisor = supervisor
         self._settings = settings
@@ -63,7 +66,9 @@ class Broadcaster:
 
     async def open_queue(self, state: QueueState) -> None:
         """Start the actor of a queue known at start (the router already opened it)."""
-        await self._supervisor.start(QueueActor(state, self._log, self._missed, self._settings))
+        await self._supervisor.start(
+            QueueActor(state, self._log, self._missed, self._settings, self._mail)
+        )
 
     def assigned(self, queue: str) -> int:
         """The last seq the broadcaster made ``queue``'s actor responsible for."""

@@ -7,6 +7,8 @@ this order)::
     ├── LogWriter.run              the single writer of the event log
     ├── QueueSupervisor.run        owns the actors' nursery
     │   └── QueueActor.run ×N      one per scheduled queue
+    ├── Deliveries.run             the mail path's dispatchers (with ``mail`` only)
+    │   └── Dispatcher.run ×R      one per ready queue, its SMTP connections
     ├── followers                  a nursery cancelled last at shutdown
     │   ├── DeliveryLogWriter.run  Reception / AdminBounce JSON lines, checkpointed
     │   ├── RuleExpiry.run         appends BounceExpired when a rule's time is up
@@ -28,7 +30,7 @@ import gc
 import itertools
 import logging
 import uuid
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -45,6 +47,7 @@ from kumo.model.events import (
 )
 from kumo.model.inspection import InspectedMessage, InspectedQueue
 from kumo.model.message import Message
+from kumo.model.ready_queue import ReadyEntry
 from kumo.model.recovery import Recovery, recover
 from kumo.model.requests import BounceRequest, NewMessage
 from kumo.model.router import Router
@@ -54,12 +57,14 @@ from kumo.model.statistics import counter, gauge, record
 from kumo.runtime.blocking import in_thread, inline
 from kumo.runtime.broadcaster import Broadcaster, BroadcasterStatistics
 from kumo.runtime.clock import EngineClock
+from kumo.runtime.delivery import Deliveries, MailSettings
 from kumo.runtime.delivery_log import DeliveryLogStatistics, DeliveryLogWriter
 from kumo.runtime.log_writer import LogStatistics, LogWriter
 from kumo.runtime.projection import Projection
-from kumo.runtime.queue_actor import ActorStatistics, QueueActor
+from kumo.runtime.queue_actor import ActorStatistics, MailPath, QueueActor
 from kumo.runtime.refusal import RefusedError
 from kumo.runtime.rule_expiry import RuleExpiry
+from kumo.runtime.smtp_connection import MessageOutcome
 from kumo.runtime.snapshotter import SnapshotStatistics, Snapshotter
 from kumo.runtime.supervisor import QueueSupervisor
 from kumo.runtime.wal_checkpointer import CheckpointStatistics, WalCheckpointer
@@ -88,6 +93,11 @@ class EngineStatistics:
 
     received_total: int = counter("Messages received since the log began.")
     bounced_total: int = counter("Messages bounced by an administrator.")
+    delivered_total: int = counter("Messages delivered since the log began.")
+    failed_total: int = counter(
+        "Messages refused for good by their destination (or before any connection)."
+    )
+    expired_total: int = counter("Messages that expired unsent since the log began.")
     queued_total: int = gauge("Messages waiting, all scheduled queues.")
     queues: int = gauge("Non-empty scheduled queues.")
     live_rules: int = gauge("Bounce rules that GET would list.")
@@ -112,6 +122,8 @@ class EngineParts:
     expiry: RuleExpiry
     checkpointer: WalCheckpointer
     snapshotter: Snapshotter
+    deliveries: Deliveries | None
+    """The mail path; None when the engine holds every message (no ``mail``)."""
 
 
 class Engine:
@@ -226,9 +238,7 @@ class Engine:
     def queued_messages(self) -> dict[str, list[str]]:
         """Message ids held by each actor (tests and audits; a copy)."""
         return {
-            actor.name: [message.id for message in actor.state.messages]
-            for actor in self._parts.supervisor
-            if actor.state.messages
+            actor.name: actor.state.held_ids() for actor in self._parts.supervisor if actor.state
         }
 
     async def inspect_message(self, message_id: str, *, want_body: bool) -> InspectedMessage | None:
@@ -244,7 +254,7 @@ class Engine:
         await self._parts.broadcaster.position.wait_for(self._log.last_seq)
         for queue in await self._parts.projection.locate(message_id):
             actor = await self._settled_actor(queue)
-            found = None if actor is None else actor.state.messages.find(message_id)
+            found = None if actor is None else actor.state.find(message_id)
             if found is not None:
                 inspected = await self._inspected(queue, [found], want_body=want_body)
                 return inspected[0] if inspected else None
@@ -305,6 +315,9 @@ class Engine:
         return EngineStatistics(
             received_total=projection.received_total,
             bounced_total=projection.bounced_total,
+            delivered_total=projection.delivered_total,
+            failed_total=projection.failed_total,
+            expired_total=projection.expired_total,
             queued_total=sum(projection.queue_counts.values()),
             queues=len(projection.queue_counts),
             live_rules=len(self.list_bounces()),
@@ -339,11 +352,21 @@ class Engine:
                 assigned = broadcaster.assigned(actor.name)
                 if actor.processed.value < assigned:
                     await actor.processed.wait_for(assigned)
+                if actor.settled.value < actor.reported:
+                    await actor.settled.wait_for(actor.reported)
             while log.background_pending():
                 await log.wait_beyond(log.last_seq)
             await self._parts.delivery.position.wait_for(target)
             if log.last_seq == target and not log.background_pending():
                 return
+
+    async def wait_until(self, condition: Callable[[], bool]) -> None:
+        """Return once ``condition()`` holds, asking it now and after each commit (a
+        condition on the projection, the statistics, or the actors' state, which
+        every decision changes before the commit that logs it)."""
+        while not condition():
+            await self._parts.projection.changed.park()
+        await trio.lowlevel.checkpoint()
 
     async def wait_snapshot(self, seq: int) -> None:
         """Return once a snapshot of the state at ``seq`` or later is written."""
@@ -374,8 +397,15 @@ class Engine:
         ``seconds`` and until :meth:`cut_shutdown_short`."""
         wait = self._shutdown_wait
         wait.deadline = min(wait.deadline, trio.current_time() + seconds)
+        deliveries = self._parts.deliveries
         with wait:
+            if deliveries is not None:
+                # Connections finish the transaction under way, and their outcomes
+                # are logged, before the rest of the engine stops.
+                await deliveries.stop()
             await self.wait_idle()
+        if deliveries is not None:
+            deliveries.close()
 
     def _check_open(self) -> None:
         if self._closed:
@@ -390,6 +420,7 @@ async def open_engine(
     node_id: str | None = None,
     settings: EngineSettings | None = None,
     threads: bool = True,
+    mail: MailSettings | None = None,
 ) -> AsyncIterator[Engine]:
     """Open (or create) ``data_dir``, replay its log, and run the engine inside.
 
@@ -401,6 +432,9 @@ async def open_engine(
     the actors and followers get up to ``settings.shutdown_deadline`` seconds to finish
     (less if :meth:`Engine.cut_shutdown_short` is called), the log commits what is
     queued, and the database is closed. Work cut off is redone by the next start.
+
+    ``mail``: deliver due messages over SMTP (docs/mail-path.md); without it every
+    message stays in its scheduled queue until a rule bounces it.
 
     ``threads=False`` runs SQLite and file I/O in the Trio thread: slower, but
     deterministic under ``MockClock(autojump_threshold=0)``, where a wait on a worker
@@ -443,13 +477,29 @@ async def open_engine(
             store, reader, clock, settings, on_commit=projection.apply, run_blocking=run_blocking
         )
         supervisor = QueueSupervisor()
+        deliveries = None
+        if mail is not None:
+
+            def report(entry: ReadyEntry, outcome: MessageOutcome | None) -> None:
+                actor = supervisor.get(entry.queue)
+                assert actor is not None, f"no actor holds queue {entry.queue!r}"
+                actor.report_nowait(entry, outcome)
+
+            deliveries = Deliveries(mail, log, report)
         parts = EngineParts(
             clock=clock,
             settings=settings,
             projection=projection,
             log=log,
             supervisor=supervisor,
-            broadcaster=Broadcaster(log, router, supervisor, settings, position=state.last_seq),
+            broadcaster=Broadcaster(
+                log,
+                router,
+                supervisor,
+                settings,
+                position=state.last_seq,
+                mail=None if deliveries is None else MailPath(deliveries, clock),
+            ),
             delivery=DeliveryLogWriter(
                 log, data_dir / LOGS, state.rules, chosen_id, settings, run_blocking=run_blocking
             ),
@@ -462,6 +512,7 @@ async def open_engine(
                 start_seq=snapshot_seq,
                 run_blocking=None if threads else run_blocking,
             ),
+            deliveries=deliveries,
         )
         written = await run_blocking(parts.delivery.recover)
         if written > state.last_seq:
@@ -494,8 +545,12 @@ async def _run(
     """Start the task tree of the module docstring; return the followers' scope."""
     await nursery.start(parts.log.run)
     await nursery.start(parts.supervisor.run)
+    if parts.deliveries is not None:
+        await nursery.start(parts.deliveries.run)
     for name, messages in recovery.queues.items():
-        await parts.broadcaster.open_queue(QueueState(name, messages, router.open_queue(name)))
+        await parts.broadcaster.open_queue(
+            QueueState(name, messages, router.open_queue(name), recovery.schedule)
+        )
     followers = trio.CancelScope()
 
     async def run_followers(

@@ -29,12 +29,22 @@ class Projection:
     had an arrival (:attr:`arrivals`).
     """
 
-    __slots__ = ("_indexing", "_unindexed", "arrivals", "locations", "rules_issued", "state")
+    __slots__ = (
+        "_indexing",
+        "_unindexed",
+        "arrivals",
+        "changed",
+        "locations",
+        "rules_issued",
+        "state",
+    )
 
     def __init__(self, state: State, queued: Mapping[str, MessageQueue] | None = None) -> None:
         """``queued``: the messages the queues hold at start
         (:func:`kumo.model.recovery.recover`), the very objects their actors hold."""
         self.state = state
+        self.changed = trio.lowlevel.ParkingLot()
+        """Unparked after every fold: where :meth:`Engine.wait_until` waits."""
         self.rules_issued = Watermark()
         """How many ``BounceIssued`` have been folded: the rule expiry waits on it."""
         self.locations = MessageLocations()
@@ -97,3 +107,4 @@ class Projection:
             self.locations.add_many(received)
         if issued:
             self.rules_issued.advance(self.rules_issued.value + issued)
+        self.changed.unpark_all()

@@ -1,18 +1,35 @@
-"""One scheduled queue as a Trio task: holds its messages, decides and emits bounces."""
+"""One scheduled queue as a Trio task: holds its messages, decides and emits bounces,
+and, with the mail path, hands due messages to their destination and logs what became
+of each."""
 
 from __future__ import annotations
 
+import math
+import random
 from collections import deque
 
 import attrs
 import trio
 
-from kumo.model.events import Bounced, Committed
+from kumo.model.events import Bounced, BounceIssued, Committed, Event
+from kumo.model.ready_queue import PlanFailure, ReadyEntry
 from kumo.model.settings import EngineSettings
+from kumo.model.smtp_reply import Disposition
 from kumo.model.state import QueueState
 from kumo.model.statistics import counter, gauge, info
+from kumo.runtime.clock import EngineClock
+from kumo.runtime.delivery import Deliveries, attempt_of, plan_failure_attempt
 from kumo.runtime.log_writer import LogClosedError, LogWriter
+from kumo.runtime.smtp_connection import MessageOutcome
 from kumo.runtime.watermark import Watermark
+
+
+@attrs.frozen(eq=False)
+class MailPath:
+    """What a queue actor delivers with: the destinations and the engine's clock."""
+
+    deliveries: Deliveries
+    clock: EngineClock
 
 
 @attrs.frozen
@@ -27,6 +44,8 @@ class ActorStatistics:
     catch_ups: int = counter("Times the actor's mailbox overflowed and it caught up from the log.")
     processed_seq: int = gauge("Sequence number of the last event the actor has processed.")
     bounced: int = counter("Messages the actor bounced in this process.")
+    waiting: int = gauge("Messages waiting for their next attempt.")
+    handed: int = gauge("Messages handed to a ready queue or a connection.")
 
 
 def merge_bounces(bounces: list[Bounced]) -> list[Bounced]:
@@ -89,10 +108,14 @@ class QueueActor:
         "_chunk",
         "_closed",
         "_log",
+        "_mail",
         "_mailbox",
         "_missed",
+        "_outcomes",
         "_parked",
+        "_reported",
         "processed",
+        "settled",
         "state",
     )
 
@@ -102,8 +125,15 @@ class QueueActor:
         log: LogWriter,
         missed: MissedDeliveries,
         settings: EngineSettings,
+        mail: MailPath | None = None,
     ) -> None:
         self.state = state
+        self._mail = mail
+        self._outcomes: deque[tuple[ReadyEntry, MessageOutcome | None]] = deque()
+        """Outcomes of handed messages, from the dispatchers (None: not attempted)."""
+        self._reported = 0
+        self.settled = Watermark()
+        """How many reported outcomes the actor has decided on and submitted."""
         self._log = log
         self._missed = missed
         self._chunk = settings.sweep_chunk
@@ -140,12 +170,26 @@ class QueueActor:
             raise RuntimeError(f"the actor of {self.name!r} is closed")
         if self._parked is not None and not self._mailbox and self.state.settle(events):
             self.processed.advance(upto)
+            if self._mail is not None:
+                self._wake()  # what arrived is due: hand it over
             return True
         if len(self._mailbox) >= self._capacity:
             return False
         self._mailbox.append((events, upto))
         self._wake()
         return True
+
+    def report_nowait(self, entry: ReadyEntry, outcome: MessageOutcome | None) -> None:
+        """What became of a message this actor handed over (None: it was not attempted
+        and comes back). Never blocks."""
+        self._outcomes.append((entry, outcome))
+        self._reported += 1
+        self._wake()
+
+    @property
+    def reported(self) -> int:
+        """How many outcomes the dispatchers have reported to this actor."""
+        return self._reported
 
     def close(self) -> None:
         """No more deliveries: the actor finishes its mailbox, then returns."""
@@ -174,6 +218,9 @@ class QueueActor:
                 if self._mailbox:
                     await self._process(*self._mailbox.popleft())
                     continue
+                if self._outcomes:
+                    await self._settle_outcomes()
+                    continue
                 # The mailbox is empty: what it could not take comes next, from the log.
                 missed = self._missed.take(self.name)
                 if missed is not None:
@@ -181,7 +228,16 @@ class QueueActor:
                 elif self._closed:
                     return
                 else:
-                    await self._wait()
+                    deadline = math.inf
+                    mail = self._mail
+                    if mail is not None and not mail.deliveries.stopping:
+                        due = await self._dispatch(mail)
+                        if self._mailbox or self._outcomes:
+                            continue
+                        if due is not None:
+                            deadline = mail.clock.deadline(due)
+                    with trio.move_on_at(deadline):
+                        await self._wait()
         except LogClosedError:
             # Shutting down past its deadline: what this actor had not yet emitted is
             # found again by the restart (kumo.model.recovery).
@@ -190,6 +246,12 @@ class QueueActor:
     async def _process(self, events: list[Committed], upto: int, *, filtered: bool = True) -> None:
         bounces: list[Bounced] = []
         state = self.state
+        if self._mail is not None and any(
+            type(c.event) is BounceIssued and state.concerns(c.event) for c in events
+        ):
+            # A rule's sweep reaches ready messages too: take back what no connection
+            # holds before the rule applies.
+            state.take_back(self._mail.deliveries.withdraw(self.name))
         for committed in events:
             if not filtered and not state.concerns(committed.event):
                 continue
@@ -212,6 +274,76 @@ class QueueActor:
             self._bounced += sum(len(bounce.messages) for bounce in merged)
             await self._log.submit(merged)
 
+    async def _dispatch(self, mail: MailPath) -> int | None:
+        """Hand the messages due now to their destination, as far as its ready queue
+        has room (or fail them all, if it cannot be reached); return when the next
+        waiting message is due."""
+        state = self.state
+        state.wake(mail.clock.now())
+        if state.messages and state.sweeping is None:
+            target, site = await mail.deliveries.target(self.name)
+            if isinstance(target, PlanFailure):
+                await self._fail_due(mail, target, site)
+            else:
+                handed = state.hand(target.ready.room())
+                if handed:
+                    target.push([ReadyEntry(self.name, h.message, h.attempts) for h in handed])
+                if state.messages:
+                    target.want_room(self.name, self._wake)
+        return state.next_due()
+
+    async def _fail_due(self, mail: MailPath, failure: PlanFailure, site: str) -> None:
+        """Every due message gets ``failure`` (no connection could be tried)."""
+        state = self.state
+        disposition = Disposition.BOUNCE if failure.permanent else Disposition.TRANSIENT_FAILURE
+        attempt = plan_failure_attempt(failure, site)
+        policy = mail.deliveries.settings_for(self.name).retry
+        now = mail.clock.now()
+        events: list[Event] = []
+        for handed in state.hand(len(state.messages)):
+            events += state.attempted(
+                handed.message.id,
+                disposition,
+                attempt,
+                now=now,
+                policy=policy,
+                uniform=random.random(),
+            )
+        await self._submit_outcomes(events)
+
+    async def _settle_outcomes(self) -> None:
+        """Decide and log what follows each outcome the dispatchers reported."""
+        mail = self._mail
+        assert mail is not None
+        state = self.state
+        policy = mail.deliveries.settings_for(self.name).retry
+        now = mail.clock.now()
+        events: list[Event] = []
+        returned: list[str] = []
+        settled = self.settled.value
+        while self._outcomes:
+            entry, outcome = self._outcomes.popleft()
+            settled += 1
+            if outcome is None:
+                returned.append(entry.message.id)
+                continue
+            events += state.attempted(
+                entry.message.id,
+                outcome.disposition,
+                attempt_of(outcome),
+                now=now,
+                policy=policy,
+                uniform=random.random(),
+            )
+        state.take_back(returned)
+        await self._submit_outcomes(events)
+        self.settled.advance(settled)
+
+    async def _submit_outcomes(self, events: list[Event]) -> None:
+        if events:
+            self._bounced += sum(len(e.messages) for e in events if isinstance(e, Bounced))
+            await self._log.submit(events)
+
     async def _catch_up(self, first: int, last: int) -> None:
         """Read from the log and apply what the broadcaster could not hand over."""
         self._catch_ups += 1
@@ -224,11 +356,13 @@ class QueueActor:
     def statistics(self) -> ActorStatistics:
         return ActorStatistics(
             queue=self.state.name,
-            queued=len(self.state.messages),
+            queued=len(self.state),
             live_rules=len(self.state.rules),
             mailbox_used=len(self._mailbox),
             lagging=self.name in self._missed,
             catch_ups=self._catch_ups,
             processed_seq=self.processed.value,
             bounced=self._bounced,
+            waiting=len(self.state.waiting),
+            handed=len(self.state.handed),
         )

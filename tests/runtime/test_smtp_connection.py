@@ -9,16 +9,11 @@ delivers to Postfix's ``smtp-sink`` when it is installed.
 
 from __future__ import annotations
 
-import functools
 import ipaddress
-import os
-import shutil
 import socket
 import ssl
-import tempfile
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from pathlib import Path
 
 import attrs
 import pytest
@@ -38,6 +33,7 @@ from kumo.runtime.smtp_connection import (
     SmtpConnection,
     client_tls_context,
 )
+from tests.postfix import postfix_smtp_sink, require_smtp_sink
 from tests.runtime.smtp_sink import Act, SmtpSink, running_sink
 
 SITE = "unspecified->mx_list:127.0.0.1@smtp_client"
@@ -538,48 +534,6 @@ async def test_short_real_time_outs_are_kept_too() -> None:
 
 
 # -- a real peer: Postfix's smtp-sink ----------------------------------------------------------
-
-SMTP_SINK = shutil.which("smtp-sink") or (
-    "/usr/sbin/smtp-sink" if os.path.exists("/usr/sbin/smtp-sink") else None
-)
-
-
-@asynccontextmanager
-async def postfix_smtp_sink() -> AsyncIterator[tuple[int, Path]]:
-    """Postfix's smtp-sink on a free port, and the directory it dumps each message in."""
-    assert SMTP_SINK is not None
-    port = refused_port()
-    # Not under tmp_path: as root, smtp-sink writes as nobody, who cannot enter it.
-    with tempfile.TemporaryDirectory(prefix="kumo-smtp-sink-") as directory:
-        dumps = Path(directory)
-        await trio.Path(dumps).chmod(0o777)
-        command = [SMTP_SINK, "-d", f"{dumps}/%M.", f"127.0.0.1:{port}", "16"]
-        if os.geteuid() == 0:
-            command[1:1] = ["-u", "nobody"]  # smtp-sink refuses to run as root
-        async with trio.open_nursery() as nursery:
-            process: trio.Process = await nursery.start(
-                functools.partial(trio.run_process, command, check=False)
-            )
-            try:
-                # smtp-sink has no readiness signal: wait until it accepts.
-                while True:
-                    try:
-                        stream = await trio.open_tcp_stream("127.0.0.1", port)
-                    except OSError:
-                        await trio.sleep(0.01)
-                        continue
-                    await stream.aclose()
-                    break
-                yield port, dumps
-            finally:
-                process.terminate()
-
-
-def require_smtp_sink() -> None:
-    if SMTP_SINK is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("Postfix's smtp-sink is not installed, and CI must run this test")
-        pytest.skip("Postfix's smtp-sink is not installed (Debian: apt-get install postfix)")
 
 
 async def test_delivery_to_postfix_smtp_sink() -> None:

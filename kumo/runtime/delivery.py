@@ -1,0 +1,415 @@
+"""The mail path's tasks: where each scheduled queue delivers, and a dispatcher per
+ready queue that runs its connections (docs/mail-path.md).
+
+Task tree (under the engine's root nursery, only when mail delivery is configured)::
+
+    Deliveries.run           owns the dispatchers' nursery
+    └── Dispatcher.run ×N    one per ready queue: up to connection_limit connections
+        └── SmtpConnection.run ×M
+
+A queue actor asks :meth:`Deliveries.target` where its due messages go: a
+:class:`Dispatcher` (its destination resolved, by MX or ``mx_list``, and cached for
+``resolution_ttl``) or a :class:`~kumo.model.ready_queue.PlanFailure` that every due
+message gets (a DNS failure, a null MX, a prohibited host). It pushes what the ready
+queue has room for; the dispatcher keeps as many connections as
+:func:`~kumo.model.ready_queue.ideal_connection_count` asks for, each taking messages
+from the ready queue (their content read from the spool as it takes them), and hands
+each outcome back to the actor that owns the message, which decides and logs what
+follows (:meth:`kumo.model.state.QueueState.attempted`). The decisions are the model's;
+this module carries messages and outcomes between tasks.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable
+from typing import Protocol
+
+import attrs
+import trio
+
+from kumo.model.cidr_set import CidrSet
+from kumo.model.events import Attempt
+from kumo.model.mx_resolution import Destination, ResolutionFailure
+from kumo.model.queue_name import QueueName
+from kumo.model.ready_queue import PlanFailure, ReadyEntry, ReadyQueue, ideal_connection_count
+from kumo.model.retry import RetryPolicy
+from kumo.model.statistics import counter, gauge, info
+from kumo.runtime.log_writer import LogWriter
+from kumo.runtime.mx import MxResolver
+from kumo.runtime.smtp_connection import (
+    DELIVERY_PROTOCOL,
+    ConnectionSettings,
+    MessageOutcome,
+    OutgoingMessage,
+    SmtpConnection,
+)
+
+logger = logging.getLogger("kumo.delivery")
+
+
+@attrs.frozen(eq=False)
+class DestinationSettings:
+    """Everything the mail path needs to know of one destination domain (``[queue]``
+    and ``[egress]`` with the domain's ``[domains."..."]`` keys applied)."""
+
+    retry: RetryPolicy
+    mx_list: tuple[str, ...]
+    connection: ConnectionSettings
+    connection_limit: int
+    max_ready: int
+    prohibited_hosts: CidrSet
+
+
+@attrs.frozen(eq=False)
+class MailSettings:
+    """Mail delivery's settings: without them (``open_engine(mail=None)``) kumo holds
+    every message in its scheduled queue until a rule bounces it."""
+
+    destination: Callable[[str], DestinationSettings]
+    """Destination domain (lower case) -> its settings. Called often: cache inside."""
+    resolver: MxResolver
+    resolution_ttl: float = 300.0
+    """Seconds a resolved destination is used before it is resolved again."""
+    failure_ttl: float = 10.0
+    """Seconds a failed resolution is reused before DNS is asked again."""
+
+
+def destination_domain(queue: str) -> str:
+    """The domain a scheduled queue delivers to: its routing domain, else its domain."""
+    name = QueueName.parse(queue)
+    return (name.routing_domain or name.domain).lower()
+
+
+def attempt_of(outcome: MessageOutcome) -> Attempt:
+    """The log's record of a connection's outcome for one message."""
+    response = outcome.response
+    enhanced = response.enhanced_code
+    return Attempt(
+        site=outcome.site,
+        code=response.code,
+        enhanced_code=None
+        if enhanced is None
+        else (enhanced.class_, enhanced.subject, enhanced.detail),
+        content=response.to_json()["content"],
+        command=response.command,
+        peer=outcome.peer_address,
+        source_address=outcome.source_address,
+        session_id=outcome.session_id,
+        protocol=DELIVERY_PROTOCOL,
+        tls_cipher=None if outcome.tls is None else outcome.tls.cipher,
+        tls_protocol_version=None if outcome.tls is None else outcome.tls.protocol_version,
+    )
+
+
+def plan_failure_attempt(failure: PlanFailure, site: str) -> Attempt:
+    """The record of a failure decided before any connection (no peer, no protocol)."""
+    return Attempt(
+        site=site,
+        code=failure.code,
+        enhanced_code=failure.enhanced_code,
+        content=failure.content,
+        command=None,
+    )
+
+
+class OutcomeSink(Protocol):
+    """Where a dispatcher hands what became of a message: the owner of its queue."""
+
+    def __call__(self, entry: ReadyEntry, outcome: MessageOutcome | None) -> None:
+        """``outcome`` None: the message was not attempted and goes back to its queue."""
+
+
+@attrs.frozen
+class DispatcherStatistics:
+    """One ready queue and its connections (SPEC 8.6's per-service figures)."""
+
+    ready_queue: str = info("The ready queue.")
+    ready: int = gauge("Messages waiting in the ready queue.")
+    connections: int = gauge("Connections open or opening.")
+    in_flight: int = gauge("Messages taken by a connection, their outcome not yet known.")
+    delivered: int = counter("Messages delivered by this process.")
+    transient_failures: int = counter("Attempts that failed transiently in this process.")
+    failed: int = counter("Messages the destination refused for good in this process.")
+
+
+class Dispatcher:
+    """One ready queue: its messages and its connections (see the module docstring)."""
+
+    def __init__(
+        self,
+        destination: Destination,
+        settings: DestinationSettings,
+        log: LogWriter,
+        sink: OutcomeSink,
+        rng: random.Random,
+    ) -> None:
+        self.destination = destination
+        self.settings = settings
+        self.ready = ReadyQueue(destination.ready_queue, settings.max_ready)
+        self._log = log
+        self._sink = sink
+        self._rng = rng
+        self._in_flight: dict[str, ReadyEntry] = {}
+        self._connections = 0
+        self._changed = trio.lowlevel.ParkingLot()
+        """Where the dispatcher and idle feeds wait for a push (or a connection's end)."""
+        self._room_wanted: dict[str, Callable[[], None]] = {}
+        """Scheduled queue -> how to wake its actor when the ready queue has room."""
+        self._stopping = False
+        self._counts = {"Delivery": 0, "TransientFailure": 0, "Bounce": 0}
+        self.done = trio.Event()
+        """Set once :meth:`run` has returned: stopped, every connection ended."""
+
+    @property
+    def name(self) -> str:
+        return self.ready.name
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    def push(self, entries: list[ReadyEntry]) -> None:
+        """Messages handed over by a scheduled queue (within :meth:`ReadyQueue.room`)."""
+        if self._stopping:
+            for entry in entries:
+                self._sink(entry, None)
+            return
+        self.ready.push(entries)
+        self._changed.unpark_all()
+
+    def want_room(self, queue: str, wake: Callable[[], None]) -> None:
+        """Call ``wake`` once the ready queue has room again."""
+        self._room_wanted[queue] = wake
+
+    def withdraw(self, queue: str) -> list[str]:
+        """Take back what ``queue`` handed over and no connection took yet."""
+        withdrawn = self.ready.withdraw(queue)
+        if withdrawn:
+            self._room_freed()
+        return withdrawn
+
+    def stop(self) -> None:
+        """Take no more messages: what waits goes back to its queue, connections end
+        once their transaction under way is done."""
+        self._stopping = True
+        for entry in self.ready.drain():
+            self._sink(entry, None)
+        self._changed.unpark_all()
+
+    def _room_freed(self) -> None:
+        wanted, self._room_wanted = self._room_wanted, {}
+        for wake in wanted.values():
+            wake()
+
+    async def run(self) -> None:
+        """Keep the connections the ready queue needs until :meth:`stop`, then wait
+        for those open to end."""
+        try:
+            async with trio.open_nursery() as nursery:
+                while not self._stopping:
+                    wanted = ideal_connection_count(
+                        len(self.ready) + len(self._in_flight), self.settings.connection_limit
+                    )
+                    if self._connections < wanted and self.ready:
+                        self._connections += 1
+                        nursery.start_soon(self._connection)
+                        continue
+                    await self._changed.park()
+        finally:
+            self.done.set()
+
+    async def _connection(self) -> None:
+        plan = self.destination.plan(self._rng)
+        connection = SmtpConnection(
+            self.settings.connection,
+            plan,
+            site=self.name,
+            messages=_Feed(self),
+            report=self._report,
+        )
+        try:
+            await connection.run()
+        finally:
+            self._connections -= 1
+            self._changed.unpark_all()
+
+    async def take(self) -> OutgoingMessage | None:
+        """The next message for a connection, once there is one; None when stopping."""
+        while True:
+            if self._stopping:
+                return None
+            entry = self.ready.pop()
+            if entry is None:
+                await self._changed.park()
+                continue
+            self._room_freed()
+            message = entry.message
+            try:
+                [content] = await self._log.read_bodies([message.seq])
+            except BaseException:
+                self.ready.push_front(entry)
+                raise
+            if content is None:
+                # Its content left the spool: a restart's recovery bounced it meanwhile.
+                self._sink(entry, None)
+                continue
+            self._in_flight[message.id] = entry
+            return OutgoingMessage(message.id, message.sender, message.recipient, content)
+
+    async def _report(self, outcome: MessageOutcome) -> None:
+        entry = self._in_flight.pop(outcome.message.id)
+        self._counts[outcome.disposition.value] += 1
+        self._sink(entry, outcome)
+
+    def statistics(self) -> DispatcherStatistics:
+        return DispatcherStatistics(
+            ready_queue=self.name,
+            ready=len(self.ready),
+            connections=self._connections,
+            in_flight=len(self._in_flight),
+            delivered=self._counts["Delivery"],
+            transient_failures=self._counts["TransientFailure"],
+            failed=self._counts["Bounce"],
+        )
+
+
+class _Feed:
+    """One connection's source of messages (an async iterator, cancel-safe: a message
+    taken as the wait is cancelled goes back to the front of the ready queue)."""
+
+    def __init__(self, dispatcher: Dispatcher) -> None:
+        self._dispatcher = dispatcher
+
+    def __aiter__(self) -> _Feed:
+        return self
+
+    async def __anext__(self) -> OutgoingMessage:
+        message = await self._dispatcher.take()
+        if message is None:
+            raise StopAsyncIteration
+        return message
+
+
+@attrs.frozen
+class DeliveriesStatistics:
+    """The mail path's destinations."""
+
+    dispatchers: int = gauge("Ready queues with a dispatcher.")
+    resolutions: int = counter("Destinations resolved by this process.")
+
+
+class Deliveries:
+    """Resolves destinations and owns the dispatchers (see the module docstring)."""
+
+    def __init__(self, settings: MailSettings, log: LogWriter, sink: OutcomeSink) -> None:
+        self._settings = settings
+        self._log = log
+        self._sink = sink
+        self._rng = random.Random()
+        self._nursery: trio.Nursery | None = None
+        self._dispatchers: dict[str, Dispatcher] = {}
+        """Ready queue name -> its dispatcher."""
+        self._targets: dict[str, tuple[float, Dispatcher | PlanFailure]] = {}
+        """Destination domain -> (trio time it expires, where its mail goes)."""
+        self._resolving: dict[str, trio.Event] = {}
+        self._resolutions = 0
+        self._stopping = False
+
+    @property
+    def stopping(self) -> bool:
+        """Whether :meth:`stop` was called: no message is handed over any more."""
+        return self._stopping
+
+    def settings_for(self, queue: str) -> DestinationSettings:
+        return self._settings.destination(destination_domain(queue))
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            await trio.sleep_forever()
+
+    def dispatchers(self) -> list[Dispatcher]:
+        return list(self._dispatchers.values())
+
+    async def target(self, queue: str) -> tuple[Dispatcher | PlanFailure, str]:
+        """Where the due messages of scheduled queue ``queue`` go, and the site their
+        records name: a dispatcher, or the failure every one of them gets."""
+        domain = destination_domain(queue)
+        while True:
+            cached = self._targets.get(domain)
+            if cached is not None and cached[0] > trio.current_time():
+                target = cached[1]
+                if isinstance(target, Dispatcher):
+                    return target, target.name
+                return target, ""
+            pending = self._resolving.get(domain)
+            if pending is None:
+                break
+            await pending.wait()
+        done = self._resolving[domain] = trio.Event()
+        try:
+            resolved = await self._resolve(domain, queue)
+        finally:
+            del self._resolving[domain]
+            done.set()
+        return resolved
+
+    async def _resolve(self, domain: str, queue: str) -> tuple[Dispatcher | PlanFailure, str]:
+        settings = self._settings.destination(domain)
+        self._resolutions += 1
+        resolution = await self._settings.resolver.resolve(domain, mx_list=settings.mx_list)
+        now = trio.current_time()
+        if isinstance(resolution, ResolutionFailure):
+            failure = resolution.response(queue)
+            self._targets[domain] = (now + self._settings.failure_ttl, failure)
+            return failure, ""
+        plan = resolution.plan(self._rng)
+        refused = resolution.check(plan, settings.prohibited_hosts)
+        if refused is not None:
+            self._targets[domain] = (now + self._settings.failure_ttl, refused)
+            return refused, resolution.ready_queue
+        dispatcher = self._dispatchers.get(resolution.ready_queue)
+        if dispatcher is None:
+            dispatcher = Dispatcher(resolution, settings, self._log, self._sink, self._rng)
+            self._dispatchers[dispatcher.name] = dispatcher
+            if self._stopping:
+                # Found while delivery stops: it takes nothing (pushes go back).
+                dispatcher.stop()
+                dispatcher.done.set()
+            else:
+                assert self._nursery is not None
+                self._nursery.start_soon(dispatcher.run)
+        else:
+            dispatcher.destination = resolution
+        self._targets[domain] = (now + self._settings.resolution_ttl, dispatcher)
+        return dispatcher, dispatcher.name
+
+    def withdraw(self, queue: str) -> list[str]:
+        """Take back from every ready queue what ``queue`` handed over and no
+        connection holds."""
+        withdrawn: list[str] = []
+        for dispatcher in self._dispatchers.values():
+            withdrawn += dispatcher.withdraw(queue)
+        return withdrawn
+
+    async def stop(self) -> None:
+        """Stop delivering: ready messages go back to their queues, and this returns
+        once every connection has ended (a transaction under way finishes first)."""
+        self._stopping = True
+        for dispatcher in self._dispatchers.values():
+            dispatcher.stop()
+        for dispatcher in list(self._dispatchers.values()):
+            await dispatcher.done.wait()
+
+    def close(self) -> None:
+        """End every connection now (after :meth:`stop`, or when it took too long)."""
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
+
+    def statistics(self) -> DeliveriesStatistics:
+        return DeliveriesStatistics(
+            dispatchers=len(self._dispatchers), resolutions=self._resolutions
+        )

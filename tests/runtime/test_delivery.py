@@ -1,0 +1,213 @@
+"""The mail path end to end in one process: messages are injected, handed to their ready
+queue, delivered to Postfix's smtp-sink (or refused by it), and every outcome is in
+the log and the delivery log; ``kumo replay --verify`` finds nothing wrong after.
+
+The retry schedule and expiry run in virtual time against a destination that cannot
+be resolved (a resolver that always fails), so a week of retries takes milliseconds.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import trio
+import trio.testing
+
+from kumo.model.cidr_set import CidrSet
+from kumo.model.duration import NANOS_PER_SECOND
+from kumo.model.mx_resolution import DnsErrorKind, Resolution, mx_lookup_failure
+from kumo.model.retry import RetryPolicy
+from kumo.model.smtp_client import ClientSettings, TlsMode
+from kumo.runtime.clock import EngineClock
+from kumo.runtime.delivery import DestinationSettings, MailSettings
+from kumo.runtime.engine import Engine, open_engine
+from kumo.runtime.mx import MxResolver
+from kumo.runtime.smtp_connection import ConnectionSettings, client_tls_context
+from kumo.store.verify import verify_data_dir
+from tests.postfix import postfix_smtp_sink, require_smtp_sink
+from tests.runtime.harness import WALL_ORIGIN, bounce, log_records, message
+
+DEADLINE = 60
+SECOND = NANOS_PER_SECOND
+
+
+def destination(
+    mx_list: Sequence[str] = (),
+    *,
+    retry: RetryPolicy | None = None,
+    max_ready: int = 1024,
+    connection_limit: int = 32,
+) -> DestinationSettings:
+    return DestinationSettings(
+        retry=retry or RetryPolicy(),
+        mx_list=tuple(mx_list),
+        connection=ConnectionSettings(
+            ClientSettings("client.test", enable_tls=TlsMode.DISABLED),
+            verifying_tls=client_tls_context(verify=False),
+            insecure_tls=client_tls_context(verify=False),
+        ),
+        connection_limit=connection_limit,
+        max_ready=max_ready,
+        prohibited_hosts=CidrSet.parse([]),
+    )
+
+
+def to_sink(port: int, **settings: object) -> MailSettings:
+    made = destination([f"127.0.0.1:{port}"], **settings)  # type: ignore[arg-type]
+    return MailSettings(lambda _: made, MxResolver())
+
+
+@asynccontextmanager
+async def engine_at(
+    data_dir: Path, mail: MailSettings, *, threads: bool = True
+) -> AsyncIterator[Engine]:
+    async with open_engine(
+        data_dir, mail=mail, clock=EngineClock(WALL_ORIGIN), threads=threads
+    ) as engine:
+        yield engine
+
+
+def verified(data_dir: Path) -> None:
+    report = verify_data_dir(data_dir)
+    assert report.violations == [], report.violations
+
+
+def types(data_dir: Path) -> Counter[str]:
+    return Counter(str(record["type"]) for record in log_records(data_dir))
+
+
+async def test_injected_messages_are_delivered_to_smtp_sink(tmp_path: Path) -> None:
+    require_smtp_sink()
+    data_dir = tmp_path / "data"
+    with trio.fail_after(DEADLINE):
+        async with postfix_smtp_sink() as (port, dumps):
+            async with engine_at(data_dir, to_sink(port)) as engine:
+                ids = await engine.inject([message(f"r{n}@example.com") for n in range(50)])
+                await engine.wait_until(lambda: engine.statistics().delivered_total == 50)
+                await engine.wait_idle()
+                assert engine.queued_messages() == {}
+                assert engine.projection().queue_counts == {}
+            dumped = list(await trio.Path(dumps).iterdir())
+    assert len(dumped) == 50
+    assert types(data_dir) == Counter({"Reception": 50, "Delivery": 50})
+    deliveries = [r for r in log_records(data_dir) if r["type"] == "Delivery"]
+    assert sorted(str(r["id"]) for r in deliveries) == sorted(ids)
+    record = deliveries[0]
+    assert record["site"] == f"unspecified->mx_list:127.0.0.1:{port}@smtp_client"
+    assert record["num_attempts"] == 0
+    assert record["delivery_protocol"] == "ESMTP"
+    response = record["response"]
+    assert isinstance(response, dict)
+    assert response["code"] == 250
+    assert response["command"] == ".\r\n"
+    verified(data_dir)
+
+
+async def test_a_refusing_destination_defers_then_a_rule_bounces_the_deferred(
+    tmp_path: Path,
+) -> None:
+    require_smtp_sink()
+    data_dir = tmp_path / "data"
+    with trio.fail_after(DEADLINE):
+        async with (
+            postfix_smtp_sink("-r", "rcpt") as (port, _),
+            engine_at(data_dir, to_sink(port)) as engine,
+        ):
+            await engine.inject([message(f"r{n}@example.com") for n in range(20)])
+            await engine.wait_until(lambda: engine.actor_statistics()[0].waiting == 20)
+            # Each failed once and waits 20 minutes: nothing is delivered.
+            stats = engine.actor_statistics()
+            assert [(s.queued, s.waiting) for s in stats] == [(20, 20)]
+            await engine.issue_bounce(bounce(domain="example.com"), issued_by="test")
+            await engine.wait_until(lambda: engine.statistics().bounced_total == 20)
+            await engine.wait_idle()
+    assert types(data_dir) == Counter({"Reception": 20, "TransientFailure": 20, "AdminBounce": 20})
+    failure = next(r for r in log_records(data_dir) if r["type"] == "TransientFailure")
+    response = failure["response"]
+    assert isinstance(response, dict)
+    assert 400 <= int(response["code"]) < 500
+    assert str(response["command"]).startswith("RCPT TO:<")
+    verified(data_dir)
+
+
+async def test_a_permanent_refusal_is_a_bounce_record(tmp_path: Path) -> None:
+    require_smtp_sink()
+    data_dir = tmp_path / "data"
+    with trio.fail_after(DEADLINE):
+        async with (
+            postfix_smtp_sink("-f", "data") as (port, _),
+            engine_at(data_dir, to_sink(port)) as engine,
+        ):
+            await engine.inject([message(f"r{n}@example.com") for n in range(5)])
+            await engine.wait_until(lambda: engine.statistics().failed_total == 5)
+            await engine.wait_idle()
+    assert types(data_dir) == Counter({"Reception": 5, "Bounce": 5})
+    verified(data_dir)
+
+
+async def test_delivery_resumes_after_a_restart_with_nothing_delivered_twice(
+    tmp_path: Path,
+) -> None:
+    require_smtp_sink()
+    data_dir = tmp_path / "data"
+    with trio.fail_after(DEADLINE):
+        async with postfix_smtp_sink() as (port, dumps):
+            async with open_engine(data_dir, mail=None) as engine:
+                await engine.inject([message(f"r{n}@example.com") for n in range(30)])
+            async with engine_at(data_dir, to_sink(port)) as engine:
+                await engine.wait_until(lambda: engine.statistics().delivered_total == 30)
+            dumped = list(await trio.Path(dumps).iterdir())
+    assert len(dumped) == 30
+    assert types(data_dir) == Counter({"Reception": 30, "Delivery": 30})
+    verified(data_dir)
+
+
+class FailingResolver(MxResolver):
+    """A resolver whose every answer is a DNS failure (no server is asked)."""
+
+    async def resolve(self, domain: str, *, mx_list: Sequence[str] = ()) -> Resolution:
+        return mx_lookup_failure(domain, DnsErrorKind.SERVFAIL, "SERVFAIL", 0)
+
+
+async def test_retries_follow_the_backoff_and_the_message_expires_in_virtual_time(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    # retry_interval 20 s (no jitter below 40 s), max_age 200 s: failures at 0, 20,
+    # 60 (20+40), 140 (60+80); the next would be due at 300 > 200: expired then.
+    data_dir = tmp_path / "data"
+    policy = RetryPolicy(retry_interval=20 * SECOND, max_age=200 * SECOND)
+    made = destination(retry=policy)
+    mail = MailSettings(lambda _: made, FailingResolver(), failure_ttl=0.0)
+    async with engine_at(data_dir, mail, threads=False) as engine:
+        [message_id] = await engine.inject([message("r@example.com")])
+        await engine.wait_until(lambda: engine.statistics().expired_total == 1)
+        await engine.wait_idle()
+    records = log_records(data_dir)
+    assert [r["type"] for r in records] == ["Reception", *["TransientFailure"] * 4, "Expiration"]
+    failures = [r for r in records if r["type"] == "TransientFailure"]
+    received = int(str(records[0]["timestamp"]))
+    assert [int(str(r["timestamp"])) - received for r in failures] == [0, 20, 60, 140]
+    assert [r["num_attempts"] for r in failures] == [0, 1, 2, 3]
+    assert failures[0]["site"] == ""
+    response = failures[0]["response"]
+    assert isinstance(response, dict)
+    assert response["content"].startswith("failed to resolve queue example.com: ")
+    expiration = records[-1]
+    assert expiration["id"] == message_id
+    assert expiration["num_attempts"] == 4
+    response = expiration["response"]
+    assert isinstance(response, dict)
+    assert (response["code"], response["enhanced_code"], response["command"]) == (
+        551,
+        {"class": 5, "subject": 4, "detail": 7},
+        None,
+    )
+    # Each wake-up comes a microsecond after its due time (the clock's slack, which
+    # keeps a deadline from waking a task a rounding error early): 3 of them by now.
+    assert response["content"] == (
+        "Next delivery time would be 5m 3us after creation, which exceeds max_age=3m 20s"
+    )
+    verified(data_dir)

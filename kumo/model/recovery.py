@@ -78,11 +78,7 @@ def owed_bounces(state: State) -> list[Bounced]:
         owed: dict[str, list[Message]] = {}
         for message in messages:
             retried = state.schedule.get(message.id)
-            rule = (
-                _fate(message, rules)
-                if retried is None
-                else _sweep_after(rules, retried.anchor_seq)
-            )
+            rule = _fate(message, rules) if retried is None else _fate_after_failure(retried, rules)
             if rule is not None:
                 owed.setdefault(rule.id, []).append(message)
         decisions.extend(
@@ -96,6 +92,22 @@ def _sweep_after(rules: list[Rule], seq: int) -> Rule | None:
     last attempt failed at ``seq`` (a rule live then would have bounced it at once, in
     the same commit, and rules issued before it swept while it was in flight)."""
     return next((rule for rule in rules if rule.issued_seq > seq), None)
+
+
+def _fate_after_failure(retried: Retry, rules: list[Rule]) -> Rule | None:
+    """Which of ``rules`` takes a message whose last attempt failed transiently, as
+    an arrival at that failure would be taken: by the most recent rule live then (its
+    queue bounces it at once, or sweeps it when it learns of the rule), else by the
+    sweep of the first rule issued after."""
+    for rule in reversed(rules):
+        if (
+            rule.issued_seq < retried.anchor_seq
+            and not rule.issued_expired
+            and (rule.ended_seq is None or rule.ended_seq > retried.anchor_seq)
+            and retried.anchor_time < rule.expires_at
+        ):
+            return rule
+    return _sweep_after(rules, retried.anchor_seq)
 
 
 def _fate(message: Message, rules: list[Rule]) -> Rule | None:

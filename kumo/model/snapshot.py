@@ -75,7 +75,7 @@ def encode_snapshot(state: State, chain: bytes) -> bytes:
         "failed_total": state.failed_total,
         "expired_total": state.expired_total,
         "schedule": {
-            message_id: [retry.due, retry.attempts, retry.anchor_seq]
+            message_id: [retry.due, retry.attempts, retry.anchor_seq, retry.anchor_time]
             for message_id, retry in state.schedule.items()
         },
         "rules": [_rule_to_json(rule) for rule in state.rules.rules.values()],
@@ -113,8 +113,7 @@ def decode_snapshot(data: bytes) -> tuple[State, SnapshotPosition]:
         state.failed_total = header.get("failed_total", 0)
         state.expired_total = header.get("expired_total", 0)
         state.schedule = {
-            message_id: Retry(due, attempts, anchor)
-            for message_id, (due, attempts, anchor) in header.get("schedule", {}).items()
+            message_id: Retry(*entry) for message_id, entry in header.get("schedule", {}).items()
         }
         state.rules = RuleBook.restore(_rule_from_json(rule) for rule in header["rules"])
         queues: dict[str, MessageQueue] = {}

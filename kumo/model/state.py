@@ -281,6 +281,9 @@ class Retry:
     anchor_seq: int
     """Seq of its last ``TransientlyFailed``: rules issued before it no longer owe it a
     sweep (it was in flight when they swept, or they were not yet issued)."""
+    anchor_time: int = 0
+    """That event's commit time: a rule live then takes the message (the ``Bounced``
+    that follows in the same submission, unless a crash lost it)."""
 
 
 @attrs.frozen(slots=True)
@@ -662,7 +665,7 @@ class State:
             case TransientlyFailed():
                 if self._queues is not None:
                     self.schedule[event.message.id] = Retry(
-                        event.due, event.attempts + 1, committed.seq
+                        event.due, event.attempts + 1, committed.seq, committed.time
                     )
             case _:
                 self.rules.apply(committed)

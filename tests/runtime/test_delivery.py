@@ -8,6 +8,12 @@ be resolved (a resolver that always fails), so a week of retries takes milliseco
 
 from __future__ import annotations
 
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -31,6 +37,7 @@ from tests.postfix import postfix_smtp_sink, require_smtp_sink
 from tests.runtime.harness import WALL_ORIGIN, bounce, log_records, message
 
 DEADLINE = 60
+ROOT = Path(__file__).resolve().parents[2]
 SECOND = NANOS_PER_SECOND
 
 
@@ -211,3 +218,78 @@ async def test_retries_follow_the_backoff_and_the_message_expires_in_virtual_tim
         "Next delivery time would be 5m 3us after creation, which exceeds max_age=3m 20s"
     )
     verified(data_dir)
+
+
+async def test_sigkill_during_delivery_repeats_only_in_flight_deliveries(tmp_path: Path) -> None:
+    """SPEC 8.4: a crash may repeat a delivery whose 250 came before its ``Delivered``
+    was durable, and nothing else; nothing acknowledged is lost."""
+    require_smtp_sink()
+    rng = random.Random(20261201)
+    data_dir, acks = tmp_path / "data", tmp_path / "acks"
+    rounds = 4
+    with trio.fail_after(4 * DEADLINE):
+        async with postfix_smtp_sink() as (port, dumps):
+            for seed in range(rounds):
+                await trio.to_thread.run_sync(
+                    run_and_kill, data_dir, acks, port, seed, rng.uniform(0.3, 1.5)
+                )
+            async with engine_at(data_dir, to_sink(port)) as engine:
+                await engine.wait_until(lambda: not engine.projection().queue_counts)
+                await engine.wait_idle()
+                delivered = engine.statistics().delivered_total
+            dumped = [
+                await trio.Path(path).read_bytes() for path in await trio.Path(dumps).iterdir()
+            ]
+    acknowledged = acks.read_text().split()
+    recipients = Counter(
+        line.removeprefix(b"X-Rcpt-Args: <").removesuffix(b">").decode()
+        for dump in dumped
+        for line in dump.splitlines()
+        if line.startswith(b"X-Rcpt-Args: ")
+    )
+    records = log_records(data_dir)
+    delivery_ids = Counter(str(r["id"]) for r in records if r["type"] == "Delivery")
+    assert all(count == 1 for count in delivery_ids.values()), "a Delivered logged twice"
+    delivered_to = {str(r["recipient"]) for r in records if r["type"] == "Delivery"}
+    bounced_to = {str(r["recipient"]) for r in records if r["type"] == "AdminBounce"}
+    # Nothing acknowledged is lost: each was delivered or bounced, none both.
+    assert set(acknowledged) <= delivered_to | bounced_to
+    assert not delivered_to & bounced_to
+    # smtp-sink got every delivered message, and repeats only within the window: at
+    # most the connections in flight at each kill.
+    assert set(recipients) == delivered_to | (set(recipients) & bounced_to)
+    repeats = sum(count - 1 for count in recipients.values())
+    assert repeats <= rounds * 32
+    assert sum(recipients.values()) == delivered + repeats + len(set(recipients) & bounced_to)
+    assert len(acknowledged) > 50, "the child did too little work to test anything"
+    verified(data_dir)
+
+
+def run_and_kill(data_dir: Path, acks: Path, port: int, seed: int, after: float) -> None:
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tests.runtime.delivery_crash_child",
+            str(data_dir),
+            str(acks),
+            str(port),
+            str(seed),
+        ],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stderr=subprocess.PIPE,
+    )
+    # Killed ``after`` seconds into its work: once it has acknowledged something.
+    size = acks.stat().st_size if acks.exists() else 0
+    while child.poll() is None and (not acks.exists() or acks.stat().st_size == size):
+        time.sleep(0.05)
+    try:
+        child.wait(timeout=after)
+    except subprocess.TimeoutExpired:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        return
+    raise AssertionError(
+        f"child exited early: {child.stderr.read().decode() if child.stderr else ''}"
+    )

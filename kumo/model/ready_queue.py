@@ -271,11 +271,13 @@ def ideal_connection_count(ready_count: int, connection_limit: int) -> int:
 @attrs.frozen(slots=True)
 class ReadyEntry:
     """A message waiting in a ready queue, with the scheduled queue that handed it over
-    (and still owns it) and its attempts so far."""
+    (and still owns it), its attempts so far, and its content, read from the spool when
+    it was handed over (one read for a whole hand-over, not one per message)."""
 
     queue: str
     message: Message
     attempts: int
+    content: bytes = b""
 
 
 class ReadyQueue:

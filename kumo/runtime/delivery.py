@@ -11,9 +11,9 @@ A queue actor asks :meth:`Deliveries.target` where its due messages go: a
 :class:`Dispatcher` (its destination resolved, by MX or ``mx_list``, and cached for
 ``resolution_ttl``) or a :class:`~kumo.model.ready_queue.PlanFailure` that every due
 message gets (a DNS failure, a null MX, a prohibited host). It pushes what the ready
-queue has room for; the dispatcher keeps as many connections as
-:func:`~kumo.model.ready_queue.ideal_connection_count` asks for, each taking messages
-from the ready queue (their content read from the spool as it takes them), and hands
+queue has room for, their contents read from the spool in one go; the dispatcher keeps
+as many connections as :func:`~kumo.model.ready_queue.ideal_connection_count` asks for,
+each taking messages from the ready queue, and hands
 each outcome back to the actor that owns the message, which decides and logs what
 follows (:meth:`kumo.model.state.QueueState.attempted`). The decisions are the model's;
 this module carries messages and outcomes between tasks.
@@ -36,7 +36,6 @@ from kumo.model.queue_name import QueueName
 from kumo.model.ready_queue import PlanFailure, ReadyEntry, ReadyQueue, ideal_connection_count
 from kumo.model.retry import RetryPolicy
 from kumo.model.statistics import counter, gauge, info
-from kumo.runtime.log_writer import LogWriter
 from kumo.runtime.mx import MxResolver
 from kumo.runtime.smtp_connection import (
     DELIVERY_PROTOCOL,
@@ -141,14 +140,12 @@ class Dispatcher:
         self,
         destination: Destination,
         settings: DestinationSettings,
-        log: LogWriter,
         sink: OutcomeSink,
         rng: random.Random,
     ) -> None:
         self.destination = destination
         self.settings = settings
         self.ready = ReadyQueue(destination.ready_queue, settings.max_ready)
-        self._log = log
         self._sink = sink
         self._rng = rng
         self._in_flight: dict[str, ReadyEntry] = {}
@@ -246,17 +243,8 @@ class Dispatcher:
                 continue
             self._room_freed()
             message = entry.message
-            try:
-                [content] = await self._log.read_bodies([message.seq])
-            except BaseException:
-                self.ready.push_front(entry)
-                raise
-            if content is None:
-                # Its content left the spool: a restart's recovery bounced it meanwhile.
-                self._sink(entry, None)
-                continue
             self._in_flight[message.id] = entry
-            return OutgoingMessage(message.id, message.sender, message.recipient, content)
+            return OutgoingMessage(message.id, message.sender, message.recipient, entry.content)
 
     async def _report(self, outcome: MessageOutcome) -> None:
         entry = self._in_flight.pop(outcome.message.id)
@@ -303,9 +291,8 @@ class DeliveriesStatistics:
 class Deliveries:
     """Resolves destinations and owns the dispatchers (see the module docstring)."""
 
-    def __init__(self, settings: MailSettings, log: LogWriter, sink: OutcomeSink) -> None:
+    def __init__(self, settings: MailSettings, sink: OutcomeSink) -> None:
         self._settings = settings
-        self._log = log
         self._sink = sink
         self._rng = random.Random()
         self._nursery: trio.Nursery | None = None
@@ -373,7 +360,7 @@ class Deliveries:
             return refused, resolution.ready_queue
         dispatcher = self._dispatchers.get(resolution.ready_queue)
         if dispatcher is None:
-            dispatcher = Dispatcher(resolution, settings, self._log, self._sink, self._rng)
+            dispatcher = Dispatcher(resolution, settings, self._sink, self._rng)
             self._dispatchers[dispatcher.name] = dispatcher
             if self._stopping:
                 # Found while delivery stops: it takes nothing (pushes go back).

@@ -485,7 +485,7 @@ async def open_engine(
                 assert actor is not None, f"no actor holds queue {entry.queue!r}"
                 actor.report_nowait(entry, outcome)
 
-            deliveries = Deliveries(mail, log, report)
+            deliveries = Deliveries(mail, report)
         parts = EngineParts(
             clock=clock,
             settings=settings,

@@ -319,10 +319,16 @@ class LogWriter:
         if seq >= self.committed.value:
             return []
         if self._tail and self._tail[0][0].seq <= seq + 1:
-            out: list[Committed] = []
-            for batch in self._tail:
+            # From the newest batch back to the first one wanted: a follower is usually
+            # near the end of a tail of thousands of small commits.
+            wanted: list[list[Committed]] = []
+            for batch in reversed(self._tail):
                 if batch[-1].seq <= seq:
-                    continue
+                    break
+                wanted.append(batch)
+            wanted.reverse()
+            out: list[Committed] = []
+            for batch in wanted:
                 start = max(0, seq + 1 - batch[0].seq)
                 out.extend(batch[start:] if start else batch)
                 if len(out) >= limit:

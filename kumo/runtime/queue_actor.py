@@ -4,6 +4,7 @@ of each."""
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 from collections import deque
@@ -15,13 +16,15 @@ from kumo.model.events import Bounced, BounceIssued, Committed, Event
 from kumo.model.ready_queue import PlanFailure, ReadyEntry
 from kumo.model.settings import EngineSettings
 from kumo.model.smtp_reply import Disposition
-from kumo.model.state import QueueState
+from kumo.model.state import Handed, QueueState
 from kumo.model.statistics import counter, gauge, info
 from kumo.runtime.clock import EngineClock
-from kumo.runtime.delivery import Deliveries, attempt_of, plan_failure_attempt
+from kumo.runtime.delivery import Deliveries, Dispatcher, attempt_of, plan_failure_attempt
 from kumo.runtime.log_writer import LogClosedError, LogWriter
 from kumo.runtime.smtp_connection import MessageOutcome
 from kumo.runtime.watermark import Watermark
+
+logger = logging.getLogger("kumo.queue")
 
 
 @attrs.frozen(eq=False)
@@ -287,10 +290,31 @@ class QueueActor:
             else:
                 handed = state.hand(target.ready.room())
                 if handed:
-                    target.push([ReadyEntry(self.name, h.message, h.attempts) for h in handed])
+                    await self._push(target, handed)
                 if state.messages:
                     target.want_room(self.name, self._wake)
         return state.next_due()
+
+    async def _push(self, target: Dispatcher, handed: list[Handed]) -> None:
+        """Read the contents of ``handed`` from the spool, then push them to ``target``."""
+        try:
+            contents = await self._log.read_bodies([h.message.seq for h in handed])
+        except BaseException:
+            self.state.take_back(h.message.id for h in handed)
+            raise
+        entries = []
+        for entry, content in zip(handed, contents, strict=True):
+            if content is None:
+                # No content for a message the queue holds: the spool lost it. Kept as
+                # handed (counted, inspectable) rather than sent empty or dropped.
+                logger.error(
+                    "message %s of queue %s has no content in the spool; not delivered",
+                    entry.message.id,
+                    self.name,
+                )
+                continue
+            entries.append(ReadyEntry(self.name, entry.message, entry.attempts, content))
+        target.push(entries)
 
     async def _fail_due(self, mail: MailPath, failure: PlanFailure, site: str) -> None:
         """Every due message gets ``failure`` (no connection could be tried)."""

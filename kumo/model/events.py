@@ -530,7 +530,7 @@ def _message_from_json(data: object) -> Message:
         raise TypeError(f"message must be a list of 6 fields, got {data!r}")
     message = Message(*data)
     if not (
-        is_message_id(message.id)
+        type(message.id) is str
         and type(message.sender) is str
         and type(message.recipient) is str
         and all(type(part) is int for part in message[3:])

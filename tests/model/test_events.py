@@ -14,17 +14,22 @@ from hypothesis import strategies as st
 from kumo.model.criteria import Criteria
 from kumo.model.events import (
     SCHEMA_VERSION,
+    Attempt,
     BounceCancelled,
     Bounced,
     BounceExpired,
     BounceIssued,
     Committed,
+    Delivered,
     Event,
     EventDecodeError,
+    Expired,
     Message,
     MessageReceived,
     PeerAddress,
+    PermanentlyFailed,
     Rejected,
+    TransientlyFailed,
     criteria_to_json,
     decode_event,
     decode_received,
@@ -49,6 +54,20 @@ criteria = st.builds(
 messages = st.builds(Message, text, text, text, st.integers(0, 10**9), nanos, st.integers(1, 10**9))
 peers = st.builds(PeerAddress, text, text)
 reply_texts = st.text(max_size=20).filter(lambda t: "\r" not in t)
+attempts = st.builds(
+    Attempt,
+    text,
+    st.integers(0, 999),
+    st.none() | st.tuples(st.integers(0, 999), st.integers(0, 999), st.integers(0, 999)),
+    text,
+    maybe,
+    st.none() | peers,
+    maybe,
+    maybe,
+    maybe,
+    maybe,
+    maybe,
+)
 events: st.SearchStrategy[Event] = st.one_of(
     st.builds(MessageReceived, ids, text, text, text, st.integers(0, 10**9), text),
     st.builds(MessageReceived, ids, text, text, text, st.integers(0, 10**9), text, peers),
@@ -66,6 +85,10 @@ events: st.SearchStrategy[Event] = st.one_of(
     st.builds(BounceCancelled, text, text),
     st.builds(BounceExpired, text),
     st.builds(Bounced, text, text, st.lists(messages, max_size=4)),
+    st.builds(Delivered, text, messages, st.integers(0, 100), attempts),
+    st.builds(PermanentlyFailed, text, messages, st.integers(0, 100), attempts),
+    st.builds(TransientlyFailed, text, messages, st.integers(0, 100), attempts, st.none() | nanos),
+    st.builds(Expired, text, messages, st.integers(0, 100), text, text),
 )
 
 
@@ -269,8 +292,33 @@ def test_stored_bodies_that_break_a_validator_are_decode_errors(body: bytes) -> 
         decode_event(body)
 
 
+DELIVERED = Delivered(
+    "a.com",
+    Message("0" * 32, "s@x", "r@a.com", 5, 7, 1),
+    0,
+    Attempt("unspecified->mx@smtp_client", 250, (2, 0, 0), "ok", ".\r\n"),
+)
+RETRIED = TransientlyFailed(
+    "a.com",
+    Message("0" * 32, "s@x", "r@a.com", 5, 7, 1),
+    2,
+    Attempt("", 451, (4, 4, 4), "failed to resolve queue a.com: NXDOMAIN", None),
+    10**18,
+)
+
+
 @given(
-    st.sampled_from([RECEIVED, SMTP_RECEIVED, REJECTED, ISSUED, BounceCancelled("r", "ops")]),
+    st.sampled_from(
+        [
+            RECEIVED,
+            SMTP_RECEIVED,
+            REJECTED,
+            ISSUED,
+            BounceCancelled("r", "ops"),
+            DELIVERED,
+            RETRIED,
+        ]
+    ),
     st.data(),
 )
 def test_a_stored_field_replaced_by_anything_decodes_or_is_a_decode_error(

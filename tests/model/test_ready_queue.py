@@ -10,10 +10,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from kumo.model.cidr_set import DEFAULT_PROHIBITED_HOSTS, CidrSet
+from kumo.model.message import Message
 from kumo.model.ready_queue import (
     MX_RESOLVED_TO_NO_HOSTS,
     NULL_MX,
     PlanFailure,
+    ReadyEntry,
+    ReadyQueue,
     ResolvedAddress,
     check_plan,
     connection_plan,
@@ -264,3 +267,61 @@ def test_site_name_of_any_hosts(hosts: list[str]) -> None:
     site = mx_site_name(hosts)
     assert site == site.lower()
     assert mx_site_name(h.upper() for h in hosts) == site
+
+
+# -- the ready queue's holding ----------------------------------------------------------
+
+
+def _entry(queue: str, n: int) -> ReadyEntry:
+    return ReadyEntry(queue, Message(f"{n:032x}", "s@x", f"r{n}@y", 1, n, n), 0, b"x")
+
+
+@given(
+    st.lists(
+        st.one_of(
+            st.tuples(st.just("push"), st.sampled_from("ab"), st.integers(1, 4)),
+            st.tuples(st.just("pop"), st.just(""), st.just(0)),
+            st.tuples(st.just("front"), st.just(""), st.just(0)),
+            st.tuples(st.just("withdraw"), st.sampled_from("ab"), st.just(0)),
+        ),
+        max_size=40,
+    ),
+    st.integers(1, 6),
+)
+def test_a_ready_queue_is_a_bounded_fifo_that_gives_back_by_scheduled_queue(
+    steps: list[tuple[str, str, int]], max_ready: int
+) -> None:
+    ready = ReadyQueue("unspecified->mx@smtp_client", max_ready)
+    model: list[ReadyEntry] = []
+    popped: list[ReadyEntry] = []
+    made = 0
+    for kind, queue, count in steps:
+        if kind == "push":
+            entries = []
+            for _ in range(min(count, ready.room())):
+                made += 1
+                entries.append(_entry(queue, made))
+            ready.push(entries)
+            model += entries
+        elif kind == "pop":
+            got = ready.pop()
+            assert got == (model.pop(0) if model else None)
+            if got is not None:
+                popped.append(got)
+        elif kind == "front" and popped:
+            entry = popped.pop()
+            ready.push_front(entry)
+            model.insert(0, entry)
+        elif kind == "withdraw":
+            taken = ready.withdraw(queue)
+            assert taken == [e.message.id for e in model if e.queue == queue]
+            model = [e for e in model if e.queue != queue]
+        assert len(ready) == len(model)
+        assert ready.room() == max(max_ready - len(model), 0)
+    assert ready.drain() == model
+    assert len(ready) == 0
+
+
+def test_max_ready_is_at_least_one() -> None:
+    with pytest.raises(ValueError, match="max_ready must be at least 1"):
+        ReadyQueue("q", 0)

@@ -255,11 +255,11 @@ async def test_sigkill_during_delivery_repeats_only_in_flight_deliveries(tmp_pat
     # Nothing acknowledged is lost: each was delivered or bounced, none both.
     assert set(acknowledged) <= delivered_to | bounced_to
     assert not delivered_to & bounced_to
-    # smtp-sink got every delivered message, and repeats only within the window: at
-    # most the connections in flight at each kill.
+    # smtp-sink got every delivered message; a repeat is a message whose 250 came
+    # before a kill and whose Delivered was not yet in the log: at most once per kill.
     assert set(recipients) == delivered_to | (set(recipients) & bounced_to)
     repeats = sum(count - 1 for count in recipients.values())
-    assert repeats <= rounds * 32
+    assert max(recipients.values()) <= 1 + rounds
     assert sum(recipients.values()) == delivered + repeats + len(set(recipients) & bounced_to)
     assert len(acknowledged) > 50, "the child did too little work to test anything"
     verified(data_dir)

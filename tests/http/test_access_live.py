@@ -152,7 +152,9 @@ def test_a_guesser_gets_429_and_retry_after_while_others_are_served(
         assert statuses == [401] * 10
         reply = guesser.get(url + BOUNCE_PATH, auth=("guesser", "guess10"))
         assert reply.status_code == 429
-        assert reply.headers["Retry-After"] == "6"
+        # 6 s when the ten guesses took no time; less by what they took on a busy machine
+        # (the exact figures are the gatekeeper's unit tests', on a mock clock).
+        assert 1 <= int(reply.headers["Retry-After"]) <= 6
         assert reply.text == (
             "Too many failed authentication attempts from 127.0.0.3; retry in 6 s"
         )

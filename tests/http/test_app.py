@@ -124,7 +124,7 @@ class FakeEngine:
 
     def actor_statistics(self, start: int = 0, stop: int | None = None) -> list[ActorStatistics]:
         self._refuse()
-        return [ActorStatistics("example.com", 2, 0, 1, False, 0, 9, 0)]
+        return [ActorStatistics("example.com", 2, 0, 1, False, 0, 9, 0, 0, 0)]
 
 
 @pytest.fixture

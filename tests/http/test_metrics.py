@@ -64,6 +64,9 @@ def engine_statistics() -> EngineStatistics:
     return EngineStatistics(
         received_total=1048,
         bounced_total=1002,
+        delivered_total=0,
+        failed_total=0,
+        expired_total=0,
         queued_total=46,
         queues=3,
         live_rules=3,
@@ -84,6 +87,8 @@ def actor(queue: str, **fields: int | bool) -> ActorStatistics:
         "catch_ups": 0,
         "processed_seq": 0,
         "bounced": 0,
+        "waiting": 0,
+        "handed": 0,
     }
     return ActorStatistics(queue=queue, **{**defaults, **fields})  # type: ignore[arg-type]
 
@@ -285,7 +290,7 @@ def test_a_scrape_reads_the_actors_a_slice_at_a_time() -> None:
         def actor_statistics(
             self, start: int = 0, stop: int | None = None
         ) -> list[ActorStatistics]:
-            every = [ActorStatistics(f"q{n}", n, 0, 0, False, 0, 0, 0) for n in range(1_234)]
+            every = [ActorStatistics(f"q{n}", n, 0, 0, False, 0, 0, 0, 0, 0) for n in range(1_234)]
             return every[start:stop]
 
     reads: list[object] = []

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 from kumo.model.criteria import Criteria
@@ -46,3 +51,37 @@ def bounce(
 def log_records(data_dir: Path) -> list[dict[str, object]]:
     """Every delivery-log record under ``data_dir/logs``, in log order."""
     return read_records(data_dir / LOGS)
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_and_kill(
+    module: str, arguments: list[str], acks: Path, after: float, *, from_start: bool = False
+) -> None:
+    """Run ``python -m module *arguments`` and SIGKILL it ``after`` seconds after it
+    first appends to ``acks`` (its acknowledgements: on a busy machine a start can
+    take longer than ``after``), or after its start with ``from_start`` (to kill it
+    during its recovery)."""
+    child = subprocess.Popen(
+        [sys.executable, "-m", module, *arguments],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stderr=subprocess.PIPE,
+    )
+    size = acks.stat().st_size if acks.exists() else 0
+    while (
+        not from_start
+        and child.poll() is None
+        and (not acks.exists() or acks.stat().st_size == size)
+    ):
+        time.sleep(0.05)
+    try:
+        child.wait(timeout=after)
+    except subprocess.TimeoutExpired:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        return
+    raise AssertionError(
+        f"child exited early: {child.stderr.read().decode() if child.stderr else ''}"
+    )

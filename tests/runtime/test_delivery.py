@@ -8,12 +8,7 @@ be resolved (a resolver that always fails), so a week of retries takes milliseco
 
 from __future__ import annotations
 
-import os
 import random
-import signal
-import subprocess
-import sys
-import time
 from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -34,10 +29,9 @@ from kumo.runtime.mx import MxResolver
 from kumo.runtime.smtp_connection import ConnectionSettings, client_tls_context
 from kumo.store.verify import verify_data_dir
 from tests.postfix import postfix_smtp_sink, require_smtp_sink
-from tests.runtime.harness import WALL_ORIGIN, bounce, log_records, message
+from tests.runtime.harness import WALL_ORIGIN, bounce, log_records, message, run_and_kill
 
 DEADLINE = 60
-ROOT = Path(__file__).resolve().parents[2]
 SECOND = NANOS_PER_SECOND
 
 
@@ -230,8 +224,13 @@ async def test_sigkill_during_delivery_repeats_only_in_flight_deliveries(tmp_pat
     with trio.fail_after(4 * DEADLINE):
         async with postfix_smtp_sink() as (port, dumps):
             for seed in range(rounds):
+                arguments = [str(data_dir), str(acks), str(port), str(seed)]
                 await trio.to_thread.run_sync(
-                    run_and_kill, data_dir, acks, port, seed, rng.uniform(0.3, 1.5)
+                    run_and_kill,
+                    "tests.runtime.delivery_crash_child",
+                    arguments,
+                    acks,
+                    rng.uniform(0.3, 1.5),
                 )
             async with engine_at(data_dir, to_sink(port)) as engine:
                 await engine.wait_until(lambda: not engine.projection().queue_counts)
@@ -263,33 +262,3 @@ async def test_sigkill_during_delivery_repeats_only_in_flight_deliveries(tmp_pat
     assert sum(recipients.values()) == delivered + repeats + len(set(recipients) & bounced_to)
     assert len(acknowledged) > 50, "the child did too little work to test anything"
     verified(data_dir)
-
-
-def run_and_kill(data_dir: Path, acks: Path, port: int, seed: int, after: float) -> None:
-    child = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tests.runtime.delivery_crash_child",
-            str(data_dir),
-            str(acks),
-            str(port),
-            str(seed),
-        ],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        stderr=subprocess.PIPE,
-    )
-    # Killed ``after`` seconds into its work: once it has acknowledged something.
-    size = acks.stat().st_size if acks.exists() else 0
-    while child.poll() is None and (not acks.exists() or acks.stat().st_size == size):
-        time.sleep(0.05)
-    try:
-        child.wait(timeout=after)
-    except subprocess.TimeoutExpired:
-        child.send_signal(signal.SIGKILL)
-        child.wait()
-        return
-    raise AssertionError(
-        f"child exited early: {child.stderr.read().decode() if child.stderr else ''}"
-    )

@@ -31,7 +31,7 @@ from quart import Response, g, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from kumo.http import bounce_api, inject_api, inspect_api
+from kumo.http import bounce_api, inject_api, inspect_api, suspend_api
 from kumo.http.access import AccessPolicy, Denied, PasswordCheck
 from kumo.http.connection_guard import ASGIApp as ASGIApp
 from kumo.http.connection_guard import ASGIMessage as ASGIMessage
@@ -58,6 +58,8 @@ from kumo.http.routes import (
     LIVENESS_PATH,
     METRICS_PATH,
     OPENAPI_PATH,
+    ROUTES,
+    SUSPEND_PATH,
 )
 from kumo.model.duration import NANOS_PER_SECOND
 from kumo.model.inspection import QueueConfig
@@ -67,10 +69,10 @@ from kumo.runtime.refusal import RefusedError
 BODY_TIMEOUT: Final = 15
 """Seconds a client has to send a whole body before it gets 408."""
 
-_PROTECTED_PATHS: Final = frozenset(
-    {BOUNCE_PATH, INJECT_PATH, METRICS_PATH, INSPECT_MESSAGE_PATH, INSPECT_QUEUE_PATH}
-)
-"""Routes served only to trusted or authenticated peers (docs/operations.md, "Access control")."""
+_PROTECTED_PATHS: Final = frozenset(ROUTES) - {LIVENESS_PATH, OPENAPI_PATH}
+"""Routes served only to trusted or authenticated peers (docs/operations.md, "Access
+control"): every route but the liveness check and the OpenAPI document, so that a new
+route is protected unless it is named here."""
 _ADMIN_PREFIX: Final = "/api/admin/"
 """Routes whose answer times /metrics reports (``kumo_admin_request_seconds``)."""
 
@@ -188,6 +190,18 @@ def create_app(
     @app.delete(BOUNCE_PATH)
     async def delete_bounce() -> Response:
         return await admin(bounce_api.cancel_bounce)
+
+    @app.post(SUSPEND_PATH)
+    async def post_suspend() -> Response:
+        return await admin(suspend_api.issue_suspend)
+
+    @app.get(SUSPEND_PATH)
+    async def get_suspends() -> Response:
+        return _response(suspend_api.list_suspends(engine))
+
+    @app.delete(SUSPEND_PATH)
+    async def delete_suspend() -> Response:
+        return await admin(suspend_api.cancel_suspend)
 
     @app.post(INJECT_PATH)
     async def inject() -> Response:

@@ -283,6 +283,33 @@ def parse_bounce_request(content_type: str | None, body: bytes) -> BounceRequest
     )
 
 
+_SUSPEND_READERS: Final = {
+    name: reader for name, reader in _BOUNCE_READERS.items() if name != "suppress_logging"
+}
+_SUSPEND_FIELDS: Final = _expected_list(tuple(_SUSPEND_READERS))
+
+
+def parse_suspend_request(content_type: str | None, body: bytes) -> BounceRequest:
+    """The body of POST /api/admin/suspend/v1: the fields of a bounce but
+    ``suppress_logging``. Unknown fields are refused (KumoMTA ignores them, so that a
+    misspelt criterion suspends everything); ``routing_domain`` is honoured."""
+    obj = _struct("", decode_json(content_type, body), "SuspendV1Request")
+    _refuse_duplicates(body)
+    fields = _fields("", obj, _SUSPEND_READERS, required=("reason",), deny_unknown=_SUSPEND_FIELDS)
+    return BounceRequest(
+        criteria=Criteria(
+            campaign=_get(fields, "campaign", str | None, None),
+            tenant=_get(fields, "tenant", str | None, None),
+            domain=_get(fields, "domain", str | None, None),
+            routing_domain=_get(fields, "routing_domain", str | None, None),
+            queue_names=_get(fields, "queue_names", list, []),
+        ),
+        reason=_get(fields, "reason", str, ""),
+        duration=_get(fields, "duration", int | None, None),
+        expires_at=_get(fields, "expires", int | None, None),
+    )
+
+
 def _get(fields: Mapping[str, object], name: str, kind: Any, default: Any) -> Any:
     value = fields.get(name, default)
     assert isinstance(value, kind), (name, value)
@@ -335,12 +362,15 @@ def _uuid(path: str, value: object) -> str:
         raise _refuse(path, f"UUID parsing failed: {exc}") from None
 
 
-def parse_cancel_request(content_type: str | None, body: bytes) -> str:
-    """The rule id that a DELETE /api/admin/bounce/v1 body names, canonical form.
+def parse_cancel_request(
+    content_type: str | None, body: bytes, *, struct: str = "BounceV1CancelRequest"
+) -> str:
+    """The rule id that a DELETE /api/admin/bounce/v1 (or suspend/v1) body names,
+    canonical form.
 
     Unknown fields are ignored, as KumoMTA does.
     """
-    obj = _struct("", decode_json(content_type, body), "BounceV1CancelRequest")
+    obj = _struct("", decode_json(content_type, body), struct)
     _refuse_duplicates(body)
     fields = _fields("", obj, {"id": _uuid}, required=("id",))
     rule_id: str = _get(fields, "id", str, "")

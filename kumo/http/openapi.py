@@ -12,6 +12,7 @@ from kumo.http.routes import (
     LIVENESS_PATH,
     METRICS_PATH,
     OPENAPI_PATH,
+    SUSPEND_PATH,
 )
 
 _TEXT: Final = {"text/plain": {"schema": {"type": "string"}}}
@@ -96,6 +97,25 @@ _BOUNCE_ENTRY: Final = {
         "expires": {"type": "string", "format": "date-time"},
         "issued_at": {"type": "string", "format": "date-time"},
         "issued_by": {"type": "string"},
+    },
+}
+
+_SUSPEND_REQUEST: Final = {
+    **_BOUNCE_REQUEST,
+    "properties": {
+        name: schema
+        for name, schema in _BOUNCE_REQUEST["properties"].items()  # type: ignore[attr-defined]
+        if name != "suppress_logging"
+    },
+}
+
+_SUSPEND_ENTRY: Final = {
+    "type": "object",
+    "required": ["id", "campaign", "tenant", "domain", "reason", "duration"],
+    "properties": {
+        name: schema
+        for name, schema in _BOUNCE_ENTRY["properties"].items()  # type: ignore[attr-defined]
+        if name not in ("bounced", "total_bounced", "suppress_logging")
     },
 }
 
@@ -282,6 +302,52 @@ OPENAPI: Final[dict[str, Any]] = {
             },
             "delete": {
                 "summary": "Cancel a live rule.",
+                "requestBody": {
+                    "required": True,
+                    "content": _json(
+                        {
+                            "type": "object",
+                            "required": ["id"],
+                            "properties": {"id": {"type": "string", "format": "uuid"}},
+                        }
+                    ),
+                },
+                "responses": {
+                    "200": {"description": "`removed <id>`", "content": _TEXT},
+                    **_refusals(401, 429, 404, 413, 415, 400, 422, 503),
+                },
+            },
+        },
+        SUSPEND_PATH: {
+            "post": {
+                "summary": "Suspend delivery from the scheduled queues that match.",
+                "requestBody": {"required": True, "content": _json(_SUSPEND_REQUEST)},
+                "responses": {
+                    "200": {
+                        "description": "The new suspension's id.",
+                        "content": _json(
+                            {
+                                "type": "object",
+                                "required": ["id"],
+                                "properties": {"id": {"type": "string", "format": "uuid"}},
+                            }
+                        ),
+                    },
+                    **_refusals(401, 429, 413, 415, 400, 422, 503),
+                },
+            },
+            "get": {
+                "summary": "The live suspensions, oldest first.",
+                "responses": {
+                    "200": {
+                        "description": "Live suspensions.",
+                        "content": _json({"type": "array", "items": _SUSPEND_ENTRY}),
+                    },
+                    **_refusals(401, 429, 503),
+                },
+            },
+            "delete": {
+                "summary": "Lift a live suspension: its messages are due at once.",
                 "requestBody": {
                     "required": True,
                     "content": _json(

@@ -12,6 +12,8 @@ from typing import Final
 
 BOUNCE_PATH: Final = "/api/admin/bounce/v1"
 """Issue (POST), list (GET) and cancel (DELETE) bounce rules."""
+SUSPEND_PATH: Final = "/api/admin/suspend/v1"
+"""Suspend (POST), list (GET) and lift (DELETE) the delivery of scheduled queues."""
 INJECT_PATH: Final = "/api/inject/v1"
 """Receive messages (POST), one per recipient."""
 LIVENESS_PATH: Final = "/api/check-liveness/v1"
@@ -28,6 +30,7 @@ INSPECT_QUEUE_PATH: Final = "/api/admin/inspect-sched-q/v1"
 
 ROUTES: Final = (
     BOUNCE_PATH,
+    SUSPEND_PATH,
     INJECT_PATH,
     LIVENESS_PATH,
     METRICS_PATH,

@@ -153,6 +153,35 @@ class BounceExpired:
     rule_id: str = attrs.field(validator=_text)
 
 
+@attrs.frozen(slots=True)
+class SuspendIssued:
+    """An administrator suspended delivery from the scheduled queues that ``criteria``
+    match until ``expires_at`` (``/api/admin/suspend/v1``): their due messages wait, each
+    logged once as a ``TransientFailure``, without an attempt counted."""
+
+    rule_id: str = attrs.field(validator=_text)
+    criteria: Criteria = attrs.field(validator=instance_of(Criteria))
+    reason: str = attrs.field(validator=_text)
+    expires_at: int = attrs.field(validator=_int64)
+    issued_by: str = attrs.field(default="", validator=_text)
+    issued_at: int | None = attrs.field(default=None, validator=attrs.validators.optional(_int64))
+
+
+@attrs.frozen(slots=True)
+class SuspendCancelled:
+    """An administrator lifted a live suspension: its messages are due at once."""
+
+    rule_id: str = attrs.field(validator=_text)
+    cancelled_by: str = attrs.field(default="", validator=_text)
+
+
+@attrs.frozen(slots=True)
+class SuspendExpired:
+    """The engine's clock passed a live suspension's expiry."""
+
+    rule_id: str = attrs.field(validator=_text)
+
+
 def _to_messages(messages: Iterable[Message]) -> MessageBatch:
     return messages if isinstance(messages, MessageBatch) else MessageBatch(messages)
 
@@ -331,7 +360,20 @@ class Expired:
     site: str = attrs.field(default="", validator=_text)
 
 
-Outcome: TypeAlias = Delivered | PermanentlyFailed | TransientlyFailed | Expired
+@attrs.frozen(slots=True)
+class Suspended:
+    """Suspension ``rule_id`` holds ``message`` of ``queue``, due now: it waits until the
+    suspension ends, its attempts unchanged (a ``TransientFailure`` record ``451 4.4.4
+    KumoMTA internal: scheduled queue is suspended: <reason>``, site the queue)."""
+
+    rule_id: str = attrs.field(validator=_text)
+    queue: str = attrs.field(validator=_text)
+    message: Message = attrs.field(validator=_message)
+    attempts: int = attrs.field(validator=_count)
+    reason: str = attrs.field(validator=_text)
+
+
+Outcome: TypeAlias = Delivered | PermanentlyFailed | TransientlyFailed | Expired | Suspended
 """The events of the mail path: what became of a message handed to a destination."""
 
 DEPARTURES: Final = (Delivered, PermanentlyFailed, Expired)
@@ -349,6 +391,10 @@ Event: TypeAlias = (
     | PermanentlyFailed
     | TransientlyFailed
     | Expired
+    | SuspendIssued
+    | SuspendCancelled
+    | SuspendExpired
+    | Suspended
 )
 
 
@@ -364,6 +410,10 @@ _EVENT_CLASSES: Final = frozenset(
         PermanentlyFailed,
         TransientlyFailed,
         Expired,
+        SuspendIssued,
+        SuspendCancelled,
+        SuspendExpired,
+        Suspended,
     }
 )
 
@@ -393,10 +443,11 @@ class Committed:
 
 
 def issue_time(committed: Committed) -> int:
-    """When the rule of a committed ``BounceIssued`` was issued: the clock reading it
-    carries, or (for a log written before events carried one) its commit time."""
+    """When the rule of a committed ``BounceIssued`` (or ``SuspendIssued``) was issued:
+    the clock reading it carries, or (for a log written before events carried one) its
+    commit time."""
     event = committed.event
-    assert isinstance(event, BounceIssued)
+    assert isinstance(event, BounceIssued | SuspendIssued)
     return committed.time if event.issued_at is None else event.issued_at
 
 
@@ -470,6 +521,26 @@ def _encode_body(event: Event) -> dict[str, Any]:
                 "attempts": event.attempts,
                 "attempt": _attempt_to_json(event.attempt),
                 "due": event.due,
+            }
+        case SuspendIssued():
+            return {
+                "rule_id": event.rule_id,
+                "criteria": criteria_to_json(event.criteria),
+                "reason": event.reason,
+                "expires_at": event.expires_at,
+                "issued_by": event.issued_by,
+            } | ({} if event.issued_at is None else {"issued_at": event.issued_at})
+        case SuspendCancelled():
+            return {"rule_id": event.rule_id, "cancelled_by": event.cancelled_by}
+        case SuspendExpired():
+            return {"rule_id": event.rule_id}
+        case Suspended():
+            return {
+                "rule_id": event.rule_id,
+                "queue": event.queue,
+                "message": list(event.message),
+                "attempts": event.attempts,
+                "reason": event.reason,
             }
         case Expired():
             return {
@@ -607,6 +678,25 @@ _DECODERS: Final[dict[str, Callable[[dict[str, Any]], Event]]] = {
         attempts=d["attempts"],
         content=d["content"],
         site=d["site"],
+    ),
+    "SuspendIssued": lambda d: SuspendIssued(
+        rule_id=d["rule_id"],
+        criteria=criteria_from_json(d["criteria"]),
+        reason=d["reason"],
+        expires_at=d["expires_at"],
+        issued_by=d["issued_by"],
+        issued_at=d.get("issued_at"),
+    ),
+    "SuspendCancelled": lambda d: SuspendCancelled(
+        rule_id=d["rule_id"], cancelled_by=d["cancelled_by"]
+    ),
+    "SuspendExpired": lambda d: SuspendExpired(rule_id=d["rule_id"]),
+    "Suspended": lambda d: Suspended(
+        rule_id=d["rule_id"],
+        queue=d["queue"],
+        message=_message_from_json(d["message"]),
+        attempts=d["attempts"],
+        reason=d["reason"],
     ),
     "Rejected": lambda d: Rejected(
         code=d["code"],

@@ -36,12 +36,9 @@ from kumo.model.events import (
     Bounced,
     BounceIssued,
     Committed,
-    Delivered,
-    Expired,
     MessageReceived,
     Outcome,
     PeerAddress,
-    PermanentlyFailed,
     Rejected,
     TransientlyFailed,
 )
@@ -154,7 +151,7 @@ class InvariantCheck:
         elif isinstance(event, Rejected):
             self.rejected.append(seq)
             self.rejections.append(committed)
-        elif isinstance(event, Delivered | PermanentlyFailed | TransientlyFailed | Expired):
+        elif isinstance(event, Outcome):
             self._outcome(committed, event)
         else:
             self._live_matching.clear()
@@ -632,7 +629,7 @@ class DeliveryLogCheck:
                 return None
             committed = self.outcomes[index]
             event = committed.event
-            assert isinstance(event, Delivered | PermanentlyFailed | TransientlyFailed | Expired)
+            assert isinstance(event, Outcome)
             want = OUTCOME_KINDS[type(event)]
             if want != kind or event.message.id != message_id:
                 self._bad(
@@ -671,7 +668,7 @@ class DeliveryLogCheck:
         if kind in _OUTCOME_RECORDS:
             committed = self.outcomes[self._outcomes_seen - 1]
             event = committed.event
-            assert isinstance(event, Delivered | PermanentlyFailed | TransientlyFailed | Expired)
+            assert isinstance(event, Outcome)
             return outcome_record(event, at=committed.time, node_id=node)
         if kind == "Rejection":
             rejection = invariants.rejections[self.seen["Rejection"] - 1]

@@ -29,6 +29,7 @@ from kumo.model.events import (
     PeerAddress,
     PermanentlyFailed,
     Rejected,
+    Suspended,
     TransientlyFailed,
 )
 from kumo.model.rfc3339 import format_rfc3339
@@ -185,6 +186,7 @@ OUTCOME_KINDS: dict[type[Outcome], str] = {
     PermanentlyFailed: "Bounce",
     TransientlyFailed: "TransientFailure",
     Expired: "Expiration",
+    Suspended: "TransientFailure",
 }
 """The record type each mail-path event calls for."""
 
@@ -212,6 +214,29 @@ def outcome_record(event: Outcome, *, at: int, node_id: str) -> dict[str, Any]:
                 "code": 551,
                 "enhanced_code": _enhanced_json((5, 4, 7)),
                 "content": event.content,
+                "command": None,
+            },
+            event_time=at,
+            created=message.received_at,
+            node_id=node_id,
+        ) | {"num_attempts": event.attempts}
+    if isinstance(event, Suspended):
+        # KumoMTA's record of a message its suspended scheduled queue keeps (reference
+        # 5.2): the queue as the site, no peer, no protocol, the attempts so far.
+        return _record(
+            kind="TransientFailure",
+            message_id=message.id,
+            sender=message.sender,
+            recipient=message.recipient,
+            queue=event.queue,
+            site=event.queue,
+            size=message.size,
+            response={
+                "code": 451,
+                "enhanced_code": _enhanced_json((4, 4, 4)),
+                "content": flatten_content(
+                    f"KumoMTA internal: scheduled queue is suspended: {event.reason}"
+                ),
                 "command": None,
             },
             event_time=at,
@@ -407,7 +432,7 @@ def record_position(event: Event, kind: str, message_id: str, *, suppressed: boo
             if message.id == message_id:
                 return index
     elif (
-        isinstance(event, Delivered | PermanentlyFailed | TransientlyFailed | Expired)
+        isinstance(event, Delivered | PermanentlyFailed | TransientlyFailed | Expired | Suspended)
         and OUTCOME_KINDS[type(event)] == kind
         and event.message.id == message_id
     ):

@@ -30,6 +30,9 @@ from kumo.model.events import (
     BounceIssued,
     Committed,
     MessageReceived,
+    SuspendCancelled,
+    SuspendExpired,
+    SuspendIssued,
 )
 from kumo.model.queue_index import QueueIndex
 from kumo.model.queue_name import QueueName
@@ -44,6 +47,8 @@ class NewQueue:
     rules: tuple[SweepRule, ...]
     """The live rules that match the queue at the point of the log where it opens,
     oldest first."""
+    suspensions: tuple[SweepRule, ...] = ()
+    """The live suspensions that match it then, oldest first."""
 
 
 @attrs.frozen
@@ -63,22 +68,28 @@ class Router:
     rules live at each point of the log, whatever the engine's projection has folded.
     """
 
-    __slots__ = ("_holders", "_index", "rules")
+    __slots__ = ("_holders", "_index", "rules", "suspends")
 
-    def __init__(self, rules: RuleBook | None = None) -> None:
+    def __init__(self, rules: RuleBook | None = None, suspends: RuleBook | None = None) -> None:
         self.rules = rules if rules is not None else RuleBook()
+        self.suspends = suspends if suspends is not None else RuleBook("suspend")
         self._index: QueueIndex[str] = QueueIndex()
         self._holders: dict[str, set[str]] = {}
-        """Rule id -> the queues that hold it (only rules not yet ended)."""
+        """Rule id (bounce or suspension) -> the queues that hold it (not yet ended)."""
 
     def open_queue(self, name: str) -> tuple[SweepRule, ...]:
-        """Open ``name`` (unknown so far); return the live rules it holds from now on."""
+        """Open ``name`` (unknown so far); return the live rules it holds from now on
+        (and its live suspensions from :meth:`suspensions_of`)."""
         parsed = QueueName.parse(name)
         self._index.add(name, parsed, name)
         rules = tuple(SweepRule.of(rule) for rule in self.rules.matching_live(parsed))
-        for rule in rules:
+        for rule in (*rules, *self.suspensions_of(name)):
             self._holders.setdefault(rule.id, set()).add(name)
         return rules
+
+    def suspensions_of(self, name: str) -> tuple[SweepRule, ...]:
+        """The live suspensions that match queue ``name``, oldest first."""
+        return tuple(SweepRule.of(rule) for rule in self.suspends.matching_live(name))
 
     def route(self, batch: Iterable[Committed]) -> Routing:
         """Fold ``batch`` (in log order, each event once) and say where it goes."""
@@ -89,11 +100,14 @@ class Router:
             match event:
                 case MessageReceived():
                     if event.queue not in self._index:
-                        new_queues.append(NewQueue(event.queue, self.open_queue(event.queue)))
+                        rules = self.open_queue(event.queue)
+                        suspensions = self.suspensions_of(event.queue)
+                        new_queues.append(NewQueue(event.queue, rules, suspensions))
                     deliveries.setdefault(event.queue, []).append(committed)
-                case BounceIssued():
-                    previous = self.rules.live_equal(event.criteria)
-                    rule = self.rules.apply(committed)
+                case BounceIssued() | SuspendIssued():
+                    book = self.rules if type(event) is BounceIssued else self.suspends
+                    previous = book.live_equal(event.criteria)
+                    rule = book.apply(committed)
                     assert rule is not None
                     if previous is not None and previous.end is not None:
                         # Replaced (or found expired): its queues drop it on their own.
@@ -103,8 +117,13 @@ class Router:
                         deliveries.setdefault(queue, []).append(committed)
                     if not rule.issued_expired:
                         self._holders.setdefault(rule.id, set()).update(matched)
-                case BounceCancelled() | BounceExpired():
-                    self.rules.apply(committed)
+                case BounceCancelled() | BounceExpired() | SuspendCancelled() | SuspendExpired():
+                    book = (
+                        self.suspends
+                        if isinstance(event, SuspendCancelled | SuspendExpired)
+                        else self.rules
+                    )
+                    book.apply(committed)
                     for queue in self._holders.pop(event.rule_id, ()):
                         deliveries.setdefault(queue, []).append(committed)
                 case _:

@@ -75,10 +75,17 @@ def encode_snapshot(state: State, chain: bytes) -> bytes:
         "failed_total": state.failed_total,
         "expired_total": state.expired_total,
         "schedule": {
-            message_id: [retry.due, retry.attempts, retry.anchor_seq, retry.anchor_time]
+            message_id: [
+                retry.due,
+                retry.attempts,
+                retry.anchor_seq,
+                retry.anchor_time,
+                retry.held_by,
+            ]
             for message_id, retry in state.schedule.items()
         },
         "rules": [_rule_to_json(rule) for rule in state.rules.rules.values()],
+        "suspends": [_rule_to_json(rule) for rule in state.suspends.rules.values()],
         "queues": described,
     }
     out = bytearray(MAGIC)
@@ -116,6 +123,9 @@ def decode_snapshot(data: bytes) -> tuple[State, SnapshotPosition]:
             message_id: Retry(*entry) for message_id, entry in header.get("schedule", {}).items()
         }
         state.rules = RuleBook.restore(_rule_from_json(rule) for rule in header["rules"])
+        state.suspends = RuleBook.restore(
+            (_rule_from_json(rule) for rule in header.get("suspends", ())), "suspend"
+        )
         queues: dict[str, MessageQueue] = {}
         for entry in header["queues"]:
             info = QueueColumns(
@@ -160,8 +170,16 @@ def state_differences(expected: State, actual: State) -> list[str]:
             problems.append(
                 f"{field}: {getattr(actual, field)} instead of {getattr(expected, field)}"
             )
-    expected_rules = {rule.id: _rule_to_json(rule) for rule in expected.rules.rules.values()}
-    actual_rules = {rule.id: _rule_to_json(rule) for rule in actual.rules.rules.values()}
+    expected_rules = {
+        rule.id: _rule_to_json(rule)
+        for book in (expected.rules, expected.suspends)
+        for rule in book.rules.values()
+    }
+    actual_rules = {
+        rule.id: _rule_to_json(rule)
+        for book in (actual.rules, actual.suspends)
+        for rule in book.rules.values()
+    }
     for rule_id in sorted(expected_rules.keys() | actual_rules.keys()):
         if expected_rules.get(rule_id) != actual_rules.get(rule_id):
             problems.append(

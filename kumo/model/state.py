@@ -41,6 +41,10 @@ from kumo.model.events import (
     Message,
     MessageReceived,
     PermanentlyFailed,
+    SuspendCancelled,
+    Suspended,
+    SuspendExpired,
+    SuspendIssued,
     TransientlyFailed,
     issue_time,
 )
@@ -103,20 +107,32 @@ class RuleView:
     total_bounced: int
 
 
+RuleKind: TypeAlias = Literal["bounce", "suspend"]
+
+_RULE_EVENTS: dict[RuleKind, tuple[type[Event], type[Event], type[Event]]] = {
+    "bounce": (BounceIssued, BounceCancelled, BounceExpired),
+    "suspend": (SuspendIssued, SuspendCancelled, SuspendExpired),
+}
+"""Each kind of rule's issue, cancel and expiry events."""
+
+
 class RuleBook:
-    """Every rule ever issued, folded in log order; the live ones in issue order."""
+    """Every rule of one kind ever issued, folded in log order; the live ones in issue
+    order. Bounce rules (the default) also count the messages each bounced."""
 
-    __slots__ = ("_by_criteria", "_live", "rules")
+    __slots__ = ("_by_criteria", "_events", "_live", "kind", "rules")
 
-    def __init__(self) -> None:
+    def __init__(self, kind: RuleKind = "bounce") -> None:
+        self.kind: RuleKind = kind
+        self._events = _RULE_EVENTS[kind]
         self.rules: dict[str, Rule] = {}
         self._live: dict[str, Rule] = {}
         self._by_criteria: dict[Criteria, Rule] = {}
 
     @classmethod
-    def restore(cls, rules: Iterable[Rule]) -> RuleBook:
+    def restore(cls, rules: Iterable[Rule], kind: RuleKind = "bounce") -> RuleBook:
         """The book that folded ``rules`` (every rule, in issue order, as it stands)."""
-        book = cls()
+        book = cls(kind)
         for rule in rules:
             book.rules[rule.id] = rule
             if rule.end is None and not rule.issued_expired:
@@ -127,7 +143,8 @@ class RuleBook:
     def copy(self) -> RuleBook:
         """An independent copy (counters included) that can be folded on its own."""
         return RuleBook.restore(
-            attrs.evolve(rule, bounced=dict(rule.bounced)) for rule in self.rules.values()
+            (attrs.evolve(rule, bounced=dict(rule.bounced)) for rule in self.rules.values()),
+            self.kind,
         )
 
     def live_rules(self) -> Iterator[Rule]:
@@ -143,26 +160,30 @@ class RuleBook:
         return rule is not None and rule.live_at(now)
 
     def apply(self, committed: Committed) -> Rule | None:
-        """Fold one event; return the rule it concerns, if any."""
+        """Fold one event; return the rule of this book it concerns, if any."""
         event = committed.event
-        match event:
-            case BounceIssued():
-                return self._issue(event, committed)
-            case BounceCancelled():
-                return self._end(event.rule_id, "cancelled", committed, event.cancelled_by)
-            case BounceExpired():
-                return self._end(event.rule_id, "expired", committed, None)
-            case Bounced():
-                rule = self.rules.get(event.rule_id)
-                if rule is not None:
-                    count = len(event.messages)
-                    rule.bounced[event.queue] = rule.bounced.get(event.queue, 0) + count
-                    rule.total_bounced += count
-                return rule
-            case _:
-                return None
+        kind = type(event)
+        issued, cancelled, expired = self._events
+        if kind is issued:
+            assert isinstance(event, BounceIssued | SuspendIssued)
+            return self._issue(event, committed)
+        if kind is cancelled:
+            assert isinstance(event, BounceCancelled | SuspendCancelled)
+            return self._end(event.rule_id, "cancelled", committed, event.cancelled_by)
+        if kind is expired:
+            assert isinstance(event, BounceExpired | SuspendExpired)
+            return self._end(event.rule_id, "expired", committed, None)
+        if kind is Bounced:
+            assert isinstance(event, Bounced)
+            rule = self.rules.get(event.rule_id)
+            if rule is not None:
+                count = len(event.messages)
+                rule.bounced[event.queue] = rule.bounced.get(event.queue, 0) + count
+                rule.total_bounced += count
+            return rule
+        return None
 
-    def _issue(self, event: BounceIssued, committed: Committed) -> Rule:
+    def _issue(self, event: BounceIssued | SuspendIssued, committed: Committed) -> Rule:
         seq, time = committed.seq, committed.time
         rule = Rule(
             id=event.rule_id,
@@ -171,7 +192,7 @@ class RuleBook:
             issued_seq=seq,
             issued_at=issue_time(committed),
             expires_at=event.expires_at,
-            suppress_logging=event.suppress_logging,
+            suppress_logging=isinstance(event, BounceIssued) and event.suppress_logging,
             issued_by=event.issued_by,
         )
         self.rules[rule.id] = rule
@@ -253,20 +274,25 @@ class SweepRule:
     criteria: Criteria
     expires_at: int
     issued_expired: bool
+    reason: str = ""
 
     @classmethod
     def of(cls, rule: Rule) -> SweepRule:
-        return cls(rule.id, rule.criteria, rule.expires_at, rule.issued_expired)
+        return cls(rule.id, rule.criteria, rule.expires_at, rule.issued_expired, rule.reason)
 
     @classmethod
-    def issued(cls, committed: Committed, event: BounceIssued) -> SweepRule:
-        """The rule a committed ``BounceIssued`` issues."""
+    def issued(cls, committed: Committed, event: BounceIssued | SuspendIssued) -> SweepRule:
+        """The rule a committed ``BounceIssued`` (or ``SuspendIssued``) issues."""
         return cls(
             event.rule_id,
             event.criteria,
             event.expires_at,
             event.expires_at <= issue_time(committed),
+            event.reason,
         )
+
+    def live_at(self, time: int) -> bool:
+        return not self.issued_expired and time < self.expires_at
 
 
 @attrs.frozen(slots=True)
@@ -284,6 +310,9 @@ class Retry:
     anchor_time: int = 0
     """That event's commit time: a rule live then takes the message (the ``Bounced``
     that follows in the same submission, unless a crash lost it)."""
+    held_by: str | None = None
+    """The suspension that holds it (``due`` is then that suspension's expiry; it is
+    due at once if the suspension ended before)."""
 
 
 @attrs.frozen(slots=True)
@@ -318,10 +347,12 @@ class QueueState:
         "_timeline",
         "attempts",
         "handed",
+        "held_by",
         "messages",
         "name",
         "parsed",
         "rules",
+        "suspensions",
         "sweeping",
         "waiting",
     )
@@ -332,9 +363,11 @@ class QueueState:
         messages: MessageQueue | None = None,
         rules: Iterable[SweepRule] = (),
         schedule: Mapping[str, Retry] | None = None,
+        suspensions: Iterable[SweepRule] = (),
     ) -> None:
-        """``schedule``: the retries of the messages that have failed (message id ->
-        :class:`Retry`), from the fold of the log; those due later start waiting."""
+        """``schedule``: the retries of the messages that have failed or wait for a
+        suspension (message id -> :class:`Retry`), from the fold of the log; those due
+        later start waiting. ``suspensions``: the live suspensions that match."""
         self.name = name
         self.parsed = QueueName.parse(name)
         self.messages = messages if messages is not None else MessageQueue()
@@ -350,16 +383,26 @@ class QueueState:
         """Message id -> attempts made, for those held that have failed before."""
         self.handed: dict[str, Handed] = {}
         """Message id -> the messages handed to a destination, awaiting their outcome."""
+        self.suspensions: list[SweepRule] = list(suspensions)
+        """Live suspensions that match this queue, oldest first."""
+        self.held_by: dict[str, str] = {}
+        """Message id -> the suspension it waits for (those waiting for one)."""
         if schedule:
             later: list[Message] = []
+            live = {rule.id for rule in self.suspensions}
             for message in self.messages:
                 entry = schedule.get(message.id)
                 if entry is None:
                     continue
-                self.attempts[message.id] = entry.attempts
+                if entry.attempts:
+                    self.attempts[message.id] = entry.attempts
+                if entry.held_by is not None and entry.held_by not in live:
+                    continue  # its suspension ended: due now
                 if entry.due is not None:
                     later.append(message)
                     self._wait(message, entry.due)
+                    if entry.held_by is not None:
+                        self.held_by[message.id] = entry.held_by
             if later:
                 self.messages.remove({message.id for message in later})
 
@@ -390,6 +433,10 @@ class QueueState:
                 return event.criteria.matches(self.parsed)
             case BounceCancelled() | BounceExpired():
                 return any(rule.id == event.rule_id for rule in self.rules)
+            case SuspendIssued():
+                return event.criteria.matches(self.parsed)
+            case SuspendCancelled() | SuspendExpired():
+                return any(rule.id == event.rule_id for rule in self.suspensions)
             case _:
                 return False
 
@@ -410,6 +457,18 @@ class QueueState:
             case BounceCancelled() | BounceExpired():
                 self.rules = [rule for rule in self.rules if rule.id != event.rule_id]
                 return None
+            case SuspendIssued():
+                suspension = SweepRule.issued(committed, event)
+                if not suspension.issued_expired:
+                    self.suspensions = [
+                        s for s in self.suspensions if s.criteria != suspension.criteria
+                    ]
+                    self.suspensions.append(suspension)
+                return None
+            case SuspendCancelled() | SuspendExpired():
+                self.suspensions = [s for s in self.suspensions if s.id != event.rule_id]
+                self._release(event.rule_id)
+                return None
             case _:
                 return None
 
@@ -419,7 +478,7 @@ class QueueState:
         Arrivals into a queue that holds no rule only join it: nothing can be decided.
         Returns whether ``events`` were folded (all arrivals, no rule held).
         """
-        if self.rules or self.sweeping is not None:
+        if self.rules or self.suspensions or self.sweeping is not None:
             return False
         if not all(type(committed.event) is MessageReceived for committed in events):
             return False
@@ -456,6 +515,7 @@ class QueueState:
                 self.messages.append(message)
             self.waiting.clear()
             self._timeline.clear()
+            self.held_by.clear()
         if not self.messages:
             return None
         self.sweeping = rule
@@ -500,9 +560,47 @@ class QueueState:
             entry = waiting.get(message_id)
             if entry is not None and entry[1] == due:
                 del waiting[message_id]
+                self.held_by.pop(message_id, None)
                 self.messages.append(entry[0])
                 moved += 1
         return moved
+
+    def suspended(self, now: int) -> SweepRule | None:
+        """The suspension that holds this queue's due messages at ``now``: the most
+        recently issued live one."""
+        for suspension in reversed(self.suspensions):
+            if suspension.live_at(now):
+                return suspension
+        return None
+
+    def hold(self, now: int) -> list[Event]:
+        """If a suspension is live at ``now``, every due message waits for it (until its
+        expiry, or its end if sooner), its attempts unchanged: one ``Suspended`` each."""
+        suspension = self.suspended(now)
+        if suspension is None or not self.messages or self.sweeping is not None:
+            return []
+        held: list[Event] = []
+        for message in self.messages.take_all():
+            self._wait(message, suspension.expires_at)
+            self.held_by[message.id] = suspension.id
+            held.append(
+                Suspended(
+                    suspension.id,
+                    self.name,
+                    message,
+                    self.attempts.get(message.id, 0),
+                    suspension.reason,
+                )
+            )
+        return held
+
+    def _release(self, suspension_id: str) -> None:
+        """A suspension ended: the messages it held are due now."""
+        released = [mid for mid, rule_id in self.held_by.items() if rule_id == suspension_id]
+        for message_id in released:
+            del self.held_by[message_id]
+            message, _ = self.waiting.pop(message_id)
+            self.messages.append(message)
 
     def hand(self, limit: int) -> list[Handed]:
         """Hand up to ``limit`` messages due now to the destination, oldest first."""
@@ -599,6 +697,7 @@ class State:
 
     def __init__(self, *, keep_messages: bool = True) -> None:
         self.rules = RuleBook()
+        self.suspends = RuleBook("suspend")
         self.queue_counts: dict[str, int] = {}
         self._queues: dict[str, MessageQueue] | None = {} if keep_messages else None
         self._leaving: dict[str, set[str]] = {}
@@ -667,6 +766,20 @@ class State:
                     self.schedule[event.message.id] = Retry(
                         event.due, event.attempts + 1, committed.seq, committed.time
                     )
+            case Suspended():
+                if self._queues is not None:
+                    message = event.message
+                    before = self.schedule.get(message.id)
+                    suspension = self.suspends.rules.get(event.rule_id)
+                    self.schedule[message.id] = Retry(
+                        None if suspension is None else suspension.expires_at,
+                        event.attempts,
+                        message.seq if before is None else before.anchor_seq,
+                        message.received_at if before is None else before.anchor_time,
+                        event.rule_id,
+                    )
+            case SuspendIssued() | SuspendCancelled() | SuspendExpired():
+                self.suspends.apply(committed)
             case _:
                 self.rules.apply(committed)
 

@@ -91,7 +91,9 @@ class Broadcaster:
     async def _route(self, batch: list[Committed]) -> None:
         routing = self._router.route(batch)
         for queue in routing.new_queues:
-            await self.open_queue(QueueState(queue.name, rules=queue.rules))
+            await self.open_queue(
+                QueueState(queue.name, rules=queue.rules, suspensions=queue.suspensions)
+            )
         upto = batch[-1].seq
         per_yield = self._settings.deliveries_per_yield
         for count, (name, events) in enumerate(routing.deliveries.items(), start=1):

@@ -31,12 +31,9 @@ import trio
 from kumo.model.events import (
     Bounced,
     Committed,
-    Delivered,
-    Expired,
     MessageReceived,
-    PermanentlyFailed,
+    Outcome,
     Rejected,
-    TransientlyFailed,
 )
 from kumo.model.log_record import (
     admin_bounce_lines,
@@ -120,7 +117,7 @@ def encode_records(
                 )
         elif isinstance(event, Rejected):
             lines.append(rejection_line(event, rejected_at=committed.time, node_id=node_id))
-        elif isinstance(event, Delivered | PermanentlyFailed | TransientlyFailed | Expired):
+        elif isinstance(event, Outcome):
             lines.append(outcome_line(event, at=committed.time, node_id=node_id))
     if received:
         flush_received()

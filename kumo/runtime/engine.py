@@ -44,6 +44,8 @@ from kumo.model.events import (
     Event,
     MessageReceived,
     Rejected,
+    SuspendCancelled,
+    SuspendIssued,
 )
 from kumo.model.inspection import InspectedMessage, InspectedQueue
 from kumo.model.message import Message
@@ -52,7 +54,7 @@ from kumo.model.recovery import Recovery, recover
 from kumo.model.requests import BounceRequest, NewMessage
 from kumo.model.router import Router
 from kumo.model.settings import EngineSettings
-from kumo.model.state import QueueState, RuleView, State
+from kumo.model.state import QueueState, RuleKind, RuleView, State
 from kumo.model.statistics import counter, gauge, record
 from kumo.runtime.blocking import in_thread, inline
 from kumo.runtime.broadcaster import Broadcaster, BroadcasterStatistics
@@ -194,38 +196,73 @@ class Engine:
         The sweep and the counting happen afterwards; read progress with
         :meth:`list_bounces`.
         """
-        self._check_open()
-        rule_id = str(uuid.uuid4())
-        now = self.clock.now()
-        event = BounceIssued(
-            rule_id=rule_id,
-            criteria=request.criteria,
-            reason=request.reason,
-            expires_at=request.expiry(now),
-            suppress_logging=request.suppress_logging,
-            issued_by=issued_by,
-            issued_at=now,
-        )
-        await self._log.append([event])
-        return rule_id
+        return await self._issue("bounce", request, issued_by)
 
     async def cancel_bounce(self, rule_id: str, *, cancelled_by: str) -> bool:
         """Cancel a live rule. False if it is unknown, replaced, cancelled or expired."""
-        self._check_open()
-        if rule_id in self._cancelling or not self._projection.rules.is_live(
-            rule_id, self.clock.now()
-        ):
-            return False
-        self._cancelling.add(rule_id)
-        try:
-            await self._log.append([BounceCancelled(rule_id=rule_id, cancelled_by=cancelled_by)])
-        finally:
-            self._cancelling.discard(rule_id)
-        return True
+        return await self._cancel("bounce", rule_id, cancelled_by)
 
     def list_bounces(self) -> list[RuleView]:
         """Live rules, oldest first, with their counters and remaining lifetime."""
         return self._projection.rules.views(self.clock.now())
+
+    async def issue_suspend(self, request: BounceRequest, *, issued_by: str) -> str:
+        """Suspend delivery from the scheduled queues ``request`` matches (its
+        ``suppress_logging`` is not used); return the suspension's id once its
+        ``SuspendIssued`` is durable."""
+        return await self._issue("suspend", request, issued_by)
+
+    async def cancel_suspend(self, rule_id: str, *, cancelled_by: str) -> bool:
+        """Lift a live suspension: its messages are due at once. False if it is not live."""
+        return await self._cancel("suspend", rule_id, cancelled_by)
+
+    def list_suspends(self) -> list[RuleView]:
+        """Live suspensions, oldest first, with their remaining lifetime."""
+        return self._projection.suspends.views(self.clock.now())
+
+    async def _issue(self, kind: RuleKind, request: BounceRequest, issued_by: str) -> str:
+        self._check_open()
+        rule_id = str(uuid.uuid4())
+        now = self.clock.now()
+        event: Event
+        if kind == "bounce":
+            event = BounceIssued(
+                rule_id=rule_id,
+                criteria=request.criteria,
+                reason=request.reason,
+                expires_at=request.expiry(now),
+                suppress_logging=request.suppress_logging,
+                issued_by=issued_by,
+                issued_at=now,
+            )
+        else:
+            event = SuspendIssued(
+                rule_id=rule_id,
+                criteria=request.criteria,
+                reason=request.reason,
+                expires_at=request.expiry(now),
+                issued_by=issued_by,
+                issued_at=now,
+            )
+        await self._log.append([event])
+        return rule_id
+
+    async def _cancel(self, kind: RuleKind, rule_id: str, cancelled_by: str) -> bool:
+        self._check_open()
+        book = self._projection.rules if kind == "bounce" else self._projection.suspends
+        if rule_id in self._cancelling or not book.is_live(rule_id, self.clock.now()):
+            return False
+        self._cancelling.add(rule_id)
+        event: Event = (
+            BounceCancelled(rule_id=rule_id, cancelled_by=cancelled_by)
+            if kind == "bounce"
+            else SuspendCancelled(rule_id=rule_id, cancelled_by=cancelled_by)
+        )
+        try:
+            await self._log.append([event])
+        finally:
+            self._cancelling.discard(rule_id)
+        return True
 
     def queue_counts(self) -> Mapping[str, int]:
         """Scheduled queue name -> messages waiting there (non-empty queues only)."""
@@ -471,7 +508,7 @@ async def open_engine(
             run_blocking, functools.partial(_close_all, reader, checkpoints, store)
         )
         recovery = recover(state, chunk=settings.resume_chunk)
-        router = Router(state.rules.copy())
+        router = Router(state.rules.copy(), state.suspends.copy())
         projection = Projection(state, recovery.queues)
         log = LogWriter(
             store, reader, clock, settings, on_commit=projection.apply, run_blocking=run_blocking
@@ -548,8 +585,9 @@ async def _run(
     if parts.deliveries is not None:
         await nursery.start(parts.deliveries.run)
     for name, messages in recovery.queues.items():
+        rules = router.open_queue(name)
         await parts.broadcaster.open_queue(
-            QueueState(name, messages, router.open_queue(name), recovery.schedule)
+            QueueState(name, messages, rules, recovery.schedule, router.suspensions_of(name))
         )
     followers = trio.CancelScope()
 

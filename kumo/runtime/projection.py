@@ -7,7 +7,7 @@ from typing import Final
 
 import trio
 
-from kumo.model.events import Bounced, BounceIssued, Committed, MessageReceived
+from kumo.model.events import Bounced, BounceIssued, Committed, MessageReceived, SuspendIssued
 from kumo.model.message_locations import MessageLocations
 from kumo.model.message_queue import MessageQueue
 from kumo.model.state import State
@@ -95,7 +95,7 @@ class Projection:
             if type(event) is MessageReceived:
                 received.append((event.message_id, event.queue))
                 arrivals[event.queue] = item.time
-            elif type(event) is BounceIssued:
+            elif type(event) is BounceIssued or type(event) is SuspendIssued:
                 issued += 1
             elif type(event) is Bounced and event.queue not in self.state.queue_counts:
                 # The queue is empty: all its entries die at once, none one by one (a

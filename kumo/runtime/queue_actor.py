@@ -8,11 +8,12 @@ import logging
 import math
 import random
 from collections import deque
+from typing import Final
 
 import attrs
 import trio
 
-from kumo.model.events import Bounced, BounceIssued, Committed, Event
+from kumo.model.events import Bounced, BounceIssued, Committed, Event, SuspendIssued
 from kumo.model.ready_queue import PlanFailure, ReadyEntry
 from kumo.model.settings import EngineSettings
 from kumo.model.smtp_reply import Disposition
@@ -25,6 +26,9 @@ from kumo.runtime.smtp_connection import MessageOutcome
 from kumo.runtime.watermark import Watermark
 
 logger = logging.getLogger("kumo.queue")
+
+_TAKE_BACK_FOR: Final = frozenset({BounceIssued, SuspendIssued})
+"""The events before which a queue takes back its ready messages."""
 
 
 @attrs.frozen(eq=False)
@@ -250,10 +254,10 @@ class QueueActor:
         bounces: list[Bounced] = []
         state = self.state
         if self._mail is not None and any(
-            type(c.event) is BounceIssued and state.concerns(c.event) for c in events
+            type(c.event) in _TAKE_BACK_FOR and state.concerns(c.event) for c in events
         ):
-            # A rule's sweep reaches ready messages too: take back what no connection
-            # holds before the rule applies.
+            # A rule's sweep (a suspension's hold) reaches ready messages too: take back
+            # what no connection holds before the rule applies.
             state.take_back(self._mail.deliveries.withdraw(self.name))
         for committed in events:
             if not filtered and not state.concerns(committed.event):
@@ -282,7 +286,11 @@ class QueueActor:
         has room (or fail them all, if it cannot be reached); return when the next
         waiting message is due."""
         state = self.state
-        state.wake(mail.clock.now())
+        now = mail.clock.now()
+        state.wake(now)
+        held = state.hold(now)
+        if held:
+            await self._submit_outcomes(held)
         if state.messages and state.sweeping is None:
             target, site = await mail.deliveries.target(self.name)
             if isinstance(target, PlanFailure):

@@ -1,4 +1,5 @@
-"""The task that ends rules when the engine clock passes their expiry."""
+"""The task that ends rules (bounces and suspensions) when the engine clock passes
+their expiry."""
 
 from __future__ import annotations
 
@@ -6,14 +7,15 @@ import math
 
 import trio
 
-from kumo.model.events import BounceExpired
+from kumo.model.events import BounceExpired, Event, SuspendExpired
 from kumo.runtime.clock import EngineClock
 from kumo.runtime.log_writer import LogWriter
 from kumo.runtime.projection import Projection
 
 
 class RuleExpiry:
-    """Appends ``BounceExpired`` for each rule once the clock passes its ``expires_at``.
+    """Appends ``BounceExpired`` (``SuspendExpired``) for each rule (suspension) once the
+    clock passes its ``expires_at``.
 
     It sleeps until the earliest expiry of the rules not yet ended, or until a rule is
     issued (which may expire sooner), reading time only through the engine clock.
@@ -27,14 +29,17 @@ class RuleExpiry:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
         rules = self._projection.state.rules
+        suspends = self._projection.state.suspends
         issued = self._projection.rules_issued
         while True:
             seen = issued.value
-            due = rules.due_to_expire(self._clock.now())
+            now = self._clock.now()
+            due: list[Event] = [BounceExpired(rule.id) for rule in rules.due_to_expire(now)]
+            due += [SuspendExpired(rule.id) for rule in suspends.due_to_expire(now)]
             if due:
-                await self._log.append([BounceExpired(rule_id=rule.id) for rule in due])
+                await self._log.append(due)
                 continue
-            next_expiry = rules.next_expiry()
-            deadline = math.inf if next_expiry is None else self._clock.deadline(next_expiry)
+            expiries = [e for e in (rules.next_expiry(), suspends.next_expiry()) if e is not None]
+            deadline = self._clock.deadline(min(expiries)) if expiries else math.inf
             with trio.move_on_at(deadline):
                 await issued.wait_for(seen + 1)

@@ -16,6 +16,7 @@ from kumo.http.routes import (
     LIVENESS_PATH,
     METRICS_PATH,
     OPENAPI_PATH,
+    SUSPEND_PATH,
     ROUTES,
 )
 from tests.http.test_app import FakeEngine
@@ -29,7 +30,8 @@ def test_the_paths_are_kumomtas() -> None:
     assert OPENAPI_PATH == "/api-docs/openapi.json"
     assert INSPECT_MESSAGE_PATH == "/api/admin/inspect-message/v1"
     assert INSPECT_QUEUE_PATH == "/api/admin/inspect-sched-q/v1"
-    assert len(set(ROUTES)) == len(ROUTES) == 7
+    assert SUSPEND_PATH == "/api/admin/suspend/v1"
+    assert len(set(ROUTES)) == len(ROUTES) == 8
 
 
 def test_the_app_serves_every_route_and_no_other() -> None:

@@ -630,6 +630,14 @@ def render_report(report: VerifyReport, fmt: str) -> str:
                 "spooled": report.spooled,
                 "records_due_through": report.records_due_through,
                 "log_read": report.log_read,
+                "cut": {
+                    "seq": report.cut_seq,
+                    "time": _time(report.cut_time),
+                    "base": report.base,
+                    "records_before": report.records_before_cut,
+                }
+                if report.base is not None
+                else None,
                 "violations": [
                     {"check": v.check, "where": v.where, "seq": v.seq, "problem": v.problem}
                     for v in report.violations
@@ -659,7 +667,8 @@ def render_report(report: VerifyReport, fmt: str) -> str:
         f"structure     {mark('structure')}: SQLite integrity_check of {DATABASE} (events, "
         "id index, spool, meta)",
         f"sequence      {mark('sequence')}: {report.events:,} events, "
-        f"seq {report.first_seq:,}..{report.last_seq:,}, expected gapless from 1",
+        f"seq {report.first_seq:,}..{report.last_seq:,}, expected gapless from "
+        + (f"{report.cut_seq + 1:,} (the retention cut)" if report.base else "1"),
         f"hash chain    {mark('chain')}: {report.events:,} links checked",
         f"decoding      {mark('decode')}: every body read as the type its row names",
         f"conservation  {mark('conservation')}: {report.received:,} received = "
@@ -677,6 +686,14 @@ def render_report(report: VerifyReport, fmt: str) -> str:
         f"snapshots     {mark('snapshot')}: {report.snapshots} checked against the fold "
         "of the log at their seq",
     ]
+    if report.base is not None:
+        lines.append(
+            f"retention     the events up to seq {report.cut_seq:,} (committed up to "
+            f"{_time(report.cut_time)}) were deleted by retention: every check starts from "
+            f"the state at the cut, {report.base} (its digest, and its chain against the "
+            f"kept log's, checked); {report.records_before_cut:,} delivery-log record(s) "
+            "of the deleted events not compared"
+        )
     if not report.log_read:
         lines.append(
             "              the log could not be read to its end: the spool and the delivery "

@@ -17,6 +17,8 @@ from collections.abc import Sequence
 
 import attrs
 
+from kumo.model.state import State
+
 
 @attrs.frozen
 class SegmentAge:
@@ -61,3 +63,16 @@ def past_retention(
             break
         deleted.append(segment)
     return tuple(deleted)
+
+
+def base_projection(base: State) -> State:
+    """The projection (rules, counters, gauges; no messages) of the base state at a
+    cut, on its own: folding events into it leaves ``base`` as it was."""
+    projection = State(keep_messages=False)
+    projection.rules = base.rules.copy()
+    projection.queue_counts = dict(base.queue_counts)
+    projection.received_total = base.received_total
+    projection.bounced_total = base.bounced_total
+    projection.last_seq = base.last_seq
+    projection.last_time = base.last_time
+    return projection

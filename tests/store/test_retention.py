@@ -10,7 +10,7 @@ import pytest
 import trio
 
 from kumo.model.settings import EngineSettings
-from kumo.model.snapshot import state_differences
+from kumo.model.snapshot import encode_snapshot, state_differences
 from kumo.model.state import State
 from kumo.runtime.clock import EngineClock
 from kumo.runtime.engine import open_engine
@@ -28,6 +28,7 @@ from kumo.store.history import HistoryView
 from kumo.store.layout import ARCHIVE, SNAPSHOTS
 from kumo.store.retention import apply_retention
 from kumo.store.snapshots import fold_archive, fold_from_snapshot
+from kumo.store.verify import verify_data_dir
 from tests.runtime.harness import WALL_ORIGIN, bounce, message
 
 DAY = 86_400 * 1_000_000_000
@@ -188,11 +189,13 @@ def test_a_pass_killed_between_the_base_and_the_deletions_is_finished_by_the_nex
     with HistoryView(tmp_path) as history:
         assert history.first_seq == cut.seq + 1
         assert history.segments == [s for s in segments if s.last_seq > cut.seq]
+    assert verify_data_dir(tmp_path).violations == []
     # The next pass, even without retention, removes what the cut covers.
     done = apply_retention(tmp_path, now=day(4.5), retention=None)
     assert (done.cut, done.segments) == (cut.seq, 0)
     assert done.removed == len(covered) - 1
     assert not any(segment.path.exists() for segment in covered)
+    assert verify_data_dir(tmp_path).violations == []
 
 
 def test_a_temporary_base_left_by_a_kill_is_removed(tmp_path: Path) -> None:
@@ -202,3 +205,62 @@ def test_a_temporary_base_left_by_a_kill_is_removed(tmp_path: Path) -> None:
     assert history_cut(tmp_path / ARCHIVE) is None
     assert apply_retention(tmp_path, now=day(3), retention=None).removed == 1
     assert not leftover.exists()
+
+
+def test_verify_checks_the_kept_log_from_the_base(tmp_path: Path) -> None:
+    ids = days_of_history(tmp_path, 6, retention=2 * DAY)
+    cut = history_cut(tmp_path / ARCHIVE)
+    assert cut is not None
+    report = verify_data_dir(tmp_path)
+    assert report.violations == []
+    assert (report.cut_seq, report.cut_time) == (cut.seq, cut.time)
+    assert report.base == f"archive/{cut.path.name}"
+    assert report.first_seq == cut.seq + 1
+    assert report.events == report.last_seq - cut.seq
+    # Conservation over the kept log: the messages queued at the cut count as received.
+    assert report.received == report.queued + report.bounced
+    assert report.received < sum(len(day_ids) for day_ids in ids)
+    # Every record of the deleted events is counted, none compared; the rest are.
+    assert report.records_before_cut > 0
+    assert report.snapshots == 2
+
+
+def test_verify_names_a_base_that_does_not_match_the_kept_log(tmp_path: Path) -> None:
+    days_of_history(tmp_path, 6, retention=2 * DAY)
+    cut = history_cut(tmp_path / ARCHIVE)
+    assert cut is not None
+    state = cut.base()
+    # A base re-made (digest and all) with another chain value: the kept log does not
+    # follow it.
+    cut.path.write_bytes(encode_snapshot(state, b"\x01" * 16))
+    report = verify_data_dir(tmp_path)
+    problems = [(v.check, v.where.split(",")[0]) for v in report.violations]
+    first = archive_segments(tmp_path / ARCHIVE)[0].path.name
+    assert ("chain", f"archive/{first}") in problems
+    # A base whose totals were altered: the snapshots, folded from the true base, differ.
+    state.received_total += 5
+    cut.path.write_bytes(encode_snapshot(state, cut.chain))
+    report = verify_data_dir(tmp_path)
+    assert {v.check for v in report.violations} == {"snapshot"}
+    assert all("received_total" in v.problem for v in report.violations)
+    # A base that lost a queued message: the kept log's conservation no longer holds.
+    state = cut.base()
+    assert state.queues
+    name, queue = next(iter(state.queues.items()))
+    queue.remove({queue.ids()[0]})
+    state.queue_counts[name] -= 1
+    cut.path.write_bytes(encode_snapshot(state, cut.chain))
+    assert "conservation" in {v.check for v in verify_data_dir(tmp_path).violations}
+
+
+def test_verify_names_a_kept_segment_deleted_by_hand(tmp_path: Path) -> None:
+    days_of_history(tmp_path, 7, retention=2 * DAY)
+    cut = history_cut(tmp_path / ARCHIVE)
+    assert cut is not None
+    first = archive_segments(tmp_path / ARCHIVE)[0]
+    first.path.unlink()
+    report = verify_data_dir(tmp_path)
+    assert ("sequence", first.last_seq + 1) in [(v.check, v.seq) for v in report.violations]
+    assert any(
+        f"events {cut.seq + 1}..{first.last_seq} missing" in v.problem for v in report.violations
+    )

@@ -7,13 +7,9 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-import trio
 
-from kumo.model.settings import EngineSettings
 from kumo.model.snapshot import encode_snapshot, state_differences
 from kumo.model.state import State
-from kumo.runtime.clock import EngineClock
-from kumo.runtime.engine import open_engine
 from kumo.store.archive import (
     ArchiveCorruptError,
     archive_segments,
@@ -21,7 +17,6 @@ from kumo.store.archive import (
     history_cut,
     open_archive,
 )
-from kumo.store.compaction import compact
 from kumo.store.data_dir import open_event_log
 from kumo.store.event_log import LogCorruptError
 from kumo.store.history import HistoryView
@@ -29,43 +24,7 @@ from kumo.store.layout import ARCHIVE, SNAPSHOTS
 from kumo.store.retention import apply_retention
 from kumo.store.snapshots import fold_archive, fold_from_snapshot
 from kumo.store.verify import verify_data_dir
-from tests.runtime.harness import WALL_ORIGIN, bounce, message
-
-DAY = 86_400 * 1_000_000_000
-
-
-def day(number: float) -> int:
-    return WALL_ORIGIN + round(number * DAY)
-
-
-def serve_day(data_dir: Path, number: int, *, received: int = 30) -> list[str]:
-    """A day of traffic: ``received`` messages over three queues, one of which a rule
-    (issued for a day) bounces; return the ids received."""
-
-    async def run() -> list[str]:
-        settings = EngineSettings(snapshot_every=0)
-        async with open_engine(
-            data_dir, clock=EngineClock(day(number)), settings=settings, threads=False
-        ) as engine:
-            ids = await engine.inject(
-                [message(f"u{number}-{n}@d{n % 3}.example") for n in range(received)]
-            )
-            await engine.issue_bounce(
-                bounce(domain=f"d{number % 3}.example", duration=DAY), issued_by="ops"
-            )
-            await engine.wait_idle()
-            return ids
-
-    return trio.run(run)
-
-
-def days_of_history(data_dir: Path, days: int, *, retention: int | None) -> list[list[str]]:
-    """``days`` days of traffic, each compacted at its end with ``retention``."""
-    ids = []
-    for number in range(days):
-        ids.append(serve_day(data_dir, number))
-        compact(data_dir, retention=retention, now=day(number + 0.5))
-    return ids
+from tests.history_days import DAY, day, days_of_history
 
 
 def fold_of(data_dir: Path, *, snapshots: bool) -> State:

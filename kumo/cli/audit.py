@@ -694,6 +694,7 @@ def render_report(report: VerifyReport, fmt: str) -> str:
                     "time": _time(report.cut_time),
                     "base": report.base,
                     "records_before": report.records_before_cut,
+                    "queued_at_cut": report.queued_at_cut,
                 }
                 if report.base is not None
                 else None,
@@ -730,7 +731,9 @@ def render_report(report: VerifyReport, fmt: str) -> str:
         + (f"{report.cut_seq + 1:,} (the retention cut)" if report.base else "1"),
         f"hash chain    {mark('chain')}: {report.events:,} links checked",
         f"decoding      {mark('decode')}: every body read as the type its row names",
-        f"conservation  {mark('conservation')}: {report.received:,} received = "
+        f"conservation  {mark('conservation')}: {report.received:,} received"
+        + (f" ({report.queued_at_cut:,} of them queued at the cut)" if report.base else "")
+        + " = "
         f"{report.queued:,} queued + {report.bounced:,} bounced "
         f"(in {report.bounced_events:,} Bounced events)",
         f"attribution   {mark('attribution')}: each bounce by the rule it counts to "

@@ -375,6 +375,8 @@ class VerifyReport:
     """The base the checks started from (a path in the data directory)."""
     records_before_cut: int = 0
     """Delivery-log records of events before the cut: counted, not compared."""
+    queued_at_cut: int = 0
+    """Messages queued at the cut, which the checks count as received (at their seqs)."""
 
     @property
     def ok(self) -> bool:
@@ -590,6 +592,7 @@ def verify_data_dir(data_dir: Path, progress: Progress = _no_progress) -> Verify
         cut_time=cut.time if cut is not None else None,
         base=f"{ARCHIVE}/{cut.path.name}" if cut is not None else None,
         records_before_cut=delivery.before_cut,
+        queued_at_cut=sum(1 for r in invariants.received.values() if r.seq <= invariants.cut),
     )
 
 

@@ -122,6 +122,7 @@ def test_replay_and_verify_start_from_the_base(history: tuple[Path, list[list[st
     code, output = kumo("replay", "--data-dir", str(data_dir), "--verify")
     assert code == 0, output
     assert f"expected gapless from {cut.seq + 1:,} (the retention cut)" in output
+    assert f"({report.queued_at_cut:,} of them queued at the cut) = " in output
     assert f"retention     the events up to seq {cut.seq:,}" in output
     assert f"archive/{cut.path.name}" in output
     code, output = kumo("replay", "--data-dir", str(data_dir), "--verify", "--format", "json")

@@ -178,6 +178,10 @@ def test_verify_checks_the_kept_log_from_the_base(tmp_path: Path) -> None:
     assert report.events == report.last_seq - cut.seq
     # Conservation over the kept log: the messages queued at the cut count as received.
     assert report.received == report.queued + report.bounced
+    with HistoryView(tmp_path) as history:
+        base = history.base()
+    assert base is not None
+    assert report.queued_at_cut == sum(base.queue_counts.values()) > 0
     assert report.received < sum(len(day_ids) for day_ids in ids)
     # Every record of the deleted events is counted, none compared; the rest are.
     assert report.records_before_cut > 0

@@ -44,6 +44,7 @@ from kumo.model.smtp_server import SmtpServerSettings
 from kumo.runtime.delivery_repair import RepairError
 from kumo.runtime.engine import DataDirectoryLockedError, Engine, open_engine
 from kumo.runtime.smtp_listener import ListenerSettings, SmtpListener, server_tls_context
+from kumo.store.archive import ArchiveCorruptError
 from kumo.store.event_log import LogCorruptError, StoreDamagedError
 
 SWITCH_INTERVAL: Final = 0.0005
@@ -412,6 +413,7 @@ def serve(
         DataDirectoryLockedError,
         ListenError,
         LogCorruptError,
+        ArchiveCorruptError,
         StoreDamagedError,
         RepairError,
     ) as group:

@@ -157,6 +157,11 @@ def _check_timeout(name: str, value: Any) -> None:
         raise ConfigError(f"{name} must be a positive duration, {_got(value)}")
 
 
+def _check_optional_timeout(name: str, value: Any) -> None:
+    if value is not None:
+        _check_timeout(name, value)
+
+
 def _check_interval(name: str, value: Any) -> None:
     # KumoMTA counts retry intervals in whole seconds: under one second every retry
     # would be due at once, and a failing destination would be retried in a loop.
@@ -545,10 +550,19 @@ class LogSettings:
     )
     """Durable events between two compactions while serving (a snapshot of the state,
     then an archive pass); 0: none while serving (``kumo compact`` still works)."""
+    archive_retention: int | None = _setting(
+        default=None, check=_check_optional_timeout, parse=_parse_duration
+    )
+    """How long the history is kept (ns; ``"90days"``); default: forever. Each
+    compaction deletes the archive segments whose newest event is older than that;
+    audits and ``kumo replay --verify`` then start from the state at the first event
+    kept (docs/operations.md, "Compaction")."""
 
     def engine_settings(self) -> EngineSettings:
         """The engine's settings under this table (the rest at their defaults)."""
-        return EngineSettings(snapshot_every=self.snapshot_every)
+        return EngineSettings(
+            snapshot_every=self.snapshot_every, archive_retention=self.archive_retention
+        )
 
 
 def _settings_fields(*records: type[Any]) -> dict[str, attrs.Attribute[Any]]:

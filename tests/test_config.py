@@ -455,5 +455,32 @@ def test_the_log_table_sets_how_often_the_engine_compacts() -> None:
     assert config.log.engine_settings().snapshot_every == 0
     with pytest.raises(ConfigError, match=r"snapshot_every must be a whole number, 0 or more"):
         parse_config("[log]\nsnapshot_every = -1", base_dir=BASE)
-    with pytest.raises(ConfigError, match=r"unknown key 'archive_retention' in \[log\]"):
-        parse_config('[log]\narchive_retention = "90days"', base_dir=BASE)
+    with pytest.raises(ConfigError, match=r"unknown key 'archive_retension' in \[log\]"):
+        parse_config('[log]\narchive_retension = "90days"', base_dir=BASE)
+
+
+def test_the_log_table_sets_how_long_the_history_is_kept() -> None:
+    assert parse_config("", base_dir=BASE).log.engine_settings().archive_retention is None
+    for text, days in (('"90days"', 90), ('"1d 12h"', 1.5), ("86400", 1), ("43200.0", 0.5)):
+        config = parse_config(f"[log]\narchive_retention = {text}", base_dir=BASE)
+        assert config.log.engine_settings().archive_retention == round(days * 86_400 * 10**9)
+
+
+@pytest.mark.parametrize(
+    ("value", "why"),
+    [
+        ('"forever"', "log.archive_retention: 'forever' is not a duration"),
+        ('""', "log.archive_retention: '' is not a duration"),
+        ("0", "log.archive_retention must be a positive duration, got 0"),
+        ('"0s"', "log.archive_retention must be a positive duration, got 0"),
+        ("-1", "log.archive_retention must be a duration string"),
+        ("true", "log.archive_retention must be a duration string"),
+        ("[1]", "log.archive_retention must be a duration string"),
+        ('"18446744073709551616s"', "log.archive_retention: '18446744073709551616s' is not a"),
+    ],
+)
+def test_a_bad_archive_retention_is_refused_in_one_line(value: str, why: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(f"[log]\narchive_retention = {value}", base_dir=BASE)
+    assert why in str(caught.value)
+    assert "\n" not in str(caught.value)

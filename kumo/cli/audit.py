@@ -13,6 +13,11 @@ sees the log as it was when it started).
   ``--verify`` check every invariant (:func:`kumo.store.verify.verify_data_dir`) and
   exit 1 on a violation.
 
+After retention deleted the oldest history, both start from the base at the cut
+(:meth:`~kumo.store.history.HistoryView.base`); a question about a moment before the
+cut is refused in one line, and a message the kept log does not know is said to be
+from before it.
+
 Times on the command line (``--since``, ``--until``, ``--at``) are RFC 3339 date-times
 (``2026-01-01T09:30:00Z``, ``2026-01-01 10:30:00+01:00``), bare dates (midnight UTC),
 or a humantime duration meaning that long before now (``90m``, ``2h``, ``1d``).
@@ -48,7 +53,7 @@ from kumo.model.duration import DurationError, format_duration, parse_duration
 from kumo.model.events import Committed, criteria_to_json
 from kumo.model.rfc3339 import TimestampError, format_rfc3339, parse_rfc3339
 from kumo.model.state import RuleView, State
-from kumo.store.archive import ArchiveCorruptError
+from kumo.store.archive import ArchiveCorruptError, HistoryCut
 from kumo.store.event_log import LogCorruptError
 from kumo.store.history import HistoryView
 from kumo.store.layout import DATABASE
@@ -315,9 +320,16 @@ def render_timeline(
         ),
     )
     rules = len({a.rule_id for a in actions})
+    cut = header["log"].get("cut")
+    kept = (
+        f" (the events up to seq {cut['seq']:,}, committed up to {cut['time']}, were deleted "
+        "by retention: the actions before them are those their rules record)"
+        if cut
+        else ""
+    )
     return (
         f"{table}\n\n{len(actions):,} action(s) on {rules:,} rule(s); "
-        f"log seq {header['log']['first_seq']}..{header['log']['last_seq']}; "
+        f"log seq {header['log']['first_seq']}..{header['log']['last_seq']}{kept}; "
         f"status as of {header['as_of']}"
     )
 
@@ -443,13 +455,18 @@ def render_story(story: MessageStory, fmt: str) -> str:
         return orjson.dumps(story_json(story), option=orjson.OPT_INDENT_2).decode()
     rows: list[tuple[str, str, str, str, str]] = []
     for r in story.received:
+        how = (
+            f"over {r.protocol}"
+            if r.protocol is not None
+            else "(its event was deleted by retention: as the base at the cut holds it)"
+        )
         rows.append(
             (
                 format_rfc3339(r.time),
                 str(r.seq),
                 "received",
                 r.queue,
-                f"from {r.sender} to {r.recipient}, {r.size:,} bytes over {r.protocol}",
+                f"from {r.sender} to {r.recipient}, {r.size:,} bytes {how}",
             )
         )
     for b in story.bounces():
@@ -490,6 +507,34 @@ def _open(data_dir: Path) -> HistoryView:
         raise click.ClickException(
             f"{data_dir / DATABASE} is not a kumo event log: {exc}"
         ) from None
+
+
+def _base(history: HistoryView) -> State | None:
+    """The state at the retention cut, where the log begins (``None``: no cut)."""
+    try:
+        return history.base()
+    except ArchiveCorruptError as exc:
+        raise click.ClickException(f"{exc}; run `kumo replay --verify`") from None
+
+
+def deleted_before(cut: HistoryCut) -> str:
+    """What retention took, in words."""
+    return (
+        f"the events up to seq {cut.seq:,} (committed up to {format_rfc3339(cut.time)}) "
+        "were deleted by retention ([log] archive_retention)"
+    )
+
+
+def _refuse_before_cut(history: HistoryView, **moments: int | None) -> None:
+    cut = history.cut
+    if cut is None:
+        return
+    for option, moment in moments.items():
+        if moment is not None and moment < cut.time:
+            raise click.ClickException(
+                f"--{option} {format_rfc3339(moment)} is before the history kept: "
+                f"{deleted_before(cut)}; ask about {format_rfc3339(cut.time)} or later"
+            )
 
 
 @click.command()
@@ -548,14 +593,16 @@ def audit(
     if message_id is not None and queue is not None:
         raise click.UsageError("--queue does not apply to --message")
     with _open(data_dir) as snapshot, ProgressBar() as progress:
+        _refuse_before_cut(snapshot, at=at, until=until)
+        base = _base(snapshot)
         try:
             if at is not None:
                 events = _events(snapshot.committed(until=at), progress, snapshot.last_seq)
-                state = state_at(events, at)
+                state = state_at(events, at, base)
             elif message_id is not None:
-                story = _message_story(snapshot, message_id.strip().lower(), progress)
+                story = _message_story(snapshot, message_id.strip().lower(), progress, base)
             else:
-                timeline = Timeline()
+                timeline = Timeline() if base is None else Timeline.from_base(base)
                 apply = timeline.apply
                 batches = snapshot.committed(until=until, skip=("MessageReceived",))
                 for committed in _events(batches, progress, snapshot.last_seq):
@@ -569,6 +616,13 @@ def audit(
         click.echo(render_story(story, fmt))
         if story.status == "unknown":
             raise click.ClickException(f"message {message_id} is not in the log")
+        if story.status == "before the cut":
+            assert snapshot.cut is not None
+            raise click.ClickException(
+                f"message {message_id} is not in the history kept: "
+                f"{deleted_before(snapshot.cut)}, and a message received and gone before "
+                "then left no trace"
+            )
         return
     as_of = until if until is not None else max(wall_clock_now(), snapshot.last_time)
     where = TimelineFilter(
@@ -581,6 +635,9 @@ def audit(
             "first_seq": snapshot.first_seq,
             "last_seq": snapshot.last_seq,
             "last_time": _time(snapshot.last_time or None),
+            "cut": None
+            if snapshot.cut is None
+            else {"seq": snapshot.cut.seq, "time": format_rfc3339(snapshot.cut.time)},
         },
         "filter": {
             "since": _time(since),
@@ -596,8 +653,10 @@ def audit(
         raise click.ClickException(f"rule {rule_id} is not in the log")
 
 
-def _message_story(snapshot: HistoryView, message_id: str, progress: ProgressBar) -> MessageStory:
-    story = MessageStory(message_id)
+def _message_story(
+    snapshot: HistoryView, message_id: str, progress: ProgressBar, base: State | None
+) -> MessageStory:
+    story = MessageStory(message_id, base)
     batches = snapshot.committed(
         skip=("MessageReceived", "Bounced"), unless_containing=message_id.encode()
     )
@@ -630,6 +689,15 @@ def render_report(report: VerifyReport, fmt: str) -> str:
                 "spooled": report.spooled,
                 "records_due_through": report.records_due_through,
                 "log_read": report.log_read,
+                "cut": {
+                    "seq": report.cut_seq,
+                    "time": _time(report.cut_time),
+                    "base": report.base,
+                    "records_before": report.records_before_cut,
+                    "queued_at_cut": report.queued_at_cut,
+                }
+                if report.base is not None
+                else None,
                 "violations": [
                     {"check": v.check, "where": v.where, "seq": v.seq, "problem": v.problem}
                     for v in report.violations
@@ -659,10 +727,13 @@ def render_report(report: VerifyReport, fmt: str) -> str:
         f"structure     {mark('structure')}: SQLite integrity_check of {DATABASE} (events, "
         "id index, spool, meta)",
         f"sequence      {mark('sequence')}: {report.events:,} events, "
-        f"seq {report.first_seq:,}..{report.last_seq:,}, expected gapless from 1",
+        f"seq {report.first_seq:,}..{report.last_seq:,}, expected gapless from "
+        + (f"{report.cut_seq + 1:,} (the retention cut)" if report.base else "1"),
         f"hash chain    {mark('chain')}: {report.events:,} links checked",
         f"decoding      {mark('decode')}: every body read as the type its row names",
-        f"conservation  {mark('conservation')}: {report.received:,} received = "
+        f"conservation  {mark('conservation')}: {report.received:,} received"
+        + (f" ({report.queued_at_cut:,} of them queued at the cut)" if report.base else "")
+        + " = "
         f"{report.queued:,} queued + {report.bounced:,} bounced "
         f"(in {report.bounced_events:,} Bounced events)",
         f"attribution   {mark('attribution')}: each bounce by the rule it counts to "
@@ -677,6 +748,14 @@ def render_report(report: VerifyReport, fmt: str) -> str:
         f"snapshots     {mark('snapshot')}: {report.snapshots} checked against the fold "
         "of the log at their seq",
     ]
+    if report.base is not None:
+        lines.append(
+            f"retention     the events up to seq {report.cut_seq:,} (committed up to "
+            f"{_time(report.cut_time)}) were deleted by retention: every check starts from "
+            f"the state at the cut, {report.base} (its digest, and its chain against the "
+            f"kept log's, checked); {report.records_before_cut:,} delivery-log record(s) "
+            "of the deleted events not compared"
+        )
     if not report.log_read:
         lines.append(
             "              the log could not be read to its end: the spool and the delivery "
@@ -722,10 +801,12 @@ def replay(data_dir: Path, verify: bool, fmt: str) -> None:
     """
     if not verify:
         with _open(data_dir) as snapshot, ProgressBar() as progress:
+            base = _base(snapshot)
             try:
                 state = state_at(
                     _events(snapshot.committed(), progress, snapshot.last_seq),
-                    snapshot.last_time,
+                    max(snapshot.last_time, base.last_time if base is not None else 0),
+                    base,
                 )
             except LogCorruptError as exc:
                 raise click.ClickException(f"{exc}; run `kumo replay --verify`") from None

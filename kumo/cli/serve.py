@@ -47,6 +47,7 @@ from kumo.runtime.engine import DataDirectoryLockedError, Engine, open_engine
 from kumo.runtime.mx import MxResolver
 from kumo.runtime.smtp_connection import ConnectionSettings, client_tls_context
 from kumo.runtime.smtp_listener import ListenerSettings, SmtpListener, server_tls_context
+from kumo.store.archive import ArchiveCorruptError
 from kumo.store.event_log import LogCorruptError, StoreDamagedError
 
 SWITCH_INTERVAL: Final = 0.0005
@@ -467,6 +468,7 @@ def serve(
         DataDirectoryLockedError,
         ListenError,
         LogCorruptError,
+        ArchiveCorruptError,
         StoreDamagedError,
         RepairError,
     ) as group:

@@ -13,6 +13,12 @@ Three folds over committed events, fed in log order, each once; no I/O, no clock
 The rule lifecycle (what replaces what, when a rule counts as expired) is
 :class:`kumo.model.state.RuleBook`'s, the same fold the engine runs, so an audit cannot
 disagree with what the server did.
+
+After retention (:mod:`kumo.model.retention`) the log begins after a cut, and each fold
+starts from the base there, the state at the cut: the rules it holds (every rule ever
+issued, with its counters and its end) still tell every rule's actions, and its queued
+messages their reception; what no audit can tell any more is the story of a message
+that came and went before the cut, and the state at a moment before it.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import attrs
 
 from kumo.model.criteria import Criteria
 from kumo.model.events import Bounced, BounceIssued, Committed, MessageReceived
+from kumo.model.retention import base_projection
 from kumo.model.state import Rule, RuleBook, State
 
 ActionKind: TypeAlias = Literal["issued", "replaced", "cancelled", "expired"]
@@ -103,6 +110,43 @@ class Timeline:
         self.rules = RuleBook()
         # (seq, time, action, rule id, principal) as the log records them.
         self._recorded: list[_Recorded] = []
+
+    @classmethod
+    def from_base(cls, base: State) -> Timeline:
+        """The timeline of a log that begins after a retention cut, ``base`` being the
+        state there (left as it is): every rule's actions before the cut, as the rules
+        it holds record them, with their counters; then :meth:`apply` the kept events.
+
+        An action before the cut is what the full log gives, but for one detail: an
+        issue is dated at the rule's ``issued_at`` (the request's clock reading, a
+        moment before its commit), which is what the rule keeps of it.
+        """
+        timeline = cls()
+        timeline.rules = base.rules.copy()
+        rules = timeline.rules.rules
+        # In the order apply() records them (actions() keeps it among equal times): by
+        # seq; at one seq the issue first, then the rules it ended, in issue order.
+        recorded: list[tuple[int, int, int, _Recorded]] = []
+        for order, rule in enumerate(rules.values()):
+            seq = rule.issued_seq
+            recorded.append((seq, 0, 0, (seq, rule.issued_at, "issued", rule.id, rule.issued_by)))
+            if rule.issued_expired:
+                recorded.append((seq, 0, 1, (seq, rule.expires_at, "expired", rule.id, None)))
+            ended, ended_at = rule.ended_seq, rule.ended_at
+            if ended is None or ended_at is None:
+                continue
+            if rule.end == "expired":
+                action: _Recorded = (ended, rule.expires_at, "expired", rule.id, None)
+            elif rule.end == "replaced":
+                replacing = rules.get(rule.ended_by or "")
+                by = replacing.issued_by if replacing is not None else None
+                action = (ended, ended_at, "replaced", rule.id, by)
+            else:
+                action = (ended, ended_at, "cancelled", rule.id, rule.ended_by)
+            recorded.append((ended, 1, order, action))
+        recorded.sort(key=lambda item: item[:3])
+        timeline._recorded = [action for *_, action in recorded]
+        return timeline
 
     def apply(self, committed: Committed) -> None:
         """Fold one committed event; events must come in log order, each once."""
@@ -186,14 +230,16 @@ def _ended_at(rule: Rule, now: int) -> int | None:
     return rule.expires_at if rule.end == "expired" or rule.expires_at <= now else None
 
 
-def state_at(events: Iterable[Committed], at: int) -> State:
+def state_at(events: Iterable[Committed], at: int, base: State | None = None) -> State:
     """The fold (rules, counters, queue gauges; no messages) of the events up to ``at``.
 
     Events committed after ``at`` are ignored (the log's commit times never decrease,
     so they are a suffix). Read the live rules with ``state.rules.views(at)`` and the
     gauges with ``state.queue_counts``: they are what GET and ``/metrics`` showed then.
+    ``base``: the state at a retention cut, where ``events`` begin (left as it is); the
+    answer is only the state at ``at`` if ``at`` is not before the base's time.
     """
-    state = State(keep_messages=False)
+    state = State(keep_messages=False) if base is None else base_projection(base)
     apply = state.apply
     for committed in events:
         if committed.time > at:
@@ -212,7 +258,9 @@ class Reception:
     sender: str
     recipient: str
     size: int
-    protocol: str
+    protocol: str | None
+    """``None`` when the event was deleted by retention and the reception is known from
+    the base at the cut, which does not keep it."""
 
 
 HowBounced: TypeAlias = Literal["at arrival", "by sweep"]
@@ -236,7 +284,7 @@ class BounceOutcome:
     suppress_logging: bool | None
 
 
-MessageStatus: TypeAlias = Literal["queued", "bounced", "unknown"]
+MessageStatus: TypeAlias = Literal["queued", "bounced", "unknown", "before the cut"]
 
 
 class MessageStory:
@@ -245,15 +293,38 @@ class MessageStory:
     Feed it, in log order, every rule event and at least the events that mention the
     message (others are ignored cheaply). A consistent log yields one reception and at
     most one bounce; more than that is reported as it is, not hidden.
+
+    ``base``: the state at a retention cut, where the events fed begin (left as it
+    is): a message queued there has its reception from it, and a message neither
+    queued there nor named after it is ``before the cut``: it may have come and gone
+    with the deleted events, or never have been.
     """
 
-    __slots__ = ("_bounces", "message_id", "received", "rules")
+    __slots__ = ("_bounces", "cut", "message_id", "received", "rules")
 
-    def __init__(self, message_id: str) -> None:
+    def __init__(self, message_id: str, base: State | None = None) -> None:
         self.message_id = message_id
-        self.rules = RuleBook()
+        self.rules = RuleBook() if base is None else base.rules.copy()
         self.received: list[Reception] = []
         self._bounces: list[tuple[Committed, Bounced]] = []
+        self.cut = 0 if base is None else base.last_seq
+        """The last seq of the base (0: the log begins at seq 1)."""
+        queues = base.queues if base is not None and base.queues is not None else {}
+        for queue, messages in queues.items():
+            found = messages.find(message_id)
+            if found is not None:
+                self.received.append(
+                    Reception(
+                        seq=found.seq,
+                        time=found.received_at,
+                        queue=queue,
+                        sender=found.sender,
+                        recipient=found.recipient,
+                        size=found.size,
+                        protocol=None,
+                    )
+                )
+                break
 
     def apply(self, committed: Committed) -> None:
         event = committed.event
@@ -278,10 +349,13 @@ class MessageStory:
 
     @property
     def status(self) -> MessageStatus:
-        """``bounced`` once a ``Bounced`` names it, else ``queued`` once received."""
+        """``bounced`` once a ``Bounced`` names it, else ``queued`` once received, else
+        ``before the cut`` after a retention cut, ``unknown`` without one."""
         if self._bounces:
             return "bounced"
-        return "queued" if self.received else "unknown"
+        if self.received:
+            return "queued"
+        return "before the cut" if self.cut else "unknown"
 
     def bounces(self) -> list[BounceOutcome]:
         """Every bounce of the message (one in a consistent log), in log order."""

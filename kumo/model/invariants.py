@@ -20,6 +20,16 @@ else, nothing twice, each record field for field the one kumo writes for its eve
 (:mod:`kumo.model.log_record`), for every event up to the delivery log's checkpoint
 (or without one, up to the last event a record is for), and a checkpoint that does
 not point past the end of the log (which would mean the log lost its tail).
+
+**After retention** (:mod:`kumo.model.retention`) the log begins at a cut, after seq
+``N``, and the events up to ``N`` are gone. Both checks then start from the *base*, the
+state at ``N`` (``InvariantCheck(base)``): its queued messages count as received (at
+their own seqs), its rules and counters as issued and counted, and every check goes on
+from there, so conservation, attribution and counters hold for the kept log exactly as
+for a whole one. What cannot be checked any more is what only the deleted events said:
+that the base's own counters are the sum of their ``Bounced`` events, and the
+delivery-log records of events up to ``N`` (they come first in the files; see
+:class:`DeliveryLogCheck`, which counts them and compares none of them).
 """
 
 from __future__ import annotations
@@ -52,6 +62,7 @@ from kumo.model.log_record import (
 )
 from kumo.model.message import Message
 from kumo.model.queue_name import QueueName
+from kumo.model.retention import base_projection
 from kumo.model.state import Rule, State
 
 
@@ -90,10 +101,14 @@ class InvariantCheck:
 
     Call :meth:`apply` with every committed event in log order, then :meth:`finish`
     once. Memory grows with the number of messages (a few hundred bytes each).
+
+    ``base``: the state at a retention cut (it must hold its messages), for a log that
+    begins after it; :meth:`apply` then takes the events after ``base.last_seq``. The
+    check keeps what it needs of it (it reads ``base`` once, here, and never changes it).
     """
 
-    def __init__(self) -> None:
-        self.projection = State(keep_messages=False)
+    def __init__(self, base: State | None = None) -> None:
+        self.projection = State(keep_messages=False) if base is None else base_projection(base)
         self.violations: list[Violation] = []
         self.received: dict[str, _Received] = {}
         self.bounced: dict[str, tuple[int, str, str]] = {}
@@ -127,6 +142,50 @@ class InvariantCheck:
         # Queue -> (issued seq, rule id) of every matching rule issued after the queue
         # was first seen, in log order: where an unclaimed message's sweep comes from.
         self._issued_matching: dict[str, list[tuple[int, str]]] = {}
+        self.cut = 0
+        """The last seq of the base the check starts from (0: the log starts at seq 1)."""
+        self.gone_before_cut = 0
+        """Messages received and gone (bounced) before the cut: the base counts them in
+        its ``received_total``, but no event of theirs is left."""
+        if base is not None:
+            self._start_from(base)
+
+    def _start_from(self, base: State) -> None:
+        """Take the base's queued messages as received, and its counters as counted."""
+        if base.queues is None:
+            raise ValueError("the base of a check must hold its messages")
+        self.cut = base.last_seq
+        rules = list(self.projection.rules.rules.values())  # in issue order
+        for rule in rules:
+            for queue, count in rule.bounced.items():
+                self.tally[rule.id, queue] = count
+        queued = 0
+        strings = self._strings
+        for name, messages in base.queues.items():
+            matching = [rule for rule in rules if rule.criteria.matches(name)]
+            self._issued_matching[name] = [(rule.issued_seq, rule.id) for rule in matching]
+            for message in messages:
+                queued += 1
+                self.received[message.id] = _Received(
+                    message.seq,
+                    message.received_at,
+                    name,
+                    _arrival_rule(matching, message.seq, message.received_at),
+                    strings.setdefault(message.sender, message.sender),
+                    message.recipient,
+                    self._sizes.setdefault(message.size, message.size),
+                    # Not in the base (its Reception record is before the cut, unchecked).
+                    "",
+                    None,
+                )
+        self.gone_before_cut = base.received_total - queued
+        if self.gone_before_cut < 0:
+            self._violate(
+                "counters",
+                self.cut,
+                f"the base at the cut counts {base.received_total} messages received, "
+                f"but holds {queued} queued",
+            )
 
     @classmethod
     def over(cls, log: Iterable[Committed]) -> InvariantCheck:
@@ -393,17 +452,36 @@ class InvariantCheck:
                     last,
                 )
             )
-        if projection.received_total != len(self.received):
+        if projection.received_total != len(self.received) + max(self.gone_before_cut, 0):
+            before = (
+                f" (and {self.gone_before_cut} gone before the cut)" if self.gone_before_cut else ""
+            )
             self.violations.append(
                 Violation(
                     "counters",
                     at_seq(last),
                     f"received_total {projection.received_total} but "
-                    f"{len(self.received)} distinct messages received",
+                    f"{len(self.received)} distinct messages received{before}",
                     last,
                 )
             )
         return self.violations
+
+
+def _arrival_rule(matching: list[Rule], seq: int, time: int) -> str | None:
+    """The rule that was due to bounce a message arriving at ``seq`` and ``time`` into a
+    queue that ``matching`` (rules in issue order) match, as :meth:`InvariantCheck.apply`
+    would have found it then: the newest one issued before it, not ended by an event
+    before it, and live at its time."""
+    for rule in reversed(matching):
+        if (
+            rule.issued_seq < seq
+            and not rule.issued_expired
+            and (rule.ended_seq is None or rule.ended_seq > seq)
+            and time < rule.expires_at
+        ):
+            return rule.id
+    return None
 
 
 MISSING_SAMPLE: Final = 3
@@ -470,6 +548,15 @@ class DeliveryLogCheck:
     is for, :attr:`through`), and every record up to there must be present, since
     records are written in log order. ``checkpoint_where`` names the checkpoint in a
     violation (the store knows its file; the model does not).
+
+    After a retention cut (``invariants.cut``), the files begin with the records of
+    the deleted events. Records are written in log order, so those come first: until
+    the first record that an event after the cut calls for, a record is taken as one
+    of them (counted in :attr:`before_cut`, compared with nothing) unless it is one
+    the kept log calls for: the Reception of a message received after the cut, the
+    AdminBounce of a message bounced after it, or a Rejection equal, field for field,
+    to the one the first kept ``Rejected`` event calls for. From that record on,
+    every record is checked as without a cut.
     """
 
     def __init__(
@@ -484,9 +571,12 @@ class DeliveryLogCheck:
         self.last_seq = last_seq
         self.violations: list[Violation] = []
         self._invariants = invariants
+        cut = invariants.cut
+        # The Receptions of the messages queued at the cut are before it.
         self.receptions: dict[str, ExpectedRecord] = {
             mid: ExpectedRecord(received.seq, received.queue, None)
             for mid, received in invariants.received.items()
+            if received.seq > cut
         }
         rules = invariants.projection.rules.rules
         self._reasons: dict[str, str] = {}
@@ -517,6 +607,9 @@ class DeliveryLogCheck:
         self._seen_receptions: set[str] = set()
         self._seen_bounces: set[str] = set()
         self._templates: dict[tuple[object, ...], dict[str, Any]] = {}
+        self.before_cut = 0
+        """Records taken as those of events before the retention cut (not compared)."""
+        self._in_prefix = cut > 0
         if checkpoint_seq is not None and checkpoint_seq > last_seq:
             self.violations.append(
                 Violation(
@@ -539,6 +632,8 @@ class DeliveryLogCheck:
     ) -> None:
         """Check one delivery-log record by its message (``where`` names its file and
         line): that the log calls for it, once, in that queue, with that bounce text."""
+        if self._before_cut(kind, message_id, None, content):
+            return
         self._match(kind, message_id, queue, content, where)
 
     def check(self, record: Mapping[str, Any], where: str) -> None:
@@ -555,6 +650,8 @@ class DeliveryLogCheck:
         content = response.get("content") if isinstance(response, dict) else None
         if not (isinstance(kind, str) and isinstance(message_id, str) and isinstance(queue, str)):
             self._bad(where, "not a delivery-log record")
+            return
+        if self._before_cut(kind, message_id, record, content):
             return
         matched = self._match(kind, message_id, queue, content, where)
         if matched is None:
@@ -581,6 +678,45 @@ class DeliveryLogCheck:
                 f"{kind} for {message_id or 'a rejection'} differs from the log's event at "
                 f"seq {matched}: {shown}" + (f" (and {more} more field(s))" if more > 0 else ""),
             )
+
+    def _before_cut(
+        self, kind: str, message_id: str, record: Mapping[str, Any] | None, content: object
+    ) -> bool:
+        """Whether a record is taken as one of an event before the retention cut (see
+        the class docstring); counted if so. ``record``: the whole record, if known."""
+        if not self._in_prefix:
+            return False
+        if kind == "Reception":
+            kept = message_id in self.receptions
+        elif kind == "AdminBounce":
+            kept = message_id in self.bounces or message_id in self.suppressed
+        elif kind == "Rejection":
+            kept = self._is_first_rejection(record, content)
+        else:
+            # Not ours to judge, before the cut or after it.
+            return False
+        if kept:
+            self._in_prefix = False
+            return False
+        self.before_cut += 1
+        return True
+
+    def _is_first_rejection(self, record: Mapping[str, Any] | None, content: object) -> bool:
+        """Whether a Rejection is the record of the first kept ``Rejected`` event: every
+        field its record holds (the node aside), or without the whole record, its
+        response text."""
+        rejections = self._invariants.rejections
+        if not rejections:
+            return False
+        first = rejections[0]
+        assert isinstance(first.event, Rejected)
+        node = record.get("nodeid") if record is not None else None
+        expected = rejection_record(
+            first.event, rejected_at=first.time, node_id=node if isinstance(node, str) else ""
+        )
+        if record is None:
+            return bool(content == expected["response"]["content"])
+        return dict(record) == expected
 
     def _match(
         self, kind: str, message_id: str, queue: str, content: str | None, where: str

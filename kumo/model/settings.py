@@ -119,6 +119,15 @@ class EngineSettings:
     )
     """Durable events between two snapshots of the state taken while serving (0: none).
     A start loads the newest snapshot and folds only the events after it."""
+    archive_retention: int | None = attrs.field(
+        default=None,
+        validator=attrs.validators.optional([attrs.validators.instance_of(int), _positive]),
+        kw_only=True,
+    )
+    """How long the history is kept, in ns (``None``: forever). Each compaction deletes
+    the archive segments whose newest event was committed longer ago than that
+    (:func:`kumo.model.retention.past_retention`); audits and verification then start
+    at the first event kept, from the state before it (:mod:`kumo.store.retention`)."""
 
     # -- the engine (kumo.runtime.engine) ------------------------------------------------
     shutdown_deadline: float = _seconds_field(30.0)

@@ -17,6 +17,10 @@ checkpoint would cut into a record or pad the segment with zeros. Instead:
    segments included), up to the checkpoint's seq (or the log's end), and moves the
    checkpoint there.
 
+A repair that would have to write records of events that retention deleted (no record
+of the kept log is left whole in a segment begun before the cut) is refused, before
+anything is touched: those records can no longer be written again.
+
 So no record is cut in two, none is written twice, and none is lost: a record damaged
 before the last one kept stays where it is, for ``kumo replay --verify`` to name.
 Blocking, like the files' own I/O.
@@ -125,7 +129,9 @@ def cut_damaged_tail(
     """Cut ``segment`` just after the last whole record before byte ``limit`` that the
     log calls for (an event from the segment's first seq to ``through``), or to
     nothing if there is none; move the bytes cut off, and the segments after it, aside.
-    Raises :class:`RepairError` for a segment whose name does not say its first seq."""
+    Raises :class:`RepairError`, touching nothing, for a segment whose name does not
+    say its first seq, and for one that would have to be written again from an event
+    that retention deleted."""
     first = segment_first_seq(segment)
     if first is None:
         raise RepairError(
@@ -155,6 +161,13 @@ def cut_damaged_tail(
                 kept=f"the {kind} record of {message_id} (seq {seq})",
                 moved=moved,
             )
+    cut = history.cut
+    if cut is not None and first <= cut.seq:
+        raise RepairError(
+            f"the delivery log cannot be repaired: {LOGS}/{segment} would have to be "
+            f"written again from seq {first}, but the events up to seq {cut.seq} were "
+            f"deleted by retention (restore {LOGS}/ from a backup)"
+        )
     moved = files.cut(segment, 0)
     return Resumption(
         segment=segment,

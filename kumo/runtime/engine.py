@@ -546,6 +546,7 @@ async def open_engine(
                 data_dir,
                 log,
                 settings,
+                clock,
                 start_seq=snapshot_seq,
                 run_blocking=None if threads else run_blocking,
             ),

@@ -1,7 +1,8 @@
 """The task that compacts the data directory every ``snapshot_every`` durable events.
 
-Compaction (:mod:`kumo.store.compaction`) takes a snapshot of the state, then moves the
-events no start can need any more to the archive. It runs as a process of its own
+Compaction (:mod:`kumo.store.compaction`) takes a snapshot of the state, moves the
+events no start can need any more to the archive, then deletes the archive segments
+past ``archive_retention`` (as old as the engine clock says). It runs as a process of its own
 (``python -m kumo.store.compaction``): it reads the log through a read-only connection,
 folds the events since the previous snapshot into that one, writes the new files
 atomically, and deletes archived rows from the live store in small transactions. The
@@ -28,6 +29,7 @@ import trio
 from kumo.model.settings import EngineSettings
 from kumo.model.statistics import counter, gauge
 from kumo.runtime.blocking import RunBlocking
+from kumo.runtime.clock import EngineClock
 from kumo.runtime.log_writer import LogWriter
 from kumo.runtime.watermark import Watermark
 from kumo.store.compaction import compact
@@ -50,6 +52,10 @@ class SnapshotStatistics:
     archived_through: int = gauge(
         "Last sequence number moved to the archive by this process's compactions (0: none)."
     )
+    retention_cut: int = gauge(
+        "Last sequence number deleted by retention, as this process's compactions left it "
+        "(0: none)."
+    )
 
 
 class Snapshotter:
@@ -60,6 +66,7 @@ class Snapshotter:
         data_dir: Path,
         log: LogWriter,
         settings: EngineSettings,
+        clock: EngineClock,
         *,
         start_seq: int,
         run_blocking: RunBlocking | None,
@@ -69,6 +76,8 @@ class Snapshotter:
         self._data_dir = data_dir
         self._log = log
         self._every = settings.snapshot_every
+        self._retention = settings.archive_retention
+        self._clock = clock
         self._run_blocking = run_blocking
         self.position = Watermark(start_seq)
         """The seq of the newest snapshot (0: none)."""
@@ -78,6 +87,7 @@ class Snapshotter:
         self._last_seconds = 0.0
         self._last_bytes = 0
         self._archived_through = 0
+        self._retention_cut = 0
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
@@ -95,6 +105,7 @@ class Snapshotter:
                 await trio.sleep(RETRY_AFTER)
                 continue
             self._archived_through = max(self._archived_through, summary.archived_through)
+            self._retention_cut = max(self._retention_cut, summary.cut)
             seq, size, seconds = summary.seq, summary.bytes, summary.seconds
             if seq:
                 self.position.advance(seq)
@@ -103,13 +114,19 @@ class Snapshotter:
                 logger.info("snapshot at seq %d: %d bytes in %.2f s", seq, size, seconds)
 
     async def _compact(self, until: int) -> _Summary:
+        # Retention counts age on the engine's clock, like every time kumo stamps.
+        now = self._clock.now()
         if self._run_blocking is not None:
             try:
-                done = await self._run_blocking(lambda: compact(self._data_dir, until))
+                done = await self._run_blocking(
+                    lambda: compact(self._data_dir, until, retention=self._retention, now=now)
+                )
             except Exception as exc:  # the log stays the truth; report and go on
                 raise CompactionFailedError(repr(exc)) from exc
             return _Summary.of(done.summary())
         command = [sys.executable, "-m", "kumo.store.compaction", str(self._data_dir)]
+        if self._retention is not None:
+            command += ["--retention", str(self._retention), "--now", str(now)]
         result = await trio.run_process(
             [*command, "--until", str(until)],
             capture_stdout=True,
@@ -134,6 +151,7 @@ class Snapshotter:
             last_seconds=self._last_seconds,
             last_bytes=self._last_bytes,
             archived_through=self._archived_through,
+            retention_cut=self._retention_cut,
         )
 
 
@@ -146,6 +164,7 @@ class _Summary:
     bytes: int
     seconds: float
     archived_through: int
+    cut: int
 
     @classmethod
     def of(cls, data: dict[str, Any]) -> _Summary:
@@ -154,6 +173,7 @@ class _Summary:
             bytes=int(data["bytes"] or 0),
             seconds=float(data["seconds"]),
             archived_through=int(data["archived_through"]),
+            cut=int(data["cut"]),
         )
 
 

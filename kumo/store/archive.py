@@ -20,6 +20,13 @@ holds:
   or of the rules decompresses only the chunks that can concern it.
 - ``meta``: the format, the seq range, and the chain values before and after it.
 
+Retention (:mod:`kumo.store.retention`) deletes the oldest segments and leaves a *base*
+beside the rest, ``<seq>.base.snapshot``: the folded state at the last deleted event,
+with that event's commit time and chain value (a snapshot, :mod:`kumo.model.snapshot`'s
+format). The newest base is the *cut* (:class:`HistoryCut`): the kept log starts at the
+event after it, and every segment it covers is ignored (:func:`open_archive`), whether
+the pass that wrote it has deleted that segment yet or was killed first.
+
 SQLite is the container because it gives atomic, checksummed-enough pages, random
 access by seq or time through its primary key, and a file any ``sqlite3`` shell opens;
 zstd because the rows are repetitive JSON (about 10x smaller, measured in
@@ -40,10 +47,14 @@ from typing import Final
 import attrs
 import zstandard
 
+from kumo.model.snapshot import SnapshotError, decode_snapshot, snapshot_position
+from kumo.model.state import State
 from kumo.store.durable_files import replace_durably
 from kumo.store.log_view import ChainedRow
+from kumo.store.sqlite_log import GENESIS
 
 SUFFIX: Final = ".archive.sqlite3"
+BASE_SUFFIX: Final = ".base.snapshot"
 FORMAT: Final = "kumo-archive 1"
 CHUNK_ROWS: Final = 4_096
 """Rows per chunk: large enough to compress well, small enough to decompress for one
@@ -324,13 +335,120 @@ def _connect(path: Path) -> sqlite3.Connection:
     return sqlite3.connect(uri, uri=True, isolation_level=None)
 
 
-def archive_segments(directory: Path) -> list[ArchiveSegment]:
-    """Every segment in ``directory``, in log order; :class:`ArchiveCorruptError` for
-    the first that cannot be read."""
+def segment_last_seq(name: str) -> int | None:
+    """The last seq a segment's file name says it holds (``None``: not a segment's name)."""
+    if not name.endswith(SUFFIX):
+        return None
+    _, _, last = name.removesuffix(SUFFIX).partition("-")
+    return int(last) if last.isdigit() else None
+
+
+def archive_segments(directory: Path, *, after: int = 0) -> list[ArchiveSegment]:
+    """Every segment in ``directory`` (those named as ending after seq ``after`` only),
+    in log order; :class:`ArchiveCorruptError` for the first that cannot be read."""
     if not directory.is_dir():
         return []
-    return [
-        ArchiveSegment.open(path)
-        for path in sorted(directory.iterdir())
-        if path.name.endswith(SUFFIX)
-    ]
+    segments = []
+    for path in sorted(directory.iterdir()):
+        if not path.name.endswith(SUFFIX):
+            continue
+        last = segment_last_seq(path.name)
+        if last is not None and last <= after:
+            continue
+        segments.append(ArchiveSegment.open(path))
+    return segments
+
+
+# -- the cut that retention leaves --------------------------------------------------------
+
+
+def base_name(seq: int) -> str:
+    """The file name of the base at ``seq``."""
+    return f"{seq:020d}{BASE_SUFFIX}"
+
+
+def base_paths(directory: Path) -> list[Path]:
+    """The base files in ``directory``, newest first."""
+    if not directory.is_dir():
+        return []
+    return sorted(
+        (path for path in directory.iterdir() if path.name.endswith(BASE_SUFFIX)), reverse=True
+    )
+
+
+@attrs.frozen
+class HistoryCut:
+    """Where the kept log begins after retention: every event up to :attr:`seq` was
+    deleted, and the base at :attr:`path` holds the state they folded into."""
+
+    path: Path
+    seq: int
+    """The last deleted event; the kept log starts at the next."""
+    time: int
+    """That event's commit time: an audit can answer for any moment from then on."""
+    chain: bytes
+    """That event's hash-chain value, which the first kept event links to."""
+
+    @classmethod
+    def open(cls, path: Path) -> HistoryCut:
+        """The cut the base at ``path`` stands for, once its digest is checked;
+        :class:`ArchiveCorruptError` if it is damaged or not named after its seq."""
+        try:
+            position = snapshot_position(path.read_bytes())
+        except (OSError, SnapshotError) as exc:
+            raise ArchiveCorruptError(path, str(exc)) from None
+        if path.name != base_name(position.seq):
+            raise ArchiveCorruptError(path, f"it holds the state at seq {position.seq}")
+        return cls(path, position.seq, position.time, position.chain)
+
+    def base(self) -> State:
+        """The state at the cut, queued messages included (a new copy at each call);
+        :class:`ArchiveCorruptError` if the file is damaged or no longer the cut's."""
+        try:
+            state, position = decode_snapshot(self.path.read_bytes())
+        except (OSError, SnapshotError) as exc:
+            raise ArchiveCorruptError(self.path, str(exc)) from None
+        if (position.seq, position.time, position.chain) != (self.seq, self.time, self.chain):
+            raise ArchiveCorruptError(self.path, "it changed while it was read")
+        return state
+
+
+def history_cut(directory: Path) -> HistoryCut | None:
+    """The cut in ``directory``: its newest base (``None``: no retention ever deleted
+    anything). :class:`ArchiveCorruptError` if that base is damaged: an older one is no
+    fallback, since the segments between the two may be gone."""
+    paths = base_paths(directory)
+    return HistoryCut.open(paths[0]) if paths else None
+
+
+@attrs.frozen
+class Archive:
+    """What the archive holds for readers: the cut (if any) and the segments after it."""
+
+    cut: HistoryCut | None
+    segments: list[ArchiveSegment]
+
+    @property
+    def through(self) -> int:
+        """The last seq the archive accounts for: held in a segment, or deleted (0: none)."""
+        if self.segments:
+            return self.segments[-1].last_seq
+        return self.cut.seq if self.cut is not None else 0
+
+    @property
+    def chain_before(self) -> bytes:
+        """The chain value the first kept event links to."""
+        return self.cut.chain if self.cut is not None else GENESIS
+
+    @property
+    def chain_after(self) -> bytes:
+        """The chain value at :attr:`through`, which the next event links to."""
+        return self.segments[-1].chain_after if self.segments else self.chain_before
+
+
+def open_archive(directory: Path) -> Archive:
+    """The archive in ``directory``: its cut and the segments after it, in log order
+    (segments the cut covers are ignored: a retention pass deletes them).
+    :class:`ArchiveCorruptError` for a damaged base or segment."""
+    cut = history_cut(directory)
+    return Archive(cut, archive_segments(directory, after=cut.seq if cut is not None else 0))

@@ -1,9 +1,13 @@
-"""Compaction: a snapshot of the state, then an archive pass; what keeps a data
-directory's start time and disk proportional to what is live.
+"""Compaction: a snapshot of the state, an archive pass, then a retention pass; what
+keeps a data directory's start time and disk proportional to what is live (and to the
+history the operator keeps).
 
 A running engine starts this every ``EngineSettings.snapshot_every`` durable events as
-a process of its own (``python -m kumo.store.compaction DATA_DIR --until SEQ``), which
-prints one JSON line of what it did; ``kumo compact`` runs it offline.
+a process of its own (``python -m kumo.store.compaction DATA_DIR --until SEQ
+[--retention NS --now NS]``), which prints one JSON line of what it did; ``kumo
+compact`` runs it offline. The retention pass (:mod:`kumo.store.retention`) deletes
+the archive segments past ``archive_retention``; it runs last, so that what it may
+delete is decided against the newest snapshot.
 
 What may be archived: the events that neither a start nor a follower can need. A start
 loads one of the kept snapshots (the newest, or the one before if the newest is
@@ -28,13 +32,14 @@ from pathlib import Path
 import attrs
 import orjson
 
-from kumo.store.archive import ArchiveCorruptError, archive_segments, write_segment
+from kumo.store.archive import ArchiveCorruptError, open_archive, write_segment
 from kumo.store.delivery_files import CheckpointError, read_checkpoint
 from kumo.store.event_log import LogCorruptError
 from kumo.store.layout import ARCHIVE, DATABASE, LOGS, SNAPSHOTS
 from kumo.store.log_view import ChainedRow, LogView
+from kumo.store.retention import RetentionPass, apply_retention
 from kumo.store.snapshots import SnapshotTaken, snapshot_paths, take_snapshot
-from kumo.store.sqlite_log import GENESIS, drop_events
+from kumo.store.sqlite_log import drop_events
 
 
 @attrs.frozen
@@ -48,6 +53,7 @@ class Compaction:
     """Events written to a new segment by this pass."""
     dropped: int
     """Rows deleted from the live store by this pass."""
+    retention: RetentionPass
     seconds: float
 
     def summary(self) -> dict[str, object]:
@@ -57,6 +63,9 @@ class Compaction:
             "archived_through": self.archived_through,
             "archived": self.archived,
             "dropped": self.dropped,
+            "cut": self.retention.cut,
+            "deleted_segments": self.retention.segments,
+            "deleted_events": self.retention.events,
             "seconds": round(self.seconds, 3),
         }
 
@@ -84,9 +93,9 @@ def archive_events(
     continue with.
     """
     directory = data_dir / ARCHIVE
-    segments = archive_segments(directory)
-    done = segments[-1].last_seq if segments else 0
-    chain = segments[-1].chain_after if segments else GENESIS
+    archive = open_archive(directory)
+    done = archive.through
+    chain = archive.chain_after
     through = archivable_through(data_dir)
     archived = 0
     if through > done:
@@ -117,9 +126,13 @@ def compact(
     data_dir: Path,
     until: int | None = None,
     *,
+    retention: int | None = None,
+    now: int | None = None,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> Compaction:
-    """A snapshot at ``until`` (default: the log's end), then an archive pass."""
+    """A snapshot at ``until`` (default: the log's end), an archive pass, then a
+    retention pass: the archive segments whose newest event is more than ``retention``
+    ns older than ``now`` (default: the wall clock) are deleted (``None``: none)."""
     started = time.perf_counter()
 
     def folding(done: int, total: int) -> None:
@@ -133,7 +146,18 @@ def compact(
             progress("archive", done, total)
 
     through, archived, dropped = archive_events(data_dir, progress=archiving)
-    return Compaction(snapshot, through, archived, dropped, time.perf_counter() - started)
+
+    def deleting(done: int, total: int) -> None:
+        if progress is not None:
+            progress("retention", done, total)
+
+    kept = apply_retention(
+        data_dir,
+        now=time.time_ns() if now is None else now,
+        retention=retention,
+        progress=deleting,
+    )
+    return Compaction(snapshot, through, archived, dropped, kept, time.perf_counter() - started)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -141,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m kumo.store.compaction")
     parser.add_argument("data_dir", type=Path)
     parser.add_argument("--until", type=int, default=None)
+    parser.add_argument("--retention", type=int, default=None, help="ns; default: forever")
+    parser.add_argument("--now", type=int, default=None, help="ns since the epoch")
     arguments = parser.parse_args(argv)
     # Beside a running server: the server's requests come first for the CPU.
     os.nice(10)
@@ -148,7 +174,9 @@ def main(argv: list[str] | None = None) -> int:
     # cyclic: collecting would only rescan them.
     gc.disable()
     try:
-        done = compact(arguments.data_dir, arguments.until)
+        done = compact(
+            arguments.data_dir, arguments.until, retention=arguments.retention, now=arguments.now
+        )
     except (OSError, sqlite3.Error, LogCorruptError, ArchiveCorruptError) as exc:
         print(f"kumo: compaction failed: {exc}", file=sys.stderr, flush=True)
         return 1

@@ -7,6 +7,10 @@ time, whether its events still sit in the live store or were moved to archive se
 store's rows after the last archived seq (an archive pass that was cut short between
 writing a segment and deleting its rows from the live store leaves them in both; the
 segment's copy is read).
+
+After retention deleted the oldest segments (:mod:`kumo.store.retention`), the log
+begins at a cut (:attr:`HistoryView.cut`): the rows start after it, and the base there
+(:meth:`HistoryView.base`) is the state every fold of the kept log starts from.
 """
 
 from __future__ import annotations
@@ -15,7 +19,8 @@ from collections.abc import Collection, Iterator
 from pathlib import Path
 
 from kumo.model.events import Committed
-from kumo.store.archive import ArchiveSegment, archive_segments
+from kumo.model.state import State
+from kumo.store.archive import ArchiveSegment, HistoryCut, open_archive
 from kumo.store.layout import ARCHIVE, DATABASE
 from kumo.store.log_view import ChainedRow, LogView, Row, decode_row
 
@@ -28,12 +33,22 @@ class HistoryView:
     """
 
     def __init__(self, data_dir: Path) -> None:
-        self.segments: list[ArchiveSegment] = archive_segments(data_dir / ARCHIVE)
+        archive = open_archive(data_dir / ARCHIVE)
+        self.cut: HistoryCut | None = archive.cut
+        """Where retention cut the log (``None``: it holds every event from seq 1)."""
+        self.segments: list[ArchiveSegment] = archive.segments
+        self.chain_before = archive.chain_before
+        """The chain value the first event read links to (the cut's, or the genesis)."""
         self.live = LogView(data_dir / DATABASE)
-        self.archived_through = self.segments[-1].last_seq if self.segments else 0
-        """The last seq held by an archive segment (0: none)."""
+        self.archived_through = archive.through
+        """The last seq held by an archive segment or deleted by retention (0: none)."""
         archived = sum(s.last_seq - s.first_seq + 1 for s in self.segments)
-        self.first_seq: int = self.segments[0].first_seq if self.segments else self.live.first_seq
+        if self.segments:
+            self.first_seq: int = self.segments[0].first_seq
+        elif self.cut is not None:
+            self.first_seq = self.cut.seq + 1
+        else:
+            self.first_seq = self.live.first_seq
         self.last_seq: int = max(self.live.last_seq, self.archived_through)
         self.event_count: int = archived + self.live.count_after(self.archived_through)
         self.last_time: int = max(
@@ -49,6 +64,12 @@ class HistoryView:
 
     def close(self) -> None:
         self.live.close()
+
+    def base(self) -> State | None:
+        """The state at the cut, queued messages included (a new copy each call;
+        ``None`` without a cut); :class:`~kumo.store.archive.ArchiveCorruptError` if
+        the base is damaged."""
+        return self.cut.base() if self.cut is not None else None
 
     def segment_of(self, seq: int) -> ArchiveSegment | None:
         """The segment holding ``seq``, if one does."""

@@ -38,7 +38,7 @@ from kumo.model.snapshot import (
     encode_snapshot,
 )
 from kumo.model.state import State
-from kumo.store.archive import archive_segments
+from kumo.store.archive import open_archive
 from kumo.store.data_dir import open_event_log
 from kumo.store.durable_files import replace_durably
 from kumo.store.event_log import EventStore, LogCorruptError
@@ -123,19 +123,31 @@ def fold_from_snapshot(
     data_dir: Path, store: EventStore, *, report: Callable[[str], None]
 ) -> tuple[State, int]:
     """The state of ``data_dir``'s whole log, ``store`` being its live store: the newest
-    usable snapshot, then the events after it; without one, the archive segments and
-    then the live store. Also returns the seq of the snapshot used (0: none)."""
+    usable snapshot, then the events after it; without one, the archive (from the base
+    at its cut, if retention left one) and then the live store. Also returns the seq of
+    the snapshot used (0: none). Raises :class:`~kumo.store.archive.ArchiveCorruptError`
+    if the archive is needed and cannot be read."""
     loaded = load_newest(data_dir / SNAPSHOTS, store, report=report)
     if loaded is not None:
         state, position = loaded
         return fold_log(store, state), position.seq
-    state = State()
-    for segment in archive_segments(data_dir / ARCHIVE):
+    return fold_log(store, fold_archive(data_dir)), 0
+
+
+def fold_archive(data_dir: Path, *, through: int | None = None) -> State:
+    """The state at the end of ``data_dir``'s archive (at ``through`` if that comes
+    first): the base at its cut, or an empty state, with the kept segments folded in."""
+    archive = open_archive(data_dir / ARCHIVE)
+    state = archive.cut.base() if archive.cut is not None else State()
+    for segment in archive.segments:
+        if through is not None and segment.first_seq > through:
+            break
         fold_rows(
             ([row[:4] for row in chunk] for chunk in segment.chunks(after=state.last_seq)),
             state,
+            until=None if through is None else lambda seq, _time: seq > through,
         )
-    return fold_log(store, state), 0
+    return state
 
 
 def take_snapshot(
@@ -159,7 +171,9 @@ def take_snapshot(
         loaded = load_newest(directory, store, report=_to_stderr)
         if loaded is not None and loaded[1].seq >= end:
             return None
-        state = fold_log(store, loaded[0] if loaded else None, until=lambda seq, _time: seq > end)
+        # Without a usable snapshot the archive is where the log begins.
+        start = loaded[0] if loaded else fold_archive(data_dir, through=end)
+        state = fold_log(store, start, until=lambda seq, _time: seq > end)
         if state.last_seq == 0:
             return None
         chain = store.chain_at(state.last_seq)

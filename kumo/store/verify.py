@@ -17,6 +17,14 @@ Nothing here writes: the log (archive segments and live store) is read through
 through :mod:`kumo.store.delivery_files`. A truncated log keeps a valid chain, so
 truncation is found from the outside: a delivery-log checkpoint past the log's end, or
 records for messages the log no longer holds.
+
+After retention deleted the oldest archive segments (:mod:`kumo.store.retention`), the
+log begins at a cut, and every check starts there: the chain from the base's chain
+value (which the first kept segment's ``chain_before`` must repeat), the sequence from
+the seq after it, the invariants and the snapshot checks from the base's state
+(:class:`~kumo.model.invariants.InvariantCheck`), the delivery log after the records of
+the deleted events (counted, not compared). The base itself is checked as far as it
+can be: its digest, and its chain against the kept log's.
 """
 
 from __future__ import annotations
@@ -33,7 +41,7 @@ from kumo.model.events import Committed, EventDecodeError, decode_event, event_t
 from kumo.model.invariants import DeliveryLogCheck, InvariantCheck, Violation, at_seq
 from kumo.model.snapshot import SnapshotError, SnapshotPosition, decode_snapshot, state_differences
 from kumo.model.state import State
-from kumo.store.archive import ArchiveCorruptError, ArchiveSegment
+from kumo.store.archive import ArchiveCorruptError, ArchiveSegment, HistoryCut
 from kumo.store.delivery_files import (
     CHECKPOINT,
     CheckpointError,
@@ -68,12 +76,13 @@ class ChainCheck:
     violation, not one per row after it.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, cut: HistoryCut | None = None) -> None:
+        """``cut``: where a log that retention cut begins (the row after it first)."""
         self.violations: list[Violation] = []
         self.rows = 0
-        self.expected_seq = 1
-        self._previous_chain = GENESIS
-        self._previous_time: int | None = None
+        self.expected_seq = 1 if cut is None else cut.seq + 1
+        self._previous_chain = GENESIS if cut is None else cut.chain
+        self._previous_time: int | None = None if cut is None else cut.time
 
     def _violate(self, check: str, seq: int, problem: str) -> None:
         self.violations.append(Violation(check, at_seq(seq), problem, seq))
@@ -199,10 +208,15 @@ class SnapshotCheck:
     from the log's fold or chain, or one beyond the log's end is a violation naming it.
     """
 
-    def __init__(self, data_dir: Path, violations: list[Violation]) -> None:
+    def __init__(
+        self, data_dir: Path, violations: list[Violation], base: State | None = None
+    ) -> None:
+        """``base``: the state at a retention cut, where the log begins (folded into:
+        hand over a copy of your own). Snapshots at or before it are not checked."""
         self._violations = violations
         self.checked = 0
         self._waiting: list[tuple[str, State, SnapshotPosition]] = []
+        cut = base.last_seq if base is not None else 0
         for path in reversed(snapshot_paths(data_dir / SNAPSHOTS)):
             where = f"{SNAPSHOTS}/{path.name}"
             try:
@@ -210,8 +224,9 @@ class SnapshotCheck:
             except (OSError, SnapshotError) as exc:
                 violations.append(Violation("snapshot", where, str(exc)))
                 continue
-            self._waiting.append((where, state, position))
-        self._fold = State()
+            if position.seq > cut:
+                self._waiting.append((where, state, position))
+        self._fold = base if base is not None else State()
 
     @property
     def pending(self) -> bool:
@@ -352,6 +367,16 @@ class VerifyReport:
     log_read: bool = True
     """False when the events could not all be read (a damaged table): the spool and
     the delivery log were then not compared with them."""
+    cut_seq: int = 0
+    """The last seq deleted by retention: the checks began after it (0: at seq 1)."""
+    cut_time: int | None = None
+    """That event's commit time (``None``: no cut)."""
+    base: str | None = None
+    """The base the checks started from (a path in the data directory)."""
+    records_before_cut: int = 0
+    """Delivery-log records of events before the cut: counted, not compared."""
+    queued_at_cut: int = 0
+    """Messages queued at the cut, which the checks count as received (at their seqs)."""
 
     @property
     def ok(self) -> bool:
@@ -417,12 +442,10 @@ def verify_data_dir(data_dir: Path, progress: Progress = _no_progress) -> Verify
         for damage in check_structure(data_dir / DATABASE, thorough=True)
         for finding in damage.findings
     ]
-    chain = ChainCheck()
-    invariants = InvariantCheck()
     violations: list[Violation] = []
-    snapshots = SnapshotCheck(data_dir, violations)
     try:
         history = HistoryView(data_dir)
+        base = history.base()
     except ArchiveCorruptError as exc:
         raise LogUnreadableError(f"{ARCHIVE}/{exc.path.name}: {exc.problem}") from None
     except sqlite3.DatabaseError as exc:
@@ -431,6 +454,23 @@ def verify_data_dir(data_dir: Path, progress: Progress = _no_progress) -> Verify
         # The damage the structure check named keeps the log from being read at all.
         unreadable = Violation("structure", DATABASE, f"the log cannot be read: {exc}")
         return _unread_report([*structure, unreadable])
+    cut = history.cut
+    chain = ChainCheck(cut)
+    # The invariants take what they need of the base now; the snapshot check then folds
+    # into it.
+    invariants = InvariantCheck(base)
+    snapshots = SnapshotCheck(data_dir, violations, base)
+    if cut is not None and history.segments and history.segments[0].chain_before != cut.chain:
+        first = history.segments[0]
+        violations.append(
+            Violation(
+                "chain",
+                f"{ARCHIVE}/{first.path.name}",
+                f"it follows chain value {first.chain_before.hex()}, but the base at the cut "
+                f"({ARCHIVE}/{cut.path.name}) ends at {cut.chain.hex()}: one of them was edited",
+                first.first_seq,
+            )
+        )
     log_read = True
     spooled = 0
     with history as view:
@@ -548,6 +588,11 @@ def verify_data_dir(data_dir: Path, progress: Progress = _no_progress) -> Verify
         spooled=spooled,
         records_due_through=delivery.due_through,
         log_read=log_read,
+        cut_seq=cut.seq if cut is not None else 0,
+        cut_time=cut.time if cut is not None else None,
+        base=f"{ARCHIVE}/{cut.path.name}" if cut is not None else None,
+        records_before_cut=delivery.before_cut,
+        queued_at_cut=sum(1 for r in invariants.received.values() if r.seq <= invariants.cut),
     )
 
 

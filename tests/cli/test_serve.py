@@ -25,10 +25,12 @@ from kumo.http.routes import BOUNCE_PATH, INJECT_PATH, LIVENESS_PATH, METRICS_PA
 from kumo.model.events import MessageReceived
 from kumo.model.prometheus_text import parse_samples
 from kumo.runtime.engine import open_engine
+from kumo.store.archive import history_cut
 from kumo.store.data_dir import open_event_log
 from kumo.store.integrity import PARTS
-from kumo.store.layout import DATABASE, LOGS
+from kumo.store.layout import ARCHIVE, DATABASE, LOGS, SNAPSHOTS
 from kumo.store.snapshots import take_snapshot
+from tests.history_days import DAY, days_of_history
 from tests.live_server import (
     ServerProcess,
     build_queued,
@@ -310,6 +312,21 @@ def test_a_log_lost_behind_its_snapshot_is_one_line_and_exit_1(tmp_path: Path) -
         f"{5:020d}.snapshot was taken at seq 5: events 1..5 are missing from the log "
         "(restore the data directory from a backup)\n"
     )
+
+
+def test_a_damaged_base_without_a_usable_snapshot_is_one_line_and_exit_1(tmp_path: Path) -> None:
+    days_of_history(tmp_path, 5, retention=2 * DAY)
+    cut = history_cut(tmp_path / ARCHIVE)
+    assert cut is not None
+    cut.path.write_bytes(cut.path.read_bytes()[:-1])
+    shutil.rmtree(tmp_path / SNAPSHOTS)
+
+    result = serve_process("--listen", "127.0.0.1:0", "--data-dir", str(tmp_path))
+
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert result.stderr.startswith(f"kumo: archive segment {cut.path.name} unreadable: ")
+    assert result.stderr.count("\n") == 1
 
 
 def test_a_log_that_cannot_be_opened_is_one_line_and_exit_1(tmp_path: Path) -> None:

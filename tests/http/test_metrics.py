@@ -74,7 +74,7 @@ def engine_statistics() -> EngineStatistics:
         broadcaster=BroadcasterStatistics(1054, 3, 0, 5, 1),
         delivery_log=DeliveryLogStatistics(1054, 5, 3325, 1, "00000000000000000001.jsonl"),
         wal=CheckpointStatistics(12, 40, 0),
-        snapshots=SnapshotStatistics(1000, 1, 0, 0.25, 123456, 900),
+        snapshots=SnapshotStatistics(1000, 1, 0, 0.25, 123456, 900, 300),
     )
 
 

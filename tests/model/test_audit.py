@@ -14,6 +14,7 @@ from kumo.model.events import (
     Message,
     MessageReceived,
 )
+from kumo.model.state import State
 
 SECOND = 1_000_000_000
 MINUTE = 60 * SECOND
@@ -211,3 +212,77 @@ def test_story_reports_a_bounce_by_a_rule_the_log_never_issued() -> None:
         told.apply(committed)
     [outcome] = told.bounces()
     assert (outcome.rule_id, outcome.how, outcome.reason) == ("ghost", None, None)
+
+
+# -- after a retention cut ------------------------------------------------------------
+
+
+def base_at(log: Log, cut: int) -> State:
+    """The state a retention pass keeps at ``cut``: the fold of the events up to it."""
+    state = State()
+    for committed in log.events[:cut]:
+        state.apply(committed)
+    return state
+
+
+def test_a_timeline_from_the_base_at_any_cut_is_the_whole_logs() -> None:
+    log, _ = a_day()
+    now = T0 + 41 * MINUTE
+    whole = timeline_of(log).actions(now)
+    for cut in range(1, len(log.events) + 1):
+        base = base_at(log, cut)
+        timeline = Timeline.from_base(base)
+        for committed in log.events[cut:]:
+            timeline.apply(committed)
+        assert timeline.actions(now) == whole, cut
+        for where in (TimelineFilter(queue="acme@a.com"), TimelineFilter(principal="alice")):
+            assert timeline.actions(now, where) == timeline_of(log).actions(now, where), cut
+        # The base is left as it was.
+        assert base.rules.rules.keys() == base_at(log, cut).rules.rules.keys()
+
+
+def test_state_at_from_the_base_is_the_whole_logs_from_the_cut_on() -> None:
+    log, _ = a_day()
+    for cut in range(1, len(log.events) + 1):
+        base = base_at(log, cut)
+        for minutes in range(0, 13):
+            at = T0 + minutes * MINUTE
+            if at < base.last_time:
+                continue
+            whole = state_at(log.events, at)
+            kept = state_at(log.events[cut:], at, base)
+            assert kept.queue_counts == whole.queue_counts, (cut, minutes)
+            assert kept.rules.views(at) == whole.rules.views(at), (cut, minutes)
+            assert (kept.received_total, kept.bounced_total) == (
+                whole.received_total,
+                whole.bounced_total,
+            )
+
+
+def test_a_story_from_the_base_tells_what_the_kept_log_and_the_base_know() -> None:
+    log, messages = a_day()
+
+    def story(label: str, cut: int) -> MessageStory:
+        told = MessageStory(spool_id(label), base_at(log, cut))
+        for committed in log.events[cut:]:
+            told.apply(committed)
+        return told
+
+    # m4 arrived at seq 14 and is still queued: after a cut past it, the base tells it,
+    # without the protocol its deleted event held.
+    [received] = story("m4", 14).received
+    m4 = messages["m4"]
+    assert (received.seq, received.time, received.queue) == (m4.seq, m4.received_at, "zeta@b.com")
+    assert (received.sender, received.recipient, received.size) == ("s@x.org", "m4@x", 10)
+    assert received.protocol is None
+    assert story("m4", 14).status == "queued"
+    # m3 arrived at seq 8 and was bounced at seq 9: with a cut between, the bounce and
+    # its rule are told, how included (r2 was issued before m3 came: at arrival).
+    told = story("m3", 8)
+    assert told.status == "bounced"
+    [outcome] = told.bounces()
+    assert (outcome.rule_id, outcome.how, outcome.issued_by) == ("r2", "at arrival", "bob")
+    # m1 came and went before the cut: the kept log cannot tell it.
+    gone = story("m1", 5)
+    assert (gone.status, gone.received, gone.bounces()) == ("before the cut", [], [])
+    assert story("nope", 5).status == "before the cut"

@@ -24,6 +24,7 @@ from kumo.model.events import (
 )
 from kumo.model.invariants import DeliveryLogCheck, InvariantCheck, Violation
 from kumo.model.log_record import bounce_content
+from kumo.model.state import State
 from kumo.runtime.delivery_log import encode_records
 
 M1, M2, M3 = (f"{n:032x}" for n in (1, 2, 3))
@@ -386,3 +387,152 @@ def test_without_a_checkpoint_the_records_say_how_far_the_files_go() -> None:
     assert check_.pending() == 3  # the bounces of seq 4 and M3's Reception
     nothing = DeliveryLogCheck(invariants, checkpoint_seq=None, last_seq=7)
     assert (nothing.finish(), nothing.pending()) == ([], 5)
+
+
+# -- from a base at a retention cut ---------------------------------------------------
+
+M4, M5, M6 = (f"{n:032x}" for n in (4, 5, 6))
+
+
+def at_time(committed: Committed) -> Committed:
+    """The event committed at a time of its own (ns = seq), as a real log's are."""
+    event = committed.event
+    if isinstance(event, Bounced):
+        # Its messages carry their reception times.
+        messages = tuple(m._replace(received_at=m.seq) for m in event.messages)
+        event = Bounced(event.rule_id, event.queue, messages)
+    return Committed(committed.seq, committed.seq, event)
+
+
+RETAINED_LOG = [
+    at_time(committed)
+    for committed in [
+        received(1, M1),
+        received(2, M2),
+        issued(3, "loud", domain="a.com"),  # its sweep takes M1, then M2
+        bounced(4, message(1, M1), rule_id="loud"),
+        rejected(5),
+        received(6, M3, queue="b.com"),
+        received(7, M4),  # arrives while loud is live: loud takes it at arrival
+        bounced(8, message(2, M2), message(7, M4), rule_id="loud"),
+        issued(9, "quiet", suppress=True, domain="b.com"),
+        rejected(10),
+        received(11, M5, queue="b.com"),  # quiet's, still owed (a crash cut it short)
+        bounced(12, message(6, M3), rule_id="quiet", queue="b.com"),
+        Committed(13, 1_000, BounceCancelled("loud")),
+        received(14, M6),  # nobody's
+        rejected(15),
+    ]
+]
+
+
+def base_at(log: list[Committed], cut: int) -> State:
+    """The state a retention pass keeps at ``cut``: the fold of the events up to it."""
+    state = State()
+    for committed in log[:cut]:
+        state.apply(committed)
+    return state
+
+
+def check_from(log: list[Committed], cut: int) -> InvariantCheck:
+    invariants = InvariantCheck(base_at(log, cut) if cut else None)
+    for committed in log[cut:]:
+        invariants.apply(committed)
+    invariants.finish()
+    return invariants
+
+
+def test_a_check_from_the_base_at_any_cut_agrees_with_the_whole_log() -> None:
+    whole = check_from(RETAINED_LOG, 0)
+    assert whole.violations == []
+    assert whole.owed() == {"quiet": 1}
+    for cut in range(1, len(RETAINED_LOG) + 1):
+        kept = check_from(RETAINED_LOG, cut)
+        assert kept.violations == [], cut
+        assert kept.cut == cut
+        assert kept.queued() == whole.queued(), cut
+        assert kept.owed() == whole.owed(), cut
+        assert kept.tally == whole.tally, cut
+        assert kept.projection.received_total == whole.projection.received_total == 6
+        assert len(kept.received) + kept.gone_before_cut == 6
+
+
+def test_a_base_leaves_the_check_the_same_violations_after_the_cut() -> None:
+    log = [
+        *RETAINED_LOG[:11],
+        # M5 arrived while quiet was live: a sweep of another rule may not take it.
+        at_time(issued(12, "late", domain="b.com")),
+        at_time(bounced(13, message(11, M5), rule_id="late", queue="b.com")),
+        at_time(bounced(14, message(7, M4), rule_id="loud")),  # M4 is gone already
+    ]
+    whole = [(v.check, v.seq) for v in check_from(log, 0).violations]
+    assert whole == [("attribution", 13), ("conservation", 14)]
+    for cut in range(1, 12):
+        assert [(v.check, v.seq) for v in check_from(log, cut).violations] == whole, cut
+
+
+def test_a_base_that_counts_fewer_received_than_it_queues_is_a_violation() -> None:
+    base = base_at(RETAINED_LOG, 7)
+    base.received_total = 1
+    [violation] = InvariantCheck(base).violations
+    assert (violation.check, violation.seq) == ("counters", 7)
+    assert "counts 1 messages received, but holds 3 queued" in violation.problem
+
+
+def test_the_records_before_the_cut_are_counted_and_the_rest_compared() -> None:
+    records = records_for(RETAINED_LOG)
+    for cut in range(1, len(RETAINED_LOG) + 1):
+        delivery_check = DeliveryLogCheck(
+            check_from(RETAINED_LOG, cut), checkpoint_seq=15, last_seq=15
+        )
+        for line, record in enumerate(records, start=1):
+            delivery_check.check(record, f"l{line}")
+        assert delivery_check.finish() == [], cut
+        before = len(records_for(RETAINED_LOG[:cut]))
+        assert delivery_check.before_cut == before, cut
+        assert sum(delivery_check.seen.values()) == len(records) - before, cut
+
+
+# The records of RETAINED_LOG, in order: Reception M1, M2 (seqs 1, 2), AdminBounce M1
+# (4), Rejection (5), Reception M3, M4 (6, 7), AdminBounce M2, M4 (8), Rejection (10),
+# Reception M5 (11), Reception M6 (14), Rejection (15): eight up to seq 8.
+CUT = 8
+
+
+def test_after_the_records_before_the_cut_every_record_is_judged() -> None:
+    records = records_for(RETAINED_LOG)
+    assert len(records_for(RETAINED_LOG[:CUT])) == 8
+    stray = {**records[0], "id": "f" * 32}
+    forged = {**records[11], "recipient": "forged@x"}
+    check_ = DeliveryLogCheck(check_from(RETAINED_LOG, CUT), checkpoint_seq=15, last_seq=15)
+    for line, record in enumerate([*records[:11], stray, forged], start=1):
+        check_.check(record, f"l{line}")
+    assert [(v.where, v.problem.split(":")[0]) for v in check_.finish()] == [
+        ("l12", f"Reception for {'f' * 32}, which the log never received"),
+        ("l13", "Rejection for a rejection differs from the log's event at seq 15"),
+    ]
+    assert check_.before_cut == 8
+
+
+def test_a_record_missing_after_the_cut_is_still_found() -> None:
+    records = records_for(RETAINED_LOG)
+    # Without the first kept Rejection's record (seq 10), the Reception of M5 ends the
+    # records before the cut, and the last Rejection is taken for seq 10's.
+    check_ = DeliveryLogCheck(check_from(RETAINED_LOG, CUT), checkpoint_seq=15, last_seq=15)
+    for line, record in enumerate([*records[:8], *records[9:]], start=1):
+        check_.check(record, f"l{line}")
+    found = [(v.where, v.seq, v.problem.split(":")[0]) for v in check_.finish()]
+    assert found == [
+        ("l11", None, "Rejection for a rejection differs from the log's event at seq 10"),
+        ("seq 15", 15, "1 Rejection record(s) missing"),
+    ]
+    assert check_.before_cut == 8
+    # And a Reception missing after the cut is named with its event.
+    check_ = DeliveryLogCheck(check_from(RETAINED_LOG, CUT), checkpoint_seq=15, last_seq=15)
+    for line, record in enumerate([*records[:10], *records[11:]], start=1):
+        check_.check(record, f"l{line}")
+    [violation] = check_.finish()
+    assert (violation.seq, violation.problem) == (
+        14,
+        f"no Reception record for 1 message(s) of this event: {M6}",
+    )

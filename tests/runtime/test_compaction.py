@@ -13,7 +13,7 @@ import zstandard
 from kumo.model.settings import EngineSettings
 from kumo.runtime.clock import EngineClock
 from kumo.runtime.engine import open_engine
-from kumo.store.archive import archive_segments
+from kumo.store.archive import archive_segments, history_cut
 from kumo.store.history import HistoryView
 from kumo.store.layout import ARCHIVE, DATABASE
 from kumo.store.log_view import LogView
@@ -122,3 +122,43 @@ async def test_a_start_without_a_usable_snapshot_folds_the_archive_too(
 def remove_snapshots(data_dir: Path) -> None:
     for path in (data_dir / "snapshots").iterdir():
         path.unlink()
+
+
+async def test_retention_while_serving_deletes_old_history_and_the_rest_verifies(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    # An hour of history kept; a batch every ten minutes of engine time.
+    settings = EngineSettings(snapshot_every=20, archive_retention=60 * 60 * 10**9)
+    clock = EngineClock(WALL_ORIGIN)
+    async with open_engine(tmp_path, clock=clock, settings=settings, threads=False) as engine:
+        ids: list[str] = []
+        for start in range(0, 300, 10):
+            batch = [
+                message(f"u{n}@{'a' if n % 2 else 'b'}.example") for n in range(start, start + 10)
+            ]
+            ids += await engine.inject(batch)
+            if start % 100 == 0:
+                await engine.issue_bounce(
+                    bounce(domain="b.example", duration=20 * 60 * 10**9), issued_by="tester"
+                )
+            await engine.wait_idle()
+            await trio.testing.wait_all_tasks_blocked()
+            await trio.sleep(10 * 60)
+        statistics = engine.statistics().snapshots
+        now = clock.now()
+    cut = history_cut(tmp_path / ARCHIVE)
+    assert cut is not None
+    assert statistics.retention_cut == cut.seq
+    # What is kept: the segments whose newest event was within the hour when the last
+    # compaction ran (every 20 events: two batches, twenty minutes at most before now).
+    oldest_kept = now - 80 * 60 * 10**9
+    assert all(s.last_time >= oldest_kept for s in archive_segments(tmp_path / ARCHIVE))
+    assert cut.time < now - 60 * 60 * 10**9
+    report = verify_data_dir(tmp_path)
+    assert report.violations == []
+    assert report.cut_seq == cut.seq
+    # A start after it shows what the engine showed.
+    async with open_engine(tmp_path, clock=EngineClock(WALL_ORIGIN), threads=False) as engine:
+        await engine.wait_idle()
+        assert engine.statistics().received_total == 300
+        assert sum(engine.queue_counts().values()) == report.queued

@@ -117,3 +117,34 @@ def test_a_compaction_killed_at_each_step_loses_nothing(
     assert done.archived_through > 0
     assert not any(path.name.endswith(".tmp") for path in (tmp_path / ARCHIVE).iterdir())
     assert verify_data_dir(tmp_path).violations == []
+
+
+def test_killed_compactions_with_retention_leave_a_log_that_verifies(tmp_path: Path) -> None:
+    chance = random.Random(20261202)
+    # Every segment is past retention (1 ns, a day from now): each pass deletes all it may.
+    retention = ["--retention", "1", "--now", str(time.time_ns() + 86_400 * 10**9)]
+    for round_ in range(ROUNDS):
+        serve(tmp_path, round_)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "kumo.store.compaction", str(tmp_path), *retention],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        time.sleep(chance.uniform(0.0, 0.8))
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait(timeout=60)
+        report = verify_data_dir(tmp_path)
+        assert report.violations == [], f"round {round_}"
+        for directory in (tmp_path / SNAPSHOTS, tmp_path / ARCHIVE):
+            names = [path.name for path in directory.iterdir()] if directory.exists() else []
+            assert all(name.endswith((".snapshot", ".archive.sqlite3", ".tmp")) for name in names)
+    done = compact(tmp_path, retention=1, now=time.time_ns() + 86_400 * 10**9)
+    assert done.retention.cut > 0
+    assert not any(path.name.endswith(".tmp") for path in (tmp_path / ARCHIVE).iterdir())
+    report = verify_data_dir(tmp_path)
+    assert report.violations == []
+    assert report.first_seq == done.retention.cut + 1
+    _, counts = serve(tmp_path, ROUNDS)
+    report = verify_data_dir(tmp_path)
+    assert report.violations == []
+    assert sum(counts.values()) == report.queued

@@ -21,6 +21,7 @@ from kumo.store.delivery_files import DeliveryFiles, line_digest, segment_name
 from kumo.store.history import HistoryView
 from kumo.store.layout import DATABASE, LOGS
 from kumo.store.sqlite_log import SqliteEventStore
+from tests.history_days import DAY, days_of_history
 
 MIDS = [f"{n:032x}" for n in range(4)]
 QUIET = {"quiet"}
@@ -133,3 +134,47 @@ def test_a_segment_not_named_after_its_first_seq_cannot_be_repaired(tmp_path: Pa
         pytest.raises(RepairError, match=r"logs/notes\.jsonl is not named after its first seq"),
     ):
         cut_damaged_tail(files, history, segment="notes.jsonl", limit=0, through=7, suppressed=bool)
+
+
+def test_a_repair_that_needs_events_deleted_by_retention_is_refused(tmp_path: Path) -> None:
+    days_of_history(tmp_path, 6, retention=2 * DAY)
+    with HistoryView(tmp_path) as history:
+        assert history.cut is not None
+        cut = history.cut.seq
+    [segment] = sorted((tmp_path / LOGS).glob("*.jsonl"))
+    # Only the records of the deleted events are left whole, then a damaged line.
+    records = segment.read_bytes().splitlines(keepends=True)
+    damaged = b"".join(records[:3]) + b'{"half'
+    segment.write_bytes(damaged)
+    files = DeliveryFiles(tmp_path / LOGS, segment_bytes=1 << 20)
+    with (
+        HistoryView(tmp_path) as history,
+        pytest.raises(
+            RepairError,
+            match=rf"logs/{segment.name} would have to be written again from seq 1, but the "
+            rf"events up to seq {cut} were deleted by retention",
+        ),
+    ):
+        cut_damaged_tail(
+            files,
+            history,
+            segment=segment.name,
+            limit=len(damaged),
+            through=history.last_seq,
+            suppressed=lambda _rule: False,
+        )
+    assert segment.read_bytes() == damaged  # nothing touched
+    # A damaged tail after the cut is repaired as before.
+    whole = b"".join(records)
+    segment.write_bytes(whole + b'{"half')
+    with HistoryView(tmp_path) as history:
+        resumption = cut_damaged_tail(
+            files,
+            history,
+            segment=segment.name,
+            limit=len(whole) + 6,
+            through=history.last_seq,
+            suppressed=lambda _rule: False,
+        )
+    assert resumption.offset == len(whole)
+    assert resumption.first_seq > cut

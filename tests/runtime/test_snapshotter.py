@@ -12,8 +12,10 @@ import trio.testing
 from kumo.model.settings import EngineSettings
 from kumo.runtime.clock import EngineClock
 from kumo.runtime.engine import DeliveryLogAheadError, open_engine
-from kumo.store.layout import DATABASE, SNAPSHOTS
+from kumo.store.archive import history_cut
+from kumo.store.layout import ARCHIVE, DATABASE, SNAPSHOTS
 from kumo.store.snapshots import SnapshotAheadError, snapshot_paths
+from kumo.store.verify import verify_data_dir
 from tests.runtime.harness import WALL_ORIGIN, bounce, message
 
 EVERY = EngineSettings(snapshot_every=20)
@@ -99,6 +101,24 @@ async def test_snapshots_taken_by_a_process_of_their_own(tmp_path: Path) -> None
     assert statistics.taken == 1
     assert statistics.seq == 60
     assert statistics.last_bytes == snapshot_paths(tmp_path / SNAPSHOTS)[0].stat().st_size
+
+
+async def test_retention_by_a_process_of_its_own(tmp_path: Path) -> None:
+    # Anything older than a nanosecond is past retention: each compaction deletes every
+    # archive segment it may.
+    settings = EngineSettings(snapshot_every=50, archive_retention=1)
+    async with open_engine(tmp_path, clock=EngineClock(WALL_ORIGIN), settings=settings) as engine:
+        for start in range(0, 240, 60):
+            await engine.inject([message(f"u{n}@a.example") for n in range(start, start + 60)])
+            with trio.fail_after(60):
+                await engine.wait_snapshot(start + 60)
+        statistics = engine.statistics().snapshots
+    cut = history_cut(tmp_path / ARCHIVE)
+    assert cut is not None
+    assert statistics.retention_cut == cut.seq > 0
+    report = verify_data_dir(tmp_path)
+    assert report.violations == []
+    assert (report.first_seq, report.queued) == (cut.seq + 1, 240)
 
 
 async def test_a_log_emptied_behind_its_delivery_log_is_refused_too(

@@ -38,6 +38,7 @@ from kumo.runtime.smtp_connection import (
     SmtpConnection,
     client_tls_context,
 )
+from tests.required_tools import require_tool
 from tests.runtime.smtp_sink import Act, SmtpSink, running_sink
 
 SITE = "unspecified->mx_list:127.0.0.1@smtp_client"
@@ -576,10 +577,7 @@ async def postfix_smtp_sink() -> AsyncIterator[tuple[int, Path]]:
 
 
 def require_smtp_sink() -> None:
-    if SMTP_SINK is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("Postfix's smtp-sink is not installed, and CI must run this test")
-        pytest.skip("Postfix's smtp-sink is not installed (Debian: apt-get install postfix)")
+    require_tool(SMTP_SINK, "Postfix's smtp-sink", "postfix")
 
 
 async def test_delivery_to_postfix_smtp_sink() -> None:

@@ -264,7 +264,10 @@ async def _serve(
 ) -> None:
     async with (
         open_engine(
-            config.data_dir, node_id=config.node_id, settings=config.log.engine_settings()
+            config.data_dir,
+            node_id=config.node_id,
+            settings=config.log.engine_settings(),
+            fleet=config.fleet,
         ) as engine,
         _smtp_listening(config, engine, shutdown.requested, on_smtp_listening),
     ):

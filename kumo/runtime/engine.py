@@ -452,8 +452,13 @@ async def open_engine(
             store.set_meta("node_id", chosen)
         reader = open_event_log(data_dir, readonly=True, settings=settings)
         checkpoints = open_event_log(data_dir, settings=settings)
-        # The fleet's positions are written beside the writer, on a connection of their own.
-        fleet_meta = None if fleet is None else open_event_log(data_dir, settings=settings)
+        # The fleet's positions are written beside the writer, on a connection of their
+        # own that leaves checkpoints to the WalCheckpointer, as the writer's does.
+        fleet_meta = (
+            None
+            if fleet is None
+            else open_event_log(data_dir, settings=settings, auto_checkpoint=False)
+        )
         state, snapshot_seq = _fold_without_collecting(data_dir, store)
         return store, reader, checkpoints, fleet_meta, state, snapshot_seq, chosen
 

@@ -23,6 +23,12 @@ operators recognise them (each field's docstring below gives its default and mea
     [domains."example.com"]            # any [queue] or [egress] key, and mx_list
     [dns]                              # DnsSettings: nameservers
 
+Fleet mode (docs/fleet.md) is off unless ``[fleet]`` names the fleet's Redis::
+
+    [fleet]
+    redis = "redis://127.0.0.1:6379/0"  # required in the table
+    stream = "kumo:admin"               # the default
+
 Durations are duration strings (``"20m"``, ``"7days"``) or numbers of seconds.
 
 Unknown keys are refused, so that a typo does not silently leave a default in place.
@@ -60,6 +66,7 @@ from kumo.http.access import (
 from kumo.http.errors import DEFAULT_BODY_LIMIT
 from kumo.model.cidr_set import DEFAULT_PROHIBITED_HOSTS, DEFAULT_RELAY_HOSTS, CidrError, CidrSet
 from kumo.model.duration import MAX_NANOS, NANOS_PER_SECOND, DurationError, parse_duration
+from kumo.model.fleet import DEFAULT_STREAM, FleetSettings, RedisUrlError, check_redis_url
 from kumo.model.retry import RetryPolicy
 from kumo.model.settings import EngineSettings
 from kumo.model.smtp_client import ClientSettings, ClientTimeouts, TlsMode
@@ -685,6 +692,8 @@ class Config:
     """Lower-case destination domain -> the settings it overrides."""
     dns: DnsSettings = attrs.field(factory=DnsSettings)
     log: LogSettings = attrs.field(factory=LogSettings)
+    fleet: FleetSettings | None = None
+    """``[fleet]``: the fleet this node joins; None (the default): it runs alone."""
     _by_domain: dict[str, tuple[QueueSettings, EgressSettings]] = attrs.field(
         init=False, factory=dict, eq=False, repr=False
     )
@@ -757,6 +766,7 @@ _KEYS: Final = (
     "domains",
     "dns",
     "log",
+    "fleet",
 )
 
 
@@ -789,6 +799,32 @@ def _node_id(value: object) -> str:
         return str(uuid.UUID(_string("node_id", value)))
     except ValueError:
         raise ConfigError(f"node_id must be a UUID, got {value!r}") from None
+
+
+_FLEET_KEYS: Final = ("redis", "stream")
+
+
+def _fleet(table: object) -> FleetSettings:
+    """``[fleet]``: ``redis`` (required) and ``stream``; ConfigError naming the key."""
+    if not isinstance(table, dict):
+        raise ConfigError("[fleet] must be a table")
+    for key in table:
+        if key not in _FLEET_KEYS:
+            raise ConfigError(
+                f"unknown key {key!r} in [fleet]; expected one of {', '.join(_FLEET_KEYS)}"
+            )
+    if "redis" not in table:
+        raise ConfigError('[fleet] needs redis = "redis://HOST:PORT/DB"')
+    redis = _string("fleet.redis", table["redis"])
+    try:
+        check_redis_url(redis)
+    except RedisUrlError as exc:
+        raise ConfigError(f"fleet.redis: {exc}") from None
+    stream = _string("fleet.stream", table.get("stream", DEFAULT_STREAM))
+    try:
+        return FleetSettings(redis, stream)
+    except ValueError as exc:
+        raise ConfigError(f"fleet.stream: {exc}") from None
 
 
 def parse_config(text: str, *, base_dir: Path) -> Config:
@@ -834,6 +870,8 @@ def parse_config(text: str, *, base_dir: Path) -> Config:
             values[key] = record(**_parse_table(fields, data[key], key, base_dir))
     if "domains" in data:
         values["domains"] = _parse_domains(data["domains"], base_dir)
+    if "fleet" in data:
+        values["fleet"] = _fleet(data["fleet"])
     config = Config(**values)
     try:
         config.access_policy()

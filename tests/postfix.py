@@ -15,8 +15,9 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-import pytest
 import trio
+
+from tests.required_tools import require_tool
 
 SMTP_SINK = shutil.which("smtp-sink") or (
     "/usr/sbin/smtp-sink" if os.path.exists("/usr/sbin/smtp-sink") else None
@@ -68,7 +69,4 @@ async def postfix_smtp_sink(*options: str) -> AsyncIterator[tuple[int, Path]]:
 
 def require_smtp_sink() -> None:
     """Skip (fail in CI) unless Postfix's smtp-sink is installed."""
-    if SMTP_SINK is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("Postfix's smtp-sink is not installed, and CI must run this test")
-        pytest.skip("Postfix's smtp-sink is not installed (Debian: apt-get install postfix)")
+    require_tool(SMTP_SINK, "Postfix's smtp-sink", "postfix")

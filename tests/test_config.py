@@ -35,6 +35,7 @@ from kumo.http.access import (
 )
 from kumo.model.cidr_set import CidrSet
 from kumo.model.duration import NANOS_PER_SECOND
+from kumo.model.fleet import FleetSettings
 from kumo.model.retry import RetryPolicy
 from kumo.model.smtp_client import ClientSettings, ClientTimeouts, TlsMode
 
@@ -484,3 +485,34 @@ def test_a_bad_archive_retention_is_refused_in_one_line(value: str, why: str) ->
         parse_config(f"[log]\narchive_retention = {value}", base_dir=BASE)
     assert why in str(caught.value)
     assert "\n" not in str(caught.value)
+
+
+def test_fleet_mode_is_off_by_default_and_on_with_a_redis_url() -> None:
+    assert parse_config("", base_dir=BASE).fleet is None
+    config = parse_config('[fleet]\nredis = "redis://10.0.0.7:6380/2"\n', base_dir=BASE)
+    assert config.fleet == FleetSettings("redis://10.0.0.7:6380/2", "kumo:admin")
+    named = parse_config(
+        '[fleet]\nredis = "redis://127.0.0.1"\nstream = "mta:admin"\n', base_dir=BASE
+    )
+    assert named.fleet is not None
+    assert named.fleet.stream == "mta:admin"
+
+
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        ("fleet = 1", "[fleet] must be a table"),
+        ("[fleet]\nstream = 'x'", "[fleet] needs redis"),
+        ("[fleet]\nredis = 'redis://h'\nstreams = 'x'", "unknown key 'streams' in [fleet]"),
+        ("[fleet]\nredis = 6379", "fleet.redis must be a string"),
+        ("[fleet]\nredis = 'http://h:6379'", "fleet.redis: 'http://h:6379' is not a redis://"),
+        ("[fleet]\nredis = 'redis://:6379'", "names no host"),
+        ("[fleet]\nredis = 'redis://h:99999'", "port that is not a number"),
+        ("[fleet]\nredis = 'redis://h/zero'", "the database after the / must be a number"),
+        ("[fleet]\nredis = 'redis://h'\nstream = ''", "fleet.stream: stream must be"),
+    ],
+)
+def test_bad_fleet_tables_name_the_key(text: str, why: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        parse_config(text, base_dir=BASE)
+    assert why in str(raised.value)

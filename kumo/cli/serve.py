@@ -304,6 +304,7 @@ async def _serve(
             node_id=config.node_id,
             settings=config.log.engine_settings(),
             mail=mail_settings(config),
+            fleet=config.fleet,
         ) as engine,
         _smtp_listening(config, engine, shutdown.requested, on_smtp_listening),
     ):

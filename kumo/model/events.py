@@ -136,6 +136,9 @@ class BounceIssued:
     suppress_logging: bool = attrs.field(default=False, validator=_flag)
     issued_by: str = attrs.field(default="", validator=_text)
     issued_at: int | None = attrs.field(default=None, validator=attrs.validators.optional(_int64))
+    origin: str = attrs.field(default="", validator=_text)
+    """The node (its ``node_id``) the rule was issued on, when fleet mode brought it
+    from another node; ``""`` for a rule issued here (docs/fleet.md)."""
 
 
 @attrs.frozen(slots=True)
@@ -144,6 +147,9 @@ class BounceCancelled:
 
     rule_id: str = attrs.field(validator=_text)
     cancelled_by: str = attrs.field(default="", validator=_text)
+    origin: str = attrs.field(default="", validator=_text)
+    """The node the cancel was asked on, when fleet mode brought it from another node;
+    ``""`` for a cancel asked here."""
 
 
 @attrs.frozen(slots=True)
@@ -495,9 +501,11 @@ def _encode_body(event: Event) -> dict[str, Any]:
                 "expires_at": event.expires_at,
                 "suppress_logging": event.suppress_logging,
                 "issued_by": event.issued_by,
-            } | ({} if event.issued_at is None else {"issued_at": event.issued_at})
+            } | _optional(issued_at=event.issued_at, origin=event.origin)
         case BounceCancelled():
-            return {"rule_id": event.rule_id, "cancelled_by": event.cancelled_by}
+            return {"rule_id": event.rule_id, "cancelled_by": event.cancelled_by} | _optional(
+                origin=event.origin
+            )
         case BounceExpired():
             return {"rule_id": event.rule_id}
         case Bounced():
@@ -610,6 +618,12 @@ def _message_from_json(data: object) -> Message:
     return message
 
 
+def _optional(**fields: object) -> dict[str, Any]:
+    """The fields that differ from their defaults (``None``, ``""``): a body written
+    before a field existed, and one written since without it, are the same bytes."""
+    return {name: value for name, value in fields.items() if value is not None and value != ""}
+
+
 def _peer_to_json(peer: PeerAddress) -> dict[str, str]:
     return {"name": peer.name, "addr": peer.addr}
 
@@ -647,9 +661,11 @@ _DECODERS: Final[dict[str, Callable[[dict[str, Any]], Event]]] = {
         suppress_logging=d["suppress_logging"],
         issued_by=d["issued_by"],
         issued_at=d.get("issued_at"),
+        # Both absent from local events and from logs older than fleet mode.
+        origin=d.get("origin", ""),
     ),
     "BounceCancelled": lambda d: BounceCancelled(
-        rule_id=d["rule_id"], cancelled_by=d["cancelled_by"]
+        rule_id=d["rule_id"], cancelled_by=d["cancelled_by"], origin=d.get("origin", "")
     ),
     "BounceExpired": lambda d: BounceExpired(rule_id=d["rule_id"]),
     "Bounced": _decode_bounced,

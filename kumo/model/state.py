@@ -72,6 +72,11 @@ class Rule:
     end: RuleEnd | None = None
     ended_by: str | None = None
     """Who cancelled it, or the id of the rule that replaced it."""
+    origin: str = ""
+    """The node it was issued on when fleet mode brought it here; ``""``: this node."""
+    ended_origin: str = ""
+    """The node its cancel was asked on when fleet mode brought it here; ``""``: this
+    node (and for any other end)."""
     bounced: dict[str, int] = attrs.Factory(dict)
     total_bounced: int = 0
 
@@ -169,7 +174,8 @@ class RuleBook:
             return self._issue(event, committed)
         if kind is cancelled:
             assert isinstance(event, BounceCancelled | SuspendCancelled)
-            return self._end(event.rule_id, "cancelled", committed, event.cancelled_by)
+            origin = event.origin if isinstance(event, BounceCancelled) else ""
+            return self._end(event.rule_id, "cancelled", committed, event.cancelled_by, origin)
         if kind is expired:
             assert isinstance(event, BounceExpired | SuspendExpired)
             return self._end(event.rule_id, "expired", committed, None)
@@ -194,6 +200,7 @@ class RuleBook:
             expires_at=event.expires_at,
             suppress_logging=isinstance(event, BounceIssued) and event.suppress_logging,
             issued_by=event.issued_by,
+            origin=event.origin if isinstance(event, BounceIssued) else "",
         )
         self.rules[rule.id] = rule
         if rule.issued_expired:
@@ -210,14 +217,19 @@ class RuleBook:
         self._by_criteria[rule.criteria] = rule
         return rule
 
-    def _end(self, rule_id: str, end: RuleEnd, committed: Committed, by: str | None) -> Rule | None:
+    def _end(
+        self, rule_id: str, end: RuleEnd, committed: Committed, by: str | None, origin: str = ""
+    ) -> Rule | None:
         rule = self._live.get(rule_id)
         if rule is not None:
-            self._close(rule, end, committed.seq, committed.time, by)
+            self._close(rule, end, committed.seq, committed.time, by, origin)
         return rule
 
-    def _close(self, rule: Rule, end: RuleEnd, seq: int, time: int, by: str | None) -> None:
+    def _close(
+        self, rule: Rule, end: RuleEnd, seq: int, time: int, by: str | None, origin: str = ""
+    ) -> None:
         rule.end, rule.ended_seq, rule.ended_at, rule.ended_by = end, seq, time, by
+        rule.ended_origin = origin
         del self._live[rule.id]
         if self._by_criteria.get(rule.criteria) is rule:
             del self._by_criteria[rule.criteria]

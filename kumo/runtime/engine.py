@@ -13,7 +13,9 @@ this order)::
     │   ├── DeliveryLogWriter.run  Reception / AdminBounce JSON lines, checkpointed
     │   ├── RuleExpiry.run         appends BounceExpired when a rule's time is up
     │   ├── WalCheckpointer.run    copies the SQLite WAL back, beside the writer
-    │   └── Snapshotter.run        snapshots the state every so many events
+    │   ├── Snapshotter.run        snapshots the state every so many events
+    │   ├── FleetLink.run_publisher  [fleet] only: this node's actions -> Redis stream
+    │   └── FleetLink.run_follower   [fleet] only: the other nodes' actions -> the log
     └── Broadcaster.run            carries committed events to the queue actors
 
 The projections (rules, counters, queue gauges) are folded synchronously by the
@@ -47,6 +49,7 @@ from kumo.model.events import (
     SuspendCancelled,
     SuspendIssued,
 )
+from kumo.model.fleet import FleetSettings
 from kumo.model.inspection import InspectedMessage, InspectedQueue
 from kumo.model.message import Message
 from kumo.model.ready_queue import ReadyEntry
@@ -61,6 +64,7 @@ from kumo.runtime.broadcaster import Broadcaster, BroadcasterStatistics
 from kumo.runtime.clock import EngineClock
 from kumo.runtime.delivery import Deliveries, MailSettings
 from kumo.runtime.delivery_log import DeliveryLogStatistics, DeliveryLogWriter
+from kumo.runtime.fleet import FleetLink, FleetMeta, FleetStatistics
 from kumo.runtime.log_writer import LogStatistics, LogWriter
 from kumo.runtime.projection import Projection
 from kumo.runtime.queue_actor import ActorStatistics, MailPath, QueueActor
@@ -108,6 +112,7 @@ class EngineStatistics:
     delivery_log: DeliveryLogStatistics = record("The delivery-log writer.")
     wal: CheckpointStatistics = record("The checkpointer of the event log's WAL.")
     snapshots: SnapshotStatistics = record("The snapshots of the state.")
+    fleet: FleetStatistics = record("Fleet mode: this node's link to the fleet's stream.")
 
 
 @attrs.frozen
@@ -126,6 +131,8 @@ class EngineParts:
     snapshotter: Snapshotter
     deliveries: Deliveries | None
     """The mail path; None when the engine holds every message (no ``mail``)."""
+    fleet: FleetLink | None = None
+    """This node's link to its fleet (``[fleet]``); None when it runs alone."""
 
 
 class Engine:
@@ -201,6 +208,20 @@ class Engine:
     async def cancel_bounce(self, rule_id: str, *, cancelled_by: str) -> bool:
         """Cancel a live rule. False if it is unknown, replaced, cancelled or expired."""
         return await self._cancel("bounce", rule_id, cancelled_by)
+
+    async def wait_rule(self, rule_id: str, *, ended: bool = False) -> None:
+        """Return once this node's log holds the issue of rule ``rule_id`` (with
+        ``ended``, and an event that ended it: cancel, replacement or expiry). Always a
+        checkpoint. A rule issued on another node of the fleet comes through the fleet
+        follower: this is how a caller waits for it without polling."""
+        events = self._parts.projection.rule_events
+        while True:
+            seen = events.value
+            rule = self._projection.rules.rules.get(rule_id)
+            if rule is not None and (not ended or rule.end is not None):
+                await trio.lowlevel.checkpoint()
+                return
+            await events.wait_for(seen + 1)
 
     def list_bounces(self) -> list[RuleView]:
         """Live rules, oldest first, with their counters and remaining lifetime."""
@@ -349,6 +370,7 @@ class Engine:
 
     def statistics(self) -> EngineStatistics:
         projection = self._projection
+        fleet = self._parts.fleet
         return EngineStatistics(
             received_total=projection.received_total,
             bounced_total=projection.bounced_total,
@@ -363,6 +385,7 @@ class Engine:
             delivery_log=self._parts.delivery.statistics(),
             wal=self._parts.checkpointer.statistics(),
             snapshots=self._parts.snapshotter.statistics(),
+            fleet=FleetStatistics.off() if fleet is None else fleet.statistics(),
         )
 
     def actor_statistics(self, start: int = 0, stop: int | None = None) -> list[ActorStatistics]:
@@ -458,6 +481,7 @@ async def open_engine(
     settings: EngineSettings | None = None,
     threads: bool = True,
     mail: MailSettings | None = None,
+    fleet: FleetSettings | None = None,
 ) -> AsyncIterator[Engine]:
     """Open (or create) ``data_dir``, replay its log, and run the engine inside.
 
@@ -476,6 +500,9 @@ async def open_engine(
     ``threads=False`` runs SQLite and file I/O in the Trio thread: slower, but
     deterministic under ``MockClock(autojump_threshold=0)``, where a wait on a worker
     thread would let virtual time jump (see :mod:`kumo.runtime.blocking`).
+
+    ``fleet`` joins the node to a fleet (docs/fleet.md): its admin actions are published
+    to the fleet's Redis stream, and the other nodes' are appended to its log.
     """
     clock = clock or EngineClock()
     settings = settings or EngineSettings()
@@ -486,7 +513,9 @@ async def open_engine(
         return DataDirectoryLock(data_dir)
 
     @structure_checked(data_dir)
-    def open_and_replay() -> tuple[EventStore, EventStore, EventStore, State, int, str]:
+    def open_and_replay() -> tuple[
+        EventStore, EventStore, EventStore, EventStore | None, State, int, str
+    ]:
         store = open_event_log(data_dir, settings=settings, auto_checkpoint=False)
         stored_id = store.get_meta("node_id")
         chosen = node_id or stored_id or str(uuid.uuid4())
@@ -494,18 +523,32 @@ async def open_engine(
             store.set_meta("node_id", chosen)
         reader = open_event_log(data_dir, readonly=True, settings=settings)
         checkpoints = open_event_log(data_dir, settings=settings)
+        # The fleet's positions are written beside the writer, on a connection of their
+        # own that leaves checkpoints to the WalCheckpointer, as the writer's does.
+        fleet_meta = (
+            None
+            if fleet is None
+            else open_event_log(data_dir, settings=settings, auto_checkpoint=False)
+        )
         state, snapshot_seq = _fold_without_collecting(data_dir, store)
-        return store, reader, checkpoints, state, snapshot_seq, chosen
+        return store, reader, checkpoints, fleet_meta, state, snapshot_seq, chosen
 
     async with contextlib.AsyncExitStack() as cleanup:
         cleanup.callback((await run_blocking(lock)).release)
-        store, reader, checkpoints, state, snapshot_seq, chosen_id = await run_blocking(
-            open_and_replay
-        )
+        (
+            store,
+            reader,
+            checkpoints,
+            fleet_meta,
+            state,
+            snapshot_seq,
+            chosen_id,
+        ) = await run_blocking(open_and_replay)
         # The writer last: the last connection to close checkpoints the WAL into the
         # database file and removes it, which a read-only connection cannot do.
+        extra = () if fleet_meta is None else (fleet_meta,)
         cleanup.push_async_callback(
-            run_blocking, functools.partial(_close_all, reader, checkpoints, store)
+            run_blocking, functools.partial(_close_all, reader, checkpoints, *extra, store)
         )
         recovery = recover(state, chunk=settings.resume_chunk)
         router = Router(state.rules.copy(), state.suspends.copy())
@@ -551,6 +594,16 @@ async def open_engine(
                 run_blocking=None if threads else run_blocking,
             ),
             deliveries=deliveries,
+            fleet=None
+            if fleet is None or fleet_meta is None
+            else FleetLink(
+                fleet,
+                node_id=chosen_id,
+                log=log,
+                projection=projection,
+                clock=clock,
+                meta=FleetMeta(fleet_meta, run_blocking=run_blocking),
+            ),
         )
         written = await run_blocking(parts.delivery.recover)
         if written > state.last_seq:
@@ -601,6 +654,9 @@ async def _run(
                 await inner.start(parts.expiry.run)
                 await inner.start(parts.checkpointer.run)
                 await inner.start(parts.snapshotter.run)
+                if parts.fleet is not None:
+                    await inner.start(parts.fleet.run_publisher)
+                    await inner.start(parts.fleet.run_follower)
                 task_status.started()
 
     await nursery.start(run_followers)

@@ -7,7 +7,15 @@ from typing import Final
 
 import trio
 
-from kumo.model.events import Bounced, BounceIssued, Committed, MessageReceived, SuspendIssued
+from kumo.model.events import (
+    BounceCancelled,
+    Bounced,
+    BounceExpired,
+    BounceIssued,
+    Committed,
+    MessageReceived,
+    SuspendIssued,
+)
 from kumo.model.message_locations import MessageLocations
 from kumo.model.message_queue import MessageQueue
 from kumo.model.state import State
@@ -35,6 +43,7 @@ class Projection:
         "arrivals",
         "changed",
         "locations",
+        "rule_events",
         "rules_issued",
         "state",
     )
@@ -47,6 +56,9 @@ class Projection:
         """Unparked after every fold: where :meth:`Engine.wait_until` waits."""
         self.rules_issued = Watermark()
         """How many ``BounceIssued`` have been folded: the rule expiry waits on it."""
+        self.rule_events = Watermark()
+        """How many ``BounceIssued``, ``BounceCancelled`` and ``BounceExpired`` have
+        been folded: fleet mode's publisher (and :meth:`Engine.wait_rule`) wait on it."""
         self.locations = MessageLocations()
         """Spool id -> the queue it was received into, while that queue holds messages."""
         self.arrivals: dict[str, int] = {}
@@ -86,7 +98,7 @@ class Projection:
 
     def apply(self, committed: list[Committed]) -> None:
         apply = self.state.apply
-        issued = 0
+        issued = ended = 0
         received: list[tuple[str, str]] = []
         arrivals = self.arrivals
         for item in committed:
@@ -97,6 +109,8 @@ class Projection:
                 arrivals[event.queue] = item.time
             elif type(event) is BounceIssued or type(event) is SuspendIssued:
                 issued += 1
+            elif type(event) is BounceCancelled or type(event) is BounceExpired:
+                ended += 1
             elif type(event) is Bounced and event.queue not in self.state.queue_counts:
                 # The queue is empty: all its entries die at once, none one by one (a
                 # sweep would otherwise pay a lookup for each message it bounces).
@@ -107,4 +121,6 @@ class Projection:
             self.locations.add_many(received)
         if issued:
             self.rules_issued.advance(self.rules_issued.value + issued)
+        if issued or ended:
+            self.rule_events.advance(self.rule_events.value + issued + ended)
         self.changed.unpark_all()

@@ -28,7 +28,14 @@ from kumo.http.errors import (
     UNSUPPORTED_MEDIA_TYPE,
 )
 from kumo.http.gatekeeper import AttemptLimits
-from kumo.http.routes import BOUNCE_PATH, INJECT_PATH, LIVENESS_PATH, METRICS_PATH, OPENAPI_PATH
+from kumo.http.routes import (
+    BOUNCE_PATH,
+    INJECT_PATH,
+    LIVENESS_PATH,
+    METRICS_PATH,
+    OPENAPI_PATH,
+    SUSPEND_PATH,
+)
 from kumo.model.criteria import Criteria
 from kumo.model.inspection import InspectedMessage, InspectedQueue
 from kumo.model.requests import BounceRequest, NewMessage
@@ -60,6 +67,7 @@ class FakeEngine:
     def __init__(self) -> None:
         self.calls: list[tuple[str, Any, str]] = []
         self.rules: list[RuleView] = []
+        self.suspensions: list[RuleView] = []
         self.closed = False
         self.refusal: RefusedError | None = None
         """Raised by every call, when set."""
@@ -98,6 +106,20 @@ class FakeEngine:
     def list_bounces(self) -> list[RuleView]:
         self._refuse()
         return list(self.rules)
+
+    async def issue_suspend(self, request: BounceRequest, *, issued_by: str) -> str:
+        self._check()
+        self.calls.append(("issue_suspend", request, issued_by))
+        return RULE_ID
+
+    async def cancel_suspend(self, rule_id: str, *, cancelled_by: str) -> bool:
+        self._check()
+        self.calls.append(("cancel_suspend", rule_id, cancelled_by))
+        return rule_id == RULE_ID
+
+    def list_suspends(self) -> list[RuleView]:
+        self._refuse()
+        return list(self.suspensions)
 
     def queue_counts(self) -> Mapping[str, int]:
         self._refuse()
@@ -383,6 +405,58 @@ async def test_delete(client: Client, engine: FakeEngine) -> None:
     body = orjson.dumps({"id": other})
     status, _, text = await call(client, "DELETE", BOUNCE_PATH, body=body, headers=JSON)
     assert (status, text) == (404, f"bounce entry {other} not found")
+
+
+async def test_suspend_post_get_delete(client: Client, engine: FakeEngine) -> None:
+    body = b'{"routing_domain": "mx.example", "reason": "r", "duration": "1h"}'
+    status, _, text = await call(client, "POST", SUSPEND_PATH, body=body, headers=JSON)
+    assert (status, orjson.loads(text)) == (200, {"id": RULE_ID})
+    assert engine.calls == [
+        (
+            "issue_suspend",
+            BounceRequest(Criteria(routing_domain="mx.example"), "r", duration=3600 * SECOND),
+            "127.0.0.1",
+        )
+    ]
+    engine.suspensions = [
+        RuleView(
+            id=RULE_ID,
+            criteria=Criteria(domain="example.com"),
+            reason="why",
+            remaining=90 * SECOND,
+            expires_at=engine.now() + 90 * SECOND,
+            issued_at=engine.now(),
+            issued_by="ops",
+            suppress_logging=False,
+            bounced={},
+            total_bounced=0,
+        )
+    ]
+    [entry] = orjson.loads((await call(client, "GET", SUSPEND_PATH))[2])
+    assert {key: entry[key] for key in ("id", "campaign", "tenant", "domain", "reason")} == {
+        "id": RULE_ID,
+        "campaign": None,
+        "tenant": None,
+        "domain": "example.com",
+        "reason": "why",
+    }
+    assert entry["duration"] == "1m 30s"
+    other = "00000000-0000-4000-8000-000000000000"
+    body = orjson.dumps({"id": other})
+    status, _, text = await call(client, "DELETE", SUSPEND_PATH, body=body, headers=JSON)
+    assert (status, text) == (404, f"suspend entry {other} not found")
+
+
+async def test_a_suspension_with_an_unknown_field_is_refused(
+    client: Client, engine: FakeEngine
+) -> None:
+    # KumoMTA ignores unknown fields here, so that a misspelt criterion suspends
+    # everything; kumo refuses them, as for bounces.
+    body = b'{"domian": "example.com", "reason": "r"}'
+    status, _, text = await call(client, "POST", SUSPEND_PATH, body=body, headers=JSON)
+    assert status == 422
+    assert "unknown field `domian`" in text
+    assert engine.calls == []
 
 
 async def test_inject(client: Client, engine: FakeEngine) -> None:

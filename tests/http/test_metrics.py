@@ -30,6 +30,7 @@ from kumo.model.statistics import Histogram, counter, gauge, info, record
 from kumo.runtime.broadcaster import BroadcasterStatistics
 from kumo.runtime.delivery_log import DeliveryLogStatistics
 from kumo.runtime.engine import EngineStatistics
+from kumo.runtime.fleet import FleetStatistics
 from kumo.runtime.log_writer import LogStatistics
 from kumo.runtime.queue_actor import ActorStatistics
 from kumo.runtime.snapshotter import SnapshotStatistics
@@ -75,6 +76,7 @@ def engine_statistics() -> EngineStatistics:
         delivery_log=DeliveryLogStatistics(1054, 5, 3325, 1, "00000000000000000001.jsonl"),
         wal=CheckpointStatistics(12, 40, 0),
         snapshots=SnapshotStatistics(1000, 1, 0, 0.25, 123456, 900, 300),
+        fleet=FleetStatistics.off(),
     )
 
 

@@ -16,8 +16,8 @@ from kumo.http.routes import (
     LIVENESS_PATH,
     METRICS_PATH,
     OPENAPI_PATH,
-    SUSPEND_PATH,
     ROUTES,
+    SUSPEND_PATH,
 )
 from tests.http.test_app import FakeEngine
 

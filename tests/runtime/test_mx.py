@@ -50,6 +50,7 @@ from kumo.runtime.smtp_connection import (
     SmtpConnection,
     client_tls_context,
 )
+from tests.required_tools import require_tool
 from tests.runtime.smtp_sink import running_sink
 
 DEADLINE = 30  # seconds any test may take before it is a hang
@@ -85,11 +86,7 @@ def free_port(kind: socket.SocketKind) -> int:
 
 
 def require_dnsmasq() -> str:
-    if DNSMASQ is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("dnsmasq is not installed, and CI must run these tests (.ci/run)")
-        pytest.skip("dnsmasq is not installed (Debian: apt-get install dnsmasq-base)")
-    return DNSMASQ
+    return require_tool(DNSMASQ, "dnsmasq", "dnsmasq-base")
 
 
 @asynccontextmanager

@@ -1,0 +1,337 @@
+"""kumo.model.fleet: the outbox, the stream's entries, and taking each action once."""
+
+from __future__ import annotations
+
+import contextlib
+from collections import Counter
+from collections.abc import Iterator
+
+import attrs
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kumo.model.criteria import Criteria
+from kumo.model.events import (
+    BounceCancelled,
+    BounceExpired,
+    BounceIssued,
+    Committed,
+    Event,
+    encode_event,
+)
+from kumo.model.fleet import (
+    FleetEntryError,
+    FleetSettings,
+    RedisUrlError,
+    StreamEntry,
+    check_redis_url,
+    decode_entry,
+    encode_entry,
+    epoch_key,
+    fleet_event_id,
+    owed_entries,
+    plan_follow,
+    retry_delay,
+    standing_entries,
+)
+from kumo.model.snapshot import decode_snapshot, encode_snapshot
+from kumo.model.state import RuleBook, State
+
+HOUR = 3600 * 10**9
+A, B, C = "node-a", "node-b", "node-c"
+
+
+def issued(rule_id: str, origin: str = "", *, expires_at: int = HOUR, at: int = 0) -> BounceIssued:
+    return BounceIssued(
+        rule_id=rule_id,
+        criteria=Criteria(campaign=rule_id),
+        reason="why",
+        expires_at=expires_at,
+        issued_by="ops",
+        issued_at=at,
+        origin=origin,
+    )
+
+
+def cancelled(rule_id: str, *, origin: str = "") -> BounceCancelled:
+    return BounceCancelled(rule_id=rule_id, cancelled_by="oncall", origin=origin)
+
+
+class Node:
+    """A node's log as far as fleet mode sees it: its rule book, folded in order."""
+
+    def __init__(self, node_id: str) -> None:
+        self.node_id = node_id
+        self.rules = RuleBook()
+        self.log: list[Event] = []
+        self.published_seq = 0
+        self.position = 0
+
+    @property
+    def seq(self) -> int:
+        return len(self.log)
+
+    def append(self, *events: Event) -> None:
+        for event in events:
+            self.log.append(event)
+            self.rules.apply(Committed(self.seq, self.seq, event))
+
+    def live(self) -> set[str]:
+        return {rule.id for rule in self.rules.live_rules()}
+
+
+def test_fleet_event_ids_name_one_action_of_one_rule() -> None:
+    assert fleet_event_id(issued("r1")) == "r1:issued"
+    assert fleet_event_id(cancelled("r1", origin=A)) == "r1:cancelled"
+
+
+def test_an_entry_round_trips_through_its_stream_fields() -> None:
+    entry = StreamEntry.of(issued("r1"), A)
+    fields = encode_entry(entry)
+    assert fields["id"] == b"r1:issued"
+    assert fields["origin"] == b"node-a"
+    assert orjson.loads(fields["event"])["origin"] == A
+    assert decode_entry(fields) == entry
+    assert decode_entry({key.encode(): value for key, value in fields.items()}) == entry
+
+
+@pytest.mark.parametrize(
+    ("fields", "problem"),
+    [
+        ({b"origin": b"a", b"event": b"{}"}, "without the field 'id'"),
+        ({b"id": b"r:issued", b"origin": b"a", b"event": b"nope"}, "not JSON"),
+        (
+            {b"id": b"r:expired", b"origin": b"a", b"event": encode_event(BounceExpired("r"))},
+            "carries a BounceExpired",
+        ),
+        (
+            {
+                b"id": b"x:issued",
+                b"origin": b"node-a",
+                b"event": encode_event(issued("r", origin=A)),
+            },
+            "does not name",
+        ),
+        (
+            {
+                b"id": b"r:issued",
+                b"origin": b"node-b",
+                b"event": encode_event(issued("r", origin=A)),
+            },
+            "is not 'node-b'",
+        ),
+        ({b"id": b"\xff", b"origin": b"a", b"event": b"{}"}, "not UTF-8"),
+    ],
+)
+def test_entries_that_are_not_fleet_actions_are_refused_by_name(
+    fields: dict[bytes, bytes], problem: str
+) -> None:
+    with pytest.raises(FleetEntryError, match=problem):
+        decode_entry(fields)
+
+
+@given(st.dictionaries(st.binary(max_size=8), st.binary(max_size=40), max_size=4))
+def test_garbage_entries_only_raise_the_declared_error(fields: dict[bytes, bytes]) -> None:
+    with contextlib.suppress(FleetEntryError):
+        decode_entry(fields)
+
+
+def test_the_outbox_holds_this_node_s_actions_after_the_published_position() -> None:
+    node = Node(A)
+    node.append(issued("mine"), issued("theirs", origin=B))
+    node.append(cancelled("theirs"), cancelled("mine", origin=C))
+    owed = owed_entries(node.rules, A, after_seq=0, through_seq=node.seq)
+    assert [(item.seq, item.entry.fleet_id) for item in owed] == [
+        (1, "mine:issued"),
+        (3, "theirs:cancelled"),
+    ]
+    assert all(item.entry.origin == A for item in owed)
+    assert owed_entries(node.rules, A, after_seq=1, through_seq=node.seq)[0].seq == 3
+    assert owed_entries(node.rules, A, after_seq=0, through_seq=2)[0].seq == 1
+    assert owed_entries(node.rules, A, after_seq=3, through_seq=node.seq) == []
+
+
+def test_what_still_matters_is_every_live_or_cancelled_rule_not_yet_expired() -> None:
+    node = Node(A)
+    node.append(issued("live"), issued("cancelled", origin=B), cancelled("cancelled", origin=C))
+    node.append(issued("expired", expires_at=10), BounceExpired("expired"))
+    node.append(issued("old"), issued("new"))  # different criteria: both live
+    replaced = issued("replaced")
+    node.append(replaced, attrs.evolve(issued("replacer"), criteria=replaced.criteria))
+    standing = standing_entries(node.rules, A, now=100)
+    assert [(entry.fleet_id, entry.origin) for entry in standing] == [
+        ("live:issued", A),
+        ("cancelled:issued", B),
+        ("cancelled:cancelled", C),
+        ("old:issued", A),
+        ("new:issued", A),
+        ("replacer:issued", A),
+    ]
+    assert standing_entries(node.rules, A, now=HOUR) == []
+
+
+def test_a_node_takes_another_node_s_action_once() -> None:
+    node = Node(B)
+    entries = [StreamEntry.of(issued("r"), A), StreamEntry.of(issued("r"), A)]
+    plan = plan_follow(entries, node.rules, B, now=0)
+    assert plan.events == (issued("r", origin=A),)
+    assert plan.applied_before == 1
+    node.append(*plan.events)
+    again = plan_follow([*entries, StreamEntry.of(issued("mine"), B)], node.rules, B, now=0)
+    assert (again.events, again.applied_before, again.own) == ((), 2, 1)
+    cancel = plan_follow([StreamEntry.of(cancelled("r"), C)] * 2, node.rules, B, now=0)
+    assert cancel.events == (cancelled("r", origin=C),)
+    node.append(*cancel.events)
+    assert (
+        plan_follow([StreamEntry.of(cancelled("r"), A)], node.rules, B, now=0).applied_before == 1
+    )
+    unknown = plan_follow([StreamEntry.of(cancelled("nope"), A)], node.rules, B, now=0)
+    assert (unknown.events, unknown.unknown) == ((), 1)
+
+
+def test_a_rule_that_ended_before_the_node_heard_of_it_bounces_nothing_there() -> None:
+    node = Node(B)
+    batch = [
+        StreamEntry.of(issued("expired", expires_at=50, at=0), A),
+        StreamEntry.of(issued("cancelled"), A),
+        StreamEntry.of(cancelled("cancelled"), C),
+        StreamEntry.of(cancelled("expired"), A),
+        StreamEntry.of(issued("sweep-once", expires_at=0, at=0), A),
+        StreamEntry.of(issued("live"), A),
+    ]
+    plan = plan_follow(batch, node.rules, B, now=100)
+    assert [fleet_event_id(event) for event in plan.events] == ["sweep-once:issued", "live:issued"]
+    assert plan.ended == 4
+
+
+def test_settings_and_urls() -> None:
+    settings_ = FleetSettings("redis://127.0.0.1:6379/0")
+    assert settings_.stream == "kumo:admin"
+    assert epoch_key(settings_.stream) == "kumo:admin:epoch"
+    assert [retry_delay(n, settings_) for n in (1, 2, 3, 10, 10**6)] == [0.1, 0.2, 0.4, 5.0, 5.0]
+    assert check_redis_url("rediss://user:pw@redis.internal:6380/3")
+    for bad in ("redis://h:0", "redis://h/1?x=1", "tcp://h", "redis:///1"):
+        with pytest.raises(RedisUrlError):
+            check_redis_url(bad)
+    with pytest.raises(ValueError, match="block must be positive"):
+        FleetSettings("redis://h", block=0)
+
+
+def test_origins_are_folded_into_the_rules_and_kept_by_snapshots() -> None:
+    state = State()
+    events: list[Event] = [issued("r", origin=A), cancelled("r", origin=C)]
+    for seq, event in enumerate(events, start=1):
+        state.apply(Committed(seq, seq, event))
+    rule = state.rules.rules["r"]
+    assert (rule.origin, rule.ended_origin, rule.ended_by) == (A, C, "oncall")
+    restored, _ = decode_snapshot(encode_snapshot(state, b"\x00" * 16))
+    assert attrs.asdict(restored.rules.rules["r"]) == attrs.asdict(rule)
+
+
+# -- the fleet as a whole: nodes, one stream, at-least-once delivery, a reset -------------
+
+NODE_IDS = (A, B, C)
+steps = st.lists(
+    st.tuples(
+        st.sampled_from(
+            ["issue", "cancel", "publish", "publish_again", "follow", "follow_crash", "reset"]
+        ),
+        st.integers(0, 2),
+        st.integers(1, 4),
+    ),
+    max_size=60,
+)
+
+
+class Fleet:
+    """Three nodes and their stream, driven the way the runtime drives the model."""
+
+    def __init__(self) -> None:
+        self.nodes = [Node(node_id) for node_id in NODE_IDS]
+        self.stream: list[StreamEntry] = []
+        self.pending_republish: set[str] = set()
+        self.issued = 0
+        self.everywhere_issued: set[str] = set()
+        self.everywhere_cancelled: set[str] = set()
+
+    def issue(self, node: Node) -> None:
+        self.issued += 1
+        rule_id = f"r{self.issued}"
+        node.append(issued(rule_id))
+        self.everywhere_issued.add(rule_id)
+
+    def cancel(self, node: Node, pick: int) -> None:
+        live = sorted(node.live())
+        if live:
+            rule_id = live[pick % len(live)]
+            node.append(cancelled(rule_id))
+            self.everywhere_cancelled.add(rule_id)
+
+    def publish(self, node: Node, *, again: bool = False) -> None:
+        if node.node_id in self.pending_republish:
+            self.stream += standing_entries(node.rules, node.node_id, now=0)
+            node.published_seq = node.seq
+            self.pending_republish.discard(node.node_id)
+        owed = owed_entries(
+            node.rules, node.node_id, after_seq=node.published_seq, through_seq=node.seq
+        )
+        self.stream += [item.entry for item in owed]
+        if not again:  # again: the XADDs went out, the position was not stored
+            node.published_seq = node.seq
+
+    def follow(self, node: Node, count: int, *, crash: bool = False) -> None:
+        batch = self.stream[node.position : node.position + count]
+        plan = plan_follow(batch, node.rules, node.node_id, now=0)
+        node.append(*plan.events)
+        if not crash:  # crash: appended, the position not stored
+            node.position += len(batch)
+
+    def reset(self) -> None:
+        self.stream = []
+        for node in self.nodes:
+            node.position = 0
+        self.pending_republish = set(NODE_IDS)
+
+    def settle(self) -> None:
+        for _ in range(2):
+            for node in self.nodes:
+                self.publish(node)
+            for node in self.nodes:
+                self.follow(node, len(self.stream))
+
+
+def actions_of(node: Node) -> Iterator[tuple[str, str]]:
+    for event in node.log:
+        if isinstance(event, BounceIssued | BounceCancelled):
+            yield type(event).__name__, event.rule_id
+
+
+@settings(max_examples=300, deadline=None)
+@given(steps)
+def test_every_node_converges_and_holds_each_action_once(plan: list[tuple[str, int, int]]) -> None:
+    fleet = Fleet()
+    for step, index, count in plan:
+        node = fleet.nodes[index]
+        match step:
+            case "issue":
+                fleet.issue(node)
+            case "cancel":
+                fleet.cancel(node, count)
+            case "publish" | "publish_again":
+                fleet.publish(node, again=step == "publish_again")
+            case "follow" | "follow_crash":
+                fleet.follow(node, count, crash=step == "follow_crash")
+            case "reset":
+                fleet.reset()
+    fleet.settle()
+    expected = fleet.everywhere_issued - fleet.everywhere_cancelled
+    for node in fleet.nodes:
+        assert node.live() == expected
+        counts = Counter(actions_of(node))
+        assert [action for action, seen in counts.items() if seen > 1] == []
+        for event in node.log:
+            assert isinstance(event, BounceIssued | BounceCancelled)
+            # A node's own actions are local; another's carry their origin.
+            assert event.origin != node.node_id

@@ -1,0 +1,192 @@
+"""Fleet mode end to end: three in-process engines, each with its own data directory,
+sharing their bounce rules through a real ``redis-server`` on loopback (docs/fleet.md).
+
+The engines run on the real clock (Redis answers in real time); every wait is on an
+event of the engines (:meth:`Engine.wait_rule`, :meth:`Engine.wait_idle`), bounded by
+``trio.fail_after``, never a sleep.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
+from typing import Final
+
+import attrs
+import pytest
+import trio
+
+from kumo.model.events import BounceCancelled, BounceIssued
+from kumo.model.fleet import FleetSettings
+from kumo.runtime.engine import Engine, open_engine
+from kumo.store.data_dir import open_event_log
+from tests.redis_server import RedisServer, redis_server
+from tests.runtime.harness import bounce, message
+
+DEADLINE: Final = 30.0
+NODES: Final = ("a", "b", "c")
+
+
+def fleet_settings(server: RedisServer) -> FleetSettings:
+    # Short waits: a test sees a lost Redis noticed, and retried, within a second.
+    return FleetSettings(server.url, block=0.2, retry_initial=0.02, retry_max=0.2)
+
+
+@asynccontextmanager
+async def node(path: Path, server: RedisServer) -> AsyncIterator[Engine]:
+    async with open_engine(path, fleet=fleet_settings(server)) as engine:
+        yield engine
+
+
+@asynccontextmanager
+async def fleet(root: Path, server: RedisServer) -> AsyncIterator[dict[str, Engine]]:
+    async with AsyncExitStack() as stack:
+        yield {name: await stack.enter_async_context(node(root / name, server)) for name in NODES}
+
+
+def rule_actions(path: Path) -> Iterator[BounceIssued | BounceCancelled]:
+    """The issues and cancels a closed node's log holds, in log order."""
+    store = open_event_log(path, readonly=True)
+    try:
+        for batch in store.scan():
+            for committed in batch:
+                if isinstance(committed.event, BounceIssued | BounceCancelled):
+                    yield committed.event
+    finally:
+        store.close()
+
+
+def assert_each_action_once(path: Path) -> None:
+    counts = Counter((type(event).__name__, event.rule_id) for event in rule_actions(path))
+    assert [action for action, count in counts.items() if count > 1] == []
+
+
+def listed(engine: Engine) -> list[str]:
+    return [view.id for view in engine.list_bounces()]
+
+
+async def test_a_rule_issued_on_one_node_bounces_on_every_node_and_a_cancel_anywhere_ends_it(
+    tmp_path: Path,
+) -> None:
+    with trio.fail_after(DEADLINE):
+        async with redis_server(tmp_path / "redis") as server, fleet(tmp_path, server) as nodes:
+            a, b, c = (nodes[name] for name in NODES)
+            for engine in (b, c):
+                await engine.inject([message(f"u{i}@example.com") for i in range(3)])
+            await a.inject([message("keep@other.org")])
+
+            rule = await a.issue_bounce(bounce("fleet", domain="example.com"), issued_by="ops")
+            for engine in (b, c):
+                await engine.wait_rule(rule)
+                await engine.wait_idle()
+                assert listed(engine) == [rule]
+                (view,) = engine.list_bounces()
+                assert view.issued_by == "ops"
+                assert view.total_bounced == 3
+                assert engine.queue_counts() == {}
+            assert listed(a) == [rule]
+            assert a.queue_counts() == {"other.org": 1}
+            # The rule keeps catching arrivals on the nodes it came to.
+            await b.inject([message("late@example.com")])
+            await b.wait_idle()
+            assert b.list_bounces()[0].total_bounced == 4
+
+            # Cancelled on C, with the same id: gone everywhere.
+            assert await c.cancel_bounce(rule, cancelled_by="oncall")
+            for engine in (a, b):
+                await engine.wait_rule(rule, ended=True)
+                assert listed(engine) == []
+            assert listed(c) == []
+            assert not await a.cancel_bounce(rule, cancelled_by="again")
+
+            fleet_a = a.statistics().fleet
+            assert fleet_a.enabled == 1
+            assert fleet_a.published == 1
+            assert fleet_a.applied == 1
+            assert b.statistics().fleet.applied == 2
+            b_issue = b.projection().rules.rules[rule]
+            assert b_issue.origin == a.node_id
+            assert b_issue.ended_origin == c.node_id
+            assert b_issue.ended_by == "oncall"
+            a_rule = a.projection().rules.rules[rule]
+            assert (a_rule.origin, a_rule.ended_origin) == ("", c.node_id)
+        for name in NODES:
+            assert_each_action_once(tmp_path / name)
+
+
+async def test_a_node_that_was_down_converges_when_it_starts(tmp_path: Path) -> None:
+    with trio.fail_after(DEADLINE):
+        async with redis_server(tmp_path / "redis") as server:
+            async with node(tmp_path / "b", server) as b:
+                await b.inject([message("held@example.com")])
+                b_id = b.node_id
+            async with node(tmp_path / "a", server) as a, node(tmp_path / "c", server) as c:
+                gone = await a.issue_bounce(bounce("gone", domain="example.com"), issued_by="ops")
+                await c.wait_rule(gone)
+                assert await c.cancel_bounce(gone, cancelled_by="oncall")
+                kept = await c.issue_bounce(bounce("kept", campaign="spring"), issued_by="ops")
+                await a.wait_rule(gone, ended=True)
+                await a.wait_rule(kept)
+                # B starts again (same data directory, same node id) and catches up.
+                async with node(tmp_path / "b", server) as b:
+                    assert b.node_id == b_id
+                    await b.wait_rule(kept)
+                    assert listed(b) == listed(a) == listed(c) == [kept]
+                    await b.wait_idle()
+                    # The rule that ended while B was down bounced nothing there.
+                    assert b.queue_counts() == {"example.com": 1}
+                    assert gone not in b.projection().rules.rules
+                    assert b.statistics().fleet.skipped_ended == 2
+        for name in NODES:
+            assert_each_action_once(tmp_path / name)
+
+
+async def test_a_rule_issued_while_redis_is_down_reaches_every_node_once_it_is_back(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="kumo.fleet")
+    with trio.fail_after(DEADLINE):
+        async with redis_server(tmp_path / "redis") as server, fleet(tmp_path, server) as nodes:
+            a, b, c = (nodes[name] for name in NODES)
+            before = await b.issue_bounce(bounce("before", campaign="x"), issued_by="ops")
+            for engine in (a, c):
+                await engine.wait_rule(before)
+
+            await server.stop()
+            # A works on alone: the rule is live there at once, owed to the stream.
+            during = await a.issue_bounce(bounce("during", domain="example.com"), issued_by="ops")
+            assert listed(a) == [before, during]
+            await c.inject([message("u@example.com")])
+
+            await server.start()  # empty: no persistence
+            for engine in (b, c):
+                await engine.wait_rule(during)
+            await c.wait_idle()
+            assert c.queue_counts() == {}
+            for engine in (a, b, c):
+                assert listed(engine) == [before, during]
+            # The new stream holds what still matters, so a node that joins now
+            # learns both rules too.
+            async with node(tmp_path / "d", server) as d:
+                await d.wait_rule(before)
+                await d.wait_rule(during)
+                assert listed(d) == [before, during]
+            assert any(
+                "failed" in record.getMessage() and "working locally" in record.getMessage()
+                for record in caplog.records
+            )
+            assert sum(e.statistics().fleet.redis_failures for e in (a, b, c)) > 0
+        for name in (*NODES, "d"):
+            assert_each_action_once(tmp_path / name)
+
+
+async def test_statistics_of_a_node_without_a_fleet_are_zero(tmp_path: Path) -> None:
+    async with open_engine(tmp_path) as engine:
+        statistics = engine.statistics().fleet
+    assert attrs.asdict(statistics) == {
+        field.name: ("" if field.name == "stream" else 0)
+        for field in attrs.fields(type(statistics))
+    }

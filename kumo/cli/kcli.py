@@ -34,6 +34,7 @@ from kumo.http.routes import (
     INSPECT_MESSAGE_PATH,
     INSPECT_QUEUE_PATH,
     METRICS_PATH,
+    SUSPEND_PATH,
 )
 from kumo.model.prometheus_text import parse_scheduled_counts
 
@@ -425,6 +426,105 @@ def bounce(
     The rule applies at once to queued messages (asynchronously) and stays in effect for
     its duration, bouncing matching messages that arrive or return to a queue.
     """
+    body = selection(
+        domain=domain,
+        routing_domain=routing_domain,
+        campaign=campaign,
+        tenant=tenant,
+        queues=queues,
+        everything=everything,
+        missing="No domain, routing_domain, campaign, tenant or queue was specified. "
+        "Use --everything if you intend to purge all queues",
+    )
+    body["reason"] = reason
+    if duration is not None:
+        body["duration"] = duration
+    body["suppress_logging"] = suppress_logging
+
+    with target.open_client() as client:
+        reply = decode_json(send(client, "POST", BOUNCE_PATH, body=body))
+    if not isinstance(reply, dict) or not isinstance(reply.get("id"), str):
+        raise KcliError(f"unexpected reply from server: {json.dumps(reply)}")
+    click.echo(BOUNCE_ASYNC_NOTE, err=True)
+    click.echo(reply["id"])
+
+
+@cli.command()
+@click.option("--domain", help="The domain name to match. If omitted, any domain matches.")
+@click.option("--routing-domain", help="The routing domain to match (kumo).")
+@click.option("--campaign", help="The campaign name to match.")
+@click.option("--tenant", help="The tenant name to match.")
+@click.option(
+    "--queue",
+    "queues",
+    multiple=True,
+    help="An exact scheduled queue name to match (repeatable); excludes the four parts.",
+)
+@click.option("--everything", is_flag=True, help="Suspend all queues.")
+@click.option("--reason", required=True, help="The reason to log in the delivery logs.")
+@click.option("--duration", help="How long to suspend, as a duration string (default 5m).")
+@click.pass_obj
+def suspend(
+    target: Target,
+    domain: str | None,
+    routing_domain: str | None,
+    campaign: str | None,
+    tenant: str | None,
+    queues: tuple[str, ...],
+    everything: bool,
+    reason: str,
+    duration: str | None,
+) -> None:
+    """Suspend delivery from matching scheduled queues: their due messages wait (one
+    TransientFailure record each, no attempt counted) until it expires or is cancelled."""
+    body = selection(
+        domain=domain,
+        routing_domain=routing_domain,
+        campaign=campaign,
+        tenant=tenant,
+        queues=queues,
+        everything=everything,
+        missing="No domain, campaign or tenant was specified. "
+        "Use --everything if you intend to suspend all queues",
+    )
+    body["reason"] = reason
+    if duration is not None:
+        body["duration"] = duration
+    with target.open_client() as client:
+        reply = decode_json(send(client, "POST", SUSPEND_PATH, body=body))
+    echo_json(reply)
+
+
+@cli.command("suspend-list")
+@click.pass_obj
+def suspend_list(target: Target) -> None:
+    """List the suspensions in effect (JSON)."""
+    with target.open_client() as client:
+        echo_json(decode_json(send(client, "GET", SUSPEND_PATH)))
+
+
+@cli.command("suspend-cancel")
+@click.option("--id", "suspend_id", required=True, help="The id of the suspension to lift.")
+@click.pass_obj
+def suspend_cancel(target: Target, suspend_id: str) -> None:
+    """Lift a suspension: its queues' messages are due at once."""
+    with target.open_client() as client:
+        response = send(client, "DELETE", SUSPEND_PATH, body={"id": suspend_id})
+    click.echo(response.text or "OK")
+
+
+def selection(
+    *,
+    domain: str | None,
+    routing_domain: str | None,
+    campaign: str | None,
+    tenant: str | None,
+    queues: tuple[str, ...],
+    everything: bool,
+    missing: str,
+) -> dict[str, object]:
+    """The criteria of a bounce or suspend request from the command line's selection;
+    UsageError for a selection that contradicts itself, or none (``missing``)."""
     parts = {
         "domain": domain,
         "routing_domain": routing_domain,
@@ -445,25 +545,11 @@ def bounce(
             " names ignores the domain, routing domain, campaign and tenant"
         )
     if not (given_parts or queues or everything):
-        raise click.UsageError(
-            "No domain, routing_domain, campaign, tenant or queue was specified. "
-            "Use --everything if you intend to purge all queues"
-        )
-
+        raise click.UsageError(missing)
     body: dict[str, object] = {name: value for name, value in parts.items() if value is not None}
     if queues:
         body["queue_names"] = list(queues)
-    body["reason"] = reason
-    if duration is not None:
-        body["duration"] = duration
-    body["suppress_logging"] = suppress_logging
-
-    with target.open_client() as client:
-        reply = decode_json(send(client, "POST", BOUNCE_PATH, body=body))
-    if not isinstance(reply, dict) or not isinstance(reply.get("id"), str):
-        raise KcliError(f"unexpected reply from server: {json.dumps(reply)}")
-    click.echo(BOUNCE_ASYNC_NOTE, err=True)
-    click.echo(reply["id"])
+    return body
 
 
 @cli.command("bounce-list")

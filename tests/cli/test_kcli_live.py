@@ -444,3 +444,34 @@ def test_inspect_sched_q_then_inspect_message(server: tuple[str, Path]) -> None:
         "",
         "request status 404: Not Found. Response body: Error: no such queue nowhere.example\n",
     )
+
+
+def test_suspend_list_and_cancel(server: tuple[str, Path]) -> None:
+    url, _ = server
+    run = kcli(url, "suspend", "--domain", "example.com", "--reason", "maintenance")
+    assert run.status == 0, run.stderr
+    suspension = json.loads(run.stdout)["id"]
+    assert run.stdout == f'{{\n  "id": "{suspension}"\n}}\n'
+    listed = kcli(url, "suspend-list")
+    [entry] = json.loads(listed.stdout)
+    assert (entry["id"], entry["domain"], entry["reason"]) == (
+        suspension,
+        "example.com",
+        "maintenance",
+    )
+    assert kcli(url, "suspend-cancel", "--id", suspension) == Run(0, f"removed {suspension}\n", "")
+    assert json.loads(kcli(url, "suspend-list").stdout) == []
+    assert kcli(url, "suspend-cancel", "--id", suspension) == Run(
+        1,
+        "",
+        f"request status 404: Not Found. Response body: suspend entry {suspension} not found\n",
+    )
+
+
+def test_suspend_needs_a_selection() -> None:
+    run = kcli("http://127.0.0.1:1", "suspend", "--reason", "r")
+    assert run.status == 2
+    assert (
+        "No domain, campaign or tenant was specified. Use --everything if you intend to "
+        "suspend all queues" in run.stderr
+    )

@@ -50,7 +50,16 @@ from rich.progress import (
 from kumo.config import DEFAULT_DATA_DIR
 from kumo.model.audit import MessageStory, RuleAction, Timeline, TimelineFilter, state_at
 from kumo.model.duration import DurationError, format_duration, parse_duration
-from kumo.model.events import Committed, criteria_to_json
+from kumo.model.events import (
+    Committed,
+    Delivered,
+    Expired,
+    Outcome,
+    PermanentlyFailed,
+    Suspended,
+    TransientlyFailed,
+    criteria_to_json,
+)
 from kumo.model.rfc3339 import TimestampError, format_rfc3339, parse_rfc3339
 from kumo.model.state import RuleView, State
 from kumo.store.archive import ArchiveCorruptError, HistoryCut
@@ -447,7 +456,49 @@ def story_json(story: MessageStory) -> dict[str, Any]:
             }
             for b in story.bounces()
         ],
+        "attempts": [
+            dict(
+                zip(("time", "seq", "step", "queue", "detail"), outcome_row(committed), strict=True)
+            )
+            for committed in story.outcomes
+        ],
     }
+
+
+def outcome_row(committed: Committed) -> tuple[str, str, str, str, str]:
+    """A mail-path event of a message's story as a row: time, seq, step, queue, detail."""
+    event = committed.event
+    assert isinstance(event, Outcome)
+    match event:
+        case Suspended():
+            step, detail = "held", f"by suspension {event.rule_id} until it ends: {event.reason}"
+        case Expired():
+            step, detail = (
+                "expired",
+                f"after {event.attempts} attempt(s): 551 5.4.7 {event.content}",
+            )
+        case Delivered() | PermanentlyFailed() | TransientlyFailed():
+            attempt = event.attempt
+            enhanced = (
+                ""
+                if attempt.enhanced_code is None
+                else ".".join(map(str, attempt.enhanced_code)) + " "
+            )
+            where = attempt.site or "no destination"
+            if attempt.peer is not None:
+                where += f" ({attempt.peer.name} {attempt.peer.addr})"
+            reply = f"{attempt.code} {enhanced}{attempt.content}"
+            detail = f"attempt {event.attempts + 1} via {where}: {reply}"
+            if isinstance(event, TransientlyFailed):
+                step = "deferred"
+                detail += (
+                    f"; next attempt at {format_rfc3339(event.due)}"
+                    if event.due is not None
+                    else "; not retried"
+                )
+            else:
+                step = "delivered" if isinstance(event, Delivered) else "failed"
+    return (format_rfc3339(committed.time), str(committed.seq), step, event.queue, detail)
 
 
 def render_story(story: MessageStory, fmt: str) -> str:
@@ -477,6 +528,8 @@ def render_story(story: MessageStory, fmt: str) -> str:
             else f"by rule {b.rule_id}, which the log never issued"
         )
         rows.append((format_rfc3339(b.time), str(b.seq), "bounced", b.queue, rule))
+    rows += [outcome_row(committed) for committed in story.outcomes]
+    rows.sort(key=lambda row: int(row[1]) if row[1] else 0)
     if story.status == "queued":
         rows.append(("", "", "queued", story.received[-1].queue, "still waiting in its queue"))
     if fmt == "csv":

@@ -24,12 +24,21 @@ that came and went before the cut, and the state at a moment before it.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Literal, TypeAlias
+from typing import Final, Literal, TypeAlias
 
 import attrs
 
 from kumo.model.criteria import Criteria
-from kumo.model.events import Bounced, BounceIssued, Committed, MessageReceived
+from kumo.model.events import (
+    Bounced,
+    BounceIssued,
+    Committed,
+    Delivered,
+    Expired,
+    MessageReceived,
+    Outcome,
+    PermanentlyFailed,
+)
 from kumo.model.retention import base_projection
 from kumo.model.state import Rule, RuleBook, State
 
@@ -284,7 +293,15 @@ class BounceOutcome:
     suppress_logging: bool | None
 
 
-MessageStatus: TypeAlias = Literal["queued", "bounced", "unknown", "before the cut"]
+MessageStatus: TypeAlias = Literal[
+    "queued", "bounced", "delivered", "failed", "expired", "unknown", "before the cut"
+]
+
+_DEPARTED: Final[dict[type[Outcome], MessageStatus]] = {
+    Delivered: "delivered",
+    PermanentlyFailed: "failed",
+    Expired: "expired",
+}
 
 
 class MessageStory:
@@ -300,13 +317,15 @@ class MessageStory:
     with the deleted events, or never have been.
     """
 
-    __slots__ = ("_bounces", "cut", "message_id", "received", "rules")
+    __slots__ = ("_bounces", "cut", "message_id", "outcomes", "received", "rules")
 
     def __init__(self, message_id: str, base: State | None = None) -> None:
         self.message_id = message_id
         self.rules = RuleBook() if base is None else base.rules.copy()
         self.received: list[Reception] = []
         self._bounces: list[tuple[Committed, Bounced]] = []
+        self.outcomes: list[Committed] = []
+        """The mail-path events of the message (attempts, holds, its end), in log order."""
         self.cut = 0 if base is None else base.last_seq
         """The last seq of the base (0: the log begins at seq 1)."""
         queues = base.queues if base is not None and base.queues is not None else {}
@@ -344,15 +363,23 @@ class MessageStory:
         elif isinstance(event, Bounced):
             if any(message.id == self.message_id for message in event.messages):
                 self._bounces.append((committed, event))
+        elif isinstance(event, Outcome):
+            if event.message.id == self.message_id:
+                self.outcomes.append(committed)
         else:
             self.rules.apply(committed)
 
     @property
     def status(self) -> MessageStatus:
-        """``bounced`` once a ``Bounced`` names it, else ``queued`` once received, else
+        """``bounced`` once a ``Bounced`` names it, ``delivered``, ``failed`` or
+        ``expired`` once the mail path took it out, else ``queued`` once received, else
         ``before the cut`` after a retention cut, ``unknown`` without one."""
         if self._bounces:
             return "bounced"
+        for committed in reversed(self.outcomes):
+            departed = _DEPARTED.get(type(committed.event))  # type: ignore[arg-type]
+            if departed is not None:
+                return departed
         if self.received:
             return "queued"
         return "before the cut" if self.cut else "unknown"

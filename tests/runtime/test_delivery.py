@@ -14,9 +14,12 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import orjson
 import trio
 import trio.testing
+from click.testing import CliRunner
 
+from kumo.cli.audit import audit
 from kumo.model.cidr_set import CidrSet
 from kumo.model.duration import NANOS_PER_SECOND
 from kumo.model.mx_resolution import DnsErrorKind, Resolution, mx_lookup_failure
@@ -334,3 +337,35 @@ async def test_a_suspension_ends_at_its_expiry_without_costing_an_attempt(
     assert [r["num_attempts"] for r in records[:3]] == [0, 0, 1]
     assert [r["site"] for r in records[:3]] == ["example.com", "", ""]
     verified(data_dir)
+
+
+async def test_audit_tells_a_messages_attempts_holds_and_end(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    data_dir = tmp_path / "data"
+    policy = RetryPolicy(retry_interval=20 * SECOND, max_age=200 * SECOND)
+    made = destination(retry=policy)
+    mail = MailSettings(lambda _: made, FailingResolver(), failure_ttl=0.0)
+    async with engine_at(data_dir, mail, threads=False) as engine:
+        await engine.issue_suspend(
+            bounce("hold", domain="example.com", duration=30 * SECOND), issued_by="ops"
+        )
+        [message_id] = await engine.inject([message("r@example.com")])
+        await engine.wait_until(lambda: engine.statistics().expired_total == 1)
+        await engine.wait_idle()
+    result = CliRunner().invoke(
+        audit, ["--data-dir", str(data_dir), "--message", message_id, "--format", "json"]
+    )
+    assert result.exit_code == 0, result.output
+    story = orjson.loads(result.stdout)
+    assert story["status"] == "expired"
+    assert [step["step"] for step in story["attempts"]] == [
+        "held",
+        "deferred",
+        "deferred",
+        "deferred",
+        "deferred",
+        "expired",
+    ]
+    assert story["attempts"][0]["detail"].endswith("until it ends: hold")
+    assert story["attempts"][1]["detail"].startswith("attempt 1 via no destination: 451 4.4.4 ")

@@ -10,9 +10,11 @@ import functools
 import os
 import shutil
 import socket
+import subprocess
 import tempfile
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+import time
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
 import trio
@@ -32,6 +34,14 @@ def free_port() -> int:
     return port
 
 
+def _sink_command(options: Sequence[str], dumps: Path, port: int) -> list[str]:
+    assert SMTP_SINK is not None
+    command = [SMTP_SINK, *options, "-d", f"{dumps}/%M.", f"127.0.0.1:{port}", "64"]
+    if os.geteuid() == 0:
+        command[1:1] = ["-u", "nobody"]  # smtp-sink refuses to run as root
+    return command
+
+
 @asynccontextmanager
 async def postfix_smtp_sink(*options: str) -> AsyncIterator[tuple[int, Path]]:
     """Postfix's smtp-sink on a free port, and the directory it dumps each message in.
@@ -39,15 +49,12 @@ async def postfix_smtp_sink(*options: str) -> AsyncIterator[tuple[int, Path]]:
     ``options`` go before the address: ``-r rcpt`` answers RCPT with a 4xx, ``-f data``
     DATA with a 5xx (smtp-sink(1)). It stops when the block ends.
     """
-    assert SMTP_SINK is not None
     port = free_port()
     # Not under tmp_path: as root, smtp-sink writes as nobody, who cannot enter it.
     with tempfile.TemporaryDirectory(prefix="kumo-smtp-sink-") as directory:
         dumps = Path(directory)
         await trio.Path(dumps).chmod(0o777)
-        command = [SMTP_SINK, *options, "-d", f"{dumps}/%M.", f"127.0.0.1:{port}", "64"]
-        if os.geteuid() == 0:
-            command[1:1] = ["-u", "nobody"]  # smtp-sink refuses to run as root
+        command = _sink_command(options, dumps, port)
         async with trio.open_nursery() as nursery:
             process: trio.Process = await nursery.start(
                 functools.partial(trio.run_process, command, check=False)
@@ -65,6 +72,37 @@ async def postfix_smtp_sink(*options: str) -> AsyncIterator[tuple[int, Path]]:
                 yield port, dumps
             finally:
                 process.terminate()
+
+
+@contextmanager
+def running_smtp_sink(*options: str) -> Iterator[tuple[int, Path]]:
+    """:func:`postfix_smtp_sink` for a test without an event loop (one that drives a
+    ``kumo serve`` subprocess): the port and the dump directory, until the block ends."""
+    port = free_port()
+    with tempfile.TemporaryDirectory(prefix="kumo-smtp-sink-") as directory:
+        dumps = Path(directory)
+        dumps.chmod(0o777)
+        process = subprocess.Popen(_sink_command(options, dumps, port))
+        try:
+            deadline = time.monotonic() + _SINK_START_TIMEOUT
+            # smtp-sink has no readiness signal: wait until it accepts.
+            while True:
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                    break
+                except OSError:
+                    if process.poll() is not None or time.monotonic() > deadline:
+                        raise AssertionError(
+                            f"smtp-sink did not start ({process.returncode})"
+                        ) from None
+                    time.sleep(0.01)
+            yield port, dumps
+        finally:
+            process.terminate()
+            process.wait(10)
+
+
+_SINK_START_TIMEOUT = 10.0
 
 
 def require_smtp_sink() -> None:

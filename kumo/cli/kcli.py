@@ -1,10 +1,10 @@
 """`kcli`: the command-line client for the administrative bounce API.
 
 Compatible with KumoMTA's `kcli` for `bounce`, `bounce-list`, `bounce-cancel`,
-`inspect-message` and `inspect-sched-q` (same options, same output, same error texts),
-plus two commands KumoMTA's kcli does not have in this form: `inject` (send test
-messages through `/api/inject/v1`) and `queue-summary` (the `scheduled_count` gauges of
-`/metrics` as a table).
+`inspect-message`, `inspect-sched-q` and `queue-summary` (same options, same output,
+same error texts; `queue-summary`'s tables are :mod:`kumo.cli.queue_summary`'s), plus
+`inject`, which KumoMTA's kcli does not have in this form (send test messages through
+`/api/inject/v1`).
 
 Every command talks to one HTTP endpoint through a `Target`; tests hand the group a
 `Target` carrying an `httpx.MockTransport` as click's context object.
@@ -16,17 +16,26 @@ import email.policy
 import email.utils
 import json
 import re
-import unicodedata
 from collections.abc import Iterator, Mapping, Sequence
 from email.message import EmailMessage
-from enum import Enum
 from http import HTTPStatus
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 import attrs
 import click
 import httpx
+import trio
 
+from kumo.cli.queue_summary import (
+    READY_STATUS,
+    SCHEDULED_STATUS,
+    StatusSource,
+    format_queue_summary,
+    ordered,
+    ready_queues,
+    scheduled_queues,
+)
+from kumo.cli.tables import Align, format_count, format_table
 from kumo.http.bodies import parse_uuid
 from kumo.http.routes import (
     BOUNCE_PATH,
@@ -36,7 +45,9 @@ from kumo.http.routes import (
     METRICS_PATH,
     SUSPEND_PATH,
 )
-from kumo.model.prometheus_text import parse_scheduled_counts
+from kumo.model.mx_resolution import Destination, Resolution, ResolutionFailure
+from kumo.model.prometheus_text import parse_samples
+from kumo.runtime.mx import MxResolver
 
 DEFAULT_ENDPOINT = "http://127.0.0.1:8000"
 ENDPOINT_ENV_VAR = "KUMO_KCLI_ENDPOINT"
@@ -86,6 +97,12 @@ class KcliError(click.ClickException):
         click.echo(self.format_message(), err=True, file=file)
 
 
+class Resolver(Protocol):
+    """Resolves a destination as the mail path does (:class:`kumo.runtime.mx.MxResolver`)."""
+
+    async def resolve(self, domain: str, *, mx_list: Sequence[str] = ()) -> Resolution: ...
+
+
 @attrs.frozen
 class Target:
     """Where requests go: the endpoint URL, the Bearer token to send if any, and, in
@@ -98,6 +115,8 @@ class Target:
     endpoint: str = DEFAULT_ENDPOINT
     transport: httpx.BaseTransport | None = None
     token: str | None = attrs.field(default=None, repr=False)
+    resolver: Resolver | None = None
+    """What `queue-summary --domain` resolves MX with (default: the system's DNS)."""
 
     def open_client(self) -> httpx.Client:
         """A new client for this endpoint; the caller closes it (use it in `with`)."""
@@ -178,49 +197,6 @@ def echo_json(value: object) -> None:
     click.echo(json.dumps(value, indent=2, ensure_ascii=False).encode())
 
 
-# --- tables --------------------------------------------------------------------------
-
-
-class Align(Enum):
-    LEFT = "left"
-    RIGHT = "right"
-
-
-def display_width(text: str) -> int:
-    """Terminal columns `text` occupies: wide East Asian characters count 2, marks 0."""
-    width = 0
-    for char in text:
-        if unicodedata.combining(char) or unicodedata.category(char) in ("Me", "Cf"):
-            continue
-        width += 2 if unicodedata.east_asian_width(char) in ("W", "F") else 1
-    return width
-
-
-def format_table(columns: Sequence[tuple[str, Align]], rows: Sequence[Sequence[str]]) -> str:
-    """Render a plain-text table, one line per row after the header line.
-
-    Every column, the last included, is padded to its widest cell and columns are
-    separated by one space, as KumoMTA's kcli lays its tables out.
-    """
-    widths = [display_width(name) for name, _ in columns]
-    for row in rows:
-        for index, cell in enumerate(row):
-            widths[index] = max(widths[index], display_width(cell))
-    lines = []
-    for cells in [[name for name, _ in columns], *rows]:
-        parts = []
-        for (_, align), width, cell in zip(columns, widths, cells, strict=True):
-            padding = " " * (width - display_width(cell))
-            parts.append(cell + padding if align is Align.LEFT else padding + cell)
-        lines.append(" ".join(parts))
-    return "\n".join(lines)
-
-
-def format_count(count: int) -> str:
-    """`1234567` as `1,234,567`."""
-    return f"{count:,}"
-
-
 # --- bounce-list -----------------------------------------------------------------------
 
 _CRITERIA_PARTS = ("campaign", "tenant", "domain", "routing_domain")
@@ -265,13 +241,42 @@ def format_bounce_list(entries: Sequence[Mapping[str, Any]]) -> str:
 
 # --- queue-summary ---------------------------------------------------------------------
 
+_RESOLUTIONS_AT_ONCE = 16
+"""MX lookups `queue-summary --domain` has under way at a time."""
 
-def format_queue_summary(counts: Mapping[str, int]) -> str:
-    """The `queue-summary` table: biggest queues first, then a `total` line."""
-    ordered = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
-    rows = [[queue, format_count(count)] for queue, count in ordered]
-    rows.append(["total", format_count(sum(counts.values()))])
-    return format_table([("QUEUE", Align.LEFT), ("COUNT", Align.RIGHT)], rows)
+
+async def _sites(resolver: Resolver, domain: str, names: Sequence[str]) -> tuple[str, set[str]]:
+    """The site name of ``domain`` (a KcliError if it cannot be resolved), and those
+    of ``names`` whose site is the same (a name that cannot be resolved has none)."""
+    resolution = await resolver.resolve(domain)
+    if isinstance(resolution, ResolutionFailure):
+        raise KcliError(resolution.error)
+    site = resolution.site_name
+    same: set[str] = set()
+    limiter = trio.CapacityLimiter(_RESOLUTIONS_AT_ONCE)
+
+    async def check(name: str) -> None:
+        async with limiter:
+            resolved = await resolver.resolve(name)
+        if isinstance(resolved, Destination) and resolved.site_name == site:
+            same.add(name)
+
+    async with trio.open_nursery() as nursery:
+        for name in names:
+            nursery.start_soon(check, name)
+    return site, same
+
+
+def _listed(
+    client: httpx.Client, sources: Sequence[StatusSource]
+) -> list[tuple[StatusSource, list[Any]]]:
+    listed: list[tuple[StatusSource, list[Any]]] = []
+    for source in sources:
+        entries = decode_json(send(client, "GET", source.path))
+        if not isinstance(entries, list):
+            raise KcliError(f"unexpected reply from server: {json.dumps(entries)}")
+        listed.append((source, [entry for entry in entries if isinstance(entry, dict)]))
+    return listed
 
 
 # --- inject ----------------------------------------------------------------------------
@@ -718,12 +723,40 @@ def inspect_sched_q(
 
 
 @cli.command("queue-summary")
+@click.option("--limit", type=click.IntRange(min=0), help="Limit results to LIMIT results.")
+@click.option(
+    "--by-volume", is_flag=True, help="Instead of ordering by name, order by volume, descending."
+)
+@click.option("--domain", help="Filter queues to those associated with a DNS domain.")
 @click.pass_obj
-def queue_summary(target: Target) -> None:
-    """Show how many messages wait in each scheduled queue."""
+def queue_summary(target: Target, limit: int | None, by_volume: bool, domain: str | None) -> None:
+    """Prints a summary of the state of the queues, for a human to read.
+
+    Two tables: the ready queues (SITE, SOURCE, PROTO; D delivered, T transiently
+    failed, C connections open, Q messages ready; D and T count since the server
+    started), then the scheduled queues (SCHEDULED QUEUE, COUNT of messages waiting),
+    each with the status the admin lists give it (a bounce rule that matches it).
+    Not meant for machines: read /metrics or /metrics.json instead.
+    """
     with target.open_client() as client:
-        response = send(client, "GET", METRICS_PATH)
-    click.echo(format_queue_summary(parse_scheduled_counts(response.text)))
+        scheduled_listed = _listed(client, SCHEDULED_STATUS)
+        ready_listed = _listed(client, READY_STATUS)
+        samples = parse_samples(send(client, "GET", METRICS_PATH).text)
+    ready = ordered(ready_queues(samples), by_volume=by_volume)
+    scheduled = ordered(scheduled_queues(samples), by_volume=by_volume)
+    if domain is not None:
+        resolver = target.resolver or MxResolver()
+        names = [queue.name for queue in scheduled]
+        site, same_site = trio.run(_sites, resolver, domain, names)
+        ready = [queue for queue in ready if queue.site == site]
+        scheduled = [q for q in scheduled if q.name == domain or q.name in same_site]
+    if limit is not None:
+        ready, scheduled = ready[:limit], scheduled[:limit]
+    summary = format_queue_summary(
+        ready, scheduled, ready_listed=ready_listed, scheduled_listed=scheduled_listed
+    )
+    # Bytes, so that the markers print in UTF-8 whatever the locale.
+    click.echo(summary.encode(), nl=False)
 
 
 def main() -> None:

@@ -229,15 +229,16 @@ async def _smtp_listening(
     engine: Engine,
     stop: trio.Event,
     on_listening: Callable[[str], None] | None,
-) -> AsyncIterator[None]:
+) -> AsyncIterator[SmtpListener | None]:
     """Run the SMTP listener of ``config`` (none when it is off) for the duration of the
-    block, and call ``on_listening`` with the ``HOST:PORT`` it is bound to. Once ``stop``
-    is set, or the block ends, the listener shuts down gracefully (every session gets
-    its ``421``); leaving waits for that. Raises :class:`ListenError` if it cannot bind.
+    block, yield it (None when it is off), and call ``on_listening`` with the
+    ``HOST:PORT`` it is bound to. Once ``stop`` is set, or the block ends, the listener
+    shuts down gracefully (every session gets its ``421``); leaving waits for that.
+    Raises :class:`ListenError` if it cannot bind.
     """
     settings = smtp_listener_settings(config)
     if settings is None:
-        yield
+        yield None
         return
     listener = SmtpListener(engine, settings)
     watching = trio.CancelScope()
@@ -261,7 +262,7 @@ async def _smtp_listening(
         if on_listening is not None:
             on_listening(address)
         try:
-            yield
+            yield listener
         finally:
             watching.cancel()
 
@@ -306,7 +307,7 @@ async def _serve(
             mail=mail_settings(config),
             fleet=config.fleet,
         ) as engine,
-        _smtp_listening(config, engine, shutdown.requested, on_smtp_listening),
+        _smtp_listening(config, engine, shutdown.requested, on_smtp_listening) as listener,
     ):
         shutdown.when_hurried(engine.cut_shutdown_short)
         app = create_app(
@@ -314,6 +315,7 @@ async def _serve(
             access=config.access_policy(),
             body_limit=config.body_limit,
             queue_configs=queue_configs(config),
+            smtp_listener=listener,
         )
         async with trio.open_nursery() as nursery:
             try:

@@ -47,7 +47,8 @@ from kumo.http.errors import (
 )
 from kumo.http.gatekeeper import AttemptLimits, Gatekeeper, Throttled
 from kumo.http.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from kumo.http.metrics import AdminLatency, metrics_registry, page
+from kumo.http.metrics import JSON_CONTENT_TYPE as METRICS_JSON_CONTENT_TYPE
+from kumo.http.metrics import AdminLatency, ListenerSource, json_page, metrics_registry, page
 from kumo.http.openapi import OPENAPI
 from kumo.http.replies import TEXT, Reply, text_reply
 from kumo.http.routes import (
@@ -56,6 +57,7 @@ from kumo.http.routes import (
     INSPECT_MESSAGE_PATH,
     INSPECT_QUEUE_PATH,
     LIVENESS_PATH,
+    METRICS_JSON_PATH,
     METRICS_PATH,
     OPENAPI_PATH,
     ROUTES,
@@ -109,6 +111,7 @@ def create_app(
     run_blocking: RunBlocking = in_thread,
     attempt_limits: AttemptLimits | None = None,
     queue_configs: inspect_api.QueueConfigs | None = None,
+    smtp_listener: ListenerSource | None = None,
 ) -> QuartTrio:
     """The ASGI app serving ``engine``; ``access`` defaults to loopback-only trust.
 
@@ -116,7 +119,8 @@ def create_app(
     /metrics page); pass :func:`kumo.runtime.blocking.inline` beside an engine opened
     with ``threads=False``. ``attempt_limits`` bounds failed authentication attempts
     (:mod:`kumo.http.gatekeeper`). ``queue_configs`` gives each queue's settings for
-    inspect-sched-q (default: KumoMTA's defaults for every queue).
+    inspect-sched-q (default: KumoMTA's defaults for every queue). ``smtp_listener``:
+    the SMTP listener whose figures /metrics shows beside the engine's, if one runs.
     """
     configs = queue_configs or (lambda _: QueueConfig())
     gate = Gatekeeper(access if access is not None else AccessPolicy(), attempt_limits)
@@ -129,7 +133,7 @@ def create_app(
     app.config["BODY_TIMEOUT"] = body_timeout
     app.asgi_app = ConnectionGuard(app.asgi_app, body_timeout=body_timeout)  # type: ignore[assignment,arg-type]
     latency = AdminLatency()
-    registry = metrics_registry(engine, latency)
+    registry = metrics_registry(engine, latency, smtp_listener)
 
     # Registered first, so that the time of an admin request includes its access check.
     @app.before_request
@@ -232,6 +236,11 @@ def create_app(
     async def metrics() -> Response:
         text = await run_blocking(functools.partial(page, registry))
         return Response(text, status=200, content_type=METRICS_CONTENT_TYPE)
+
+    @app.get(METRICS_JSON_PATH)
+    async def metrics_json() -> Response:
+        document = await run_blocking(functools.partial(json_page, registry))
+        return Response(document, status=200, content_type=METRICS_JSON_CONTENT_TYPE)
 
     @app.get(OPENAPI_PATH)
     async def openapi() -> Response:

@@ -12,6 +12,7 @@ from typing import Protocol
 from kumo.model.inspection import InspectedMessage, InspectedQueue
 from kumo.model.requests import BounceRequest, NewMessage
 from kumo.model.state import RuleView
+from kumo.runtime.delivery import DispatcherStatistics
 from kumo.runtime.queue_actor import ActorStatistics
 
 
@@ -56,3 +57,7 @@ class AdminEngine(Protocol):
     def actor_statistics(
         self, start: int = 0, stop: int | None = None
     ) -> Sequence[ActorStatistics]: ...
+
+    def dispatcher_statistics(
+        self, start: int = 0, stop: int | None = None
+    ) -> Sequence[DispatcherStatistics]: ...

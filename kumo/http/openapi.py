@@ -10,6 +10,7 @@ from kumo.http.routes import (
     INSPECT_MESSAGE_PATH,
     INSPECT_QUEUE_PATH,
     LIVENESS_PATH,
+    METRICS_JSON_PATH,
     METRICS_PATH,
     OPENAPI_PATH,
     SUSPEND_PATH,
@@ -472,10 +473,14 @@ OPENAPI: Final[dict[str, Any]] = {
         },
         METRICS_PATH: {
             "get": {
-                "summary": "Prometheus text: scheduled_count{queue=...}, received and bounced.",
+                "summary": "Prometheus text: KumoMTA's queue and service figures, kumo's.",
                 "description": (
                     "KumoMTA's `scheduled_count{queue}`, `total_messages_received` and "
-                    "`total_messages_bounced`; every field of the engine's statistics as "
+                    "`total_messages_bounced`; KumoMTA's `ready_count`, `connection_count`, "
+                    "`total_messages_delivered`, `total_messages_transfail`, "
+                    "`total_messages_fail` and `total_messages_received` by `service` "
+                    "(`smtp_client:<ready queue>`, `smtp_client`, `esmtp_listener`, "
+                    "`http_listener`); every other field of the engine's statistics as "
                     "`kumo_engine_<field>` (counter or gauge, as the field declares); per "
                     "queue actor `kumo_actor_mailbox_used`, `kumo_actor_lagging`, "
                     "`kumo_actor_catch_ups` and `kumo_actor_bounced`; and the histograms "
@@ -485,6 +490,22 @@ OPENAPI: Final[dict[str, Any]] = {
                 ),
                 "responses": {
                     "200": {"description": "Prometheus text format 0.0.4.", "content": _TEXT},
+                    **_refusals(401, 429, 503),
+                },
+            }
+        },
+        METRICS_JSON_PATH: {
+            "get": {
+                "summary": "The metrics of /metrics as KumoMTA's JSON.",
+                "description": (
+                    'One key per family of /metrics: `{"help", "type", "value"}`; '
+                    "`value` is the number of an unlabelled family, `{label: {value: n}}` "
+                    "for a family with one label (an unlabelled total beside it left out), "
+                    '`[{label: value, ..., "@": n}]` for more, and '
+                    "`{count, sum, avg, bucket}` for a histogram."
+                ),
+                "responses": {
+                    "200": {"description": "KumoMTA's metrics JSON.", "content": _json({})},
                     **_refusals(401, 429, 503),
                 },
             }

@@ -20,6 +20,8 @@ LIVENESS_PATH: Final = "/api/check-liveness/v1"
 """``OK`` while the server runs (GET)."""
 METRICS_PATH: Final = "/metrics"
 """Prometheus text (GET)."""
+METRICS_JSON_PATH: Final = "/metrics.json"
+"""The same metrics in KumoMTA's JSON shape (GET)."""
 OPENAPI_PATH: Final = "/api-docs/openapi.json"
 """The OpenAPI document of these routes (GET)."""
 INSPECT_MESSAGE_PATH: Final = "/api/admin/inspect-message/v1"
@@ -34,6 +36,7 @@ ROUTES: Final = (
     INJECT_PATH,
     LIVENESS_PATH,
     METRICS_PATH,
+    METRICS_JSON_PATH,
     OPENAPI_PATH,
     INSPECT_MESSAGE_PATH,
     INSPECT_QUEUE_PATH,

@@ -12,6 +12,7 @@ reading a ``# TYPE x counter`` line, would rename the samples of ``x`` to
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from typing import Final
 
 import attrs
@@ -67,8 +68,13 @@ def parse_scheduled_counts(text: str) -> dict[str, int]:
     Samples without a ``queue`` label and non-finite values are skipped; samples of one
     queue (from several nodes, say) are added up.
     """
+    return scheduled_counts(parse_samples(text))
+
+
+def scheduled_counts(samples: Iterable[Sample]) -> dict[str, int]:
+    """:func:`parse_scheduled_counts` of samples already parsed."""
     counts: dict[str, int] = {}
-    for sample in parse_samples(text):
+    for sample in samples:
         queue = sample.labels.get("queue")
         if sample.name != SCHEDULED_COUNT or queue is None or not math.isfinite(sample.value):
             continue

@@ -74,6 +74,7 @@ def encode_snapshot(state: State, chain: bytes) -> bytes:
         "delivered_total": state.delivered_total,
         "failed_total": state.failed_total,
         "expired_total": state.expired_total,
+        "transient_failures_total": state.transient_failures_total,
         "schedule": {
             message_id: [
                 retry.due,
@@ -119,6 +120,7 @@ def decode_snapshot(data: bytes) -> tuple[State, SnapshotPosition]:
         state.delivered_total = header.get("delivered_total", 0)
         state.failed_total = header.get("failed_total", 0)
         state.expired_total = header.get("expired_total", 0)
+        state.transient_failures_total = header.get("transient_failures_total", 0)
         state.schedule = {
             message_id: Retry(*entry) for message_id, entry in header.get("schedule", {}).items()
         }
@@ -165,6 +167,7 @@ def state_differences(expected: State, actual: State) -> list[str]:
         "delivered_total",
         "failed_total",
         "expired_total",
+        "transient_failures_total",
     ):
         if getattr(expected, field) != getattr(actual, field):
             problems.append(

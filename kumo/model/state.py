@@ -724,6 +724,8 @@ class State:
         self.failed_total = 0
         """Messages bounced by their destination (or refused before a connection)."""
         self.expired_total = 0
+        self.transient_failures_total = 0
+        """Attempts that failed transiently (``TransientlyFailed``), connection or not."""
         self.last_seq = 0
         self.last_time = 0
 
@@ -774,6 +776,7 @@ class State:
                     self._leaving.setdefault(event.queue, set()).add(event.message.id)
                     self.schedule.pop(event.message.id, None)
             case TransientlyFailed():
+                self.transient_failures_total += 1
                 if self._queues is not None:
                     self.schedule[event.message.id] = Retry(
                         event.due, event.attempts + 1, committed.seq, committed.time

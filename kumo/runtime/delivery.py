@@ -21,6 +21,7 @@ this module carries messages and outcomes between tasks.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import random
 from collections.abc import Callable
@@ -320,6 +321,17 @@ class Deliveries:
 
     def dispatchers(self) -> list[Dispatcher]:
         return list(self._dispatchers.values())
+
+    def dispatcher_statistics(
+        self, start: int = 0, stop: int | None = None
+    ) -> list[DispatcherStatistics]:
+        """The statistics of the dispatchers ``start`` to ``stop``, in the order they
+        were made (a dispatcher, once made, stays: a slice read later finds the same
+        ones at the same places)."""
+        return [
+            dispatcher.statistics()
+            for dispatcher in itertools.islice(self._dispatchers.values(), start, stop)
+        ]
 
     async def target(self, queue: str) -> tuple[Dispatcher | PlanFailure, str]:
         """Where the due messages of scheduled queue ``queue`` go, and the site their

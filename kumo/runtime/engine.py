@@ -62,7 +62,7 @@ from kumo.model.statistics import counter, gauge, record
 from kumo.runtime.blocking import in_thread, inline
 from kumo.runtime.broadcaster import Broadcaster, BroadcasterStatistics
 from kumo.runtime.clock import EngineClock
-from kumo.runtime.delivery import Deliveries, MailSettings
+from kumo.runtime.delivery import Deliveries, DispatcherStatistics, MailSettings
 from kumo.runtime.delivery_log import DeliveryLogStatistics, DeliveryLogWriter
 from kumo.runtime.fleet import FleetLink, FleetMeta, FleetStatistics
 from kumo.runtime.log_writer import LogStatistics, LogWriter
@@ -104,7 +104,13 @@ class EngineStatistics:
         "Messages refused for good by their destination (or before any connection)."
     )
     expired_total: int = counter("Messages that expired unsent since the log began.")
-    queued_total: int = gauge("Messages waiting, all scheduled queues.")
+    transient_failures_total: int = counter(
+        "Attempts that failed transiently since the log began (or before any connection)."
+    )
+    injected: int = counter("Messages received through HTTP inject by this process.")
+    queued_total: int = gauge(
+        "Messages held, all scheduled queues (waiting, ready or in a connection)."
+    )
     queues: int = gauge("Non-empty scheduled queues.")
     live_rules: int = gauge("Bounce rules that GET would list.")
     log: LogStatistics = record("The event log writer.")
@@ -146,6 +152,7 @@ class Engine:
         self._log = parts.log
         self._cancelling: set[str] = set()
         self._closed = False
+        self._injected = 0
         # The shutdown's wait for work under way: made now so that it can be cut short
         # before the shutdown begins (cancelling a scope not yet entered is kept).
         self._shutdown_wait = trio.CancelScope(shield=True)
@@ -172,6 +179,7 @@ class Engine:
         ]
         bodies = {index: message.content for index, message in enumerate(messages)}
         await self._log.append(events, bodies=bodies)
+        self._injected += len(events)
         return ids
 
     async def receive(
@@ -377,6 +385,8 @@ class Engine:
             delivered_total=projection.delivered_total,
             failed_total=projection.failed_total,
             expired_total=projection.expired_total,
+            transient_failures_total=projection.transient_failures_total,
+            injected=self._injected,
             queued_total=sum(projection.queue_counts.values()),
             queues=len(projection.queue_counts),
             live_rules=len(self.list_bounces()),
@@ -395,6 +405,17 @@ class Engine:
         return [
             actor.statistics() for actor in itertools.islice(self._parts.supervisor, start, stop)
         ]
+
+    def dispatcher_statistics(
+        self, start: int = 0, stop: int | None = None
+    ) -> list[DispatcherStatistics]:
+        """The statistics of the ready queues' dispatchers ``start`` to ``stop`` (all by
+        default), in the order they were made (none without the mail path): read a
+        slice at a time, as :meth:`actor_statistics`."""
+        deliveries = self._parts.deliveries
+        if deliveries is None:
+            return []
+        return deliveries.dispatcher_statistics(start, stop)
 
     async def wait_idle(self) -> None:
         """Return once every committed event has been fully processed.

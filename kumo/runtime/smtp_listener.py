@@ -63,7 +63,7 @@ from kumo.model.smtp_server import (
     spool_refused,
     too_many_sessions,
 )
-from kumo.model.statistics import counter, gauge
+from kumo.model.statistics import counter, gauge, info
 from kumo.runtime.refusal import RefusedError
 from kumo.store.ids import random_ids
 
@@ -136,6 +136,7 @@ def server_tls_context(certificate: Path, private_key: Path) -> ssl.SSLContext:
 class SmtpListenerStatistics:
     """What the SMTP listener has done and holds now."""
 
+    address: str = info("HOST:PORT the listener is bound to (empty until it is).")
     sessions: int = gauge("SMTP sessions open now.")
     connections: int = counter("SMTP connections accepted by this process, refused ones too.")
     refused: int = counter("SMTP connections refused by this process for max_connections.")
@@ -220,6 +221,7 @@ class SmtpListener:
 
     def statistics(self) -> SmtpListenerStatistics:
         return SmtpListenerStatistics(
+            address=self.address or "",
             sessions=self._open,
             connections=self._connections,
             refused=self._refused,

@@ -10,7 +10,7 @@ import os
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +20,9 @@ from click.testing import CliRunner, Result
 
 from kumo.cli.kcli import (
     BOUNCE_ASYNC_NOTE,
-    Align,
     Target,
     batch_recipients,
     cli,
-    display_width,
-    format_table,
     reason_phrase,
 )
 from kumo.http.routes import (
@@ -34,6 +31,14 @@ from kumo.http.routes import (
     INSPECT_MESSAGE_PATH,
     INSPECT_QUEUE_PATH,
     METRICS_PATH,
+    SUSPEND_PATH,
+)
+from kumo.model.mx_resolution import (
+    Destination,
+    DnsErrorKind,
+    HostSource,
+    Resolution,
+    mx_lookup_failure,
 )
 
 ID_A = "0f8d6c8e-5b7e-4a52-9a55-7f3f2f1f6a01"
@@ -656,8 +661,10 @@ def test_token_is_sent_as_a_bearer_on_every_command(command: list[str]) -> None:
 
     assert result.exit_code == 0, result.output
 
-    (request,) = server.requests
-    assert request.headers["authorization"] == f"Bearer {TOKEN}"
+    # queue-summary reads the bounce and suspend lists, then the metrics.
+    assert len(server.requests) == (3 if command == ["queue-summary"] else 1)
+    for request in server.requests:
+        assert request.headers["authorization"] == f"Bearer {TOKEN}"
 
 
 def test_token_from_the_environment_and_the_flag_winning_over_it() -> None:
@@ -913,32 +920,144 @@ METRICS = "\n".join(
 )
 
 
-def test_queue_summary_prints_queues_by_count_then_name_and_a_total() -> None:
-    server = replying(text=METRICS)
+READY_METRICS = "\n".join(
+    [
+        "# TYPE connection_count gauge",
+        'connection_count{service="smtp_client"} 3',
+        'connection_count{service="esmtp_listener"} 4',
+        'connection_count{service="smtp_client:unspecified->mx.example.com@smtp_client"} 3',
+        'connection_count{service="smtp_client:unspecified->日本.example@smtp_client"} 0',
+        "# TYPE ready_count gauge",
+        'ready_count{service="smtp_client:unspecified->mx.example.com@smtp_client"} 1024',
+        "# TYPE total_messages_delivered counter",
+        'total_messages_delivered{service="smtp_client"} 99999',
+        'total_messages_delivered{service="smtp_client:unspecified->mx.example.com@smtp_client"}'
+        " 1234567",
+        'total_messages_delivered{service="smtp_client:unspecified->日本.example@smtp_client"} 2',
+        "# TYPE total_messages_transfail counter",
+        'total_messages_transfail{service="smtp_client:unspecified->日本.example@smtp_client"} 5',
+        "",
+    ]
+)
+
+
+def metrics_server(
+    page: str = METRICS,
+    *,
+    bounces: list[dict[str, Any]] | None = None,
+    suspends: list[dict[str, Any]] | None = None,
+) -> FakeServer:
+    """Answers the bounce and suspend lists with ``bounces`` and ``suspends``, and
+    /metrics with ``page``."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == BOUNCE_PATH:
+            return httpx.Response(200, json=bounces or [])
+        if request.url.path == SUSPEND_PATH:
+            return httpx.Response(200, json=suspends or [])
+        return httpx.Response(200, text=page)
+
+    return FakeServer(handler)
+
+
+def test_queue_summary_prints_kumomtas_two_tables() -> None:
+    server = metrics_server()
 
     result = run(server, "queue-summary")
 
     assert result.exit_code == 0, result.output
-    (request,) = server.requests
-    assert request.method == "GET"
-    assert request.url == f"http://127.0.0.1:8000{METRICS_PATH}"
-    # 27 is the widest queue name, 9 the widest count.
+    # The admin lists first, then the metrics, as KumoMTA's kcli asks.
+    assert [(r.method, str(r.url)) for r in server.requests] == [
+        ("GET", f"http://127.0.0.1:8000{BOUNCE_PATH}"),
+        ("GET", f"http://127.0.0.1:8000{SUSPEND_PATH}"),
+        ("GET", f"http://127.0.0.1:8000{METRICS_PATH}"),
+    ]
+    # No ready queue; the scheduled ones by name (natural order), counts right-aligned
+    # with separators, every line padded to the (empty) status column.
     assert result.stdout == (
-        "QUEUE                           COUNT\n"
-        "example.com                 1,234,567\n"
-        "a\\b                                42\n"
-        "camp:acme@example.org!relay        42\n"
-        'say "hi"@example.net                7\n'
-        "zero.example                        0\n"
-        "total                       1,234,658\n"
+        "SITE SOURCE PROTO D T C Q \n"
+        "\n"
+        "SCHEDULED QUEUE                 COUNT \n"
+        "a\\b                                42 \n"
+        "camp:acme@example.org!relay        42 \n"
+        "example.com                 1,234,567 \n"
+        'say "hi"@example.net                7 \n'
+        "zero.example                        0 \n"
     )
-    assert {len(line) for line in result.stdout.splitlines()} == {27 + 1 + 9}
+
+
+def test_queue_summary_ready_queues_and_a_bounce() -> None:
+    bounces = [{"id": ID_A, "campaign": None, "tenant": None, "domain": "example.com",
+                "routing_domain": None, "reason": "too many complaints"}]  # fmt: skip
+    server = metrics_server(READY_METRICS + METRICS, bounces=bounces)
+
+    result = run(server, "queue-summary", "--by-volume", "--limit", "3")
+
+    assert result.exit_code == 0, result.output
+    # 日本 is four cells wide; 🗑️ two.
+    assert result.stdout == (
+        "SITE           SOURCE      PROTO               D T C     Q \n"
+        "mx.example.com unspecified smtp_client 1,234,567 0 3 1,024 \n"
+        "日本.example   unspecified smtp_client         2 5 0     0 \n"
+        "\n"
+        "SCHEDULED QUEUE                 COUNT                               \n"
+        "example.com                 1,234,567 🗑\ufe0f bounce: too many complaints\n"
+        "a\\b                                42                               \n"
+        "camp:acme@example.org!relay        42                               \n"
+    )
+
+
+def test_queue_summary_domain_keeps_the_queues_of_its_site() -> None:
+    page = "\n".join(
+        [
+            'ready_count{service="smtp_client:unspecified->mx.example.com@smtp_client"} 1',
+            'ready_count{service="smtp_client:unspecified->other.example@smtp_client"} 2',
+            'scheduled_count{queue="example.com"} 1',
+            'scheduled_count{queue="example.net"} 2',
+            'scheduled_count{queue="camp:example.org"} 3',
+            'scheduled_count{queue="other.example"} 4',
+            'scheduled_count{queue="nxdomain.example"} 5',
+            "",
+        ]
+    )
+    sites = {
+        "example.com": "mx.example.com",
+        "example.net": "mx.example.com",
+        "other.example": "other.example",
+    }
+    resolver = FakeResolver(sites)
+    server = metrics_server(page)
+    target = Target(transport=server.transport, resolver=resolver)
+    result = CliRunner().invoke(cli, ["queue-summary", "--domain", "example.com"], obj=target)
+
+    assert result.exit_code == 0, result.output
+    assert result.stdout == (
+        "SITE           SOURCE      PROTO       D T C Q \n"
+        "mx.example.com unspecified smtp_client 0 0 0 1 \n"
+        "\n"
+        "SCHEDULED QUEUE COUNT \n"
+        "example.com         1 \n"
+        "example.net         2 \n"
+    )
+    # The domain first, then every scheduled queue's name.
+    assert resolver.asked[0] == "example.com"
+    assert sorted(resolver.asked[1:]) == sorted(
+        ["camp:example.org", "example.com", "example.net", "nxdomain.example", "other.example"]
+    )
+
+
+def test_queue_summary_domain_that_does_not_resolve() -> None:
+    target = Target(transport=metrics_server().transport, resolver=FakeResolver({}))
+    result = CliRunner().invoke(cli, ["queue-summary", "--domain", "nope.example"], obj=target)
+
+    assert result.exit_code == 1
+    assert result.stderr == "MX lookup for nope.example failed after 0ns: NXDOMAIN\n"
 
 
 def test_queue_summary_with_no_queues() -> None:
-    result = run(replying(text="# nothing here\n"), "queue-summary")
+    result = run(metrics_server("# nothing here\n"), "queue-summary")
 
-    assert result.stdout == "QUEUE COUNT\ntotal     0\n"
+    assert result.stdout == "SITE SOURCE PROTO D T C Q \n\nSCHEDULED QUEUE COUNT \n"
 
 
 def test_queue_summary_failure_is_reported() -> None:
@@ -946,6 +1065,28 @@ def test_queue_summary_failure_is_reported() -> None:
 
     assert result.exit_code == 1
     assert result.stderr == "request status 401: Unauthorized. Response body: not trusted\n"
+
+
+def test_queue_summary_refuses_a_negative_limit() -> None:
+    result = run(metrics_server(), "queue-summary", "--limit", "-1")
+
+    assert result.exit_code == 2
+    assert "--limit" in result.stderr
+
+
+class FakeResolver:
+    """Resolves the domains of ``sites`` to those site names; any other is NXDOMAIN."""
+
+    def __init__(self, sites: Mapping[str, str]) -> None:
+        self.sites = sites
+        self.asked: list[str] = []
+
+    async def resolve(self, domain: str, *, mx_list: Sequence[str] = ()) -> Resolution:
+        self.asked.append(domain)
+        site = self.sites.get(domain)
+        if site is None:
+            return mx_lookup_failure(domain, DnsErrorKind.NXDOMAIN, "NXDOMAIN", 0)
+        return Destination(domain, HostSource.MX, site, (), ())
 
 
 # --- inspect-message and inspect-sched-q -------------------------------------------------
@@ -1085,17 +1226,6 @@ def test_inspection_rejects_a_reply_that_is_not_an_object(command: list[str]) ->
 
     assert result.exit_code == 1
     assert result.stderr == "unexpected reply from server: [1, 2]\n"
-
-
-# --- tables ----------------------------------------------------------------------------
-
-
-def test_format_table_pads_by_display_width() -> None:
-    table = format_table([("NAME", Align.LEFT), ("N", Align.RIGHT)], [["日本", "1"], ["ab", "22"]])
-
-    assert table == "NAME  N\n日本  1\nab   22"
-    assert display_width("日本") == 4
-    assert display_width("e\u0301") == 1
 
 
 # --- the module as a program -----------------------------------------------------------

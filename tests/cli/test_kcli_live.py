@@ -159,15 +159,28 @@ def test_inject_then_queue_summary(server: tuple[str, Path]) -> None:
         "acme@hotmail.com": 1,
         "example.com!relay.example.net": 1200,
     }
-    # Biggest queue first, then by name; counts right-aligned with separators.
+    # No ready queue (the server holds its mail); the scheduled ones by name, counts
+    # right-aligned with separators, every line padded to the empty status column.
     assert kcli(url, "queue-summary") == Run(
         0,
-        "QUEUE                         COUNT\n"
-        "example.com!relay.example.net 1,200\n"
-        "spring:@gmail.com                 3\n"
-        "spring:@yahoo.com                 3\n"
-        "acme@hotmail.com                  1\n"
-        "total                         1,207\n",
+        "SITE SOURCE PROTO D T C Q \n"
+        "\n"
+        "SCHEDULED QUEUE               COUNT \n"
+        "acme@hotmail.com                  1 \n"
+        "example.com!relay.example.net 1,200 \n"
+        "spring:@gmail.com                 3 \n"
+        "spring:@yahoo.com                 3 \n",
+        "",
+    )
+    # Biggest queue first, then by name.
+    assert kcli(url, "queue-summary", "--by-volume", "--limit", "3") == Run(
+        0,
+        "SITE SOURCE PROTO D T C Q \n"
+        "\n"
+        "SCHEDULED QUEUE               COUNT \n"
+        "example.com!relay.example.net 1,200 \n"
+        "spring:@gmail.com                 3 \n"
+        "spring:@yahoo.com                 3 \n",
         "",
     )
 

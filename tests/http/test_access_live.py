@@ -15,7 +15,14 @@ import httpx
 import pytest
 
 from kumo.http.access import hash_password, hash_token
-from kumo.http.routes import BOUNCE_PATH, INJECT_PATH, LIVENESS_PATH, METRICS_PATH, OPENAPI_PATH
+from kumo.http.routes import (
+    BOUNCE_PATH,
+    INJECT_PATH,
+    LIVENESS_PATH,
+    METRICS_JSON_PATH,
+    METRICS_PATH,
+    OPENAPI_PATH,
+)
 from kumo.model.events import BounceCancelled, BounceIssued
 from tests.live_server import logged_events, running_server
 
@@ -58,6 +65,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path
         ("DELETE", BOUNCE_PATH),
         ("POST", INJECT_PATH),
         ("GET", METRICS_PATH),
+        ("GET", METRICS_JSON_PATH),
     ],
 )
 def test_untrusted_client_gets_401(server: tuple[str, Path], method: str, path: str) -> None:

@@ -32,6 +32,7 @@ from kumo.http.routes import (
     BOUNCE_PATH,
     INJECT_PATH,
     LIVENESS_PATH,
+    METRICS_JSON_PATH,
     METRICS_PATH,
     OPENAPI_PATH,
     SUSPEND_PATH,
@@ -41,6 +42,7 @@ from kumo.model.inspection import InspectedMessage, InspectedQueue
 from kumo.model.requests import BounceRequest, NewMessage
 from kumo.model.state import RuleView
 from kumo.model.statistics import counter
+from kumo.runtime.delivery import DispatcherStatistics
 from kumo.runtime.engine import EngineClosedError
 from kumo.runtime.log_writer import LogClosedError
 from kumo.runtime.queue_actor import ActorStatistics
@@ -146,7 +148,13 @@ class FakeEngine:
 
     def actor_statistics(self, start: int = 0, stop: int | None = None) -> list[ActorStatistics]:
         self._refuse()
-        return [ActorStatistics("example.com", 2, 0, 1, False, 0, 9, 0, 0, 0)]
+        return [ActorStatistics("example.com", 2, 0, 1, False, 0, 9, 0, 2, 0)]
+
+    def dispatcher_statistics(
+        self, start: int = 0, stop: int | None = None
+    ) -> list[DispatcherStatistics]:
+        self._refuse()
+        return []
 
 
 @pytest.fixture
@@ -197,6 +205,7 @@ PROTECTED = [
     ("DELETE", BOUNCE_PATH),
     ("POST", INJECT_PATH),
     ("GET", METRICS_PATH),
+    ("GET", METRICS_JSON_PATH),
 ]
 
 
@@ -489,6 +498,23 @@ async def test_metrics(client: Client) -> None:
     assert 'scheduled_count{queue="example.com"} 2\n' in text
     assert "total_messages_received 3\n" in text
     assert 'kumo_actor_mailbox_used{queue="example.com"} 1\n' in text
+
+
+async def test_metrics_json(client: Client) -> None:
+    status, content_type, text = await call(client, "GET", METRICS_JSON_PATH)
+    assert (status, content_type) == (200, "application/json; charset=utf-8")
+    document = orjson.loads(text)
+    assert document["scheduled_count"] == {
+        "help": "Messages waiting in a scheduled queue.",
+        "type": "gauge",
+        "value": {"queue": {"example.com": 2}},
+    }
+    assert document["total_messages_received"] == {
+        "help": "Messages received.",
+        "type": "counter",
+        "value": 3,
+    }
+    assert document["kumo_actor_mailbox_used"]["value"] == {"queue": {"example.com": 1}}
 
 
 async def test_metrics_time_admin_requests(client: Client) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import attrs
+import orjson
 import pytest
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
@@ -20,6 +21,7 @@ from kumo.http.metrics import (
     Scrape,
     escape_label_value,
     exposition,
+    json_exposition,
     metric_families,
     metrics_registry,
     page,
@@ -28,11 +30,13 @@ from kumo.http.metrics import (
 )
 from kumo.model.statistics import Histogram, counter, gauge, info, record
 from kumo.runtime.broadcaster import BroadcasterStatistics
+from kumo.runtime.delivery import DispatcherStatistics
 from kumo.runtime.delivery_log import DeliveryLogStatistics
 from kumo.runtime.engine import EngineStatistics
 from kumo.runtime.fleet import FleetStatistics
 from kumo.runtime.log_writer import LogStatistics
 from kumo.runtime.queue_actor import ActorStatistics
+from kumo.runtime.smtp_listener import SmtpListenerStatistics
 from kumo.runtime.snapshotter import SnapshotStatistics
 from kumo.runtime.wal_checkpointer import CheckpointStatistics
 
@@ -65,9 +69,11 @@ def engine_statistics() -> EngineStatistics:
     return EngineStatistics(
         received_total=1048,
         bounced_total=1002,
-        delivered_total=0,
-        failed_total=0,
-        expired_total=0,
+        delivered_total=40,
+        failed_total=2,
+        expired_total=1,
+        transient_failures_total=12,
+        injected=5,
         queued_total=46,
         queues=3,
         live_rules=3,
@@ -253,6 +259,11 @@ async def test_each_app_has_its_own_registry() -> None:
         ) -> list[ActorStatistics]:
             return []
 
+        def dispatcher_statistics(
+            self, start: int = 0, stop: int | None = None
+        ) -> list[DispatcherStatistics]:
+            return []
+
     before = list(REGISTRY.collect())
     one = metrics_registry(Engine(1), AdminLatency())
     two = metrics_registry(Engine(2), AdminLatency())
@@ -292,8 +303,13 @@ def test_a_scrape_reads_the_actors_a_slice_at_a_time() -> None:
         def actor_statistics(
             self, start: int = 0, stop: int | None = None
         ) -> list[ActorStatistics]:
-            every = [ActorStatistics(f"q{n}", n, 0, 0, False, 0, 0, 0, 0, 0) for n in range(1_234)]
+            every = [ActorStatistics(f"q{n}", n, 0, 0, False, 0, 0, 0, n, 0) for n in range(1_234)]
             return every[start:stop]
+
+        def dispatcher_statistics(
+            self, start: int = 0, stop: int | None = None
+        ) -> list[DispatcherStatistics]:
+            return []
 
     reads: list[object] = []
 
@@ -304,3 +320,233 @@ def test_a_scrape_reads_the_actors_a_slice_at_a_time() -> None:
     scrape = read_scrape(ManyActors(), AdminLatency(), on_loop)
     assert [actor.queue for actor in scrape.actors] == [f"q{n}" for n in range(1_234)]
     assert len(reads) == 1 + -(-1_234 // ACTORS_PER_READ)
+
+
+# -- KumoMTA's service families -------------------------------------------------------
+
+READY_QUEUE = "unspecified->mx_list:127.0.0.1:2600@smtp_client"
+
+
+def dispatcher(ready_queue: str = READY_QUEUE, **fields: int) -> DispatcherStatistics:
+    defaults = {
+        "ready": 0,
+        "connections": 0,
+        "in_flight": 0,
+        "delivered": 0,
+        "transient_failures": 0,
+        "failed": 0,
+    }
+    return DispatcherStatistics(ready_queue=ready_queue, **{**defaults, **fields})
+
+
+LISTENER = SmtpListenerStatistics(
+    address="127.0.0.1:2025",
+    sessions=2,
+    connections=10,
+    refused=0,
+    messages_received=9,
+    rejections=1,
+)
+
+
+def test_the_service_families_as_kumomta_names_them() -> None:
+    page_text = render_metrics(
+        {"example.com": 5},
+        engine_statistics(),
+        [actor("example.com", queued=5, handed=4)],
+        dispatchers=[
+            dispatcher(ready=3, connections=1, in_flight=1, delivered=7, transient_failures=2),
+            dispatcher("unspecified->(a|b).example.net@smtp_client", connections=2, failed=1),
+        ],
+        listener=LISTENER,
+    )
+    samples = [line for line in samples_of(page_text) if not line.startswith("kumo_")]
+    net = "smtp_client:unspecified->(a|b).example.net@smtp_client"
+    mx_list = f"smtp_client:{READY_QUEUE}"
+    assert samples == [
+        # Held 5, of which 4 are ready or in a connection.
+        'scheduled_count{queue="example.com"} 1',
+        "total_messages_received 1048",
+        'total_messages_received{service="esmtp_listener"} 9',
+        'total_messages_received{service="esmtp_listener:127.0.0.1:2025"} 9',
+        'total_messages_received{service="http_listener"} 5',
+        "total_messages_bounced 1002",
+        'ready_count{service="smtp_client"} 3',
+        f'ready_count{{service="{net}"}} 0',
+        f'ready_count{{service="{mx_list}"}} 3',
+        'connection_count{service="smtp_client"} 3',
+        'connection_count{service="esmtp_listener"} 2',
+        f'connection_count{{service="{net}"}} 2',
+        f'connection_count{{service="{mx_list}"}} 1',
+        # The global rows are the engine's, since the log began; the others this process's.
+        'total_messages_delivered{service="smtp_client"} 40',
+        f'total_messages_delivered{{service="{net}"}} 0',
+        f'total_messages_delivered{{service="{mx_list}"}} 7',
+        'total_messages_transfail{service="smtp_client"} 12',
+        f'total_messages_transfail{{service="{net}"}} 0',
+        f'total_messages_transfail{{service="{mx_list}"}} 2',
+        'total_messages_fail{service="smtp_client"} 2',
+        f'total_messages_fail{{service="{net}"}} 1',
+        f'total_messages_fail{{service="{mx_list}"}} 0',
+    ]
+    lines = page_text.splitlines()
+    for name, kind, help_text in [
+        ("ready_count", "gauge", "number of messages in the ready queue"),
+        ("connection_count", "gauge", "number of active connections"),
+        ("total_messages_delivered", "counter", "total number of messages ever delivered"),
+        (
+            "total_messages_transfail",
+            "counter",
+            "total number of message delivery attempts that transiently failed",
+        ),
+        (
+            "total_messages_fail",
+            "counter",
+            "total number of message delivery attempts that permanently failed",
+        ),
+    ]:
+        assert f"# HELP {name} {help_text}" in lines
+        assert f"# TYPE {name} {kind}" in lines
+    # Exported under KumoMTA's names only.
+    assert not any(
+        line.startswith(("kumo_engine_delivered", "kumo_engine_failed", "kumo_engine_inject"))
+        for line in samples_of(page_text)
+    )
+    assert "kumo_engine_expired_total 1" in samples_of(page_text)
+
+
+def test_the_page_parses_and_every_family_is_declared_once() -> None:
+    page_text = render_metrics(
+        {"example.com": 5},
+        engine_statistics(),
+        [actor("example.com")],
+        dispatchers=[dispatcher(ready=1)],
+        listener=LISTENER,
+    )
+    families = [family.name for family in text_string_to_metric_families(page_text)]
+    assert len(families) == len(set(families))
+    assert {"ready_count", "connection_count", "total_messages_fail"} <= set(families)
+
+
+def test_an_idle_mail_path_still_has_its_global_rows() -> None:
+    samples = samples_of(render_metrics({}, engine_statistics()))
+    assert 'ready_count{service="smtp_client"} 0' in samples
+    assert 'connection_count{service="smtp_client"} 0' in samples
+    assert 'total_messages_received{service="http_listener"} 5' in samples
+    assert not any("esmtp_listener" in line for line in samples)
+
+
+def test_scheduled_count_leaves_out_what_a_queue_handed_over() -> None:
+    scrape = Scrape(
+        {"a.example": 5, "b.example": 2, "c.example": 1},
+        engine_statistics(),
+        # b's actor saw a message leave that the counts (read first) still hold.
+        [actor("a.example", handed=2), actor("b.example", handed=3)],
+    )
+    [scheduled, *_] = metric_families(scrape)
+    assert scheduled.samples == [
+        Sample("scheduled_count", {"queue": "a.example"}, 3),
+        Sample("scheduled_count", {"queue": "b.example"}, 0),
+        Sample("scheduled_count", {"queue": "c.example"}, 1),
+    ]
+
+
+def test_json_is_kumomtas_shape() -> None:
+    latency = AdminLatency()
+    latency.observe("/api/admin/bounce/v1", "GET", 0.004)
+    scrape = Scrape(
+        {"example.com": 2},
+        engine_statistics(),
+        [actor("example.com")],
+        latency.snapshot(),
+        [dispatcher(ready=1, delivered=3)],
+        LISTENER,
+    )
+    document = orjson.loads(json_exposition(metric_families(scrape)))
+    # One label: {label: {value: number}}.
+    assert document["scheduled_count"] == {
+        "help": "Messages waiting in a scheduled queue.",
+        "type": "gauge",
+        "value": {"queue": {"example.com": 2}},
+    }
+    assert document["ready_count"] == {
+        "help": "number of messages in the ready queue",
+        "type": "gauge",
+        "value": {"service": {"smtp_client": 1, f"smtp_client:{READY_QUEUE}": 1}},
+    }
+    # The total since the log began is on the text page only: KumoMTA's readers
+    # expect the service map.
+    assert document["total_messages_received"]["value"] == {
+        "service": {
+            "esmtp_listener": 9,
+            "esmtp_listener:127.0.0.1:2025": 9,
+            "http_listener": 5,
+        }
+    }
+    # No label: the number.
+    assert document["total_messages_bounced"] == {
+        "help": "Messages bounced by an administrator.",
+        "type": "counter",
+        "value": 1002,
+    }
+    assert document["kumo_engine_delivery_log_segment_info"]["value"] == {
+        "segment": {"00000000000000000001.jsonl": 1}
+    }
+    # A histogram: count, sum, avg and the buckets without +Inf.
+    commit = document["kumo_engine_log_commit_seconds"]
+    assert commit["type"] == "histogram"
+    assert commit["value"]["count"] == 3
+    assert commit["value"]["sum"] == pytest.approx(0.0064)
+    assert commit["value"]["avg"] == pytest.approx(0.0064 / 3)
+    assert commit["value"]["bucket"][:4] == [[0.0005, 1], [0.001, 1], [0.002, 1], [0.005, 3]]
+    assert len(commit["value"]["bucket"]) == 14
+    # Two labels: a list of objects, the value under "@".
+    [request] = document["kumo_admin_request_seconds"]["value"]
+    assert request["route"] == "/api/admin/bounce/v1"
+    assert request["method"] == "GET"
+    assert request["@"]["count"] == 1
+    # Every family of the text page is a key, in the page's order.
+    text_families = re.findall(
+        r"^# TYPE (\S+) ", exposition(metric_families(scrape)).decode(), re.MULTILINE
+    )
+    assert list(document) == text_families
+
+
+def test_json_of_a_family_without_samples_is_null() -> None:
+    document = orjson.loads(json_exposition(metric_families(Scrape({}, engine_statistics()))))
+    assert document["kumo_admin_request_seconds"]["value"] is None
+    assert document["scheduled_count"]["value"] is None
+
+
+@pytest.mark.parametrize(("count", "hops"), [(0, 2), (3, 2), (ACTORS_PER_READ, 3), (1_234, 4)])
+def test_a_scrape_reads_the_first_dispatchers_with_the_counters(count: int, hops: int) -> None:
+    """The global rows and the first ready queues' are of one moment; more than a hop
+    reads come a slice at a time (then the actors, in one hop here)."""
+
+    class ManyDispatchers:
+        def queue_counts(self) -> dict[str, int]:
+            return {}
+
+        def statistics(self) -> Stats:
+            return Stats(0, 0, 0, LogStats(0, True), "n")
+
+        def actor_statistics(
+            self, start: int = 0, stop: int | None = None
+        ) -> list[ActorStatistics]:
+            return []
+
+        def dispatcher_statistics(
+            self, start: int = 0, stop: int | None = None
+        ) -> list[DispatcherStatistics]:
+            every = [dispatcher(f"q{n}", ready=n) for n in range(count)]
+            return every[start:stop]
+
+    reads: list[object] = []
+
+    def on_loop(read: Callable[[], T], /) -> T:
+        reads.append(read)
+        return read()
+
+    scrape = read_scrape(ManyDispatchers(), AdminLatency(), on_loop)
+    assert [d.ready_queue for d in scrape.dispatchers] == [f"q{n}" for n in range(count)]
+    assert len(reads) == hops

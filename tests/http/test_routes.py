@@ -14,6 +14,7 @@ from kumo.http.routes import (
     INSPECT_MESSAGE_PATH,
     INSPECT_QUEUE_PATH,
     LIVENESS_PATH,
+    METRICS_JSON_PATH,
     METRICS_PATH,
     OPENAPI_PATH,
     ROUTES,
@@ -27,11 +28,12 @@ def test_the_paths_are_kumomtas() -> None:
     assert INJECT_PATH == "/api/inject/v1"
     assert LIVENESS_PATH == "/api/check-liveness/v1"
     assert METRICS_PATH == "/metrics"
+    assert METRICS_JSON_PATH == "/metrics.json"
     assert OPENAPI_PATH == "/api-docs/openapi.json"
     assert INSPECT_MESSAGE_PATH == "/api/admin/inspect-message/v1"
     assert INSPECT_QUEUE_PATH == "/api/admin/inspect-sched-q/v1"
     assert SUSPEND_PATH == "/api/admin/suspend/v1"
-    assert len(set(ROUTES)) == len(ROUTES) == 8
+    assert len(set(ROUTES)) == len(ROUTES) == 9
 
 
 def test_the_app_serves_every_route_and_no_other() -> None:

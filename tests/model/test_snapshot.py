@@ -9,13 +9,16 @@ from hypothesis import strategies as st
 
 from kumo.model.criteria import Criteria
 from kumo.model.events import (
+    Attempt,
     BounceCancelled,
     Bounced,
     BounceIssued,
     Committed,
     Event,
     MessageReceived,
+    TransientlyFailed,
 )
+from kumo.model.message import Message
 from kumo.model.snapshot import (
     MAGIC,
     SnapshotError,
@@ -139,3 +142,26 @@ def test_differences_name_the_queue_and_the_counters() -> None:
 def test_a_state_without_its_messages_cannot_be_snapshotted() -> None:
     with pytest.raises(ValueError, match="holds its messages"):
         encode_snapshot(State(keep_messages=False), CHAIN)
+
+
+def test_the_mail_path_counters_survive_a_snapshot() -> None:
+    state = State()
+    received = MessageReceived(f"{1:032x}", "a.example", "s@x", "r@a.example", 10)
+    state.apply(Committed(1, 5, received))
+    message = Message(received.message_id, "s@x", "r@a.example", 10, 5, 1)
+    refused = Attempt(
+        site="unspecified->a.example@smtp_client",
+        code=451,
+        enhanced_code=(4, 4, 1),
+        content="try later",
+        command="RCPT TO:<r@a.example>\r\n",
+    )
+    for seq, attempts in ((2, 0), (3, 1)):
+        event = TransientlyFailed("a.example", message, attempts, refused, 1_000 * seq)
+        state.apply(Committed(seq, 10 * seq, event))
+    assert state.transient_failures_total == 2
+    restored, _ = decode_snapshot(encode_snapshot(state, CHAIN))
+    assert restored.transient_failures_total == 2
+    assert state_differences(state, restored) == []
+    restored.transient_failures_total = 1
+    assert state_differences(state, restored) == ["transient_failures_total: 1 instead of 2"]

@@ -369,3 +369,31 @@ async def test_audit_tells_a_messages_attempts_holds_and_end(
     ]
     assert story["attempts"][0]["detail"].endswith("until it ends: hold")
     assert story["attempts"][1]["detail"].startswith("attempt 1 via no destination: 451 4.4.4 ")
+
+
+async def test_the_statistics_of_a_deferring_destination(tmp_path: Path) -> None:
+    """What /metrics shows: the ready queue's figures count this process's attempts, the
+    engine's since the log began (a restart keeps them)."""
+    require_smtp_sink()
+    data_dir = tmp_path / "data"
+    with trio.fail_after(DEADLINE):
+        async with (
+            postfix_smtp_sink("-r", "rcpt") as (port, _),
+            engine_at(data_dir, to_sink(port)) as engine,
+        ):
+            await engine.inject([message(f"r{n}@example.com") for n in range(20)])
+            await engine.wait_until(lambda: engine.statistics().transient_failures_total == 20)
+            [actor] = engine.actor_statistics()
+            assert (actor.queued, actor.waiting, actor.handed) == (20, 20, 0)
+            [dispatcher] = engine.dispatcher_statistics()
+            assert dispatcher.ready_queue == f"unspecified->mx_list:127.0.0.1:{port}@smtp_client"
+            assert (dispatcher.ready, dispatcher.in_flight) == (0, 0)
+            counts = (dispatcher.delivered, dispatcher.transient_failures, dispatcher.failed)
+            assert counts == (0, 20, 0)
+            assert engine.dispatcher_statistics(1) == []
+            stats = engine.statistics()
+            assert (stats.injected, stats.delivered_total, stats.failed_total) == (20, 0, 0)
+    async with open_engine(data_dir, mail=None) as engine:
+        stats = engine.statistics()
+        assert (stats.transient_failures_total, stats.injected) == (20, 0)
+        assert engine.dispatcher_statistics() == []

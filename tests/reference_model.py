@@ -1,4 +1,4 @@
-"""SPEC sections 2, 3 and 7 restated as a small reference model, for the state machines.
+"""SPEC sections 2, 3, 7 and 8.5 restated as a small reference model, for the state machines.
 
 It imports nothing of kumo: rules and messages are plain records in plain dicts, each
 message's fate is computed directly from the SPEC's sentences, and queue names are
@@ -6,6 +6,11 @@ matched through a table of their parts (SPEC section 1) rather than a parser. Th
 machine (``tests/model/test_engine_machine.py``) and the engine machine
 (``tests/runtime/test_engine_machine.py``) both tell it what happened, in log order,
 and compare what kumo shows with what it says.
+
+The mail path enters it in two ways (SPEC 3.3 and 8.5): a transient failure puts the
+message back into its queue, where a rule live at that moment takes it as it would take
+an arrival (a retry is a re-entry); and a message that leaves by the mail path
+(delivered, refused for good, expired) has no fate any more.
 """
 
 from __future__ import annotations
@@ -98,6 +103,12 @@ class ReferenceMessage:
     queue: str
     order: int
     received_at: int
+    entered: int = 0
+    """The place it last entered its queue: its arrival, or its last transient failure."""
+    entered_at: int = 0
+    """The time of that entry."""
+    left: str | None = None
+    """How it left by the mail path (``delivered``, ``failed``, ``expired``), if it did."""
 
 
 @attrs.frozen
@@ -128,7 +139,22 @@ class ReferenceModel:
 
     def receive(self, message_id: str, queue: str, time: int) -> None:
         assert message_id not in self.messages
-        self.messages[message_id] = ReferenceMessage(message_id, queue, self._next(), time)
+        order = self._next()
+        self.messages[message_id] = ReferenceMessage(message_id, queue, order, time, order, time)
+
+    def fail(self, message_id: str, time: int) -> None:
+        """An attempt failed transiently at ``time``: the message re-enters its queue."""
+        message = self.messages[message_id]
+        assert message.left is None, f"{message_id} attempted after it left"
+        message.entered, message.entered_at = self._next(), time
+
+    def leave(self, message_id: str, how: str) -> None:
+        """The message left by the mail path: ``delivered``, ``failed`` or ``expired``."""
+        message = self.messages[message_id]
+        assert message.left is None, f"{message_id} left twice"
+        assert how in ("delivered", "failed", "expired")
+        self._next()
+        message.left = how
 
     def issue(self, rule_id: str, criteria: Mapping[str, Any], time: int, expires_at: int) -> None:
         order = self._next()
@@ -153,15 +179,19 @@ class ReferenceModel:
     # -- what follows -----------------------------------------------------------------
 
     def fate(self, message_id: str) -> str | None:
-        """The rule that bounces the message, if any (SPEC sections 3 and 7): the most
-        recently issued rule live and matching at its arrival, else the first matching
-        rule issued after it (that rule's sweep; an already-expired rule sweeps too)."""
+        """The rule that bounces the message, if any (SPEC sections 3, 7 and 8.5): the
+        most recently issued rule live and matching when it last entered its queue
+        (its arrival, or its last transient failure), else the first matching rule
+        issued after that (that rule's sweep; an already-expired rule sweeps too).
+        None for a message that left by the mail path."""
         message = self.messages[message_id]
+        if message.left is not None:
+            return None
         matching = [rule for rule in self.rules.values() if matches(rule.key, message.queue)]
-        at_arrival = [rule for rule in matching if rule.live(message.order, message.received_at)]
-        if at_arrival:
-            return at_arrival[-1].id
-        return next((rule.id for rule in matching if rule.order > message.order), None)
+        at_entry = [rule for rule in matching if rule.live(message.entered, message.entered_at)]
+        if at_entry:
+            return at_entry[-1].id
+        return next((rule.id for rule in matching if rule.order > message.entered), None)
 
     def fates(self) -> dict[str, str]:
         """Message id -> the rule that bounces it, for every message some rule takes."""
@@ -177,15 +207,20 @@ class ReferenceModel:
     def live_ids(self, time: int) -> list[str]:
         return [rule.id for rule in self.rules.values() if rule.live(self._order + 1, time)]
 
+    def left(self) -> dict[str, int]:
+        """How many messages left by the mail path, per way (``delivered`` ...)."""
+        return dict(Counter(m.left for m in self.messages.values() if m.left is not None))
+
     def queued(self, bounced: Collection[str] | None = None) -> dict[str, list[str]]:
         """Queue -> ids still queued, in arrival order (non-empty queues only).
 
-        ``bounced`` (default: every message with a fate) is what has left already.
+        ``bounced`` (default: every message with a fate) is what has left already, with
+        what left by the mail path.
         """
         gone = self.fates() if bounced is None else bounced
         queues: dict[str, list[str]] = {}
         for message in self.messages.values():
-            if message.id not in gone:
+            if message.id not in gone and message.left is None:
                 queues.setdefault(message.queue, []).append(message.id)
         return queues
 

@@ -1,4 +1,4 @@
-"""The rule book, by example.
+"""The rule book, by example, and where a queue holds its messages, by property.
 
 That the queues' decisions, the fold and the restart agree on every message's fate is
 checked by the state machine in ``test_engine_machine.py``, which drives the real router.
@@ -7,9 +7,26 @@ checked by the state machine in ``test_engine_machine.py``, which drives the rea
 from __future__ import annotations
 
 import attrs
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from kumo.model.criteria import Criteria
-from kumo.model.events import BounceCancelled, BounceIssued, Committed, Event, MessageReceived
+from kumo.model.events import (
+    Attempt,
+    BounceCancelled,
+    Bounced,
+    BounceIssued,
+    Committed,
+    Delivered,
+    Event,
+    Expired,
+    Message,
+    MessageReceived,
+    PermanentlyFailed,
+    TransientlyFailed,
+)
+from kumo.model.retry import RetryPolicy
+from kumo.model.smtp_reply import Disposition
 from kumo.model.state import QueueState, RuleBook, SweepRule
 
 
@@ -72,3 +89,101 @@ def test_settle_folds_arrivals_only_where_nothing_can_be_decided() -> None:
     issued = Committed(4, 40, BounceIssued("r", Criteria(), "why", 10**12))
     assert not settled.settle([*arrivals, issued])
     assert len(settled.messages) == 3
+
+
+SECOND = 1_000_000_000
+POLICY = RetryPolicy(retry_interval=60 * SECOND, max_age=400 * SECOND)
+"""Retries 60, 120, 240 s after the failures: the third or fourth failure expires."""
+OPERATIONS = st.sampled_from(
+    ["receive", "hand", "take_back", "attempted", "wake", "issue", "cancel", "time"]
+)
+
+
+def _check_places(state: QueueState, held: set[str]) -> None:
+    """Every message held is in exactly one of the queue's three places, and its
+    length, its ids and its next due time say so."""
+    due, waiting, handed = state.messages.ids(), list(state.waiting), list(state.handed)
+    everywhere = [*due, *waiting, *handed]
+    assert len(everywhere) == len(set(everywhere)), "a message is in two places"
+    assert set(everywhere) == held
+    assert len(state) == len(held)
+    assert state.held_ids() == everywhere
+    assert set(state.attempts) <= held
+    dues = [when for _, when in state.waiting.values()]
+    assert state.next_due() == (min(dues) if dues else None)
+
+
+@settings(max_examples=100, deadline=None)
+@given(data=st.data())
+def test_a_queue_holds_each_message_in_one_place(data: st.DataObject) -> None:
+    """Whatever a queue is told (arrivals, hand-overs, returns, outcomes, wake-ups,
+    rules), each message it holds is in one place, and nothing else is held."""
+    state = QueueState("a.com")
+    held: set[str] = set()
+    now = 1_000 * SECOND
+
+    def leave(events: list[Event] | Bounced | None) -> None:
+        for event in [events] if isinstance(events, Bounced) else events or []:
+            if isinstance(event, Bounced):
+                assert {m.id for m in event.messages} <= held
+                held.difference_update(m.id for m in event.messages)
+            elif isinstance(event, Delivered | PermanentlyFailed | Expired):
+                held.remove(event.message.id)
+            else:
+                assert isinstance(event, TransientlyFailed)
+                assert event.message.id in held
+
+    for seq in range(1, data.draw(st.integers(1, 40)) + 1):
+        operation = data.draw(OPERATIONS)
+        if operation == "receive":
+            message = Message(f"{seq:032x}", "s@x", "r@y", 1, now, seq)
+            bounce = state.receive(message)
+            held.add(message.id)
+            leave(bounce)
+        elif operation == "hand":
+            for entry in state.hand(data.draw(st.integers(0, 3))):
+                assert entry.attempts == state.attempts.get(entry.message.id, 0)
+        elif operation == "take_back":
+            chosen = data.draw(st.lists(st.sampled_from([*state.handed, "0" * 32]), max_size=3))
+            state.take_back(chosen)
+        elif operation == "attempted":
+            message_id = data.draw(st.sampled_from([*state.handed, "0" * 32]))
+            was_handed = message_id in state.handed
+            disposition = data.draw(st.sampled_from(list(Disposition)))
+            attempt = Attempt("site", 451, None, "", None)
+            events = state.attempted(
+                message_id,
+                disposition,
+                attempt,
+                now=now,
+                policy=POLICY,
+                uniform=data.draw(st.floats(0, 1, exclude_max=True)),
+            )
+            assert bool(events) == was_handed
+            leave(events)
+        elif operation == "wake":
+            waiting = len(state.waiting)
+            moved = state.wake(now)
+            assert moved == waiting - len(state.waiting)
+            assert all(when > now for _, when in state.waiting.values())
+        elif operation == "cancel" and state.rules:
+            rule_id = data.draw(st.sampled_from([rule.id for rule in state.rules]))
+            state.apply(Committed(seq, now, BounceCancelled(rule_id)))
+        elif operation in ("issue", "cancel"):
+            lifetime = data.draw(st.sampled_from([-20, 0, 5, 300]))
+            issued = BounceIssued(
+                f"r{seq}", Criteria(domain="a.com"), "why", now + lifetime * SECOND
+            )
+            limit = data.draw(st.sampled_from([None, 0, 1, 2]))
+            leave(state.apply(Committed(seq, now, issued), limit=limit))
+            _check_places(state, held)
+            while state.sweeping is not None:
+                # Nothing is handed over while a sweep owes messages.
+                assert state.hand(3) == []
+                leave(state.continue_sweep(data.draw(st.sampled_from([None, 1, 2]))))
+            # The sweep took what was due and what waited, not what was handed over.
+            assert not state.messages
+            assert not state.waiting
+        else:
+            now += data.draw(st.integers(1, 200)) * SECOND
+        _check_places(state, held)

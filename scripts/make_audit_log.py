@@ -33,6 +33,7 @@ from kumo.model.events import (
     BounceIssued,
     Committed,
     Event,
+    Expired,
     MessageReceived,
 )
 from kumo.model.queue_name import queue_name_for
@@ -119,8 +120,11 @@ class _Day:
             self.bounced += len(event.messages)
         return committed
 
-    def emit_bounce(self, bounce: Bounced | None, now: int) -> None:
+    def emit_bounce(self, bounce: Bounced | Expired | None, now: int) -> None:
         if bounce is None:
+            return
+        if isinstance(bounce, Expired):
+            self.emit(bounce, now)
             return
         messages = bounce.messages
         for start in range(0, len(messages), _SWEEP_EVENT):

@@ -340,10 +340,11 @@ class PermanentlyFailed:
 @attrs.frozen(slots=True)
 class TransientlyFailed:
     """An attempt to deliver ``message`` failed transiently (a ``TransientFailure``
-    record): it stays in ``queue`` with ``attempts + 1`` attempts, due again at ``due``.
-
-    ``due`` is None when the message will not be retried: the next event of the same
-    commit takes it out (``Expired``, or a live rule's ``Bounced``).
+    record). It goes back to ``queue`` with ``attempts + 1`` attempts, which decides
+    when it applies this event, in log order, as it decides an arrival: the message
+    expires if ``expiry`` is set (the ``Expiration`` text: its next attempt, the
+    retry schedule says, would fall past ``max_age``), else a rule live and matching
+    at this event's commit bounces it, else it waits until ``due``.
     """
 
     queue: str = attrs.field(validator=_text)
@@ -351,6 +352,8 @@ class TransientlyFailed:
     attempts: int = attrs.field(validator=_count)
     attempt: Attempt = attrs.field(validator=instance_of(Attempt))
     due: int | None = attrs.field(validator=_optional_time)
+    """When it is due again; None when it expires."""
+    expiry: str | None = attrs.field(default=None, validator=_optional_text)
 
 
 @attrs.frozen(slots=True)
@@ -529,7 +532,7 @@ def _encode_body(event: Event) -> dict[str, Any]:
                 "attempts": event.attempts,
                 "attempt": _attempt_to_json(event.attempt),
                 "due": event.due,
-            }
+            } | ({} if event.expiry is None else {"expiry": event.expiry})
         case SuspendIssued():
             return {
                 "rule_id": event.rule_id,
@@ -687,6 +690,7 @@ _DECODERS: Final[dict[str, Callable[[dict[str, Any]], Event]]] = {
         attempts=d["attempts"],
         attempt=_attempt_from_json(d["attempt"]),
         due=d["due"],
+        expiry=d.get("expiry"),
     ),
     "Expired": lambda d: Expired(
         queue=d["queue"],

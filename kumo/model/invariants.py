@@ -127,6 +127,8 @@ class InvariantCheck:
         (``Delivered``, ``PermanentlyFailed``, ``Expired``)."""
         self.outcomes: list[Committed] = []
         """The mail-path events, in log order (one record each)."""
+        self._expiring: set[str] = set()
+        """Messages whose last failure expired them (their ``Expired`` comes next)."""
         self._anchors: dict[str, tuple[int, str | None]] = {}
         """Message id -> (seq of its last ``TransientlyFailed``, the rule live and
         matching then): what its attribution counts from after a failed attempt."""
@@ -283,6 +285,8 @@ class InvariantCheck:
             )
         if isinstance(event, TransientlyFailed):
             self._anchors[mid] = (seq, self._live_rule(received.queue, committed.time))
+            if event.expiry is not None:
+                self._expiring.add(mid)
         elif isinstance(event, DEPARTURES):
             self.departed[mid] = (seq, type(event).__name__)
 
@@ -401,7 +405,7 @@ class InvariantCheck:
         owed: Counter[str] = Counter()
         bounced, departed = self.bounced, self.departed
         for mid, received in self.received.items():
-            if mid not in bounced and mid not in departed:
+            if mid not in bounced and mid not in departed and mid not in self._expiring:
                 rule = self._attributed_rule(mid, received)
                 if rule is not None:
                     owed[rule] += 1

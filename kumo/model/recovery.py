@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import attrs
 
-from kumo.model.events import Bounced, Message
+from kumo.model.events import Bounced, Expired, Message
 from kumo.model.message_queue import MessageQueue
 from kumo.model.queue_name import QueueName
 from kumo.model.state import Retry, Rule, State
@@ -25,8 +25,9 @@ class Recovery:
 
     queues: dict[str, MessageQueue]
     """Each non-empty queue's messages once the owed bounces are taken out."""
-    owed: list[Bounced]
-    """The bounces to append before anything else, each of at most the chunk size."""
+    owed: list[Bounced | Expired]
+    """The bounces (each of at most the chunk size) and the expiries to append before
+    anything else."""
     schedule: dict[str, Retry] = attrs.field(factory=dict)
     """Message id -> the retries of each queued message that has failed before."""
 
@@ -38,6 +39,7 @@ def recover(state: State, *, chunk: int) -> Recovery:
     ``state`` must be a fold that keeps messages.
     """
     owed = owed_bounces(state)
+    expiries = owed_expiries(state)
     queues = state.detach_queues()
     schedule, state.schedule = state.schedule, {}
     for bounce in owed:
@@ -45,7 +47,10 @@ def recover(state: State, *, chunk: int) -> Recovery:
         queues[bounce.queue].remove(ids)
         for message_id in ids:
             schedule.pop(message_id, None)
-    chunks: list[Bounced] = []
+    for expiry in expiries:
+        queues[expiry.queue].remove({expiry.message.id})
+        schedule.pop(expiry.message.id, None)
+    chunks: list[Bounced | Expired] = list(expiries)
     for bounce in owed:
         messages = list(bounce.messages)
         chunks.extend(
@@ -57,6 +62,21 @@ def recover(state: State, *, chunk: int) -> Recovery:
         owed=chunks,
         schedule=schedule,
     )
+
+
+def owed_expiries(state: State) -> list[Expired]:
+    """The expiries the log owes: messages whose last ``TransientlyFailed`` expired them
+    and whose ``Expired`` (decided when that event came back to their queue) a crash
+    lost."""
+    if state.queues is None:
+        raise RuntimeError("owed_expiries needs a fold that keeps messages")
+    owed: list[Expired] = []
+    for queue, messages in state.queues.items():
+        for message in messages:
+            retried = state.schedule.get(message.id)
+            if retried is not None and retried.expiry is not None:
+                owed.append(Expired(queue, message, retried.attempts, retried.expiry))
+    return owed
 
 
 def owed_bounces(state: State) -> list[Bounced]:
@@ -78,6 +98,8 @@ def owed_bounces(state: State) -> list[Bounced]:
         owed: dict[str, list[Message]] = {}
         for message in messages:
             retried = state.schedule.get(message.id)
+            if retried is not None and retried.expiry is not None:
+                continue  # it expires: owed_expiries
             rule = _fate(message, rules) if retried is None else _fate_after_failure(retried, rules)
             if rule is not None:
                 owed.setdefault(rule.id, []).append(message)

@@ -11,7 +11,10 @@ and hands each queue the events listed for it. The rules are:
   matches); those queues then hold the rule, unless it was issued already expired;
 - a ``BounceCancelled`` or ``BounceExpired`` concerns exactly the queues that hold the
   rule;
-- a ``Bounced`` concerns no queue (the queue that decided it already acted on it).
+- a ``Bounced`` concerns no queue (the queue that decided it already acted on it);
+- a ``TransientlyFailed`` concerns its queue: the queue decides what follows a failed
+  attempt when its event comes back, in log order, as it decides an arrival;
+- suspensions are routed as rules are.
 
 Which rule a message is counted to is decided by the queue itself
 (:meth:`kumo.model.state.QueueState.receive`, one rule for all: the most recently
@@ -33,6 +36,7 @@ from kumo.model.events import (
     SuspendCancelled,
     SuspendExpired,
     SuspendIssued,
+    TransientlyFailed,
 )
 from kumo.model.queue_index import QueueIndex
 from kumo.model.queue_name import QueueName
@@ -126,6 +130,9 @@ class Router:
                     book.apply(committed)
                     for queue in self._holders.pop(event.rule_id, ()):
                         deliveries.setdefault(queue, []).append(committed)
+                case TransientlyFailed():
+                    # Back to its queue, which decides what follows in log order.
+                    deliveries.setdefault(event.queue, []).append(committed)
                 case _:
                     self.rules.apply(committed)
         return Routing(new_queues, deliveries)

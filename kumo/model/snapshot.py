@@ -82,6 +82,7 @@ def encode_snapshot(state: State, chain: bytes) -> bytes:
                 retry.anchor_seq,
                 retry.anchor_time,
                 retry.held_by,
+                retry.expiry,
             ]
             for message_id, retry in state.schedule.items()
         },

@@ -325,6 +325,8 @@ class Retry:
     held_by: str | None = None
     """The suspension that holds it (``due`` is then that suspension's expiry; it is
     due at once if the suspension ended before)."""
+    expiry: str | None = None
+    """The ``Expiration`` text when its last failure expires it (its ``Expired`` owed)."""
 
 
 @attrs.frozen(slots=True)
@@ -363,6 +365,7 @@ class QueueState:
         "messages",
         "name",
         "parsed",
+        "returning",
         "rules",
         "suspensions",
         "sweeping",
@@ -399,6 +402,9 @@ class QueueState:
         """Live suspensions that match this queue, oldest first."""
         self.held_by: dict[str, str] = {}
         """Message id -> the suspension it waits for (those waiting for one)."""
+        self.returning: dict[str, tuple[Message, int]] = {}
+        """Message id -> (message, attempts) of those whose attempt failed transiently,
+        until their ``TransientlyFailed`` comes back through the log to be decided."""
         if schedule:
             later: list[Message] = []
             live = {rule.id for rule in self.suspensions}
@@ -420,11 +426,11 @@ class QueueState:
 
     def __len__(self) -> int:
         """Every message the queue holds, wherever it is."""
-        return len(self.messages) + len(self.waiting) + len(self.handed)
+        return len(self.messages) + len(self.waiting) + len(self.handed) + len(self.returning)
 
     def held_ids(self) -> list[str]:
         """The ids of every message held: due now (in order), waiting, handed."""
-        return [*self.messages.ids(), *self.waiting, *self.handed]
+        return [*self.messages.ids(), *self.waiting, *self.handed, *self.returning]
 
     def find(self, message_id: str) -> Message | None:
         """The held message ``message_id``, wherever it is here."""
@@ -434,6 +440,9 @@ class QueueState:
         handed = self.handed.get(message_id)
         if handed is not None:
             return handed.message
+        returning = self.returning.get(message_id)
+        if returning is not None:
+            return returning[0]
         return self.messages.find(message_id)
 
     def concerns(self, event: Event) -> bool:
@@ -449,11 +458,14 @@ class QueueState:
                 return event.criteria.matches(self.parsed)
             case SuspendCancelled() | SuspendExpired():
                 return any(rule.id == event.rule_id for rule in self.suspensions)
+            case TransientlyFailed():
+                return event.queue == self.name
             case _:
                 return False
 
-    def apply(self, committed: Committed, *, limit: int | None = None) -> Bounced | None:
-        """Fold one event that concerns this queue; return the bounce it decides.
+    def apply(self, committed: Committed, *, limit: int | None = None) -> Bounced | Expired | None:
+        """Fold one event that concerns this queue; return the bounce (or the expiry of
+        a message whose attempt failed) it decides.
 
         ``limit`` bounds the messages a sweep takes now (see the class docstring); with
         ``limit=0`` a sweep is decided and nothing is taken yet.
@@ -481,6 +493,8 @@ class QueueState:
                 self.suspensions = [s for s in self.suspensions if s.id != event.rule_id]
                 self._release(event.rule_id)
                 return None
+            case TransientlyFailed():
+                return self._returned(committed, event)
             case _:
                 return None
 
@@ -646,10 +660,10 @@ class QueueState:
     ) -> list[Event]:
         """A handed message's attempt ended: the events that record what follows.
 
-        Delivery and bounce take it out; a transient failure reschedules it by
-        ``policy`` (``uniform`` the draw of its jitter), unless it would be due past
-        ``max_age`` (it expires) or a rule that matches the queue is live at ``now``
-        (that rule bounces it, the attempt recorded first). Empty if it was not handed.
+        Delivery and bounce take it out; a transient failure computes its next due
+        time by ``policy`` (``uniform`` the draw of its jitter), or that it expires, and
+        the message waits in :attr:`returning` for the event to come back through the
+        log, where it is decided (:meth:`_returned`). Empty if it was not handed.
         """
         entry = self.handed.pop(message_id, None)
         if entry is None:
@@ -669,22 +683,36 @@ class QueueState:
             failures=failures,
             uniform=uniform,
         )
+        # What follows is decided when the event comes back through the log
+        # (:meth:`_returned`), at its place in the log.
+        self.returning[message_id] = (message, failures)
         if isinstance(outcome, retry.Expired):
-            self.attempts.pop(message_id, None)
             return [
-                TransientlyFailed(self.name, message, attempts, attempt, None),
-                Expired(self.name, message, failures, outcome.content, outcome.site),
+                TransientlyFailed(
+                    self.name, message, attempts, attempt, None, expiry=outcome.content
+                )
             ]
-        rule = counting_rule(self.rules, now)
-        if rule is not None:
-            self.attempts.pop(message_id, None)
-            return [
-                TransientlyFailed(self.name, message, attempts, attempt, None),
-                Bounced(rule_id=rule.id, queue=self.name, messages=(message,)),
-            ]
-        self.attempts[message_id] = failures
-        self._wait(message, outcome.due)
         return [TransientlyFailed(self.name, message, attempts, attempt, outcome.due)]
+
+    def _returned(self, committed: Committed, event: TransientlyFailed) -> Bounced | Expired | None:
+        """A failed attempt's event, back in log order: the message expires, or a rule
+        live at its commit bounces it (as an arrival then), or it waits until due."""
+        entry = self.returning.pop(event.message.id, None)
+        if entry is None:
+            # Decided already: a restart's fold put the message where it belongs.
+            return None
+        message, attempts = entry
+        if event.expiry is not None:
+            self.attempts.pop(message.id, None)
+            return Expired(self.name, message, attempts, event.expiry)
+        rule = counting_rule(self.rules, committed.time)
+        if rule is not None:
+            self.attempts.pop(message.id, None)
+            return Bounced(rule_id=rule.id, queue=self.name, messages=(message,))
+        self.attempts[message.id] = attempts
+        assert event.due is not None
+        self._wait(message, event.due)
+        return None
 
 
 def counting_rule(rules: Sequence[SweepRule], received_at: int) -> SweepRule | None:
@@ -779,7 +807,11 @@ class State:
                 self.transient_failures_total += 1
                 if self._queues is not None:
                     self.schedule[event.message.id] = Retry(
-                        event.due, event.attempts + 1, committed.seq, committed.time
+                        event.due,
+                        event.attempts + 1,
+                        committed.seq,
+                        committed.time,
+                        expiry=event.expiry,
                     )
             case Suspended():
                 if self._queues is not None:

@@ -13,7 +13,7 @@ from typing import Final
 import attrs
 import trio
 
-from kumo.model.events import Bounced, BounceIssued, Committed, Event, SuspendIssued
+from kumo.model.events import Bounced, BounceIssued, Committed, Event, Expired, SuspendIssued
 from kumo.model.ready_queue import PlanFailure, ReadyEntry
 from kumo.model.settings import EngineSettings
 from kumo.model.smtp_reply import Disposition
@@ -55,15 +55,19 @@ class ActorStatistics:
     handed: int = gauge("Messages handed to a ready queue or a connection.")
 
 
-def merge_bounces(bounces: list[Bounced]) -> list[Bounced]:
-    """Fold consecutive decisions of the same rule into one event (order kept)."""
-    merged: list[Bounced] = []
-    for bounce in bounces:
-        if merged and merged[-1].rule_id == bounce.rule_id:
-            last = merged[-1]
-            merged[-1] = Bounced(last.rule_id, last.queue, last.messages + bounce.messages)
+def merge_bounces(decisions: list[Bounced | Expired]) -> list[Bounced | Expired]:
+    """Fold consecutive bounces of the same rule into one event (order kept)."""
+    merged: list[Bounced | Expired] = []
+    for decision in decisions:
+        last = merged[-1] if merged else None
+        if (
+            isinstance(decision, Bounced)
+            and isinstance(last, Bounced)
+            and last.rule_id == decision.rule_id
+        ):
+            merged[-1] = Bounced(last.rule_id, last.queue, last.messages + decision.messages)
         else:
-            merged.append(bounce)
+            merged.append(decision)
     return merged
 
 
@@ -251,7 +255,7 @@ class QueueActor:
             return
 
     async def _process(self, events: list[Committed], upto: int, *, filtered: bool = True) -> None:
-        bounces: list[Bounced] = []
+        bounces: list[Bounced | Expired] = []
         state = self.state
         if self._mail is not None and any(
             type(c.event) in _TAKE_BACK_FOR and state.concerns(c.event) for c in events
@@ -274,11 +278,11 @@ class QueueActor:
         await self._submit(bounces)
         self.processed.advance(upto)
 
-    async def _submit(self, bounces: list[Bounced]) -> None:
-        if bounces:
-            merged = merge_bounces(bounces)
-            bounces.clear()
-            self._bounced += sum(len(bounce.messages) for bounce in merged)
+    async def _submit(self, decisions: list[Bounced | Expired]) -> None:
+        if decisions:
+            merged = merge_bounces(decisions)
+            decisions.clear()
+            self._bounced += sum(len(d.messages) for d in merged if isinstance(d, Bounced))
             await self._log.submit(merged)
 
     async def _dispatch(self, mail: MailPath) -> int | None:

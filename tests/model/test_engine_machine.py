@@ -35,7 +35,6 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import attrs
-import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -170,6 +169,7 @@ class EngineModel(RuleBasedStateMachine):
         """A queue's actor: the next chunk of its sweep, else its next event (a sweep
         it starts takes ``limit`` messages now; ``limit=0`` only decides it)."""
         state = self.queues[name]
+        decision: Bounced | Expired | None
         if state.sweeping is not None:
             decision = state.continue_sweep(limit or None)
             assert decision is not None
@@ -188,7 +188,7 @@ class EngineModel(RuleBasedStateMachine):
             if limit == 0 and isinstance(committed.event, BounceIssued):
                 assert decision is None
         if decision is not None:
-            assert decision.messages
+            assert not isinstance(decision, Bounced) or decision.messages
             self.lane.append(decision)
 
     def commit_decisions(self, count: int) -> None:
@@ -380,16 +380,12 @@ class EngineModel(RuleBasedStateMachine):
 
     # -- the mail path ----------------------------------------------------------------
 
-    races = False
-    """Whether a queue may decide an attempt's outcome on rules the log has changed
-    since: a ``BounceIssued`` or ``BounceCancelled`` committed before the outcome's
-    events and not yet applied by the queue, or a rule's expiry passing before they
-    commit. kumo's model does not handle that yet (see
-    ``test_a_rule_the_queue_learns_after_a_failure_sweeps_it`` and
-    ``test_a_failure_is_bounced_by_a_rule_cancelled_before_it``): with ``races`` off, a
-    queue first applies what the log holds, and its outcome's events are committed in
-    the same step, at the same time (in one or more transactions, a crash perhaps
-    cutting between them). Turn it on once the model handles it."""
+    races = True
+    """Whether an attempt may end while its queue has not applied everything the log
+    holds (a ``BounceIssued`` or ``BounceCancelled`` committed before the outcome's
+    event, a rule's expiry passing before it commits): the queue decides a failure
+    when its event comes back in log order, so it may. Off, a queue first applies what
+    the log holds and its outcome's event is committed in the same step."""
 
     def idle(self, name: str) -> bool:
         """Whether the actor of ``name`` would act on the mail path now: its mailbox
@@ -492,11 +488,16 @@ class EngineModel(RuleBasedStateMachine):
         assert isinstance(first, Delivered | PermanentlyFailed | TransientlyFailed)
         assert first.message == handed.message
         assert first.attempts == handed.attempts
-        if isinstance(first, TransientlyFailed) and first.due is not None:
-            # Rescheduled: counted from the failure, within the message's max_age.
-            assert self.time < first.due <= first.message.received_at + POLICY.max_age
-            assert state.waiting[message_id] == (first.message, first.due)
-            assert state.attempts[message_id] == handed.attempts + 1
+        assert len(events) == 1
+        if isinstance(first, TransientlyFailed):
+            # Back to its queue through the log, which decides then; its next due time
+            # counted from the failure, within the message's max_age, or its expiry.
+            assert state.returning[message_id] == (first.message, handed.attempts + 1)
+            if first.due is not None:
+                assert self.time < first.due <= first.message.received_at + POLICY.max_age
+                assert first.expiry is None
+            else:
+                assert first.expiry is not None
         else:
             assert state.find(message_id) is None
             assert message_id not in state.attempts
@@ -530,12 +531,16 @@ class EngineModel(RuleBasedStateMachine):
         for committed in self.log:
             state.apply(committed)
         recovery = recover(state, chunk=chunk)
-        owed = fates(recovery.owed)
+        owed = fates(b for b in recovery.owed if isinstance(b, Bounced))
         # Exactly what the rules call for and no Bounced records, the lost decisions
         # among it, each for the same rule and queue.
         assert owed == self.owed()
         assert lost.items() <= owed.items()
-        assert all(0 < len(bounce.messages) <= chunk for bounce in recovery.owed)
+        assert all(
+            0 < len(bounce.messages) <= chunk
+            for bounce in recovery.owed
+            if isinstance(bounce, Bounced)
+        )
         self.projection = state
         self.router = Router(state.rules.copy())
         self.routed = len(self.log)
@@ -610,6 +615,7 @@ class EngineModel(RuleBasedStateMachine):
             held.setdefault(name, []).extend(state.messages)
             held[name].extend(message for message, _ in state.waiting.values())
             held[name].extend(entry.message for entry in state.handed.values())
+            held[name].extend(message for message, _ in state.returning.values())
             for committed in self.inboxes[name]:
                 if isinstance(committed.event, MessageReceived):
                     held[name].append(message_from(committed, committed.event))
@@ -645,7 +651,7 @@ class EngineModel(RuleBasedStateMachine):
             assert len(ready) == len(set(ready))
             assert not set(ready) & flying
             assert handed == set(ready) | flying
-            every = [*due, *waiting, *state.handed]
+            every = [*due, *waiting, *state.handed, *state.returning]
             assert len(every) == len(set(every)) == len(state)
             assert state.held_ids() == every
             assert all(state.find(mid) is not None for mid in every)
@@ -673,6 +679,9 @@ class EngineModel(RuleBasedStateMachine):
             for handed in state.handed.values():
                 expected = schedule.get(handed.message.id)
                 assert handed.attempts == (0 if expected is None else expected.attempts)
+            for mid, (_, returning) in state.returning.items():
+                assert schedule[mid].attempts == returning
+                attempts[mid] = returning
             if state.sweeping is None:
                 for mid in state.messages.ids():
                     expected = schedule.get(mid)
@@ -723,7 +732,8 @@ class EngineModel(RuleBasedStateMachine):
             live_queues = {
                 name: sorted(
                     [*q.messages, *(m for m, _ in q.waiting.values())]
-                    + [h.message for h in q.handed.values()],
+                    + [h.message for h in q.handed.values()]
+                    + [m for m, _ in q.returning.values()],
                     key=lambda m: m.seq,
                 )
                 for name, q in self.queues.items()
@@ -823,13 +833,10 @@ def check(log: list[Committed]) -> InvariantCheck:
 
 # -- what the machine found: gaps in kumo's model, not fixed here ----------------------
 #
-# The first two need ``races`` on. A queue decides what follows a transient failure
-# with the rules it has applied and the clock of its decision; the log anchors the
-# failure at the commit of its ``TransientlyFailed``, later. A rule event committed in
-# between (a client's transaction goes before the background lane's, and the
-# broadcaster may lag) makes the two disagree. The fix is not local: the event would
-# have to say where the queue decided, or the queue decide when the event comes back
-# to it, as it decides an arrival.
+# Races between a transient failure and the rules: a queue decides what follows a
+# failed attempt when its ``TransientlyFailed`` comes back through the log, at its place
+# in the log, as it decides an arrival; the fold, a restart and InvariantCheck judge it
+# there too.
 
 NOW = 1_000 * SECOND
 MESSAGE = f"{1:032x}"
@@ -844,76 +851,84 @@ def _in_flight() -> tuple[QueueState, list[Committed]]:
     return state, log
 
 
-def _fails(state: QueueState) -> list[Event]:
+def _fails(state: QueueState, policy: retry.RetryPolicy = POLICY) -> TransientlyFailed:
     failure = Disposition.TRANSIENT_FAILURE
-    return state.attempted(MESSAGE, failure, ATTEMPTS[failure], now=NOW, policy=POLICY, uniform=0.5)
+    [event] = state.attempted(
+        MESSAGE, failure, ATTEMPTS[failure], now=NOW, policy=policy, uniform=0.5
+    )
+    assert isinstance(event, TransientlyFailed)
+    assert state.find(MESSAGE) is not None
+    return event
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="decided before the log")
-def test_a_rule_the_queue_learns_after_a_failure_sweeps_it() -> None:
-    """A rule issued already expired is committed while the message is in flight;
-    the attempt fails before the queue applies the rule, so the message waits; then
-    the rule's sweep takes it. The log holds the rule first: the message was in
-    flight at the sweep and came back when no rule was live, so no rule takes it (the
-    reference and a restart's recovery agree); InvariantCheck calls the ``Bounced``
-    an attribution violation."""
+def test_a_rule_the_queue_learns_after_a_failure_takes_it_as_the_log_says() -> None:
+    """A rule issued already expired is committed while the message is in flight; the
+    attempt fails before the queue applies the rule. The rule sweeps what the queue
+    holds (not the message: it is coming back), then the failure comes back, after
+    the rule in the log: no rule is live then, so the message waits, as InvariantCheck
+    and a restart say."""
     state, log = _in_flight()
     expired = BounceIssued("r", Criteria(domain="a.com"), "why", NOW - 20 * SECOND)
     log.append(Committed(2, NOW, expired))
-    failure = _fails(state)
-    assert [type(event) for event in failure] == [TransientlyFailed]
-    log.append(Committed(3, NOW, failure[0]))
-    sweep = state.apply(log[1])
-    assert sweep is not None
-    log.append(Committed(4, NOW, sweep))
-    assert check(log).violations == []
+    log.append(Committed(3, NOW, _fails(state)))
+    assert state.apply(log[1]) is None
+    assert state.apply(log[2]) is None
+    assert MESSAGE in state.waiting
+    invariants = check(log)
+    assert invariants.violations == []
+    assert invariants.owed() == {}
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="decided before the log")
-def test_a_failure_is_bounced_by_a_rule_cancelled_before_it() -> None:
-    """A live rule the queue has applied (its sweep passed the message in flight) is
-    cancelled, DELETE answered; the attempt fails before the queue applies the cancel,
-    and the queue bounces the message with the cancelled rule. The log holds the
-    cancel before the failure: a cancel stops future matches (SPEC 3), so no rule
-    takes the message; InvariantCheck calls the ``Bounced`` an attribution violation."""
+def test_a_rule_cancelled_before_the_failure_comes_back_takes_nothing() -> None:
+    """A live rule the queue has applied is cancelled (DELETE answered); the attempt
+    fails before the queue applies the cancel. The cancel comes before the failure in
+    the log, and the queue applies them in that order: no rule takes the message."""
     state, log = _in_flight()
     issued = BounceIssued("r", Criteria(domain="a.com"), "why", NOW + 300 * SECOND)
     log.append(Committed(2, NOW, issued))
     assert state.apply(log[1]) is None
     log.append(Committed(3, NOW, BounceCancelled("r", "ops")))
-    failure = _fails(state)
-    assert [type(event) for event in failure] == [TransientlyFailed, Bounced]
-    log += [Committed(4 + i, NOW, event) for i, event in enumerate(failure)]
+    log.append(Committed(4, NOW, _fails(state)))
+    assert state.apply(log[2]) is None
+    assert state.apply(log[3]) is None
+    assert MESSAGE in state.waiting
     assert check(log).violations == []
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="a restart retries it")
-def test_an_expiry_a_crash_cut_off_is_not_attempted_again() -> None:
-    """A failure expires the message: its queue submits ``TransientlyFailed`` (no due
-    time) and ``Expired``. The commit planner may put them in two transactions, and a
-    crash between them loses the ``Expired``. The restart finds the message queued,
-    due at once, and attempts it again, though SPEC 8.3 has it expire at that failure
-    (a lost ``Bounced`` in the same place is owed by the restart; a lost ``Expired`` is
-    not). The machine's crash between transactions reaches this; it does not assert it."""
+def test_a_failure_under_a_live_rule_is_bounced_by_it_when_it_comes_back() -> None:
     state, log = _in_flight()
-    failure = Disposition.TRANSIENT_FAILURE
-    events = state.attempted(
-        MESSAGE,
-        failure,
-        ATTEMPTS[failure],
-        now=NOW,
-        policy=retry.RetryPolicy(retry_interval=60 * SECOND, max_age=30 * SECOND),
-        uniform=0.5,
-    )
-    assert [type(event) for event in events] == [TransientlyFailed, Expired]
-    log.append(Committed(2, NOW, events[0]))  # the crash comes before the Expired's commit
+    issued = BounceIssued("r", Criteria(domain="a.com"), "why", NOW + 300 * SECOND)
+    log.append(Committed(2, NOW, issued))
+    assert state.apply(log[1]) is None
+    log.append(Committed(3, NOW, _fails(state)))
+    bounce = state.apply(log[2])
+    assert isinstance(bounce, Bounced)
+    assert (bounce.rule_id, bounce.messages.ids()) == ("r", [MESSAGE])
+    log.append(Committed(4, NOW, bounce))
+    assert check(log).violations == []
+    assert len(state) == 0
+
+
+def test_an_expiry_a_crash_cut_off_is_owed_by_the_restart() -> None:
+    """A failure expires the message: its ``TransientlyFailed`` carries the expiry, and
+    the queue decides ``Expired`` when it comes back. A crash before that ``Expired``
+    is committed leaves the restart owing it, not another attempt (SPEC 8.3)."""
+    state, log = _in_flight()
+    policy = retry.RetryPolicy(retry_interval=60 * SECOND, max_age=30 * SECOND)
+    failure = _fails(state, policy)
+    assert failure.due is None
+    assert failure.expiry is not None
+    log.append(Committed(2, NOW, failure))
     fold = State()
     for committed in log:
         fold.apply(committed)
     recovery = recover(fold, chunk=10)
-    assert recovery.owed == []
-    restarted = QueueState("a.com", recovery.queues.get("a.com"), (), recovery.schedule)
-    assert restarted.hand(1) == []
+    [owed] = recovery.owed
+    assert isinstance(owed, Expired)
+    assert (owed.message.id, owed.attempts, owed.content) == (MESSAGE, 1, failure.expiry)
+    assert recovery.queues == {}
+    # Had it not crashed, the queue decides the same when the event comes back.
+    assert state.apply(log[1]) == owed
 
 
 EngineModel.TestCase.settings = settings(max_examples=60, stateful_step_count=50, deadline=None)

@@ -95,15 +95,15 @@ SECOND = 1_000_000_000
 POLICY = RetryPolicy(retry_interval=60 * SECOND, max_age=400 * SECOND)
 """Retries 60, 120, 240 s after the failures: the third or fourth failure expires."""
 OPERATIONS = st.sampled_from(
-    ["receive", "hand", "take_back", "attempted", "wake", "issue", "cancel", "time"]
+    ["receive", "hand", "take_back", "attempted", "returns", "wake", "issue", "cancel", "time"]
 )
 
 
 def _check_places(state: QueueState, held: set[str]) -> None:
-    """Every message held is in exactly one of the queue's three places, and its
+    """Every message held is in exactly one of the queue's four places, and its
     length, its ids and its next due time say so."""
     due, waiting, handed = state.messages.ids(), list(state.waiting), list(state.handed)
-    everywhere = [*due, *waiting, *handed]
+    everywhere = [*due, *waiting, *handed, *state.returning]
     assert len(everywhere) == len(set(everywhere)), "a message is in two places"
     assert set(everywhere) == held
     assert len(state) == len(held)
@@ -121,9 +121,11 @@ def test_a_queue_holds_each_message_in_one_place(data: st.DataObject) -> None:
     state = QueueState("a.com")
     held: set[str] = set()
     now = 1_000 * SECOND
+    failures: list[TransientlyFailed] = []
+    """Failed attempts' events not yet back from the log."""
 
-    def leave(events: list[Event] | Bounced | None) -> None:
-        for event in [events] if isinstance(events, Bounced) else events or []:
+    def leave(events: list[Event] | Bounced | Expired | None) -> None:
+        for event in [events] if isinstance(events, Bounced | Expired) else events or []:
             if isinstance(event, Bounced):
                 assert {m.id for m in event.messages} <= held
                 held.difference_update(m.id for m in event.messages)
@@ -161,6 +163,12 @@ def test_a_queue_holds_each_message_in_one_place(data: st.DataObject) -> None:
             )
             assert bool(events) == was_handed
             leave(events)
+            failures += [event for event in events if isinstance(event, TransientlyFailed)]
+        elif operation == "returns" and failures:
+            failure = failures.pop(data.draw(st.integers(0, len(failures) - 1)))
+            assert failure.message.id in state.returning
+            leave(state.apply(Committed(seq, now, failure)))
+            assert failure.message.id not in state.returning
         elif operation == "wake":
             waiting = len(state.waiting)
             moved = state.wake(now)

@@ -442,9 +442,10 @@ class Engine:
                 return
 
     async def wait_until(self, condition: Callable[[], bool]) -> None:
-        """Return once ``condition()`` holds, asking it now and after each commit (a
-        condition on the projection, the statistics, or the actors' state, which
-        every decision changes before the commit that logs it)."""
+        """Return once ``condition()`` holds, asking it now and after each commit: a
+        condition on the projection or the statistics (what actors decide after a
+        commit, a failed attempt coming back to its queue, needs :meth:`wait_idle`
+        after it)."""
         while not condition():
             await self._parts.projection.changed.park()
         await trio.lowlevel.checkpoint()

@@ -121,7 +121,8 @@ async def test_a_refusing_destination_defers_then_a_rule_bounces_the_deferred(
             engine_at(data_dir, to_sink(port)) as engine,
         ):
             await engine.inject([message(f"r{n}@example.com") for n in range(20)])
-            await engine.wait_until(lambda: sum(s.waiting for s in engine.actor_statistics()) == 20)
+            await engine.wait_until(lambda: engine.statistics().transient_failures_total == 20)
+            await engine.wait_idle()  # each failure back in its queue, decided
             # Each failed once and waits 20 minutes: nothing is delivered.
             stats = engine.actor_statistics()
             assert [(s.queued, s.waiting) for s in stats] == [(20, 20)]

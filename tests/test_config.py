@@ -6,6 +6,7 @@ import ipaddress
 import socket
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import attrs
@@ -23,6 +24,7 @@ from kumo.config import (
     load_config,
     main,
     parse_config,
+    parse_config_data,
     parse_listen,
 )
 from kumo.http.access import (
@@ -457,3 +459,12 @@ def test_the_log_table_sets_how_often_the_engine_compacts() -> None:
         parse_config("[log]\nsnapshot_every = -1", base_dir=BASE)
     with pytest.raises(ConfigError, match=r"unknown key 'archive_retention' in \[log\]"):
         parse_config('[log]\narchive_retention = "90days"', base_dir=BASE)
+
+
+def test_a_document_already_read_is_checked_alike(tmp_path: Path) -> None:
+    """parse_config_data: what a scenario's [config] table goes through."""
+    text = '[queue]\nretry_interval = "30s"\n[domains."Example.com"]\nmax_ready = 10\n'
+    data = tomllib.loads(text)
+    assert parse_config_data(data, base_dir=tmp_path) == parse_config(text, base_dir=tmp_path)
+    with pytest.raises(ConfigError, match="unknown key 'colour' in config"):
+        parse_config_data({"colour": "red"}, base_dir=tmp_path)

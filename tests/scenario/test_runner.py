@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import textwrap
+from collections import Counter
 from pathlib import Path
 
 import httpx
@@ -22,7 +23,8 @@ from kumo.scenario.runner import (
     run_scenario,
 )
 from kumo.store.delivery_files import read_records
-from tests.live_server import running_server
+from tests.live_server import running_server, start_server
+from tests.postfix import free_port, require_smtp_sink
 
 LIBRARY = Path(__file__).resolve().parents[2] / "kumo" / "scenario" / "library"
 
@@ -424,3 +426,50 @@ def test_live_mail_steps_need_their_addresses(tmp_path: Path) -> None:
     assert result.notes[-1] == (
         "[config] applies in-process only: the server delivers as its own configuration says"
     )
+
+
+LIVE_PILE = 500
+"""The live pile-up's size: smtp-sink takes a few hundred refusals a second from kumo on
+a loaded 2-CPU machine, and the run must stay well under 30 s."""
+
+
+@pytest.mark.timeout(30)
+def test_pile_up_against_kumo_serve_and_smtp_sink(tmp_path: Path) -> None:
+    """The library's pile-up, live: kumo serve delivering example.com to an smtp-sink
+    that the runner restarts for each destination step, SMTP traffic to kumo's
+    listener; 500 messages instead of 10,000 (everything else as written)."""
+    require_smtp_sink()
+    path = LIBRARY / "pile_up.toml"
+    text = path.read_text().replace("10_000", f"{LIVE_PILE}").replace("10_010", f"{LIVE_PILE + 10}")
+    scenario = parse_scenario(text, str(path))
+    sink_port = free_port()
+    data = tmp_path / "data"
+    config = (
+        '[egress]\nprohibited_hosts = []\n[domains."example.com"]\n'
+        f'mx_list = ["127.0.0.1:{sink_port}"]\n'
+    )
+    server = start_server(data, config=config, deliver=True)
+    try:
+        result = run_live(
+            scenario,
+            server.url,
+            log_dir=data / "logs",
+            smtp=("127.0.0.1", server.smtp_port),
+            sinks={"example.com": ("127.0.0.1", sink_port)},
+            settle_timeout=15,
+        )
+    finally:
+        status = server.stop()
+    assert result.passed, format_result(result, verbose=True)
+    assert status == 0, server.stderr_text()
+    records = read_records(data / "logs")
+    assert Counter(str(r["type"]) for r in records) == Counter(
+        {
+            "Reception": LIVE_PILE + 110,
+            "TransientFailure": LIVE_PILE,
+            "AdminBounce": LIVE_PILE + 10,
+            "Delivery": 100,
+        }
+    )
+    delivered = next(r for r in records if r["type"] == "Delivery")
+    assert delivered["site"] == f"unspecified->mx_list:127.0.0.1:{sink_port}@smtp_client"

@@ -284,7 +284,9 @@ class InProcessTarget:
         headers: Sequence[tuple[str, str]] = (),
         content: bytes = b"",
     ) -> httpx.Response:
-        assert self._client is not None, "the target is not running"
+        if self._client is None:
+            # Traffic may send while a restart step has the engine down.
+            raise httpx.ConnectError("the in-process server is not running (restarting)")
         return await self._client.request(method, path, headers=list(headers), content=content)
 
     async def settle(self) -> None:

@@ -836,6 +836,12 @@ def parse_config(text: str, *, base_dir: Path) -> Config:
         data: dict[str, Any] = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"not TOML: {exc}") from None
+    return parse_config_data(data, base_dir=base_dir)
+
+
+def parse_config_data(data: Mapping[str, Any], *, base_dir: Path) -> Config:
+    """The configuration of ``data``, a TOML document already read (a scenario's
+    ``[config]`` table is one); otherwise as :func:`parse_config`."""
     for key in data:
         if key not in _KEYS:
             expected = ", ".join(_KEYS)

@@ -6,6 +6,7 @@ import ipaddress
 import socket
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import attrs
@@ -23,6 +24,7 @@ from kumo.config import (
     load_config,
     main,
     parse_config,
+    parse_config_data,
     parse_listen,
 )
 from kumo.http.access import (
@@ -516,3 +518,12 @@ def test_bad_fleet_tables_name_the_key(text: str, why: str) -> None:
     with pytest.raises(ConfigError) as raised:
         parse_config(text, base_dir=BASE)
     assert why in str(raised.value)
+
+
+def test_a_document_already_read_is_checked_alike(tmp_path: Path) -> None:
+    """parse_config_data: what a scenario's [config] table goes through."""
+    text = '[queue]\nretry_interval = "30s"\n[domains."Example.com"]\nmax_ready = 10\n'
+    data = tomllib.loads(text)
+    assert parse_config_data(data, base_dir=tmp_path) == parse_config(text, base_dir=tmp_path)
+    with pytest.raises(ConfigError, match="unknown key 'colour' in config"):
+        parse_config_data({"colour": "red"}, base_dir=tmp_path)

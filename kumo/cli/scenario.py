@@ -2,19 +2,22 @@
 
 In-process (the default) each file runs on a fresh engine with a virtual clock: an hour
 of waits takes milliseconds and a run repeats exactly. With ``--endpoint URL`` the same
-files run over HTTP against a running server (kumo or KumoMTA) in real time. A
-scenario is named by its path, or by its name in the library that ships with kumo
+files run over HTTP against a running server (kumo or KumoMTA) in real time, SMTP going
+to ``--smtp`` and each destination being Postfix's smtp-sink at its ``--sink`` address.
+A scenario is named by its path, or by its name in the library that ships with kumo
 (:mod:`kumo.scenario.library`).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import sys
 from importlib.resources.abc import Traversable
 from pathlib import Path
 
 import click
 
+from kumo.config import ConfigError, parse_listen
 from kumo.scenario.format import ScenarioError, parse_scenario
 from kumo.scenario.library import UnknownScenarioError, library_file, library_names
 from kumo.scenario.report import format_result, format_summary, junit_xml
@@ -37,6 +40,41 @@ def _header(
             raise click.BadParameter(f"{value!r} is not NAME: VALUE", ctx, param)
         headers.append((name.strip(), text.strip()))
     return headers
+
+
+def _ip_and_port(text: str) -> tuple[str, int] | None:
+    """``IP:PORT`` (``[v6]:PORT``), port not 0; None if ``text`` is not one."""
+    try:
+        host, port = parse_listen(text)
+        ipaddress.ip_address(host)
+    except (ConfigError, ValueError):
+        return None
+    return (host, port) if port else None
+
+
+def _smtp(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[str, int] | None:
+    if value is None:
+        return None
+    address = _ip_and_port(value)
+    if address is None:
+        raise click.BadParameter(f"{value!r} is not IP:PORT", ctx, param)
+    return address
+
+
+def _sinks(
+    ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
+) -> dict[str, tuple[str, int]]:
+    sinks: dict[str, tuple[str, int]] = {}
+    for value in values:
+        domain, _, text = value.partition("=")
+        domain = domain.strip().lower()
+        address = _ip_and_port(text.strip())
+        if not domain or address is None:
+            raise click.BadParameter(f"{value!r} is not DOMAIN=IP:PORT", ctx, param)
+        if domain in sinks:
+            raise click.BadParameter(f"{domain} is given twice", ctx, param)
+        sinks[domain] = address
+    return sinks
 
 
 def _endpoint(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
@@ -119,6 +157,22 @@ def list_() -> None:
     help="With --endpoint: a header for every request (e.g. Authorization). Repeatable.",
 )
 @click.option(
+    "--smtp",
+    metavar="IP:PORT",
+    default=None,
+    callback=_smtp,
+    help="With --endpoint: the server's SMTP listener, for messages sent over SMTP.",
+)
+@click.option(
+    "--sink",
+    "sinks",
+    multiple=True,
+    metavar="DOMAIN=IP:PORT",
+    callback=_sinks,
+    help="With --endpoint: run Postfix's smtp-sink at IP:PORT as DOMAIN's destination "
+    "(the server delivers DOMAIN there). Repeatable.",
+)
+@click.option(
     "--settle-timeout",
     type=click.FloatRange(min=0),
     default=LIVE_SETTLE_TIMEOUT,
@@ -153,6 +207,8 @@ def run(
     log_dir: Path | None,
     restart_command: str | None,
     headers: list[tuple[str, str]],
+    smtp: tuple[str, int] | None,
+    sinks: dict[str, tuple[str, int]],
     settle_timeout: float,
     request_timeout: float,
     data_dir: Path | None,
@@ -171,6 +227,8 @@ def run(
             ("--log-dir", log_dir),
             ("--restart-command", restart_command),
             ("--header", headers or None),
+            ("--smtp", smtp),
+            ("--sink", sinks or None),
         ):
             if value is not None:
                 raise click.UsageError(f"{option} needs --endpoint")
@@ -203,6 +261,8 @@ def run(
                     headers=headers,
                     settle_timeout=settle_timeout,
                     request_timeout=request_timeout,
+                    smtp=smtp,
+                    sinks=sinks,
                 )
         results.append(result)
         click.secho(

@@ -45,7 +45,12 @@ from kumo.runtime.delivery import DestinationSettings, MailSettings
 from kumo.runtime.delivery_repair import RepairError
 from kumo.runtime.engine import DataDirectoryLockedError, Engine, open_engine
 from kumo.runtime.mx import MxResolver
-from kumo.runtime.smtp_connection import ConnectionSettings, client_tls_context
+from kumo.runtime.smtp_connection import (
+    ConnectionSettings,
+    Connector,
+    client_tls_context,
+    connect_tcp,
+)
 from kumo.runtime.smtp_listener import ListenerSettings, SmtpListener, server_tls_context
 from kumo.store.archive import ArchiveCorruptError
 from kumo.store.event_log import LogCorruptError, StoreDamagedError
@@ -141,10 +146,16 @@ def queue_configs(config: Config) -> Callable[[str], QueueConfig]:
     return of
 
 
-def mail_settings(config: Config) -> MailSettings | None:
+def mail_settings(
+    config: Config, *, resolver: MxResolver | None = None, connector: Connector = connect_tcp
+) -> MailSettings | None:
     """How ``kumo serve`` delivers under ``config``: each destination's settings (made
     once per domain, the TLS contexts once for all), and the MX resolver of ``[dns]``;
-    None with ``deliver = false``."""
+    None with ``deliver = false``.
+
+    ``resolver`` and ``connector`` replace DNS and TCP (an in-process scenario's
+    simulated destinations); everything else is as ``config`` says.
+    """
     if not config.deliver:
         return None
     verifying = client_tls_context(verify=True)
@@ -163,6 +174,7 @@ def mail_settings(config: Config) -> MailSettings | None:
                     smtp_port=egress.smtp_port,
                     verifying_tls=verifying,
                     insecure_tls=insecure,
+                    connector=connector,
                 ),
                 connection_limit=egress.connection_limit,
                 max_ready=egress.max_ready,
@@ -170,7 +182,7 @@ def mail_settings(config: Config) -> MailSettings | None:
             )
         return settings
 
-    return MailSettings(destination, MxResolver(config.dns.servers))
+    return MailSettings(destination, resolver or MxResolver(config.dns.servers))
 
 
 def smtp_listener_settings(config: Config) -> ListenerSettings | None:

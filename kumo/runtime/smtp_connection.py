@@ -43,7 +43,7 @@ import ssl
 import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import Final
+from typing import Final, Protocol
 
 import attrs
 import trio
@@ -73,12 +73,14 @@ __all__ = [
     "DELIVERY_PROTOCOL",
     "ConnectionSettings",
     "ConnectionSummary",
+    "Connector",
     "MessageOutcome",
     "OutgoingMessage",
     "SmtpConnection",
     "SmtpConnectionStatistics",
     "TlsDetails",
     "client_tls_context",
+    "connect_tcp",
 ]
 
 READ_SIZE: Final = 64 * 1024
@@ -98,6 +100,32 @@ def client_tls_context(*, verify: bool, cafile: str | None = None) -> ssl.SSLCon
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
     return context
+
+
+class Connector(Protocol):
+    """How a connection reaches an address of its plan."""
+
+    async def __call__(self, address: ResolvedAddress, port: int, /) -> tuple[trio.abc.Stream, str]:
+        """A stream to ``address`` on ``port`` and the local end's ``ip:port`` (the
+        records' ``source_address``). Raises ``OSError`` when the address cannot be
+        reached (its text goes into the failure); cancelled (the connect time-out),
+        it leaves nothing open."""
+        ...
+
+
+async def connect_tcp(address: ResolvedAddress, port: int) -> tuple[trio.abc.Stream, str]:
+    """The :class:`Connector` of every real connection: TCP to the address."""
+    ip = address.address
+    family = socket.AF_INET6 if isinstance(ip, ipaddress.IPv6Address) else socket.AF_INET
+    sock = trio.socket.socket(family, socket.SOCK_STREAM)
+    try:
+        await sock.connect((str(ip), port))
+        host, local_port = sock.getsockname()[:2]
+    except BaseException:
+        sock.close()
+        raise
+    source = f"[{host}]:{local_port}" if ":" in host else f"{host}:{local_port}"
+    return trio.SocketStream(sock), source
 
 
 def _check_port(_: object, __: object, value: int) -> None:
@@ -123,6 +151,10 @@ class ConnectionSettings:
         factory=lambda: client_tls_context(verify=False), kw_only=True
     )
     """The context of OpportunisticInsecure and RequiredInsecure STARTTLS (nothing checked)."""
+    connector: Connector = attrs.field(default=connect_tcp, kw_only=True)
+    """How a connection reaches an address: TCP (:func:`connect_tcp`). An in-process
+    scenario gives its simulated destinations' instead (:mod:`kumo.scenario.destinations`),
+    so that everything above the stream is the real code path."""
 
 
 @attrs.frozen
@@ -372,7 +404,7 @@ class _Session:
         self.held: OutgoingMessage | None = held
         self.current: OutgoingMessage | None = None
         self.stream: trio.abc.Stream | None = None
-        self.raw: trio.SocketStream | None = None
+        self.raw: trio.abc.Stream | None = None
         self.tls: TlsDetails | None = None
         self.source_address: str | None = None
         self.failure: ConnectionFailed | None = None
@@ -412,22 +444,15 @@ class _Session:
             pass
 
     async def _connect(self) -> list[Output]:
-        address = self.address.address
-        family = socket.AF_INET6 if isinstance(address, ipaddress.IPv6Address) else socket.AF_INET
-        sock = trio.socket.socket(family, socket.SOCK_STREAM)
         with trio.move_on_at(self.deadline()):
             try:
-                await sock.connect((str(address), self.port))
+                stream, source = await self.settings.connector(self.address, self.port)
             except OSError as error:
-                sock.close()
                 return self.client.connection_lost(_os_error_text(error))
-            self.raw = trio.SocketStream(sock)
-            self.stream = self.raw
+            self.raw = self.stream = stream
             self.connection._connected = True
-            host, port = sock.getsockname()[:2]
-            self.source_address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            self.source_address = source
             return self.client.connection_made()
-        sock.close()
         return self.client.timed_out()
 
     async def _carry_out(self, output: Output) -> None:

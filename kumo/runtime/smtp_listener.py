@@ -232,14 +232,23 @@ class SmtpListener:
     # -- one connection ------------------------------------------------------------------
 
     async def _serve(self, stream: trio.SocketStream) -> None:
-        """Serve one connection; ``serve_listeners`` closes the stream afterwards."""
-        self._connections += 1
-        settings = self._settings
+        """Serve one TCP connection; ``serve_listeners`` closes the stream afterwards."""
         try:
             peer_ip, peer_port = stream.socket.getpeername()[:2]
             local_ip = stream.socket.getsockname()[0]
         except OSError:
+            self._connections += 1
             return  # gone before it could be served
+        await self.serve_connection(stream, Peer(peer_ip, peer_port), local_ip)
+
+    async def serve_connection(self, stream: trio.abc.Stream, peer: Peer, local_ip: str) -> None:
+        """Serve one connection from ``peer`` that reached ``local_ip``, as :meth:`run`
+        serves each it accepts (an in-process scenario hands in streams of its own,
+        without a socket). Returns when the session is over; closing ``stream`` is the
+        caller's (a stream the session wrapped in TLS is closed here). Never raises for
+        what the client does."""
+        self._connections += 1
+        settings = self._settings
         if self._open >= settings.max_connections:
             self._refused += 1
             with (
@@ -249,7 +258,7 @@ class SmtpListener:
                 await stream.send_all(too_many_sessions(settings.session).encode())
             return
         self._open += 1
-        session = SmtpSession(settings.session, Peer(peer_ip, peer_port))
+        session = SmtpSession(settings.session, peer)
         connection = _Connection(stream, session, local_ip)
         try:
             await self._converse(connection)

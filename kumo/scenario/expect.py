@@ -17,7 +17,13 @@ import attrs
 
 from kumo.model.duration import DurationError, format_duration, parse_duration
 from kumo.model.log_record import bounce_content
-from kumo.scenario.format import Expect, RecordExpectation, ReplyCheck, RuleExpectation
+from kumo.scenario.format import (
+    RECORD_COUNTS,
+    Expect,
+    RecordExpectation,
+    ReplyCheck,
+    RuleExpectation,
+)
 
 ADMIN_BOUNCE: Final = "AdminBounce"
 
@@ -197,12 +203,14 @@ def evaluate(
     rule_ids: Mapping[str, str | None],
     *,
     remaining_slack: int = 0,
+    age_slack: int = 0,
 ) -> list[Check]:
     """Every check ``expect`` asks for, against ``seen``.
 
     ``rule_ids`` maps bounce step names to the ids they got (``None``: the bounce
     failed). ``remaining`` passes when the listed remaining lifetime is at most the
-    expected value and at least ``remaining_slack`` ns less.
+    expected value and at least ``remaining_slack`` ns less; a record's age (``ages``)
+    when it is within ``age_slack`` seconds of the expected one.
     """
     checks: list[Check] = []
     if expect.needs_listing:
@@ -227,7 +235,7 @@ def evaluate(
         else:
             checks.extend(_check_queues(expect, seen.scheduled))
     if expect.needs_records:
-        checks.extend(_check_records(expect, seen))
+        checks.extend(_check_records(expect, seen, age_slack))
     return checks
 
 
@@ -304,26 +312,55 @@ def _check_queues(expect: Expect, scheduled: Mapping[str, int]) -> list[Check]:
     return checks
 
 
-def _check_records(expect: Expect, seen: Observation) -> list[Check]:
+def _check_records(expect: Expect, seen: Observation, age_slack: int) -> list[Check]:
     wanted: list[tuple[str, RecordExpectation]] = []
     if expect.admin_bounces is not None:
         wanted.append(("admin_bounces", RecordExpectation(expect.admin_bounces, {})))
+    for key, count in expect.record_counts.items():
+        wanted.append((key, RecordExpectation(count, {"type": RECORD_COUNTS[key]})))
     for position, item in enumerate(expect.records):
         wanted.append((f"records[{position}]", item))
     if seen.records is None:
         why = seen.records_note or "the delivery log is not available"
         return [skipped(what, why) for what, _ in wanted]
-    return [_check_record(what, item, seen.records) for what, item in wanted]
+    checks: list[Check] = []
+    for what, item in wanted:
+        checks.extend(_check_record(what, item, seen.records, age_slack))
+    return checks
 
 
 def _check_record(
-    what: str, item: RecordExpectation, records: Iterable[Mapping[str, Any]]
-) -> Check:
+    what: str, item: RecordExpectation, records: Iterable[Mapping[str, Any]], age_slack: int
+) -> list[Check]:
     where = dict(item.where)
     where.setdefault("type", ADMIN_BOUNCE)
-    matching = sum(1 for record in records if record_matches(record, where))
+    matching = [record for record in records if record_matches(record, where)]
     label = f"{what} where {describe_filter(where)}" if where else what
-    return compare(label, item.count, matching)
+    checks = [compare(label, item.expected_count, len(matching))]
+    if item.ages is not None:
+        ages = [record_age(record) for record in matching]
+        close = len(ages) == len(item.ages) and all(
+            age is not None and abs(age - wanted) <= age_slack
+            for age, wanted in zip(ages, item.ages, strict=True)
+        )
+        expected = show(list(item.ages))
+        if age_slack:
+            expected += f" (each within {age_slack} s)"
+        checks.append(
+            Check(
+                f"{label}: ages", expected, show(ages), Verdict.PASSED if close else Verdict.FAILED
+            )
+        )
+    return checks
+
+
+def record_age(record: Mapping[str, Any]) -> int | None:
+    """How old the message was at ``record``, in whole seconds (``timestamp - created``,
+    both whole seconds since the epoch); None if the record lacks either."""
+    timestamp, created = record.get("timestamp"), record.get("created")
+    if not isinstance(timestamp, int) or not isinstance(created, int):
+        return None
+    return timestamp - created
 
 
 def describe_filter(where: Mapping[str, Any]) -> str:

@@ -1,10 +1,12 @@
 """The scenario file format: TOML text in, validated step values out. No I/O.
 
-A scenario is a ``[scenario]`` table and a list of ``[[step]]`` tables, run in order.
-Each step has exactly one *action* key (``inject``, ``bounce``, ``cancel``, ``wait``,
-``restart``, ``expect``, ``request``), an optional ``name`` (a bounce's result is saved
-under it) and optional checks on the reply (``expect_status``, ``expect_body...``).
-``docs/scenarios.md`` describes every key with an example.
+A scenario is a ``[scenario]`` table, an optional ``[config]`` table (the mail path's
+settings for the in-process engine) and a list of ``[[step]]`` tables, run in order.
+Each step has exactly one *action* key (``inject``, ``traffic``, ``destination``,
+``bounce``, ``cancel``, ``wait``, ``restart``, ``expect``, ``request``), an optional
+``name`` (a bounce's result is saved under it) and optional checks on the reply
+(``expect_status``, ``expect_body...``). ``docs/scenarios.md`` describes every key with
+an example.
 
 Everything wrong with a file is found here, before anything runs, and reported as a
 :class:`ScenarioError` naming the file, the line and the step.
@@ -17,11 +19,12 @@ import json
 import re
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import PurePath
+from pathlib import Path, PurePath
 from typing import Any, Final, NoReturn, TypeAlias
 
 import attrs
 
+from kumo.config import Config, ConfigError, parse_config_data
 from kumo.model.duration import NANOS_PER_SECOND, DurationError, format_duration, parse_duration
 from kumo.model.queue_name import queue_name_for
 
@@ -29,7 +32,33 @@ DEFAULT_WALL_ORIGIN: Final = 1_767_225_600 * NANOS_PER_SECOND
 """2026-01-01T00:00:00Z: where the in-process wall clock starts unless a scenario says."""
 DEFAULT_SENDER: Final = "sender@example.org"
 DEFAULT_SUBJECT: Final = "kumo scenario"
-ACTIONS: Final = ("inject", "bounce", "cancel", "wait", "restart", "expect", "request")
+ACTIONS: Final = (
+    "inject",
+    "traffic",
+    "destination",
+    "bounce",
+    "cancel",
+    "wait",
+    "restart",
+    "expect",
+    "request",
+)
+VIAS: Final = ("http", "smtp")
+"""How ``inject`` and ``traffic`` send their messages: ``POST /api/inject/v1`` or SMTP."""
+ACCEPT: Final = "accept"
+"""The ``answer`` of a destination that takes every message."""
+CONFIG_TABLES: Final = ("queue", "egress", "domains")
+"""The tables of kumo serve's configuration a scenario's ``[config]`` may hold."""
+MAX_DESTINATIONS: Final = 254
+"""Destination domains one scenario may simulate (each gets an address of 192.0.2.0/24)."""
+RECORD_COUNTS: Final = {
+    "admin_bounces": "AdminBounce",
+    "deliveries": "Delivery",
+    "transient_failures": "TransientFailure",
+    "bounces": "Bounce",
+    "expirations": "Expiration",
+}
+"""The ``expect`` keys that count delivery-log records of one type."""
 REPLY_CHECKS: Final = (
     "expect_status",
     "expect_body",
@@ -85,6 +114,49 @@ class Inject:
     queue: str | None = None
     subject: str = DEFAULT_SUBJECT
     reply: ReplyCheck = ReplyCheck()
+    via: str = "http"
+    """``http``: ``POST /api/inject/v1``; ``smtp``: one SMTP transaction per message to
+    the server's SMTP listener (campaign and tenant as ``X-Campaign``/``X-Tenant``)."""
+
+
+@attrs.frozen
+class Traffic:
+    """Messages that keep arriving: ``batch`` of ``inject``'s messages every ``every``
+    ns, the first batch ``every`` after the step, while the later steps run."""
+
+    inject: Inject
+    every: int
+    batch: int = 1
+
+    @property
+    def duration(self) -> int:
+        """ns from the step to the last batch."""
+        return -(-self.inject.count // self.batch) * self.every
+
+
+@attrs.frozen
+class Destination:
+    """From now on the SMTP peer of ``domain`` answers every message with ``answer``:
+    ``accept``, or a ``4xx``/``5xx`` reply to the message's final dot."""
+
+    domain: str
+    """Lower case."""
+    answer: str
+    """``accept`` or a reply: ``451 4.3.0 Try again later``."""
+
+    @property
+    def accepts(self) -> bool:
+        return self.answer == ACCEPT
+
+    @property
+    def code(self) -> int:
+        """The reply code of a refusal (250 for ``accept``)."""
+        return 250 if self.accepts else int(self.answer[:3])
+
+    @property
+    def text(self) -> str:
+        """The reply text after the code (``""`` for ``accept``)."""
+        return "" if self.accepts else self.answer[4:]
 
 
 @attrs.frozen
@@ -147,10 +219,20 @@ class RuleExpectation:
 
 @attrs.frozen
 class RecordExpectation:
-    """``count`` delivery-log records whose fields equal ``where`` (dotted paths)."""
+    """``count`` delivery-log records whose fields equal ``where`` (dotted paths), and
+    ``ages``, if given: each one's ``timestamp - created`` in seconds, in log order."""
 
-    count: int
+    count: int | None
+    """None: as many as ``ages`` lists."""
     where: Mapping[str, Any]
+    ages: tuple[int, ...] | None = None
+
+    @property
+    def expected_count(self) -> int:
+        if self.count is not None:
+            return self.count
+        assert self.ages is not None
+        return len(self.ages)
 
 
 @attrs.frozen
@@ -164,6 +246,9 @@ class Expect:
     queued_total: int | None = None
     admin_bounces: int | None = None
     records: tuple[RecordExpectation, ...] = ()
+    record_counts: Mapping[str, int] = attrs.Factory(dict)
+    """``deliveries``, ``transient_failures``, ``bounces``, ``expirations`` (and
+    ``admin_bounces``, kept apart above): records of that type (:data:`RECORD_COUNTS`)."""
 
     @property
     def needs_listing(self) -> bool:
@@ -175,10 +260,12 @@ class Expect:
 
     @property
     def needs_records(self) -> bool:
-        return self.admin_bounces is not None or bool(self.records)
+        return self.admin_bounces is not None or bool(self.records) or bool(self.record_counts)
 
 
-Action: TypeAlias = Inject | Bounce | Cancel | Wait | Restart | Expect | Request
+Action: TypeAlias = (
+    Inject | Traffic | Destination | Bounce | Cancel | Wait | Restart | Expect | Request
+)
 
 
 @attrs.frozen
@@ -209,6 +296,22 @@ class Scenario:
     description: str | None
     wall_origin: int
     steps: tuple[Step, ...]
+    config: Config | None = None
+    """``[config]``: what the in-process engine delivers with (None: the defaults)."""
+
+    @property
+    def delivers(self) -> bool:
+        """Whether the in-process engine runs the mail path: the scenario has a
+        ``destination`` step. Otherwise it holds every message until a rule bounces it."""
+        return any(isinstance(step.action, Destination) for step in self.steps)
+
+    @property
+    def destination_domains(self) -> tuple[str, ...]:
+        """The domains the ``destination`` steps name, in the order first named."""
+        domains = (
+            step.action.domain for step in self.steps if isinstance(step.action, Destination)
+        )
+        return tuple(dict.fromkeys(domains))
 
     @property
     def summary(self) -> str:
@@ -227,20 +330,27 @@ class Scenario:
 def describe_action(action: Action) -> str:
     """A one-line summary of ``action`` for reports."""
     if isinstance(action, Inject):
+        via = " over SMTP" if action.via == "smtp" else ""
         if action.recipients is not None:
-            return f"{action.count} to {', '.join(action.recipients[:3])}" + (
-                ", ..." if action.count > 3 else ""
-            )
+            listed = ", ".join(action.recipients[:3]) + (", ..." if action.count > 3 else "")
+            return f"{action.count} to {listed}{via}"
         assert action.domain is not None
         if action.queue is not None:
-            return f"{action.count} to queue {action.queue}"
+            return f"{action.count} to queue {action.queue}{via}"
         queue = queue_name_for(
             domain=action.domain,
             campaign=action.campaign,
             tenant=action.tenant,
             routing_domain=action.routing_domain,
         )
-        return f"{action.count} to {queue}"
+        return f"{action.count} to {queue}{via}"
+    if isinstance(action, Traffic):
+        return (
+            f"{describe_action(action.inject)}, {action.batch} every "
+            f"{format_duration(action.every)} for {format_duration(action.duration)}"
+        )
+    if isinstance(action, Destination):
+        return f"{action.domain} answers {action.answer}"
     if isinstance(action, Bounce):
         body = _encode_json(action.body).decode()
         if action.expires_in is not None:
@@ -263,6 +373,7 @@ def describe_action(action: Action) -> str:
             ("queues", action.queues),
             ("queued_total", action.queued_total),
             ("admin_bounces", action.admin_bounces),
+            *action.record_counts.items(),
             ("records", action.records),
         )
         if value is not None and value != ()
@@ -342,7 +453,7 @@ class _Parser:
     # -- locating ---------------------------------------------------------------------
 
     def _top_line(self, key: str) -> int | None:
-        pattern = re.compile(rf"^\s*(?:\[\s*{re.escape(key)}\s*\]|{re.escape(key)}\s*[=.])")
+        pattern = re.compile(rf"^\s*(?:\[\s*{re.escape(key)}\s*[\].]|{re.escape(key)}\s*[=.])")
         for number, text in enumerate(self.lines, 1):
             if pattern.match(text):
                 return number
@@ -397,11 +508,12 @@ class _Parser:
         raise ScenarioError(self.source, line, None, message)
 
     def scenario(self, data: dict[str, Any]) -> Scenario:
-        unknown = sorted(set(data) - {"scenario", "step"})
+        unknown = sorted(set(data) - {"scenario", "config", "step"})
         if unknown:
             self.fail_top(
                 unknown[0],
-                f"unknown top-level key {unknown[0]!r} (expected [scenario] and [[step]] tables)",
+                f"unknown top-level key {unknown[0]!r} "
+                "(expected [scenario], [config] and [[step]] tables)",
             )
         header = data.get("scenario", {})
         if not isinstance(header, dict):
@@ -439,7 +551,39 @@ class _Parser:
         steps: list[Step] = []
         for index, raw in enumerate(raw_steps, 1):
             steps.append(_StepParser(self, index, raw, steps).step())
-        return Scenario(self.source, name, description, wall_origin, tuple(steps))
+        scenario = Scenario(
+            self.source, name, description, wall_origin, tuple(steps), self.config(data)
+        )
+        if scenario.config is not None and not scenario.delivers:
+            self.fail_top(
+                "config",
+                "[config] sets how mail is delivered, and nothing is: "
+                "add a destination step, or leave [config] out",
+            )
+        if len(scenario.destination_domains) > MAX_DESTINATIONS:
+            self.fail_top("step", f"a scenario simulates {MAX_DESTINATIONS} destinations at most")
+        return scenario
+
+    def config(self, data: dict[str, Any]) -> Config | None:
+        """``[config]``: kumo serve's ``[queue]``, ``[egress]`` and ``[domains]`` tables,
+        checked as kumo serve checks them."""
+        if "config" not in data:
+            return None
+        table = data["config"]
+        if not isinstance(table, dict):
+            self.fail_top("config", "'config' must be a table: [config]")
+        extra = sorted(set(table) - set(CONFIG_TABLES))
+        if extra:
+            self.fail_top(
+                "config",
+                f"unknown key {extra[0]!r} in [config] "
+                f"(expected the mail path's tables: {', '.join(CONFIG_TABLES)})",
+            )
+        try:
+            # base_dir resolves file paths, and none of these tables has one.
+            return parse_config_data(table, base_dir=Path())
+        except ConfigError as error:
+            self.fail_top("config", f"[config]: {error}")
 
 
 def _epoch_nanos(value: dt.datetime) -> int:
@@ -592,37 +736,61 @@ class _StepParser:
     def _inject(self, value: object) -> Inject:
         table = self.table(value, "inject")
         self.check_keys(table, _INJECT_KEYS, "inject")
+        return self.messages(table, "inject")
+
+    def messages(self, table: dict[str, Any], key: str) -> Inject:
+        """The messages an ``inject`` (or ``traffic``) table describes."""
         strings: dict[str, str | None] = {}
-        for key in ("domain", "sender", "campaign", "tenant", "routing_domain", "queue", "subject"):
-            strings[key] = None if key not in table else self.string(table[key], "inject", key)
+        for part in (
+            "domain",
+            "sender",
+            "campaign",
+            "tenant",
+            "routing_domain",
+            "queue",
+            "subject",
+        ):
+            strings[part] = None if part not in table else self.string(table[part], key, part)
+        via = "http"
+        if "via" in table:
+            via = self.string(table["via"], key, "via")
+            if via not in VIAS:
+                self.fail(f"{key}.via must be one of {', '.join(VIAS)}, got {via!r}", key, "via")
+            if via == "smtp":
+                for part in ("routing_domain", "queue"):
+                    if part in table:
+                        self.fail(
+                            f"{key}.{part} cannot go over SMTP (only campaign and tenant "
+                            "can, as X-Campaign and X-Tenant headers)",
+                            key,
+                            part,
+                        )
         recipients: tuple[str, ...] | None = None
         if "recipients" in table:
             listed = table["recipients"]
             if not isinstance(listed, list) or not listed:
                 self.fail(
-                    "inject.recipients must be a non-empty array of addresses",
-                    "inject",
+                    f"{key}.recipients must be a non-empty array of addresses",
+                    key,
                     "recipients",
                 )
-            recipients = tuple(self.string(r, "inject", "recipients") for r in listed)
+            recipients = tuple(self.string(r, key, "recipients") for r in listed)
             for address in recipients:
                 if "@" not in address:
-                    self.fail(
-                        f"inject.recipients: {address!r} is not an address", "inject", "recipients"
-                    )
+                    self.fail(f"{key}.recipients: {address!r} is not an address", key, "recipients")
             if "domain" in table or "count" in table:
                 self.fail(
-                    "inject takes either recipients or domain (and count), not both",
-                    "inject",
+                    f"{key} takes either recipients or domain (and count), not both",
+                    key,
                     "recipients",
                 )
             count = len(recipients)
         else:
             if strings["domain"] is None:
-                self.fail("inject needs a domain (with a count) or a list of recipients", "inject")
-            count = self.integer(table.get("count", 1), "inject", "count", minimum=1)
+                self.fail(f"{key} needs a domain (with a count) or a list of recipients", key)
+            count = self.integer(table.get("count", 1), key, "count", minimum=1)
             if count > MAX_INJECT:
-                self.fail(f"inject.count must be at most {MAX_INJECT}", "inject", "count")
+                self.fail(f"{key}.count must be at most {MAX_INJECT}", key, "count")
         return Inject(
             recipients=recipients,
             count=count,
@@ -634,7 +802,43 @@ class _StepParser:
             queue=strings["queue"],
             subject=strings["subject"] or DEFAULT_SUBJECT,
             reply=self.reply(),
+            via=via,
         )
+
+    def _traffic(self, value: object) -> Traffic:
+        table = self.table(value, "traffic")
+        self.check_keys(table, _TRAFFIC_KEYS, "traffic")
+        if "every" not in table:
+            self.fail('traffic needs every = "<duration between batches>"', "traffic")
+        every = self.duration(table["every"], "traffic", "every")
+        if every <= 0:
+            self.fail("traffic.every must be longer than 0s", "traffic", "every")
+        batch = self.integer(table.get("batch", 1), "traffic", "batch", minimum=1)
+        messages = self.messages({k: v for k, v in table.items() if k in _INJECT_KEYS}, "traffic")
+        return Traffic(messages, every, batch)
+
+    def _destination(self, value: object) -> Destination:
+        table = self.table(value, "destination")
+        self.check_keys(table, ("domain", "answer"), "destination")
+        for key in ("domain", "answer"):
+            if key not in table:
+                self.fail(
+                    'destination needs domain = "<domain>" and answer = "accept" '
+                    'or a 4xx/5xx reply such as "451 4.3.0 Try again later"',
+                    "destination",
+                )
+        domain = self.string(table["domain"], "destination", "domain")
+        if "@" in domain or any(c.isspace() for c in domain):
+            self.fail(f"destination.domain {domain!r} is not a domain", "destination", "domain")
+        answer = self.string(table["answer"], "destination", "answer")
+        if answer != ACCEPT and not _REFUSAL.fullmatch(answer):
+            self.fail(
+                f'destination.answer must be "{ACCEPT}" or a 4xx/5xx reply on one line '
+                f'(a code, a space, a text: "451 4.3.0 Try again later"), got {answer!r}',
+                "destination",
+                "answer",
+            )
+        return Destination(domain.lower(), answer)
 
     def _bounce(self, value: object) -> Bounce:
         table = self.table(value, "bounce")
@@ -740,6 +944,11 @@ class _StepParser:
             optional_ints[key] = (
                 None if key not in table else self.integer(table[key], "expect", key)
             )
+        record_counts = {
+            key: self.integer(table[key], "expect", key)
+            for key in RECORD_COUNTS
+            if key in table and key != "admin_bounces"
+        }
         queues = None if "queues" not in table else self.counts(table["queues"], "expect", "queues")
         return Expect(
             rules=tuple(rules),
@@ -749,6 +958,7 @@ class _StepParser:
             queued_total=optional_ints["queued_total"],
             admin_bounces=optional_ints["admin_bounces"],
             records=tuple(records),
+            record_counts=record_counts,
         )
 
     def rule_expectation(self, item: object, position: int) -> RuleExpectation:
@@ -809,20 +1019,44 @@ class _StepParser:
     def record_expectation(self, item: object, position: int) -> RecordExpectation:
         at: tuple[str | int, ...] = ("expect", "records", position)
         table = self.table(item, *at)
-        if "count" not in table:
+        if "count" not in table and "ages" not in table:
             self.fail("each expect.records entry needs count = <number of records>", *at)
-        count = self.integer(table["count"], *at, "count")
-        where = {key: _json_ready(value) for key, value in table.items() if key != "count"}
+        count = None if "count" not in table else self.integer(table["count"], *at, "count")
+        ages = None
+        if "ages" in table:
+            listed = table["ages"]
+            if not isinstance(listed, list):
+                self.fail("ages must be an array of durations", *at, "ages")
+            ages = tuple(self.whole_seconds(age, *at, "ages") for age in listed)
+            if count is not None and count != len(ages):
+                self.fail(f"count ({count}) and ages ({len(ages)}) disagree", *at, "count")
+        where = {
+            key: _json_ready(value) for key, value in table.items() if key not in ("count", "ages")
+        }
         for key, expected in where.items():
             if key in ("reason", "recipient_domain"):
                 self.string(expected, *at, key, empty=True)
             elif not key or any(not part for part in key.split(".")):
                 self.fail(f"record field path {key!r} is not a dotted path", *at, key)
-        return RecordExpectation(count, where)
+        return RecordExpectation(count, where, ages)
+
+    def whole_seconds(self, value: object, *path: str | int) -> int:
+        nanos = self.duration(value, *path)
+        seconds, rest = divmod(nanos, NANOS_PER_SECOND)
+        if rest:
+            self.fail(
+                f"{_dotted(path)}: records are timed in whole seconds, "
+                f"got {format_duration(nanos)}",
+                *path,
+            )
+        return seconds
 
 
+_REFUSAL: Final = re.compile(r"[45][0-9][0-9] [^\r\n]*\S[^\r\n]*")
 _SIBLINGS: Final[Mapping[str, tuple[str, ...]]] = {
     "inject": ("expect_status",),
+    "traffic": (),
+    "destination": (),
     "bounce": ("expires_in", *REPLY_CHECKS),
     "cancel": REPLY_CHECKS,
     "request": REPLY_CHECKS,
@@ -840,7 +1074,9 @@ _INJECT_KEYS: Final = (
     "routing_domain",
     "queue",
     "subject",
+    "via",
 )
+_TRAFFIC_KEYS: Final = (*_INJECT_KEYS, "every", "batch")
 _REQUEST_KEYS: Final = ("method", "path", "headers", "body", "json", "pad_to")
 _EXPECT_KEYS: Final = (
     "rules",
@@ -849,6 +1085,10 @@ _EXPECT_KEYS: Final = (
     "queues",
     "queued_total",
     "admin_bounces",
+    "deliveries",
+    "transient_failures",
+    "bounces",
+    "expirations",
     "records",
 )
 _RULE_KEYS: Final = (

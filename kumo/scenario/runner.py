@@ -2,23 +2,32 @@
 
 * :class:`InProcessTarget`: a fresh engine in a data directory, served by the real HTTP
   app through httpx's ASGI transport, so bad input gets exactly the replies it gets over
-  the wire. Run it under ``trio.testing.MockClock(autojump_threshold=0)`` (as
-  :func:`run_in_process` does): waits advance virtual time, so an hour-long scenario
-  takes milliseconds and runs the same way every time. After each step the target
-  waits until the engine is idle, so expectations need no retries. A restart closes the
-  engine and opens it again on the same directory; the wall clock runs on.
+  the wire, and by its real SMTP listener through memory streams. Run it under
+  ``trio.testing.MockClock(autojump_threshold=0)`` (as :func:`run_in_process` does):
+  waits advance virtual time, so an hour-long scenario takes milliseconds and runs the
+  same way every time. After each step the target waits until nothing can happen
+  without time passing, so expectations need no retries. A restart closes the engine
+  and opens it again on the same directory; the wall clock runs on. With
+  ``destination`` steps the engine delivers, to simulated SMTP peers
+  (:mod:`kumo.scenario.destinations`).
 * :class:`LiveTarget`: a running server at an endpoint, over HTTP in real time. Waits
   are sleeps; expectations are retried for a while, because a sweep finishes after its
   reply; restarts happen only with a restart command; delivery-log records are read
-  from a log directory when one is given.
+  from a log directory when one is given; SMTP goes to the listener address given, and
+  destinations are Postfix's smtp-sink at the addresses given
+  (:mod:`kumo.scenario.smtp_sink`).
+
+A ``traffic`` step sends its messages in the background, batch by batch, while the
+steps after it run; a batch that fails fails the step during which it was sent.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import tempfile
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Final, Protocol
@@ -28,14 +37,21 @@ import httpx
 import trio
 import trio.testing
 
+from kumo.cli.serve import mail_settings
+from kumo.config import Config
 from kumo.http.app import create_app
 from kumo.http.routes import BOUNCE_PATH, INJECT_PATH, LIVENESS_PATH, METRICS_PATH
-from kumo.model.duration import NANOS_PER_SECOND
+from kumo.model.duration import NANOS_PER_SECOND, format_duration
 from kumo.model.prometheus_text import parse_scheduled_counts
+from kumo.model.ready_queue import ResolvedAddress
 from kumo.model.rfc3339 import format_rfc3339
+from kumo.model.smtp_server import Peer, SmtpServerSettings
 from kumo.runtime.blocking import inline
 from kumo.runtime.clock import EngineClock
 from kumo.runtime.engine import Engine, open_engine
+from kumo.runtime.smtp_connection import OutgoingMessage, connect_tcp
+from kumo.runtime.smtp_listener import ListenerSettings, SmtpListener
+from kumo.scenario.destinations import ROUND_CUSHION, SimulatedDestinations
 from kumo.scenario.expect import (
     Check,
     Observation,
@@ -44,20 +60,25 @@ from kumo.scenario.expect import (
     check_bounce_reply,
     check_inject_reply,
     check_reply,
+    compare,
     evaluate,
     failed,
 )
 from kumo.scenario.format import (
     Bounce,
     Cancel,
+    Destination,
     Expect,
     Inject,
     Request,
     Restart,
     Scenario,
     Step,
+    Traffic,
     Wait,
 )
+from kumo.scenario.smtp_sink import SmtpSink
+from kumo.scenario.smtp_submission import Submitted, submit
 from kumo.store.delivery_files import read_records, segment_sizes
 from kumo.store.layout import LOGS
 
@@ -73,7 +94,16 @@ LIVE_REMAINING_SLACK: Final = 30 * NANOS_PER_SECOND
 RESTART_TIMEOUT: Final = 60.0
 REQUEST_TIMEOUT: Final = 60.0
 """Seconds a live request may take (KumoMTA's kcli gives up after 60 s too)."""
+LIVE_AGE_SLACK: Final = 2
+"""Seconds a live record's age (``ages``) may be off: real time passes between a due
+time and the attempt."""
 _RETRY_INTERVAL: Final = 0.25
+SMTP_CLIENT_IP: Final = "127.0.0.1"
+"""The in-process SMTP client's address, as the engine's listener sees it (a relay host)."""
+_FIRST_SMTP_PORT: Final = 50_000
+SETTLE_CUSHION: Final = ROUND_CUSHION + 0.0001
+"""Real seconds every task must be blocked before the in-process target counts as
+settled: longer than the simulated destinations' rounds wait, so that they go first."""
 
 
 class Target(Protocol):
@@ -94,6 +124,10 @@ class Target(Protocol):
     @property
     def inject_batch(self) -> int:
         """Recipients per inject request."""
+
+    @property
+    def age_slack(self) -> int:
+        """Seconds a record's age may be off the expected one."""
 
     async def request(
         self,
@@ -118,6 +152,14 @@ class Target(Protocol):
     async def read_records(self) -> tuple[list[dict[str, Any]] | None, str | None]:
         """The delivery-log records written since the run began, or None and why not."""
 
+    async def set_destination(self, step: Destination) -> None:
+        """Make ``step.domain``'s SMTP peer answer as ``step`` says, from now on; raise
+        ``OSError`` if the target cannot."""
+
+    async def send_smtp(self, messages: Sequence[OutgoingMessage]) -> Submitted:
+        """Send ``messages`` to the server's SMTP listener, one transaction each; raise
+        ``OSError`` if the target has none."""
+
 
 # -- the targets ------------------------------------------------------------------------
 
@@ -134,26 +176,60 @@ class InProcessTarget:
     remaining_slack = 0
     settle_timeout = 0.0
     inject_batch = INJECT_BATCH
+    age_slack = 0
 
-    def __init__(self, data_dir: Path, clock: EngineClock, nursery: trio.Nursery) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        clock: EngineClock,
+        nursery: trio.Nursery,
+        destinations: SimulatedDestinations | None = None,
+        config: Config | None = None,
+    ) -> None:
         self.data_dir = data_dir
         self.clock = clock
+        self.destinations = destinations
+        """The simulated SMTP peers; None when the engine does not deliver."""
         self._nursery = nursery
+        self._mail = (
+            None
+            if destinations is None
+            else mail_settings(
+                config or Config(), resolver=destinations.resolver, connector=destinations.connect
+            )
+        )
         self._engine: Engine | None = None
         self._client: httpx.AsyncClient | None = None
+        self._listener: SmtpListener | None = None
+        self._smtp_connections = 0
         self._stop = trio.Event()
         self._stopped = trio.Event()
 
     @classmethod
     @asynccontextmanager
-    async def open(cls, data_dir: Path, *, wall_origin: int) -> AsyncIterator[InProcessTarget]:
+    async def open(
+        cls,
+        data_dir: Path,
+        *,
+        wall_origin: int,
+        destinations: Sequence[str] = (),
+        config: Config | None = None,
+    ) -> AsyncIterator[InProcessTarget]:
+        """The target, running. With ``destinations`` (domains) the engine delivers to
+        simulated peers of those domains, with the mail settings of ``config`` (kumo
+        serve's defaults by default); without, it holds every message."""
         async with trio.open_nursery() as nursery:
-            target = cls(data_dir, EngineClock(wall_origin), nursery)
+            simulated = None
+            if destinations:
+                simulated = SimulatedDestinations(destinations)
+                await nursery.start(simulated.run)
+            target = cls(data_dir, EngineClock(wall_origin), nursery, simulated, config)
             await target._start()
             try:
                 yield target
             finally:
                 await target._shut_down()
+                nursery.cancel_scope.cancel()
 
     async def _start(self) -> None:
         self._stop, self._stopped = trio.Event(), trio.Event()
@@ -173,7 +249,9 @@ class InProcessTarget:
         try:
             # threads=False: SQLite and file writes run inline, so that virtual time
             # only moves when the scenario waits (see kumo.runtime.blocking).
-            async with open_engine(self.data_dir, clock=self.clock, threads=False) as engine:
+            async with open_engine(
+                self.data_dir, clock=self.clock, threads=False, mail=self._mail
+            ) as engine:
                 # An ASGI app; quart's scope types are narrower than httpx's.
                 app: Any = create_app(engine, run_blocking=inline)
                 transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 40000))
@@ -181,9 +259,15 @@ class InProcessTarget:
                     transport=transport, base_url="http://kumo.invalid"
                 ) as client:
                     self._engine, self._client = engine, client
+                    # The listener's sessions only: connections come through memory
+                    # streams (send_smtp), never a socket.
+                    self._listener = SmtpListener(
+                        engine,
+                        ListenerSettings(host=SMTP_CLIENT_IP, port=0, session=SmtpServerSettings()),
+                    )
                     task_status.started()
                     await stop.wait()
-                    self._engine = self._client = None
+                    self._engine = self._client = self._listener = None
         finally:
             stopped.set()
 
@@ -200,11 +284,23 @@ class InProcessTarget:
         headers: Sequence[tuple[str, str]] = (),
         content: bytes = b"",
     ) -> httpx.Response:
-        assert self._client is not None, "the target is not running"
+        if self._client is None:
+            # Traffic may send while a restart step has the engine down.
+            raise httpx.ConnectError("the in-process server is not running (restarting)")
         return await self._client.request(method, path, headers=list(headers), content=content)
 
     async def settle(self) -> None:
-        await self.engine.wait_idle()
+        """Return once nothing can happen without time passing: every committed event
+        processed (:meth:`Engine.wait_idle`) and every task blocked (a message being
+        delivered, an outcome being decided, a traffic batch under way all run first).
+        Under the virtual clock this is exact; time does not move meanwhile."""
+        engine = self.engine
+        while True:
+            await engine.wait_idle()
+            seq = engine.statistics().log.last_seq
+            await trio.testing.wait_all_tasks_blocked(SETTLE_CUSHION)
+            if self._engine is engine and engine.statistics().log.last_seq == seq:
+                return
 
     async def sleep(self, nanos: int) -> None:
         await trio.sleep(nanos / NANOS_PER_SECOND)
@@ -221,9 +317,42 @@ class InProcessTarget:
         # Inline, not in a thread: a thread would let virtual time jump.
         return read_records(self.data_dir / LOGS), None
 
+    async def set_destination(self, step: Destination) -> None:
+        await trio.lowlevel.checkpoint()
+        if self.destinations is None:
+            raise OSError("the engine delivers nothing: the scenario has no destination step")
+        self.destinations.answer(step)
+
+    async def send_smtp(self, messages: Sequence[OutgoingMessage]) -> Submitted:
+        listener = ResolvedAddress("localhost", ipaddress.ip_address(SMTP_CLIENT_IP), 25)
+        return await submit(messages, server=listener, connector=self._connect_to_listener)
+
+    async def _connect_to_listener(
+        self, address: ResolvedAddress, port: int
+    ) -> tuple[trio.abc.Stream, str]:
+        """A connection to the engine's SMTP listener through a memory stream."""
+        await trio.lowlevel.checkpoint()
+        listener = self._listener
+        if listener is None:
+            raise ConnectionRefusedError("the in-process server is not running")
+        client_port = _FIRST_SMTP_PORT + self._smtp_connections % (65_536 - _FIRST_SMTP_PORT)
+        self._smtp_connections += 1
+        ours, theirs = trio.testing.memory_stream_pair()
+
+        async def serve() -> None:
+            async with theirs:
+                await listener.serve_connection(
+                    theirs, Peer(SMTP_CLIENT_IP, client_port), SMTP_CLIENT_IP
+                )
+
+        self._nursery.start_soon(serve)
+        return ours, f"{SMTP_CLIENT_IP}:{client_port}"
+
 
 class LiveTarget:
     """A server at ``endpoint``, in real time. Build it with :meth:`open`."""
+
+    age_slack = LIVE_AGE_SLACK
 
     def __init__(
         self,
@@ -234,6 +363,8 @@ class LiveTarget:
         restart_command: str | None,
         settle_timeout: float,
         remaining_slack: int,
+        smtp: tuple[str, int] | None = None,
+        sinks: Mapping[str, SmtpSink] | None = None,
     ) -> None:
         self._client = client
         self.endpoint = endpoint
@@ -241,6 +372,10 @@ class LiveTarget:
         self.restart_command = restart_command
         self.settle_timeout = settle_timeout
         self.remaining_slack = remaining_slack
+        self.smtp = smtp
+        """The server's SMTP listener (IP, port), if given."""
+        self.sinks = dict(sinks or {})
+        """Destination domain -> its smtp-sink."""
         self._log_offsets: dict[str, int] = {}
         self.inject_batch = INJECT_BATCH
 
@@ -260,12 +395,20 @@ class LiveTarget:
         settle_timeout: float = LIVE_SETTLE_TIMEOUT,
         remaining_slack: int = LIVE_REMAINING_SLACK,
         request_timeout: float = REQUEST_TIMEOUT,
+        smtp: tuple[str, int] | None = None,
+        sinks: Mapping[str, tuple[str, int]] | None = None,
     ) -> AsyncIterator[LiveTarget]:
-        async with httpx.AsyncClient(
-            base_url=endpoint.rstrip("/"),
-            headers=list(headers),
-            timeout=httpx.Timeout(request_timeout),
-        ) as client:
+        """The target; ``smtp`` is the server's SMTP listener, ``sinks`` the address of
+        each destination domain's smtp-sink (started by its first ``destination`` step,
+        stopped when the block ends)."""
+        async with (
+            httpx.AsyncClient(
+                base_url=endpoint.rstrip("/"),
+                headers=list(headers),
+                timeout=httpx.Timeout(request_timeout),
+            ) as client,
+            trio.open_nursery() as processes,
+        ):
             target = cls(
                 client,
                 endpoint,
@@ -273,11 +416,20 @@ class LiveTarget:
                 restart_command=restart_command,
                 settle_timeout=settle_timeout,
                 remaining_slack=remaining_slack,
+                smtp=smtp,
+                sinks={
+                    domain.lower(): SmtpSink(host, port, processes)
+                    for domain, (host, port) in (sinks or {}).items()
+                },
             )
-            if log_dir is not None:
-                # Records from before the run are not the scenario's: count from here.
-                target._log_offsets = await trio.to_thread.run_sync(segment_sizes, log_dir)
-            yield target
+            try:
+                if log_dir is not None:
+                    # Records from before the run are not the scenario's: count from here.
+                    target._log_offsets = await trio.to_thread.run_sync(segment_sizes, log_dir)
+                yield target
+            finally:
+                for sink in target.sinks.values():
+                    await sink.stop()
 
     async def request(
         self,
@@ -326,6 +478,22 @@ class LiveTarget:
             return None, "no delivery-log directory given (--log-dir)"
         records = await trio.to_thread.run_sync(read_records, self.log_dir, self._log_offsets)
         return records, None
+
+    async def set_destination(self, step: Destination) -> None:
+        sink = self.sinks.get(step.domain)
+        if sink is None:
+            raise OSError(
+                f"no smtp-sink for {step.domain} (--sink {step.domain}=IP:PORT, the "
+                "address the server delivers it to)"
+            )
+        await sink.answer(step)
+
+    async def send_smtp(self, messages: Sequence[OutgoingMessage]) -> Submitted:
+        if self.smtp is None:
+            raise OSError("no SMTP listener given (--smtp IP:PORT)")
+        host, port = self.smtp
+        listener = ResolvedAddress(host, ipaddress.ip_address(host), port)
+        return await submit(messages, server=listener, connector=connect_tcp)
 
 
 # -- results ----------------------------------------------------------------------------
@@ -379,14 +547,29 @@ def _verdict(checks: Sequence[Check]) -> Verdict:
 # -- the runner -------------------------------------------------------------------------
 
 
-class _Run:
-    """One scenario on one target: the ids the bounce steps got, the recipients made."""
+class _TrafficRun:
+    """The progress of one ``traffic`` step in the background."""
 
-    def __init__(self, scenario: Scenario, target: Target) -> None:
+    def __init__(self, step: Step, total: int) -> None:
+        self.step = step
+        self.total = total
+        self.sent = 0
+        self.done = False
+        self.problems: list[Check] = []
+        """Failed checks of batches not yet reported with a step."""
+
+
+class _Run:
+    """One scenario on one target: the ids the bounce steps got, the recipients made,
+    the traffic under way (in ``nursery``)."""
+
+    def __init__(self, scenario: Scenario, target: Target, nursery: trio.Nursery) -> None:
         self.scenario = scenario
         self.target = target
         self.rule_ids: dict[str, str | None] = {}
         self.next_recipient = 1
+        self.traffic: list[_TrafficRun] = []
+        self._nursery = nursery
 
     async def step(self, step: Step) -> StepResult:
         started = time.monotonic()
@@ -402,14 +585,46 @@ class _Run:
                 checks = [failed("request", "a reply", f"{type(error).__name__}: {error}")]
         if scope.cancelled_caught:
             checks = [failed("time", f"done within {budget:g} s", "still running: timed out")]
+        checks += self._traffic_problems()
         return StepResult(
             step, _verdict(checks), tuple(checks), tuple(notes), time.monotonic() - started
         )
+
+    def _traffic_problems(self) -> list[Check]:
+        """What the traffic's batches got wrong since the last step, as this step's."""
+        problems: list[Check] = []
+        for traffic in self.traffic:
+            label = traffic.step.label
+            problems += [
+                attrs.evolve(c, what=f"traffic of {label}: {c.what}") for c in traffic.problems
+            ]
+            traffic.problems.clear()
+        return problems
+
+    def unfinished_traffic(self) -> list[str]:
+        """Notes on the traffic still under way (the run's end stops it)."""
+        return [
+            f"the traffic of {t.step.label} was stopped at the end of the run, "
+            f"{t.sent} of {t.total} messages sent"
+            for t in self.traffic
+            if not t.done
+        ]
 
     async def _dispatch(self, step: Step, notes: list[str]) -> list[Check]:
         action = step.action
         if isinstance(action, Inject):
             return await self._inject(action)
+        if isinstance(action, Traffic):
+            return self._start_traffic(step, action)
+        if isinstance(action, Destination):
+            try:
+                await self.target.set_destination(action)
+            except OSError as error:
+                return [
+                    failed("destination", f"{action.domain} answering {action.answer}", str(error))
+                ]
+            await self.target.settle()
+            return []
         if isinstance(action, Bounce):
             return await self._bounce(step, action)
         if isinstance(action, Cancel):
@@ -433,12 +648,53 @@ class _Run:
             return check_reply(action.reply, reply.status_code, reply.text)
         return await self._expect(action, notes)
 
+    def _recipients(self, action: Inject) -> list[str]:
+        if action.recipients is not None:
+            return list(action.recipients)
+        first = self.next_recipient
+        self.next_recipient += action.count
+        return [f"user{n}@{action.domain}" for n in range(first, self.next_recipient)]
+
     async def _inject(self, action: Inject) -> list[Check]:
-        recipients = list(action.recipients or ())
-        if action.recipients is None:
-            first = self.next_recipient
-            self.next_recipient += action.count
-            recipients = [f"user{n}@{action.domain}" for n in range(first, self.next_recipient)]
+        checks = await self._send(action, self._recipients(action))
+        await self.target.settle()
+        return checks
+
+    def _start_traffic(self, step: Step, action: Traffic) -> list[Check]:
+        recipients = self._recipients(action.inject)
+        traffic = _TrafficRun(step, len(recipients))
+        self.traffic.append(traffic)
+        self._nursery.start_soon(self._run_traffic, traffic, action, recipients)
+        return [
+            Check(
+                "traffic",
+                f"{len(recipients)} messages by {format_duration(action.duration)} from now",
+                "started",
+                Verdict.PASSED,
+            )
+        ]
+
+    async def _run_traffic(
+        self, traffic: _TrafficRun, action: Traffic, recipients: list[str]
+    ) -> None:
+        """Send ``recipients`` a batch at a time, each on its schedule (not after the
+        previous batch: a slow batch does not delay the next)."""
+        started = trio.current_time()
+        for number, first in enumerate(range(0, len(recipients), action.batch), 1):
+            await trio.sleep_until(started + number * action.every / NANOS_PER_SECOND)
+            batch = recipients[first : first + action.batch]
+            try:
+                checks = await self._send(action.inject, batch)
+            except (httpx.HTTPError, OSError, trio.TooSlowError) as error:
+                checks = [failed("request", "a reply", f"{type(error).__name__}: {error}")]
+            traffic.sent += len(batch)
+            traffic.problems += [check for check in checks if check.failed]
+        traffic.done = True
+
+    async def _send(self, action: Inject, recipients: list[str]) -> list[Check]:
+        """Send one message to each of ``recipients`` as ``action`` says."""
+        if action.via == "smtp":
+            return await self._send_smtp(action, recipients)
         metadata = {
             key: value
             for key, value in (
@@ -449,10 +705,7 @@ class _Run:
             )
             if value is not None
         }
-        content = (
-            f"From: <{action.sender}>\r\nSubject: {action.subject}\r\n\r\n"
-            f"A message from the kumo scenario {self.scenario.name!r}.\r\n"
-        )
+        content = self._content(action)
         statuses: list[int] = []
         successes = failures = 0
         problems: list[Check] = []
@@ -486,7 +739,6 @@ class _Run:
                 data = _json_object(reply.text)
                 successes += _count(data.get("success_count"))
                 failures += _count(data.get("fail_count"))
-        await self.target.settle()
         if problems:
             return problems[:3]
         checks = [
@@ -502,6 +754,31 @@ class _Run:
                 Check("success_count", str(len(recipients)), str(successes), Verdict.PASSED)
             )
         return checks
+
+    async def _send_smtp(self, action: Inject, recipients: list[str]) -> list[Check]:
+        headers = "".join(
+            f"{name}: {value}\r\n"
+            for name, value in (("X-Campaign", action.campaign), ("X-Tenant", action.tenant))
+            if value is not None
+        )
+        content = (headers + self._content(action)).encode()
+        messages = [
+            OutgoingMessage(f"{n}", action.sender, recipient, content)
+            for n, recipient in enumerate(recipients)
+        ]
+        try:
+            submitted = await self.target.send_smtp(messages)
+        except OSError as error:
+            return [failed("smtp", f"{len(messages)} messages accepted", str(error))]
+        checks = [compare("accepted over SMTP", len(messages), submitted.accepted)]
+        checks += [failed("refused over SMTP", "250", problem) for problem in submitted.problems]
+        return checks
+
+    def _content(self, action: Inject) -> str:
+        return (
+            f"From: <{action.sender}>\r\nSubject: {action.subject}\r\n\r\n"
+            f"A message from the kumo scenario {self.scenario.name!r}.\r\n"
+        )
 
     async def _bounce(self, step: Step, action: Bounce) -> list[Check]:
         body = dict(action.body)
@@ -555,7 +832,11 @@ class _Run:
         while True:
             seen = await self._observe(action)
             checks = evaluate(
-                action, seen, self.rule_ids, remaining_slack=self.target.remaining_slack
+                action,
+                seen,
+                self.rule_ids,
+                remaining_slack=self.target.remaining_slack,
+                age_slack=self.target.age_slack,
             )
             if not any(check.failed for check in checks) or trio.current_time() >= deadline:
                 break
@@ -619,8 +900,11 @@ async def run_scenario(
     started = time.monotonic()
     clock_start = trio.current_time()
     notes = await _preflight(target)
-    run = _Run(scenario, target)
-    results = [await run.step(step) for step in scenario.steps]
+    async with trio.open_nursery() as traffic:
+        run = _Run(scenario, target, traffic)
+        results = [await run.step(step) for step in scenario.steps]
+        notes += run.unfinished_traffic()
+        traffic.cancel_scope.cancel()
     if clean_up:
         notes += await _clean_up(target, [i for i in run.rule_ids.values() if i is not None])
     return ScenarioResult(
@@ -686,7 +970,12 @@ def run_in_process(scenario: Scenario, data_dir: Path | None = None) -> Scenario
     async def main(directory: Path) -> ScenarioResult:
         started = time.monotonic()
         try:
-            async with InProcessTarget.open(directory, wall_origin=scenario.wall_origin) as target:
+            async with InProcessTarget.open(
+                directory,
+                wall_origin=scenario.wall_origin,
+                destinations=scenario.destination_domains,
+                config=scenario.config,
+            ) as target:
                 return await run_scenario(scenario, target)
         except Exception as error:  # the engine itself failed: report, do not crash
             return ScenarioResult(
@@ -713,10 +1002,15 @@ def run_live(
     headers: Sequence[tuple[str, str]] = (),
     settle_timeout: float = LIVE_SETTLE_TIMEOUT,
     request_timeout: float = REQUEST_TIMEOUT,
+    smtp: tuple[str, int] | None = None,
+    sinks: Mapping[str, tuple[str, int]] | None = None,
 ) -> ScenarioResult:
     """Run ``scenario`` against the server at ``endpoint``, in real time. Blocking.
 
-    Rules the scenario leaves live are cancelled at the end (see :func:`run_scenario`).
+    ``smtp`` is the server's SMTP listener (for messages sent ``via = "smtp"``),
+    ``sinks`` the address of each destination domain's smtp-sink (the server delivers
+    that domain there). Rules the scenario leaves live are cancelled at the end (see
+    :func:`run_scenario`).
     """
 
     async def main() -> ScenarioResult:
@@ -727,8 +1021,16 @@ def run_live(
             headers=headers,
             settle_timeout=settle_timeout,
             request_timeout=request_timeout,
+            smtp=smtp,
+            sinks=sinks,
         ) as target:
             result = await run_scenario(scenario, target, clean_up=True)
-        return attrs.evolve(result, virtual_seconds=None)
+        notes = result.notes
+        if scenario.config is not None:
+            notes += (
+                "[config] applies in-process only: the server delivers as its own "
+                "configuration says",
+            )
+        return attrs.evolve(result, virtual_seconds=None, notes=notes)
 
     return trio.run(main)

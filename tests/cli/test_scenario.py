@@ -98,7 +98,7 @@ def test_malformed_file_names_file_line_and_step(tmp_path: Path) -> None:
     assert result.exit_code == 1
     assert (
         f"ERROR  {path}:6: step 2 \"typo\": unknown key 'wiat': a step needs one action key, "
-        "one of inject, bounce, cancel, wait, restart, expect, request"
+        "one of inject, traffic, destination, bounce, cancel, wait, restart, expect, request"
     ) in result.output
     assert "2 scenarios: 1 passed, 1 failed (malformed)" in result.output
     root = ET.parse(junit).getroot()
@@ -253,3 +253,32 @@ def test_restart_is_skipped_against_a_live_server_without_a_command(tmp_path: Pa
     assert "note: record checks skipped: no delivery-log directory given (--log-dir)" in (
         result.output
     )
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (["--smtp", "localhost:2025"], "'localhost:2025' is not IP:PORT"),
+        (["--smtp", "127.0.0.1"], "'127.0.0.1' is not IP:PORT"),
+        (["--smtp", "127.0.0.1:0"], "'127.0.0.1:0' is not IP:PORT"),
+        (["--sink", "127.0.0.1:2600"], "'127.0.0.1:2600' is not DOMAIN=IP:PORT"),
+        (["--sink", "=127.0.0.1:2600"], "'=127.0.0.1:2600' is not DOMAIN=IP:PORT"),
+        (
+            ["--sink", "Example.com=127.0.0.1:2600", "--sink", "example.com=[::1]:2600"],
+            "example.com is given twice",
+        ),
+    ],
+)
+def test_smtp_and_sink_addresses_are_checked(option: list[str], message: str) -> None:
+    result = CliRunner().invoke(
+        main, ["scenario", "run", "pile_up", "--endpoint", "http://127.0.0.1:1", *option]
+    )
+    assert result.exit_code == 2
+    assert message in result.output
+
+
+def test_smtp_and_sink_need_endpoint() -> None:
+    for option in (["--smtp", "127.0.0.1:2025"], ["--sink", "example.com=127.0.0.1:2600"]):
+        result = CliRunner().invoke(main, ["scenario", "run", "pile_up", *option])
+        assert result.exit_code == 2
+        assert f"{option[0]} needs --endpoint" in result.output

@@ -550,3 +550,35 @@ async def test_delivery_to_postfix_smtp_sink() -> None:
     assert len(written) == 2
     assert any(dump.endswith(b"\n.dot\nbody\n\n") for dump in written)
     assert all(b"X-Helo-Args: client.test\n" in dump for dump in written)
+
+
+async def test_a_connector_of_the_settings_opens_every_connection(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The settings' connector replaces TCP (an in-process scenario's seam): what it
+    raises is the address's failure, and a connect that never returns times out."""
+    asked: list[tuple[str, int]] = []
+
+    async def connector(target: ResolvedAddress, port: int) -> tuple[trio.abc.Stream, str]:
+        asked.append((target.name, port))
+        if target.name == "refusing.":
+            raise ConnectionRefusedError(111, "Connection refused")
+        await trio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    settings = attrs.evolve(connection_settings(), connector=connector)
+    plan = [
+        ResolvedAddress("refusing.", ipaddress.ip_address("192.0.2.1")),
+        ResolvedAddress("hanging.", ipaddress.ip_address("192.0.2.2"), 2525),
+    ]
+    with trio.fail_after(VIRTUAL_DEADLINE):
+        run = await deliver(plan, [message(0)], settings)
+    assert asked == [("refusing.", 25), ("hanging.", 2525)]
+    [outcome] = run.outcomes
+    assert outcome.disposition is Disposition.TRANSIENT_FAILURE
+    assert outcome.response.content.startswith(
+        "KumoMTA internal: failed to connect to any candidate hosts: "
+        "connect to 192.0.2.1:25 and read initial banner: failed to connect to "
+        "192.0.2.1:25: Connection refused (os error 111), connect to 192.0.2.2:2525 "
+    )
+    assert trio.current_time() >= 60  # connect_timeout, KumoMTA's default

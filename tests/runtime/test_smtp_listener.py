@@ -19,7 +19,7 @@ import trio
 import trio.testing
 
 from kumo.model.events import MessageReceived, PeerAddress, Rejected
-from kumo.model.smtp_server import SmtpServerSettings
+from kumo.model.smtp_server import Peer, SmtpServerSettings
 from kumo.runtime.clock import EngineClock
 from kumo.runtime.engine import Engine, open_engine
 from kumo.runtime.smtp_listener import ListenerSettings, SmtpListener
@@ -518,3 +518,37 @@ async def test_a_failed_tls_handshake_ends_only_that_session(tmp_path: Path) -> 
             other = await served.client()
             assert await other.command("NOOP") == ["250 the goggles do nothing"]
             await other.command("QUIT")
+
+
+async def test_a_connection_handed_in_without_a_socket_is_served_alike(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """serve_connection: what an in-process scenario uses, a memory stream and the
+    addresses it says, the same session as over TCP; the stream stays the caller's."""
+    data = tmp_path / "data"
+    async with open_engine(data, clock=EngineClock(WALL_ORIGIN), threads=False) as engine:
+        listener = SmtpListener(engine, listener_settings())
+        ours, theirs = trio.testing.memory_stream_pair()
+
+        async def serve() -> None:
+            async with theirs:
+                await listener.serve_connection(theirs, Peer("127.0.0.1", 4567), "192.0.2.25")
+
+        # Virtual time: a hang fails at once.
+        with trio.fail_after(3600):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(serve)
+                client = Client(ours)
+                assert await client.reply() == [f"220 {HOST} KumoMTA"]
+                assert (await client.command("EHLO client.example"))[0].startswith("250-")
+                ids = ids_of(await send_message(client, ["a@example.com"]))
+                assert await client.command("QUIT") == ["221 So long, and thanks for all the fish!"]
+                assert await client.closed()
+        await engine.wait_idle()
+        assert listener.statistics().connections == 1
+        assert listener.statistics().messages_received == 1
+    [event] = received_events(data)
+    assert event.message_id == ids[0]
+    assert event.peer == PeerAddress(name="client.example", addr="127.0.0.1")
+    [body] = spool_bodies(data)
+    assert b"(KumoMTA 192.0.2.25)" in body

@@ -15,4 +15,16 @@ def test_doc_examples_parse_as_one_scenario() -> None:
     assert len(blocks) >= 8
     scenario = parse_scenario("\n".join(blocks), str(DOC))
     kinds = {step.kind for step in scenario.steps}
-    assert kinds == {"inject", "bounce", "cancel", "wait", "restart", "request", "expect"}
+    assert kinds == {
+        "inject",
+        "traffic",
+        "destination",
+        "bounce",
+        "cancel",
+        "wait",
+        "restart",
+        "request",
+        "expect",
+    }
+    assert scenario.delivers
+    assert scenario.config is not None

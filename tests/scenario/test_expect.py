@@ -161,3 +161,63 @@ def test_record_matching_is_exact() -> None:
     assert not record_matches(record, {"n": True})
     assert not record_matches(record, {"missing": None})
     assert not record_matches(record, {"n.deeper": 1})
+
+
+def failure(age: int, attempts: int) -> dict[str, Any]:
+    created = 1_767_225_600
+    return {
+        "type": "TransientFailure",
+        "timestamp": created + age,
+        "created": created,
+        "num_attempts": attempts,
+    }
+
+
+def test_counts_of_each_mail_path_record_type() -> None:
+    records: list[dict[str, Any]] = [
+        {"type": "Delivery"},
+        {"type": "Delivery"},
+        failure(0, 0),
+        {"type": "Bounce"},
+        {"type": "Expiration"},
+    ]
+    expect = Expect(
+        admin_bounces=0,
+        record_counts={"deliveries": 2, "transient_failures": 1, "bounces": 1, "expirations": 2},
+    )
+    checks = evaluate(expect, Observation(records=records), {})
+    assert [(c.what, c.expected, c.actual, c.verdict) for c in checks] == [
+        ('admin_bounces where type = "AdminBounce"', "0", "0", Verdict.PASSED),
+        ('deliveries where type = "Delivery"', "2", "2", Verdict.PASSED),
+        ('transient_failures where type = "TransientFailure"', "1", "1", Verdict.PASSED),
+        ('bounces where type = "Bounce"', "1", "1", Verdict.PASSED),
+        ('expirations where type = "Expiration"', "2", "1", Verdict.FAILED),
+    ]
+    skipped = evaluate(expect, Observation(records_note="no --log-dir"), {})
+    assert [c.verdict for c in skipped] == [Verdict.SKIPPED] * 5
+
+
+def test_record_ages_in_log_order() -> None:
+    records = [failure(0, 0), {"type": "Reception"}, failure(30, 1), failure(90, 2)]
+    wanted = RecordExpectation(None, {"type": "TransientFailure"}, ages=(0, 30, 90))
+    checks = evaluate(Expect(records=(wanted,)), Observation(records=records), {})
+    assert [(c.what, c.expected, c.actual, c.verdict) for c in checks] == [
+        ('records[0] where type = "TransientFailure"', "3", "3", Verdict.PASSED),
+        (
+            'records[0] where type = "TransientFailure": ages',
+            "[0, 30, 90]",
+            "[0, 30, 90]",
+            Verdict.PASSED,
+        ),
+    ]
+    # One second off fails exactly, and passes with a second of slack (a live target's).
+    late = [failure(0, 0), failure(31, 1), failure(90, 2)]
+    checks = evaluate(Expect(records=(wanted,)), Observation(records=late), {})
+    assert [c.verdict for c in checks] == [Verdict.PASSED, Verdict.FAILED]
+    checks = evaluate(Expect(records=(wanted,)), Observation(records=late), {}, age_slack=1)
+    assert [c.verdict for c in checks] == [Verdict.PASSED, Verdict.PASSED]
+    assert checks[1].expected == "[0, 30, 90] (each within 1 s)"
+    # A record missing, or one without its times, fails.
+    for seen in ([failure(0, 0), failure(30, 1)], [*late[:2], {"type": "TransientFailure"}]):
+        checks = evaluate(Expect(records=(wanted,)), Observation(records=seen), {})
+        assert checks[1].verdict is Verdict.FAILED

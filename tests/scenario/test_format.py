@@ -11,11 +11,13 @@ from kumo.scenario.format import (
     DEFAULT_WALL_ORIGIN,
     Bounce,
     Cancel,
+    Destination,
     Expect,
     Inject,
     Request,
     Restart,
     ScenarioError,
+    Traffic,
     Wait,
     parse_scenario,
 )
@@ -186,7 +188,7 @@ def test_syntax_error_before_any_step() -> None:
             """,
             f"{SOURCE}:3: step 1 \"seed\" (inject): unknown key 'cout' in inject "
             "(expected one of: count, domain, recipients, sender, campaign, tenant, "
-            "routing_domain, queue, subject)",
+            "routing_domain, queue, subject, via)",
         ),
         (
             """
@@ -197,7 +199,7 @@ def test_syntax_error_before_any_step() -> None:
             name = "nothing to do"
             """,
             f'{SOURCE}:4: step 2 "nothing to do": a step needs one action key: one of '
-            "inject, bounce, cancel, wait, restart, expect, request",
+            "inject, traffic, destination, bounce, cancel, wait, restart, expect, request",
         ),
         (
             """
@@ -349,7 +351,8 @@ def test_semantic_errors_name_file_line_and_step(text: str, expected: str) -> No
         ('[scenario]\nname = "x"\n', f"{SOURCE}: no steps: add [[step]] tables"),
         (
             'steps = []\n[[step]]\nwait = "1s"\n',
-            f"{SOURCE}:1: unknown top-level key 'steps' (expected [scenario] and [[step]] tables)",
+            f"{SOURCE}:1: unknown top-level key 'steps' "
+            "(expected [scenario], [config] and [[step]] tables)",
         ),
         (
             '[scenario]\nname = "x"\ntitle = "y"\n[[step]]\nwait = "1s"\n',
@@ -368,3 +371,199 @@ def test_file_level_errors(text: str, expected: str) -> None:
     with pytest.raises(ScenarioError) as caught:
         parse_scenario(text, SOURCE)
     assert str(caught.value) == expected
+
+
+def test_mail_path_steps_parse() -> None:
+    text = """
+        [scenario]
+        name = "mail"
+
+        [config.queue]
+        retry_interval = "30s"
+        max_age = "10m"
+
+        [config.domains."Example.com"]
+        max_ready = 10
+
+        [[step]]
+        destination = { domain = "Example.COM", answer = "451 4.3.0 Try again later" }
+
+        [[step]]
+        inject = { count = 2, domain = "example.com", campaign = "c", via = "smtp" }
+
+        [[step]]
+        traffic = { count = 5, every = "10s", batch = 2, domain = "example.com", via = "http" }
+
+        [[step]]
+        destination = { domain = "example.net", answer = "accept" }
+
+        [[step]]
+        [step.expect]
+        deliveries = 1
+        transient_failures = 2
+        bounces = 0
+        expirations = 3
+        records = [{ type = "TransientFailure", ages = ["0s", 30, "1m 30s"] }]
+    """
+    scenario = parse_scenario(textwrap.dedent(text), SOURCE)
+    refuses, inject, traffic, accepts, expect = (step.action for step in scenario.steps)
+    assert isinstance(refuses, Destination)
+    assert isinstance(accepts, Destination)
+    assert refuses == Destination("example.com", "451 4.3.0 Try again later")
+    assert (refuses.accepts, refuses.code, refuses.text) == (False, 451, "4.3.0 Try again later")
+    assert (accepts.accepts, accepts.code, accepts.text) == (True, 250, "")
+    assert scenario.steps[0].summary == "example.com answers 451 4.3.0 Try again later"
+    assert inject == Inject(
+        recipients=None, count=2, domain="example.com", campaign="c", via="smtp"
+    )
+    assert scenario.steps[1].summary == "2 to c:@example.com over SMTP"
+    assert traffic == Traffic(
+        Inject(recipients=None, count=5, domain="example.com"), 10 * 10**9, batch=2
+    )
+    assert traffic.duration == 30 * 10**9  # batches at 10s, 20s and 30s
+    assert scenario.steps[2].summary == "5 to example.com, 2 every 10s for 30s"
+    assert isinstance(expect, Expect)
+    assert expect.record_counts == {
+        "deliveries": 1,
+        "transient_failures": 2,
+        "bounces": 0,
+        "expirations": 3,
+    }
+    [record] = expect.records
+    assert (record.count, record.expected_count, record.ages) == (None, 3, (0, 30, 90))
+    assert record.where == {"type": "TransientFailure"}
+    assert scenario.delivers
+    assert scenario.destination_domains == ("example.com", "example.net")
+    assert scenario.config is not None
+    assert scenario.config.queue_settings("example.com").retry_interval == 30 * 10**9
+    assert scenario.config.egress_settings("EXAMPLE.com").max_ready == 10
+
+
+def test_a_scenario_without_destination_steps_does_not_deliver() -> None:
+    scenario = parse_scenario('[[step]]\ninject = { domain = "example.com" }\n', SOURCE)
+    assert not scenario.delivers
+    assert scenario.config is None
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            """
+            [[step]]
+            destination = { domain = "example.com" }
+            """,
+            f'{SOURCE}:2: step 1 (destination): destination needs domain = "<domain>" and '
+            'answer = "accept" or a 4xx/5xx reply such as "451 4.3.0 Try again later"',
+        ),
+        (
+            """
+            [[step]]
+            destination = { domain = "example.com", answer = "250 OK" }
+            """,
+            f'{SOURCE}:2: step 1 (destination): destination.answer must be "accept" or a '
+            '4xx/5xx reply on one line (a code, a space, a text: "451 4.3.0 Try again '
+            "later\"), got '250 OK'",
+        ),
+        (
+            """
+            [[step]]
+            destination = { domain = "example.com", answer = "451" }
+            """,
+            f'{SOURCE}:2: step 1 (destination): destination.answer must be "accept" or a '
+            '4xx/5xx reply on one line (a code, a space, a text: "451 4.3.0 Try again '
+            "later\"), got '451'",
+        ),
+        (
+            """
+            [[step]]
+            destination = { domain = "a@example.com", answer = "accept" }
+            """,
+            f"{SOURCE}:2: step 1 (destination): destination.domain 'a@example.com' is not a domain",
+        ),
+        (
+            """
+            [[step]]
+            inject = { domain = "example.com", via = "uucp" }
+            """,
+            f"{SOURCE}:2: step 1 (inject): inject.via must be one of http, smtp, got 'uucp'",
+        ),
+        (
+            """
+            [[step]]
+            inject = { domain = "example.com", via = "smtp", routing_domain = "r.example" }
+            """,
+            f"{SOURCE}:2: step 1 (inject): inject.routing_domain cannot go over SMTP (only "
+            "campaign and tenant can, as X-Campaign and X-Tenant headers)",
+        ),
+        (
+            """
+            [[step]]
+            traffic = { domain = "example.com", count = 3 }
+            """,
+            f'{SOURCE}:2: step 1 (traffic): traffic needs every = "<duration between batches>"',
+        ),
+        (
+            """
+            [[step]]
+            traffic = { domain = "example.com", every = 0 }
+            """,
+            f"{SOURCE}:2: step 1 (traffic): traffic.every must be longer than 0s",
+        ),
+        (
+            """
+            [[step]]
+            traffic = { every = "1s" }
+            """,
+            f"{SOURCE}:2: step 1 (traffic): traffic needs a domain (with a count) or a list "
+            "of recipients",
+        ),
+        (
+            """
+            [[step]]
+            expect = { records = [{ type = "Delivery", ages = ["1.5s"] }] }
+            """,
+            f"{SOURCE}:2: step 1 (expect): expect.records[0].ages: records are timed in whole "
+            "seconds, got 1s 500ms",
+        ),
+        (
+            """
+            [[step]]
+            expect = { records = [{ count = 2, ages = [1] }] }
+            """,
+            f"{SOURCE}:2: step 1 (expect): count (2) and ages (1) disagree",
+        ),
+        (
+            """
+            [[step]]
+            expect = { deliveries = -1 }
+            """,
+            f"{SOURCE}:2: step 1 (expect): expect.deliveries must be at least 0, got -1",
+        ),
+    ],
+)
+def test_mail_path_errors(text: str, expected: str) -> None:
+    assert str(error_of(text)) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            '[config]\nqueue = { retry_interval = "30s" }\n[[step]]\nwait = "1s"\n',
+            f"{SOURCE}:1: [config] sets how mail is delivered, and nothing is: add a "
+            "destination step, or leave [config] out",
+        ),
+        (
+            '[config]\nlisten = "127.0.0.1:8000"\n[[step]]\nwait = "1s"\n',
+            f"{SOURCE}:1: unknown key 'listen' in [config] (expected the mail path's tables: "
+            "queue, egress, domains)",
+        ),
+        (
+            '[config.queue]\nretry_interval = "soon"\n[[step]]\nwait = "1s"\n',
+            f"{SOURCE}:1: [config]: queue.retry_interval: 'soon' is not a duration",
+        ),
+    ],
+)
+def test_config_errors(text: str, expected: str) -> None:
+    assert str(error_of(text)).startswith(expected)

@@ -11,6 +11,7 @@ import fnmatch
 import re
 import time
 import tomllib
+from collections import Counter
 from importlib.resources import files
 from pathlib import Path
 
@@ -21,14 +22,19 @@ from kumo.scenario.format import parse_scenario
 from kumo.scenario.library import UnknownScenarioError, library_file, library_names
 from kumo.scenario.report import format_result
 from kumo.scenario.runner import ScenarioResult, run_in_process
+from kumo.store.delivery_files import read_records
+from kumo.store.layout import LOGS
+from kumo.store.verify import verify_data_dir
 
 ROOT = Path(__file__).resolve().parents[2]
 LIBRARY = ROOT / "kumo" / "scenario" / "library"
 SCENARIOS = sorted(LIBRARY.glob("*.toml"))
+OWN_TEST = {"pile_up"}
+"""Scenarios run by a test of their own, which checks more (and runs them once)."""
 
 
-def run_file(path: Path) -> ScenarioResult:
-    return run_in_process(parse_scenario(path.read_text(encoding="utf-8"), str(path)))
+def run_file(path: Path, data_dir: Path | None = None) -> ScenarioResult:
+    return run_in_process(parse_scenario(path.read_text(encoding="utf-8"), str(path)), data_dir)
 
 
 def test_the_library_is_found_through_importlib_resources() -> None:
@@ -89,9 +95,7 @@ def test_the_library_covers_every_case_of_the_rules() -> None:
     } <= names
 
 
-@pytest.mark.parametrize("path", SCENARIOS, ids=[path.stem for path in SCENARIOS])
-def test_scenario_passes_in_process(path: Path) -> None:
-    result = run_file(path)
+def assert_passed(result: ScenarioResult) -> None:
     report = format_result(result, verbose=True)
     assert result.passed, report
     assert result.error is None
@@ -99,19 +103,57 @@ def test_scenario_passes_in_process(path: Path) -> None:
     assert len(result.steps) == len(result.scenario.steps if result.scenario else ())
 
 
+GENERIC = [path for path in SCENARIOS if path.stem not in OWN_TEST]
+
+
+@pytest.mark.parametrize("path", GENERIC, ids=[path.stem for path in GENERIC])
+def test_scenario_passes_in_process(path: Path) -> None:
+    assert_passed(run_file(path))
+
+
+def test_the_library_shows_the_mail_path() -> None:
+    names = {path.stem for path in SCENARIOS}
+    assert {"pile_up", "retry_schedule"} <= names
+    assert names >= OWN_TEST
+
+
+def test_pile_up_in_process(tmp_path: Path) -> None:
+    """10,000 messages refused, swept while more arrive over SMTP, then delivery: every
+    record where it belongs, and the data directory passes kumo replay --verify."""
+    data_dir = tmp_path / "data"
+    result = run_file(LIBRARY / "pile_up.toml", data_dir)
+    assert_passed(result)
+    assert result.virtual_seconds == 6
+    types = Counter(str(record["type"]) for record in read_records(data_dir / LOGS))
+    assert types == Counter(
+        {"Reception": 10_110, "TransientFailure": 10_000, "AdminBounce": 10_010, "Delivery": 100}
+    )
+    report = verify_data_dir(data_dir)
+    assert report.violations == [], report.violations
+
+
+def test_retry_schedule_repeats_exactly() -> None:
+    path = LIBRARY / "retry_schedule.toml"
+    first, second = run_file(path), run_file(path)
+    assert_passed(first)
+    assert first.virtual_seconds == second.virtual_seconds == 10 * 60
+    assert trace(first) == trace(second)
+
+
+UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def trace(result: ScenarioResult) -> list[str]:
+    """Every check's values; rule ids are random (uuid4), everything else must repeat."""
+    return [
+        UUID.sub("<uuid>", f"{check.what}: {check.expected} / {check.actual}")
+        for step in result.steps
+        for check in step.checks
+    ]
+
+
 def test_runs_repeat_exactly() -> None:
     """Virtual time and the checks' actual values are the same on every run."""
-
-    uuid = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
-
-    def trace(result: ScenarioResult) -> list[str]:
-        # Rule ids are random (uuid4); everything else must be equal.
-        return [
-            uuid.sub("<uuid>", f"{check.what}: {check.expected} / {check.actual}")
-            for step in result.steps
-            for check in step.checks
-        ]
-
     path = LIBRARY / "incident_spam_traps.toml"
     first, second = run_file(path), run_file(path)
     assert first.virtual_seconds == second.virtual_seconds == 12 * 60

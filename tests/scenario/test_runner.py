@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import textwrap
+from collections import Counter
 from pathlib import Path
 
 import httpx
@@ -22,7 +23,8 @@ from kumo.scenario.runner import (
     run_scenario,
 )
 from kumo.store.delivery_files import read_records
-from tests.live_server import running_server
+from tests.live_server import running_server, start_server
+from tests.postfix import free_port, require_smtp_sink
 
 LIBRARY = Path(__file__).resolve().parents[2] / "kumo" / "scenario" / "library"
 
@@ -226,3 +228,248 @@ def test_live_restart_runs_the_restart_command(tmp_path: Path) -> None:
     assert broken.steps[0].verdict is Verdict.FAILED
     [check] = broken.steps[0].failures
     assert check.actual == "OSError: restart command exited 3: cannot restart"
+
+
+# -- the mail path ------------------------------------------------------------------------
+
+
+def test_traffic_arrives_batch_by_batch_while_the_later_steps_run(tmp_path: Path) -> None:
+    scenario = parse_scenario(
+        textwrap.dedent(
+            """
+            [[step]]
+            traffic = { count = 5, every = "1m", batch = 2, domain = "example.com" }
+
+            [[step]]
+            wait = "1m 30s"
+
+            [[step]]
+            expect = { queued_total = 2 }
+
+            [[step]]
+            wait = "2m"
+
+            [[step]]
+            expect = { queued_total = 5, records = [{ type = "Reception", count = 5 }] }
+            """
+        ),
+        "traffic.toml",
+    )
+    result = run_in_process(scenario, tmp_path / "data")
+    assert result.passed, format_result(result, verbose=True)
+    assert result.notes == ()
+    assert result.steps[0].checks[0].expected == "5 messages by 3m from now"
+    records = read_records(tmp_path / "data" / "logs")
+    origin = records[0]["created"] - 60
+    assert [record["created"] - origin for record in records] == [60, 60, 120, 120, 180]
+
+
+def test_traffic_still_under_way_at_the_end_is_stopped_with_a_note() -> None:
+    result = run_text(
+        """
+        [[step]]
+        traffic = { count = 3, every = "1h", domain = "example.com" }
+
+        [[step]]
+        wait = "1h 30m"
+        """
+    )
+    assert result.passed, format_result(result)
+    assert result.notes == (
+        "the traffic of step 1 (traffic) was stopped at the end of the run, 1 of 3 messages sent",
+    )
+
+
+def test_a_failed_traffic_batch_fails_the_step_it_was_sent_during() -> None:
+    result = run_text(
+        """
+        [[step]]
+        traffic = { recipients = ["good@example.com", "bad@"], every = "1m" }
+
+        [[step]]
+        wait = "1m 30s"
+
+        [[step]]
+        wait = "1m"
+
+        [[step]]
+        expect = { queued_total = 1 }
+        """
+    )
+    assert [step.verdict for step in result.steps] == [
+        Verdict.PASSED,
+        Verdict.PASSED,
+        Verdict.FAILED,
+        Verdict.PASSED,
+    ]
+    assert [(c.what, c.expected, c.actual) for c in result.steps[2].failures] == [
+        ("traffic of step 1 (traffic): success_count", "1", "0"),
+        ("traffic of step 1 (traffic): fail_count", "0", "1"),
+    ]
+
+
+def test_messages_sent_over_smtp_in_process_are_received_by_the_listener(
+    tmp_path: Path,
+) -> None:
+    scenario = parse_scenario(
+        textwrap.dedent(
+            """
+            [[step]]
+            inject.count = 3
+            inject.domain = "example.com"
+            inject.campaign = "c"
+            inject.tenant = "t"
+            inject.via = "smtp"
+
+            [[step]]
+            [step.expect]
+            queues = { "c:t@example.com" = 3 }
+            [[step.expect.records]]
+            type = "Reception"
+            count = 3
+            reception_protocol = "ESMTP"
+            "peer_address.name" = "scenario.invalid"
+            "peer_address.addr" = "127.0.0.1"
+            """
+        ),
+        "smtp.toml",
+    )
+    result = run_in_process(scenario, tmp_path / "data")
+    assert result.passed, format_result(result, verbose=True)
+    [accepted] = result.steps[0].checks
+    assert (accepted.what, accepted.actual) == ("accepted over SMTP", "3")
+
+
+def test_a_restart_keeps_the_waiting_mail_and_its_schedule() -> None:
+    result = run_text(
+        """
+        [config.queue]
+        retry_interval = "30s"
+
+        [[step]]
+        destination = { domain = "example.com", answer = "451 4.3.0 Try again later" }
+
+        [[step]]
+        inject = { count = 2, domain = "example.com" }
+
+        [[step]]
+        wait = "10s"
+
+        [[step]]
+        restart = true
+
+        [[step]]
+        wait = "25s"
+
+        [[step]]
+        expect = { records = [{ type = "TransientFailure", ages = [0, 0, 30, 30] }] }
+
+        [[step]]
+        destination = { domain = "example.com", answer = "accept" }
+
+        [[step]]
+        wait = "2m"
+
+        [[step]]
+        [step.expect]
+        queued_total = 0
+        records = [{ type = "Delivery", count = 2, num_attempts = 2 }]
+        """
+    )
+    assert result.passed, format_result(result, verbose=True)
+
+
+def test_mail_to_a_domain_no_destination_step_names_does_not_resolve() -> None:
+    result = run_text(
+        """
+        [[step]]
+        destination = { domain = "example.com", answer = "accept" }
+
+        [[step]]
+        inject = { count = 1, domain = "example.net" }
+
+        [[step]]
+        [step.expect]
+        transient_failures = 1
+        records = [{ type = "TransientFailure", count = 1, "response.code" = 451, site = "" }]
+        """
+    )
+    assert result.passed, format_result(result, verbose=True)
+
+
+def test_live_mail_steps_need_their_addresses(tmp_path: Path) -> None:
+    scenario = parse_scenario(
+        textwrap.dedent(
+            """
+            [config.queue]
+            retry_interval = "30s"
+
+            [[step]]
+            destination = { domain = "example.com", answer = "accept" }
+
+            [[step]]
+            inject = { count = 1, domain = "example.com", via = "smtp" }
+            """
+        ),
+        "live.toml",
+    )
+    with running_server(tmp_path / "data") as url:
+        result = run_live(scenario, url, settle_timeout=1)
+    destination, inject = result.steps
+    assert [check.actual for check in destination.failures] == [
+        "no smtp-sink for example.com (--sink example.com=IP:PORT, the address the "
+        "server delivers it to)"
+    ]
+    assert [check.actual for check in inject.failures] == [
+        "no SMTP listener given (--smtp IP:PORT)"
+    ]
+    assert result.notes[-1] == (
+        "[config] applies in-process only: the server delivers as its own configuration says"
+    )
+
+
+LIVE_PILE = 500
+"""The live pile-up's size: smtp-sink takes a few hundred refusals a second from kumo on
+a loaded 2-CPU machine, and the run must stay well under 30 s."""
+
+
+@pytest.mark.timeout(30)
+def test_pile_up_against_kumo_serve_and_smtp_sink(tmp_path: Path) -> None:
+    """The library's pile-up, live: kumo serve delivering example.com to an smtp-sink
+    that the runner restarts for each destination step, SMTP traffic to kumo's
+    listener; 500 messages instead of 10,000 (everything else as written)."""
+    require_smtp_sink()
+    path = LIBRARY / "pile_up.toml"
+    text = path.read_text().replace("10_000", f"{LIVE_PILE}").replace("10_010", f"{LIVE_PILE + 10}")
+    scenario = parse_scenario(text, str(path))
+    sink_port = free_port()
+    data = tmp_path / "data"
+    config = (
+        '[egress]\nprohibited_hosts = []\n[domains."example.com"]\n'
+        f'mx_list = ["127.0.0.1:{sink_port}"]\n'
+    )
+    server = start_server(data, config=config, deliver=True)
+    try:
+        result = run_live(
+            scenario,
+            server.url,
+            log_dir=data / "logs",
+            smtp=("127.0.0.1", server.smtp_port),
+            sinks={"example.com": ("127.0.0.1", sink_port)},
+            settle_timeout=15,
+        )
+    finally:
+        status = server.stop()
+    assert result.passed, format_result(result, verbose=True)
+    assert status == 0, server.stderr_text()
+    records = read_records(data / "logs")
+    assert Counter(str(r["type"]) for r in records) == Counter(
+        {
+            "Reception": LIVE_PILE + 110,
+            "TransientFailure": LIVE_PILE,
+            "AdminBounce": LIVE_PILE + 10,
+            "Delivery": 100,
+        }
+    )
+    delivered = next(r for r in records if r["type"] == "Delivery")
+    assert delivered["site"] == f"unspecified->mx_list:127.0.0.1:{sink_port}@smtp_client"

@@ -16,10 +16,10 @@ import email.policy
 import email.utils
 import json
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from email.message import EmailMessage
 from http import HTTPStatus
-from typing import IO, Any, Protocol
+from typing import IO, Any, Protocol, TypeVar
 
 import attrs
 import click
@@ -392,18 +392,39 @@ def cli(ctx: click.Context, endpoint: str, token: str | None) -> None:
     ctx.obj = attrs.evolve(ctx.ensure_object(Target), endpoint=endpoint, token=token)
 
 
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def selection_options(*, everything: str) -> Callable[[F], F]:
+    """The options that select queues, shared by ``bounce`` and ``suspend``."""
+
+    def decorate(command: F) -> F:
+        for option in reversed(
+            (
+                click.option(
+                    "--domain", help="The domain name to match. If omitted, any domain matches."
+                ),
+                click.option("--routing-domain", help="The routing domain to match."),
+                click.option("--campaign", help="The campaign name to match."),
+                click.option("--tenant", help="The tenant name to match."),
+                click.option(
+                    "--queue",
+                    "queues",
+                    multiple=True,
+                    help="An exact scheduled queue name to match (repeatable); excludes "
+                    "the four parts.",
+                ),
+                click.option("--everything", is_flag=True, help=everything),
+            )
+        ):
+            command = option(command)
+        return command
+
+    return decorate
+
+
 @cli.command()
-@click.option("--domain", help="The domain name to match. If omitted, any domain matches.")
-@click.option("--routing-domain", help="The routing domain to match.")
-@click.option("--campaign", help="The campaign name to match.")
-@click.option("--tenant", help="The tenant name to match.")
-@click.option(
-    "--queue",
-    "queues",
-    multiple=True,
-    help="An exact scheduled queue name to match (repeatable); excludes the four parts.",
-)
-@click.option("--everything", is_flag=True, help="Purge all queues.")
+@selection_options(everything="Purge all queues.")
 @click.option(
     "--reason", required=True, help="The reason to log in the delivery logs and the listing."
 )
@@ -455,17 +476,7 @@ def bounce(
 
 
 @cli.command()
-@click.option("--domain", help="The domain name to match. If omitted, any domain matches.")
-@click.option("--routing-domain", help="The routing domain to match (kumo).")
-@click.option("--campaign", help="The campaign name to match.")
-@click.option("--tenant", help="The tenant name to match.")
-@click.option(
-    "--queue",
-    "queues",
-    multiple=True,
-    help="An exact scheduled queue name to match (repeatable); excludes the four parts.",
-)
-@click.option("--everything", is_flag=True, help="Suspend all queues.")
+@selection_options(everything="Suspend all queues.")
 @click.option("--reason", required=True, help="The reason to log in the delivery logs.")
 @click.option("--duration", help="How long to suspend, as a duration string (default 5m).")
 @click.pass_obj

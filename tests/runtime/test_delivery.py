@@ -177,15 +177,20 @@ class FailingResolver(MxResolver):
         return mx_lookup_failure(domain, DnsErrorKind.SERVFAIL, "SERVFAIL", 0)
 
 
+def unresolvable(retry_interval: int, max_age: int) -> MailSettings:
+    """Mail settings whose every destination fails to resolve (asked again each time):
+    attempts fail transiently at once, so retries run in virtual time."""
+    made = destination(retry=RetryPolicy(retry_interval=retry_interval, max_age=max_age))
+    return MailSettings(lambda _: made, FailingResolver(), failure_ttl=0.0)
+
+
 async def test_retries_follow_the_backoff_and_the_message_expires_in_virtual_time(
     tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
     # retry_interval 20 s (no jitter below 40 s), max_age 200 s: failures at 0, 20,
     # 60 (20+40), 140 (60+80); the next would be due at 300 > 200: expired then.
     data_dir = tmp_path / "data"
-    policy = RetryPolicy(retry_interval=20 * SECOND, max_age=200 * SECOND)
-    made = destination(retry=policy)
-    mail = MailSettings(lambda _: made, FailingResolver(), failure_ttl=0.0)
+    mail = unresolvable(20 * SECOND, 200 * SECOND)
     async with engine_at(data_dir, mail, threads=False) as engine:
         [message_id] = await engine.inject([message("r@example.com")])
         await engine.wait_until(lambda: engine.statistics().expired_total == 1)
@@ -319,9 +324,7 @@ async def test_a_suspension_ends_at_its_expiry_without_costing_an_attempt(
     tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
     data_dir = tmp_path / "data"
-    policy = RetryPolicy(retry_interval=20 * SECOND, max_age=3600 * SECOND)
-    made = destination(retry=policy)
-    mail = MailSettings(lambda _: made, FailingResolver(), failure_ttl=0.0)
+    mail = unresolvable(20 * SECOND, 3600 * SECOND)
     async with engine_at(data_dir, mail, threads=False) as engine:
         await engine.issue_suspend(
             bounce("hold", domain="example.com", duration=100 * SECOND), issued_by="ops"
@@ -344,9 +347,7 @@ async def test_audit_tells_a_messages_attempts_holds_and_end(
     tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
     data_dir = tmp_path / "data"
-    policy = RetryPolicy(retry_interval=20 * SECOND, max_age=200 * SECOND)
-    made = destination(retry=policy)
-    mail = MailSettings(lambda _: made, FailingResolver(), failure_ttl=0.0)
+    mail = unresolvable(20 * SECOND, 200 * SECOND)
     async with engine_at(data_dir, mail, threads=False) as engine:
         await engine.issue_suspend(
             bounce("hold", domain="example.com", duration=30 * SECOND), issued_by="ops"

@@ -14,24 +14,31 @@ The benchmarks (``--only`` names of ``scripts/bench.py``):
   holding every message (``smtpd_end_of_data_restrictions = check_client_access
   static:HOLD``): the pure ingress, durable before ``250`` in both (kumo commits and
   fsyncs the message before it answers; Postfix's cleanup fsyncs its queue file).
-  Also kumo's memory per queued message: its VmRSS after the ingress minus before.
 - **smtp-delivery**: the N messages just held are released to Postfix's ``smtp-sink``:
   kumo is restarted with delivery on (its log replayed), Postfix gets ``postsuper -H
-  ALL`` and ``postqueue -f``; timed from the release until the sink has counted all N.
+  ALL`` and ``postqueue -f``; timed from the release until the sink has counted all N,
+  and from the sink's first message to its N-th (kumo's release includes its start).
 - **smtp-latency**: a paced client (``mail_peers.paced_client``, a message every 1/rate
   s over a few persistent sessions) offers a fixed load; a sink of our own
   (``mail_peers.serve_sink``, in a child process) timestamps the end of each DATA.
   Latency = that time minus the time the message was due to be sent (so that a slow
   server cannot hide its backlog in the client).
 - **smtp-pileup**: N messages into each peer relaying to ``smtp-sink -r rcpt`` (every
-  RCPT answered 4xx): timed until every message waits for a retry, then the bounce by
-  domain, timed until every message is gone: kumo's admin bounce (POST, then GET until
-  the rule counts N), Postfix's ``postqueue -j`` of the domain's ids into ``postsuper -d
-  -`` (what an operator does to drop them: kumo's bounce logs a record per message and
-  sends no DSN either) and, on a second pile-up, ``postsuper -e -`` and ``postqueue -f``
-  (expire: a DSN to each sender) until the log shows N expired.
+  RCPT answered 4xx): timed until every message waits for a retry (kumo: N
+  ``TransientFailure`` records in its delivery log; Postfix: N files in its deferred
+  queue), then the bounce by domain, timed until every message is gone: kumo's admin
+  bounce (POST, then GET until the rule counts N); Postfix's ``postqueue -j`` of the
+  domain's ids into ``postsuper -d -`` (what an operator does to drop them: kumo's bounce
+  logs a record per message and sends no DSN either) and, on a second pile-up in the
+  same instance, ``postsuper -e -`` and ``postqueue -f`` (expire: a DSN to each sender)
+  until its log says N were returned to sender. kumo's VmRSS with all N deferred minus
+  before is reported too.
 - **smtp-admin**: kumo delivering N held messages to smtp-sink while one client POSTs and
-  GETs ``/api/admin/bounce/v1`` alternately, one request every 20 ms (issue 6's probe).
+  GETs ``/api/admin/bounce/v1`` alternately, one request every 20 ms (issue 6's probe),
+  then the same on the idle server.
+- **smtp-memory**: ``kumo serve --no-deliver`` takes messages over SMTP in two steps;
+  VmRSS growth over the second step, per message (what one more queued message costs,
+  past the caches that fill with the first thousands), and over both.
 
 ``python scripts/mail_bench.py profile-delivery N OUT`` runs the engine in-process
 under cProfile (CPU time of the Trio thread) delivering N held messages to smtp-sink,

@@ -42,6 +42,10 @@ The benchmarks:
   ``/api/inject/v1`` with 100 recipients a request, as fast as replies come. Median of
   the runs' rates.
 
+The mail path's benchmarks (``smtp-ingress``, ``smtp-delivery``, ``smtp-latency``,
+``smtp-pileup``, ``smtp-admin``), side by side with a private Postfix, are in
+``scripts/mail_bench.py``; its docstring says what each measures.
+
 ``--profile DIR`` records the timed part of one sweep run and one server start with
 py-spy (which must be installed; it is not a dependency) as collapsed stacks;
 ``scripts/bench_profile.py`` summarises them. Figures taken while profiling are skewed.
@@ -74,6 +78,7 @@ import attrs
 import httpx
 import orjson
 import trio
+from mail_bench import MAIL_BENCHMARKS, MAIL_FULL, MAIL_QUICK, run_mail_benchmarks
 
 from kumo.cli.serve import tune_for_serving
 from kumo.http.routes import BOUNCE_PATH, INJECT_PATH
@@ -931,7 +936,16 @@ def _verdict(met: bool) -> str:
     return "met" if met else "**missed**"
 
 
-BENCHMARKS: Final = ("memory", "start", "targeted", "latency", "sweep-probe", "inject", "sweep")
+BENCHMARKS: Final = (
+    "memory",
+    "start",
+    "targeted",
+    "latency",
+    "sweep-probe",
+    "inject",
+    "sweep",
+    *MAIL_BENCHMARKS,
+)
 
 
 def run_benchmarks(
@@ -1185,6 +1199,12 @@ def run_benchmarks(
                 f"sweep setup: Engine.inject in batches of {size.batch:,}, then wait_idle",
             )
         )
+
+    mail_rows, mail_raw = run_mail_benchmarks(
+        MAIL_QUICK if size is QUICK else MAIL_FULL, only, scratch, note, runs
+    )
+    rows += [Row(r.benchmark, r.figure, r.target, r.verdict, r.detail) for r in mail_rows]
+    raw |= mail_raw
     return rows, raw
 
 

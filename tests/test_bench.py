@@ -17,6 +17,9 @@ SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench.py"
 
 
 def _load() -> ModuleType:
+    # As when run as a script: its directory first on the path (for scripts/mail_bench.py).
+    if str(SCRIPT.parent) not in sys.path:
+        sys.path.insert(0, str(SCRIPT.parent))
     spec = importlib.util.spec_from_file_location("kumo_bench", SCRIPT)
     assert spec is not None
     assert spec.loader is not None

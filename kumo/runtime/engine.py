@@ -340,9 +340,15 @@ class Engine:
         actor = await self._settled_actor(name)
         if actor is None:
             return None
-        queued = actor.state.messages
-        scheduled = len(queued)
-        sample = queued.head(scheduled if limit is None else limit)
+        state = actor.state
+        # In the scheduled queue: due, waiting, or back from a failed attempt (not the
+        # messages handed to a ready queue or a connection). The sample: those due first.
+        scheduled = len(state) - len(state.handed)
+        waiting = [message for message, _ in state.waiting.values()]
+        waiting += [message for message, _ in state.returning.values()]
+        wanted = scheduled if limit is None else limit
+        sample = state.messages.head(wanted)
+        sample += waiting[: max(wanted - len(sample), 0)]
         inspected = await self._inspected(name, sample, want_body=want_body)
         now = self.clock.now()
         return InspectedQueue(

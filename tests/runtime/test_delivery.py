@@ -126,6 +126,10 @@ async def test_a_refusing_destination_defers_then_a_rule_bounces_the_deferred(
             # Each failed once and waits 20 minutes: nothing is delivered.
             stats = engine.actor_statistics()
             assert [(s.queued, s.waiting) for s in stats] == [(20, 20)]
+            # inspect-sched-q counts the messages waiting for their retry as scheduled.
+            inspected = await engine.inspect_queue("example.com", want_body=False, limit=5)
+            assert inspected is not None
+            assert (inspected.scheduled, len(inspected.messages)) == (20, 5)
             await engine.issue_bounce(bounce(domain="example.com"), issued_by="test")
             await engine.wait_until(lambda: engine.statistics().bounced_total == 20)
             await engine.wait_idle()

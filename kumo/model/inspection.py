@@ -33,10 +33,11 @@ class Schedule:
     num_attempts: int
 
 
-def schedule(message: Message) -> Schedule:
-    """``message``'s schedule. Nothing delivers yet, so nothing defers: a message is due
-    from the moment it arrived (its ``MessageReceived`` commit time), with no attempt."""
-    return Schedule(due=message.received_at, num_attempts=0)
+def schedule(message: Message, due: int | None = None, attempts: int = 0) -> Schedule:
+    """``message``'s schedule: due at ``due`` (its retry, or the end of a suspension),
+    else from the moment it arrived (its ``MessageReceived`` commit time), after
+    ``attempts`` attempts."""
+    return Schedule(due=message.received_at if due is None else due, num_attempts=attempts)
 
 
 def message_meta(queue: str) -> dict[str, str]:
@@ -77,13 +78,21 @@ class InspectedMessage:
     """The content from the spool, when it was asked for."""
 
     @classmethod
-    def of(cls, queue: str, message: Message, body: bytes | None = None) -> InspectedMessage:
+    def of(
+        cls,
+        queue: str,
+        message: Message,
+        body: bytes | None = None,
+        *,
+        due: int | None = None,
+        attempts: int = 0,
+    ) -> InspectedMessage:
         return cls(
             id=message.id,
             queue=queue,
             sender=message.sender,
             recipient=message.recipient,
-            schedule=schedule(message),
+            schedule=schedule(message, due, attempts),
             body=body,
         )
 

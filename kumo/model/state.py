@@ -432,6 +432,14 @@ class QueueState:
         """The ids of every message held: due now (in order), waiting, handed."""
         return [*self.messages.ids(), *self.waiting, *self.handed, *self.returning]
 
+    def schedule_of(self, message_id: str) -> tuple[int | None, int]:
+        """(when it is due, None for now; its attempts so far) of a held message."""
+        returning = self.returning.get(message_id)
+        if returning is not None:
+            return None, returning[1]
+        waiting = self.waiting.get(message_id)
+        return (None if waiting is None else waiting[1]), self.attempts.get(message_id, 0)
+
     def find(self, message_id: str) -> Message | None:
         """The held message ``message_id``, wherever it is here."""
         waiting = self.waiting.get(message_id)

@@ -371,13 +371,23 @@ class Engine:
     async def _inspected(
         self, queue: str, messages: Sequence[Message], *, want_body: bool
     ) -> list[InspectedMessage]:
-        """``messages`` of ``queue`` as inspection shows them; with ``want_body``, read
-        from the spool, leaving out any that left it meanwhile."""
+        """``messages`` of ``queue`` as inspection shows them, with their due time and
+        attempts as the queue's actor holds them; with ``want_body``, read from the
+        spool, leaving out any that left it meanwhile."""
+        actor = self._parts.supervisor.get(queue)
+        state = None if actor is None else actor.state
+
+        def of(message: Message, body: bytes | None = None) -> InspectedMessage:
+            if state is None:
+                return InspectedMessage.of(queue, message, body)
+            due, attempts = state.schedule_of(message.id)
+            return InspectedMessage.of(queue, message, body, due=due, attempts=attempts)
+
         if not want_body:
-            return [InspectedMessage.of(queue, message) for message in messages]
+            return [of(message) for message in messages]
         bodies = await self._log.read_bodies([message.seq for message in messages])
         return [
-            InspectedMessage.of(queue, message, body)
+            of(message, body)
             for message, body in zip(messages, bodies, strict=True)
             if body is not None
         ]

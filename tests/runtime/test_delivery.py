@@ -130,6 +130,9 @@ async def test_a_refusing_destination_defers_then_a_rule_bounces_the_deferred(
             inspected = await engine.inspect_queue("example.com", want_body=False, limit=5)
             assert inspected is not None
             assert (inspected.scheduled, len(inspected.messages)) == (20, 5)
+            for sampled in inspected.messages:
+                assert sampled.schedule.num_attempts == 1
+                assert sampled.schedule.due > engine.now()
             await engine.issue_bounce(bounce(domain="example.com"), issued_by="test")
             await engine.wait_until(lambda: engine.statistics().bounced_total == 20)
             await engine.wait_idle()

@@ -269,7 +269,8 @@ def check_spool(
     at a seq that received none. Returns the number of contents and the violations.
     """
     gone = invariants.bounced.keys() | invariants.departed.keys()
-    queued = ((r.seq, mid) for mid, r in invariants.received.items() if mid not in gone)
+    # In seq order: a base at a retention cut lists its queued messages queue by queue.
+    queued = iter(sorted((r.seq, mid) for mid, r in invariants.received.items() if mid not in gone))
     violations: list[Violation] = []
     missing = 0
     left: list[int] = []

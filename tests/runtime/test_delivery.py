@@ -392,6 +392,7 @@ async def test_the_statistics_of_a_deferring_destination(tmp_path: Path) -> None
         ):
             await engine.inject([message(f"r{n}@example.com") for n in range(20)])
             await engine.wait_until(lambda: engine.statistics().transient_failures_total == 20)
+            await engine.wait_idle()  # each failure back in its queue, decided
             [actor] = engine.actor_statistics()
             assert (actor.queued, actor.waiting, actor.handed) == (20, 20, 0)
             [dispatcher] = engine.dispatcher_statistics()

@@ -62,6 +62,7 @@ from kumo.model.log_record import (
 )
 from kumo.model.message import Message
 from kumo.model.queue_name import QueueName
+from kumo.model.recovery import live_at_failure
 from kumo.model.retention import base_projection
 from kumo.model.state import Rule, State
 
@@ -168,6 +169,16 @@ class InvariantCheck:
             self._issued_matching[name] = [(rule.issued_seq, rule.id) for rule in matching]
             for message in messages:
                 queued += 1
+                retried = base.schedule.get(message.id)
+                if retried is not None and retried.anchor_seq != message.seq:
+                    # Failed before the cut: its attribution counts from that failure.
+                    live = live_at_failure(retried, matching)
+                    self._anchors[message.id] = (
+                        retried.anchor_seq,
+                        None if live is None else live.id,
+                    )
+                    if retried.expiry is not None:
+                        self._expiring.add(message.id)
                 self.received[message.id] = _Received(
                     message.seq,
                     message.received_at,

@@ -121,6 +121,13 @@ def _fate_after_failure(retried: Retry, rules: list[Rule]) -> Rule | None:
     an arrival at that failure would be taken: by the most recent rule live then (its
     queue bounces it at once, or sweeps it when it learns of the rule), else by the
     sweep of the first rule issued after."""
+    live = live_at_failure(retried, rules)
+    return live if live is not None else _sweep_after(rules, retried.anchor_seq)
+
+
+def live_at_failure(retried: Retry, rules: list[Rule]) -> Rule | None:
+    """The most recently issued of ``rules`` live at a message's last failure (its
+    ``TransientlyFailed``'s place and time in the log), if any."""
     for rule in reversed(rules):
         if (
             rule.issued_seq < retried.anchor_seq
@@ -129,7 +136,7 @@ def _fate_after_failure(retried: Retry, rules: list[Rule]) -> Rule | None:
             and retried.anchor_time < rule.expires_at
         ):
             return rule
-    return _sweep_after(rules, retried.anchor_seq)
+    return None
 
 
 def _fate(message: Message, rules: list[Rule]) -> Rule | None:

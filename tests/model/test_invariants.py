@@ -13,6 +13,7 @@ import orjson
 
 from kumo.model.criteria import Criteria
 from kumo.model.events import (
+    Attempt,
     BounceCancelled,
     Bounced,
     BounceIssued,
@@ -21,6 +22,7 @@ from kumo.model.events import (
     MessageReceived,
     PeerAddress,
     Rejected,
+    TransientlyFailed,
 )
 from kumo.model.invariants import DeliveryLogCheck, InvariantCheck, Violation
 from kumo.model.log_record import bounce_content
@@ -536,3 +538,30 @@ def test_a_record_missing_after_the_cut_is_still_found() -> None:
         14,
         f"no Reception record for 1 message(s) of this event: {M6}",
     )
+
+
+def test_a_failure_before_a_retention_cut_still_anchors_the_attribution() -> None:
+    """A message was in flight through rule A's sweep (A then cancelled); it failed
+    while rule B was live, and the cut came before B's bounce of it was logged (a crash
+    lost it; the restart owes it). Checked from a base at the cut, the bounce that
+    follows is B's, as it is over the whole log, not A's (the first issued after it
+    arrived)."""
+    now = 1_000 * 10**9
+    message = Message(f"{1:032x}", "s@x", "r@a.com", 10, now, 1)
+    attempt = Attempt("", 451, (4, 4, 4), "no", None)
+    log = [
+        Committed(1, now, MessageReceived(message.id, "a.com", "s@x", "r@a.com", 10)),
+        Committed(2, now, BounceIssued("A", Criteria(domain="a.com"), "why", now + 10**12)),
+        Committed(3, now, BounceCancelled("A", "ops")),
+        Committed(4, now, BounceIssued("B", Criteria(), "why", now + 10**12)),
+        Committed(5, now, TransientlyFailed("a.com", message, 0, attempt, now + 60 * 10**9)),
+    ]
+    after = [Committed(6, now, Bounced("B", "a.com", [message]))]
+    assert InvariantCheck.over(log + after).violations == []
+    base = State()
+    for committed in log:
+        base.apply(committed)
+    check = InvariantCheck(base)
+    for committed in after:
+        check.apply(committed)
+    assert check.finish() == []

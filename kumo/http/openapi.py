@@ -120,6 +120,12 @@ _SUSPEND_ENTRY: Final = {
     },
 }
 
+_CANCEL_REQUEST: Final = {
+    "type": "object",
+    "required": ["id"],
+    "properties": {"id": {"type": "string", "format": "uuid"}},
+}
+
 _MAILBOX: Final = {
     "type": "object",
     "required": ["email"],
@@ -303,16 +309,7 @@ OPENAPI: Final[dict[str, Any]] = {
             },
             "delete": {
                 "summary": "Cancel a live rule.",
-                "requestBody": {
-                    "required": True,
-                    "content": _json(
-                        {
-                            "type": "object",
-                            "required": ["id"],
-                            "properties": {"id": {"type": "string", "format": "uuid"}},
-                        }
-                    ),
-                },
+                "requestBody": {"required": True, "content": _json(_CANCEL_REQUEST)},
                 "responses": {
                     "200": {"description": "`removed <id>`", "content": _TEXT},
                     **_refusals(401, 429, 404, 413, 415, 400, 422, 503),
@@ -349,16 +346,7 @@ OPENAPI: Final[dict[str, Any]] = {
             },
             "delete": {
                 "summary": "Lift a live suspension: its messages are due at once.",
-                "requestBody": {
-                    "required": True,
-                    "content": _json(
-                        {
-                            "type": "object",
-                            "required": ["id"],
-                            "properties": {"id": {"type": "string", "format": "uuid"}},
-                        }
-                    ),
-                },
+                "requestBody": {"required": True, "content": _json(_CANCEL_REQUEST)},
                 "responses": {
                     "200": {"description": "`removed <id>`", "content": _TEXT},
                     **_refusals(401, 429, 404, 413, 415, 400, 422, 503),

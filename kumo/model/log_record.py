@@ -202,47 +202,16 @@ def outcome_record(event: Outcome, *, at: int, node_id: str) -> dict[str, Any]:
     them, no peer."""
     message = event.message
     if isinstance(event, Expired):
-        return _record(
-            kind="Expiration",
-            message_id=message.id,
-            sender=message.sender,
-            recipient=message.recipient,
-            queue=event.queue,
-            site=event.site,
-            size=message.size,
-            response={
-                "code": 551,
-                "enhanced_code": _enhanced_json((5, 4, 7)),
-                "content": event.content,
-                "command": None,
-            },
-            event_time=at,
-            created=message.received_at,
-            node_id=node_id,
-        ) | {"num_attempts": event.attempts}
+        return _internal_record(
+            event, "Expiration", event.site, (551, (5, 4, 7), event.content), at, node_id
+        )
     if isinstance(event, Suspended):
         # KumoMTA's record of a message its suspended scheduled queue keeps (reference
         # 5.2): the queue as the site, no peer, no protocol, the attempts so far.
-        return _record(
-            kind="TransientFailure",
-            message_id=message.id,
-            sender=message.sender,
-            recipient=message.recipient,
-            queue=event.queue,
-            site=event.queue,
-            size=message.size,
-            response={
-                "code": 451,
-                "enhanced_code": _enhanced_json((4, 4, 4)),
-                "content": flatten_content(
-                    f"KumoMTA internal: scheduled queue is suspended: {event.reason}"
-                ),
-                "command": None,
-            },
-            event_time=at,
-            created=message.received_at,
-            node_id=node_id,
-        ) | {"num_attempts": event.attempts}
+        content = f"KumoMTA internal: scheduled queue is suspended: {event.reason}"
+        return _internal_record(
+            event, "TransientFailure", event.queue, (451, (4, 4, 4), content), at, node_id
+        )
     attempt: Attempt = event.attempt
     record = _record(
         kind=OUTCOME_KINDS[type(event)],
@@ -277,6 +246,38 @@ def outcome_record(event: Outcome, *, at: int, node_id: str) -> dict[str, Any]:
     if attempt.session_id is not None:
         record["session_id"] = attempt.session_id
     return record
+
+
+def _internal_record(
+    event: Expired | Suspended,
+    kind: str,
+    site: str,
+    reply: tuple[int, tuple[int, int, int], str],
+    at: int,
+    node_id: str,
+) -> dict[str, Any]:
+    """A record of kumo's own decision about a queued message (no peer, no command,
+    no protocol): ``reply`` is its code, enhanced code and text."""
+    message = event.message
+    code, enhanced, content = reply
+    return _record(
+        kind=kind,
+        message_id=message.id,
+        sender=message.sender,
+        recipient=message.recipient,
+        queue=event.queue,
+        site=site,
+        size=message.size,
+        response={
+            "code": code,
+            "enhanced_code": _enhanced_json(enhanced),
+            "content": flatten_content(content),
+            "command": None,
+        },
+        event_time=at,
+        created=message.received_at,
+        node_id=node_id,
+    ) | {"num_attempts": event.attempts}
 
 
 def outcome_line(event: Outcome, *, at: int, node_id: str) -> bytes:

@@ -409,19 +409,22 @@ def kumo_config(relay_port: int, *, top: str = "", listener: str = "") -> str:
 
 class Kumo:
     """A ``kumo serve`` on 127.0.0.1 (HTTP and SMTP on free ports), delivering to
-    127.0.0.1:``relay_port`` unless ``deliver`` is false (``--no-deliver``)."""
+    127.0.0.1:``relay_port`` unless ``deliver`` is false (``--no-deliver``); ``config``
+    replaces :func:`kumo_config`'s text."""
 
     _HTTP: Final = "kumo listening on "
     _SMTP: Final = "kumo smtp listening on "
 
-    def __init__(self, data_dir: Path, relay_port: int, *, deliver: bool) -> None:
+    def __init__(
+        self, data_dir: Path, relay_port: int, *, deliver: bool, config: str | None = None
+    ) -> None:
         data_dir.parent.mkdir(parents=True, exist_ok=True)
-        config = data_dir.with_name(data_dir.name + ".toml")
-        config.write_text(kumo_config(relay_port))
+        config_path = data_dir.with_name(data_dir.name + ".toml")
+        config_path.write_text(kumo_config(relay_port) if config is None else config)
         self._stderr: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115  # closed by stop()
         command = [sys.executable, "-m", "kumo.cli.serve", "--listen", "127.0.0.1:0"]
         command += ["--smtp-listen", "127.0.0.1:0", "--data-dir", str(data_dir)]
-        command += ["--config", str(config), "--deliver" if deliver else "--no-deliver"]
+        command += ["--config", str(config_path), "--deliver" if deliver else "--no-deliver"]
         self.spawned = time.monotonic()
         self.process = subprocess.Popen(
             command,
@@ -484,8 +487,10 @@ class Kumo:
 
 
 @contextmanager
-def kumo(data_dir: Path, relay_port: int, *, deliver: bool) -> Iterator[Kumo]:
-    server = Kumo(data_dir, relay_port, deliver=deliver)
+def kumo(
+    data_dir: Path, relay_port: int, *, deliver: bool, config: str | None = None
+) -> Iterator[Kumo]:
+    server = Kumo(data_dir, relay_port, deliver=deliver, config=config)
     try:
         yield server
     except BaseException:

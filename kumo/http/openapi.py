@@ -15,6 +15,8 @@ from kumo.http.routes import (
     OPENAPI_PATH,
     SUSPEND_PATH,
 )
+from kumo.model.duration import NANOS_PER_SECOND
+from kumo.model.requests import MAX_LIFETIME
 
 _TEXT: Final = {"text/plain": {"schema": {"type": "string"}}}
 _NULLABLE_STRING: Final = {"type": ["string", "null"]}
@@ -63,7 +65,11 @@ _BOUNCE_REQUEST: Final = {
         "duration": {
             "description": "humantime duration string (`5m`, `1h 30m`) or seconds; "
             "default 5 minutes, at most 100 years",
-            "oneOf": [{"type": "string"}, {"type": "number", "minimum": 0}, {"type": "null"}],
+            "oneOf": [
+                {"type": "string"},
+                {"type": "number", "minimum": 0, "maximum": MAX_LIFETIME // NANOS_PER_SECOND},
+                {"type": "null"},
+            ],
         },
         "expires": {"type": ["string", "null"], "format": "date-time"},
         "suppress_logging": {"type": "boolean", "default": False},
@@ -178,6 +184,12 @@ _INJECT_REQUEST: Final = {
 }
 
 _SPOOL_ID: Final = {"type": "string", "pattern": "^[0-9a-f]{32}$"}
+_UUID_BODY: Final = (
+    "([0-9a-fA-F]{32}|[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})"
+)
+_ANY_UUID: Final = f"^(urn:uuid:{_UUID_BODY}|\\{{{_UUID_BODY}\\}}|{_UUID_BODY})$"
+"""The spellings of a UUID the uuid crate's parser takes (simple, hyphenated, braced,
+URN): what ``inspect-message`` takes for ``id``, as KumoMTA does."""
 
 _MESSAGE_INFORMATION: Final = {
     "type": "object",
@@ -267,6 +279,19 @@ def _json(schema: dict[str, Any]) -> dict[str, Any]:
     return {_JSON_BODY: {"schema": schema}}
 
 
+def _cancel_link(path: str) -> dict[str, Any]:
+    """The OpenAPI link from a POST that answers ``{"id"}`` to the DELETE that cancels
+    that id: what a stateful client (schemathesis) follows."""
+    pointer = path.replace("~", "~0").replace("/", "~1")
+    return {
+        "Cancel": {
+            "operationRef": f"#/paths/{pointer}/delete",
+            "requestBody": {"id": "$response.body#/id"},
+            "description": "Cancel what the POST issued, by its id.",
+        }
+    }
+
+
 OPENAPI: Final[dict[str, Any]] = {
     "openapi": "3.1.0",
     "info": {
@@ -282,6 +307,7 @@ OPENAPI: Final[dict[str, Any]] = {
                 "responses": {
                     "200": {
                         "description": "The new rule's id.",
+                        "links": _cancel_link(BOUNCE_PATH),
                         "content": _json(
                             {
                                 "type": "object",
@@ -323,6 +349,7 @@ OPENAPI: Final[dict[str, Any]] = {
                 "responses": {
                     "200": {
                         "description": "The new suspension's id.",
+                        "links": _cancel_link(SUSPEND_PATH),
                         "content": _json(
                             {
                                 "type": "object",
@@ -394,7 +421,7 @@ OPENAPI: Final[dict[str, Any]] = {
                         "in": "query",
                         "required": True,
                         "description": "the spool id: 32 hex digits, or any UUID spelling",
-                        "schema": {"type": "string"},
+                        "schema": {"type": "string", "pattern": _ANY_UUID},
                     },
                     _WANT_BODY,
                 ],
@@ -433,7 +460,7 @@ OPENAPI: Final[dict[str, Any]] = {
                         "required": False,
                         "description": "messages to include at most, in arrival order; "
                         "absent: all of them",
-                        "schema": {"type": "integer", "minimum": 0},
+                        "schema": {"type": "integer", "minimum": 0, "maximum": 2**64 - 1},
                     },
                 ],
                 "responses": {

@@ -32,7 +32,7 @@ import gc
 import itertools
 import logging
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -501,9 +501,21 @@ class Engine:
                 # Connections finish the transaction under way, and their outcomes
                 # are logged, before the rest of the engine stops.
                 await deliveries.stop()
-            await self.wait_idle()
+            await self._idle_or_damaged()
         if deliveries is not None:
             deliveries.close()
+
+    async def _idle_or_damaged(self) -> None:
+        """:meth:`wait_idle`, or until the log finds its store damaged: then nothing
+        more will be committed, and what is owed is the next start's."""
+        async with trio.open_nursery() as race:
+
+            async def first(wait: Callable[[], Awaitable[None]]) -> None:
+                await wait()
+                race.cancel_scope.cancel()
+
+            race.start_soon(first, self.wait_idle)
+            race.start_soon(first, self._log.damaged.wait)
 
     def _check_open(self) -> None:
         if self._closed:
@@ -621,7 +633,7 @@ async def open_engine(
             delivery=DeliveryLogWriter(
                 log, data_dir / LOGS, state.rules, chosen_id, settings, run_blocking=run_blocking
             ),
-            expiry=RuleExpiry(log, projection, clock),
+            expiry=RuleExpiry(log, projection, clock, retry=settings.disk_full_retry),
             checkpointer=WalCheckpointer(checkpoints, log, settings, run_blocking=run_blocking),
             snapshotter=Snapshotter(
                 data_dir,
@@ -692,6 +704,8 @@ async def _run(
                 await inner.start(parts.expiry.run)
                 await inner.start(parts.checkpointer.run)
                 await inner.start(parts.snapshotter.run)
+                if parts.deliveries is not None:
+                    inner.start_soon(_stop_delivering_if_damaged, parts.log, parts.deliveries)
                 if parts.fleet is not None:
                     await inner.start(parts.fleet.run_publisher)
                     await inner.start(parts.fleet.run_follower)
@@ -702,6 +716,13 @@ async def _run(
     if recovery.owed:
         await parts.log.submit(recovery.owed)
     return followers
+
+
+async def _stop_delivering_if_damaged(log: LogWriter, deliveries: Deliveries) -> None:
+    """No outcome can be logged once the store is damaged: deliver nothing more (what
+    a connection has under way finishes; its outcome is the next start's to find)."""
+    await log.damaged.wait()
+    await deliveries.stop()
 
 
 def _fold_without_collecting(data_dir: Path, store: EventStore) -> tuple[State, int]:

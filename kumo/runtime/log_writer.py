@@ -29,6 +29,7 @@ from the database through a reader connection of their own.
 from __future__ import annotations
 
 import functools
+import logging
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from typing import Final
@@ -46,7 +47,9 @@ from kumo.runtime.blocking import RunBlocking, in_thread
 from kumo.runtime.clock import EngineClock
 from kumo.runtime.refusal import RefusedError
 from kumo.runtime.watermark import Watermark
-from kumo.store.event_log import EventStore, LogFullError
+from kumo.store.event_log import EventStore, LogDamagedError, LogFullError
+
+logger = logging.getLogger("kumo.log")
 
 BODIES_PER_READ: Final = 64
 """Message contents :meth:`LogWriter.read_bodies` reads per trip to a worker thread."""
@@ -58,6 +61,11 @@ class LogClosedError(RefusedError):
 
 class DiskFullError(RefusedError):
     """The event log's disk is full: the request's events were not written."""
+
+
+class WritesStoppedError(RefusedError):
+    """A write met a damaged store: writes are stopped until a restart on a checked
+    store (reads from memory go on)."""
 
 
 @attrs.frozen
@@ -85,6 +93,10 @@ class LogStatistics:
     )
     commit_seconds: Histogram = histogram(
         "Seconds each commit of the store took, fsync included when it was durable."
+    )
+    damaged: bool = gauge(
+        "1 once a write met a damaged store: writes are stopped (clients get a 503) "
+        "until kumo is restarted on a checked store."
     )
 
 
@@ -139,6 +151,10 @@ class LogWriter:
         self._events_committed = 0
         self._disk_reads = 0
         self._disk_full = 0
+        self.damage: LogDamagedError | None = None
+        """What the write that met a damaged store said (None while none did)."""
+        self.damaged = trio.Event()
+        """Set once a write met a damaged store: from then on no write is tried."""
         self._commit_seconds = Histogram.empty()
         self._reading = trio.Lock()
 
@@ -159,6 +175,8 @@ class LogWriter:
         """
         if self._closed:
             raise LogClosedError("the event log is closed")
+        if self.damage is not None:
+            raise self._damaged_error()
         request = _Append(events, bodies or {})
         self._urgent.append(request)
         self._work.set()
@@ -168,10 +186,19 @@ class LogWriter:
                 "the event log's disk is full: nothing of this request was written; "
                 "retry once space is freed"
             ) from request.error
+        if isinstance(request.error, LogDamagedError):
+            raise self._damaged_error() from request.error
         if request.error is not None:
             raise LogClosedError("the event log failed") from request.error
         assert request.committed is not None
         return request.committed
+
+    def _damaged_error(self) -> WritesStoppedError:
+        return WritesStoppedError(
+            f"the event log's store is damaged ({self.damage}): nothing of this request "
+            "was written, and writes are stopped until kumo is restarted on a store that "
+            "`kumo replay --verify` passes"
+        )
 
     async def submit(self, events: Sequence[Event]) -> None:
         """Queue ``events`` for the next transactions without waiting for durability.
@@ -191,7 +218,12 @@ class LogWriter:
         Raises :class:`LogClosedError` after :meth:`close`.
         """
         await trio.lowlevel.checkpoint()
-        while self._background_messages >= self._settings.background_capacity:
+        # A damaged store takes nothing more: the lane stays as full as it is (what
+        # waits there is re-derived by the next start, kumo.model.recovery).
+        while (
+            self._background_messages >= self._settings.background_capacity
+            or self.damage is not None
+        ):
             if self._closed:
                 break
             await self._room.park()
@@ -208,6 +240,9 @@ class LogWriter:
         """The writer task: commit what waits, in batches, until closed and drained."""
         task_status.started()
         while True:
+            if self.damage is not None:
+                await self._refuse_while_damaged()
+                return
             if not self._urgent and not self._background:
                 if self._closed:
                     return
@@ -250,6 +285,17 @@ class LogWriter:
                 self._clients_in_flight = False
                 await trio.sleep(self._settings.disk_full_retry)
                 continue
+            except LogDamagedError as exc:
+                # Nothing was written, and no write will be tried again: the clients
+                # hear it now, the actors' events stay behind (the next start decides
+                # them again), reads from memory and metrics go on.
+                self.note_damage(exc)
+                for request in requests:
+                    request.error = exc
+                    request.done.set()
+                self._background_in_flight = 0
+                self._clients_in_flight = False
+                continue
             except BaseException as exc:
                 for request in requests:
                     request.error = exc
@@ -267,6 +313,32 @@ class LogWriter:
                 request.committed = committed[offset : offset + len(request.events)]
                 offset += len(request.events)
                 request.done.set()
+
+    def note_damage(self, exc: LogDamagedError) -> None:
+        """A write or a read met a damaged store: stop writing, say so once."""
+        if self.damage is not None:
+            return
+        logger.error(
+            "the event log's store is damaged: %s; writes are stopped (clients get a "
+            "503), reads from memory and /metrics go on. Stop kumo and run `kumo replay "
+            "--verify --data-dir DIR` to see what is damaged",
+            exc,
+        )
+        self.damage = exc
+        self.damaged.set()
+        self._work.set()
+
+    async def _refuse_while_damaged(self) -> None:
+        """Answer every client request that still waits with the damage, until closed."""
+        while True:
+            while self._urgent:
+                request = self._urgent.popleft()
+                request.error = self.damage
+                request.done.set()
+            if self._closed:
+                return
+            self._work = trio.Event()
+            await self._work.wait()
 
     def _take(
         self, request_count: int, background_count: int
@@ -344,13 +416,18 @@ class LogWriter:
 
         Read through the followers' reader connection in worker threads,
         :data:`BODIES_PER_READ` at a time, so that neither the event loop nor a follower
-        that fell behind the in-memory tail waits on a large read.
+        that fell behind the in-memory tail waits on a large read. Raises
+        :class:`WritesStoppedError` (and stops writes) if the spool is damaged.
         """
         bodies: list[bytes | None] = []
         for start in range(0, len(seqs), BODIES_PER_READ):
             read = functools.partial(_spooled, self._reader, seqs[start : start + BODIES_PER_READ])
             async with self._reading:
-                bodies += await self._run_blocking(read)
+                try:
+                    bodies += await self._run_blocking(read)
+                except LogDamagedError as exc:
+                    self.note_damage(exc)
+                    raise self._damaged_error() from exc
         return bodies
 
     async def wait_beyond(self, seq: int) -> None:
@@ -379,6 +456,7 @@ class LogWriter:
             tail_events=self._tail_events,
             disk_reads=self._disk_reads,
             disk_full=self._disk_full,
+            damaged=self.damage is not None,
             commit_seconds=self._commit_seconds,
         )
 

@@ -21,7 +21,7 @@ from kumo.model.state import Handed, QueueState
 from kumo.model.statistics import counter, gauge, info
 from kumo.runtime.clock import EngineClock
 from kumo.runtime.delivery import Deliveries, Dispatcher, attempt_of, plan_failure_attempt
-from kumo.runtime.log_writer import LogClosedError, LogWriter
+from kumo.runtime.log_writer import LogClosedError, LogWriter, WritesStoppedError
 from kumo.runtime.smtp_connection import MessageOutcome
 from kumo.runtime.watermark import Watermark
 
@@ -311,8 +311,12 @@ class QueueActor:
         """Read the contents of ``handed`` from the spool, then push them to ``target``."""
         try:
             contents = await self._log.read_bodies([h.message.seq for h in handed])
-        except BaseException:
+        except BaseException as exc:
             self.state.take_back(h.message.id for h in handed)
+            if isinstance(exc, WritesStoppedError):
+                # Writes are stopped: nothing more is delivered (an outcome could not be
+                # logged). Wait for the shutdown, which this raises as LogClosedError.
+                await self._log.wait_room()
             raise
         entries = []
         for entry, content in zip(handed, contents, strict=True):

@@ -9,7 +9,7 @@ import trio
 
 from kumo.model.events import BounceExpired, Event, SuspendExpired
 from kumo.runtime.clock import EngineClock
-from kumo.runtime.log_writer import LogWriter
+from kumo.runtime.log_writer import DiskFullError, LogWriter, WritesStoppedError
 from kumo.runtime.projection import Projection
 
 
@@ -21,7 +21,11 @@ class RuleExpiry:
     issued (which may expire sooner), reading time only through the engine clock.
     """
 
-    def __init__(self, log: LogWriter, projection: Projection, clock: EngineClock) -> None:
+    def __init__(
+        self, log: LogWriter, projection: Projection, clock: EngineClock, *, retry: float = 1.0
+    ) -> None:
+        """``retry``: seconds between tries while the disk is full."""
+        self._retry = retry
         self._log = log
         self._projection = projection
         self._clock = clock
@@ -37,7 +41,13 @@ class RuleExpiry:
             due: list[Event] = [BounceExpired(rule.id) for rule in rules.due_to_expire(now)]
             due += [SuspendExpired(rule.id) for rule in suspends.due_to_expire(now)]
             if due:
-                await self._log.append(due)
+                try:
+                    await self._log.append(due)
+                except DiskFullError:
+                    # Tried again once space may be back; the rules end late, not never.
+                    await trio.sleep(self._retry)
+                except WritesStoppedError:
+                    return  # nothing will be written again; the next start ends them
                 continue
             expiries = [e for e in (rules.next_expiry(), suspends.next_expiry()) if e is not None]
             deadline = self._clock.deadline(min(expiries)) if expiries else math.inf

@@ -20,7 +20,7 @@ from kumo.model.settings import EngineSettings
 from kumo.model.statistics import counter, gauge
 from kumo.runtime.blocking import RunBlocking
 from kumo.runtime.log_writer import LogWriter
-from kumo.store.event_log import EventStore
+from kumo.store.event_log import EventStore, LogDamagedError
 
 
 @attrs.frozen
@@ -59,7 +59,13 @@ class WalCheckpointer:
         while True:
             await self._log.committed.wait_for(seen + 1)
             seen = self._log.last_seq
-            self._frames, self._copied = await self._run_blocking(self._store.checkpoint)
+            try:
+                self._frames, self._copied = await self._run_blocking(self._store.checkpoint)
+            except LogDamagedError as exc:
+                # Copying into a damaged database file could spread the damage: stop,
+                # and stop the writes too (the WAL keeps what was committed).
+                self._log.note_damage(exc)
+                return
             self._checkpoints += 1
             await trio.sleep(self._interval)
 

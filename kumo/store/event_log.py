@@ -38,6 +38,13 @@ class LogFullError(Exception):
     written. Writes may succeed again once space is freed."""
 
 
+class LogDamagedError(Exception):
+    """A write met a damaged store (a malformed page, an I/O error, a file that is no
+    longer a database or no longer writable): nothing of the transaction was written,
+    and no later write should be tried until the store is checked
+    (``kumo replay --verify``) and repaired. What was committed before stays committed."""
+
+
 class EventStore(Protocol):
     @property
     def last_seq(self) -> int:

@@ -16,11 +16,13 @@ Tables:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import sqlite3
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from time import sleep
+from typing import Final
 
 import orjson
 
@@ -37,7 +39,7 @@ from kumo.model.events import (
 )
 from kumo.model.requests import Content
 from kumo.model.settings import EngineSettings
-from kumo.store.event_log import LogCorruptError, LogFullError
+from kumo.store.event_log import LogCorruptError, LogDamagedError, LogFullError
 from kumo.store.ids import ordered_ids
 
 _SCHEMA = """
@@ -63,6 +65,16 @@ GENESIS = b"\x00" * 16
 
 _WAL_SIZE_KEPT = 64 * 1024 * 1024
 _SQLITE_FULL = 13
+_SQLITE_DAMAGE: Final = {
+    3: "SQLITE_PERM",
+    8: "SQLITE_READONLY",
+    10: "SQLITE_IOERR",
+    11: "SQLITE_CORRUPT",
+    14: "SQLITE_CANTOPEN",
+    26: "SQLITE_NOTADB",
+}
+"""Primary result codes (the low byte of an extended one) of a write that met a
+damaged or vanished store, rather than a full one or a mistake of ours."""
 
 
 def chain_link(previous: bytes, seq: int, time: int, kind: str, body: bytes) -> bytes:
@@ -218,11 +230,11 @@ class SqliteEventStore:
         # WAL with synchronous=NORMAL: the commit appends to the WAL without an fsync;
         # the next FULL commit's fsync of the WAL (or a checkpoint) makes it durable.
         synchronous = "FULL" if durable else "NORMAL"
-        if synchronous != self._synchronous:
-            db.execute(f"PRAGMA synchronous={synchronous}")
-            self._synchronous = synchronous
-        db.execute("BEGIN IMMEDIATE")
         try:
+            if synchronous != self._synchronous:
+                db.execute(f"PRAGMA synchronous={synchronous}")
+                self._synchronous = synchronous
+            db.execute("BEGIN IMMEDIATE")
             db.executemany("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?)", rows)
             if spooled:
                 db.executemany("INSERT INTO spool VALUES (?, ?)", _joined(spooled))
@@ -235,11 +247,16 @@ class SqliteEventStore:
                 )
             db.execute("COMMIT")
         except BaseException as exc:
-            # SQLite may have rolled back already (it does on a full disk).
+            # SQLite may have rolled back already (it does on a full disk). On a damaged
+            # store the rollback may fail too: the first error is the one to tell.
             if db.in_transaction:
-                db.execute("ROLLBACK")
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("ROLLBACK")
             if isinstance(exc, sqlite3.Error) and exc.sqlite_errorcode == _SQLITE_FULL:
                 raise LogFullError(str(exc)) from exc
+            damage = self._damage(exc)
+            if damage is not None:
+                raise damage from exc
             raise
         self._last_seq, self._last_time, self._chain = seq, time, chain
         return committed
@@ -250,7 +267,13 @@ class SqliteEventStore:
         SQLite's PASSIVE checkpoint: it copies the frames no reader still needs and waits
         for nobody; the writer restarts the WAL from its start once all are copied.
         """
-        _busy, frames, copied = self._db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        try:
+            _busy, frames, copied = self._db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        except sqlite3.Error as exc:
+            damage = self._damage(exc)
+            if damage is not None:
+                raise damage from exc
+            raise
         # -1, -1 when the database is not in WAL mode (a read-only connection to a
         # log that has none): nothing to copy.
         return max(frames, 0), max(copied, 0)
@@ -313,8 +336,22 @@ class SqliteEventStore:
         return bytes(row[0]) if row else None
 
     def spool_body(self, seq: int) -> bytes | None:
-        row = self._db.execute("SELECT body FROM spool WHERE seq = ?", (seq,)).fetchone()
+        try:
+            row = self._db.execute("SELECT body FROM spool WHERE seq = ?", (seq,)).fetchone()
+        except sqlite3.Error as exc:
+            damage = self._damage(exc)
+            if damage is not None:
+                raise damage from exc
+            raise
         return bytes(row[0]) if row else None
+
+    def _damage(self, exc: BaseException) -> LogDamagedError | None:
+        """``exc`` as a :class:`LogDamagedError`, if SQLite says the store is damaged."""
+        if isinstance(exc, sqlite3.Error) and exc.sqlite_errorcode is not None:
+            name = _SQLITE_DAMAGE.get(exc.sqlite_errorcode & 0xFF)
+            if name is not None:
+                return LogDamagedError(f"{self.path}: {exc} ({name})")
+        return None
 
     def spool_count(self) -> int:
         count: int = self._db.execute("SELECT count(*) FROM spool").fetchone()[0]

@@ -36,6 +36,7 @@ when the session says so. What it guarantees:
 from __future__ import annotations
 
 import contextlib
+import math
 import ssl
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
@@ -153,6 +154,14 @@ class _Connection:
     stream: trio.abc.Stream
     session: SmtpSession
     local_ip: str
+    io: trio.CancelScope = attrs.Factory(trio.CancelScope)
+    """Bounds the session's reads and writes: one scope for the whole exchange, whose
+    deadline each read and write moves (a scope per read and per write cost a third of
+    the listener's time). Nothing else waits under it (see :meth:`SmtpListener._wait`)."""
+    reading: bool = False
+    sending: bool = False
+    told_to_stop: bool = False
+    """:meth:`SmtpListener.shut_down` cancelled :attr:`io` during a read."""
 
 
 def _seconds(nanoseconds: int) -> float:
@@ -179,7 +188,7 @@ class SmtpListener:
         self._stopping = False
         self._accepting = trio.CancelScope()
         self._sessions_scope = trio.CancelScope()
-        self._reads: set[trio.CancelScope] = set()
+        self._sessions: set[_Connection] = set()
         self._open = 0
         self._connections = 0
         self._refused = 0
@@ -213,8 +222,10 @@ class SmtpListener:
             return
         self._stopping = True
         self._accepting.cancel()
-        for read in self._reads:
-            read.cancel()
+        for connection in self._sessions:
+            if connection.reading:  # else it sees _stopping before its next read
+                connection.told_to_stop = True
+                connection.io.cancel()
         self._sessions_scope.deadline = trio.current_time() + _seconds(
             self._settings.shutdown_grace
         )
@@ -271,28 +282,53 @@ class SmtpListener:
 
     async def _converse(self, connection: _Connection) -> None:
         session = connection.session
-        outputs = session.shutting_down() if self._stopping else session.start()
-        while True:
-            await self._carry_out(connection, outputs)
-            if session.phase is Phase.CLOSED:
-                return
-            outputs = await self._next_input(connection)
-
-    async def _next_input(self, connection: _Connection) -> list[Output]:
-        """Read once and feed the session; a time-out or a shutdown is fed instead."""
-        session = connection.session
-        if self._stopping:
-            return session.shutting_down()
-        read = trio.CancelScope()
-        self._reads.add(read)
+        outputs: list[Output] | None = (
+            session.shutting_down() if self._stopping else session.start()
+        )
+        self._sessions.add(connection)
         try:
-            with read, trio.move_on_after(_seconds(self._settings.client_timeout)):
-                data = await connection.stream.receive_some(READ_SIZE)
-                return session.receive_data(data if type(data) is bytes else bytes(data))
+            while outputs is not None:
+                outputs = await self._exchange(connection, outputs)
         finally:
-            self._reads.discard(read)
-        # Only a cancelled scope gets here: shut_down() cancelled the read, or it timed out.
-        return session.shutting_down() if read.cancelled_caught else session.timed_out()
+            self._sessions.discard(connection)
+
+    async def _exchange(
+        self, connection: _Connection, outputs: list[Output]
+    ) -> list[Output] | None:
+        """Carry out ``outputs``, then read and feed the session, until it closes
+        (None) or a read is cut short: then the outputs of its time-out or of the
+        shutdown, to carry out under a new scope."""
+        session = connection.session
+        timeout = _seconds(self._settings.client_timeout)
+        io = connection.io = trio.CancelScope()
+        with io:
+            while True:
+                await self._carry_out(connection, outputs)
+                if session.phase is Phase.CLOSED:
+                    return None
+                if self._stopping:
+                    outputs = session.shutting_down()
+                    continue
+                io.deadline = trio.current_time() + timeout
+                connection.reading = True
+                try:
+                    data = await connection.stream.receive_some(READ_SIZE)
+                finally:
+                    connection.reading = False
+                outputs = session.receive_data(data if type(data) is bytes else bytes(data))
+                if io.cancel_called:
+                    # Cancelled after the data came (by shut_down() or the deadline):
+                    # what it asks for is carried out under a new scope.
+                    return outputs
+        # Only a cancelled scope gets here: a write or a read timed out, or shut_down().
+        if connection.sending:
+            raise _Abandon("the client does not read its replies")
+        return session.shutting_down() if connection.told_to_stop else session.timed_out()
+
+    @staticmethod
+    def _wait(connection: _Connection) -> None:
+        """What follows waits on kumo, not on the client: no read or write deadline."""
+        connection.io.deadline = math.inf
 
     async def _carry_out(self, connection: _Connection, outputs: Iterable[Output]) -> None:
         """Do what the session asked, in order; replies are written together, at the end
@@ -308,9 +344,11 @@ class SmtpListener:
                 rejections.append(rejected_event(output))
             elif isinstance(output, MessagesReceived):
                 await self._flush(connection, replies, rejections)
+                self._wait(connection)
                 todo.extend(await self._make_durable(connection, output))
             elif isinstance(output, StartTls):
                 await self._flush(connection, replies, rejections)
+                self._wait(connection)
                 await self._start_tls(connection)
                 todo.extend(connection.session.tls_established())
             else:
@@ -322,6 +360,7 @@ class SmtpListener:
     ) -> None:
         if rejections:
             self._rejections += len(rejections)
+            self._wait(connection)
             # When the log is closing the records are lost; the replies are still given.
             with contextlib.suppress(RefusedError):
                 await self._engine.record_rejections(rejections)
@@ -329,10 +368,13 @@ class SmtpListener:
         if replies:
             data = b"".join(replies)
             replies.clear()
-            with trio.move_on_after(_seconds(self._settings.client_timeout)) as waited:
+            # A write that times out cancels the session's scope: _exchange drops it.
+            connection.io.deadline = trio.current_time() + _seconds(self._settings.client_timeout)
+            connection.sending = True
+            try:
                 await connection.stream.send_all(data)
-            if waited.cancelled_caught:
-                raise _Abandon("the client does not read its replies")
+            finally:
+                connection.sending = False
 
     async def _make_durable(
         self, connection: _Connection, received: MessagesReceived

@@ -107,6 +107,9 @@ class EngineStatistics:
     transient_failures_total: int = counter(
         "Attempts that failed transiently since the log began (or before any connection)."
     )
+    rebound_total: int = counter(
+        "Messages moved to another scheduled queue by a rebind since the log began."
+    )
     injected: int = counter("Messages received through HTTP inject by this process.")
     queued_total: int = gauge(
         "Messages held, all scheduled queues (waiting, ready or in a connection)."
@@ -402,6 +405,7 @@ class Engine:
             failed_total=projection.failed_total,
             expired_total=projection.expired_total,
             transient_failures_total=projection.transient_failures_total,
+            rebound_total=projection.rebound_total,
             injected=self._injected,
             queued_total=sum(projection.queue_counts.values()),
             queues=len(projection.queue_counts),

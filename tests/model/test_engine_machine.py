@@ -60,6 +60,7 @@ from kumo.model.events import (
     Message,
     MessageReceived,
     PermanentlyFailed,
+    Rebound,
     TransientlyFailed,
 )
 from kumo.model.invariants import InvariantCheck
@@ -169,7 +170,7 @@ class EngineModel(RuleBasedStateMachine):
         """A queue's actor: the next chunk of its sweep, else its next event (a sweep
         it starts takes ``limit`` messages now; ``limit=0`` only decides it)."""
         state = self.queues[name]
-        decision: Bounced | Expired | None
+        decision: Bounced | Expired | Rebound | None
         if state.sweeping is not None:
             decision = state.continue_sweep(limit or None)
             assert decision is not None

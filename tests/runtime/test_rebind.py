@@ -13,9 +13,12 @@ from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 
+import orjson
 import trio
 import trio.testing
+from click.testing import CliRunner
 
+from kumo.cli.audit import audit
 from kumo.model.criteria import Criteria
 from kumo.model.events import Rebound
 from kumo.model.requests import RebindRequest
@@ -234,3 +237,44 @@ async def test_rebound_messages_stay_in_their_new_queue_across_restarts_and_snap
                 assert found.queue == "t1@example.com"
             settings = EngineSettings(snapshot_every=0)
     verified(data_dir)
+
+
+async def test_audit_shows_who_rebound_what_and_each_messages_move(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    with trio.fail_after(DEADLINE):
+        async with open_engine(data_dir, mail=None) as engine:
+            ids = await engine.inject([message(f"r{n}@example.com") for n in range(3)])
+            rebind_id = await engine.rebind(
+                rebind("reroute", {"routing_domain": "relay.example"}, domain="example.com"),
+                issued_by="alice",
+            )
+            await engine.wait_until(lambda: engine.statistics().rebound_total == 3)
+            await engine.wait_idle()
+    result = CliRunner().invoke(audit, ["--data-dir", str(data_dir), "--format", "json"])
+    assert result.exit_code == 0, result.output
+    [shown] = orjson.loads(result.stdout)["rebinds"]
+    assert {key: shown[key] for key in ("rebind", "principal", "data", "reason")} == {
+        "rebind": rebind_id,
+        "principal": "alice",
+        "data": {"routing_domain": "relay.example"},
+        "reason": "reroute",
+    }
+    assert shown["moved"] == [
+        {"from": "example.com", "to": "example.com!relay.example", "messages": 3}
+    ]
+    table = CliRunner().invoke(audit, ["--data-dir", str(data_dir)])
+    assert "example.com -> example.com!relay.example: 3" in table.stdout
+    result = CliRunner().invoke(
+        audit, ["--data-dir", str(data_dir), "--message", ids[0], "--format", "json"]
+    )
+    assert result.exit_code == 0, result.output
+    story = orjson.loads(result.stdout)
+    assert story["status"] == "queued"
+    [moved] = story["rebound"]
+    assert moved["queue"] == "example.com!relay.example"
+    assert moved["detail"] == (
+        f"from example.com by rebind {rebind_id} (domain=example.com; "
+        "routing_domain=relay.example), issued by alice: reroute"
+    )
+    table = CliRunner().invoke(audit, ["--data-dir", str(data_dir), "--message", ids[0]])
+    assert "example.com!relay.example  still waiting in its queue" in table.stdout

@@ -132,19 +132,23 @@ def rebound_queue_name(name: str, data: Mapping[str, str]) -> str:
     queue = data.get("queue")
     if queue:
         return queue
+    # An empty part names nothing (``camp:@d`` has no tenant), as an empty meta value.
     parsed = QueueName.parse(name)
+    base = QueueName(
+        parsed.domain, parsed.campaign or None, parsed.tenant or None, parsed.routing_domain or None
+    )
 
     def part(key: str, value: str | None) -> str | None:
         return (data[key] or None) if key in data else value
 
     changed = QueueName(
-        parsed.domain,
-        part("campaign", parsed.campaign),
-        part("tenant", parsed.tenant),
-        part("routing_domain", parsed.routing_domain),
+        base.domain,
+        part("campaign", base.campaign),
+        part("tenant", base.tenant),
+        part("routing_domain", base.routing_domain),
     )
-    # Unchanged parts keep the very spelling parsed (an empty tenant of ``camp:@d``).
-    return name if changed == parsed else changed.format()
+    # Nothing changed: the very name, spelt as it came (``camp:@d``, ``d!``).
+    return name if changed == base else changed.format()
 
 
 def recipient_domain(address: str) -> str:

@@ -35,6 +35,7 @@ from kumo.model.events import (
     Event,
     Expired,
     MessageReceived,
+    Rebound,
 )
 from kumo.model.queue_name import queue_name_for
 from kumo.model.settings import EngineSettings
@@ -120,10 +121,10 @@ class _Day:
             self.bounced += len(event.messages)
         return committed
 
-    def emit_bounce(self, bounce: Bounced | Expired | None, now: int) -> None:
+    def emit_bounce(self, bounce: Bounced | Expired | Rebound | None, now: int) -> None:
         if bounce is None:
             return
-        if isinstance(bounce, Expired):
+        if isinstance(bounce, Expired | Rebound):
             self.emit(bounce, now)
             return
         messages = bounce.messages

@@ -50,6 +50,25 @@ CRITERIA: Final[tuple[Mapping[str, Any], ...]] = (
 """Criteria the machines issue rules with, as keyword arguments of ``Criteria``: few, so
 that a new rule's criteria often equal a live rule's."""
 
+REBINDS: Final[tuple[tuple[Mapping[str, Any], Mapping[str, str]], ...]] = (
+    ({"domain": "a.com"}, {"campaign": "c"}),
+    ({"campaign": "c"}, {"campaign": ""}),
+    ({"routing_domain": "r"}, {"routing_domain": ""}),
+    ({"tenant": "t"}, {"tenant": ""}),
+)
+"""Rebinds the machines issue (criteria, data): chosen so that every queue they move
+messages to, from :data:`QUEUES` or from one of these, is in :data:`REBOUND_PARTS`."""
+
+REBOUND_PARTS: Final[Mapping[str, tuple[str | None, str | None, str, str | None]]] = {
+    "c:t@a.com": ("c", "t", "a.com", None),
+    "t@b.com": (None, "t", "b.com", None),
+    "t@b.com!r": (None, "t", "b.com", "r"),
+    "b.com": (None, None, "b.com", None),
+    "c:@b.com": ("c", "", "b.com", None),
+    "c:@b.com!r": ("c", "", "b.com", "r"),
+}
+"""The queues only :data:`REBINDS` put messages in, with their parts."""
+
 PARTS: Final = ("campaign", "tenant", "domain", "routing_domain")
 
 CriteriaKey = tuple[str | None, str | None, str | None, str | None, frozenset[str]]
@@ -68,7 +87,9 @@ def matches(key: CriteriaKey, queue: str) -> bool:
         return queue in names
     return all(
         wanted is None or present == wanted
-        for wanted, present in zip(parts, QUEUE_PARTS[queue], strict=True)
+        for wanted, present in zip(
+            parts, QUEUE_PARTS.get(queue) or REBOUND_PARTS[queue], strict=True
+        )
     )
 
 
@@ -146,6 +167,15 @@ class ReferenceModel:
         """An attempt failed transiently at ``time``: the message re-enters its queue."""
         message = self.messages[message_id]
         assert message.left is None, f"{message_id} attempted after it left"
+        message.entered, message.entered_at = self._next(), time
+
+    def rebound(self, message_id: str, queue: str, time: int) -> None:
+        """A rebind moved the message to ``queue`` at ``time``: it enters that queue then,
+        as an arrival (SPEC 9; a rule live then takes it)."""
+        message = self.messages[message_id]
+        assert message.left is None, f"{message_id} rebound after it left"
+        assert queue != message.queue
+        message.queue = queue
         message.entered, message.entered_at = self._next(), time
 
     def leave(self, message_id: str, how: str) -> None:

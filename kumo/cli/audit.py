@@ -48,7 +48,14 @@ from rich.progress import (
 )
 
 from kumo.config import DEFAULT_DATA_DIR
-from kumo.model.audit import MessageStory, RuleAction, Timeline, TimelineFilter, state_at
+from kumo.model.audit import (
+    MessageStory,
+    RebindAction,
+    RuleAction,
+    Timeline,
+    TimelineFilter,
+    state_at,
+)
 from kumo.model.duration import DurationError, format_duration, parse_duration
 from kumo.model.events import (
     Committed,
@@ -279,14 +286,71 @@ _CSV_TIMELINE_HEADERS: Final = (
 )
 
 
+def rebind_json(action: RebindAction) -> dict[str, Any]:
+    return {
+        "time": format_rfc3339(action.time),
+        "seq": action.seq,
+        "rebind": action.rebind_id,
+        "principal": action.principal,
+        "criteria": criteria_to_json(action.criteria),
+        "criteria_text": action.criteria.describe(),
+        "data": dict(action.data),
+        "reason": action.reason,
+        "always_flush": action.always_flush,
+        "suppress_logging": action.suppress_logging,
+        "moved": [
+            {"from": old, "to": new, "messages": count}
+            for (old, new), count in action.moved.items()
+        ],
+        "total_moved": action.total_moved,
+    }
+
+
+def moved_text(moved: Mapping[tuple[str, str], int]) -> str:
+    return ", ".join(f"{old} -> {new}: {count:,}" for (old, new), count in moved.items()) or "-"
+
+
+def render_rebinds(rebinds: Sequence[RebindAction]) -> str:
+    """The rebinds of a timeline as a table (empty when there are none)."""
+    if not rebinds:
+        return ""
+    table = render_table(
+        ("TIME", "REBIND", "PRINCIPAL", "CRITERIA", "DATA", "REASON", "MOVED", "FROM -> TO"),
+        (
+            (
+                format_rfc3339(r.time),
+                r.rebind_id,
+                r.principal or "-",
+                r.criteria.describe(),
+                ", ".join(f"{k}={v}" for k, v in sorted(r.data.items())) or "-",
+                r.reason,
+                f"{r.total_moved:,}",
+                moved_text(r.moved),
+            )
+            for r in rebinds
+        ),
+    )
+    return f"\n\n{table}\n\n{len(rebinds):,} rebind(s)"
+
+
 def render_timeline(
-    actions: list[RuleAction], fmt: str, *, header: Mapping[str, Any], all_queues: bool = False
+    actions: list[RuleAction],
+    fmt: str,
+    *,
+    header: Mapping[str, Any],
+    all_queues: bool = False,
+    rebinds: Sequence[RebindAction] = (),
 ) -> str:
-    """The timeline in ``fmt``; a table lists a few queues per rule unless ``all_queues``."""
+    """The timeline in ``fmt``; a table lists a few queues per rule unless ``all_queues``.
+    ``rebinds`` follow the rules' actions (JSON: under ``rebinds``; CSV: not shown)."""
     limit = None if all_queues else TABLE_QUEUES
     if fmt == "json":
         return orjson.dumps(
-            {**header, "actions": [action_json(a) for a in actions]},
+            {
+                **header,
+                "actions": [action_json(a) for a in actions],
+                "rebinds": [rebind_json(r) for r in rebinds],
+            },
             option=orjson.OPT_INDENT_2,
         ).decode()
     if fmt == "csv":
@@ -340,7 +404,7 @@ def render_timeline(
         f"{table}\n\n{len(actions):,} action(s) on {rules:,} rule(s); "
         f"log seq {header['log']['first_seq']}..{header['log']['last_seq']}{kept}; "
         f"status as of {header['as_of']}"
-    )
+    ) + render_rebinds(rebinds)
 
 
 def rule_view_json(view: RuleView) -> dict[str, Any]:
@@ -462,7 +526,35 @@ def story_json(story: MessageStory) -> dict[str, Any]:
             )
             for committed in story.outcomes
         ],
+        "rebound": [
+            dict(zip(("time", "seq", "step", "queue", "detail"), row, strict=True))
+            for row in rebound_rows(story)
+        ],
     }
+
+
+def rebound_rows(story: MessageStory) -> list[tuple[str, str, str, str, str]]:
+    """Each move of a message's story as a row: time, seq, ``rebound``, the new queue,
+    and from where, by which rebind, asked by whom and why."""
+    rows = []
+    for committed, moved, request in story.moves:
+        by = (
+            f"by rebind {moved.rebind_id} ({request.criteria.describe()}; "
+            + ", ".join(f"{k}={v}" for k, v in request.data)
+            + f"), issued by {request.issued_by or '-'}"
+            if request is not None
+            else f"by rebind {moved.rebind_id}"
+        )
+        rows.append(
+            (
+                format_rfc3339(committed.time),
+                str(committed.seq),
+                "rebound",
+                moved.to_queue,
+                f"from {moved.queue} {by}: {moved.reason}",
+            )
+        )
+    return rows
 
 
 def outcome_row(committed: Committed) -> tuple[str, str, str, str, str]:
@@ -529,9 +621,10 @@ def render_story(story: MessageStory, fmt: str) -> str:
         )
         rows.append((format_rfc3339(b.time), str(b.seq), "bounced", b.queue, rule))
     rows += [outcome_row(committed) for committed in story.outcomes]
+    rows += rebound_rows(story)
     rows.sort(key=lambda row: int(row[1]) if row[1] else 0)
     if story.status == "queued":
-        rows.append(("", "", "queued", story.received[-1].queue, "still waiting in its queue"))
+        rows.append(("", "", "queued", story.queue or "", "still waiting in its queue"))
     if fmt == "csv":
         return render_csv(("time", "seq", "step", "queue", "detail"), rows)
     table = render_table(("TIME", "SEQ", "STEP", "QUEUE", "DETAIL"), rows)
@@ -701,8 +794,20 @@ def audit(
         },
     }
     actions = timeline.actions(as_of, where)
-    click.echo(render_timeline(actions, fmt, header=header, all_queues=rule_id is not None))
-    if rule_id is not None and rule_id not in timeline.rules.rules:
+    click.echo(
+        render_timeline(
+            actions,
+            fmt,
+            header=header,
+            all_queues=rule_id is not None,
+            rebinds=timeline.rebinds(where),
+        )
+    )
+    if (
+        rule_id is not None
+        and rule_id not in timeline.rules.rules
+        and not timeline.rebinds(TimelineFilter(rule_id=rule_id))
+    ):
         raise click.ClickException(f"rule {rule_id} is not in the log")
 
 

@@ -43,6 +43,7 @@ from kumo.http.routes import (
     INSPECT_MESSAGE_PATH,
     INSPECT_QUEUE_PATH,
     METRICS_PATH,
+    REBIND_PATH,
     SUSPEND_PATH,
 )
 from kumo.model.mx_resolution import Destination, Resolution, ResolutionFailure
@@ -395,8 +396,9 @@ def cli(ctx: click.Context, endpoint: str, token: str | None) -> None:
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def selection_options(*, everything: str) -> Callable[[F], F]:
-    """The options that select queues, shared by ``bounce`` and ``suspend``."""
+def selection_options(*, everything: str, queues: bool = True) -> Callable[[F], F]:
+    """The options that select queues, shared by ``bounce``, ``suspend`` and ``rebind``
+    (which takes no ``--queue``: KumoMTA's rebind has no queue names)."""
 
     def decorate(command: F) -> F:
         for option in reversed(
@@ -407,12 +409,18 @@ def selection_options(*, everything: str) -> Callable[[F], F]:
                 click.option("--routing-domain", help="The routing domain to match."),
                 click.option("--campaign", help="The campaign name to match."),
                 click.option("--tenant", help="The tenant name to match."),
-                click.option(
-                    "--queue",
-                    "queues",
-                    multiple=True,
-                    help="An exact scheduled queue name to match (repeatable); excludes "
-                    "the four parts.",
+                *(
+                    [
+                        click.option(
+                            "--queue",
+                            "queues",
+                            multiple=True,
+                            help="An exact scheduled queue name to match (repeatable); "
+                            "excludes the four parts.",
+                        )
+                    ]
+                    if queues
+                    else []
                 ),
                 click.option("--everything", is_flag=True, help=everything),
             )
@@ -508,6 +516,89 @@ def suspend(
         body["duration"] = duration
     with target.open_client() as client:
         reply = decode_json(send(client, "POST", SUSPEND_PATH, body=body))
+    echo_json(reply)
+
+
+REBIND_ASYNC_NOTE = "NOTE: Rebind always runs asynchronously"
+
+
+@cli.command()
+@selection_options(everything="Rebind all queues.", queues=False)
+@click.option("--reason", required=True, help="The reason to log in the delivery logs.")
+@click.option(
+    "--set",
+    "settings",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="A metadata key and value to merge into each message (repeatable): campaign, "
+    "tenant, routing_domain or queue.",
+)
+@click.option("--data", help="A JSON object of metadata to merge (--set entries win).")
+@click.option(
+    "--always-flush",
+    is_flag=True,
+    help="Make messages whose queue does not change due now (otherwise their due time "
+    "stays as it was).",
+)
+@click.option("--suppress-logging", is_flag=True, help="Do not generate AdminRebind logs.")
+@click.option(
+    "--trigger-rebind-event",
+    is_flag=True,
+    help="KumoMTA runs its Lua rebind_message event instead of merging the data; kumo "
+    "has no Lua and merges the data either way.",
+)
+@click.pass_obj
+def rebind(
+    target: Target,
+    domain: str | None,
+    routing_domain: str | None,
+    campaign: str | None,
+    tenant: str | None,
+    everything: bool,
+    reason: str,
+    settings: tuple[str, ...],
+    data: str | None,
+    always_flush: bool,
+    suppress_logging: bool,
+    trigger_rebind_event: bool,
+) -> None:
+    """Rebind the scheduled messages of matching queues: merge metadata into each and
+    move it to the queue that metadata names (an AdminRebind record each). Messages in
+    a ready queue are moved too; those in a connection are not."""
+    body = selection(
+        domain=domain,
+        routing_domain=routing_domain,
+        campaign=campaign,
+        tenant=tenant,
+        queues=(),
+        everything=everything,
+        missing="No domain, routing_domain, campaign or tenant was specified. "
+        "Use --everything if you intend to rebind all queues",
+    )
+    merged: dict[str, object] = {}
+    if data is not None:
+        try:
+            parsed = json.loads(data)
+        except ValueError as exc:
+            raise click.BadParameter(f"not JSON: {exc}", param_hint="--data") from None
+        if not isinstance(parsed, dict):
+            raise click.BadParameter("must be a JSON object", param_hint="--data")
+        merged.update(parsed)
+    for setting in settings:
+        key, equals, value = setting.partition("=")
+        if not equals or not key:
+            raise click.BadParameter(f"{setting!r} is not KEY=VALUE", param_hint="--set")
+        merged[key] = value
+    body.update(
+        reason=reason,
+        data=merged,
+        always_flush=always_flush,
+        suppress_logging=suppress_logging,
+        trigger_rebind_event=trigger_rebind_event,
+    )
+    with target.open_client() as client:
+        reply = decode_json(send(client, "POST", REBIND_PATH, body=body))
+    click.echo(REBIND_ASYNC_NOTE, err=True)
     echo_json(reply)
 
 

@@ -31,7 +31,7 @@ from quart import Response, g, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from kumo.http import bounce_api, inject_api, inspect_api, suspend_api
+from kumo.http import bounce_api, inject_api, inspect_api, rebind_api, suspend_api
 from kumo.http.access import AccessPolicy, Denied, PasswordCheck
 from kumo.http.connection_guard import ASGIApp as ASGIApp
 from kumo.http.connection_guard import ASGIMessage as ASGIMessage
@@ -60,6 +60,7 @@ from kumo.http.routes import (
     METRICS_JSON_PATH,
     METRICS_PATH,
     OPENAPI_PATH,
+    REBIND_PATH,
     ROUTES,
     SUSPEND_PATH,
 )
@@ -206,6 +207,10 @@ def create_app(
     @app.delete(SUSPEND_PATH)
     async def delete_suspend() -> Response:
         return await admin(suspend_api.cancel_suspend)
+
+    @app.post(REBIND_PATH)
+    async def post_rebind() -> Response:
+        return await admin(rebind_api.rebind)
 
     @app.post(INJECT_PATH)
     async def inject() -> Response:

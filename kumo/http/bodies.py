@@ -31,7 +31,8 @@ from kumo.http.errors import (
 )
 from kumo.model.criteria import Criteria
 from kumo.model.duration import NANOS_PER_SECOND, NANOS_PER_YEAR, DurationError, parse_duration
-from kumo.model.requests import MAX_LIFETIME, BounceRequest
+from kumo.model.queue_name import REBINDABLE_KEYS
+from kumo.model.requests import MAX_LIFETIME, BounceRequest, RebindRequest
 from kumo.model.rfc3339 import TimestampError, parse_rfc3339
 
 # -- 415 and 400 ------------------------------------------------------------------------
@@ -307,6 +308,60 @@ def parse_suspend_request(content_type: str | None, body: bytes) -> BounceReques
         reason=_get(fields, "reason", str, ""),
         duration=_get(fields, "duration", int | None, None),
         expires_at=_get(fields, "expires", int | None, None),
+    )
+
+
+def _rebind_data(path: str, value: object) -> dict[str, str]:
+    """``data``: a map of strings whose keys name what kumo can rebind."""
+    data = {key: _string(_join(path, key), item) for key, item in _map(path, value).items()}
+    for key in data:
+        if key not in REBINDABLE_KEYS:
+            raise _refuse(
+                _join(path, key),
+                f"kumo cannot rebind `{key}`: it keeps no metadata of a message but what "
+                f"names its queue, so `data` may set only {_expected_list(REBINDABLE_KEYS)}",
+            )
+    return data
+
+
+_REBIND_READERS: Final[Mapping[str, Callable[[str, Any], object]]] = {
+    "campaign": _optional_string,
+    "tenant": _optional_string,
+    "domain": _optional_string,
+    "routing_domain": _optional_string,
+    "reason": _string,
+    "suppress_logging": _boolean,
+    "data": _rebind_data,
+    "trigger_rebind_event": _boolean,
+    "always_flush": _boolean,
+}
+_REBIND_FIELDS: Final = _expected_list(tuple(_REBIND_READERS))
+
+
+def parse_rebind_request(content_type: str | None, body: bytes) -> RebindRequest:
+    """The body of POST /api/admin/rebind/v1 as a :class:`RebindRequest`.
+
+    ``reason`` and ``data`` are required (``data`` may be ``{}``), as in KumoMTA; unlike
+    KumoMTA, unknown fields are refused (a misspelt criterion would rebind every queue),
+    and so are ``data`` keys kumo cannot rebind (:data:`REBINDABLE_KEYS`).
+    """
+    obj = _struct("", decode_json(content_type, body), "RebindV1Request")
+    _refuse_duplicates(body)
+    fields = _fields(
+        "", obj, _REBIND_READERS, required=("reason", "data"), deny_unknown=_REBIND_FIELDS
+    )
+    return RebindRequest(
+        criteria=Criteria(
+            campaign=_get(fields, "campaign", str | None, None),
+            tenant=_get(fields, "tenant", str | None, None),
+            domain=_get(fields, "domain", str | None, None),
+            routing_domain=_get(fields, "routing_domain", str | None, None),
+        ),
+        reason=_get(fields, "reason", str, ""),
+        data=_get(fields, "data", dict, {}),
+        always_flush=_get(fields, "always_flush", bool, False),
+        suppress_logging=_get(fields, "suppress_logging", bool, False),
+        trigger_rebind_event=_get(fields, "trigger_rebind_event", bool, False),
     )
 
 

@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from typing import Protocol
 
 from kumo.model.inspection import InspectedMessage, InspectedQueue
-from kumo.model.requests import BounceRequest, NewMessage
+from kumo.model.requests import BounceRequest, NewMessage, RebindRequest
 from kumo.model.state import RuleView
 from kumo.runtime.delivery import DispatcherStatistics
 from kumo.runtime.queue_actor import ActorStatistics
@@ -39,6 +39,8 @@ class AdminEngine(Protocol):
     async def cancel_suspend(self, rule_id: str, *, cancelled_by: str) -> bool: ...
 
     def list_suspends(self) -> list[RuleView]: ...
+
+    async def rebind(self, request: RebindRequest, *, issued_by: str) -> str: ...
 
     def queue_counts(self) -> Mapping[str, int]: ...
 

@@ -13,6 +13,7 @@ from kumo.http.routes import (
     METRICS_JSON_PATH,
     METRICS_PATH,
     OPENAPI_PATH,
+    REBIND_PATH,
     SUSPEND_PATH,
 )
 from kumo.model.duration import NANOS_PER_SECOND
@@ -123,6 +124,33 @@ _SUSPEND_ENTRY: Final = {
         name: schema
         for name, schema in _BOUNCE_ENTRY["properties"].items()  # type: ignore[attr-defined]
         if name not in ("bounced", "total_bounced", "suppress_logging")
+    },
+}
+
+_REBIND_REQUEST: Final = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["reason", "data"],
+    "properties": {
+        "campaign": _NULLABLE_STRING,
+        "tenant": _NULLABLE_STRING,
+        "domain": _NULLABLE_STRING,
+        "routing_domain": _NULLABLE_STRING,
+        "reason": {"type": "string"},
+        "data": {
+            "description": "metadata to merge into each message; kumo can rebind only "
+            "`campaign`, `tenant`, `routing_domain` and `queue` (the whole queue name)",
+            "type": "object",
+            "propertyNames": {"enum": ["campaign", "tenant", "routing_domain", "queue"]},
+            "additionalProperties": {"type": "string"},
+        },
+        "suppress_logging": {"type": "boolean", "default": False},
+        "always_flush": {"type": "boolean", "default": False},
+        "trigger_rebind_event": {
+            "type": "boolean",
+            "default": False,
+            "description": "accepted and ignored: kumo has no Lua rebind_message hook",
+        },
     },
 }
 
@@ -377,6 +405,20 @@ OPENAPI: Final[dict[str, Any]] = {
                 "responses": {
                     "200": {"description": "`removed <id>`", "content": _TEXT},
                     **_refusals(401, 429, 404, 413, 415, 400, 422, 503),
+                },
+            },
+        },
+        REBIND_PATH: {
+            "post": {
+                "summary": "Move the scheduled messages of the queues that match to the "
+                "queue their merged metadata names; replies at once, before they move.",
+                "requestBody": {"required": True, "content": _json(_REBIND_REQUEST)},
+                "responses": {
+                    "200": {
+                        "description": "`{}`: the rebind is durable.",
+                        "content": _json({"type": "object", "maxProperties": 0}),
+                    },
+                    **_refusals(401, 429, 413, 415, 400, 422, 503),
                 },
             },
         },

@@ -8,7 +8,11 @@ Three folds over committed events, fed in log order, each once; no I/O, no clock
 - :func:`state_at`: the state (live rules with their counters, queue gauges) as it was
   at a moment, by folding the prefix of the log committed by then;
 - :class:`MessageStory`: what became of one message: received, then bounced by which
-  rule and why, or still queued.
+  rule and why, or still queued (and every queue a rebind moved it to).
+
+Rebinds are one-shot actions, not rules: the timeline lists them beside the rules'
+actions (:meth:`Timeline.rebinds`), each with how many messages it moved from which
+queue to which.
 
 The rule lifecycle (what replaces what, when a rule counts as expired) is
 :class:`kumo.model.state.RuleBook`'s, the same fold the engine runs, so an audit cannot
@@ -38,6 +42,8 @@ from kumo.model.events import (
     MessageReceived,
     Outcome,
     PermanentlyFailed,
+    RebindIssued,
+    Rebound,
 )
 from kumo.model.retention import base_projection
 from kumo.model.state import Rule, RuleBook, State
@@ -96,6 +102,24 @@ class TimelineFilter:
     principal: str | None = None
 
 
+@attrs.frozen(slots=True)
+class RebindAction:
+    """A rebind (``/api/admin/rebind/v1``) and what it moved, as far as the log tells."""
+
+    seq: int
+    time: int
+    rebind_id: str
+    principal: str
+    criteria: Criteria
+    data: Mapping[str, str]
+    reason: str
+    always_flush: bool
+    suppress_logging: bool
+    moved: Mapping[tuple[str, str], int]
+    """(from queue, to queue) -> messages moved (its ``Rebound`` events)."""
+    total_moved: int
+
+
 _Recorded: TypeAlias = tuple[int | None, int, ActionKind, str, str | None]
 
 
@@ -113,10 +137,12 @@ class Timeline:
     :meth:`actions` with the reference time that decides which rules count as live.
     """
 
-    __slots__ = ("_recorded", "rules")
+    __slots__ = ("_rebinds", "_recorded", "rules")
 
     def __init__(self) -> None:
         self.rules = RuleBook()
+        # Rebind id -> its committed RebindIssued and what its Rebound events moved.
+        self._rebinds: dict[str, tuple[Committed, dict[tuple[str, str], int]]] = {}
         # (seq, time, action, rule id, principal) as the log records them.
         self._recorded: list[_Recorded] = []
 
@@ -162,6 +188,15 @@ class Timeline:
         event = committed.event
         if isinstance(event, Bounced | MessageReceived):
             self.rules.apply(committed)
+            return
+        if isinstance(event, RebindIssued):
+            self._rebinds[event.rebind_id] = (committed, {})
+            return
+        if isinstance(event, Rebound):
+            entry = self._rebinds.get(event.rebind_id)
+            if entry is not None:
+                key = (event.queue, event.to_queue)
+                entry[1][key] = entry[1].get(key, 0) + len(event.messages)
             return
         live_before = list(self.rules.live_rules())
         rule = self.rules.apply(committed)
@@ -227,6 +262,46 @@ class Timeline:
                     ended_by=rule.ended_by,
                     bounced=dict(bounced),
                     total_bounced=sum(bounced.values()),
+                )
+            )
+        return actions
+
+    def rebinds(self, where: TimelineFilter | None = None) -> list[RebindAction]:
+        """The rebinds that ``where`` keeps (``rule_id`` names a rebind's id; ``queue``
+        keeps those that match it or moved messages out of or into it), in log order.
+        Rebinds issued before a retention cut are not in the base: not listed."""
+        where = where or TimelineFilter()
+        actions: list[RebindAction] = []
+        for committed, moved in self._rebinds.values():
+            event = committed.event
+            assert isinstance(event, RebindIssued)
+            time = committed.time
+            if where.since is not None and time < where.since:
+                continue
+            if where.until is not None and time > where.until:
+                continue
+            if where.rule_id is not None and event.rebind_id != where.rule_id:
+                continue
+            if where.principal is not None and event.issued_by != where.principal:
+                continue
+            shown = dict(moved)
+            if where.queue is not None:
+                shown = {key: n for key, n in moved.items() if where.queue in key}
+                if not shown and not event.criteria.matches(where.queue):
+                    continue
+            actions.append(
+                RebindAction(
+                    seq=committed.seq,
+                    time=time,
+                    rebind_id=event.rebind_id,
+                    principal=event.issued_by,
+                    criteria=event.criteria,
+                    data=event.data_map,
+                    reason=event.reason,
+                    always_flush=event.always_flush,
+                    suppress_logging=event.suppress_logging,
+                    moved=shown,
+                    total_moved=sum(shown.values()),
                 )
             )
         return actions
@@ -317,7 +392,16 @@ class MessageStory:
     with the deleted events, or never have been.
     """
 
-    __slots__ = ("_bounces", "cut", "message_id", "outcomes", "received", "rules")
+    __slots__ = (
+        "_bounces",
+        "_rebinds",
+        "cut",
+        "message_id",
+        "moves",
+        "outcomes",
+        "received",
+        "rules",
+    )
 
     def __init__(self, message_id: str, base: State | None = None) -> None:
         self.message_id = message_id
@@ -326,6 +410,10 @@ class MessageStory:
         self._bounces: list[tuple[Committed, Bounced]] = []
         self.outcomes: list[Committed] = []
         """The mail-path events of the message (attempts, holds, its end), in log order."""
+        self.moves: list[tuple[Committed, Rebound, RebindIssued | None]] = []
+        """The rebinds that moved the message, in log order, each with its request
+        (``None`` if the log does not hold it)."""
+        self._rebinds: dict[str, RebindIssued] = {}
         self.cut = 0 if base is None else base.last_seq
         """The last seq of the base (0: the log begins at seq 1)."""
         queues = base.queues if base is not None and base.queues is not None else {}
@@ -366,8 +454,21 @@ class MessageStory:
         elif isinstance(event, Outcome):
             if event.message.id == self.message_id:
                 self.outcomes.append(committed)
+        elif isinstance(event, RebindIssued):
+            self._rebinds[event.rebind_id] = event
+        elif isinstance(event, Rebound):
+            if self.message_id in event.messages.ids():
+                self.moves.append((committed, event, self._rebinds.get(event.rebind_id)))
         else:
             self.rules.apply(committed)
+
+    @property
+    def queue(self) -> str | None:
+        """The queue the message is (or was last) in: where a rebind last moved it, else
+        where it was received."""
+        if self.moves:
+            return self.moves[-1][1].to_queue
+        return self.received[-1].queue if self.received else None
 
     @property
     def status(self) -> MessageStatus:

@@ -21,7 +21,7 @@ API takes any RFC 3339 time from year 1677 on): such a rule is born expired.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final, TypeAlias
 
 import attrs
@@ -382,6 +382,81 @@ class Suspended:
     reason: str = attrs.field(validator=_text)
 
 
+def _to_data(data: Mapping[str, str] | Iterable[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
+    pairs = data.items() if isinstance(data, Mapping) else data
+    return tuple(sorted((key, value) for key, value in pairs))
+
+
+def _check_data(
+    _: object,
+    attribute: attrs.Attribute[tuple[tuple[str, str], ...]],
+    value: tuple[tuple[str, str], ...],
+) -> None:
+    keys = [key for key, _ in value]
+    if not all(type(key) is str and type(item) is str for key, item in value):
+        raise TypeError(f"{attribute.name} must map strings to strings, got {value!r}")
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"{attribute.name} names a key twice: {keys!r}")
+
+
+@attrs.frozen(slots=True)
+class RebindIssued:
+    """An administrator asked to merge ``data`` into the metadata of the scheduled
+    messages of every queue ``criteria`` match, and move each to the queue its new
+    metadata names (``/api/admin/rebind/v1``): a one-shot action, not a rule.
+
+    ``data`` is sorted ``(key, value)`` pairs (a mapping is taken and sorted), each key
+    one of :data:`kumo.model.queue_name.REBINDABLE_KEYS` (the API refuses the others).
+    ``always_flush``: messages whose queue does not change are due at once.
+    ``suppress_logging``: no ``AdminRebind`` records.
+    """
+
+    rebind_id: str = attrs.field(validator=_text)
+    criteria: Criteria = attrs.field(validator=instance_of(Criteria))
+    data: tuple[tuple[str, str], ...] = attrs.field(converter=_to_data, validator=_check_data)
+    reason: str = attrs.field(validator=_text)
+    always_flush: bool = attrs.field(default=False, validator=_flag)
+    suppress_logging: bool = attrs.field(default=False, validator=_flag)
+    issued_by: str = attrs.field(default="", validator=_text)
+    issued_at: int | None = attrs.field(default=None, validator=attrs.validators.optional(_int64))
+
+    @property
+    def data_map(self) -> dict[str, str]:
+        return dict(self.data)
+
+
+def _attempt_counts(counts: Iterable[int]) -> tuple[int, ...]:
+    return tuple(counts)
+
+
+@attrs.frozen(slots=True)
+class Rebound:
+    """Rebind ``rebind_id`` moved ``messages`` from ``queue`` to ``to_queue`` (one
+    ``AdminRebind`` record each, unless ``suppress_logging``): a batch, like
+    ``Bounced``. ``attempts[i]`` is the attempts made so far of ``messages[i]``, which
+    it keeps. ``to_queue`` receives them as arrivals at this event's commit (a rule live
+    and matching then bounces them; otherwise they are due at once), their
+    ``received_at`` (the expiry clock) unchanged."""
+
+    rebind_id: str = attrs.field(validator=_text)
+    queue: str = attrs.field(validator=_text)
+    to_queue: str = attrs.field(validator=_text)
+    messages: MessageBatch = attrs.field(converter=_to_messages)
+    attempts: tuple[int, ...] = attrs.field(converter=_attempt_counts)
+    reason: str = attrs.field(validator=_text)
+    suppress_logging: bool = attrs.field(default=False, validator=_flag)
+
+    def __attrs_post_init__(self) -> None:
+        if len(self.attempts) != len(self.messages):
+            raise ValueError(
+                f"{len(self.attempts)} attempt counts for {len(self.messages)} messages"
+            )
+        for count in self.attempts:
+            _check_int("attempts", count, 0)
+        if self.queue == self.to_queue:
+            raise ValueError(f"a rebind moves messages to another queue, not {self.queue!r}")
+
+
 Outcome: TypeAlias = Delivered | PermanentlyFailed | TransientlyFailed | Expired | Suspended
 """The events of the mail path: what became of a message handed to a destination."""
 
@@ -404,6 +479,8 @@ Event: TypeAlias = (
     | SuspendCancelled
     | SuspendExpired
     | Suspended
+    | RebindIssued
+    | Rebound
 )
 
 
@@ -423,6 +500,8 @@ _EVENT_CLASSES: Final = frozenset(
         SuspendCancelled,
         SuspendExpired,
         Suspended,
+        RebindIssued,
+        Rebound,
     }
 )
 
@@ -553,6 +632,26 @@ def _encode_body(event: Event) -> dict[str, Any]:
                 "attempts": event.attempts,
                 "reason": event.reason,
             }
+        case RebindIssued():
+            return {
+                "rebind_id": event.rebind_id,
+                "criteria": criteria_to_json(event.criteria),
+                "data": event.data_map,
+                "reason": event.reason,
+                "always_flush": event.always_flush,
+                "suppress_logging": event.suppress_logging,
+                "issued_by": event.issued_by,
+            } | ({} if event.issued_at is None else {"issued_at": event.issued_at})
+        case Rebound():
+            return {
+                "rebind_id": event.rebind_id,
+                "queue": event.queue,
+                "to_queue": event.to_queue,
+                "messages": event.messages.rows(),
+                "attempts": list(event.attempts),
+                "reason": event.reason,
+                "suppress_logging": event.suppress_logging,
+            }
         case Expired():
             return {
                 "queue": event.queue,
@@ -637,6 +736,12 @@ def _peer_from_json(data: object) -> PeerAddress:
     return PeerAddress(name=data["name"], addr=data["addr"])
 
 
+def _data_from_json(data: object) -> dict[str, str]:
+    if not isinstance(data, dict):
+        raise TypeError(f"data must be an object, got {data!r}")
+    return data
+
+
 def _decode_bounced(data: dict[str, Any]) -> Bounced:
     return Bounced(
         rule_id=data["rule_id"],
@@ -717,6 +822,25 @@ _DECODERS: Final[dict[str, Callable[[dict[str, Any]], Event]]] = {
         message=_message_from_json(d["message"]),
         attempts=d["attempts"],
         reason=d["reason"],
+    ),
+    "RebindIssued": lambda d: RebindIssued(
+        rebind_id=d["rebind_id"],
+        criteria=criteria_from_json(d["criteria"]),
+        data=_data_from_json(d["data"]),
+        reason=d["reason"],
+        always_flush=d["always_flush"],
+        suppress_logging=d["suppress_logging"],
+        issued_by=d["issued_by"],
+        issued_at=d.get("issued_at"),
+    ),
+    "Rebound": lambda d: Rebound(
+        rebind_id=d["rebind_id"],
+        queue=d["queue"],
+        to_queue=d["to_queue"],
+        messages=[Message(*row) for row in d["messages"]],
+        attempts=d["attempts"],
+        reason=d["reason"],
+        suppress_logging=d["suppress_logging"],
     ),
     "Rejected": lambda d: Rejected(
         code=d["code"],

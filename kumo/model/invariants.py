@@ -4,17 +4,20 @@
 
 - **conservation**: every received message is queued xor bounced; none is received
   twice, bounced twice, bounced without being received, or bounced out of a queue it
-  was not in;
+  was not in; a rebind (``Rebound``) moves a message from the queue it is in to
+  another, and adds or removes none;
 - **attribution**: a message is bounced by the rule it counts to (docs/rules.md): the most
   recently issued rule that matches its queue and was live when it arrived, else the
-  first matching rule issued after it arrived (that rule's sweep);
+  first matching rule issued after it arrived (that rule's sweep); a message rebound
+  arrives in its new queue at its ``Rebound``;
 - **counters**: the projection the engine serves (:class:`kumo.model.state.State`,
   rebuilt here) equals a count of the ``Bounced`` events per rule and queue, and its
   queue gauges equal what was received minus what was bounced.
 
 :class:`DeliveryLogCheck` then compares the delivery-log records with what the log
 says must be there: one ``Reception`` per received message, one ``AdminBounce`` per
-bounced message unless its rule suppresses logging, one ``Rejection`` per ``Rejected``
+bounced message unless its rule suppresses logging, one ``AdminRebind`` per message
+of a ``Rebound`` unless it suppresses logging (in log order), one ``Rejection`` per ``Rejected``
 event (the n-th record for the n-th event: a rejection names no message), nothing
 else, nothing twice, each record field for field the one kumo writes for its event
 (:mod:`kumo.model.log_record`), for every event up to the delivery log's checkpoint
@@ -49,12 +52,14 @@ from kumo.model.events import (
     MessageReceived,
     Outcome,
     PeerAddress,
+    Rebound,
     Rejected,
     TransientlyFailed,
 )
 from kumo.model.log_record import (
     OUTCOME_KINDS,
     admin_bounce_record,
+    admin_rebind_records,
     bounce_content,
     outcome_record,
     reception_record,
@@ -128,6 +133,10 @@ class InvariantCheck:
         (``Delivered``, ``PermanentlyFailed``, ``Expired``)."""
         self.outcomes: list[Committed] = []
         """The mail-path events, in log order (one record each)."""
+        self.rebounds: list[Committed] = []
+        """The ``Rebound`` events, in log order."""
+        self._moved: dict[str, str] = {}
+        """Message id -> the queue a rebind moved it to (its last ``Rebound``'s)."""
         self._expiring: set[str] = set()
         """Messages whose last failure expired them (their ``Expired`` comes next)."""
         self._anchors: dict[str, tuple[int, str | None]] = {}
@@ -225,6 +234,8 @@ class InvariantCheck:
             self.rejections.append(committed)
         elif isinstance(event, Outcome):
             self._outcome(committed, event)
+        elif isinstance(event, Rebound):
+            self._rebound(committed, event)
         else:
             self._live_matching.clear()
             if isinstance(event, BounceIssued):
@@ -280,12 +291,12 @@ class InvariantCheck:
         if gone is not None:
             self._violate("conservation", seq, f"message {mid} attempted after it left ({gone})")
             return
-        if received.queue != event.queue:
+        queue = self.queue_of(mid, received)
+        if queue != event.queue:
             self._violate(
                 "conservation",
                 seq,
-                f"message {mid} attempted from {event.queue} but was received into "
-                f"{received.queue}",
+                f"message {mid} attempted from {event.queue} but {self._placed(mid, queue)}",
             )
         if event.message.seq != received.seq or event.message.received_at != received.time:
             self._violate(
@@ -295,7 +306,7 @@ class InvariantCheck:
                 f"but was received at seq {received.seq}",
             )
         if isinstance(event, TransientlyFailed):
-            self._anchors[mid] = (seq, self._live_rule(received.queue, committed.time))
+            self._anchors[mid] = (seq, self._live_rule(queue, committed.time))
             if event.expiry is not None:
                 self._expiring.add(mid)
         elif isinstance(event, DEPARTURES):
@@ -346,12 +357,12 @@ class InvariantCheck:
             if received is None:
                 self._violate("conservation", seq, f"message {mid} bounced but never received")
                 continue
-            if received.queue != event.queue:
+            queue = self.queue_of(mid, received)
+            if queue != event.queue:
                 self._violate(
                     "conservation",
                     seq,
-                    f"message {mid} bounced out of {event.queue} "
-                    f"but was received into {received.queue}",
+                    f"message {mid} bounced out of {event.queue} but {self._placed(mid, queue)}",
                 )
             if message.seq != received.seq or message.received_at != received.time:
                 self._violate(
@@ -385,6 +396,53 @@ class InvariantCheck:
                     ),
                 )
 
+    def queue_of(self, mid: str, received: _Received) -> str:
+        """The queue message ``mid`` is in (as far as the log has gone): the one it was
+        received into, or the one its last rebind moved it to."""
+        return self._moved.get(mid, received.queue) if self._moved else received.queue
+
+    def _placed(self, mid: str, queue: str) -> str:
+        """Where message ``mid`` (in ``queue``) was put, in words."""
+        how = "rebound" if mid in self._moved else "received"
+        return f"was {how} into {queue}"
+
+    def _rebound(self, committed: Committed, event: Rebound) -> None:
+        """A rebind moved messages: each must be held by the queue it leaves; it arrives
+        in the other at this commit (its attribution counts from here)."""
+        seq = committed.seq
+        self.rebounds.append(committed)
+        to_queue = event.to_queue
+        if to_queue not in self._issued_matching:
+            self._issued_matching[to_queue] = []
+        live = self._live_rule(to_queue, committed.time)
+        for message in event.messages:
+            mid = message.id
+            received = self.received.get(mid)
+            if received is None:
+                self._violate("conservation", seq, f"message {mid} rebound but never received")
+                continue
+            gone = self.gone(mid)
+            if gone is not None:
+                self._violate("conservation", seq, f"message {mid} rebound after it left ({gone})")
+                continue
+            queue = self.queue_of(mid, received)
+            if queue != event.queue:
+                self._violate(
+                    "conservation",
+                    seq,
+                    f"message {mid} rebound out of {event.queue} but {self._placed(mid, queue)}",
+                )
+            if message.seq != received.seq or message.received_at != received.time:
+                self._violate(
+                    "conservation",
+                    seq,
+                    f"message {mid} is rebound as received at seq {message.seq}, "
+                    f"but was received at seq {received.seq}",
+                )
+            self._moved[mid] = to_queue
+            self._anchors[mid] = (seq, live)
+            self._expiring.discard(mid)
+
     def _attributed_rule(self, mid: str, received: _Received) -> str | None:
         """The rule the message counts to, as far as the log has gone (see the module
         docstring); after a failed attempt, counted from that attempt as from an arrival."""
@@ -394,7 +452,7 @@ class InvariantCheck:
             since, live = anchor
         if live is not None:
             return live
-        issued = self._issued_matching.get(received.queue, [])
+        issued = self._issued_matching.get(self.queue_of(mid, received), [])
         index = bisect.bisect_right(issued, (since, "\uffff"))
         return issued[index][1] if index < len(issued) else None
 
@@ -404,7 +462,7 @@ class InvariantCheck:
         bounced, departed = self.bounced, self.departed
         for mid, received in self.received.items():
             if mid not in bounced and mid not in departed:
-                queues.setdefault(received.queue, []).append(mid)
+                queues.setdefault(self.queue_of(mid, received), []).append(mid)
         return queues
 
     def owed(self) -> dict[str, int]:
@@ -612,6 +670,18 @@ class DeliveryLogCheck:
                 self._reasons[rule_id] = rule.reason
             self.bounces[mid] = ExpectedRecord(seq, queue, content)
         self.rejected = invariants.rejected
+        self.rebind_records: list[tuple[Committed, int]] = []
+        """``(Rebound event, index of its message)`` of each AdminRebind record the log
+        calls for, in the order they are written (a message may be rebound many
+        times: the n-th record is the n-th of these)."""
+        for committed in invariants.rebounds:
+            rebound = committed.event
+            assert isinstance(rebound, Rebound)
+            if not rebound.suppress_logging:
+                self.rebind_records.extend((committed, i) for i in range(len(rebound.messages)))
+        self._rebind_seqs = [committed.seq for committed, _ in self.rebind_records]
+        self._rebinds_seen = 0
+        self._rebind_cache: tuple[int, list[dict[str, Any]]] | None = None
         self.outcomes = invariants.outcomes
         self._outcome_seqs = [committed.seq for committed in invariants.outcomes]
         self._outcomes_seen = 0
@@ -707,6 +777,8 @@ class DeliveryLogCheck:
             kept = message_id in self.bounces or message_id in self.suppressed
         elif kind == "Rejection":
             kept = self._is_first_rejection(record, content)
+        elif kind == "AdminRebind":
+            kept = bool(self.rebind_records) and self._rebound_id(0) == message_id
         else:
             # Not ours to judge, before the cut or after it.
             return False
@@ -766,6 +838,35 @@ class DeliveryLogCheck:
             seq = self.rejected[index]
             self.through = max(self.through, seq)
             return seq
+        elif kind == "AdminRebind":
+            index = self._rebinds_seen
+            self._rebinds_seen += 1
+            if index >= len(self.rebind_records):
+                self._bad(
+                    where,
+                    f"AdminRebind for {message_id}, but the log calls for only "
+                    f"{len(self.rebind_records)} AdminRebind record(s)",
+                )
+                return None
+            committed, _ = self.rebind_records[index]
+            rebound = committed.event
+            assert isinstance(rebound, Rebound)
+            wanted = self._rebound_id(index)
+            if wanted != message_id:
+                self._bad(
+                    where,
+                    f"AdminRebind for {message_id}, but the log's next rebound message (seq "
+                    f"{committed.seq}) is {wanted}",
+                )
+                return None
+            self.through = max(self.through, committed.seq)
+            if queue != rebound.to_queue:
+                self._bad(
+                    where,
+                    f"AdminRebind for {message_id} names queue {queue}, log says "
+                    f"{rebound.to_queue}",
+                )
+            return committed.seq
         elif kind in _OUTCOME_RECORDS:
             # A message may fail many times: the n-th record of the mail path is the
             # n-th mail-path event's (records are written in log order).
@@ -816,6 +917,15 @@ class DeliveryLogCheck:
         but the message's own fields, then those fields set (building each of a
         million records whole adds some 10 s to a verification)."""
         invariants = self._invariants
+        if kind == "AdminRebind":
+            committed, position = self.rebind_records[self._rebinds_seen - 1]
+            cached = self._rebind_cache
+            if cached is None or cached[0] != committed.seq:
+                rebound = committed.event
+                assert isinstance(rebound, Rebound)
+                cached = committed.seq, admin_rebind_records(rebound, at=committed.time, node_id="")
+                self._rebind_cache = cached
+            return cached[1][position] | {"nodeid": node}
         if kind in _OUTCOME_RECORDS:
             committed = self.outcomes[self._outcomes_seen - 1]
             event = committed.event
@@ -889,6 +999,12 @@ class DeliveryLogCheck:
             node_id=node,
         )
 
+    def _rebound_id(self, index: int) -> str:
+        committed, position = self.rebind_records[index]
+        rebound = committed.event
+        assert isinstance(rebound, Rebound)
+        return rebound.messages.ids()[position]
+
     def _bad(self, where: str, problem: str) -> None:
         self.violations.append(Violation("delivery-log", where, problem))
 
@@ -897,6 +1013,7 @@ class DeliveryLogCheck:
         violations."""
         self._count_rejections()
         self._count_outcomes()
+        self._count_rebinds()
         due = self.due_through
         for kind, expected, seen in (
             ("Reception", self.receptions, self._seen_receptions),
@@ -936,6 +1053,21 @@ class DeliveryLogCheck:
                 )
             )
 
+    def _count_rebinds(self) -> None:
+        written = self._rebinds_seen
+        due = bisect.bisect_right(self._rebind_seqs, self.due_through)
+        if written < due:
+            missing = self.rebind_records[written][0]
+            self.violations.append(
+                Violation(
+                    "delivery-log",
+                    at_seq(missing.seq),
+                    f"{due - written} AdminRebind record(s) missing: the log calls for {due} "
+                    f"up to the checkpoint, the files hold {written}",
+                    missing.seq,
+                )
+            )
+
     def _count_rejections(self) -> None:
         # Up to the checkpoint every Rejected event has its record; after it, some may.
         written = self.seen["Rejection"]
@@ -969,8 +1101,14 @@ class DeliveryLogCheck:
             len(self.outcomes)
             - max(self._outcomes_seen, bisect.bisect_right(self._outcome_seqs, due)),
         )
+        rebinds = max(
+            0,
+            len(self.rebind_records)
+            - max(self._rebinds_seen, bisect.bisect_right(self._rebind_seqs, due)),
+        )
         return (
             rejections
+            + rebinds
             + outcomes
             + sum(
                 1

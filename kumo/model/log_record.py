@@ -1,6 +1,6 @@
-"""The delivery-log records, ``Reception``, ``AdminBounce``, ``Rejection`` and the mail
-path's ``Delivery``, ``TransientFailure``, ``Bounce`` and ``Expiration``, in KumoMTA's
-format.
+"""The delivery-log records, ``Reception``, ``AdminBounce``, ``AdminRebind``,
+``Rejection`` and the mail path's ``Delivery``, ``TransientFailure``, ``Bounce`` and
+``Expiration``, in KumoMTA's format.
 
 The fields and two examples are in docs/operations.md, "The delivery log".
 
@@ -28,6 +28,7 @@ from kumo.model.events import (
     Outcome,
     PeerAddress,
     PermanentlyFailed,
+    Rebound,
     Rejected,
     Suspended,
     TransientlyFailed,
@@ -175,6 +176,49 @@ def admin_bounce_record(
         created=message.received_at,
         node_id=node_id,
     )
+
+
+def rebind_content(old_queue: str, new_queue: str, reason: str) -> str:
+    """The response text of an AdminRebind (line breaks become spaces, as in every
+    record's content)."""
+    return flatten_content(f"Rebound from {old_queue} to {new_queue}: {reason}")
+
+
+def admin_rebind_records(event: Rebound, *, at: int, node_id: str) -> list[dict[str, Any]]:
+    """The ``AdminRebind`` records of a ``Rebound`` committed at ``at``, one per message
+    in its order (none when it suppresses logging): reference 5.2 and 7, code 250 with
+    no enhanced code, ``site`` empty, ``queue`` the new queue, ``num_attempts`` the
+    message's attempts so far."""
+    if event.suppress_logging:
+        return []
+    content = rebind_content(event.queue, event.to_queue, event.reason)
+    return [
+        _record(
+            kind="AdminRebind",
+            message_id=message.id,
+            sender=message.sender,
+            recipient=message.recipient,
+            queue=event.to_queue,
+            site="",
+            size=message.size,
+            response={"code": 250, "enhanced_code": None, "content": content, "command": None},
+            event_time=at,
+            created=message.received_at,
+            node_id=node_id,
+        )
+        | {"num_attempts": attempts}
+        for message, attempts in zip(event.messages, event.attempts, strict=True)
+    ]
+
+
+def admin_rebind_lines(event: Rebound, *, at: int, node_id: str) -> list[bytes]:
+    """JSON lines (newline included) of :func:`admin_rebind_records` (rebinds are rare
+    and small next to sweeps: each record is encoded whole)."""
+    dumps = orjson.dumps
+    return [
+        dumps(record, option=orjson.OPT_APPEND_NEWLINE)
+        for record in admin_rebind_records(event, at=at, node_id=node_id)
+    ]
 
 
 EGRESS_SOURCE = "unspecified"
@@ -423,12 +467,15 @@ def record_position(event: Event, kind: str, message_id: str, *, suppressed: boo
     calls for, in the order they are written (0: first), or ``None`` if it calls for no
     such record. ``suppressed``: whether the rule of a ``Bounced`` event suppresses
     logging. A ``MessageReceived`` calls for one record, a ``Bounced`` for one per
-    message in its order (none if suppressed), a ``Rejected`` for one, and each
+    message in its order (none if suppressed), a ``Rebound`` for one ``AdminRebind`` per
+    message unless it suppresses logging, a ``Rejected`` for one, and each
     mail-path event for one (:data:`OUTCOME_KINDS`)."""
     if kind == "Reception":
         if isinstance(event, MessageReceived) and event.message_id == message_id:
             return 0
-    elif kind == "AdminBounce" and isinstance(event, Bounced) and not suppressed:
+    elif (kind == "AdminBounce" and isinstance(event, Bounced) and not suppressed) or (
+        kind == "AdminRebind" and isinstance(event, Rebound) and not event.suppress_logging
+    ):
         for index, message in enumerate(event.messages):
             if message.id == message_id:
                 return index

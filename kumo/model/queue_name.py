@@ -22,9 +22,18 @@ unchanged. A ``:port`` suffix is just part of the domain or routing domain.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Final
+
 import attrs
 
-__all__ = ["QueueName", "queue_name_for", "recipient_domain"]
+__all__ = [
+    "REBINDABLE_KEYS",
+    "QueueName",
+    "queue_name_for",
+    "rebound_queue_name",
+    "recipient_domain",
+]
 
 
 @attrs.frozen(slots=True)
@@ -97,6 +106,49 @@ def queue_name_for(
     return QueueName(
         domain.lower(), campaign or None, tenant or None, routing_domain or None
     ).format()
+
+
+REBINDABLE_KEYS: Final = ("campaign", "tenant", "routing_domain", "queue")
+"""The metadata keys a rebind may set (``/api/admin/rebind/v1``'s ``data``). kumo keeps
+no metadata of a message beyond what names its queue, so these are the only keys that
+can change anything: the three optional parts of the name, and ``queue``, which names
+the whole queue (KumoMTA's ``queue`` meta, which wins over the parts)."""
+
+
+def rebound_queue_name(name: str, data: Mapping[str, str]) -> str:
+    """The queue a message of queue ``name`` belongs to once ``data`` is merged into its
+    metadata (a rebind, docs/operations.md "Rebinding messages").
+
+    ``data`` holds only :data:`REBINDABLE_KEYS` (KeyError otherwise). A non-empty
+    ``queue`` is the new name, whatever the rest; else each of ``campaign``, ``tenant``
+    and ``routing_domain`` given replaces that part of the parsed name, an empty value
+    taking the part away (as an empty meta value names no part, :func:`queue_name_for`).
+    The domain is the recipient's and never changes. Guarantees: an empty ``data``
+    gives ``name`` back unchanged, and so does ``data`` that repeats the name's parts.
+    """
+    unknown = set(data) - set(REBINDABLE_KEYS)
+    if unknown:
+        raise KeyError(f"not a key kumo can rebind: {sorted(unknown)}")
+    queue = data.get("queue")
+    if queue:
+        return queue
+    # An empty part names nothing (``camp:@d`` has no tenant), as an empty meta value.
+    parsed = QueueName.parse(name)
+    base = QueueName(
+        parsed.domain, parsed.campaign or None, parsed.tenant or None, parsed.routing_domain or None
+    )
+
+    def part(key: str, value: str | None) -> str | None:
+        return (data[key] or None) if key in data else value
+
+    changed = QueueName(
+        base.domain,
+        part("campaign", base.campaign),
+        part("tenant", base.tenant),
+        part("routing_domain", base.routing_domain),
+    )
+    # Nothing changed: the very name, spelt as it came (``camp:@d``, ``d!``).
+    return name if changed == base else changed.format()
 
 
 def recipient_domain(address: str) -> str:

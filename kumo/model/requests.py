@@ -7,6 +7,7 @@ An instance is valid by construction: the validators refuse what the admin API r
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Final, TypeAlias
 
 import attrs
@@ -15,6 +16,7 @@ from attrs.validators import instance_of
 from kumo.model.criteria import Criteria
 from kumo.model.duration import NANOS_PER_MINUTE, NANOS_PER_YEAR
 from kumo.model.events import INT64_MAX, INT64_MIN
+from kumo.model.queue_name import REBINDABLE_KEYS
 
 DEFAULT_LIFETIME: Final = 5 * NANOS_PER_MINUTE
 """A rule without ``duration`` or ``expires`` lives five minutes, as in KumoMTA."""
@@ -65,6 +67,37 @@ class BounceRequest:
             return self.expires_at
         lifetime = self.duration if self.duration is not None else DEFAULT_LIFETIME
         return issued_at + lifetime
+
+
+def _to_dict(data: Mapping[str, str]) -> dict[str, str]:
+    return dict(data)
+
+
+def _check_rebind_data(
+    _: object, attribute: attrs.Attribute[Mapping[str, str]], value: Mapping[str, str]
+) -> None:
+    if not all(type(key) is str and type(item) is str for key, item in value.items()):
+        raise TypeError(f"{attribute.name} must map strings to strings, got {value!r}")
+    unknown = sorted(set(value) - set(REBINDABLE_KEYS))
+    if unknown:
+        raise ValueError(f"{attribute.name} may set only {REBINDABLE_KEYS}, not {unknown}")
+
+
+@attrs.frozen(slots=True)
+class RebindRequest:
+    """A request to rebind the scheduled messages of the queues ``criteria`` match:
+    merge ``data`` into their metadata and move each to the queue that names
+    (docs/operations.md, "Rebinding messages"). ``data``'s keys are
+    :data:`~kumo.model.queue_name.REBINDABLE_KEYS`."""
+
+    criteria: Criteria = attrs.field(validator=instance_of(Criteria))
+    reason: str = attrs.field(validator=_text)
+    data: Mapping[str, str] = attrs.field(converter=_to_dict, validator=_check_rebind_data)
+    always_flush: bool = attrs.field(default=False, validator=instance_of(bool))
+    suppress_logging: bool = attrs.field(default=False, validator=instance_of(bool))
+    trigger_rebind_event: bool = attrs.field(default=False, validator=instance_of(bool))
+    """Accepted for KumoMTA's clients and ignored: KumoMTA then runs a Lua
+    ``rebind_message`` hook instead of merging ``data``; kumo has no Lua."""
 
 
 Content: TypeAlias = bytes | tuple[bytes, bytes]

@@ -14,7 +14,10 @@ and hands each queue the events listed for it. The rules are:
 - a ``Bounced`` concerns no queue (the queue that decided it already acted on it);
 - a ``TransientlyFailed`` concerns its queue: the queue decides what follows a failed
   attempt when its event comes back, in log order, as it decides an arrival;
-- suspensions are routed as rules are.
+- suspensions are routed as rules are;
+- a ``RebindIssued`` concerns every open queue its criteria match (each decides what
+  moves, and emits a ``Rebound``); a ``Rebound`` concerns the queue it moves messages
+  to, which it opens (with its live rules and suspensions) as an arrival does.
 
 Which rule a message is counted to is decided by the queue itself
 (:meth:`kumo.model.state.QueueState.receive`, one rule for all: the most recently
@@ -33,6 +36,8 @@ from kumo.model.events import (
     BounceIssued,
     Committed,
     MessageReceived,
+    RebindIssued,
+    Rebound,
     SuspendCancelled,
     SuspendExpired,
     SuspendIssued,
@@ -133,6 +138,15 @@ class Router:
                 case TransientlyFailed():
                     # Back to its queue, which decides what follows in log order.
                     deliveries.setdefault(event.queue, []).append(committed)
+                case RebindIssued():
+                    for queue in self._index.matching(event.criteria):
+                        deliveries.setdefault(queue, []).append(committed)
+                case Rebound():
+                    if event.to_queue not in self._index:
+                        rules = self.open_queue(event.to_queue)
+                        suspensions = self.suspensions_of(event.to_queue)
+                        new_queues.append(NewQueue(event.to_queue, rules, suspensions))
+                    deliveries.setdefault(event.to_queue, []).append(committed)
                 case _:
                     self.rules.apply(committed)
         return Routing(new_queues, deliveries)

@@ -75,6 +75,7 @@ def encode_snapshot(state: State, chain: bytes) -> bytes:
         "failed_total": state.failed_total,
         "expired_total": state.expired_total,
         "transient_failures_total": state.transient_failures_total,
+        "rebound_total": state.rebound_total,
         "schedule": {
             message_id: [
                 retry.due,
@@ -122,6 +123,7 @@ def decode_snapshot(data: bytes) -> tuple[State, SnapshotPosition]:
         state.failed_total = header.get("failed_total", 0)
         state.expired_total = header.get("expired_total", 0)
         state.transient_failures_total = header.get("transient_failures_total", 0)
+        state.rebound_total = header.get("rebound_total", 0)
         state.schedule = {
             message_id: Retry(*entry) for message_id, entry in header.get("schedule", {}).items()
         }
@@ -169,6 +171,7 @@ def state_differences(expected: State, actual: State) -> list[str]:
         "failed_total",
         "expired_total",
         "transient_failures_total",
+        "rebound_total",
     ):
         if getattr(expected, field) != getattr(actual, field):
             problems.append(

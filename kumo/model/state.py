@@ -41,6 +41,8 @@ from kumo.model.events import (
     Message,
     MessageReceived,
     PermanentlyFailed,
+    RebindIssued,
+    Rebound,
     SuspendCancelled,
     Suspended,
     SuspendExpired,
@@ -49,7 +51,7 @@ from kumo.model.events import (
     issue_time,
 )
 from kumo.model.message_queue import MessageQueue
-from kumo.model.queue_name import QueueName
+from kumo.model.queue_name import QueueName, rebound_queue_name
 from kumo.model.smtp_reply import Disposition
 
 RuleEnd: TypeAlias = Literal["cancelled", "replaced", "expired"]
@@ -468,12 +470,18 @@ class QueueState:
                 return any(rule.id == event.rule_id for rule in self.suspensions)
             case TransientlyFailed():
                 return event.queue == self.name
+            case RebindIssued():
+                return event.criteria.matches(self.parsed)
+            case Rebound():
+                return event.to_queue == self.name
             case _:
                 return False
 
-    def apply(self, committed: Committed, *, limit: int | None = None) -> Bounced | Expired | None:
+    def apply(
+        self, committed: Committed, *, limit: int | None = None
+    ) -> Bounced | Expired | Rebound | None:
         """Fold one event that concerns this queue; return the bounce (or the expiry of
-        a message whose attempt failed) it decides.
+        a message whose attempt failed, or the move of a rebind) it decides.
 
         ``limit`` bounds the messages a sweep takes now (see the class docstring); with
         ``limit=0`` a sweep is decided and nothing is taken yet.
@@ -503,6 +511,10 @@ class QueueState:
                 return None
             case TransientlyFailed():
                 return self._returned(committed, event)
+            case RebindIssued():
+                return self.rebind(event)
+            case Rebound():
+                return self.receive_rebound(committed, event)
             case _:
                 return None
 
@@ -567,6 +579,57 @@ class QueueState:
             for message_id in taken.ids():
                 self.attempts.pop(message_id, None)
         return Bounced(rule_id=rule.id, queue=self.name, messages=taken)
+
+    # -- rebind ------------------------------------------------------------------------
+
+    def rebind(self, event: RebindIssued) -> Rebound | None:
+        """A matching rebind: the messages the scheduled queue holds (due now, and
+        waiting, for a retry or a suspension; not those handed to a destination nor
+        those whose failed attempt is on its way back) move to the queue their merged
+        metadata names, each with its attempts; the ``Rebound`` says which.
+
+        If the name does not change, nothing moves: with ``always_flush`` the waiting
+        messages that no suspension holds are due now; without it nothing changes (the
+        due times stay).
+        """
+        to_queue = rebound_queue_name(self.name, event.data_map)
+        if to_queue == self.name:
+            if event.always_flush:
+                for message_id in [m for m in self.waiting if m not in self.held_by]:
+                    message, _ = self.waiting.pop(message_id)
+                    self.messages.append(message)
+            return None
+        moved = list(self.messages.take_all())
+        moved += [message for message, _ in self.waiting.values()]
+        if not moved:
+            return None
+        self.waiting.clear()
+        self._timeline.clear()
+        self.held_by.clear()
+        attempts = [self.attempts.pop(message.id, 0) for message in moved]
+        return Rebound(
+            event.rebind_id,
+            self.name,
+            to_queue,
+            moved,
+            attempts,
+            event.reason,
+            event.suppress_logging,
+        )
+
+    def receive_rebound(self, committed: Committed, event: Rebound) -> Bounced | None:
+        """Messages rebound into this queue arrive at the ``Rebound``'s commit: the most
+        recent live matching rule bounces them then (all of them: one event), else they
+        are due now with their attempts kept (a live suspension holds them when the
+        owner next hands messages out)."""
+        rule = counting_rule(self.rules, committed.time)
+        if rule is not None:
+            return Bounced(rule_id=rule.id, queue=self.name, messages=event.messages)
+        for message, attempts in zip(event.messages, event.attempts, strict=True):
+            self.messages.append(message)
+            if attempts:
+                self.attempts[message.id] = attempts
+        return None
 
     # -- the mail path -----------------------------------------------------------------
 
@@ -762,6 +825,8 @@ class State:
         self.expired_total = 0
         self.transient_failures_total = 0
         """Attempts that failed transiently (``TransientlyFailed``), connection or not."""
+        self.rebound_total = 0
+        """Messages moved to another queue by a rebind (``Rebound``); not a departure."""
         self.last_seq = 0
         self.last_time = 0
 
@@ -835,8 +900,36 @@ class State:
                     )
             case SuspendIssued() | SuspendCancelled() | SuspendExpired():
                 self.suspends.apply(committed)
+            case Rebound():
+                self._move(committed, event)
+            case RebindIssued():
+                pass  # decided by the queues it matches: their Rebound events follow
             case _:
                 self.rules.apply(committed)
+
+    def _move(self, committed: Committed, event: Rebound) -> None:
+        """Messages rebound: out of one queue, into another, as arrivals there at the
+        ``Rebound``'s commit (the anchor a rule live then counts them from), due now,
+        their attempts kept."""
+        count = len(event.messages)
+        self.rebound_total += count
+        self._count_out(event.queue, count)
+        counts = self.queue_counts
+        counts[event.to_queue] = counts.get(event.to_queue, 0) + count
+        if self._queues is None:
+            return
+        ids = event.messages.ids()
+        self._leaving.setdefault(event.queue, set()).update(ids)
+        if event.to_queue in self._leaving:
+            # Those leaving it may be coming back (rebound there and back again): take
+            # them out before the ones arriving go in.
+            self._take_out_leaving()
+        queued = self._queues.get(event.to_queue)
+        if queued is None:
+            queued = self._queues[event.to_queue] = MessageQueue()
+        for message, attempts in zip(event.messages, event.attempts, strict=True):
+            queued.append(message)
+            self.schedule[message.id] = Retry(None, attempts, committed.seq, committed.time)
 
     def _count_out(self, queue: str, count: int) -> None:
         remaining = self.queue_counts.get(queue, 0) - count

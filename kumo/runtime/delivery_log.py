@@ -1,5 +1,5 @@
-"""The delivery-log writer: Reception, AdminBounce and Rejection records as JSON lines,
-exactly once.
+"""The delivery-log writer: Reception, AdminBounce, AdminRebind, Rejection and the mail
+path's records as JSON lines, exactly once.
 
 It follows the event log from its checkpoint, as far as the log is durable. Each round
 it takes what has been committed since, encodes the records, and hands them to
@@ -33,10 +33,12 @@ from kumo.model.events import (
     Committed,
     MessageReceived,
     Outcome,
+    Rebound,
     Rejected,
 )
 from kumo.model.log_record import (
     admin_bounce_lines,
+    admin_rebind_lines,
     outcome_line,
     reception_lines,
     rejection_line,
@@ -115,6 +117,8 @@ def encode_records(
                         node_id=node_id,
                     )
                 )
+        elif isinstance(event, Rebound):
+            lines.extend(admin_rebind_lines(event, at=committed.time, node_id=node_id))
         elif isinstance(event, Rejected):
             lines.append(rejection_line(event, rejected_at=committed.time, node_id=node_id))
         elif isinstance(event, Outcome):
@@ -130,7 +134,7 @@ def _rounds(batch: list[Committed], round_records: int) -> list[list[Committed]]
     records = 0
     for committed in batch:
         event = committed.event
-        weight = len(event.messages) if isinstance(event, Bounced) else 1
+        weight = len(event.messages) if isinstance(event, Bounced | Rebound) else 1
         if records and records + weight > round_records:
             rounds.append([])
             records = 0

@@ -45,6 +45,7 @@ from kumo.model.events import (
     Committed,
     Event,
     MessageReceived,
+    RebindIssued,
     Rejected,
     SuspendCancelled,
     SuspendIssued,
@@ -54,7 +55,7 @@ from kumo.model.inspection import InspectedMessage, InspectedQueue
 from kumo.model.message import Message
 from kumo.model.ready_queue import ReadyEntry
 from kumo.model.recovery import Recovery, recover
-from kumo.model.requests import BounceRequest, NewMessage
+from kumo.model.requests import BounceRequest, NewMessage, RebindRequest
 from kumo.model.router import Router
 from kumo.model.settings import EngineSettings
 from kumo.model.state import QueueState, RuleKind, RuleView, State
@@ -106,6 +107,9 @@ class EngineStatistics:
     expired_total: int = counter("Messages that expired unsent since the log began.")
     transient_failures_total: int = counter(
         "Attempts that failed transiently since the log began (or before any connection)."
+    )
+    rebound_total: int = counter(
+        "Messages moved to another scheduled queue by a rebind since the log began."
     )
     injected: int = counter("Messages received through HTTP inject by this process.")
     queued_total: int = gauge(
@@ -248,6 +252,25 @@ class Engine:
     def list_suspends(self) -> list[RuleView]:
         """Live suspensions, oldest first, with their remaining lifetime."""
         return self._projection.suspends.views(self.clock.now())
+
+    async def rebind(self, request: RebindRequest, *, issued_by: str) -> str:
+        """Rebind the scheduled messages of the queues ``request`` matches; return the
+        rebind's id once its ``RebindIssued`` is durable. The queues move their
+        messages afterwards (``Rebound`` events), asynchronously, as KumoMTA does."""
+        self._check_open()
+        rebind_id = str(uuid.uuid4())
+        event = RebindIssued(
+            rebind_id=rebind_id,
+            criteria=request.criteria,
+            data=request.data,
+            reason=request.reason,
+            always_flush=request.always_flush,
+            suppress_logging=request.suppress_logging,
+            issued_by=issued_by,
+            issued_at=self.clock.now(),
+        )
+        await self._log.append([event])
+        return rebind_id
 
     async def _issue(self, kind: RuleKind, request: BounceRequest, issued_by: str) -> str:
         self._check_open()
@@ -402,6 +425,7 @@ class Engine:
             failed_total=projection.failed_total,
             expired_total=projection.expired_total,
             transient_failures_total=projection.transient_failures_total,
+            rebound_total=projection.rebound_total,
             injected=self._injected,
             queued_total=sum(projection.queue_counts.values()),
             queues=len(projection.queue_counts),

@@ -14,6 +14,7 @@ from kumo.model.events import (
     BounceIssued,
     Committed,
     MessageReceived,
+    Rebound,
     SuspendIssued,
 )
 from kumo.model.message_locations import MessageLocations
@@ -60,7 +61,8 @@ class Projection:
         """How many ``BounceIssued``, ``BounceCancelled`` and ``BounceExpired`` have
         been folded: fleet mode's publisher (and :meth:`Engine.wait_rule`) wait on it."""
         self.locations = MessageLocations()
-        """Spool id -> the queue it was received into, while that queue holds messages."""
+        """Spool id -> the queue it was received (or rebound) into, while that queue
+        holds messages."""
         self.arrivals: dict[str, int] = {}
         """Queue name -> commit time of its last ``MessageReceived`` (at start: of the
         newest message it holds)."""
@@ -117,6 +119,14 @@ class Projection:
                 self.locations.add_many(received)
                 received.clear()
                 self.locations.retire(event.queue)
+            elif type(event) is Rebound:
+                # The messages are found in their new queue from now on.
+                received.extend((mid, event.to_queue) for mid in event.messages.ids())
+                arrivals[event.to_queue] = item.time
+                if event.queue not in self.state.queue_counts:
+                    self.locations.add_many(received)
+                    received.clear()
+                    self.locations.retire(event.queue)
         if received:
             self.locations.add_many(received)
         if issued:

@@ -8,12 +8,21 @@ import logging
 import math
 import random
 from collections import deque
-from typing import Final
+from typing import Final, TypeAlias
 
 import attrs
 import trio
 
-from kumo.model.events import Bounced, BounceIssued, Committed, Event, Expired, SuspendIssued
+from kumo.model.events import (
+    Bounced,
+    BounceIssued,
+    Committed,
+    Event,
+    Expired,
+    RebindIssued,
+    Rebound,
+    SuspendIssued,
+)
 from kumo.model.ready_queue import PlanFailure, ReadyEntry
 from kumo.model.settings import EngineSettings
 from kumo.model.smtp_reply import Disposition
@@ -27,8 +36,12 @@ from kumo.runtime.watermark import Watermark
 
 logger = logging.getLogger("kumo.queue")
 
-_TAKE_BACK_FOR: Final = frozenset({BounceIssued, SuspendIssued})
-"""The events before which a queue takes back its ready messages."""
+_TAKE_BACK_FOR: Final = frozenset({BounceIssued, SuspendIssued, RebindIssued})
+"""The events before which a queue takes back its ready messages (a rebind moves those
+too, where KumoMTA leaves what sits in a ready queue where it is)."""
+
+Decision: TypeAlias = Bounced | Expired | Rebound
+"""What a queue decides on applying an event, for the log."""
 
 
 @attrs.frozen(eq=False)
@@ -55,9 +68,9 @@ class ActorStatistics:
     handed: int = gauge("Messages handed to a ready queue or a connection.")
 
 
-def merge_bounces(decisions: list[Bounced | Expired]) -> list[Bounced | Expired]:
+def merge_bounces(decisions: list[Decision]) -> list[Decision]:
     """Fold consecutive bounces of the same rule into one event (order kept)."""
-    merged: list[Bounced | Expired] = []
+    merged: list[Decision] = []
     for decision in decisions:
         last = merged[-1] if merged else None
         if (
@@ -255,7 +268,7 @@ class QueueActor:
             return
 
     async def _process(self, events: list[Committed], upto: int, *, filtered: bool = True) -> None:
-        bounces: list[Bounced | Expired] = []
+        bounces: list[Decision] = []
         state = self.state
         if self._mail is not None and any(
             type(c.event) in _TAKE_BACK_FOR and state.concerns(c.event) for c in events
@@ -278,7 +291,7 @@ class QueueActor:
         await self._submit(bounces)
         self.processed.advance(upto)
 
-    async def _submit(self, decisions: list[Bounced | Expired]) -> None:
+    async def _submit(self, decisions: list[Decision]) -> None:
         if decisions:
             merged = merge_bounces(decisions)
             decisions.clear()

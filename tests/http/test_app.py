@@ -35,11 +35,12 @@ from kumo.http.routes import (
     METRICS_JSON_PATH,
     METRICS_PATH,
     OPENAPI_PATH,
+    REBIND_PATH,
     SUSPEND_PATH,
 )
 from kumo.model.criteria import Criteria
 from kumo.model.inspection import InspectedMessage, InspectedQueue
-from kumo.model.requests import BounceRequest, NewMessage
+from kumo.model.requests import BounceRequest, NewMessage, RebindRequest
 from kumo.model.state import RuleView
 from kumo.model.statistics import counter
 from kumo.runtime.delivery import DispatcherStatistics
@@ -122,6 +123,11 @@ class FakeEngine:
     def list_suspends(self) -> list[RuleView]:
         self._refuse()
         return list(self.suspensions)
+
+    async def rebind(self, request: RebindRequest, *, issued_by: str) -> str:
+        self._check()
+        self.calls.append(("rebind", request, issued_by))
+        return RULE_ID
 
     def queue_counts(self) -> Mapping[str, int]:
         self._refuse()
@@ -465,6 +471,29 @@ async def test_a_suspension_with_an_unknown_field_is_refused(
     status, _, text = await call(client, "POST", SUSPEND_PATH, body=body, headers=JSON)
     assert status == 422
     assert "unknown field `domian`" in text
+    assert engine.calls == []
+
+
+async def test_rebind_replies_as_kumomta_once_durable(client: Client, engine: FakeEngine) -> None:
+    body = b'{"domain": "example.com", "reason": "r", "data": {"routing_domain": "b.example"}}'
+    status, _, text = await call(client, "POST", REBIND_PATH, body=body, headers=JSON)
+    assert (status, orjson.loads(text)) == (200, {})
+    assert engine.calls == [
+        (
+            "rebind",
+            RebindRequest(Criteria(domain="example.com"), "r", {"routing_domain": "b.example"}),
+            "127.0.0.1",
+        )
+    ]
+
+
+async def test_a_rebind_of_what_kumo_does_not_keep_is_refused(
+    client: Client, engine: FakeEngine
+) -> None:
+    body = b'{"reason": "r", "data": {"x-custom": "1"}}'
+    status, _, text = await call(client, "POST", REBIND_PATH, body=body, headers=JSON)
+    assert status == 422
+    assert "kumo cannot rebind `x-custom`" in text
     assert engine.calls == []
 
 

@@ -19,6 +19,7 @@ from kumo.http.bodies import (
     parse_bounce_request,
     parse_cancel_request,
     parse_inject_request,
+    parse_rebind_request,
     parse_uuid,
 )
 from kumo.http.errors import (
@@ -28,7 +29,7 @@ from kumo.http.errors import (
     RequestRefused,
 )
 from kumo.model.criteria import Criteria
-from kumo.model.requests import MAX_LIFETIME, BounceRequest
+from kumo.model.requests import MAX_LIFETIME, BounceRequest, RebindRequest
 
 JSON = "application/json"
 SECOND = 1_000_000_000
@@ -439,7 +440,18 @@ def _dumps(value: object) -> bytes:
 
 
 _field_names = st.sampled_from(
-    ["reason", "duration", "expires", "domain", "queue_names", "suppress_logging", "id", "x"]
+    [
+        "reason",
+        "duration",
+        "expires",
+        "domain",
+        "queue_names",
+        "suppress_logging",
+        "id",
+        "x",
+        "data",
+        "always_flush",
+    ]
 )
 _bodies = st.one_of(
     st.binary(max_size=64),
@@ -454,7 +466,12 @@ def test_any_body_gives_a_value_or_a_declared_refusal(
     body: bytes, content_type: str | None
 ) -> None:
     prefixes = {415: UNSUPPORTED_MEDIA_TYPE, 400: JSON_SYNTAX_PREFIX, 422: JSON_SHAPE_PREFIX}
-    for parse in (parse_bounce_request, parse_cancel_request, parse_inject_request):
+    for parse in (
+        parse_bounce_request,
+        parse_cancel_request,
+        parse_inject_request,
+        parse_rebind_request,
+    ):
         outcome: object
         try:
             outcome = parse(content_type, body)
@@ -462,3 +479,76 @@ def test_any_body_gives_a_value_or_a_declared_refusal(
             outcome = error
         if isinstance(outcome, RequestRefused):
             assert outcome.text.startswith(prefixes[outcome.status])
+
+
+# -- POST /api/admin/rebind/v1 ----------------------------------------------------------
+
+
+def rebind(body: Any) -> RebindRequest:
+    return parse_rebind_request(JSON, orjson.dumps(body))
+
+
+def test_minimal_rebind_has_the_defaults() -> None:
+    assert rebind({"reason": "r", "data": {}}) == RebindRequest(Criteria(), "r", {})
+
+
+def test_full_rebind() -> None:
+    request = rebind(
+        {
+            "campaign": "c",
+            "tenant": "t",
+            "domain": "d.example",
+            "routing_domain": "r.example",
+            "reason": "move",
+            "data": {"routing_domain": "other.example", "queue": ""},
+            "suppress_logging": True,
+            "always_flush": True,
+            "trigger_rebind_event": True,
+        }
+    )
+    assert request == RebindRequest(
+        Criteria(campaign="c", tenant="t", domain="d.example", routing_domain="r.example"),
+        "move",
+        {"routing_domain": "other.example", "queue": ""},
+        always_flush=True,
+        suppress_logging=True,
+        trigger_rebind_event=True,
+    )
+
+
+def rebind_refusal(body: Any) -> str:
+    error = refusal(rebind, body)
+    assert error.status == 422
+    assert error.text.startswith(JSON_SHAPE_PREFIX)
+    return error.text[len(JSON_SHAPE_PREFIX) :]
+
+
+@pytest.mark.parametrize(
+    ("body", "why"),
+    [
+        ({"reason": "r"}, "missing field `data`"),
+        ({"data": {}}, "missing field `reason`"),
+        ({"reason": "r", "data": []}, "data: invalid type: sequence, expected a map"),
+        ({"reason": "r", "data": {"campaign": 1}}, "data.campaign: invalid type: integer `1`"),
+        (
+            {"reason": "r", "data": {"campaing": "x"}},
+            "data.campaing: kumo cannot rebind `campaing`: it keeps no metadata of a message "
+            "but what names its queue, so `data` may set only `campaign`, `tenant`, "
+            "`routing_domain`, `queue`",
+        ),
+        ({"reason": "r", "data": {}, "always_flush": "yes"}, "always_flush: invalid type"),
+        (
+            {"reason": "r", "data": {}, "queue_names": ["q"]},
+            "unknown field `queue_names`, expected one of `campaign`",
+        ),
+        ({"domian": "d", "reason": "r", "data": {}}, "unknown field `domian`"),
+        ([], "invalid type: sequence, expected struct RebindV1Request"),
+    ],
+)
+def test_wrong_rebind_bodies_are_422_naming_the_field(body: object, why: str) -> None:
+    assert rebind_refusal(body).startswith(why)
+
+
+def test_a_repeated_rebind_field_is_422() -> None:
+    error = refusal(parse_rebind_request, JSON, b'{"reason": "r", "data": {}, "reason": "s"}')
+    assert "duplicate field `reason`" in error.text

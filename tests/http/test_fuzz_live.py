@@ -27,10 +27,10 @@ from hypothesis import strategies as st
 
 from kumo.http.openapi import OPENAPI
 from kumo.http.routes import INJECT_PATH
-from kumo.model.events import BounceCancelled, BounceIssued, MessageReceived
+from kumo.model.events import BounceCancelled, BounceIssued, MessageReceived, RebindIssued
 from tests.live_server import events_after, last_seq, running_server
 
-CLIENT_EVENTS = (MessageReceived, BounceIssued, BounceCancelled)
+CLIENT_EVENTS = (MessageReceived, BounceIssued, BounceCancelled, RebindIssued)
 TIMEOUT = 10.0
 """Seconds any one request may take: more counts as a hang."""
 
@@ -129,6 +129,8 @@ _fields = st.sampled_from(
         "envelope_sender",
         "recipients",
         "content",
+        "data",
+        "always_flush",
         "foo",
     ]
 )
@@ -157,8 +159,25 @@ _near_valid_bounces = st.fixed_dictionaries(
         "id": st.sampled_from(["8d2b1f7e-3c4a-4b5d-9e6f-0a1b2c3d4e5f", "nope"]),
     },
 )
+_near_valid_rebinds = st.fixed_dictionaries(
+    {"reason": st.text(max_size=10)},
+    optional={
+        "data": st.dictionaries(
+            st.sampled_from(["campaign", "tenant", "routing_domain", "queue", "domain", ""]),
+            st.sampled_from(["fuzz.example", "", "c", 1, None]),
+            max_size=2,
+        )
+        | st.sampled_from([None, [], "x"]),
+        "domain": st.sampled_from(["fuzz.example", "held.fuzz.example", None, 1]),
+        "routing_domain": st.sampled_from(["fuzz.example", None]),
+        "always_flush": st.sampled_from([True, False, "yes"]),
+        "suppress_logging": st.sampled_from([True, False]),
+        "trigger_rebind_event": st.sampled_from([True, False, 0]),
+    },
+)
 _bodies = st.one_of(
     _near_valid_bounces.map(_dumps),
+    _near_valid_rebinds.map(_dumps),
     st.just(b""),
     st.binary(max_size=200),
     _values.map(_dumps),

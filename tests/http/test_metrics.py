@@ -73,6 +73,7 @@ def engine_statistics() -> EngineStatistics:
         failed_total=2,
         expired_total=1,
         transient_failures_total=12,
+        rebound_total=4,
         injected=5,
         queued_total=46,
         queues=3,

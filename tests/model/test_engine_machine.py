@@ -19,7 +19,9 @@ takes a ready message (in flight); its attempt ends in a delivery, a transient f
 or a bounce, and the idle queue decides what follows with
 :meth:`~kumo.model.state.QueueState.attempted` (a retry policy small enough that
 messages expire), its events going to the writer's lane. Before a queue applies a
-``BounceIssued`` it takes back its ready messages (not those in flight). A crash
+``BounceIssued`` (or a ``RebindIssued``) it takes back its ready messages (not those
+in flight). Clients rebind too: a queue moves what it holds (``Rebound``, through the
+writer's lane) and the queue it names takes them as arrivals at that commit. A crash
 loses the ready areas and the connections with the rest; the restart's queues get the
 retries of the fold (:attr:`~kumo.model.recovery.Recovery.schedule`).
 
@@ -60,6 +62,8 @@ from kumo.model.events import (
     Message,
     MessageReceived,
     PermanentlyFailed,
+    RebindIssued,
+    Rebound,
     TransientlyFailed,
 )
 from kumo.model.invariants import InvariantCheck
@@ -67,7 +71,7 @@ from kumo.model.recovery import owed_bounces, recover
 from kumo.model.router import Router
 from kumo.model.smtp_reply import Disposition
 from kumo.model.state import Handed, QueueState, Retry, RuleBook, State, message_from
-from tests.reference_model import CRITERIA, QUEUES, ReferenceModel
+from tests.reference_model import CRITERIA, QUEUES, REBINDS, ReferenceModel
 
 SECOND = 1_000_000_000
 LIFETIMES = st.sampled_from([-20, 0, 1, 5, 60, 300, 3600])
@@ -131,6 +135,7 @@ class EngineModel(RuleBasedStateMachine):
         self.criteria: dict[str, Mapping[str, Any]] = {}
         """Rule id -> the criteria it was issued with, in issue order."""
         self.received = 0
+        self.rebinds = 0
 
     # -- the engine's moving parts -----------------------------------------------------
 
@@ -145,6 +150,9 @@ class EngineModel(RuleBasedStateMachine):
             # The reference hears of the mail path as the log tells it, in log order.
             if isinstance(event, TransientlyFailed):
                 self.reference.fail(event.message.id, item.time)
+            elif isinstance(event, Rebound):
+                for message in event.messages:
+                    self.reference.rebound(message.id, event.to_queue, item.time)
             elif isinstance(event, Delivered | PermanentlyFailed | Expired):
                 self.reference.leave(event.message.id, LEFT[type(event)])
         return committed
@@ -169,7 +177,7 @@ class EngineModel(RuleBasedStateMachine):
         """A queue's actor: the next chunk of its sweep, else its next event (a sweep
         it starts takes ``limit`` messages now; ``limit=0`` only decides it)."""
         state = self.queues[name]
-        decision: Bounced | Expired | None
+        decision: Bounced | Expired | Rebound | None
         if state.sweeping is not None:
             decision = state.continue_sweep(limit or None)
             assert decision is not None
@@ -178,9 +186,9 @@ class EngineModel(RuleBasedStateMachine):
             # What the router hands a queue is what the queue says concerns it (a
             # lagging actor filters the log with ``concerns`` instead).
             assert state.concerns(committed.event)
-            if isinstance(committed.event, BounceIssued):
-                # A rule's sweep reaches the ready messages too: the actor takes back
-                # what no connection holds before the rule applies.
+            if isinstance(committed.event, BounceIssued | RebindIssued):
+                # A rule's sweep (a rebind) reaches the ready messages too: the actor
+                # takes back what no connection holds before it applies.
                 withdrawn = [entry.message.id for entry in self.ready[name]]
                 self.ready[name].clear()
                 state.take_back(withdrawn)
@@ -280,6 +288,25 @@ class EngineModel(RuleBasedStateMachine):
         if live:
             choices.append(st.sampled_from([self.criteria[rule_id] for rule_id in live]))
         self.issue_rule(data.draw(st.one_of(choices)), lifetime, suppress)
+
+    @rule(data=st.data(), flush=st.booleans())
+    def rebind(self, data: st.DataObject, flush: bool) -> None:
+        """POST /api/admin/rebind/v1 with one of a few criteria and data."""
+        criteria, merged = data.draw(st.sampled_from(REBINDS))
+        self.rebinds += 1
+        self.commit(
+            [
+                RebindIssued(
+                    f"rebind{self.rebinds}",
+                    Criteria(**criteria),
+                    merged,
+                    "move",
+                    always_flush=flush,
+                    suppress_logging=data.draw(st.booleans()),
+                    issued_by="ops",
+                )
+            ]
+        )
 
     def raced(self) -> list[str]:
         """Rules a cancel could have found live whose end reached the log before it."""
@@ -619,8 +646,10 @@ class EngineModel(RuleBasedStateMachine):
             for committed in self.inboxes[name]:
                 if isinstance(committed.event, MessageReceived):
                     held[name].append(message_from(committed, committed.event))
+                elif isinstance(committed.event, Rebound):
+                    held[name].extend(committed.event.messages)
         for decision in self.lane:
-            if isinstance(decision, Bounced):
+            if isinstance(decision, Bounced | Rebound):
                 held.setdefault(decision.queue, []).extend(decision.messages)
             elif isinstance(decision, Delivered | PermanentlyFailed | Expired):
                 held.setdefault(decision.queue, []).append(decision.message)
@@ -629,6 +658,8 @@ class EngineModel(RuleBasedStateMachine):
                 held.setdefault(committed.event.queue, []).append(
                     message_from(committed, committed.event)
                 )
+            elif isinstance(committed.event, Rebound):
+                held.setdefault(committed.event.to_queue, []).extend(committed.event.messages)
         return {name: sorted(ms, key=lambda m: m.seq) for name, ms in held.items() if ms}
 
     @invariant()
@@ -670,6 +701,18 @@ class EngineModel(RuleBasedStateMachine):
                 for message in event.messages:
                     schedule.pop(message.id, None)
         attempts: dict[str, int] = {}
+        # Messages on their way between two queues (a Rebound in the lane, or not yet
+        # applied by its new queue): no queue holds them, the event their attempts.
+        moving = [e for e in self.lane if isinstance(e, Rebound)]
+        moving += [
+            c.event
+            for c in [*self.log[self.routed :], *(c for q in self.inboxes.values() for c in q)]
+            if isinstance(c.event, Rebound)
+        ]
+        for rebound in moving:
+            for message, count in zip(rebound.messages, rebound.attempts, strict=True):
+                if count:
+                    attempts[message.id] = count
         for state in self.queues.values():
             for mid, retried in state.attempts.items():
                 assert state.find(mid) is not None
@@ -686,7 +729,11 @@ class EngineModel(RuleBasedStateMachine):
                 for mid in state.messages.ids():
                     expected = schedule.get(mid)
                     assert expected is None or expected.due is None or expected.due <= self.time
-        assert attempts == {mid: retried.attempts for mid, retried in schedule.items()}
+        # A rebound message keeps its attempts, none if it never failed (only a
+        # rebind's entry holds no attempt).
+        assert attempts == {
+            mid: retried.attempts for mid, retried in schedule.items() if retried.attempts
+        }
 
     def check_replay(self, fold: State) -> None:
         """The running projection, router and queues equal a fold of the log."""
@@ -715,7 +762,7 @@ class EngineModel(RuleBasedStateMachine):
         assert rules_of(projection.rules) == rules_of(fold.rules)
         assert projection.rules.views(now) == fold.rules.views(now)
         assert fold.queues is not None
-        assert {name: list(ms) for name, ms in fold.queues.items()} == self.held()
+        assert in_order(fold.queues, self.log) == self.held()
         assert fold.queue_counts == {name: len(ms) for name, ms in fold.queues.items()}
         if self.routed == len(self.log):
             assert rules_of(self.router.rules) == rules_of(fold.rules)
@@ -739,7 +786,7 @@ class EngineModel(RuleBasedStateMachine):
                 for name, q in self.queues.items()
                 if len(q)
             }
-            assert {name: list(ms) for name, ms in fold.queues.items()} == live_queues
+            assert in_order(fold.queues, self.log) == live_queues
             assert fold.queue_counts == {name: len(m) for name, m in live_queues.items()}
 
     def check_reference(self, fold: State) -> None:
@@ -813,7 +860,9 @@ class EngineModel(RuleBasedStateMachine):
         owed = Counter(b.rule_id for b in owed_bounces(fold) for _ in b.messages)
         assert invariants.owed() == dict(owed)
         assert fold.queues is not None
-        assert invariants.queued() == {q: [m.id for m in ms] for q, ms in fold.queues.items()}
+        assert invariants.queued() == {
+            q: [m.id for m in ms] for q, ms in in_order(fold.queues, self.log).items()
+        }
         departed = {
             c.event.message.id: (c.seq, type(c.event).__name__)
             for c in self.log
@@ -825,6 +874,17 @@ class EngineModel(RuleBasedStateMachine):
             assert queued == {q: len(s) for q, s in self.queues.items() if len(s)}
         if self.quiescent() and not self.connections:
             assert invariants.owed() == {}
+
+
+def in_order(
+    queues: Mapping[str, Iterable[Message]], log: list[Committed]
+) -> dict[str, list[Message]]:
+    """Each queue's messages as the fold holds them: in arrival order, which a rebind
+    breaks (it appends what it moves, whatever their seqs): then in seq order."""
+    moved = any(isinstance(c.event, Rebound) for c in log)
+    return {
+        name: sorted(ms, key=lambda m: m.seq) if moved else list(ms) for name, ms in queues.items()
+    }
 
 
 def check(log: list[Committed]) -> InvariantCheck:

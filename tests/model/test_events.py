@@ -28,6 +28,8 @@ from kumo.model.events import (
     MessageReceived,
     PeerAddress,
     PermanentlyFailed,
+    RebindIssued,
+    Rebound,
     Rejected,
     TransientlyFailed,
     criteria_to_json,
@@ -89,6 +91,42 @@ events: st.SearchStrategy[Event] = st.one_of(
     st.builds(PermanentlyFailed, text, messages, st.integers(0, 100), attempts),
     st.builds(TransientlyFailed, text, messages, st.integers(0, 100), attempts, st.none() | nanos),
     st.builds(Expired, text, messages, st.integers(0, 100), text, text),
+)
+
+rebind_data = st.dictionaries(
+    st.sampled_from(["campaign", "tenant", "routing_domain", "queue"]), text, max_size=4
+)
+
+
+@st.composite
+def _rebounds(draw: st.DrawFn) -> Rebound:
+    moved = draw(st.lists(messages, max_size=4))
+    queue = draw(text)
+    return Rebound(
+        draw(text),
+        queue,
+        draw(text.filter(lambda name: name != queue)),
+        moved,
+        draw(st.lists(st.integers(0, 100), min_size=len(moved), max_size=len(moved))),
+        draw(text),
+        draw(st.booleans()),
+    )
+
+
+events = (
+    events
+    | st.builds(
+        RebindIssued,
+        text,
+        criteria,
+        rebind_data,
+        text,
+        st.booleans(),
+        st.booleans(),
+        text,
+        st.none() | int64,
+    )
+    | _rebounds()
 )
 
 
@@ -408,3 +446,16 @@ def test_bodies_written_before_fleet_mode_decode_as_local_events() -> None:
     assert issued.origin == cancelled.origin == ""
     with pytest.raises(TypeError):
         BounceCancelled("r", origin=None)  # type: ignore[arg-type]
+
+
+def test_a_rebind_keeps_its_data_sorted_and_a_move_its_counts_beside_its_messages() -> None:
+    issued = RebindIssued("b", Criteria(), {"tenant": "t", "campaign": "c"}, "why")
+    assert issued.data == (("campaign", "c"), ("tenant", "t"))
+    assert orjson.loads(encode_event(issued))["data"] == {"campaign": "c", "tenant": "t"}
+    one = Message("0" * 32, "s", "r", 1, 2, 3)
+    with pytest.raises(ValueError, match="1 attempt counts for 2 messages"):
+        Rebound("b", "a", "b", [one, one], [0], "why")
+    with pytest.raises(ValueError, match="another queue"):
+        Rebound("b", "a", "a", [one], [0], "why")
+    with pytest.raises(TypeError):
+        Rebound("b", "a", "b", [one], [True], "why")

@@ -21,6 +21,8 @@ from kumo.model.events import (
     Message,
     MessageReceived,
     PeerAddress,
+    RebindIssued,
+    Rebound,
     Rejected,
     TransientlyFailed,
 )
@@ -565,3 +567,42 @@ def test_a_failure_before_a_retention_cut_still_anchors_the_attribution() -> Non
     for committed in after:
         check.apply(committed)
     assert check.finish() == []
+
+
+REBIND_LOG = [
+    received(1, M1),
+    received(2, M2),
+    Committed(3, 1_000, RebindIssued("b", Criteria(domain="a.com"), {"tenant": "t"}, "why")),
+    Committed(
+        4, 2_000, Rebound("b", "a.com", "t@a.com", [message(1, M1), message(2, M2)], [0, 1], "why")
+    ),
+    Committed(5, 3_000, Rebound("b", "t@a.com", "a.com", [message(1, M1)], [0], "back", True)),
+    Committed(6, 4_000, Rebound("b", "t@a.com", "b@a.com", [message(2, M2)], [1], "again")),
+]
+
+
+def test_admin_rebind_records_are_checked_in_order_field_by_field() -> None:
+    records = records_for(REBIND_LOG)
+    assert [r["type"] for r in records] == ["Reception"] * 2 + ["AdminRebind"] * 3
+    check = delivery(REBIND_LOG)
+    for line, record in enumerate(records, start=1):
+        check.check(record, f"l{line}")
+    assert check.finish() == []
+    assert check.pending() == 0
+    # A forged record, and one missing.
+    records[3]["num_attempts"] = 7
+    check = delivery(REBIND_LOG)
+    for line, record in enumerate(records[:-1], start=1):
+        check.check(record, f"l{line}")
+    problems = [(v.where, v.problem) for v in check.finish()]
+    assert problems[0] == (
+        "l4",
+        f"AdminRebind for {M2} differs from the log's event at seq 4: num_attempts 7, log says 1",
+    )
+    assert problems[1][0] == "seq 6"
+    assert "1 AdminRebind record(s) missing" in problems[1][1]
+    # In the wrong order: the next record the log calls for is another message's.
+    check = delivery(REBIND_LOG)
+    for line, record in enumerate([*records[:2], records[3], records[2]], start=1):
+        check.check(record, f"l{line}")
+    assert any("the log's next rebound message" in v.problem for v in check.finish())

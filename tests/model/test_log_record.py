@@ -3,17 +3,21 @@ log")."""
 
 from __future__ import annotations
 
+import attrs
 import orjson
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kumo.model.events import Bounced, Message, MessageReceived, PeerAddress, Rejected
+from kumo.model.events import Bounced, Message, MessageReceived, PeerAddress, Rebound, Rejected
 from kumo.model.log_record import (
     admin_bounce_lines,
     admin_bounce_record,
+    admin_rebind_lines,
+    admin_rebind_records,
     bounce_content,
     reception_line,
     reception_lines,
+    reception_record,
     record_position,
     rejection_line,
 )
@@ -190,3 +194,36 @@ def test_a_records_position_among_its_events_records() -> None:
     assert record_position(bounced, "AdminBounce", mids[2], suppressed=False) == 2
     assert record_position(bounced, "AdminBounce", mids[2], suppressed=True) is None
     assert record_position(bounced, "Reception", mids[2], suppressed=False) is None
+
+
+def test_an_admin_rebind_record_per_moved_message_unless_suppressed() -> None:
+    moved = [
+        Message("0" * 32, "s@x.org", "a@example.com", 25, 1_000_000_000, 1),
+        Message("1" * 32, "s@x.org", "b@example.com", 30, 2_000_000_000, 2),
+    ]
+    event = Rebound("b", "example.com", "example.com!relay", moved, [1, 0], "line\nbreak")
+    first, second = admin_rebind_records(event, at=5_000_000_000, node_id=NODE)
+    assert list(first) == list(
+        reception_record(MessageReceived("0" * 32, "q", "s", "r", 1), received_at=0, node_id=NODE)
+    )
+    assert {k: first[k] for k in ("type", "id", "queue", "site", "num_attempts", "timestamp")} == {
+        "type": "AdminRebind",
+        "id": "0" * 32,
+        "queue": "example.com!relay",
+        "site": "",
+        "num_attempts": 1,
+        "timestamp": 5,
+    }
+    assert first["response"] == {
+        "code": 250,
+        "enhanced_code": None,
+        "content": "Rebound from example.com to example.com!relay: line break",
+        "command": None,
+    }
+    assert (first["created"], first["peer_address"], first["egress_pool"]) == (1, None, None)
+    assert (second["id"], second["num_attempts"], second["size"]) == ("1" * 32, 0, 30)
+    assert admin_rebind_lines(event, at=5_000_000_000, node_id=NODE) == [
+        orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE) for record in (first, second)
+    ]
+    quiet = attrs.evolve(event, suppress_logging=True)
+    assert admin_rebind_records(quiet, at=0, node_id=NODE) == []

@@ -6,7 +6,13 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from kumo.model.queue_name import QueueName, queue_name_for, recipient_domain
+from kumo.model.queue_name import (
+    REBINDABLE_KEYS,
+    QueueName,
+    queue_name_for,
+    rebound_queue_name,
+    recipient_domain,
+)
 
 # docs/rules.md: (campaign, tenant, routing_domain) present or not -> name.
 NAME_TABLE = [
@@ -146,3 +152,72 @@ def test_parts_round_trip(
     if campaign is not None and tenant is None:
         expected = QueueName(domain, campaign, "", routing_domain)
     assert QueueName.parse(queue.format()) == expected
+
+
+# -- rebinding ------------------------------------------------------------------------
+
+_names = st.text(alphabet="ab:@!.", max_size=12)
+_data = st.dictionaries(st.sampled_from(REBINDABLE_KEYS), st.text(alphabet="xy.", max_size=3))
+
+
+@given(_names)
+def test_rebinding_nothing_is_the_identity(name: str) -> None:
+    assert rebound_queue_name(name, {}) == name
+    assert rebound_queue_name(name, {"queue": ""}) == name
+
+
+_name_part = st.text(alphabet="ab.", min_size=1, max_size=4)
+
+
+@given(
+    st.builds(
+        QueueName,
+        _name_part,
+        st.none() | _name_part,
+        st.none() | _name_part,
+        st.none() | _name_part,
+    ),
+    _data,
+)
+def test_a_rebound_name_parses_into_the_merged_parts(
+    queue: QueueName, data: dict[str, str]
+) -> None:
+    new = rebound_queue_name(queue.format(), data)
+    parsed = QueueName.parse(new)
+    assert parsed.format() == new
+    if data.get("queue"):
+        assert new == data["queue"]
+        return
+
+    def merged(part: str) -> str | None:
+        value: str | None = getattr(queue, part)
+        return (data[part] or None) if part in data else value
+
+    # The domain is the recipient's: a rebind never changes it.
+    assert parsed.domain == queue.domain
+    assert parsed.routing_domain == merged("routing_domain")
+    assert parsed.campaign == merged("campaign")
+    # A campaign without a tenant spells an empty tenant (``camp:@domain``).
+    assert parsed.tenant == (merged("tenant") or ("" if merged("campaign") else None))
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "new"),
+    [
+        ("example.com", {"routing_domain": "relay.net"}, "example.com!relay.net"),
+        ("example.com!relay.net", {"routing_domain": ""}, "example.com"),
+        ("example.com", {"campaign": "spring"}, "spring:@example.com"),
+        ("spring:@example.com", {"tenant": "t"}, "spring:t@example.com"),
+        ("spring:t@example.com", {"campaign": ""}, "t@example.com"),
+        ("camp:@example.com", {"campaign": "camp"}, "camp:@example.com"),
+        ("t@example.com", {"queue": "elsewhere"}, "elsewhere"),
+        ("t@example.com", {"queue": "", "tenant": "u"}, "u@example.com"),
+    ],
+)
+def test_rebound_names(name: str, data: dict[str, str], new: str) -> None:
+    assert rebound_queue_name(name, data) == new
+
+
+def test_only_what_names_a_queue_can_be_rebound() -> None:
+    with pytest.raises(KeyError, match="x-custom"):
+        rebound_queue_name("example.com", {"x-custom": "1"})

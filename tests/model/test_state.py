@@ -23,6 +23,7 @@ from kumo.model.events import (
     Message,
     MessageReceived,
     PermanentlyFailed,
+    Rebound,
     TransientlyFailed,
 )
 from kumo.model.retry import RetryPolicy
@@ -124,7 +125,8 @@ def test_a_queue_holds_each_message_in_one_place(data: st.DataObject) -> None:
     failures: list[TransientlyFailed] = []
     """Failed attempts' events not yet back from the log."""
 
-    def leave(events: list[Event] | Bounced | Expired | None) -> None:
+    def leave(events: list[Event] | Bounced | Expired | Rebound | None) -> None:
+        assert not isinstance(events, Rebound)  # no rebind in this test
         for event in [events] if isinstance(events, Bounced | Expired) else events or []:
             if isinstance(event, Bounced):
                 assert {m.id for m in event.messages} <= held

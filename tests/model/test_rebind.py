@@ -1,0 +1,269 @@
+"""Rebind in the model: what a queue moves (:class:`QueueState`), where the router takes
+it, how the fold and a restart see it (:class:`State`, :mod:`kumo.model.recovery`), and
+what :class:`InvariantCheck` holds a log with rebinds to."""
+
+from __future__ import annotations
+
+from kumo.model.criteria import Criteria
+from kumo.model.events import (
+    Attempt,
+    Bounced,
+    BounceIssued,
+    Committed,
+    Event,
+    Message,
+    MessageReceived,
+    RebindIssued,
+    Rebound,
+    SuspendIssued,
+    TransientlyFailed,
+)
+from kumo.model.invariants import InvariantCheck
+from kumo.model.message_queue import MessageQueue
+from kumo.model.recovery import owed_bounces, recover
+from kumo.model.retry import RetryPolicy
+from kumo.model.router import NewQueue, Router
+from kumo.model.smtp_reply import Disposition
+from kumo.model.state import QueueState, Retry, State, SweepRule
+
+SECOND = 1_000_000_000
+HOUR = 3600 * SECOND
+FAILED = Attempt("", 451, (4, 4, 4), "try later", None)
+
+
+def mid(n: int) -> str:
+    return f"{n:032x}"
+
+
+def msg(n: int, seq: int | None = None) -> Message:
+    return Message(mid(n), "s@x.org", f"r{n}@a.com", 10, (seq or n) * SECOND, seq or n)
+
+
+def received(n: int, queue: str = "a.com") -> Committed:
+    return Committed(n, n * SECOND, MessageReceived(mid(n), queue, "s@x.org", f"r{n}@a.com", 10))
+
+
+def issued_rebind(seq: int, data: dict[str, str], *, always_flush: bool = False) -> Committed:
+    event = RebindIssued(f"b{seq}", Criteria(domain="a.com"), data, "move", always_flush)
+    return Committed(seq, seq * SECOND, event)
+
+
+def at(seq: int, event: Event) -> Committed:
+    return Committed(seq, seq * SECOND, event)
+
+
+def queue_with(*, waiting: int = 0, held: int = 0, due: int = 0) -> QueueState:
+    """A queue ``a.com`` holding ``due`` messages due now (ids from 1), ``waiting`` that
+    failed once and wait (next ids), ``held`` that a suspension holds (next ids)."""
+    total = due + waiting + held
+    schedule: dict[str, Retry] = {}
+    for n in range(due + 1, due + waiting + 1):
+        schedule[mid(n)] = Retry(HOUR, 1, n, n * SECOND)
+    for n in range(due + waiting + 1, total + 1):
+        schedule[mid(n)] = Retry(HOUR, 0, n, n * SECOND, "s1")
+    suspension = SweepRule("s1", Criteria(domain="a.com"), HOUR, False, "hold")
+    return QueueState(
+        "a.com",
+        MessageQueue(msg(n) for n in range(1, total + 1)),
+        suspensions=(suspension,) if held else (),
+        schedule=schedule,
+    )
+
+
+# -- QueueState -------------------------------------------------------------------------
+
+
+def test_a_rebind_moves_the_scheduled_messages_with_their_attempts() -> None:
+    state = queue_with(due=3, waiting=2, held=1)
+    [handed] = state.hand(1)  # message 1 sits in a ready queue or a connection
+    decision = state.apply(issued_rebind(20, {"routing_domain": "relay.net"}))
+    assert isinstance(decision, Rebound)
+    assert (decision.queue, decision.to_queue, decision.rebind_id) == (
+        "a.com",
+        "a.com!relay.net",
+        "b20",
+    )
+    moved = dict(zip(decision.messages.ids(), decision.attempts, strict=True))
+    assert moved == {mid(2): 0, mid(3): 0, mid(4): 1, mid(5): 1, mid(6): 0}
+    # The handed message stays, and only it.
+    assert state.held_ids() == [handed.message.id]
+    assert (state.waiting, state.held_by, state.attempts) == ({}, {}, {})
+
+
+def test_a_message_whose_failed_attempt_is_on_its_way_back_is_not_moved() -> None:
+    state = queue_with(due=2)
+    [handed] = state.hand(1)
+    [failed] = state.attempted(
+        handed.message.id,
+        Disposition.TRANSIENT_FAILURE,
+        FAILED,
+        now=10 * SECOND,
+        policy=RetryPolicy(),
+        uniform=0.5,
+    )
+    decision = state.apply(issued_rebind(20, {"tenant": "t"}))
+    assert isinstance(decision, Rebound)
+    assert decision.messages.ids() == [mid(2)]
+    assert state.held_ids() == [mid(1)]
+    assert isinstance(failed, TransientlyFailed)
+    # Its failure comes back after the rebind: it waits in the old queue.
+    assert state.apply(at(21, failed)) is None
+    assert list(state.waiting) == [mid(1)]
+
+
+def test_an_unchanged_name_moves_nothing_and_flushes_only_when_asked() -> None:
+    state = queue_with(due=1, waiting=2, held=1)
+    assert state.apply(issued_rebind(20, {"queue": "a.com"})) is None
+    assert (len(state.messages), len(state.waiting)) == (1, 3)
+    assert state.apply(issued_rebind(21, {}, always_flush=True)) is None
+    # The suspension still holds its message; the others are due now.
+    assert state.messages.ids() == [mid(1), mid(2), mid(3)]
+    assert list(state.waiting) == [mid(4)]
+    assert state.attempts == {mid(2): 1, mid(3): 1}
+
+
+def test_an_empty_queue_makes_no_rebound() -> None:
+    assert queue_with().apply(issued_rebind(20, {"tenant": "t"})) is None
+
+
+def test_the_new_queue_takes_them_as_arrivals_at_the_rebound() -> None:
+    moved = Rebound("b", "a.com", "t@a.com", [msg(1), msg(2)], [2, 0], "move")
+    plain = QueueState("t@a.com")
+    assert plain.concerns(moved)
+    assert plain.apply(at(30, moved)) is None
+    assert plain.messages.ids() == [mid(1), mid(2)]
+    assert plain.attempts == {mid(1): 2}
+    rule = SweepRule("r", Criteria(tenant="t"), 31 * SECOND, False)
+    ruled = QueueState("t@a.com", rules=(rule,))
+    assert ruled.apply(at(30, moved)) == Bounced("r", "t@a.com", [msg(1), msg(2)])
+    # A rule expired by the Rebound's commit takes nothing.
+    late = QueueState("t@a.com", rules=(rule,))
+    assert late.apply(at(31, moved)) is None
+
+
+# -- Router -----------------------------------------------------------------------------
+
+
+def test_the_router_takes_a_rebind_to_the_queues_it_matches_and_a_move_to_its_queue() -> None:
+    router = Router()
+    suspend = SuspendIssued("s", Criteria(routing_domain="relay.net"), "hold", HOUR)
+    bounce = BounceIssued("r", Criteria(routing_domain="relay.net"), "no", HOUR)
+    router.route([received(1), received(2, "b.com"), at(3, suspend), at(4, bounce)])
+    routed = router.route([issued_rebind(5, {"routing_domain": "relay.net"})])
+    assert (routed.new_queues, list(routed.deliveries)) == ([], ["a.com"])
+    moved = Rebound("b5", "a.com", "a.com!relay.net", [msg(1)], [0], "move")
+    routed = router.route([at(6, moved)])
+    [opened] = routed.new_queues
+    assert opened == NewQueue(
+        "a.com!relay.net",
+        (SweepRule("r", bounce.criteria, HOUR, False, "no"),),
+        (SweepRule("s", suspend.criteria, HOUR, False, "hold"),),
+    )
+    assert routed.deliveries == {"a.com!relay.net": [at(6, moved)]}
+    # The queue is open now: the next move into it opens nothing.
+    assert router.route([at(7, moved)]).new_queues == []
+
+
+# -- State and recovery -----------------------------------------------------------------
+
+
+def test_the_fold_moves_messages_anchored_at_the_rebound() -> None:
+    state = State()
+    for committed in [received(1), received(2), received(3, "b.com")]:
+        state.apply(committed)
+    state.apply(issued_rebind(4, {"tenant": "t"}))
+    state.apply(at(5, Rebound("b4", "a.com", "t@a.com", [msg(1), msg(2)], [3, 0], "move")))
+    assert state.queue_counts == {"t@a.com": 2, "b.com": 1}
+    assert state.queues is not None
+    assert {name: q.ids() for name, q in state.queues.items()} == {
+        "t@a.com": [mid(1), mid(2)],
+        "b.com": [mid(3)],
+    }
+    assert state.schedule[mid(1)] == Retry(None, 3, 5, 5 * SECOND)
+    assert state.rebound_total == 2
+    # And back again, before the queues were read: no copy is lost or kept twice.
+    state.apply(at(6, Rebound("b6", "t@a.com", "a.com", [msg(1)], [3], "back")))
+    state.apply(at(7, Rebound("b7", "a.com", "t@a.com", [msg(1)], [3], "again")))
+    assert {name: q.ids() for name, q in state.queues.items()} == {
+        "t@a.com": [mid(2), mid(1)],
+        "b.com": [mid(3)],
+    }
+    assert state.queue_counts == {"t@a.com": 2, "b.com": 1}
+
+
+def test_a_crash_that_lost_the_bounce_after_a_rebound_owes_it() -> None:
+    rule = BounceIssued("r", Criteria(tenant="t"), "closed", 100 * SECOND)
+    log = [
+        received(1),
+        received(2),
+        at(3, rule),
+        issued_rebind(4, {"tenant": "t"}),
+        at(5, Rebound("b4", "a.com", "t@a.com", [msg(1), msg(2)], [1, 0], "move")),
+        # The crash: the Bounced the new queue decided at seq 5 never committed.
+    ]
+    state = State()
+    for committed in log:
+        state.apply(committed)
+    [owed] = owed_bounces(state)
+    assert owed == Bounced("r", "t@a.com", [msg(1), msg(2)])
+    recovery = recover(state, chunk=10)
+    assert recovery.owed == [owed]
+    assert recovery.queues == {}
+    # Before the rule was issued, the same move owes nothing (arrivals at seq 5 are
+    # counted from then on).
+    state = State()
+    for committed in [received(1), issued_rebind(2, {"tenant": "t"})]:
+        state.apply(committed)
+    state.apply(at(3, Rebound("b2", "a.com", "t@a.com", [msg(1)], [0], "move")))
+    assert owed_bounces(state) == []
+    late = BounceIssued("r", Criteria(tenant="t"), "closed", 100 * SECOND)
+    state.apply(at(4, late))
+    # Issued after the move: its sweep owes the message.
+    assert owed_bounces(state) == [Bounced("r", "t@a.com", [msg(1)])]
+
+
+# -- InvariantCheck ---------------------------------------------------------------------
+
+
+def test_a_log_with_rebinds_keeps_every_invariant() -> None:
+    rule = BounceIssued("r", Criteria(tenant="t"), "closed", 100 * SECOND)
+    log = [
+        received(1),
+        received(2),
+        at(3, rule),
+        issued_rebind(4, {"tenant": "t"}),
+        at(5, Rebound("b4", "a.com", "t@a.com", [msg(1), msg(2)], [0, 0], "move")),
+        at(6, Bounced("r", "t@a.com", [msg(1), msg(2)])),
+        received(7),
+        issued_rebind(8, {"campaign": "c"}),
+        at(9, Rebound("b8", "a.com", "c:@a.com", [msg(7)], [0], "move")),
+    ]
+    check = InvariantCheck.over(log)
+    assert check.violations == []
+    assert check.queues == {"c:@a.com": [mid(7)]}
+    assert check.owed() == {}
+
+
+def test_a_rebound_out_of_the_wrong_queue_or_a_lost_bounce_is_found() -> None:
+    rule = BounceIssued("r", Criteria(tenant="t"), "closed", 100 * SECOND)
+    wrong = [
+        received(1),
+        at(2, Rebound("b", "b.com", "t@a.com", [msg(1)], [0], "move")),
+    ]
+    violation = InvariantCheck.over(wrong).violations[0]
+    assert violation.check == "conservation"
+    assert "rebound out of b.com but was received into a.com" in violation.problem
+    # A bounce out of the old queue after the move is out of the wrong queue.
+    moved = [
+        received(1),
+        at(2, rule),
+        at(3, Rebound("b", "a.com", "c:@a.com", [msg(1)], [0], "move")),
+        at(4, Bounced("r", "a.com", [msg(1)])),
+    ]
+    problems = [v.problem for v in InvariantCheck.over(moved).violations]
+    assert any("bounced out of a.com but was rebound into c:@a.com" in p for p in problems)
+    # Into a queue under a live rule without the Bounced: owed, not a violation.
+    owed = [received(1), at(2, rule), at(3, Rebound("b", "a.com", "t@a.com", [msg(1)], [0], "m"))]
+    check = InvariantCheck.over(owed)
+    assert check.violations == []
+    assert check.owed() == {"r": 1}

@@ -48,7 +48,14 @@ from rich.progress import (
 )
 
 from kumo.config import DEFAULT_DATA_DIR
-from kumo.model.audit import MessageStory, RuleAction, Timeline, TimelineFilter, state_at
+from kumo.model.audit import (
+    MessageStory,
+    Release,
+    RuleAction,
+    Timeline,
+    TimelineFilter,
+    state_at,
+)
 from kumo.model.duration import DurationError, format_duration, parse_duration
 from kumo.model.events import (
     Committed,
@@ -248,7 +255,32 @@ def action_json(action: RuleAction) -> dict[str, Any]:
         "ended_by": action.ended_by,
         "bounced": dict(action.bounced),
         "total_bounced": action.total_bounced,
+        "kind": action.kind,
+        "held": dict(action.held),
+        "total_held": action.total_held,
+        "released": action.released,
     }
+
+
+def action_name(action: RuleAction) -> str:
+    """The ACTION cell: ``issued``...; ``suspend issued``... for a suspension."""
+    return action.action if action.kind == "bounce" else f"suspend {action.action}"
+
+
+def what_it_did(action: RuleAction) -> str:
+    """The BOUNCED cell: the messages a rule bounced; what a suspension held (and
+    released at its end)."""
+    if action.kind == "bounce":
+        return f"{action.total_bounced:,}"
+    text = f"held {action.total_held:,}"
+    if action.status in ("cancelled", "expired"):
+        text += f", released {action.released:,}"
+    return text
+
+
+def counts_per_queue(action: RuleAction, limit: int | None = None) -> str:
+    """The PER QUEUE cell: bounced per queue, or held per queue for a suspension."""
+    return per_queue(action.bounced if action.kind == "bounce" else action.held, limit)
 
 
 _TIMELINE_HEADERS: Final = (
@@ -276,6 +308,10 @@ _CSV_TIMELINE_HEADERS: Final = (
     "ended_by",
     "total_bounced",
     "bounced",
+    "kind",
+    "total_held",
+    "held",
+    "released",
 )
 
 
@@ -307,6 +343,10 @@ def render_timeline(
                     a.ended_by or "",
                     a.total_bounced,
                     per_queue(a.bounced),
+                    a.kind,
+                    a.total_held,
+                    per_queue(a.held),
+                    a.released,
                 )
                 for a in actions
             ),
@@ -316,14 +356,14 @@ def render_timeline(
         (
             (
                 format_rfc3339(a.time),
-                a.action,
+                action_name(a),
                 a.rule_id,
                 a.principal or "-",
                 a.criteria.describe(),
                 a.reason,
                 fate(a),
-                f"{a.total_bounced:,}",
-                per_queue(a.bounced, limit),
+                what_it_did(a),
+                counts_per_queue(a, limit),
             )
             for a in actions
         ),
@@ -462,7 +502,30 @@ def story_json(story: MessageStory) -> dict[str, Any]:
             )
             for committed in story.outcomes
         ],
+        "released": [
+            {
+                "seq": r.seq,
+                "time": format_rfc3339(r.time),
+                "queue": r.queue,
+                "suspension": r.rule_id,
+                "end": r.end,
+                "by": r.by,
+            }
+            for r in story.releases
+        ],
     }
+
+
+def release_row(release: Release) -> tuple[str, str, str, str, str]:
+    """The end of a suspension that held the message, as a story row."""
+    how = f"cancelled by {release.by or '?'}" if release.end == "cancelled" else "expired"
+    return (
+        format_rfc3339(release.time),
+        str(release.seq),
+        "released",
+        release.queue,
+        f"suspension {release.rule_id} {how}: due again at once",
+    )
 
 
 def outcome_row(committed: Committed) -> tuple[str, str, str, str, str]:
@@ -529,6 +592,7 @@ def render_story(story: MessageStory, fmt: str) -> str:
         )
         rows.append((format_rfc3339(b.time), str(b.seq), "bounced", b.queue, rule))
     rows += [outcome_row(committed) for committed in story.outcomes]
+    rows += [release_row(release) for release in story.releases]
     rows.sort(key=lambda row: int(row[1]) if row[1] else 0)
     if story.status == "queued":
         rows.append(("", "", "queued", story.received[-1].queue, "still waiting in its queue"))
@@ -702,7 +766,7 @@ def audit(
     }
     actions = timeline.actions(as_of, where)
     click.echo(render_timeline(actions, fmt, header=header, all_queues=rule_id is not None))
-    if rule_id is not None and rule_id not in timeline.rules.rules:
+    if rule_id is not None and timeline.rule(rule_id) is None:
         raise click.ClickException(f"rule {rule_id} is not in the log")
 
 

@@ -88,7 +88,6 @@ class RuleAction:
     held: Mapping[str, int] = attrs.Factory(dict)
     """A suspension's: queue name -> messages it held there (each one ``Suspended``
     event: one ``TransientFailure`` record), as :attr:`bounced` for a rule."""
-
     released: int = 0
     """A suspension's: the messages it still held when it ended (cancelled or expired),
     due again from then on; 0 while it is live."""
@@ -182,7 +181,10 @@ class Timeline:
         # In the order apply() records them (actions() keeps it among equal times): by
         # seq; at one seq the issue first, then the rules it ended, in issue order.
         # (What a suspension held before the cut is not in the base: its counts start
-        # at the cut.)
+        # at the cut. Which messages it holds there is: those it releases later count.)
+        for message_id, retry in base.schedule.items():
+            if retry.held_by is not None:
+                timeline._holding[message_id] = retry.held_by
         recorded: list[tuple[int, int, int, _Recorded]] = []
         for order, rule in enumerate(
             [*timeline.rules.rules.values(), *timeline.suspends.rules.values()]

@@ -389,3 +389,7 @@ def test_a_timeline_from_the_base_keeps_the_suspensions_actions() -> None:
             timeline.apply(committed)
         kept = [(a.action, a.rule_id, a.kind, a.status) for a in timeline.actions(now)]
         assert sorted(kept) == sorted(whole), cut
+        # What s1 released at its cancel (seq 9) is known from any cut before it: the
+        # base says which messages it held there. From a cut after it, it is not.
+        [s1] = [a for a in timeline.actions(now, TimelineFilter(rule_id="s1")) if a.seq == 9]
+        assert s1.released == (1 if cut < 9 else 0), cut

@@ -51,6 +51,7 @@ from kumo.config import DEFAULT_DATA_DIR
 from kumo.model.audit import (
     MessageStory,
     RebindAction,
+    Release,
     RuleAction,
     Timeline,
     TimelineFilter,
@@ -255,7 +256,32 @@ def action_json(action: RuleAction) -> dict[str, Any]:
         "ended_by": action.ended_by,
         "bounced": dict(action.bounced),
         "total_bounced": action.total_bounced,
+        "kind": action.kind,
+        "held": dict(action.held),
+        "total_held": action.total_held,
+        "released": action.released,
     }
+
+
+def action_name(action: RuleAction) -> str:
+    """The ACTION cell: ``issued``...; ``suspend issued``... for a suspension."""
+    return action.action if action.kind == "bounce" else f"suspend {action.action}"
+
+
+def what_it_did(action: RuleAction) -> str:
+    """The BOUNCED cell: the messages a rule bounced; what a suspension held (and
+    released at its end)."""
+    if action.kind == "bounce":
+        return f"{action.total_bounced:,}"
+    text = f"held {action.total_held:,}"
+    if action.status in ("cancelled", "expired"):
+        text += f", released {action.released:,}"
+    return text
+
+
+def counts_per_queue(action: RuleAction, limit: int | None = None) -> str:
+    """The PER QUEUE cell: bounced per queue, or held per queue for a suspension."""
+    return per_queue(action.bounced if action.kind == "bounce" else action.held, limit)
 
 
 _TIMELINE_HEADERS: Final = (
@@ -283,6 +309,10 @@ _CSV_TIMELINE_HEADERS: Final = (
     "ended_by",
     "total_bounced",
     "bounced",
+    "kind",
+    "total_held",
+    "held",
+    "released",
 )
 
 
@@ -371,6 +401,10 @@ def render_timeline(
                     a.ended_by or "",
                     a.total_bounced,
                     per_queue(a.bounced),
+                    a.kind,
+                    a.total_held,
+                    per_queue(a.held),
+                    a.released,
                 )
                 for a in actions
             ),
@@ -380,14 +414,14 @@ def render_timeline(
         (
             (
                 format_rfc3339(a.time),
-                a.action,
+                action_name(a),
                 a.rule_id,
                 a.principal or "-",
                 a.criteria.describe(),
                 a.reason,
                 fate(a),
-                f"{a.total_bounced:,}",
-                per_queue(a.bounced, limit),
+                what_it_did(a),
+                counts_per_queue(a, limit),
             )
             for a in actions
         ),
@@ -530,6 +564,17 @@ def story_json(story: MessageStory) -> dict[str, Any]:
             dict(zip(("time", "seq", "step", "queue", "detail"), row, strict=True))
             for row in rebound_rows(story)
         ],
+        "released": [
+            {
+                "seq": r.seq,
+                "time": format_rfc3339(r.time),
+                "queue": r.queue,
+                "suspension": r.rule_id,
+                "end": r.end,
+                "by": r.by,
+            }
+            for r in story.releases
+        ],
     }
 
 
@@ -555,6 +600,18 @@ def rebound_rows(story: MessageStory) -> list[tuple[str, str, str, str, str]]:
             )
         )
     return rows
+
+
+def release_row(release: Release) -> tuple[str, str, str, str, str]:
+    """The end of a suspension that held the message, as a story row."""
+    how = f"cancelled by {release.by or '?'}" if release.end == "cancelled" else "expired"
+    return (
+        format_rfc3339(release.time),
+        str(release.seq),
+        "released",
+        release.queue,
+        f"suspension {release.rule_id} {how}: due again at once",
+    )
 
 
 def outcome_row(committed: Committed) -> tuple[str, str, str, str, str]:
@@ -622,6 +679,7 @@ def render_story(story: MessageStory, fmt: str) -> str:
         rows.append((format_rfc3339(b.time), str(b.seq), "bounced", b.queue, rule))
     rows += [outcome_row(committed) for committed in story.outcomes]
     rows += rebound_rows(story)
+    rows += [release_row(release) for release in story.releases]
     rows.sort(key=lambda row: int(row[1]) if row[1] else 0)
     if story.status == "queued":
         rows.append(("", "", "queued", story.queue or "", "still waiting in its queue"))
@@ -805,7 +863,7 @@ def audit(
     )
     if (
         rule_id is not None
-        and rule_id not in timeline.rules.rules
+        and timeline.rule(rule_id) is None
         and not timeline.rebinds(TimelineFilter(rule_id=rule_id))
     ):
         raise click.ClickException(f"rule {rule_id} is not in the log")

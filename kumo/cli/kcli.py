@@ -16,6 +16,7 @@ import email.policy
 import email.utils
 import json
 import re
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from email.message import EmailMessage
 from http import HTTPStatus
@@ -25,7 +26,9 @@ import attrs
 import click
 import httpx
 import trio
+from rich.console import Console
 
+from kumo.cli.audit import ProgressBar
 from kumo.cli.queue_summary import (
     READY_STATUS,
     SCHEDULED_STATUS,
@@ -64,6 +67,12 @@ INJECT_BATCH_SIZE = 1000
 BOUNCE_ASYNC_NOTE = (
     "NOTE: the bounce is running async. Use the bounce-list command to review ongoing status!"
 )
+DRY_RUN_NOTE = "DRY RUN: nothing was issued. What the request would match now:"
+WAIT_INTERRUPTED = (
+    "stopped waiting; rule {id} stays in force (kcli bounce-cancel --id {id} lifts it)"
+)
+DEFAULT_WAIT_INTERVAL = 1.0
+"""Seconds between two polls of `bounce --wait`."""
 
 # Reason phrases as KumoMTA's kcli prints them (the Rust `http` crate's canonical
 # reasons). Servers such as hypercorn send none, so the client must know them itself;
@@ -118,6 +127,10 @@ class Target:
     token: str | None = attrs.field(default=None, repr=False)
     resolver: Resolver | None = None
     """What `queue-summary --domain` resolves MX with (default: the system's DNS)."""
+    pause: Callable[[float], None] = attrs.field(default=time.sleep, repr=False)
+    """How `bounce --wait` waits between two polls (tests pass one that returns)."""
+    console: Console | None = attrs.field(default=None, repr=False)
+    """Where `bounce --wait` draws its progress bar (default: stderr)."""
 
     def open_client(self) -> httpx.Client:
         """A new client for this endpoint; the caller closes it (use it in `with`)."""
@@ -238,6 +251,126 @@ def format_bounce_list(entries: Sequence[Mapping[str, Any]]) -> str:
             ]
         )
     return format_table(columns, rows)
+
+
+# --- dry runs --------------------------------------------------------------------------
+
+
+def format_dry_run(reply: Mapping[str, Any]) -> str:
+    """A dry-run reply for a human: a QUEUE / MESSAGES table, the total, and the live
+    rule the request would replace."""
+    queues = reply.get("queues")
+    rows = [
+        [str(item.get("queue", "")), format_count(_count(item.get("messages")))]
+        for item in (queues if isinstance(queues, list) else [])
+        if isinstance(item, dict)
+    ]
+    table = format_table([("QUEUE", Align.LEFT), ("MESSAGES", Align.RIGHT)], rows)
+    total = _count(reply.get("total_messages"))
+    replaces = reply.get("replaces")
+    lines = [
+        table,
+        f"total: {format_count(total)} message(s) in {len(rows):,} queue(s)",
+        f"would replace: {replaces}" if isinstance(replaces, str) else "would replace: none",
+    ]
+    return "\n".join(lines)
+
+
+def _count(value: object) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def _echo_dry_run(reply: object) -> None:
+    if not isinstance(reply, dict) or reply.get("dry_run") is not True:
+        raise KcliError(
+            f"the server did not answer the dry run (not kumo?), it replied: {json.dumps(reply)}"
+        )
+    click.echo(DRY_RUN_NOTE, err=True)
+    click.echo(format_dry_run(reply).encode())
+
+
+# --- bounce --wait ---------------------------------------------------------------------
+
+
+@attrs.frozen
+class SweepProgress:
+    """One poll of a rule's progress: what it bounced so far, and what it still owes."""
+
+    bounced: Mapping[str, int]
+    total_bounced: int
+    pending: int
+
+
+def sweep_progress(entries: object, rule_id: str) -> SweepProgress | None:
+    """The progress of ``rule_id`` in a GET reply; None if the rule is not listed."""
+    if not isinstance(entries, list):
+        raise KcliError(f"unexpected reply from server: {json.dumps(entries)}")
+    for entry in entries:
+        if isinstance(entry, dict) and entry.get("id") == rule_id:
+            pending = entry.get("pending")
+            if not isinstance(pending, int) or isinstance(pending, bool):
+                raise KcliError(
+                    "the server does not say what the rule still owes (no `pending`: not "
+                    "kumo?), so --wait cannot tell when its sweep is done"
+                )
+            bounced = entry.get("bounced")
+            counts = {
+                str(queue): _count(count)
+                for queue, count in (bounced.items() if isinstance(bounced, dict) else ())
+            }
+            return SweepProgress(counts, _count(entry.get("total_bounced")), pending)
+    return None
+
+
+def format_bounced(progress: SweepProgress) -> str:
+    """The final per-queue counts: a QUEUE / BOUNCED table and the total."""
+    rows = [
+        [queue, format_count(count)]
+        for queue, count in sorted(progress.bounced.items(), key=lambda item: item[0])
+    ]
+    table = format_table([("QUEUE", Align.LEFT), ("BOUNCED", Align.RIGHT)], rows)
+    return f"{table}\ntotal bounced: {format_count(progress.total_bounced)}"
+
+
+def follow_sweep(
+    client: httpx.Client, target: Target, rule_id: str, *, interval: float
+) -> SweepProgress:
+    """Poll GET until ``rule_id`` owes nothing (``pending`` 0); return its last progress.
+
+    Shows a progress bar on stderr when stderr is a terminal, else one plain line each
+    time the counts change. KcliError if the rule stops being listed first (it ended,
+    or was issued already expired) or the server does not report ``pending``.
+    """
+    console = target.console or Console(stderr=True)
+    terminal = console.is_terminal
+    last: SweepProgress | None = None
+    with ProgressBar(after=0.0, console=console) as bar:
+        while True:
+            seen = sweep_progress(decode_json(send(client, "GET", BOUNCE_PATH)), rule_id)
+            if seen is None:
+                if last is None:
+                    raise KcliError(
+                        f"rule {rule_id} is not listed: it was issued already expired, or "
+                        "ended before its sweep could be followed (kumo audit --rule "
+                        f"{rule_id} tells what it did)"
+                    )
+                click.echo(format_bounced(last).encode())
+                raise KcliError(
+                    f"rule {rule_id} ended (expired, cancelled or replaced) before its "
+                    f"sweep was done; {format_count(last.pending)} message(s) were still owed"
+                )
+            if terminal:
+                bar("bouncing", seen.total_bounced, seen.total_bounced + seen.pending)
+            elif seen != last:
+                click.echo(
+                    f"bounced {format_count(seen.total_bounced)}, "
+                    f"pending {format_count(seen.pending)}",
+                    err=True,
+                )
+            last = seen
+            if seen.pending == 0:
+                return seen
+            target.pause(interval)
 
 
 # --- queue-summary ---------------------------------------------------------------------
@@ -441,6 +574,24 @@ def selection_options(*, everything: str, queues: bool = True) -> Callable[[F], 
     help="How long matching messages keep bouncing, as a duration string (default 5m).",
 )
 @click.option("--suppress-logging", is_flag=True, help="Do not generate AdminBounce logs.")
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Issue nothing: show what the rule would match now, per queue (kumo only).",
+)
+@click.option(
+    "--wait",
+    is_flag=True,
+    help="Follow the rule's sweep until it is done, then print what it bounced per queue "
+    "(kumo only). Ctrl-C stops waiting, not the rule.",
+)
+@click.option(
+    "--interval",
+    type=click.FloatRange(min=0.01),
+    default=DEFAULT_WAIT_INTERVAL,
+    show_default=True,
+    help="Seconds between two polls of --wait.",
+)
 @click.pass_obj
 def bounce(
     target: Target,
@@ -453,6 +604,9 @@ def bounce(
     reason: str,
     duration: str | None,
     suppress_logging: bool,
+    dry_run: bool,
+    wait: bool,
+    interval: float,
 ) -> None:
     """Administratively bounce messages in matching queues.
 
@@ -460,6 +614,8 @@ def bounce(
     The rule applies at once to queued messages (asynchronously) and stays in effect for
     its duration, bouncing matching messages that arrive or return to a queue.
     """
+    if dry_run and wait:
+        raise click.UsageError("--dry-run issues nothing, so there is nothing to --wait for")
     body = selection(
         domain=domain,
         routing_domain=routing_domain,
@@ -474,19 +630,39 @@ def bounce(
     if duration is not None:
         body["duration"] = duration
     body["suppress_logging"] = suppress_logging
+    if dry_run:
+        body["dry_run"] = True
 
     with target.open_client() as client:
         reply = decode_json(send(client, "POST", BOUNCE_PATH, body=body))
-    if not isinstance(reply, dict) or not isinstance(reply.get("id"), str):
-        raise KcliError(f"unexpected reply from server: {json.dumps(reply)}")
-    click.echo(BOUNCE_ASYNC_NOTE, err=True)
-    click.echo(reply["id"])
+        if dry_run:
+            _echo_dry_run(reply)
+            return
+        if not isinstance(reply, dict) or not isinstance(reply.get("id"), str):
+            raise KcliError(f"unexpected reply from server: {json.dumps(reply)}")
+        rule_id = reply["id"]
+        if not wait:
+            click.echo(BOUNCE_ASYNC_NOTE, err=True)
+            click.echo(rule_id)
+            return
+        click.echo(rule_id)
+        try:
+            done = follow_sweep(client, target, rule_id, interval=interval)
+        except KeyboardInterrupt:
+            click.echo(WAIT_INTERRUPTED.format(id=rule_id), err=True)
+            raise SystemExit(130) from None
+    click.echo(format_bounced(done).encode())
 
 
 @cli.command()
 @selection_options(everything="Suspend all queues.")
 @click.option("--reason", required=True, help="The reason to log in the delivery logs.")
 @click.option("--duration", help="How long to suspend, as a duration string (default 5m).")
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Issue nothing: show what the suspension would match now, per queue (kumo only).",
+)
 @click.pass_obj
 def suspend(
     target: Target,
@@ -498,6 +674,7 @@ def suspend(
     everything: bool,
     reason: str,
     duration: str | None,
+    dry_run: bool,
 ) -> None:
     """Suspend delivery from matching scheduled queues: their due messages wait (one
     TransientFailure record each, no attempt counted) until it expires or is cancelled."""
@@ -514,8 +691,13 @@ def suspend(
     body["reason"] = reason
     if duration is not None:
         body["duration"] = duration
+    if dry_run:
+        body["dry_run"] = True
     with target.open_client() as client:
         reply = decode_json(send(client, "POST", SUSPEND_PATH, body=body))
+    if dry_run:
+        _echo_dry_run(reply)
+        return
     echo_json(reply)
 
 

@@ -249,6 +249,7 @@ _BOUNCE_READERS: Final[Mapping[str, Callable[[str, Any], object]]] = {
     "duration": _duration,
     "expires": _expires,
     "suppress_logging": _boolean,
+    "dry_run": _boolean,
 }
 _BOUNCE_FIELDS: Final = _expected_list(tuple(_BOUNCE_READERS))
 
@@ -263,7 +264,8 @@ def parse_bounce_request(content_type: str | None, body: bytes) -> BounceRequest
     """The body of POST /api/admin/bounce/v1 as a :class:`BounceRequest`.
 
     Unknown fields are refused; ``reason`` is required; ``expires`` wins over
-    ``duration`` (both are checked).
+    ``duration`` (both are checked). ``dry_run`` (a kumo extension, a boolean) asks
+    what the request would match, and nothing is issued.
     """
     obj = _struct("", decode_json(content_type, body), "BounceV1Request")
     _refuse_duplicates(body)
@@ -281,6 +283,7 @@ def parse_bounce_request(content_type: str | None, body: bytes) -> BounceRequest
         duration=_get(fields, "duration", int | None, None),
         expires_at=_get(fields, "expires", int | None, None),
         suppress_logging=_get(fields, "suppress_logging", bool, False),
+        dry_run=_get(fields, "dry_run", bool, False),
     )
 
 
@@ -308,6 +311,7 @@ def parse_suspend_request(content_type: str | None, body: bytes) -> BounceReques
         reason=_get(fields, "reason", str, ""),
         duration=_get(fields, "duration", int | None, None),
         expires_at=_get(fields, "expires", int | None, None),
+        dry_run=_get(fields, "dry_run", bool, False),
     )
 
 

@@ -10,11 +10,13 @@ from __future__ import annotations
 from typing import Any
 
 from kumo.http.bodies import parse_bounce_request, parse_cancel_request
+from kumo.http.dry_run import dry_run_reply
 from kumo.http.engine_protocol import AdminEngine
 from kumo.http.replies import Reply, json_reply, text_reply
 from kumo.model.duration import format_duration
+from kumo.model.requests import BounceRequest
 from kumo.model.rfc3339 import format_rfc3339
-from kumo.model.state import RuleView
+from kumo.model.state import RuleKind, RuleView
 
 
 async def issue_bounce(
@@ -23,11 +25,23 @@ async def issue_bounce(
     """POST: record the rule durably and answer at once, before its sweep ends.
 
     ``bounced`` and ``total_bounced`` are always empty: they are kept for old clients;
-    progress is read with GET.
+    progress is read with GET. With ``"dry_run": true`` nothing is issued: the reply
+    says what the rule would match now (:func:`preview`).
     """
     request = parse_bounce_request(content_type, body)
+    if request.dry_run:
+        return preview(engine, request, "bounce")
     rule_id = await engine.issue_bounce(request, issued_by=principal)
     return json_reply({"id": rule_id, "bounced": {}, "total_bounced": 0})
+
+
+def preview(engine: AdminEngine, request: BounceRequest, kind: RuleKind) -> Reply:
+    """The dry-run reply for ``request``, a rule of ``kind``: what it would match now and
+    the live rule it would replace. Writes nothing."""
+    result = engine.preview(
+        request.criteria, replacing=kind, expires_at=request.expiry(engine.now())
+    )
+    return dry_run_reply(result)
 
 
 def rule_entry(view: RuleView) -> dict[str, Any]:
@@ -48,6 +62,7 @@ def rule_entry(view: RuleView) -> dict[str, Any]:
         "expires": format_rfc3339(view.expires_at),
         "issued_at": format_rfc3339(view.issued_at),
         "issued_by": view.issued_by,
+        "pending": view.pending,
     }
 
 

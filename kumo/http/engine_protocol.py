@@ -9,9 +9,11 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Protocol
 
+from kumo.model.criteria import Criteria
+from kumo.model.dry_run import DryRun
 from kumo.model.inspection import InspectedMessage, InspectedQueue
 from kumo.model.requests import BounceRequest, NewMessage, RebindRequest
-from kumo.model.state import RuleView
+from kumo.model.state import RuleKind, RuleView
 from kumo.runtime.delivery import DispatcherStatistics
 from kumo.runtime.queue_actor import ActorStatistics
 
@@ -33,6 +35,16 @@ class AdminEngine(Protocol):
     async def cancel_bounce(self, rule_id: str, *, cancelled_by: str) -> bool: ...
 
     def list_bounces(self) -> list[RuleView]: ...
+
+    def preview(
+        self,
+        criteria: Criteria,
+        *,
+        replacing: RuleKind | None = None,
+        expires_at: int | None = None,
+    ) -> DryRun:
+        """What a request with ``criteria`` would match now; changes nothing."""
+        ...
 
     async def issue_suspend(self, request: BounceRequest, *, issued_by: str) -> str: ...
 

@@ -74,6 +74,43 @@ _BOUNCE_REQUEST: Final = {
         },
         "expires": {"type": ["string", "null"], "format": "date-time"},
         "suppress_logging": {"type": "boolean", "default": False},
+        "dry_run": {
+            "type": "boolean",
+            "default": False,
+            "description": "kumo extension: issue nothing, answer what the request would "
+            "match now (the dry-run reply)",
+        },
+    },
+}
+
+_DRY_RUN_REPLY: Final = {
+    "type": "object",
+    "description": 'kumo extension: the reply to `"dry_run": true`; nothing was issued',
+    "required": ["dry_run", "queues", "total_messages", "replaces"],
+    "properties": {
+        "dry_run": {"const": True},
+        "queues": {
+            "type": "array",
+            "description": "the matching scheduled queues that hold messages, by name",
+            "items": {
+                "type": "object",
+                "required": ["queue", "messages"],
+                "properties": {
+                    "queue": {"type": "string"},
+                    "messages": {
+                        "type": "integer",
+                        "minimum": 1,
+                        "description": "messages held: due, waiting, or in a connection",
+                    },
+                },
+            },
+        },
+        "total_messages": {"type": "integer", "minimum": 0},
+        "replaces": {
+            "type": ["string", "null"],
+            "format": "uuid",
+            "description": "the live rule with equal criteria that the request would replace",
+        },
     },
 }
 
@@ -89,6 +126,7 @@ _BOUNCE_ENTRY: Final = {
         "duration",
         "bounced",
         "total_bounced",
+        "pending",
     ],
     "properties": {
         "id": {"type": "string", "format": "uuid"},
@@ -105,6 +143,13 @@ _BOUNCE_ENTRY: Final = {
         "expires": {"type": "string", "format": "date-time"},
         "issued_at": {"type": "string", "format": "date-time"},
         "issued_by": {"type": "string"},
+        "pending": {
+            "type": "integer",
+            "minimum": 0,
+            "description": "kumo extension: messages still held in the queues the rule "
+            "matches, which its sweep (and the attempts under way it waits for) still owes; "
+            "0 when done",
+        },
     },
 }
 
@@ -123,7 +168,7 @@ _SUSPEND_ENTRY: Final = {
     "properties": {
         name: schema
         for name, schema in _BOUNCE_ENTRY["properties"].items()  # type: ignore[attr-defined]
-        if name not in ("bounced", "total_bounced", "suppress_logging")
+        if name not in ("bounced", "total_bounced", "suppress_logging", "pending")
     },
 }
 
@@ -334,17 +379,22 @@ OPENAPI: Final[dict[str, Any]] = {
                 "requestBody": {"required": True, "content": _json(_BOUNCE_REQUEST)},
                 "responses": {
                     "200": {
-                        "description": "The new rule's id.",
+                        "description": "The new rule's id (with `dry_run`: what it would match).",
                         "links": _cancel_link(BOUNCE_PATH),
                         "content": _json(
                             {
-                                "type": "object",
-                                "required": ["id", "bounced", "total_bounced"],
-                                "properties": {
-                                    "id": {"type": "string", "format": "uuid"},
-                                    "bounced": {"type": "object"},
-                                    "total_bounced": {"type": "integer"},
-                                },
+                                "oneOf": [
+                                    {
+                                        "type": "object",
+                                        "required": ["id", "bounced", "total_bounced"],
+                                        "properties": {
+                                            "id": {"type": "string", "format": "uuid"},
+                                            "bounced": {"type": "object"},
+                                            "total_bounced": {"type": "integer"},
+                                        },
+                                    },
+                                    _DRY_RUN_REPLY,
+                                ]
                             }
                         ),
                     },
@@ -376,13 +426,19 @@ OPENAPI: Final[dict[str, Any]] = {
                 "requestBody": {"required": True, "content": _json(_SUSPEND_REQUEST)},
                 "responses": {
                     "200": {
-                        "description": "The new suspension's id.",
+                        "description": "The new suspension's id (with `dry_run`: what it "
+                        "would match).",
                         "links": _cancel_link(SUSPEND_PATH),
                         "content": _json(
                             {
-                                "type": "object",
-                                "required": ["id"],
-                                "properties": {"id": {"type": "string", "format": "uuid"}},
+                                "oneOf": [
+                                    {
+                                        "type": "object",
+                                        "required": ["id"],
+                                        "properties": {"id": {"type": "string", "format": "uuid"}},
+                                    },
+                                    _DRY_RUN_REPLY,
+                                ]
                             }
                         ),
                     },

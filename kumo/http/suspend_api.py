@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from kumo.http.bodies import parse_cancel_request, parse_suspend_request
+from kumo.http.bounce_api import preview
 from kumo.http.engine_protocol import AdminEngine
 from kumo.http.replies import Reply, json_reply, text_reply
 from kumo.model.duration import format_duration
@@ -20,8 +21,11 @@ from kumo.model.state import RuleView
 async def issue_suspend(
     engine: AdminEngine, *, principal: str, content_type: str | None, body: bytes
 ) -> Reply:
-    """POST: record the suspension durably; ``{"id": <uuid>}``."""
+    """POST: record the suspension durably; ``{"id": <uuid>}``. With
+    ``"dry_run": true`` nothing is issued: the reply says what it would match now."""
     request = parse_suspend_request(content_type, body)
+    if request.dry_run:
+        return preview(engine, request, "suspend")
     return json_reply({"id": await engine.issue_suspend(request, issued_by=principal)})
 
 

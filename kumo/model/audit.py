@@ -2,9 +2,10 @@
 
 Three folds over committed events, fed in log order, each once; no I/O, no clock:
 
-- :class:`Timeline`: every rule's history (issued, replaced, cancelled, expired) as a
-  list of :class:`RuleAction`, each carrying the rule's criteria, reason, counters and
-  fate, so that one row answers "who did this, and what came of it";
+- :class:`Timeline`: every rule's and suspension's history (issued, replaced,
+  cancelled, expired) as a list of :class:`RuleAction`, each carrying the rule's
+  criteria, reason, counters (messages bounced, or held by a suspension) and fate, so
+  that one row answers "who did this, and what came of it";
 - :func:`state_at`: the state (live rules with their counters, queue gauges) as it was
   at a moment, by folding the prefix of the log committed by then;
 - :class:`MessageStory`: what became of one message: received, then bounced by which
@@ -44,9 +45,13 @@ from kumo.model.events import (
     PermanentlyFailed,
     RebindIssued,
     Rebound,
+    SuspendCancelled,
+    Suspended,
+    SuspendExpired,
+    SuspendIssued,
 )
 from kumo.model.retention import base_projection
-from kumo.model.state import Rule, RuleBook, State
+from kumo.model.state import Rule, RuleBook, RuleKind, State
 
 ActionKind: TypeAlias = Literal["issued", "replaced", "cancelled", "expired"]
 RuleStatus: TypeAlias = Literal["live", "expired", "cancelled", "replaced"]
@@ -84,6 +89,18 @@ class RuleAction:
     bounced: Mapping[str, int]
     """Queue name -> messages this rule bounced there (all queues, or the one filtered)."""
     total_bounced: int
+    kind: RuleKind = "bounce"
+    """``bounce`` for a bounce rule, ``suspend`` for a suspension (which bounces nothing)."""
+    held: Mapping[str, int] = attrs.Factory(dict)
+    """A suspension's: queue name -> messages it held there (each one ``Suspended``
+    event: one ``TransientFailure`` record), as :attr:`bounced` for a rule."""
+    released: int = 0
+    """A suspension's: the messages it still held when it ended (cancelled or expired),
+    due again from then on; 0 while it is live."""
+
+    @property
+    def total_held(self) -> int:
+        return sum(self.held.values())
 
 
 @attrs.frozen(slots=True)
@@ -91,8 +108,9 @@ class TimelineFilter:
     """Which actions an audit shows. Every field that is set must hold.
 
     ``since`` and ``until`` bound the action's ``time`` (inclusive). ``queue`` keeps the
-    rules that match that queue name or bounced messages in it, and narrows their
-    counters to that queue. ``principal`` keeps the actions that principal took.
+    rules (and suspensions) that match that queue name or bounced (held) messages in it,
+    and narrows their counters to that queue. ``principal`` keeps the actions that
+    principal took. ``rule_id`` is a bounce rule's or a suspension's id.
     """
 
     since: int | None = None
@@ -129,22 +147,49 @@ def _status(rule: Rule, now: int) -> RuleStatus:
     return "live" if rule.live_at(now) else "expired"
 
 
+_SUSPENSION_EVENTS: Final = (SuspendIssued, SuspendCancelled, SuspendExpired)
+
+
 class Timeline:
-    """The fold behind ``kumo audit``: every rule's actions, in the order they happened.
+    """The fold behind ``kumo audit``: every rule's and suspension's actions, in the
+    order they happened.
 
     Feed it every committed event in log order with :meth:`apply` (events that are not
     about rules only update counters; ``MessageReceived`` may be left out), then call
     :meth:`actions` with the reference time that decides which rules count as live.
+    Rule ids are UUIDs: a bounce rule and a suspension never share one.
     """
 
-    __slots__ = ("_rebinds", "_recorded", "rules")
+    __slots__ = ("_holding", "_rebinds", "_recorded", "held", "released", "rules", "suspends")
 
     def __init__(self) -> None:
         self.rules = RuleBook()
         # Rebind id -> its committed RebindIssued and what its Rebound events moved.
         self._rebinds: dict[str, tuple[Committed, dict[tuple[str, str], int]]] = {}
+        self.suspends = RuleBook("suspend")
+        self.held: dict[str, dict[str, int]] = {}
+        """Suspension id -> queue -> messages it held there (``Suspended`` events)."""
+        self.released: dict[str, int] = {}
+        """Suspension id -> messages it still held when its cancel or expiry was
+        recorded (see :meth:`actions` for an expiry not recorded yet)."""
+        self._holding: dict[str, str] = {}
+        """Message id -> the suspension holding it, until it leaves or is released."""
         # (seq, time, action, rule id, principal) as the log records them.
         self._recorded: list[_Recorded] = []
+
+    def _released_by(self, rule: Rule, now: int) -> int:
+        """What suspension ``rule`` released at its end (0 for a bounce rule, or a
+        suspension still live at ``now``); an expiry not recorded yet releases what
+        it holds."""
+        if rule.id in self.released:
+            return self.released[rule.id]
+        if rule.id not in self.suspends.rules or rule.end is not None or rule.live_at(now):
+            return 0
+        return sum(1 for by in self._holding.values() if by == rule.id)
+
+    def rule(self, rule_id: str) -> Rule | None:
+        """The bounce rule or suspension ``rule_id``, if the log issued it."""
+        return self.rules.rules.get(rule_id) or self.suspends.rules.get(rule_id)
 
     @classmethod
     def from_base(cls, base: State) -> Timeline:
@@ -158,11 +203,20 @@ class Timeline:
         """
         timeline = cls()
         timeline.rules = base.rules.copy()
-        rules = timeline.rules.rules
+        timeline.suspends = base.suspends.copy()
         # In the order apply() records them (actions() keeps it among equal times): by
         # seq; at one seq the issue first, then the rules it ended, in issue order.
+        # (What a suspension held before the cut is not in the base: its counts start
+        # at the cut. Which messages it holds there is: those it releases later count.)
+        for message_id, retry in base.schedule.items():
+            if retry.held_by is not None:
+                timeline._holding[message_id] = retry.held_by
         recorded: list[tuple[int, int, int, _Recorded]] = []
-        for order, rule in enumerate(rules.values()):
+        for order, rule in enumerate(
+            [*timeline.rules.rules.values(), *timeline.suspends.rules.values()]
+        ):
+            # A replacement is by a rule of the same kind.
+            rules = _same_kind(timeline.suspends.rules, timeline.rules.rules, rule)
             seq = rule.issued_seq
             recorded.append((seq, 0, 0, (seq, rule.issued_at, "issued", rule.id, rule.issued_by)))
             if rule.issued_expired:
@@ -186,8 +240,12 @@ class Timeline:
     def apply(self, committed: Committed) -> None:
         """Fold one committed event; events must come in log order, each once."""
         event = committed.event
+        holding = self._holding
         if isinstance(event, Bounced | MessageReceived):
             self.rules.apply(committed)
+            if holding and isinstance(event, Bounced):
+                for message_id in event.messages.ids():
+                    holding.pop(message_id, None)
             return
         if isinstance(event, RebindIssued):
             self._rebinds[event.rebind_id] = (committed, {})
@@ -197,12 +255,28 @@ class Timeline:
             if entry is not None:
                 key = (event.queue, event.to_queue)
                 entry[1][key] = entry[1].get(key, 0) + len(event.messages)
+            if holding:
+                # Moved out of the queue a suspension held them in: no longer held.
+                for message_id in event.messages.ids():
+                    holding.pop(message_id, None)
             return
-        live_before = list(self.rules.live_rules())
-        rule = self.rules.apply(committed)
+        if isinstance(event, Suspended):
+            held = self.held.setdefault(event.rule_id, {})
+            held[event.queue] = held.get(event.queue, 0) + 1
+            holding[event.message.id] = event.rule_id
+            return
+        if isinstance(event, Outcome):
+            if holding:
+                holding.pop(event.message.id, None)
+            return
+        if isinstance(event, SuspendCancelled | SuspendExpired):
+            self._release(event.rule_id)
+        book = self.suspends if isinstance(event, _SUSPENSION_EVENTS) else self.rules
+        live_before = list(book.live_rules())
+        rule = book.apply(committed)
         seq, time = committed.seq, committed.time
         record = self._recorded.append
-        if isinstance(event, BounceIssued) and rule is not None:
+        if isinstance(event, BounceIssued | SuspendIssued) and rule is not None:
             record((seq, time, "issued", rule.id, rule.issued_by))
             if rule.issued_expired:
                 record((seq, rule.expires_at, "expired", rule.id, None))
@@ -216,6 +290,15 @@ class Timeline:
             else:
                 record((seq, time, "cancelled", ended.id, ended.ended_by))
 
+    def _release(self, suspension_id: str) -> None:
+        """A suspension's end is recorded: the messages it still held are due again."""
+        if not any(rule.id == suspension_id for rule in self.suspends.live_rules()):
+            return  # not live (unknown, or ended before): the book ignores it too
+        released = [mid for mid, by in self._holding.items() if by == suspension_id]
+        for message_id in released:
+            del self._holding[message_id]
+        self.released[suspension_id] = self.released.get(suspension_id, 0) + len(released)
+
     def actions(self, now: int, where: TimelineFilter | None = None) -> list[RuleAction]:
         """The actions that ``where`` keeps, ordered by ``time`` then log position.
 
@@ -224,7 +307,7 @@ class Timeline:
         """
         where = where or TimelineFilter()
         recorded = list(self._recorded)
-        for rule in self.rules.live_rules():
+        for rule in (*self.rules.live_rules(), *self.suspends.live_rules()):
             if not rule.live_at(now):
                 recorded.append((None, rule.expires_at, "expired", rule.id, None))
         recorded.sort(key=lambda item: (item[1], item[0] if item[0] is not None else 2**63))
@@ -238,13 +321,18 @@ class Timeline:
                 continue
             if where.principal is not None and principal != where.principal:
                 continue
-            rule = self.rules.rules[rule_id]
+            found = self.rule(rule_id)
+            assert found is not None, rule_id
+            rule = found
+            kind: RuleKind = "suspend" if rule_id in self.suspends.rules else "bounce"
             bounced: Mapping[str, int] = rule.bounced
+            held: Mapping[str, int] = self.held.get(rule_id, {})
             if where.queue is not None:
-                if not (rule.criteria.matches(where.queue) or where.queue in rule.bounced):
+                touched = where.queue in rule.bounced or where.queue in held
+                if not (rule.criteria.matches(where.queue) or touched):
                     continue
-                count = rule.bounced.get(where.queue, 0)
-                bounced = {where.queue: count} if count else {}
+                bounced = _only(bounced, where.queue)
+                held = _only(held, where.queue)
             actions.append(
                 RuleAction(
                     seq=seq,
@@ -262,6 +350,9 @@ class Timeline:
                     ended_by=rule.ended_by,
                     bounced=dict(bounced),
                     total_bounced=sum(bounced.values()),
+                    kind=kind,
+                    held=dict(held),
+                    released=self._released_by(rule, now),
                 )
             )
         return actions
@@ -305,6 +396,16 @@ class Timeline:
                 )
             )
         return actions
+
+
+def _same_kind(suspends: dict[str, Rule], rules: dict[str, Rule], rule: Rule) -> dict[str, Rule]:
+    """The rules of ``rule``'s kind: ``suspends`` if it is one of them, else ``rules``."""
+    return suspends if rule.id in suspends else rules
+
+
+def _only(counts: Mapping[str, int], queue: str) -> Mapping[str, int]:
+    count = counts.get(queue, 0)
+    return {queue: count} if count else {}
 
 
 def _ended_at(rule: Rule, now: int) -> int | None:
@@ -368,6 +469,21 @@ class BounceOutcome:
     suppress_logging: bool | None
 
 
+@attrs.frozen(slots=True)
+class Release:
+    """The end of a suspension that held the message: it was due again from then on."""
+
+    seq: int
+    """The event that ended the suspension (its cancel, or its recorded expiry)."""
+    time: int
+    """When it stopped holding: the cancel's commit time, or the suspension's expiry."""
+    queue: str
+    rule_id: str
+    end: Literal["cancelled", "expired"]
+    by: str | None
+    """Who cancelled it; None for an expiry."""
+
+
 MessageStatus: TypeAlias = Literal[
     "queued", "bounced", "delivered", "failed", "expired", "unknown", "before the cut"
 ]
@@ -394,18 +510,22 @@ class MessageStory:
 
     __slots__ = (
         "_bounces",
+        "_held",
         "_rebinds",
         "cut",
         "message_id",
         "moves",
         "outcomes",
         "received",
+        "releases",
         "rules",
+        "suspends",
     )
 
     def __init__(self, message_id: str, base: State | None = None) -> None:
         self.message_id = message_id
         self.rules = RuleBook() if base is None else base.rules.copy()
+        self.suspends = RuleBook("suspend") if base is None else base.suspends.copy()
         self.received: list[Reception] = []
         self._bounces: list[tuple[Committed, Bounced]] = []
         self.outcomes: list[Committed] = []
@@ -414,8 +534,16 @@ class MessageStory:
         """The rebinds that moved the message, in log order, each with its request
         (``None`` if the log does not hold it)."""
         self._rebinds: dict[str, RebindIssued] = {}
+        self.releases: list[Release] = []
+        """The ends of the suspensions that held it while it waited, in log order."""
+        self._held: tuple[str, str] | None = None
+        """(suspension id, queue) while a suspension holds the message."""
         self.cut = 0 if base is None else base.last_seq
         """The last seq of the base (0: the log begins at seq 1)."""
+        if base is not None:
+            retry = base.schedule.get(message_id)
+            if retry is not None and retry.held_by is not None:
+                self._held = (retry.held_by, "")
         queues = base.queues if base is not None and base.queues is not None else {}
         for queue, messages in queues.items():
             found = messages.find(message_id)
@@ -451,16 +579,42 @@ class MessageStory:
         elif isinstance(event, Bounced):
             if any(message.id == self.message_id for message in event.messages):
                 self._bounces.append((committed, event))
+                self._held = None
         elif isinstance(event, Outcome):
             if event.message.id == self.message_id:
                 self.outcomes.append(committed)
+                self._held = (event.rule_id, event.queue) if isinstance(event, Suspended) else None
         elif isinstance(event, RebindIssued):
             self._rebinds[event.rebind_id] = event
         elif isinstance(event, Rebound):
             if self.message_id in event.messages.ids():
                 self.moves.append((committed, event, self._rebinds.get(event.rebind_id)))
+                self._held = None
+        elif isinstance(event, _SUSPENSION_EVENTS):
+            self.suspends.apply(committed)
+            held = self._held
+            if held is None or isinstance(event, SuspendIssued) or event.rule_id != held[0]:
+                return
+            suspension = self.suspends.rules.get(event.rule_id)
+            if suspension is None or suspension.ended_seq != committed.seq:
+                return  # not live any more: it ended before (a replacement keeps it)
+            cancelled = isinstance(event, SuspendCancelled)
+            self.releases.append(
+                Release(
+                    seq=committed.seq,
+                    time=committed.time if cancelled else suspension.expires_at,
+                    queue=held[1] or self._queue(),
+                    rule_id=event.rule_id,
+                    end="cancelled" if cancelled else "expired",
+                    by=suspension.ended_by if cancelled else None,
+                )
+            )
+            self._held = None
         else:
             self.rules.apply(committed)
+
+    def _queue(self) -> str:
+        return self.received[-1].queue if self.received else ""
 
     @property
     def queue(self) -> str | None:

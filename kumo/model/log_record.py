@@ -12,7 +12,7 @@ writer emits one per message and a sweep emits a million: the constant parts of 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Final
 
 import orjson
 
@@ -38,6 +38,15 @@ from kumo.model.smtp_reply import flatten_content
 from kumo.model.smtp_server import Reply
 
 ADMIN_BOUNCE_CODE = 551
+
+
+SUSPENDED_PREFIX: Final = "KumoMTA internal: scheduled queue is suspended: "
+"""How the ``TransientFailure`` record of a message a suspension holds begins."""
+
+
+def suspended_content(reason: str) -> str:
+    """The reply text of the record of a message a suspension with ``reason`` holds."""
+    return SUSPENDED_PREFIX + reason
 
 
 def bounce_content(reason: str) -> str:
@@ -252,7 +261,7 @@ def outcome_record(event: Outcome, *, at: int, node_id: str) -> dict[str, Any]:
     if isinstance(event, Suspended):
         # KumoMTA's record of a message its suspended scheduled queue keeps (reference
         # 5.2): the queue as the site, no peer, no protocol, the attempts so far.
-        content = f"KumoMTA internal: scheduled queue is suspended: {event.reason}"
+        content = suspended_content(event.reason)
         return _internal_record(
             event, "TransientFailure", event.queue, (451, (4, 4, 4), content), at, node_id
         )

@@ -60,6 +60,9 @@ class BounceRequest:
     expires_at: int | None = attrs.field(default=None, validator=_check_expiry)
     """May be in the past, before 1970 too: the rule is then born expired."""
     suppress_logging: bool = attrs.field(default=False, validator=instance_of(bool))
+    dry_run: bool = attrs.field(default=False, validator=instance_of(bool))
+    """Only answer what the request would match now (a kumo extension): the engine
+    issues nothing for it (:meth:`kumo.runtime.engine.Engine.preview`)."""
 
     def expiry(self, issued_at: int) -> int:
         """When a rule issued at ``issued_at`` (ns since the epoch) stops matching."""

@@ -112,6 +112,10 @@ class RuleView:
     suppress_logging: bool
     bounced: Mapping[str, int]
     total_bounced: int
+    pending: int = 0
+    """Messages still held in the queues the rule matches (a kumo extension): what its
+    sweep, and the attempts under way that it waits for, still owe; 0 when done. The
+    engine fills it in (:meth:`kumo.runtime.projection.Projection.pending`)."""
 
 
 RuleKind: TypeAlias = Literal["bounce", "suspend"]

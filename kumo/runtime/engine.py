@@ -39,6 +39,8 @@ from pathlib import Path
 import attrs
 import trio
 
+from kumo.model.criteria import Criteria
+from kumo.model.dry_run import DryRun
 from kumo.model.events import (
     BounceCancelled,
     BounceIssued,
@@ -236,8 +238,33 @@ class Engine:
             await events.wait_for(seen + 1)
 
     def list_bounces(self) -> list[RuleView]:
-        """Live rules, oldest first, with their counters and remaining lifetime."""
-        return self._projection.rules.views(self.clock.now())
+        """Live rules, oldest first, with their counters, remaining lifetime and the
+        messages their sweep still owes (``pending``, from the projection's gauges)."""
+        pending = self._parts.projection.pending
+        return [
+            attrs.evolve(view, pending=pending(view.criteria))
+            for view in self._projection.rules.views(self.clock.now())
+        ]
+
+    def preview(
+        self,
+        criteria: Criteria,
+        *,
+        replacing: RuleKind | None = None,
+        expires_at: int | None = None,
+    ) -> DryRun:
+        """What a request with ``criteria`` would match now, changing nothing: the
+        matching scheduled queues that hold messages, with their counts, and the live
+        rule of kind ``replacing`` it would replace (none if ``expires_at`` is not
+        after now). From the projection, so it covers every event committed before the
+        call; it costs the queues matched, never the messages, and never blocks."""
+        book = {"bounce": self._projection.rules, "suspend": self._projection.suspends}
+        return self._parts.projection.preview(
+            criteria,
+            book=None if replacing is None else book[replacing],
+            now=self.clock.now(),
+            expires_at=expires_at,
+        )
 
     async def issue_suspend(self, request: BounceRequest, *, issued_by: str) -> str:
         """Suspend delivery from the scheduled queues ``request`` matches (its
@@ -273,6 +300,9 @@ class Engine:
         return rebind_id
 
     async def _issue(self, kind: RuleKind, request: BounceRequest, issued_by: str) -> str:
+        if request.dry_run:
+            # A dry run must never reach the log: the caller wanted :meth:`preview`.
+            raise ValueError("a dry-run request issues nothing: ask preview() instead")
         self._check_open()
         rule_id = str(uuid.uuid4())
         now = self.clock.now()
@@ -429,7 +459,7 @@ class Engine:
             injected=self._injected,
             queued_total=sum(projection.queue_counts.values()),
             queues=len(projection.queue_counts),
-            live_rules=len(self.list_bounces()),
+            live_rules=len(projection.rules.views(self.clock.now())),
             log=self._log.statistics(),
             broadcaster=self._parts.broadcaster.statistics(),
             delivery_log=self._parts.delivery.statistics(),

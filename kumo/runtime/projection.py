@@ -7,6 +7,8 @@ from typing import Final
 
 import trio
 
+from kumo.model.criteria import Criteria
+from kumo.model.dry_run import DryRun, dry_run, messages_matching
 from kumo.model.events import (
     BounceCancelled,
     Bounced,
@@ -19,7 +21,9 @@ from kumo.model.events import (
 )
 from kumo.model.message_locations import MessageLocations
 from kumo.model.message_queue import MessageQueue
-from kumo.model.state import State
+from kumo.model.queue_index import QueueIndex
+from kumo.model.queue_name import QueueName
+from kumo.model.state import RuleBook, State
 from kumo.runtime.watermark import Watermark
 
 INDEX_CHUNK: Final = 10_000
@@ -35,7 +39,9 @@ class Projection:
     Beside the state it keeps what inspection needs and the queue actors do not: which
     queue each message was received into (:attr:`locations`, a hint that the actor
     holding the queue confirms; read it with :meth:`locate`), and when each queue last
-    had an arrival (:attr:`arrivals`).
+    had an arrival (:attr:`arrivals`), and every queue it has seen by the parts of its
+    name (:attr:`queue_index`), so that a dry run or a rule's ``pending`` count costs
+    the queues it matches.
     """
 
     __slots__ = (
@@ -44,6 +50,7 @@ class Projection:
         "arrivals",
         "changed",
         "locations",
+        "queue_index",
         "rule_events",
         "rules_issued",
         "state",
@@ -75,6 +82,36 @@ class Projection:
             newest = messages.last_received_at()
             if newest is not None:
                 self.arrivals[name] = newest
+        self.queue_index: QueueIndex[str] = QueueIndex()
+        """Every queue that held messages since the start (an emptied one stays, with
+        no count), for :meth:`preview` and :meth:`pending`."""
+        for name in (*self._unindexed, *state.queue_counts):
+            if name not in self.queue_index:
+                self.queue_index.add(name, QueueName.parse(name), name)
+
+    def preview(
+        self,
+        criteria: Criteria,
+        *,
+        book: RuleBook | None,
+        now: int,
+        expires_at: int | None = None,
+    ) -> DryRun:
+        """What a request with ``criteria`` would match now (:func:`kumo.model.dry_run.dry_run`
+        over this fold's queues and gauges). Never blocks; costs the queues matched."""
+        return dry_run(
+            criteria,
+            index=self.queue_index,
+            counts=self.state.queue_counts,
+            book=book,
+            now=now,
+            expires_at=expires_at,
+        )
+
+    def pending(self, criteria: Criteria) -> int:
+        """Messages held now in the queues ``criteria`` match (a live bounce rule's
+        ``pending``: 0 once its sweep and the attempts it waits for are done)."""
+        return messages_matching(criteria, self.queue_index, self.state.queue_counts)
 
     async def locate(self, message_id: str) -> list[str]:
         """The queues that may hold ``message_id`` (a hint: see
@@ -103,12 +140,15 @@ class Projection:
         issued = ended = 0
         received: list[tuple[str, str]] = []
         arrivals = self.arrivals
+        index = self.queue_index
         for item in committed:
             apply(item)
             event = item.event
             if type(event) is MessageReceived:
                 received.append((event.message_id, event.queue))
                 arrivals[event.queue] = item.time
+                if event.queue not in index:
+                    index.add(event.queue, QueueName.parse(event.queue), event.queue)
             elif type(event) is BounceIssued or type(event) is SuspendIssued:
                 issued += 1
             elif type(event) is BounceCancelled or type(event) is BounceExpired:

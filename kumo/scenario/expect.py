@@ -16,9 +16,10 @@ from typing import Any, Final
 import attrs
 
 from kumo.model.duration import DurationError, format_duration, parse_duration
-from kumo.model.log_record import bounce_content
+from kumo.model.log_record import SUSPENDED_PREFIX, bounce_content
 from kumo.scenario.format import (
     RECORD_COUNTS,
+    Bounce,
     Expect,
     RecordExpectation,
     ReplyCheck,
@@ -158,6 +159,36 @@ def check_bounce_reply(body: str) -> tuple[list[Check], str | None]:
     return checks, rule_id if isinstance(rule_id, str) else None
 
 
+def check_issue_reply(action: Bounce, body: str) -> tuple[list[Check], str | None]:
+    """A 200 reply to a ``bounce`` or ``suspend`` step: a bounce's shape
+    (:func:`check_bounce_reply`), ``{"id": <uuid>}`` for the other verbs, or, for a dry
+    run, ``{"dry_run": true, ...}`` (and no id). Returns the checks and the id."""
+    if action.verb == "bounce" and not action.dry_run:
+        return check_bounce_reply(body)
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return [failed("reply", "a JSON object", show(_abbreviate(body)))], None
+    if not isinstance(data, dict):
+        return [failed("reply", "a JSON object", show(data))], None
+    if action.dry_run:
+        checks = [compare("dry_run", True, data.get("dry_run"))]
+        checks.append(
+            Check(
+                "total_messages",
+                "a count",
+                show(data.get("total_messages")),
+                Verdict.PASSED if isinstance(data.get("total_messages"), int) else Verdict.FAILED,
+            )
+        )
+        return checks, None
+    rule_id = data.get("id")
+    check = Check(
+        "id", "a UUID", show(rule_id), Verdict.PASSED if is_uuid(rule_id) else Verdict.FAILED
+    )
+    return [check], rule_id if isinstance(rule_id, str) else None
+
+
 def is_uuid(value: object) -> bool:
     if not isinstance(value, str):
         return False
@@ -168,12 +199,13 @@ def is_uuid(value: object) -> bool:
     return True
 
 
-def cancel_reply_text(status: int, rule_id: str) -> str | None:
-    """What DELETE answers for ``rule_id``: KumoMTA's texts (docs/rules.md)."""
+def cancel_reply_text(status: int, rule_id: str, verb: str = "bounce") -> str | None:
+    """What DELETE answers for ``rule_id`` at ``verb``'s path: KumoMTA's texts
+    (docs/rules.md; ``suspend entry <id> not found`` for a suspension)."""
     if status == 200:
         return f"removed {rule_id}"
     if status == 404:
-        return f"bounce entry {rule_id} not found"
+        return f"{verb} entry {rule_id} not found"
     return None
 
 
@@ -195,6 +227,9 @@ class Observation:
     metrics_error: str | None = None
     records: Sequence[Mapping[str, Any]] | None = None
     records_note: str | None = None
+    suspensions: Sequence[Mapping[str, Any]] | None = None
+    """GET /api/admin/suspend/v1's listing."""
+    suspensions_error: str | None = None
 
 
 def evaluate(
@@ -227,6 +262,27 @@ def evaluate(
             if expect.total_bounced is not None:
                 total = sum(_as_int(entry.get("total_bounced")) for entry in listing)
                 checks.append(compare("total_bounced", expect.total_bounced, total))
+    if expect.needs_suspensions:
+        if seen.suspensions is None:
+            checks.append(
+                failed("GET /api/admin/suspend/v1", "a JSON array", seen.suspensions_error or "?")
+            )
+        else:
+            for rule in expect.suspensions:
+                checks.extend(
+                    _check_rule(
+                        rule,
+                        seen.suspensions,
+                        rule_ids.get(rule.rule),
+                        remaining_slack,
+                        noun="suspensions",
+                        verb="suspend",
+                    )
+                )
+            if expect.suspension_count is not None:
+                checks.append(
+                    compare("suspension_count", expect.suspension_count, len(seen.suspensions))
+                )
     if expect.needs_metrics:
         if seen.scheduled is None:
             checks.append(
@@ -248,11 +304,14 @@ def _check_rule(
     listing: Sequence[Mapping[str, Any]],
     rule_id: str | None,
     slack: int,
+    *,
+    noun: str = "rules",
+    verb: str = "bounce",
 ) -> list[Check]:
-    prefix = f"rules[{rule.rule}]"
+    prefix = f"{noun}[{rule.rule}]"
     if rule_id is None:
         return [
-            failed(prefix, "the id of bounce step " + show(rule.rule), "none: that bounce failed")
+            failed(prefix, f"the id of {verb} step " + show(rule.rule), f"none: that {verb} failed")
         ]
     entry = next((item for item in listing if item.get("id") == rule_id), None)
     listed = "listed" if entry is not None else "not listed"
@@ -318,6 +377,9 @@ def _check_records(expect: Expect, seen: Observation, age_slack: int) -> list[Ch
         wanted.append(("admin_bounces", RecordExpectation(expect.admin_bounces, {})))
     for key, count in expect.record_counts.items():
         wanted.append((key, RecordExpectation(count, {"type": RECORD_COUNTS[key]})))
+    if expect.held is not None:
+        where = {"type": "TransientFailure", "suspended": True}
+        wanted.append(("held", RecordExpectation(expect.held, where)))
     for position, item in enumerate(expect.records):
         wanted.append((f"records[{position}]", item))
     if seen.records is None:
@@ -370,11 +432,17 @@ def describe_filter(where: Mapping[str, Any]) -> str:
 def record_matches(record: Mapping[str, Any], where: Mapping[str, Any]) -> bool:
     """Whether ``record`` has every value of ``where`` (dotted paths into the record).
 
-    Two keys are shorthands: ``reason`` (the AdminBounce response text for that reason)
-    and ``recipient_domain`` (the lower-cased domain of the recipient).
+    Three keys are shorthands: ``reason`` (the AdminBounce response text for that
+    reason), ``recipient_domain`` (the lower-cased domain of the recipient) and
+    ``suspended`` (true: the record of a message a suspension held; false: any other).
     """
     for key, expected in where.items():
-        if key == "reason":
+        if key == "suspended":
+            content = _lookup(record, "response.content")
+            held = isinstance(content, str) and content.startswith(SUSPENDED_PREFIX)
+            if held != bool(expected):
+                return False
+        elif key == "reason":
             if _lookup(record, "response.content") != bounce_content(str(expected)):
                 return False
         elif key == "recipient_domain":

@@ -3,8 +3,9 @@
 A scenario is a ``[scenario]`` table, an optional ``[config]`` table (the mail path's
 settings for the in-process engine) and a list of ``[[step]]`` tables, run in order.
 Each step has exactly one *action* key (``inject``, ``traffic``, ``destination``,
-``bounce``, ``cancel``, ``wait``, ``restart``, ``expect``, ``request``), an optional
-``name`` (a bounce's result is saved under it) and optional checks on the reply
+``bounce``, ``suspend``, ``cancel``, ``wait``, ``restart``, ``expect``, ``request``), an
+optional ``name`` (the id a ``bounce`` or ``suspend`` gets is saved under it) and
+optional checks on the reply
 (``expect_status``, ``expect_body...``). ``docs/scenarios.md`` describes every key with
 an example.
 
@@ -15,6 +16,7 @@ Everything wrong with a file is found here, before anything runs, and reported a
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import re
 import tomllib
@@ -25,6 +27,7 @@ from typing import Any, Final, NoReturn, TypeAlias
 import attrs
 
 from kumo.config import Config, ConfigError, parse_config_data
+from kumo.http.routes import BOUNCE_PATH, SUSPEND_PATH
 from kumo.model.duration import NANOS_PER_SECOND, DurationError, format_duration, parse_duration
 from kumo.model.queue_name import queue_name_for
 
@@ -37,6 +40,7 @@ ACTIONS: Final = (
     "traffic",
     "destination",
     "bounce",
+    "suspend",
     "cancel",
     "wait",
     "restart",
@@ -66,6 +70,9 @@ REPLY_CHECKS: Final = (
     "expect_body_contains",
 )
 RULE_FIELDS: Final = ("reason", "campaign", "tenant", "domain", "routing_domain")
+HELD: Final = "held"
+"""The ``expect`` key that counts a suspension's holds: ``TransientFailure`` records
+whose reply is ``451 4.4.4 KumoMTA internal: scheduled queue is suspended: ...``."""
 CRITERIA_PARTS: Final = ("campaign", "tenant", "domain", "routing_domain")
 MAX_INJECT: Final = 10_000_000
 _SENTENCE_END: Final = re.compile(r"(?<=[.!?])\s+")
@@ -84,6 +91,31 @@ class ScenarioError(ValueError):
     def __str__(self) -> str:
         where = self.source if self.line is None else f"{self.source}:{self.line}"
         return f"{where}: {self.step}: {self.message}" if self.step else f"{where}: {self.message}"
+
+
+# -- admin verbs ------------------------------------------------------------------------
+
+
+@attrs.frozen
+class AdminVerb:
+    """An admin action a step issues by POSTing its table to ``path``, and, when
+    ``cancellable``, cancels with ``DELETE {"id"}`` there (404 ``<name> entry <id> not
+    found``). A verb is added to scenarios with one line in :data:`ADMIN_VERBS` and its
+    name in :data:`ACTIONS`."""
+
+    name: str
+    """The step key, and the noun of KumoMTA's 404 text."""
+    path: str
+    cancellable: bool = True
+
+
+ADMIN_VERBS: Final[Mapping[str, AdminVerb]] = {
+    verb.name: verb
+    for verb in (
+        AdminVerb("bounce", BOUNCE_PATH),
+        AdminVerb("suspend", SUSPEND_PATH),
+    )
+}
 
 
 # -- step values ------------------------------------------------------------------------
@@ -161,21 +193,31 @@ class Destination:
 
 @attrs.frozen
 class Bounce:
-    """``POST /api/admin/bounce/v1`` with ``body``; the step's name keeps the new id."""
+    """``POST`` ``body`` to an admin verb's path (``bounce``: /api/admin/bounce/v1,
+    ``suspend``: /api/admin/suspend/v1, :data:`ADMIN_VERBS`); the step's name keeps the
+    new id. One shape for every verb; the class keeps its first verb's name."""
 
     body: Mapping[str, Any]
     expires_in: int | None = None
     """Signed ns: the runner sets ``expires`` to the target's wall time plus this."""
     reply: ReplyCheck = ReplyCheck()
+    verb: str = "bounce"
+
+    @property
+    def dry_run(self) -> bool:
+        """A dry run (``dry_run = true`` in the body): nothing issued, no id kept."""
+        return self.body.get("dry_run") is True
 
 
 @attrs.frozen
 class Cancel:
-    """``DELETE /api/admin/bounce/v1`` for the id a bounce step got, or a literal id."""
+    """``DELETE`` the id that a ``bounce`` or ``suspend`` step got, or a literal id, at
+    that verb's path (``verb``: the named step's kind, else ``bounce``)."""
 
     rule: str | None
     id: str | None
     reply: ReplyCheck = ReplyCheck()
+    verb: str = "bounce"
 
 
 @attrs.frozen
@@ -237,7 +279,7 @@ class RecordExpectation:
 
 @attrs.frozen
 class Expect:
-    """What the server shows: the GET listing, queue gauges and delivery-log records."""
+    """What the server shows: the GET listings, queue gauges and delivery-log records."""
 
     rules: tuple[RuleExpectation, ...] = ()
     rule_count: int | None = None
@@ -249,10 +291,19 @@ class Expect:
     record_counts: Mapping[str, int] = attrs.Factory(dict)
     """``deliveries``, ``transient_failures``, ``bounces``, ``expirations`` (and
     ``admin_bounces``, kept apart above): records of that type (:data:`RECORD_COUNTS`)."""
+    suspensions: tuple[RuleExpectation, ...] = ()
+    """Suspensions in GET /api/admin/suspend/v1's listing (``rule``: a suspend step)."""
+    suspension_count: int | None = None
+    held: int | None = None
+    """Records of messages a suspension held (:data:`HELD`)."""
 
     @property
     def needs_listing(self) -> bool:
         return bool(self.rules) or self.rule_count is not None or self.total_bounced is not None
+
+    @property
+    def needs_suspensions(self) -> bool:
+        return bool(self.suspensions) or self.suspension_count is not None
 
     @property
     def needs_metrics(self) -> bool:
@@ -260,7 +311,12 @@ class Expect:
 
     @property
     def needs_records(self) -> bool:
-        return self.admin_bounces is not None or bool(self.records) or bool(self.record_counts)
+        return (
+            self.admin_bounces is not None
+            or bool(self.records)
+            or bool(self.record_counts)
+            or self.held is not None
+        )
 
 
 Action: TypeAlias = (
@@ -353,11 +409,14 @@ def describe_action(action: Action) -> str:
         return f"{action.domain} answers {action.answer}"
     if isinstance(action, Bounce):
         body = _encode_json(action.body).decode()
+        if action.verb != "bounce":
+            body = f"{action.verb} {body}"
         if action.expires_in is not None:
             body += f", expires in {_signed_duration(action.expires_in)}"
         return body
     if isinstance(action, Cancel):
-        return repr(action.rule) if action.rule is not None else f"id {action.id}"
+        what = repr(action.rule) if action.rule is not None else f"id {action.id}"
+        return what if action.verb == "bounce" else f"{action.verb} {what}"
     if isinstance(action, Wait):
         return format_duration(action.nanos)
     if isinstance(action, Restart):
@@ -375,6 +434,9 @@ def describe_action(action: Action) -> str:
             ("admin_bounces", action.admin_bounces),
             *action.record_counts.items(),
             ("records", action.records),
+            ("suspensions", action.suspensions),
+            ("suspension_count", action.suspension_count),
+            (HELD, action.held),
         )
         if value is not None and value != ()
     ]
@@ -699,7 +761,11 @@ class _StepParser:
                 actions[1],
             )
         kind = actions[0]
-        parse: Callable[[Any], Action] = getattr(self, f"_{kind}")
+        parse: Callable[[Any], Action] = (
+            functools.partial(self._issue, kind)
+            if kind in ADMIN_VERBS
+            else getattr(self, f"_{kind}")
+        )
         allowed = ["name", "note", kind, *_SIBLINGS[kind]]
         self.check_keys(raw, allowed)
         action = parse(raw[kind])
@@ -840,8 +906,10 @@ class _StepParser:
             )
         return Destination(domain.lower(), answer)
 
-    def _bounce(self, value: object) -> Bounce:
-        table = self.table(value, "bounce")
+    def _issue(self, verb: str, value: object) -> Bounce:
+        """A ``bounce`` or ``suspend`` step (any :data:`ADMIN_VERBS` verb): its table is
+        the body, sent as it is (the server validates it)."""
+        table = self.table(value, verb)
         expires_in = None
         if "expires_in" in self.raw:
             if "expires" in table or "duration" in table:
@@ -850,35 +918,55 @@ class _StepParser:
                     "expires_in",
                 )
             expires_in = self.duration(self.raw["expires_in"], "expires_in", signed=True)
-        return Bounce(_json_ready(table), expires_in, self.reply())
+        return Bounce(_json_ready(table), expires_in, self.reply(), verb)
 
     def _cancel(self, value: object) -> Cancel:
         if isinstance(value, str):
             value = {"rule": value}
         table = self.table(value, "cancel")
-        self.check_keys(table, ("rule", "id"), "cancel")
+        self.check_keys(table, ("rule", "id", "verb"), "cancel")
+        cancellable = [verb.name for verb in ADMIN_VERBS.values() if verb.cancellable]
         if ("rule" in table) == ("id" in table):
             self.fail(
-                'cancel needs the name of a bounce step (cancel = "NAME") or an id '
-                '(cancel = { id = "..." })',
+                f"cancel needs the name of a {' or '.join(cancellable)} step "
+                '(cancel = "NAME") or an id (cancel = { id = "...", verb = "suspend" })',
                 "cancel",
             )
         rule = None
+        verb = "bounce"
         if "rule" in table:
-            rule = self.bounce_name(table["rule"], "cancel")
+            if "verb" in table:
+                self.fail("cancel takes the verb of the step it names: leave verb out", "cancel")
+            rule, verb = self.issue_name(table["rule"], cancellable, "cancel")
+        elif "verb" in table:
+            verb = self.string(table["verb"], "cancel", "verb")
+            if verb not in cancellable:
+                self.fail(
+                    f"cancel.verb must be one of {', '.join(cancellable)}, got {verb!r}",
+                    "cancel",
+                    "verb",
+                )
         literal = (
             None if "id" not in table else self.string(table["id"], "cancel", "id", empty=True)
         )
-        return Cancel(rule, literal, self.reply())
+        return Cancel(rule, literal, self.reply(), verb)
 
     def bounce_name(self, value: object, *path: str | int) -> str:
+        return self.issue_name(value, ("bounce",), *path)[0]
+
+    def issue_name(self, value: object, verbs: Sequence[str], *path: str | int) -> tuple[str, str]:
+        """The name of an earlier step of one of ``verbs`` (not a dry run), and its verb."""
         name = self.string(value, *path)
+        wanted = " or ".join(verbs)
         for step in self.done:
             if step.name == name:
-                if step.kind != "bounce":
-                    self.fail(f"step {name!r} is a {step.kind} step, not a bounce", *path)
-                return name
-        self.fail(f"no earlier bounce step is named {name!r}", *path)
+                if step.kind not in verbs:
+                    self.fail(f"step {name!r} is a {step.kind} step, not a {wanted}", *path)
+                assert isinstance(step.action, Bounce)
+                if step.action.dry_run:
+                    self.fail(f"step {name!r} is a dry run: it issued nothing", *path)
+                return name, step.kind
+        self.fail(f"no earlier {wanted} step is named {name!r}", *path)
 
     def _wait(self, value: object) -> Wait:
         return Wait(self.duration(value, "wait"))
@@ -932,6 +1020,13 @@ class _StepParser:
                 self.fail("expect.rules must be an array of tables", "expect", "rules")
             for position, item in enumerate(listed):
                 rules.append(self.rule_expectation(item, position))
+        suspensions: list[RuleExpectation] = []
+        if "suspensions" in table:
+            listed = table["suspensions"]
+            if not isinstance(listed, list):
+                self.fail("expect.suspensions must be an array of tables", "expect", "suspensions")
+            for position, item in enumerate(listed):
+                suspensions.append(self.suspension_expectation(item, position))
         records: list[RecordExpectation] = []
         if "records" in table:
             listed = table["records"]
@@ -940,7 +1035,14 @@ class _StepParser:
             for position, item in enumerate(listed):
                 records.append(self.record_expectation(item, position))
         optional_ints: dict[str, int | None] = {}
-        for key in ("rule_count", "total_bounced", "queued_total", "admin_bounces"):
+        for key in (
+            "rule_count",
+            "total_bounced",
+            "queued_total",
+            "admin_bounces",
+            "suspension_count",
+            HELD,
+        ):
             optional_ints[key] = (
                 None if key not in table else self.integer(table[key], "expect", key)
             )
@@ -959,7 +1061,24 @@ class _StepParser:
             admin_bounces=optional_ints["admin_bounces"],
             records=tuple(records),
             record_counts=record_counts,
+            suspensions=tuple(suspensions),
+            suspension_count=optional_ints["suspension_count"],
+            held=optional_ints[HELD],
         )
+
+    def suspension_expectation(self, item: object, position: int) -> RuleExpectation:
+        """One entry of ``expect.suspensions``: ``suspension`` names a suspend step; the
+        other keys are those of ``expect.rules`` a suspension has (no counters)."""
+        at: tuple[str | int, ...] = ("expect", "suspensions", position)
+        table = self.table(item, *at)
+        self.check_keys(table, _SUSPENSION_KEYS, *at)
+        if "suspension" not in table:
+            self.fail(
+                'each expect.suspensions entry needs suspension = "<name of a suspend step>"', *at
+            )
+        name = self.issue_name(table["suspension"], ("suspend",), *at, "suspension")[0]
+        rules_like = {("rule" if key == "suspension" else key): v for key, v in table.items()}
+        return attrs.evolve(self.rule_fields(rules_like, at), rule=name)
 
     def rule_expectation(self, item: object, position: int) -> RuleExpectation:
         at: tuple[str | int, ...] = ("expect", "rules", position)
@@ -968,6 +1087,11 @@ class _StepParser:
         if "rule" not in table:
             self.fail('each expect.rules entry needs rule = "<name of a bounce step>"', *at)
         rule = self.bounce_name(table["rule"], *at, "rule")
+        return attrs.evolve(self.rule_fields(table, at), rule=rule)
+
+    def rule_fields(self, table: Mapping[str, Any], at: tuple[str | int, ...]) -> RuleExpectation:
+        """The checks of a rule (or suspension) entry, its ``rule`` name left as given."""
+        rule = str(table.get("rule", ""))
         present = self.boolean(table.get("present", True), *at, "present")
         if not present and set(table) - {"rule", "present"}:
             self.fail("an absent rule (present = false) has nothing else to check", *at, "present")
@@ -1058,6 +1182,7 @@ _SIBLINGS: Final[Mapping[str, tuple[str, ...]]] = {
     "traffic": (),
     "destination": (),
     "bounce": ("expires_in", *REPLY_CHECKS),
+    "suspend": ("expires_in", *REPLY_CHECKS),
     "cancel": REPLY_CHECKS,
     "request": REPLY_CHECKS,
     "wait": (),
@@ -1090,6 +1215,17 @@ _EXPECT_KEYS: Final = (
     "bounces",
     "expirations",
     "records",
+    "suspensions",
+    "suspension_count",
+    HELD,
+)
+_SUSPENSION_KEYS: Final = (
+    "suspension",
+    "present",
+    *RULE_FIELDS,
+    "unset",
+    "queue_names",
+    "remaining",
 )
 _RULE_KEYS: Final = (
     "rule",

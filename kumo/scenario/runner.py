@@ -40,7 +40,13 @@ import trio.testing
 from kumo.cli.serve import mail_settings
 from kumo.config import Config
 from kumo.http.app import create_app
-from kumo.http.routes import BOUNCE_PATH, INJECT_PATH, LIVENESS_PATH, METRICS_PATH
+from kumo.http.routes import (
+    BOUNCE_PATH,
+    INJECT_PATH,
+    LIVENESS_PATH,
+    METRICS_PATH,
+    SUSPEND_PATH,
+)
 from kumo.model.duration import NANOS_PER_SECOND, format_duration
 from kumo.model.prometheus_text import parse_scheduled_counts
 from kumo.model.ready_queue import ResolvedAddress
@@ -57,14 +63,15 @@ from kumo.scenario.expect import (
     Observation,
     Verdict,
     cancel_reply_text,
-    check_bounce_reply,
     check_inject_reply,
+    check_issue_reply,
     check_reply,
     compare,
     evaluate,
     failed,
 )
 from kumo.scenario.format import (
+    ADMIN_VERBS,
     Bounce,
     Cancel,
     Destination,
@@ -567,6 +574,9 @@ class _Run:
         self.scenario = scenario
         self.target = target
         self.rule_ids: dict[str, str | None] = {}
+        """Step name -> the id its bounce or suspend got (None: it failed)."""
+        self.issued: list[tuple[str, str]] = []
+        """(verb, id) of everything the run issued, for the clean-up."""
         self.next_recipient = 1
         self.traffic: list[_TrafficRun] = []
         self._nursery = nursery
@@ -626,7 +636,7 @@ class _Run:
             await self.target.settle()
             return []
         if isinstance(action, Bounce):
-            return await self._bounce(step, action)
+            return await self._issue(step, action)
         if isinstance(action, Cancel):
             return await self._cancel(action)
         if isinstance(action, Wait):
@@ -780,21 +790,24 @@ class _Run:
             f"A message from the kumo scenario {self.scenario.name!r}.\r\n"
         )
 
-    async def _bounce(self, step: Step, action: Bounce) -> list[Check]:
+    async def _issue(self, step: Step, action: Bounce) -> list[Check]:
+        """A ``bounce`` or ``suspend`` step: POST its body to its verb's path."""
         body = dict(action.body)
         if action.expires_in is not None:
             body["expires"] = format_rfc3339(self.target.wall_now() + action.expires_in)
         reply = await self.target.request(
             "POST",
-            BOUNCE_PATH,
+            ADMIN_VERBS[action.verb].path,
             headers=[("Content-Type", "application/json")],
             content=json.dumps(body).encode(),
         )
         checks = check_reply(action.reply, reply.status_code, reply.text)
         rule_id = None
         if reply.status_code == 200 and action.reply.status == 200:
-            more, rule_id = check_bounce_reply(reply.text)
+            more, rule_id = check_issue_reply(action, reply.text)
             checks += more
+        if rule_id is not None:
+            self.issued.append((action.verb, rule_id))
         if step.name is not None:
             self.rule_ids[step.name] = rule_id
         await self.target.settle()
@@ -806,7 +819,9 @@ class _Run:
             if rule_id is None:
                 return [
                     failed(
-                        "id", f"the id of bounce step {action.rule!r}", "none: that bounce failed"
+                        "id",
+                        f"the id of {action.verb} step {action.rule!r}",
+                        f"none: that {action.verb} failed",
                     )
                 ]
         else:
@@ -814,7 +829,7 @@ class _Run:
             rule_id = action.id
         reply = await self.target.request(
             "DELETE",
-            BOUNCE_PATH,
+            ADMIN_VERBS[action.verb].path,
             headers=[("Content-Type", "application/json")],
             content=json.dumps({"id": rule_id}).encode(),
         )
@@ -823,7 +838,7 @@ class _Run:
             action.reply,
             reply.status_code,
             reply.text,
-            default_body=cancel_reply_text(reply.status_code, rule_id),
+            default_body=cancel_reply_text(reply.status_code, rule_id, action.verb),
         )
 
     async def _expect(self, action: Expect, notes: list[str]) -> list[Check]:
@@ -858,6 +873,15 @@ class _Run:
                 listing = [item for item in value if isinstance(item, dict)]
             else:
                 listing_error = f"{reply.status_code}: {reply.text[:300]}"
+        suspensions: list[dict[str, Any]] | None = None
+        suspensions_error = None
+        if action.needs_suspensions:
+            reply = await self.target.request("GET", SUSPEND_PATH)
+            value = _json_value(reply.text)
+            if reply.status_code == 200 and isinstance(value, list):
+                suspensions = [item for item in value if isinstance(item, dict)]
+            else:
+                suspensions_error = f"{reply.status_code}: {reply.text[:300]}"
         if action.needs_metrics:
             reply = await self.target.request("GET", METRICS_PATH)
             if reply.status_code == 200:
@@ -867,7 +891,14 @@ class _Run:
         if action.needs_records:
             records, records_note = await self.target.read_records()
         return Observation(
-            listing, listing_error, scheduled, scheduled_error, records, records_note
+            listing,
+            listing_error,
+            scheduled,
+            scheduled_error,
+            records,
+            records_note,
+            suspensions,
+            suspensions_error,
         )
 
 
@@ -906,7 +937,7 @@ async def run_scenario(
         notes += run.unfinished_traffic()
         traffic.cancel_scope.cancel()
     if clean_up:
-        notes += await _clean_up(target, [i for i in run.rule_ids.values() if i is not None])
+        notes += await _clean_up(target, run.issued)
     return ScenarioResult(
         scenario,
         scenario.source,
@@ -942,13 +973,16 @@ async def _preflight(target: Target) -> list[str]:
     return notes
 
 
-async def _clean_up(target: Target, rule_ids: Sequence[str]) -> list[str]:
+async def _clean_up(target: Target, issued: Sequence[tuple[str, str]]) -> list[str]:
+    """Cancel what the run issued (``(verb, id)`` pairs) and is still live."""
     cancelled = 0
-    for rule_id in rule_ids:
+    for verb, rule_id in issued:
+        if not ADMIN_VERBS[verb].cancellable:
+            continue
         try:
             reply = await target.request(
                 "DELETE",
-                BOUNCE_PATH,
+                ADMIN_VERBS[verb].path,
                 headers=[("Content-Type", "application/json")],
                 content=json.dumps({"id": rule_id}).encode(),
             )

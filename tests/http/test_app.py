@@ -39,9 +39,10 @@ from kumo.http.routes import (
     SUSPEND_PATH,
 )
 from kumo.model.criteria import Criteria
+from kumo.model.dry_run import DryRun, QueueMatch
 from kumo.model.inspection import InspectedMessage, InspectedQueue
 from kumo.model.requests import BounceRequest, NewMessage, RebindRequest
-from kumo.model.state import RuleView
+from kumo.model.state import RuleKind, RuleView
 from kumo.model.statistics import counter
 from kumo.runtime.delivery import DispatcherStatistics
 from kumo.runtime.engine import EngineClosedError
@@ -132,6 +133,20 @@ class FakeEngine:
     def queue_counts(self) -> Mapping[str, int]:
         self._refuse()
         return {"example.com": 2}
+
+    def preview(
+        self,
+        criteria: Criteria,
+        *,
+        replacing: RuleKind | None = None,
+        expires_at: int | None = None,
+    ) -> DryRun:
+        self._refuse()
+        self.calls.append(("preview", (criteria, replacing, expires_at), ""))
+        return DryRun(
+            (QueueMatch("acme@example.com", 3), QueueMatch("example.com", 2)),
+            RULE_ID if replacing == "bounce" else None,
+        )
 
     async def inspect_message(self, message_id: str, *, want_body: bool) -> InspectedMessage | None:
         self._check()
@@ -393,6 +408,7 @@ async def test_get_bounces(client: Client, engine: FakeEngine) -> None:
             "expires": "2030-01-02T02:04:05Z",
             "issued_at": "2030-01-02T01:59:05.500Z",
             "issued_by": "alice",
+            "pending": 0,
         }
     ]
     # KumoMTA's keys come first, in KumoMTA's order.
@@ -495,6 +511,48 @@ async def test_a_rebind_of_what_kumo_does_not_keep_is_refused(
     assert status == 422
     assert "kumo cannot rebind `x-custom`" in text
     assert engine.calls == []
+
+
+@pytest.mark.parametrize(("path", "kind"), [(BOUNCE_PATH, "bounce"), (SUSPEND_PATH, "suspend")])
+async def test_a_dry_run_issues_nothing_and_says_what_would_match(
+    client: Client, engine: FakeEngine, path: str, kind: str
+) -> None:
+    body = b'{"domain": "example.com", "reason": "r", "duration": "1h", "dry_run": true}'
+    status, content_type, text = await call(client, "POST", path, body=body, headers=JSON)
+    assert (status, content_type) == (200, "application/json")
+    assert orjson.loads(text) == {
+        "dry_run": True,
+        "queues": [
+            {"queue": "acme@example.com", "messages": 3},
+            {"queue": "example.com", "messages": 2},
+        ],
+        "total_messages": 5,
+        "replaces": RULE_ID if kind == "bounce" else None,
+    }
+    # Only the preview: no issue_* call reached the engine.
+    assert engine.calls == [
+        ("preview", (Criteria(domain="example.com"), kind, engine.now() + 3600 * SECOND), "")
+    ]
+
+
+@pytest.mark.parametrize("path", [BOUNCE_PATH, SUSPEND_PATH])
+@pytest.mark.parametrize("value", ['"true"', "1", "null", "[]"])
+async def test_dry_run_must_be_a_boolean(
+    client: Client, engine: FakeEngine, path: str, value: str
+) -> None:
+    body = f'{{"domain": "example.com", "reason": "r", "dry_run": {value}}}'.encode()
+    status, _, text = await call(client, "POST", path, body=body, headers=JSON)
+    assert status == 422
+    assert text.startswith(JSON_SHAPE_PREFIX + "dry_run: invalid type: ")
+    assert text.endswith("expected a boolean")
+    assert engine.calls == []
+
+
+async def test_dry_run_false_issues_as_usual(client: Client, engine: FakeEngine) -> None:
+    body = b'{"domain": "example.com", "reason": "r", "dry_run": false}'
+    status, _, text = await call(client, "POST", BOUNCE_PATH, body=body, headers=JSON)
+    assert (status, orjson.loads(text)["id"]) == (200, RULE_ID)
+    assert [name for name, *_ in engine.calls] == ["issue_bounce"]
 
 
 async def test_inject(client: Client, engine: FakeEngine) -> None:

@@ -13,6 +13,10 @@ from kumo.model.events import (
     Event,
     Message,
     MessageReceived,
+    SuspendCancelled,
+    Suspended,
+    SuspendExpired,
+    SuspendIssued,
 )
 from kumo.model.state import State
 
@@ -286,3 +290,106 @@ def test_a_story_from_the_base_tells_what_the_kept_log_and_the_base_know() -> No
     gone = story("m1", 5)
     assert (gone.status, gone.received, gone.bounces()) == ("before the cut", [], [])
     assert story("nope", 5).status == "before the cut"
+
+
+# -- suspensions --------------------------------------------------------------------------
+
+
+def a_suspension_day() -> tuple[Log, dict[str, Message]]:
+    """s1 holds m1 and m2, m2 is bounced while held, s1 is cancelled (releasing m1);
+    s2 holds m3 and expires (recorded late); s3 is replaced by s4, which is live."""
+    log = Log()
+    m = {name: log.receive(name, "acme@a.com") for name in ("m1", "m2")}
+    m["m3"] = log.receive("m3", "b.com")
+    log.at(1).add(SuspendIssued("s1", Criteria(domain="a.com"), "mx down", T0 + 60 * MINUTE, "ops"))
+    log.add(Suspended("s1", "acme@a.com", m["m1"], 0, "mx down"))
+    log.add(Suspended("s1", "acme@a.com", m["m2"], 0, "mx down"))
+    log.at(2).issue("r1", 60, by="bob", queue_names=["acme@a.com"])
+    log.add(Bounced("r1", "acme@a.com", [m["m2"]]))
+    log.at(3).add(SuspendCancelled("s1", cancelled_by="alice"))
+    log.add(SuspendIssued("s2", Criteria(domain="b.com"), "window", T0 + 5 * MINUTE, "carol"))
+    log.add(Suspended("s2", "b.com", m["m3"], 1, "window"))
+    log.at(7).add(SuspendExpired("s2"))
+    log.add(SuspendIssued("s3", Criteria(tenant="x"), "first", T0 + 60 * MINUTE, "dave"))
+    log.at(8).add(SuspendIssued("s4", Criteria(tenant="x"), "second", T0 + 60 * MINUTE, "erin"))
+    return log, m
+
+
+def test_suspension_actions_with_what_each_held_and_released() -> None:
+    log, _ = a_suspension_day()
+    actions = timeline_of(log).actions(T0 + 10 * MINUTE)
+    suspensions = [a for a in actions if a.kind == "suspend"]
+    assert [(a.action, a.rule_id, a.principal, a.status) for a in suspensions] == [
+        ("issued", "s1", "ops", "cancelled"),
+        ("cancelled", "s1", "alice", "cancelled"),
+        ("issued", "s2", "carol", "expired"),
+        ("expired", "s2", None, "expired"),
+        ("issued", "s3", "dave", "replaced"),
+        ("issued", "s4", "erin", "live"),
+        ("replaced", "s3", "erin", "replaced"),
+    ]
+    by_id = {a.rule_id: a for a in suspensions if a.action == "issued"}
+    assert (by_id["s1"].held, by_id["s1"].released) == ({"acme@a.com": 2}, 1)  # m2 bounced
+    assert (by_id["s2"].held, by_id["s2"].released, by_id["s2"].time) == (
+        {"b.com": 1},
+        1,
+        T0 + 3 * MINUTE,
+    )
+    assert suspensions[3].time == T0 + 5 * MINUTE  # dated at its expiry, recorded at 7
+    assert (by_id["s3"].released, by_id["s4"].released) == (0, 0)
+    assert all(a.bounced == {} and a.total_bounced == 0 for a in suspensions)
+    [rule] = [a for a in actions if a.kind == "bounce"]
+    assert (rule.rule_id, rule.bounced, rule.held) == ("r1", {"acme@a.com": 1}, {})
+    # Filters treat a suspension as a rule.
+    only = timeline_of(log).actions(T0 + 10 * MINUTE, TimelineFilter(rule_id="s2"))
+    assert [a.action for a in only] == ["issued", "expired"]
+    queue = timeline_of(log).actions(T0 + 10 * MINUTE, TimelineFilter(queue="b.com"))
+    assert {a.rule_id for a in queue} == {"s2"}
+
+
+def test_an_expiry_not_recorded_yet_releases_what_the_suspension_holds() -> None:
+    log = Log()
+    message = log.receive("m1", "a.com")
+    log.at(1).add(SuspendIssued("s1", Criteria(domain="a.com"), "r", T0 + 2 * MINUTE, "ops"))
+    log.add(Suspended("s1", "a.com", message, 0, "r"))
+    timeline = timeline_of(log)
+    [issued] = timeline.actions(T0 + MINUTE)
+    assert (issued.status, issued.released) == ("live", 0)
+    issued, expired = timeline.actions(T0 + 3 * MINUTE)
+    assert (expired.action, expired.seq, expired.released) == ("expired", None, 1)
+
+
+def test_a_held_messages_story_ends_its_hold_when_the_suspension_ends() -> None:
+    log, m = a_suspension_day()
+    stories = {name: MessageStory(m[name].id) for name in ("m1", "m2", "m3")}
+    for committed in log.events:
+        for story in stories.values():
+            story.apply(committed)
+    [released] = stories["m1"].releases
+    assert (released.rule_id, released.end, released.by, released.queue) == (
+        "s1",
+        "cancelled",
+        "alice",
+        "acme@a.com",
+    )
+    assert released.time == T0 + 3 * MINUTE
+    assert stories["m2"].releases == []  # bounced while held: nothing to release
+    assert stories["m2"].status == "bounced"
+    [expired] = stories["m3"].releases
+    assert (expired.end, expired.by, expired.time) == ("expired", None, T0 + 5 * MINUTE)
+
+
+def test_a_timeline_from_the_base_keeps_the_suspensions_actions() -> None:
+    log, _ = a_suspension_day()
+    now = T0 + 10 * MINUTE
+    whole = [(a.action, a.rule_id, a.kind, a.status) for a in timeline_of(log).actions(now)]
+    for cut in range(1, len(log.events) + 1):
+        timeline = Timeline.from_base(base_at(log, cut))
+        for committed in log.events[cut:]:
+            timeline.apply(committed)
+        kept = [(a.action, a.rule_id, a.kind, a.status) for a in timeline.actions(now)]
+        assert sorted(kept) == sorted(whole), cut
+        # What s1 released at its cancel (seq 9) is known from any cut before it: the
+        # base says which messages it held there. From a cut after it, it is not.
+        [s1] = [a for a in timeline.actions(now, TimelineFilter(rule_id="s1")) if a.seq == 9]
+        assert s1.released == (1 if cut < 9 else 0), cut

@@ -20,6 +20,7 @@ def test_doc_examples_parse_as_one_scenario() -> None:
         "traffic",
         "destination",
         "bounce",
+        "suspend",
         "cancel",
         "wait",
         "restart",

@@ -199,7 +199,7 @@ def test_syntax_error_before_any_step() -> None:
             name = "nothing to do"
             """,
             f'{SOURCE}:4: step 2 "nothing to do": a step needs one action key: one of '
-            "inject, traffic, destination, bounce, cancel, wait, restart, expect, request",
+            "inject, traffic, destination, bounce, suspend, cancel, wait, restart, expect, request",
         ),
         (
             """
@@ -227,7 +227,7 @@ def test_syntax_error_before_any_step() -> None:
             [[step]]
             cancel = "rule"
             """,
-            f"{SOURCE}:5: step 2 (cancel): no earlier bounce step is named 'rule'",
+            f"{SOURCE}:5: step 2 (cancel): no earlier bounce or suspend step is named 'rule'",
         ),
         (
             """
@@ -238,7 +238,7 @@ def test_syntax_error_before_any_step() -> None:
             [[step]]
             cancel = "rule"
             """,
-            f"{SOURCE}:6: step 2 (cancel): step 'rule' is a wait step, not a bounce",
+            f"{SOURCE}:6: step 2 (cancel): step 'rule' is a wait step, not a bounce or suspend",
         ),
         (
             """

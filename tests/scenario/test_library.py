@@ -113,8 +113,24 @@ def test_scenario_passes_in_process(path: Path) -> None:
 
 def test_the_library_shows_the_mail_path() -> None:
     names = {path.stem for path in SCENARIOS}
-    assert {"pile_up", "retry_schedule"} <= names
+    assert {"pile_up", "retry_schedule", "suspend", "smtp_in"} <= names
     assert names >= OWN_TEST
+
+
+def test_suspend_leaves_a_log_that_verifies_and_holds_without_attempts(tmp_path: Path) -> None:
+    """Each held message has one TransientFailure record without an attempt counted,
+    and is delivered on its first attempt; ``kumo replay --verify`` finds nothing wrong."""
+    data_dir = tmp_path / "data"
+    assert_passed(run_file(LIBRARY / "suspend.toml", data_dir))
+    records = read_records(data_dir / LOGS)
+    held = [r for r in records if r["type"] == "TransientFailure"]
+    assert len(held) == 23
+    assert {(r["site"], r["num_attempts"]) for r in held} == {("example.com", 0)}
+    delivered = [r for r in records if r["type"] == "Delivery"]
+    assert len(delivered) == 28
+    assert {r["num_attempts"] for r in delivered} == {0}
+    report = verify_data_dir(data_dir)
+    assert report.violations == [], report.violations
 
 
 def test_pile_up_in_process(tmp_path: Path) -> None:

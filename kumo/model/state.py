@@ -120,6 +120,13 @@ _RULE_EVENTS: dict[RuleKind, tuple[type[Event], type[Event], type[Event]]] = {
 }
 """Each kind of rule's issue, cancel and expiry events."""
 
+RULE_ISSUES: frozenset[type[Event]] = frozenset(events[0] for events in _RULE_EVENTS.values())
+"""The events that issue a rule, of any kind."""
+RULE_ENDS: frozenset[type[Event]] = frozenset(
+    event for events in _RULE_EVENTS.values() for event in events[1:]
+)
+"""The events that end a rule (a cancel, an expiry), of any kind."""
+
 
 class RuleBook:
     """Every rule of one kind ever issued, folded in log order; the live ones in issue
@@ -174,8 +181,9 @@ class RuleBook:
             return self._issue(event, committed)
         if kind is cancelled:
             assert isinstance(event, BounceCancelled | SuspendCancelled)
-            origin = event.origin if isinstance(event, BounceCancelled) else ""
-            return self._end(event.rule_id, "cancelled", committed, event.cancelled_by, origin)
+            return self._end(
+                event.rule_id, "cancelled", committed, event.cancelled_by, event.origin
+            )
         if kind is expired:
             assert isinstance(event, BounceExpired | SuspendExpired)
             return self._end(event.rule_id, "expired", committed, None)
@@ -200,7 +208,7 @@ class RuleBook:
             expires_at=event.expires_at,
             suppress_logging=isinstance(event, BounceIssued) and event.suppress_logging,
             issued_by=event.issued_by,
-            origin=event.origin if isinstance(event, BounceIssued) else "",
+            origin=event.origin,
         )
         self.rules[rule.id] = rule
         if rule.issued_expired:
@@ -764,6 +772,10 @@ class State:
         """Attempts that failed transiently (``TransientlyFailed``), connection or not."""
         self.last_seq = 0
         self.last_time = 0
+
+    def book(self, kind: RuleKind) -> RuleBook:
+        """The rule book of ``kind``: bounce rules or suspensions."""
+        return self.suspends if kind == "suspend" else self.rules
 
     @property
     def queues(self) -> dict[str, MessageQueue] | None:

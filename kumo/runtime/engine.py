@@ -217,15 +217,18 @@ class Engine:
         """Cancel a live rule. False if it is unknown, replaced, cancelled or expired."""
         return await self._cancel("bounce", rule_id, cancelled_by)
 
-    async def wait_rule(self, rule_id: str, *, ended: bool = False) -> None:
-        """Return once this node's log holds the issue of rule ``rule_id`` (with
-        ``ended``, and an event that ended it: cancel, replacement or expiry). Always a
-        checkpoint. A rule issued on another node of the fleet comes through the fleet
-        follower: this is how a caller waits for it without polling."""
+    async def wait_rule(
+        self, rule_id: str, *, ended: bool = False, kind: RuleKind = "bounce"
+    ) -> None:
+        """Return once this node's log holds the issue of rule ``rule_id`` of ``kind``
+        (with ``ended``, and an event that ended it: cancel, replacement or expiry).
+        Always a checkpoint. A rule issued on another node of the fleet comes through
+        the fleet follower: this is how a caller waits for it without polling."""
         events = self._parts.projection.rule_events
+        book = self._projection.book(kind)
         while True:
             seen = events.value
-            rule = self._projection.rules.rules.get(rule_id)
+            rule = book.rules.get(rule_id)
             if rule is not None and (not ended or rule.end is not None):
                 await trio.lowlevel.checkpoint()
                 return

@@ -246,7 +246,7 @@ class FleetLink:
         node owes up to the log's durable end is then published, so the position moves
         there; an action taken after it is owed as usual."""
         through = self._log.durable.value
-        entries = standing_entries(self._projection.state.rules, self._node_id, self._clock.now())
+        entries = standing_entries(self._projection.state, self._node_id, self._clock.now())
         if first:
             logger.info(
                 "joining the fleet stream %s (epoch %s): publishing %d actions that still matter",
@@ -274,7 +274,7 @@ class FleetLink:
         if through <= self._published_seq:
             return
         owed = owed_entries(
-            self._projection.state.rules,
+            self._projection.state,
             self._node_id,
             after_seq=self._published_seq,
             through_seq=through,
@@ -347,7 +347,7 @@ class FleetLink:
                 self._counts["malformed"] += 1
                 logger.warning("skipping fleet stream entry %s: %s", entry_id.decode(), exc)
         self._counts["read"] += len(raw)
-        plan = plan_follow(entries, self._projection.state.rules, self._node_id, self._clock.now())
+        plan = plan_follow(entries, self._projection.state, self._node_id, self._clock.now())
         if plan.events:
             await self._log.append(list(plan.events))
         self._counts["applied"] += len(plan.events)
@@ -416,7 +416,7 @@ class FleetLink:
     def _owed(self) -> int:
         return len(
             owed_entries(
-                self._projection.state.rules,
+                self._projection.state,
                 self._node_id,
                 after_seq=self._published_seq,
                 through_seq=self._log.last_seq,

@@ -8,17 +8,13 @@ from typing import Final
 import trio
 
 from kumo.model.events import (
-    BounceCancelled,
     Bounced,
-    BounceExpired,
-    BounceIssued,
     Committed,
     MessageReceived,
-    SuspendIssued,
 )
 from kumo.model.message_locations import MessageLocations
 from kumo.model.message_queue import MessageQueue
-from kumo.model.state import State
+from kumo.model.state import RULE_ENDS, RULE_ISSUES, State
 from kumo.runtime.watermark import Watermark
 
 INDEX_CHUNK: Final = 10_000
@@ -55,10 +51,11 @@ class Projection:
         self.changed = trio.lowlevel.ParkingLot()
         """Unparked after every fold: where :meth:`Engine.wait_until` waits."""
         self.rules_issued = Watermark()
-        """How many ``BounceIssued`` have been folded: the rule expiry waits on it."""
+        """How many rules (of any kind) have been issued: the rule expiry waits on it."""
         self.rule_events = Watermark()
-        """How many ``BounceIssued``, ``BounceCancelled`` and ``BounceExpired`` have
-        been folded: fleet mode's publisher (and :meth:`Engine.wait_rule`) wait on it."""
+        """How many events that issue or end a rule (of any kind: bounce, suspension)
+        have been folded: fleet mode's publisher (and :meth:`Engine.wait_rule`) wait
+        on it."""
         self.locations = MessageLocations()
         """Spool id -> the queue it was received into, while that queue holds messages."""
         self.arrivals: dict[str, int] = {}
@@ -107,9 +104,9 @@ class Projection:
             if type(event) is MessageReceived:
                 received.append((event.message_id, event.queue))
                 arrivals[event.queue] = item.time
-            elif type(event) is BounceIssued or type(event) is SuspendIssued:
+            elif type(event) in RULE_ISSUES:
                 issued += 1
-            elif type(event) is BounceCancelled or type(event) is BounceExpired:
+            elif type(event) in RULE_ENDS:
                 ended += 1
             elif type(event) is Bounced and event.queue not in self.state.queue_counts:
                 # The queue is empty: all its entries die at once, none one by one (a

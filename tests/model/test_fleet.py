@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import random
 from collections import Counter
 from collections.abc import Iterator
 
@@ -41,6 +42,7 @@ from kumo.model.fleet import (
     retry_delay,
     standing_entries,
 )
+from kumo.model.router import Router
 from kumo.model.snapshot import decode_snapshot, encode_snapshot
 from kumo.model.state import State
 
@@ -423,3 +425,86 @@ def test_every_node_converges_and_holds_each_action_once(plan: list[tuple[str, i
             assert isinstance(event, FleetAction)
             # A node's own actions are local; another's carry their origin.
             assert event.origin != node.node_id
+
+
+# -- equal rules issued at once on several nodes -----------------------------------------
+
+RACE = Criteria(campaign="race")
+
+
+def equal_rule(kind: str, rule_id: str, at: int) -> BounceIssued | SuspendIssued:
+    if kind == "bounce":
+        return attrs.evolve(issued(rule_id, at=at), criteria=RACE)
+    return attrs.evolve(suspended(rule_id), criteria=RACE, issued_at=at)
+
+
+def winners(node: Node) -> dict[str, list[str]]:
+    return {
+        book.kind: [rule.id for rule in book.live_rules()]
+        for book in (node.state.rules, node.state.suspends)
+    }
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(0, 2), st.integers(1, 3)), min_size=1, max_size=8),
+    st.sampled_from(["bounce", "suspend"]),
+    st.randoms(use_true_random=False),
+)
+def test_equal_rules_issued_at_once_leave_the_same_winner_on_every_node(
+    issues: list[tuple[int, int]], kind: str, rnd: random.Random
+) -> None:
+    # Each node issues its rules with a clock of its own that moves forward (steps of
+    # 1 to 3: nodes often issue at the same instant); every node reads the others'
+    # rules in their order, interleaved with its own in any order.
+    clocks = [0, 0, 0]
+    per_node: list[list[BounceIssued | SuspendIssued]] = [[], [], []]
+    for number, (origin, step) in enumerate(issues):
+        clocks[origin] += step
+        per_node[origin].append(equal_rule(kind, f"r{number}", clocks[origin]))
+    nodes = [Node(node_id) for node_id in NODE_IDS]
+    for index, node in enumerate(nodes):
+        pending = [list(events) for events in per_node]
+        while any(pending):
+            source = rnd.choice([i for i, events in enumerate(pending) if events])
+            event = pending[source].pop(0)
+            if source == index:
+                node.append(event)
+            else:
+                entry = StreamEntry.of(event, NODE_IDS[source])
+                node.append(*plan_follow([entry], node.state, node.node_id, now=0).events)
+    last = max(
+        (event for events in per_node for event in events),
+        key=lambda event: (event.issued_at, event.rule_id),
+    )
+    expected = {"bounce": [], "suspend": [], kind: [last.rule_id]}
+    for node in nodes:
+        assert winners(node) == expected
+        book = node.state.book(kind)  # type: ignore[arg-type]
+        for rule in book.rules.values():
+            if rule.id != last.rule_id:
+                assert (rule.end, rule.ended_by is not None) == ("replaced", True)
+
+
+def test_a_rule_that_lost_on_arrival_is_recorded_replaced_and_routed_nowhere() -> None:
+    node = Node(B)
+    node.append(equal_rule("bounce", "later", at=10))  # issued here
+    plan = plan_follow([StreamEntry.of(equal_rule("bounce", "earlier", at=5), A)], node.state, B, 0)
+    router = Router(node.state.rules.copy())
+    routing = router.route([Committed(node.seq + 1, 20, plan.events[0])])
+    node.append(*plan.events)
+    lost = node.state.rules.rules["earlier"]
+    assert lost.lost_on_arrival
+    assert (lost.end, lost.ended_by, lost.origin) == ("replaced", "later", A)
+    assert [rule.id for rule in node.state.rules.live_rules()] == ["later"]
+    assert routing.deliveries == {}
+    assert router.passed_over(plan.events[0])
+    assert not router.passed_over(equal_rule("bounce", "later", at=10))
+
+
+def test_on_a_node_alone_the_later_equal_rule_replaces_whatever_its_clock_says() -> None:
+    node = Node(A)
+    node.append(equal_rule("bounce", "first", at=10), equal_rule("bounce", "second", at=5))
+    assert [rule.id for rule in node.state.rules.live_rules()] == ["second"]
+    assert node.state.rules.rules["first"].end == "replaced"
+    assert not node.state.rules.rules["second"].lost_on_arrival

@@ -230,6 +230,13 @@ def fate(action: RuleAction) -> str:
     return action.status
 
 
+def who(action: RuleAction) -> str:
+    """The table's PRINCIPAL cell: who, and for an action that came from another node
+    of the fleet, that node: ``ops (node-a)``; ``-`` for an expiry."""
+    principal = action.principal or "-"
+    return f"{principal} ({action.origin})" if action.origin else principal
+
+
 def action_json(action: RuleAction) -> dict[str, Any]:
     return {
         "time": format_rfc3339(action.time),
@@ -237,6 +244,7 @@ def action_json(action: RuleAction) -> dict[str, Any]:
         "action": action.action,
         "rule": action.rule_id,
         "principal": action.principal,
+        "origin": action.origin or None,
         "criteria": criteria_to_json(action.criteria),
         "criteria_text": action.criteria.describe(),
         "reason": action.reason,
@@ -276,6 +284,7 @@ _CSV_TIMELINE_HEADERS: Final = (
     "ended_by",
     "total_bounced",
     "bounced",
+    "origin",
 )
 
 
@@ -307,6 +316,7 @@ def render_timeline(
                     a.ended_by or "",
                     a.total_bounced,
                     per_queue(a.bounced),
+                    a.origin,
                 )
                 for a in actions
             ),
@@ -318,7 +328,7 @@ def render_timeline(
                 format_rfc3339(a.time),
                 a.action,
                 a.rule_id,
-                a.principal or "-",
+                who(a),
                 a.criteria.describe(),
                 a.reason,
                 fate(a),

@@ -17,9 +17,12 @@ from pathlib import Path
 from typing import Final
 
 import attrs
+import orjson
 import pytest
 import trio
+from click.testing import CliRunner
 
+from kumo.cli.audit import audit
 from kumo.model.duration import NANOS_PER_SECOND
 from kumo.model.fleet import FleetAction, FleetSettings
 from kumo.runtime.delivery import MailSettings
@@ -123,8 +126,26 @@ async def test_a_rule_issued_on_one_node_bounces_on_every_node_and_a_cancel_anyw
             assert b_issue.ended_by == "oncall"
             a_rule = a.projection().rules.rules[rule]
             assert (a_rule.origin, a_rule.ended_origin) == ("", c.node_id)
+            a_id, c_id = a.node_id, c.node_id
         for name in NODES:
             assert_each_action_once(tmp_path / name)
+        # `kumo audit` on B names the node each action came from.
+        table = CliRunner().invoke(audit, ["--data-dir", str(tmp_path / "b"), "--rule", rule])
+        assert table.exit_code == 0, table.output
+        assert f"ops ({a_id})" in table.stdout
+        assert f"oncall ({c_id})" in table.stdout
+        report = CliRunner().invoke(
+            audit, ["--data-dir", str(tmp_path / "b"), "--rule", rule, "--format", "json"]
+        )
+        actions = orjson.loads(report.stdout)["actions"]
+        assert [(x["action"], x["origin"]) for x in actions] == [
+            ("issued", a_id),
+            ("cancelled", c_id),
+        ]
+        local = CliRunner().invoke(
+            audit, ["--data-dir", str(tmp_path / "a"), "--rule", rule, "--format", "json"]
+        )
+        assert [x["origin"] for x in orjson.loads(local.stdout)["actions"]] == [None, c_id]
 
 
 def held(engine: Engine) -> int:

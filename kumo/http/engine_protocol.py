@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Protocol
 
+from kumo.model.fleet import FleetFigures
 from kumo.model.inspection import InspectedMessage, InspectedQueue
 from kumo.model.requests import BounceRequest, NewMessage
 from kumo.model.state import RuleView
@@ -33,6 +34,8 @@ class AdminEngine(Protocol):
     async def cancel_bounce(self, rule_id: str, *, cancelled_by: str) -> bool: ...
 
     def list_bounces(self) -> list[RuleView]: ...
+
+    async def fleet_bounces(self) -> FleetFigures: ...
 
     async def issue_suspend(self, request: BounceRequest, *, issued_by: str) -> str: ...
 

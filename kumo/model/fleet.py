@@ -37,9 +37,10 @@ from __future__ import annotations
 
 import urllib.parse
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Final, TypeAlias
+from typing import Any, Final, Literal, TypeAlias
 
 import attrs
+import orjson
 
 from kumo.model.events import (
     BounceCancelled,
@@ -50,7 +51,7 @@ from kumo.model.events import (
     decode_event,
     encode_event,
 )
-from kumo.model.state import Rule, RuleBook, RuleKind, State
+from kumo.model.state import Rule, RuleBook, RuleKind, RuleView, State
 
 IssueAction: TypeAlias = BounceIssued | SuspendIssued
 """An action that starts a rule (of any kind fleet mode carries)."""
@@ -132,6 +133,22 @@ class FleetSettings:
     """Seconds before the first new try after Redis failed; doubled at each failure."""
     retry_max: float = attrs.field(default=5.0, converter=float, validator=_positive, kw_only=True)
     """The longest wait between two tries while Redis stays unreachable."""
+    counters_interval: float = attrs.field(
+        default=1.0, converter=float, validator=_positive, kw_only=True
+    )
+    """Seconds between two looks at this node's rule counters: they are published
+    (for ``?scope=fleet``) at most this often, and only when they changed."""
+    counters_ttl: float = attrs.field(
+        default=30.0, converter=float, validator=_positive, kw_only=True
+    )
+    """Seconds a node's published counters live in Redis unless published again: a
+    node that stopped stops counting in the fleet's figures after this long. A node
+    whose counters did not change publishes them again after a third of it."""
+    counters_wait: float = attrs.field(
+        default=0.5, converter=float, validator=_positive, kw_only=True
+    )
+    """Seconds a ``?scope=fleet`` GET waits for Redis before it answers with this
+    node's figures alone."""
 
 
 def epoch_key(stream: str) -> str:
@@ -140,6 +157,17 @@ def epoch_key(stream: str) -> str:
     one it followed knows that Redis lost the stream (restarted empty, flushed, or a
     new server): it reads the stream again from its start and republishes."""
     return f"{stream}:epoch"
+
+
+def counters_key(stream: str, node_id: str) -> str:
+    """The key holding node ``node_id``'s rule counters (:func:`encode_counters`), with
+    a time to live (:attr:`FleetSettings.counters_ttl`)."""
+    return f"{stream}:counters:{node_id}"
+
+
+def counter_nodes_key(stream: str) -> str:
+    """The set of the node ids that have published counters (some may have aged out)."""
+    return f"{stream}:counters"
 
 
 def retry_delay(failures: int, settings: FleetSettings) -> float:
@@ -459,3 +487,89 @@ def plan_follow(entries: Iterable[StreamEntry], state: State, node_id: str, now:
         taken.add(entry.fleet_id)
         events.append(event)
     return FollowPlan(tuple(events), own, applied_before, ended, unknown)
+
+
+# -- the fleet's figures (GET ?scope=fleet) --------------------------------------------
+
+
+@attrs.frozen
+class RuleCounters:
+    """What one node bounced under one rule: per queue, and in all."""
+
+    bounced: Mapping[str, int]
+    total_bounced: int
+
+
+def rule_counters(rules: RuleBook, now: int) -> dict[str, RuleCounters]:
+    """Rule id -> this node's counters, for the rules live at ``now`` (what GET lists)."""
+    return {
+        view.id: RuleCounters(dict(view.bounced), view.total_bounced) for view in rules.views(now)
+    }
+
+
+def encode_counters(counters: Mapping[str, RuleCounters]) -> bytes:
+    """``counters`` as the JSON a node publishes: ``{rule id: {"bounced": {queue:
+    count}, "total_bounced": n}}``."""
+    return orjson.dumps(
+        {
+            rule_id: {"bounced": dict(figures.bounced), "total_bounced": figures.total_bounced}
+            for rule_id, figures in counters.items()
+        }
+    )
+
+
+def decode_counters(data: bytes) -> dict[str, RuleCounters]:
+    """The inverse of :func:`encode_counters`; :class:`FleetEntryError` for anything
+    else (the reader leaves that node out)."""
+    try:
+        raw = orjson.loads(data)
+        if not isinstance(raw, dict):
+            raise TypeError("not an object")
+        counters: dict[str, RuleCounters] = {}
+        for rule_id, figures in raw.items():
+            bounced = figures["bounced"]
+            total = figures["total_bounced"]
+            if not isinstance(bounced, dict) or type(total) is not int:
+                raise TypeError(f"rule {rule_id}: not counters")
+            if not all(type(count) is int for count in bounced.values()):
+                raise TypeError(f"rule {rule_id}: a count is not an integer")
+            counters[rule_id] = RuleCounters(bounced, total)
+    except (orjson.JSONDecodeError, TypeError, KeyError) as exc:
+        raise FleetEntryError(f"counters that cannot be read: {exc}") from None
+    return counters
+
+
+@attrs.frozen
+class FleetFigures:
+    """What ``GET /api/admin/bounce/v1?scope=fleet`` answers."""
+
+    views: list[RuleView]
+    """The live rules, their counters summed over :attr:`nodes` nodes."""
+    scope: Literal["fleet", "unavailable", "off"]
+    """``fleet``: summed over the nodes that published their counters; ``unavailable``:
+    Redis did not answer in time, the figures are this node's; ``off``: the node is in
+    no fleet, its figures are the fleet's."""
+    nodes: int
+    """The nodes whose figures are summed, this one included."""
+
+
+def fleet_views(
+    views: Iterable[RuleView], others: Iterable[Mapping[str, RuleCounters]]
+) -> list[RuleView]:
+    """``views`` (this node's, as GET lists them) with each rule's ``bounced`` and
+    ``total_bounced`` summed over this node and ``others`` (the counters the other
+    nodes published). A rule another node does not count (yet) adds nothing."""
+    others = list(others)
+    summed: list[RuleView] = []
+    for view in views:
+        bounced = dict(view.bounced)
+        total = view.total_bounced
+        for counters in others:
+            figures = counters.get(view.id)
+            if figures is None:
+                continue
+            for queue, count in figures.bounced.items():
+                bounced[queue] = bounced.get(queue, 0) + count
+            total += figures.total_bounced
+        summed.append(attrs.evolve(view, bounced=bounced, total_bounced=total))
+    return summed

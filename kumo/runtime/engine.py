@@ -49,7 +49,7 @@ from kumo.model.events import (
     SuspendCancelled,
     SuspendIssued,
 )
-from kumo.model.fleet import FleetSettings
+from kumo.model.fleet import FleetFigures, FleetSettings, fleet_views
 from kumo.model.inspection import InspectedMessage, InspectedQueue
 from kumo.model.message import Message
 from kumo.model.ready_queue import ReadyEntry
@@ -237,6 +237,25 @@ class Engine:
     def list_bounces(self) -> list[RuleView]:
         """Live rules, oldest first, with their counters and remaining lifetime."""
         return self._projection.rules.views(self.clock.now())
+
+    async def wait_fleet_counters(self) -> None:
+        """Return once this node's rule counters, as they are now, are published for
+        the fleet's figures (at once without a fleet). For tests and tools."""
+        if self._parts.fleet is not None:
+            await self._parts.fleet.wait_counters_published()
+
+    async def fleet_bounces(self) -> FleetFigures:
+        """:meth:`list_bounces` with each rule's counters summed over the nodes of the
+        fleet that published theirs (``GET ?scope=fleet``). Waits for Redis at most
+        ``counters_wait`` seconds; without an answer (or without a fleet) the figures
+        are this node's alone, and :attr:`FleetFigures.scope` says so."""
+        fleet = self._parts.fleet
+        if fleet is None:
+            return FleetFigures(self.list_bounces(), "off", 1)
+        others = await fleet.read_counters()
+        if others is None:
+            return FleetFigures(self.list_bounces(), "unavailable", 1)
+        return FleetFigures(fleet_views(self.list_bounces(), others), "fleet", 1 + len(others))
 
     async def issue_suspend(self, request: BounceRequest, *, issued_by: str) -> str:
         """Suspend delivery from the scheduled queues ``request`` matches (its
@@ -698,6 +717,7 @@ async def _run(
                 if parts.fleet is not None:
                     await inner.start(parts.fleet.run_publisher)
                     await inner.start(parts.fleet.run_follower)
+                    await inner.start(parts.fleet.run_counters)
                 task_status.started()
 
     await nursery.start(run_followers)

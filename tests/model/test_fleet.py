@@ -16,10 +16,12 @@ from hypothesis import strategies as st
 from kumo.model.criteria import Criteria
 from kumo.model.events import (
     BounceCancelled,
+    Bounced,
     BounceExpired,
     BounceIssued,
     Committed,
     Event,
+    Message,
     SuspendCancelled,
     SuspendExpired,
     SuspendIssued,
@@ -31,15 +33,22 @@ from kumo.model.fleet import (
     FleetEntryError,
     FleetSettings,
     RedisUrlError,
+    RuleCounters,
     StreamEntry,
     check_redis_url,
+    counter_nodes_key,
+    counters_key,
+    decode_counters,
     decode_entry,
+    encode_counters,
     encode_entry,
     epoch_key,
     fleet_event_id,
+    fleet_views,
     owed_entries,
     plan_follow,
     retry_delay,
+    rule_counters,
     standing_entries,
 )
 from kumo.model.router import Router
@@ -508,3 +517,32 @@ def test_on_a_node_alone_the_later_equal_rule_replaces_whatever_its_clock_says()
     assert [rule.id for rule in node.state.rules.live_rules()] == ["second"]
     assert node.state.rules.rules["first"].end == "replaced"
     assert not node.state.rules.rules["second"].lost_on_arrival
+
+
+# -- the fleet's figures ----------------------------------------------------------------
+
+
+def test_counters_round_trip_and_sum_over_the_nodes_that_report() -> None:
+    node = Node(A)
+    node.append(issued("r1"), issued("r2"))
+    node.append(Bounced("r1", "q1", [Message("a" * 32, "s", "r", 1, 0, 1)]))
+    mine = rule_counters(node.state.rules, now=0)
+    assert mine == {"r1": RuleCounters({"q1": 1}, 1), "r2": RuleCounters({}, 0)}
+    assert decode_counters(encode_counters(mine)) == mine
+    theirs = {"r1": RuleCounters({"q1": 2, "q2": 4}, 6), "gone": RuleCounters({"q": 9}, 9)}
+    views = fleet_views(node.state.rules.views(0), [theirs, {}])
+    assert [(v.id, dict(v.bounced), v.total_bounced) for v in views] == [
+        ("r1", {"q1": 3, "q2": 4}, 7),
+        ("r2", {}, 0),
+    ]
+    assert counters_key("kumo:admin", A) == "kumo:admin:counters:node-a"
+    assert counter_nodes_key("kumo:admin") == "kumo:admin:counters"
+
+
+@given(st.binary(max_size=60))
+def test_garbage_counters_only_raise_the_declared_error(data: bytes) -> None:
+    with contextlib.suppress(FleetEntryError):
+        decode_counters(data)
+    for bad in (b"[]", b'{"r": {"bounced": {"q": "1"}, "total_bounced": 1}}', b'{"r": 1}'):
+        with pytest.raises(FleetEntryError):
+            decode_counters(bad)

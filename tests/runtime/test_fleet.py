@@ -39,7 +39,9 @@ NODES: Final = ("a", "b", "c")
 
 def fleet_settings(server: RedisServer) -> FleetSettings:
     # Short waits: a test sees a lost Redis noticed, and retried, within a second.
-    return FleetSettings(server.url, block=0.2, retry_initial=0.02, retry_max=0.2)
+    return FleetSettings(
+        server.url, block=0.2, retry_initial=0.02, retry_max=0.2, counters_interval=0.02
+    )
 
 
 @asynccontextmanager
@@ -196,6 +198,45 @@ async def test_a_suspension_issued_on_one_node_holds_mail_on_every_node_until_li
             assert len(list(await trio.Path(dumps).iterdir())) == 10
         for name in NODES:
             assert_each_action_once(tmp_path / name)
+
+
+async def test_scope_fleet_sums_each_rule_s_counters_over_the_nodes(tmp_path: Path) -> None:
+    with trio.fail_after(DEADLINE):
+        async with redis_server(tmp_path / "redis") as server, fleet(tmp_path, server) as nodes:
+            a, b, c = (nodes[name] for name in NODES)
+            for engine, count in ((a, 1), (b, 3), (c, 2)):
+                await engine.inject([message(f"u{i}@example.com") for i in range(count)])
+            rule = await a.issue_bounce(bounce("fleet", domain="example.com"), issued_by="ops")
+            for engine in (a, b, c):
+                await engine.wait_rule(rule)
+                await engine.wait_idle()
+                await engine.wait_fleet_counters()
+            for engine in (a, b, c):
+                figures = await engine.fleet_bounces()
+                assert (figures.scope, figures.nodes) == ("fleet", 3)
+                [view] = figures.views
+                assert (view.id, view.total_bounced, dict(view.bounced)) == (
+                    rule,
+                    6,
+                    {"example.com": 6},
+                )
+                assert engine.list_bounces()[0].total_bounced < 6  # GET alone: local
+            assert b.statistics().fleet.counters_published >= 1
+
+            await server.stop()
+            figures = await a.fleet_bounces()
+            assert (figures.scope, figures.nodes) == ("unavailable", 1)
+            assert figures.views[0].total_bounced == 1
+
+
+async def test_scope_fleet_without_a_fleet_is_the_node_s_figures(tmp_path: Path) -> None:
+    async with open_engine(tmp_path) as engine:
+        await engine.inject([message("u@example.com")])
+        await engine.issue_bounce(bounce("alone", domain="example.com"), issued_by="ops")
+        await engine.wait_idle()
+        await engine.wait_fleet_counters()
+        figures = await engine.fleet_bounces()
+    assert (figures.scope, figures.nodes, figures.views[0].total_bounced) == ("off", 1, 1)
 
 
 async def test_a_node_that_was_down_converges_when_it_starts(tmp_path: Path) -> None:

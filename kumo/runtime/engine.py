@@ -15,7 +15,8 @@ this order)::
     │   ├── WalCheckpointer.run    copies the SQLite WAL back, beside the writer
     │   ├── Snapshotter.run        snapshots the state every so many events
     │   ├── FleetLink.run_publisher  [fleet] only: this node's actions -> Redis stream
-    │   └── FleetLink.run_follower   [fleet] only: the other nodes' actions -> the log
+    │   ├── FleetLink.run_follower   [fleet] only: the other nodes' actions -> the log
+    │   └── FleetLink.run_counters   [fleet] only: this node's rule counters -> Redis
     └── Broadcaster.run            carries committed events to the queue actors
 
 The projections (rules, counters, queue gauges) are folded synchronously by the

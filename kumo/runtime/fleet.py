@@ -1,4 +1,5 @@
-"""Fleet mode's two tasks: the publisher and the follower of the fleet's Redis stream.
+"""Fleet mode's tasks: the publisher and the follower of the fleet's Redis stream, and
+the publisher of this node's rule counters (``GET ?scope=fleet``).
 
 They carry out what :mod:`kumo.model.fleet` decides, and nothing else:
 
@@ -12,6 +13,10 @@ They carry out what :mod:`kumo.model.fleet` decides, and nothing else:
   (:func:`~kumo.model.fleet.plan_follow`) and waits until it is durable, then stores
   the position. A crash between the two reads those entries again; the model takes
   none of them twice.
+- :meth:`FleetLink.run_counters` publishes this node's counters of its live rules to a
+  key of its own with a time to live (:func:`~kumo.model.fleet.counters_key`), at most
+  once a second and only when they changed; :meth:`FleetLink.read_counters` reads the
+  other nodes' for a ``?scope=fleet`` GET, waiting a bounded time.
 
 Both look at the stream's epoch (:func:`~kumo.model.fleet.epoch_key`) each round. A new
 epoch means that Redis lost the stream: the follower reads the new one from its start,
@@ -22,7 +27,7 @@ While Redis cannot be reached both tasks retry, backing off from ``retry_initial
 ``retry_max`` seconds; the node keeps working on its own meanwhile, says so once in
 its log (``kumo.fleet``, a warning), and in ``/metrics`` (:class:`FleetStatistics`).
 Neither task ever stops the engine: a stream entry it cannot read is skipped and
-counted, a failure of Redis is retried. Both run as followers in the engine's task
+counted, a failure of Redis is retried. All run as followers in the engine's task
 tree and are cancelled with them at shutdown (a blocked ``XREAD`` included).
 """
 
@@ -175,7 +180,8 @@ class FleetMeta:
 
 
 class FleetLink:
-    """This node's link to the fleet's stream: a publisher and a follower task."""
+    """This node's link to the fleet: the stream's publisher and follower, and the
+    counters' publisher."""
 
     def __init__(
         self,

@@ -44,7 +44,9 @@ The benchmarks:
 
 The mail path's benchmarks (``smtp-ingress``, ``smtp-delivery``, ``smtp-latency``,
 ``smtp-pileup``, ``smtp-admin``), side by side with a private Postfix, are in
-``scripts/mail_bench.py``; its docstring says what each measures.
+``scripts/mail_bench.py``; its docstring says what each measures. Fleet mode's
+(``fleet-propagation``, ``fleet-throughput``: one redis-server, three in-process nodes)
+are in ``scripts/fleet_bench.py``.
 
 ``--profile DIR`` records the timed part of one sweep run and one server start with
 py-spy (which must be installed; it is not a dependency) as collapsed stacks;
@@ -78,6 +80,7 @@ import attrs
 import httpx
 import orjson
 import trio
+from fleet_bench import FLEET_BENCHMARKS, FLEET_FULL, FLEET_QUICK, run_fleet_benchmarks
 from mail_bench import MAIL_BENCHMARKS, MAIL_FULL, MAIL_QUICK, run_mail_benchmarks
 
 from kumo.cli.serve import tune_for_serving
@@ -945,6 +948,7 @@ BENCHMARKS: Final = (
     "inject",
     "sweep",
     *MAIL_BENCHMARKS,
+    *FLEET_BENCHMARKS,
 )
 
 
@@ -1205,6 +1209,13 @@ def run_benchmarks(
     )
     rows += [Row(r.benchmark, r.figure, r.target, r.verdict, r.detail) for r in mail_rows]
     raw |= mail_raw
+    if any(name in only for name in FLEET_BENCHMARKS):
+        note("fleet: one redis-server, 3 in-process nodes")
+        fleet_rows, fleet_raw = run_fleet_benchmarks(
+            FLEET_QUICK if size is QUICK else FLEET_FULL, only, scratch
+        )
+        rows += [Row(*row) for row in fleet_rows]
+        raw |= fleet_raw
     return rows, raw
 
 

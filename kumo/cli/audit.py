@@ -238,6 +238,13 @@ def fate(action: RuleAction) -> str:
     return action.status
 
 
+def who(action: RuleAction) -> str:
+    """The table's PRINCIPAL cell: who, and for an action that came from another node
+    of the fleet, that node: ``ops (node-a)``; ``-`` for an expiry."""
+    principal = action.principal or "-"
+    return f"{principal} ({action.origin})" if action.origin else principal
+
+
 def action_json(action: RuleAction) -> dict[str, Any]:
     return {
         "time": format_rfc3339(action.time),
@@ -245,6 +252,7 @@ def action_json(action: RuleAction) -> dict[str, Any]:
         "action": action.action,
         "rule": action.rule_id,
         "principal": action.principal,
+        "origin": action.origin or None,
         "criteria": criteria_to_json(action.criteria),
         "criteria_text": action.criteria.describe(),
         "reason": action.reason,
@@ -313,6 +321,7 @@ _CSV_TIMELINE_HEADERS: Final = (
     "total_held",
     "held",
     "released",
+    "origin",
 )
 
 
@@ -405,6 +414,7 @@ def render_timeline(
                     a.total_held,
                     per_queue(a.held),
                     a.released,
+                    a.origin,
                 )
                 for a in actions
             ),
@@ -416,7 +426,7 @@ def render_timeline(
                 format_rfc3339(a.time),
                 action_name(a),
                 a.rule_id,
-                a.principal or "-",
+                who(a),
                 a.criteria.describe(),
                 a.reason,
                 fate(a),

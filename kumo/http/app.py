@@ -83,7 +83,10 @@ _log = logging.getLogger(__name__)
 
 
 def _response(reply: Reply) -> Response:
-    return Response(reply.body, status=reply.status, content_type=reply.content_type)
+    response = Response(reply.body, status=reply.status, content_type=reply.content_type)
+    for name, value in reply.headers:
+        response.headers[name] = value
+    return response
 
 
 def _peer() -> str | None:
@@ -190,7 +193,7 @@ def create_app(
 
     @app.get(BOUNCE_PATH)
     async def get_bounces() -> Response:
-        return _response(bounce_api.list_bounces(engine))
+        return _response(await bounce_api.list_bounces(engine, _query()))
 
     @app.delete(BOUNCE_PATH)
     async def delete_bounce() -> Response:

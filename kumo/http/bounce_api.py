@@ -7,11 +7,12 @@ valid, so a refused request changes nothing.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
 from kumo.http.bodies import parse_bounce_request, parse_cancel_request
 from kumo.http.dry_run import dry_run_reply
 from kumo.http.engine_protocol import AdminEngine
+from kumo.http.queries import Query, parse_bounce_list_query
 from kumo.http.replies import Reply, json_reply, text_reply
 from kumo.model.duration import format_duration
 from kumo.model.requests import BounceRequest
@@ -66,9 +67,24 @@ def rule_entry(view: RuleView) -> dict[str, Any]:
     }
 
 
-def list_bounces(engine: AdminEngine) -> Reply:
-    """GET: the live rules, most recently issued last (``[]`` when none)."""
-    return json_reply([rule_entry(view) for view in engine.list_bounces()])
+FLEET_FIGURES_HEADER: Final = "Kumo-Fleet-Figures"
+"""The header of a ``?scope=fleet`` answer: ``fleet; nodes=N`` (summed over N nodes,
+this one included), ``unavailable`` (Redis did not answer in time: this node's figures
+alone) or ``off`` (the node is in no fleet: its figures are the fleet's)."""
+
+
+async def list_bounces(engine: AdminEngine, query: Query | None = None) -> Reply:
+    """GET: the live rules, most recently issued last (``[]`` when none); with
+    ``?scope=fleet``, each rule's ``bounced`` and ``total_bounced`` summed over the
+    nodes of the fleet that published theirs, and :data:`FLEET_FIGURES_HEADER`."""
+    if not parse_bounce_list_query(query or {}):
+        return json_reply([rule_entry(view) for view in engine.list_bounces()])
+    figures = await engine.fleet_bounces()
+    scope = f"fleet; nodes={figures.nodes}" if figures.scope == "fleet" else figures.scope
+    return json_reply(
+        [rule_entry(view) for view in figures.views],
+        headers=((FLEET_FIGURES_HEADER, scope),),
+    )
 
 
 async def cancel_bounce(

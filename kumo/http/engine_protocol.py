@@ -11,6 +11,7 @@ from typing import Protocol
 
 from kumo.model.criteria import Criteria
 from kumo.model.dry_run import DryRun
+from kumo.model.fleet import FleetFigures
 from kumo.model.inspection import InspectedMessage, InspectedQueue
 from kumo.model.requests import BounceRequest, NewMessage, RebindRequest
 from kumo.model.state import RuleKind, RuleView
@@ -45,6 +46,8 @@ class AdminEngine(Protocol):
     ) -> DryRun:
         """What a request with ``criteria`` would match now; changes nothing."""
         ...
+
+    async def fleet_bounces(self) -> FleetFigures: ...
 
     async def issue_suspend(self, request: BounceRequest, *, issued_by: str) -> str: ...
 

@@ -403,12 +403,36 @@ OPENAPI: Final[dict[str, Any]] = {
             },
             "get": {
                 "summary": "The live rules, most recently issued last.",
+                "parameters": [
+                    {
+                        "name": "scope",
+                        "in": "query",
+                        "required": False,
+                        "description": (
+                            "kumo extension: `fleet` sums each rule's `bounced` and "
+                            "`total_bounced` over the nodes of the fleet that published "
+                            "their counters (docs/fleet.md). Any other value is a 400."
+                        ),
+                        "schema": {"type": "string", "enum": ["fleet"]},
+                    }
+                ],
                 "responses": {
                     "200": {
                         "description": "Live rules.",
+                        "headers": {
+                            "Kumo-Fleet-Figures": {
+                                "description": (
+                                    "With `scope=fleet` only: `fleet; nodes=N` (summed over "
+                                    "N nodes, this one included), `unavailable` (Redis did "
+                                    "not answer in time: this node's figures alone) or "
+                                    "`off` (the node is in no fleet)."
+                                ),
+                                "schema": {"type": "string"},
+                            }
+                        },
                         "content": _json({"type": "array", "items": _BOUNCE_ENTRY}),
                     },
-                    **_refusals(401, 429, 503),
+                    **_refusals(401, 429, 400, 503),
                 },
             },
             "delete": {

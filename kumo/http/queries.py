@@ -98,3 +98,15 @@ def parse_inspect_queue(query: Query) -> InspectQueueQuery:
     """The parameters of an inspect-sched-q request."""
     queue_name = _required(query, "queue_name")
     return InspectQueueQuery(queue_name, _flag(query, "want_body"), _count(query, "limit"))
+
+
+def parse_bounce_list_query(query: Query) -> bool:
+    """``GET /api/admin/bounce/v1[?scope=fleet]``: whether the fleet's figures are asked
+    for (a kumo extension, docs/fleet.md). ``scope`` takes ``fleet`` only: another value,
+    or ``scope`` twice, is a 400 as KumoMTA words it; other parameters are ignored."""
+    scope = _one(query, "scope")
+    if scope is None:
+        return False
+    if scope != "fleet":
+        raise query_error(f"scope: unknown variant `{scope}`, expected `fleet`")
+    return True

@@ -18,11 +18,13 @@ class Reply:
     status: int
     body: bytes
     content_type: str
+    headers: tuple[tuple[str, str], ...] = ()
+    """Headers beside the content type (kumo extensions such as ``Kumo-Fleet-Figures``)."""
 
 
-def json_reply(value: Any, status: int = 200) -> Reply:
+def json_reply(value: Any, status: int = 200, headers: tuple[tuple[str, str], ...] = ()) -> Reply:
     """``value`` as a JSON body (orjson: exact integers, UTF-8)."""
-    return Reply(status, orjson.dumps(value), JSON)
+    return Reply(status, orjson.dumps(value), JSON, headers)
 
 
 def text_reply(text: str, status: int = 200) -> Reply:

@@ -75,6 +75,10 @@ class RuleAction:
     principal: str | None
     """Who: the issuer; the canceller; for a replacement the replacing rule's issuer;
     ``None`` for an expiry, which nobody asked for."""
+    origin: str
+    """Where: the fleet node (its ``node_id``) the issue, the cancel or the replacing
+    rule came from; ``""`` for an action taken on this node, and for an expiry (every
+    node ends a rule by itself)."""
     criteria: Criteria
     reason: str
     issued_at: int
@@ -138,7 +142,8 @@ class RebindAction:
     total_moved: int
 
 
-_Recorded: TypeAlias = tuple[int | None, int, ActionKind, str, str | None]
+_Recorded: TypeAlias = tuple[int | None, int, ActionKind, str, str | None, str]
+"""(seq, time, action, rule id, principal, origin) as the log records them."""
 
 
 def _status(rule: Rule, now: int) -> RuleStatus:
@@ -174,7 +179,6 @@ class Timeline:
         recorded (see :meth:`actions` for an expiry not recorded yet)."""
         self._holding: dict[str, str] = {}
         """Message id -> the suspension holding it, until it leaves or is released."""
-        # (seq, time, action, rule id, principal) as the log records them.
         self._recorded: list[_Recorded] = []
 
     def _released_by(self, rule: Rule, now: int) -> int:
@@ -218,20 +222,24 @@ class Timeline:
             # A replacement is by a rule of the same kind.
             rules = _same_kind(timeline.suspends.rules, timeline.rules.rules, rule)
             seq = rule.issued_seq
-            recorded.append((seq, 0, 0, (seq, rule.issued_at, "issued", rule.id, rule.issued_by)))
+            recorded.append(
+                (seq, 0, 0, (seq, rule.issued_at, "issued", rule.id, rule.issued_by, rule.origin))
+            )
             if rule.issued_expired:
-                recorded.append((seq, 0, 1, (seq, rule.expires_at, "expired", rule.id, None)))
+                recorded.append((seq, 0, 1, (seq, rule.expires_at, "expired", rule.id, None, "")))
             ended, ended_at = rule.ended_seq, rule.ended_at
             if ended is None or ended_at is None:
                 continue
             if rule.end == "expired":
-                action: _Recorded = (ended, rule.expires_at, "expired", rule.id, None)
+                action: _Recorded = (ended, rule.expires_at, "expired", rule.id, None, "")
             elif rule.end == "replaced":
                 replacing = rules.get(rule.ended_by or "")
-                by = replacing.issued_by if replacing is not None else None
-                action = (ended, ended_at, "replaced", rule.id, by)
+                by, where = (
+                    (None, "") if replacing is None else (replacing.issued_by, replacing.origin)
+                )
+                action = (ended, ended_at, "replaced", rule.id, by, where)
             else:
-                action = (ended, ended_at, "cancelled", rule.id, rule.ended_by)
+                action = (ended, ended_at, "cancelled", rule.id, rule.ended_by, rule.ended_origin)
             recorded.append((ended, 1, order, action))
         recorded.sort(key=lambda item: item[:3])
         timeline._recorded = [action for *_, action in recorded]
@@ -277,18 +285,23 @@ class Timeline:
         seq, time = committed.seq, committed.time
         record = self._recorded.append
         if isinstance(event, BounceIssued | SuspendIssued) and rule is not None:
-            record((seq, time, "issued", rule.id, rule.issued_by))
+            record((seq, time, "issued", rule.id, rule.issued_by, rule.origin))
             if rule.issued_expired:
-                record((seq, rule.expires_at, "expired", rule.id, None))
+                record((seq, rule.expires_at, "expired", rule.id, None, ""))
+            elif rule.lost_on_arrival:
+                winner = self.rules.rules.get(rule.ended_by or "")
+                by, where = (None, "") if winner is None else (winner.issued_by, winner.origin)
+                record((seq, time, "replaced", rule.id, by, where))
         for ended in live_before:
             if ended.ended_seq != seq or ended.end is None:
                 continue
             if ended.end == "expired":
-                record((seq, ended.expires_at, "expired", ended.id, None))
+                record((seq, ended.expires_at, "expired", ended.id, None, ""))
             elif ended.end == "replaced":
-                record((seq, time, "replaced", ended.id, rule.issued_by if rule else None))
+                by, where = (None, "") if rule is None else (rule.issued_by, rule.origin)
+                record((seq, time, "replaced", ended.id, by, where))
             else:
-                record((seq, time, "cancelled", ended.id, ended.ended_by))
+                record((seq, time, "cancelled", ended.id, ended.ended_by, ended.ended_origin))
 
     def _release(self, suspension_id: str) -> None:
         """A suspension's end is recorded: the messages it still held are due again."""
@@ -309,10 +322,10 @@ class Timeline:
         recorded = list(self._recorded)
         for rule in (*self.rules.live_rules(), *self.suspends.live_rules()):
             if not rule.live_at(now):
-                recorded.append((None, rule.expires_at, "expired", rule.id, None))
+                recorded.append((None, rule.expires_at, "expired", rule.id, None, ""))
         recorded.sort(key=lambda item: (item[1], item[0] if item[0] is not None else 2**63))
         actions: list[RuleAction] = []
-        for seq, time, action, rule_id, principal in recorded:
+        for seq, time, action, rule_id, principal, origin in recorded:
             if where.since is not None and time < where.since:
                 continue
             if where.until is not None and time > where.until:
@@ -340,6 +353,7 @@ class Timeline:
                     action=action,
                     rule_id=rule_id,
                     principal=principal,
+                    origin=origin,
                     criteria=rule.criteria,
                     reason=rule.reason,
                     issued_at=rule.issued_at,

@@ -171,6 +171,9 @@ class SuspendIssued:
     expires_at: int = attrs.field(validator=_int64)
     issued_by: str = attrs.field(default="", validator=_text)
     issued_at: int | None = attrs.field(default=None, validator=attrs.validators.optional(_int64))
+    origin: str = attrs.field(default="", validator=_text)
+    """The node the suspension was issued on, when fleet mode brought it from another
+    node; ``""`` for one issued here (as :attr:`BounceIssued.origin`)."""
 
 
 @attrs.frozen(slots=True)
@@ -179,6 +182,9 @@ class SuspendCancelled:
 
     rule_id: str = attrs.field(validator=_text)
     cancelled_by: str = attrs.field(default="", validator=_text)
+    origin: str = attrs.field(default="", validator=_text)
+    """The node the lift was asked on, when fleet mode brought it from another node;
+    ``""`` for one asked here."""
 
 
 @attrs.frozen(slots=True)
@@ -619,9 +625,11 @@ def _encode_body(event: Event) -> dict[str, Any]:
                 "reason": event.reason,
                 "expires_at": event.expires_at,
                 "issued_by": event.issued_by,
-            } | ({} if event.issued_at is None else {"issued_at": event.issued_at})
+            } | _optional(issued_at=event.issued_at, origin=event.origin)
         case SuspendCancelled():
-            return {"rule_id": event.rule_id, "cancelled_by": event.cancelled_by}
+            return {"rule_id": event.rule_id, "cancelled_by": event.cancelled_by} | _optional(
+                origin=event.origin
+            )
         case SuspendExpired():
             return {"rule_id": event.rule_id}
         case Suspended():
@@ -811,9 +819,11 @@ _DECODERS: Final[dict[str, Callable[[dict[str, Any]], Event]]] = {
         expires_at=d["expires_at"],
         issued_by=d["issued_by"],
         issued_at=d.get("issued_at"),
+        # Both absent from local events and from logs older than fleet suspensions.
+        origin=d.get("origin", ""),
     ),
     "SuspendCancelled": lambda d: SuspendCancelled(
-        rule_id=d["rule_id"], cancelled_by=d["cancelled_by"]
+        rule_id=d["rule_id"], cancelled_by=d["cancelled_by"], origin=d.get("origin", "")
     ),
     "SuspendExpired": lambda d: SuspendExpired(rule_id=d["rule_id"]),
     "Suspended": lambda d: Suspended(

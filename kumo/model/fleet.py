@@ -3,11 +3,16 @@
 Several kumo nodes share their admin actions through one Redis stream (docs/fleet.md).
 Each node's own event log stays the truth for that node; the stream only carries the
 actions. Everything here is a function of plain values (the node's
-:class:`~kumo.model.state.RuleBook`, the entries read): no trio, no I/O, no Redis. The
-runtime shell (:mod:`kumo.runtime.fleet`) carries out what these functions decide.
+:class:`~kumo.model.state.State`: its rule book of each kind; the entries read): no
+trio, no I/O, no Redis. The runtime shell (:mod:`kumo.runtime.fleet`) carries out what
+these functions decide.
 
-The actions are a rule's issue and its cancel (``BounceIssued``, ``BounceCancelled``).
-Expiries are not carried: every node ends a rule at the same ``expires_at`` by itself.
+The actions are a rule's issue and its cancel, for every kind of rule in
+:data:`ADMIN_KINDS` (bounce rules: ``BounceIssued``, ``BounceCancelled``; suspensions:
+``SuspendIssued``, ``SuspendCancelled``). Expiries are not carried: every node ends a
+rule at the same ``expires_at`` by itself. Every function below handles each kind the
+same way, through its :class:`AdminKind` entry: a new kind of admin action (one folded
+into a :class:`~kumo.model.state.RuleBook` of its own) joins the fleet with one entry.
 
 - **Fleet event id.** An action is named fleet-wide by :func:`fleet_event_id`:
   ``<rule id>:issued`` or ``<rule id>:cancelled``. Rule ids are uuid4s made once, by the
@@ -15,12 +20,12 @@ Expiries are not carried: every node ends a rule at the same ``expires_at`` by i
   the action is read, published again, or republished after Redis lost the stream.
 - **The outbox** (:func:`owed_entries`): the actions this node took (issued or cancelled
   here, ``origin == ""``) whose events the log committed after the position the node
-  has published up to. It is read from the rule book, which snapshots keep, so an
+  has published up to. It is read from the rule books, which snapshots keep, so an
   outbox survives a restart and a compaction of the log however long Redis was away.
 - **Applying** (:func:`plan_follow`): an entry read from the stream becomes a local
   event (its ``origin`` the node it came from) unless it came from this node, or its
   action is already in this node's log: the rule is known (its issue) or no longer live
-  (a cancel). That check is against the rule book, which the log rebuilds, so an action
+  (a cancel). That check is against the rule books, which the log rebuilds, so an action
   is applied once per node however often the stream holds it (at least once publishing,
   republishing, a restart between an append and storing the stream position).
 - **Republishing** (:func:`standing_entries`): when Redis comes back empty, each node
@@ -31,21 +36,28 @@ Expiries are not carried: every node ends a rule at the same ``expires_at`` by i
 from __future__ import annotations
 
 import urllib.parse
-from collections.abc import Iterable, Mapping
-from typing import Any, Final, TypeAlias
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Final, Literal, TypeAlias
 
 import attrs
+import orjson
 
 from kumo.model.events import (
     BounceCancelled,
     BounceIssued,
     EventDecodeError,
+    SuspendCancelled,
+    SuspendIssued,
     decode_event,
     encode_event,
 )
-from kumo.model.state import Rule, RuleBook
+from kumo.model.state import Rule, RuleBook, RuleKind, RuleView, State
 
-FleetAction: TypeAlias = BounceIssued | BounceCancelled
+IssueAction: TypeAlias = BounceIssued | SuspendIssued
+"""An action that starts a rule (of any kind fleet mode carries)."""
+CancelAction: TypeAlias = BounceCancelled | SuspendCancelled
+"""An action that ends a rule early."""
+FleetAction: TypeAlias = IssueAction | CancelAction
 """An admin action that fleet mode carries from node to node."""
 
 DEFAULT_STREAM: Final = "kumo:admin"
@@ -121,6 +133,22 @@ class FleetSettings:
     """Seconds before the first new try after Redis failed; doubled at each failure."""
     retry_max: float = attrs.field(default=5.0, converter=float, validator=_positive, kw_only=True)
     """The longest wait between two tries while Redis stays unreachable."""
+    counters_interval: float = attrs.field(
+        default=1.0, converter=float, validator=_positive, kw_only=True
+    )
+    """Seconds between two looks at this node's rule counters: they are published
+    (for ``?scope=fleet``) at most this often, and only when they changed."""
+    counters_ttl: float = attrs.field(
+        default=30.0, converter=float, validator=_positive, kw_only=True
+    )
+    """Seconds a node's published counters live in Redis unless published again: a
+    node that stopped stops counting in the fleet's figures after this long. A node
+    whose counters did not change publishes them again after a third of it."""
+    counters_wait: float = attrs.field(
+        default=0.5, converter=float, validator=_positive, kw_only=True
+    )
+    """Seconds a ``?scope=fleet`` GET waits for Redis before it answers with this
+    node's figures alone."""
 
 
 def epoch_key(stream: str) -> str:
@@ -129,6 +157,17 @@ def epoch_key(stream: str) -> str:
     one it followed knows that Redis lost the stream (restarted empty, flushed, or a
     new server): it reads the stream again from its start and republishes."""
     return f"{stream}:epoch"
+
+
+def counters_key(stream: str, node_id: str) -> str:
+    """The key holding node ``node_id``'s rule counters (:func:`encode_counters`), with
+    a time to live (:attr:`FleetSettings.counters_ttl`)."""
+    return f"{stream}:counters:{node_id}"
+
+
+def counter_nodes_key(stream: str) -> str:
+    """The set of the node ids that have published counters (some may have aged out)."""
+    return f"{stream}:counters"
 
 
 def retry_delay(failures: int, settings: FleetSettings) -> float:
@@ -145,8 +184,9 @@ def fleet_event_id(event: FleetAction) -> str:
     """The fleet-wide name of an action: ``<rule id>:issued`` or ``<rule id>:cancelled``.
 
     A rule is issued once; two nodes that cancel it at the same moment take the same
-    action, and each node applies the first copy it reads."""
-    kind = ISSUED if isinstance(event, BounceIssued) else CANCELLED
+    action, and each node applies the first copy it reads. Rule ids are uuid4s, so the
+    name does not need the kind of the rule (the event in the entry tells it)."""
+    kind = ISSUED if isinstance(event, IssueAction) else CANCELLED
     return f"{event.rule_id}:{kind}"
 
 
@@ -165,9 +205,7 @@ class StreamEntry:
 
     fleet_id: str
     origin: str = attrs.field(validator=_origin)
-    event: FleetAction = attrs.field(
-        validator=attrs.validators.instance_of((BounceIssued, BounceCancelled))
-    )
+    event: FleetAction = attrs.field(validator=lambda _, __, value: _check_action(value))
 
     def __attrs_post_init__(self) -> None:
         if self.event.origin != self.origin:
@@ -211,7 +249,7 @@ def decode_entry(fields: Mapping[bytes, bytes] | Mapping[str, bytes]) -> StreamE
         event = decode_event(body if isinstance(body, bytes) else str(body).encode())
     except EventDecodeError as exc:
         raise FleetEntryError(f"entry {fleet_id!r}: {exc}") from None
-    if not isinstance(event, BounceIssued | BounceCancelled):
+    if not isinstance(event, FleetAction) or type(event) not in _KIND_OF:
         raise FleetEntryError(f"entry {fleet_id!r} carries a {type(event).__name__}")
     try:
         return StreamEntry(fleet_id, origin, event)
@@ -227,11 +265,10 @@ def _text(value: object) -> str:
     raise FleetEntryError(f"not a string: {value!r}")
 
 
-# -- what a node owes the stream ------------------------------------------------------
+# -- the kinds of admin action --------------------------------------------------------
 
 
-def issued_event(rule: Rule) -> BounceIssued:
-    """The ``BounceIssued`` that issued ``rule``, as its rule book remembers it."""
+def _bounce_issued(rule: Rule) -> BounceIssued:
     return BounceIssued(
         rule_id=rule.id,
         criteria=rule.criteria,
@@ -244,13 +281,69 @@ def issued_event(rule: Rule) -> BounceIssued:
     )
 
 
-def cancelled_event(rule: Rule) -> BounceCancelled:
-    """The ``BounceCancelled`` that ended ``rule`` (which must have been cancelled)."""
-    if rule.end != "cancelled":
-        raise ValueError(f"rule {rule.id} was not cancelled")
-    return BounceCancelled(
-        rule_id=rule.id, cancelled_by=rule.ended_by or "", origin=rule.ended_origin
+def _suspend_issued(rule: Rule) -> SuspendIssued:
+    return SuspendIssued(
+        rule_id=rule.id,
+        criteria=rule.criteria,
+        reason=rule.reason,
+        expires_at=rule.expires_at,
+        issued_by=rule.issued_by,
+        issued_at=rule.issued_at,
+        origin=rule.origin,
     )
+
+
+@attrs.frozen
+class AdminKind:
+    """One kind of admin action that fleet mode carries: a kind of rule, folded into
+    the :class:`~kumo.model.state.RuleBook` of its ``kind``, with the events that issue
+    and cancel it. Both events carry ``rule_id`` and ``origin`` (the node they were
+    taken on; ``""`` on that node itself); the cancel also ``cancelled_by``."""
+
+    kind: RuleKind
+    issued: type[IssueAction]
+    cancelled: type[CancelAction]
+    issued_event: Callable[[Rule], IssueAction]
+    """The issue event of a rule, rebuilt from what its rule book keeps of it (the
+    outbox and a republish are read from the books, which snapshots keep)."""
+
+    def book(self, state: State) -> RuleBook:
+        """The rule book of this kind in ``state``."""
+        return state.book(self.kind)
+
+    def cancelled_event(self, rule: Rule) -> CancelAction:
+        """The cancel that ended ``rule`` (which must have been cancelled)."""
+        if rule.end != "cancelled":
+            raise ValueError(f"rule {rule.id} was not cancelled")
+        return self.cancelled(
+            rule_id=rule.id, cancelled_by=rule.ended_by or "", origin=rule.ended_origin
+        )
+
+
+ADMIN_KINDS: Final[tuple[AdminKind, ...]] = (
+    AdminKind("bounce", BounceIssued, BounceCancelled, _bounce_issued),
+    AdminKind("suspend", SuspendIssued, SuspendCancelled, _suspend_issued),
+)
+"""Every kind of admin action fleet mode carries. A new kind (a ready-queue suspension,
+a rebind) joins with one entry here and its events in :data:`IssueAction` and
+:data:`CancelAction`."""
+
+_KIND_OF: Final[dict[type, AdminKind]] = {
+    event: kind for kind in ADMIN_KINDS for event in (kind.issued, kind.cancelled)
+}
+
+
+def kind_of(event: FleetAction) -> AdminKind:
+    """The :class:`AdminKind` of ``event``."""
+    return _KIND_OF[type(event)]
+
+
+def _check_action(value: object) -> None:
+    if type(value) not in _KIND_OF:
+        raise TypeError(f"not an admin action fleet mode carries: {value!r}")
+
+
+# -- what a node owes the stream ------------------------------------------------------
 
 
 @attrs.frozen
@@ -261,47 +354,54 @@ class Owed:
     entry: StreamEntry
 
 
-def owed_entries(rules: RuleBook, node_id: str, *, after_seq: int, through_seq: int) -> list[Owed]:
+def owed_entries(state: State, node_id: str, *, after_seq: int, through_seq: int) -> list[Owed]:
     """The actions taken on this node (``node_id``) and committed at a seq in
-    ``(after_seq, through_seq]``, in log order: what the publisher owes the stream
-    once it has published everything up to ``after_seq``.
+    ``(after_seq, through_seq]``, of every kind, in log order: what the publisher owes
+    the stream once it has published everything up to ``after_seq``.
 
     Actions that came from other nodes are never owed: they are in the stream already
     (a stream that lost them is :func:`standing_entries`' business).
     """
     owed: list[Owed] = []
-    for rule in rules.rules.values():
-        if not rule.origin and after_seq < rule.issued_seq <= through_seq:
-            owed.append(Owed(rule.issued_seq, StreamEntry.of(issued_event(rule), node_id)))
-        ended = rule.ended_seq
-        if (
-            rule.end == "cancelled"
-            and not rule.ended_origin
-            and ended is not None
-            and after_seq < ended <= through_seq
-        ):
-            owed.append(Owed(ended, StreamEntry.of(cancelled_event(rule), node_id)))
+    for kind in ADMIN_KINDS:
+        for rule in kind.book(state).rules.values():
+            if not rule.origin and after_seq < rule.issued_seq <= through_seq:
+                owed.append(Owed(rule.issued_seq, StreamEntry.of(kind.issued_event(rule), node_id)))
+            ended = rule.ended_seq
+            if (
+                rule.end == "cancelled"
+                and not rule.ended_origin
+                and ended is not None
+                and after_seq < ended <= through_seq
+            ):
+                owed.append(Owed(ended, StreamEntry.of(kind.cancelled_event(rule), node_id)))
     owed.sort(key=lambda item: item.seq)
     return owed
 
 
-def standing_entries(rules: RuleBook, node_id: str, now: int) -> list[StreamEntry]:
+def standing_entries(state: State, node_id: str, now: int) -> list[StreamEntry]:
     """Every action that still matters at ``now``, whoever took it, for a stream that
-    lost what it held: the issue of each rule whose expiry is after ``now`` and that no
-    equal rule replaced, each followed by its cancel if it was cancelled (a node that
-    missed both still learns that the rule is over). In issue order.
+    lost what it held: the issue of each rule (of every kind) whose expiry is after
+    ``now`` and that no equal rule replaced, each followed by its cancel if it was
+    cancelled (a node that missed both still learns that the rule is over). In log
+    order of the issues.
 
     A rule expired by ``now`` is over on every node whatever the stream says, so its
     actions no longer matter.
     """
-    entries: list[StreamEntry] = []
-    for rule in rules.rules.values():
-        if rule.expires_at <= now or rule.issued_expired or rule.end in ("replaced", "expired"):
-            continue
-        entries.append(StreamEntry.of(issued_event(rule), rule.origin or node_id))
-        if rule.end == "cancelled":
-            entries.append(StreamEntry.of(cancelled_event(rule), rule.ended_origin or node_id))
-    return entries
+    standing: list[tuple[int, list[StreamEntry]]] = []
+    for kind in ADMIN_KINDS:
+        for rule in kind.book(state).rules.values():
+            if rule.expires_at <= now or rule.issued_expired or rule.end in ("replaced", "expired"):
+                continue
+            entries = [StreamEntry.of(kind.issued_event(rule), rule.origin or node_id)]
+            if rule.end == "cancelled":
+                entries.append(
+                    StreamEntry.of(kind.cancelled_event(rule), rule.ended_origin or node_id)
+                )
+            standing.append((rule.issued_seq, entries))
+    standing.sort(key=lambda item: item[0])
+    return [entry for _, entries in standing for entry in entries]
 
 
 # -- what a node takes from the stream ------------------------------------------------
@@ -326,9 +426,7 @@ class FollowPlan:
     the node read): nothing to cancel."""
 
 
-def plan_follow(
-    entries: Iterable[StreamEntry], rules: RuleBook, node_id: str, now: int
-) -> FollowPlan:
+def plan_follow(entries: Iterable[StreamEntry], state: State, node_id: str, now: int) -> FollowPlan:
     """Which of ``entries`` (read in stream order at ``now``) this node appends.
 
     An entry is taken once per node: never one from ``node_id`` itself; an issue only
@@ -347,7 +445,7 @@ def plan_follow(
     cancelled_in_batch = {
         entry.event.rule_id
         for entry in batch
-        if isinstance(entry.event, BounceCancelled) and entry.origin != node_id
+        if isinstance(entry.event, CancelAction) and entry.origin != node_id
     }
     events: list[FleetAction] = []
     taken: set[str] = set()
@@ -362,7 +460,8 @@ def plan_follow(
         if entry.fleet_id in taken:
             applied_before += 1
             continue
-        if isinstance(event, BounceIssued):
+        rules = kind_of(event).book(state)
+        if isinstance(event, IssueAction):
             if event.rule_id in rules.rules:
                 applied_before += 1
                 continue
@@ -388,3 +487,89 @@ def plan_follow(
         taken.add(entry.fleet_id)
         events.append(event)
     return FollowPlan(tuple(events), own, applied_before, ended, unknown)
+
+
+# -- the fleet's figures (GET ?scope=fleet) --------------------------------------------
+
+
+@attrs.frozen
+class RuleCounters:
+    """What one node bounced under one rule: per queue, and in all."""
+
+    bounced: Mapping[str, int]
+    total_bounced: int
+
+
+def rule_counters(rules: RuleBook, now: int) -> dict[str, RuleCounters]:
+    """Rule id -> this node's counters, for the rules live at ``now`` (what GET lists)."""
+    return {
+        view.id: RuleCounters(dict(view.bounced), view.total_bounced) for view in rules.views(now)
+    }
+
+
+def encode_counters(counters: Mapping[str, RuleCounters]) -> bytes:
+    """``counters`` as the JSON a node publishes: ``{rule id: {"bounced": {queue:
+    count}, "total_bounced": n}}``."""
+    return orjson.dumps(
+        {
+            rule_id: {"bounced": dict(figures.bounced), "total_bounced": figures.total_bounced}
+            for rule_id, figures in counters.items()
+        }
+    )
+
+
+def decode_counters(data: bytes) -> dict[str, RuleCounters]:
+    """The inverse of :func:`encode_counters`; :class:`FleetEntryError` for anything
+    else (the reader leaves that node out)."""
+    try:
+        raw = orjson.loads(data)
+        if not isinstance(raw, dict):
+            raise TypeError("not an object")
+        counters: dict[str, RuleCounters] = {}
+        for rule_id, figures in raw.items():
+            bounced = figures["bounced"]
+            total = figures["total_bounced"]
+            if not isinstance(bounced, dict) or type(total) is not int:
+                raise TypeError(f"rule {rule_id}: not counters")
+            if not all(type(count) is int for count in bounced.values()):
+                raise TypeError(f"rule {rule_id}: a count is not an integer")
+            counters[rule_id] = RuleCounters(bounced, total)
+    except (orjson.JSONDecodeError, TypeError, KeyError) as exc:
+        raise FleetEntryError(f"counters that cannot be read: {exc}") from None
+    return counters
+
+
+@attrs.frozen
+class FleetFigures:
+    """What ``GET /api/admin/bounce/v1?scope=fleet`` answers."""
+
+    views: list[RuleView]
+    """The live rules, their counters summed over :attr:`nodes` nodes."""
+    scope: Literal["fleet", "unavailable", "off"]
+    """``fleet``: summed over the nodes that published their counters; ``unavailable``:
+    Redis did not answer in time, the figures are this node's; ``off``: the node is in
+    no fleet, its figures are the fleet's."""
+    nodes: int
+    """The nodes whose figures are summed, this one included."""
+
+
+def fleet_views(
+    views: Iterable[RuleView], others: Iterable[Mapping[str, RuleCounters]]
+) -> list[RuleView]:
+    """``views`` (this node's, as GET lists them) with each rule's ``bounced`` and
+    ``total_bounced`` summed over this node and ``others`` (the counters the other
+    nodes published). A rule another node does not count (yet) adds nothing."""
+    others = list(others)
+    summed: list[RuleView] = []
+    for view in views:
+        bounced = dict(view.bounced)
+        total = view.total_bounced
+        for counters in others:
+            figures = counters.get(view.id)
+            if figures is None:
+                continue
+            for queue, count in figures.bounced.items():
+                bounced[queue] = bounced.get(queue, 0) + count
+            total += figures.total_bounced
+        summed.append(attrs.evolve(view, bounced=bounced, total_bounced=total))
+    return summed

@@ -89,7 +89,11 @@ def owed_bounces(state: State) -> list[Bounced]:
     if state.queues is None:
         raise RuntimeError("owed_bounces needs a fold that keeps messages")
     decisions: list[Bounced] = []
-    all_rules = sorted(state.rules.rules.values(), key=lambda rule: rule.issued_seq)
+    # A rule that lost to an equal rule of another node on arrival never swept.
+    all_rules = sorted(
+        (rule for rule in state.rules.rules.values() if not rule.lost_on_arrival),
+        key=lambda rule: rule.issued_seq,
+    )
     for queue, messages in state.queues.items():
         parsed = QueueName.parse(queue)
         rules = [rule for rule in all_rules if rule.criteria.matches(parsed)]

@@ -18,6 +18,8 @@ and hands each queue the events listed for it. The rules are:
 - a ``RebindIssued`` concerns every open queue its criteria match (each decides what
   moves, and emits a ``Rebound``); a ``Rebound`` concerns the queue it moves messages
   to, which it opens (with its live rules and suspensions) as an arrival does.
+- the issue of a rule that loses to an equal rule of another node on arrival (fleet
+  mode: :func:`kumo.model.state.outranks`) concerns no queue: it never is live here.
 
 Which rule a message is counted to is decided by the queue itself
 (:meth:`kumo.model.state.QueueState.receive`, one rule for all: the most recently
@@ -35,6 +37,7 @@ from kumo.model.events import (
     BounceExpired,
     BounceIssued,
     Committed,
+    Event,
     MessageReceived,
     RebindIssued,
     Rebound,
@@ -100,6 +103,18 @@ class Router:
         """The live suspensions that match queue ``name``, oldest first."""
         return tuple(SweepRule.of(rule) for rule in self.suspends.matching_live(name))
 
+    def passed_over(self, event: Event) -> bool:
+        """Whether ``event``, already routed, is the issue of a rule that lost to an
+        equal rule of another node on arrival (:attr:`~kumo.model.state.Rule.lost_on_arrival`):
+        it concerns no queue, so an actor reading the log to catch up skips it."""
+        if type(event) is BounceIssued:
+            rule = self.rules.rules.get(event.rule_id)
+        elif type(event) is SuspendIssued:
+            rule = self.suspends.rules.get(event.rule_id)
+        else:
+            return False
+        return rule is not None and rule.lost_on_arrival
+
     def route(self, batch: Iterable[Committed]) -> Routing:
         """Fold ``batch`` (in log order, each event once) and say where it goes."""
         new_queues: list[NewQueue] = []
@@ -118,6 +133,10 @@ class Router:
                     previous = book.live_equal(event.criteria)
                     rule = book.apply(committed)
                     assert rule is not None
+                    if rule.lost_on_arrival:
+                        # An equal rule of another node outranks it: it concerns no
+                        # queue, and the live equal rule stays where it is.
+                        continue
                     if previous is not None and previous.end is not None:
                         # Replaced (or found expired): its queues drop it on their own.
                         self._holders.pop(previous.id, None)

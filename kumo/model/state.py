@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import Literal, TypeAlias
+from typing import Literal, Protocol, TypeAlias
 
 import attrs
 
@@ -87,6 +87,13 @@ class Rule:
         """A rule issued already expired sweeps once and is never live."""
         return self.expires_at <= self.issued_at
 
+    @property
+    def lost_on_arrival(self) -> bool:
+        """Replaced by the event that issued it: an equal rule of another node that the
+        fleet's order puts after it was already known here (:func:`outranks`). Such
+        a rule never was live here, and swept nothing."""
+        return self.end == "replaced" and self.ended_seq == self.issued_seq
+
     def live_at(self, time: int) -> bool:
         """Live at ``time`` as far as the events folded so far tell."""
         return self.end is None and not self.issued_expired and time < self.expires_at
@@ -120,18 +127,55 @@ class RuleView:
 
 RuleKind: TypeAlias = Literal["bounce", "suspend"]
 
+
+class Ranked(Protocol):
+    """What the fleet's order of equal rules looks at (a :class:`Rule`, a
+    :class:`SweepRule`)."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def issued_at(self) -> int: ...
+    @property
+    def origin(self) -> str: ...
+
+
+def outranks(rule: Ranked, other: Ranked) -> bool:
+    """Whether ``rule``, issued (or read) after ``other`` with equal criteria, comes
+    after it in the order that decides which of two equal rules stays.
+
+    Two rules of the same node (the same ``origin``; ``""``: this node) keep that
+    node's order, the order of its log, which the fleet's stream carries to every
+    node: the later one replaces the earlier, as on a node alone. Two rules of
+    different nodes are ordered by ``(issued_at, id)``, which every node computes from
+    the events alone: whichever node reads them, in whichever order, keeps the same one
+    (docs/fleet.md, "Equal rules issued at once"). Both agree as long as a node issues
+    its rules with a clock that does not go back (NTP slews, it does not step).
+    """
+    if rule.origin == other.origin:
+        return True
+    return (rule.issued_at, rule.id) > (other.issued_at, other.id)
+
+
 _RULE_EVENTS: dict[RuleKind, tuple[type[Event], type[Event], type[Event]]] = {
     "bounce": (BounceIssued, BounceCancelled, BounceExpired),
     "suspend": (SuspendIssued, SuspendCancelled, SuspendExpired),
 }
 """Each kind of rule's issue, cancel and expiry events."""
 
+RULE_ISSUES: frozenset[type[Event]] = frozenset(events[0] for events in _RULE_EVENTS.values())
+"""The events that issue a rule, of any kind."""
+RULE_ENDS: frozenset[type[Event]] = frozenset(
+    event for events in _RULE_EVENTS.values() for event in events[1:]
+)
+"""The events that end a rule (a cancel, an expiry), of any kind."""
+
 
 class RuleBook:
     """Every rule of one kind ever issued, folded in log order; the live ones in issue
     order. Bounce rules (the default) also count the messages each bounced."""
 
-    __slots__ = ("_by_criteria", "_events", "_live", "kind", "rules")
+    __slots__ = ("_by_criteria", "_events", "_live", "_ranked", "kind", "rules")
 
     def __init__(self, kind: RuleKind = "bounce") -> None:
         self.kind: RuleKind = kind
@@ -139,6 +183,10 @@ class RuleBook:
         self.rules: dict[str, Rule] = {}
         self._live: dict[str, Rule] = {}
         self._by_criteria: dict[Criteria, Rule] = {}
+        self._ranked: dict[Criteria, dict[str, Rule]] = {}
+        """Criteria -> origin -> the rule of that node with those criteria that comes
+        last in the fleet's order (:func:`outranks`), live or not: what decides whether
+        a rule of another node that arrives now lost to it already."""
 
     @classmethod
     def restore(cls, rules: Iterable[Rule], kind: RuleKind = "bounce") -> RuleBook:
@@ -146,6 +194,8 @@ class RuleBook:
         book = cls(kind)
         for rule in rules:
             book.rules[rule.id] = rule
+            if not rule.issued_expired:
+                book._rank(rule)
             if rule.end is None and not rule.issued_expired:
                 book._live[rule.id] = rule
                 book._by_criteria[rule.criteria] = rule
@@ -180,8 +230,9 @@ class RuleBook:
             return self._issue(event, committed)
         if kind is cancelled:
             assert isinstance(event, BounceCancelled | SuspendCancelled)
-            origin = event.origin if isinstance(event, BounceCancelled) else ""
-            return self._end(event.rule_id, "cancelled", committed, event.cancelled_by, origin)
+            return self._end(
+                event.rule_id, "cancelled", committed, event.cancelled_by, event.origin
+            )
         if kind is expired:
             assert isinstance(event, BounceExpired | SuspendExpired)
             return self._end(event.rule_id, "expired", committed, None)
@@ -206,10 +257,22 @@ class RuleBook:
             expires_at=event.expires_at,
             suppress_logging=isinstance(event, BounceIssued) and event.suppress_logging,
             issued_by=event.issued_by,
-            origin=event.origin if isinstance(event, BounceIssued) else "",
+            origin=event.origin,
         )
         self.rules[rule.id] = rule
         if rule.issued_expired:
+            return rule
+        winner = self._outranked_by(rule)
+        self._rank(rule)
+        if winner is not None:
+            # An equal rule of another node that comes after it in the fleet's order is
+            # known here (live or not): this one lost the race wherever it is read.
+            rule.end, rule.ended_seq, rule.ended_at, rule.ended_by = (
+                "replaced",
+                seq,
+                time,
+                winner.id,
+            )
             return rule
         previous = self._by_criteria.get(rule.criteria)
         if previous is not None:
@@ -222,6 +285,24 @@ class RuleBook:
         self._live[rule.id] = rule
         self._by_criteria[rule.criteria] = rule
         return rule
+
+    def _outranked_by(self, rule: Rule) -> Rule | None:
+        """The known rule with ``rule``'s criteria, of another node, that comes after it
+        in the fleet's order (the last such), if any. Never one on a node alone."""
+        ranked = self._ranked.get(rule.criteria)
+        if not ranked:
+            return None
+        winner: Rule | None = None
+        for other in ranked.values():
+            if not outranks(rule, other) and (winner is None or outranks(other, winner)):
+                winner = other
+        return winner
+
+    def _rank(self, rule: Rule) -> None:
+        ranked = self._ranked.setdefault(rule.criteria, {})
+        last = ranked.get(rule.origin)
+        if last is None or outranks(rule, last):
+            ranked[rule.origin] = rule
 
     def _end(
         self, rule_id: str, end: RuleEnd, committed: Committed, by: str | None, origin: str = ""
@@ -833,6 +914,10 @@ class State:
         """Messages moved to another queue by a rebind (``Rebound``); not a departure."""
         self.last_seq = 0
         self.last_time = 0
+
+    def book(self, kind: RuleKind) -> RuleBook:
+        """The rule book of ``kind``: bounce rules or suspensions."""
+        return self.suspends if kind == "suspend" else self.rules
 
     @property
     def queues(self) -> dict[str, MessageQueue] | None:

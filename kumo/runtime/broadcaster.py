@@ -67,7 +67,14 @@ class Broadcaster:
     async def open_queue(self, state: QueueState) -> None:
         """Start the actor of a queue known at start (the router already opened it)."""
         await self._supervisor.start(
-            QueueActor(state, self._log, self._missed, self._settings, self._mail)
+            QueueActor(
+                state,
+                self._log,
+                self._missed,
+                self._settings,
+                self._mail,
+                passed_over=self._router.passed_over,
+            )
         )
 
     def assigned(self, queue: str) -> int:

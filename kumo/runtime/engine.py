@@ -15,7 +15,8 @@ this order)::
     │   ├── WalCheckpointer.run    copies the SQLite WAL back, beside the writer
     │   ├── Snapshotter.run        snapshots the state every so many events
     │   ├── FleetLink.run_publisher  [fleet] only: this node's actions -> Redis stream
-    │   └── FleetLink.run_follower   [fleet] only: the other nodes' actions -> the log
+    │   ├── FleetLink.run_follower   [fleet] only: the other nodes' actions -> the log
+    │   └── FleetLink.run_counters   [fleet] only: this node's rule counters -> Redis
     └── Broadcaster.run            carries committed events to the queue actors
 
 The projections (rules, counters, queue gauges) are folded synchronously by the
@@ -52,7 +53,7 @@ from kumo.model.events import (
     SuspendCancelled,
     SuspendIssued,
 )
-from kumo.model.fleet import FleetSettings
+from kumo.model.fleet import FleetFigures, FleetSettings, fleet_views
 from kumo.model.inspection import InspectedMessage, InspectedQueue
 from kumo.model.message import Message
 from kumo.model.ready_queue import ReadyEntry
@@ -223,15 +224,18 @@ class Engine:
         """Cancel a live rule. False if it is unknown, replaced, cancelled or expired."""
         return await self._cancel("bounce", rule_id, cancelled_by)
 
-    async def wait_rule(self, rule_id: str, *, ended: bool = False) -> None:
-        """Return once this node's log holds the issue of rule ``rule_id`` (with
-        ``ended``, and an event that ended it: cancel, replacement or expiry). Always a
-        checkpoint. A rule issued on another node of the fleet comes through the fleet
-        follower: this is how a caller waits for it without polling."""
+    async def wait_rule(
+        self, rule_id: str, *, ended: bool = False, kind: RuleKind = "bounce"
+    ) -> None:
+        """Return once this node's log holds the issue of rule ``rule_id`` of ``kind``
+        (with ``ended``, and an event that ended it: cancel, replacement or expiry).
+        Always a checkpoint. A rule issued on another node of the fleet comes through
+        the fleet follower: this is how a caller waits for it without polling."""
         events = self._parts.projection.rule_events
+        book = self._projection.book(kind)
         while True:
             seen = events.value
-            rule = self._projection.rules.rules.get(rule_id)
+            rule = book.rules.get(rule_id)
             if rule is not None and (not ended or rule.end is not None):
                 await trio.lowlevel.checkpoint()
                 return
@@ -265,6 +269,25 @@ class Engine:
             now=self.clock.now(),
             expires_at=expires_at,
         )
+
+    async def wait_fleet_counters(self) -> None:
+        """Return once this node's rule counters, as they are now, are published for
+        the fleet's figures (at once without a fleet). For tests and tools."""
+        if self._parts.fleet is not None:
+            await self._parts.fleet.wait_counters_published()
+
+    async def fleet_bounces(self) -> FleetFigures:
+        """:meth:`list_bounces` with each rule's counters summed over the nodes of the
+        fleet that published theirs (``GET ?scope=fleet``). Waits for Redis at most
+        ``counters_wait`` seconds; without an answer (or without a fleet) the figures
+        are this node's alone, and :attr:`FleetFigures.scope` says so."""
+        fleet = self._parts.fleet
+        if fleet is None:
+            return FleetFigures(self.list_bounces(), "off", 1)
+        others = await fleet.read_counters()
+        if others is None:
+            return FleetFigures(self.list_bounces(), "unavailable", 1)
+        return FleetFigures(fleet_views(self.list_bounces(), others), "fleet", 1 + len(others))
 
     async def issue_suspend(self, request: BounceRequest, *, issued_by: str) -> str:
         """Suspend delivery from the scheduled queues ``request`` matches (its
@@ -763,6 +786,7 @@ async def _run(
                 if parts.fleet is not None:
                     await inner.start(parts.fleet.run_publisher)
                     await inner.start(parts.fleet.run_follower)
+                    await inner.start(parts.fleet.run_counters)
                 task_status.started()
 
     await nursery.start(run_followers)

@@ -1,4 +1,5 @@
-"""Fleet mode's two tasks: the publisher and the follower of the fleet's Redis stream.
+"""Fleet mode's tasks: the publisher and the follower of the fleet's Redis stream, and
+the publisher of this node's rule counters (``GET ?scope=fleet``).
 
 They carry out what :mod:`kumo.model.fleet` decides, and nothing else:
 
@@ -12,6 +13,10 @@ They carry out what :mod:`kumo.model.fleet` decides, and nothing else:
   (:func:`~kumo.model.fleet.plan_follow`) and waits until it is durable, then stores
   the position. A crash between the two reads those entries again; the model takes
   none of them twice.
+- :meth:`FleetLink.run_counters` publishes this node's counters of its live rules to a
+  key of its own with a time to live (:func:`~kumo.model.fleet.counters_key`), at most
+  once a second and only when they changed; :meth:`FleetLink.read_counters` reads the
+  other nodes' for a ``?scope=fleet`` GET, waiting a bounded time.
 
 Both look at the stream's epoch (:func:`~kumo.model.fleet.epoch_key`) each round. A new
 epoch means that Redis lost the stream: the follower reads the new one from its start,
@@ -22,7 +27,7 @@ While Redis cannot be reached both tasks retry, backing off from ``retry_initial
 ``retry_max`` seconds; the node keeps working on its own meanwhile, says so once in
 its log (``kumo.fleet``, a warning), and in ``/metrics`` (:class:`FleetStatistics`).
 Neither task ever stops the engine: a stream entry it cannot read is skipped and
-counted, a failure of Redis is retried. Both run as followers in the engine's task
+counted, a failure of Redis is retried. All run as followers in the engine's task
 tree and are cancelled with them at shutdown (a blocked ``XREAD`` included).
 """
 
@@ -44,13 +49,19 @@ import trio
 from kumo.model.fleet import (
     FleetEntryError,
     FleetSettings,
+    RuleCounters,
     StreamEntry,
+    counter_nodes_key,
+    counters_key,
+    decode_counters,
     decode_entry,
+    encode_counters,
     encode_entry,
     epoch_key,
     owed_entries,
     plan_follow,
     retry_delay,
+    rule_counters,
     standing_entries,
 )
 from kumo.model.statistics import counter, gauge, info
@@ -59,6 +70,7 @@ from kumo.runtime.clock import EngineClock
 from kumo.runtime.log_writer import LogWriter
 from kumo.runtime.projection import Projection
 from kumo.runtime.refusal import RefusedError
+from kumo.runtime.watermark import Watermark
 from kumo.store.event_log import EventStore
 
 logger = logging.getLogger("kumo.fleet")
@@ -130,6 +142,9 @@ class FleetStatistics:
     position_ms: int = gauge(
         "Milliseconds part of the last stream id applied (Redis's clock when it was added)."
     )
+    counters_published: int = counter(
+        "Times this node published its rule counters for ?scope=fleet (when they changed)."
+    )
 
     @classmethod
     def off(cls) -> FleetStatistics:
@@ -165,7 +180,8 @@ class FleetMeta:
 
 
 class FleetLink:
-    """This node's link to the fleet's stream: a publisher and a follower task."""
+    """This node's link to the fleet: the stream's publisher and follower, and the
+    counters' publisher."""
 
     def __init__(
         self,
@@ -203,11 +219,19 @@ class FleetLink:
                 "malformed",
                 "resets",
                 "redis_failures",
+                "counters_published",
             ),
             0,
         )
         self._position_ms = 0
-        self._down_since: dict[str, bool] = {"publisher": False, "follower": False}
+        self._counters_published: bytes | None = None
+        self.counter_rounds = Watermark()
+        """Rounds of :meth:`run_counters` that reached Redis."""
+        self._down_since: dict[str, bool] = {
+            "publisher": False,
+            "follower": False,
+            "counters": False,
+        }
 
     # -- the publisher ------------------------------------------------------------------
 
@@ -246,7 +270,7 @@ class FleetLink:
         node owes up to the log's durable end is then published, so the position moves
         there; an action taken after it is owed as usual."""
         through = self._log.durable.value
-        entries = standing_entries(self._projection.state.rules, self._node_id, self._clock.now())
+        entries = standing_entries(self._projection.state, self._node_id, self._clock.now())
         if first:
             logger.info(
                 "joining the fleet stream %s (epoch %s): publishing %d actions that still matter",
@@ -274,7 +298,7 @@ class FleetLink:
         if through <= self._published_seq:
             return
         owed = owed_entries(
-            self._projection.state.rules,
+            self._projection.state,
             self._node_id,
             after_seq=self._published_seq,
             through_seq=through,
@@ -347,7 +371,7 @@ class FleetLink:
                 self._counts["malformed"] += 1
                 logger.warning("skipping fleet stream entry %s: %s", entry_id.decode(), exc)
         self._counts["read"] += len(raw)
-        plan = plan_follow(entries, self._projection.state.rules, self._node_id, self._clock.now())
+        plan = plan_follow(entries, self._projection.state, self._node_id, self._clock.now())
         if plan.events:
             await self._log.append(list(plan.events))
         self._counts["applied"] += len(plan.events)
@@ -359,6 +383,92 @@ class FleetLink:
         await self._meta.set({POSITION: position})
         self._position_ms = _milliseconds(position)
         return position
+
+    # -- the fleet's figures (GET ?scope=fleet) ----------------------------------------
+
+    async def run_counters(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Publish this node's counters of its live bounce rules, for ever: at most once
+        every ``counters_interval`` seconds, only when they changed (or a third of
+        ``counters_ttl`` passed, so that they do not age out), to a key of this node
+        with that time to live (:func:`~kumo.model.fleet.counters_key`)."""
+        task_status.started()
+        key = counters_key(self.settings.stream, self._node_id).encode()
+        nodes = counter_nodes_key(self.settings.stream).encode()
+        refresh = self.settings.counters_ttl / 3
+        ttl_ms = max(1, math.ceil(self.settings.counters_ttl * 1000))
+        failures = 0
+        while True:
+            try:
+                async with self._connect(self.settings) as redis:
+                    published: bytes | None = None
+                    published_at = -math.inf
+                    while True:
+                        body = encode_counters(
+                            rule_counters(self._projection.state.rules, self._clock.now())
+                        )
+                        if body != published or trio.current_time() - published_at >= refresh:
+                            with trio.fail_after(self._command_timeout()):
+                                await redis.set(key, body, px=ttl_ms)
+                                await redis.sadd(nodes, [self._node_id.encode()])
+                            published, published_at = body, trio.current_time()
+                            self._counts["counters_published"] += 1
+                            self._counters_published = body
+                        self.counter_rounds.advance(self.counter_rounds.value + 1)
+                        failures = 0
+                        await trio.sleep(self.settings.counters_interval)
+            except _CAUGHT as caught:
+                failure = _failure(caught, _REDIS_FAILURES)
+                if failure is None:
+                    raise
+                failures += 1
+                await self._down("counters", failure, failures)
+
+    async def wait_counters_published(self) -> None:
+        """Return once the counters this node holds now are in Redis (published by a
+        round of :meth:`run_counters` that began after the call, or before with the
+        same figures). Waits for as long as Redis is away."""
+        while True:
+            rounds = self.counter_rounds.value
+            current = encode_counters(
+                rule_counters(self._projection.state.rules, self._clock.now())
+            )
+            if current == self._counters_published:
+                await trio.lowlevel.checkpoint()
+                return
+            await self.counter_rounds.wait_for(rounds + 1)
+
+    async def read_counters(self) -> list[dict[str, RuleCounters]] | None:
+        """The counters the other nodes of the fleet published and that have not aged
+        out, one mapping per node; None if Redis did not answer within
+        ``counters_wait`` seconds (or failed). Never raises for a failing Redis."""
+        nodes_key = counter_nodes_key(self.settings.stream).encode()
+        try:
+            with trio.move_on_after(self.settings.counters_wait):
+                async with self._connect(self.settings) as redis:
+                    members = sorted(
+                        bytes(node).decode() for node in await redis.smembers(nodes_key)
+                    )
+                    others = [node for node in members if node != self._node_id]
+                    if not others:
+                        return []
+                    keys = [counters_key(self.settings.stream, node).encode() for node in others]
+                    bodies = await redis.mget(keys)
+                    figures: list[dict[str, RuleCounters]] = []
+                    for node, body in zip(others, bodies, strict=True):
+                        if body is None:
+                            continue  # aged out: that node stopped publishing
+                        try:
+                            figures.append(decode_counters(bytes(body)))
+                        except FleetEntryError as exc:
+                            logger.warning("fleet counters of node %s left out: %s", node, exc)
+                    return figures
+        except _CAUGHT as caught:
+            if _failure(caught, _REDIS_FAILURES) is None:
+                raise
+            self._counts["redis_failures"] += 1
+        return None
 
     # -- both ---------------------------------------------------------------------------
 
@@ -393,7 +503,7 @@ class FleetLink:
     async def _down(self, task: str, exc: BaseException, failures: int) -> None:
         if task == "publisher":
             self._publisher_up = False
-        else:
+        elif task == "follower":
             self._follower_up = False
         self._counts["redis_failures"] += 1
         delay = retry_delay(failures, self.settings)
@@ -416,7 +526,7 @@ class FleetLink:
     def _owed(self) -> int:
         return len(
             owed_entries(
-                self._projection.state.rules,
+                self._projection.state,
                 self._node_id,
                 after_seq=self._published_seq,
                 through_seq=self._log.last_seq,
@@ -444,6 +554,7 @@ class FleetLink:
             resets=counts["resets"],
             redis_failures=counts["redis_failures"],
             position_ms=self._position_ms,
+            counters_published=counts["counters_published"],
         )
 
 

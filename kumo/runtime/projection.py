@@ -10,20 +10,16 @@ import trio
 from kumo.model.criteria import Criteria
 from kumo.model.dry_run import DryRun, dry_run, messages_matching
 from kumo.model.events import (
-    BounceCancelled,
     Bounced,
-    BounceExpired,
-    BounceIssued,
     Committed,
     MessageReceived,
     Rebound,
-    SuspendIssued,
 )
 from kumo.model.message_locations import MessageLocations
 from kumo.model.message_queue import MessageQueue
 from kumo.model.queue_index import QueueIndex
 from kumo.model.queue_name import QueueName
-from kumo.model.state import RuleBook, State
+from kumo.model.state import RULE_ENDS, RULE_ISSUES, RuleBook, State
 from kumo.runtime.watermark import Watermark
 
 INDEX_CHUNK: Final = 10_000
@@ -63,10 +59,11 @@ class Projection:
         self.changed = trio.lowlevel.ParkingLot()
         """Unparked after every fold: where :meth:`Engine.wait_until` waits."""
         self.rules_issued = Watermark()
-        """How many ``BounceIssued`` have been folded: the rule expiry waits on it."""
+        """How many rules (of any kind) have been issued: the rule expiry waits on it."""
         self.rule_events = Watermark()
-        """How many ``BounceIssued``, ``BounceCancelled`` and ``BounceExpired`` have
-        been folded: fleet mode's publisher (and :meth:`Engine.wait_rule`) wait on it."""
+        """How many events that issue or end a rule (of any kind: bounce, suspension)
+        have been folded: fleet mode's publisher (and :meth:`Engine.wait_rule`) wait
+        on it."""
         self.locations = MessageLocations()
         """Spool id -> the queue it was received (or rebound) into, while that queue
         holds messages."""
@@ -149,9 +146,9 @@ class Projection:
                 arrivals[event.queue] = item.time
                 if event.queue not in index:
                     index.add(event.queue, QueueName.parse(event.queue), event.queue)
-            elif type(event) is BounceIssued or type(event) is SuspendIssued:
+            elif type(event) in RULE_ISSUES:
                 issued += 1
-            elif type(event) is BounceCancelled or type(event) is BounceExpired:
+            elif type(event) in RULE_ENDS:
                 ended += 1
             elif type(event) is Bounced and event.queue not in self.state.queue_counts:
                 # The queue is empty: all its entries die at once, none one by one (a
@@ -163,6 +160,8 @@ class Projection:
                 # The messages are found in their new queue from now on.
                 received.extend((mid, event.to_queue) for mid in event.messages.ids())
                 arrivals[event.to_queue] = item.time
+                if event.to_queue not in index:
+                    index.add(event.to_queue, QueueName.parse(event.to_queue), event.to_queue)
                 if event.queue not in self.state.queue_counts:
                     self.locations.add_many(received)
                     received.clear()

@@ -8,6 +8,7 @@ import logging
 import math
 import random
 from collections import deque
+from collections.abc import Callable
 from typing import Final, TypeAlias
 
 import attrs
@@ -137,6 +138,7 @@ class QueueActor:
         "_missed",
         "_outcomes",
         "_parked",
+        "_passed_over",
         "_reported",
         "processed",
         "settled",
@@ -150,8 +152,13 @@ class QueueActor:
         missed: MissedDeliveries,
         settings: EngineSettings,
         mail: MailPath | None = None,
+        passed_over: Callable[[Event], bool] = lambda _: False,
     ) -> None:
+        """``passed_over``: the router's word on an event read from the log to catch up
+        that it routed to no queue although the queue's state would take it (the issue
+        of a rule that lost to an equal rule of another node, :meth:`Router.passed_over`)."""
         self.state = state
+        self._passed_over = passed_over
         self._mail = mail
         self._outcomes: deque[tuple[ReadyEntry, MessageOutcome | None]] = deque()
         """Outcomes of handed messages, from the dispatchers (None: not attempted)."""
@@ -277,7 +284,9 @@ class QueueActor:
             # what no connection holds before the rule applies.
             state.take_back(self._mail.deliveries.withdraw(self.name))
         for committed in events:
-            if not filtered and not state.concerns(committed.event):
+            if not filtered and (
+                not state.concerns(committed.event) or self._passed_over(committed.event)
+            ):
                 continue
             bounce = state.apply(committed, limit=0)
             if bounce is not None:

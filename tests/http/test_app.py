@@ -21,6 +21,7 @@ from quart.typing import TestClientProtocol as Client
 
 from kumo.http.access import AccessPolicy, hash_password, hash_token, parse_network
 from kumo.http.app import create_app
+from kumo.http.bounce_api import FLEET_FIGURES_HEADER
 from kumo.http.errors import (
     BODY_TOO_LARGE,
     JSON_SHAPE_PREFIX,
@@ -40,6 +41,7 @@ from kumo.http.routes import (
 )
 from kumo.model.criteria import Criteria
 from kumo.model.dry_run import DryRun, QueueMatch
+from kumo.model.fleet import FleetFigures
 from kumo.model.inspection import InspectedMessage, InspectedQueue
 from kumo.model.requests import BounceRequest, NewMessage, RebindRequest
 from kumo.model.state import RuleKind, RuleView
@@ -79,6 +81,8 @@ class FakeEngine:
         """What inspect_message finds, by id."""
         self.queues: dict[str, InspectedQueue] = {}
         """What inspect_queue finds, by name."""
+        self.fleet_figures: FleetFigures | None = None
+        """What fleet_bounces answers (None: a node in no fleet)."""
 
     def _check(self) -> None:
         self._refuse()
@@ -110,6 +114,10 @@ class FakeEngine:
     def list_bounces(self) -> list[RuleView]:
         self._refuse()
         return list(self.rules)
+
+    async def fleet_bounces(self) -> FleetFigures:
+        self._refuse()
+        return self.fleet_figures or FleetFigures(list(self.rules), "off", 1)
 
     async def issue_suspend(self, request: BounceRequest, *, issued_by: str) -> str:
         self._check()
@@ -371,6 +379,55 @@ async def test_post_bounce(client: Client, engine: FakeEngine) -> None:
             "127.0.0.1",
         )
     ]
+
+
+async def get_with_headers(client: Client, path: str) -> tuple[int, dict[str, str], Any]:
+    response = await client.open(path, method="GET", scope_base=TRUSTED, json=sentinel)
+    return (
+        response.status_code,
+        {name.lower(): value for name, value in response.headers.items()},
+        orjson.loads(await response.get_data(as_text=True)),
+    )
+
+
+async def test_get_bounces_with_the_fleet_s_figures(client: Client, engine: FakeEngine) -> None:
+    view = RuleView(
+        id=RULE_ID,
+        criteria=Criteria(campaign="c"),
+        reason="why",
+        remaining=60 * SECOND,
+        expires_at=1_893_549_845 * SECOND,
+        issued_at=1_893_549_545 * SECOND,
+        issued_by="alice",
+        suppress_logging=False,
+        bounced={"q1": 2},
+        total_bounced=2,
+    )
+    engine.rules = [view]
+    status, headers, entries = await get_with_headers(client, BOUNCE_PATH)
+    assert (status, entries[0]["total_bounced"]) == (200, 2)
+    assert FLEET_FIGURES_HEADER.lower() not in headers
+    # Not in a fleet: the node's figures are the fleet's, and the header says so.
+    status, headers, entries = await get_with_headers(client, f"{BOUNCE_PATH}?scope=fleet")
+    assert (status, headers[FLEET_FIGURES_HEADER.lower()], entries[0]["total_bounced"]) == (
+        200,
+        "off",
+        2,
+    )
+    summed = attrs.evolve(view, bounced={"q1": 5, "q2": 1}, total_bounced=6)
+    engine.fleet_figures = FleetFigures([summed], "fleet", 3)
+    status, headers, entries = await get_with_headers(client, f"{BOUNCE_PATH}?scope=fleet")
+    assert headers[FLEET_FIGURES_HEADER.lower()] == "fleet; nodes=3"
+    assert (entries[0]["bounced"], entries[0]["total_bounced"]) == ({"q1": 5, "q2": 1}, 6)
+    engine.fleet_figures = FleetFigures([view], "unavailable", 1)
+    status, headers, entries = await get_with_headers(client, f"{BOUNCE_PATH}?scope=fleet")
+    assert (status, headers[FLEET_FIGURES_HEADER.lower()]) == (200, "unavailable")
+    for query in ("scope=local", "scope=", "scope=fleet&scope=fleet"):
+        status, _, text = await call(client, "GET", f"{BOUNCE_PATH}?{query}")
+        assert status == 400, query
+        assert text.startswith("Failed to deserialize query string: "), text
+    status, _, _ = await call(client, "GET", f"{BOUNCE_PATH}?other=1")
+    assert status == 200
 
 
 async def test_get_bounces(client: Client, engine: FakeEngine) -> None:

@@ -393,3 +393,57 @@ def test_a_timeline_from_the_base_keeps_the_suspensions_actions() -> None:
         # base says which messages it held there. From a cut after it, it is not.
         [s1] = [a for a in timeline.actions(now, TimelineFilter(rule_id="s1")) if a.seq == 9]
         assert s1.released == (1 if cut < 9 else 0), cut
+
+
+def a_fleet_day() -> Log:
+    """Rules of one campaign from three nodes of a fleet, seen from a fourth."""
+    log = Log()
+    log.at(1).issue("r1", 60, by="alice", campaign="spring")  # here
+    log.at(2).add(
+        BounceIssued(
+            "r2",
+            Criteria(campaign="spring"),
+            "from a",
+            T0 + 62 * MINUTE,
+            issued_by="bob",
+            issued_at=T0 + 2 * MINUTE,
+            origin="node-a",
+        )
+    )
+    # Issued on node-b before r2, read after it: it lost the race on arrival.
+    log.at(3).add(
+        BounceIssued(
+            "r0",
+            Criteria(campaign="spring"),
+            "from b",
+            T0 + 61 * MINUTE,
+            issued_by="carol",
+            issued_at=T0 + 1 * MINUTE + 1,
+            origin="node-b",
+        )
+    )
+    log.at(4).add(BounceCancelled("r2", cancelled_by="dave", origin="node-c"))
+    return log
+
+
+def test_fleet_actions_name_the_node_they_came_from() -> None:
+    log = a_fleet_day()
+    now = T0 + 10 * MINUTE
+    actions = timeline_of(log).actions(now)
+    assert [(a.action, a.rule_id, a.principal, a.origin) for a in actions] == [
+        ("issued", "r1", "alice", ""),
+        ("issued", "r2", "bob", "node-a"),
+        ("replaced", "r1", "bob", "node-a"),
+        ("issued", "r0", "carol", "node-b"),
+        ("replaced", "r0", "bob", "node-a"),
+        ("cancelled", "r2", "dave", "node-c"),
+    ]
+    assert {a.rule_id: a.ended_by for a in actions} == {"r1": "r2", "r2": "dave", "r0": "r2"}
+    for cut in range(1, len(log.events) + 1):
+        timeline = Timeline.from_base(base_at(log, cut))
+        for committed in log.events[cut:]:
+            timeline.apply(committed)
+        # From a base, an issue is dated at its issued_at (r0 moves before r2).
+        assert sorted((a.action, a.rule_id, a.origin) for a in timeline.actions(now)) == sorted(
+            (a.action, a.rule_id, a.origin) for a in actions
+        ), cut

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import random
 from collections import Counter
 from collections.abc import Iterator
 
@@ -15,29 +16,44 @@ from hypothesis import strategies as st
 from kumo.model.criteria import Criteria
 from kumo.model.events import (
     BounceCancelled,
+    Bounced,
     BounceExpired,
     BounceIssued,
     Committed,
     Event,
+    Message,
+    SuspendCancelled,
+    SuspendExpired,
+    SuspendIssued,
     encode_event,
 )
 from kumo.model.fleet import (
+    ADMIN_KINDS,
+    FleetAction,
     FleetEntryError,
     FleetSettings,
     RedisUrlError,
+    RuleCounters,
     StreamEntry,
     check_redis_url,
+    counter_nodes_key,
+    counters_key,
+    decode_counters,
     decode_entry,
+    encode_counters,
     encode_entry,
     epoch_key,
     fleet_event_id,
+    fleet_views,
     owed_entries,
     plan_follow,
     retry_delay,
+    rule_counters,
     standing_entries,
 )
+from kumo.model.router import Router
 from kumo.model.snapshot import decode_snapshot, encode_snapshot
-from kumo.model.state import RuleBook, State
+from kumo.model.state import State
 
 HOUR = 3600 * 10**9
 A, B, C = "node-a", "node-b", "node-c"
@@ -59,12 +75,28 @@ def cancelled(rule_id: str, *, origin: str = "") -> BounceCancelled:
     return BounceCancelled(rule_id=rule_id, cancelled_by="oncall", origin=origin)
 
 
+def suspended(rule_id: str, origin: str = "", *, expires_at: int = HOUR) -> SuspendIssued:
+    return SuspendIssued(
+        rule_id=rule_id,
+        criteria=Criteria(domain=f"{rule_id}.example"),
+        reason="maintenance",
+        expires_at=expires_at,
+        issued_by="ops",
+        issued_at=0,
+        origin=origin,
+    )
+
+
+def lifted(rule_id: str, *, origin: str = "") -> SuspendCancelled:
+    return SuspendCancelled(rule_id=rule_id, cancelled_by="oncall", origin=origin)
+
+
 class Node:
-    """A node's log as far as fleet mode sees it: its rule book, folded in order."""
+    """A node's log as far as fleet mode sees it: its rule books, folded in order."""
 
     def __init__(self, node_id: str) -> None:
         self.node_id = node_id
-        self.rules = RuleBook()
+        self.state = State(keep_messages=False)
         self.log: list[Event] = []
         self.published_seq = 0
         self.position = 0
@@ -76,10 +108,14 @@ class Node:
     def append(self, *events: Event) -> None:
         for event in events:
             self.log.append(event)
-            self.rules.apply(Committed(self.seq, self.seq, event))
+            self.state.apply(Committed(self.seq, self.seq, event))
 
     def live(self) -> set[str]:
-        return {rule.id for rule in self.rules.live_rules()}
+        return {
+            rule.id
+            for book in (self.state.rules, self.state.suspends)
+            for rule in book.live_rules()
+        }
 
 
 def test_fleet_event_ids_name_one_action_of_one_rule() -> None:
@@ -142,15 +178,15 @@ def test_the_outbox_holds_this_node_s_actions_after_the_published_position() -> 
     node = Node(A)
     node.append(issued("mine"), issued("theirs", origin=B))
     node.append(cancelled("theirs"), cancelled("mine", origin=C))
-    owed = owed_entries(node.rules, A, after_seq=0, through_seq=node.seq)
+    owed = owed_entries(node.state, A, after_seq=0, through_seq=node.seq)
     assert [(item.seq, item.entry.fleet_id) for item in owed] == [
         (1, "mine:issued"),
         (3, "theirs:cancelled"),
     ]
     assert all(item.entry.origin == A for item in owed)
-    assert owed_entries(node.rules, A, after_seq=1, through_seq=node.seq)[0].seq == 3
-    assert owed_entries(node.rules, A, after_seq=0, through_seq=2)[0].seq == 1
-    assert owed_entries(node.rules, A, after_seq=3, through_seq=node.seq) == []
+    assert owed_entries(node.state, A, after_seq=1, through_seq=node.seq)[0].seq == 3
+    assert owed_entries(node.state, A, after_seq=0, through_seq=2)[0].seq == 1
+    assert owed_entries(node.state, A, after_seq=3, through_seq=node.seq) == []
 
 
 def test_what_still_matters_is_every_live_or_cancelled_rule_not_yet_expired() -> None:
@@ -160,7 +196,7 @@ def test_what_still_matters_is_every_live_or_cancelled_rule_not_yet_expired() ->
     node.append(issued("old"), issued("new"))  # different criteria: both live
     replaced = issued("replaced")
     node.append(replaced, attrs.evolve(issued("replacer"), criteria=replaced.criteria))
-    standing = standing_entries(node.rules, A, now=100)
+    standing = standing_entries(node.state, A, now=100)
     assert [(entry.fleet_id, entry.origin) for entry in standing] == [
         ("live:issued", A),
         ("cancelled:issued", B),
@@ -169,26 +205,88 @@ def test_what_still_matters_is_every_live_or_cancelled_rule_not_yet_expired() ->
         ("new:issued", A),
         ("replacer:issued", A),
     ]
-    assert standing_entries(node.rules, A, now=HOUR) == []
+    assert standing_entries(node.state, A, now=HOUR) == []
 
 
 def test_a_node_takes_another_node_s_action_once() -> None:
     node = Node(B)
     entries = [StreamEntry.of(issued("r"), A), StreamEntry.of(issued("r"), A)]
-    plan = plan_follow(entries, node.rules, B, now=0)
+    plan = plan_follow(entries, node.state, B, now=0)
     assert plan.events == (issued("r", origin=A),)
     assert plan.applied_before == 1
     node.append(*plan.events)
-    again = plan_follow([*entries, StreamEntry.of(issued("mine"), B)], node.rules, B, now=0)
+    again = plan_follow([*entries, StreamEntry.of(issued("mine"), B)], node.state, B, now=0)
     assert (again.events, again.applied_before, again.own) == ((), 2, 1)
-    cancel = plan_follow([StreamEntry.of(cancelled("r"), C)] * 2, node.rules, B, now=0)
+    cancel = plan_follow([StreamEntry.of(cancelled("r"), C)] * 2, node.state, B, now=0)
     assert cancel.events == (cancelled("r", origin=C),)
     node.append(*cancel.events)
     assert (
-        plan_follow([StreamEntry.of(cancelled("r"), A)], node.rules, B, now=0).applied_before == 1
+        plan_follow([StreamEntry.of(cancelled("r"), A)], node.state, B, now=0).applied_before == 1
     )
-    unknown = plan_follow([StreamEntry.of(cancelled("nope"), A)], node.rules, B, now=0)
+    unknown = plan_follow([StreamEntry.of(cancelled("nope"), A)], node.state, B, now=0)
     assert (unknown.events, unknown.unknown) == ((), 1)
+
+
+def test_suspensions_travel_as_bounce_rules_do() -> None:
+    assert [kind.kind for kind in ADMIN_KINDS] == ["bounce", "suspend"]
+    entry = StreamEntry.of(suspended("s1"), A)
+    assert entry.fleet_id == "s1:issued"
+    assert decode_entry(encode_entry(entry)) == entry
+    assert decode_entry(encode_entry(StreamEntry.of(lifted("s1"), C))).event == lifted(
+        "s1", origin=C
+    )
+
+    a = Node(A)
+    a.append(suspended("s1"), issued("r1"), lifted("s1"))
+    owed = owed_entries(a.state, A, after_seq=0, through_seq=a.seq)
+    assert [(item.seq, item.entry.fleet_id) for item in owed] == [
+        (1, "s1:issued"),
+        (2, "r1:issued"),
+        (3, "s1:cancelled"),
+    ]
+    assert [entry.fleet_id for entry in standing_entries(a.state, A, now=0)] == [
+        "s1:issued",
+        "s1:cancelled",
+        "r1:issued",
+    ]
+
+    b = Node(B)
+    stream = [item.entry for item in owed[:1]] * 2
+    plan = plan_follow(stream, b.state, B, now=0)
+    assert plan.events == (suspended("s1", origin=A),)
+    assert plan.applied_before == 1
+    b.append(*plan.events)
+    assert b.state.suspends.rules["s1"].origin == A
+    assert b.state.rules.rules == {}
+    lift = plan_follow([StreamEntry.of(lifted("s1"), C)] * 2, b.state, B, now=0)
+    assert lift.events == (lifted("s1", origin=C),)
+    b.append(*lift.events)
+    rule = b.state.suspends.rules["s1"]
+    assert (rule.end, rule.ended_origin) == ("cancelled", C)
+    # A bounce cancel does not end a suspension of the same id, nor the reverse.
+    assert plan_follow([StreamEntry.of(cancelled("s1"), C)], b.state, B, now=0).unknown == 1
+
+
+def test_a_suspension_that_ended_before_the_node_heard_of_it_holds_nothing_there() -> None:
+    node = Node(B)
+    batch = [
+        StreamEntry.of(suspended("gone", expires_at=50), A),
+        StreamEntry.of(suspended("lifted"), A),
+        StreamEntry.of(lifted("lifted"), C),
+        StreamEntry.of(suspended("live"), A),
+    ]
+    plan = plan_follow(batch, node.state, B, now=100)
+    assert [fleet_event_id(event) for event in plan.events] == ["live:issued"]
+    assert plan.ended == 3
+
+
+def test_suspend_events_without_an_origin_decode_as_local() -> None:
+    for event in (suspended("s"), lifted("s")):
+        body = orjson.loads(encode_event(event))
+        assert "origin" not in body
+    node = Node(A)
+    node.append(suspended("s", origin=B), SuspendExpired("s"))
+    assert node.state.suspends.rules["s"].origin == B
 
 
 def test_a_rule_that_ended_before_the_node_heard_of_it_bounces_nothing_there() -> None:
@@ -201,7 +299,7 @@ def test_a_rule_that_ended_before_the_node_heard_of_it_bounces_nothing_there() -
         StreamEntry.of(issued("sweep-once", expires_at=0, at=0), A),
         StreamEntry.of(issued("live"), A),
     ]
-    plan = plan_follow(batch, node.rules, B, now=100)
+    plan = plan_follow(batch, node.state, B, now=100)
     assert [fleet_event_id(event) for event in plan.events] == ["sweep-once:issued", "live:issued"]
     assert plan.ended == 4
 
@@ -256,26 +354,27 @@ class Fleet:
         self.everywhere_issued: set[str] = set()
         self.everywhere_cancelled: set[str] = set()
 
-    def issue(self, node: Node) -> None:
+    def issue(self, node: Node, kind: int) -> None:
         self.issued += 1
         rule_id = f"r{self.issued}"
-        node.append(issued(rule_id))
+        node.append(issued(rule_id) if kind % 2 else suspended(rule_id))
         self.everywhere_issued.add(rule_id)
 
     def cancel(self, node: Node, pick: int) -> None:
         live = sorted(node.live())
         if live:
             rule_id = live[pick % len(live)]
-            node.append(cancelled(rule_id))
+            is_bounce = rule_id in node.state.rules.rules
+            node.append(cancelled(rule_id) if is_bounce else lifted(rule_id))
             self.everywhere_cancelled.add(rule_id)
 
     def publish(self, node: Node, *, again: bool = False) -> None:
         if node.node_id in self.pending_republish:
-            self.stream += standing_entries(node.rules, node.node_id, now=0)
+            self.stream += standing_entries(node.state, node.node_id, now=0)
             node.published_seq = node.seq
             self.pending_republish.discard(node.node_id)
         owed = owed_entries(
-            node.rules, node.node_id, after_seq=node.published_seq, through_seq=node.seq
+            node.state, node.node_id, after_seq=node.published_seq, through_seq=node.seq
         )
         self.stream += [item.entry for item in owed]
         if not again:  # again: the XADDs went out, the position was not stored
@@ -283,7 +382,7 @@ class Fleet:
 
     def follow(self, node: Node, count: int, *, crash: bool = False) -> None:
         batch = self.stream[node.position : node.position + count]
-        plan = plan_follow(batch, node.rules, node.node_id, now=0)
+        plan = plan_follow(batch, node.state, node.node_id, now=0)
         node.append(*plan.events)
         if not crash:  # crash: appended, the position not stored
             node.position += len(batch)
@@ -304,7 +403,7 @@ class Fleet:
 
 def actions_of(node: Node) -> Iterator[tuple[str, str]]:
     for event in node.log:
-        if isinstance(event, BounceIssued | BounceCancelled):
+        if isinstance(event, FleetAction):
             yield type(event).__name__, event.rule_id
 
 
@@ -316,7 +415,7 @@ def test_every_node_converges_and_holds_each_action_once(plan: list[tuple[str, i
         node = fleet.nodes[index]
         match step:
             case "issue":
-                fleet.issue(node)
+                fleet.issue(node, count)
             case "cancel":
                 fleet.cancel(node, count)
             case "publish" | "publish_again":
@@ -332,6 +431,118 @@ def test_every_node_converges_and_holds_each_action_once(plan: list[tuple[str, i
         counts = Counter(actions_of(node))
         assert [action for action, seen in counts.items() if seen > 1] == []
         for event in node.log:
-            assert isinstance(event, BounceIssued | BounceCancelled)
+            assert isinstance(event, FleetAction)
             # A node's own actions are local; another's carry their origin.
             assert event.origin != node.node_id
+
+
+# -- equal rules issued at once on several nodes -----------------------------------------
+
+RACE = Criteria(campaign="race")
+
+
+def equal_rule(kind: str, rule_id: str, at: int) -> BounceIssued | SuspendIssued:
+    if kind == "bounce":
+        return attrs.evolve(issued(rule_id, at=at), criteria=RACE)
+    return attrs.evolve(suspended(rule_id), criteria=RACE, issued_at=at)
+
+
+def winners(node: Node) -> dict[str, list[str]]:
+    return {
+        book.kind: [rule.id for rule in book.live_rules()]
+        for book in (node.state.rules, node.state.suspends)
+    }
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(0, 2), st.integers(1, 3)), min_size=1, max_size=8),
+    st.sampled_from(["bounce", "suspend"]),
+    st.randoms(use_true_random=False),
+)
+def test_equal_rules_issued_at_once_leave_the_same_winner_on_every_node(
+    issues: list[tuple[int, int]], kind: str, rnd: random.Random
+) -> None:
+    # Each node issues its rules with a clock of its own that moves forward (steps of
+    # 1 to 3: nodes often issue at the same instant); every node reads the others'
+    # rules in their order, interleaved with its own in any order.
+    clocks = [0, 0, 0]
+    per_node: list[list[BounceIssued | SuspendIssued]] = [[], [], []]
+    for number, (origin, step) in enumerate(issues):
+        clocks[origin] += step
+        per_node[origin].append(equal_rule(kind, f"r{number}", clocks[origin]))
+    nodes = [Node(node_id) for node_id in NODE_IDS]
+    for index, node in enumerate(nodes):
+        pending = [list(events) for events in per_node]
+        while any(pending):
+            source = rnd.choice([i for i, events in enumerate(pending) if events])
+            event = pending[source].pop(0)
+            if source == index:
+                node.append(event)
+            else:
+                entry = StreamEntry.of(event, NODE_IDS[source])
+                node.append(*plan_follow([entry], node.state, node.node_id, now=0).events)
+    last = max(
+        (event for events in per_node for event in events),
+        key=lambda event: (event.issued_at, event.rule_id),
+    )
+    expected = {"bounce": [], "suspend": [], kind: [last.rule_id]}
+    for node in nodes:
+        assert winners(node) == expected
+        book = node.state.book(kind)  # type: ignore[arg-type]
+        for rule in book.rules.values():
+            if rule.id != last.rule_id:
+                assert (rule.end, rule.ended_by is not None) == ("replaced", True)
+
+
+def test_a_rule_that_lost_on_arrival_is_recorded_replaced_and_routed_nowhere() -> None:
+    node = Node(B)
+    node.append(equal_rule("bounce", "later", at=10))  # issued here
+    plan = plan_follow([StreamEntry.of(equal_rule("bounce", "earlier", at=5), A)], node.state, B, 0)
+    router = Router(node.state.rules.copy())
+    routing = router.route([Committed(node.seq + 1, 20, plan.events[0])])
+    node.append(*plan.events)
+    lost = node.state.rules.rules["earlier"]
+    assert lost.lost_on_arrival
+    assert (lost.end, lost.ended_by, lost.origin) == ("replaced", "later", A)
+    assert [rule.id for rule in node.state.rules.live_rules()] == ["later"]
+    assert routing.deliveries == {}
+    assert router.passed_over(plan.events[0])
+    assert not router.passed_over(equal_rule("bounce", "later", at=10))
+
+
+def test_on_a_node_alone_the_later_equal_rule_replaces_whatever_its_clock_says() -> None:
+    node = Node(A)
+    node.append(equal_rule("bounce", "first", at=10), equal_rule("bounce", "second", at=5))
+    assert [rule.id for rule in node.state.rules.live_rules()] == ["second"]
+    assert node.state.rules.rules["first"].end == "replaced"
+    assert not node.state.rules.rules["second"].lost_on_arrival
+
+
+# -- the fleet's figures ----------------------------------------------------------------
+
+
+def test_counters_round_trip_and_sum_over_the_nodes_that_report() -> None:
+    node = Node(A)
+    node.append(issued("r1"), issued("r2"))
+    node.append(Bounced("r1", "q1", [Message("a" * 32, "s", "r", 1, 0, 1)]))
+    mine = rule_counters(node.state.rules, now=0)
+    assert mine == {"r1": RuleCounters({"q1": 1}, 1), "r2": RuleCounters({}, 0)}
+    assert decode_counters(encode_counters(mine)) == mine
+    theirs = {"r1": RuleCounters({"q1": 2, "q2": 4}, 6), "gone": RuleCounters({"q": 9}, 9)}
+    views = fleet_views(node.state.rules.views(0), [theirs, {}])
+    assert [(v.id, dict(v.bounced), v.total_bounced) for v in views] == [
+        ("r1", {"q1": 3, "q2": 4}, 7),
+        ("r2", {}, 0),
+    ]
+    assert counters_key("kumo:admin", A) == "kumo:admin:counters:node-a"
+    assert counter_nodes_key("kumo:admin") == "kumo:admin:counters"
+
+
+@given(st.binary(max_size=60))
+def test_garbage_counters_only_raise_the_declared_error(data: bytes) -> None:
+    with contextlib.suppress(FleetEntryError):
+        decode_counters(data)
+    for bad in (b"[]", b'{"r": {"bounced": {"q": "1"}, "total_bounced": 1}}', b'{"r": 1}'):
+        with pytest.raises(FleetEntryError):
+            decode_counters(bad)

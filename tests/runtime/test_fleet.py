@@ -8,6 +8,7 @@ event of the engines (:meth:`Engine.wait_rule`, :meth:`Engine.wait_idle`), bound
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
@@ -16,15 +17,21 @@ from pathlib import Path
 from typing import Final
 
 import attrs
+import orjson
 import pytest
 import trio
+from click.testing import CliRunner
 
-from kumo.model.events import BounceCancelled, BounceIssued
-from kumo.model.fleet import FleetSettings
+from kumo.cli.audit import audit
+from kumo.model.duration import NANOS_PER_SECOND
+from kumo.model.fleet import FleetAction, FleetSettings
+from kumo.runtime.delivery import MailSettings
 from kumo.runtime.engine import Engine, open_engine
 from kumo.store.data_dir import open_event_log
+from tests.postfix import postfix_smtp_sink, require_smtp_sink
 from tests.redis_server import RedisServer, redis_server
 from tests.runtime.harness import bounce, message
+from tests.runtime.test_delivery import to_sink
 
 DEADLINE: Final = 30.0
 NODES: Final = ("a", "b", "c")
@@ -32,28 +39,36 @@ NODES: Final = ("a", "b", "c")
 
 def fleet_settings(server: RedisServer) -> FleetSettings:
     # Short waits: a test sees a lost Redis noticed, and retried, within a second.
-    return FleetSettings(server.url, block=0.2, retry_initial=0.02, retry_max=0.2)
+    return FleetSettings(
+        server.url, block=0.2, retry_initial=0.02, retry_max=0.2, counters_interval=0.02
+    )
 
 
 @asynccontextmanager
-async def node(path: Path, server: RedisServer) -> AsyncIterator[Engine]:
-    async with open_engine(path, fleet=fleet_settings(server)) as engine:
+async def node(
+    path: Path, server: RedisServer, mail: MailSettings | None = None
+) -> AsyncIterator[Engine]:
+    async with open_engine(path, fleet=fleet_settings(server), mail=mail) as engine:
         yield engine
 
 
 @asynccontextmanager
-async def fleet(root: Path, server: RedisServer) -> AsyncIterator[dict[str, Engine]]:
+async def fleet(
+    root: Path, server: RedisServer, mail: MailSettings | None = None
+) -> AsyncIterator[dict[str, Engine]]:
     async with AsyncExitStack() as stack:
-        yield {name: await stack.enter_async_context(node(root / name, server)) for name in NODES}
+        yield {
+            name: await stack.enter_async_context(node(root / name, server, mail)) for name in NODES
+        }
 
 
-def rule_actions(path: Path) -> Iterator[BounceIssued | BounceCancelled]:
-    """The issues and cancels a closed node's log holds, in log order."""
+def rule_actions(path: Path) -> Iterator[FleetAction]:
+    """The issues and cancels (of every kind) a closed node's log holds, in log order."""
     store = open_event_log(path, readonly=True)
     try:
         for batch in store.scan():
             for committed in batch:
-                if isinstance(committed.event, BounceIssued | BounceCancelled):
+                if isinstance(committed.event, FleetAction):
                     yield committed.event
     finally:
         store.close()
@@ -113,8 +128,115 @@ async def test_a_rule_issued_on_one_node_bounces_on_every_node_and_a_cancel_anyw
             assert b_issue.ended_by == "oncall"
             a_rule = a.projection().rules.rules[rule]
             assert (a_rule.origin, a_rule.ended_origin) == ("", c.node_id)
+            a_id, c_id = a.node_id, c.node_id
         for name in NODES:
             assert_each_action_once(tmp_path / name)
+        # `kumo audit` on B names the node each action came from.
+        table = CliRunner().invoke(audit, ["--data-dir", str(tmp_path / "b"), "--rule", rule])
+        assert table.exit_code == 0, table.output
+        assert f"ops ({a_id})" in table.stdout
+        assert f"oncall ({c_id})" in table.stdout
+        report = CliRunner().invoke(
+            audit, ["--data-dir", str(tmp_path / "b"), "--rule", rule, "--format", "json"]
+        )
+        actions = orjson.loads(report.stdout)["actions"]
+        assert [(x["action"], x["origin"]) for x in actions] == [
+            ("issued", a_id),
+            ("cancelled", c_id),
+        ]
+        local = CliRunner().invoke(
+            audit, ["--data-dir", str(tmp_path / "a"), "--rule", rule, "--format", "json"]
+        )
+        assert [x["origin"] for x in orjson.loads(local.stdout)["actions"]] == [None, c_id]
+
+
+def held(engine: Engine) -> int:
+    return sum(actor.waiting for actor in engine.actor_statistics())
+
+
+def held_and_delivered(engine: Engine, waiting: int, delivered: int) -> bool:
+    return held(engine) == waiting and engine.statistics().delivered_total == delivered
+
+
+async def test_a_suspension_issued_on_one_node_holds_mail_on_every_node_until_lifted_anywhere(
+    tmp_path: Path,
+) -> None:
+    require_smtp_sink()
+    with trio.fail_after(DEADLINE):
+        async with (
+            redis_server(tmp_path / "redis") as server,
+            postfix_smtp_sink() as (port, dumps),
+            fleet(tmp_path, server, to_sink(port)) as nodes,
+        ):
+            a, b, c = (nodes[name] for name in NODES)
+            suspension = await a.issue_suspend(
+                bounce("maintenance", domain="example.com", duration=3600 * NANOS_PER_SECOND),
+                issued_by="ops",
+            )
+            for engine in (b, c):
+                await engine.wait_rule(suspension, kind="suspend")
+                [view] = engine.list_suspends()
+                assert (view.id, view.reason, view.issued_by) == (suspension, "maintenance", "ops")
+                await engine.inject([message(f"r{n}@example.com") for n in range(4)])
+                await engine.inject([message("other@example.net")])
+                await engine.wait_until(functools.partial(held_and_delivered, engine, 4, 1))
+            assert b.projection().suspends.rules[suspension].origin == a.node_id
+
+            # Lifted on C, with the same id: released everywhere.
+            assert await c.cancel_suspend(suspension, cancelled_by="oncall")
+            await a.wait_rule(suspension, ended=True, kind="suspend")
+            await b.wait_rule(suspension, ended=True, kind="suspend")
+            for engine in (a, b, c):
+                assert engine.list_suspends() == []
+            for engine in (b, c):
+                await engine.wait_until(functools.partial(held_and_delivered, engine, 0, 5))
+                assert held(engine) == 0
+            assert not await b.cancel_suspend(suspension, cancelled_by="again")
+            lifted = b.projection().suspends.rules[suspension]
+            assert (lifted.ended_origin, lifted.ended_by) == (c.node_id, "oncall")
+            assert a.projection().suspends.rules[suspension].ended_origin == c.node_id
+            assert len(list(await trio.Path(dumps).iterdir())) == 10
+        for name in NODES:
+            assert_each_action_once(tmp_path / name)
+
+
+async def test_scope_fleet_sums_each_rule_s_counters_over_the_nodes(tmp_path: Path) -> None:
+    with trio.fail_after(DEADLINE):
+        async with redis_server(tmp_path / "redis") as server, fleet(tmp_path, server) as nodes:
+            a, b, c = (nodes[name] for name in NODES)
+            for engine, count in ((a, 1), (b, 3), (c, 2)):
+                await engine.inject([message(f"u{i}@example.com") for i in range(count)])
+            rule = await a.issue_bounce(bounce("fleet", domain="example.com"), issued_by="ops")
+            for engine in (a, b, c):
+                await engine.wait_rule(rule)
+                await engine.wait_idle()
+                await engine.wait_fleet_counters()
+            for engine in (a, b, c):
+                figures = await engine.fleet_bounces()
+                assert (figures.scope, figures.nodes) == ("fleet", 3)
+                [view] = figures.views
+                assert (view.id, view.total_bounced, dict(view.bounced)) == (
+                    rule,
+                    6,
+                    {"example.com": 6},
+                )
+                assert engine.list_bounces()[0].total_bounced < 6  # GET alone: local
+            assert b.statistics().fleet.counters_published >= 1
+
+            await server.stop()
+            figures = await a.fleet_bounces()
+            assert (figures.scope, figures.nodes) == ("unavailable", 1)
+            assert figures.views[0].total_bounced == 1
+
+
+async def test_scope_fleet_without_a_fleet_is_the_node_s_figures(tmp_path: Path) -> None:
+    async with open_engine(tmp_path) as engine:
+        await engine.inject([message("u@example.com")])
+        await engine.issue_bounce(bounce("alone", domain="example.com"), issued_by="ops")
+        await engine.wait_idle()
+        await engine.wait_fleet_counters()
+        figures = await engine.fleet_bounces()
+    assert (figures.scope, figures.nodes, figures.views[0].total_bounced) == ("off", 1, 1)
 
 
 async def test_a_node_that_was_down_converges_when_it_starts(tmp_path: Path) -> None:

@@ -47,6 +47,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from kumo.cli.common import HELP
 from kumo.config import DEFAULT_DATA_DIR
 from kumo.model.audit import (
     MessageStory,
@@ -751,7 +752,7 @@ def _refuse_before_cut(history: HistoryView, **moments: int | None) -> None:
             )
 
 
-@click.command()
+@click.command(context_settings=HELP)
 @_data_dir_option
 @click.option("--since", callback=_when_option, help="Only actions at or after this time.")
 @click.option(
@@ -1007,7 +1008,7 @@ def render_report(report: VerifyReport, fmt: str) -> str:
     return "\n".join(lines)
 
 
-@click.command()
+@click.command(context_settings=HELP)
 @_data_dir_option
 @click.option("--verify", is_flag=True, help="Check every invariant; exit 1 on a violation.")
 @click.option(

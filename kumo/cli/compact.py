@@ -21,6 +21,7 @@ from pathlib import Path
 import click
 
 from kumo.cli.audit import ProgressBar
+from kumo.cli.common import HELP
 from kumo.config import DEFAULT_DATA_DIR, ConfigError, load_config
 from kumo.model.duration import DurationError, parse_duration
 from kumo.store.archive import ArchiveCorruptError
@@ -40,7 +41,7 @@ def _retention_option(ctx: click.Context, param: click.Parameter, value: str | N
         raise click.BadParameter(f"{value!r} is not a duration: {exc}", ctx, param) from None
 
 
-@click.command()
+@click.command(context_settings=HELP)
 @click.option(
     "--data-dir",
     type=click.Path(file_okay=False, path_type=Path),

@@ -29,6 +29,7 @@ import trio
 from rich.console import Console
 
 from kumo.cli.audit import ProgressBar
+from kumo.cli.common import HELP, with_version
 from kumo.cli.queue_summary import (
     READY_STATUS,
     SCHEDULED_STATUS,
@@ -483,7 +484,7 @@ def validate_header_value(ctx: click.Context, param: click.Parameter, value: str
     return value
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(context_settings=HELP)
 @click.option(
     "--endpoint",
     envvar=ENDPOINT_ENV_VAR,
@@ -1045,7 +1046,7 @@ def queue_summary(target: Target, limit: int | None, by_volume: bool, domain: st
 
 def main() -> None:
     """The `kcli` console script."""
-    cli.main(prog_name="kcli")
+    with_version(cli).main(prog_name="kcli")
 
 
 if __name__ == "__main__":

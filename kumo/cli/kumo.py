@@ -6,6 +6,8 @@ import importlib
 
 import click
 
+from kumo.cli.common import HELP, with_version
+
 # name -> "module:attribute" of a click command; imported only when used, so that
 # `kumo serve` does not pay for the audit or scenario code.
 _SUBCOMMANDS = {
@@ -29,10 +31,11 @@ class _LazyGroup(click.Group):
         return sorted(_SUBCOMMANDS)
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        return _load(cmd_name) if cmd_name in _SUBCOMMANDS else None
+        return with_version(_load(cmd_name)) if cmd_name in _SUBCOMMANDS else None
 
 
-@click.group(cls=_LazyGroup)
+@with_version
+@click.group(cls=_LazyGroup, context_settings=HELP)
 def main() -> None:
     """kumo: an event-sourced administrative bounce control plane for MTAs."""
 
@@ -43,4 +46,4 @@ def kumod() -> None:
     The serve command runs on its own (not through the group), so that its usage and
     error lines read ``kumod [OPTIONS]``, not ``kumod serve [OPTIONS]``.
     """
-    _load("serve").main(prog_name="kumod")
+    with_version(_load("serve")).main(prog_name="kumod")

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import click
 
+from kumo.cli.common import HELP
 from kumo.config import ConfigError, parse_listen
 from kumo.scenario.format import ScenarioError, parse_scenario
 from kumo.scenario.library import UnknownScenarioError, library_file, library_names
@@ -108,7 +109,7 @@ def _resolve(argument: str) -> tuple[str, Path | Traversable]:
     return found.name.removesuffix(".toml"), found
 
 
-@click.group()
+@click.group(context_settings=HELP)
 def scenario() -> None:
     """Scenario scripts: rehearse bounces, pin behaviour down (docs/scenarios.md)."""
 

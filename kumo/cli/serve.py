@@ -34,6 +34,7 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
 from quart_trio import QuartTrio
 
+from kumo.cli.common import HELP
 from kumo.cli.shutdown import Shutdown
 from kumo.config import Config, ConfigError, LineEndings, load_config, parse_listen
 from kumo.http.app import create_app
@@ -404,7 +405,7 @@ def tune_for_serving() -> None:
     gc.set_threshold(*GC_THRESHOLDS)
 
 
-@click.command()
+@click.command(context_settings=HELP)
 @click.option(
     "--listen",
     metavar="HOST:PORT",
@@ -502,6 +503,15 @@ def serve(
             # Opening the log failed (a full disk, a file that is not a database): the
             # engine never ran, nothing was written.
             refusal = f"cannot open the event log in {config.data_dir}: {why}"
+    except* OSError as group:
+        # A data directory that cannot be made or used (under a file, no permission,
+        # a full or read-only file system): one line, not a traceback.
+        refusal = "; ".join(
+            f"cannot use the data directory {config.data_dir}: {_describe_os_error(error)}"
+            + (f" ({error.filename})" if error.filename else "")
+            for error in _leaves(group)
+            if isinstance(error, OSError)
+        )
     if refusal is not None:
         print(f"kumo: {refusal}", file=sys.stderr, flush=True)
         sys.exit(1)

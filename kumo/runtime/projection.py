@@ -14,12 +14,19 @@ from kumo.model.events import (
     BounceIssued,
     Committed,
     MessageReceived,
+    ReadySuspendCancelled,
+    ReadySuspendExpired,
+    ReadySuspendIssued,
     SuspendIssued,
 )
 from kumo.model.message_locations import MessageLocations
 from kumo.model.message_queue import MessageQueue
 from kumo.model.state import State
 from kumo.runtime.watermark import Watermark
+
+_READY_SUSPENSION_EVENTS: Final = frozenset(
+    {ReadySuspendIssued, ReadySuspendCancelled, ReadySuspendExpired}
+)
 
 INDEX_CHUNK: Final = 10_000
 """Messages :meth:`Projection.locate` indexes between two checkpoints (about 10 ms)."""
@@ -43,6 +50,7 @@ class Projection:
         "arrivals",
         "changed",
         "locations",
+        "ready_suspension_events",
         "rule_events",
         "rules_issued",
         "state",
@@ -59,6 +67,10 @@ class Projection:
         self.rule_events = Watermark()
         """How many ``BounceIssued``, ``BounceCancelled`` and ``BounceExpired`` have
         been folded: fleet mode's publisher (and :meth:`Engine.wait_rule`) wait on it."""
+        self.ready_suspension_events = Watermark()
+        """How many ``ReadySuspendIssued``, ``ReadySuspendCancelled`` and
+        ``ReadySuspendExpired`` have been folded: the dispatchers look again at which
+        ready queues are suspended each time it moves."""
         self.locations = MessageLocations()
         """Spool id -> the queue it was received into, while that queue holds messages."""
         self.arrivals: dict[str, int] = {}
@@ -98,7 +110,7 @@ class Projection:
 
     def apply(self, committed: list[Committed]) -> None:
         apply = self.state.apply
-        issued = ended = 0
+        issued = ended = ready = ready_issued = 0
         received: list[tuple[str, str]] = []
         arrivals = self.arrivals
         for item in committed:
@@ -109,6 +121,9 @@ class Projection:
                 arrivals[event.queue] = item.time
             elif type(event) is BounceIssued or type(event) is SuspendIssued:
                 issued += 1
+            elif type(event) in _READY_SUSPENSION_EVENTS:
+                ready += 1
+                ready_issued += type(event) is ReadySuspendIssued
             elif type(event) is BounceCancelled or type(event) is BounceExpired:
                 ended += 1
             elif type(event) is Bounced and event.queue not in self.state.queue_counts:
@@ -119,8 +134,11 @@ class Projection:
                 self.locations.retire(event.queue)
         if received:
             self.locations.add_many(received)
-        if issued:
-            self.rules_issued.advance(self.rules_issued.value + issued)
+        if issued or ready_issued:
+            # A ready-queue suspension's expiry is the rule expiry's too.
+            self.rules_issued.advance(self.rules_issued.value + issued + ready_issued)
         if issued or ended:
             self.rule_events.advance(self.rule_events.value + issued + ended)
+        if ready:
+            self.ready_suspension_events.advance(self.ready_suspension_events.value + ready)
         self.changed.unpark_all()

@@ -10,7 +10,8 @@ from collections.abc import Mapping, Sequence
 from typing import Protocol
 
 from kumo.model.inspection import InspectedMessage, InspectedQueue
-from kumo.model.requests import BounceRequest, NewMessage
+from kumo.model.ready_suspension import ReadySuspensionView
+from kumo.model.requests import BounceRequest, NewMessage, ReadySuspendRequest
 from kumo.model.state import RuleView
 from kumo.runtime.delivery import DispatcherStatistics
 from kumo.runtime.queue_actor import ActorStatistics
@@ -39,6 +40,12 @@ class AdminEngine(Protocol):
     async def cancel_suspend(self, rule_id: str, *, cancelled_by: str) -> bool: ...
 
     def list_suspends(self) -> list[RuleView]: ...
+
+    async def issue_ready_suspend(self, request: ReadySuspendRequest, *, issued_by: str) -> str: ...
+
+    async def cancel_ready_suspend(self, rule_id: str, *, cancelled_by: str) -> bool: ...
+
+    def list_ready_suspends(self) -> list[ReadySuspensionView]: ...
 
     def queue_counts(self) -> Mapping[str, int]: ...
 

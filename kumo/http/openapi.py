@@ -14,6 +14,7 @@ from kumo.http.routes import (
     METRICS_PATH,
     OPENAPI_PATH,
     SUSPEND_PATH,
+    SUSPEND_READY_Q_PATH,
 )
 
 _TEXT: Final = {"text/plain": {"schema": {"type": "string"}}}
@@ -117,6 +118,36 @@ _SUSPEND_ENTRY: Final = {
         name: schema
         for name, schema in _BOUNCE_ENTRY["properties"].items()  # type: ignore[attr-defined]
         if name not in ("bounced", "total_bounced", "suppress_logging")
+    },
+}
+
+_READY_SUSPEND_REQUEST: Final = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["name", "reason"],
+    "properties": {
+        "name": {
+            "type": "string",
+            "description": "the ready queue's exact name "
+            "(`unspecified->mx.example.com@smtp_client`)",
+        },
+        "reason": {"type": "string"},
+        "duration": _BOUNCE_REQUEST["properties"]["duration"],  # type: ignore[index]
+        "expires": {"type": ["string", "null"], "format": "date-time"},
+    },
+}
+
+_READY_SUSPEND_ENTRY: Final = {
+    "type": "object",
+    "required": ["id", "name", "reason", "duration", "expires"],
+    "properties": {
+        "id": {"type": "string", "format": "uuid"},
+        "name": {"type": "string"},
+        "reason": {"type": "string"},
+        "duration": {"type": "string", "description": "remaining lifetime"},
+        "expires": {"type": "string", "format": "date-time"},
+        "issued_at": {"type": "string", "format": "date-time"},
+        "issued_by": {"type": "string"},
     },
 }
 
@@ -346,6 +377,44 @@ OPENAPI: Final[dict[str, Any]] = {
             },
             "delete": {
                 "summary": "Lift a live suspension: its messages are due at once.",
+                "requestBody": {"required": True, "content": _json(_CANCEL_REQUEST)},
+                "responses": {
+                    "200": {"description": "`removed <id>`", "content": _TEXT},
+                    **_refusals(401, 429, 404, 413, 415, 400, 422, 503),
+                },
+            },
+        },
+        SUSPEND_READY_Q_PATH: {
+            "post": {
+                "summary": "Suspend a ready queue: its connections finish their transaction "
+                "and close; its messages wait in their scheduled queues.",
+                "requestBody": {"required": True, "content": _json(_READY_SUSPEND_REQUEST)},
+                "responses": {
+                    "200": {
+                        "description": "The new suspension's id.",
+                        "content": _json(
+                            {
+                                "type": "object",
+                                "required": ["id"],
+                                "properties": {"id": {"type": "string", "format": "uuid"}},
+                            }
+                        ),
+                    },
+                    **_refusals(401, 429, 413, 415, 400, 422, 503),
+                },
+            },
+            "get": {
+                "summary": "The live ready-queue suspensions, oldest first.",
+                "responses": {
+                    "200": {
+                        "description": "Live ready-queue suspensions.",
+                        "content": _json({"type": "array", "items": _READY_SUSPEND_ENTRY}),
+                    },
+                    **_refusals(401, 429, 503),
+                },
+            },
+            "delete": {
+                "summary": "Lift a live ready-queue suspension: its messages are due at once.",
                 "requestBody": {"required": True, "content": _json(_CANCEL_REQUEST)},
                 "responses": {
                     "200": {"description": "`removed <id>`", "content": _TEXT},

@@ -14,6 +14,8 @@ BOUNCE_PATH: Final = "/api/admin/bounce/v1"
 """Issue (POST), list (GET) and cancel (DELETE) bounce rules."""
 SUSPEND_PATH: Final = "/api/admin/suspend/v1"
 """Suspend (POST), list (GET) and lift (DELETE) the delivery of scheduled queues."""
+SUSPEND_READY_Q_PATH: Final = "/api/admin/suspend-ready-q/v1"
+"""Suspend (POST), list (GET) and lift (DELETE) the suspension of a ready queue."""
 INJECT_PATH: Final = "/api/inject/v1"
 """Receive messages (POST), one per recipient."""
 LIVENESS_PATH: Final = "/api/check-liveness/v1"
@@ -33,6 +35,7 @@ INSPECT_QUEUE_PATH: Final = "/api/admin/inspect-sched-q/v1"
 ROUTES: Final = (
     BOUNCE_PATH,
     SUSPEND_PATH,
+    SUSPEND_READY_Q_PATH,
     INJECT_PATH,
     LIVENESS_PATH,
     METRICS_PATH,

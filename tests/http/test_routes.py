@@ -19,6 +19,7 @@ from kumo.http.routes import (
     OPENAPI_PATH,
     ROUTES,
     SUSPEND_PATH,
+    SUSPEND_READY_Q_PATH,
 )
 from tests.http.test_app import FakeEngine
 
@@ -33,7 +34,8 @@ def test_the_paths_are_kumomtas() -> None:
     assert INSPECT_MESSAGE_PATH == "/api/admin/inspect-message/v1"
     assert INSPECT_QUEUE_PATH == "/api/admin/inspect-sched-q/v1"
     assert SUSPEND_PATH == "/api/admin/suspend/v1"
-    assert len(set(ROUTES)) == len(ROUTES) == 9
+    assert SUSPEND_READY_Q_PATH == "/api/admin/suspend-ready-q/v1"
+    assert len(set(ROUTES)) == len(ROUTES) == 10
 
 
 def test_the_app_serves_every_route_and_no_other() -> None:

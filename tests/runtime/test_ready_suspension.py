@@ -16,9 +16,12 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import attrs
+import orjson
 import trio
 import trio.testing
+from click.testing import CliRunner
 
+from kumo.cli.audit import audit
 from kumo.model.events import ReadySuspendExpired, Suspended
 from kumo.model.ready_queue import ResolvedAddress
 from kumo.model.requests import ReadySuspendRequest
@@ -157,7 +160,7 @@ async def test_held_mail_goes_at_the_suspensions_expiry_and_a_restart_keeps_it_h
         mail = in_memory(sink, servers, connection_limit=4)
         async with engine_with(data_dir, mail, clock) as engine:
             await engine.issue_ready_suspend(suspend(duration=100), issued_by="ops")
-            await engine.inject([message(f"r{n}@example.com") for n in range(5)])
+            ids = await engine.inject([message(f"r{n}@example.com") for n in range(5)])
             await engine.wait_until(lambda: held(engine) == 5)
             await engine.wait_idle()
         # Restarted while suspended: still held, no second record, and released at
@@ -180,6 +183,13 @@ async def test_held_mail_goes_at_the_suspensions_expiry_and_a_restart_keeps_it_h
     assert sum(isinstance(e, ReadySuspendExpired) for e in stored_events(data_dir)) == 1
     assert sum(isinstance(e, Suspended) for e in stored_events(data_dir)) == 5
     verified(data_dir)
+    result = CliRunner().invoke(
+        audit, ["--data-dir", str(data_dir), "--message", ids[0], "--format", "json"]
+    )
+    assert result.exit_code == 0, result.output
+    steps = orjson.loads(result.stdout)["attempts"]
+    assert [step["step"] for step in steps] == ["held", "delivered"]
+    assert steps[0]["detail"].endswith(f"of ready queue {READY_QUEUE} until it ends: maintenance")
 
 
 async def test_another_ready_queue_is_not_held(

@@ -630,6 +630,12 @@ def outcome_row(committed: Committed) -> tuple[str, str, str, str, str]:
     event = committed.event
     assert isinstance(event, Outcome)
     match event:
+        case Suspended() if event.ready_queue is not None:
+            step, detail = (
+                "held",
+                f"by suspension {event.rule_id} of ready queue {event.ready_queue} until it "
+                f"ends: {event.reason}",
+            )
         case Suspended():
             step, detail = "held", f"by suspension {event.rule_id} until it ends: {event.reason}"
         case Expired():

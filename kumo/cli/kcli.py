@@ -1,8 +1,10 @@
 """`kcli`: the command-line client for the administrative bounce API.
 
 Compatible with KumoMTA's `kcli` for `bounce`, `bounce-list`, `bounce-cancel`,
-`inspect-message`, `inspect-sched-q` and `queue-summary` (same options, same output,
-same error texts; `queue-summary`'s tables are :mod:`kumo.cli.queue_summary`'s), plus
+`suspend`, `suspend-list`, `suspend-cancel`, `suspend-ready-q`, `suspend-ready-q-list`,
+`suspend-ready-q-cancel`, `inspect-message`, `inspect-sched-q` and `queue-summary`
+(same options, same output, same error texts; `queue-summary`'s tables are
+:mod:`kumo.cli.queue_summary`'s), plus
 `inject`, which KumoMTA's kcli does not have in this form (send test messages through
 `/api/inject/v1`).
 
@@ -49,6 +51,7 @@ from kumo.http.routes import (
     METRICS_PATH,
     REBIND_PATH,
     SUSPEND_PATH,
+    SUSPEND_READY_Q_PATH,
 )
 from kumo.model.mx_resolution import Destination, Resolution, ResolutionFailure
 from kumo.model.prometheus_text import parse_samples
@@ -803,6 +806,41 @@ def suspend_cancel(target: Target, suspend_id: str) -> None:
     click.echo(response.text or "OK")
 
 
+@cli.command("suspend-ready-q")
+@click.option("--name", required=True, help="The exact name of the ready queue to suspend.")
+@click.option("--reason", required=True, help="The reason to log in the delivery logs.")
+@click.option("--duration", help="How long to suspend, as a duration string (default 5m).")
+@click.pass_obj
+def suspend_ready_q(target: Target, name: str, reason: str, duration: str | None) -> None:
+    """Suspend a ready queue: its connections finish the transaction under way and
+    close, and its messages wait in their scheduled queues (one TransientFailure record
+    each, no attempt counted) until it expires or is cancelled."""
+    body: dict[str, object] = {"name": name, "reason": reason}
+    if duration is not None:
+        body["duration"] = duration
+    with target.open_client() as client:
+        reply = decode_json(send(client, "POST", SUSPEND_READY_Q_PATH, body=body))
+    echo_json(reply)
+
+
+@cli.command("suspend-ready-q-list")
+@click.pass_obj
+def suspend_ready_q_list(target: Target) -> None:
+    """List the ready-queue suspensions in effect (JSON)."""
+    with target.open_client() as client:
+        echo_json(decode_json(send(client, "GET", SUSPEND_READY_Q_PATH)))
+
+
+@cli.command("suspend-ready-q-cancel")
+@click.option("--id", "suspend_id", required=True, help="The id of the suspension to lift.")
+@click.pass_obj
+def suspend_ready_q_cancel(target: Target, suspend_id: str) -> None:
+    """Lift a ready-queue suspension: the messages it held are due at once."""
+    with target.open_client() as client:
+        response = send(client, "DELETE", SUSPEND_READY_Q_PATH, body={"id": suspend_id})
+    click.echo(response.text or "OK")
+
+
 def selection(
     *,
     domain: str | None,
@@ -1020,7 +1058,8 @@ def queue_summary(target: Target, limit: int | None, by_volume: bool, domain: st
     Two tables: the ready queues (SITE, SOURCE, PROTO; D delivered, T transiently
     failed, C connections open, Q messages ready; D and T count since the server
     started), then the scheduled queues (SCHEDULED QUEUE, COUNT of messages waiting),
-    each with the status the admin lists give it (a bounce rule that matches it).
+    each with the status the admin lists give it (a bounce rule or a suspension that
+    matches it; a suspension of the ready queue).
     Not meant for machines: read /metrics or /metrics.json instead.
     """
     with target.open_client() as client:

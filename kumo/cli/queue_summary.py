@@ -28,7 +28,7 @@ from typing import Any, Final, TypeVar
 import attrs
 
 from kumo.cli.tables import Align, format_count, format_table
-from kumo.http.routes import BOUNCE_PATH, SUSPEND_PATH
+from kumo.http.routes import BOUNCE_PATH, SUSPEND_PATH, SUSPEND_READY_Q_PATH
 from kumo.model.prometheus_text import Sample, scheduled_counts
 from kumo.model.queue_name import QueueName
 
@@ -287,8 +287,7 @@ SCHEDULED_STATUS: Final[tuple[StatusSource, ...]] = (
 """What marks a scheduled queue, first first: the first that applies is its status."""
 
 READY_STATUS: Final[tuple[StatusSource, ...]] = (
-    # Once /api/admin/suspend-ready-q/v1 is served:
-    # StatusSource(SUSPEND_READY_Q_PATH, name_marker(SUSPEND_MARK)),
+    StatusSource(SUSPEND_READY_Q_PATH, name_marker(SUSPEND_MARK)),
 )
 """What marks a ready queue: each that applies is part of its status."""
 

@@ -1,7 +1,8 @@
 """The quart-trio application: routes, access control, and the replies to bad requests.
 
 The app is thin: each route reads the body (bounded) or the query string, hands it to
-a handler of :mod:`kumo.http.bounce_api`, :mod:`kumo.http.inject_api` or
+a handler of :mod:`kumo.http.bounce_api`, :mod:`kumo.http.suspend_api`,
+:mod:`kumo.http.suspend_ready_q_api`, :mod:`kumo.http.inject_api` or
 :mod:`kumo.http.inspect_api`, and turns the handler's
 :class:`~kumo.http.replies.Reply` into a response. Refusals come in the order that
 docs/operations.md ("Error replies") states: access (401) before the body is read, then
@@ -31,7 +32,14 @@ from quart import Response, g, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from kumo.http import bounce_api, inject_api, inspect_api, rebind_api, suspend_api
+from kumo.http import (
+    bounce_api,
+    inject_api,
+    inspect_api,
+    rebind_api,
+    suspend_api,
+    suspend_ready_q_api,
+)
 from kumo.http.access import AccessPolicy, Denied, PasswordCheck
 from kumo.http.connection_guard import ASGIApp as ASGIApp
 from kumo.http.connection_guard import ASGIMessage as ASGIMessage
@@ -63,6 +71,7 @@ from kumo.http.routes import (
     REBIND_PATH,
     ROUTES,
     SUSPEND_PATH,
+    SUSPEND_READY_Q_PATH,
 )
 from kumo.model.duration import NANOS_PER_SECOND
 from kumo.model.inspection import QueueConfig
@@ -214,6 +223,18 @@ def create_app(
     @app.post(REBIND_PATH)
     async def post_rebind() -> Response:
         return await admin(rebind_api.rebind)
+
+    @app.post(SUSPEND_READY_Q_PATH)
+    async def post_suspend_ready_q() -> Response:
+        return await admin(suspend_ready_q_api.issue_ready_suspend)
+
+    @app.get(SUSPEND_READY_Q_PATH)
+    async def get_suspend_ready_q() -> Response:
+        return _response(suspend_ready_q_api.list_ready_suspends(engine))
+
+    @app.delete(SUSPEND_READY_Q_PATH)
+    async def delete_suspend_ready_q() -> Response:
+        return await admin(suspend_ready_q_api.cancel_ready_suspend)
 
     @app.post(INJECT_PATH)
     async def inject() -> Response:

@@ -32,7 +32,7 @@ from kumo.http.errors import (
 from kumo.model.criteria import Criteria
 from kumo.model.duration import NANOS_PER_SECOND, NANOS_PER_YEAR, DurationError, parse_duration
 from kumo.model.queue_name import REBINDABLE_KEYS
-from kumo.model.requests import MAX_LIFETIME, BounceRequest, RebindRequest
+from kumo.model.requests import MAX_LIFETIME, BounceRequest, ReadySuspendRequest, RebindRequest
 from kumo.model.rfc3339 import TimestampError, parse_rfc3339
 
 # -- 415 and 400 ------------------------------------------------------------------------
@@ -369,6 +369,36 @@ def parse_rebind_request(content_type: str | None, body: bytes) -> RebindRequest
     )
 
 
+_READY_SUSPEND_READERS: Final[Mapping[str, Callable[[str, Any], object]]] = {
+    "name": _string,
+    "reason": _string,
+    "duration": _duration,
+    "expires": _expires,
+}
+_READY_SUSPEND_FIELDS: Final = _expected_list(tuple(_READY_SUSPEND_READERS))
+
+
+def parse_ready_suspend_request(content_type: str | None, body: bytes) -> ReadySuspendRequest:
+    """The body of POST /api/admin/suspend-ready-q/v1: ``name`` (the ready queue's
+    exact name) and ``reason`` required, ``duration`` or ``expires`` as for a bounce.
+    Unknown fields are refused (KumoMTA ignores them)."""
+    obj = _struct("", decode_json(content_type, body), "SuspendReadyQueueV1Request")
+    _refuse_duplicates(body)
+    fields = _fields(
+        "",
+        obj,
+        _READY_SUSPEND_READERS,
+        required=("name", "reason"),
+        deny_unknown=_READY_SUSPEND_FIELDS,
+    )
+    return ReadySuspendRequest(
+        name=_get(fields, "name", str, ""),
+        reason=_get(fields, "reason", str, ""),
+        duration=_get(fields, "duration", int | None, None),
+        expires_at=_get(fields, "expires", int | None, None),
+    )
+
+
 def _get(fields: Mapping[str, object], name: str, kind: Any, default: Any) -> Any:
     value = fields.get(name, default)
     assert isinstance(value, kind), (name, value)
@@ -424,8 +454,8 @@ def _uuid(path: str, value: object) -> str:
 def parse_cancel_request(
     content_type: str | None, body: bytes, *, struct: str = "BounceV1CancelRequest"
 ) -> str:
-    """The rule id that a DELETE /api/admin/bounce/v1 (or suspend/v1) body names,
-    canonical form.
+    """The rule id that a DELETE /api/admin/bounce/v1 (or suspend/v1,
+    suspend-ready-q/v1) body names, canonical form.
 
     Unknown fields are ignored, as KumoMTA does.
     """

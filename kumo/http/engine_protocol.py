@@ -13,7 +13,8 @@ from kumo.model.criteria import Criteria
 from kumo.model.dry_run import DryRun
 from kumo.model.fleet import FleetFigures
 from kumo.model.inspection import InspectedMessage, InspectedQueue
-from kumo.model.requests import BounceRequest, NewMessage, RebindRequest
+from kumo.model.ready_suspension import ReadySuspensionView
+from kumo.model.requests import BounceRequest, NewMessage, ReadySuspendRequest, RebindRequest
 from kumo.model.state import RuleKind, RuleView
 from kumo.runtime.delivery import DispatcherStatistics
 from kumo.runtime.queue_actor import ActorStatistics
@@ -56,6 +57,12 @@ class AdminEngine(Protocol):
     def list_suspends(self) -> list[RuleView]: ...
 
     async def rebind(self, request: RebindRequest, *, issued_by: str) -> str: ...
+
+    async def issue_ready_suspend(self, request: ReadySuspendRequest, *, issued_by: str) -> str: ...
+
+    async def cancel_ready_suspend(self, rule_id: str, *, cancelled_by: str) -> bool: ...
+
+    def list_ready_suspends(self) -> list[ReadySuspensionView]: ...
 
     def queue_counts(self) -> Mapping[str, int]: ...
 

@@ -15,6 +15,7 @@ from kumo.http.routes import (
     OPENAPI_PATH,
     REBIND_PATH,
     SUSPEND_PATH,
+    SUSPEND_READY_Q_PATH,
 )
 from kumo.model.duration import NANOS_PER_SECOND
 from kumo.model.requests import MAX_LIFETIME
@@ -196,6 +197,36 @@ _REBIND_REQUEST: Final = {
             "default": False,
             "description": "accepted and ignored: kumo has no Lua rebind_message hook",
         },
+    },
+}
+
+_READY_SUSPEND_REQUEST: Final = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["name", "reason"],
+    "properties": {
+        "name": {
+            "type": "string",
+            "description": "the ready queue's exact name "
+            "(`unspecified->mx.example.com@smtp_client`)",
+        },
+        "reason": {"type": "string"},
+        "duration": _BOUNCE_REQUEST["properties"]["duration"],  # type: ignore[index]
+        "expires": {"type": ["string", "null"], "format": "date-time"},
+    },
+}
+
+_READY_SUSPEND_ENTRY: Final = {
+    "type": "object",
+    "required": ["id", "name", "reason", "duration", "expires"],
+    "properties": {
+        "id": {"type": "string", "format": "uuid"},
+        "name": {"type": "string"},
+        "reason": {"type": "string"},
+        "duration": {"type": "string", "description": "remaining lifetime"},
+        "expires": {"type": "string", "format": "date-time"},
+        "issued_at": {"type": "string", "format": "date-time"},
+        "issued_by": {"type": "string"},
     },
 }
 
@@ -499,6 +530,45 @@ OPENAPI: Final[dict[str, Any]] = {
                         "content": _json({"type": "object", "maxProperties": 0}),
                     },
                     **_refusals(401, 429, 413, 415, 400, 422, 503),
+                },
+            },
+        },
+        SUSPEND_READY_Q_PATH: {
+            "post": {
+                "summary": "Suspend a ready queue: its connections finish their transaction "
+                "and close; its messages wait in their scheduled queues.",
+                "requestBody": {"required": True, "content": _json(_READY_SUSPEND_REQUEST)},
+                "responses": {
+                    "200": {
+                        "description": "The new suspension's id.",
+                        "links": _cancel_link(SUSPEND_READY_Q_PATH),
+                        "content": _json(
+                            {
+                                "type": "object",
+                                "required": ["id"],
+                                "properties": {"id": {"type": "string", "format": "uuid"}},
+                            }
+                        ),
+                    },
+                    **_refusals(401, 429, 413, 415, 400, 422, 503),
+                },
+            },
+            "get": {
+                "summary": "The live ready-queue suspensions, oldest first.",
+                "responses": {
+                    "200": {
+                        "description": "Live ready-queue suspensions.",
+                        "content": _json({"type": "array", "items": _READY_SUSPEND_ENTRY}),
+                    },
+                    **_refusals(401, 429, 503),
+                },
+            },
+            "delete": {
+                "summary": "Lift a live ready-queue suspension: its messages are due at once.",
+                "requestBody": {"required": True, "content": _json(_CANCEL_REQUEST)},
+                "responses": {
+                    "200": {"description": "`removed <id>`", "content": _TEXT},
+                    **_refusals(401, 429, 404, 413, 415, 400, 422, 503),
                 },
             },
         },

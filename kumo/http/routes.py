@@ -16,6 +16,8 @@ SUSPEND_PATH: Final = "/api/admin/suspend/v1"
 """Suspend (POST), list (GET) and lift (DELETE) the delivery of scheduled queues."""
 REBIND_PATH: Final = "/api/admin/rebind/v1"
 """Move the scheduled messages of matching queues to the queue new metadata names (POST)."""
+SUSPEND_READY_Q_PATH: Final = "/api/admin/suspend-ready-q/v1"
+"""Suspend (POST), list (GET) and lift (DELETE) the suspension of a ready queue."""
 INJECT_PATH: Final = "/api/inject/v1"
 """Receive messages (POST), one per recipient."""
 LIVENESS_PATH: Final = "/api/check-liveness/v1"
@@ -36,6 +38,7 @@ ROUTES: Final = (
     BOUNCE_PATH,
     SUSPEND_PATH,
     REBIND_PATH,
+    SUSPEND_READY_Q_PATH,
     INJECT_PATH,
     LIVENESS_PATH,
     METRICS_PATH,

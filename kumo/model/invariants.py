@@ -54,6 +54,7 @@ from kumo.model.events import (
     PeerAddress,
     Rebound,
     Rejected,
+    Suspended,
     TransientlyFailed,
 )
 from kumo.model.log_record import (
@@ -314,12 +315,43 @@ class InvariantCheck:
                 f"message {mid} is attempted as received at seq {event.message.seq}, "
                 f"but was received at seq {received.seq}",
             )
+        if isinstance(event, Suspended):
+            self._check_holder(seq, event)
         if isinstance(event, TransientlyFailed):
             self._anchors[mid] = (seq, self._live_rule(queue, committed.time))
             if event.expiry is not None:
                 self._expiring.add(mid)
         elif isinstance(event, DEPARTURES):
             self.departed[mid] = (seq, type(event).__name__)
+
+    def _check_holder(self, seq: int, event: Suspended) -> None:
+        """A held message names a suspension issued before it that may hold it: a
+        scheduled-queue one matching its queue, or a ready-queue one of the ready queue
+        it names. (Not that it was live: the queue decides on its clock, and the end
+        may reach the log first; the message is then due at once, as the fold says.)"""
+        projection = self.projection
+        if event.ready_queue is None:
+            rule = projection.suspends.rules.get(event.rule_id)
+            if rule is None or not rule.criteria.matches(event.queue):
+                self._violate(
+                    "attribution",
+                    seq,
+                    f"message {event.message.id} held by suspension {event.rule_id}, which "
+                    + ("was never issued" if rule is None else f"does not match {event.queue}"),
+                )
+            return
+        ready = projection.ready_suspends.rules.get(event.rule_id)
+        if ready is None or ready.name != event.ready_queue:
+            self._violate(
+                "attribution",
+                seq,
+                f"message {event.message.id} held by ready-queue suspension {event.rule_id}, "
+                + (
+                    "never issued"
+                    if ready is None
+                    else f"which suspends {ready.name}, not {event.ready_queue}"
+                ),
+            )
 
     def gone(self, mid: str) -> str | None:
         """How message ``mid`` left, if it did: ``bounced at seq N``, ``Delivered at seq N``."""

@@ -258,6 +258,17 @@ def outcome_record(event: Outcome, *, at: int, node_id: str) -> dict[str, Any]:
         return _internal_record(
             event, "Expiration", event.site, (551, (5, 4, 7), event.content), at, node_id
         )
+    if isinstance(event, Suspended) and event.ready_queue is not None:
+        # KumoMTA's record of a promotion no egress source may take, its one source's
+        # ready queue being suspended (reference 2.2, 5.2, 6.4): no site, the pool,
+        # no source, the attempts so far.
+        content = (
+            f"KumoMTA internal: no sources for {event.queue} pool=`{EGRESS_SOURCE}` "
+            "are eligible for selection at this time"
+        )
+        return _internal_record(
+            event, "TransientFailure", "", (451, (4, 4, 4), content), at, node_id
+        ) | {"egress_pool": EGRESS_SOURCE}
     if isinstance(event, Suspended):
         # KumoMTA's record of a message its suspended scheduled queue keeps (reference
         # 5.2): the queue as the site, no peer, no protocol, the attempts so far.

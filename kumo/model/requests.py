@@ -103,6 +103,24 @@ class RebindRequest:
     ``rebind_message`` hook instead of merging ``data``; kumo has no Lua."""
 
 
+@attrs.frozen(slots=True)
+class ReadySuspendRequest:
+    """A request to suspend the ready queue ``name`` (its exact name), with the lifetime
+    rules of a :class:`BounceRequest` (default five minutes, ``expires_at`` first)."""
+
+    name: str = attrs.field(validator=_text)
+    reason: str = attrs.field(validator=_text)
+    duration: int | None = attrs.field(default=None, validator=_check_lifetime)
+    expires_at: int | None = attrs.field(default=None, validator=_check_expiry)
+
+    def expiry(self, issued_at: int) -> int:
+        """When a suspension issued at ``issued_at`` (ns since the epoch) ends."""
+        if self.expires_at is not None:
+            return self.expires_at
+        lifetime = self.duration if self.duration is not None else DEFAULT_LIFETIME
+        return issued_at + lifetime
+
+
 Content: TypeAlias = bytes | tuple[bytes, bytes]
 """A message's content as the store takes it: the bytes, or ``(head, body)`` whose
 concatenation they are. The store joins a pair one row at a time as it writes it."""

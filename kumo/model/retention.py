@@ -70,6 +70,8 @@ def base_projection(base: State) -> State:
     cut, on its own: folding events into it leaves ``base`` as it was."""
     projection = State(keep_messages=False)
     projection.rules = base.rules.copy()
+    projection.suspends = base.suspends.copy()
+    projection.ready_suspends = base.ready_suspends.copy()
     projection.queue_counts = dict(base.queue_counts)
     projection.received_total = base.received_total
     projection.bounced_total = base.bounced_total

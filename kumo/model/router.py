@@ -20,6 +20,10 @@ and hands each queue the events listed for it. The rules are:
   to, which it opens (with its live rules and suspensions) as an arrival does.
 - the issue of a rule that loses to an equal rule of another node on arrival (fleet
   mode: :func:`kumo.model.state.outranks`) concerns no queue: it never is live here.
+- a ``ReadySuspendIssued`` (not issued already expired) concerns every open queue, and
+  its end (``ReadySuspendCancelled``, ``ReadySuspendExpired``, when it ends a live one)
+  too: which ready queue a scheduled queue feeds is the runtime's to resolve (DNS), so
+  every queue knows every live ready-queue suspension, and a queue opens with them.
 
 Which rule a message is counted to is decided by the queue itself
 (:meth:`kumo.model.state.QueueState.receive`, one rule for all: the most recently
@@ -32,6 +36,7 @@ from collections.abc import Iterable
 
 import attrs
 
+from kumo.model.criteria import Criteria
 from kumo.model.events import (
     BounceCancelled,
     BounceExpired,
@@ -39,6 +44,9 @@ from kumo.model.events import (
     Committed,
     Event,
     MessageReceived,
+    ReadySuspendCancelled,
+    ReadySuspendExpired,
+    ReadySuspendIssued,
     RebindIssued,
     Rebound,
     SuspendCancelled,
@@ -48,7 +56,11 @@ from kumo.model.events import (
 )
 from kumo.model.queue_index import QueueIndex
 from kumo.model.queue_name import QueueName
+from kumo.model.ready_suspension import ReadyHold, ReadySuspensionBook
 from kumo.model.state import RuleBook, SweepRule
+
+_EVERY_QUEUE = Criteria()
+"""Criteria that match every queue: where a ready-queue suspension's events go."""
 
 
 @attrs.frozen
@@ -61,6 +73,8 @@ class NewQueue:
     oldest first."""
     suspensions: tuple[SweepRule, ...] = ()
     """The live suspensions that match it then, oldest first."""
+    ready_suspensions: tuple[ReadyHold, ...] = ()
+    """The live ready-queue suspensions then (all of them), oldest first."""
 
 
 @attrs.frozen
@@ -80,11 +94,17 @@ class Router:
     rules live at each point of the log, whatever the engine's projection has folded.
     """
 
-    __slots__ = ("_holders", "_index", "rules", "suspends")
+    __slots__ = ("_holders", "_index", "ready_suspends", "rules", "suspends")
 
-    def __init__(self, rules: RuleBook | None = None, suspends: RuleBook | None = None) -> None:
+    def __init__(
+        self,
+        rules: RuleBook | None = None,
+        suspends: RuleBook | None = None,
+        ready_suspends: ReadySuspensionBook | None = None,
+    ) -> None:
         self.rules = rules if rules is not None else RuleBook()
         self.suspends = suspends if suspends is not None else RuleBook("suspend")
+        self.ready_suspends = ready_suspends or ReadySuspensionBook()
         self._index: QueueIndex[str] = QueueIndex()
         self._holders: dict[str, set[str]] = {}
         """Rule id (bounce or suspension) -> the queues that hold it (not yet ended)."""
@@ -115,6 +135,10 @@ class Router:
             return False
         return rule is not None and rule.lost_on_arrival
 
+    def ready_suspensions(self) -> tuple[ReadyHold, ...]:
+        """The live ready-queue suspensions, oldest first: every queue holds them all."""
+        return self.ready_suspends.holds()
+
     def route(self, batch: Iterable[Committed]) -> Routing:
         """Fold ``batch`` (in log order, each event once) and say where it goes."""
         new_queues: list[NewQueue] = []
@@ -126,7 +150,9 @@ class Router:
                     if event.queue not in self._index:
                         rules = self.open_queue(event.queue)
                         suspensions = self.suspensions_of(event.queue)
-                        new_queues.append(NewQueue(event.queue, rules, suspensions))
+                        new_queues.append(
+                            NewQueue(event.queue, rules, suspensions, self.ready_suspensions())
+                        )
                     deliveries.setdefault(event.queue, []).append(committed)
                 case BounceIssued() | SuspendIssued():
                     book = self.rules if type(event) is BounceIssued else self.suspends
@@ -154,6 +180,12 @@ class Router:
                     book.apply(committed)
                     for queue in self._holders.pop(event.rule_id, ()):
                         deliveries.setdefault(queue, []).append(committed)
+                case ReadySuspendIssued() | ReadySuspendCancelled() | ReadySuspendExpired():
+                    changed = self.ready_suspends.apply(committed)
+                    ended = type(event) is not ReadySuspendIssued
+                    if changed is not None and (ended or not changed.issued_expired):
+                        for queue in self._index.matching(_EVERY_QUEUE):
+                            deliveries.setdefault(queue, []).append(committed)
                 case TransientlyFailed():
                     # Back to its queue, which decides what follows in log order.
                     deliveries.setdefault(event.queue, []).append(committed)
@@ -164,7 +196,9 @@ class Router:
                     if event.to_queue not in self._index:
                         rules = self.open_queue(event.to_queue)
                         suspensions = self.suspensions_of(event.to_queue)
-                        new_queues.append(NewQueue(event.to_queue, rules, suspensions))
+                        new_queues.append(
+                            NewQueue(event.to_queue, rules, suspensions, self.ready_suspensions())
+                        )
                     deliveries.setdefault(event.to_queue, []).append(committed)
                 case _:
                     self.rules.apply(committed)

@@ -30,6 +30,7 @@ import orjson
 
 from kumo.model.events import criteria_from_json, criteria_to_json
 from kumo.model.message_queue import MessageQueue, QueueColumns
+from kumo.model.ready_suspension import ReadySuspension, ReadySuspensionBook
 from kumo.model.state import Retry, Rule, RuleBook, State
 
 MAGIC = b"KUMO-SNAPSHOT 1\n"
@@ -89,6 +90,9 @@ def encode_snapshot(state: State, chain: bytes) -> bytes:
         },
         "rules": [_rule_to_json(rule) for rule in state.rules.rules.values()],
         "suspends": [_rule_to_json(rule) for rule in state.suspends.rules.values()],
+        "ready_suspends": [
+            attrs.asdict(suspension) for suspension in state.ready_suspends.rules.values()
+        ],
         "queues": described,
     }
     out = bytearray(MAGIC)
@@ -130,6 +134,10 @@ def decode_snapshot(data: bytes) -> tuple[State, SnapshotPosition]:
         state.rules = RuleBook.restore(_rule_from_json(rule) for rule in header["rules"])
         state.suspends = RuleBook.restore(
             (_rule_from_json(rule) for rule in header.get("suspends", ())), "suspend"
+        )
+        # Absent from snapshots written before ready-queue suspensions.
+        state.ready_suspends = ReadySuspensionBook.restore(
+            ReadySuspension(**suspension) for suspension in header.get("ready_suspends", ())
         )
         queues: dict[str, MessageQueue] = {}
         for entry in header["queues"]:
@@ -187,6 +195,8 @@ def state_differences(expected: State, actual: State) -> list[str]:
         for book in (actual.rules, actual.suspends)
         for rule in book.rules.values()
     }
+    expected_rules |= {s.id: attrs.asdict(s) for s in expected.ready_suspends.rules.values()}
+    actual_rules |= {s.id: attrs.asdict(s) for s in actual.ready_suspends.rules.values()}
     for rule_id in sorted(expected_rules.keys() | actual_rules.keys()):
         if expected_rules.get(rule_id) != actual_rules.get(rule_id):
             problems.append(

@@ -41,6 +41,9 @@ from kumo.model.events import (
     Message,
     MessageReceived,
     PermanentlyFailed,
+    ReadySuspendCancelled,
+    ReadySuspendExpired,
+    ReadySuspendIssued,
     RebindIssued,
     Rebound,
     SuspendCancelled,
@@ -52,6 +55,7 @@ from kumo.model.events import (
 )
 from kumo.model.message_queue import MessageQueue
 from kumo.model.queue_name import QueueName, rebound_queue_name
+from kumo.model.ready_suspension import ReadyHold, ReadySuspensionBook
 from kumo.model.smtp_reply import Disposition
 
 RuleEnd: TypeAlias = Literal["cancelled", "replaced", "expired"]
@@ -452,6 +456,7 @@ class QueueState:
         "messages",
         "name",
         "parsed",
+        "ready_suspensions",
         "returning",
         "rules",
         "suspensions",
@@ -466,10 +471,13 @@ class QueueState:
         rules: Iterable[SweepRule] = (),
         schedule: Mapping[str, Retry] | None = None,
         suspensions: Iterable[SweepRule] = (),
+        ready_suspensions: Iterable[ReadyHold] = (),
     ) -> None:
         """``schedule``: the retries of the messages that have failed or wait for a
         suspension (message id -> :class:`Retry`), from the fold of the log; those due
-        later start waiting. ``suspensions``: the live suspensions that match."""
+        later start waiting. ``suspensions``: the live suspensions that match.
+        ``ready_suspensions``: every live ready-queue suspension (any queue may feed
+        the ready queue one names)."""
         self.name = name
         self.parsed = QueueName.parse(name)
         self.messages = messages if messages is not None else MessageQueue()
@@ -487,6 +495,11 @@ class QueueState:
         """Message id -> the messages handed to a destination, awaiting their outcome."""
         self.suspensions: list[SweepRule] = list(suspensions)
         """Live suspensions that match this queue, oldest first."""
+        self.ready_suspensions: dict[str, ReadyHold] = {
+            hold.name: hold for hold in ready_suspensions if not hold.issued_expired
+        }
+        """Ready queue name -> its live suspension (every one: which ready queue this
+        queue's messages go to is the runtime's to resolve)."""
         self.held_by: dict[str, str] = {}
         """Message id -> the suspension it waits for (those waiting for one)."""
         self.returning: dict[str, tuple[Message, int]] = {}
@@ -495,6 +508,7 @@ class QueueState:
         if schedule:
             later: list[Message] = []
             live = {rule.id for rule in self.suspensions}
+            live.update(hold.id for hold in self.ready_suspensions.values())
             for message in self.messages:
                 entry = schedule.get(message.id)
                 if entry is None:
@@ -553,6 +567,10 @@ class QueueState:
                 return event.criteria.matches(self.parsed)
             case SuspendCancelled() | SuspendExpired():
                 return any(rule.id == event.rule_id for rule in self.suspensions)
+            case ReadySuspendIssued():
+                return True
+            case ReadySuspendCancelled() | ReadySuspendExpired():
+                return self._ready_hold(event.rule_id) is not None
             case TransientlyFailed():
                 return event.queue == self.name
             case RebindIssued():
@@ -593,6 +611,22 @@ class QueueState:
             case SuspendCancelled() | SuspendExpired():
                 self.suspensions = [s for s in self.suspensions if s.id != event.rule_id]
                 self._release(event.rule_id)
+                return None
+            case ReadySuspendIssued():
+                hold = ReadyHold.issued(committed)
+                if not hold.issued_expired:
+                    replaced = self.ready_suspensions.get(hold.name)
+                    self.ready_suspensions[hold.name] = hold
+                    if replaced is not None:
+                        # What the replaced one held is due, and meets the new one
+                        # (as a restart finds it: held by a suspension no longer live).
+                        self._release(replaced.id)
+                return None
+            case ReadySuspendCancelled() | ReadySuspendExpired():
+                ended = self._ready_hold(event.rule_id)
+                if ended is not None:
+                    del self.ready_suspensions[ended.name]
+                    self._release(ended.id)
                 return None
             case TransientlyFailed():
                 return self._returned(committed, event)
@@ -776,6 +810,33 @@ class QueueState:
             )
         return held
 
+    def _ready_hold(self, rule_id: str) -> ReadyHold | None:
+        return next((h for h in self.ready_suspensions.values() if h.id == rule_id), None)
+
+    def hold_ready(self, ready_queue: str, now: int) -> list[Event]:
+        """If a suspension of ``ready_queue`` (where the due messages go now: the
+        runtime resolved it) is live at ``now``, every due message waits for it (until
+        its expiry, or its end if sooner), its attempts unchanged: one ``Suspended``
+        each, naming the ready queue."""
+        hold = self.ready_suspensions.get(ready_queue)
+        if hold is None or not hold.live_at(now) or not self.messages or self.sweeping is not None:
+            return []
+        held: list[Event] = []
+        for message in self.messages.take_all():
+            self._wait(message, hold.expires_at)
+            self.held_by[message.id] = hold.id
+            held.append(
+                Suspended(
+                    hold.id,
+                    self.name,
+                    message,
+                    self.attempts.get(message.id, 0),
+                    hold.reason,
+                    ready_queue=ready_queue,
+                )
+            )
+        return held
+
     def _release(self, suspension_id: str) -> None:
         """A suspension ended: the messages it held are due now."""
         released = [mid for mid, rule_id in self.held_by.items() if rule_id == suspension_id]
@@ -894,6 +955,7 @@ class State:
     def __init__(self, *, keep_messages: bool = True) -> None:
         self.rules = RuleBook()
         self.suspends = RuleBook("suspend")
+        self.ready_suspends = ReadySuspensionBook()
         self.queue_counts: dict[str, int] = {}
         self._queues: dict[str, MessageQueue] | None = {} if keep_messages else None
         self._leaving: dict[str, set[str]] = {}
@@ -979,7 +1041,8 @@ class State:
                 if self._queues is not None:
                     message = event.message
                     before = self.schedule.get(message.id)
-                    suspension = self.suspends.rules.get(event.rule_id)
+                    book = self.suspends if event.ready_queue is None else self.ready_suspends
+                    suspension = book.rules.get(event.rule_id)
                     self.schedule[message.id] = Retry(
                         None if suspension is None else suspension.expires_at,
                         event.attempts,
@@ -993,6 +1056,8 @@ class State:
                 self._move(committed, event)
             case RebindIssued():
                 pass  # decided by the queues it matches: their Rebound events follow
+            case ReadySuspendIssued() | ReadySuspendCancelled() | ReadySuspendExpired():
+                self.ready_suspends.apply(committed)
             case _:
                 self.rules.apply(committed)
 

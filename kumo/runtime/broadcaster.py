@@ -99,7 +99,12 @@ class Broadcaster:
         routing = self._router.route(batch)
         for queue in routing.new_queues:
             await self.open_queue(
-                QueueState(queue.name, rules=queue.rules, suspensions=queue.suspensions)
+                QueueState(
+                    queue.name,
+                    rules=queue.rules,
+                    suspensions=queue.suspensions,
+                    ready_suspensions=queue.ready_suspensions,
+                )
             )
         upto = batch[-1].seq
         per_yield = self._settings.deliveries_per_yield

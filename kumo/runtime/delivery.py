@@ -17,10 +17,16 @@ each taking messages from the ready queue, and hands
 each outcome back to the actor that owns the message, which decides and logs what
 follows (:meth:`kumo.model.state.QueueState.attempted`). The decisions are the model's;
 this module carries messages and outcomes between tasks.
+
+A suspended ready queue (``/api/admin/suspend-ready-q/v1``; :class:`SuspendedReadyQueues`)
+takes nothing: its connections finish the transaction under way and close with QUIT,
+what waits in it goes back to its scheduled queues unattempted, and it has no room
+for more, until the suspension ends.
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import random
@@ -35,8 +41,10 @@ from kumo.model.events import Attempt
 from kumo.model.mx_resolution import Destination, ResolutionFailure
 from kumo.model.queue_name import QueueName
 from kumo.model.ready_queue import PlanFailure, ReadyEntry, ReadyQueue, ideal_connection_count
+from kumo.model.ready_suspension import ReadySuspensionBook
 from kumo.model.retry import RetryPolicy
 from kumo.model.statistics import counter, gauge, info
+from kumo.runtime.clock import EngineClock
 from kumo.runtime.mx import MxResolver
 from kumo.runtime.smtp_connection import (
     DELIVERY_PROTOCOL,
@@ -45,6 +53,7 @@ from kumo.runtime.smtp_connection import (
     OutgoingMessage,
     SmtpConnection,
 )
+from kumo.runtime.watermark import Watermark
 
 logger = logging.getLogger("kumo.delivery")
 
@@ -114,6 +123,35 @@ def plan_failure_attempt(failure: PlanFailure, site: str) -> Attempt:
     )
 
 
+@attrs.frozen(eq=False)
+class SuspendedReadyQueues:
+    """Which ready queues are suspended: the engine's projection of the log's
+    ready-queue suspensions, read-only, on the engine's clock.
+
+    One source of truth, in log order: the projection folds each commit before any
+    other task sees it, so the dispatchers never learn of a suspension (or of its end)
+    later than a queue actor does. An actor holds its due messages when *its* view of
+    the log says their ready queue is suspended (and logs why, one ``Suspended`` each);
+    until its view catches up, the dispatcher, ahead of it, only has no room, so the
+    actor's messages wait for that view rather than going back and forth. Expiry is by
+    the clock on both sides, so both see it at the same instant.
+    """
+
+    book: ReadySuspensionBook
+    clock: EngineClock
+    changes: Watermark
+    """Moves with every ready-queue suspension event folded (issue, cancel, expiry)."""
+
+    def until(self, ready_queue: str) -> float | None:
+        """The trio time until which ``ready_queue`` is suspended, None if it is not."""
+        suspension = self.book.suspended(ready_queue, self.clock.now())
+        return None if suspension is None else self.clock.deadline(suspension.expires_at)
+
+
+def _never_suspended() -> float | None:
+    return None
+
+
 class OutcomeSink(Protocol):
     """Where a dispatcher hands what became of a message: the owner of its queue."""
 
@@ -143,7 +181,10 @@ class Dispatcher:
         settings: DestinationSettings,
         sink: OutcomeSink,
         rng: random.Random,
+        suspended_until: Callable[[], float | None] = _never_suspended,
     ) -> None:
+        """``suspended_until``: until when (trio time) a suspension holds this ready
+        queue now, None when none does (:meth:`SuspendedReadyQueues.until`)."""
         self.destination = destination
         self.settings = settings
         self.ready = ReadyQueue(destination.ready_queue, settings.max_ready)
@@ -156,6 +197,10 @@ class Dispatcher:
         self._room_wanted: dict[str, Callable[[], None]] = {}
         """Scheduled queue -> how to wake its actor when the ready queue has room."""
         self._stopping = False
+        self._suspended_until = suspended_until
+        self._suspended = False
+        """Whether the run loop has found this ready queue suspended (and given back
+        what waited in it), until it finds the suspension over."""
         self._counts = {"Delivery": 0, "TransientFailure": 0, "Bounce": 0}
         self.done = trio.Event()
         """Set once :meth:`run` has returned: stopped, every connection ended."""
@@ -168,13 +213,23 @@ class Dispatcher:
     def stopping(self) -> bool:
         return self._stopping
 
+    def room(self) -> int:
+        """How many more messages may be pushed now: none while suspended."""
+        return 0 if self._suspended_until() is not None else self.ready.room()
+
     def push(self, entries: list[ReadyEntry]) -> None:
-        """Messages handed over by a scheduled queue (within :meth:`ReadyQueue.room`)."""
-        if self._stopping:
+        """Messages handed over by a scheduled queue (within :meth:`room`). Stopping or
+        suspended, they go back to their queues at once, unattempted."""
+        if self._stopping or self._suspended_until() is not None:
             for entry in entries:
                 self._sink(entry, None)
             return
         self.ready.push(entries)
+        self._changed.unpark_all()
+
+    def wake(self) -> None:
+        """Look again at whether the ready queue is suspended (a suspension began or
+        ended)."""
         self._changed.unpark_all()
 
     def want_room(self, queue: str, wake: Callable[[], None]) -> None:
@@ -192,6 +247,11 @@ class Dispatcher:
         """Take no more messages: what waits goes back to its queue, connections end
         once their transaction under way is done."""
         self._stopping = True
+        self._give_back()
+
+    def _give_back(self) -> None:
+        """What waits goes back to its queues unattempted; the connections waiting for
+        a message find none (and close with QUIT)."""
         for entry in self.ready.drain():
             self._sink(entry, None)
         self._changed.unpark_all()
@@ -203,10 +263,23 @@ class Dispatcher:
 
     async def run(self) -> None:
         """Keep the connections the ready queue needs until :meth:`stop`, then wait
-        for those open to end."""
+        for those open to end. While suspended it keeps none: each connection ends
+        after its transaction under way, what waits goes back to its queues, and the
+        queues waiting for room are woken when the suspension ends."""
         try:
             async with trio.open_nursery() as nursery:
                 while not self._stopping:
+                    until = self._suspended_until()
+                    if until is not None:
+                        if not self._suspended:
+                            self._suspended = True
+                            self._give_back()
+                        with trio.move_on_at(until):
+                            await self._changed.park()
+                        continue
+                    if self._suspended:
+                        self._suspended = False
+                        self._room_freed()
                     wanted = ideal_connection_count(
                         len(self.ready) + len(self._in_flight), self.settings.connection_limit
                     )
@@ -234,9 +307,10 @@ class Dispatcher:
             self._changed.unpark_all()
 
     async def take(self) -> OutgoingMessage | None:
-        """The next message for a connection, once there is one; None when stopping."""
+        """The next message for a connection, once there is one; None when stopping or
+        suspended (the connection then closes)."""
         while True:
-            if self._stopping:
+            if self._stopping or self._suspended_until() is not None:
                 return None
             entry = self.ready.pop()
             if entry is None:
@@ -292,9 +366,16 @@ class DeliveriesStatistics:
 class Deliveries:
     """Resolves destinations and owns the dispatchers (see the module docstring)."""
 
-    def __init__(self, settings: MailSettings, sink: OutcomeSink) -> None:
+    def __init__(
+        self,
+        settings: MailSettings,
+        sink: OutcomeSink,
+        suspended: SuspendedReadyQueues | None = None,
+    ) -> None:
+        """``suspended``: the ready-queue suspensions the dispatchers obey (None: none)."""
         self._settings = settings
         self._sink = sink
+        self._suspended = suspended
         self._rng = random.Random()
         self._nursery: trio.Nursery | None = None
         self._dispatchers: dict[str, Dispatcher] = {}
@@ -314,10 +395,18 @@ class Deliveries:
         return self._settings.destination(destination_domain(queue))
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Own the dispatchers; wake them whenever a ready-queue suspension event is
+        folded, so that each looks again at whether it is suspended."""
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             task_status.started()
-            await trio.sleep_forever()
+            if self._suspended is None:
+                await trio.sleep_forever()
+            changes = self._suspended.changes
+            while True:
+                await changes.wait_for(changes.value + 1)
+                for dispatcher in self._dispatchers.values():
+                    dispatcher.wake()
 
     def dispatchers(self) -> list[Dispatcher]:
         return list(self._dispatchers.values())
@@ -372,7 +461,16 @@ class Deliveries:
             return refused, resolution.ready_queue
         dispatcher = self._dispatchers.get(resolution.ready_queue)
         if dispatcher is None:
-            dispatcher = Dispatcher(resolution, settings, self._sink, self._rng)
+            suspended = self._suspended
+            dispatcher = Dispatcher(
+                resolution,
+                settings,
+                self._sink,
+                self._rng,
+                _never_suspended
+                if suspended is None
+                else functools.partial(suspended.until, resolution.ready_queue),
+            )
             self._dispatchers[dispatcher.name] = dispatcher
             if self._stopping:
                 # Found while delivery stops: it takes nothing (pushes go back).

@@ -48,6 +48,8 @@ from kumo.model.events import (
     Committed,
     Event,
     MessageReceived,
+    ReadySuspendCancelled,
+    ReadySuspendIssued,
     RebindIssued,
     Rejected,
     SuspendCancelled,
@@ -57,8 +59,9 @@ from kumo.model.fleet import FleetFigures, FleetSettings, fleet_views
 from kumo.model.inspection import InspectedMessage, InspectedQueue
 from kumo.model.message import Message
 from kumo.model.ready_queue import ReadyEntry
+from kumo.model.ready_suspension import ReadySuspensionView
 from kumo.model.recovery import Recovery, recover
-from kumo.model.requests import BounceRequest, NewMessage, RebindRequest
+from kumo.model.requests import BounceRequest, NewMessage, ReadySuspendRequest, RebindRequest
 from kumo.model.router import Router
 from kumo.model.settings import EngineSettings
 from kumo.model.state import QueueState, RuleKind, RuleView, State
@@ -66,7 +69,12 @@ from kumo.model.statistics import counter, gauge, record
 from kumo.runtime.blocking import in_thread, inline
 from kumo.runtime.broadcaster import Broadcaster, BroadcasterStatistics
 from kumo.runtime.clock import EngineClock
-from kumo.runtime.delivery import Deliveries, DispatcherStatistics, MailSettings
+from kumo.runtime.delivery import (
+    Deliveries,
+    DispatcherStatistics,
+    MailSettings,
+    SuspendedReadyQueues,
+)
 from kumo.runtime.delivery_log import DeliveryLogStatistics, DeliveryLogWriter
 from kumo.runtime.fleet import FleetLink, FleetMeta, FleetStatistics
 from kumo.runtime.log_writer import LogStatistics, LogWriter
@@ -321,6 +329,43 @@ class Engine:
         )
         await self._log.append([event])
         return rebind_id
+
+    async def issue_ready_suspend(self, request: ReadySuspendRequest, *, issued_by: str) -> str:
+        """Suspend the ready queue ``request.name`` (replacing a live suspension of that
+        name); return the suspension's id once its ``ReadySuspendIssued`` is durable.
+        Its connections then finish their transaction and close, and what would go to
+        it waits in its scheduled queues until the suspension ends."""
+        self._check_open()
+        rule_id = str(uuid.uuid4())
+        now = self.clock.now()
+        event = ReadySuspendIssued(
+            rule_id=rule_id,
+            name=request.name,
+            reason=request.reason,
+            expires_at=request.expiry(now),
+            issued_by=issued_by,
+            issued_at=now,
+        )
+        await self._log.append([event])
+        return rule_id
+
+    async def cancel_ready_suspend(self, rule_id: str, *, cancelled_by: str) -> bool:
+        """Lift a live ready-queue suspension: what it held is due at once. False if it
+        is not live."""
+        self._check_open()
+        book = self._projection.ready_suspends
+        if rule_id in self._cancelling or not book.is_live(rule_id, self.clock.now()):
+            return False
+        self._cancelling.add(rule_id)
+        try:
+            await self._log.append([ReadySuspendCancelled(rule_id, cancelled_by=cancelled_by)])
+        finally:
+            self._cancelling.discard(rule_id)
+        return True
+
+    def list_ready_suspends(self) -> list[ReadySuspensionView]:
+        """Live ready-queue suspensions, oldest first, with their remaining lifetime."""
+        return self._projection.ready_suspends.views(self.clock.now())
 
     async def _issue(self, kind: RuleKind, request: BounceRequest, issued_by: str) -> str:
         if request.dry_run:
@@ -678,7 +723,7 @@ async def open_engine(
             run_blocking, functools.partial(_close_all, reader, checkpoints, *extra, store)
         )
         recovery = recover(state, chunk=settings.resume_chunk)
-        router = Router(state.rules.copy(), state.suspends.copy())
+        router = Router(state.rules.copy(), state.suspends.copy(), state.ready_suspends.copy())
         projection = Projection(state, recovery.queues)
         log = LogWriter(
             store, reader, clock, settings, on_commit=projection.apply, run_blocking=run_blocking
@@ -692,7 +737,10 @@ async def open_engine(
                 assert actor is not None, f"no actor holds queue {entry.queue!r}"
                 actor.report_nowait(entry, outcome)
 
-            deliveries = Deliveries(mail, report)
+            suspended = SuspendedReadyQueues(
+                state.ready_suspends, clock, projection.ready_suspension_events
+            )
+            deliveries = Deliveries(mail, report, suspended)
         parts = EngineParts(
             clock=clock,
             settings=settings,
@@ -768,7 +816,14 @@ async def _run(
     for name, messages in recovery.queues.items():
         rules = router.open_queue(name)
         await parts.broadcaster.open_queue(
-            QueueState(name, messages, rules, recovery.schedule, router.suspensions_of(name))
+            QueueState(
+                name,
+                messages,
+                rules,
+                recovery.schedule,
+                router.suspensions_of(name),
+                router.ready_suspensions(),
+            )
         )
     followers = trio.CancelScope()
 

@@ -13,6 +13,9 @@ from kumo.model.events import (
     Bounced,
     Committed,
     MessageReceived,
+    ReadySuspendCancelled,
+    ReadySuspendExpired,
+    ReadySuspendIssued,
     Rebound,
 )
 from kumo.model.message_locations import MessageLocations
@@ -21,6 +24,10 @@ from kumo.model.queue_index import QueueIndex
 from kumo.model.queue_name import QueueName
 from kumo.model.state import RULE_ENDS, RULE_ISSUES, RuleBook, State
 from kumo.runtime.watermark import Watermark
+
+_READY_SUSPENSION_EVENTS: Final = frozenset(
+    {ReadySuspendIssued, ReadySuspendCancelled, ReadySuspendExpired}
+)
 
 INDEX_CHUNK: Final = 10_000
 """Messages :meth:`Projection.locate` indexes between two checkpoints (about 10 ms)."""
@@ -47,6 +54,7 @@ class Projection:
         "changed",
         "locations",
         "queue_index",
+        "ready_suspension_events",
         "rule_events",
         "rules_issued",
         "state",
@@ -64,6 +72,10 @@ class Projection:
         """How many events that issue or end a rule (of any kind: bounce, suspension)
         have been folded: fleet mode's publisher (and :meth:`Engine.wait_rule`) wait
         on it."""
+        self.ready_suspension_events = Watermark()
+        """How many ``ReadySuspendIssued``, ``ReadySuspendCancelled`` and
+        ``ReadySuspendExpired`` have been folded: the dispatchers look again at which
+        ready queues are suspended each time it moves."""
         self.locations = MessageLocations()
         """Spool id -> the queue it was received (or rebound) into, while that queue
         holds messages."""
@@ -134,7 +146,7 @@ class Projection:
 
     def apply(self, committed: list[Committed]) -> None:
         apply = self.state.apply
-        issued = ended = 0
+        issued = ended = ready = ready_issued = 0
         received: list[tuple[str, str]] = []
         arrivals = self.arrivals
         index = self.queue_index
@@ -148,6 +160,9 @@ class Projection:
                     index.add(event.queue, QueueName.parse(event.queue), event.queue)
             elif type(event) in RULE_ISSUES:
                 issued += 1
+            elif type(event) in _READY_SUSPENSION_EVENTS:
+                ready += 1
+                ready_issued += type(event) is ReadySuspendIssued
             elif type(event) in RULE_ENDS:
                 ended += 1
             elif type(event) is Bounced and event.queue not in self.state.queue_counts:
@@ -168,8 +183,11 @@ class Projection:
                     self.locations.retire(event.queue)
         if received:
             self.locations.add_many(received)
-        if issued:
-            self.rules_issued.advance(self.rules_issued.value + issued)
+        if issued or ready_issued:
+            # A ready-queue suspension's expiry is the rule expiry's too.
+            self.rules_issued.advance(self.rules_issued.value + issued + ready_issued)
         if issued or ended:
             self.rule_events.advance(self.rule_events.value + issued + ended)
+        if ready:
+            self.ready_suspension_events.advance(self.ready_suspension_events.value + ready)
         self.changed.unpark_all()

@@ -309,8 +309,9 @@ class QueueActor:
 
     async def _dispatch(self, mail: MailPath) -> int | None:
         """Hand the messages due now to their destination, as far as its ready queue
-        has room (or fail them all, if it cannot be reached); return when the next
-        waiting message is due."""
+        has room (or fail them all, if it cannot be reached; or hold them all, if a
+        suspension holds it or their ready queue); return when the next waiting
+        message is due."""
         state = self.state
         now = mail.clock.now()
         state.wake(now)
@@ -322,7 +323,12 @@ class QueueActor:
             if isinstance(target, PlanFailure):
                 await self._fail_due(mail, target, site)
             else:
-                handed = state.hand(target.ready.room())
+                # The destination is known only now: a suspension of its ready queue,
+                # as this queue's view of the log has it, holds what is due.
+                held = state.hold_ready(target.name, mail.clock.now())
+                if held:
+                    await self._submit_outcomes(held)
+                handed = state.hand(target.room())
                 if handed:
                     await self._push(target, handed)
                 if state.messages:

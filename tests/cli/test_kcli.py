@@ -32,6 +32,7 @@ from kumo.http.routes import (
     INSPECT_QUEUE_PATH,
     METRICS_PATH,
     SUSPEND_PATH,
+    SUSPEND_READY_Q_PATH,
 )
 from kumo.model.mx_resolution import (
     Destination,
@@ -661,8 +662,8 @@ def test_token_is_sent_as_a_bearer_on_every_command(command: list[str]) -> None:
 
     assert result.exit_code == 0, result.output
 
-    # queue-summary reads the bounce and suspend lists, then the metrics.
-    assert len(server.requests) == (3 if command == ["queue-summary"] else 1)
+    # queue-summary reads the bounce, suspend and suspend-ready-q lists, then the metrics.
+    assert len(server.requests) == (4 if command == ["queue-summary"] else 1)
     for request in server.requests:
         assert request.headers["authorization"] == f"Bearer {TOKEN}"
 
@@ -946,15 +947,18 @@ def metrics_server(
     *,
     bounces: list[dict[str, Any]] | None = None,
     suspends: list[dict[str, Any]] | None = None,
+    ready_suspends: list[dict[str, Any]] | None = None,
 ) -> FakeServer:
-    """Answers the bounce and suspend lists with ``bounces`` and ``suspends``, and
-    /metrics with ``page``."""
+    """Answers the bounce, suspend and suspend-ready-q lists with ``bounces``,
+    ``suspends`` and ``ready_suspends``, and /metrics with ``page``."""
 
     def handler(request: httpx.Request) -> httpx.Response:
         if request.url.path == BOUNCE_PATH:
             return httpx.Response(200, json=bounces or [])
         if request.url.path == SUSPEND_PATH:
             return httpx.Response(200, json=suspends or [])
+        if request.url.path == SUSPEND_READY_Q_PATH:
+            return httpx.Response(200, json=ready_suspends or [])
         return httpx.Response(200, text=page)
 
     return FakeServer(handler)
@@ -970,6 +974,7 @@ def test_queue_summary_prints_kumomtas_two_tables() -> None:
     assert [(r.method, str(r.url)) for r in server.requests] == [
         ("GET", f"http://127.0.0.1:8000{BOUNCE_PATH}"),
         ("GET", f"http://127.0.0.1:8000{SUSPEND_PATH}"),
+        ("GET", f"http://127.0.0.1:8000{SUSPEND_READY_Q_PATH}"),
         ("GET", f"http://127.0.0.1:8000{METRICS_PATH}"),
     ]
     # No ready queue; the scheduled ones by name (natural order), counts right-aligned
@@ -1005,6 +1010,55 @@ def test_queue_summary_ready_queues_and_a_bounce() -> None:
         "a\\b                                42                               \n"
         "camp:acme@example.org!relay        42                               \n"
     )
+
+
+def test_queue_summary_marks_a_suspended_ready_queue() -> None:
+    ready_suspends = [{"id": ID_A, "name": "unspecified->mx.example.com@smtp_client",
+                       "reason": "maintenance", "duration": "4m", "expires": "x"}]  # fmt: skip
+    server = metrics_server(READY_METRICS, ready_suspends=ready_suspends)
+
+    result = run(server, "queue-summary")
+
+    assert result.exit_code == 0, result.output
+    # The status column is as wide as its marker: the emoji counts two cells.
+    blank = " " * len("XXsuspend: maintenance")
+    assert result.stdout.splitlines()[:3] == [
+        "SITE           SOURCE      PROTO               D T C     Q " + blank,
+        "mx.example.com unspecified smtp_client 1,234,567 0 3 1,024 🛑suspend: maintenance",
+        "日本.example   unspecified smtp_client         2 5 0     0 " + blank,
+    ]
+
+
+def test_suspend_ready_q_list_and_cancel() -> None:
+    listed = [{"id": ID_A, "name": "unspecified->mx.example.com@smtp_client", "reason": "r",
+               "duration": "4m 59s", "expires": "2026-01-01T00:05:00Z"}]  # fmt: skip
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.method == "POST":
+            return httpx.Response(200, json={"id": ID_A})
+        if request.method == "GET":
+            return httpx.Response(200, json=listed)
+        if json.loads(request.content) == {"id": ID_A}:
+            return httpx.Response(200, text=f"removed {ID_A}")
+        return httpx.Response(404, text=f"suspend-ready-q entry {ID_B} not found")
+
+    server = FakeServer(handler)
+    name = "unspecified->mx.example.com@smtp_client"
+    result = run(server, "suspend-ready-q", "--name", name, "--reason", "r", "--duration", "1h")
+    assert (result.exit_code, result.stdout) == (0, f'{{\n  "id": "{ID_A}"\n}}\n')
+    assert json.loads(server.requests[0].content) == {"name": name, "reason": "r", "duration": "1h"}
+    assert server.requests[0].url.path == SUSPEND_READY_Q_PATH
+    result = run(server, "suspend-ready-q-list")
+    assert (result.exit_code, json.loads(result.stdout)) == (0, listed)
+    assert result.stdout.startswith('[\n  {\n    "id": ')
+    result = run(server, "suspend-ready-q-cancel", "--id", ID_A)
+    assert (result.exit_code, result.stdout) == (0, f"removed {ID_A}\n")
+    result = run(server, "suspend-ready-q-cancel", "--id", ID_B)
+    assert result.exit_code == 1
+    assert result.stderr == (
+        f"request status 404: Not Found. Response body: suspend-ready-q entry {ID_B} not found\n"
+    )
+    assert run(server, "suspend-ready-q", "--reason", "r").exit_code == 2
 
 
 def test_queue_summary_domain_keeps_the_queues_of_its_site() -> None:

@@ -481,6 +481,28 @@ def test_suspend_list_and_cancel(server: tuple[str, Path]) -> None:
     )
 
 
+def test_suspend_ready_q_list_and_cancel(server: tuple[str, Path]) -> None:
+    url, _ = server
+    name = "unspecified->mx.example.com@smtp_client"
+    run = kcli(url, "suspend-ready-q", "--name", name, "--reason", "maintenance")
+    assert run.status == 0, run.stderr
+    suspension = json.loads(run.stdout)["id"]
+    assert run.stdout == f'{{\n  "id": "{suspension}"\n}}\n'
+    [entry] = json.loads(kcli(url, "suspend-ready-q-list").stdout)
+    assert (entry["id"], entry["name"], entry["reason"]) == (suspension, name, "maintenance")
+    assert entry["duration"].startswith("4m ")  # of the default 5m, some spent
+    assert kcli(url, "suspend-ready-q-cancel", "--id", suspension) == Run(
+        0, f"removed {suspension}\n", ""
+    )
+    assert json.loads(kcli(url, "suspend-ready-q-list").stdout) == []
+    assert kcli(url, "suspend-ready-q-cancel", "--id", suspension) == Run(
+        1,
+        "",
+        "request status 404: Not Found. Response body: "
+        f"suspend-ready-q entry {suspension} not found\n",
+    )
+
+
 def test_suspend_needs_a_selection() -> None:
     run = kcli("http://127.0.0.1:1", "suspend", "--reason", "r")
     assert run.status == 2

@@ -38,12 +38,14 @@ from kumo.http.routes import (
     OPENAPI_PATH,
     REBIND_PATH,
     SUSPEND_PATH,
+    SUSPEND_READY_Q_PATH,
 )
 from kumo.model.criteria import Criteria
 from kumo.model.dry_run import DryRun, QueueMatch
 from kumo.model.fleet import FleetFigures
 from kumo.model.inspection import InspectedMessage, InspectedQueue
-from kumo.model.requests import BounceRequest, NewMessage, RebindRequest
+from kumo.model.ready_suspension import ReadySuspensionView
+from kumo.model.requests import BounceRequest, NewMessage, ReadySuspendRequest, RebindRequest
 from kumo.model.state import RuleKind, RuleView
 from kumo.model.statistics import counter
 from kumo.runtime.delivery import DispatcherStatistics
@@ -74,6 +76,7 @@ class FakeEngine:
         self.calls: list[tuple[str, Any, str]] = []
         self.rules: list[RuleView] = []
         self.suspensions: list[RuleView] = []
+        self.ready_suspensions: list[ReadySuspensionView] = []
         self.closed = False
         self.refusal: RefusedError | None = None
         """Raised by every call, when set."""
@@ -137,6 +140,20 @@ class FakeEngine:
         self._check()
         self.calls.append(("rebind", request, issued_by))
         return RULE_ID
+
+    async def issue_ready_suspend(self, request: ReadySuspendRequest, *, issued_by: str) -> str:
+        self._check()
+        self.calls.append(("issue_ready_suspend", request, issued_by))
+        return RULE_ID
+
+    async def cancel_ready_suspend(self, rule_id: str, *, cancelled_by: str) -> bool:
+        self._check()
+        self.calls.append(("cancel_ready_suspend", rule_id, cancelled_by))
+        return rule_id == RULE_ID
+
+    def list_ready_suspends(self) -> list[ReadySuspensionView]:
+        self._refuse()
+        return list(self.ready_suspensions)
 
     def queue_counts(self) -> Mapping[str, int]:
         self._refuse()
@@ -610,6 +627,96 @@ async def test_dry_run_false_issues_as_usual(client: Client, engine: FakeEngine)
     status, _, text = await call(client, "POST", BOUNCE_PATH, body=body, headers=JSON)
     assert (status, orjson.loads(text)["id"]) == (200, RULE_ID)
     assert [name for name, *_ in engine.calls] == ["issue_bounce"]
+
+
+READY_QUEUE = "unspecified->mx.example.com@smtp_client"
+
+
+async def test_suspend_ready_q_post_get_delete(client: Client, engine: FakeEngine) -> None:
+    body = orjson.dumps({"name": READY_QUEUE, "reason": "r", "duration": "1h"})
+    status, _, text = await call(client, "POST", SUSPEND_READY_Q_PATH, body=body, headers=JSON)
+    assert (status, orjson.loads(text)) == (200, {"id": RULE_ID})
+    body = orjson.dumps({"name": READY_QUEUE, "reason": "r", "expires": "2026-01-01T00:10:00Z"})
+    status, _, _ = await call(client, "POST", SUSPEND_READY_Q_PATH, body=body, headers=JSON)
+    assert status == 200
+    assert engine.calls == [
+        ("issue_ready_suspend", ReadySuspendRequest(READY_QUEUE, "r", 3600 * SECOND), "127.0.0.1"),
+        (
+            "issue_ready_suspend",
+            ReadySuspendRequest(READY_QUEUE, "r", expires_at=engine.now() + 600 * SECOND),
+            "127.0.0.1",
+        ),
+    ]
+    engine.ready_suspensions = [
+        ReadySuspensionView(
+            id=RULE_ID,
+            name=READY_QUEUE,
+            reason="why",
+            remaining=90 * SECOND,
+            expires_at=engine.now() + 90 * SECOND,
+            issued_at=engine.now(),
+            issued_by="ops",
+        )
+    ]
+    status, _, text = await call(client, "GET", SUSPEND_READY_Q_PATH)
+    assert status == 200
+    assert orjson.loads(text) == [
+        {
+            "id": RULE_ID,
+            "name": READY_QUEUE,
+            "reason": "why",
+            "duration": "1m 30s",
+            "expires": "2026-01-01T00:01:30Z",
+            "issued_at": "2026-01-01T00:00:00Z",
+            "issued_by": "ops",
+        }
+    ]
+    body = orjson.dumps({"id": RULE_ID.upper()})
+    status, _, text = await call(client, "DELETE", SUSPEND_READY_Q_PATH, body=body, headers=JSON)
+    assert (status, text) == (200, f"removed {RULE_ID}")
+    other = "00000000-0000-4000-8000-000000000000"
+    body = orjson.dumps({"id": other})
+    status, _, text = await call(client, "DELETE", SUSPEND_READY_Q_PATH, body=body, headers=JSON)
+    assert (status, text) == (404, f"suspend-ready-q entry {other} not found")
+    assert engine.calls[-2:] == [
+        ("cancel_ready_suspend", RULE_ID, "127.0.0.1"),
+        ("cancel_ready_suspend", other, "127.0.0.1"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("body", "problem"),
+    [
+        (b'{"reason": "r"}', "missing field `name`"),
+        (b'{"name": "q"}', "missing field `reason`"),
+        (b'{"reason": "r", "name": 7}', "name: invalid type: integer `7`, expected a string"),
+        (
+            b'{"name": "q", "reason": "r", "domain": "x"}',
+            "unknown field `domain`, expected one of `name`, `reason`, `duration`, `expires`",
+        ),
+        (b'{"name": "q", "reason": "r", "duration": "soon"}', "duration: "),
+        (b'{"name": "q", "name": "q", "reason": "r"}', "duplicate field `name`"),
+        (b"[]", "invalid type: sequence, expected struct SuspendReadyQueueV1Request"),
+    ],
+)
+async def test_a_ready_queue_suspension_of_the_wrong_shape_is_refused(
+    client: Client, engine: FakeEngine, body: bytes, problem: str
+) -> None:
+    status, _, text = await call(client, "POST", SUSPEND_READY_Q_PATH, body=body, headers=JSON)
+    assert status == 422
+    assert text.startswith(JSON_SHAPE_PREFIX)
+    assert problem in text
+    assert engine.calls == []
+
+
+async def test_suspend_ready_q_is_protected(client: Client, engine: FakeEngine) -> None:
+    for method in ("GET", "POST", "DELETE"):
+        body = b'{"name": "q", "reason": "r"}'
+        status, _, _ = await call(
+            client, method, SUSPEND_READY_Q_PATH, body=body, headers=JSON, scope=UNTRUSTED
+        )
+        assert status == 401
+    assert engine.calls == []
 
 
 async def test_inject(client: Client, engine: FakeEngine) -> None:

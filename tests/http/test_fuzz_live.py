@@ -6,9 +6,10 @@ parameters it declares for it (each absent, given once or twice, with values nea
 far from valid ones), so that a new route is fuzzed as soon as it is documented.
 
 A refused request may not append any event a client causes (``MessageReceived``,
-``BounceIssued``, ``BounceCancelled``). The engine's own events (``Bounced`` from a
-sweep that an earlier, accepted request started, ``BounceExpired``) may arrive at any
-time, so they are not held against the request that happened to be in flight.
+``BounceIssued``, ``BounceCancelled``, ``ReadySuspendIssued``, ``ReadySuspendCancelled``).
+The engine's own events (``Bounced`` from a sweep that an earlier, accepted request
+started, ``BounceExpired``) may arrive at any time, so they are not held against the
+request that happened to be in flight.
 """
 
 from __future__ import annotations
@@ -27,10 +28,24 @@ from hypothesis import strategies as st
 
 from kumo.http.openapi import OPENAPI
 from kumo.http.routes import INJECT_PATH
-from kumo.model.events import BounceCancelled, BounceIssued, MessageReceived, RebindIssued
+from kumo.model.events import (
+    BounceCancelled,
+    BounceIssued,
+    MessageReceived,
+    ReadySuspendCancelled,
+    ReadySuspendIssued,
+    RebindIssued,
+)
 from tests.live_server import events_after, last_seq, running_server
 
-CLIENT_EVENTS = (MessageReceived, BounceIssued, BounceCancelled, RebindIssued)
+CLIENT_EVENTS = (
+    MessageReceived,
+    BounceIssued,
+    BounceCancelled,
+    RebindIssued,
+    ReadySuspendIssued,
+    ReadySuspendCancelled,
+)
 TIMEOUT = 10.0
 """Seconds any one request may take: more counts as a hang."""
 
@@ -126,6 +141,7 @@ _fields = st.sampled_from(
         "queue_names",
         "suppress_logging",
         "id",
+        "name",
         "envelope_sender",
         "recipients",
         "content",
@@ -175,9 +191,21 @@ _near_valid_rebinds = st.fixed_dictionaries(
         "trigger_rebind_event": st.sampled_from([True, False, 0]),
     },
 )
+_near_valid_ready_suspensions = st.fixed_dictionaries(
+    {
+        "name": st.sampled_from(["unspecified->mx.fuzz.example@smtp_client", "", 3, None]),
+        "reason": st.text(max_size=10),
+    },
+    optional={
+        "duration": st.sampled_from(["1s", "5m", 0, "101y", -1, None]),
+        "expires": st.sampled_from(["2030-01-01T00:00:00Z", "soon"]),
+        "domain": st.just("fuzz.example"),
+    },
+)
 _bodies = st.one_of(
     _near_valid_bounces.map(_dumps),
     _near_valid_rebinds.map(_dumps),
+    _near_valid_ready_suspensions.map(_dumps),
     st.just(b""),
     st.binary(max_size=200),
     _values.map(_dumps),

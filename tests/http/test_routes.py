@@ -20,6 +20,7 @@ from kumo.http.routes import (
     REBIND_PATH,
     ROUTES,
     SUSPEND_PATH,
+    SUSPEND_READY_Q_PATH,
 )
 from tests.http.test_app import FakeEngine
 
@@ -35,6 +36,7 @@ def test_the_paths_are_kumomtas() -> None:
     assert INSPECT_QUEUE_PATH == "/api/admin/inspect-sched-q/v1"
     assert SUSPEND_PATH == "/api/admin/suspend/v1"
     assert REBIND_PATH == "/api/admin/rebind/v1"
+    assert SUSPEND_READY_Q_PATH == "/api/admin/suspend-ready-q/v1"
     assert len(set(ROUTES)) == len(ROUTES) == 10
 
 

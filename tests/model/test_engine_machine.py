@@ -25,6 +25,15 @@ writer's lane) and the queue it names takes them as arrivals at that commit. A c
 loses the ready areas and the connections with the rest; the restart's queues get the
 retries of the fold (:attr:`~kumo.model.recovery.Recovery.schedule`).
 
+Ready-queue suspensions (SPEC 9) are issued, cancelled and expire like rules. Each
+queue's destination decides its ready queue (:func:`ready_queue_of`: by its routing
+domain, else its domain, as the runtime resolves it): a queue that hands over holds
+its due messages for a suspension of that ready queue its view of the log holds
+(``QueueState.hold_ready``, its ``Suspended`` events on the writer's lane); the
+dispatcher, which reads the projection (ahead of the queues), has no room while it is
+suspended, gives back what waits in it (the queue takes it back, once idle) and lets
+no connection take anything.
+
 After every step the machine is checked against a fresh fold of its log, against
 :class:`~kumo.model.invariants.InvariantCheck`, and against the independent
 :class:`tests.reference_model.ReferenceModel`.
@@ -62,11 +71,16 @@ from kumo.model.events import (
     Message,
     MessageReceived,
     PermanentlyFailed,
+    ReadySuspendCancelled,
+    ReadySuspendExpired,
+    ReadySuspendIssued,
     RebindIssued,
     Rebound,
+    Suspended,
     TransientlyFailed,
 )
 from kumo.model.invariants import InvariantCheck
+from kumo.model.queue_name import QueueName
 from kumo.model.recovery import owed_bounces, recover
 from kumo.model.router import Router
 from kumo.model.smtp_reply import Disposition
@@ -98,6 +112,16 @@ DISPOSITIONS = [Disposition.TRANSIENT_FAILURE] * 3 + [Disposition.DELIVERY, Disp
 """Transient failures most often, so that retries run out."""
 LEFT = {Delivered: "delivered", PermanentlyFailed: "failed", Expired: "expired"}
 """The mail-path events that take a message out, as the reference names them."""
+
+
+def ready_queue_of(queue: str) -> str:
+    """The ready queue a scheduled queue's destination resolves to: one per routing
+    domain, else per domain (``a.com`` and ``t@a.com`` share one)."""
+    parsed = QueueName.parse(queue)  # a rebind makes queues beyond QUEUE_PARTS
+    return f"unspecified->mx.{parsed.routing_domain or parsed.domain}@smtp_client"
+
+
+READY_QUEUES = st.sampled_from(sorted({ready_queue_of(queue) for queue in QUEUES}))
 
 
 def fates(events: Iterable[Event]) -> dict[str, tuple[str, str]]:
@@ -134,6 +158,8 @@ class EngineModel(RuleBasedStateMachine):
         self.reference = ReferenceModel()
         self.criteria: dict[str, Mapping[str, Any]] = {}
         """Rule id -> the criteria it was issued with, in issue order."""
+        self.ready_suspensions: list[str] = []
+        """The ids of the ready-queue suspensions issued, in issue order."""
         self.received = 0
         self.rebinds = 0
 
@@ -164,7 +190,9 @@ class EngineModel(RuleBasedStateMachine):
         routing = self.router.route(batch)
         for new in routing.new_queues:
             assert new.name not in self.queues
-            self.queues[new.name] = QueueState(new.name, rules=new.rules)
+            self.queues[new.name] = QueueState(
+                new.name, rules=new.rules, ready_suspensions=new.ready_suspensions
+            )
             self.inboxes[new.name] = deque()
             self.ready[new.name] = deque()
         for name, events in routing.deliveries.items():
@@ -226,12 +254,18 @@ class EngineModel(RuleBasedStateMachine):
             self.commit_decisions(len(self.lane))
 
     def expire_due(self) -> None:
-        """What the engine's RuleExpiry appends: the rules past expiry, not yet ended."""
+        """What the engine's RuleExpiry appends: the rules past expiry, not yet ended
+        (and the ready-queue suspensions)."""
         due = self.projection.rules.due_to_expire(self.time)
         for ending in due:
             assert not self.reference.is_live(ending.id, self.time)
-        if due:
-            self.commit([BounceExpired(ending.id) for ending in due])
+        events: list[Event] = [BounceExpired(ending.id) for ending in due]
+        events += [
+            ReadySuspendExpired(ending.id)
+            for ending in self.projection.ready_suspends.due_to_expire(self.time)
+        ]
+        if events:
+            self.commit(events)
 
     def issue_rule(self, criteria: Mapping[str, Any], lifetime: int, suppress: bool) -> None:
         rule_id = f"rule{len(self.criteria)}"
@@ -265,6 +299,8 @@ class EngineModel(RuleBasedStateMachine):
             else:
                 criteria = data.draw(st.sampled_from(CRITERIA))
                 self.issue_rule(criteria, data.draw(LIFETIMES), data.draw(st.booleans()))
+        if data.draw(st.integers(0, 3)) == 0:
+            self.suspend_ready_queue(data.draw(READY_QUEUES), data.draw(LIFETIMES))
         if data.draw(st.booleans()):
             # Some mail on its way too: the mail path's rule may be off for the example.
             self.settle_all()
@@ -338,6 +374,32 @@ class EngineModel(RuleBasedStateMachine):
         assert accepted == self.reference.cancel(rule_id, self.time)
         if accepted:
             self.commit([BounceCancelled(rule_id, cancelled_by="ops")])
+
+    @rule(name=READY_QUEUES, lifetime=LIFETIMES)
+    def suspend_ready_queue(self, name: str, lifetime: int) -> None:
+        """POST /api/admin/suspend-ready-q/v1 (a live one of that name is replaced)."""
+        rule_id = f"ready{len(self.ready_suspensions)}"
+        self.ready_suspensions.append(rule_id)
+        expires = self.time + lifetime * SECOND
+        self.commit([ReadySuspendIssued(rule_id, name, "why", expires, "ops", self.time)])
+
+    @rule(data=st.data())
+    def cancel_ready_suspension(self, data: st.DataObject) -> None:
+        """DELETE with any id ever issued or an unknown one: appended only for one the
+        projection calls live. Or a cancel (an expiry) that lost a race: checked while
+        live, committed after its end."""
+        book = self.projection.ready_suspends
+        over = [s.id for s in book.rules.values() if s.end is not None]
+        if len(over) > 0 and data.draw(st.booleans()):
+            rule_id = data.draw(st.sampled_from(over))
+            late: Event = ReadySuspendExpired(rule_id)
+            if data.draw(st.booleans()):
+                late = ReadySuspendCancelled(rule_id, "ops")
+            self.commit([late])
+            return
+        rule_id = data.draw(st.sampled_from([*self.ready_suspensions, "unknown"]))
+        if book.is_live(rule_id, self.time):
+            self.commit([ReadySuspendCancelled(rule_id, "ops")])
 
     # -- time, and the engine's own steps ----------------------------------------------
 
@@ -444,9 +506,13 @@ class EngineModel(RuleBasedStateMachine):
             # Weighted towards the later steps: handing is possible most of the time.
             parts = [
                 *(["end"] * 3 if any(map(self.may_decide, self.connections.values())) else []),
-                *(["take"] * 2 if any(self.ready.values()) else []),
+                *(["take"] * 2 if self.takeable() else []),
                 *(["hand"] if any(self.may_hand(name) for name in self.queues) else []),
                 *(["retry"] if self.next_retry() is not None else []),
+                *(["give back"] if self.given_back() else []),
+                # Suspensions come and go while mail flows (their rules may be off).
+                "suspend",
+                *(["lift"] if self.projection.ready_suspends.views(self.time) else []),
             ]
             if not parts:
                 return
@@ -460,23 +526,68 @@ class EngineModel(RuleBasedStateMachine):
                     assert next_retry is not None
                     self.time = next_retry
                     self.wake_idle_queues()
+                case "give back":
+                    self.dispatcher_gives_back(data)
+                case "suspend":
+                    self.suspend_ready_queue(data.draw(READY_QUEUES), data.draw(LIFETIMES))
+                    if data.draw(st.booleans()):
+                        self.settle_all()  # the queues learn of it before they hand
+                case "lift":
+                    views = self.projection.ready_suspends.views(self.time)
+                    lifted = data.draw(st.sampled_from([view.id for view in views]))
+                    self.commit([ReadySuspendCancelled(lifted, "ops")])
                 case _:
                     self.attempt_ends(data)
 
+    def suspended(self, name: str) -> bool:
+        """Whether the ready queue of ``name`` is suspended now, as its dispatcher sees
+        it (the projection's book, ahead of the queues)."""
+        book = self.projection.ready_suspends
+        return book.suspended(ready_queue_of(name), self.time) is not None
+
+    def takeable(self) -> list[str]:
+        """The queues with ready messages a connection may take (not suspended)."""
+        return [name for name, ready in self.ready.items() if ready and not self.suspended(name)]
+
+    def given_back(self) -> list[str]:
+        """The idle queues whose suspended ready queue holds messages of theirs."""
+        return [
+            name
+            for name, ready in self.ready.items()
+            if ready and self.suspended(name) and self.idle(name)
+        ]
+
     def queue_hands(self, data: st.DataObject) -> None:
-        """An idle queue wakes what is due and hands up to a ready queue's room of its
-        due messages to its ready area (``QueueActor._dispatch``)."""
+        """An idle queue wakes what is due, holds it if its view of the log suspends
+        its ready queue, and hands up to a ready queue's room of its due messages to its
+        ready area (``QueueActor._dispatch``); a suspended ready queue has no room."""
         name = data.draw(st.sampled_from([name for name in self.queues if self.may_hand(name)]))
-        room = data.draw(st.integers(1, 3))
+        room = 0 if self.suspended(name) else data.draw(st.integers(1, 3))
         state = self.queues[name]
         state.wake(self.time)
+        due = state.messages.ids()
+        held = state.hold_ready(ready_queue_of(name), self.time)
+        for event in held:
+            assert isinstance(event, Suspended)
+            assert (event.queue, event.ready_queue) == (name, ready_queue_of(name))
+            assert state.held_by[event.message.id] == event.rule_id
+        assert [e.message.id for e in held if isinstance(e, Suspended)] in ([], due)
+        self.lane.extend(held)
         handed = state.hand(room)
         assert len(handed) == min(room, len(handed) + len(state.messages))
         self.ready[name].extend(handed)
 
+    def dispatcher_gives_back(self, data: st.DataObject) -> None:
+        """A suspended ready queue gives back what waits in it; its queue (idle) takes
+        it back, due now again, unattempted (``Dispatcher.run``, ``report_nowait``)."""
+        name = data.draw(st.sampled_from(self.given_back()))
+        returned = [entry.message.id for entry in self.ready[name]]
+        self.ready[name].clear()
+        self.queues[name].take_back(returned)
+
     def connection_takes(self, data: st.DataObject) -> None:
         """A connection takes a queue's oldest ready message: it is in flight now."""
-        name = data.draw(st.sampled_from([name for name, ready in self.ready.items() if ready]))
+        name = data.draw(st.sampled_from(self.takeable()))
         entry = self.ready[name].popleft()
         assert entry.message.id in self.queues[name].handed
         self.connections[entry.message.id] = name
@@ -569,12 +680,17 @@ class EngineModel(RuleBasedStateMachine):
             if isinstance(bounce, Bounced)
         )
         self.projection = state
-        self.router = Router(state.rules.copy())
+        self.router = Router(state.rules.copy(), state.suspends.copy(), state.ready_suspends.copy())
         self.routed = len(self.log)
         self.queues, self.inboxes, self.ready, self.connections = {}, {}, {}, {}
         for name, messages in recovery.queues.items():
             self.queues[name] = QueueState(
-                name, messages, self.router.open_queue(name), recovery.schedule
+                name,
+                messages,
+                self.router.open_queue(name),
+                recovery.schedule,
+                self.router.suspensions_of(name),
+                self.router.ready_suspensions(),
             )
             self.inboxes[name] = deque()
             self.ready[name] = deque()
@@ -692,8 +808,19 @@ class EngineModel(RuleBasedStateMachine):
         """The attempts and due times the queues hold are the fold's retries, once the
         lane's events are committed too; a message due now was due by now."""
         schedule: dict[str, Retry] = dict(fold.schedule)
+        book = fold.ready_suspends
         for event in self.lane:
-            if isinstance(event, TransientlyFailed):
+            if isinstance(event, Suspended):
+                before = schedule.get(event.message.id)
+                expires = book.rules[event.rule_id].expires_at
+                schedule[event.message.id] = Retry(
+                    expires,
+                    event.attempts,
+                    0 if before is None else before.anchor_seq,
+                    0,
+                    event.rule_id,
+                )
+            elif isinstance(event, TransientlyFailed):
                 schedule[event.message.id] = Retry(event.due, event.attempts + 1, 0)
             elif isinstance(event, Delivered | PermanentlyFailed | Expired):
                 schedule.pop(event.message.id, None)
@@ -725,15 +852,22 @@ class EngineModel(RuleBasedStateMachine):
             for mid, (_, returning) in state.returning.items():
                 assert schedule[mid].attempts == returning
                 attempts[mid] = returning
+            for mid, suspension in state.held_by.items():
+                # Held: waiting until that suspension's expiry, as the log says.
+                assert schedule[mid].held_by == suspension
+                assert state.waiting[mid][1] == book.rules[suspension].expires_at
             if state.sweeping is None:
                 for mid in state.messages.ids():
                     expected = schedule.get(mid)
-                    assert expected is None or expected.due is None or expected.due <= self.time
-        # A rebound message keeps its attempts, none if it never failed (only a
-        # rebind's entry holds no attempt).
-        assert attempts == {
-            mid: retried.attempts for mid, retried in schedule.items() if retried.attempts
-        }
+                    assert (
+                        expected is None
+                        or expected.due is None
+                        or expected.due <= self.time
+                        # Released: the suspension that held it ended by an event.
+                        or (expected.held_by is not None and ended(fold, expected.held_by))
+                    )
+        # Only the held that never failed have no attempts to keep.
+        assert attempts == {mid: r.attempts for mid, r in schedule.items() if r.attempts}
 
     def check_replay(self, fold: State) -> None:
         """The running projection, router and queues equal a fold of the log."""
@@ -766,12 +900,19 @@ class EngineModel(RuleBasedStateMachine):
         assert fold.queue_counts == {name: len(ms) for name, ms in fold.queues.items()}
         if self.routed == len(self.log):
             assert rules_of(self.router.rules) == rules_of(fold.rules)
+            assert [h.id for h in self.router.ready_suspensions()] == [
+                h.id for h in fold.ready_suspends.holds()
+            ]
             for name, state in self.queues.items():
                 if not self.has_work(name):
-                    # A queue holds exactly the rules not yet ended that match it.
+                    # A queue holds exactly the rules not yet ended that match it,
+                    # and every ready-queue suspension not yet ended.
                     assert [r.id for r in state.rules] == [
                         r.id for r in fold.rules.matching_live(name)
                     ]
+                    assert sorted(h.id for h in state.ready_suspensions.values()) == sorted(
+                        h.id for h in fold.ready_suspends.holds()
+                    )
         if self.quiescent():
             # Only a message in flight may be owed: a rule's sweep does not interrupt
             # an attempt, whose outcome decides.
@@ -889,6 +1030,15 @@ def in_order(
 
 def check(log: list[Committed]) -> InvariantCheck:
     return InvariantCheck.over(log)
+
+
+def ended(fold: State, suspension: str) -> bool:
+    """Whether a suspension (scheduled or ready) was ended by an event of the log."""
+    for book in (fold.suspends, fold.ready_suspends):
+        found = book.rules.get(suspension)
+        if found is not None:
+            return found.end is not None
+    return False
 
 
 # -- what the machine found: gaps in kumo's model, not fixed here ----------------------

@@ -28,9 +28,13 @@ from kumo.model.events import (
     MessageReceived,
     PeerAddress,
     PermanentlyFailed,
+    ReadySuspendCancelled,
+    ReadySuspendExpired,
+    ReadySuspendIssued,
     RebindIssued,
     Rebound,
     Rejected,
+    Suspended,
     TransientlyFailed,
     criteria_to_json,
     decode_event,
@@ -91,6 +95,10 @@ events: st.SearchStrategy[Event] = st.one_of(
     st.builds(PermanentlyFailed, text, messages, st.integers(0, 100), attempts),
     st.builds(TransientlyFailed, text, messages, st.integers(0, 100), attempts, st.none() | nanos),
     st.builds(Expired, text, messages, st.integers(0, 100), text, text),
+    st.builds(ReadySuspendIssued, text, text, text, int64, text, st.none() | int64),
+    st.builds(ReadySuspendCancelled, text, text),
+    st.builds(ReadySuspendExpired, text),
+    st.builds(Suspended, text, text, messages, st.integers(0, 100), text, maybe),
 )
 
 rebind_data = st.dictionaries(

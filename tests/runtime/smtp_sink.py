@@ -30,8 +30,9 @@ class Act(enum.Enum):
     """Never reply (nor read again)."""
 
 
-Action: TypeAlias = bytes | Act
-"""A reply (CRLF included) or an :class:`Act`."""
+Action: TypeAlias = bytes | Act | trio.Event
+"""A reply (CRLF included), an :class:`Act`, or an event: the default reply once it is
+set (a reply held back until the test lets it go)."""
 
 DEFAULTS: Final[dict[str, bytes]] = {
     "BANNER": b"220 sink.test ESMTP ready\r\n",
@@ -139,7 +140,11 @@ class SmtpSink:
 
     async def handle(self, stream: trio.SocketStream) -> None:
         host, port = stream.socket.getpeername()[:2]
-        session = SinkSession(peer=f"{host}:{port}")
+        await self.serve(stream, f"{host}:{port}")
+
+    async def serve(self, stream: trio.abc.Stream, peer: str = "") -> None:
+        """Converse over ``stream`` (a TCP connection, or one end of an in-memory pair)."""
+        session = SinkSession(peer=peer)
         self.sessions.append(session)
         reader = _Reader(stream, session)
         try:
@@ -156,6 +161,9 @@ class SmtpSink:
             raise _Dropped
         if action is Act.STALL:
             await trio.sleep_forever()
+        if isinstance(action, trio.Event):
+            await action.wait()
+            action = default or DEFAULTS[verb]
         assert isinstance(action, bytes)
         await reader.stream.send_all(action)
 

@@ -122,7 +122,7 @@ def test_rule_tells_one_suspensions_story_and_queue_narrows_it(held: Held) -> No
     narrowed = report(held, "--queue", "example.net")["actions"]
     assert {a["rule"] for a in narrowed} == {held.s2}
     csv = run("--data-dir", str(held.data_dir), "--format", "csv").stdout
-    assert csv.splitlines()[0].endswith(",kind,total_held,held,released")
+    assert csv.splitlines()[0].endswith(",kind,total_held,held,released,origin")
 
 
 def test_a_held_message_is_held_then_released(held: Held) -> None:

@@ -37,7 +37,7 @@ def test_the_paths_are_kumomtas() -> None:
     assert SUSPEND_PATH == "/api/admin/suspend/v1"
     assert REBIND_PATH == "/api/admin/rebind/v1"
     assert SUSPEND_READY_Q_PATH == "/api/admin/suspend-ready-q/v1"
-    assert len(set(ROUTES)) == len(ROUTES) == 10
+    assert len(set(ROUTES)) == len(ROUTES) == 11
 
 
 def test_the_app_serves_every_route_and_no_other() -> None:

@@ -94,33 +94,9 @@ async def dnsmasq(*options: str) -> AsyncIterator[int]:
     """dnsmasq on 127.0.0.1 at a free port, answering from ``options`` alone; yields the
     port once it serves."""
     binary = require_dnsmasq()
-    port = free_port(socket.SOCK_DGRAM)
-    command = [
-        binary,
-        "--keep-in-foreground",
-        "--log-facility=-",
-        f"--port={port}",
-        "--listen-address=127.0.0.1",
-        "--bind-interfaces",
-        "--no-resolv",
-        "--no-hosts",
-        "--conf-file=/dev/null",
-        "--pid-file=",
-        *options,
-    ]
-    process = await trio.lowlevel.open_process(
-        command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
-    assert process.stderr is not None
-    log = bytearray()
+    process, port, log = await _start_dnsmasq(binary, options)
     try:
-        with trio.fail_after(DEADLINE):
-            # dnsmasq says "started" once its sockets are bound.
-            while b"started, version" not in log:
-                chunk = await process.stderr.receive_some(4096)
-                if not chunk:
-                    pytest.fail(f"dnsmasq did not start: {log.decode(errors='replace')}")
-                log += chunk
+        assert process.stderr is not None
         async with trio.open_nursery() as nursery:
             # Keep its log flowing, so that it never blocks on a full pipe.
             nursery.start_soon(_drain, process.stderr, log)
@@ -130,6 +106,47 @@ async def dnsmasq(*options: str) -> AsyncIterator[int]:
         process.terminate()
         with trio.move_on_after(5):
             await process.wait()
+
+
+async def _start_dnsmasq(
+    binary: str, options: tuple[str, ...]
+) -> tuple[trio.Process, int, bytearray]:
+    """Start dnsmasq on a free port; another port if the one found was taken meanwhile
+    (its TCP side, or a test beside this one: the port is only free when probed)."""
+    for _ in range(5):
+        port = free_port(socket.SOCK_DGRAM)
+        command = [
+            binary,
+            "--keep-in-foreground",
+            "--log-facility=-",
+            f"--port={port}",
+            "--listen-address=127.0.0.1",
+            "--bind-interfaces",
+            "--no-resolv",
+            "--no-hosts",
+            "--conf-file=/dev/null",
+            "--pid-file=",
+            *options,
+        ]
+        process = await trio.lowlevel.open_process(
+            command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        assert process.stderr is not None
+        log = bytearray()
+        with trio.fail_after(DEADLINE):
+            # dnsmasq says "started" once its sockets are bound.
+            while b"started, version" not in log:
+                chunk = await process.stderr.receive_some(4096)
+                if not chunk:
+                    break
+                log += chunk
+        if b"started, version" in log:
+            return process, port, log
+        with trio.move_on_after(5):
+            await process.wait()
+        if b"Address already in use" not in log:
+            break
+    pytest.fail(f"dnsmasq did not start: {log.decode(errors='replace')}")
 
 
 async def _drain(stream: trio.abc.ReceiveStream, log: bytearray) -> None:

@@ -390,7 +390,15 @@ def test_the_replay_fast_path_checks_sizes_and_ids(body: bytes) -> None:
 
 
 def test_the_replay_fast_path_reads_what_it_checks() -> None:
-    assert decode_received(encode_event(RECEIVED), {}) == ("q", "ab" * 16, "s@x", "r@y", 10)
+    assert decode_received(encode_event(RECEIVED), {}) == (
+        "q",
+        "ab" * 16,
+        "s@x",
+        "r@y",
+        10,
+        "HTTP",
+    )
+    assert decode_received(encode_event(SMTP_RECEIVED), {})[5] == "ESMTP"
 
 
 def test_a_peer_is_stored_only_when_there_is_one() -> None:

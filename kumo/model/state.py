@@ -541,6 +541,7 @@ class QueueState:
                 event.size,
                 committed.time,
                 committed.seq,
+                event.protocol,
             )
         return True
 

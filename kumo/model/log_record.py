@@ -434,14 +434,13 @@ def admin_bounce_lines(
     tail = dumps({k: probe[k] for k in keys[keys.index("num_attempts") : -2]})
     tail = b"," + tail[1:-1] + b',"reception_protocol":'
     end = b',"nodeid":' + dumps(node_id) + b"}\n"
-    # Protocol -> its encoding and the end of the line (a batch has one or two).
-    protocols: dict[str, bytes] = {}
     lines: list[bytes] = []
     append = lines.append
     join = b"".join
     head = b'{"type":"AdminBounce","id":'
     last_created = -1
-    last_sender = None
+    last_sender = last_protocol = None
+    protocol_part = b""
     sender_part = after_created = b""
     for message_id, sender, recipient, size, received_at, _, protocol in messages:
         if received_at != last_created:
@@ -458,9 +457,10 @@ def admin_bounce_lines(
         if sender is not last_sender:
             last_sender = sender
             sender_part = b',"sender":' + dumps(sender) + b',"recipient":'
-        protocol_part = protocols.get(protocol)
-        if protocol_part is None:
-            protocol_part = protocols[protocol] = dumps(protocol) + end
+        if protocol is not last_protocol:
+            # A batch's protocols come from its table of senders: runs of one object.
+            last_protocol = protocol
+            protocol_part = dumps(protocol) + end
         append(
             join(
                 (

@@ -29,6 +29,7 @@ import orjson
 from attrs.validators import instance_of
 
 from kumo.model.criteria import Criteria
+from kumo.model.message import HTTP
 from kumo.model.message import Message as Message
 from kumo.model.message_queue import MessageBatch
 
@@ -654,14 +655,14 @@ def _encode_body(event: Event) -> dict[str, Any]:
         case Delivered() | PermanentlyFailed():
             return {
                 "queue": event.queue,
-                "message": list(event.message),
+                "message": _message_to_json(event.message),
                 "attempts": event.attempts,
                 "attempt": _attempt_to_json(event.attempt),
             }
         case TransientlyFailed():
             return {
                 "queue": event.queue,
-                "message": list(event.message),
+                "message": _message_to_json(event.message),
                 "attempts": event.attempts,
                 "attempt": _attempt_to_json(event.attempt),
                 "due": event.due,
@@ -684,7 +685,7 @@ def _encode_body(event: Event) -> dict[str, Any]:
             return {
                 "rule_id": event.rule_id,
                 "queue": event.queue,
-                "message": list(event.message),
+                "message": _message_to_json(event.message),
                 "attempts": event.attempts,
                 "reason": event.reason,
             } | ({} if event.ready_queue is None else {"ready_queue": event.ready_queue})
@@ -723,7 +724,7 @@ def _encode_body(event: Event) -> dict[str, Any]:
         case Expired():
             return {
                 "queue": event.queue,
-                "message": list(event.message),
+                "message": _message_to_json(event.message),
                 "attempts": event.attempts,
                 "content": event.content,
                 "site": event.site,
@@ -774,18 +775,39 @@ def _attempt_from_json(data: object) -> Attempt:
     )
 
 
+def _message_to_json(message: Message) -> list[object]:
+    """A message as a positional list: its six fields, and its protocol only when that
+    is not HTTP, so that an event of an HTTP message is the bytes it was before
+    messages kept their protocol (and those bytes still decode to HTTP)."""
+    if message.protocol == HTTP:
+        return list(message[:6])
+    return list(message)
+
+
 def _message_from_json(data: object) -> Message:
-    if not isinstance(data, list) or len(data) != 6:
-        raise TypeError(f"message must be a list of 6 fields, got {data!r}")
+    if not isinstance(data, list) or len(data) not in (6, 7):
+        raise TypeError(f"message must be a list of 6 or 7 fields, got {data!r}")
     message = Message(*data)
     if not (
         type(message.id) is str
         and type(message.sender) is str
         and type(message.recipient) is str
-        and all(type(part) is int for part in message[3:])
+        and all(type(part) is int for part in message[3:6])
+        and type(message.protocol) is str
     ):
         raise ValueError(f"not a queued message: {data!r}")
     return message
+
+
+def _messages_from_rows(rows: object) -> list[Message]:
+    """The messages of a batch's positional rows (:meth:`MessageQueue.rows`)."""
+    if not isinstance(rows, list):
+        raise TypeError(f"messages must be a list, got {rows!r}")
+    messages = [Message(*row) for row in rows]
+    for message in messages:
+        if type(message.protocol) is not str:
+            raise TypeError(f"a message's protocol must be a string: {message!r}")
+    return messages
 
 
 def _optional(**fields: object) -> dict[str, Any]:
@@ -814,7 +836,7 @@ def _decode_bounced(data: dict[str, Any]) -> Bounced:
     return Bounced(
         rule_id=data["rule_id"],
         queue=data["queue"],
-        messages=[Message(*row) for row in data["messages"]],
+        messages=_messages_from_rows(data["messages"]),
     )
 
 
@@ -909,7 +931,7 @@ _DECODERS: Final[dict[str, Callable[[dict[str, Any]], Event]]] = {
         rebind_id=d["rebind_id"],
         queue=d["queue"],
         to_queue=d["to_queue"],
-        messages=[Message(*row) for row in d["messages"]],
+        messages=_messages_from_rows(d["messages"]),
         attempts=d["attempts"],
         reason=d["reason"],
         suppress_logging=d["suppress_logging"],
@@ -950,8 +972,9 @@ def encode_event(event: Event) -> bytes:
     return orjson.dumps({"v": SCHEMA_VERSION, "type": event_type(event), **body})
 
 
-def decode_received(body: bytes, senders: dict[str, str]) -> tuple[str, str, str, str, int]:
-    """``(queue, message_id, sender, recipient, size)`` of a stored ``MessageReceived``.
+def decode_received(body: bytes, senders: dict[str, str]) -> tuple[str, str, str, str, int, str]:
+    """``(queue, message_id, sender, recipient, size, protocol)`` of a stored
+    ``MessageReceived``.
 
     A fast path for replaying a large log: it skips building the event itself, and
     shares equal sender strings through ``senders`` (bulk mail repeats them).
@@ -966,11 +989,13 @@ def decode_received(body: bytes, senders: dict[str, str]) -> tuple[str, str, str
             raise ValueError("not a MessageReceived of this schema")
         sender = data["sender"]
         sender = senders.setdefault(sender, sender)
-        message_id, size = data["message_id"], data["size"]
+        message_id, size, protocol = data["message_id"], data["size"], data["protocol"]
         # The cheap part of MessageReceived's checks: this runs once per stored message.
         if type(size) is not int or size < 0 or len(message_id) != 32:
             raise ValueError(f"bad size {size!r} or message_id {message_id!r}")
-        return data["queue"], message_id, sender, data["recipient"], size
+        if type(protocol) is not str:
+            raise ValueError(f"bad protocol {protocol!r}")
+        return data["queue"], message_id, sender, data["recipient"], size, protocol
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         raise EventDecodeError(f"malformed MessageReceived event: {exc!r}") from None
 

@@ -66,7 +66,7 @@ from kumo.model.log_record import (
     reception_record,
     rejection_record,
 )
-from kumo.model.message import Message
+from kumo.model.message import HTTP, Message
 from kumo.model.queue_name import QueueName
 from kumo.model.recovery import live_at_failure
 from kumo.model.retention import base_projection
@@ -120,6 +120,9 @@ class InvariantCheck:
         self.received: dict[str, _Received] = {}
         self.bounced: dict[str, tuple[int, str, str]] = {}
         """Message id -> (seq, queue, rule id) of the ``Bounced`` that took it."""
+        self.bounced_protocols: dict[str, str] = {}
+        """Message id -> the reception protocol its ``Bounced`` carries, for those not
+        received over HTTP (what its AdminBounce record says: the event's, as written)."""
         self.tally: Counter[tuple[str, str]] = Counter()
         """(rule id, queue) -> messages the ``Bounced`` events give that rule there."""
         self.bounced_events = 0
@@ -394,6 +397,8 @@ class InvariantCheck:
                 )
                 continue
             self.bounced[mid] = (seq, event.queue, event.rule_id)
+            if message.protocol != HTTP:
+                self.bounced_protocols[mid] = message.protocol
             received = self.received.get(mid)
             if received is None:
                 self._violate("conservation", seq, f"message {mid} bounced but never received")
@@ -982,11 +987,13 @@ class DeliveryLogCheck:
             # no reception to say what the record must hold.
             return None
         queue = rule_id = ""
+        protocol = HTTP
         if kind == "Reception":
             key: tuple[object, ...] = (kind, received.time, received.protocol, received.peer, node)
         else:
             _, queue, rule_id = invariants.bounced[message_id]
-            key = (kind, seq, queue, rule_id, received.time, node)
+            protocol = invariants.bounced_protocols.get(message_id, HTTP)
+            key = (kind, seq, queue, rule_id, received.time, protocol, node)
         template = self._templates.get(key)
         if template is None:
             if len(self._templates) > _TEMPLATES_KEPT:
@@ -994,7 +1001,9 @@ class DeliveryLogCheck:
             if kind == "Reception":
                 template = self._reception(received, message_id, node)
             else:
-                template = self._admin_bounce(received, message_id, seq, queue, rule_id, node)
+                template = self._admin_bounce(
+                    received, message_id, seq, queue, rule_id, protocol, node
+                )
             self._templates[key] = template
         expected = template.copy()
         expected["id"] = message_id
@@ -1021,7 +1030,14 @@ class DeliveryLogCheck:
         return reception_record(event, received_at=received.time, node_id=node)
 
     def _admin_bounce(
-        self, received: _Received, message_id: str, seq: int, queue: str, rule_id: str, node: str
+        self,
+        received: _Received,
+        message_id: str,
+        seq: int,
+        queue: str,
+        rule_id: str,
+        protocol: str,
+        node: str,
     ) -> dict[str, Any]:
         """The whole AdminBounce record, as :mod:`kumo.model.log_record` builds it."""
         message = Message(
@@ -1031,6 +1047,7 @@ class DeliveryLogCheck:
             received.size,
             received.time,
             received.seq,
+            protocol,
         )
         return admin_bounce_record(
             message,

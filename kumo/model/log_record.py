@@ -68,7 +68,11 @@ def _record(
     event_time: int,
     created: int,
     node_id: str,
+    protocol: str | None,
 ) -> dict[str, Any]:
+    """A record with the fields every type shares; ``protocol`` is the message's
+    ``reception_protocol`` (kept with the message from its reception on, as KumoMTA
+    keeps it in the message's meta)."""
     return {
         "type": kind,
         "id": message_id,
@@ -92,7 +96,7 @@ def _record(
         "meta": {},
         "headers": {},
         "delivery_protocol": None,
-        "reception_protocol": "HTTP",
+        "reception_protocol": protocol,
         "nodeid": node_id,
     }
 
@@ -116,9 +120,9 @@ def reception_record(event: MessageReceived, *, received_at: int, node_id: str) 
         event_time=received_at,
         created=received_at,
         node_id=node_id,
+        protocol=event.protocol,
     )
     record["peer_address"] = peer_address(event.peer)
-    record["reception_protocol"] = event.protocol
     return record
 
 
@@ -149,9 +153,9 @@ def rejection_record(event: Rejected, *, rejected_at: int, node_id: str) -> dict
         event_time=rejected_at,
         created=rejected_at,
         node_id=node_id,
+        protocol=None,
     )
     record["peer_address"] = peer_address(event.peer)
-    record["reception_protocol"] = None
     return record
 
 
@@ -184,6 +188,7 @@ def admin_bounce_record(
         event_time=bounced_at,
         created=message.received_at,
         node_id=node_id,
+        protocol=message.protocol,
     )
 
 
@@ -214,6 +219,7 @@ def admin_rebind_records(event: Rebound, *, at: int, node_id: str) -> list[dict[
             event_time=at,
             created=message.received_at,
             node_id=node_id,
+            protocol=message.protocol,
         )
         | {"num_attempts": attempts}
         for message, attempts in zip(event.messages, event.attempts, strict=True)
@@ -294,6 +300,7 @@ def outcome_record(event: Outcome, *, at: int, node_id: str) -> dict[str, Any]:
         event_time=at,
         created=message.received_at,
         node_id=node_id,
+        protocol=message.protocol,
     )
     record["peer_address"] = peer_address(attempt.peer)
     record["num_attempts"] = event.attempts
@@ -341,6 +348,7 @@ def _internal_record(
         event_time=at,
         created=message.received_at,
         node_id=node_id,
+        protocol=message.protocol,
     ) | {"num_attempts": event.attempts}
 
 
@@ -429,8 +437,8 @@ def admin_bounce_lines(
         first, queue=queue, reason=reason, bounced_at=bounced_at, node_id=node_id
     )
     # The record's layout: a per-message head (type, id, sender, recipient), the shared
-    # queue/site, size, shared response/peer/timestamp/event_time, then created fields
-    # and a shared tail. Encode each shared run once.
+    # queue/site, size, shared response/peer/timestamp/event_time, then created fields,
+    # a shared run, the message's protocol and the node. Encode each shared run once.
     dumps = orjson.dumps
     middle = b',"queue":' + dumps(queue) + b',"site":"localhost","size":'
     shared = (
@@ -442,16 +450,19 @@ def admin_bounce_lines(
         + dumps(probe["event_time"])
         + b',"created":'
     )
-    tail = dumps({k: probe[k] for k in list(probe)[list(probe).index("num_attempts") :]})
-    tail = b"," + tail[1:] + b"\n"
+    keys = list(probe)
+    tail = dumps({k: probe[k] for k in keys[keys.index("num_attempts") : -2]})
+    tail = b"," + tail[1:-1] + b',"reception_protocol":'
+    end = b',"nodeid":' + dumps(node_id) + b"}\n"
     lines: list[bytes] = []
     append = lines.append
     join = b"".join
     head = b'{"type":"AdminBounce","id":'
     last_created = -1
-    last_sender = None
+    last_sender = last_protocol = None
+    protocol_part = b""
     sender_part = after_created = b""
-    for message_id, sender, recipient, size, received_at, _ in messages:
+    for message_id, sender, recipient, size, received_at, _, protocol in messages:
         if received_at != last_created:
             last_created = received_at
             after_created = join(
@@ -466,6 +477,10 @@ def admin_bounce_lines(
         if sender is not last_sender:
             last_sender = sender
             sender_part = b',"sender":' + dumps(sender) + b',"recipient":'
+        if protocol is not last_protocol:
+            # A batch's protocols come from its table of senders: runs of one object.
+            last_protocol = protocol
+            protocol_part = dumps(protocol) + end
         append(
             join(
                 (
@@ -476,6 +491,7 @@ def admin_bounce_lines(
                     middle,
                     str(size).encode(),
                     after_created,
+                    protocol_part,
                 )
             )
         )

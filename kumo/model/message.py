@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Final, NamedTuple
+
+HTTP: Final = "HTTP"
+"""The reception protocol of a message injected over HTTP: every message's until it
+says otherwise (events and snapshots written before messages kept theirs say nothing)."""
+ESMTP: Final = "ESMTP"
+"""The reception protocol of a message received by the SMTP listener."""
 
 
 class Message(NamedTuple):
@@ -22,3 +28,6 @@ class Message(NamedTuple):
     """Commit time of the message's ``MessageReceived``, ns since the epoch."""
     seq: int
     """Sequence number of the message's ``MessageReceived``."""
+    protocol: str = HTTP
+    """How it came in (``"HTTP"`` or ``"ESMTP"``): its records' ``reception_protocol``,
+    which KumoMTA keeps in the message's meta."""

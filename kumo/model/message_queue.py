@@ -9,6 +9,10 @@ NUL byte), each distinct sender once with a per-message index, and numbers in ``
 columns. A :class:`~kumo.model.events.Message` is built only when a message leaves the
 queue, and the columns are turned back into strings by a few C-level calls (``hex``,
 ``decode``, ``split``), not a Python loop per message.
+
+The reception protocol rides on the sender index: a message that did not come over HTTP
+indexes its ``(sender, protocol)`` pair in the same table, so that it costs no byte per
+message, whichever way the messages came in.
 """
 
 from __future__ import annotations
@@ -16,14 +20,24 @@ from __future__ import annotations
 import json
 from array import array
 from collections.abc import Iterable, Iterator, Sequence
-from typing import NamedTuple, overload
+from itertools import repeat
+from typing import NamedTuple, TypeAlias, cast, overload
 
-from kumo.model.message import Message
+from kumo.model.message import HTTP, Message
 
 _ID_BYTES = 16
 _TEXT = "surrogatepass"
 """Addresses are any Python strings (JSON can carry a lone surrogate); this error
 handler round-trips every one of them through UTF-8."""
+
+
+Origin: TypeAlias = str | tuple[str, str]
+"""An entry of a queue's table of senders: the sender of messages injected over HTTP,
+or ``(sender, protocol)`` for those that came in another way."""
+
+Row: TypeAlias = tuple[str, str, str, int, int, int] | tuple[str, str, str, int, int, int, str]
+"""A message as a plain tuple (:meth:`MessageQueue.rows`): its six fields, and a seventh,
+its protocol, only when that is not HTTP."""
 
 
 def raw_id(message_id: str) -> bytes | None:
@@ -47,6 +61,10 @@ class QueueColumns(NamedTuple):
     """A column of recipient lengths follows the recipients (else NUL-terminated)."""
     senders: list[str]
     """The distinct senders, in the order the sender index counts them."""
+    protocols: list[str] | None = None
+    """The reception protocol of each entry of ``senders`` (a sender may be there once
+    per protocol), or None when every message came over HTTP (and in a snapshot written
+    before queues kept the protocol)."""
 
 
 class MessageQueue:
@@ -80,7 +98,8 @@ class MessageQueue:
         self._recipients = bytearray()
         self._lengths: array[int] | None = None
         """None while every recipient is NUL-free and ended by a NUL in the blob."""
-        self._senders: dict[str, int] = {}
+        self._senders: dict[Origin, int] = {}
+        """Each distinct sender (HTTP) or ``(sender, protocol)`` (any other) -> its index."""
         self._sender_index = array("I")
         self._sizes = array("q")
         self._times = array("q")
@@ -90,7 +109,14 @@ class MessageQueue:
         self.add(*message)
 
     def add(
-        self, message_id: str, sender: str, recipient: str, size: int, received_at: int, seq: int
+        self,
+        message_id: str,
+        sender: str,
+        recipient: str,
+        size: int,
+        received_at: int,
+        seq: int,
+        protocol: str = HTTP,
     ) -> None:
         """Append a message given as its fields (a replay need not build the tuple)."""
         if self._raw is not None:
@@ -114,7 +140,8 @@ class MessageQueue:
             self._recipients += encoded
             self._lengths.append(len(encoded))
         senders = self._senders
-        self._sender_index.append(senders.setdefault(sender, len(senders)))
+        origin: Origin = sender if protocol == HTTP else (sender, protocol)
+        self._sender_index.append(senders.setdefault(origin, len(senders)))
         self._sizes.append(size)
         self._times.append(received_at)
         self._seqs.append(seq)
@@ -157,19 +184,47 @@ class MessageQueue:
             start = end
         return out
 
-    def _sender_column(self) -> list[str]:
-        senders = list(self._senders)
-        if len(senders) == 1:
-            return senders * len(self._sender_index)
-        return list(map(senders.__getitem__, self._sender_index))
+    def _sender_table(self) -> tuple[list[str], list[str] | None]:
+        """The senders of the table's entries, in index order, and their protocols (None
+        when every entry is an HTTP sender)."""
+        origins = list(self._senders)
+        if all(type(origin) is str for origin in origins):
+            return cast(list[str], origins), None
+        senders = [origin if type(origin) is str else origin[0] for origin in origins]
+        protocols = [HTTP if type(origin) is str else origin[1] for origin in origins]
+        return senders, protocols
+
+    def _column(self, table: list[str]) -> list[str]:
+        """``table`` (one entry per sender-table entry) spread over the messages."""
+        if len(table) == 1:
+            return table * len(self._sender_index)
+        return list(map(table.__getitem__, self._sender_index))
+
+    def _protocol_column(self, protocols: list[str] | None) -> Iterable[str]:
+        if protocols is None:
+            return repeat(HTTP, len(self._sender_index))
+        return self._column(protocols)
 
     def __iter__(self) -> Iterator[Message]:
-        return map(Message._make, self._zip())
+        senders, protocols = self._sender_table()
+        return map(
+            Message._make,
+            zip(
+                self._id_column(),
+                self._column(senders),
+                self._recipient_column(),
+                self._sizes,
+                self._times,
+                self._seqs,
+                self._protocol_column(protocols),
+                strict=True,
+            ),
+        )
 
-    def _zip(self) -> Iterator[tuple[str, str, str, int, int, int]]:
+    def _zip(self, senders: list[str]) -> Iterator[tuple[str, str, str, int, int, int]]:
         return zip(
             self._id_column(),
-            self._sender_column(),
+            self._column(senders),
             self._recipient_column(),
             self._sizes,
             self._times,
@@ -281,14 +336,16 @@ class MessageQueue:
             end = self._recipients.index(0, start)
         else:
             end = start + self._lengths[index]
-        senders = list(self._senders)
+        origin = list(self._senders)[self._sender_index[index]]
+        sender, protocol = (origin, HTTP) if isinstance(origin, str) else origin
         return Message(
             message_id,
-            senders[self._sender_index[index]],
+            sender,
             self._recipients[start:end].decode("utf-8", _TEXT),
             self._sizes[index],
             self._times[index],
             self._seqs[index],
+            protocol,
         )
 
     def last_received_at(self) -> int | None:
@@ -303,18 +360,29 @@ class MessageQueue:
         """The seqs of the messages' ``MessageReceived``, in order."""
         return self._seqs.tolist()
 
-    def rows(self) -> list[tuple[str, str, str, int, int, int]]:
-        """The messages as plain tuples, in order (for an encoder)."""
-        return list(self._zip())
+    def rows(self) -> list[Row]:
+        """The messages as plain tuples, in order (for an encoder): six fields each, and
+        a seventh, the protocol, for a message that did not come over HTTP (so that an
+        event of HTTP messages encodes as it did before messages kept their protocol)."""
+        senders, protocols = self._sender_table()
+        rows = self._zip(senders)
+        if protocols is None:
+            return list(rows)
+        return [
+            row if protocol == HTTP else (*row, protocol)
+            for row, protocol in zip(rows, self._column(protocols), strict=True)
+        ]
 
     def columns(self) -> tuple[QueueColumns, list[bytes]]:
         """The queue as plain data, for a snapshot: a small description and its columns'
         bytes (numbers in this machine's byte order). :meth:`from_columns` reverses it."""
+        senders, protocols = self._sender_table()
         described = QueueColumns(
             messages=len(self._seqs),
             raw_ids=self._raw is not None,
             lengths=self._lengths is not None,
-            senders=list(self._senders),
+            senders=senders,
+            protocols=protocols,
         )
         # Ids that are not spool ids are rare (logs of tests, of old versions): JSON
         # (ASCII, which carries any string) is fast enough for them.
@@ -357,7 +425,20 @@ class MessageQueue:
                 raise ValueError("the recipient lengths do not fit the recipients")
         elif recipients.count(0) != count or (count and recipients[-1] != 0):
             raise ValueError("the recipient column does not hold one recipient per message")
-        queue._senders = {sender: index for index, sender in enumerate(described.senders)}
+        protocols = described.protocols
+        if protocols is None:
+            protocols = [HTTP] * len(described.senders)
+        elif len(protocols) != len(described.senders) or not all(
+            type(protocol) is str for protocol in protocols
+        ):
+            raise ValueError("the protocols do not fit the senders")
+        pairs = zip(described.senders, protocols, strict=True)
+        queue._senders = {
+            sender if protocol == HTTP else (sender, protocol): index
+            for index, (sender, protocol) in enumerate(pairs)
+        }
+        if len(queue._senders) != len(described.senders):
+            raise ValueError("a sender is listed twice with the same protocol")
         for column, data in zip(queue._numbers(), numbers, strict=True):
             column.frombytes(data)
             if len(column) != count:
@@ -444,6 +525,7 @@ class MessageBatch(Sequence[Message]):
         """The seqs of the messages' ``MessageReceived``, in order."""
         return self._queue.seqs()
 
-    def rows(self) -> list[tuple[str, str, str, int, int, int]]:
-        """The messages as plain tuples (which the collector can forget), in order."""
+    def rows(self) -> list[Row]:
+        """The messages as plain tuples (which the collector can forget), in order, as
+        :meth:`MessageQueue.rows` gives them."""
         return self._queue.rows()

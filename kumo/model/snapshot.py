@@ -63,7 +63,12 @@ def encode_snapshot(state: State, chain: bytes) -> bytes:
     columns: list[bytes] = []
     for name, queue in state.queues.items():
         info, blobs = queue.columns()
-        described.append({"name": name, **info._asdict()})
+        entry = {"name": name, **info._asdict()}
+        if info.protocols is None:
+            # Every message came over HTTP: the description reads as it did before
+            # queues kept their messages' protocol.
+            del entry["protocols"]
+        described.append(entry)
         columns += blobs
     header = {
         "byteorder": sys.byteorder,
@@ -146,6 +151,9 @@ def decode_snapshot(data: bytes) -> tuple[State, SnapshotPosition]:
                 raw_ids=entry["raw_ids"],
                 lengths=entry["lengths"],
                 senders=entry["senders"],
+                # Absent when all came over HTTP, and from snapshots written before
+                # queues kept the protocol (they had no other).
+                protocols=entry.get("protocols"),
             )
             blobs = [next(frames) for _ in range(6 + info.lengths)]
             queue = MessageQueue.from_columns(info, blobs)

@@ -53,6 +53,7 @@ from kumo.model.events import (
     TransientlyFailed,
     issue_time,
 )
+from kumo.model.message import HTTP
 from kumo.model.message_queue import MessageQueue
 from kumo.model.queue_name import QueueName, rebound_queue_name
 from kumo.model.ready_suspension import ReadyHold, ReadySuspensionBook
@@ -366,6 +367,7 @@ def message_from(committed: Committed, event: MessageReceived) -> Message:
         size=event.size,
         received_at=committed.time,
         seq=committed.seq,
+        protocol=event.protocol,
     )
 
 
@@ -658,6 +660,7 @@ class QueueState:
                 event.size,
                 committed.time,
                 committed.seq,
+                event.protocol,
             )
         return True
 
@@ -1005,6 +1008,7 @@ class State:
                 event.sender,
                 event.recipient,
                 event.size,
+                event.protocol,
             )
             return
         self.last_seq = committed.seq
@@ -1101,6 +1105,7 @@ class State:
         sender: str,
         recipient: str,
         size: int,
+        protocol: str = HTTP,
     ) -> None:
         """Fold a ``MessageReceived`` committed at ``seq`` and ``time``, given as its
         fields: the replay's fast path (no event, no :class:`Message` built). Like
@@ -1115,7 +1120,7 @@ class State:
             queued = self._queues.get(queue)
             if queued is None:
                 queued = self._queues[queue] = MessageQueue()
-            queued.add(message_id, sender, recipient, size, time, seq)
+            queued.add(message_id, sender, recipient, size, time, seq, protocol)
 
     def _remove(self, event: Bounced) -> None:
         ids = event.messages.ids()

@@ -51,8 +51,12 @@ def fold_rows(
                 last_time = time
             try:
                 if kind == "MessageReceived":
-                    queue, message_id, sender, recipient, size = decode_received(body, senders)
-                    state.apply_received(seq, last_time, queue, message_id, sender, recipient, size)
+                    queue, message_id, sender, recipient, size, protocol = decode_received(
+                        body, senders
+                    )
+                    state.apply_received(
+                        seq, last_time, queue, message_id, sender, recipient, size, protocol
+                    )
                 else:
                     state.apply(Committed(seq, last_time, decode_event(body)))
             except EventDecodeError as exc:

@@ -312,7 +312,11 @@ class EngineModel(RuleBasedStateMachine):
         for queue in queues:
             self.received += 1
             message_id = f"{self.received:032x}"
-            events.append(MessageReceived(message_id, queue, "s@x", f"r{self.received}@y", 10))
+            # Every other one over SMTP: each place a message goes must keep its protocol.
+            protocol = "ESMTP" if self.received % 2 else "HTTP"
+            events.append(
+                MessageReceived(message_id, queue, "s@x", f"r{self.received}@y", 10, protocol)
+            )
             self.reference.receive(message_id, queue, self.time)
         self.commit(events)
 

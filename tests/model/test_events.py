@@ -57,7 +57,16 @@ criteria = st.builds(
     routing_domain=maybe,
     queue_names=st.frozensets(text, max_size=3),
 )
-messages = st.builds(Message, text, text, text, st.integers(0, 10**9), nanos, st.integers(1, 10**9))
+messages = st.builds(
+    Message,
+    text,
+    text,
+    text,
+    st.integers(0, 10**9),
+    nanos,
+    st.integers(1, 10**9),
+    st.sampled_from(["HTTP", "ESMTP"]) | text,
+)
 peers = st.builds(PeerAddress, text, text)
 reply_texts = st.text(max_size=20).filter(lambda t: "\r" not in t)
 attempts = st.builds(
@@ -398,7 +407,15 @@ def test_the_replay_fast_path_checks_sizes_and_ids(body: bytes) -> None:
 
 
 def test_the_replay_fast_path_reads_what_it_checks() -> None:
-    assert decode_received(encode_event(RECEIVED), {}) == ("q", "ab" * 16, "s@x", "r@y", 10)
+    assert decode_received(encode_event(RECEIVED), {}) == (
+        "q",
+        "ab" * 16,
+        "s@x",
+        "r@y",
+        10,
+        "HTTP",
+    )
+    assert decode_received(encode_event(SMTP_RECEIVED), {})[5] == "ESMTP"
 
 
 def test_a_peer_is_stored_only_when_there_is_one() -> None:
@@ -467,3 +484,72 @@ def test_a_rebind_keeps_its_data_sorted_and_a_move_its_counts_beside_its_message
         Rebound("b", "a", "a", [one], [0], "why")
     with pytest.raises(TypeError):
         Rebound("b", "a", "b", [one], [True], "why")
+
+
+SMTP_MESSAGE = Message("0" * 32, "s@x", "r@a.com", 5, 7, 1, "ESMTP")
+HTTP_MESSAGE = SMTP_MESSAGE._replace(protocol="HTTP")
+SMTP_ATTEMPT = Attempt("unspecified->mx@smtp_client", 250, (2, 0, 0), "ok", ".\r\n")
+
+
+def _carrying(message: Message) -> list[Event]:
+    """One event of each kind that carries a message, carrying ``message``."""
+    return [
+        Bounced("r", "a.com", [message]),
+        Delivered("a.com", message, 0, SMTP_ATTEMPT),
+        PermanentlyFailed("a.com", message, 0, SMTP_ATTEMPT),
+        TransientlyFailed("a.com", message, 1, SMTP_ATTEMPT, 10**18),
+        Expired("a.com", message, 3, "Next delivery time would be ..."),
+        Suspended(rule_id="s", queue="a.com", message=message, attempts=0, reason="why"),
+        Rebound("b", "a.com", "b.com", [message], [2], "why"),
+    ]
+
+
+@pytest.mark.parametrize("event", _carrying(SMTP_MESSAGE))
+def test_an_smtp_received_message_keeps_its_protocol_in_every_event(event: Event) -> None:
+    body = orjson.loads(encode_event(event))
+    rows = body["messages"] if "messages" in body else [body["message"]]
+    assert rows == [["0" * 32, "s@x", "r@a.com", 5, 7, 1, "ESMTP"]]
+    decoded = decode_event(encode_event(event))
+    assert decoded == event
+    assert decoded != _carrying(HTTP_MESSAGE)[_carrying(SMTP_MESSAGE).index(event)]
+
+
+@pytest.mark.parametrize("event", _carrying(HTTP_MESSAGE))
+def test_an_http_message_is_stored_as_before_messages_kept_their_protocol(event: Event) -> None:
+    """Six fields: a body written before decodes to HTTP, and the same event written now
+    is the same bytes."""
+    body = orjson.loads(encode_event(event))
+    rows = body["messages"] if "messages" in body else [body["message"]]
+    assert rows == [["0" * 32, "s@x", "r@a.com", 5, 7, 1]]
+    decoded = decode_event(encode_event(event))
+    assert decoded == event
+    assert encode_event(decoded) == encode_event(event)
+    if isinstance(decoded, Bounced | Rebound):
+        assert [m.protocol for m in decoded.messages] == ["HTTP"]
+    else:
+        assert isinstance(
+            decoded, Delivered | PermanentlyFailed | TransientlyFailed | Expired | Suspended
+        )
+        assert decoded.message.protocol == "HTTP"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        _body(DELIVERED, message=["0" * 32, "s@x", "r@a.com", 5, 7, 1, 5]),
+        _body(DELIVERED, message=["0" * 32, "s@x", "r@a.com", 5, 7, 1, None]),
+        _body(DELIVERED, message=["0" * 32, "s@x", "r@a.com", 5, 7, 1, "ESMTP", "x"]),
+        _body(Bounced("r", "q", [SMTP_MESSAGE]), messages=[["0" * 32, "s", "r", 5, 7, 1, 5]]),
+        _body(Bounced("r", "q", [SMTP_MESSAGE]), messages=[["0" * 32, "s", "r", 5, 7, 1, "E", 1]]),
+        _body(Bounced("r", "q", [SMTP_MESSAGE]), messages={"a": 1}),
+        _body(RECEIVED, protocol=None),
+    ],
+)
+def test_a_protocol_that_is_not_a_string_is_a_decode_error(body: bytes) -> None:
+    with pytest.raises(EventDecodeError):
+        decode_event(body)
+
+
+def test_the_replay_fast_path_refuses_a_protocol_that_is_not_a_string() -> None:
+    with pytest.raises(EventDecodeError):
+        decode_received(_body(RECEIVED, protocol=5), {})

@@ -5,16 +5,31 @@ from __future__ import annotations
 
 import attrs
 import orjson
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kumo.model.events import Bounced, Message, MessageReceived, PeerAddress, Rebound, Rejected
+from kumo.model.events import (
+    Attempt,
+    Bounced,
+    Delivered,
+    Expired,
+    Message,
+    MessageReceived,
+    PeerAddress,
+    PermanentlyFailed,
+    Rebound,
+    Rejected,
+    Suspended,
+    TransientlyFailed,
+)
 from kumo.model.log_record import (
     admin_bounce_lines,
     admin_bounce_record,
     admin_rebind_lines,
     admin_rebind_records,
     bounce_content,
+    outcome_line,
     reception_line,
     reception_lines,
     reception_record,
@@ -138,6 +153,8 @@ messages = st.builds(
     st.integers(0, 10**7),
     st.sampled_from([5, 10**18]) | st.integers(0, 2**62),
     st.integers(1, 99),
+    # Runs of one protocol, and changes between them.
+    st.sampled_from(["HTTP", "ESMTP"]) | text,
 )
 
 
@@ -227,3 +244,79 @@ def test_an_admin_rebind_record_per_moved_message_unless_suppressed() -> None:
     ]
     quiet = attrs.evolve(event, suppress_logging=True)
     assert admin_rebind_records(quiet, at=0, node_id=NODE) == []
+
+
+SENT = Attempt(
+    "unspecified->mx.example.com@smtp_client",
+    250,
+    (2, 0, 0),
+    "OK",
+    ".\r\n",
+    PeerAddress("mx.example.com", "127.0.0.1"),
+    "127.0.0.1:40000",
+    protocol="ESMTP",
+)
+REFUSED = attrs.evolve(SENT, code=550, enhanced_code=(5, 1, 1), content="no such user")
+DEFERRED = attrs.evolve(SENT, code=451, enhanced_code=(4, 7, 1), content="try later")
+
+
+def _lines_of(message: Message) -> dict[str, list[bytes]]:
+    """Record type -> the lines kumo writes for ``message`` in each of its events."""
+    at = 5_000_000_000
+    queue = "example.com"
+    return {
+        "AdminBounce": [
+            orjson.dumps(
+                admin_bounce_record(message, queue=queue, reason="r", bounced_at=at, node_id=NODE)
+            )
+            + b"\n",
+            *admin_bounce_lines([message], queue=queue, reason="r", bounced_at=at, node_id=NODE),
+        ],
+        "AdminRebind": admin_rebind_lines(
+            Rebound("b", queue, "example.com!relay", [message], [1], "why"), at=at, node_id=NODE
+        ),
+        "Delivery": [outcome_line(Delivered(queue, message, 0, SENT), at=at, node_id=NODE)],
+        "Bounce": [
+            outcome_line(PermanentlyFailed(queue, message, 1, REFUSED), at=at, node_id=NODE)
+        ],
+        "TransientFailure": [
+            outcome_line(TransientlyFailed(queue, message, 0, DEFERRED, at), at=at, node_id=NODE),
+            outcome_line(
+                Suspended(rule_id="s", queue=queue, message=message, attempts=0, reason="why"),
+                at=at,
+                node_id=NODE,
+            ),
+        ],
+        "Expiration": [
+            outcome_line(
+                Expired(queue, message, 4, "Next delivery time would be ..."), at=at, node_id=NODE
+            )
+        ],
+    }
+
+
+@pytest.mark.parametrize("protocol", ["ESMTP", "HTTP"])
+@pytest.mark.parametrize(
+    "kind",
+    ["AdminBounce", "AdminRebind", "Delivery", "Bounce", "TransientFailure", "Expiration"],
+)
+def test_every_record_of_a_message_says_how_it_came_in(kind: str, protocol: str) -> None:
+    """KumoMTA keeps the reception protocol in the message's meta: every record of a
+    message received over SMTP says ``ESMTP``, of one injected over HTTP ``HTTP``."""
+    message = Message("ab" * 16, "s@x.org", "r@example.com", 12, 1_000_000_000, 3, protocol)
+    lines = _lines_of(message)[kind]
+    assert lines
+    for line in lines:
+        record = orjson.loads(line)
+        assert list(record)[: len(KEYS)] == KEYS
+        assert record["type"] == kind
+        assert record["reception_protocol"] == protocol
+    if kind == "AdminBounce":
+        assert lines[0] == lines[1]
+
+
+def test_a_message_built_without_a_protocol_was_injected_over_http() -> None:
+    message = Message("ab" * 16, "s@x.org", "r@example.com", 12, 1_000_000_000, 3)
+    assert message.protocol == "HTTP"
+    record = admin_bounce_record(message, queue="q", reason="r", bounced_at=0, node_id=NODE)
+    assert record["reception_protocol"] == "HTTP"

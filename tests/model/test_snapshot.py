@@ -53,7 +53,10 @@ def folded_states(draw: st.DrawFn) -> State:
                 size = draw(st.integers(0, 2**40))
                 # Unique, as ids are: a spool id, or an id of an old log's spelling.
                 message_id = f"{seq:032x}" if draw(st.booleans()) else f"{draw(text_ids)}-{seq}"
-                state.apply_received(seq, time, queue, message_id, sender, draw(recipients), size)
+                protocol = draw(st.sampled_from(["HTTP", "ESMTP"]))
+                state.apply_received(
+                    seq, time, queue, message_id, sender, draw(recipients), size, protocol
+                )
                 continue
             case "issue":
                 rules.append(f"rule-{seq}")
@@ -165,3 +168,31 @@ def test_the_mail_path_counters_survive_a_snapshot() -> None:
     assert state_differences(state, restored) == []
     restored.transient_failures_total = 1
     assert state_differences(state, restored) == ["transient_failures_total: 1 instead of 2"]
+
+
+def _received(state: State, seq: int, protocol: str) -> None:
+    state.apply_received(seq, 1_000 + seq, "a.example", f"{seq:032x}", "s@x", "r@a", 5, protocol)
+
+
+def test_a_queue_keeps_its_messages_protocols_through_a_snapshot() -> None:
+    state = State()
+    for seq, protocol in enumerate(["ESMTP", "HTTP", "ESMTP"], start=1):
+        _received(state, seq, protocol)
+    restored, _ = decode_snapshot(encode_snapshot(state, CHAIN))
+    assert restored.queues is not None
+    assert [m.protocol for m in restored.queues["a.example"]] == ["ESMTP", "HTTP", "ESMTP"]
+
+
+def test_a_snapshot_of_http_messages_is_written_as_before_queues_kept_the_protocol() -> None:
+    """No ``protocols`` in its header: a snapshot written before reads the same way, its
+    messages injected over HTTP (the only way in then)."""
+    state = State()
+    for seq in (1, 2):
+        _received(state, seq, "HTTP")
+    data = encode_snapshot(state, CHAIN)
+    assert b'"protocols"' not in data
+    restored, _ = decode_snapshot(data)
+    assert restored.queues is not None
+    assert list(restored.queues["a.example"]) == [
+        Message(f"{seq:032x}", "s@x", "r@a", 5, 1_000 + seq, seq) for seq in (1, 2)
+    ]

@@ -73,14 +73,20 @@ def test_copy_is_independent() -> None:
 
 def test_settle_folds_arrivals_only_where_nothing_can_be_decided() -> None:
     arrivals = [
-        Committed(seq, 10 * seq, MessageReceived(f"{seq:032x}", "a.com", "s@x", f"r{seq}@a.com", 1))
-        for seq in (1, 2, 3)
+        Committed(
+            seq,
+            10 * seq,
+            MessageReceived(f"{seq:032x}", "a.com", "s@x", f"r{seq}@a.com", 1, protocol),
+        )
+        for seq, protocol in ((1, "HTTP"), (2, "ESMTP"), (3, "HTTP"))
     ]
     settled, applied = QueueState("a.com"), QueueState("a.com")
     assert settled.settle(arrivals)
     for committed in arrivals:
         assert applied.apply(committed) is None
     assert list(settled.messages) == list(applied.messages)
+    # Each keeps how it came in (its records say it).
+    assert [m.protocol for m in settled.messages] == ["HTTP", "ESMTP", "HTTP"]
     # A queue holding a rule decides every arrival: settle changes nothing.
     rule = SweepRule("r", Criteria(), expires_at=10**12, issued_expired=False)
     ruled = QueueState("a.com", rules=[rule])

@@ -5,11 +5,24 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import attrs
 import orjson
 import pytest
 
 from kumo.model.criteria import Criteria
-from kumo.model.events import Bounced, BounceIssued, Event, Message, MessageReceived
+from kumo.model.events import (
+    Attempt,
+    Bounced,
+    BounceIssued,
+    Delivered,
+    Event,
+    Message,
+    MessageReceived,
+    PeerAddress,
+    RebindIssued,
+    Rebound,
+    TransientlyFailed,
+)
 from kumo.model.invariants import Violation
 from kumo.model.log_record import reception_line
 from kumo.runtime.delivery_log import encode_records
@@ -424,3 +437,79 @@ def test_verify_without_a_checkpoint_still_checks_every_record(tmp_path: Path) -
             f"no Reception record for 1 message(s) of this event: {1:032x}",
         ),
     ]
+
+
+SMTP_PEER = PeerAddress("client.example", "127.0.0.1")
+SENT = Attempt(
+    "unspecified->mx.a.com@smtp_client",
+    250,
+    (2, 0, 0),
+    "OK",
+    ".\r\n",
+    PeerAddress("mx.a.com", "127.0.0.1"),
+    protocol="ESMTP",
+)
+
+
+def make_smtp_log(path: Path) -> list[str]:
+    """A store where three messages received over SMTP go every way a message goes: one
+    fails, then is delivered; one is rebound; one is bounced by a rule. Returns the
+    record types in the order kumo writes them."""
+    store = SqliteEventStore(path)
+    arrivals = [
+        MessageReceived(f"{n:032x}", "a.com", "s@x", f"r{n}@a.com", 10, "ESMTP", SMTP_PEER)
+        for n in range(3)
+    ]
+    store.commit(list(arrivals), time=10 * SECOND, bodies={})
+    first, second, third = (
+        Message(f"{n:032x}", "s@x", f"r{n}@a.com", 10, 10 * SECOND, n + 1, "ESMTP")
+        for n in range(3)
+    )
+    deferred = attrs.evolve(SENT, code=451, enhanced_code=(4, 4, 1), content="later")
+    store.commit(
+        [TransientlyFailed("a.com", first, 0, deferred, 40 * SECOND)], time=11 * SECOND, bodies={}
+    )
+    store.commit([Delivered("a.com", first, 1, SENT)], time=12 * SECOND, bodies={})
+    store.commit(
+        [RebindIssued("b", Criteria(domain="a.com"), {"routing_domain": "relay"}, "move")],
+        time=13 * SECOND,
+        bodies={},
+    )
+    store.commit(
+        [Rebound("b", "a.com", "a.com!relay", [second], [0], "move")], time=13 * SECOND, bodies={}
+    )
+    store.commit(
+        [BounceIssued("r", Criteria(queue_names=frozenset({"a.com"})), "why", 99 * SECOND)],
+        time=20 * SECOND,
+        bodies={},
+    )
+    store.commit([Bounced("r", "a.com", [third])], time=30 * SECOND, bodies={})
+    store.close()
+    return ["Reception"] * 3 + ["TransientFailure", "Delivery", "AdminRebind", "AdminBounce"]
+
+
+@pytest.mark.parametrize("index", range(7))
+def test_verify_names_a_forged_reception_protocol_on_any_record_of_a_message(
+    tmp_path: Path, index: int
+) -> None:
+    """Every record of a message received over SMTP says ``ESMTP`` (issue 13): a record
+    that says otherwise differs from the log."""
+    kinds = make_smtp_log(tmp_path / DATABASE)
+    lines = write_delivery_log(tmp_path)
+    records = [orjson.loads(line) for line in lines]
+    assert [record["type"] for record in records] == kinds
+    assert {record["reception_protocol"] for record in records} == {"ESMTP"}
+    assert verify_data_dir(tmp_path).ok
+
+    records[index]["reception_protocol"] = "HTTP"
+    lines[index] = orjson.dumps(records[index]) + b"\n"
+    segment = tmp_path / LOGS / segment_name(1)
+    segment.write_bytes(b"".join(lines))
+    checkpoint = Checkpoint(9, segment.name, segment.stat().st_size)
+    (tmp_path / LOGS / CHECKPOINT).write_bytes(checkpoint.to_json())
+
+    [violation] = verify_data_dir(tmp_path).violations
+
+    assert violation.where == f"{LOGS}/{segment.name} line {index + 1}"
+    assert violation.problem.startswith(f"{kinds[index]} for {records[index]['id']} differs")
+    assert violation.problem.endswith("reception_protocol 'HTTP', log says 'ESMTP'")

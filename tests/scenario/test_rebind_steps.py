@@ -5,6 +5,7 @@ process."""
 from __future__ import annotations
 
 import textwrap
+from typing import Any
 
 import pytest
 
@@ -148,20 +149,21 @@ def test_a_rebind_reply_is_kumomtas_empty_object_and_keeps_no_id() -> None:
     assert any(c.failed for c in checks)  # rebound for real: not a dry run
 
 
-def record(old: str, new: str, reason: str) -> dict[str, object]:
+def record(old: str, new: str, reason: str) -> dict[str, Any]:
     content = rebind_content(old, new, reason)
     return {"type": "AdminRebind", "queue": new, "response": {"content": content}}
 
 
 def test_a_rebinds_records_are_told_apart_by_its_reason() -> None:
-    assert rebound_from(
-        rebind_content("a.example", "a.example!r", "x: y"), "a.example!r", "x: y"
-    ) == ("a.example")
+    assert (
+        rebound_from(rebind_content("a.example", "a.example!r", "x: y"), "a.example!r", "x: y")
+        == "a.example"
+    )
     assert rebound_from(rebind_content("a", "b", "why\r\nnot"), "b", "why\r\nnot") == "a"
     assert rebound_from(rebind_content("a", "b", "other"), "b", "why") is None
     assert rebound_from("Administrator bounced with reason: why", "b", "why") is None
     assert rebound_from(None, "b", "why") is None
-    records = [
+    records: list[dict[str, Any]] = [
         record("example.com", "example.com!relay", "mine"),
         record("example.com", "example.com!relay", "mine"),
         record("acme@example.com", "acme@example.com!relay", "mine"),

@@ -72,6 +72,7 @@ BOUNCE_ASYNC_NOTE = (
     "NOTE: the bounce is running async. Use the bounce-list command to review ongoing status!"
 )
 DRY_RUN_NOTE = "DRY RUN: nothing was issued. What the request would match now:"
+REBIND_DRY_RUN_NOTE = "DRY RUN: nothing was rebound. What the rebind would move now:"
 WAIT_INTERRUPTED = (
     "stopped waiting; rule {id} stays in force (kcli bounce-cancel --id {id} lifts it)"
 )
@@ -280,17 +281,52 @@ def format_dry_run(reply: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def format_rebind_dry_run(reply: Mapping[str, Any]) -> str:
+    """A rebind's dry-run reply for a human: a QUEUE / MESSAGES / MOVES TO table (a
+    queue whose name would not change is ``(unchanged)``, with ``always_flush: due now``
+    when the flush would make its waiting messages due) and the totals."""
+    queues = reply.get("queues")
+    rows = []
+    for item in queues if isinstance(queues, list) else []:
+        if not isinstance(item, dict):
+            continue
+        to = item.get("to")
+        if isinstance(to, str):
+            where = to
+        elif item.get("flushed") is True:
+            where = "(unchanged; always_flush: due now)"
+        else:
+            where = "(unchanged)"
+        rows.append([str(item.get("queue", "")), format_count(_count(item.get("messages"))), where])
+    table = format_table(
+        [("QUEUE", Align.LEFT), ("MESSAGES", Align.RIGHT), ("MOVES TO", Align.LEFT)], rows
+    )
+    total = _count(reply.get("total_messages"))
+    moving = _count(reply.get("total_moving"))
+    return "\n".join(
+        [
+            table,
+            f"total: {format_count(total)} message(s) in {len(rows):,} queue(s), "
+            f"{format_count(moving)} moving",
+        ]
+    )
+
+
 def _count(value: object) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
-def _echo_dry_run(reply: object) -> None:
+def _echo_dry_run(
+    reply: object,
+    note: str = DRY_RUN_NOTE,
+    formatter: Callable[[Mapping[str, Any]], str] = format_dry_run,
+) -> None:
     if not isinstance(reply, dict) or reply.get("dry_run") is not True:
         raise KcliError(
             f"the server did not answer the dry run (not kumo?), it replied: {json.dumps(reply)}"
         )
-    click.echo(DRY_RUN_NOTE, err=True)
-    click.echo(format_dry_run(reply).encode())
+    click.echo(note, err=True)
+    click.echo(formatter(reply).encode())
 
 
 # --- bounce --wait ---------------------------------------------------------------------
@@ -733,6 +769,11 @@ REBIND_ASYNC_NOTE = "NOTE: Rebind always runs asynchronously"
     help="KumoMTA runs its Lua rebind_message event instead of merging the data; kumo "
     "has no Lua and merges the data either way.",
 )
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Rebind nothing: show what would move now, per queue, and where (kumo only).",
+)
 @click.pass_obj
 def rebind(
     target: Target,
@@ -747,6 +788,7 @@ def rebind(
     always_flush: bool,
     suppress_logging: bool,
     trigger_rebind_event: bool,
+    dry_run: bool,
 ) -> None:
     """Rebind the scheduled messages of matching queues: merge metadata into each and
     move it to the queue that metadata names (an AdminRebind record each). Messages in
@@ -782,8 +824,13 @@ def rebind(
         suppress_logging=suppress_logging,
         trigger_rebind_event=trigger_rebind_event,
     )
+    if dry_run:
+        body["dry_run"] = True
     with target.open_client() as client:
         reply = decode_json(send(client, "POST", REBIND_PATH, body=body))
+    if dry_run:
+        _echo_dry_run(reply, REBIND_DRY_RUN_NOTE, format_rebind_dry_run)
+        return
     click.echo(REBIND_ASYNC_NOTE, err=True)
     echo_json(reply)
 

@@ -338,6 +338,7 @@ _REBIND_READERS: Final[Mapping[str, Callable[[str, Any], object]]] = {
     "data": _rebind_data,
     "trigger_rebind_event": _boolean,
     "always_flush": _boolean,
+    "dry_run": _boolean,
 }
 _REBIND_FIELDS: Final = _expected_list(tuple(_REBIND_READERS))
 
@@ -347,7 +348,8 @@ def parse_rebind_request(content_type: str | None, body: bytes) -> RebindRequest
 
     ``reason`` and ``data`` are required (``data`` may be ``{}``), as in KumoMTA; unlike
     KumoMTA, unknown fields are refused (a misspelt criterion would rebind every queue),
-    and so are ``data`` keys kumo cannot rebind (:data:`REBINDABLE_KEYS`).
+    and so are ``data`` keys kumo cannot rebind (:data:`REBINDABLE_KEYS`). ``dry_run``
+    (a kumo extension, a boolean) asks what the rebind would move, and nothing is issued.
     """
     obj = _struct("", decode_json(content_type, body), "RebindV1Request")
     _refuse_duplicates(body)
@@ -366,6 +368,7 @@ def parse_rebind_request(content_type: str | None, body: bytes) -> RebindRequest
         always_flush=_get(fields, "always_flush", bool, False),
         suppress_logging=_get(fields, "suppress_logging", bool, False),
         trigger_rebind_event=_get(fields, "trigger_rebind_event", bool, False),
+        dry_run=_get(fields, "dry_run", bool, False),
     )
 
 

@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from typing import Protocol
 
 from kumo.model.criteria import Criteria
-from kumo.model.dry_run import DryRun
+from kumo.model.dry_run import DryRun, RebindDryRun
 from kumo.model.fleet import FleetFigures
 from kumo.model.inspection import InspectedMessage, InspectedQueue
 from kumo.model.ready_suspension import ReadySuspensionView
@@ -57,6 +57,10 @@ class AdminEngine(Protocol):
     def list_suspends(self) -> list[RuleView]: ...
 
     async def rebind(self, request: RebindRequest, *, issued_by: str) -> str: ...
+
+    def preview_rebind(self, request: RebindRequest) -> RebindDryRun:
+        """What ``request`` would move now; changes nothing."""
+        ...
 
     async def issue_ready_suspend(self, request: ReadySuspendRequest, *, issued_by: str) -> str: ...
 

@@ -115,6 +115,46 @@ _DRY_RUN_REPLY: Final = {
     },
 }
 
+_REBIND_DRY_RUN_REPLY: Final = {
+    "type": "object",
+    "description": 'kumo extension: the reply to `"dry_run": true`; nothing was issued',
+    "required": ["dry_run", "queues", "total_messages", "total_moving"],
+    "properties": {
+        "dry_run": {"const": True},
+        "queues": {
+            "type": "array",
+            "description": "the matching scheduled queues that hold messages, by name",
+            "items": {
+                "type": "object",
+                "required": ["queue", "messages", "to", "flushed"],
+                "properties": {
+                    "queue": {"type": "string"},
+                    "messages": {
+                        "type": "integer",
+                        "minimum": 1,
+                        "description": "messages held: due, waiting, or in a connection",
+                    },
+                    "to": {
+                        "type": ["string", "null"],
+                        "description": "the queue they would move to; null: unchanged",
+                    },
+                    "flushed": {
+                        "type": "boolean",
+                        "description": "unchanged, and `always_flush` would make the "
+                        "waiting ones due now",
+                    },
+                },
+            },
+        },
+        "total_messages": {"type": "integer", "minimum": 0},
+        "total_moving": {
+            "type": "integer",
+            "minimum": 0,
+            "description": "messages of the queues whose name would change",
+        },
+    },
+}
+
 _BOUNCE_ENTRY: Final = {
     "type": "object",
     "required": [
@@ -196,6 +236,12 @@ _REBIND_REQUEST: Final = {
             "type": "boolean",
             "default": False,
             "description": "accepted and ignored: kumo has no Lua rebind_message hook",
+        },
+        "dry_run": {
+            "type": "boolean",
+            "default": False,
+            "description": "kumo extension: rebind nothing, answer what the rebind would "
+            "move now (the dry-run reply)",
         },
     },
 }
@@ -526,8 +572,16 @@ OPENAPI: Final[dict[str, Any]] = {
                 "requestBody": {"required": True, "content": _json(_REBIND_REQUEST)},
                 "responses": {
                     "200": {
-                        "description": "`{}`: the rebind is durable.",
-                        "content": _json({"type": "object", "maxProperties": 0}),
+                        "description": "`{}`: the rebind is durable (with `dry_run`: "
+                        "what it would move).",
+                        "content": _json(
+                            {
+                                "oneOf": [
+                                    {"type": "object", "maxProperties": 0},
+                                    _REBIND_DRY_RUN_REPLY,
+                                ]
+                            }
+                        ),
                     },
                     **_refusals(401, 429, 413, 415, 400, 422, 503),
                 },

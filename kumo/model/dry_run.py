@@ -2,7 +2,9 @@
 
 ``"dry_run": true`` on POST bounce or suspend (docs/operations.md, "Dry runs") answers
 with a :class:`DryRun`: the scheduled queues the request's criteria match, how many
-messages each holds, and the live rule it would replace. The same count, for a live
+messages each holds, and the live rule it would replace. On POST rebind it answers with
+a :class:`RebindDryRun`: the same queues, each with the queue its messages would move to
+(:func:`rebind_dry_run`). The same count, for a live
 bounce rule, is what its sweep still owes (:func:`messages_matching`, GET's ``pending``).
 
 The queues are found through a :class:`~kumo.model.queue_index.QueueIndex` of every
@@ -19,6 +21,7 @@ import attrs
 
 from kumo.model.criteria import Criteria
 from kumo.model.queue_index import QueueIndex
+from kumo.model.queue_name import rebound_queue_name
 from kumo.model.state import RuleBook
 
 
@@ -88,3 +91,59 @@ def dry_run(
         if previous is not None and previous.live_at(now):
             replaces = previous.id
     return DryRun(matching_queues(criteria, index, counts), replaces)
+
+
+@attrs.frozen(slots=True)
+class QueueMove:
+    """A scheduled queue a rebind matches, the messages it holds now, and where they
+    would go."""
+
+    queue: str
+    messages: int
+    to_queue: str | None
+    """The queue the merged metadata names; None when the name does not change (the
+    messages stay)."""
+    flushed: bool = False
+    """The name does not change and ``always_flush`` is set: the waiting messages that
+    no suspension holds would be due at once. Always False for a queue that moves (its
+    messages are due at once in their new queue anyway, as arrivals)."""
+
+
+@attrs.frozen(slots=True)
+class RebindDryRun:
+    """The answer to a rebind's dry run: what it would move now; nothing was done."""
+
+    queues: tuple[QueueMove, ...]
+    """The matching queues that hold messages, by name."""
+
+    @property
+    def total_messages(self) -> int:
+        """Messages held in all the matching queues, moving or not."""
+        return sum(move.messages for move in self.queues)
+
+    @property
+    def total_moving(self) -> int:
+        """Messages held in the matching queues whose name would change."""
+        return sum(move.messages for move in self.queues if move.to_queue is not None)
+
+
+def rebind_dry_run(
+    criteria: Criteria,
+    data: Mapping[str, str],
+    *,
+    always_flush: bool,
+    index: QueueIndex[str],
+    counts: Mapping[str, int],
+) -> RebindDryRun:
+    """What a rebind with ``criteria`` and ``data`` would do now: the queues
+    :func:`matching_queues` finds (the matcher the bounce and suspend dry runs use), each
+    with the queue :func:`~kumo.model.queue_name.rebound_queue_name` names for it (the
+    function the queues themselves apply to a ``RebindIssued``)."""
+    moves: list[QueueMove] = []
+    for match in matching_queues(criteria, index, counts):
+        to_queue = rebound_queue_name(match.queue, data)
+        if to_queue == match.queue:
+            moves.append(QueueMove(match.queue, match.messages, None, always_flush))
+        else:
+            moves.append(QueueMove(match.queue, match.messages, to_queue))
+    return RebindDryRun(tuple(moves))

@@ -101,6 +101,9 @@ class RebindRequest:
     trigger_rebind_event: bool = attrs.field(default=False, validator=instance_of(bool))
     """Accepted for KumoMTA's clients and ignored: KumoMTA then runs a Lua
     ``rebind_message`` hook instead of merging ``data``; kumo has no Lua."""
+    dry_run: bool = attrs.field(default=False, validator=instance_of(bool))
+    """Only answer what the rebind would move now (a kumo extension): the engine issues
+    nothing for it (:meth:`kumo.runtime.engine.Engine.preview_rebind`)."""
 
 
 @attrs.frozen(slots=True)

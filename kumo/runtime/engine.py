@@ -41,7 +41,7 @@ import attrs
 import trio
 
 from kumo.model.criteria import Criteria
-from kumo.model.dry_run import DryRun
+from kumo.model.dry_run import DryRun, RebindDryRun
 from kumo.model.events import (
     BounceCancelled,
     BounceIssued,
@@ -278,6 +278,15 @@ class Engine:
             expires_at=expires_at,
         )
 
+    def preview_rebind(self, request: RebindRequest) -> RebindDryRun:
+        """What ``request`` would move now, changing nothing: the matching scheduled
+        queues that hold messages, each with the queue its messages would move to (or
+        staying, and whether ``always_flush`` would make them due). As :meth:`preview`:
+        from the projection, it costs the queues matched and never blocks."""
+        return self._parts.projection.preview_rebind(
+            request.criteria, request.data, always_flush=request.always_flush
+        )
+
     async def wait_fleet_counters(self) -> None:
         """Return once this node's rule counters, as they are now, are published for
         the fleet's figures (at once without a fleet). For tests and tools."""
@@ -315,6 +324,8 @@ class Engine:
         """Rebind the scheduled messages of the queues ``request`` matches; return the
         rebind's id once its ``RebindIssued`` is durable. The queues move their
         messages afterwards (``Rebound`` events), asynchronously, as KumoMTA does."""
+        if request.dry_run:
+            raise ValueError("a dry-run request issues nothing: ask preview_rebind() instead")
         self._check_open()
         rebind_id = str(uuid.uuid4())
         event = RebindIssued(

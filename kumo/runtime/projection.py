@@ -8,7 +8,7 @@ from typing import Final
 import trio
 
 from kumo.model.criteria import Criteria
-from kumo.model.dry_run import DryRun, dry_run, messages_matching
+from kumo.model.dry_run import DryRun, RebindDryRun, dry_run, messages_matching, rebind_dry_run
 from kumo.model.events import (
     Bounced,
     Committed,
@@ -115,6 +115,19 @@ class Projection:
             book=book,
             now=now,
             expires_at=expires_at,
+        )
+
+    def preview_rebind(
+        self, criteria: Criteria, data: Mapping[str, str], *, always_flush: bool
+    ) -> RebindDryRun:
+        """What a rebind would move now (:func:`kumo.model.dry_run.rebind_dry_run` over
+        this fold's queues and gauges). Never blocks; costs the queues matched."""
+        return rebind_dry_run(
+            criteria,
+            data,
+            always_flush=always_flush,
+            index=self.queue_index,
+            counts=self.state.queue_counts,
         )
 
     def pending(self, criteria: Criteria) -> int:

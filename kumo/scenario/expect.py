@@ -17,16 +17,21 @@ import attrs
 
 from kumo.model.duration import DurationError, format_duration, parse_duration
 from kumo.model.log_record import SUSPENDED_PREFIX, bounce_content
+from kumo.model.smtp_reply import flatten_content
 from kumo.scenario.format import (
+    ADMIN_VERBS,
     RECORD_COUNTS,
     Bounce,
     Expect,
+    RebindExpectation,
     RecordExpectation,
     ReplyCheck,
     RuleExpectation,
 )
 
 ADMIN_BOUNCE: Final = "AdminBounce"
+ADMIN_REBIND: Final = "AdminRebind"
+_REBOUND_FROM: Final = "Rebound from "
 
 
 class Verdict(enum.Enum):
@@ -160,9 +165,9 @@ def check_bounce_reply(body: str) -> tuple[list[Check], str | None]:
 
 
 def check_issue_reply(action: Bounce, body: str) -> tuple[list[Check], str | None]:
-    """A 200 reply to a ``bounce`` or ``suspend`` step: a bounce's shape
-    (:func:`check_bounce_reply`), ``{"id": <uuid>}`` for the other verbs, or, for a dry
-    run, ``{"dry_run": true, ...}`` (and no id). Returns the checks and the id."""
+    """A 200 reply to an admin verb's step: a bounce's shape (:func:`check_bounce_reply`),
+    ``{"id": <uuid>}`` for a suspension, ``{}`` for a one-shot verb (rebind: no id), or,
+    for a dry run, ``{"dry_run": true, ...}`` (and no id). Returns the checks and the id."""
     if action.verb == "bounce" and not action.dry_run:
         return check_bounce_reply(body)
     try:
@@ -182,6 +187,8 @@ def check_issue_reply(action: Bounce, body: str) -> tuple[list[Check], str | Non
             )
         )
         return checks, None
+    if not ADMIN_VERBS[action.verb].cancellable:
+        return [compare("reply", {}, data)], None
     rule_id = data.get("id")
     check = Check(
         "id", "a UUID", show(rule_id), Verdict.PASSED if is_uuid(rule_id) else Verdict.FAILED
@@ -384,11 +391,54 @@ def _check_records(expect: Expect, seen: Observation, age_slack: int) -> list[Ch
         wanted.append((f"records[{position}]", item))
     if seen.records is None:
         why = seen.records_note or "the delivery log is not available"
-        return [skipped(what, why) for what, _ in wanted]
+        return [skipped(what, why) for what, _ in wanted] + [
+            skipped(f"rebinds[{rebind.rebind}]", why) for rebind in expect.rebinds
+        ]
     checks: list[Check] = []
     for what, item in wanted:
         checks.extend(_check_record(what, item, seen.records, age_slack))
+    for rebind in expect.rebinds:
+        checks.extend(_check_rebind(rebind, seen.records))
     return checks
+
+
+def _check_rebind(rebind: RebindExpectation, records: Iterable[Mapping[str, Any]]) -> list[Check]:
+    """What a rebind step moved, counted from its ``AdminRebind`` records."""
+    moved: dict[str, int] = {}
+    moved_to: dict[str, int] = {}
+    for record in records:
+        if record.get("type") != ADMIN_REBIND:
+            continue
+        to_queue = record.get("queue")
+        if not isinstance(to_queue, str):
+            continue
+        source = rebound_from(_lookup(record, "response.content"), to_queue, rebind.reason)
+        if source is not None:
+            moved[source] = moved.get(source, 0) + 1
+            moved_to[to_queue] = moved_to.get(to_queue, 0) + 1
+    prefix = f"rebinds[{rebind.rebind}]"
+    checks: list[Check] = []
+    if rebind.moved is not None:
+        expected = {queue: n for queue, n in rebind.moved.items() if n}
+        checks.append(compare(f"{prefix}.moved", expected, moved))
+    if rebind.moved_to is not None:
+        expected = {queue: n for queue, n in rebind.moved_to.items() if n}
+        checks.append(compare(f"{prefix}.moved_to", expected, moved_to))
+    if rebind.total_moved is not None:
+        checks.append(compare(f"{prefix}.total_moved", rebind.total_moved, sum(moved.values())))
+    return checks
+
+
+def rebound_from(content: object, to_queue: str, reason: str) -> str | None:
+    """The queue an ``AdminRebind`` record's message left, if its text is
+    ``Rebound from <queue> to <to_queue>: <reason>``
+    (:func:`kumo.model.log_record.rebind_content`); None for any other text."""
+    if not isinstance(content, str) or not content.startswith(_REBOUND_FROM):
+        return None
+    tail = flatten_content(f" to {to_queue}: {reason}")
+    if not content.endswith(tail) or len(content) <= len(_REBOUND_FROM) + len(tail):
+        return None
+    return content[len(_REBOUND_FROM) : len(content) - len(tail)]
 
 
 def _check_record(

@@ -3,8 +3,9 @@
 A scenario is a ``[scenario]`` table, an optional ``[config]`` table (the mail path's
 settings for the in-process engine) and a list of ``[[step]]`` tables, run in order.
 Each step has exactly one *action* key (``inject``, ``traffic``, ``destination``,
-``bounce``, ``suspend``, ``cancel``, ``wait``, ``restart``, ``expect``, ``request``), an
-optional ``name`` (the id a ``bounce`` or ``suspend`` gets is saved under it) and
+``bounce``, ``suspend``, ``rebind``, ``cancel``, ``wait``, ``restart``, ``expect``,
+``request``), an optional ``name`` (the id a ``bounce`` or ``suspend`` gets is saved
+under it; a ``rebind``'s name is what ``expect.rebinds`` refers to) and
 optional checks on the reply
 (``expect_status``, ``expect_body...``). ``docs/scenarios.md`` describes every key with
 an example.
@@ -27,7 +28,7 @@ from typing import Any, Final, NoReturn, TypeAlias
 import attrs
 
 from kumo.config import Config, ConfigError, parse_config_data
-from kumo.http.routes import BOUNCE_PATH, SUSPEND_PATH
+from kumo.http.routes import BOUNCE_PATH, REBIND_PATH, SUSPEND_PATH
 from kumo.model.duration import NANOS_PER_SECOND, DurationError, format_duration, parse_duration
 from kumo.model.queue_name import queue_name_for
 
@@ -41,6 +42,7 @@ ACTIONS: Final = (
     "destination",
     "bounce",
     "suspend",
+    "rebind",
     "cancel",
     "wait",
     "restart",
@@ -61,6 +63,7 @@ RECORD_COUNTS: Final = {
     "transient_failures": "TransientFailure",
     "bounces": "Bounce",
     "expirations": "Expiration",
+    "admin_rebinds": "AdminRebind",
 }
 """The ``expect`` keys that count delivery-log records of one type."""
 REPLY_CHECKS: Final = (
@@ -107,6 +110,8 @@ class AdminVerb:
     """The step key, and the noun of KumoMTA's 404 text."""
     path: str
     cancellable: bool = True
+    """False: a one-shot action (rebind), which KumoMTA answers with ``{}``: no id is
+    kept and nothing can be cancelled."""
 
 
 ADMIN_VERBS: Final[Mapping[str, AdminVerb]] = {
@@ -114,6 +119,7 @@ ADMIN_VERBS: Final[Mapping[str, AdminVerb]] = {
     for verb in (
         AdminVerb("bounce", BOUNCE_PATH),
         AdminVerb("suspend", SUSPEND_PATH),
+        AdminVerb("rebind", REBIND_PATH, cancellable=False),
     )
 }
 
@@ -260,6 +266,22 @@ class RuleExpectation:
 
 
 @attrs.frozen
+class RebindExpectation:
+    """What one rebind step moved, from its ``AdminRebind`` records: those whose text is
+    ``Rebound from <queue> to <new queue>: <reason>`` with the step's ``reason``."""
+
+    rebind: str
+    """The name of the rebind step."""
+    reason: str
+    """The step's reason: how its records are told apart from other rebinds'."""
+    moved: Mapping[str, int] | None = None
+    """Messages moved, by the queue they left (the whole map; 0: none)."""
+    moved_to: Mapping[str, int] | None = None
+    """Messages moved, by the queue they went to (the whole map; 0: none)."""
+    total_moved: int | None = None
+
+
+@attrs.frozen
 class RecordExpectation:
     """``count`` delivery-log records whose fields equal ``where`` (dotted paths), and
     ``ages``, if given: each one's ``timestamp - created`` in seconds, in log order."""
@@ -296,6 +318,8 @@ class Expect:
     suspension_count: int | None = None
     held: int | None = None
     """Records of messages a suspension held (:data:`HELD`)."""
+    rebinds: tuple[RebindExpectation, ...] = ()
+    """What rebind steps moved, from their ``AdminRebind`` records."""
 
     @property
     def needs_listing(self) -> bool:
@@ -316,6 +340,7 @@ class Expect:
             or bool(self.records)
             or bool(self.record_counts)
             or self.held is not None
+            or bool(self.rebinds)
         )
 
 
@@ -437,6 +462,7 @@ def describe_action(action: Action) -> str:
             ("suspensions", action.suspensions),
             ("suspension_count", action.suspension_count),
             (HELD, action.held),
+            ("rebinds", action.rebinds),
         )
         if value is not None and value != ()
     ]
@@ -907,8 +933,8 @@ class _StepParser:
         return Destination(domain.lower(), answer)
 
     def _issue(self, verb: str, value: object) -> Bounce:
-        """A ``bounce`` or ``suspend`` step (any :data:`ADMIN_VERBS` verb): its table is
-        the body, sent as it is (the server validates it)."""
+        """A ``bounce``, ``suspend`` or ``rebind`` step (any :data:`ADMIN_VERBS` verb): its
+        table is the body, sent as it is (the server validates it)."""
         table = self.table(value, verb)
         expires_in = None
         if "expires_in" in self.raw:
@@ -937,6 +963,13 @@ class _StepParser:
         if "rule" in table:
             if "verb" in table:
                 self.fail("cancel takes the verb of the step it names: leave verb out", "cancel")
+            named = next((s for s in self.done if s.name == table["rule"]), None)
+            if named is not None and named.kind in ADMIN_VERBS and named.kind not in cancellable:
+                self.fail(
+                    f"step {named.name!r} is a {named.kind} step: a {named.kind} is done "
+                    "once and has nothing to cancel",
+                    "cancel",
+                )
             rule, verb = self.issue_name(table["rule"], cancellable, "cancel")
         elif "verb" in table:
             verb = self.string(table["verb"], "cancel", "verb")
@@ -1027,6 +1060,13 @@ class _StepParser:
                 self.fail("expect.suspensions must be an array of tables", "expect", "suspensions")
             for position, item in enumerate(listed):
                 suspensions.append(self.suspension_expectation(item, position))
+        rebinds: list[RebindExpectation] = []
+        if "rebinds" in table:
+            listed = table["rebinds"]
+            if not isinstance(listed, list):
+                self.fail("expect.rebinds must be an array of tables", "expect", "rebinds")
+            for position, item in enumerate(listed):
+                rebinds.append(self.rebind_expectation(item, position))
         records: list[RecordExpectation] = []
         if "records" in table:
             listed = table["records"]
@@ -1064,6 +1104,33 @@ class _StepParser:
             suspensions=tuple(suspensions),
             suspension_count=optional_ints["suspension_count"],
             held=optional_ints[HELD],
+            rebinds=tuple(rebinds),
+        )
+
+    def rebind_expectation(self, item: object, position: int) -> RebindExpectation:
+        """One entry of ``expect.rebinds``: ``rebind`` names a rebind step (not a dry
+        run), whose ``reason`` finds its records."""
+        at: tuple[str | int, ...] = ("expect", "rebinds", position)
+        table = self.table(item, *at)
+        self.check_keys(table, _REBIND_KEYS, *at)
+        if "rebind" not in table:
+            self.fail('each expect.rebinds entry needs rebind = "<name of a rebind step>"', *at)
+        name = self.issue_name(table["rebind"], ("rebind",), *at, "rebind")[0]
+        step = next(s for s in self.done if s.name == name)
+        assert isinstance(step.action, Bounce)
+        reason = step.action.body.get("reason")
+        if not isinstance(reason, str):
+            self.fail(f"rebind step {name!r} has no reason to find its records by", *at, "rebind")
+        return RebindExpectation(
+            name,
+            reason,
+            moved=None if "moved" not in table else self.counts(table["moved"], *at, "moved"),
+            moved_to=None
+            if "moved_to" not in table
+            else self.counts(table["moved_to"], *at, "moved_to"),
+            total_moved=None
+            if "total_moved" not in table
+            else self.integer(table["total_moved"], *at, "total_moved"),
         )
 
     def suspension_expectation(self, item: object, position: int) -> RuleExpectation:
@@ -1183,6 +1250,7 @@ _SIBLINGS: Final[Mapping[str, tuple[str, ...]]] = {
     "destination": (),
     "bounce": ("expires_in", *REPLY_CHECKS),
     "suspend": ("expires_in", *REPLY_CHECKS),
+    "rebind": REPLY_CHECKS,
     "cancel": REPLY_CHECKS,
     "request": REPLY_CHECKS,
     "wait": (),
@@ -1214,11 +1282,14 @@ _EXPECT_KEYS: Final = (
     "transient_failures",
     "bounces",
     "expirations",
+    "admin_rebinds",
     "records",
     "suspensions",
     "suspension_count",
     HELD,
+    "rebinds",
 )
+_REBIND_KEYS: Final = ("rebind", "moved", "moved_to", "total_moved")
 _SUSPENSION_KEYS: Final = (
     "suspension",
     "present",

@@ -11,8 +11,8 @@ import pytest
 from click.testing import CliRunner, Result
 from rich.console import Console
 
-from kumo.cli.kcli import BOUNCE_ASYNC_NOTE, DRY_RUN_NOTE, Target, cli
-from kumo.http.routes import BOUNCE_PATH, SUSPEND_PATH
+from kumo.cli.kcli import BOUNCE_ASYNC_NOTE, DRY_RUN_NOTE, REBIND_DRY_RUN_NOTE, Target, cli
+from kumo.http.routes import BOUNCE_PATH, REBIND_PATH, SUSPEND_PATH
 from tests.cli.test_kcli import ID_A, ID_B, FakeServer, entry, replying
 
 DRY_REPLY = {
@@ -57,6 +57,59 @@ def test_dry_run_sends_the_flag_and_prints_a_table_and_the_total(command: str, p
         "total: 1,241 message(s) in 2 queue(s)\n"
         f"would replace: {ID_B}\n"
     )
+
+
+def test_a_rebind_dry_run_prints_where_each_queue_would_go() -> None:
+    server = replying(
+        json_body={
+            "dry_run": True,
+            "queues": [
+                {"queue": "acme@example.com", "messages": 1234, "to": "x!relay", "flushed": False},
+                {"queue": "example.com!relay", "messages": 7, "to": None, "flushed": True},
+                {"queue": "z.example", "messages": 2, "to": None, "flushed": False},
+            ],
+            "total_messages": 1243,
+            "total_moving": 1234,
+        }
+    )
+
+    result = invoke(
+        server,
+        "rebind",
+        "--domain",
+        "example.com",
+        "--set",
+        "queue=x!relay",
+        "--reason",
+        "r",
+        "--always-flush",
+        "--dry-run",
+    )
+
+    assert result.exit_code == 0, result.output
+    (request,) = server.requests
+    assert (request.method, request.url.path) == ("POST", REBIND_PATH)
+    body = json.loads(request.content)
+    assert (body["dry_run"], body["data"], body["always_flush"]) == (
+        True,
+        {"queue": "x!relay"},
+        True,
+    )
+    assert result.stderr == REBIND_DRY_RUN_NOTE + "\n"
+    assert result.stdout == (
+        "QUEUE             MESSAGES MOVES TO                          \n"
+        "acme@example.com     1,234 x!relay                           \n"
+        "example.com!relay        7 (unchanged; always_flush: due now)\n"
+        "z.example                2 (unchanged)                       \n"
+        "total: 1,243 message(s) in 3 queue(s), 1,234 moving\n"
+    )
+
+
+def test_a_rebind_without_dry_run_sends_no_flag() -> None:
+    server = replying(json_body={})
+    result = invoke(server, "rebind", "--everything", "--reason", "r")
+    assert result.exit_code == 0, result.output
+    assert "dry_run" not in json.loads(server.requests[0].content)
 
 
 def test_without_dry_run_the_body_is_kumomtas() -> None:

@@ -9,7 +9,7 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from kumo.cli.kcli import REBIND_ASYNC_NOTE
+from kumo.cli.kcli import REBIND_ASYNC_NOTE, REBIND_DRY_RUN_NOTE
 from kumo.store.verify import verify_data_dir
 from tests.cli.test_kcli_live import SENDER, Run, kcli
 from tests.cli.test_queue_summary_live import metrics
@@ -64,6 +64,26 @@ def test_kcli_rebind_moves_deferred_mail_to_a_destination_that_accepts_it(
                 lambda: counted(server, "total_messages_transfail") == MESSAGES or None,
                 timeout=30,
             )
+            # A dry run first: it says where the mail would go, and moves nothing.
+            dry = kcli(
+                server.url,
+                "rebind",
+                "--domain",
+                "example.com",
+                "--set",
+                "routing_domain=relay.example",
+                "--reason",
+                "destination refuses",
+                "--dry-run",
+            )
+            assert dry == Run(
+                0,
+                "QUEUE       MESSAGES MOVES TO                 \n"
+                f"example.com        {MESSAGES} example.com!relay.example\n"
+                f"total: {MESSAGES} message(s) in 1 queue(s), {MESSAGES} moving\n",
+                REBIND_DRY_RUN_NOTE + "\n",
+            )
+            assert metrics(server).get(("scheduled_count", "example.com")) == MESSAGES
             run = kcli(
                 server.url,
                 "rebind",

@@ -41,7 +41,7 @@ from kumo.http.routes import (
     SUSPEND_READY_Q_PATH,
 )
 from kumo.model.criteria import Criteria
-from kumo.model.dry_run import DryRun, QueueMatch
+from kumo.model.dry_run import DryRun, QueueMatch, QueueMove, RebindDryRun
 from kumo.model.fleet import FleetFigures
 from kumo.model.inspection import InspectedMessage, InspectedQueue
 from kumo.model.ready_suspension import ReadySuspensionView
@@ -158,6 +158,16 @@ class FakeEngine:
     def queue_counts(self) -> Mapping[str, int]:
         self._refuse()
         return {"example.com": 2}
+
+    def preview_rebind(self, request: RebindRequest) -> RebindDryRun:
+        self._refuse()
+        self.calls.append(("preview_rebind", request, ""))
+        return RebindDryRun(
+            (
+                QueueMove("acme@example.com", 3, "acme@example.com!b.example"),
+                QueueMove("acme@example.com!b.example", 1, None, request.always_flush),
+            )
+        )
 
     def preview(
         self,
@@ -575,6 +585,59 @@ async def test_rebind_replies_as_kumomta_once_durable(client: Client, engine: Fa
             "127.0.0.1",
         )
     ]
+
+
+async def test_a_rebind_dry_run_moves_nothing_and_says_where_each_queue_would_go(
+    client: Client, engine: FakeEngine
+) -> None:
+    body = (
+        b'{"domain": "example.com", "reason": "r", "data": {"routing_domain": "b.example"},'
+        b' "always_flush": true, "dry_run": true}'
+    )
+    status, content_type, text = await call(client, "POST", REBIND_PATH, body=body, headers=JSON)
+    assert (status, content_type) == (200, "application/json")
+    assert orjson.loads(text) == {
+        "dry_run": True,
+        "queues": [
+            {
+                "queue": "acme@example.com",
+                "messages": 3,
+                "to": "acme@example.com!b.example",
+                "flushed": False,
+            },
+            {"queue": "acme@example.com!b.example", "messages": 1, "to": None, "flushed": True},
+        ],
+        "total_messages": 4,
+        "total_moving": 3,
+    }
+    # Only the preview: no rebind reached the engine.
+    expected = RebindRequest(
+        Criteria(domain="example.com"),
+        "r",
+        {"routing_domain": "b.example"},
+        always_flush=True,
+        dry_run=True,
+    )
+    assert engine.calls == [("preview_rebind", expected, "")]
+
+
+@pytest.mark.parametrize("value", ['"true"', "1", "null", "[]"])
+async def test_a_rebind_dry_run_must_be_a_boolean(
+    client: Client, engine: FakeEngine, value: str
+) -> None:
+    body = f'{{"reason": "r", "data": {{}}, "dry_run": {value}}}'.encode()
+    status, _, text = await call(client, "POST", REBIND_PATH, body=body, headers=JSON)
+    assert status == 422
+    assert text.startswith(JSON_SHAPE_PREFIX + "dry_run: invalid type: ")
+    assert text.endswith("expected a boolean")
+    assert engine.calls == []
+
+
+async def test_a_rebind_dry_run_false_rebinds_as_usual(client: Client, engine: FakeEngine) -> None:
+    body = b'{"reason": "r", "data": {}, "dry_run": false}'
+    status, _, text = await call(client, "POST", REBIND_PATH, body=body, headers=JSON)
+    assert (status, orjson.loads(text)) == (200, {})
+    assert [name for name, *_ in engine.calls] == ["rebind"]
 
 
 async def test_a_rebind_of_what_kumo_does_not_keep_is_refused(

@@ -189,6 +189,7 @@ _near_valid_rebinds = st.fixed_dictionaries(
         "always_flush": st.sampled_from([True, False, "yes"]),
         "suppress_logging": st.sampled_from([True, False]),
         "trigger_rebind_event": st.sampled_from([True, False, 0]),
+        "dry_run": st.sampled_from([True, False, "yes"]),
     },
 )
 _near_valid_ready_suspensions = st.fixed_dictionaries(

@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 from kumo.model.criteria import Criteria
-from kumo.model.dry_run import DryRun, QueueMatch, dry_run, matching_queues, messages_matching
+from kumo.model.dry_run import (
+    DryRun,
+    QueueMatch,
+    QueueMove,
+    RebindDryRun,
+    dry_run,
+    matching_queues,
+    messages_matching,
+    rebind_dry_run,
+)
 from kumo.model.events import BounceCancelled, BounceIssued, Committed
 from kumo.model.queue_index import QueueIndex
-from kumo.model.queue_name import QueueName
+from kumo.model.queue_name import QueueName, rebound_queue_name
 from kumo.model.state import RuleBook
 
 SECOND = 1_000_000_000
@@ -103,3 +112,60 @@ def test_nothing_matched_is_an_empty_answer() -> None:
     result = dry_run(Criteria(domain="nowhere.example"), index=index_of(QUEUES), counts=counts())
     assert result == DryRun(())
     assert result.total_messages == 0
+
+
+def test_a_rebind_dry_run_says_where_each_matching_queue_would_go() -> None:
+    index = index_of(QUEUES)
+    data = {"routing_domain": "relay.example"}
+    result = rebind_dry_run(
+        Criteria(domain="example.com"), data, always_flush=False, index=index, counts=counts()
+    )
+    assert result == RebindDryRun(
+        (
+            QueueMove("acme@example.com", 3, "acme@example.com!relay.example"),
+            QueueMove("example.com", 4, "example.com!relay.example"),
+        )
+    )
+    assert (result.total_messages, result.total_moving) == (7, 7)
+
+
+def test_a_queue_whose_name_stays_is_unchanged_and_flushed_only_with_always_flush() -> None:
+    index = index_of(QUEUES)
+    tenant = Criteria(tenant="acme")
+    for flush in (False, True):
+        result = rebind_dry_run(
+            tenant, {"tenant": "acme"}, always_flush=flush, index=index, counts=counts()
+        )
+        assert result.queues == (
+            QueueMove("acme@example.com", 3, None, flush),
+            QueueMove("spring:acme@gmail.com", 2, None, flush),
+        )
+        assert (result.total_messages, result.total_moving) == (5, 0)
+    # Some move, some stay: a moving queue is never "flushed".
+    result = rebind_dry_run(
+        Criteria(), {"campaign": "spring"}, always_flush=True, index=index, counts=counts()
+    )
+    moves = {move.queue: (move.to_queue, move.flushed) for move in result.queues}
+    assert moves == {
+        "acme@example.com": ("spring:acme@example.com", False),
+        "example.com": ("spring:@example.com", False),
+        "gmail.com!mx.out": ("spring:@gmail.com!mx.out", False),
+        "spring:acme@gmail.com": (None, True),
+    }
+    assert (result.total_messages, result.total_moving) == (10, 8)
+
+
+def test_a_rebind_dry_run_uses_the_bounce_matcher_and_the_queues_own_rename() -> None:
+    index = index_of(QUEUES)
+    for criteria in (Criteria(), Criteria(domain="gmail.com"), Criteria(tenant="acme")):
+        for data in ({}, {"queue": "elsewhere.org"}, {"tenant": ""}, {"campaign": "x"}):
+            result = rebind_dry_run(
+                criteria, data, always_flush=False, index=index, counts=counts()
+            )
+            matched = matching_queues(criteria, index, counts())
+            assert [(m.queue, m.messages) for m in result.queues] == [
+                (m.queue, m.messages) for m in matched
+            ]
+            for move in result.queues:
+                renamed = rebound_queue_name(move.queue, data)
+                assert move.to_queue == (None if renamed == move.queue else renamed)

@@ -8,7 +8,7 @@ import textwrap
 
 import pytest
 
-from kumo.http.routes import BOUNCE_PATH, SUSPEND_PATH
+from kumo.http.routes import BOUNCE_PATH, REBIND_PATH, SUSPEND_PATH
 from kumo.scenario.expect import (
     Observation,
     Verdict,
@@ -47,7 +47,9 @@ def test_every_admin_verb_has_a_path() -> None:
     assert {name: verb.path for name, verb in ADMIN_VERBS.items()} == {
         "bounce": BOUNCE_PATH,
         "suspend": SUSPEND_PATH,
+        "rebind": REBIND_PATH,
     }
+    assert [name for name, verb in ADMIN_VERBS.items() if not verb.cancellable] == ["rebind"]
 
 
 def test_suspend_and_its_cancel_share_the_bounce_steps_shape() -> None:

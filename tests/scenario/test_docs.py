@@ -21,6 +21,7 @@ def test_doc_examples_parse_as_one_scenario() -> None:
         "destination",
         "bounce",
         "suspend",
+        "rebind",
         "cancel",
         "wait",
         "restart",

@@ -199,7 +199,8 @@ def test_syntax_error_before_any_step() -> None:
             name = "nothing to do"
             """,
             f'{SOURCE}:4: step 2 "nothing to do": a step needs one action key: one of '
-            "inject, traffic, destination, bounce, suspend, cancel, wait, restart, expect, request",
+            "inject, traffic, destination, bounce, suspend, rebind, cancel, wait, restart, expect, "
+            "request",
         ),
         (
             """

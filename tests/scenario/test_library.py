@@ -133,6 +133,30 @@ def test_suspend_leaves_a_log_that_verifies_and_holds_without_attempts(tmp_path:
     assert report.violations == [], report.violations
 
 
+def test_the_library_rehearses_every_admin_verb() -> None:
+    names = {path.stem for path in SCENARIOS}
+    assert {"suspend", "rebind", "incident_rehearsal"} <= names
+    text = (LIBRARY / "incident_rehearsal.toml").read_text(encoding="utf-8")
+    kinds = {step.kind for step in parse_scenario(text, "incident_rehearsal.toml").steps}
+    assert {"destination", "suspend", "bounce", "rebind", "cancel", "expect"} <= kinds
+
+
+def test_the_incident_rehearsal_conserves_every_message_and_verifies(tmp_path: Path) -> None:
+    """Every message received is delivered or bounced, and each rebound one is
+    delivered through the routing domain; ``kumo replay --verify`` finds nothing wrong."""
+    data_dir = tmp_path / "data"
+    assert_passed(run_file(LIBRARY / "incident_rehearsal.toml", data_dir))
+    records = read_records(data_dir / LOGS)
+    types = Counter(str(r["type"]) for r in records)
+    assert types["Reception"] == types["Delivery"] + types["AdminBounce"] == 37
+    rebound = {r["id"] for r in records if r["type"] == "AdminRebind"}
+    delivered = {r["id"]: r["queue"] for r in records if r["type"] == "Delivery"}
+    assert len(rebound) == 12
+    assert {delivered[i] for i in rebound} == {"summer:acme@example.com!relay.example"}
+    report = verify_data_dir(data_dir)
+    assert report.violations == [], report.violations
+
+
 def test_pile_up_in_process(tmp_path: Path) -> None:
     """10,000 messages refused, swept while more arrive over SMTP, then delivery: every
     record where it belongs, and the data directory passes kumo replay --verify."""

@@ -332,6 +332,7 @@ def rebind_json(action: RebindAction) -> dict[str, Any]:
         "seq": action.seq,
         "rebind": action.rebind_id,
         "principal": action.principal,
+        "origin": action.origin or None,
         "criteria": criteria_to_json(action.criteria),
         "criteria_text": action.criteria.describe(),
         "data": dict(action.data),
@@ -360,7 +361,7 @@ def render_rebinds(rebinds: Sequence[RebindAction]) -> str:
             (
                 format_rfc3339(r.time),
                 r.rebind_id,
-                r.principal or "-",
+                f"{r.principal or '-'} ({r.origin})" if r.origin else r.principal or "-",
                 r.criteria.describe(),
                 ", ".join(f"{k}={v}" for k, v in sorted(r.data.items())) or "-",
                 r.reason,

@@ -140,6 +140,9 @@ class RebindAction:
     moved: Mapping[tuple[str, str], int]
     """(from queue, to queue) -> messages moved (its ``Rebound`` events)."""
     total_moved: int
+    origin: str = ""
+    """The node it was asked on, when fleet mode brought it here; ``""``: this node.
+    ``moved`` is what it moved here."""
 
 
 _Recorded: TypeAlias = tuple[int | None, int, ActionKind, str, str | None, str]
@@ -407,6 +410,7 @@ class Timeline:
                     suppress_logging=event.suppress_logging,
                     moved=shown,
                     total_moved=sum(shown.values()),
+                    origin=event.origin,
                 )
             )
         return actions

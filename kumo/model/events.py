@@ -210,6 +210,9 @@ class ReadySuspendIssued:
     expires_at: int = attrs.field(validator=_int64)
     issued_by: str = attrs.field(default="", validator=_text)
     issued_at: int | None = attrs.field(default=None, validator=attrs.validators.optional(_int64))
+    origin: str = attrs.field(default="", validator=_text)
+    """The node the suspension was issued on, when fleet mode brought it from another
+    node; ``""`` for one issued here (as :attr:`BounceIssued.origin`)."""
 
 
 @attrs.frozen(slots=True)
@@ -218,6 +221,9 @@ class ReadySuspendCancelled:
 
     rule_id: str = attrs.field(validator=_text)
     cancelled_by: str = attrs.field(default="", validator=_text)
+    origin: str = attrs.field(default="", validator=_text)
+    """The node the lift was asked on, when fleet mode brought it from another node;
+    ``""`` for one asked here."""
 
 
 @attrs.frozen(slots=True)
@@ -468,6 +474,9 @@ class RebindIssued:
     suppress_logging: bool = attrs.field(default=False, validator=_flag)
     issued_by: str = attrs.field(default="", validator=_text)
     issued_at: int | None = attrs.field(default=None, validator=attrs.validators.optional(_int64))
+    origin: str = attrs.field(default="", validator=_text)
+    """The node the rebind was asked on, when fleet mode brought it from another node;
+    ``""`` for one asked here. A node moves what matches on it when it reads the rebind."""
 
     @property
     def data_map(self) -> dict[str, str]:
@@ -698,7 +707,7 @@ def _encode_body(event: Event) -> dict[str, Any]:
                 "always_flush": event.always_flush,
                 "suppress_logging": event.suppress_logging,
                 "issued_by": event.issued_by,
-            } | ({} if event.issued_at is None else {"issued_at": event.issued_at})
+            } | _optional(issued_at=event.issued_at, origin=event.origin)
         case Rebound():
             return {
                 "rebind_id": event.rebind_id,
@@ -716,9 +725,11 @@ def _encode_body(event: Event) -> dict[str, Any]:
                 "reason": event.reason,
                 "expires_at": event.expires_at,
                 "issued_by": event.issued_by,
-            } | _optional(issued_at=event.issued_at)
+            } | _optional(issued_at=event.issued_at, origin=event.origin)
         case ReadySuspendCancelled():
-            return {"rule_id": event.rule_id, "cancelled_by": event.cancelled_by}
+            return {"rule_id": event.rule_id, "cancelled_by": event.cancelled_by} | _optional(
+                origin=event.origin
+            )
         case ReadySuspendExpired():
             return {"rule_id": event.rule_id}
         case Expired():
@@ -926,6 +937,8 @@ _DECODERS: Final[dict[str, Callable[[dict[str, Any]], Event]]] = {
         suppress_logging=d["suppress_logging"],
         issued_by=d["issued_by"],
         issued_at=d.get("issued_at"),
+        # Absent from local rebinds and from logs older than fleet rebinds.
+        origin=d.get("origin", ""),
     ),
     "Rebound": lambda d: Rebound(
         rebind_id=d["rebind_id"],
@@ -943,9 +956,11 @@ _DECODERS: Final[dict[str, Callable[[dict[str, Any]], Event]]] = {
         expires_at=d["expires_at"],
         issued_by=d["issued_by"],
         issued_at=d.get("issued_at"),
+        # Absent from local events and from logs older than fleet ready-queue suspensions.
+        origin=d.get("origin", ""),
     ),
     "ReadySuspendCancelled": lambda d: ReadySuspendCancelled(
-        rule_id=d["rule_id"], cancelled_by=d["cancelled_by"]
+        rule_id=d["rule_id"], cancelled_by=d["cancelled_by"], origin=d.get("origin", "")
     ),
     "ReadySuspendExpired": lambda d: ReadySuspendExpired(rule_id=d["rule_id"]),
     "Rejected": lambda d: Rejected(

@@ -9,15 +9,24 @@ these functions decide.
 
 The actions are a rule's issue and its cancel, for every kind of rule in
 :data:`ADMIN_KINDS` (bounce rules: ``BounceIssued``, ``BounceCancelled``; suspensions:
-``SuspendIssued``, ``SuspendCancelled``). Expiries are not carried: every node ends a
-rule at the same ``expires_at`` by itself. Every function below handles each kind the
-same way, through its :class:`AdminKind` entry: a new kind of admin action (one folded
-into a :class:`~kumo.model.state.RuleBook` of its own) joins the fleet with one entry.
+``SuspendIssued``, ``SuspendCancelled``; ready-queue suspensions: ``ReadySuspendIssued``,
+``ReadySuspendCancelled``), and rebinds (``RebindIssued``). Expiries are not carried:
+every node ends a rule at the same ``expires_at`` by itself. Every function below
+handles each kind of rule the same way, through its :class:`AdminKind` entry: a new
+kind of admin action (one folded into a book of its own, keyed by id) joins the fleet
+with one entry.
+
+A rebind is a one-shot action, not a rule: it is published once by the node it was
+asked on, and taken once by every other node, whenever that node reads it (it then
+moves what matches on that node at that moment). The fold keeps the rebinds the log
+holds (:attr:`~kumo.model.state.State.rebinds`), which is what the outbox and the
+dedupe look at. A stream Redis lost is not given old rebinds again: they were done.
 
 - **Fleet event id.** An action is named fleet-wide by :func:`fleet_event_id`:
-  ``<rule id>:issued`` or ``<rule id>:cancelled``. Rule ids are uuid4s made once, by the
-  node the rule was issued on, and kept on every node, so the name is the same wherever
-  the action is read, published again, or republished after Redis lost the stream.
+  ``<rule id>:issued`` or ``<rule id>:cancelled`` (``<rebind id>:issued``). Rule (and
+  rebind) ids are uuid4s made once, by the node the action was taken on, and kept on
+  every node, so the name is the same wherever the action is read, published again,
+  or republished after Redis lost the stream.
 - **The outbox** (:func:`owed_entries`): the actions this node took (issued or cancelled
   here, ``origin == ""``) whose events the log committed after the position the node
   has published up to. It is read from the rule books, which snapshots keep, so an
@@ -37,7 +46,7 @@ from __future__ import annotations
 
 import urllib.parse
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Final, Literal, TypeAlias
+from typing import Any, Final, Literal, Protocol, TypeAlias
 
 import attrs
 import orjson
@@ -46,18 +55,22 @@ from kumo.model.events import (
     BounceCancelled,
     BounceIssued,
     EventDecodeError,
+    ReadySuspendCancelled,
+    ReadySuspendIssued,
+    RebindIssued,
     SuspendCancelled,
     SuspendIssued,
     decode_event,
     encode_event,
 )
-from kumo.model.state import Rule, RuleBook, RuleKind, RuleView, State
+from kumo.model.ready_suspension import ReadySuspension
+from kumo.model.state import Rule, RuleBook, RuleView, State
 
-IssueAction: TypeAlias = BounceIssued | SuspendIssued
+IssueAction: TypeAlias = BounceIssued | SuspendIssued | ReadySuspendIssued
 """An action that starts a rule (of any kind fleet mode carries)."""
-CancelAction: TypeAlias = BounceCancelled | SuspendCancelled
+CancelAction: TypeAlias = BounceCancelled | SuspendCancelled | ReadySuspendCancelled
 """An action that ends a rule early."""
-FleetAction: TypeAlias = IssueAction | CancelAction
+FleetAction: TypeAlias = IssueAction | CancelAction | RebindIssued
 """An admin action that fleet mode carries from node to node."""
 
 DEFAULT_STREAM: Final = "kumo:admin"
@@ -181,11 +194,14 @@ def retry_delay(failures: int, settings: FleetSettings) -> float:
 
 
 def fleet_event_id(event: FleetAction) -> str:
-    """The fleet-wide name of an action: ``<rule id>:issued`` or ``<rule id>:cancelled``.
+    """The fleet-wide name of an action: ``<rule id>:issued`` or ``<rule id>:cancelled``;
+    ``<rebind id>:issued`` for a rebind.
 
     A rule is issued once; two nodes that cancel it at the same moment take the same
     action, and each node applies the first copy it reads. Rule ids are uuid4s, so the
     name does not need the kind of the rule (the event in the entry tells it)."""
+    if isinstance(event, RebindIssued):
+        return f"{event.rebind_id}:{ISSUED}"
     kind = ISSUED if isinstance(event, IssueAction) else CANCELLED
     return f"{event.rule_id}:{kind}"
 
@@ -249,7 +265,7 @@ def decode_entry(fields: Mapping[bytes, bytes] | Mapping[str, bytes]) -> StreamE
         event = decode_event(body if isinstance(body, bytes) else str(body).encode())
     except EventDecodeError as exc:
         raise FleetEntryError(f"entry {fleet_id!r}: {exc}") from None
-    if not isinstance(event, FleetAction) or type(event) not in _KIND_OF:
+    if not isinstance(event, FleetAction) or not _carried(event):
         raise FleetEntryError(f"entry {fleet_id!r} carries a {type(event).__name__}")
     try:
         return StreamEntry(fleet_id, origin, event)
@@ -293,25 +309,69 @@ def _suspend_issued(rule: Rule) -> SuspendIssued:
     )
 
 
+def _ready_suspend_issued(suspension: ReadySuspension) -> ReadySuspendIssued:
+    return ReadySuspendIssued(
+        rule_id=suspension.id,
+        name=suspension.name,
+        reason=suspension.reason,
+        expires_at=suspension.expires_at,
+        issued_by=suspension.issued_by,
+        issued_at=suspension.issued_at,
+        origin=suspension.origin,
+    )
+
+
+class AdminRecord(Protocol):
+    """What fleet mode reads of a rule as its book keeps it (a
+    :class:`~kumo.model.state.Rule`, a :class:`~kumo.model.ready_suspension.ReadySuspension`)."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def origin(self) -> str: ...
+    @property
+    def issued_seq(self) -> int: ...
+    @property
+    def expires_at(self) -> int: ...
+    @property
+    def issued_expired(self) -> bool: ...
+    @property
+    def end(self) -> str | None: ...
+    @property
+    def ended_seq(self) -> int | None: ...
+    @property
+    def ended_by(self) -> str | None: ...
+    @property
+    def ended_origin(self) -> str: ...
+
+
+class AdminBook(Protocol):
+    """A book of rules keyed by id, every one ever issued (a
+    :class:`~kumo.model.state.RuleBook`, a
+    :class:`~kumo.model.ready_suspension.ReadySuspensionBook`)."""
+
+    @property
+    def rules(self) -> Mapping[str, AdminRecord]: ...
+
+
 @attrs.frozen
 class AdminKind:
-    """One kind of admin action that fleet mode carries: a kind of rule, folded into
-    the :class:`~kumo.model.state.RuleBook` of its ``kind``, with the events that issue
-    and cancel it. Both events carry ``rule_id`` and ``origin`` (the node they were
-    taken on; ``""`` on that node itself); the cancel also ``cancelled_by``."""
+    """One kind of admin action that fleet mode carries: a kind of rule, folded into a
+    book of its own (``book``), with the events that issue and cancel it. Both events
+    carry ``rule_id`` and ``origin`` (the node they were taken on; ``""`` on that node
+    itself); the cancel also ``cancelled_by``."""
 
-    kind: RuleKind
+    kind: str
     issued: type[IssueAction]
     cancelled: type[CancelAction]
-    issued_event: Callable[[Rule], IssueAction]
-    """The issue event of a rule, rebuilt from what its rule book keeps of it (the
-    outbox and a republish are read from the books, which snapshots keep)."""
+    issued_event: Callable[[Any], IssueAction]
+    """The issue event of a rule (a record of ``book``), rebuilt from what its book
+    keeps of it (the outbox and a republish are read from the books, which snapshots
+    keep)."""
+    book: Callable[[State], AdminBook]
+    """The book of this kind in a state."""
 
-    def book(self, state: State) -> RuleBook:
-        """The rule book of this kind in ``state``."""
-        return state.book(self.kind)
-
-    def cancelled_event(self, rule: Rule) -> CancelAction:
+    def cancelled_event(self, rule: AdminRecord) -> CancelAction:
         """The cancel that ended ``rule`` (which must have been cancelled)."""
         if rule.end != "cancelled":
             raise ValueError(f"rule {rule.id} was not cancelled")
@@ -320,26 +380,49 @@ class AdminKind:
         )
 
 
+def _bounce_book(state: State) -> AdminBook:
+    return state.rules
+
+
+def _suspend_book(state: State) -> AdminBook:
+    return state.suspends
+
+
+def _ready_suspend_book(state: State) -> AdminBook:
+    return state.ready_suspends
+
+
 ADMIN_KINDS: Final[tuple[AdminKind, ...]] = (
-    AdminKind("bounce", BounceIssued, BounceCancelled, _bounce_issued),
-    AdminKind("suspend", SuspendIssued, SuspendCancelled, _suspend_issued),
+    AdminKind("bounce", BounceIssued, BounceCancelled, _bounce_issued, _bounce_book),
+    AdminKind("suspend", SuspendIssued, SuspendCancelled, _suspend_issued, _suspend_book),
+    AdminKind(
+        "ready-suspend",
+        ReadySuspendIssued,
+        ReadySuspendCancelled,
+        _ready_suspend_issued,
+        _ready_suspend_book,
+    ),
 )
-"""Every kind of admin action fleet mode carries. A new kind (a ready-queue suspension,
-a rebind) joins with one entry here and its events in :data:`IssueAction` and
-:data:`CancelAction`."""
+"""Every kind of rule fleet mode carries. A new kind joins with one entry here and its
+events in :data:`IssueAction` and :data:`CancelAction`. (Rebinds are not rules: see the
+module docstring.)"""
 
 _KIND_OF: Final[dict[type, AdminKind]] = {
     event: kind for kind in ADMIN_KINDS for event in (kind.issued, kind.cancelled)
 }
 
 
-def kind_of(event: FleetAction) -> AdminKind:
-    """The :class:`AdminKind` of ``event``."""
+def _carried(event: object) -> bool:
+    return type(event) in _KIND_OF or type(event) is RebindIssued
+
+
+def kind_of(event: IssueAction | CancelAction) -> AdminKind:
+    """The :class:`AdminKind` of ``event`` (a rule's issue or cancel)."""
     return _KIND_OF[type(event)]
 
 
 def _check_action(value: object) -> None:
-    if type(value) not in _KIND_OF:
+    if not _carried(value):
         raise TypeError(f"not an admin action fleet mode carries: {value!r}")
 
 
@@ -360,9 +443,14 @@ def owed_entries(state: State, node_id: str, *, after_seq: int, through_seq: int
     the stream once it has published everything up to ``after_seq``.
 
     Actions that came from other nodes are never owed: they are in the stream already
-    (a stream that lost them is :func:`standing_entries`' business).
+    (a stream that lost them is :func:`standing_entries`' business). Rebinds asked here
+    are owed as the rest.
     """
-    owed: list[Owed] = []
+    owed: list[Owed] = [
+        Owed(seen.seq, StreamEntry.of(seen.event, node_id))
+        for seen in state.rebinds.values()
+        if not seen.event.origin and after_seq < seen.seq <= through_seq
+    ]
     for kind in ADMIN_KINDS:
         for rule in kind.book(state).rules.values():
             if not rule.origin and after_seq < rule.issued_seq <= through_seq:
@@ -379,7 +467,9 @@ def owed_entries(state: State, node_id: str, *, after_seq: int, through_seq: int
     return owed
 
 
-def standing_entries(state: State, node_id: str, now: int) -> list[StreamEntry]:
+def standing_entries(
+    state: State, node_id: str, now: int, *, rebinds_after: int | None = None
+) -> list[StreamEntry]:
     """Every action that still matters at ``now``, whoever took it, for a stream that
     lost what it held: the issue of each rule (of every kind) whose expiry is after
     ``now`` and that no equal rule replaced, each followed by its cancel if it was
@@ -387,7 +477,11 @@ def standing_entries(state: State, node_id: str, now: int) -> list[StreamEntry]:
     order of the issues.
 
     A rule expired by ``now`` is over on every node whatever the stream says, so its
-    actions no longer matter.
+    actions no longer matter. Rebinds are not given again: each was done, once, where
+    it was read; a node that never read one does not move its mail later. Except, with
+    ``rebinds_after`` (the seq this node had published up to), this node's rebinds
+    committed after it: the stream was lost before they were published, they are still
+    owed.
     """
     standing: list[tuple[int, list[StreamEntry]]] = []
     for kind in ADMIN_KINDS:
@@ -400,6 +494,12 @@ def standing_entries(state: State, node_id: str, now: int) -> list[StreamEntry]:
                     StreamEntry.of(kind.cancelled_event(rule), rule.ended_origin or node_id)
                 )
             standing.append((rule.issued_seq, entries))
+    if rebinds_after is not None:
+        standing += [
+            (seen.seq, [StreamEntry.of(seen.event, node_id)])
+            for seen in state.rebinds.values()
+            if not seen.event.origin and seen.seq > rebinds_after
+        ]
     standing.sort(key=lambda item: item[0])
     return [entry for _, entries in standing for entry in entries]
 
@@ -434,6 +534,9 @@ def plan_follow(entries: Iterable[StreamEntry], state: State, node_id: str, now:
     any event). Entries of one batch are checked against each other too, so a batch
     may hold the same action twice, or a rule's issue and then its cancel.
 
+    A rebind is taken once: unless this node's log holds it
+    (:attr:`~kumo.model.state.State.rebinds`), however late it is read.
+
     A rule that ended before this node heard of it bounces nothing here: its issue is
     not taken if it expired by ``now`` (a rule issued already expired excepted: it
     sweeps once, on every node) or if the same batch cancels it, and its cancel then
@@ -459,6 +562,13 @@ def plan_follow(entries: Iterable[StreamEntry], state: State, node_id: str, now:
             continue
         if entry.fleet_id in taken:
             applied_before += 1
+            continue
+        if isinstance(event, RebindIssued):
+            if event.rebind_id in state.rebinds:
+                applied_before += 1
+                continue
+            taken.add(entry.fleet_id)
+            events.append(event)
             continue
         rules = kind_of(event).book(state)
         if isinstance(event, IssueAction):

@@ -13,6 +13,12 @@ every live ready-queue suspension (:class:`ReadyHold`), and the queue whose due
 messages resolve to a suspended ready queue holds them, logging one ``Suspended``
 each (:meth:`kumo.model.state.QueueState.hold_ready`). The fold then only follows
 those events. Plain values, no trio, no I/O.
+
+In fleet mode two nodes may suspend the same name at once and read each other's
+suspension in either order: which one stays is the fleet's order
+(:func:`kumo.model.fleet_order.outranks`), as for equal bounce rules, so every node
+keeps the same one. One that arrives already outranked is
+:attr:`~ReadySuspension.lost_on_arrival`: it never holds anything here.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from kumo.model.events import (
     ReadySuspendIssued,
     issue_time,
 )
+from kumo.model.fleet_order import outranks
 
 __all__ = ["ReadyHold", "ReadySuspension", "ReadySuspensionBook", "ReadySuspensionView"]
 
@@ -53,6 +60,17 @@ class ReadySuspension:
     end: RuleEnd | None = None
     ended_by: str | None = None
     """Who cancelled it, or the id of the suspension that replaced it."""
+    origin: str = ""
+    """The node it was issued on when fleet mode brought it here; ``""``: this node."""
+    ended_origin: str = ""
+    """The node its cancel was asked on when fleet mode brought it here; ``""``: this
+    node (and for any other end)."""
+
+    @property
+    def lost_on_arrival(self) -> bool:
+        """Replaced by the event that issued it: a suspension of the same name from
+        another node that the fleet's order puts after it was already known here."""
+        return self.end == "replaced" and self.ended_seq == self.issued_seq
 
     @property
     def issued_expired(self) -> bool:
@@ -125,7 +143,7 @@ class ReadySuspensionBook:
     """Every ready-queue suspension ever issued, folded in log order; at most one not
     yet ended per name."""
 
-    __slots__ = ("_by_name", "_live", "rules")
+    __slots__ = ("_by_name", "_live", "_ranked", "rules")
 
     def __init__(self) -> None:
         self.rules: dict[str, ReadySuspension] = {}
@@ -133,6 +151,10 @@ class ReadySuspensionBook:
         self._live: dict[str, ReadySuspension] = {}
         """Id -> those not yet ended by an event (some may be past expiry), in issue order."""
         self._by_name: dict[str, ReadySuspension] = {}
+        self._ranked: dict[str, dict[str, ReadySuspension]] = {}
+        """Name -> origin -> the suspension of that node of that name that comes last
+        in the fleet's order, live or not: what decides whether one of another node
+        that arrives now lost to it already."""
 
     @classmethod
     def restore(cls, suspensions: Iterable[ReadySuspension]) -> ReadySuspensionBook:
@@ -140,6 +162,8 @@ class ReadySuspensionBook:
         book = cls()
         for suspension in suspensions:
             book.rules[suspension.id] = suspension
+            if not suspension.issued_expired:
+                book._rank(suspension)
             if suspension.end is None and not suspension.issued_expired:
                 book._live[suspension.id] = suspension
                 book._by_name[suspension.name] = suspension
@@ -173,7 +197,9 @@ class ReadySuspensionBook:
         if type(event) is ReadySuspendIssued:
             return self._issue(event, committed)
         if type(event) is ReadySuspendCancelled:
-            return self._end(event.rule_id, "cancelled", committed, event.cancelled_by)
+            return self._end(
+                event.rule_id, "cancelled", committed, event.cancelled_by, event.origin
+            )
         if type(event) is ReadySuspendExpired:
             return self._end(event.rule_id, "expired", committed, None)
         return None
@@ -188,9 +214,17 @@ class ReadySuspensionBook:
             issued_at=issue_time(committed),
             expires_at=event.expires_at,
             issued_by=event.issued_by,
+            origin=event.origin,
         )
         self.rules[suspension.id] = suspension
         if suspension.issued_expired:
+            return suspension
+        winner = self._outranked_by(suspension)
+        self._rank(suspension)
+        if winner is not None:
+            # One of another node with this name that comes after it in the fleet's
+            # order is known here (live or not): this one lost wherever it is read.
+            self._close(suspension, "replaced", seq, time, winner.id, live=False)
             return suspension
         previous = self._by_name.get(suspension.name)
         if previous is not None:
@@ -204,19 +238,53 @@ class ReadySuspensionBook:
         self._by_name[suspension.name] = suspension
         return suspension
 
+    def _outranked_by(self, suspension: ReadySuspension) -> ReadySuspension | None:
+        """The known suspension of ``suspension``'s name, of another node, that comes
+        after it in the fleet's order (the last such), if any. Never one on a node alone."""
+        ranked = self._ranked.get(suspension.name)
+        if not ranked:
+            return None
+        winner: ReadySuspension | None = None
+        for other in ranked.values():
+            if not outranks(suspension, other) and (winner is None or outranks(other, winner)):
+                winner = other
+        return winner
+
+    def _rank(self, suspension: ReadySuspension) -> None:
+        ranked = self._ranked.setdefault(suspension.name, {})
+        last = ranked.get(suspension.origin)
+        if last is None or outranks(suspension, last):
+            ranked[suspension.origin] = suspension
+
     def _end(
-        self, rule_id: str, end: RuleEnd, committed: Committed, by: str | None
+        self,
+        rule_id: str,
+        end: RuleEnd,
+        committed: Committed,
+        by: str | None,
+        origin: str = "",
     ) -> ReadySuspension | None:
         suspension = self._live.get(rule_id)
         if suspension is not None:
-            self._close(suspension, end, committed.seq, committed.time, by)
+            self._close(suspension, end, committed.seq, committed.time, by, origin=origin)
         return suspension
 
     def _close(
-        self, suspension: ReadySuspension, end: RuleEnd, seq: int, time: int, by: str | None
+        self,
+        suspension: ReadySuspension,
+        end: RuleEnd,
+        seq: int,
+        time: int,
+        by: str | None,
+        *,
+        origin: str = "",
+        live: bool = True,
     ) -> None:
         suspension.end, suspension.ended_seq = end, seq
         suspension.ended_at, suspension.ended_by = time, by
+        suspension.ended_origin = origin
+        if not live:
+            return
         del self._live[suspension.id]
         if self._by_name.get(suspension.name) is suspension:
             del self._by_name[suspension.name]

@@ -72,6 +72,7 @@ def base_projection(base: State) -> State:
     projection.rules = base.rules.copy()
     projection.suspends = base.suspends.copy()
     projection.ready_suspends = base.ready_suspends.copy()
+    projection.rebinds = dict(base.rebinds)
     projection.queue_counts = dict(base.queue_counts)
     projection.received_total = base.received_total
     projection.bounced_total = base.bounced_total

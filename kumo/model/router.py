@@ -19,7 +19,7 @@ and hands each queue the events listed for it. The rules are:
   moves, and emits a ``Rebound``); a ``Rebound`` concerns the queue it moves messages
   to, which it opens (with its live rules and suspensions) as an arrival does.
 - the issue of a rule that loses to an equal rule of another node on arrival (fleet
-  mode: :func:`kumo.model.state.outranks`) concerns no queue: it never is live here.
+  mode: :func:`kumo.model.fleet_order.outranks`) concerns no queue: it never is live here.
 - a ``ReadySuspendIssued`` (not issued already expired) concerns every open queue, and
   its end (``ReadySuspendCancelled``, ``ReadySuspendExpired``, when it ends a live one)
   too: which ready queue a scheduled queue feeds is the runtime's to resolve (DNS), so
@@ -131,6 +131,9 @@ class Router:
             rule = self.rules.rules.get(event.rule_id)
         elif type(event) is SuspendIssued:
             rule = self.suspends.rules.get(event.rule_id)
+        elif type(event) is ReadySuspendIssued:
+            ready = self.ready_suspends.rules.get(event.rule_id)
+            return ready is not None and ready.lost_on_arrival
         else:
             return False
         return rule is not None and rule.lost_on_arrival
@@ -183,7 +186,10 @@ class Router:
                 case ReadySuspendIssued() | ReadySuspendCancelled() | ReadySuspendExpired():
                     changed = self.ready_suspends.apply(committed)
                     ended = type(event) is not ReadySuspendIssued
-                    if changed is not None and (ended or not changed.issued_expired):
+                    # One that lost to another node's of the same name holds nothing.
+                    if changed is not None and (
+                        ended or not (changed.issued_expired or changed.lost_on_arrival)
+                    ):
                         for queue in self._index.matching(_EVERY_QUEUE):
                             deliveries.setdefault(queue, []).append(committed)
                 case TransientlyFailed():

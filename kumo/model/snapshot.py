@@ -28,10 +28,16 @@ from typing import Any
 import attrs
 import orjson
 
-from kumo.model.events import criteria_from_json, criteria_to_json
+from kumo.model.events import (
+    RebindIssued,
+    criteria_from_json,
+    criteria_to_json,
+    decode_event,
+    encode_event,
+)
 from kumo.model.message_queue import MessageQueue, QueueColumns
 from kumo.model.ready_suspension import ReadySuspension, ReadySuspensionBook
-from kumo.model.state import Retry, Rule, RuleBook, State
+from kumo.model.state import Retry, Rule, RuleBook, SeenRebind, State
 
 MAGIC = b"KUMO-SNAPSHOT 1\n"
 _DIGEST_BYTES = 32
@@ -98,6 +104,10 @@ def encode_snapshot(state: State, chain: bytes) -> bytes:
         "ready_suspends": [
             attrs.asdict(suspension) for suspension in state.ready_suspends.rules.values()
         ],
+        # [seq, the event as the log stores it]: fleet mode takes each rebind once.
+        "rebinds": [
+            [seen.seq, encode_event(seen.event).decode()] for seen in state.rebinds.values()
+        ],
         "queues": described,
     }
     out = bytearray(MAGIC)
@@ -144,6 +154,13 @@ def decode_snapshot(data: bytes) -> tuple[State, SnapshotPosition]:
         state.ready_suspends = ReadySuspensionBook.restore(
             ReadySuspension(**suspension) for suspension in header.get("ready_suspends", ())
         )
+        # Absent from snapshots written before fleet rebinds.
+        state.rebinds = {}
+        for seq, body in header.get("rebinds", ()):
+            event = decode_event(body)
+            if not isinstance(event, RebindIssued):
+                raise SnapshotError(f"a rebind that is a {type(event).__name__}")
+            state.rebinds[event.rebind_id] = SeenRebind(seq, event)
         queues: dict[str, MessageQueue] = {}
         for entry in header["queues"]:
             info = QueueColumns(
@@ -203,6 +220,10 @@ def state_differences(expected: State, actual: State) -> list[str]:
         for book in (actual.rules, actual.suspends)
         for rule in book.rules.values()
     }
+    if expected.rebinds != actual.rebinds:
+        problems.append(
+            f"rebinds: {sorted(actual.rebinds)}, the log says {sorted(expected.rebinds)}"
+        )
     expected_rules |= {s.id: attrs.asdict(s) for s in expected.ready_suspends.rules.values()}
     actual_rules |= {s.id: attrs.asdict(s) for s in actual.ready_suspends.rules.values()}
     for rule_id in sorted(expected_rules.keys() | actual_rules.keys()):

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import Literal, Protocol, TypeAlias
+from typing import Literal, TypeAlias
 
 import attrs
 
@@ -53,6 +53,7 @@ from kumo.model.events import (
     TransientlyFailed,
     issue_time,
 )
+from kumo.model.fleet_order import outranks
 from kumo.model.message import HTTP
 from kumo.model.message_queue import MessageQueue
 from kumo.model.queue_name import QueueName, rebound_queue_name
@@ -131,35 +132,6 @@ class RuleView:
 
 
 RuleKind: TypeAlias = Literal["bounce", "suspend"]
-
-
-class Ranked(Protocol):
-    """What the fleet's order of equal rules looks at (a :class:`Rule`, a
-    :class:`SweepRule`)."""
-
-    @property
-    def id(self) -> str: ...
-    @property
-    def issued_at(self) -> int: ...
-    @property
-    def origin(self) -> str: ...
-
-
-def outranks(rule: Ranked, other: Ranked) -> bool:
-    """Whether ``rule``, issued (or read) after ``other`` with equal criteria, comes
-    after it in the order that decides which of two equal rules stays.
-
-    Two rules of the same node (the same ``origin``; ``""``: this node) keep that
-    node's order, the order of its log, which the fleet's stream carries to every
-    node: the later one replaces the earlier, as on a node alone. Two rules of
-    different nodes are ordered by ``(issued_at, id)``, which every node computes from
-    the events alone: whichever node reads them, in whichever order, keeps the same one
-    (docs/fleet.md, "Equal rules issued at once"). Both agree as long as a node issues
-    its rules with a clock that does not go back (NTP slews, it does not step).
-    """
-    if rule.origin == other.origin:
-        return True
-    return (rule.issued_at, rule.id) > (other.issued_at, other.id)
 
 
 _RULE_EVENTS: dict[RuleKind, tuple[type[Event], type[Event], type[Event]]] = {
@@ -947,6 +919,15 @@ def counting_rule(rules: Sequence[SweepRule], received_at: int) -> SweepRule | N
     return None
 
 
+@attrs.frozen(slots=True)
+class SeenRebind:
+    """A rebind this node's log holds, at its position: what fleet mode needs of it to
+    publish it once (one issued here) and to take another node's once."""
+
+    seq: int
+    event: RebindIssued
+
+
 class State:
     """The fold of the whole log: rules, counters, gauges and (optionally) messages.
 
@@ -977,6 +958,11 @@ class State:
         """Attempts that failed transiently (``TransientlyFailed``), connection or not."""
         self.rebound_total = 0
         """Messages moved to another queue by a rebind (``Rebound``); not a departure."""
+        self.rebinds: dict[str, SeenRebind] = {}
+        """Rebind id -> every rebind the log holds, in log order. Rebinds are admin
+        actions, a handful a day: kept for good (snapshots and a retention cut keep
+        them), so that fleet mode applies each one once per node however late it reads
+        it again."""
         self.last_seq = 0
         self.last_time = 0
 
@@ -1059,7 +1045,9 @@ class State:
             case Rebound():
                 self._move(committed, event)
             case RebindIssued():
-                pass  # decided by the queues it matches: their Rebound events follow
+                # What it moves is decided by the queues it matches (their Rebound
+                # events follow); the fold only remembers that it was seen.
+                self.rebinds[event.rebind_id] = SeenRebind(committed.seq, event)
             case ReadySuspendIssued() | ReadySuspendCancelled() | ReadySuspendExpired():
                 self.ready_suspends.apply(committed)
             case _:

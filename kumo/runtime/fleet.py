@@ -251,12 +251,12 @@ class FleetLink:
                         if epoch != published_epoch:
                             await self._republish(redis, epoch, first=published_epoch is None)
                             published_epoch = epoch
-                        seen = self._projection.rule_events.value
+                        seen = self._projection.admin_events.value
                         await self._publish_owed(redis)
                         self._up("publisher")
                         failures = 0
                         with trio.move_on_after(self.settings.block):
-                            await self._projection.rule_events.wait_for(seen + 1)
+                            await self._projection.admin_events.wait_for(seen + 1)
             except _CAUGHT as caught:
                 failure = _failure(caught, _REDIS_FAILURES)
                 if failure is None:
@@ -270,7 +270,14 @@ class FleetLink:
         node owes up to the log's durable end is then published, so the position moves
         there; an action taken after it is owed as usual."""
         through = self._log.durable.value
-        entries = standing_entries(self._projection.state, self._node_id, self._clock.now())
+        # A node that joins does not publish its old rebinds (they were done here, long
+        # ago perhaps); after a loss, those not yet published are owed still.
+        entries = standing_entries(
+            self._projection.state,
+            self._node_id,
+            self._clock.now(),
+            rebinds_after=None if first else self._published_seq,
+        )
         if first:
             logger.info(
                 "joining the fleet stream %s (epoch %s): publishing %d actions that still matter",

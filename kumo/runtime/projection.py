@@ -16,6 +16,7 @@ from kumo.model.events import (
     ReadySuspendCancelled,
     ReadySuspendExpired,
     ReadySuspendIssued,
+    RebindIssued,
     Rebound,
 )
 from kumo.model.message_locations import MessageLocations
@@ -50,6 +51,7 @@ class Projection:
     __slots__ = (
         "_indexing",
         "_unindexed",
+        "admin_events",
         "arrivals",
         "changed",
         "locations",
@@ -70,8 +72,11 @@ class Projection:
         """How many rules (of any kind) have been issued: the rule expiry waits on it."""
         self.rule_events = Watermark()
         """How many events that issue or end a rule (of any kind: bounce, suspension)
-        have been folded: fleet mode's publisher (and :meth:`Engine.wait_rule`) wait
-        on it."""
+        have been folded: :meth:`Engine.wait_rule` waits on it."""
+        self.admin_events = Watermark()
+        """How many admin events have been folded (a rule's issue or end of any kind,
+        a ready-queue suspension's, a rebind): fleet mode's publisher waits on it, and
+        a test on what the follower appends."""
         self.ready_suspension_events = Watermark()
         """How many ``ReadySuspendIssued``, ``ReadySuspendCancelled`` and
         ``ReadySuspendExpired`` have been folded: the dispatchers look again at which
@@ -159,7 +164,7 @@ class Projection:
 
     def apply(self, committed: list[Committed]) -> None:
         apply = self.state.apply
-        issued = ended = ready = ready_issued = 0
+        issued = ended = ready = ready_issued = rebinds = 0
         received: list[tuple[str, str]] = []
         arrivals = self.arrivals
         index = self.queue_index
@@ -178,6 +183,8 @@ class Projection:
                 ready_issued += type(event) is ReadySuspendIssued
             elif type(event) in RULE_ENDS:
                 ended += 1
+            elif type(event) is RebindIssued:
+                rebinds += 1
             elif type(event) is Bounced and event.queue not in self.state.queue_counts:
                 # The queue is empty: all its entries die at once, none one by one (a
                 # sweep would otherwise pay a lookup for each message it bounces).
@@ -203,4 +210,6 @@ class Projection:
             self.rule_events.advance(self.rule_events.value + issued + ended)
         if ready:
             self.ready_suspension_events.advance(self.ready_suspension_events.value + ready)
+        if issued or ended or ready or rebinds:
+            self.admin_events.advance(self.admin_events.value + issued + ended + ready + rebinds)
         self.changed.unpark_all()

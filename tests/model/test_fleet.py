@@ -22,9 +22,14 @@ from kumo.model.events import (
     Committed,
     Event,
     Message,
+    ReadySuspendCancelled,
+    ReadySuspendExpired,
+    ReadySuspendIssued,
+    RebindIssued,
     SuspendCancelled,
     SuspendExpired,
     SuspendIssued,
+    decode_event,
     encode_event,
 )
 from kumo.model.fleet import (
@@ -51,6 +56,7 @@ from kumo.model.fleet import (
     rule_counters,
     standing_entries,
 )
+from kumo.model.retention import base_projection
 from kumo.model.router import Router
 from kumo.model.snapshot import decode_snapshot, encode_snapshot
 from kumo.model.state import State
@@ -91,6 +97,36 @@ def lifted(rule_id: str, *, origin: str = "") -> SuspendCancelled:
     return SuspendCancelled(rule_id=rule_id, cancelled_by="oncall", origin=origin)
 
 
+def ready(
+    rule_id: str, origin: str = "", *, name: str = "", at: int = 0, expires_at: int = HOUR
+) -> ReadySuspendIssued:
+    return ReadySuspendIssued(
+        rule_id=rule_id,
+        name=name or f"unspecified->mx.{rule_id}.example@smtp_client",
+        reason="maintenance",
+        expires_at=expires_at,
+        issued_by="ops",
+        issued_at=at,
+        origin=origin,
+    )
+
+
+def ready_lifted(rule_id: str, *, origin: str = "") -> ReadySuspendCancelled:
+    return ReadySuspendCancelled(rule_id=rule_id, cancelled_by="oncall", origin=origin)
+
+
+def rebind(rebind_id: str, origin: str = "") -> RebindIssued:
+    return RebindIssued(
+        rebind_id=rebind_id,
+        criteria=Criteria(domain=f"{rebind_id}.example"),
+        data={"routing_domain": "relay.example"},
+        reason="move",
+        issued_by="ops",
+        issued_at=0,
+        origin=origin,
+    )
+
+
 class Node:
     """A node's log as far as fleet mode sees it: its rule books, folded in order."""
 
@@ -115,7 +151,7 @@ class Node:
             rule.id
             for book in (self.state.rules, self.state.suspends)
             for rule in book.live_rules()
-        }
+        } | {suspension.id for suspension in self.state.ready_suspends.live_rules()}
 
 
 def test_fleet_event_ids_name_one_action_of_one_rule() -> None:
@@ -228,7 +264,7 @@ def test_a_node_takes_another_node_s_action_once() -> None:
 
 
 def test_suspensions_travel_as_bounce_rules_do() -> None:
-    assert [kind.kind for kind in ADMIN_KINDS] == ["bounce", "suspend"]
+    assert [kind.kind for kind in ADMIN_KINDS] == ["bounce", "suspend", "ready-suspend"]
     entry = StreamEntry.of(suspended("s1"), A)
     assert entry.fleet_id == "s1:issued"
     assert decode_entry(encode_entry(entry)) == entry
@@ -334,7 +370,16 @@ NODE_IDS = (A, B, C)
 steps = st.lists(
     st.tuples(
         st.sampled_from(
-            ["issue", "cancel", "publish", "publish_again", "follow", "follow_crash", "reset"]
+            [
+                "issue",
+                "cancel",
+                "publish",
+                "publish_again",
+                "follow",
+                "follow_crash",
+                "reset",
+                "rebind",
+            ]
         ),
         st.integers(0, 2),
         st.integers(1, 4),
@@ -353,24 +398,43 @@ class Fleet:
         self.issued = 0
         self.everywhere_issued: set[str] = set()
         self.everywhere_cancelled: set[str] = set()
+        self.rebinds: set[str] = set()
+        self.rebinds_before_reset: set[str] = set()
+        """Rebinds asked before the last reset: not republished (they were one-shot),
+        so a node that had not read one by then never does."""
 
     def issue(self, node: Node, kind: int) -> None:
         self.issued += 1
         rule_id = f"r{self.issued}"
-        node.append(issued(rule_id) if kind % 2 else suspended(rule_id))
+        if kind == 3:
+            node.append(ready(rule_id))
+        else:
+            node.append(issued(rule_id) if kind % 2 else suspended(rule_id))
         self.everywhere_issued.add(rule_id)
+
+    def rebind(self, node: Node) -> None:
+        self.issued += 1
+        rebind_id = f"m{self.issued}"
+        node.append(rebind(rebind_id))
+        self.rebinds.add(rebind_id)
 
     def cancel(self, node: Node, pick: int) -> None:
         live = sorted(node.live())
         if live:
             rule_id = live[pick % len(live)]
-            is_bounce = rule_id in node.state.rules.rules
-            node.append(cancelled(rule_id) if is_bounce else lifted(rule_id))
+            if rule_id in node.state.rules.rules:
+                node.append(cancelled(rule_id))
+            elif rule_id in node.state.ready_suspends.rules:
+                node.append(ready_lifted(rule_id))
+            else:
+                node.append(lifted(rule_id))
             self.everywhere_cancelled.add(rule_id)
 
     def publish(self, node: Node, *, again: bool = False) -> None:
         if node.node_id in self.pending_republish:
-            self.stream += standing_entries(node.state, node.node_id, now=0)
+            self.stream += standing_entries(
+                node.state, node.node_id, now=0, rebinds_after=node.published_seq
+            )
             node.published_seq = node.seq
             self.pending_republish.discard(node.node_id)
         owed = owed_entries(
@@ -388,6 +452,7 @@ class Fleet:
             node.position += len(batch)
 
     def reset(self) -> None:
+        self.rebinds_before_reset = set(self.rebinds)
         self.stream = []
         for node in self.nodes:
             node.position = 0
@@ -404,7 +469,7 @@ class Fleet:
 def actions_of(node: Node) -> Iterator[tuple[str, str]]:
     for event in node.log:
         if isinstance(event, FleetAction):
-            yield type(event).__name__, event.rule_id
+            yield type(event).__name__, fleet_event_id(event)
 
 
 @settings(max_examples=300, deadline=None)
@@ -424,6 +489,8 @@ def test_every_node_converges_and_holds_each_action_once(plan: list[tuple[str, i
                 fleet.follow(node, count, crash=step == "follow_crash")
             case "reset":
                 fleet.reset()
+            case "rebind":
+                fleet.rebind(node)
     fleet.settle()
     expected = fleet.everywhere_issued - fleet.everywhere_cancelled
     for node in fleet.nodes:
@@ -434,6 +501,10 @@ def test_every_node_converges_and_holds_each_action_once(plan: list[tuple[str, i
             assert isinstance(event, FleetAction)
             # A node's own actions are local; another's carry their origin.
             assert event.origin != node.node_id
+        # Every rebind asked since the last loss of the stream reached every node; one
+        # asked before it may have missed a node that had not read it yet.
+        seen = set(node.state.rebinds)
+        assert fleet.rebinds - fleet.rebinds_before_reset <= seen <= fleet.rebinds
 
 
 # -- equal rules issued at once on several nodes -----------------------------------------
@@ -546,3 +617,175 @@ def test_garbage_counters_only_raise_the_declared_error(data: bytes) -> None:
     for bad in (b"[]", b'{"r": {"bounced": {"q": "1"}, "total_bounced": 1}}', b'{"r": 1}'):
         with pytest.raises(FleetEntryError):
             decode_counters(bad)
+
+
+# -- ready-queue suspensions and rebinds --------------------------------------------------
+
+
+def test_ready_queue_suspensions_travel_as_suspensions_do() -> None:
+    entry = StreamEntry.of(ready("q1"), A)
+    assert entry.fleet_id == "q1:issued"
+    assert decode_entry(encode_entry(entry)) == entry
+    assert decode_entry(encode_entry(StreamEntry.of(ready_lifted("q1"), C))).event == (
+        ready_lifted("q1", origin=C)
+    )
+
+    a = Node(A)
+    a.append(ready("q1"), issued("r1"), ready_lifted("q1"), ready("q2"))
+    owed = owed_entries(a.state, A, after_seq=0, through_seq=a.seq)
+    assert [(item.seq, item.entry.fleet_id) for item in owed] == [
+        (1, "q1:issued"),
+        (2, "r1:issued"),
+        (3, "q1:cancelled"),
+        (4, "q2:issued"),
+    ]
+    assert owed[0].entry.event == ready("q1", origin=A)
+    assert [entry.fleet_id for entry in standing_entries(a.state, A, now=0)] == [
+        "q1:issued",
+        "q1:cancelled",
+        "r1:issued",
+        "q2:issued",
+    ]
+
+    b = Node(B)
+    plan = plan_follow([owed[0].entry] * 2, b.state, B, now=0)
+    assert plan.events == (ready("q1", origin=A),)
+    assert plan.applied_before == 1
+    b.append(*plan.events)
+    suspension = b.state.ready_suspends.rules["q1"]
+    assert suspension.origin == A
+    assert b.state.ready_suspends.suspended(suspension.name, 0) is suspension
+    lift = plan_follow([StreamEntry.of(ready_lifted("q1"), C)] * 2, b.state, B, now=0)
+    assert lift.events == (ready_lifted("q1", origin=C),)
+    b.append(*lift.events)
+    assert (suspension.end, suspension.ended_origin) == ("cancelled", C)
+    assert plan_follow([StreamEntry.of(lifted("q1"), C)], b.state, B, now=0).unknown == 1
+    # Ended before this node heard of it: nothing to hold.
+    late = [StreamEntry.of(ready("gone", expires_at=50), A), StreamEntry.of(ready("live"), A)]
+    assert [fleet_event_id(e) for e in plan_follow(late, b.state, B, now=100).events] == [
+        "live:issued"
+    ]
+
+
+def test_ready_suspend_and_rebind_events_without_an_origin_decode_as_before() -> None:
+    for event in (ready("q"), ready_lifted("q"), rebind("m")):
+        body = encode_event(event)
+        assert "origin" not in orjson.loads(body)
+        assert decode_event(body) == event
+    for event in (ready("q", origin=A), ready_lifted("q", origin=A), rebind("m", origin=A)):
+        assert decode_event(encode_event(event)) == event
+    node = Node(A)
+    node.append(ready("q", origin=B), ReadySuspendExpired("q"))
+    assert node.state.ready_suspends.rules["q"].origin == B
+
+
+RACE_QUEUE = "unspecified->mx.race.example@smtp_client"
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(0, 2), st.integers(1, 3)), min_size=1, max_size=8),
+    st.randoms(use_true_random=False),
+)
+def test_ready_suspensions_of_one_name_leave_the_same_winner_on_every_node(
+    issues: list[tuple[int, int]], rnd: random.Random
+) -> None:
+    # As test_equal_rules_issued_at_once_leave_the_same_winner_on_every_node, for the
+    # book keyed by name.
+    clocks = [0, 0, 0]
+    per_node: list[list[ReadySuspendIssued]] = [[], [], []]
+    for number, (origin, step) in enumerate(issues):
+        clocks[origin] += step
+        per_node[origin].append(ready(f"q{number}", name=RACE_QUEUE, at=clocks[origin]))
+    nodes = [Node(node_id) for node_id in NODE_IDS]
+    for index, node in enumerate(nodes):
+        pending = [list(events) for events in per_node]
+        while any(pending):
+            source = rnd.choice([i for i, events in enumerate(pending) if events])
+            event = pending[source].pop(0)
+            if source == index:
+                node.append(event)
+            else:
+                entry = StreamEntry.of(event, NODE_IDS[source])
+                node.append(*plan_follow([entry], node.state, node.node_id, now=0).events)
+    last = max(
+        (event for events in per_node for event in events),
+        key=lambda event: (event.issued_at or 0, event.rule_id),
+    )
+    for node in nodes:
+        book = node.state.ready_suspends
+        assert [s.id for s in book.live_rules()] == [last.rule_id]
+        held = book.suspended(RACE_QUEUE, 0)
+        assert held is not None
+        assert held.id == last.rule_id
+        for suspension in book.rules.values():
+            if suspension.id != last.rule_id:
+                assert suspension.end == "replaced"
+                assert suspension.ended_by is not None
+        # A snapshot (a restart) keeps the order: a late copy still loses.
+        restored = type(book).restore(book.copy().rules.values())
+        assert [s.id for s in restored.live_rules()] == [last.rule_id]
+
+
+def test_a_ready_suspension_that_lost_on_arrival_holds_nothing_and_is_routed_nowhere() -> None:
+    node = Node(B)
+    node.append(ready("later", name=RACE_QUEUE, at=10))
+    plan = plan_follow(
+        [StreamEntry.of(ready("earlier", name=RACE_QUEUE, at=5), A)], node.state, B, 0
+    )
+    router = Router(ready_suspends=node.state.ready_suspends.copy())
+    router.open_queue("race.example")
+    routing = router.route([Committed(node.seq + 1, 20, plan.events[0])])
+    node.append(*plan.events)
+    lost = node.state.ready_suspends.rules["earlier"]
+    assert lost.lost_on_arrival
+    assert (lost.end, lost.ended_by, lost.origin) == ("replaced", "later", A)
+    assert [s.id for s in node.state.ready_suspends.live_rules()] == ["later"]
+    assert routing.deliveries == {}
+    assert router.passed_over(plan.events[0])
+    assert [hold.id for hold in router.ready_suspensions()] == ["later"]
+
+
+def test_a_rebind_is_owed_once_by_its_node_and_taken_once_by_the_others() -> None:
+    a = Node(A)
+    a.append(rebind("m1"), issued("r1"))
+    owed = owed_entries(a.state, A, after_seq=0, through_seq=a.seq)
+    assert [(item.seq, item.entry.fleet_id) for item in owed] == [
+        (1, "m1:issued"),
+        (2, "r1:issued"),
+    ]
+    assert owed[0].entry.event == rebind("m1", origin=A)
+    assert owed_entries(a.state, A, after_seq=1, through_seq=a.seq)[0].seq == 2
+    # Not given again to a stream Redis lost: it was done.
+    assert [e.fleet_id for e in standing_entries(a.state, A, now=0)] == ["r1:issued"]
+    # Unless the stream was lost before it was published: then it is owed still.
+    assert [e.fleet_id for e in standing_entries(a.state, A, now=0, rebinds_after=0)] == [
+        "m1:issued",
+        "r1:issued",
+    ]
+    assert [e.fleet_id for e in standing_entries(a.state, A, now=0, rebinds_after=1)] == [
+        "r1:issued"
+    ]
+    assert decode_entry(encode_entry(owed[0].entry)) == owed[0].entry
+
+    b = Node(B)
+    plan = plan_follow([owed[0].entry, owed[0].entry], b.state, B, now=HOUR * 24)
+    assert plan.events == (rebind("m1", origin=A),)  # read a day later, still applied
+    assert plan.applied_before == 1
+    b.append(*plan.events)
+    assert b.state.rebinds["m1"].event.origin == A
+    assert plan_follow([owed[0].entry], b.state, B, now=0).applied_before == 1
+    assert plan_follow([owed[0].entry], a.state, A, now=0).own == 1
+    # Taken from another node: never owed by this one.
+    assert owed_entries(b.state, B, after_seq=0, through_seq=b.seq) == []
+
+
+def test_the_rebinds_seen_survive_a_snapshot_and_a_retention_cut() -> None:
+    state = State()
+    for seq, event in enumerate([rebind("m1"), rebind("m2", origin=A)], start=1):
+        state.apply(Committed(seq, seq, event))
+    restored, _ = decode_snapshot(encode_snapshot(state, b"\x00" * 16))
+    assert restored.rebinds == state.rebinds
+    assert base_projection(restored).rebinds == state.rebinds
+    entry = StreamEntry.of(rebind("m2"), A)
+    assert plan_follow([entry], base_projection(restored), B, now=0).applied_before == 1

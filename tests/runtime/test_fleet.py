@@ -1,5 +1,6 @@
 """Fleet mode end to end: three in-process engines, each with its own data directory,
-sharing their bounce rules through a real ``redis-server`` on loopback (docs/fleet.md).
+sharing their admin actions (bounce rules, suspensions, ready-queue suspensions,
+rebinds) through a real ``redis-server`` on loopback (docs/fleet.md).
 
 The engines run on the real clock (Redis answers in real time); every wait is on an
 event of the engines (:meth:`Engine.wait_rule`, :meth:`Engine.wait_idle`), bounded by
@@ -23,10 +24,14 @@ import trio
 from click.testing import CliRunner
 
 from kumo.cli.audit import audit
+from kumo.model.criteria import Criteria
 from kumo.model.duration import NANOS_PER_SECOND
-from kumo.model.fleet import FleetAction, FleetSettings
+from kumo.model.events import RebindIssued
+from kumo.model.fleet import FleetAction, FleetSettings, StreamEntry, encode_entry, fleet_event_id
+from kumo.model.requests import ReadySuspendRequest, RebindRequest
 from kumo.runtime.delivery import MailSettings
 from kumo.runtime.engine import Engine, open_engine
+from kumo.runtime.fleet import connect_coredis
 from kumo.store.data_dir import open_event_log
 from tests.postfix import postfix_smtp_sink, require_smtp_sink
 from tests.redis_server import RedisServer, redis_server
@@ -75,7 +80,7 @@ def rule_actions(path: Path) -> Iterator[FleetAction]:
 
 
 def assert_each_action_once(path: Path) -> None:
-    counts = Counter((type(event).__name__, event.rule_id) for event in rule_actions(path))
+    counts = Counter((type(event).__name__, fleet_event_id(event)) for event in rule_actions(path))
     assert [action for action, count in counts.items() if count > 1] == []
 
 
@@ -312,3 +317,139 @@ async def test_statistics_of_a_node_without_a_fleet_are_zero(tmp_path: Path) -> 
         field.name: ("" if field.name == "stream" else 0)
         for field in attrs.fields(type(statistics))
     }
+
+
+def lists_ready_suspends(engine: Engine, expected: list[str]) -> bool:
+    return [view.id for view in engine.list_ready_suspends()] == expected
+
+
+async def test_a_ready_queue_suspension_issued_on_one_node_holds_on_every_node_until_lifted(
+    tmp_path: Path,
+) -> None:
+    require_smtp_sink()
+    with trio.fail_after(DEADLINE):
+        async with (
+            redis_server(tmp_path / "redis") as server,
+            postfix_smtp_sink() as (port, dumps),
+            fleet(tmp_path, server, to_sink(port)) as nodes,
+        ):
+            a, b, c = (nodes[name] for name in NODES)
+            ready_queue = f"unspecified->mx_list:127.0.0.1:{port}@smtp_client"
+            suspension = await a.issue_ready_suspend(
+                ReadySuspendRequest(
+                    name=ready_queue, reason="maintenance", duration=3600 * NANOS_PER_SECOND
+                ),
+                issued_by="ops",
+            )
+            for engine in (a, b, c):
+                await engine.wait_until(
+                    functools.partial(lists_ready_suspends, engine, [suspension])
+                )
+                [view] = engine.list_ready_suspends()
+                assert (view.name, view.reason, view.issued_by) == (
+                    ready_queue,
+                    "maintenance",
+                    "ops",
+                )
+                await engine.inject([message(f"r{n}@example.com") for n in range(3)])
+                await engine.wait_until(functools.partial(held_and_delivered, engine, 3, 0))
+            assert b.projection().ready_suspends.rules[suspension].origin == a.node_id
+            assert list(await trio.Path(dumps).iterdir()) == []
+
+            # Lifted on C, with the same id: released everywhere.
+            assert await c.cancel_ready_suspend(suspension, cancelled_by="oncall")
+            for engine in (a, b, c):
+                await engine.wait_until(functools.partial(lists_ready_suspends, engine, []))
+                await engine.wait_until(functools.partial(held_and_delivered, engine, 0, 3))
+            assert not await b.cancel_ready_suspend(suspension, cancelled_by="again")
+            lifted = b.projection().ready_suspends.rules[suspension]
+            assert (lifted.ended_origin, lifted.ended_by) == (c.node_id, "oncall")
+            assert a.projection().ready_suspends.rules[suspension].ended_origin == c.node_id
+            assert len(list(await trio.Path(dumps).iterdir())) == 9
+        for name in NODES:
+            assert_each_action_once(tmp_path / name)
+
+
+def rebound(engine: Engine, count: int) -> bool:
+    return engine.statistics().rebound_total == count
+
+
+def moving(domain: str) -> RebindRequest:
+    return RebindRequest(Criteria(domain=domain), "tenant moves", {"tenant": "t1"})
+
+
+async def test_a_rebind_issued_on_one_node_moves_the_mail_of_every_node_once(
+    tmp_path: Path,
+) -> None:
+    with trio.fail_after(DEADLINE):
+        # Persisted: a restart of Redis keeps the stream (a new epoch is the other test).
+        async with (
+            redis_server(tmp_path / "redis", persist=True) as server,
+            node(tmp_path / "b", server) as b,
+            node(tmp_path / "c", server) as c,
+        ):
+            async with node(tmp_path / "a", server) as a:
+                await a.inject([message(f"a{n}@example.com") for n in range(3)])
+                await a.inject([message("keep@example.net")])
+                await c.inject([message(f"c{n}@example.com") for n in range(2)])
+                first = await b.rebind(moving("example.com"), issued_by="ops")
+                await a.wait_until(functools.partial(rebound, a, 3))
+                await c.wait_until(functools.partial(rebound, c, 2))
+                for engine in (a, c):
+                    await engine.wait_idle()
+                assert a.queue_counts() == {"t1@example.com": 3, "example.net": 1}
+                assert c.queue_counts() == {"t1@example.com": 2}
+                assert a.projection().rebinds[first].event.origin == b.node_id
+                assert b.statistics().rebound_total == 0  # nothing matched on B
+                b_id = b.node_id
+
+            # A restarts; Redis restarts (keeping the stream); the stream then holds
+            # the rebind a second time (a publisher that crashed after its XADD).
+            await server.stop()
+            await server.start()
+            entry = StreamEntry.of(b.projection().rebinds[first].event, b_id)
+            async with connect_coredis(fleet_settings(server)) as redis:
+                await redis.xadd(fleet_settings(server).stream, encode_entry(entry))
+            async with node(tmp_path / "a", server) as a:
+                await a.inject([message("late@example.com")])
+                # A marker after the copy in the stream: once A and C have it, they
+                # have read the copy too.
+                marker = await b.issue_bounce(bounce("marker", campaign="m"), issued_by="ops")
+                for engine in (a, c):
+                    await engine.wait_rule(marker)
+                    await engine.wait_idle()
+                # Nothing moved twice; mail that came after the rebind stays put.
+                assert a.statistics().rebound_total == 3
+                assert c.statistics().rebound_total == 2
+                assert a.queue_counts() == {
+                    "t1@example.com": 3,
+                    "example.net": 1,
+                    "example.com": 1,
+                }
+                assert c.statistics().fleet.skipped_applied >= 1
+
+                # Redis loses the stream while B asks a second rebind: B still owes
+                # it, and publishes it to the new stream (old rebinds are not).
+                await server.stop()
+                second = await b.rebind(moving("example.com"), issued_by="ops")
+                await server.start()
+                await a.wait_until(functools.partial(rebound, a, 4))
+                await a.wait_idle()
+                assert a.queue_counts() == {"t1@example.com": 4, "example.net": 1}
+                await c.wait_until(lambda: second in c.projection().rebinds)
+                await c.wait_idle()
+                assert c.statistics().rebound_total == 2  # nothing left to move on C
+        for name in NODES:
+            assert_each_action_once(tmp_path / name)
+            rebinds = [
+                e.rebind_id for e in rule_actions(tmp_path / name) if type(e) is RebindIssued
+            ]
+            assert rebinds == [first, second]
+        report = CliRunner().invoke(
+            audit, ["--data-dir", str(tmp_path / "a"), "--rule", first, "--format", "json"]
+        )
+        assert report.exit_code == 0, report.output
+        [shown] = orjson.loads(report.stdout)["rebinds"]
+        assert (shown["origin"], shown["total_moved"]) == (b_id, 3)
+        table = CliRunner().invoke(audit, ["--data-dir", str(tmp_path / "c"), "--rule", second])
+        assert f"ops ({b_id})" in table.stdout

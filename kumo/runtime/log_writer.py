@@ -384,7 +384,9 @@ class LogWriter:
 
         Returns ``[]`` when nothing is committed after ``seq`` yet; use
         :meth:`wait_beyond` to wait. Recent events come from memory. ``limit``
-        defaults to ``EngineSettings.read_limit``.
+        defaults to ``EngineSettings.read_limit``. If the events must be read from a
+        damaged store, writes stop (:meth:`note_damage`) and this waits for the log to
+        close, then raises :class:`LogClosedError`.
         """
         if limit is None:
             limit = self._settings.read_limit
@@ -408,7 +410,15 @@ class LogWriter:
             return out
         async with self._reading:
             self._disk_reads += 1
-            return await self._run_blocking(functools.partial(self._reader.read, seq, limit))
+            try:
+                return await self._run_blocking(functools.partial(self._reader.read, seq, limit))
+            except LogDamagedError as exc:
+                self.note_damage(exc)
+        # The events a follower needs cannot be read: it waits for the shutdown, as
+        # writes do (what it had still to do is the next start's).
+        while not self._closed:
+            await self._room.park()
+        raise LogClosedError("the event log is closed")
 
     async def read_bodies(self, seqs: Sequence[int]) -> list[bytes | None]:
         """The spooled content of the messages received at ``seqs``, in order (None for

@@ -279,10 +279,16 @@ class SqliteEventStore:
         return max(frames, 0), max(copied, 0)
 
     def read(self, after_seq: int, limit: int) -> list[Committed]:
-        rows = self._db.execute(
-            "SELECT seq, time, body FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
-            (after_seq, limit),
-        ).fetchall()
+        try:
+            rows = self._db.execute(
+                "SELECT seq, time, body FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
+                (after_seq, limit),
+            ).fetchall()
+        except sqlite3.Error as exc:
+            damage = self._damage(exc)
+            if damage is not None:
+                raise damage from exc
+            raise
         expected = after_seq + 1
         committed: list[Committed] = []
         for seq, time, body in rows:

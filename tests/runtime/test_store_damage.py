@@ -10,10 +10,14 @@ import logging
 from pathlib import Path
 
 import pytest
+import trio
+import trio.testing
 
+from kumo.model.settings import EngineSettings
+from kumo.runtime.blocking import inline
 from kumo.runtime.clock import EngineClock
 from kumo.runtime.engine import open_engine
-from kumo.runtime.log_writer import WritesStoppedError
+from kumo.runtime.log_writer import LogClosedError, LogWriter, WritesStoppedError
 from kumo.store.event_log import LogDamagedError, StoreDamagedError
 from kumo.store.layout import DATABASE
 from kumo.store.sqlite_log import SqliteEventStore
@@ -79,3 +83,43 @@ async def test_a_restart_refuses_the_damaged_store_in_one_line(tmp_path: Path) -
     with pytest.raises(StoreDamagedError, match="spool"):
         async with open_engine(tmp_path, clock=EngineClock(WALL_ORIGIN)):
             pytest.fail("the engine ran on a damaged store")
+
+
+async def test_a_follower_that_must_read_a_damaged_page_stops_writes_and_waits(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / DATABASE
+    build_store(path)
+    store, reader = SqliteEventStore(path), SqliteEventStore(path, readonly=True)
+    # Opening read the log's end; its beginning, damaged now, is read from disk later.
+    damage(path, "events", "leaf")
+    writer = LogWriter(
+        store,
+        reader,
+        EngineClock(WALL_ORIGIN),
+        EngineSettings(),
+        on_commit=lambda _: None,
+        run_blocking=inline,
+    )
+    closed: list[BaseException] = []
+
+    async def follow() -> None:
+        try:
+            await writer.read_after(0)  # nothing in memory: from the damaged table
+        except LogClosedError as exc:
+            closed.append(exc)
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(writer.run)
+        nursery.start_soon(follow)
+        await trio.testing.wait_all_tasks_blocked()
+        assert writer.damage is not None
+        assert "SQLITE_CORRUPT" in str(writer.damage)
+        assert writer.statistics().damaged
+        with pytest.raises(WritesStoppedError):
+            await writer.append([received(9_999)], bodies={0: BODY})
+        assert closed == []  # the follower waits, without spinning or failing
+        writer.close()
+    assert len(closed) == 1
+    store.close()
+    reader.close()

@@ -23,18 +23,15 @@ quotes a run of 50.
 from __future__ import annotations
 
 import argparse
-import json
 import random
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from load_mix import ROOT, Ledger, Load, check_records, mix_config, verify
-from mail_peers import SMTP_SINK, Kumo, kumo, smtp_sink, tool
+from load_mix import ROOT, Ledger, Load, check_records, mix_config, run_main, verify
+from mail_peers import Kumo, kumo, smtp_sink
 
 
 def _kill_while_starting(data_dir: Path, config: Path, delay: float) -> None:
@@ -130,23 +127,7 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path, help="keep the data directory here")
     parser.add_argument("--json", type=Path, help="write the summary here too")
     args = parser.parse_args()
-    try:
-        tool(SMTP_SINK)
-    except RuntimeError as error:
-        sys.exit(f"crashloop: {error} (Debian: apt-get install postfix)")
-    work = Path(tempfile.mkdtemp(prefix="kumo-crashloop-"))
-    data_dir = args.data_dir or work / "data"
-    try:
-        summary = crashloop(data_dir, args.kills, args.seed)
-    finally:
-        if args.data_dir is None:
-            shutil.rmtree(work, ignore_errors=True)
-    text = json.dumps(summary, indent=2)
-    print(text)
-    if args.json:
-        args.json.write_text(text + "\n")
-    if summary["problems"]:
-        sys.exit(1)
+    run_main("crashloop", args.data_dir, args.json, lambda d: crashloop(d, args.kills, args.seed))
 
 
 if __name__ == "__main__":

@@ -13,11 +13,14 @@ recipient by recipient (:func:`check_records`).
 from __future__ import annotations
 
 import itertools
+import json
 import random
+import shutil
 import smtplib
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections import Counter, defaultdict
@@ -31,6 +34,8 @@ import httpx
 ROOT: Final = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+from mail_peers import SMTP_SINK, tool  # noqa: E402
 
 from kumo.store.delivery_files import read_records  # noqa: E402
 from kumo.store.layout import LOGS  # noqa: E402
@@ -220,6 +225,34 @@ class Load:
 def _body(rng: random.Random) -> str:
     """A few lines of 76 characters (SMTP's limit is 998)."""
     return "".join("z" * 76 + "\r\n" for _ in range(rng.randrange(1, 30)))
+
+
+def run_main(
+    name: str,
+    data_dir: Path | None,
+    json_out: Path | None,
+    run: Callable[[Path], dict[str, Any]],
+    *,
+    unprinted: tuple[str, ...] = (),
+) -> None:
+    """What the crash loop and the soak do around their run: check that smtp-sink is
+    here, run in ``data_dir`` (a temporary one, removed after, when None), print the
+    summary (but its ``unprinted`` keys), write it whole to ``json_out``, and exit 1
+    when it lists problems."""
+    try:
+        tool(SMTP_SINK)
+    except RuntimeError as error:
+        sys.exit(f"{name}: {error} (Debian: apt-get install postfix)")
+    work = Path(tempfile.mkdtemp(prefix=f"kumo-{name}-"))
+    try:
+        summary = run(data_dir or work / "data")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print(json.dumps({k: v for k, v in summary.items() if k not in unprinted}, indent=2))
+    if json_out is not None:
+        json_out.write_text(json.dumps(summary, indent=2) + "\n")
+    if summary["problems"]:
+        sys.exit(1)
 
 
 def verify(data_dir: Path) -> str | None:

@@ -21,17 +21,13 @@ minute.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import shutil
-import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Final
 
-from load_mix import Ledger, Load, check_records, mix_config, verify
-from mail_peers import SMTP_SINK, kumo, rss_bytes, smtp_sink, tool
+from load_mix import Ledger, Load, check_records, mix_config, run_main, verify
+from mail_peers import kumo, rss_bytes, smtp_sink
 
 FD_GROWTH_LIMIT: Final = 100
 WAL: Final = "events.sqlite3-wal"
@@ -124,23 +120,13 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path, help="keep the data directory here")
     parser.add_argument("--json", type=Path, help="write the summary here too")
     args = parser.parse_args()
-    try:
-        tool(SMTP_SINK)
-    except RuntimeError as error:
-        sys.exit(f"soak: {error} (Debian: apt-get install postfix)")
-    work = Path(tempfile.mkdtemp(prefix="kumo-soak-"))
-    data_dir = args.data_dir or work / "data"
-    try:
-        summary = soak(data_dir, args.minutes * 60, args.sample, args.pause)
-    finally:
-        if args.data_dir is None:
-            shutil.rmtree(work, ignore_errors=True)
-    text = json.dumps({k: v for k, v in summary.items() if k != "samples"}, indent=2)
-    print(text)
-    if args.json:
-        args.json.write_text(json.dumps(summary, indent=2) + "\n")
-    if summary["problems"]:
-        sys.exit(1)
+    run_main(
+        "soak",
+        args.data_dir,
+        args.json,
+        lambda d: soak(d, args.minutes * 60, args.sample, args.pause),
+        unprinted=("samples",),
+    )
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ from typing import Any, Final, NoReturn, TypeAlias
 import attrs
 
 from kumo.config import Config, ConfigError, parse_config_data
-from kumo.http.routes import BOUNCE_PATH, REBIND_PATH, SUSPEND_PATH
+from kumo.http.routes import BOUNCE_PATH, REBIND_PATH, SUSPEND_PATH, SUSPEND_READY_Q_PATH
 from kumo.model.duration import NANOS_PER_SECOND, DurationError, format_duration, parse_duration
 from kumo.model.queue_name import queue_name_for
 
@@ -43,6 +43,7 @@ ACTIONS: Final = (
     "bounce",
     "suspend",
     "rebind",
+    "suspend-ready-q",
     "cancel",
     "wait",
     "restart",
@@ -120,6 +121,7 @@ ADMIN_VERBS: Final[Mapping[str, AdminVerb]] = {
         AdminVerb("bounce", BOUNCE_PATH),
         AdminVerb("suspend", SUSPEND_PATH),
         AdminVerb("rebind", REBIND_PATH, cancellable=False),
+        AdminVerb("suspend-ready-q", SUSPEND_READY_Q_PATH),
     )
 }
 
@@ -1251,6 +1253,7 @@ _SIBLINGS: Final[Mapping[str, tuple[str, ...]]] = {
     "bounce": ("expires_in", *REPLY_CHECKS),
     "suspend": ("expires_in", *REPLY_CHECKS),
     "rebind": REPLY_CHECKS,
+    "suspend-ready-q": ("expires_in", *REPLY_CHECKS),
     "cancel": REPLY_CHECKS,
     "request": REPLY_CHECKS,
     "wait": (),

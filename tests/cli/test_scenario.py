@@ -98,8 +98,8 @@ def test_malformed_file_names_file_line_and_step(tmp_path: Path) -> None:
     assert result.exit_code == 1
     assert (
         f"ERROR  {path}:6: step 2 \"typo\": unknown key 'wiat': a step needs one action key, "
-        "one of inject, traffic, destination, bounce, suspend, rebind, cancel, wait, restart, "
-        "expect, request"
+        "one of inject, traffic, destination, bounce, suspend, rebind, suspend-ready-q, cancel, "
+        "wait, restart, expect, request"
     ) in result.output
     assert "2 scenarios: 1 passed, 1 failed (malformed)" in result.output
     root = ET.parse(junit).getroot()

@@ -8,7 +8,7 @@ import textwrap
 
 import pytest
 
-from kumo.http.routes import BOUNCE_PATH, REBIND_PATH, SUSPEND_PATH
+from kumo.http.routes import BOUNCE_PATH, REBIND_PATH, SUSPEND_PATH, SUSPEND_READY_Q_PATH
 from kumo.scenario.expect import (
     Observation,
     Verdict,
@@ -48,6 +48,7 @@ def test_every_admin_verb_has_a_path() -> None:
         "bounce": BOUNCE_PATH,
         "suspend": SUSPEND_PATH,
         "rebind": REBIND_PATH,
+        "suspend-ready-q": SUSPEND_READY_Q_PATH,
     }
     assert [name for name, verb in ADMIN_VERBS.items() if not verb.cancellable] == ["rebind"]
 
@@ -140,7 +141,7 @@ def test_suspend_and_its_cancel_share_the_bounce_steps_shape() -> None:
             cancel = { id = "x", verb = "rebind" }
             """,
             f"{SOURCE}:3: step 1 (cancel): cancel.verb must be one of bounce, suspend, "
-            "got 'rebind'",
+            "suspend-ready-q, got 'rebind'",
         ),
         (
             """

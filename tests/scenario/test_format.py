@@ -199,8 +199,8 @@ def test_syntax_error_before_any_step() -> None:
             name = "nothing to do"
             """,
             f'{SOURCE}:4: step 2 "nothing to do": a step needs one action key: one of '
-            "inject, traffic, destination, bounce, suspend, rebind, cancel, wait, restart, expect, "
-            "request",
+            "inject, traffic, destination, bounce, suspend, rebind, suspend-ready-q, cancel, wait, "
+            "restart, expect, request",
         ),
         (
             """
@@ -228,7 +228,8 @@ def test_syntax_error_before_any_step() -> None:
             [[step]]
             cancel = "rule"
             """,
-            f"{SOURCE}:5: step 2 (cancel): no earlier bounce or suspend step is named 'rule'",
+            f"{SOURCE}:5: step 2 (cancel): no earlier bounce or suspend or suspend-ready-q "
+            "step is named 'rule'",
         ),
         (
             """
@@ -239,7 +240,8 @@ def test_syntax_error_before_any_step() -> None:
             [[step]]
             cancel = "rule"
             """,
-            f"{SOURCE}:6: step 2 (cancel): step 'rule' is a wait step, not a bounce or suspend",
+            f"{SOURCE}:6: step 2 (cancel): step 'rule' is a wait step, not a bounce or "
+            "suspend or suspend-ready-q",
         ),
         (
             """

@@ -22,6 +22,7 @@ def test_doc_examples_parse_as_one_scenario() -> None:
         "bounce",
         "suspend",
         "rebind",
+        "suspend-ready-q",
         "cancel",
         "wait",
         "restart",

@@ -23,7 +23,7 @@ import re
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path, PurePath
-from typing import Any, Final, NoReturn, TypeAlias
+from typing import Any, Final, NoReturn, TypeAlias, TypeVar
 
 import attrs
 
@@ -31,6 +31,8 @@ from kumo.config import Config, ConfigError, parse_config_data
 from kumo.http.routes import BOUNCE_PATH, REBIND_PATH, SUSPEND_PATH, SUSPEND_READY_Q_PATH
 from kumo.model.duration import NANOS_PER_SECOND, DurationError, format_duration, parse_duration
 from kumo.model.queue_name import queue_name_for
+
+T = TypeVar("T")
 
 DEFAULT_WALL_ORIGIN: Final = 1_767_225_600 * NANOS_PER_SECOND
 """2026-01-01T00:00:00Z: where the in-process wall clock starts unless a scenario says."""
@@ -1043,39 +1045,26 @@ class _StepParser:
             body += b" " * (size - len(body))
         return Request(method, path, tuple(headers), body, self.reply())
 
+    def expectations(
+        self, table: Mapping[str, object], key: str, parse: Callable[[object, int], T]
+    ) -> list[T]:
+        """``expect.<key>``, an array of tables, each parsed by ``parse`` (item, position)."""
+        if key not in table:
+            return []
+        listed = table[key]
+        if not isinstance(listed, list):
+            self.fail(f"expect.{key} must be an array of tables", "expect", key)
+        return [parse(item, position) for position, item in enumerate(listed)]
+
     def _expect(self, value: object) -> Expect:
         table = self.table(value, "expect")
         self.check_keys(table, _EXPECT_KEYS, "expect")
         if not table:
             self.fail("expect has nothing to check", "expect")
-        rules: list[RuleExpectation] = []
-        if "rules" in table:
-            listed = table["rules"]
-            if not isinstance(listed, list):
-                self.fail("expect.rules must be an array of tables", "expect", "rules")
-            for position, item in enumerate(listed):
-                rules.append(self.rule_expectation(item, position))
-        suspensions: list[RuleExpectation] = []
-        if "suspensions" in table:
-            listed = table["suspensions"]
-            if not isinstance(listed, list):
-                self.fail("expect.suspensions must be an array of tables", "expect", "suspensions")
-            for position, item in enumerate(listed):
-                suspensions.append(self.suspension_expectation(item, position))
-        rebinds: list[RebindExpectation] = []
-        if "rebinds" in table:
-            listed = table["rebinds"]
-            if not isinstance(listed, list):
-                self.fail("expect.rebinds must be an array of tables", "expect", "rebinds")
-            for position, item in enumerate(listed):
-                rebinds.append(self.rebind_expectation(item, position))
-        records: list[RecordExpectation] = []
-        if "records" in table:
-            listed = table["records"]
-            if not isinstance(listed, list):
-                self.fail("expect.records must be an array of tables", "expect", "records")
-            for position, item in enumerate(listed):
-                records.append(self.record_expectation(item, position))
+        rules = self.expectations(table, "rules", self.rule_expectation)
+        suspensions = self.expectations(table, "suspensions", self.suspension_expectation)
+        rebinds = self.expectations(table, "rebinds", self.rebind_expectation)
+        records = self.expectations(table, "records", self.record_expectation)
         optional_ints: dict[str, int | None] = {}
         for key in (
             "rule_count",

@@ -296,28 +296,9 @@ class InvariantCheck:
     def _outcome(self, committed: Committed, event: Outcome) -> None:
         seq, mid = committed.seq, event.message.id
         self.outcomes.append(committed)
-        received = self.received.get(mid)
-        if received is None:
-            self._violate("conservation", seq, f"message {mid} attempted but never received")
+        queue = self._held_by(seq, event.message, event.queue, "attempted", "from")
+        if queue is None:
             return
-        gone = self.gone(mid)
-        if gone is not None:
-            self._violate("conservation", seq, f"message {mid} attempted after it left ({gone})")
-            return
-        queue = self.queue_of(mid, received)
-        if queue != event.queue:
-            self._violate(
-                "conservation",
-                seq,
-                f"message {mid} attempted from {event.queue} but {self._placed(mid, queue)}",
-            )
-        if event.message.seq != received.seq or event.message.received_at != received.time:
-            self._violate(
-                "conservation",
-                seq,
-                f"message {mid} is attempted as received at seq {event.message.seq}, "
-                f"but was received at seq {received.seq}",
-            )
         if isinstance(event, Suspended):
             self._check_holder(seq, event)
         if isinstance(event, TransientlyFailed):
@@ -326,6 +307,38 @@ class InvariantCheck:
                 self._expiring.add(mid)
         elif isinstance(event, DEPARTURES):
             self.departed[mid] = (seq, type(event).__name__)
+
+    def _held_by(
+        self, seq: int, message: Message, queue: str, verb: str, preposition: str
+    ) -> str | None:
+        """Check that ``message``, which an event at ``seq`` ``verb`` (``preposition``
+        ``queue``), was received, has not left, is held by ``queue`` and is the message
+        received; return the queue that holds it, None if it is unknown or gone (each a
+        violation)."""
+        mid = message.id
+        received = self.received.get(mid)
+        if received is None:
+            self._violate("conservation", seq, f"message {mid} {verb} but never received")
+            return None
+        gone = self.gone(mid)
+        if gone is not None:
+            self._violate("conservation", seq, f"message {mid} {verb} after it left ({gone})")
+            return None
+        held = self.queue_of(mid, received)
+        if held != queue:
+            self._violate(
+                "conservation",
+                seq,
+                f"message {mid} {verb} {preposition} {queue} but {self._placed(mid, held)}",
+            )
+        if message.seq != received.seq or message.received_at != received.time:
+            self._violate(
+                "conservation",
+                seq,
+                f"message {mid} is {verb} as received at seq {message.seq}, "
+                f"but was received at seq {received.seq}",
+            )
+        return held
 
     def _check_holder(self, seq: int, event: Suspended) -> None:
         """A held message names a suspension issued before it that may hold it: a
@@ -463,28 +476,8 @@ class InvariantCheck:
         live = self._live_rule(to_queue, committed.time)
         for message in event.messages:
             mid = message.id
-            received = self.received.get(mid)
-            if received is None:
-                self._violate("conservation", seq, f"message {mid} rebound but never received")
+            if self._held_by(seq, message, event.queue, "rebound", "out of") is None:
                 continue
-            gone = self.gone(mid)
-            if gone is not None:
-                self._violate("conservation", seq, f"message {mid} rebound after it left ({gone})")
-                continue
-            queue = self.queue_of(mid, received)
-            if queue != event.queue:
-                self._violate(
-                    "conservation",
-                    seq,
-                    f"message {mid} rebound out of {event.queue} but {self._placed(mid, queue)}",
-                )
-            if message.seq != received.seq or message.received_at != received.time:
-                self._violate(
-                    "conservation",
-                    seq,
-                    f"message {mid} is rebound as received at seq {message.seq}, "
-                    f"but was received at seq {received.seq}",
-                )
             self._moved[mid] = to_queue
             self._anchors[mid] = (seq, live)
             self._expiring.discard(mid)

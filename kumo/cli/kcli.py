@@ -839,8 +839,7 @@ def rebind(
 @click.pass_obj
 def suspend_list(target: Target) -> None:
     """List the suspensions in effect (JSON)."""
-    with target.open_client() as client:
-        echo_json(decode_json(send(client, "GET", SUSPEND_PATH)))
+    _echo_listing(target, SUSPEND_PATH)
 
 
 @cli.command("suspend-cancel")
@@ -848,9 +847,7 @@ def suspend_list(target: Target) -> None:
 @click.pass_obj
 def suspend_cancel(target: Target, suspend_id: str) -> None:
     """Lift a suspension: its queues' messages are due at once."""
-    with target.open_client() as client:
-        response = send(client, "DELETE", SUSPEND_PATH, body={"id": suspend_id})
-    click.echo(response.text or "OK")
+    _lift(target, SUSPEND_PATH, suspend_id)
 
 
 @cli.command("suspend-ready-q")
@@ -874,8 +871,7 @@ def suspend_ready_q(target: Target, name: str, reason: str, duration: str | None
 @click.pass_obj
 def suspend_ready_q_list(target: Target) -> None:
     """List the ready-queue suspensions in effect (JSON)."""
-    with target.open_client() as client:
-        echo_json(decode_json(send(client, "GET", SUSPEND_READY_Q_PATH)))
+    _echo_listing(target, SUSPEND_READY_Q_PATH)
 
 
 @cli.command("suspend-ready-q-cancel")
@@ -883,8 +879,19 @@ def suspend_ready_q_list(target: Target) -> None:
 @click.pass_obj
 def suspend_ready_q_cancel(target: Target, suspend_id: str) -> None:
     """Lift a ready-queue suspension: the messages it held are due at once."""
+    _lift(target, SUSPEND_READY_Q_PATH, suspend_id)
+
+
+def _echo_listing(target: Target, path: str) -> None:
+    """GET ``path`` and print the JSON array, as KumoMTA's kcli does."""
     with target.open_client() as client:
-        response = send(client, "DELETE", SUSPEND_READY_Q_PATH, body={"id": suspend_id})
+        echo_json(decode_json(send(client, "GET", path)))
+
+
+def _lift(target: Target, path: str, suspend_id: str) -> None:
+    """DELETE suspension ``suspend_id`` at ``path``; print the reply (``OK`` if empty)."""
+    with target.open_client() as client:
+        response = send(client, "DELETE", path, body={"id": suspend_id})
     click.echo(response.text or "OK")
 
 

@@ -24,7 +24,6 @@ keeps the same one. One that arrives already outranked is
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from typing import Literal, TypeAlias
 
 import attrs
 
@@ -36,15 +35,13 @@ from kumo.model.events import (
     issue_time,
 )
 from kumo.model.fleet_order import outranks
+from kumo.model.rule_lifetime import Lifetime, RuleEnd
 
 __all__ = ["ReadyHold", "ReadySuspension", "ReadySuspensionBook", "ReadySuspensionView"]
 
-RuleEnd: TypeAlias = Literal["cancelled", "replaced", "expired"]
-"""How a suspension ended (as :data:`kumo.model.state.RuleEnd` for rules)."""
-
 
 @attrs.define(slots=True, eq=False)
-class ReadySuspension:
+class ReadySuspension(Lifetime):
     """A ready-queue suspension as the log tells it, from issue to end."""
 
     id: str
@@ -65,27 +62,6 @@ class ReadySuspension:
     ended_origin: str = ""
     """The node its cancel was asked on when fleet mode brought it here; ``""``: this
     node (and for any other end)."""
-
-    @property
-    def lost_on_arrival(self) -> bool:
-        """Replaced by the event that issued it: a suspension of the same name from
-        another node that the fleet's order puts after it was already known here."""
-        return self.end == "replaced" and self.ended_seq == self.issued_seq
-
-    @property
-    def issued_expired(self) -> bool:
-        """Issued already expired: it never holds anything."""
-        return self.expires_at <= self.issued_at
-
-    def live_at(self, time: int) -> bool:
-        """Live at ``time`` as far as the events folded so far tell."""
-        return self.end is None and not self.issued_expired and time < self.expires_at
-
-    def status(self, now: int) -> str:
-        """``live``, ``expired``, ``cancelled`` or ``replaced``, as an audit reports it."""
-        if self.end is not None:
-            return self.end
-        return "live" if self.live_at(now) else "expired"
 
 
 @attrs.frozen(slots=True)

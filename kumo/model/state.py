@@ -58,13 +58,12 @@ from kumo.model.message import HTTP
 from kumo.model.message_queue import MessageQueue
 from kumo.model.queue_name import QueueName, rebound_queue_name
 from kumo.model.ready_suspension import ReadyHold, ReadySuspensionBook
+from kumo.model.rule_lifetime import Lifetime, RuleEnd
 from kumo.model.smtp_reply import Disposition
-
-RuleEnd: TypeAlias = Literal["cancelled", "replaced", "expired"]
 
 
 @attrs.define(slots=True, eq=False)
-class Rule:
+class Rule(Lifetime):
     """A bounce rule as the log tells it, from issue to end, with its counters."""
 
     id: str
@@ -87,28 +86,6 @@ class Rule:
     node (and for any other end)."""
     bounced: dict[str, int] = attrs.Factory(dict)
     total_bounced: int = 0
-
-    @property
-    def issued_expired(self) -> bool:
-        """A rule issued already expired sweeps once and is never live."""
-        return self.expires_at <= self.issued_at
-
-    @property
-    def lost_on_arrival(self) -> bool:
-        """Replaced by the event that issued it: an equal rule of another node that the
-        fleet's order puts after it was already known here (:func:`outranks`). Such
-        a rule never was live here, and swept nothing."""
-        return self.end == "replaced" and self.ended_seq == self.issued_seq
-
-    def live_at(self, time: int) -> bool:
-        """Live at ``time`` as far as the events folded so far tell."""
-        return self.end is None and not self.issued_expired and time < self.expires_at
-
-    def status(self, now: int) -> str:
-        """``live``, ``expired``, ``cancelled`` or ``replaced``, as an audit reports it."""
-        if self.end is not None:
-            return self.end
-        return "live" if self.live_at(now) else "expired"
 
 
 @attrs.frozen(slots=True)

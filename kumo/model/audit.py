@@ -292,9 +292,13 @@ class Timeline:
             if rule.issued_expired:
                 record((seq, rule.expires_at, "expired", rule.id, None, ""))
             elif rule.lost_on_arrival:
-                winner = self.rules.rules.get(rule.ended_by or "")
+                winner = book.rules.get(rule.ended_by or "")
                 by, where = (None, "") if winner is None else (winner.issued_by, winner.origin)
                 record((seq, time, "replaced", rule.id, by, where))
+            elif rule.ended_on_arrival and rule.end is not None:
+                # Fleet mode brought it after it had ended on its node.
+                when = rule.expires_at if rule.end == "expired" else time
+                record((seq, when, rule.end, rule.id, None, rule.origin))
         for ended in live_before:
             if ended.ended_seq != seq or ended.end is None:
                 continue

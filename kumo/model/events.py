@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Final, TypeAlias
+from typing import Any, Final, Literal, TypeAlias
 
 import attrs
 import orjson
@@ -62,6 +62,17 @@ def _int64(_: object, attribute: attrs.Attribute[int], value: int) -> None:
 
 
 _text = instance_of(str)
+
+
+ArrivedEnded: TypeAlias = Literal["cancelled", "expired"]
+"""How a rule another node issued had ended before this node heard of it."""
+
+
+def _arrived_ended(_: object, attribute: attrs.Attribute[str | None], value: str | None) -> None:
+    if value is not None and value not in ("cancelled", "expired"):
+        raise ValueError(f"{attribute.name} must be 'cancelled', 'expired' or None, got {value!r}")
+
+
 _flag = instance_of(bool)
 
 
@@ -140,6 +151,11 @@ class BounceIssued:
     origin: str = attrs.field(default="", validator=_text)
     """The node (its ``node_id``) the rule was issued on, when fleet mode brought it
     from another node; ``""`` for a rule issued here (docs/fleet.md)."""
+    arrived_ended: ArrivedEnded | None = attrs.field(default=None, validator=_arrived_ended)
+    """Set only on a rule fleet mode brought from another node after it had ended
+    there (``"cancelled"``, or ``"expired"`` by the time it was read): it is recorded
+    ended, bounces (holds) nothing here, and takes its place in the fleet's order of
+    equal rules (docs/fleet.md, "Equal rules issued at once")."""
 
 
 @attrs.frozen(slots=True)
@@ -175,6 +191,8 @@ class SuspendIssued:
     origin: str = attrs.field(default="", validator=_text)
     """The node the suspension was issued on, when fleet mode brought it from another
     node; ``""`` for one issued here (as :attr:`BounceIssued.origin`)."""
+    arrived_ended: ArrivedEnded | None = attrs.field(default=None, validator=_arrived_ended)
+    """As :attr:`BounceIssued.arrived_ended`."""
 
 
 @attrs.frozen(slots=True)
@@ -213,6 +231,8 @@ class ReadySuspendIssued:
     origin: str = attrs.field(default="", validator=_text)
     """The node the suspension was issued on, when fleet mode brought it from another
     node; ``""`` for one issued here (as :attr:`BounceIssued.origin`)."""
+    arrived_ended: ArrivedEnded | None = attrs.field(default=None, validator=_arrived_ended)
+    """As :attr:`BounceIssued.arrived_ended`."""
 
 
 @attrs.frozen(slots=True)
@@ -647,7 +667,9 @@ def _encode_body(event: Event) -> dict[str, Any]:
                 "expires_at": event.expires_at,
                 "suppress_logging": event.suppress_logging,
                 "issued_by": event.issued_by,
-            } | _optional(issued_at=event.issued_at, origin=event.origin)
+            } | _optional(
+                issued_at=event.issued_at, origin=event.origin, arrived_ended=event.arrived_ended
+            )
         case BounceCancelled():
             return {"rule_id": event.rule_id, "cancelled_by": event.cancelled_by} | _optional(
                 origin=event.origin
@@ -683,7 +705,9 @@ def _encode_body(event: Event) -> dict[str, Any]:
                 "reason": event.reason,
                 "expires_at": event.expires_at,
                 "issued_by": event.issued_by,
-            } | _optional(issued_at=event.issued_at, origin=event.origin)
+            } | _optional(
+                issued_at=event.issued_at, origin=event.origin, arrived_ended=event.arrived_ended
+            )
         case SuspendCancelled():
             return {"rule_id": event.rule_id, "cancelled_by": event.cancelled_by} | _optional(
                 origin=event.origin
@@ -725,7 +749,9 @@ def _encode_body(event: Event) -> dict[str, Any]:
                 "reason": event.reason,
                 "expires_at": event.expires_at,
                 "issued_by": event.issued_by,
-            } | _optional(issued_at=event.issued_at, origin=event.origin)
+            } | _optional(
+                issued_at=event.issued_at, origin=event.origin, arrived_ended=event.arrived_ended
+            )
         case ReadySuspendCancelled():
             return {"rule_id": event.rule_id, "cancelled_by": event.cancelled_by} | _optional(
                 origin=event.origin
@@ -872,6 +898,7 @@ _DECODERS: Final[dict[str, Callable[[dict[str, Any]], Event]]] = {
         issued_at=d.get("issued_at"),
         # Both absent from local events and from logs older than fleet mode.
         origin=d.get("origin", ""),
+        arrived_ended=d.get("arrived_ended"),
     ),
     "BounceCancelled": lambda d: BounceCancelled(
         rule_id=d["rule_id"], cancelled_by=d["cancelled_by"], origin=d.get("origin", "")
@@ -914,6 +941,7 @@ _DECODERS: Final[dict[str, Callable[[dict[str, Any]], Event]]] = {
         issued_at=d.get("issued_at"),
         # Both absent from local events and from logs older than fleet suspensions.
         origin=d.get("origin", ""),
+        arrived_ended=d.get("arrived_ended"),
     ),
     "SuspendCancelled": lambda d: SuspendCancelled(
         rule_id=d["rule_id"], cancelled_by=d["cancelled_by"], origin=d.get("origin", "")
@@ -958,6 +986,7 @@ _DECODERS: Final[dict[str, Callable[[dict[str, Any]], Event]]] = {
         issued_at=d.get("issued_at"),
         # Absent from local events and from logs older than fleet ready-queue suspensions.
         origin=d.get("origin", ""),
+        arrived_ended=d.get("arrived_ended"),
     ),
     "ReadySuspendCancelled": lambda d: ReadySuspendCancelled(
         rule_id=d["rule_id"], cancelled_by=d["cancelled_by"], origin=d.get("origin", "")

@@ -520,7 +520,8 @@ class FollowPlan:
     cancel of a rule already ended here)."""
     ended: int
     """Entries of a rule unknown here that ended before this node read them (expired
-    by ``now``, or cancelled by an entry of the same batch): not applied."""
+    by ``now``, or cancelled by an entry of the same batch): its issue is taken marked
+    ``arrived_ended`` (it bounces nothing), its cancel is not."""
     unknown: int
     """Cancels of a rule this node has never heard of (its issue is not in the stream
     the node read): nothing to cancel."""
@@ -537,12 +538,14 @@ def plan_follow(entries: Iterable[StreamEntry], state: State, node_id: str, now:
     A rebind is taken once: unless this node's log holds it
     (:attr:`~kumo.model.state.State.rebinds`), however late it is read.
 
-    A rule that ended before this node heard of it bounces nothing here: its issue is
-    not taken if it expired by ``now`` (a rule issued already expired excepted: it
-    sweeps once, on every node) or if the same batch cancels it, and its cancel then
-    is not taken either. A bounce cannot be undone, and the node's queues may hold mail
+    A rule that ended before this node heard of it bounces nothing here: if it expired
+    by ``now`` (a rule issued already expired excepted: it sweeps once, on every node)
+    or the same batch cancels it, its issue is taken marked ``arrived_ended``, and its
+    cancel is not taken. A bounce cannot be undone, and the node's queues may hold mail
     that arrived after the rule ended (the node was down, or cut off from Redis, while
-    the rule lived).
+    the rule lived). Its issue is still taken so that it has its place in the fleet's
+    order of equal rules here as everywhere: the equal rule it replaced elsewhere ends
+    here too, and an equal rule that it outranks, read later, loses on arrival.
     """
     batch = list(entries)
     cancelled_in_batch = {
@@ -576,13 +579,15 @@ def plan_follow(entries: Iterable[StreamEntry], state: State, node_id: str, now:
                 applied_before += 1
                 continue
             born_expired = event.issued_at is not None and event.expires_at <= event.issued_at
-            if event.rule_id in cancelled_in_batch or (
-                event.expires_at <= now and not born_expired
-            ):
+            if event.rule_id in cancelled_in_batch:
+                event = attrs.evolve(event, arrived_ended="cancelled")
+            elif event.expires_at <= now and not born_expired:
+                event = attrs.evolve(event, arrived_ended="expired")
+            if event.arrived_ended is not None:
                 ended += 1
                 passed_over.add(event.rule_id)
-                continue
-            issued_now.add(event.rule_id)
+            else:
+                issued_now.add(event.rule_id)
         else:
             rule = rules.rules.get(event.rule_id)
             if event.rule_id in passed_over:

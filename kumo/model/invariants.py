@@ -175,7 +175,7 @@ class InvariantCheck:
         for rule in rules:
             for queue, count in rule.bounced.items():
                 self.tally[rule.id, queue] = count
-        rules = [rule for rule in rules if not rule.lost_on_arrival]  # they never swept
+        rules = [rule for rule in rules if not rule.ended_on_arrival]  # they never swept
         queued = 0
         strings = self._strings
         for name, messages in base.queues.items():
@@ -252,10 +252,10 @@ class InvariantCheck:
         self.projection.apply(committed)
 
     def _lost_on_arrival(self, rule_id: str) -> bool:
-        """A rule that lost to an equal rule of another node when it arrived: it never
-        swept, so no message counts to it."""
+        """A rule that lost to an equal rule of another node when it arrived, or that
+        arrived ended: it never swept, so no message counts to it."""
         rule = self.projection.rules.rules.get(rule_id)
-        return rule is not None and rule.lost_on_arrival
+        return rule is not None and rule.ended_on_arrival
 
     def _receive(self, committed: Committed, event: MessageReceived) -> None:
         previous = self.received.get(event.message_id)

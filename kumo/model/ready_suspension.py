@@ -210,6 +210,19 @@ class ReadySuspensionBook:
                 self._close(previous, "replaced", seq, time, suspension.id)
             else:
                 self._close(previous, "expired", seq, time, None)
+        if event.arrived_ended is not None:
+            # It ended on its node before this one heard of it: it holds nothing here,
+            # but the one of its name it comes after in the fleet's order is over.
+            self._close(
+                suspension,
+                event.arrived_ended,
+                seq,
+                time,
+                None,
+                origin=suspension.origin,
+                live=False,
+            )
+            return suspension
         self._live[suspension.id] = suspension
         self._by_name[suspension.name] = suspension
         return suspension

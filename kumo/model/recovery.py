@@ -89,9 +89,10 @@ def owed_bounces(state: State) -> list[Bounced]:
     if state.queues is None:
         raise RuntimeError("owed_bounces needs a fold that keeps messages")
     decisions: list[Bounced] = []
-    # A rule that lost to an equal rule of another node on arrival never swept.
+    # A rule that lost to an equal rule of another node on arrival, or arrived
+    # ended, never swept.
     all_rules = sorted(
-        (rule for rule in state.rules.rules.values() if not rule.lost_on_arrival),
+        (rule for rule in state.rules.rules.values() if not rule.ended_on_arrival),
         key=lambda rule: rule.issued_seq,
     )
     for queue, messages in state.queues.items():

@@ -172,7 +172,8 @@ class Router:
                     matched = self._index.matching(event.criteria)
                     for queue in matched:
                         deliveries.setdefault(queue, []).append(committed)
-                    if not rule.issued_expired:
+                    # One that arrived ended only makes its queues drop its equal.
+                    if not (rule.issued_expired or rule.ended_on_arrival):
                         self._holders.setdefault(rule.id, set()).update(matched)
                 case BounceCancelled() | BounceExpired() | SuspendCancelled() | SuspendExpired():
                     book = (

@@ -34,6 +34,13 @@ class Lifetime:
         (:func:`kumo.model.fleet_order.outranks`). It never was live here."""
         return self.end == "replaced" and self.ended_seq == self.issued_seq
 
+    @property
+    def ended_on_arrival(self) -> bool:
+        """Ended by the event that issued it: it lost on arrival
+        (:attr:`lost_on_arrival`), or fleet mode brought it from another node after it
+        had ended there (``arrived_ended`` on its issue). It never was live here."""
+        return self.end is not None and self.ended_seq == self.issued_seq
+
     def live_at(self, time: int) -> bool:
         """Live at ``time`` as far as the events folded so far tell."""
         return self.end is None and not self.issued_expired and time < self.expires_at

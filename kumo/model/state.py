@@ -236,6 +236,12 @@ class RuleBook:
                 self._close(previous, "replaced", seq, time, rule.id)
             else:
                 self._close(previous, "expired", seq, time, None)
+        if event.arrived_ended is not None:
+            # It ended on its node before this one heard of it: it bounces (holds)
+            # nothing here, but the equal rule it comes after in the fleet's order is over.
+            rule.end, rule.ended_seq, rule.ended_at = event.arrived_ended, seq, time
+            rule.ended_origin = rule.origin
+            return rule
         self._live[rule.id] = rule
         self._by_criteria[rule.criteria] = rule
         return rule
@@ -547,6 +553,10 @@ class QueueState:
             case MessageReceived():
                 return self.receive(message_from(committed, event))
             case BounceIssued():
+                if event.arrived_ended is not None:
+                    # Ended before this node heard of it: it only ends its equal here.
+                    self.rules = [r for r in self.rules if r.criteria != event.criteria]
+                    return None
                 return self.issue(SweepRule.issued(committed, event), limit=limit)
             case BounceCancelled() | BounceExpired():
                 self.rules = [rule for rule in self.rules if rule.id != event.rule_id]
@@ -554,10 +564,13 @@ class QueueState:
             case SuspendIssued():
                 suspension = SweepRule.issued(committed, event)
                 if not suspension.issued_expired:
-                    self.suspensions = [
-                        s for s in self.suspensions if s.criteria != suspension.criteria
-                    ]
-                    self.suspensions.append(suspension)
+                    for equal in [s for s in self.suspensions if s.criteria == event.criteria]:
+                        self.suspensions.remove(equal)
+                        if event.arrived_ended is not None:
+                            # Nothing holds what the replaced one held: it is due.
+                            self._release(equal.id)
+                    if event.arrived_ended is None:
+                        self.suspensions.append(suspension)
                 return None
             case SuspendCancelled() | SuspendExpired():
                 self.suspensions = [s for s in self.suspensions if s.id != event.rule_id]
@@ -566,8 +579,9 @@ class QueueState:
             case ReadySuspendIssued():
                 hold = ReadyHold.issued(committed)
                 if not hold.issued_expired:
-                    replaced = self.ready_suspensions.get(hold.name)
-                    self.ready_suspensions[hold.name] = hold
+                    replaced = self.ready_suspensions.pop(hold.name, None)
+                    if event.arrived_ended is None:
+                        self.ready_suspensions[hold.name] = hold
                     if replaced is not None:
                         # What the replaced one held is due, and meets the new one
                         # (as a restart finds it: held by a suspension no longer live).

@@ -134,7 +134,8 @@ class FleetStatistics:
     )
     skipped_unknown: int = counter("Stream cancels skipped: the rule is unknown to this node.")
     skipped_ended: int = counter(
-        "Stream entries of rules that ended before this node read them: not applied."
+        "Stream entries of rules that ended before this node read them: the issue"
+        " recorded ended on arrival (it bounces nothing), the cancel not applied."
     )
     malformed: int = counter("Stream entries skipped because they are not a fleet action.")
     resets: int = counter("Times the stream's epoch changed and it was read again from its start.")

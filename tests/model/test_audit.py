@@ -447,3 +447,29 @@ def test_fleet_actions_name_the_node_they_came_from() -> None:
         assert sorted((a.action, a.rule_id, a.origin) for a in timeline.actions(now)) == sorted(
             (a.action, a.rule_id, a.origin) for a in actions
         ), cut
+
+
+def test_a_rule_that_arrived_ended_is_issued_and_ended_at_once_and_replaces_its_equal() -> None:
+    """Node-c's rule was cancelled there before this node heard of it: it bounced
+    nothing here, yet it outranks (and so ends) the equal rule issued here before it."""
+    log = Log()
+    log.at(1).issue("r1", 60, by="alice", campaign="spring")
+    log.at(3).add(
+        BounceIssued(
+            "r3",
+            Criteria(campaign="spring"),
+            "from c",
+            T0 + 63 * MINUTE,
+            issued_by="erin",
+            issued_at=T0 + 2 * MINUTE,
+            origin="node-c",
+            arrived_ended="cancelled",
+        )
+    )
+    actions = timeline_of(log).actions(T0 + 10 * MINUTE)
+    assert [(a.action, a.rule_id, a.principal, a.origin) for a in actions] == [
+        ("issued", "r1", "alice", ""),
+        ("issued", "r3", "erin", "node-c"),
+        ("cancelled", "r3", None, "node-c"),
+        ("replaced", "r1", "erin", "node-c"),
+    ]

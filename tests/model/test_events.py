@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from kumo.model.criteria import Criteria
 from kumo.model.events import (
     SCHEMA_VERSION,
+    ArrivedEnded,
     Attempt,
     BounceCancelled,
     Bounced,
@@ -35,6 +36,7 @@ from kumo.model.events import (
     Rebound,
     Rejected,
     Suspended,
+    SuspendIssued,
     TransientlyFailed,
     criteria_to_json,
     decode_event,
@@ -553,3 +555,25 @@ def test_a_protocol_that_is_not_a_string_is_a_decode_error(body: bytes) -> None:
 def test_the_replay_fast_path_refuses_a_protocol_that_is_not_a_string() -> None:
     with pytest.raises(EventDecodeError):
         decode_received(_body(RECEIVED, protocol=5), {})
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        BounceIssued("r", Criteria(domain="a.com"), "x", 5, issued_at=1, origin="b"),
+        SuspendIssued("s", Criteria(domain="a.com"), "x", 5, issued_at=1, origin="b"),
+        ReadySuspendIssued("q", "unspecified->mx.a.com@smtp_client", "x", 5, origin="b"),
+    ],
+)
+@pytest.mark.parametrize("end", [None, "cancelled", "expired"])
+def test_a_rule_that_arrived_ended_says_how_and_only_then(
+    event: BounceIssued | SuspendIssued | ReadySuspendIssued, end: ArrivedEnded | None
+) -> None:
+    marked = attrs.evolve(event, arrived_ended=end)
+    body = encode_event(marked)
+    assert decode_event(body) == marked
+    # An issue that arrived live is the same bytes as before the field existed.
+    assert orjson.loads(body).get("arrived_ended") == end
+    assert body == encode_event(event) or end is not None
+    with pytest.raises(ValueError, match="arrived_ended"):
+        attrs.evolve(event, arrived_ended="replaced")  # type: ignore[arg-type]

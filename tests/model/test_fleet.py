@@ -56,10 +56,11 @@ from kumo.model.fleet import (
     rule_counters,
     standing_entries,
 )
+from kumo.model.ready_suspension import ReadySuspensionBook
 from kumo.model.retention import base_projection
 from kumo.model.router import Router
 from kumo.model.snapshot import decode_snapshot, encode_snapshot
-from kumo.model.state import State
+from kumo.model.state import QueueState, RuleBook, State
 
 HOUR = 3600 * 10**9
 A, B, C = "node-a", "node-b", "node-c"
@@ -312,8 +313,21 @@ def test_a_suspension_that_ended_before_the_node_heard_of_it_holds_nothing_there
         StreamEntry.of(suspended("live"), A),
     ]
     plan = plan_follow(batch, node.state, B, now=100)
-    assert [fleet_event_id(event) for event in plan.events] == ["live:issued"]
+    # The two that ended are taken marked so: they hold nothing, they keep their place.
+    assert [(fleet_event_id(e), e.arrived_ended) for e in plan.events] == [  # type: ignore[union-attr]
+        ("gone:issued", "expired"),
+        ("lifted:issued", "cancelled"),
+        ("live:issued", None),
+    ]
     assert plan.ended == 3
+    node.append(*plan.events)
+    assert node.live() == {"live"}
+    gone, lifted_ = (node.state.suspends.rules[rule_id] for rule_id in ("gone", "lifted"))
+    assert (gone.end, lifted_.end) == ("expired", "cancelled")
+    assert gone.ended_on_arrival
+    assert lifted_.ended_on_arrival
+    # Ended where it came from: not an action of this node, owed to nobody.
+    assert owed_entries(node.state, B, after_seq=0, through_seq=node.seq) == []
 
 
 def test_suspend_events_without_an_origin_decode_as_local() -> None:
@@ -336,8 +350,16 @@ def test_a_rule_that_ended_before_the_node_heard_of_it_bounces_nothing_there() -
         StreamEntry.of(issued("live"), A),
     ]
     plan = plan_follow(batch, node.state, B, now=100)
-    assert [fleet_event_id(event) for event in plan.events] == ["sweep-once:issued", "live:issued"]
+    assert [(fleet_event_id(e), e.arrived_ended) for e in plan.events] == [  # type: ignore[union-attr]
+        ("expired:issued", "cancelled"),  # the batch cancels it too
+        ("cancelled:issued", "cancelled"),
+        ("sweep-once:issued", None),
+        ("live:issued", None),
+    ]
     assert plan.ended == 4
+    node.append(*plan.events)
+    assert node.live() == {"live"}
+    assert [rule.id for rule in node.state.rules.live_rules()] == ["live"]
 
 
 def test_settings_and_urls() -> None:
@@ -662,9 +684,14 @@ def test_ready_queue_suspensions_travel_as_suspensions_do() -> None:
     assert plan_follow([StreamEntry.of(lifted("q1"), C)], b.state, B, now=0).unknown == 1
     # Ended before this node heard of it: nothing to hold.
     late = [StreamEntry.of(ready("gone", expires_at=50), A), StreamEntry.of(ready("live"), A)]
-    assert [fleet_event_id(e) for e in plan_follow(late, b.state, B, now=100).events] == [
-        "live:issued"
+    taken = plan_follow(late, b.state, B, now=100).events
+    assert [(fleet_event_id(e), e.arrived_ended) for e in taken] == [  # type: ignore[union-attr]
+        ("gone:issued", "expired"),
+        ("live:issued", None),
     ]
+    b.append(*taken)
+    assert b.state.ready_suspends.rules["gone"].ended_on_arrival
+    assert [s.id for s in b.state.ready_suspends.live_rules()] == ["live"]
 
 
 def test_ready_suspend_and_rebind_events_without_an_origin_decode_as_before() -> None:
@@ -789,3 +816,110 @@ def test_the_rebinds_seen_survive_a_snapshot_and_a_retention_cut() -> None:
     assert base_projection(restored).rebinds == state.rebinds
     entry = StreamEntry.of(rebind("m2"), A)
     assert plan_follow([entry], base_projection(restored), B, now=0).applied_before == 1
+
+
+# -- equal rules whose winner ended before a node heard of it ----------------------------
+
+
+def racing(kind: str, rule_id: str, at: int, expires_at: int) -> FleetAction:
+    if kind == "ready":
+        return ready(rule_id, name=RACE_QUEUE, at=at, expires_at=expires_at)
+    return attrs.evolve(equal_rule(kind, rule_id, at), expires_at=expires_at)
+
+
+def ended(kind: str, rule_id: str, how: str) -> Event:
+    match kind, how:
+        case "bounce", "cancelled":
+            return cancelled(rule_id)
+        case "suspend", "cancelled":
+            return lifted(rule_id)
+        case "ready", "cancelled":
+            return ready_lifted(rule_id)
+        case "bounce", _:
+            return BounceExpired(rule_id)
+        case "suspend", _:
+            return SuspendExpired(rule_id)
+    return ReadySuspendExpired(rule_id)
+
+
+def book_of(node: Node, kind: str) -> RuleBook | ReadySuspensionBook:
+    return node.state.ready_suspends if kind == "ready" else node.state.book(kind)  # type: ignore[arg-type]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(0, 2), st.integers(1, 3)), min_size=1, max_size=8),
+    st.sampled_from(["bounce", "suspend", "ready"]),
+    st.sampled_from(["live", "cancelled", "expired"]),
+    st.randoms(use_true_random=False),
+)
+def test_equal_rules_leave_the_same_outcome_on_every_node_even_if_the_winner_ended_unheard(
+    issues: list[tuple[int, int]], kind: str, winner_end: str, rnd: random.Random
+) -> None:
+    # Rules with equal criteria raced on three nodes; the one last in the fleet's order
+    # may end (cancelled on its node, or expired) before some node hears of it, and
+    # the stream may carry it before or after the rules it beat. Every node reads the
+    # stream (one order of every node's entries) in batches of 1 to 3, so a batch may
+    # hold the winner's issue and its cancel; each appends its own rules at any point.
+    clocks = [0, 0, 0]
+    drafts: list[tuple[int, int, str]] = []
+    for number, (origin, step) in enumerate(issues):
+        clocks[origin] += step
+        drafts.append((origin, clocks[origin], f"r{number}"))
+    winner = max(drafts, key=lambda draft: (draft[1], draft[2]))[2]
+    read_at = 1_000  # every rule is issued by then; the winner expired, if it does
+    per_node: list[list[Event]] = [[], [], []]
+    for origin, at, rule_id in drafts:
+        lasts = rule_id == winner and winner_end == "expired"
+        per_node[origin].append(racing(kind, rule_id, at, at + 1 if lasts else HOUR))
+        if rule_id == winner and winner_end != "live":
+            per_node[origin].append(ended(kind, rule_id, winner_end))
+    # The stream: each node's actions in its order, interleaved (expiries are not sent).
+    stream: list[StreamEntry] = []
+    pending = [[e for e in events if isinstance(e, FleetAction)] for events in per_node]
+    while any(pending):
+        source = rnd.choice([i for i, events in enumerate(pending) if events])
+        stream.append(StreamEntry.of(pending[source].pop(0), NODE_IDS[source]))
+    nodes = [Node(node_id) for node_id in NODE_IDS]
+    for index, node in enumerate(nodes):
+        own = list(per_node[index])
+        position = 0
+        while own or position < len(stream):
+            if own and (position == len(stream) or rnd.random() < 0.3):
+                node.append(own.pop(0))
+                continue
+            batch = stream[position : position + rnd.randint(1, 3)]
+            position += len(batch)
+            node.append(*plan_follow(batch, node.state, node.node_id, now=read_at).events)
+    expected = [winner] if winner_end == "live" else []
+    for node in nodes:
+        book = book_of(node, kind)
+        assert [rule.id for rule in book.live_rules()] == expected, node.node_id
+        for rule in book.rules.values():
+            if rule.id != winner:
+                assert rule.end in ("replaced", "expired"), (node.node_id, rule)
+        assert winner in book.rules, node.node_id  # it takes part in the order everywhere
+
+
+def test_a_rule_that_arrived_ended_ends_its_live_equal_in_the_queues_and_sweeps_nothing() -> None:
+    # Node B holds A's earlier rule, live; C's later equal rule arrives already ended.
+    queue = "race:t@x.example"
+    router = Router()
+    router.open_queue(queue)
+    state = QueueState(queue)
+    earlier = attrs.evolve(equal_rule("bounce", "earlier", at=5), origin=A)
+    routed = router.route([Committed(1, 1, earlier)])
+    assert [c.event for c in routed.deliveries[queue]] == [earlier]
+    state.apply(routed.deliveries[queue][0])
+    assert [rule.id for rule in state.rules] == ["earlier"]
+    later = attrs.evolve(equal_rule("bounce", "later", at=9), origin=C, arrived_ended="cancelled")
+    routed = router.route([Committed(2, 2, later)])
+    assert [c.event for c in routed.deliveries[queue]] == [later]
+    assert state.apply(routed.deliveries[queue][0]) is None  # it sweeps nothing
+    assert state.sweeping is None
+    assert state.rules == []
+    assert list(router.rules.live_rules()) == []
+    assert router.rules.rules["earlier"].end == "replaced"
+    assert not router.passed_over(later)  # a queue catching up drops its equal too
+    # The earlier rule's cancel, read later, concerns no queue any more.
+    assert router.route([Committed(3, 3, cancelled("earlier", origin=A))]).deliveries == {}

@@ -265,7 +265,11 @@ async def test_a_node_that_was_down_converges_when_it_starts(tmp_path: Path) -> 
                     await b.wait_idle()
                     # The rule that ended while B was down bounced nothing there.
                     assert b.queue_counts() == {"example.com": 1}
-                    assert gone not in b.projection().rules.rules
+                    # It is known there as ended before B heard of it (its place in
+                    # the fleet's order of equal rules), and it counts nothing.
+                    ended_there = b.projection().rules.rules[gone]
+                    assert ended_there.ended_on_arrival
+                    assert (ended_there.end, ended_there.total_bounced) == ("cancelled", 0)
                     assert b.statistics().fleet.skipped_ended == 2
         for name in NODES:
             assert_each_action_once(tmp_path / name)

@@ -10,23 +10,31 @@ wait is on an event (the relay's, the engines', the leases'), bounded by
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
+import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Final
 
 import attrs
+import httpx
 import pytest
 import trio
 
+from kumo.http.routes import METRICS_PATH
 from kumo.model.connection_lease import LeaseSettings, lease_key, refusal_context
 from kumo.model.fleet import FleetSettings
+from kumo.model.prometheus_text import parse_samples
 from kumo.runtime.connection_leases import ConnectionLeases, HeldLease, LeaseStatistics, Refused
 from kumo.runtime.delivery import MailSettings
 from kumo.runtime.engine import Engine, open_engine
 from kumo.runtime.mx import MxResolver
 from kumo.runtime.watermark import Watermark
+from tests.cli.test_kcli_live import SENDER, kcli
+from tests.live_server import ServerProcess, start_server
 from tests.postfix import postfix_smtp_sink, require_smtp_sink
 from tests.redis_server import RedisServer, redis_server
 from tests.runtime.harness import message
@@ -347,3 +355,84 @@ async def test_the_lease_keys_live_beside_the_fleet_stream(tmp_path: Path) -> No
             assert leases.key("q") == lease_key("q", "kumo:admin")
             assert leases.key("q") == "kumo:admin:kumomta.connection_limit.q"
             assert LeaseStatistics.off().enabled == 0
+
+
+def serve_config(redis: RedisServer, relay: int) -> str:
+    return f"""
+node_id = "{uuid.uuid4()}"
+
+[fleet]
+redis = "{redis.url}"
+
+[egress]
+fleet_limits = true
+connection_limit = 4
+prohibited_hosts = []
+enable_tls = "Disabled"
+idle_timeout = "1s"
+
+[domains."example.com"]
+mx_list = ["127.0.0.1:{relay}"]
+"""
+
+
+def lease_figures(server: ServerProcess) -> dict[str, int]:
+    reply = httpx.get(server.url + METRICS_PATH)
+    assert reply.status_code == 200, reply.text
+    return {
+        sample.name: int(sample.value)
+        for sample in parse_samples(reply.text)
+        if sample.name.startswith("kumo_engine_leases_")
+    }
+
+
+async def inject_over_http(server: ServerProcess, count: int) -> None:
+    inject = functools.partial(
+        kcli, server.url, "inject", "--from", SENDER, "--to", "r@example.com", "--count", str(count)
+    )
+    run = await trio.to_thread.run_sync(inject)
+    assert run.status == 0, run
+
+
+async def test_a_limit_of_4_holds_across_three_kumo_serve_processes(tmp_path: Path) -> None:
+    """The same as the first test, with three ``kumo serve`` processes configured by
+    ``[egress] fleet_limits = true``: mail injected over HTTP into each, delivered
+    through the counting relay, never more than 4 connections at once."""
+    require_smtp_sink()
+    per_node = 150
+    with trio.fail_after(120):
+        async with (
+            redis_server(tmp_path / "redis") as redis,
+            postfix_smtp_sink() as (sink, dumps),
+            relay_to(sink) as relay,
+        ):
+            servers: list[ServerProcess] = []
+            try:
+                for name in NODES:
+                    start = functools.partial(
+                        start_server,
+                        tmp_path / name,
+                        config=serve_config(redis, relay.port),
+                        deliver=True,
+                    )
+                    servers.append(await trio.to_thread.run_sync(start))
+                # All three at once, so that their deliveries overlap.
+                async with trio.open_nursery() as nursery:
+                    for server in servers:
+                        nursery.start_soon(inject_over_http, server, per_node)
+                # Every connection ends idle_timeout after the last message: the relay
+                # sees it close once everything has been dumped.
+                await relay.wait_until(
+                    lambda: relay.open == 0 and len(os.listdir(dumps)) == 3 * per_node
+                )
+                figures = [
+                    await trio.to_thread.run_sync(lease_figures, server) for server in servers
+                ]
+            finally:
+                statuses = [await trio.to_thread.run_sync(server.stop) for server in servers]
+            assert statuses == [0, 0, 0], [server.stderr_text() for server in servers]
+            assert relay.most == 4
+            assert sum(f["kumo_engine_leases_refused"] for f in figures) >= 1
+            assert sum(f["kumo_engine_leases_acquired"] for f in figures) == relay.total
+            assert all(f["kumo_engine_leases_enabled"] == 1 for f in figures)
+            assert all(f["kumo_engine_leases_held"] == 0 for f in figures)

@@ -217,16 +217,19 @@ async def test_leases_a_dead_node_held_are_taken_once_they_expire(tmp_path: Path
     short = LeaseSettings(
         duration=1.5, renew_interval=0.2, margin=0.5, retry_initial=0.01, retry_max=0.1
     )
-    settings = fleet_settings_with(short)
+    # Long enough that B asks (and is refused) before they expire, however slow the
+    # machine is to inject.
+    dying = LeaseSettings(duration=3.0, renew_interval=0.5, margin=1.0)
     with trio.fail_after(DEADLINE):
         async with (
             redis_server(tmp_path / "redis") as server,
             postfix_smtp_sink() as (sink, dumps),
             relay_to(sink) as relay,
+            fleet(tmp_path, fleet_settings(server, short), limited(relay.port, 2), ("b",)) as nodes,
         ):
-            fleet_of = settings(server)
+            b = nodes["b"]
             queue = ready_queue(relay.port)
-            dead = ConnectionLeases(fleet_of, node_id="node-dead")
+            dead = ConnectionLeases(fleet_settings(server, dying), node_id="node-dead")
             async with trio.open_nursery() as nursery:
                 await nursery.start(dead.run)
                 await dead.wait_until(lambda s: s.up == 1)
@@ -239,24 +242,18 @@ async def test_leases_a_dead_node_held_are_taken_once_they_expire(tmp_path: Path
                 nursery.cancel_scope.cancel()
             # Redis lets the first of them go no sooner than this (it set their expiry
             # from its own time, after the node sent the command).
-            first_free = min(h.lease.confirmed for h in held) + short.held_for
-            async with fleet(tmp_path, fleet_of, limited(relay.port, 2), ("b",)) as nodes:
-                b = nodes["b"]
-                await b.inject([message(f"r{n}@example.com") for n in range(5)])
-                leases = leases_of(b)
-                await leases.wait_until(lambda s: s.refused >= 1)
-                [dispatcher] = b._parts.deliveries.dispatchers()  # type: ignore[union-attr]
-                assert dispatcher.connection_limited == refusal_context(queue)
-                assert b.dispatcher_statistics()[0].connection_limited == 1
-                await wait_delivered(b, 5)
-                assert relay.opened_at[0] >= max(given_up_at, first_free)
-                assert dispatcher.connection_limited is None
+            first_free = min(h.lease.confirmed for h in held) + dying.held_for
+            await b.inject([message(f"r{n}@example.com") for n in range(5)])
+            leases = leases_of(b)
+            await leases.wait_until(lambda s: s.refused >= 1)
+            [dispatcher] = b._parts.deliveries.dispatchers()  # type: ignore[union-attr]
+            assert dispatcher.connection_limited == refusal_context(queue)
+            assert b.dispatcher_statistics()[0].connection_limited == 1
+            await wait_delivered(b, 5)
+            assert relay.opened_at[0] >= max(given_up_at, first_free)
+            assert dispatcher.connection_limited is None
             assert relay.most <= 2
             assert len(list(await trio.Path(dumps).iterdir())) == 5
-
-
-def fleet_settings_with(leases: LeaseSettings) -> Callable[[RedisServer], FleetSettings]:
-    return lambda server: fleet_settings(server, leases)
 
 
 async def test_with_redis_stopped_no_connection_outlives_its_lease_and_delivery_resumes(

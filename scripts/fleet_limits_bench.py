@@ -101,6 +101,8 @@ class Delivery:
     seconds: float
     connections: int
     """Leases taken (fleet_limits on), one per connection; 0 when off."""
+    refused: int
+    """Lease requests refused (a replacement asked before a lease was back)."""
 
     def rate(self, messages: int) -> float:
         return messages / self.seconds
@@ -131,7 +133,8 @@ async def deliver(
                 await engine.inject(batch[start : start + 500])
             await engine.wait_until(lambda: engine.statistics().delivered_total >= messages)
             seconds = time.perf_counter() - started
-            return Delivery(seconds, leases.statistics().acquired)
+            figures = leases.statistics()
+            return Delivery(seconds, figures.acquired, figures.refused)
 
 
 async def main_async(args: argparse.Namespace) -> None:
@@ -167,7 +170,7 @@ async def main_async(args: argparse.Namespace) -> None:
                     print(
                         f"  fleet_limits {'on ' if fleet_limits else 'off'}  "
                         f"{run.rate(args.messages):,.0f} msg/s  ({run.seconds:.2f} s, "
-                        f"{run.connections} leases)"
+                        f"{run.connections} leases, {run.refused} refused)"
                     )
 
 

@@ -228,9 +228,9 @@ class Dispatcher:
         self._limited: str | None = None
         """The ``connection_limited`` state's context while the fleet's leases are all
         taken and this ready queue wants another connection."""
-        self._ask_again = trio.Event()
-        """Set when a refused ready queue should ask for a lease before its back-off is
-        over: one of its connections ended, or it must look at its state again."""
+        self._ask_after = -math.inf
+        """Trio time before which no lease is asked for (the back-off after a refusal;
+        reset when one of this queue's connections ends)."""
         self.done = trio.Event()
         """Set once :meth:`run` has returned: stopped, every connection ended."""
 
@@ -269,7 +269,6 @@ class Dispatcher:
         """Look again at whether the ready queue is suspended (a suspension began or
         ended)."""
         self._changed.unpark_all()
-        self._ask_again.set()
 
     def want_room(self, queue: str, wake: Callable[[], None]) -> None:
         """Call ``wake`` once the ready queue has room again."""
@@ -287,7 +286,6 @@ class Dispatcher:
         once their transaction under way is done."""
         self._stopping = True
         self._give_back()
-        self._ask_again.set()
 
     def _give_back(self) -> None:
         """What waits goes back to its queues unattempted; the connections waiting for
@@ -324,61 +322,61 @@ class Dispatcher:
                         len(self.ready) + len(self._in_flight), self.settings.connection_limit
                     )
                     if self._connections < wanted and self.ready:
-                        leases = self._fleet_leases()
-                        held = None
-                        if leases is not None:
-                            held = await self._lease(leases)
-                            if held is None:
-                                continue
-                            if (
-                                self._stopping
-                                or self._suspended_until() is not None
-                                or not self.ready
-                            ):
-                                # Changed while Redis was asked: no connection after all.
-                                await leases.release(held)
-                                continue
-                        self._connections += 1
-                        nursery.start_soon(self._connection, held)
+                        if trio.current_time() >= self._ask_after:
+                            self._connections += 1
+                            nursery.start_soon(self._connection)
+                            continue
+                        # Refused a lease a moment ago: ask again after the back-off,
+                        # sooner if one of this queue's connections ends.
+                        with trio.move_on_at(self._ask_after):
+                            await self._changed.park()
                         continue
                     self._limited = None
                     await self._changed.park()
         finally:
             self.done.set()
 
-    async def _lease(self, leases: ConnectionLeases) -> HeldLease | None:
-        """A lease for one more connection; None, after waiting the policy's back-off
-        (or until one of this queue's connections ends), when refused."""
-        answer = await leases.acquire(self.name, self.settings.connection_limit, self.wake)
-        if isinstance(answer, HeldLease):
-            self._refusals = 0
-            self._limited = None
-            return answer
+    def _refused(self, answer: Refused, leases: ConnectionLeases) -> None:
+        """No lease for a connection: ``connection_limited`` (when the fleet's leases
+        are all taken), and no new ask before the policy's back-off."""
         self._refusals += 1
         if answer is Refused.TOO_MANY_LEASES:
             self._limited = refusal_context(self.name)
-        self._ask_again = trio.Event()
-        with trio.move_on_after(retry_delay(self._refusals, leases.settings)):
-            await self._ask_again.wait()
-        return None
+        delay = retry_delay(self._refusals, leases.settings)
+        self._ask_after = max(self._ask_after, trio.current_time() + delay)
 
-    async def _connection(self, held: HeldLease | None = None) -> None:
-        plan = self.destination.plan(self._rng)
-        connection = SmtpConnection(
-            self.settings.connection,
-            plan,
-            site=self.name,
-            messages=_Feed(self, held),
-            report=self._report,
-        )
+    async def _connection(self) -> None:
+        """One connection: with fleet limits, first its lease (asked here, so that
+        several connections may ask at once), given back when it ends."""
+        leases = self._fleet_leases()
+        held: HeldLease | None = None
         try:
+            if leases is not None:
+                answer = await leases.acquire(self.name, self.settings.connection_limit, self.wake)
+                if not isinstance(answer, HeldLease):
+                    self._refused(answer, leases)
+                    return
+                held = answer
+                self._refusals = 0
+                self._limited = None
+                if self._stopping or self._suspended_until() is not None or not self.ready:
+                    return  # changed while Redis was asked: no connection after all
+            connection = SmtpConnection(
+                self.settings.connection,
+                self.destination.plan(self._rng),
+                site=self.name,
+                messages=_Feed(self, held),
+                report=self._report,
+            )
             await connection.run()
         finally:
+            # The connection's place is free once its lease is back, not before: a
+            # replacement asked for earlier would find the lease still taken.
+            if held is not None and leases is not None:
+                await leases.release(held)
+                self._ask_after = -math.inf  # one of ours ended: a lease may be free
             self._connections -= 1
             self._changed.unpark_all()
-            self._ask_again.set()
-            if held is not None and self._leases is not None:
-                await self._leases.release(held)
 
     async def take(self, held: HeldLease | None = None) -> OutgoingMessage | None:
         """The next message for a connection, once there is one; None when stopping,

@@ -175,6 +175,8 @@ class ConnectionLeases:
                 [self.settings.duration_ms, lease.member.encode()],
             )
         self._answered()
+        if lease.member not in self._held:
+            return  # given back while the renewal was under way: nothing to keep
         outcome = Renewal.RENEWED if int(answer) == 1 else Renewal.GONE
         renewed = after_renewal(held.lease, outcome, sent_at, self.settings)
         if renewed is None:

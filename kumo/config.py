@@ -196,6 +196,11 @@ def _check_type(kind: type) -> _Check:
     return check
 
 
+def _check_flag(name: str, value: Any) -> None:
+    if type(value) is not bool:
+        raise ConfigError(f"{name} must be true or false, {_got(value)}")
+
+
 def _check_optional_path(name: str, value: Any) -> None:
     if value is not None and not isinstance(value, Path):
         raise ConfigError(f"{name} must be a path or None, {_got(value)}")
@@ -254,6 +259,11 @@ def _parse_cidrs(name: str, value: object, _: Path) -> CidrSet:
         return CidrSet.parse(_string(name, item) for item in value)
     except CidrError as exc:
         raise ConfigError(f"{name}: {exc}") from None
+
+
+def _parse_flag(name: str, value: object, _: Path) -> object:
+    _check_flag(name, value)
+    return value
 
 
 def _parse_names(name: str, value: object, _: Path) -> tuple[str, ...]:
@@ -418,7 +428,11 @@ class EgressSettings:
     for ``idle_timeout`` and ``data_dot_timeout``)."""
 
     connection_limit: int = _setting(default=32, check=_check_count, parse=_parse_integer)
-    """Connections per ready queue at most."""
+    """Connections per ready queue at most (on this node; fleet-wide with ``fleet_limits``)."""
+    fleet_limits: bool = _setting(default=False, check=_check_flag, parse=_parse_flag)
+    """``true``: ``connection_limit`` holds across the fleet, the connections of every
+    node to one ready queue summed (leases in the fleet's Redis, docs/fleet.md); needs
+    ``[fleet]``. Default ``false``: each node keeps the limit on its own."""
     max_deliveries_per_connection: int = _setting(
         default=1024, check=_check_count, parse=_parse_integer
     )
@@ -707,6 +721,21 @@ class Config:
                 _evolve(self.queue, overrides.queue, domain),
                 _evolve(self.egress, overrides.egress, domain),
             )
+        if self.fleet is None:
+            # Leases live in the fleet's Redis: without one the limit could only be
+            # this node's, which is not what the key asks for.
+            if self.egress.fleet_limits:
+                raise ConfigError(
+                    "egress.fleet_limits = true needs [fleet] (the fleet's Redis keeps "
+                    'the connection leases): add [fleet] redis = "redis://HOST:PORT/DB"'
+                )
+            for domain, overrides in self.domains.items():
+                if overrides.egress.get("fleet_limits"):
+                    raise ConfigError(
+                        f"domains.{_quoted_key(domain)}.fleet_limits = true needs [fleet] "
+                        "(the fleet's Redis keeps the connection leases): add [fleet] "
+                        'redis = "redis://HOST:PORT/DB"'
+                    )
 
     @property
     def host(self) -> str:

@@ -527,3 +527,41 @@ def test_a_document_already_read_is_checked_alike(tmp_path: Path) -> None:
     assert parse_config_data(data, base_dir=tmp_path) == parse_config(text, base_dir=tmp_path)
     with pytest.raises(ConfigError, match="unknown key 'colour' in config"):
         parse_config_data({"colour": "red"}, base_dir=tmp_path)
+
+
+def test_fleet_limits_are_off_by_default_and_on_with_a_fleet() -> None:
+    assert parse_config("", base_dir=BASE).egress.fleet_limits is False
+    fleet = '[fleet]\nredis = "redis://127.0.0.1"\n'
+    config = parse_config(fleet + "[egress]\nfleet_limits = true\n", base_dir=BASE)
+    assert config.egress.fleet_limits is True
+    one = parse_config(fleet + '[domains."example.com"]\nfleet_limits = true\n', base_dir=BASE)
+    assert one.egress.fleet_limits is False
+    assert one.egress_settings("Example.COM").fleet_limits is True
+    # A domain may also turn it off for itself.
+    off = parse_config(
+        fleet + "[egress]\nfleet_limits = true\n[domains.local]\nfleet_limits = false\n",
+        base_dir=BASE,
+    )
+    assert off.egress_settings("local").fleet_limits is False
+    assert off.egress_settings("other").fleet_limits is True
+    # Off without [fleet] is no error.
+    assert parse_config("[egress]\nfleet_limits = false\n", base_dir=BASE).fleet is None
+
+
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        ("[egress]\nfleet_limits = true", "egress.fleet_limits = true needs [fleet]"),
+        (
+            '[domains."example.com"]\nfleet_limits = true',
+            'domains."example.com".fleet_limits = true needs [fleet]',
+        ),
+        ("[egress]\nfleet_limits = 1", "egress.fleet_limits must be true or false, got 1"),
+        ("[egress]\nfleet_limits = 'yes'", "egress.fleet_limits must be true or false"),
+    ],
+)
+def test_bad_fleet_limits_name_the_key(text: str, why: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text, base_dir=BASE)
+    assert why in str(caught.value)
+    assert "\n" not in str(caught.value)

@@ -180,6 +180,7 @@ def mail_settings(
                 connection_limit=egress.connection_limit,
                 max_ready=egress.max_ready,
                 prohibited_hosts=egress.prohibited_hosts,
+                fleet_limits=egress.fleet_limits,
             )
         return settings
 

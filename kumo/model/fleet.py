@@ -51,6 +51,7 @@ from typing import Any, Final, Literal, Protocol, TypeAlias
 import attrs
 import orjson
 
+from kumo.model.connection_lease import LeaseSettings
 from kumo.model.events import (
     BounceCancelled,
     BounceIssued,
@@ -162,6 +163,9 @@ class FleetSettings:
     )
     """Seconds a ``?scope=fleet`` GET waits for Redis before it answers with this
     node's figures alone."""
+    leases: LeaseSettings = attrs.field(factory=LeaseSettings, kw_only=True)
+    """How the connection leases of ``[egress] fleet_limits`` live and are kept
+    (:mod:`kumo.model.connection_lease`)."""
 
 
 def epoch_key(stream: str) -> str:

@@ -22,6 +22,14 @@ A suspended ready queue (``/api/admin/suspend-ready-q/v1``; :class:`SuspendedRea
 takes nothing: its connections finish the transaction under way and close with QUIT,
 what waits in it goes back to its scheduled queues unattempted, and it has no room
 for more, until the suspension ends.
+
+A fleet-limited ready queue (``[egress] fleet_limits``) takes a lease from the fleet's
+Redis before it opens each connection and gives it back when the connection ends
+(:mod:`kumo.runtime.connection_leases`). Refused, it is ``connection_limited`` (context
+``TooManyLeases for kumomta.connection_limit.<ready queue>``) and asks again after a
+back-off, or as soon as one of its own connections ends; its messages wait in it. A
+connection takes a new message only while its lease is usable; one whose lease could
+not be renewed in time (or was lost) finishes the transaction under way and closes.
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ from __future__ import annotations
 import functools
 import itertools
 import logging
+import math
 import random
 from collections.abc import Callable
 from typing import Protocol
@@ -37,6 +46,7 @@ import attrs
 import trio
 
 from kumo.model.cidr_set import CidrSet
+from kumo.model.connection_lease import refusal_context, retry_delay
 from kumo.model.events import Attempt
 from kumo.model.mx_resolution import Destination, ResolutionFailure
 from kumo.model.queue_name import QueueName
@@ -45,6 +55,7 @@ from kumo.model.ready_suspension import ReadySuspensionBook
 from kumo.model.retry import RetryPolicy
 from kumo.model.statistics import counter, gauge, info
 from kumo.runtime.clock import EngineClock
+from kumo.runtime.connection_leases import ConnectionLeases, HeldLease, Refused
 from kumo.runtime.mx import MxResolver
 from kumo.runtime.smtp_connection import (
     DELIVERY_PROTOCOL,
@@ -69,6 +80,9 @@ class DestinationSettings:
     connection_limit: int
     max_ready: int
     prohibited_hosts: CidrSet
+    fleet_limits: bool = False
+    """``connection_limit`` holds across the fleet (leases in its Redis); ignored when
+    the engine is in no fleet (the configuration refuses that)."""
 
 
 @attrs.frozen(eq=False)
@@ -170,6 +184,9 @@ class DispatcherStatistics:
     delivered: int = counter("Messages delivered by this process.")
     transient_failures: int = counter("Attempts that failed transiently in this process.")
     failed: int = counter("Messages the destination refused for good in this process.")
+    connection_limited: int = gauge(
+        "1 while the ready queue wants a connection and the fleet's leases are all taken."
+    )
 
 
 class Dispatcher:
@@ -182,9 +199,12 @@ class Dispatcher:
         sink: OutcomeSink,
         rng: random.Random,
         suspended_until: Callable[[], float | None] = _never_suspended,
+        leases: ConnectionLeases | None = None,
     ) -> None:
         """``suspended_until``: until when (trio time) a suspension holds this ready
-        queue now, None when none does (:meth:`SuspendedReadyQueues.until`)."""
+        queue now, None when none does (:meth:`SuspendedReadyQueues.until`).
+        ``leases``: the fleet's connection leases, taken for each connection when
+        ``settings.fleet_limits`` is set."""
         self.destination = destination
         self.settings = settings
         self.ready = ReadyQueue(destination.ready_queue, settings.max_ready)
@@ -202,6 +222,15 @@ class Dispatcher:
         """Whether the run loop has found this ready queue suspended (and given back
         what waited in it), until it finds the suspension over."""
         self._counts = {"Delivery": 0, "TransientFailure": 0, "Bounce": 0}
+        self._leases = leases
+        self._refusals = 0
+        """Lease requests refused (or unanswered) in a row."""
+        self._limited: str | None = None
+        """The ``connection_limited`` state's context while the fleet's leases are all
+        taken and this ready queue wants another connection."""
+        self._ask_after = -math.inf
+        """Trio time before which no lease is asked for (the back-off after a refusal;
+        reset when one of this queue's connections ends)."""
         self.done = trio.Event()
         """Set once :meth:`run` has returned: stopped, every connection ended."""
 
@@ -212,6 +241,15 @@ class Dispatcher:
     @property
     def stopping(self) -> bool:
         return self._stopping
+
+    @property
+    def connection_limited(self) -> str | None:
+        """The context of the ready queue's ``connection_limited`` state (KumoMTA's
+        ``TooManyLeases for kumomta.connection_limit.<ready queue>``), None when it is not."""
+        return self._limited
+
+    def _fleet_leases(self) -> ConnectionLeases | None:
+        return self._leases if self.settings.fleet_limits else None
 
     def room(self) -> int:
         """How many more messages may be pushed now: none while suspended."""
@@ -284,37 +322,79 @@ class Dispatcher:
                         len(self.ready) + len(self._in_flight), self.settings.connection_limit
                     )
                     if self._connections < wanted and self.ready:
-                        self._connections += 1
-                        nursery.start_soon(self._connection)
+                        if trio.current_time() >= self._ask_after:
+                            self._connections += 1
+                            nursery.start_soon(self._connection)
+                            continue
+                        # Refused a lease a moment ago: ask again after the back-off,
+                        # sooner if one of this queue's connections ends.
+                        with trio.move_on_at(self._ask_after):
+                            await self._changed.park()
                         continue
+                    self._limited = None
                     await self._changed.park()
         finally:
             self.done.set()
 
+    def _refused(self, answer: Refused, leases: ConnectionLeases) -> None:
+        """No lease for a connection: ``connection_limited`` (when the fleet's leases
+        are all taken), and no new ask before the policy's back-off."""
+        self._refusals += 1
+        if answer is Refused.TOO_MANY_LEASES:
+            self._limited = refusal_context(self.name)
+        delay = retry_delay(self._refusals, leases.settings)
+        self._ask_after = max(self._ask_after, trio.current_time() + delay)
+
     async def _connection(self) -> None:
-        plan = self.destination.plan(self._rng)
-        connection = SmtpConnection(
-            self.settings.connection,
-            plan,
-            site=self.name,
-            messages=_Feed(self),
-            report=self._report,
-        )
+        """One connection: with fleet limits, first its lease (asked here, so that
+        several connections may ask at once), given back when it ends."""
+        leases = self._fleet_leases()
+        held: HeldLease | None = None
         try:
+            if leases is not None:
+                answer = await leases.acquire(self.name, self.settings.connection_limit, self.wake)
+                if not isinstance(answer, HeldLease):
+                    self._refused(answer, leases)
+                    return
+                held = answer
+                self._refusals = 0
+                self._limited = None
+                if self._stopping or self._suspended_until() is not None or not self.ready:
+                    return  # changed while Redis was asked: no connection after all
+            connection = SmtpConnection(
+                self.settings.connection,
+                self.destination.plan(self._rng),
+                site=self.name,
+                messages=_Feed(self, held),
+                report=self._report,
+            )
             await connection.run()
         finally:
+            # The connection's place is free once its lease is back, not before: a
+            # replacement asked for earlier would find the lease still taken.
+            if held is not None and leases is not None:
+                await leases.release(held)
+                self._ask_after = -math.inf  # one of ours ended: a lease may be free
             self._connections -= 1
             self._changed.unpark_all()
 
-    async def take(self) -> OutgoingMessage | None:
-        """The next message for a connection, once there is one; None when stopping or
-        suspended (the connection then closes)."""
+    async def take(self, held: HeldLease | None = None) -> OutgoingMessage | None:
+        """The next message for a connection, once there is one; None when stopping,
+        suspended, or when the connection's lease ``held`` is no longer usable (the
+        connection then closes)."""
         while True:
             if self._stopping or self._suspended_until() is not None:
                 return None
+            usable_until = math.inf
+            if held is not None and self._leases is not None:
+                usable_until = self._leases.usable_until(held)
+                if trio.current_time() >= usable_until:
+                    return None
             entry = self.ready.pop()
             if entry is None:
-                await self._changed.park()
+                # A renewal moves usable_until on: looked at again when it passes.
+                with trio.move_on_at(usable_until):
+                    await self._changed.park()
                 continue
             self._room_freed()
             message = entry.message
@@ -335,6 +415,7 @@ class Dispatcher:
             delivered=self._counts["Delivery"],
             transient_failures=self._counts["TransientFailure"],
             failed=self._counts["Bounce"],
+            connection_limited=int(self._limited is not None),
         )
 
 
@@ -342,14 +423,15 @@ class _Feed:
     """One connection's source of messages (an async iterator, cancel-safe: a message
     taken as the wait is cancelled goes back to the front of the ready queue)."""
 
-    def __init__(self, dispatcher: Dispatcher) -> None:
+    def __init__(self, dispatcher: Dispatcher, held: HeldLease | None) -> None:
         self._dispatcher = dispatcher
+        self._held = held
 
     def __aiter__(self) -> _Feed:
         return self
 
     async def __anext__(self) -> OutgoingMessage:
-        message = await self._dispatcher.take()
+        message = await self._dispatcher.take(self._held)
         if message is None:
             raise StopAsyncIteration
         return message
@@ -371,11 +453,15 @@ class Deliveries:
         settings: MailSettings,
         sink: OutcomeSink,
         suspended: SuspendedReadyQueues | None = None,
+        leases: ConnectionLeases | None = None,
     ) -> None:
-        """``suspended``: the ready-queue suspensions the dispatchers obey (None: none)."""
+        """``suspended``: the ready-queue suspensions the dispatchers obey (None: none).
+        ``leases``: the fleet's connection leases (a node in a fleet), which the
+        dispatchers of fleet-limited destinations take; :meth:`run` keeps them."""
         self._settings = settings
         self._sink = sink
         self._suspended = suspended
+        self.leases = leases
         self._rng = random.Random()
         self._nursery: trio.Nursery | None = None
         self._dispatchers: dict[str, Dispatcher] = {}
@@ -395,10 +481,13 @@ class Deliveries:
         return self._settings.destination(destination_domain(queue))
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Own the dispatchers; wake them whenever a ready-queue suspension event is
-        folded, so that each looks again at whether it is suspended."""
+        """Own the dispatchers (and keep the fleet's connection leases, when there
+        are); wake them whenever a ready-queue suspension event is folded, so that each
+        looks again at whether it is suspended."""
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            if self.leases is not None:
+                await nursery.start(self.leases.run)
             task_status.started()
             if self._suspended is None:
                 await trio.sleep_forever()
@@ -470,6 +559,7 @@ class Deliveries:
                 _never_suspended
                 if suspended is None
                 else functools.partial(suspended.until, resolution.ready_queue),
+                self.leases,
             )
             self._dispatchers[dispatcher.name] = dispatcher
             if self._stopping:

@@ -8,6 +8,7 @@ this order)::
     ├── QueueSupervisor.run        owns the actors' nursery
     │   └── QueueActor.run ×N      one per scheduled queue
     ├── Deliveries.run             the mail path's dispatchers (with ``mail`` only)
+    │   ├── ConnectionLeases.run   [fleet] only: renews this node's connection leases
     │   └── Dispatcher.run ×R      one per ready queue, its SMTP connections
     ├── followers                  a nursery cancelled last at shutdown
     │   ├── DeliveryLogWriter.run  Reception / AdminBounce JSON lines, checkpointed
@@ -69,6 +70,7 @@ from kumo.model.statistics import counter, gauge, record
 from kumo.runtime.blocking import in_thread, inline
 from kumo.runtime.broadcaster import Broadcaster, BroadcasterStatistics
 from kumo.runtime.clock import EngineClock
+from kumo.runtime.connection_leases import ConnectionLeases, LeaseStatistics
 from kumo.runtime.delivery import (
     Deliveries,
     DispatcherStatistics,
@@ -134,6 +136,9 @@ class EngineStatistics:
     wal: CheckpointStatistics = record("The checkpointer of the event log's WAL.")
     snapshots: SnapshotStatistics = record("The snapshots of the state.")
     fleet: FleetStatistics = record("Fleet mode: this node's link to the fleet's stream.")
+    leases: LeaseStatistics = record(
+        "Fleet mode: this node's connection leases (fleet-wide connection limits)."
+    )
 
 
 @attrs.frozen
@@ -286,6 +291,13 @@ class Engine:
         return self._parts.projection.preview_rebind(
             request.criteria, request.data, always_flush=request.always_flush
         )
+
+    @property
+    def connection_leases(self) -> ConnectionLeases | None:
+        """This node's connection leases (a node in a fleet that delivers mail), for
+        tests and tools that wait on them; None otherwise."""
+        deliveries = self._parts.deliveries
+        return None if deliveries is None else deliveries.leases
 
     async def wait_fleet_counters(self) -> None:
         """Return once this node's rule counters, as they are now, are published for
@@ -527,6 +539,8 @@ class Engine:
     def statistics(self) -> EngineStatistics:
         projection = self._projection
         fleet = self._parts.fleet
+        deliveries = self._parts.deliveries
+        leases = None if deliveries is None else deliveries.leases
         return EngineStatistics(
             received_total=projection.received_total,
             bounced_total=projection.bounced_total,
@@ -545,6 +559,7 @@ class Engine:
             wal=self._parts.checkpointer.statistics(),
             snapshots=self._parts.snapshotter.statistics(),
             fleet=FleetStatistics.off() if fleet is None else fleet.statistics(),
+            leases=LeaseStatistics.off() if leases is None else leases.statistics(),
         )
 
     def actor_statistics(self, start: int = 0, stop: int | None = None) -> list[ActorStatistics]:
@@ -751,7 +766,12 @@ async def open_engine(
             suspended = SuspendedReadyQueues(
                 state.ready_suspends, clock, projection.ready_suspension_events
             )
-            deliveries = Deliveries(mail, report, suspended)
+            deliveries = Deliveries(
+                mail,
+                report,
+                suspended,
+                None if fleet is None else ConnectionLeases(fleet, node_id=chosen_id),
+            )
         parts = EngineParts(
             clock=clock,
             settings=settings,

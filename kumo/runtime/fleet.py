@@ -87,10 +87,10 @@ FOLLOWED_EPOCH: Final = "fleet.epoch"
 START: Final = "0-0"
 """The stream position before its first entry."""
 
-_REDIS_FAILURES: Final = (coredis.exceptions.RedisError, OSError, trio.TooSlowError)
+REDIS_FAILURES: Final = (coredis.exceptions.RedisError, OSError, trio.TooSlowError)
 """What a lost or failing Redis raises; the tasks retry after any of them."""
 
-_CAUGHT: Final = (*_REDIS_FAILURES, RefusedError, BaseExceptionGroup)
+_CAUGHT: Final = (*REDIS_FAILURES, RefusedError, BaseExceptionGroup)
 """What the tasks look at before they decide to retry (:func:`_failure`)."""
 
 Connect = Callable[[FleetSettings], AbstractAsyncContextManager[Any]]
@@ -259,7 +259,7 @@ class FleetLink:
                         with trio.move_on_after(self.settings.block):
                             await self._projection.admin_events.wait_for(seen + 1)
             except _CAUGHT as caught:
-                failure = _failure(caught, _REDIS_FAILURES)
+                failure = redis_failure(caught, REDIS_FAILURES)
                 if failure is None:
                     raise
                 failures += 1
@@ -363,7 +363,7 @@ class FleetLink:
             except _CAUGHT as caught:
                 # RefusedError: the log refused the append (its disk is full): nothing
                 # was applied and the position did not move; the entries are read again.
-                failure = _failure(caught, (*_REDIS_FAILURES, RefusedError))
+                failure = redis_failure(caught, (*REDIS_FAILURES, RefusedError))
                 if failure is None:
                     raise
                 failures += 1
@@ -427,7 +427,7 @@ class FleetLink:
                         failures = 0
                         await trio.sleep(self.settings.counters_interval)
             except _CAUGHT as caught:
-                failure = _failure(caught, _REDIS_FAILURES)
+                failure = redis_failure(caught, REDIS_FAILURES)
                 if failure is None:
                     raise
                 failures += 1
@@ -473,7 +473,7 @@ class FleetLink:
                             logger.warning("fleet counters of node %s left out: %s", node, exc)
                     return figures
         except _CAUGHT as caught:
-            if _failure(caught, _REDIS_FAILURES) is None:
+            if redis_failure(caught, REDIS_FAILURES) is None:
                 raise
             self._counts["redis_failures"] += 1
         return None
@@ -566,7 +566,9 @@ class FleetLink:
         )
 
 
-def _failure(caught: BaseException, kinds: tuple[type[BaseException], ...]) -> BaseException | None:
+def redis_failure(
+    caught: BaseException, kinds: tuple[type[BaseException], ...]
+) -> BaseException | None:
     """The first failure in ``caught`` if everything it holds is one of ``kinds``, else
     None (re-raise it). coredis runs each client in a task group of its own, so a lost
     connection may come wrapped in an exception group, a cancellation beside it."""

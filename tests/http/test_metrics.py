@@ -30,6 +30,7 @@ from kumo.http.metrics import (
 )
 from kumo.model.statistics import Histogram, counter, gauge, info, record
 from kumo.runtime.broadcaster import BroadcasterStatistics
+from kumo.runtime.connection_leases import LeaseStatistics
 from kumo.runtime.delivery import DispatcherStatistics
 from kumo.runtime.delivery_log import DeliveryLogStatistics
 from kumo.runtime.engine import EngineStatistics
@@ -84,6 +85,7 @@ def engine_statistics() -> EngineStatistics:
         wal=CheckpointStatistics(12, 40, 0),
         snapshots=SnapshotStatistics(1000, 1, 0, 0.25, 123456, 900, 300),
         fleet=FleetStatistics.off(),
+        leases=LeaseStatistics.off(),
     )
 
 
@@ -336,6 +338,7 @@ def dispatcher(ready_queue: str = READY_QUEUE, **fields: int) -> DispatcherStati
         "delivered": 0,
         "transient_failures": 0,
         "failed": 0,
+        "connection_limited": 0,
     }
     return DispatcherStatistics(ready_queue=ready_queue, **{**defaults, **fields})
 

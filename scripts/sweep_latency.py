@@ -37,6 +37,7 @@ import json
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -156,6 +157,58 @@ def install_hooks() -> None:
     gc.callbacks.append(on_gc)
 
 
+_BARE_COMMITS = """
+import select, sqlite3, sys, time
+db = sqlite3.connect(sys.argv[1], isolation_level=None)
+db.execute("PRAGMA journal_mode=WAL")
+db.execute("PRAGMA synchronous=FULL")
+db.execute("CREATE TABLE IF NOT EXISTS t (x)")
+seconds = []
+due = time.perf_counter()
+while not select.select([sys.stdin], [], [], 0)[0]:
+    due += 0.02
+    started = time.perf_counter()
+    db.execute("BEGIN IMMEDIATE")
+    db.execute("INSERT INTO t VALUES (?)", (b"x" * 200,))
+    db.execute("COMMIT")
+    seconds.append(time.perf_counter() - started)
+    time.sleep(max(0.0, due - time.perf_counter()))
+print("\n".join(map(str, seconds)))
+"""
+
+
+class BareCommits:
+    """What the disk and the CPUs allow: a process of its own commits one 200-byte row
+    with an fsync (SQLite WAL, ``synchronous=FULL``) every 20 ms beside the sweep, in
+    the same file system. A POST cannot be faster than its durable commit."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._process: subprocess.Popen[str] | None = None
+
+    def start(self) -> None:
+        self._process = subprocess.Popen(
+            [sys.executable, "-c", _BARE_COMMITS, str(self._path)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+
+    def stop(self) -> dict[str, str]:
+        process = self._process
+        if process is None:
+            return {}
+        out, _ = process.communicate("stop\n")
+        seconds = [float(line) for line in out.split()]
+        self._path.unlink(missing_ok=True)
+        return {
+            "count": str(len(seconds)),
+            "p50_ms": ms(statistics.median(seconds)),
+            "p99_ms": ms(percentile(seconds, 0.99)),
+            "max_ms": ms(max(seconds)),
+        }
+
+
 def percentile(values: Sequence[float], fraction: float) -> float:
     return bench.percentile(values, fraction) if values else float("nan")
 
@@ -166,6 +219,7 @@ def ms(value: float) -> str:
 
 async def probe(data_dir: Path, settings: EngineSettings) -> dict[str, Any]:
     """One probed sweep on ``data_dir``; see the module docstring."""
+    floor = BareCommits(data_dir.parent / "bare.sqlite3")
     started = now()
     async with open_engine(data_dir, settings=settings) as engine:
         await engine.wait_idle()
@@ -173,6 +227,7 @@ async def probe(data_dir: Path, settings: EngineSettings) -> dict[str, Any]:
         gc.freeze()
         queued = engine.statistics().queued_total
         trio.lowlevel.add_instrument(LoopInstrument())
+        floor.start()
         posts: list[dict[str, float]] = []
         gets: list[dict[str, float]] = []
         done = trio.Event()
@@ -246,7 +301,9 @@ async def probe(data_dir: Path, settings: EngineSettings) -> dict[str, Any]:
             await watch()
             sweep["seconds"] = now() - origin[0]
             nursery.cancel_scope.cancel()
-    return summarise(origin[0], sweep, posts, gets, queued, opened)
+    result = summarise(origin[0], sweep, posts, gets, queued, opened)
+    result["bare_commit"] = floor.stop()
+    return result
 
 
 def summarise(

@@ -9,7 +9,7 @@ from the time and what waits, and carries the answer out. The policy:
   transaction holds fewer than ``max_batch_events``);
 - then background events, up to a number of bounced messages that depends on whether
   clients are active: ``urgent_batch_messages`` in a transaction that carries clients'
-  events (they wait for it; 0, the default, commits them alone), ``client_batch_messages``
+  events (they wait for it; 0 commits them alone), ``client_batch_messages``
   within ``client_window`` of a client's append (the next client waits for the
   transaction under way), else ``max_batch_messages`` (a sweep alone: big transactions,
   few fsyncs). A transaction without clients' events takes at least one event, and so

@@ -48,15 +48,16 @@ class EngineSettings:
     """Bounced messages per transaction within :attr:`client_window` of a client's append:
     a client's append waits for the transaction under way, so keep those short then."""
     urgent_batch_messages: int = attrs.field(
-        default=0,
+        default=256,
         validator=[attrs.validators.instance_of(int), attrs.validators.ge(0)],
         kw_only=True,
     )
     """Bounced messages in a transaction that carries clients' events: they wait for this
-    one. 0 commits clients' events alone (but for one background event when the
-    transaction before did the same, so that a stream of requests never starves a
-    sweep): under a sweep a POST then waits for its own small commit, not for 256
-    bounced messages' encoding and insert too (docs/benchmarks.md)."""
+    one, so keep it short. 0 commits clients' events alone (but for one background
+    event when the transaction before did the same, so that a stream of requests never
+    starves a sweep): measured under a sweep probed 50 times a second on a disk whose
+    fsync is slow, that made the sweep twice as long and the POSTs no faster, as every
+    POST then costs the sweep a transaction of its own (docs/benchmarks.md)."""
     client_window: float = _seconds_field(1.0)
     """Seconds after a client's append during which transactions stay short."""
     background_capacity: int = _int_field(65_536)

@@ -12,15 +12,15 @@ from kumo.model.settings import EngineSettings
 SECOND = NANOS_PER_SECOND
 
 
-def test_clients_events_are_committed_alone_by_default() -> None:
-    planner = CommitPlanner(EngineSettings())
+def test_clients_events_can_be_committed_alone() -> None:
+    planner = CommitPlanner(EngineSettings(urgent_batch_messages=0))
     plan = planner.plan(0, [1, 1], [100] * 10, 10)
     assert plan == CommitPlan(requests=2, background=0, durable=True)
 
 
 def test_a_stream_of_requests_does_not_starve_a_sweep() -> None:
     """Clients' transactions back to back: every second one takes a background event."""
-    planner = CommitPlanner(EngineSettings())
+    planner = CommitPlanner(EngineSettings(urgent_batch_messages=0))
     taken = []
     for step in range(6):
         plan = planner.plan(step, [1], [100] * 10, 10)
@@ -39,8 +39,8 @@ def test_background_alone_follows_the_client_window() -> None:
     assert planner.plan(5 * SECOND, [], [100] * 20, 20).background == 10
 
 
-def test_a_positive_urgent_bound_takes_background_with_clients() -> None:
-    planner = CommitPlanner(EngineSettings(urgent_batch_messages=250))
+def test_clients_transactions_take_a_little_background_by_default() -> None:
+    planner = CommitPlanner(EngineSettings())  # 256 messages
     assert planner.plan(0, [1], [100] * 10, 10) == CommitPlan(1, 3, durable=True)
 
 

@@ -173,7 +173,7 @@ while not select.select([sys.stdin], [], [], 0)[0]:
     db.execute("COMMIT")
     seconds.append(time.perf_counter() - started)
     time.sleep(max(0.0, due - time.perf_counter()))
-print("\n".join(map(str, seconds)))
+print(" ".join(map(str, seconds)))
 """
 
 

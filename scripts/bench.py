@@ -685,8 +685,13 @@ class SweepProbeRun:
     sweep_seconds: float
 
     def during(self, kind: str, first: float | None = None) -> list[float]:
+        """Latencies of the probes of ``kind`` in flight at some moment of the sweep (of
+        its first ``first`` seconds): a probe sent just before the sweep's POST and
+        answered only seconds later was kept waiting by the sweep's start, and counts."""
         samples = self.posts if kind == "POST" else self.gets
-        return [latency for at, latency in samples if at >= 0 and (first is None or at < first)]
+        return [
+            latency for at, latency in samples if at + latency > 0 and (first is None or at < first)
+        ]
 
 
 def sweep_probe_run(data_dir: Path, messages: int, queues: int) -> SweepProbeRun:

@@ -73,6 +73,7 @@ from kumo.http.routes import (
     SUSPEND_PATH,
     SUSPEND_READY_Q_PATH,
 )
+from kumo.http.rule_listing import RuleListing
 from kumo.model.duration import NANOS_PER_SECOND
 from kumo.model.inspection import QueueConfig
 from kumo.runtime.blocking import RunBlocking, in_thread
@@ -146,6 +147,7 @@ def create_app(
     app.config["BODY_TIMEOUT"] = body_timeout
     app.asgi_app = ConnectionGuard(app.asgi_app, body_timeout=body_timeout)  # type: ignore[assignment,arg-type]
     latency = AdminLatency()
+    listing = RuleListing()
     registry = metrics_registry(engine, latency, smtp_listener)
 
     # Registered first, so that the time of an admin request includes its access check.
@@ -202,7 +204,7 @@ def create_app(
 
     @app.get(BOUNCE_PATH)
     async def get_bounces() -> Response:
-        return _response(await bounce_api.list_bounces(engine, _query()))
+        return _response(await bounce_api.list_bounces(engine, _query(), listing))
 
     @app.delete(BOUNCE_PATH)
     async def delete_bounce() -> Response:

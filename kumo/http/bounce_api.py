@@ -7,17 +7,16 @@ valid, so a refused request changes nothing.
 
 from __future__ import annotations
 
-from typing import Any, Final
+from typing import Final
 
 from kumo.http.bodies import parse_bounce_request, parse_cancel_request
 from kumo.http.dry_run import dry_run_reply
 from kumo.http.engine_protocol import AdminEngine
 from kumo.http.queries import Query, parse_bounce_list_query
-from kumo.http.replies import Reply, json_reply, text_reply
-from kumo.model.duration import format_duration
+from kumo.http.replies import JSON, Reply, json_reply, text_reply
+from kumo.http.rule_listing import RuleListing, rule_entry
 from kumo.model.requests import BounceRequest
-from kumo.model.rfc3339 import format_rfc3339
-from kumo.model.state import RuleKind, RuleView
+from kumo.model.state import RuleKind
 
 
 async def issue_bounce(
@@ -45,40 +44,24 @@ def preview(engine: AdminEngine, request: BounceRequest, kind: RuleKind) -> Repl
     return dry_run_reply(result)
 
 
-def rule_entry(view: RuleView) -> dict[str, Any]:
-    """One element of GET's array: KumoMTA's keys first, kumo's extra keys after."""
-    criteria = view.criteria
-    return {
-        "id": view.id,
-        "campaign": criteria.campaign,
-        "tenant": criteria.tenant,
-        "domain": criteria.domain,
-        "routing_domain": criteria.routing_domain,
-        "reason": view.reason,
-        "duration": format_duration(max(view.remaining, 0)),
-        "bounced": dict(view.bounced),
-        "total_bounced": view.total_bounced,
-        "queue_names": sorted(criteria.queue_names),
-        "suppress_logging": view.suppress_logging,
-        "expires": format_rfc3339(view.expires_at),
-        "issued_at": format_rfc3339(view.issued_at),
-        "issued_by": view.issued_by,
-        "pending": view.pending,
-    }
-
-
 FLEET_FIGURES_HEADER: Final = "Kumo-Fleet-Figures"
 """The header of a ``?scope=fleet`` answer: ``fleet; nodes=N`` (summed over N nodes,
 this one included), ``unavailable`` (Redis did not answer in time: this node's figures
 alone) or ``off`` (the node is in no fleet: its figures are the fleet's)."""
 
 
-async def list_bounces(engine: AdminEngine, query: Query | None = None) -> Reply:
+async def list_bounces(
+    engine: AdminEngine, query: Query | None = None, listing: RuleListing | None = None
+) -> Reply:
     """GET: the live rules, most recently issued last (``[]`` when none); with
     ``?scope=fleet``, each rule's ``bounced`` and ``total_bounced`` summed over the
-    nodes of the fleet that published theirs, and :data:`FLEET_FIGURES_HEADER`."""
+    nodes of the fleet that published theirs, and :data:`FLEET_FIGURES_HEADER`.
+
+    ``listing``: the app's encoder of this node's listing, which keeps each rule's
+    unchanging parts encoded from one GET to the next (a fresh one without it)."""
     if not parse_bounce_list_query(query or {}):
-        return json_reply([rule_entry(view) for view in engine.list_bounces()])
+        body = (listing or RuleListing()).encode(engine.list_bounces())
+        return Reply(200, body, JSON)
     figures = await engine.fleet_bounces()
     scope = f"fleet; nodes={figures.nodes}" if figures.scope == "fleet" else figures.scope
     return json_reply(

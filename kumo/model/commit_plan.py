@@ -9,10 +9,12 @@ from the time and what waits, and carries the answer out. The policy:
   transaction holds fewer than ``max_batch_events``);
 - then background events, up to a number of bounced messages that depends on whether
   clients are active: ``urgent_batch_messages`` in a transaction that carries clients'
-  events (they wait for it), ``client_batch_messages`` within ``client_window`` of a
-  client's append (the next client waits for the transaction under way), else
-  ``max_batch_messages`` (a sweep alone: big transactions, few fsyncs); at least one
-  event is always taken, so that a stream of requests never starves a sweep;
+  events (they wait for it; 0 commits them alone), ``client_batch_messages``
+  within ``client_window`` of a client's append (the next client waits for the
+  transaction under way), else ``max_batch_messages`` (a sweep alone: big transactions,
+  few fsyncs). A transaction without clients' events takes at least one event, and so
+  does one with them when the transaction before it also carried clients' events and
+  left background events waiting: a stream of requests never starves a sweep;
 - a transaction is durable (fsynced) when it carries clients' events, when it leaves
   nothing waiting (the last before idle), and at least one in ``durable_every``; the
   others commit without an fsync and become durable with the next durable one.
@@ -47,12 +49,14 @@ class CommitPlan:
 class CommitPlanner:
     """The policy of the module docstring, with the little it remembers between plans."""
 
-    __slots__ = ("_last_client", "_settings", "_since_durable")
+    __slots__ = ("_last_client", "_passed_over", "_settings", "_since_durable")
 
     def __init__(self, settings: EngineSettings) -> None:
         self._settings = settings
         self._last_client = -math.inf
         self._since_durable = 0
+        self._passed_over = False
+        """The last plan carried clients' events and left background events waiting."""
 
     def plan(
         self,
@@ -84,13 +88,19 @@ class CommitPlanner:
             events += size
             taken_requests += 1
         messages = taken = 0
+        at_least = 1 if self._passed_over else 0
         for weight in background:
-            if events and (events >= settings.max_batch_events or messages >= limit):
+            if (
+                taken >= at_least
+                and events
+                and (events >= settings.max_batch_events or messages >= limit)
+            ):
                 break
             events += 1
             messages += weight
             taken += 1
         left = background_waiting - taken
+        self._passed_over = taken_requests > 0 and left > 0 and taken == 0
         durable = (
             taken_requests > 0 or left == 0 or self._since_durable + 1 >= settings.durable_every
         )

@@ -23,6 +23,7 @@ Durations are plain ``int`` nanoseconds: exact, hashable, cheap to compare and s
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Final, NamedTuple
 
 __all__ = [
@@ -329,13 +330,32 @@ def format_duration(nanos: int) -> str:
             return "0s"
         raise ValueError(f"a duration cannot be negative, got {nanos} ns")
     seconds, subsecond = divmod(nanos, NANOS_PER_SECOND)
+    whole = _format_seconds(seconds)
+    if not subsecond:
+        return whole
+    millis, subsecond = divmod(subsecond, NANOS_PER_MILLISECOND)
+    micros, subsecond = divmod(subsecond, NANOS_PER_MICROSECOND)
+    parts = [whole] if whole else []
+    if millis:
+        parts.append(f"{millis}ms")
+    if micros:
+        parts.append(f"{micros}us")
+    if subsecond:
+        parts.append(f"{subsecond}ns")
+    return " ".join(parts)
+
+
+# GET lists every live rule's remaining duration each time it is asked (thousands of
+# rules, every few ms under a probe): the whole seconds of one rule's remaining time
+# repeat from one GET to the next, only the fraction moves.
+@lru_cache(maxsize=65_536)
+def _format_seconds(seconds: int) -> str:
+    """The whole-second parts of :func:`format_duration` (``""`` for 0)."""
     years, seconds = divmod(seconds, SECONDS_PER_YEAR)
     months, seconds = divmod(seconds, SECONDS_PER_MONTH)
     days, seconds = divmod(seconds, SECONDS_PER_DAY)
     hours, seconds = divmod(seconds, SECONDS_PER_HOUR)
     minutes, seconds = divmod(seconds, SECONDS_PER_MINUTE)
-    millis, subsecond = divmod(subsecond, NANOS_PER_MILLISECOND)
-    micros, subsecond = divmod(subsecond, NANOS_PER_MICROSECOND)
     parts: list[str] = []
     if years:
         parts.append(_counted(years, "year"))
@@ -349,10 +369,4 @@ def format_duration(nanos: int) -> str:
         parts.append(f"{minutes}m")
     if seconds:
         parts.append(f"{seconds}s")
-    if millis:
-        parts.append(f"{millis}ms")
-    if micros:
-        parts.append(f"{micros}us")
-    if subsecond:
-        parts.append(f"{subsecond}ns")
     return " ".join(parts)

@@ -47,9 +47,17 @@ class EngineSettings:
     client_batch_messages: int = _int_field(512)
     """Bounced messages per transaction within :attr:`client_window` of a client's append:
     a client's append waits for the transaction under way, so keep those short then."""
-    urgent_batch_messages: int = _int_field(256)
+    urgent_batch_messages: int = attrs.field(
+        default=256,
+        validator=[attrs.validators.instance_of(int), attrs.validators.ge(0)],
+        kw_only=True,
+    )
     """Bounced messages in a transaction that carries clients' events: they wait for this
-    one, so keep it short (but not empty, or a stream of requests would starve a sweep)."""
+    one, so keep it short. 0 commits clients' events alone (but for one background
+    event when the transaction before did the same, so that a stream of requests never
+    starves a sweep): measured under a sweep probed 50 times a second on a disk whose
+    fsync is slow, that made the sweep twice as long and the POSTs no faster, as every
+    POST then costs the sweep a transaction of its own (docs/benchmarks.md)."""
     client_window: float = _seconds_field(1.0)
     """Seconds after a client's append during which transactions stay short."""
     background_capacity: int = _int_field(65_536)

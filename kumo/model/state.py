@@ -21,7 +21,7 @@ to what the log holds. Tests check that both agree.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Literal, TypeAlias
 
 import attrs
@@ -281,8 +281,9 @@ class RuleBook:
         if self._by_criteria.get(rule.criteria) is rule:
             del self._by_criteria[rule.criteria]
 
-    def views(self, now: int) -> list[RuleView]:
-        """The rules GET lists at ``now``: live ones, oldest first."""
+    def views(self, now: int, pending: Callable[[Criteria], int] | None = None) -> list[RuleView]:
+        """The rules GET lists at ``now``: live ones, oldest first; ``pending`` gives each
+        its :attr:`RuleView.pending` from its criteria (0 without it)."""
         return [
             RuleView(
                 id=rule.id,
@@ -295,6 +296,7 @@ class RuleBook:
                 suppress_logging=rule.suppress_logging,
                 bounced=dict(rule.bounced),
                 total_bounced=rule.total_bounced,
+                pending=0 if pending is None else pending(rule.criteria),
             )
             for rule in self._live.values()
             if rule.live_at(now)

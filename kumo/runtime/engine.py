@@ -257,11 +257,7 @@ class Engine:
     def list_bounces(self) -> list[RuleView]:
         """Live rules, oldest first, with their counters, remaining lifetime and the
         messages their sweep still owes (``pending``, from the projection's gauges)."""
-        pending = self._parts.projection.pending
-        return [
-            attrs.evolve(view, pending=pending(view.criteria))
-            for view in self._projection.rules.views(self.clock.now())
-        ]
+        return self._projection.rules.views(self.clock.now(), self._parts.projection.pending)
 
     def preview(
         self,

@@ -1,0 +1,85 @@
+"""The commit plan: what each transaction takes from the two lanes, and which are fsynced."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from kumo.model.commit_plan import CommitPlan, CommitPlanner
+from kumo.model.duration import NANOS_PER_SECOND
+from kumo.model.settings import EngineSettings
+
+SECOND = NANOS_PER_SECOND
+
+
+def test_clients_events_can_be_committed_alone() -> None:
+    planner = CommitPlanner(EngineSettings(urgent_batch_messages=0))
+    plan = planner.plan(0, [1, 1], [100] * 10, 10)
+    assert plan == CommitPlan(requests=2, background=0, durable=True)
+
+
+def test_a_stream_of_requests_does_not_starve_a_sweep() -> None:
+    """Clients' transactions back to back: every second one takes a background event."""
+    planner = CommitPlanner(EngineSettings(urgent_batch_messages=0))
+    taken = []
+    for step in range(6):
+        plan = planner.plan(step, [1], [100] * 10, 10)
+        planner.committed(plan)
+        taken.append((plan.requests, plan.background))
+    assert taken == [(1, 0), (1, 1), (1, 0), (1, 1), (1, 0), (1, 1)]
+
+
+def test_background_alone_follows_the_client_window() -> None:
+    settings = EngineSettings(max_batch_messages=1_000, client_batch_messages=300)
+    planner = CommitPlanner(settings)
+    planner.committed(planner.plan(0, [1], [100] * 20, 20))
+    # Within a second of a client's append: short transactions.
+    assert planner.plan(SECOND // 2, [], [100] * 20, 20).background == 3
+    # Long after: long ones.
+    assert planner.plan(5 * SECOND, [], [100] * 20, 20).background == 10
+
+
+def test_clients_transactions_take_a_little_background_by_default() -> None:
+    planner = CommitPlanner(EngineSettings())  # 256 messages
+    assert planner.plan(0, [1], [100] * 10, 10) == CommitPlan(1, 3, durable=True)
+
+
+@given(
+    steps=st.lists(
+        st.tuples(
+            st.lists(st.integers(1, 50), max_size=4),  # the waiting appends' sizes
+            st.lists(st.integers(1, 600), max_size=30),  # the background events' weights
+            st.integers(0, 3 * SECOND),  # time since the previous plan
+        ),
+        min_size=1,
+        max_size=30,
+    ),
+    urgent=st.integers(0, 600),
+)
+def test_every_plan_makes_progress_and_no_lane_starves(
+    steps: list[tuple[list[int], list[int], int]], urgent: int
+) -> None:
+    settings = EngineSettings(urgent_batch_messages=urgent, max_batch_events=64)
+    planner = CommitPlanner(settings)
+    now = 0
+    previous: CommitPlan | None = None
+    waited_before = False
+    for requests, background, gap in steps:
+        now += gap
+        plan = planner.plan(now, requests, background, len(background))
+        planner.committed(plan)
+        assert plan.requests <= len(requests)
+        assert plan.background <= len(background)
+        assert plan.requests + plan.background > 0 or not (requests or background)
+        if requests:
+            assert plan.requests >= 1  # clients' appends always go first
+            assert plan.durable  # and they are fsynced
+        elif background:
+            assert plan.background >= 1
+        if not requests and not background[plan.background :]:
+            assert plan.durable  # the last transaction before idle is fsynced
+        # Two client transactions in a row never both leave the background waiting.
+        if previous is not None and waited_before and background and requests:
+            assert previous.background > 0 or plan.background > 0
+        waited_before = bool(requests) and bool(background)
+        previous = plan

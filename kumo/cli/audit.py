@@ -254,8 +254,8 @@ def action_json(action: RuleAction) -> dict[str, Any]:
         "rule": action.rule_id,
         "principal": action.principal,
         "origin": action.origin or None,
-        "criteria": criteria_to_json(action.criteria),
-        "criteria_text": action.criteria.describe(),
+        "criteria": None if action.criteria is None else criteria_to_json(action.criteria),
+        "criteria_text": action.target,
         "reason": action.reason,
         "issued_at": format_rfc3339(action.issued_at),
         "expires": format_rfc3339(action.expires_at),
@@ -269,12 +269,14 @@ def action_json(action: RuleAction) -> dict[str, Any]:
         "held": dict(action.held),
         "total_held": action.total_held,
         "released": action.released,
+        "ready_queue": action.ready_queue,
     }
 
 
 def action_name(action: RuleAction) -> str:
-    """The ACTION cell: ``issued``...; ``suspend issued``... for a suspension."""
-    return action.action if action.kind == "bounce" else f"suspend {action.action}"
+    """The ACTION cell: ``issued``...; ``suspend issued``... for a suspension,
+    ``suspend-ready-q issued``... for a ready-queue suspension."""
+    return action.action if action.kind == "bounce" else f"{action.kind} {action.action}"
 
 
 def what_it_did(action: RuleAction) -> str:
@@ -404,7 +406,7 @@ def render_timeline(
                     a.action,
                     a.rule_id,
                     a.principal or "",
-                    a.criteria.describe(),
+                    a.target,
                     a.reason,
                     format_rfc3339(a.expires_at),
                     a.status,
@@ -429,7 +431,7 @@ def render_timeline(
                 action_name(a),
                 a.rule_id,
                 who(a),
-                a.criteria.describe(),
+                a.target,
                 a.reason,
                 fate(a),
                 what_it_did(a),
@@ -584,6 +586,7 @@ def story_json(story: MessageStory) -> dict[str, Any]:
                 "suspension": r.rule_id,
                 "end": r.end,
                 "by": r.by,
+                "ready_queue": r.ready_queue,
             }
             for r in story.releases
         ],
@@ -616,13 +619,24 @@ def rebound_rows(story: MessageStory) -> list[tuple[str, str, str, str, str]]:
 
 def release_row(release: Release) -> tuple[str, str, str, str, str]:
     """The end of a suspension that held the message, as a story row."""
-    how = f"cancelled by {release.by or '?'}" if release.end == "cancelled" else "expired"
+    match release.end:
+        case "cancelled":
+            how = f"cancelled by {release.by or '?'}"
+        case "replaced":
+            how = f"replaced by {release.by or '?'}"
+        case "expired":
+            how = "expired"
+    what = (
+        f"suspension {release.rule_id}"
+        if release.ready_queue is None
+        else f"suspension {release.rule_id} of ready queue {release.ready_queue}"
+    )
     return (
         format_rfc3339(release.time),
         str(release.seq),
         "released",
         release.queue,
-        f"suspension {release.rule_id} {how}: due again at once",
+        f"{what} {how}: due again at once",
     )
 
 
@@ -772,7 +786,8 @@ def _refuse_before_cut(history: HistoryView, **moments: int | None) -> None:
 @click.option(
     "--queue",
     metavar="NAME",
-    help="Only rules that match this scheduled queue or bounced in it; counts in it only.",
+    help="Only rules that match this scheduled queue or bounced (held) in it, counts in it "
+    "only; or the suspensions of this ready queue.",
 )
 @click.option("--principal", metavar="WHO", help="Only actions this principal took.")
 @click.option(

@@ -4,8 +4,9 @@ Three folds over committed events, fed in log order, each once; no I/O, no clock
 
 - :class:`Timeline`: every rule's and suspension's history (issued, replaced,
   cancelled, expired) as a list of :class:`RuleAction`, each carrying the rule's
-  criteria, reason, counters (messages bounced, or held by a suspension) and fate, so
-  that one row answers "who did this, and what came of it";
+  criteria (or, for a ready-queue suspension, the ready queue it names), reason,
+  counters (messages bounced, or held by a suspension) and fate, so that one row
+  answers "who did this, and what came of it";
 - :func:`state_at`: the state (live rules with their counters, queue gauges) as it was
   at a moment, by folding the prefix of the log committed by then;
 - :class:`MessageStory`: what became of one message: received, then bounced by which
@@ -43,6 +44,9 @@ from kumo.model.events import (
     MessageReceived,
     Outcome,
     PermanentlyFailed,
+    ReadySuspendCancelled,
+    ReadySuspendExpired,
+    ReadySuspendIssued,
     RebindIssued,
     Rebound,
     SuspendCancelled,
@@ -50,11 +54,17 @@ from kumo.model.events import (
     SuspendExpired,
     SuspendIssued,
 )
+from kumo.model.ready_suspension import ReadySuspension, ReadySuspensionBook
 from kumo.model.retention import base_projection
-from kumo.model.state import Rule, RuleBook, RuleKind, State
+from kumo.model.state import Rule, RuleBook, State
 
 ActionKind: TypeAlias = Literal["issued", "replaced", "cancelled", "expired"]
 RuleStatus: TypeAlias = Literal["live", "expired", "cancelled", "replaced"]
+AuditedKind: TypeAlias = Literal["bounce", "suspend", "suspend-ready-q"]
+"""What an audited rule is: a bounce rule, a suspension of scheduled queues, or a
+suspension of one ready queue (named after the API path that issues it)."""
+AnyRule: TypeAlias = Rule | ReadySuspension
+AnyBook: TypeAlias = RuleBook | ReadySuspensionBook
 
 
 @attrs.frozen(slots=True)
@@ -79,7 +89,9 @@ class RuleAction:
     """Where: the fleet node (its ``node_id``) the issue, the cancel or the replacing
     rule came from; ``""`` for an action taken on this node, and for an expiry (every
     node ends a rule by itself)."""
-    criteria: Criteria
+    criteria: Criteria | None
+    """What the rule matches; ``None`` for a ready-queue suspension, which names one
+    ready queue instead (:attr:`ready_queue`)."""
     reason: str
     issued_at: int
     expires_at: int
@@ -93,18 +105,33 @@ class RuleAction:
     bounced: Mapping[str, int]
     """Queue name -> messages this rule bounced there (all queues, or the one filtered)."""
     total_bounced: int
-    kind: RuleKind = "bounce"
-    """``bounce`` for a bounce rule, ``suspend`` for a suspension (which bounces nothing)."""
+    kind: AuditedKind = "bounce"
+    """``bounce`` for a bounce rule, ``suspend`` for a suspension of scheduled queues,
+    ``suspend-ready-q`` for a suspension of a ready queue (both bounce nothing)."""
     held: Mapping[str, int] = attrs.Factory(dict)
-    """A suspension's: queue name -> messages it held there (each one ``Suspended``
-    event: one ``TransientFailure`` record), as :attr:`bounced` for a rule."""
+    """A suspension's: scheduled queue name -> messages it held there (each one
+    ``Suspended`` event: one ``TransientFailure`` record), as :attr:`bounced` for a
+    rule. A ready-queue suspension holds messages in the scheduled queues that feed
+    its ready queue: those are the queues named here."""
     released: int = 0
-    """A suspension's: the messages it still held when it ended (cancelled or expired),
-    due again from then on; 0 while it is live."""
+    """A suspension's: the messages it still held when it ended (cancelled or expired;
+    for a ready-queue suspension also replaced, since its queues release what it held
+    at once), due again from then on; 0 while it is live."""
+    ready_queue: str | None = None
+    """A ready-queue suspension's ready queue (``unspecified->mx.example.com@smtp_client``);
+    ``None`` for the other kinds."""
 
     @property
     def total_held(self) -> int:
         return sum(self.held.values())
+
+    @property
+    def target(self) -> str:
+        """What the rule applies to, in words: its criteria (``domain=example.com``),
+        or ``ready_queue=<name>`` for a ready-queue suspension."""
+        if self.criteria is None:
+            return f"ready_queue={self.ready_queue}"
+        return self.criteria.describe()
 
 
 @attrs.frozen(slots=True)
@@ -113,8 +140,11 @@ class TimelineFilter:
 
     ``since`` and ``until`` bound the action's ``time`` (inclusive). ``queue`` keeps the
     rules (and suspensions) that match that queue name or bounced (held) messages in it,
-    and narrows their counters to that queue. ``principal`` keeps the actions that
-    principal took. ``rule_id`` is a bounce rule's or a suspension's id.
+    and narrows their counters to that queue; a ready-queue suspension is kept when it
+    held messages of that scheduled queue, or when ``queue`` is its ready queue's name
+    (then its counters stay whole: every message it held was bound there).
+    ``principal`` keeps the actions that principal took. ``rule_id`` is a bounce
+    rule's, a suspension's or a ready-queue suspension's id.
     """
 
     since: int | None = None
@@ -149,13 +179,14 @@ _Recorded: TypeAlias = tuple[int | None, int, ActionKind, str, str | None, str]
 """(seq, time, action, rule id, principal, origin) as the log records them."""
 
 
-def _status(rule: Rule, now: int) -> RuleStatus:
+def _status(rule: AnyRule, now: int) -> RuleStatus:
     if rule.end is not None:
         return rule.end
     return "live" if rule.live_at(now) else "expired"
 
 
 _SUSPENSION_EVENTS: Final = (SuspendIssued, SuspendCancelled, SuspendExpired)
+_READY_SUSPENSION_EVENTS: Final = (ReadySuspendIssued, ReadySuspendCancelled, ReadySuspendExpired)
 
 
 class Timeline:
@@ -165,18 +196,30 @@ class Timeline:
     Feed it every committed event in log order with :meth:`apply` (events that are not
     about rules only update counters; ``MessageReceived`` may be left out), then call
     :meth:`actions` with the reference time that decides which rules count as live.
-    Rule ids are UUIDs: a bounce rule and a suspension never share one.
+    Rule ids are UUIDs: a bounce rule, a suspension and a ready-queue suspension never
+    share one.
     """
 
-    __slots__ = ("_holding", "_rebinds", "_recorded", "held", "released", "rules", "suspends")
+    __slots__ = (
+        "_holding",
+        "_rebinds",
+        "_recorded",
+        "held",
+        "ready_suspends",
+        "released",
+        "rules",
+        "suspends",
+    )
 
     def __init__(self) -> None:
         self.rules = RuleBook()
         # Rebind id -> its committed RebindIssued and what its Rebound events moved.
         self._rebinds: dict[str, tuple[Committed, dict[tuple[str, str], int]]] = {}
         self.suspends = RuleBook("suspend")
+        self.ready_suspends = ReadySuspensionBook()
         self.held: dict[str, dict[str, int]] = {}
-        """Suspension id -> queue -> messages it held there (``Suspended`` events)."""
+        """Suspension id (of either kind) -> scheduled queue -> messages it held there
+        (``Suspended`` events)."""
         self.released: dict[str, int] = {}
         """Suspension id -> messages it still held when its cancel or expiry was
         recorded (see :meth:`actions` for an expiry not recorded yet)."""
@@ -184,19 +227,29 @@ class Timeline:
         """Message id -> the suspension holding it, until it leaves or is released."""
         self._recorded: list[_Recorded] = []
 
-    def _released_by(self, rule: Rule, now: int) -> int:
+    def _released_by(self, rule: AnyRule, now: int) -> int:
         """What suspension ``rule`` released at its end (0 for a bounce rule, or a
         suspension still live at ``now``); an expiry not recorded yet releases what
         it holds."""
         if rule.id in self.released:
             return self.released[rule.id]
-        if rule.id not in self.suspends.rules or rule.end is not None or rule.live_at(now):
+        if rule.id in self.rules.rules or rule.end is not None or rule.live_at(now):
             return 0
         return sum(1 for by in self._holding.values() if by == rule.id)
 
-    def rule(self, rule_id: str) -> Rule | None:
-        """The bounce rule or suspension ``rule_id``, if the log issued it."""
-        return self.rules.rules.get(rule_id) or self.suspends.rules.get(rule_id)
+    def rule(self, rule_id: str) -> AnyRule | None:
+        """The bounce rule, suspension or ready-queue suspension ``rule_id``, if the log
+        issued it."""
+        return (
+            self.rules.rules.get(rule_id)
+            or self.suspends.rules.get(rule_id)
+            or self.ready_suspends.rules.get(rule_id)
+        )
+
+    def _kind(self, rule_id: str) -> AuditedKind:
+        if rule_id in self.suspends.rules:
+            return "suspend"
+        return "suspend-ready-q" if rule_id in self.ready_suspends.rules else "bounce"
 
     @classmethod
     def from_base(cls, base: State) -> Timeline:
@@ -211,6 +264,7 @@ class Timeline:
         timeline = cls()
         timeline.rules = base.rules.copy()
         timeline.suspends = base.suspends.copy()
+        timeline.ready_suspends = base.ready_suspends.copy()
         # In the order apply() records them (actions() keeps it among equal times): by
         # seq; at one seq the issue first, then the rules it ended, in issue order.
         # (What a suspension held before the cut is not in the base: its counts start
@@ -219,11 +273,14 @@ class Timeline:
             if retry.held_by is not None:
                 timeline._holding[message_id] = retry.held_by
         recorded: list[tuple[int, int, int, _Recorded]] = []
-        for order, rule in enumerate(
-            [*timeline.rules.rules.values(), *timeline.suspends.rules.values()]
-        ):
+        everything: list[AnyRule] = [
+            *timeline.rules.rules.values(),
+            *timeline.suspends.rules.values(),
+            *timeline.ready_suspends.rules.values(),
+        ]
+        for order, rule in enumerate(everything):
             # A replacement is by a rule of the same kind.
-            rules = _same_kind(timeline.suspends.rules, timeline.rules.rules, rule)
+            rules = timeline._book_of(rule.id).rules
             seq = rule.issued_seq
             recorded.append(
                 (seq, 0, 0, (seq, rule.issued_at, "issued", rule.id, rule.issued_by, rule.origin))
@@ -247,6 +304,12 @@ class Timeline:
         recorded.sort(key=lambda item: item[:3])
         timeline._recorded = [action for *_, action in recorded]
         return timeline
+
+    def _book_of(self, rule_id: str) -> AnyBook:
+        """The book that holds ``rule_id`` (the bounce rules' if none does)."""
+        if rule_id in self.suspends.rules:
+            return self.suspends
+        return self.ready_suspends if rule_id in self.ready_suspends.rules else self.rules
 
     def apply(self, committed: Committed) -> None:
         """Fold one committed event; events must come in log order, each once."""
@@ -282,16 +345,23 @@ class Timeline:
             return
         if isinstance(event, SuspendCancelled | SuspendExpired):
             self._release(event.rule_id)
-        book = self.suspends if isinstance(event, _SUSPENSION_EVENTS) else self.rules
-        live_before = list(book.live_rules())
+        book: AnyBook
+        if isinstance(event, _SUSPENSION_EVENTS):
+            book = self.suspends
+        elif isinstance(event, _READY_SUSPENSION_EVENTS):
+            book = self.ready_suspends
+        else:
+            book = self.rules
+        live_before: list[AnyRule] = list(book.live_rules())
         rule = book.apply(committed)
         seq, time = committed.seq, committed.time
         record = self._recorded.append
-        if isinstance(event, BounceIssued | SuspendIssued) and rule is not None:
+        if isinstance(event, BounceIssued | SuspendIssued | ReadySuspendIssued) and rule:
             record((seq, time, "issued", rule.id, rule.issued_by, rule.origin))
             if rule.issued_expired:
                 record((seq, rule.expires_at, "expired", rule.id, None, ""))
             elif rule.lost_on_arrival:
+                # The winner is of the same kind: look it up in the same book.
                 winner = book.rules.get(rule.ended_by or "")
                 by, where = (None, "") if winner is None else (winner.issued_by, winner.origin)
                 record((seq, time, "replaced", rule.id, by, where))
@@ -302,6 +372,14 @@ class Timeline:
         for ended in live_before:
             if ended.ended_seq != seq or ended.end is None:
                 continue
+            if book is self.ready_suspends or (
+                book is self.suspends and rule is not None and rule.ended_on_arrival
+            ):
+                # Whatever ends a ready-queue suspension (a cancel, an expiry, a later
+                # one of its name), its queues release what it held at once
+                # (QueueState.apply): those messages meet the new one afresh. So do a
+                # suspension's when an equal one that arrived ended replaces it.
+                self._release_held(ended.id)
             if ended.end == "expired":
                 record((seq, ended.expires_at, "expired", ended.id, None, ""))
             elif ended.end == "replaced":
@@ -314,6 +392,9 @@ class Timeline:
         """A suspension's end is recorded: the messages it still held are due again."""
         if not any(rule.id == suspension_id for rule in self.suspends.live_rules()):
             return  # not live (unknown, or ended before): the book ignores it too
+        self._release_held(suspension_id)
+
+    def _release_held(self, suspension_id: str) -> None:
         released = [mid for mid, by in self._holding.items() if by == suspension_id]
         for message_id in released:
             del self._holding[message_id]
@@ -327,9 +408,14 @@ class Timeline:
         """
         where = where or TimelineFilter()
         recorded = list(self._recorded)
-        for rule in (*self.rules.live_rules(), *self.suspends.live_rules()):
-            if not rule.live_at(now):
-                recorded.append((None, rule.expires_at, "expired", rule.id, None, ""))
+        live: list[AnyRule] = [
+            *self.rules.live_rules(),
+            *self.suspends.live_rules(),
+            *self.ready_suspends.live_rules(),
+        ]
+        for unended in live:
+            if not unended.live_at(now):
+                recorded.append((None, unended.expires_at, "expired", unended.id, None, ""))
         recorded.sort(key=lambda item: (item[1], item[0] if item[0] is not None else 2**63))
         actions: list[RuleAction] = []
         for seq, time, action, rule_id, principal, origin in recorded:
@@ -341,18 +427,21 @@ class Timeline:
                 continue
             if where.principal is not None and principal != where.principal:
                 continue
-            found = self.rule(rule_id)
-            assert found is not None, rule_id
-            rule = found
-            kind: RuleKind = "suspend" if rule_id in self.suspends.rules else "bounce"
-            bounced: Mapping[str, int] = rule.bounced
+            rule = self.rule(rule_id)
+            assert rule is not None, rule_id
+            bounced: Mapping[str, int] = rule.bounced if isinstance(rule, Rule) else {}
             held: Mapping[str, int] = self.held.get(rule_id, {})
             if where.queue is not None:
-                touched = where.queue in rule.bounced or where.queue in held
-                if not (rule.criteria.matches(where.queue) or touched):
+                if isinstance(rule, Rule):
+                    matched = rule.criteria.matches(where.queue)
+                else:
+                    matched = rule.name == where.queue
+                touched = where.queue in bounced or where.queue in held
+                if not (matched or touched):
                     continue
-                bounced = _only(bounced, where.queue)
-                held = _only(held, where.queue)
+                if not (isinstance(rule, ReadySuspension) and matched):
+                    bounced = _only(bounced, where.queue)
+                    held = _only(held, where.queue)
             actions.append(
                 RuleAction(
                     seq=seq,
@@ -361,19 +450,20 @@ class Timeline:
                     rule_id=rule_id,
                     principal=principal,
                     origin=origin,
-                    criteria=rule.criteria,
+                    criteria=rule.criteria if isinstance(rule, Rule) else None,
                     reason=rule.reason,
                     issued_at=rule.issued_at,
                     expires_at=rule.expires_at,
-                    suppress_logging=rule.suppress_logging,
+                    suppress_logging=isinstance(rule, Rule) and rule.suppress_logging,
                     status=_status(rule, now),
                     ended_at=_ended_at(rule, now),
                     ended_by=rule.ended_by,
                     bounced=dict(bounced),
                     total_bounced=sum(bounced.values()),
-                    kind=kind,
+                    kind=self._kind(rule_id),
                     held=dict(held),
                     released=self._released_by(rule, now),
+                    ready_queue=rule.name if isinstance(rule, ReadySuspension) else None,
                 )
             )
         return actions
@@ -420,17 +510,12 @@ class Timeline:
         return actions
 
 
-def _same_kind(suspends: dict[str, Rule], rules: dict[str, Rule], rule: Rule) -> dict[str, Rule]:
-    """The rules of ``rule``'s kind: ``suspends`` if it is one of them, else ``rules``."""
-    return suspends if rule.id in suspends else rules
-
-
 def _only(counts: Mapping[str, int], queue: str) -> Mapping[str, int]:
     count = counts.get(queue, 0)
     return {queue: count} if count else {}
 
 
-def _ended_at(rule: Rule, now: int) -> int | None:
+def _ended_at(rule: AnyRule, now: int) -> int | None:
     """When the rule stopped matching: its cancel or replacement, else its expiry."""
     if rule.end in ("cancelled", "replaced"):
         return rule.ended_at
@@ -496,14 +581,19 @@ class Release:
     """The end of a suspension that held the message: it was due again from then on."""
 
     seq: int
-    """The event that ended the suspension (its cancel, or its recorded expiry)."""
+    """The event that ended the suspension (its cancel, its recorded expiry, or for a
+    ready-queue suspension the issue of the one that replaced it)."""
     time: int
-    """When it stopped holding: the cancel's commit time, or the suspension's expiry."""
+    """When it stopped holding: the cancel's (replacement's) commit time, or the
+    suspension's expiry."""
     queue: str
     rule_id: str
-    end: Literal["cancelled", "expired"]
+    end: Literal["cancelled", "expired", "replaced"]
     by: str | None
-    """Who cancelled it; None for an expiry."""
+    """Who cancelled it, or the id of the ready-queue suspension that replaced it;
+    None for an expiry."""
+    ready_queue: str | None = None
+    """The ready queue the suspension named, for a ready-queue suspension."""
 
 
 MessageStatus: TypeAlias = Literal[
@@ -538,6 +628,7 @@ class MessageStory:
         "message_id",
         "moves",
         "outcomes",
+        "ready_suspends",
         "received",
         "releases",
         "rules",
@@ -548,6 +639,7 @@ class MessageStory:
         self.message_id = message_id
         self.rules = RuleBook() if base is None else base.rules.copy()
         self.suspends = RuleBook("suspend") if base is None else base.suspends.copy()
+        self.ready_suspends = ReadySuspensionBook() if base is None else base.ready_suspends.copy()
         self.received: list[Reception] = []
         self._bounces: list[tuple[Committed, Bounced]] = []
         self.outcomes: list[Committed] = []
@@ -620,20 +712,38 @@ class MessageStory:
             suspension = self.suspends.rules.get(event.rule_id)
             if suspension is None or suspension.ended_seq != committed.seq:
                 return  # not live any more: it ended before (a replacement keeps it)
-            cancelled = isinstance(event, SuspendCancelled)
-            self.releases.append(
-                Release(
-                    seq=committed.seq,
-                    time=committed.time if cancelled else suspension.expires_at,
-                    queue=held[1] or self._queue(),
-                    rule_id=event.rule_id,
-                    end="cancelled" if cancelled else "expired",
-                    by=suspension.ended_by if cancelled else None,
-                )
-            )
-            self._held = None
+            self._release(committed, suspension, None)
+        elif isinstance(event, _READY_SUSPENSION_EVENTS):
+            self.ready_suspends.apply(committed)
+            held = self._held
+            if held is None:
+                return
+            ready = self.ready_suspends.rules.get(held[0])
+            # Any end releases what a ready-queue suspension held, a replacement too
+            # (its queues let the messages meet the new one afresh).
+            if ready is not None and ready.ended_seq == committed.seq:
+                self._release(committed, ready, ready.name)
         else:
             self.rules.apply(committed)
+
+    def _release(self, committed: Committed, suspension: AnyRule, ready_queue: str | None) -> None:
+        """The message's hold ends with ``suspension``, which ``committed`` ended."""
+        held = self._held
+        assert held is not None
+        assert suspension.end is not None
+        expired = suspension.end == "expired"
+        self.releases.append(
+            Release(
+                seq=committed.seq,
+                time=suspension.expires_at if expired else committed.time,
+                queue=held[1] or self._queue(),
+                rule_id=suspension.id,
+                end=suspension.end,
+                by=None if expired else suspension.ended_by,
+                ready_queue=ready_queue,
+            )
+        )
+        self._held = None
 
     def _queue(self) -> str:
         return self.received[-1].queue if self.received else ""

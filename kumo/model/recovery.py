@@ -7,16 +7,27 @@ a restart finds them again: a message belongs to the most recently issued rule t
 matches its queue and was live at its arrival, else to the first matching rule issued
 after it arrived (that rule's sweep). :func:`recover` splits a fold into what the
 queues hold from now on and the ``Bounced`` events the engine appends first.
+
+A rebind is the same: each queue it matches decides its move when it applies the
+``RebindIssued`` and submits a ``Rebound``; a crash between the two leaves the move
+undone. :func:`owed_rebinds` finds it again: the messages the queue held when the
+rebind was issued, that are still there and that no bounce or expiry owed takes first,
+move in one ``Rebound`` per queue and rebind, which the engine appends with the
+bounces. The fold records which queues each rebind moved out of
+(:attr:`~kumo.model.state.SeenRebind.moved_from`), so a move is redone until its
+``Rebound`` is in the log, and never after.
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 import attrs
 
-from kumo.model.events import Bounced, Expired, Message
+from kumo.model.events import Bounced, Expired, Message, Rebound
 from kumo.model.message_queue import MessageQueue
-from kumo.model.queue_name import QueueName
-from kumo.model.state import Retry, Rule, State
+from kumo.model.queue_name import QueueName, rebound_queue_name
+from kumo.model.state import Retry, Rule, SeenRebind, State
 
 
 @attrs.frozen
@@ -24,10 +35,10 @@ class Recovery:
     """A restart's starting point."""
 
     queues: dict[str, MessageQueue]
-    """Each non-empty queue's messages once the owed bounces are taken out."""
-    owed: list[Bounced | Expired]
-    """The bounces (each of at most the chunk size) and the expiries to append before
-    anything else."""
+    """Each non-empty queue's messages once the owed bounces and moves are taken out."""
+    owed: list[Bounced | Expired | Rebound]
+    """The expiries, the bounces (each of at most the chunk size) and the moves of
+    rebinds (one per queue and rebind) to append before anything else."""
     schedule: dict[str, Retry] = attrs.field(factory=dict)
     """Message id -> the retries of each queued message that has failed before."""
 
@@ -40,23 +51,30 @@ def recover(state: State, *, chunk: int) -> Recovery:
     """
     owed = owed_bounces(state)
     expiries = owed_expiries(state)
+    taken = {message_id for bounce in owed for message_id in bounce.messages.ids()}
+    taken.update(expiry.message.id for expiry in expiries)
+    moves = owed_rebinds(state, taken=taken)
     queues = state.detach_queues()
     schedule, state.schedule = state.schedule, {}
-    for bounce in owed:
-        ids = set(bounce.messages.ids())
-        queues[bounce.queue].remove(ids)
+    leaving_queues: list[Bounced | Rebound] = [*owed, *moves]
+    for leaving in leaving_queues:
+        ids = set(leaving.messages.ids())
+        queues[leaving.queue].remove(ids)
         for message_id in ids:
             schedule.pop(message_id, None)
     for expiry in expiries:
         queues[expiry.queue].remove({expiry.message.id})
         schedule.pop(expiry.message.id, None)
-    chunks: list[Bounced | Expired] = list(expiries)
+    chunks: list[Bounced | Expired | Rebound] = list(expiries)
     for bounce in owed:
         messages = list(bounce.messages)
         chunks.extend(
             Bounced(bounce.rule_id, bounce.queue, messages[start : start + chunk])
             for start in range(0, len(messages), chunk)
         )
+    # One Rebound per queue and rebind, whatever its size: the fold marks the queue
+    # moved by it, so a second one could never be told from a double move.
+    chunks.extend(moves)
     return Recovery(
         queues={name: messages for name, messages in queues.items() if messages},
         owed=chunks,
@@ -77,6 +95,82 @@ def owed_expiries(state: State) -> list[Expired]:
             if retried is not None and retried.expiry is not None:
                 owed.append(Expired(queue, message, retried.attempts, retried.expiry))
     return owed
+
+
+def owed_rebinds(state: State, *, taken: Collection[str] = ()) -> list[Rebound]:
+    """The moves the log's rebinds owe that no ``Rebound`` event records, in the order
+    of the rebinds' issue: one per queue and rebind.
+
+    A rebind owes a queue its move when it matches the queue, names another queue for
+    its messages, and no ``Rebound`` of it out of that queue is in the log (a crash came
+    between its ``RebindIssued`` and that ``Rebound``). It moves the messages the queue
+    held when it was issued: those whose place in the queue (their arrival, by
+    reception or by an earlier rebind, or their last failed attempt) is before the
+    ``RebindIssued``, and that are still there. Mail that arrived afterwards stays, as
+    it would have: a rebind is a one-shot action. Of two rebinds owed by one queue, the
+    earlier moves first (the later one then moves only what came between them).
+    ``taken``: ids of messages that owe a bounce or an expiry (:func:`owed_bounces`,
+    :func:`owed_expiries`); they stay for those.
+
+    Each moved message keeps its attempts (from the fold's retries) and, as for any
+    ``Rebound``, is an arrival in its new queue when the event is committed.
+    """
+    if state.queues is None:
+        raise RuntimeError("owed_rebinds needs a fold that keeps messages")
+    rebinds = sorted(
+        (seen for seen in state.rebinds.values() if seen.moved_from is not None),
+        key=lambda seen: seen.seq,
+    )
+    if not rebinds:
+        return []
+    owed: list[tuple[int, Rebound]] = []
+    for queue, messages in state.queues.items():
+        parsed = QueueName.parse(queue)
+        pending = [
+            (seen, to_queue)
+            for seen in rebinds
+            if seen.moved_from is not None
+            and queue not in seen.moved_from
+            and seen.event.criteria.matches(parsed)
+            and (to_queue := rebound_queue_name(queue, seen.event.data_map)) != queue
+        ]
+        if not pending:
+            continue
+        moving: dict[str, list[tuple[Message, int]]] = {}
+        for message in messages:
+            if message.id in taken:
+                continue
+            retried = state.schedule.get(message.id)
+            anchor = message.seq if retried is None else retried.anchor_seq
+            first = _first_after(pending, anchor)
+            if first is not None:
+                attempts = 0 if retried is None else retried.attempts
+                moving.setdefault(first.event.rebind_id, []).append((message, attempts))
+        for seen, to_queue in pending:
+            moved = moving.get(seen.event.rebind_id)
+            if moved:
+                event = seen.event
+                owed.append(
+                    (
+                        seen.seq,
+                        Rebound(
+                            event.rebind_id,
+                            queue,
+                            to_queue,
+                            [message for message, _ in moved],
+                            [attempts for _, attempts in moved],
+                            event.reason,
+                            event.suppress_logging,
+                        ),
+                    )
+                )
+    owed.sort(key=lambda item: item[0])
+    return [rebound for _, rebound in owed]
+
+
+def _first_after(pending: list[tuple[SeenRebind, str]], anchor: int) -> SeenRebind | None:
+    """The first of ``pending`` (in issue order) issued after ``anchor``."""
+    return next((seen for seen, _ in pending if seen.seq > anchor), None)
 
 
 def owed_bounces(state: State) -> list[Bounced]:

@@ -915,10 +915,21 @@ def counting_rule(rules: Sequence[SweepRule], received_at: int) -> SweepRule | N
 @attrs.frozen(slots=True)
 class SeenRebind:
     """A rebind this node's log holds, at its position: what fleet mode needs of it to
-    publish it once (one issued here) and to take another node's once."""
+    publish it once (one issued here) and to take another node's once, and what a
+    restart needs to finish it (:func:`kumo.model.recovery.owed_rebinds`)."""
 
     seq: int
     event: RebindIssued
+    moved_from: frozenset[str] | None = frozenset()
+    """The queues its ``Rebound`` events moved messages out of, so far (each queue
+    moves once per rebind). ``None`` when not known: a snapshot written before kumo
+    kept it; such a rebind owes nothing."""
+
+    def moved(self, queue: str) -> SeenRebind:
+        """This rebind once its ``Rebound`` out of ``queue`` is folded."""
+        if self.moved_from is None:
+            return self
+        return attrs.evolve(self, moved_from=self.moved_from | {queue})
 
 
 class State:
@@ -1037,14 +1048,37 @@ class State:
                 self.suspends.apply(committed)
             case Rebound():
                 self._move(committed, event)
+                seen = self.rebinds.get(event.rebind_id)
+                if seen is not None:
+                    self.rebinds[event.rebind_id] = seen.moved(event.queue)
             case RebindIssued():
                 # What it moves is decided by the queues it matches (their Rebound
-                # events follow); the fold only remembers that it was seen.
+                # events follow); the fold remembers that it was seen, and what its
+                # always_flush made due at once, which no event records.
                 self.rebinds[event.rebind_id] = SeenRebind(committed.seq, event)
+                if event.always_flush and self.schedule:
+                    self._flush(event)
             case ReadySuspendIssued() | ReadySuspendCancelled() | ReadySuspendExpired():
                 self.ready_suspends.apply(committed)
             case _:
                 self.rules.apply(committed)
+
+    def _flush(self, event: RebindIssued) -> None:
+        """An ``always_flush`` rebind: in each matching queue whose name it leaves as
+        it is, the messages waiting for a retry are due at once, as the queue makes
+        them (:meth:`QueueState.rebind`); those a suspension holds wait on."""
+        queues = self.queues
+        if queues is None:
+            return
+        data = event.data_map
+        schedule = self.schedule
+        for name, messages in queues.items():
+            if not event.criteria.matches(name) or rebound_queue_name(name, data) != name:
+                continue
+            for message_id in messages.ids():
+                retried = schedule.get(message_id)
+                if retried is not None and retried.due is not None and retried.held_by is None:
+                    schedule[message_id] = attrs.evolve(retried, due=None)
 
     def _move(self, committed: Committed, event: Rebound) -> None:
         """Messages rebound: out of one queue, into another, as arrivals there at the

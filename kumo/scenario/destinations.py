@@ -52,7 +52,7 @@ from kumo.model.mx_resolution import (
     destination,
     mx_lookup_failure,
 )
-from kumo.model.ready_queue import ResolvedAddress
+from kumo.model.ready_queue import ResolvedAddress, ready_queue_name
 from kumo.model.smtp_server import (
     MessagesReceived,
     Output,
@@ -139,6 +139,13 @@ class SimulatedDestinations:
         """Set when an answer waits for a round."""
         self.resolver: MxResolver = _Resolver(self)
         """The engine's resolver in this world."""
+
+    def ready_queue(self, domain: str) -> str | None:
+        """The ready queue the engine delivers ``domain``'s mail through: named after
+        its one MX host, ``unspecified->mx.<domain>@smtp_client``; None for a domain
+        not simulated."""
+        name = domain.lower()
+        return ready_queue_name(f"mx.{name}") if name in self._addresses else None
 
     def address_of(self, domain: str) -> ipaddress.IPv4Address | None:
         """The address of ``domain``'s MX host; None for a domain not simulated (yet)."""

@@ -25,9 +25,10 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 import tempfile
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Final, Protocol
@@ -49,7 +50,7 @@ from kumo.http.routes import (
 )
 from kumo.model.duration import NANOS_PER_SECOND, format_duration
 from kumo.model.prometheus_text import parse_scheduled_counts
-from kumo.model.ready_queue import ResolvedAddress
+from kumo.model.ready_queue import ResolvedAddress, mx_list_site_name, ready_queue_name
 from kumo.model.rfc3339 import format_rfc3339
 from kumo.model.smtp_server import Peer, SmtpServerSettings
 from kumo.runtime.blocking import inline
@@ -156,6 +157,10 @@ class Target(Protocol):
     def wall_now(self) -> int:
         """The target's wall time, ns since the epoch (for ``expires_in``)."""
 
+    def ready_queue(self, domain: str) -> str | None:
+        """The ready queue the server delivers ``domain``'s mail through (for a
+        ``{ready_queue:DOMAIN}`` placeholder), or None if the target cannot tell."""
+
     async def read_records(self) -> tuple[list[dict[str, Any]] | None, str | None]:
         """The delivery-log records written since the run began, or None and why not."""
 
@@ -166,6 +171,36 @@ class Target(Protocol):
     async def send_smtp(self, messages: Sequence[OutgoingMessage]) -> Submitted:
         """Send ``messages`` to the server's SMTP listener, one transaction each; raise
         ``OSError`` if the target has none."""
+
+
+READY_QUEUE_PLACEHOLDER: Final = re.compile(r"\{ready_queue:([^{}\s]+)\}")
+"""``{ready_queue:DOMAIN}`` in a string of an admin step's body: the name of the ready
+queue the target delivers DOMAIN's mail through (in-process: its simulated MX; live:
+its ``--sink`` address as the domain's ``mx_list``)."""
+
+
+def fill_ready_queues(
+    body: Mapping[str, Any], ready_queue: Callable[[str], str | None]
+) -> dict[str, Any]:
+    """``body`` with every ``{ready_queue:DOMAIN}`` in its string values (at any depth)
+    replaced by ``ready_queue(DOMAIN)``; KeyError naming the domain if that is None."""
+
+    def fill(value: Any) -> Any:
+        if isinstance(value, str):
+            return READY_QUEUE_PLACEHOLDER.sub(lambda found: named(found.group(1)), value)
+        if isinstance(value, Mapping):
+            return {key: fill(item) for key, item in value.items()}
+        if isinstance(value, list):
+            return [fill(item) for item in value]
+        return value
+
+    def named(domain: str) -> str:
+        name = ready_queue(domain)
+        if name is None:
+            raise KeyError(domain)
+        return name
+
+    return {key: fill(value) for key, value in body.items()}
 
 
 # -- the targets ------------------------------------------------------------------------
@@ -319,6 +354,9 @@ class InProcessTarget:
 
     def wall_now(self) -> int:
         return self.clock.now()
+
+    def ready_queue(self, domain: str) -> str | None:
+        return None if self.destinations is None else self.destinations.ready_queue(domain)
 
     async def read_records(self) -> tuple[list[dict[str, Any]] | None, str | None]:
         # Inline, not in a thread: a thread would let virtual time jump.
@@ -479,6 +517,14 @@ class LiveTarget:
 
     def wall_now(self) -> int:
         return time.time_ns()
+
+    def ready_queue(self, domain: str) -> str | None:
+        # The server delivers the domain to its --sink address, as the mx_list of its
+        # [domains."DOMAIN"] (docs/scenarios.md): the ready queue is named after it.
+        sink = self.sinks.get(domain.lower())
+        if sink is None:
+            return None
+        return ready_queue_name(mx_list_site_name([f"{sink.host}:{sink.port}"]))
 
     async def read_records(self) -> tuple[list[dict[str, Any]] | None, str | None]:
         if self.log_dir is None:
@@ -791,8 +837,19 @@ class _Run:
         )
 
     async def _issue(self, step: Step, action: Bounce) -> list[Check]:
-        """A ``bounce`` or ``suspend`` step: POST its body to its verb's path."""
-        body = dict(action.body)
+        """A ``bounce`` or ``suspend`` step: POST its body to its verb's path, each
+        ``{ready_queue:DOMAIN}`` in it replaced by the ready queue the target names."""
+        try:
+            body = fill_ready_queues(action.body, self.target.ready_queue)
+        except KeyError as unknown:
+            return [
+                failed(
+                    "ready queue",
+                    f"the ready queue of {unknown.args[0]}",
+                    f"{self.target.description} cannot tell: a domain without a destination "
+                    "(in-process: a destination step; live: --sink)",
+                )
+            ]
         if action.expires_in is not None:
             body["expires"] = format_rfc3339(self.target.wall_now() + action.expires_in)
         reply = await self.target.request(

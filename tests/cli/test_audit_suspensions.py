@@ -136,6 +136,7 @@ def test_a_held_message_is_held_then_released(held: Held) -> None:
         "suspension": held.s1,
         "end": "cancelled",
         "by": "alice",
+        "ready_queue": None,
     }
     steps = [step["step"] for step in story["attempts"]]
     assert steps[0] == "held"

@@ -15,6 +15,7 @@ import orjson
 
 from kumo.http.routes import METRICS_JSON_PATH, METRICS_PATH
 from kumo.model.prometheus_text import parse_samples
+from kumo.model.rfc3339 import parse_rfc3339
 from tests.cli.test_kcli_live import SENDER, Run, kcli
 from tests.live_server import ServerProcess, start_server, wait_until
 from tests.postfix import require_smtp_sink, running_smtp_sink
@@ -168,6 +169,22 @@ def check_deferred(server: ServerProcess, port: int) -> None:
         ready_table(site, "0 4 0 0") + "\n" + "SCHEDULED QUEUE COUNT \nexample.com         4 \n",
         "",
     )
+
+    # Inspection shows each refused message waiting for its retry, one attempt made,
+    # due after the refusal; inspect-message finds it by id, with its content.
+    inspected = kcli(server.url, "inspect-sched-q", "--no-limit", "example.com")
+    assert (inspected.status, inspected.stderr) == (0, "")
+    queue = orjson.loads(inspected.stdout)
+    assert queue["num_scheduled"] == MESSAGES
+    assert [m["message"]["num_attempts"] for m in queue["messages"]] == [1] * MESSAGES
+    changed = parse_rfc3339(queue["last_changed"])
+    assert all(parse_rfc3339(m["message"]["due"]) > changed for m in queue["messages"])
+    first = queue["messages"][0]["id"]
+    found = kcli(server.url, "inspect-message", "--want-body", first)
+    assert found.status == 0, found.stderr
+    message = orjson.loads(found.stdout)
+    assert (message["id"], message["message"]["recipient"]) == (first, "r@example.com")
+    assert "num_attempts" not in message["message"]
 
     # A rule for a routing domain sweeps nothing here, but KumoMTA's kcli matches on
     # campaign, tenant and domain only: it marks the queue.

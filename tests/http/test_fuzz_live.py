@@ -6,7 +6,8 @@ parameters it declares for it (each absent, given once or twice, with values nea
 far from valid ones), so that a new route is fuzzed as soon as it is documented.
 
 A refused request may not append any event a client causes (``MessageReceived``,
-``BounceIssued``, ``BounceCancelled``, ``ReadySuspendIssued``, ``ReadySuspendCancelled``).
+``BounceIssued``, ``BounceCancelled``, ``SuspendIssued``, ``SuspendCancelled``,
+``RebindIssued``, ``ReadySuspendIssued``, ``ReadySuspendCancelled``).
 The engine's own events (``Bounced`` from a sweep that an earlier, accepted request
 started, ``BounceExpired``) may arrive at any time, so they are not held against the
 request that happened to be in flight.
@@ -35,6 +36,8 @@ from kumo.model.events import (
     ReadySuspendCancelled,
     ReadySuspendIssued,
     RebindIssued,
+    SuspendCancelled,
+    SuspendIssued,
 )
 from tests.live_server import events_after, last_seq, running_server
 
@@ -42,6 +45,8 @@ CLIENT_EVENTS = (
     MessageReceived,
     BounceIssued,
     BounceCancelled,
+    SuspendIssued,
+    SuspendCancelled,
     RebindIssued,
     ReadySuspendIssued,
     ReadySuspendCancelled,

@@ -13,6 +13,9 @@ from kumo.model.events import (
     Event,
     Message,
     MessageReceived,
+    ReadySuspendCancelled,
+    ReadySuspendExpired,
+    ReadySuspendIssued,
     SuspendCancelled,
     Suspended,
     SuspendExpired,
@@ -473,3 +476,208 @@ def test_a_rule_that_arrived_ended_is_issued_and_ended_at_once_and_replaces_its_
         ("cancelled", "r3", None, "node-c"),
         ("replaced", "r1", "erin", "node-c"),
     ]
+
+
+# -- ready-queue suspensions ---------------------------------------------------------------
+
+READY_A = "unspecified->mx.a.com@smtp_client"
+READY_B = "unspecified->mx.b.com@smtp_client"
+READY_C = "unspecified->mx.c.com@smtp_client"
+
+
+def ready_hold(rule_id: str, queue: str, message: Message, ready_queue: str) -> Suspended:
+    return Suspended(rule_id, queue, message, 0, f"reason {rule_id}", ready_queue=ready_queue)
+
+
+def a_ready_suspension_day() -> tuple[Log, dict[str, Message]]:
+    """q1 (ready queue A) holds m1 and m2, m2 is bounced while held, q1 is cancelled
+    (releasing m1); q2 (B) holds m3 and expires (recorded late); q3 (C) holds m4 and is
+    replaced by q4 of another node, which holds m4 again and is live."""
+    log = Log()
+    m = {name: log.receive(name, "acme@a.com") for name in ("m1", "m2")}
+    m["m3"] = log.receive("m3", "b.com")
+    m["m4"] = log.receive("m4", "c.com")
+    log.at(1).add(ReadySuspendIssued("q1", READY_A, "reason q1", T0 + 60 * MINUTE, "ops"))
+    log.add(ready_hold("q1", "acme@a.com", m["m1"], READY_A))
+    log.add(ready_hold("q1", "acme@a.com", m["m2"], READY_A))
+    log.at(2).issue("r1", 60, by="bob", queue_names=["acme@a.com"])
+    log.add(Bounced("r1", "acme@a.com", [m["m2"]]))
+    log.at(3).add(ReadySuspendCancelled("q1", cancelled_by="alice"))
+    log.add(ReadySuspendIssued("q2", READY_B, "reason q2", T0 + 5 * MINUTE, "carol"))
+    log.add(ready_hold("q2", "b.com", m["m3"], READY_B))
+    log.at(7).add(ReadySuspendExpired("q2"))
+    log.add(ReadySuspendIssued("q3", READY_C, "reason q3", T0 + 60 * MINUTE, "dave"))
+    log.add(ready_hold("q3", "c.com", m["m4"], READY_C))
+    log.at(8).add(
+        ReadySuspendIssued(
+            "q4",
+            READY_C,
+            "reason q4",
+            T0 + 60 * MINUTE,
+            "erin",
+            issued_at=T0 + 8 * MINUTE,
+            origin="node-a",
+        )
+    )
+    log.add(ready_hold("q4", "c.com", m["m4"], READY_C))
+    return log, m
+
+
+def test_ready_queue_suspensions_are_in_the_timeline_with_what_each_held_and_released() -> None:
+    log, _ = a_ready_suspension_day()
+    actions = timeline_of(log).actions(T0 + 10 * MINUTE)
+    ready = [a for a in actions if a.kind == "suspend-ready-q"]
+    assert [(a.action, a.rule_id, a.principal, a.origin, a.status) for a in ready] == [
+        ("issued", "q1", "ops", "", "cancelled"),
+        ("cancelled", "q1", "alice", "", "cancelled"),
+        ("issued", "q2", "carol", "", "expired"),
+        ("expired", "q2", None, "", "expired"),
+        ("issued", "q3", "dave", "", "replaced"),
+        ("issued", "q4", "erin", "node-a", "live"),
+        ("replaced", "q3", "erin", "node-a", "replaced"),
+    ]
+    by_id = {a.rule_id: a for a in ready if a.action == "issued"}
+    q1, q2, q3, q4 = (by_id[name] for name in ("q1", "q2", "q3", "q4"))
+    assert (q1.held, q1.released) == ({"acme@a.com": 2}, 1)  # m2 bounced while held
+    assert (q2.held, q2.released, q2.ended_at) == ({"b.com": 1}, 1, T0 + 5 * MINUTE)
+    # A replacement releases what the replaced one held (the queue lets it meet the
+    # new one, which holds it again).
+    assert (q3.held, q3.released, q3.ended_by) == ({"c.com": 1}, 1, "q4")
+    assert (q4.held, q4.released, q4.ended_at) == ({"c.com": 1}, 0, None)
+    assert ready[3].time == T0 + 5 * MINUTE  # dated at its expiry, recorded at 7
+    assert (q1.ready_queue, q1.criteria, q1.target) == (READY_A, None, f"ready_queue={READY_A}")
+    assert (q1.reason, q1.expires_at, q1.ended_by) == ("reason q1", T0 + 60 * MINUTE, "alice")
+    assert all(a.bounced == {} and a.total_bounced == 0 for a in ready)
+    assert not any(a.suppress_logging for a in ready)
+    [rule] = [a for a in actions if a.kind == "bounce"]
+    assert (rule.rule_id, rule.bounced, rule.ready_queue) == ("r1", {"acme@a.com": 1}, None)
+
+
+def test_filters_find_a_ready_queue_suspension_by_id_scheduled_queue_or_ready_queue() -> None:
+    log, _ = a_ready_suspension_day()
+    timeline, now = timeline_of(log), T0 + 10 * MINUTE
+    only = timeline.actions(now, TimelineFilter(rule_id="q2"))
+    assert [a.action for a in only] == ["issued", "expired"]
+    assert timeline.rule("q2") is not None
+    # A scheduled queue keeps the suspensions that held its messages...
+    assert {a.rule_id for a in timeline.actions(now, TimelineFilter(queue="b.com"))} == {"q2"}
+    # ... and a ready queue's name the suspensions of that ready queue, counts whole.
+    by_name = timeline.actions(now, TimelineFilter(queue=READY_C))
+    assert {a.rule_id for a in by_name} == {"q3", "q4"}
+    assert all(a.held == {"c.com": 1} for a in by_name)
+    assert [a.action for a in timeline.actions(now, TimelineFilter(principal="alice"))] == [
+        "cancelled"
+    ]
+
+
+def test_a_ready_suspensions_expiry_not_recorded_yet_releases_what_it_holds() -> None:
+    log = Log()
+    message = log.receive("m1", "a.com")
+    log.at(1).add(ReadySuspendIssued("q1", READY_A, "r", T0 + 2 * MINUTE, "ops"))
+    log.add(ready_hold("q1", "a.com", message, READY_A))
+    timeline = timeline_of(log)
+    [issued] = timeline.actions(T0 + MINUTE)
+    assert (issued.status, issued.released) == ("live", 0)
+    issued, expired = timeline.actions(T0 + 3 * MINUTE)
+    assert (expired.action, expired.seq, expired.released) == ("expired", None, 1)
+    assert (expired.kind, expired.ready_queue) == ("suspend-ready-q", READY_A)
+
+
+def test_a_message_held_by_a_ready_queue_suspension_is_released_at_its_end() -> None:
+    log, m = a_ready_suspension_day()
+    stories = {name: MessageStory(m[name].id) for name in ("m1", "m2", "m3", "m4")}
+    for committed in log.events:
+        for story in stories.values():
+            story.apply(committed)
+    [cancelled] = stories["m1"].releases
+    assert (cancelled.rule_id, cancelled.end, cancelled.by, cancelled.queue) == (
+        "q1",
+        "cancelled",
+        "alice",
+        "acme@a.com",
+    )
+    assert (cancelled.time, cancelled.ready_queue) == (T0 + 3 * MINUTE, READY_A)
+    assert stories["m2"].releases == []  # bounced while held
+    [expired] = stories["m3"].releases
+    assert (expired.end, expired.by, expired.time) == ("expired", None, T0 + 5 * MINUTE)
+    [replaced] = stories["m4"].releases  # then held again by q4, which is live
+    assert (replaced.rule_id, replaced.end, replaced.by) == ("q3", "replaced", "q4")
+    assert [type(c.event) for c in stories["m4"].outcomes] == [Suspended, Suspended]
+
+
+def test_a_timeline_from_the_base_keeps_the_ready_queue_suspensions_actions() -> None:
+    log, _ = a_ready_suspension_day()
+    now = T0 + 10 * MINUTE
+    whole = [
+        (a.action, a.rule_id, a.kind, a.status, a.principal, a.origin, a.ready_queue)
+        for a in timeline_of(log).actions(now)
+    ]
+    cancel_seq = next(c.seq for c in log.events if isinstance(c.event, ReadySuspendCancelled))
+    for cut in range(1, len(log.events) + 1):
+        timeline = Timeline.from_base(base_at(log, cut))
+        for committed in log.events[cut:]:
+            timeline.apply(committed)
+        kept = [
+            (a.action, a.rule_id, a.kind, a.status, a.principal, a.origin, a.ready_queue)
+            for a in timeline.actions(now)
+        ]
+        assert sorted(kept, key=repr) == sorted(whole, key=repr), cut
+        # What q1 released at its cancel is known from any cut before it.
+        [q1] = [
+            a for a in timeline.actions(now, TimelineFilter(rule_id="q1")) if a.seq == cancel_seq
+        ]
+        assert q1.released == (1 if cut < cancel_seq else 0), cut
+
+
+def test_a_suspension_that_lost_on_arrival_is_replaced_by_the_winners_issuer() -> None:
+    """The winner is looked up among the rules of the loser's kind (a suspension, a
+    ready-queue suspension), not among the bounce rules."""
+    log = Log()
+    log.at(2).add(SuspendIssued("s1", Criteria(domain="a.com"), "here", T0 + 60 * MINUTE, "alice"))
+    log.add(ReadySuspendIssued("q1", READY_A, "here", T0 + 60 * MINUTE, "alice"))
+    early = T0 + MINUTE  # issued on node-b before the ones here, read after them
+    log.at(3).add(
+        SuspendIssued(
+            "s0",
+            Criteria(domain="a.com"),
+            "there",
+            T0 + 60 * MINUTE,
+            "bob",
+            issued_at=early,
+            origin="node-b",
+        )
+    )
+    log.add(ReadySuspendIssued("q0", READY_A, "there", T0 + 60 * MINUTE, "bob", early, "node-b"))
+    actions = timeline_of(log).actions(T0 + 10 * MINUTE)
+    lost = [(a.rule_id, a.principal, a.kind) for a in actions if a.action == "replaced"]
+    assert lost == [("s0", "alice", "suspend"), ("q0", "alice", "suspend-ready-q")]
+
+
+def test_a_suspension_that_arrived_ended_releases_what_its_equal_held() -> None:
+    """s2 of node-c was lifted there before this node heard of it; it outranks s1,
+    which ends replaced here, and the mail s1 held is due again (nothing holds it)."""
+    log = Log()
+    m1 = log.receive("m1", "acme@a.com")
+    log.at(1).add(SuspendIssued("s1", Criteria(domain="a.com"), "mx down", T0 + 60 * MINUTE))
+    log.add(Suspended("s1", "acme@a.com", m1, 0, "mx down"))
+    log.at(2).add(
+        SuspendIssued(
+            "s2",
+            Criteria(domain="a.com"),
+            "mx down",
+            T0 + 60 * MINUTE,
+            "erin",
+            issued_at=T0 + 2 * MINUTE,
+            origin="node-c",
+            arrived_ended="cancelled",
+        )
+    )
+    actions = timeline_of(log).actions(T0 + 10 * MINUTE)
+    assert [(a.action, a.rule_id, a.status) for a in actions] == [
+        ("issued", "s1", "replaced"),
+        ("issued", "s2", "cancelled"),
+        ("cancelled", "s2", "cancelled"),
+        ("replaced", "s1", "replaced"),
+    ]
+    s1 = next(a for a in actions if a.rule_id == "s1" and a.action == "issued")
+    assert (s1.held, s1.released) == ({"acme@a.com": 1}, 1)

@@ -683,6 +683,7 @@ class EngineModel(RuleBasedStateMachine):
             for bounce in recovery.owed
             if isinstance(bounce, Bounced)
         )
+        self.check_redone_moves(recovery.owed)
         self.projection = state
         self.router = Router(state.rules.copy(), state.suspends.copy(), state.ready_suspends.copy())
         self.routed = len(self.log)
@@ -699,6 +700,34 @@ class EngineModel(RuleBasedStateMachine):
             self.inboxes[name] = deque()
             self.ready[name] = deque()
         self.lane = deque(recovery.owed)
+
+    @precondition(lambda self: any(isinstance(event, Rebound) for event in self.lane))
+    @rule(chunk=st.integers(1, 3))
+    def crash_before_a_move_commits(self, chunk: int) -> None:
+        """A crash between a ``RebindIssued`` and a queue's ``Rebound``: the restart
+        redoes the move (:func:`~kumo.model.recovery.owed_rebinds`)."""
+        self.crash_and_restart(chunk)
+
+    def check_redone_moves(self, owed: list[Bounced | Expired | Rebound]) -> None:
+        """The restart redoes each move a crash lost, once: one ``Rebound`` per rebind
+        and queue that has none in the log, holding every message of the lost one that
+        no owed bounce or expiry takes (and those its queue had handed out, which the
+        crash put back)."""
+        done = {
+            (c.event.rebind_id, c.event.queue) for c in self.log if isinstance(c.event, Rebound)
+        }
+        redone = {(r.rebind_id, r.queue): r for r in owed if isinstance(r, Rebound)}
+        assert len(redone) == sum(isinstance(r, Rebound) for r in owed)
+        assert not done & set(redone)
+        issued = {c.event.rebind_id: c.seq for c in self.log if isinstance(c.event, RebindIssued)}
+        assert all(key[0] in issued for key in redone)
+        taken = {m.id for b in owed if isinstance(b, Bounced) for m in b.messages}
+        taken |= {e.message.id for e in owed if isinstance(e, Expired)}
+        for lost in self.lane:
+            if isinstance(lost, Rebound):
+                moved = redone.get((lost.rebind_id, lost.queue))
+                left = {m.id for m in lost.messages} - taken
+                assert left <= ({m.id for m in moved.messages} if moved else set())
 
     # -- what a crash would lose, and a forged log ---------------------------------------
 
@@ -844,12 +873,18 @@ class EngineModel(RuleBasedStateMachine):
             for message, count in zip(rebound.messages, rebound.attempts, strict=True):
                 if count:
                     attempts[message.id] = count
-        for state in self.queues.values():
+        for name, state in self.queues.items():
             for mid, retried in state.attempts.items():
                 assert state.find(mid) is not None
                 attempts[mid] = retried
+            # An always_flush rebind the fold holds and the queue has yet to apply: the
+            # fold has its waiting messages due at once already.
+            flushing = any(
+                isinstance(c.event, RebindIssued) and c.event.always_flush
+                for c in [*self.log[self.routed :], *self.inboxes[name]]
+            )
             for mid, (_, due) in state.waiting.items():
-                assert schedule[mid].due == due
+                assert schedule[mid].due == due or (flushing and schedule[mid].due is None)
             for handed in state.handed.values():
                 expected = schedule.get(handed.message.id)
                 assert handed.attempts == (0 if expected is None else expected.attempts)

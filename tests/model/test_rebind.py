@@ -20,7 +20,7 @@ from kumo.model.events import (
 )
 from kumo.model.invariants import InvariantCheck
 from kumo.model.message_queue import MessageQueue
-from kumo.model.recovery import owed_bounces, recover
+from kumo.model.recovery import owed_bounces, owed_rebinds, recover
 from kumo.model.retry import RetryPolicy
 from kumo.model.router import NewQueue, Router
 from kumo.model.smtp_reply import Disposition
@@ -220,6 +220,113 @@ def test_a_crash_that_lost_the_bounce_after_a_rebound_owes_it() -> None:
     state.apply(at(4, late))
     # Issued after the move: its sweep owes the message.
     assert owed_bounces(state) == [Bounced("r", "t@a.com", [msg(1)])]
+
+
+# -- a crash between a rebind and its moves -----------------------------------------------
+
+
+def fold(log: list[Committed]) -> State:
+    state = State()
+    for committed in log:
+        state.apply(committed)
+    return state
+
+
+def failed(seq: int, message: Message, queue: str = "a.com") -> Committed:
+    return at(seq, TransientlyFailed(queue, message, 0, FAILED, HOUR))
+
+
+def test_a_crash_before_the_rebound_owes_the_move_of_what_the_queue_held_then() -> None:
+    """Held at the issue: moved (with its attempts, a suspension's hold or not). Arrived
+    after it, or failed after it (its attempt was under way: the queue would not have
+    moved it): stays."""
+    log = [
+        received(1),
+        received(2),
+        failed(3, msg(2)),
+        at(4, SuspendIssued("s1", Criteria(domain="a.com"), "hold", HOUR)),
+        received(5),
+        issued_rebind(6, {"tenant": "t"}),
+        received(7),  # after the rebind
+        failed(8, msg(5)),  # in flight when the rebind came
+        received(9, "b.com"),  # not matched
+        # The crash: a.com's Rebound never committed.
+    ]
+    state = fold(log)
+    assert state.rebinds["b6"].moved_from == frozenset()
+    [move] = owed_rebinds(state)
+    assert move == Rebound("b6", "a.com", "t@a.com", [msg(1), msg(2)], [0, 1], "move")
+    recovery = recover(state, chunk=1)
+    assert recovery.owed == [move]
+    assert {name: q.ids() for name, q in recovery.queues.items()} == {
+        "a.com": [mid(5), mid(7)],
+        "b.com": [mid(9)],
+    }
+    assert mid(2) not in recovery.schedule
+    # Once its Rebound is in the log, the fold says so, and nothing is owed again.
+    state = fold([*log, at(10, move)])
+    assert state.rebinds["b6"].moved_from == frozenset({"a.com"})
+    assert owed_rebinds(state) == []
+    assert recover(state, chunk=1).owed == []
+
+
+def test_only_the_queues_a_crash_left_unmoved_owe_and_each_rebind_moves_in_its_turn() -> None:
+    log = [
+        received(1),
+        received(2, "acme@a.com"),
+        issued_rebind(3, {"routing_domain": "relay"}),
+        at(4, Rebound("b3", "acme@a.com", "acme@a.com!relay", [msg(2)], [0], "move")),
+        received(5),
+        issued_rebind(6, {"tenant": "t"}),
+        # The crash: a.com moved neither for b3 nor for b6.
+    ]
+    state = fold(log)
+    assert owed_rebinds(state) == [
+        Rebound("b3", "a.com", "a.com!relay", [msg(1)], [0], "move"),
+        # Moved out by b3 first; only what came between the two is b6's.
+        Rebound("b6", "a.com", "t@a.com", [msg(5)], [0], "move"),
+        # Moved by b3 before b6 was issued (its Rebound is in the log): b6's too.
+        Rebound("b6", "acme@a.com!relay", "t@a.com!relay", [msg(2)], [0], "move"),
+    ]
+
+
+def test_a_message_a_bounce_or_an_expiry_owes_stays_for_them() -> None:
+    rule = BounceIssued("r", Criteria(domain="a.com"), "closed", 4 * SECOND)
+    log = [
+        received(1),
+        received(2),
+        at(3, rule),  # its sweep's Bounced was lost too
+        at(4, TransientlyFailed("a.com", msg(2), 0, FAILED, None, expiry="too old")),
+        received(5),
+        issued_rebind(6, {"tenant": "t"}),
+    ]
+    state = fold(log)
+    recovery = recover(state, chunk=10)
+    kinds = [type(event).__name__ for event in recovery.owed]
+    assert kinds == ["Expired", "Bounced", "Rebound"]
+    assert recovery.owed[1] == Bounced("r", "a.com", [msg(1)])
+    # msg(5) came once the rule had expired: the rebind moves it alone.
+    assert recovery.owed[2] == Rebound("b6", "a.com", "t@a.com", [msg(5)], [0], "move")
+    assert recovery.queues == {}
+
+
+def test_a_rebind_that_keeps_the_name_owes_no_move_and_its_flush_survives_a_restart() -> None:
+    log = [
+        received(1),
+        failed(2, msg(1)),
+        issued_rebind(3, {}, always_flush=True),
+    ]
+    state = fold(log)
+    assert owed_rebinds(state) == []
+    # The flush made the waiting message due at once: a restart finds it due.
+    assert state.schedule[mid(1)] == Retry(None, 1, 2, 2 * SECOND)
+    recovery = recover(state, chunk=10)
+    restarted = QueueState("a.com", recovery.queues["a.com"], schedule=recovery.schedule)
+    assert restarted.messages.ids() == [mid(1)]
+    assert restarted.waiting == {}
+    # Without always_flush it waits on.
+    state = fold([received(1), failed(2, msg(1)), issued_rebind(3, {})])
+    assert state.schedule[mid(1)].due == HOUR
 
 
 # -- InvariantCheck ---------------------------------------------------------------------

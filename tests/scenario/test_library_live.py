@@ -122,3 +122,24 @@ def test_incident_rehearsal_live(tmp_path: Path) -> None:
     )
     assert types["Reception"] == types["Delivery"] + types["AdminBounce"]
     assert verify_data_dir(data).violations == []
+
+
+@pytest.mark.timeout(90)
+def test_suspend_ready_q_live_with_a_shorter_wait(tmp_path: Path) -> None:
+    """The library's ready-queue scenario (its wait cut to seconds): the step names the
+    ready queue by its destination, and the runner fills in the name ``kumo serve``
+    gives it (after the sink's address, the domain's ``mx_list``)."""
+    path = LIBRARY / "suspend_ready_q.toml"
+    text = path.read_text().replace('wait = "2m"', 'wait = "3s"')
+    data = tmp_path / "data"
+    result = run_against_kumo_serve(text, str(path), data)
+    assert result.passed, format_result(result, verbose=True)
+    records = read_records(data / "logs")
+    held = [r for r in records if r["type"] == "TransientFailure"]
+    assert len(held) == 10
+    assert {(r["site"], r["num_attempts"]) for r in held} == {("", 0)}
+    deliveries = [r for r in records if r["type"] == "Delivery"]
+    assert len(deliveries) == 13
+    sites = {str(r["site"]) for r in deliveries}
+    assert all(site.startswith("unspecified->mx_list:127.0.0.1:") for site in sites)
+    assert verify_data_dir(data).violations == []

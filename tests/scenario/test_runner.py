@@ -18,6 +18,7 @@ from kumo.scenario.report import format_result
 from kumo.scenario.runner import (
     InProcessTarget,
     ScenarioResult,
+    fill_ready_queues,
     run_in_process,
     run_live,
     run_scenario,
@@ -473,3 +474,35 @@ def test_pile_up_against_kumo_serve_and_smtp_sink(tmp_path: Path) -> None:
     )
     delivered = next(r for r in records if r["type"] == "Delivery")
     assert delivered["site"] == f"unspecified->mx_list:127.0.0.1:{sink_port}@smtp_client"
+
+
+def test_ready_queue_placeholders_are_filled_with_the_targets_names() -> None:
+    names = {"example.com": "unspecified->mx_list:127.0.0.1:2600@smtp_client"}
+    body = {
+        "name": "{ready_queue:example.com}",
+        "reason": "for {ready_queue:example.com} and {not a placeholder}",
+        "nested": [{"q": "{ready_queue:EXAMPLE.COM}"}],
+        "duration": 60,
+    }
+    filled = fill_ready_queues(body, lambda domain: names.get(domain.lower()))
+    assert filled == {
+        "name": names["example.com"],
+        "reason": f"for {names['example.com']} and {{not a placeholder}}",
+        "nested": [{"q": names["example.com"]}],
+        "duration": 60,
+    }
+    with pytest.raises(KeyError, match=r"example\.org"):
+        fill_ready_queues({"name": "{ready_queue:example.org}"}, names.get)
+
+
+def test_a_ready_queue_placeholder_the_target_cannot_fill_fails_the_step(tmp_path: Path) -> None:
+    scenario = parse_scenario(
+        '[[step]]\nsuspend-ready-q = { name = "{ready_queue:example.com}", reason = "r" }\n',
+        "placeholder.toml",
+    )
+    result = run_in_process(scenario, tmp_path / "data")
+    assert not result.passed
+    [step] = result.steps
+    [check] = step.checks
+    assert check.failed
+    assert "cannot tell" in check.actual

@@ -47,11 +47,6 @@ def test_no_state_is_an_empty_object() -> None:
     assert states_by_ready_queue([]) == {"states_by_ready_queue": {}}
 
 
-def test_a_state_has_a_known_key() -> None:
-    with pytest.raises(ValueError, match="key"):
-        ReadyQueueState(LOCAL, "suspended", "why", SINCE)
-
-
 # -- over the app ------------------------------------------------------------------------
 
 

@@ -33,12 +33,14 @@ from rich.console import Console
 from kumo.cli.audit import ProgressBar
 from kumo.cli.common import HELP, with_version
 from kumo.cli.queue_summary import (
+    ADMIN_LISTS,
     READY_STATUS,
     SCHEDULED_STATUS,
-    StatusSource,
+    QueueStateMark,
     format_queue_summary,
     ordered,
     ready_queues,
+    ready_states,
     scheduled_queues,
 )
 from kumo.cli.tables import Align, format_count, format_table
@@ -49,6 +51,7 @@ from kumo.http.routes import (
     INSPECT_MESSAGE_PATH,
     INSPECT_QUEUE_PATH,
     METRICS_PATH,
+    READY_Q_STATES_PATH,
     REBIND_PATH,
     SUSPEND_PATH,
     SUSPEND_READY_Q_PATH,
@@ -441,16 +444,21 @@ async def _sites(resolver: Resolver, domain: str, names: Sequence[str]) -> tuple
     return site, same
 
 
-def _listed(
-    client: httpx.Client, sources: Sequence[StatusSource]
-) -> list[tuple[StatusSource, list[Any]]]:
-    listed: list[tuple[StatusSource, list[Any]]] = []
-    for source in sources:
-        entries = decode_json(send(client, "GET", source.path))
-        if not isinstance(entries, list):
-            raise KcliError(f"unexpected reply from server: {json.dumps(entries)}")
-        listed.append((source, [entry for entry in entries if isinstance(entry, dict)]))
-    return listed
+def _admin_list(client: httpx.Client, path: str) -> list[dict[str, Any]]:
+    """The objects of the JSON array GET ``path`` answers."""
+    entries = decode_json(send(client, "GET", path))
+    if not isinstance(entries, list):
+        raise KcliError(f"unexpected reply from server: {json.dumps(entries)}")
+    return [entry for entry in entries if isinstance(entry, dict)]
+
+
+def _ready_states(client: httpx.Client) -> dict[str, list[QueueStateMark]]:
+    """The states of every ready queue (GET ready-q-states, no queue named)."""
+    document = decode_json(send(client, "GET", READY_Q_STATES_PATH))
+    try:
+        return ready_states(document)
+    except ValueError:
+        raise KcliError(f"unexpected reply from server: {json.dumps(document)}") from None
 
 
 # --- inject ----------------------------------------------------------------------------
@@ -1113,13 +1121,17 @@ def queue_summary(target: Target, limit: int | None, by_volume: bool, domain: st
     failed, C connections open, Q messages ready; D and T count since the server
     started), then the scheduled queues (SCHEDULED QUEUE, COUNT of messages waiting),
     each with the status the admin lists give it (a bounce rule or a suspension that
-    matches it; a suspension of the ready queue).
+    matches it; a suspension of the ready queue, and the states it is in, such as
+    connection_limited).
     Not meant for machines: read /metrics or /metrics.json instead.
     """
     with target.open_client() as client:
-        scheduled_listed = _listed(client, SCHEDULED_STATUS)
-        ready_listed = _listed(client, READY_STATUS)
+        # In the order KumoMTA's kcli asks.
+        lists = {path: _admin_list(client, path) for path in ADMIN_LISTS}
+        states = _ready_states(client)
         samples = parse_samples(send(client, "GET", METRICS_PATH).text)
+    scheduled_listed = [(source, lists[source.path]) for source in SCHEDULED_STATUS]
+    ready_listed = [(source, lists[source.path]) for source in READY_STATUS]
     ready = ordered(ready_queues(samples), by_volume=by_volume)
     scheduled = ordered(scheduled_queues(samples), by_volume=by_volume)
     if domain is not None:
@@ -1131,7 +1143,11 @@ def queue_summary(target: Target, limit: int | None, by_volume: bool, domain: st
     if limit is not None:
         ready, scheduled = ready[:limit], scheduled[:limit]
     summary = format_queue_summary(
-        ready, scheduled, ready_listed=ready_listed, scheduled_listed=scheduled_listed
+        ready,
+        scheduled,
+        ready_listed=ready_listed,
+        scheduled_listed=scheduled_listed,
+        ready_states=states,
     )
     # Bytes, so that the markers print in UTF-8 whatever the locale.
     click.echo(summary.encode(), nl=False)

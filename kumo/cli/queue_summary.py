@@ -14,7 +14,9 @@ Pure: the kcli command fetches the lists and the page, and resolves domains for
   D+T+C+Q (ready) or COUNT (scheduled), biggest first, ties by name.
 - **Status**: what the admin lists say of a queue (:data:`SCHEDULED_STATUS`,
   :data:`READY_STATUS`). A scheduled queue shows the first marker that applies to it
-  (a bounce before a suspension); a ready queue every one that does, joined by ``, ``.
+  (a bounce before a suspension); a ready queue every one that does, then each state
+  ``GET /api/admin/ready-q-states/v1`` gives it (:func:`ready_states`,
+  ``<key>: <context> @ <since>``), joined by ``, ``.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from kumo.cli.tables import Align, format_count, format_table
 from kumo.http.routes import BOUNCE_PATH, SUSPEND_PATH, SUSPEND_READY_Q_PATH
 from kumo.model.prometheus_text import Sample, scheduled_counts
 from kumo.model.queue_name import QueueName
+from kumo.model.rfc3339 import format_rfc3339, parse_rfc3339
 
 READY_FAMILIES: Final = {
     "total_messages_delivered": "delivered",
@@ -291,8 +294,57 @@ READY_STATUS: Final[tuple[StatusSource, ...]] = (
 )
 """What marks a ready queue: each that applies is part of its status."""
 
+ADMIN_LISTS: Final = (SUSPEND_PATH, BOUNCE_PATH, SUSPEND_READY_Q_PATH)
+"""The admin lists the sources read, in the order KumoMTA's kcli asks for them (then
+``/api/admin/ready-q-states/v1``, then ``/metrics``)."""
+
 Listed = Sequence[tuple[StatusSource, Sequence[Entry]]]
 """Each source with the entries its list gave."""
+
+
+@attrs.frozen
+class QueueStateMark:
+    """One state of a ready queue, as a ready-q-states reply gives it."""
+
+    key: str
+    context: str
+    since: int
+    """ns since the epoch."""
+
+    def __str__(self) -> str:
+        return f"{self.key}: {self.context} @ {chrono_display(self.since)}"
+
+
+ReadyStates = Mapping[str, Sequence[QueueStateMark]]
+"""Ready queue -> its states."""
+
+
+def chrono_display(nanos: int) -> str:
+    """A UTC time as KumoMTA's kcli prints one (chrono's ``Display``):
+    ``2025-01-23 10:11:12.123456789 UTC``, with 0, 3, 6 or 9 fraction digits."""
+    date, _, time = format_rfc3339(nanos).removesuffix("Z").partition("T")
+    return f"{date} {time} UTC"
+
+
+def ready_states(document: object) -> dict[str, list[QueueStateMark]]:
+    """The states of a ``GET /api/admin/ready-q-states/v1`` reply by ready queue, each
+    queue's by key. ValueError for a reply of another shape (``since`` that is no RFC
+    3339 time included); keys beside ``context`` and ``since`` are ignored."""
+    by_queue = document.get("states_by_ready_queue") if isinstance(document, dict) else None
+    if not isinstance(by_queue, dict):
+        raise ValueError("no states_by_ready_queue object")
+    marks: dict[str, list[QueueStateMark]] = {}
+    for queue, states in by_queue.items():
+        if not isinstance(states, dict):
+            raise ValueError(f"the states of {queue} are no object")
+        marks[queue] = []
+        for key, state in sorted(states.items()):
+            context = state.get("context") if isinstance(state, dict) else None
+            since = state.get("since") if isinstance(state, dict) else None
+            if not isinstance(context, str) or not isinstance(since, str):
+                raise ValueError(f"state {key} of {queue} has no context and since")
+            marks[queue].append(QueueStateMark(key, context, parse_rfc3339(since)))
+    return marks
 
 
 def _marks(listed: Listed, queue: str) -> Iterator[str]:
@@ -310,9 +362,11 @@ def scheduled_status(listed: Listed, queue: str) -> str:
     return next(_marks(listed, queue), "")
 
 
-def ready_status(listed: Listed, queue: str) -> str:
-    """The status of a ready queue: every mark, joined by ``, ``."""
-    return ", ".join(_marks(listed, queue))
+def ready_status(listed: Listed, queue: str, states: ReadyStates | None = None) -> str:
+    """The status of a ready queue: every mark, then each of its ``states``, joined by
+    ``, ``."""
+    marks = [*_marks(listed, queue), *map(str, (states or {}).get(queue, ()))]
+    return ", ".join(marks)
 
 
 # -- the tables -------------------------------------------------------------------------
@@ -324,6 +378,7 @@ def format_queue_summary(
     *,
     ready_listed: Listed = (),
     scheduled_listed: Listed = (),
+    ready_states: ReadyStates | None = None,
 ) -> str:
     """The output of ``kcli queue-summary``: the ready table, a blank line, the
     scheduled table; each line ends with its newline (and the padding of the status
@@ -337,7 +392,7 @@ def format_queue_summary(
             format_count(queue.transfail),
             format_count(queue.connections),
             format_count(queue.ready),
-            ready_status(ready_listed, queue.name),
+            ready_status(ready_listed, queue.name, ready_states),
         ]
         for queue in ready
     ]

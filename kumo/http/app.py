@@ -2,8 +2,8 @@
 
 The app is thin: each route reads the body (bounded) or the query string, hands it to
 a handler of :mod:`kumo.http.bounce_api`, :mod:`kumo.http.suspend_api`,
-:mod:`kumo.http.suspend_ready_q_api`, :mod:`kumo.http.inject_api` or
-:mod:`kumo.http.inspect_api`, and turns the handler's
+:mod:`kumo.http.suspend_ready_q_api`, :mod:`kumo.http.ready_q_states_api`,
+:mod:`kumo.http.inject_api` or :mod:`kumo.http.inspect_api`, and turns the handler's
 :class:`~kumo.http.replies.Reply` into a response. Refusals come in the order that
 docs/operations.md ("Error replies") states: access (401) before the body is read, then
 size (413, from ``Content-Length`` before the body is read, else as soon as the body
@@ -36,6 +36,7 @@ from kumo.http import (
     bounce_api,
     inject_api,
     inspect_api,
+    ready_q_states_api,
     rebind_api,
     suspend_api,
     suspend_ready_q_api,
@@ -68,6 +69,7 @@ from kumo.http.routes import (
     METRICS_JSON_PATH,
     METRICS_PATH,
     OPENAPI_PATH,
+    READY_Q_STATES_PATH,
     REBIND_PATH,
     ROUTES,
     SUSPEND_PATH,
@@ -237,6 +239,10 @@ def create_app(
     @app.delete(SUSPEND_READY_Q_PATH)
     async def delete_suspend_ready_q() -> Response:
         return await admin(suspend_ready_q_api.cancel_ready_suspend)
+
+    @app.get(READY_Q_STATES_PATH)
+    async def get_ready_q_states() -> Response:
+        return _response(ready_q_states_api.list_ready_q_states(engine, _query()))
 
     @app.post(INJECT_PATH)
     async def inject() -> Response:

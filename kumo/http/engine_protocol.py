@@ -6,13 +6,14 @@ that does too. The HTTP layer never reaches past these calls.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Protocol
 
 from kumo.model.criteria import Criteria
 from kumo.model.dry_run import DryRun, RebindDryRun
 from kumo.model.fleet import FleetFigures
 from kumo.model.inspection import InspectedMessage, InspectedQueue
+from kumo.model.ready_queue_state import ReadyQueueState
 from kumo.model.ready_suspension import ReadySuspensionView
 from kumo.model.requests import BounceRequest, NewMessage, ReadySuspendRequest, RebindRequest
 from kumo.model.state import RuleKind, RuleView
@@ -67,6 +68,10 @@ class AdminEngine(Protocol):
     async def cancel_ready_suspend(self, rule_id: str, *, cancelled_by: str) -> bool: ...
 
     def list_ready_suspends(self) -> list[ReadySuspensionView]: ...
+
+    def ready_queue_states(
+        self, queues: Collection[str] | None = None
+    ) -> Sequence[ReadyQueueState]: ...
 
     def queue_counts(self) -> Mapping[str, int]: ...
 

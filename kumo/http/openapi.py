@@ -13,6 +13,7 @@ from kumo.http.routes import (
     METRICS_JSON_PATH,
     METRICS_PATH,
     OPENAPI_PATH,
+    READY_Q_STATES_PATH,
     REBIND_PATH,
     SUSPEND_PATH,
     SUSPEND_READY_Q_PATH,
@@ -273,6 +274,43 @@ _READY_SUSPEND_ENTRY: Final = {
         "expires": {"type": "string", "format": "date-time"},
         "issued_at": {"type": "string", "format": "date-time"},
         "issued_by": {"type": "string"},
+    },
+}
+
+_READY_QUEUE_STATE: Final = {
+    "type": "object",
+    "required": ["context", "since"],
+    "properties": {
+        "context": {
+            "type": "string",
+            "description": "why, in KumoMTA's words "
+            "(`TooManyLeases for kumomta.connection_limit.<ready queue>`)",
+        },
+        "since": {
+            "type": "string",
+            "format": "date-time",
+            "description": "when the ready queue entered the state",
+        },
+    },
+}
+
+_READY_Q_STATES: Final = {
+    "type": "object",
+    "required": ["states_by_ready_queue"],
+    "properties": {
+        "states_by_ready_queue": {
+            "type": "object",
+            "description": "ready queue -> its states by key; only the ready queues in a "
+            "state appear",
+            "additionalProperties": {
+                "type": "object",
+                "properties": {
+                    "connection_limited": _READY_QUEUE_STATE,
+                    "connection_rate_throttled": _READY_QUEUE_STATE,
+                },
+                "additionalProperties": False,
+            },
+        }
     },
 }
 
@@ -625,6 +663,40 @@ OPENAPI: Final[dict[str, Any]] = {
                     **_refusals(401, 429, 404, 413, 415, 400, 422, 503),
                 },
             },
+        },
+        READY_Q_STATES_PATH: {
+            "get": {
+                "summary": "The states the ready queues are in (`connection_limited`: the "
+                "fleet's connection leases are all taken).",
+                "parameters": [
+                    {
+                        "name": "queues",
+                        "in": "query",
+                        "required": False,
+                        "style": "form",
+                        "explode": True,
+                        "description": "a ready queue's exact name, one parameter per "
+                        "queue: only those are answered for; absent: all of them",
+                        "schema": {"type": "array", "items": {"type": "string", "minLength": 1}},
+                    }
+                ],
+                "responses": {
+                    "200": {
+                        "description": "The states, by ready queue.",
+                        "content": _json(_READY_Q_STATES),
+                    },
+                    **_refusals(
+                        401,
+                        429,
+                        400,
+                        503,
+                        texts={
+                            400: "A `queues` parameter is empty "
+                            "(`Failed to deserialize query string: ...`)."
+                        },
+                    ),
+                },
+            }
         },
         INJECT_PATH: {
             "post": {

@@ -110,3 +110,17 @@ def parse_bounce_list_query(query: Query) -> bool:
     if scope != "fleet":
         raise query_error(f"scope: unknown variant `{scope}`, expected `fleet`")
     return True
+
+
+def parse_ready_q_states_query(query: Query) -> tuple[str, ...] | None:
+    """``GET /api/admin/ready-q-states/v1[?queues=<ready queue>]...``: the ready queues
+    whose states are asked for, each named by one ``queues`` parameter (given as often
+    as there are names, duplicates kept once), or None for all of them (no ``queues``).
+    A name is a ready queue's exact name: an empty one is a 400; other parameters are
+    ignored."""
+    names = query.get("queues", ())
+    if not names:
+        return None
+    if any(not name for name in names):
+        raise query_error("queues: a ready queue name cannot be empty")
+    return tuple(dict.fromkeys(names))

@@ -18,6 +18,9 @@ REBIND_PATH: Final = "/api/admin/rebind/v1"
 """Move the scheduled messages of matching queues to the queue new metadata names (POST)."""
 SUSPEND_READY_Q_PATH: Final = "/api/admin/suspend-ready-q/v1"
 """Suspend (POST), list (GET) and lift (DELETE) the suspension of a ready queue."""
+READY_Q_STATES_PATH: Final = "/api/admin/ready-q-states/v1"
+"""The states the ready queues are in, such as ``connection_limited`` (GET
+``[?queues=<ready queue>]...``)."""
 INJECT_PATH: Final = "/api/inject/v1"
 """Receive messages (POST), one per recipient."""
 LIVENESS_PATH: Final = "/api/check-liveness/v1"
@@ -39,6 +42,7 @@ ROUTES: Final = (
     SUSPEND_PATH,
     REBIND_PATH,
     SUSPEND_READY_Q_PATH,
+    READY_Q_STATES_PATH,
     INJECT_PATH,
     LIVENESS_PATH,
     METRICS_PATH,

@@ -26,7 +26,8 @@ for more, until the suspension ends.
 A fleet-limited ready queue (``[egress] fleet_limits``) takes a lease from the fleet's
 Redis before it opens each connection and gives it back when the connection ends
 (:mod:`kumo.runtime.connection_leases`). Refused, it is ``connection_limited`` (context
-``TooManyLeases for kumomta.connection_limit.<ready queue>``) and asks again after a
+``TooManyLeases for kumomta.connection_limit.<ready queue>``, since the engine clock's
+time of the first refusal; :meth:`Dispatcher.states`) and asks again after a
 back-off, or as soon as one of its own connections ends; its messages wait in it. A
 connection takes a new message only while its lease is usable; one whose lease could
 not be renewed in time (or was lost) finishes the transaction under way and closes.
@@ -39,7 +40,7 @@ import itertools
 import logging
 import math
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Protocol
 
 import attrs
@@ -51,6 +52,7 @@ from kumo.model.events import Attempt
 from kumo.model.mx_resolution import Destination, ResolutionFailure
 from kumo.model.queue_name import QueueName
 from kumo.model.ready_queue import PlanFailure, ReadyEntry, ReadyQueue, ideal_connection_count
+from kumo.model.ready_queue_state import CONNECTION_LIMITED, ReadyQueueState, select_states
 from kumo.model.ready_suspension import ReadySuspensionBook
 from kumo.model.retry import RetryPolicy
 from kumo.model.statistics import counter, gauge, info
@@ -198,11 +200,13 @@ class Dispatcher:
         settings: DestinationSettings,
         sink: OutcomeSink,
         rng: random.Random,
+        clock: EngineClock,
         suspended_until: Callable[[], float | None] = _never_suspended,
         leases: ConnectionLeases | None = None,
     ) -> None:
-        """``suspended_until``: until when (trio time) a suspension holds this ready
-        queue now, None when none does (:meth:`SuspendedReadyQueues.until`).
+        """``clock``: the engine's, which stamps when a state began (back-offs are
+        trio time). ``suspended_until``: until when (trio time) a suspension holds this
+        ready queue now, None when none does (:meth:`SuspendedReadyQueues.until`).
         ``leases``: the fleet's connection leases, taken for each connection when
         ``settings.fleet_limits`` is set."""
         self.destination = destination
@@ -210,6 +214,7 @@ class Dispatcher:
         self.ready = ReadyQueue(destination.ready_queue, settings.max_ready)
         self._sink = sink
         self._rng = rng
+        self._clock = clock
         self._in_flight: dict[str, ReadyEntry] = {}
         self._connections = 0
         self._changed = trio.lowlevel.ParkingLot()
@@ -225,9 +230,11 @@ class Dispatcher:
         self._leases = leases
         self._refusals = 0
         """Lease requests refused (or unanswered) in a row."""
-        self._limited: str | None = None
-        """The ``connection_limited`` state's context while the fleet's leases are all
-        taken and this ready queue wants another connection."""
+        self._asking = 0
+        """Connections started that have no answer to their lease request yet."""
+        self._limited: ReadyQueueState | None = None
+        """The ``connection_limited`` state while the fleet's leases are all taken and
+        this ready queue wants another connection (:meth:`states`)."""
         self._ask_after = -math.inf
         """Trio time before which no lease is asked for (the back-off after a refusal;
         reset when one of this queue's connections ends)."""
@@ -242,11 +249,13 @@ class Dispatcher:
     def stopping(self) -> bool:
         return self._stopping
 
-    @property
-    def connection_limited(self) -> str | None:
-        """The context of the ready queue's ``connection_limited`` state (KumoMTA's
-        ``TooManyLeases for kumomta.connection_limit.<ready queue>``), None when it is not."""
-        return self._limited
+    def states(self) -> list[ReadyQueueState]:
+        """The states the ready queue is in now: ``connection_limited`` (KumoMTA's
+        context ``TooManyLeases for kumomta.connection_limit.<ready queue>``) from the
+        first refusal of a lease until the ready queue has every connection it wants
+        (or wants none: empty, suspended), its lease requests all answered; none
+        otherwise."""
+        return [] if self._limited is None else [self._limited]
 
     def _fleet_leases(self) -> ConnectionLeases | None:
         return self._leases if self.settings.fleet_limits else None
@@ -312,6 +321,7 @@ class Dispatcher:
                         if not self._suspended:
                             self._suspended = True
                             self._give_back()
+                        self._no_connection_wanted()
                         with trio.move_on_at(until):
                             await self._changed.park()
                         continue
@@ -324,41 +334,60 @@ class Dispatcher:
                     if self._connections < wanted and self.ready:
                         if trio.current_time() >= self._ask_after:
                             self._connections += 1
-                            nursery.start_soon(self._connection)
+                            leases = self._fleet_leases()
+                            if leases is not None:
+                                self._asking += 1  # until its lease request is answered
+                            nursery.start_soon(self._connection, leases)
                             continue
                         # Refused a lease a moment ago: ask again after the back-off,
                         # sooner if one of this queue's connections ends.
                         with trio.move_on_at(self._ask_after):
                             await self._changed.park()
                         continue
-                    self._limited = None
+                    self._no_connection_wanted()
                     await self._changed.park()
         finally:
             self.done.set()
+
+    def _no_connection_wanted(self) -> None:
+        """Every connection wanted has its lease (or none is wanted): the
+        ``connection_limited`` state ends, unless a lease request is still unanswered
+        (whose refusal would only start it again, with a new ``since``)."""
+        if self._asking == 0:
+            self._limited = None
 
     def _refused(self, answer: Refused, leases: ConnectionLeases) -> None:
         """No lease for a connection: ``connection_limited`` (when the fleet's leases
         are all taken), and no new ask before the policy's back-off."""
         self._refusals += 1
-        if answer is Refused.TOO_MANY_LEASES:
-            self._limited = refusal_context(self.name)
+        if answer is Refused.TOO_MANY_LEASES and self._limited is None:
+            # Since the first refusal: a later one is the same state going on.
+            self._limited = ReadyQueueState(
+                self.name, CONNECTION_LIMITED, refusal_context(self.name), self._clock.now()
+            )
         delay = retry_delay(self._refusals, leases.settings)
         self._ask_after = max(self._ask_after, trio.current_time() + delay)
 
-    async def _connection(self) -> None:
-        """One connection: with fleet limits, first its lease (asked here, so that
+    async def _connection(self, leases: ConnectionLeases | None) -> None:
+        """One connection: with fleet ``leases``, first its lease (asked here, so that
         several connections may ask at once), given back when it ends."""
-        leases = self._fleet_leases()
         held: HeldLease | None = None
         try:
             if leases is not None:
-                answer = await leases.acquire(self.name, self.settings.connection_limit, self.wake)
+                try:
+                    answer = await leases.acquire(
+                        self.name, self.settings.connection_limit, self.wake
+                    )
+                finally:
+                    self._asking -= 1
                 if not isinstance(answer, HeldLease):
                     self._refused(answer, leases)
                     return
                 held = answer
                 self._refusals = 0
-                self._limited = None
+                # Whether that was the last connection wanted (and the state ends) is
+                # the run loop's to say: it looks again.
+                self._changed.unpark_all()
                 if self._stopping or self._suspended_until() is not None or not self.ready:
                     return  # changed while Redis was asked: no connection after all
             connection = SmtpConnection(
@@ -452,14 +481,17 @@ class Deliveries:
         self,
         settings: MailSettings,
         sink: OutcomeSink,
+        clock: EngineClock,
         suspended: SuspendedReadyQueues | None = None,
         leases: ConnectionLeases | None = None,
     ) -> None:
-        """``suspended``: the ready-queue suspensions the dispatchers obey (None: none).
+        """``clock``: the engine's, which stamps the dispatchers' states.
+        ``suspended``: the ready-queue suspensions the dispatchers obey (None: none).
         ``leases``: the fleet's connection leases (a node in a fleet), which the
         dispatchers of fleet-limited destinations take; :meth:`run` keeps them."""
         self._settings = settings
         self._sink = sink
+        self._clock = clock
         self._suspended = suspended
         self.leases = leases
         self._rng = random.Random()
@@ -511,6 +543,14 @@ class Deliveries:
             for dispatcher in itertools.islice(self._dispatchers.values(), start, stop)
         ]
 
+    def states(self, queues: Collection[str] | None = None) -> list[ReadyQueueState]:
+        """The states of the ready queues named in ``queues`` (all when None), in the
+        order their dispatchers were made (:meth:`Dispatcher.states`)."""
+        every = (
+            state for dispatcher in self._dispatchers.values() for state in dispatcher.states()
+        )
+        return select_states(every, queues)
+
     async def target(self, queue: str) -> tuple[Dispatcher | PlanFailure, str]:
         """Where the due messages of scheduled queue ``queue`` go, and the site their
         records name: a dispatcher, or the failure every one of them gets."""
@@ -556,6 +596,7 @@ class Deliveries:
                 settings,
                 self._sink,
                 self._rng,
+                self._clock,
                 _never_suspended
                 if suspended is None
                 else functools.partial(suspended.until, resolution.ready_queue),

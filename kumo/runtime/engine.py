@@ -34,7 +34,7 @@ import gc
 import itertools
 import logging
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -60,6 +60,7 @@ from kumo.model.fleet import FleetFigures, FleetSettings, fleet_views
 from kumo.model.inspection import InspectedMessage, InspectedQueue
 from kumo.model.message import Message
 from kumo.model.ready_queue import ReadyEntry
+from kumo.model.ready_queue_state import ReadyQueueState
 from kumo.model.ready_suspension import ReadySuspensionView
 from kumo.model.recovery import Recovery, recover
 from kumo.model.requests import BounceRequest, NewMessage, ReadySuspendRequest, RebindRequest
@@ -577,6 +578,17 @@ class Engine:
             return []
         return deliveries.dispatcher_statistics(start, stop)
 
+    def ready_queue_states(self, queues: Collection[str] | None = None) -> list[ReadyQueueState]:
+        """The states the ready queues named in ``queues`` (all when None) are in now
+        (``connection_limited``; see :mod:`kumo.model.ready_queue_state`), in the order
+        their dispatchers were made; a ready queue in no state has none, and without the
+        mail path there are none. Read from this process's dispatchers: another node of
+        the fleet has its own."""
+        deliveries = self._parts.deliveries
+        if deliveries is None:
+            return []
+        return deliveries.states(queues)
+
     async def wait_idle(self) -> None:
         """Return once every committed event has been fully processed.
 
@@ -765,6 +777,7 @@ async def open_engine(
             deliveries = Deliveries(
                 mail,
                 report,
+                clock,
                 suspended,
                 None if fleet is None else ConnectionLeases(fleet, node_id=chosen_id),
             )

@@ -31,6 +31,7 @@ from kumo.http.routes import (
     INSPECT_MESSAGE_PATH,
     INSPECT_QUEUE_PATH,
     METRICS_PATH,
+    READY_Q_STATES_PATH,
     SUSPEND_PATH,
     SUSPEND_READY_Q_PATH,
 )
@@ -654,6 +655,8 @@ def test_token_is_sent_as_a_bearer_on_every_command(command: list[str]) -> None:
         lambda request: (
             httpx.Response(200, json={"id": ID_A, "success_count": 1})
             if request.method == "POST" or "/inspect-" in request.url.path
+            else httpx.Response(200, json={"states_by_ready_queue": {}})
+            if request.url.path == READY_Q_STATES_PATH
             else httpx.Response(200, json=[])
         )
     )
@@ -662,8 +665,9 @@ def test_token_is_sent_as_a_bearer_on_every_command(command: list[str]) -> None:
 
     assert result.exit_code == 0, result.output
 
-    # queue-summary reads the bounce, suspend and suspend-ready-q lists, then the metrics.
-    assert len(server.requests) == (4 if command == ["queue-summary"] else 1)
+    # queue-summary reads the suspend, bounce and suspend-ready-q lists, the ready-queue
+    # states, then the metrics.
+    assert len(server.requests) == (5 if command == ["queue-summary"] else 1)
     for request in server.requests:
         assert request.headers["authorization"] == f"Bearer {TOKEN}"
 
@@ -948,9 +952,11 @@ def metrics_server(
     bounces: list[dict[str, Any]] | None = None,
     suspends: list[dict[str, Any]] | None = None,
     ready_suspends: list[dict[str, Any]] | None = None,
+    states: Any = None,
 ) -> FakeServer:
     """Answers the bounce, suspend and suspend-ready-q lists with ``bounces``,
-    ``suspends`` and ``ready_suspends``, and /metrics with ``page``."""
+    ``suspends`` and ``ready_suspends``, ready-q-states with ``states`` (by default
+    none), and /metrics with ``page``."""
 
     def handler(request: httpx.Request) -> httpx.Response:
         if request.url.path == BOUNCE_PATH:
@@ -959,6 +965,9 @@ def metrics_server(
             return httpx.Response(200, json=suspends or [])
         if request.url.path == SUSPEND_READY_Q_PATH:
             return httpx.Response(200, json=ready_suspends or [])
+        if request.url.path == READY_Q_STATES_PATH:
+            empty: dict[str, Any] = {"states_by_ready_queue": {}}
+            return httpx.Response(200, json=empty if states is None else states)
         return httpx.Response(200, text=page)
 
     return FakeServer(handler)
@@ -970,11 +979,13 @@ def test_queue_summary_prints_kumomtas_two_tables() -> None:
     result = run(server, "queue-summary")
 
     assert result.exit_code == 0, result.output
-    # The admin lists first, then the metrics, as KumoMTA's kcli asks.
+    # The admin lists and the ready-queue states first, then the metrics, in the
+    # order KumoMTA's kcli asks (reference 9.2).
     assert [(r.method, str(r.url)) for r in server.requests] == [
-        ("GET", f"http://127.0.0.1:8000{BOUNCE_PATH}"),
         ("GET", f"http://127.0.0.1:8000{SUSPEND_PATH}"),
+        ("GET", f"http://127.0.0.1:8000{BOUNCE_PATH}"),
         ("GET", f"http://127.0.0.1:8000{SUSPEND_READY_Q_PATH}"),
+        ("GET", f"http://127.0.0.1:8000{READY_Q_STATES_PATH}"),
         ("GET", f"http://127.0.0.1:8000{METRICS_PATH}"),
     ]
     # No ready queue; the scheduled ones by name (natural order), counts right-aligned
@@ -1027,6 +1038,42 @@ def test_queue_summary_marks_a_suspended_ready_queue() -> None:
         "mx.example.com unspecified smtp_client 1,234,567 0 3 1,024 🛑suspend: maintenance",
         "日本.example   unspecified smtp_client         2 5 0     0 " + blank,
     ]
+
+
+def test_queue_summary_shows_the_states_of_a_ready_queue() -> None:
+    name = "unspecified->mx.example.com@smtp_client"
+    context = f"TooManyLeases for kumomta.connection_limit.{name}"
+    ready_suspends = [{"id": ID_A, "name": name, "reason": "maintenance"}]
+    states = {"states_by_ready_queue": {name: {"connection_limited": {
+        "context": context, "since": "2026-12-01T15:50:37.868730446Z"}}}}  # fmt: skip
+    server = metrics_server(READY_METRICS, ready_suspends=ready_suspends, states=states)
+
+    result = run(server, "queue-summary")
+
+    assert result.exit_code == 0, result.output
+    status = (
+        f"🛑suspend: maintenance, connection_limited: {context} @ 2026-12-01 15:50:37.868730446 UTC"
+    )
+    blank = " " * (len(status) + 1)  # the emoji counts two cells
+    assert result.stdout.splitlines()[:3] == [
+        "SITE           SOURCE      PROTO               D T C     Q " + blank,
+        "mx.example.com unspecified smtp_client 1,234,567 0 3 1,024 " + status,
+        "日本.example   unspecified smtp_client         2 5 0     0 " + blank,
+    ]
+
+
+@pytest.mark.parametrize(
+    "states",
+    [
+        [],
+        {"states_by_ready_queue": {"q": {"connection_limited": {"context": "c", "since": "x"}}}},
+    ],
+)
+def test_queue_summary_refuses_a_ready_q_states_reply_of_another_shape(states: Any) -> None:
+    result = run(metrics_server(READY_METRICS, states=states), "queue-summary")
+
+    assert result.exit_code == 1
+    assert result.stderr == f"unexpected reply from server: {json.dumps(states)}\n"
 
 
 def test_suspend_ready_q_list_and_cancel() -> None:

@@ -11,24 +11,33 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from kumo.cli.queue_summary import (
+    ADMIN_LISTS,
     BOUNCE_MARK,
+    READY_STATUS,
     SCHEDULED_STATUS,
     SUSPEND_MARK,
+    QueueStateMark,
     ReadyQueue,
+    ReadyStates,
     ScheduledQueue,
     StatusSource,
+    chrono_display,
     criteria_marker,
     format_queue_summary,
     name_marker,
     natural_lexical_compare,
     ordered,
     ready_queues,
+    ready_states,
     ready_status,
     scheduled_queues,
     scheduled_status,
 )
-from kumo.http.routes import BOUNCE_PATH, SUSPEND_PATH
+from kumo.http.ready_q_states_api import states_by_ready_queue
+from kumo.http.routes import BOUNCE_PATH, SUSPEND_PATH, SUSPEND_READY_Q_PATH
 from kumo.model.prometheus_text import Sample, parse_samples
+from kumo.model.ready_queue_state import CONNECTION_LIMITED, ReadyQueueState
+from kumo.model.rfc3339 import TimestampError, parse_rfc3339
 
 SUSPEND = StatusSource("/api/admin/suspend/v1", criteria_marker(SUSPEND_MARK))
 """The one line SCHEDULED_STATUS gains once kumo serves the suspend list."""
@@ -63,6 +72,7 @@ def summary(
     by_volume: bool = False,
     scheduled: list[tuple[StatusSource, list[dict[str, object]]]] | None = None,
     ready: list[tuple[StatusSource, list[dict[str, object]]]] | None = None,
+    states: ReadyStates | None = None,
 ) -> str:
     samples = parse_samples(page)
     return format_queue_summary(
@@ -70,6 +80,7 @@ def summary(
         ordered(scheduled_queues(samples), by_volume=by_volume),
         ready_listed=ready or [],
         scheduled_listed=scheduled or [],
+        ready_states=states,
     )
 
 
@@ -160,6 +171,94 @@ def test_ready_queue_marks_are_joined() -> None:
     assert ready_status(listed, name) == "🛑suspend: maintenance, uns: limited"
     assert scheduled_status(listed, name) == "🛑suspend: maintenance"
     assert ready_status([], name) == ""
+
+
+LOCALHOST = "unspecified->localhost@smtp_client"
+LIMITED = f"TooManyLeases for kumomta.connection_limit.{LOCALHOST}"
+SINCE = parse_rfc3339("2025-01-23T10:11:12.123456789Z")
+
+
+def test_the_admin_lists_in_kcli_order_and_every_source_among_them() -> None:
+    assert ADMIN_LISTS == (SUSPEND_PATH, BOUNCE_PATH, SUSPEND_READY_Q_PATH)
+    assert {source.path for source in (*SCHEDULED_STATUS, *READY_STATUS)} == set(ADMIN_LISTS)
+
+
+@pytest.mark.parametrize(
+    ("since", "shown"),
+    [
+        ("2025-01-23T10:11:12.123456789Z", "2025-01-23 10:11:12.123456789 UTC"),
+        ("2025-01-23T10:11:12.123456Z", "2025-01-23 10:11:12.123456 UTC"),
+        ("2025-01-23T10:11:12.120Z", "2025-01-23 10:11:12.120 UTC"),
+        ("2025-01-23T10:11:12Z", "2025-01-23 10:11:12 UTC"),
+        ("2025-01-23T12:11:12.5+02:00", "2025-01-23 10:11:12.500 UTC"),
+        ("2025-01-23T10:11:12.000000001Z", "2025-01-23 10:11:12.000000001 UTC"),
+    ],
+)
+def test_since_as_chrono_displays_it(since: str, shown: str) -> None:
+    assert chrono_display(parse_rfc3339(since)) == shown
+
+
+def test_a_ready_q_states_reply_read_back() -> None:
+    document = states_by_ready_queue(
+        [ReadyQueueState(LOCALHOST, CONNECTION_LIMITED, LIMITED, SINCE)]
+    )
+    assert ready_states(document) == {
+        LOCALHOST: [QueueStateMark(CONNECTION_LIMITED, LIMITED, SINCE)]
+    }
+    # Keys sorted, whatever order the server wrote them in; other fields ignored.
+    two = {"z": {"context": "b", "since": "2025-01-23T10:11:12Z", "extra": 1},
+           "a": {"context": "a", "since": "2025-01-23T10:11:12Z"}}  # fmt: skip
+    marks = ready_states({"states_by_ready_queue": {"q": two}, "other": []})
+    assert [mark.key for mark in marks["q"]] == ["a", "z"]
+    assert ready_states({"states_by_ready_queue": {}}) == {}
+
+
+@pytest.mark.parametrize(
+    "document",
+    [
+        [],
+        {},
+        {"states_by_ready_queue": []},
+        {"states_by_ready_queue": {"q": []}},
+        {"states_by_ready_queue": {"q": {"connection_limited": "x"}}},
+        {"states_by_ready_queue": {"q": {"connection_limited": {"context": "c"}}}},
+        {"states_by_ready_queue": {"q": {"connection_limited": {"context": 1, "since": "x"}}}},
+    ],
+)
+def test_a_reply_of_another_shape_is_refused(document: object) -> None:
+    with pytest.raises(ValueError, match=r"object|has no context and since"):
+        ready_states(document)
+
+
+def test_a_since_that_is_no_time_is_refused() -> None:
+    document = {"states_by_ready_queue": {"q": {"k": {"context": "c", "since": "yesterday"}}}}
+    with pytest.raises(TimestampError):
+        ready_states(document)
+
+
+def test_a_ready_queue_shows_its_states_after_its_suspension() -> None:
+    """Reference 9.2: the suspend marker, then each state ``{key}: {context} @ {since}``,
+    joined by ``, ``; the status column is as wide as its widest cell, on every line."""
+    suspended: list[dict[str, object]] = [{"name": LOCALHOST, "reason": "maintenance"}]
+    states = {LOCALHOST: [QueueStateMark(CONNECTION_LIMITED, LIMITED, SINCE)]}
+    state = f"connection_limited: {LIMITED} @ 2025-01-23 10:11:12.123456789 UTC"
+    only_states = summary(REFERENCE_PAGE, states=states)
+    assert only_states == (
+        f"SITE      SOURCE      PROTO       D T C Q {' ' * len(state)}\n"
+        f"localhost unspecified smtp_client 3 1 1 0 {state}\n"
+        "\n"
+        "SCHEDULED QUEUE COUNT \n"
+        "example.com         2 \n"
+    )
+    both = summary(REFERENCE_PAGE, ready=[(READY_STATUS[0], suspended)], states=states)
+    status = f"🛑suspend: maintenance, {state}"
+    assert both.splitlines()[:2] == [
+        "SITE      SOURCE      PROTO       D T C Q " + " " * (len(status) + 1),
+        "localhost unspecified smtp_client 3 1 1 0 " + status,
+    ]
+    # A state of a ready queue with no row shows nowhere; a row with none has no status.
+    elsewhere = {"unspecified->elsewhere@smtp_client": states[LOCALHOST]}
+    assert summary(REFERENCE_PAGE, states=elsewhere) == summary(REFERENCE_PAGE)
 
 
 def test_ready_rows_add_up_the_services_of_a_queue() -> None:

@@ -8,7 +8,7 @@ behaviour over real HTTP is in ``test_live.py``.
 from __future__ import annotations
 
 import base64
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -44,6 +44,7 @@ from kumo.model.criteria import Criteria
 from kumo.model.dry_run import DryRun, QueueMatch, QueueMove, RebindDryRun
 from kumo.model.fleet import FleetFigures
 from kumo.model.inspection import InspectedMessage, InspectedQueue
+from kumo.model.ready_queue_state import ReadyQueueState, select_states
 from kumo.model.ready_suspension import ReadySuspensionView
 from kumo.model.requests import BounceRequest, NewMessage, ReadySuspendRequest, RebindRequest
 from kumo.model.state import RuleKind, RuleView
@@ -86,6 +87,8 @@ class FakeEngine:
         """What inspect_queue finds, by name."""
         self.fleet_figures: FleetFigures | None = None
         """What fleet_bounces answers (None: a node in no fleet)."""
+        self.ready_states: list[ReadyQueueState] = []
+        """The states the ready queues are in."""
 
     def _check(self) -> None:
         self._refuse()
@@ -154,6 +157,11 @@ class FakeEngine:
     def list_ready_suspends(self) -> list[ReadySuspensionView]:
         self._refuse()
         return list(self.ready_suspensions)
+
+    def ready_queue_states(self, queues: Collection[str] | None = None) -> list[ReadyQueueState]:
+        self._refuse()
+        self.calls.append(("ready_queue_states", queues, ""))
+        return select_states(self.ready_states, queues)
 
     def queue_counts(self) -> Mapping[str, int]:
         self._refuse()

@@ -110,7 +110,9 @@ def _targets(draw: st.DrawFn, paths: list[str] = PATHS) -> str:
     pairs: list[tuple[str, str]] = []
     well_formed = draw(st.booleans())
     for parameter in _PARAMETERS.get(path, []):
-        kind = parameter["schema"]["type"]
+        schema = parameter["schema"]
+        # An array is one parameter per element (``queues=a&queues=b``).
+        kind = schema["items"]["type"] if schema["type"] == "array" else schema["type"]
         if well_formed:
             times = 1 if parameter["required"] else draw(st.integers(0, 1))
             values = _well_formed[kind]

@@ -13,6 +13,7 @@ from kumo.http.queries import (
     Query,
     parse_inspect_message,
     parse_inspect_queue,
+    parse_ready_q_states_query,
 )
 
 SPOOL_ID = "d7ef132b5d7711eea8c8000c29c33806"
@@ -111,13 +112,39 @@ def test_bad_inspect_queue_queries_are_400(query: Query, why: str) -> None:
     assert (refused.value.status, refused.value.text) == (400, QUERY_PREFIX + why)
 
 
-_names = st.sampled_from(["id", "queue_name", "want_body", "limit", "other"])
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        ({}, None),
+        ({"other": ["x"]}, None),
+        ({"queues": ["a->b@smtp_client"]}, ("a->b@smtp_client",)),
+        # One name a parameter, in the order given, each once.
+        ({"queues": ["q2", "q1", "q2"]}, ("q2", "q1")),
+        # A name is taken as it is: a comma is part of it.
+        ({"queues": ["mx_list:a,b"]}, ("mx_list:a,b",)),
+    ],
+)
+def test_ready_q_states_queries(query: Query, expected: tuple[str, ...] | None) -> None:
+    assert parse_ready_q_states_query(query) == expected
+
+
+@pytest.mark.parametrize("query", [{"queues": [""]}, {"queues": ["q", ""]}])
+def test_an_empty_ready_queue_name_is_400(query: Query) -> None:
+    with pytest.raises(RequestRefused) as refused:
+        parse_ready_q_states_query(query)
+    assert (refused.value.status, refused.value.text) == (
+        400,
+        QUERY_PREFIX + "queues: a ready queue name cannot be empty",
+    )
+
+
+_names = st.sampled_from(["id", "queue_name", "want_body", "limit", "queues", "other"])
 _queries = st.dictionaries(_names, st.lists(st.text(max_size=40), max_size=3))
 
 
 @given(_queries)
 def test_any_query_is_parsed_or_refused_with_a_400(query: Query) -> None:
-    for parse in (parse_inspect_message, parse_inspect_queue):
+    for parse in (parse_inspect_message, parse_inspect_queue, parse_ready_q_states_query):
         outcome: object
         try:
             outcome = parse(query)

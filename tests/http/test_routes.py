@@ -17,6 +17,7 @@ from kumo.http.routes import (
     METRICS_JSON_PATH,
     METRICS_PATH,
     OPENAPI_PATH,
+    READY_Q_STATES_PATH,
     REBIND_PATH,
     ROUTES,
     SUSPEND_PATH,
@@ -37,7 +38,8 @@ def test_the_paths_are_kumomtas() -> None:
     assert SUSPEND_PATH == "/api/admin/suspend/v1"
     assert REBIND_PATH == "/api/admin/rebind/v1"
     assert SUSPEND_READY_Q_PATH == "/api/admin/suspend-ready-q/v1"
-    assert len(set(ROUTES)) == len(ROUTES) == 11
+    assert READY_Q_STATES_PATH == "/api/admin/ready-q-states/v1"
+    assert len(set(ROUTES)) == len(ROUTES) == 12
 
 
 def test_the_app_serves_every_route_and_no_other() -> None:

@@ -23,11 +23,15 @@ import attrs
 import httpx
 import pytest
 import trio
+import trio.testing
 
-from kumo.http.routes import METRICS_PATH
+from kumo.http.app import create_app
+from kumo.http.routes import METRICS_PATH, READY_Q_STATES_PATH
 from kumo.model.connection_lease import LeaseSettings, lease_key, refusal_context
 from kumo.model.fleet import FleetSettings
 from kumo.model.prometheus_text import parse_samples
+from kumo.model.ready_queue_state import CONNECTION_LIMITED
+from kumo.model.rfc3339 import format_rfc3339
 from kumo.runtime.connection_leases import ConnectionLeases, HeldLease, LeaseStatistics, Refused
 from kumo.runtime.delivery import MailSettings
 from kumo.runtime.engine import Engine, open_engine
@@ -211,8 +215,9 @@ async def test_without_fleet_limits_each_node_keeps_the_limit_alone(tmp_path: Pa
 
 async def test_leases_a_dead_node_held_are_taken_once_they_expire(tmp_path: Path) -> None:
     """A node that holds every lease of a ready queue and goes away without giving
-    them back: the other node is ``connection_limited`` (KumoMTA's context) until they
-    expire in Redis, then takes them and delivers everything."""
+    them back: the other node is ``connection_limited`` (KumoMTA's context, since its
+    first refusal however often it is refused again, and so in its ready-q-states
+    reply) until they expire in Redis, then takes them and delivers everything."""
     require_smtp_sink()
     short = LeaseSettings(
         duration=1.5, renew_interval=0.2, margin=0.5, retry_initial=0.01, retry_max=0.1
@@ -243,15 +248,45 @@ async def test_leases_a_dead_node_held_are_taken_once_they_expire(tmp_path: Path
             # Redis lets the first of them go no sooner than this (it set their expiry
             # from its own time, after the node sent the command).
             first_free = min(h.lease.confirmed for h in held) + dying.held_for
+            injected_at = b.now()
             await b.inject([message(f"r{n}@example.com") for n in range(5)])
             leases = leases_of(b)
             await leases.wait_until(lambda s: s.refused >= 1)
-            [dispatcher] = b._parts.deliveries.dispatchers()  # type: ignore[union-attr]
-            assert dispatcher.connection_limited == refusal_context(queue)
+            await trio.testing.wait_all_tasks_blocked()  # the dispatcher took the refusal in
+            [state] = b.ready_queue_states()
+            assert (state.ready_queue, state.key, state.context) == (
+                queue,
+                CONNECTION_LIMITED,
+                refusal_context(queue),
+            )
+            assert injected_at <= state.since <= b.now()
             assert b.dispatcher_statistics()[0].connection_limited == 1
+            assert b.ready_queue_states([queue]) == [state]
+            assert b.ready_queue_states(["unspecified->elsewhere@smtp_client"]) == []
+            client = create_app(b).test_client()
+            loopback = {"client": ("127.0.0.1", 50000)}  # a trusted peer
+            reply = await client.get(READY_Q_STATES_PATH, scope_base=loopback)
+            assert reply.status_code == 200
+            assert await reply.get_json() == {
+                "states_by_ready_queue": {
+                    queue: {
+                        "connection_limited": {
+                            "context": f"TooManyLeases for kumomta.connection_limit.{queue}",
+                            "since": format_rfc3339(state.since),
+                        }
+                    }
+                }
+            }
+            # Refused again (the dead node's leases have not expired): the same state.
+            refused = leases.statistics().refused
+            await leases.wait_until(lambda s: s.refused >= refused + 2)
+            await trio.testing.wait_all_tasks_blocked()
+            assert b.ready_queue_states() == [state]
             await wait_delivered(b, 5)
             assert relay.opened_at[0] >= max(given_up_at, first_free)
-            assert dispatcher.connection_limited is None
+            assert b.ready_queue_states() == []
+            reply = await client.get(READY_Q_STATES_PATH, scope_base=loopback)
+            assert await reply.get_json() == {"states_by_ready_queue": {}}
             assert relay.most <= 2
             assert len(list(await trio.Path(dumps).iterdir())) == 5
 
@@ -383,6 +418,12 @@ def lease_figures(server: ServerProcess) -> dict[str, int]:
     }
 
 
+def ready_q_states(server: ServerProcess) -> object:
+    reply = httpx.get(server.url + READY_Q_STATES_PATH)
+    assert reply.status_code == 200, reply.text
+    return reply.json()
+
+
 async def inject_over_http(server: ServerProcess, count: int) -> None:
     inject = functools.partial(
         kcli, server.url, "inject", "--from", SENDER, "--to", "r@example.com", "--count", str(count)
@@ -425,6 +466,10 @@ async def test_a_limit_of_4_holds_across_three_kumo_serve_processes(tmp_path: Pa
                 figures = [
                     await trio.to_thread.run_sync(lease_figures, server) for server in servers
                 ]
+                # Everything delivered, no connection wanted: no node is limited any more.
+                states = [
+                    await trio.to_thread.run_sync(ready_q_states, server) for server in servers
+                ]
             finally:
                 statuses = [await trio.to_thread.run_sync(server.stop) for server in servers]
             assert statuses == [0, 0, 0], [server.stderr_text() for server in servers]
@@ -433,3 +478,4 @@ async def test_a_limit_of_4_holds_across_three_kumo_serve_processes(tmp_path: Pa
             assert sum(f["kumo_engine_leases_acquired"] for f in figures) == relay.total
             assert all(f["kumo_engine_leases_enabled"] == 1 for f in figures)
             assert all(f["kumo_engine_leases_held"] == 0 for f in figures)
+            assert states == [{"states_by_ready_queue": {}}] * 3

@@ -8,12 +8,15 @@ be resolved (a resolver that always fails), so a week of retries takes milliseco
 
 from __future__ import annotations
 
+import math
 import random
 from collections import Counter
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import cast
 
+import attrs
 import orjson
 import trio
 import trio.testing
@@ -21,15 +24,24 @@ from click.testing import CliRunner
 
 from kumo.cli.audit import audit
 from kumo.model.cidr_set import CidrSet
+from kumo.model.connection_lease import Lease, LeaseSettings
 from kumo.model.duration import NANOS_PER_SECOND
-from kumo.model.mx_resolution import DnsErrorKind, Resolution, mx_lookup_failure
+from kumo.model.message import Message
+from kumo.model.mx_resolution import Destination, DnsErrorKind, Resolution, mx_lookup_failure
+from kumo.model.ready_queue import ReadyEntry
+from kumo.model.ready_queue_state import CONNECTION_LIMITED, ReadyQueueState
 from kumo.model.retry import RetryPolicy
 from kumo.model.smtp_client import ClientSettings, TlsMode
 from kumo.runtime.clock import EngineClock
-from kumo.runtime.delivery import DestinationSettings, MailSettings
+from kumo.runtime.connection_leases import ConnectionLeases, HeldLease, Refused
+from kumo.runtime.delivery import DestinationSettings, Dispatcher, MailSettings
 from kumo.runtime.engine import Engine, open_engine
 from kumo.runtime.mx import MxResolver
-from kumo.runtime.smtp_connection import ConnectionSettings, client_tls_context
+from kumo.runtime.smtp_connection import (
+    ConnectionSettings,
+    MessageOutcome,
+    client_tls_context,
+)
 from kumo.store.verify import verify_data_dir
 from tests.postfix import postfix_smtp_sink, require_smtp_sink
 from tests.runtime.harness import WALL_ORIGIN, bounce, log_records, message, run_and_kill
@@ -407,3 +419,96 @@ async def test_the_statistics_of_a_deferring_destination(tmp_path: Path) -> None
         stats = engine.statistics()
         assert (stats.transient_failures_total, stats.injected) == (20, 0)
         assert engine.dispatcher_statistics() == []
+
+
+# -- a fleet-limited ready queue's state ---------------------------------------------------
+
+
+class ScriptedLeases:
+    """Connection leases without Redis: each request is answered a second after it is
+    asked, refused while ``full``, granted otherwise."""
+
+    def __init__(self) -> None:
+        self.settings = LeaseSettings(retry_initial=5.0, retry_max=5.0)
+        self.full = True
+        self.asked = 0
+
+    async def acquire(
+        self, ready_queue: str, limit: int, wake: Callable[[], None]
+    ) -> HeldLease | Refused:
+        self.asked += 1
+        await trio.sleep(1)
+        if self.full:
+            return Refused.TOO_MANY_LEASES
+        return HeldLease(Lease.acquired(ready_queue, "m", trio.current_time(), self.settings), wake)
+
+    async def release(self, held: HeldLease) -> None:
+        pass
+
+    def usable_until(self, held: HeldLease) -> float:
+        return math.inf
+
+
+async def test_connection_limited_from_the_first_refusal_until_no_connection_is_wanted(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    """The state begins at the first refusal (the engine clock's time), stays as it
+    is through the asks and refusals that follow, and ends once the ready queue wants
+    no connection it has no lease for."""
+    resolved = await MxResolver().resolve("example.com", mx_list=("127.0.0.1:2",))
+    assert isinstance(resolved, Destination)
+    settings = attrs.evolve(destination(["127.0.0.1:2"], connection_limit=2), fleet_limits=True)
+    leases = ScriptedLeases()
+    returned: list[MessageOutcome | None] = []
+    clock = EngineClock(WALL_ORIGIN)
+    dispatcher = Dispatcher(
+        resolved,
+        settings,
+        lambda entry, outcome: returned.append(outcome),
+        random.Random(1),
+        clock,
+        leases=cast(ConnectionLeases, leases),
+    )
+    entry = ReadyEntry(
+        "example.com", Message("0" * 32, "s@example.org", "r@example.com", 1, 0, 1), 0
+    )
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(dispatcher.run)
+        dispatcher.push([entry])
+        await trio.testing.wait_all_tasks_blocked()
+        assert (leases.asked, dispatcher.states()) == (1, [])  # asked, not answered yet
+
+        mock_clock.jump(1)
+        await trio.testing.wait_all_tasks_blocked()
+        state = ReadyQueueState(
+            resolved.ready_queue,
+            CONNECTION_LIMITED,
+            f"TooManyLeases for kumomta.connection_limit.{resolved.ready_queue}",
+            clock.now(),
+        )
+        assert dispatcher.states() == [state]
+        assert dispatcher.statistics().connection_limited == 1
+
+        # After the back-off it asks again (the state holds while it waits for the
+        # answer) and is refused again: the same state, the same since.
+        mock_clock.jump(5)
+        await trio.testing.wait_all_tasks_blocked()
+        assert (leases.asked, dispatcher.states()) == (2, [state])
+        mock_clock.jump(1)
+        await trio.testing.wait_all_tasks_blocked()
+        assert dispatcher.states() == [state]
+
+        # Asked a third time; the message leaves meanwhile and the lease is granted:
+        # no connection is wanted any more, and the state ends.
+        mock_clock.jump(5)
+        await trio.testing.wait_all_tasks_blocked()
+        assert leases.asked == 3
+        assert dispatcher.withdraw("example.com") == ["0" * 32]
+        leases.full = False
+        mock_clock.jump(1)
+        await trio.testing.wait_all_tasks_blocked()
+        assert dispatcher.states() == []
+        assert dispatcher.statistics().connection_limited == 0
+        assert dispatcher.statistics().connections == 0
+        dispatcher.stop()
+    assert returned == []

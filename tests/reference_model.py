@@ -130,6 +130,9 @@ class ReferenceMessage:
     """The time of that entry."""
     left: str | None = None
     """How it left by the mail path (``delivered``, ``failed``, ``expired``), if it did."""
+    expiring: bool = False
+    """Its last transient failure expired it (the ``TransientlyFailed`` carries the
+    expiry): it leaves by its ``Expired``, which no rule takes from it (not a retry)."""
 
 
 @attrs.frozen
@@ -163,11 +166,13 @@ class ReferenceModel:
         order = self._next()
         self.messages[message_id] = ReferenceMessage(message_id, queue, order, time, order, time)
 
-    def fail(self, message_id: str, time: int) -> None:
-        """An attempt failed transiently at ``time``: the message re-enters its queue."""
+    def fail(self, message_id: str, time: int, *, expiring: bool = False) -> None:
+        """An attempt failed transiently at ``time``: the message re-enters its queue,
+        or, ``expiring``, only waits for its ``Expired``."""
         message = self.messages[message_id]
         assert message.left is None, f"{message_id} attempted after it left"
         message.entered, message.entered_at = self._next(), time
+        message.expiring = expiring
 
     def rebound(self, message_id: str, queue: str, time: int) -> None:
         """A rebind moved the message to ``queue`` at ``time``: it enters that queue then,
@@ -213,9 +218,10 @@ class ReferenceModel:
         most recently issued rule live and matching when it last entered its queue
         (its arrival, or its last transient failure), else the first matching rule
         issued after that (that rule's sweep; an already-expired rule sweeps too).
-        None for a message that left by the mail path."""
+        None for a message that left by the mail path, or that its last failure
+        expired (no rule takes the place of an expiry)."""
         message = self.messages[message_id]
-        if message.left is not None:
+        if message.left is not None or message.expiring:
             return None
         matching = [rule for rule in self.rules.values() if matches(rule.key, message.queue)]
         at_entry = [rule for rule in matching if rule.live(message.entered, message.entered_at)]

@@ -175,7 +175,7 @@ class EngineModel(RuleBasedStateMachine):
             event = item.event
             # The reference hears of the mail path as the log tells it, in log order.
             if isinstance(event, TransientlyFailed):
-                self.reference.fail(event.message.id, item.time)
+                self.reference.fail(event.message.id, item.time, expiring=event.expiry is not None)
             elif isinstance(event, Rebound):
                 for message in event.messages:
                     self.reference.rebound(message.id, event.to_queue, item.time)

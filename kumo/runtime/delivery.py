@@ -494,6 +494,8 @@ class Deliveries:
         self._clock = clock
         self._suspended = suspended
         self.leases = leases
+        self._leasing = False
+        """Whether :attr:`leases` runs (started with the first fleet-limited dispatcher)."""
         self._rng = random.Random()
         self._nursery: trio.Nursery | None = None
         self._dispatchers: dict[str, Dispatcher] = {}
@@ -513,13 +515,11 @@ class Deliveries:
         return self._settings.destination(destination_domain(queue))
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Own the dispatchers (and keep the fleet's connection leases, when there
-        are); wake them whenever a ready-queue suspension event is folded, so that each
-        looks again at whether it is suspended."""
+        """Own the dispatchers (and the fleet's connection leases, from the first
+        fleet-limited destination on); wake them whenever a ready-queue suspension event
+        is folded, so that each looks again at whether it is suspended."""
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
-            if self.leases is not None:
-                await nursery.start(self.leases.run)
             task_status.started()
             if self._suspended is None:
                 await trio.sleep_forever()
@@ -609,6 +609,11 @@ class Deliveries:
                 dispatcher.done.set()
             else:
                 assert self._nursery is not None
+                if settings.fleet_limits and self.leases is not None and not self._leasing:
+                    # A node with no fleet-limited destination keeps no lease client
+                    # (nor says anything of Redis for it).
+                    self._leasing = True
+                    self._nursery.start_soon(self.leases.run)
                 self._nursery.start_soon(dispatcher.run)
         else:
             dispatcher.destination = resolution

@@ -8,7 +8,7 @@ this order)::
     ├── QueueSupervisor.run        owns the actors' nursery
     │   └── QueueActor.run ×N      one per scheduled queue
     ├── Deliveries.run             the mail path's dispatchers (with ``mail`` only)
-    │   ├── ConnectionLeases.run   [fleet] only: renews this node's connection leases
+    │   ├── ConnectionLeases.run   [fleet], from the first fleet-limited ready queue: its leases
     │   └── Dispatcher.run ×R      one per ready queue, its SMTP connections
     ├── followers                  a nursery cancelled last at shutdown
     │   ├── DeliveryLogWriter.run  Reception / AdminBounce JSON lines, checkpointed

@@ -536,8 +536,8 @@ class Engine:
     def statistics(self) -> EngineStatistics:
         projection = self._projection
         fleet = self._parts.fleet
-        deliveries = self._parts.deliveries
-        leases = None if deliveries is None else deliveries.leases
+        leases = self.connection_leases
+        now = self.clock.now()
         return EngineStatistics(
             received_total=projection.received_total,
             bounced_total=projection.bounced_total,
@@ -549,7 +549,8 @@ class Engine:
             injected=self._injected,
             queued_total=sum(projection.queue_counts.values()),
             queues=len(projection.queue_counts),
-            live_rules=len(projection.rules.views(self.clock.now())),
+            # Counted, not listed: views would copy every live rule's bounced map.
+            live_rules=sum(1 for rule in projection.rules.live_rules() if rule.live_at(now)),
             log=self._log.statistics(),
             broadcaster=self._parts.broadcaster.statistics(),
             delivery_log=self._parts.delivery.statistics(),

@@ -9,9 +9,10 @@ once"). A pure function of plain values; the books that keep rules use it.
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Hashable
+from typing import Generic, Protocol, TypeVar
 
-__all__ = ["Ranked", "outranks"]
+__all__ = ["FleetRanking", "Ranked", "outranks"]
 
 
 class Ranked(Protocol):
@@ -41,3 +42,38 @@ def outranks(rule: Ranked, other: Ranked) -> bool:
     if rule.origin == other.origin:
         return True
     return (rule.issued_at, rule.id) > (other.issued_at, other.id)
+
+
+K = TypeVar("K", bound=Hashable)
+R = TypeVar("R", bound=Ranked)
+
+
+class FleetRanking(Generic[K, R]):
+    """For each key (a rule's criteria, a ready-queue suspension's name) and each node,
+    the rule of that node with that key that comes last in the fleet's order, live or
+    not: what decides whether a rule of another node that arrives now lost already."""
+
+    __slots__ = ("_last",)
+
+    def __init__(self) -> None:
+        self._last: dict[K, dict[str, R]] = {}
+        """Key -> origin -> that node's last rule of that key in the fleet's order."""
+
+    def outranked_by(self, key: K, rule: R) -> R | None:
+        """The known rule with ``key``, of another node, that comes after ``rule`` in
+        the fleet's order (the last such), if any. Never one on a node alone."""
+        last = self._last.get(key)
+        if not last:
+            return None
+        winner: R | None = None
+        for other in last.values():
+            if not outranks(rule, other) and (winner is None or outranks(other, winner)):
+                winner = other
+        return winner
+
+    def rank(self, key: K, rule: R) -> None:
+        """Take ``rule`` (issued or read now) into the order of ``key``."""
+        last = self._last.setdefault(key, {})
+        previous = last.get(rule.origin)
+        if previous is None or outranks(rule, previous):
+            last[rule.origin] = rule

@@ -34,7 +34,7 @@ from kumo.model.events import (
     ReadySuspendIssued,
     issue_time,
 )
-from kumo.model.fleet_order import outranks
+from kumo.model.fleet_order import FleetRanking
 from kumo.model.rule_lifetime import Lifetime, RuleEnd
 
 __all__ = ["ReadyHold", "ReadySuspension", "ReadySuspensionBook", "ReadySuspensionView"]
@@ -127,10 +127,8 @@ class ReadySuspensionBook:
         self._live: dict[str, ReadySuspension] = {}
         """Id -> those not yet ended by an event (some may be past expiry), in issue order."""
         self._by_name: dict[str, ReadySuspension] = {}
-        self._ranked: dict[str, dict[str, ReadySuspension]] = {}
-        """Name -> origin -> the suspension of that node of that name that comes last
-        in the fleet's order, live or not: what decides whether one of another node
-        that arrives now lost to it already."""
+        self._ranked: FleetRanking[str, ReadySuspension] = FleetRanking()
+        """By name: what decides whether one of another node that arrives now lost."""
 
     @classmethod
     def restore(cls, suspensions: Iterable[ReadySuspension]) -> ReadySuspensionBook:
@@ -139,7 +137,7 @@ class ReadySuspensionBook:
         for suspension in suspensions:
             book.rules[suspension.id] = suspension
             if not suspension.issued_expired:
-                book._rank(suspension)
+                book._ranked.rank(suspension.name, suspension)
             if suspension.end is None and not suspension.issued_expired:
                 book._live[suspension.id] = suspension
                 book._by_name[suspension.name] = suspension
@@ -195,8 +193,8 @@ class ReadySuspensionBook:
         self.rules[suspension.id] = suspension
         if suspension.issued_expired:
             return suspension
-        winner = self._outranked_by(suspension)
-        self._rank(suspension)
+        winner = self._ranked.outranked_by(suspension.name, suspension)
+        self._ranked.rank(suspension.name, suspension)
         if winner is not None:
             # One of another node with this name that comes after it in the fleet's
             # order is known here (live or not): this one lost wherever it is read.
@@ -226,24 +224,6 @@ class ReadySuspensionBook:
         self._live[suspension.id] = suspension
         self._by_name[suspension.name] = suspension
         return suspension
-
-    def _outranked_by(self, suspension: ReadySuspension) -> ReadySuspension | None:
-        """The known suspension of ``suspension``'s name, of another node, that comes
-        after it in the fleet's order (the last such), if any. Never one on a node alone."""
-        ranked = self._ranked.get(suspension.name)
-        if not ranked:
-            return None
-        winner: ReadySuspension | None = None
-        for other in ranked.values():
-            if not outranks(suspension, other) and (winner is None or outranks(other, winner)):
-                winner = other
-        return winner
-
-    def _rank(self, suspension: ReadySuspension) -> None:
-        ranked = self._ranked.setdefault(suspension.name, {})
-        last = ranked.get(suspension.origin)
-        if last is None or outranks(suspension, last):
-            ranked[suspension.origin] = suspension
 
     def _end(
         self,

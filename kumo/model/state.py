@@ -53,7 +53,7 @@ from kumo.model.events import (
     TransientlyFailed,
     issue_time,
 )
-from kumo.model.fleet_order import outranks
+from kumo.model.fleet_order import FleetRanking
 from kumo.model.message import HTTP
 from kumo.model.message_queue import MessageQueue
 from kumo.model.queue_name import QueueName, rebound_queue_name
@@ -137,10 +137,9 @@ class RuleBook:
         self.rules: dict[str, Rule] = {}
         self._live: dict[str, Rule] = {}
         self._by_criteria: dict[Criteria, Rule] = {}
-        self._ranked: dict[Criteria, dict[str, Rule]] = {}
-        """Criteria -> origin -> the rule of that node with those criteria that comes
-        last in the fleet's order (:func:`outranks`), live or not: what decides whether
-        a rule of another node that arrives now lost to it already."""
+        self._ranked: FleetRanking[Criteria, Rule] = FleetRanking()
+        """By criteria: what decides whether a rule of another node that arrives now
+        lost already (:func:`~kumo.model.fleet_order.outranks`)."""
 
     @classmethod
     def restore(cls, rules: Iterable[Rule], kind: RuleKind = "bounce") -> RuleBook:
@@ -149,7 +148,7 @@ class RuleBook:
         for rule in rules:
             book.rules[rule.id] = rule
             if not rule.issued_expired:
-                book._rank(rule)
+                book._ranked.rank(rule.criteria, rule)
             if rule.end is None and not rule.issued_expired:
                 book._live[rule.id] = rule
                 book._by_criteria[rule.criteria] = rule
@@ -216,8 +215,8 @@ class RuleBook:
         self.rules[rule.id] = rule
         if rule.issued_expired:
             return rule
-        winner = self._outranked_by(rule)
-        self._rank(rule)
+        winner = self._ranked.outranked_by(rule.criteria, rule)
+        self._ranked.rank(rule.criteria, rule)
         if winner is not None:
             # An equal rule of another node that comes after it in the fleet's order is
             # known here (live or not): this one lost the race wherever it is read.
@@ -245,24 +244,6 @@ class RuleBook:
         self._live[rule.id] = rule
         self._by_criteria[rule.criteria] = rule
         return rule
-
-    def _outranked_by(self, rule: Rule) -> Rule | None:
-        """The known rule with ``rule``'s criteria, of another node, that comes after it
-        in the fleet's order (the last such), if any. Never one on a node alone."""
-        ranked = self._ranked.get(rule.criteria)
-        if not ranked:
-            return None
-        winner: Rule | None = None
-        for other in ranked.values():
-            if not outranks(rule, other) and (winner is None or outranks(other, winner)):
-                winner = other
-        return winner
-
-    def _rank(self, rule: Rule) -> None:
-        ranked = self._ranked.setdefault(rule.criteria, {})
-        last = ranked.get(rule.origin)
-        if last is None or outranks(rule, last):
-            ranked[rule.origin] = rule
 
     def _end(
         self, rule_id: str, end: RuleEnd, committed: Committed, by: str | None, origin: str = ""

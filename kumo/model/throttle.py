@@ -9,7 +9,8 @@ rates"; docs/fleet.md, "Fleet-wide message rates"). This module holds every rule
   (``"[local:]LIMIT/[N]PERIOD[,max_burst=B]"``), with refusals that say what is wrong;
 - :func:`gcra`: the Generic Cell Rate Algorithm over times passed in. Its *theoretical
   arrival time* ``tat`` is all the state there is: one message costs ``interval``
-  (``period / limit``); up to ``burst`` may pass at once, then one per interval;
+  (``period / limit``); up to ``burst`` may pass at once, then one per interval; a
+  request asks for up to ``quantity`` and gets as many as may pass now;
 - the names of the state: KumoMTA's key ``kumomta.max_message_rate.<ready queue>``
   (:func:`throttle_label`), stored as ``<key>:<limit>:<burst>:<period>``
   (:meth:`ThrottleSpec.storage_key`) so that two specs never share a state;
@@ -190,13 +191,19 @@ def throttle_label(ready_queue: str) -> str:
 
 @attrs.frozen
 class Grant:
-    """What a throttle answered a request for ``quantity`` messages."""
+    """What a throttle answered a request for up to ``quantity`` messages."""
 
-    allowed: bool
-    """All of them may pass now (a request is granted whole or not at all)."""
+    granted: int
+    """How many may pass now, from 0 to the quantity asked for: as many as the rate
+    allows at once, each counted against it."""
     retry_after: int
-    """Microseconds until the request would be granted (0 when it is); the state did
-    not move for a refused request."""
+    """Microseconds until one would be granted, when none was (0 otherwise); the state
+    did not move for a refused request."""
+
+    @property
+    def allowed(self) -> bool:
+        """At least one may pass now."""
+        return self.granted > 0
 
     @property
     def seconds(self) -> float:
@@ -207,26 +214,26 @@ class Grant:
 def gcra(
     tat: int | None, now: int, interval: int, burst: int, quantity: int = 1
 ) -> tuple[Grant, int | None]:
-    """A request for ``quantity`` messages at ``now`` against the state ``tat`` (None:
-    no state, as after a quiet spell): the answer, and the state after it (the same
-    when refused). Microseconds throughout.
+    """A request for up to ``quantity`` messages at ``now`` against the state ``tat``
+    (None: no state, as after a quiet spell): the answer, and the state after it (the
+    same when none is granted). Microseconds throughout.
 
-    The rule: ``tat`` moves up to ``now`` if it lags; the request would move it on by
-    ``interval * quantity``; it is allowed if ``now`` is no earlier than that new
-    ``tat`` less ``burst * interval``. So no window of ``w`` microseconds lets more
-    than ``burst + floor(w / interval)`` messages pass, and steady demand gets exactly
-    that many. A ``quantity`` above ``burst`` is never granted (ValueError).
+    The rule, for one message: ``tat`` moves up to ``now`` if it lags; the message
+    would move it on by ``interval``; it may pass if ``now`` is no earlier than that
+    new ``tat`` less ``burst * interval``. A request for several grants as many as
+    that many requests for one at the same ``now`` would, in one step. So no window of
+    ``w`` microseconds lets more than ``burst + floor(w / interval)`` messages pass,
+    and steady demand gets exactly that many.
     """
     if interval <= 0 or burst <= 0 or quantity <= 0:
         raise ValueError("interval, burst and quantity must be positive")
-    if quantity > burst:
-        raise ValueError(f"a request for {quantity} can never pass a burst of {burst}")
     start = now if tat is None or tat < now else tat
-    moved = start + interval * quantity
-    allow_at = moved - burst * interval
-    if now < allow_at:
-        return Grant(False, allow_at - now), tat
-    return Grant(True, 0), moved
+    # The k-th message may pass iff now >= start + k * interval - burst * interval.
+    room = (now - start) // interval + burst
+    granted = min(quantity, room)
+    if granted <= 0:
+        return Grant(0, start + interval - burst * interval - now), tat
+    return Grant(granted, 0), start + interval * granted
 
 
 # -- the Redis side -------------------------------------------------------------------
@@ -244,20 +251,21 @@ GCRA_SCRIPT: Final = (
     "local interval = tonumber(ARGV[1])\n"
     "local burst = tonumber(ARGV[2])\n"
     "local quantity = tonumber(ARGV[3])\n"
-    "local tat = tonumber(redis.call('GET', KEYS[1]) or now)\n"
-    "if tat < now then tat = now end\n"
-    "local moved = tat + interval * quantity\n"
-    "local allow_at = moved - burst * interval\n"
-    "if now < allow_at then\n"
-    "  return {0, string.format('%.0f', allow_at - now), string.format('%.0f', now)}\n"
+    "local start = tonumber(redis.call('GET', KEYS[1]) or now)\n"
+    "if start < now then start = now end\n"
+    "local granted = math.min(quantity, math.floor((now - start) / interval) + burst)\n"
+    "if granted <= 0 then\n"
+    "  local wait = start + interval - burst * interval - now\n"
+    "  return {0, string.format('%.0f', wait), string.format('%.0f', now)}\n"
     "end\n"
+    "local moved = start + interval * granted\n"
     "redis.call('SET', KEYS[1], string.format('%.0f', moved), 'PX',\n"
     "  string.format('%.0f', math.ceil((moved - now) / 1000)))\n"
-    "return {1, '0', string.format('%.0f', now)}\n"
+    "return {granted, '0', string.format('%.0f', now)}\n"
 )
 """``KEYS[1]`` the state (:meth:`ThrottleSpec.storage_key`), ``ARGV`` interval (µs),
-burst, quantity: ``{allowed (1 or 0), retry after (µs, as text), Redis's now (µs, as
-text)}``, as :func:`gcra` decides at Redis's time ``now``."""
+burst, quantity: ``{granted (0 to quantity), retry after (µs, as text), Redis's now (µs,
+as text)}``, as :func:`gcra` decides at Redis's time ``now``."""
 
 
 @attrs.define

@@ -34,10 +34,12 @@ not be renewed in time (or was lost) finishes the transaction under way and clos
 
 A ready queue with a ``max_message_rate`` (:mod:`kumo.runtime.message_rates`) asks its
 throttle before each message leaves it: the message stays in the ready queue until the
-throttle grants it (so that a rule's sweep or a suspension still withdraws it). A
-connection sleeps through a wait shorter than its ``idle_timeout``; a longer one ends it
-with QUIT, and no connection opens to that ready queue before the wait is over. Nothing
-is logged for a wait (no attempt was made); ``/metrics`` counts the messages delayed.
+throttle grants it (so that a rule's sweep or a suspension still withdraws it). The
+connections ask in turn, the one whose turn it is for every connection waiting (one
+request to a fleet-wide rate's Redis serves them all). A connection sleeps through a
+wait shorter than its ``idle_timeout``; a longer one ends it with QUIT, and no
+connection opens to that ready queue before the wait is over. Nothing is logged for a
+wait (no attempt was made); ``/metrics`` counts the messages delayed.
 """
 
 from __future__ import annotations
@@ -267,9 +269,11 @@ class Dispatcher:
         self._rate_closed_until = -math.inf
         """Trio time before which no connection opens: a throttle's wait was longer
         than a connection idles (or Redis, asked for a fleet-wide rate, is away)."""
-        self._claims = 0
-        """Messages that connections are asking a fleet-wide throttle for: no more asks
-        than messages, so that no grant is spent on a message another one took."""
+        self._rate_turn = trio.Lock()
+        """Held by the one connection that asks the message rate (and sleeps through
+        its wait); the others queue for it, in turn."""
+        self._rate_credits = 0
+        """Messages the rate granted for connections waiting their turn, not taken yet."""
         self._rate_failures = 0
         """Fleet-wide throttle requests Redis did not answer, in a row."""
         self._rate_delayed = 0
@@ -451,7 +455,6 @@ class Dispatcher:
         message rate grants it; None when stopping, suspended, when the connection's
         lease ``held`` is no longer usable, or when the rate's wait is as long as the
         connection's ``idle_timeout`` or longer (the connection then closes)."""
-        delayed = False
         while True:
             if self._stopping or self._suspended_until() is not None:
                 return None
@@ -463,52 +466,93 @@ class Dispatcher:
                     return None
             if now < self._rate_closed_until:
                 return None
-            if len(self.ready) <= self._claims:
+            if not self.ready:
                 # A renewal moves usable_until on: looked at again when it passes.
                 with trio.move_on_at(usable_until):
                     await self._changed.park()
                 continue
             spec = self.settings.max_message_rate
-            if spec is not None:
-                wait = await self._rate_wait(spec)
-                if wait > 0:
-                    delayed = True
-                    if wait >= self._idle_timeout():
-                        self._close_for_rate(wait)
-                        return None
-                    with trio.move_on_at(min(trio.current_time() + wait, usable_until)):
-                        await self._rate_waits.park()
-                    continue
-            entry = self.ready.pop()
+            if spec is None:
+                entry = self.ready.pop()
+            else:
+                entry, closing = None, False
+                # One connection of the ready queue asks the rate at a time: the others
+                # wait their turn, rather than all wake at each slot and ask together
+                # (a round trip each to Redis for a fleet-wide rate).
+                with trio.move_on_at(usable_until):
+                    async with self._rate_turn:
+                        try:
+                            entry, closing = await self._take_rated(spec, usable_until)
+                        finally:
+                            if self._rate_turn.statistics().tasks_waiting == 0:
+                                # Granted for connections that were waiting their turn
+                                # then: none waits now, so the rest lapse (used later,
+                                # they would bunch up with later grants).
+                                self._rate_credits = 0
+                if closing:
+                    return None
             if entry is None:
-                continue  # taken by another connection (or withdrawn) meanwhile
-            if delayed:
-                self._rate_delayed += 1
+                continue  # looked at again from the start
             self._room_freed()
             message = entry.message
             self._in_flight[message.id] = entry
             return OutgoingMessage(message.id, message.sender, message.recipient, entry.content)
 
-    async def _rate_wait(self, spec: ThrottleSpec) -> float:
-        """Ask the message rate for one message: 0 when granted (it counts against the
-        rate: the caller takes the message at once; a local rate answers with no
-        checkpoint, so the message is still there), else the seconds to wait before
-        asking again (while Redis does not answer a fleet-wide rate, the leases'
-        back-off)."""
+    async def _take_rated(
+        self, spec: ThrottleSpec, usable_until: float
+    ) -> tuple[ReadyEntry | None, bool]:
+        """In the rate's turn: take a message granted to a connection that waited its
+        turn, or ask the rate until it grants one (and as many more as connections wait
+        their turn, so that one request serves them all), sleeping through each short
+        wait; then take the message. ``(entry, False)``: taken;
+        ``(None, False)``: nothing to take now (stopping, suspended, empty, the lease no
+        longer usable; :meth:`take` looks again); ``(None, True)``: the wait reaches the
+        connection's ``idle_timeout``, and it closes."""
+        delayed = False
+        while True:
+            now = trio.current_time()
+            if (
+                self._stopping
+                or self._suspended_until() is not None
+                or not self.ready
+                or now >= usable_until
+                or now < self._rate_closed_until
+            ):
+                return None, False
+            if self._rate_credits:
+                self._rate_credits -= 1
+                return self.ready.pop(), False
+            wanted = min(len(self.ready), 1 + self._rate_turn.statistics().tasks_waiting)
+            granted, wait = await self._rate_wait(spec, wanted)
+            if granted:
+                entry = self.ready.pop()
+                self._rate_credits = granted - 1
+                if entry is not None and delayed:
+                    self._rate_delayed += 1
+                return entry, False
+            delayed = True
+            if wait >= self._idle_timeout():
+                self._close_for_rate(wait)
+                return None, True
+            with trio.move_on_at(min(trio.current_time() + wait, usable_until)):
+                await self._rate_waits.park()
+
+    async def _rate_wait(self, spec: ThrottleSpec, wanted: int) -> tuple[int, float]:
+        """Ask the message rate for up to ``wanted`` messages: how many it granted
+        (each counts against the rate: the caller takes them at once; a local rate
+        answers with no checkpoint, so the messages are still there) and, when none,
+        the seconds to wait before asking again (while Redis does not answer a
+        fleet-wide rate, the leases' back-off)."""
         if not self._rates.fleet_wide(spec, self.settings.fleet_limits):
-            grant = self._rates.request_here(self.name, spec)
-            return 0.0 if grant.allowed else grant.seconds
-        self._claims += 1
-        try:
-            fleet_grant = await self._rates.request_fleet(self.name, spec)
-        finally:
-            self._claims -= 1
+            grant = self._rates.request_here(self.name, spec, wanted)
+            return grant.granted, grant.seconds
+        fleet_grant = await self._rates.request_fleet(self.name, spec, wanted)
         if fleet_grant is None:
             assert self._leases is not None
             self._rate_failures += 1
-            return retry_delay(self._rate_failures, self._leases.settings)
+            return 0, retry_delay(self._rate_failures, self._leases.settings)
         self._rate_failures = 0
-        return 0.0 if fleet_grant.allowed else fleet_grant.seconds
+        return fleet_grant.granted, fleet_grant.seconds
 
     def _idle_timeout(self) -> float:
         return self.settings.connection.client.timeouts.idle / NANOS_PER_SECOND

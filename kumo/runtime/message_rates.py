@@ -52,9 +52,12 @@ class MessageRateStatistics:
     """This node's message-rate throttles, summed over its ready queues (all zero
     without the mail path)."""
 
-    requests: int = counter("Messages a max_message_rate was asked for, granted or not.")
+    requests: int = counter(
+        "Requests to a max_message_rate (each for one message or more), granted or not."
+    )
+    granted: int = counter("Messages a max_message_rate let go.")
     refused: int = counter(
-        "Requests a max_message_rate refused: the message waited in its ready queue."
+        "Requests a max_message_rate refused: the messages waited in their ready queue."
     )
     fleet_requests: int = counter("Requests sent to the fleet's Redis (fleet-wide rates).")
     unavailable: int = counter(
@@ -85,7 +88,7 @@ class MessageRates:
         self._table = ThrottleTable()
         self._pruned_at = -math.inf
         self._counts = dict.fromkeys(
-            ("requests", "refused", "fleet_requests", "unavailable", "closed"), 0
+            ("requests", "granted", "refused", "fleet_requests", "unavailable", "closed"), 0
         )
         self.changes = Watermark()
         """Moves whenever :meth:`statistics` may have changed (:meth:`wait_until`)."""
@@ -100,22 +103,21 @@ class MessageRates:
         key = spec.storage_key(throttle_label(ready_queue))
         return f"{self._leases.prefix}:{key}" if fleet and self._leases is not None else key
 
-    def request_here(self, ready_queue: str, spec: ThrottleSpec) -> Grant:
-        """One message of ``ready_queue`` under a local ``spec``: granted (it may go
-        now, and counts against the rate) or refused with the wait before one would be.
-        No checkpoint: the caller takes the message before any other task runs."""
+    def request_here(self, ready_queue: str, spec: ThrottleSpec, quantity: int = 1) -> Grant:
+        """Up to ``quantity`` messages of ``ready_queue`` under a local ``spec``: how
+        many may go now (each counted against the rate), or the wait before one would.
+        No checkpoint: the caller takes the messages before any other task runs."""
         self._count("requests")
         now = now_micros()
         if trio.current_time() >= self._pruned_at + PRUNE_EVERY:
             self._pruned_at = trio.current_time()
             self._table.prune(now)
         key = self.key(ready_queue, spec, fleet=False)
-        grant = self._table.request(key, spec.interval, spec.burst, 1, now)
-        if not grant.allowed:
-            self._count("refused")
-        return grant
+        return self._counted(self._table.request(key, spec.interval, spec.burst, quantity, now))
 
-    async def request_fleet(self, ready_queue: str, spec: ThrottleSpec) -> Grant | None:
+    async def request_fleet(
+        self, ready_queue: str, spec: ThrottleSpec, quantity: int = 1
+    ) -> Grant | None:
         """As :meth:`request_here`, from the fleet's Redis (:meth:`fleet_wide` specs);
         None when Redis did not answer (nothing may go). Cancelled while Redis runs the
         script, a grant may have been counted there and not used (the rate is then
@@ -125,14 +127,18 @@ class MessageRates:
         self._count("fleet_requests")
         key = self.key(ready_queue, spec, fleet=True)
         answer = await self._leases.run_script(
-            GCRA_SCRIPT, [key.encode()], [spec.interval, spec.burst, 1]
+            GCRA_SCRIPT, [key.encode()], [spec.interval, spec.burst, quantity]
         )
         if answer is Refused.UNAVAILABLE:
             self._count("unavailable")
             return None
-        allowed, retry_after, _ = answer
-        grant = Grant(int(allowed) == 1, int(retry_after))
-        if not grant.allowed:
+        granted, retry_after, _ = answer
+        return self._counted(Grant(int(granted), int(retry_after)))
+
+    def _counted(self, grant: Grant) -> Grant:
+        if grant.allowed:
+            self._counts["granted"] += grant.granted
+        else:
             self._count("refused")
         return grant
 

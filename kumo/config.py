@@ -70,6 +70,7 @@ from kumo.model.fleet import DEFAULT_STREAM, FleetSettings, RedisUrlError, check
 from kumo.model.retry import RetryPolicy
 from kumo.model.settings import EngineSettings
 from kumo.model.smtp_client import ClientSettings, ClientTimeouts, TlsMode
+from kumo.model.throttle import ThrottleSpec, ThrottleSpecError
 
 DEFAULT_LISTEN: Final = "127.0.0.1:8000"
 DEFAULT_DATA_DIR: Final = Path("kumo-data")
@@ -222,6 +223,19 @@ def _check_names(name: str, value: Any) -> None:
         raise ConfigError(f"{name} must be a tuple of strings, {_got(value)}")
     for item in value:
         _check_text(name, item)
+
+
+def _check_optional_rate(name: str, value: Any) -> None:
+    if value is not None and not isinstance(value, ThrottleSpec):
+        raise ConfigError(f"{name} must be a message rate or None, {_got(value)}")
+
+
+def _parse_rate(name: str, value: object, _: Path) -> ThrottleSpec:
+    text = _string(name, value)
+    try:
+        return ThrottleSpec.parse(text)
+    except ThrottleSpecError as exc:
+        raise ConfigError(f"{name}: {text!r} is not a message rate: {exc}") from None
 
 
 def _parse_integer(name: str, value: object, _: Path) -> object:
@@ -431,8 +445,16 @@ class EgressSettings:
     """Connections per ready queue at most (on this node; fleet-wide with ``fleet_limits``)."""
     fleet_limits: bool = _setting(default=False, check=_check_flag, parse=_parse_flag)
     """``true``: ``connection_limit`` holds across the fleet, the connections of every
-    node to one ready queue summed (leases in the fleet's Redis, docs/fleet.md); needs
-    ``[fleet]``. Default ``false``: each node keeps the limit on its own."""
+    node to one ready queue summed (leases in the fleet's Redis, docs/fleet.md), and so
+    does ``max_message_rate`` unless its spec says ``local:``; needs ``[fleet]``.
+    Default ``false``: each node keeps the limits on its own."""
+    max_message_rate: ThrottleSpec | None = _setting(
+        default=None, check=_check_optional_rate, parse=_parse_rate
+    )
+    """Messages a ready queue sends at most, as KumoMTA's throttle spec
+    (``"100/s"``, ``"1,000/h,max_burst=50"``, ``"local:10/s"``;
+    :class:`~kumo.model.throttle.ThrottleSpec`); checked before each message is sent.
+    Default: none (no limit)."""
     max_deliveries_per_connection: int = _setting(
         default=1024, check=_check_count, parse=_parse_integer
     )

@@ -40,6 +40,7 @@ from kumo.model.duration import NANOS_PER_SECOND
 from kumo.model.fleet import FleetSettings
 from kumo.model.retry import RetryPolicy
 from kumo.model.smtp_client import ClientSettings, ClientTimeouts, TlsMode
+from kumo.model.throttle import ThrottleSpec
 
 BASE = Path("/etc/kumo")
 ALICE = hash_password("wonderland")
@@ -565,3 +566,48 @@ def test_bad_fleet_limits_name_the_key(text: str, why: str) -> None:
         parse_config(text, base_dir=BASE)
     assert why in str(caught.value)
     assert "\n" not in str(caught.value)
+
+
+def test_max_message_rate_is_none_by_default_and_set_per_domain() -> None:
+    assert parse_config("", base_dir=BASE).egress.max_message_rate is None
+    config = parse_config(
+        '[egress]\nmax_message_rate = "100/s"\n'
+        '[domains."example.com"]\nmax_message_rate = "local:1,000/h,max_burst=50"\n'
+        "[domains.slow]\nmax_deliveries_per_connection = 5\n",
+        base_dir=BASE,
+    )
+    assert config.egress.max_message_rate == ThrottleSpec(100, 1)
+    assert config.egress_settings("other").max_message_rate == ThrottleSpec(100, 1)
+    assert config.egress_settings("slow").max_message_rate == ThrottleSpec(100, 1)
+    assert config.egress_settings("Example.com").max_message_rate == ThrottleSpec(
+        1000, 3600, 50, local=True
+    )
+    assert str(config.egress_settings("example.com").max_message_rate) == (
+        "local:1000/h,max_burst=50"
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        (
+            '[egress]\nmax_message_rate = "0/s"',
+            "egress.max_message_rate: '0/s' is not a message rate: limit must be greater than 0",
+        ),
+        (
+            '[egress]\nmax_message_rate = "10/week"',
+            "egress.max_message_rate: '10/week' is not a message rate: the period must be",
+        ),
+        ("[egress]\nmax_message_rate = 10", "egress.max_message_rate must be a string"),
+        (
+            '[domains."example.com"]\nmax_message_rate = "10/s,burst=2"',
+            "domains.\"example.com\".max_message_rate: '10/s,burst=2' is not a message rate: "
+            "the only option after the period is max_burst=N",
+        ),
+        ('[queue]\nmax_message_rate = "10/s"', "unknown key 'max_message_rate' in [queue]"),
+    ],
+)
+def test_a_bad_max_message_rate_names_the_key_and_the_problem(text: str, why: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text, base_dir=BASE)
+    assert why in str(caught.value)

@@ -181,6 +181,7 @@ def mail_settings(
                 max_ready=egress.max_ready,
                 prohibited_hosts=egress.prohibited_hosts,
                 fleet_limits=egress.fleet_limits,
+                max_message_rate=egress.max_message_rate,
             )
         return settings
 

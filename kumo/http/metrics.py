@@ -12,7 +12,10 @@ Names, as scrapers and KumoMTA's own tools (``kcli queue-summary``) read them:
   global rows ``service="smtp_client"``, ``"esmtp_listener"`` (and
   ``"esmtp_listener:<HOST:PORT>"``) and ``"http_listener"``: ``ready_count``,
   ``connection_count``, ``total_messages_delivered``, ``total_messages_transfail``,
-  ``total_messages_fail``, and ``total_messages_received`` by listener. The global
+  ``total_messages_fail``, ``delayed_due_to_message_rate_throttle`` (ready queues with a
+  ``max_message_rate`` only: kumo's throttle is the egress path's, and its messages wait
+  in the ready queue, where KumoMTA labels the family by the scheduled queue it sends
+  them back to), and ``total_messages_received`` by listener. The global
   ``smtp_client`` totals are the engine's (since the log began); every other service
   row counts since the process started, as KumoMTA's do;
 - ``kumo_engine_<field>`` for every other field of the engine's ``statistics()``
@@ -71,6 +74,7 @@ RECEIVED: Final = "total_messages_received"
 DELIVERED: Final = "total_messages_delivered"
 TRANSFAIL: Final = "total_messages_transfail"
 FAIL: Final = "total_messages_fail"
+RATE_DELAYED: Final = "delayed_due_to_message_rate_throttle"
 
 SMTP_CLIENT: Final = "smtp_client"
 """The service of the SMTP client: the global row's label, and the protocol part of each
@@ -99,6 +103,7 @@ SERVICE_FAMILIES: Final = {
     DELIVERED: ("counter", "total number of messages ever delivered"),
     TRANSFAIL: ("counter", "total number of message delivery attempts that transiently failed"),
     FAIL: ("counter", "total number of message delivery attempts that permanently failed"),
+    RATE_DELAYED: ("counter", "number of times a message was delayed due to max_message_rate"),
 }
 """KumoMTA's families labelled by ``service``, in page order, with their kinds and
 KumoMTA's help texts."""
@@ -386,6 +391,8 @@ def _kumomta_families(scrape: Scrape) -> Iterator[Metric]:
         rows[DELIVERED].append((service, dispatcher.delivered))
         rows[TRANSFAIL].append((service, dispatcher.transient_failures))
         rows[FAIL].append((service, dispatcher.failed))
+        if dispatcher.message_rate:
+            rows[RATE_DELAYED].append((service, dispatcher.rate_delayed))
 
     for field_name, name in KUMOMTA_NAMES.items():
         if field_name in fields:

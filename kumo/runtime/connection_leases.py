@@ -123,8 +123,14 @@ class ConnectionLeases:
         self.changes = Watermark()
         """Moves whenever :meth:`statistics` may have changed (:meth:`wait_until`)."""
 
+    @property
+    def prefix(self) -> str:
+        """The fleet's stream name, before the key of every limit the fleet shares (two
+        fleets on one Redis keep their own)."""
+        return self._fleet.stream
+
     def key(self, ready_queue: str) -> str:
-        return lease_key(ready_queue, self._fleet.stream)
+        return lease_key(ready_queue, self.prefix)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Hold a client of the fleet's Redis and renew every held lease when due, for
@@ -233,6 +239,28 @@ class ConnectionLeases:
         self._changed.unpark_all()
         return held
 
+    async def run_script(self, script: str, keys: list[bytes], args: list[int | bytes]) -> Any:
+        """Run ``script`` on the fleet's Redis over this node's lease client, as a lease
+        command is (its time-out, its up and down bookkeeping and log lines): the
+        answer, or :attr:`Refused.UNAVAILABLE` when Redis does not answer. For the
+        fleet's other shared limits (:mod:`kumo.runtime.message_rates`), so that a node
+        keeps one connection to Redis for all of them."""
+        redis = self._redis
+        if redis is None:
+            await trio.lowlevel.checkpoint()
+            return Refused.UNAVAILABLE
+        try:
+            with trio.fail_after(self._command_timeout()):
+                answer = await redis.eval(script, keys, args)
+        except _CAUGHT as caught:
+            failure = redis_failure(caught, REDIS_FAILURES)
+            if failure is None:
+                raise
+            self._failed(failure)
+            return Refused.UNAVAILABLE
+        self._answered()
+        return answer
+
     def usable_until(self, held: HeldLease) -> float:
         """Trio time from which ``held``'s connection takes no new message (at once
         if the lease is lost)."""
@@ -289,7 +317,7 @@ class ConnectionLeases:
             self._said_down = False
             logger.warning(
                 "connection leases: Redis at %s answers again; fleet-limited connections "
-                "open again",
+                "open again, and fleet-wide message rates are asked again",
                 self._fleet.redis,
             )
 
@@ -302,7 +330,8 @@ class ConnectionLeases:
             logger.warning(
                 "connection leases: Redis at %s failed (%s); no new connection to a "
                 "fleet-limited ready queue opens until it answers, and open ones close "
-                "once their leases can no longer be renewed in time (%d held)",
+                "once their leases can no longer be renewed in time (%d held); no "
+                "message goes to a ready queue with a fleet-wide max_message_rate",
                 self._fleet.redis,
                 f"{type(failure).__name__}: {text}" if text else type(failure).__name__,
                 len(self._held),

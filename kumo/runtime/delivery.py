@@ -31,6 +31,15 @@ time of the first refusal; :meth:`Dispatcher.states`) and asks again after a
 back-off, or as soon as one of its own connections ends; its messages wait in it. A
 connection takes a new message only while its lease is usable; one whose lease could
 not be renewed in time (or was lost) finishes the transaction under way and closes.
+
+A ready queue with a ``max_message_rate`` (:mod:`kumo.runtime.message_rates`) asks its
+throttle before each message leaves it: the message stays in the ready queue until the
+throttle grants it (so that a rule's sweep or a suspension still withdraws it). The
+connections ask in turn, the one whose turn it is for every connection waiting (one
+request to a fleet-wide rate's Redis serves them all). A connection sleeps through a
+wait shorter than its ``idle_timeout``; a longer one ends it with QUIT, and no
+connection opens to that ready queue before the wait is over. Nothing is logged for a
+wait (no attempt was made); ``/metrics`` counts the messages delayed.
 """
 
 from __future__ import annotations
@@ -48,6 +57,7 @@ import trio
 
 from kumo.model.cidr_set import CidrSet
 from kumo.model.connection_lease import refusal_context, retry_delay
+from kumo.model.duration import NANOS_PER_SECOND
 from kumo.model.events import Attempt
 from kumo.model.mx_resolution import Destination, ResolutionFailure
 from kumo.model.queue_name import QueueName
@@ -56,8 +66,10 @@ from kumo.model.ready_queue_state import CONNECTION_LIMITED, ReadyQueueState, se
 from kumo.model.ready_suspension import ReadySuspensionBook
 from kumo.model.retry import RetryPolicy
 from kumo.model.statistics import counter, gauge, info
+from kumo.model.throttle import ThrottleSpec
 from kumo.runtime.clock import EngineClock
 from kumo.runtime.connection_leases import ConnectionLeases, HeldLease, Refused
+from kumo.runtime.message_rates import MessageRates
 from kumo.runtime.mx import MxResolver
 from kumo.runtime.smtp_connection import (
     DELIVERY_PROTOCOL,
@@ -83,8 +95,12 @@ class DestinationSettings:
     max_ready: int
     prohibited_hosts: CidrSet
     fleet_limits: bool = False
-    """``connection_limit`` holds across the fleet (leases in its Redis); ignored when
-    the engine is in no fleet (the configuration refuses that)."""
+    """``connection_limit`` holds across the fleet (leases in its Redis), and so does
+    ``max_message_rate`` unless it is ``local:``; ignored when the engine is in no fleet
+    (the configuration refuses that)."""
+    max_message_rate: ThrottleSpec | None = None
+    """Messages the ready queue sends at most (KumoMTA's egress-path throttle); None:
+    no limit."""
 
 
 @attrs.frozen(eq=False)
@@ -189,6 +205,12 @@ class DispatcherStatistics:
     connection_limited: int = gauge(
         "1 while the ready queue wants a connection and the fleet's leases are all taken."
     )
+    message_rate: str = info("The ready queue's max_message_rate ('' when it has none).")
+    rate_delayed: int = counter(
+        "Message delays due to the ready queue's max_message_rate in this process: a "
+        "connection that waited before taking a message counts one; a wait that closed "
+        "the connections counts every message waiting then."
+    )
 
 
 class Dispatcher:
@@ -203,12 +225,14 @@ class Dispatcher:
         clock: EngineClock,
         suspended_until: Callable[[], float | None] = _never_suspended,
         leases: ConnectionLeases | None = None,
+        rates: MessageRates | None = None,
     ) -> None:
         """``clock``: the engine's, which stamps when a state began (back-offs are
         trio time). ``suspended_until``: until when (trio time) a suspension holds this
         ready queue now, None when none does (:meth:`SuspendedReadyQueues.until`).
         ``leases``: the fleet's connection leases, taken for each connection when
-        ``settings.fleet_limits`` is set."""
+        ``settings.fleet_limits`` is set. ``rates``: the node's message rates, which
+        ``settings.max_message_rate`` is kept in (a throttle of its own when None)."""
         self.destination = destination
         self.settings = settings
         self.ready = ReadyQueue(destination.ready_queue, settings.max_ready)
@@ -238,6 +262,21 @@ class Dispatcher:
         self._ask_after = -math.inf
         """Trio time before which no lease is asked for (the back-off after a refusal;
         reset when one of this queue's connections ends)."""
+        self._rates = rates if rates is not None else MessageRates(leases)
+        self._rate_waits = trio.lowlevel.ParkingLot()
+        """Where connections sleep through a throttle's short wait (woken early when
+        the ready queue stops or is suspended, not by each push)."""
+        self._rate_closed_until = -math.inf
+        """Trio time before which no connection opens: a throttle's wait was longer
+        than a connection idles (or Redis, asked for a fleet-wide rate, is away)."""
+        self._rate_turn = trio.Lock()
+        """Held by the one connection that asks the message rate (and sleeps through
+        its wait); the others queue for it, in turn."""
+        self._rate_credits = 0
+        """Messages the rate granted for connections waiting their turn, not taken yet."""
+        self._rate_failures = 0
+        """Fleet-wide throttle requests Redis did not answer, in a row."""
+        self._rate_delayed = 0
         self.done = trio.Event()
         """Set once :meth:`run` has returned: stopped, every connection ended."""
 
@@ -278,6 +317,7 @@ class Dispatcher:
         """Look again at whether the ready queue is suspended (a suspension began or
         ended)."""
         self._changed.unpark_all()
+        self._rate_waits.unpark_all()
 
     def want_room(self, queue: str, wake: Callable[[], None]) -> None:
         """Call ``wake`` once the ready queue has room again."""
@@ -302,6 +342,7 @@ class Dispatcher:
         for entry in self.ready.drain():
             self._sink(entry, None)
         self._changed.unpark_all()
+        self._rate_waits.unpark_all()
 
     def _room_freed(self) -> None:
         wanted, self._room_wanted = self._room_wanted, {}
@@ -332,7 +373,8 @@ class Dispatcher:
                         len(self.ready) + len(self._in_flight), self.settings.connection_limit
                     )
                     if self._connections < wanted and self.ready:
-                        if trio.current_time() >= self._ask_after:
+                        not_before = max(self._ask_after, self._rate_closed_until)
+                        if trio.current_time() >= not_before:
                             self._connections += 1
                             leases = self._fleet_leases()
                             if leases is not None:
@@ -340,8 +382,9 @@ class Dispatcher:
                             nursery.start_soon(self._connection, leases)
                             continue
                         # Refused a lease a moment ago: ask again after the back-off,
-                        # sooner if one of this queue's connections ends.
-                        with trio.move_on_at(self._ask_after):
+                        # sooner if one of this queue's connections ends. Or the
+                        # message rate's wait outlasts a connection's idle time.
+                        with trio.move_on_at(not_before):
                             await self._changed.park()
                         continue
                     self._no_connection_wanted()
@@ -408,27 +451,123 @@ class Dispatcher:
             self._changed.unpark_all()
 
     async def take(self, held: HeldLease | None = None) -> OutgoingMessage | None:
-        """The next message for a connection, once there is one; None when stopping,
-        suspended, or when the connection's lease ``held`` is no longer usable (the
-        connection then closes)."""
+        """The next message for a connection, once there is one and the ready queue's
+        message rate grants it; None when stopping, suspended, when the connection's
+        lease ``held`` is no longer usable, or when the rate's wait is as long as the
+        connection's ``idle_timeout`` or longer (the connection then closes)."""
         while True:
             if self._stopping or self._suspended_until() is not None:
                 return None
+            now = trio.current_time()
             usable_until = math.inf
             if held is not None and self._leases is not None:
                 usable_until = self._leases.usable_until(held)
-                if trio.current_time() >= usable_until:
+                if now >= usable_until:
                     return None
-            entry = self.ready.pop()
-            if entry is None:
+            if now < self._rate_closed_until:
+                return None
+            if not self.ready:
                 # A renewal moves usable_until on: looked at again when it passes.
                 with trio.move_on_at(usable_until):
                     await self._changed.park()
                 continue
+            spec = self.settings.max_message_rate
+            if spec is None:
+                entry = self.ready.pop()
+            else:
+                entry, closing = None, False
+                # One connection of the ready queue asks the rate at a time: the others
+                # wait their turn, rather than all wake at each slot and ask together
+                # (a round trip each to Redis for a fleet-wide rate).
+                with trio.move_on_at(usable_until):
+                    async with self._rate_turn:
+                        try:
+                            entry, closing = await self._take_rated(spec, usable_until)
+                        finally:
+                            if self._rate_turn.statistics().tasks_waiting == 0:
+                                # Granted for connections that were waiting their turn
+                                # then: none waits now, so the rest lapse (used later,
+                                # they would bunch up with later grants).
+                                self._rate_credits = 0
+                if closing:
+                    return None
+            if entry is None:
+                continue  # looked at again from the start
             self._room_freed()
             message = entry.message
             self._in_flight[message.id] = entry
             return OutgoingMessage(message.id, message.sender, message.recipient, entry.content)
+
+    async def _take_rated(
+        self, spec: ThrottleSpec, usable_until: float
+    ) -> tuple[ReadyEntry | None, bool]:
+        """In the rate's turn: take a message granted to a connection that waited its
+        turn, or ask the rate until it grants one (and as many more as connections wait
+        their turn, so that one request serves them all), sleeping through each short
+        wait; then take the message. ``(entry, False)``: taken;
+        ``(None, False)``: nothing to take now (stopping, suspended, empty, the lease no
+        longer usable; :meth:`take` looks again); ``(None, True)``: the wait reaches the
+        connection's ``idle_timeout``, and it closes."""
+        delayed = False
+        while True:
+            now = trio.current_time()
+            if (
+                self._stopping
+                or self._suspended_until() is not None
+                or not self.ready
+                or now >= usable_until
+                or now < self._rate_closed_until
+            ):
+                return None, False
+            if self._rate_credits:
+                self._rate_credits -= 1
+                return self.ready.pop(), False
+            wanted = min(len(self.ready), 1 + self._rate_turn.statistics().tasks_waiting)
+            granted, wait = await self._rate_wait(spec, wanted)
+            if granted:
+                entry = self.ready.pop()
+                self._rate_credits = granted - 1
+                if entry is not None and delayed:
+                    self._rate_delayed += 1
+                return entry, False
+            delayed = True
+            if wait >= self._idle_timeout():
+                self._close_for_rate(wait)
+                return None, True
+            with trio.move_on_at(min(trio.current_time() + wait, usable_until)):
+                await self._rate_waits.park()
+
+    async def _rate_wait(self, spec: ThrottleSpec, wanted: int) -> tuple[int, float]:
+        """Ask the message rate for up to ``wanted`` messages: how many it granted
+        (each counts against the rate: the caller takes them at once; a local rate
+        answers with no checkpoint, so the messages are still there) and, when none,
+        the seconds to wait before asking again (while Redis does not answer a
+        fleet-wide rate, the leases' back-off)."""
+        if not self._rates.fleet_wide(spec, self.settings.fleet_limits):
+            grant = self._rates.request_here(self.name, spec, wanted)
+            return grant.granted, grant.seconds
+        fleet_grant = await self._rates.request_fleet(self.name, spec, wanted)
+        if fleet_grant is None:
+            assert self._leases is not None
+            self._rate_failures += 1
+            return 0, retry_delay(self._rate_failures, self._leases.settings)
+        self._rate_failures = 0
+        return fleet_grant.granted, fleet_grant.seconds
+
+    def _idle_timeout(self) -> float:
+        return self.settings.connection.client.timeouts.idle / NANOS_PER_SECOND
+
+    def _close_for_rate(self, wait: float) -> None:
+        """The message rate's wait outlasts a connection's idle time: this connection
+        closes, the others do when they next look, and none opens before it is over.
+        Every message waiting then is delayed by it (KumoMTA sends each back to its
+        scheduled queue, and counts each)."""
+        now = trio.current_time()
+        if now >= self._rate_closed_until:
+            self._rates.closed_a_connection()
+            self._rate_delayed += len(self.ready)
+        self._rate_closed_until = max(self._rate_closed_until, now + wait)
+        self._changed.unpark_all()
 
     async def _report(self, outcome: MessageOutcome) -> None:
         entry = self._in_flight.pop(outcome.message.id)
@@ -445,6 +584,8 @@ class Dispatcher:
             transient_failures=self._counts["TransientFailure"],
             failed=self._counts["Bounce"],
             connection_limited=int(self._limited is not None),
+            message_rate=str(self.settings.max_message_rate or ""),
+            rate_delayed=self._rate_delayed,
         )
 
 
@@ -494,6 +635,8 @@ class Deliveries:
         self._clock = clock
         self._suspended = suspended
         self.leases = leases
+        self.rates = MessageRates(leases)
+        """This node's message rates (each destination's ``max_message_rate``)."""
         self._leasing = False
         """Whether :attr:`leases` runs (started with the first fleet-limited dispatcher)."""
         self._rng = random.Random()
@@ -601,6 +744,7 @@ class Deliveries:
                 if suspended is None
                 else functools.partial(suspended.until, resolution.ready_queue),
                 self.leases,
+                self.rates,
             )
             self._dispatchers[dispatcher.name] = dispatcher
             if self._stopping:

@@ -81,6 +81,7 @@ from kumo.runtime.delivery import (
 from kumo.runtime.delivery_log import DeliveryLogStatistics, DeliveryLogWriter
 from kumo.runtime.fleet import FleetLink, FleetMeta, FleetStatistics
 from kumo.runtime.log_writer import LogStatistics, LogWriter
+from kumo.runtime.message_rates import MessageRates, MessageRateStatistics
 from kumo.runtime.projection import Projection
 from kumo.runtime.queue_actor import ActorStatistics, MailPath, QueueActor
 from kumo.runtime.refusal import RefusedError
@@ -139,6 +140,9 @@ class EngineStatistics:
     fleet: FleetStatistics = record("Fleet mode: this node's link to the fleet's stream.")
     leases: LeaseStatistics = record(
         "Fleet mode: this node's connection leases (fleet-wide connection limits)."
+    )
+    message_rates: MessageRateStatistics = record(
+        "The mail path's message rates (max_message_rate), local and fleet-wide."
     )
 
 
@@ -295,6 +299,13 @@ class Engine:
         tests and tools that wait on them; None otherwise."""
         deliveries = self._parts.deliveries
         return None if deliveries is None else deliveries.leases
+
+    @property
+    def message_rates(self) -> MessageRates | None:
+        """This node's message rates (``max_message_rate``; a node that delivers mail),
+        for tests and tools that wait on them; None otherwise."""
+        deliveries = self._parts.deliveries
+        return None if deliveries is None else deliveries.rates
 
     async def wait_fleet_counters(self) -> None:
         """Return once this node's rule counters, as they are now, are published for
@@ -537,6 +548,7 @@ class Engine:
         projection = self._projection
         fleet = self._parts.fleet
         leases = self.connection_leases
+        rates = self.message_rates
         now = self.clock.now()
         return EngineStatistics(
             received_total=projection.received_total,
@@ -558,6 +570,7 @@ class Engine:
             snapshots=self._parts.snapshotter.statistics(),
             fleet=FleetStatistics.off() if fleet is None else fleet.statistics(),
             leases=LeaseStatistics.off() if leases is None else leases.statistics(),
+            message_rates=MessageRateStatistics.off() if rates is None else rates.statistics(),
         )
 
     def actor_statistics(self, start: int = 0, stop: int | None = None) -> list[ActorStatistics]:

@@ -36,6 +36,7 @@ from kumo.runtime.delivery_log import DeliveryLogStatistics
 from kumo.runtime.engine import EngineStatistics
 from kumo.runtime.fleet import FleetStatistics
 from kumo.runtime.log_writer import LogStatistics
+from kumo.runtime.message_rates import MessageRateStatistics
 from kumo.runtime.queue_actor import ActorStatistics
 from kumo.runtime.smtp_listener import SmtpListenerStatistics
 from kumo.runtime.snapshotter import SnapshotStatistics
@@ -86,6 +87,7 @@ def engine_statistics() -> EngineStatistics:
         snapshots=SnapshotStatistics(1000, 1, 0, 0.25, 123456, 900, 300),
         fleet=FleetStatistics.off(),
         leases=LeaseStatistics.off(),
+        message_rates=MessageRateStatistics.off(),
     )
 
 
@@ -234,7 +236,11 @@ def test_actor_series_are_sorted_and_share_escaping() -> None:
 
 def test_documented_metrics_are_the_page() -> None:
     """docs/operations.md lists every family of the page, with its type."""
-    page_text = render_metrics({"a": 1}, engine_statistics(), [actor("a")], {})
+    # A ready queue with a max_message_rate, whose family only such queues have.
+    throttled = attrs.evolve(dispatcher(), message_rate="10/s")
+    page_text = render_metrics(
+        {"a": 1}, engine_statistics(), [actor("a")], {}, dispatchers=[throttled]
+    )
     on_page = {
         match.group(1): match.group(2)
         for match in re.finditer(r"^# TYPE (\S+) (\S+)$", page_text, re.MULTILINE)
@@ -339,8 +345,9 @@ def dispatcher(ready_queue: str = READY_QUEUE, **fields: int) -> DispatcherStati
         "transient_failures": 0,
         "failed": 0,
         "connection_limited": 0,
+        "rate_delayed": 0,
     }
-    return DispatcherStatistics(ready_queue=ready_queue, **{**defaults, **fields})
+    return DispatcherStatistics(ready_queue=ready_queue, message_rate="", **{**defaults, **fields})
 
 
 LISTENER = SmtpListenerStatistics(

@@ -192,8 +192,11 @@ class RuleBook:
         if kind is Bounced:
             assert isinstance(event, Bounced)
             rule = self.rules.get(event.rule_id)
-            if rule is not None:
-                count = len(event.messages)
+            count = len(event.messages)
+            if rule is not None and count:
+                # A queue enters the map with its first bounced message, never with 0:
+                # the map changes only when total_bounced moves (GET's listing cache
+                # re-encodes it then: kumo.http.rule_listing).
                 rule.bounced[event.queue] = rule.bounced.get(event.queue, 0) + count
                 rule.total_bounced += count
             return rule

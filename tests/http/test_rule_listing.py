@@ -61,14 +61,18 @@ _views = st.builds(
 
 @given(st.lists(st.lists(_views, max_size=6), max_size=5))
 def test_any_sequence_of_listings_encodes_as_whole(listings: list[list[RuleView]]) -> None:
-    """Counters grow from one listing to the next, as one node's do."""
+    """Counters grow from one listing to the next, as one node's do: a queue enters a
+    rule's ``bounced`` map with its first bounced message, never with 0 (so the map
+    changes only when ``total_bounced`` moves, which the encoder relies on)."""
     encoder = RuleListing()
     counted: dict[str, dict[str, int]] = {}
     for views in listings:
         grown = []
         for item in views:
             bounced = counted.setdefault(item.id, {})
-            bounced[f"q{item.pending % 3}"] = bounced.get(f"q{item.pending % 3}", 0) + item.pending
+            if item.pending:
+                queue = f"q{item.pending % 3}"
+                bounced[queue] = bounced.get(queue, 0) + item.pending
             grown.append(
                 attrs.evolve(item, bounced=dict(bounced), total_bounced=sum(bounced.values()))
             )

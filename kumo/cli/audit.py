@@ -993,6 +993,7 @@ def render_report(report: VerifyReport, fmt: str) -> str:
                 "rules": report.rules,
                 "counters": report.counters,
                 "owed": report.owed,
+                "owed_rebinds": report.owed_rebinds,
                 "checkpoint_seq": report.checkpoint_seq,
                 "segments": report.segments,
                 "records": report.records,
@@ -1082,6 +1083,11 @@ def render_report(report: VerifyReport, fmt: str) -> str:
         lines.append(
             f"note: rule {rule_id} still owes {count:,} bounce(s), cut short by a crash; "
             "the next start finishes them"
+        )
+    for rebind_id, count in sorted(report.owed_rebinds.items()):
+        lines.append(
+            f"note: rebind {rebind_id} still owes the move of {count:,} message(s), cut short "
+            "by a crash; the next start finishes it"
         )
     if report.violations:
         lines.append("")

@@ -4,6 +4,7 @@ what :class:`InvariantCheck` holds a log with rebinds to."""
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 from hypothesis import given, settings
@@ -380,6 +381,60 @@ def test_a_rebound_out_of_the_wrong_queue_or_a_lost_bounce_is_found() -> None:
     check = InvariantCheck.over(owed)
     assert check.violations == []
     assert check.owed() == {"r": 1}
+
+
+def test_the_moves_a_crash_left_owed_are_counted_per_rebind_as_a_start_makes_them() -> None:
+    """What ``kumo replay --verify`` notes: per rebind, the messages the next start
+    moves (:func:`recover`), those a bounce or an expiry owes left out."""
+    rule = BounceIssued("r", Criteria(domain="a.com"), "closed", 4 * SECOND)
+    crashes = {
+        "one queue": (
+            [
+                received(1),
+                received(2),
+                failed(3, msg(2)),
+                issued_rebind(4, {"tenant": "t"}),
+                received(5),  # after the rebind: stays
+                received(6, "b.com"),  # not matched
+            ],
+            {"b4": 2},
+        ),
+        "two rebinds": (
+            [
+                received(1),
+                received(2, "acme@a.com"),
+                issued_rebind(3, {"routing_domain": "relay"}),
+                at(4, Rebound("b3", "acme@a.com", "acme@a.com!relay", [msg(2)], [0], "move")),
+                received(5),
+                issued_rebind(6, {"tenant": "t"}),
+            ],
+            {"b3": 1, "b6": 2},
+        ),
+        "a bounce and an expiry first": (
+            [
+                received(1),
+                received(2),
+                at(3, rule),
+                at(4, TransientlyFailed("a.com", msg(2), 0, FAILED, None, expiry="too old")),
+                received(5),
+                issued_rebind(6, {"tenant": "t"}),
+            ],
+            {"b6": 1},
+        ),
+        "a flush": ([received(1), issued_rebind(2, {}, always_flush=True)], {}),
+    }
+    for name, (log, expected) in crashes.items():
+        check = InvariantCheck.over(log)
+        assert check.violations == [], name
+        assert check.owed_rebinds() == expected, name
+        moves: Counter[str] = Counter()
+        for event in recover(fold(log), chunk=10).owed:
+            if isinstance(event, Rebound):
+                moves[event.rebind_id] += len(event.messages)
+        assert dict(moves) == expected, name
+        # Once the start has appended them, nothing is owed any more.
+        done = [*log, *(at(100 + n, e) for n, e in enumerate(recover(fold(log), chunk=10).owed))]
+        assert InvariantCheck.over(done).owed_rebinds() == {}, name
 
 
 # -- owed moves, looked for only where they can be ----------------------------------------

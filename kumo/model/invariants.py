@@ -535,18 +535,18 @@ class InvariantCheck:
         owed: Counter[str] = Counter()
         received, anchors = self.received, self._anchors
         for queue, ids in self.queued().items():
-            places: list[tuple[str, int]] = []
+            places: list[int] = []
             for mid in ids:
                 if mid in self._expiring or self._attributed_rule(mid, received[mid]) is not None:
                     continue
                 anchor = anchors.get(mid)
-                places.append((mid, received[mid].seq if anchor is None else anchor[0]))
+                places.append(received[mid].seq if anchor is None else anchor[0])
             if not places:
                 continue
-            owing = rebinds.owing(queue, min(place for _, place in places))
+            owing = rebinds.owing(queue, min(places))
             if not owing:
                 continue
-            for _, place in places:
+            for place in places:
                 found = owing.first_after(place)
                 if found is not None:
                     owed[found[0].event.rebind_id] += 1

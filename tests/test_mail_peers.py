@@ -8,6 +8,7 @@ The benchmarks that use them (scripts/mail_bench.py) run in ``scripts/bench.py -
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -72,6 +73,20 @@ def test_cpu_seconds_counts_what_this_process_spends() -> None:
     while mail_peers.cpu_seconds(os.getpid()) < before + 0.05:
         sum(range(10_000))
         assert time.monotonic() - started < 30, "no CPU time counted"
+
+
+def test_cpu_seconds_counts_a_process_that_ran_less_than_a_clock_tick() -> None:
+    # /proc's stat counts whole ticks: a short-lived helper (each of Postfix's) reads 0 there.
+    sleeper = subprocess.Popen(["sleep", "60"])
+    try:
+        # The scheduler adds a task's time up when it stops running: wait until it sleeps.
+        started = time.monotonic()
+        while Path(f"/proc/{sleeper.pid}/stat").read_text().rpartition(")")[2].split()[0] != "S":
+            assert time.monotonic() - started < 30, "sleep(1) never went to sleep"
+        assert 0 < mail_peers.cpu_seconds(sleeper.pid) < 1
+    finally:
+        sleeper.kill()
+        sleeper.wait()
 
 
 def test_a_private_postfix_relays_to_smtp_sink() -> None:

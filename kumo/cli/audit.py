@@ -50,6 +50,7 @@ from rich.progress import (
 from kumo.cli.common import HELP
 from kumo.config import DEFAULT_DATA_DIR
 from kumo.model.audit import (
+    LiveSuspension,
     MessageStory,
     RebindAction,
     Release,
@@ -471,7 +472,36 @@ def rule_view_json(view: RuleView) -> dict[str, Any]:
     }
 
 
-def render_state(state: State, at: int, fmt: str, queue: str | None) -> str:
+def live_suspension_json(suspension: LiveSuspension) -> dict[str, Any]:
+    """A suspension live at a moment, in the timeline's words (``kind``,
+    ``criteria_text``, ``held``...) and GET's (``duration``, ``expires``)."""
+    criteria = suspension.criteria
+    return {
+        "id": suspension.id,
+        "kind": suspension.kind,
+        "criteria": None if criteria is None else criteria_to_json(criteria),
+        "criteria_text": suspension.target,
+        "ready_queue": suspension.ready_queue,
+        "reason": suspension.reason,
+        "duration": format_duration(max(suspension.remaining, 0)),
+        "expires": format_rfc3339(suspension.expires_at),
+        "issued_at": format_rfc3339(suspension.issued_at),
+        "issued_by": suspension.issued_by,
+        "origin": suspension.origin or None,
+        "held": dict(suspension.held),
+        "total_held": suspension.total_held,
+    }
+
+
+def render_state(
+    state: State,
+    at: int,
+    fmt: str,
+    queue: str | None,
+    suspensions: Sequence[LiveSuspension] = (),
+) -> str:
+    """The state at ``at``: the live rules, the live ``suspensions`` (already narrowed
+    to ``queue``: :meth:`Timeline.live_suspensions`) and the queue counts."""
     views = state.rules.views(at)
     counts = dict(sorted(state.queue_counts.items()))
     if queue is not None:
@@ -483,6 +513,7 @@ def render_state(state: State, at: int, fmt: str, queue: str | None) -> str:
                 "at": format_rfc3339(at),
                 "seq": state.last_seq,
                 "rules": [rule_view_json(view) for view in views],
+                "suspensions": [live_suspension_json(s) for s in suspensions],
                 "queues": counts,
                 "received_total": state.received_total,
                 "bounced_total": state.bounced_total,
@@ -504,6 +535,20 @@ def render_state(state: State, at: int, fmt: str, queue: str | None) -> str:
             )
             for view in views
         ]
+        # A suspension in the rules' columns: count and bounced say what it held.
+        rows.extend(
+            (
+                s.kind,
+                s.id,
+                s.total_held,
+                s.target,
+                s.reason,
+                format_duration(max(s.remaining, 0)),
+                s.issued_by,
+                per_queue(s.held),
+            )
+            for s in suspensions
+        )
         rows.extend(("queue", name, count, "", "", "", "", "") for name, count in counts.items())
         return render_csv(
             ("kind", "name", "count", "criteria", "reason", "remaining", "issued_by", "bounced"),
@@ -524,12 +569,29 @@ def render_state(state: State, at: int, fmt: str, queue: str | None) -> str:
             for view in views
         ),
     )
+    suspensions_table = render_table(
+        ("ID", "KIND", "REASON", "REMAIN", "HELD", "CRITERIA", "ISSUED BY", "PER QUEUE"),
+        (
+            (
+                s.id,
+                s.kind,
+                s.reason,
+                format_duration(max(s.remaining, 0)),
+                f"{s.total_held:,}",
+                s.target,
+                f"{s.issued_by} ({s.origin})" if s.origin else s.issued_by,
+                per_queue(s.held, TABLE_QUEUES),
+            )
+            for s in suspensions
+        ),
+    )
     queues_table = render_table(
         ("QUEUE", "QUEUED"), ((name, f"{count:,}") for name, count in counts.items()), right=1
     )
     return (
         f"State at {format_rfc3339(at)} (log up to seq {state.last_seq})\n\n"
         f"Live rules: {len(views)}\n{rules_table}\n\n"
+        f"Live suspensions: {len(suspensions)}\n{suspensions_table}\n\n"
         f"Scheduled queues: {len(counts)}\n{queues_table}\n\n"
         f"received {state.received_total:,}, bounced {state.bounced_total:,}, "
         f"queued {sum(state.queue_counts.values()):,}"
@@ -795,7 +857,7 @@ def _refuse_before_cut(history: HistoryView, **moments: int | None) -> None:
     "at",
     callback=_when_option,
     metavar="TIME",
-    help="Instead of the timeline: the live rules and queue counts at TIME.",
+    help="Instead of the timeline: the live rules, suspensions and queue counts at TIME.",
 )
 @click.option(
     "--message",
@@ -835,7 +897,8 @@ def audit(
         try:
             if at is not None:
                 events = _events(snapshot.committed(until=at), progress, snapshot.last_seq)
-                state = state_at(events, at, base)
+                moment = Timeline() if base is None else Timeline.from_base(base)
+                state = state_at(events, at, base, moment)
             elif message_id is not None:
                 story = _message_story(snapshot, message_id.strip().lower(), progress, base)
             else:
@@ -847,7 +910,7 @@ def audit(
         except LogCorruptError as exc:
             raise click.ClickException(f"{exc}; run `kumo replay --verify`") from None
     if at is not None:
-        click.echo(render_state(state, at, fmt, queue))
+        click.echo(render_state(state, at, fmt, queue, moment.live_suspensions(at, queue)))
         return
     if message_id is not None:
         click.echo(render_story(story, fmt))
@@ -930,6 +993,7 @@ def render_report(report: VerifyReport, fmt: str) -> str:
                 "rules": report.rules,
                 "counters": report.counters,
                 "owed": report.owed,
+                "owed_rebinds": report.owed_rebinds,
                 "checkpoint_seq": report.checkpoint_seq,
                 "segments": report.segments,
                 "records": report.records,
@@ -1020,6 +1084,11 @@ def render_report(report: VerifyReport, fmt: str) -> str:
             f"note: rule {rule_id} still owes {count:,} bounce(s), cut short by a crash; "
             "the next start finishes them"
         )
+    for rebind_id, count in sorted(report.owed_rebinds.items()):
+        lines.append(
+            f"note: rebind {rebind_id} still owes the move of {count:,} message(s), cut short "
+            "by a crash; the next start finishes it"
+        )
     if report.violations:
         lines.append("")
         lines.append(f"{len(report.violations):,} violation(s):")
@@ -1051,16 +1120,26 @@ def replay(data_dir: Path, verify: bool, fmt: str) -> None:
     if not verify:
         with _open(data_dir) as snapshot, ProgressBar() as progress:
             base = _base(snapshot)
+            timeline = Timeline() if base is None else Timeline.from_base(base)
             try:
                 state = state_at(
                     _events(snapshot.committed(), progress, snapshot.last_seq),
                     max(snapshot.last_time, base.last_time if base is not None else 0),
                     base,
+                    timeline,
                 )
             except LogCorruptError as exc:
                 raise click.ClickException(f"{exc}; run `kumo replay --verify`") from None
         now = max(wall_clock_now(), snapshot.last_time)
-        click.echo(render_state(state, now, "json" if fmt == "json" else "table", None))
+        click.echo(
+            render_state(
+                state,
+                now,
+                "json" if fmt == "json" else "table",
+                None,
+                timeline.live_suspensions(now),
+            )
+        )
         return
     if not (data_dir / DATABASE).is_file():
         raise click.ClickException(f"no event log at {data_dir / DATABASE}")

@@ -8,7 +8,9 @@ Three folds over committed events, fed in log order, each once; no I/O, no clock
   counters (messages bounced, or held by a suspension) and fate, so that one row
   answers "who did this, and what came of it";
 - :func:`state_at`: the state (live rules with their counters, queue gauges) as it was
-  at a moment, by folding the prefix of the log committed by then;
+  at a moment, by folding the prefix of the log committed by then; with a
+  :class:`Timeline` fed the same prefix, the suspensions live then
+  (:meth:`Timeline.live_suspensions`);
 - :class:`MessageStory`: what became of one message: received, then bounced by which
   rule and why, or still queued (and every queue a rebind moved it to).
 
@@ -129,6 +131,42 @@ class RuleAction:
     def target(self) -> str:
         """What the rule applies to, in words: its criteria (``domain=example.com``),
         or ``ready_queue=<name>`` for a ready-queue suspension."""
+        if self.criteria is None:
+            return f"ready_queue={self.ready_queue}"
+        return self.criteria.describe()
+
+
+@attrs.frozen(slots=True)
+class LiveSuspension:
+    """A suspension live at a moment (``kumo audit --at``): of scheduled queues (its
+    ``criteria``) or of one ready queue (its ``ready_queue``), with what it had held by
+    then, as the timeline counts it."""
+
+    id: str
+    kind: Literal["suspend", "suspend-ready-q"]
+    criteria: Criteria | None
+    """What it matches; ``None`` for a ready-queue suspension."""
+    ready_queue: str | None
+    """The ready queue a ready-queue suspension names; ``None`` for the other kind."""
+    reason: str
+    remaining: int
+    """Nanoseconds from the moment to its expiry (positive: it is live)."""
+    expires_at: int
+    issued_at: int
+    issued_by: str
+    origin: str
+    """The fleet node it was issued on; ``""``: this node."""
+    held: Mapping[str, int]
+    """Scheduled queue -> messages it held there by then (``Suspended`` events), as
+    :attr:`RuleAction.held`."""
+
+    @property
+    def total_held(self) -> int:
+        return sum(self.held.values())
+
+    @property
+    def target(self) -> str:
+        """As :attr:`RuleAction.target`: its criteria, or ``ready_queue=<name>``."""
         if self.criteria is None:
             return f"ready_queue={self.ready_queue}"
         return self.criteria.describe()
@@ -432,16 +470,10 @@ class Timeline:
             bounced: Mapping[str, int] = rule.bounced if isinstance(rule, Rule) else {}
             held: Mapping[str, int] = self.held.get(rule_id, {})
             if where.queue is not None:
-                if isinstance(rule, Rule):
-                    matched = rule.criteria.matches(where.queue)
-                else:
-                    matched = rule.name == where.queue
-                touched = where.queue in bounced or where.queue in held
-                if not (matched or touched):
+                narrowed = _narrowed(rule, bounced, held, where.queue)
+                if narrowed is None:
                     continue
-                if not (isinstance(rule, ReadySuspension) and matched):
-                    bounced = _only(bounced, where.queue)
-                    held = _only(held, where.queue)
+                bounced, held = narrowed
             actions.append(
                 RuleAction(
                     seq=seq,
@@ -467,6 +499,40 @@ class Timeline:
                 )
             )
         return actions
+
+    def live_suspensions(self, at: int, queue: str | None = None) -> list[LiveSuspension]:
+        """The suspensions of either kind live at ``at``, in issue order, each with what
+        it held by then: fold only the events committed up to ``at`` (as
+        :func:`state_at` does). ``queue`` keeps those that match it or held messages in
+        it, and counts only what they held there, as :attr:`TimelineFilter.queue` does."""
+        live: list[tuple[int, LiveSuspension]] = []
+        unended: list[AnyRule] = [*self.suspends.live_rules(), *self.ready_suspends.live_rules()]
+        for rule in unended:
+            if not rule.live_at(at):
+                continue
+            held: Mapping[str, int] = self.held.get(rule.id, {})
+            if queue is not None:
+                narrowed = _narrowed(rule, {}, held, queue)
+                if narrowed is None:
+                    continue
+                held = narrowed[1]
+            ready = isinstance(rule, ReadySuspension)
+            suspension = LiveSuspension(
+                id=rule.id,
+                kind="suspend-ready-q" if ready else "suspend",
+                criteria=rule.criteria if isinstance(rule, Rule) else None,
+                ready_queue=rule.name if isinstance(rule, ReadySuspension) else None,
+                reason=rule.reason,
+                remaining=rule.expires_at - at,
+                expires_at=rule.expires_at,
+                issued_at=rule.issued_at,
+                issued_by=rule.issued_by,
+                origin=rule.origin,
+                held=dict(held),
+            )
+            live.append((rule.issued_seq, suspension))
+        live.sort(key=lambda item: item[0])
+        return [suspension for _, suspension in live]
 
     def rebinds(self, where: TimelineFilter | None = None) -> list[RebindAction]:
         """The rebinds that ``where`` keeps (``rule_id`` names a rebind's id; ``queue``
@@ -510,6 +576,21 @@ class Timeline:
         return actions
 
 
+def _narrowed(
+    rule: AnyRule, bounced: Mapping[str, int], held: Mapping[str, int], queue: str
+) -> tuple[Mapping[str, int], Mapping[str, int]] | None:
+    """``rule``'s counters (``bounced``, ``held``) as a filter on ``queue`` shows them:
+    None when the rule neither matches ``queue`` nor bounced or held messages there;
+    else only what it did there, but whole for the ready-queue suspension of the ready
+    queue ``queue`` (every message it held was bound there)."""
+    matched = rule.criteria.matches(queue) if isinstance(rule, Rule) else rule.name == queue
+    if not (matched or queue in bounced or queue in held):
+        return None
+    if isinstance(rule, ReadySuspension) and matched:
+        return bounced, held
+    return _only(bounced, queue), _only(held, queue)
+
+
 def _only(counts: Mapping[str, int], queue: str) -> Mapping[str, int]:
     count = counts.get(queue, 0)
     return {queue: count} if count else {}
@@ -522,7 +603,12 @@ def _ended_at(rule: AnyRule, now: int) -> int | None:
     return rule.expires_at if rule.end == "expired" or rule.expires_at <= now else None
 
 
-def state_at(events: Iterable[Committed], at: int, base: State | None = None) -> State:
+def state_at(
+    events: Iterable[Committed],
+    at: int,
+    base: State | None = None,
+    timeline: Timeline | None = None,
+) -> State:
     """The fold (rules, counters, queue gauges; no messages) of the events up to ``at``.
 
     Events committed after ``at`` are ignored (the log's commit times never decrease,
@@ -530,6 +616,9 @@ def state_at(events: Iterable[Committed], at: int, base: State | None = None) ->
     gauges with ``state.queue_counts``: they are what GET and ``/metrics`` showed then.
     ``base``: the state at a retention cut, where ``events`` begin (left as it is); the
     answer is only the state at ``at`` if ``at`` is not before the base's time.
+    ``timeline`` (one that starts where ``events`` do) is fed the same events but the
+    ``MessageReceived``, in one pass: read the suspensions live then with
+    :meth:`Timeline.live_suspensions`.
     """
     state = State(keep_messages=False) if base is None else base_projection(base)
     apply = state.apply
@@ -537,6 +626,8 @@ def state_at(events: Iterable[Committed], at: int, base: State | None = None) ->
         if committed.time > at:
             break
         apply(committed)
+        if timeline is not None and type(committed.event) is not MessageReceived:
+            timeline.apply(committed)
     return state
 
 

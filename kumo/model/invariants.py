@@ -68,7 +68,7 @@ from kumo.model.log_record import (
 )
 from kumo.model.message import HTTP, Message
 from kumo.model.queue_name import QueueName
-from kumo.model.recovery import live_at_failure
+from kumo.model.recovery import PendingRebinds, live_at_failure
 from kumo.model.retention import base_projection
 from kumo.model.state import Rule, State
 
@@ -517,6 +517,39 @@ class InvariantCheck:
                 rule = self._attributed_rule(mid, received)
                 if rule is not None:
                     owed[rule] += 1
+        return dict(owed)
+
+    def owed_rebinds(self) -> dict[str, int]:
+        """Rebind id -> queued messages it still owes a move to another queue.
+
+        Not a violation: a crash between a rebind's ``RebindIssued`` and a queue's
+        ``Rebound`` leaves them, and the next start moves them
+        (:func:`kumo.model.recovery.owed_rebinds`, whose rule this follows: each message
+        placed in a matching queue before the rebind, and still there, moves by the first
+        such rebind whose move out of that queue the log lacks). A message that owes a
+        bounce (:meth:`owed`) or an expiry stays for that.
+        """
+        rebinds = PendingRebinds(self.projection.rebinds.values())
+        if not rebinds:
+            return {}
+        owed: Counter[str] = Counter()
+        received, anchors = self.received, self._anchors
+        for queue, ids in self.queued().items():
+            places: list[int] = []
+            for mid in ids:
+                if mid in self._expiring or self._attributed_rule(mid, received[mid]) is not None:
+                    continue
+                anchor = anchors.get(mid)
+                places.append(received[mid].seq if anchor is None else anchor[0])
+            if not places:
+                continue
+            owing = rebinds.owing(queue, min(places))
+            if not owing:
+                continue
+            for place in places:
+                found = owing.first_after(place)
+                if found is not None:
+                    owed[found[0].event.rebind_id] += 1
         return dict(owed)
 
     def finish(self) -> list[Violation]:

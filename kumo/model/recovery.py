@@ -20,7 +20,8 @@ bounces. The fold records which queues each rebind moved out of
 
 from __future__ import annotations
 
-from collections.abc import Collection
+import bisect
+from collections.abc import Collection, Iterable
 
 import attrs
 
@@ -114,63 +115,130 @@ def owed_rebinds(state: State, *, taken: Collection[str] = ()) -> list[Rebound]:
 
     Each moved message keeps its attempts (from the fold's retries) and, as for any
     ``Rebound``, is an arrival in its new queue when the event is committed.
+
+    Cost: a queue is looked at only for the rebinds issued after its oldest message
+    (:class:`PendingRebinds`), so the rebinds of the past, however many, cost a start
+    next to nothing.
     """
     if state.queues is None:
         raise RuntimeError("owed_rebinds needs a fold that keeps messages")
-    rebinds = sorted(
-        (seen for seen in state.rebinds.values() if seen.moved_from is not None),
-        key=lambda seen: seen.seq,
-    )
+    rebinds = PendingRebinds(state.rebinds.values())
     if not rebinds:
         return []
     owed: list[tuple[int, Rebound]] = []
     for queue, messages in state.queues.items():
-        parsed = QueueName.parse(queue)
-        pending = [
-            (seen, to_queue)
-            for seen in rebinds
-            if seen.moved_from is not None
-            and queue not in seen.moved_from
-            and seen.event.criteria.matches(parsed)
-            and (to_queue := rebound_queue_name(queue, seen.event.data_map)) != queue
-        ]
-        if not pending:
+        seqs = messages.seqs()
+        # A message's place is never before its reception: the oldest reception bounds
+        # every place from below.
+        owing = rebinds.owing(queue, min(seqs)) if seqs else None
+        if not owing:
             continue
-        moving: dict[str, list[tuple[Message, int]]] = {}
+        moving: dict[str, tuple[SeenRebind, str, list[tuple[Message, int]]]] = {}
         for message in messages:
             if message.id in taken:
                 continue
             retried = state.schedule.get(message.id)
-            anchor = message.seq if retried is None else retried.anchor_seq
-            first = _first_after(pending, anchor)
-            if first is not None:
-                attempts = 0 if retried is None else retried.attempts
-                moving.setdefault(first.event.rebind_id, []).append((message, attempts))
-        for seen, to_queue in pending:
-            moved = moving.get(seen.event.rebind_id)
-            if moved:
-                event = seen.event
-                owed.append(
-                    (
-                        seen.seq,
-                        Rebound(
-                            event.rebind_id,
-                            queue,
-                            to_queue,
-                            [message for message, _ in moved],
-                            [attempts for _, attempts in moved],
-                            event.reason,
-                            event.suppress_logging,
-                        ),
-                    )
+            found = owing.first_after(message.seq if retried is None else retried.anchor_seq)
+            if found is not None:
+                seen, to_queue = found
+                entry = moving.get(seen.event.rebind_id)
+                if entry is None:
+                    entry = moving[seen.event.rebind_id] = (seen, to_queue, [])
+                entry[2].append((message, 0 if retried is None else retried.attempts))
+        for seen, to_queue, moved in moving.values():
+            event = seen.event
+            owed.append(
+                (
+                    seen.seq,
+                    Rebound(
+                        event.rebind_id,
+                        queue,
+                        to_queue,
+                        [message for message, _ in moved],
+                        [attempts for _, attempts in moved],
+                        event.reason,
+                        event.suppress_logging,
+                    ),
                 )
+            )
     owed.sort(key=lambda item: item[0])
     return [rebound for _, rebound in owed]
 
 
-def _first_after(pending: list[tuple[SeenRebind, str]], anchor: int) -> SeenRebind | None:
-    """The first of ``pending`` (in issue order) issued after ``anchor``."""
-    return next((seen for seen, _ in pending if seen.seq > anchor), None)
+class PendingRebinds:
+    """Which of the log's rebinds may still owe a queue its move (see
+    :func:`owed_rebinds`), for a restart and for ``kumo replay --verify``.
+
+    Only rebinds that may move anything count: not those of a snapshot written before
+    kumo kept their moves (which owe nothing), nor those with no ``data`` (a flush:
+    every queue keeps its name). A rebind moves only what a queue held when it was
+    issued, so one issued before a queue's oldest message owes that queue nothing:
+    :meth:`owing` looks only at the rebinds issued after it (found by bisection), and
+    matches criteria for those alone.
+    """
+
+    __slots__ = ("_rebinds", "_seqs")
+
+    def __init__(self, rebinds: Iterable[SeenRebind]) -> None:
+        self._rebinds = sorted(
+            (seen for seen in rebinds if seen.moved_from is not None and seen.event.data),
+            key=lambda seen: seen.seq,
+        )
+        self._seqs = [seen.seq for seen in self._rebinds]
+
+    def __bool__(self) -> bool:
+        return bool(self._rebinds)
+
+    def owing(self, queue: str, oldest: int) -> QueueRebinds:
+        """The rebinds that may owe ``queue`` (whose messages were all placed there at
+        seq ``oldest`` or later) its move: issued after ``oldest``, matching ``queue``,
+        and with no ``Rebound`` out of ``queue`` in the log."""
+        start = bisect.bisect_right(self._seqs, oldest)
+        if start == len(self._rebinds):
+            return QueueRebinds(queue, [])
+        parsed = QueueName.parse(queue)
+        return QueueRebinds(
+            queue,
+            [
+                seen
+                for seen in self._rebinds[start:]
+                if seen.moved_from is not None
+                and queue not in seen.moved_from
+                and seen.event.criteria.matches(parsed)
+            ],
+        )
+
+
+class QueueRebinds:
+    """The rebinds that may owe one queue its move (:meth:`PendingRebinds.owing`), in
+    issue order. The queue each names for the messages is computed when a message
+    needs it, once per rebind: of many rebinds owed, each message moves by the first."""
+
+    __slots__ = ("_names", "_queue", "_rebinds")
+
+    def __init__(self, queue: str, rebinds: list[SeenRebind]) -> None:
+        self._queue = queue
+        self._rebinds = rebinds
+        self._names: dict[int, str] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self._rebinds)
+
+    def first_after(self, anchor: int) -> tuple[SeenRebind, str] | None:
+        """The rebind that owes the move of a message placed in the queue at seq
+        ``anchor``, and the queue it moves it to: the first issued after ``anchor`` that
+        names another queue (one that names this very queue moves nothing); None if
+        none does."""
+        for seen in self._rebinds:
+            if seen.seq <= anchor:
+                continue
+            to_queue = self._names.get(seen.seq)
+            if to_queue is None:
+                to_queue = rebound_queue_name(self._queue, seen.event.data_map)
+                self._names[seen.seq] = to_queue
+            if to_queue != self._queue:
+                return seen, to_queue
+        return None
 
 
 def owed_bounces(state: State) -> list[Bounced]:

@@ -328,6 +328,7 @@ class Dispatcher:
         withdrawn = self.ready.withdraw(queue)
         if withdrawn:
             self._room_freed()
+            self._wanted_less()
         return withdrawn
 
     def stop(self) -> None:
@@ -369,10 +370,7 @@ class Dispatcher:
                     if self._suspended:
                         self._suspended = False
                         self._room_freed()
-                    wanted = ideal_connection_count(
-                        len(self.ready) + len(self._in_flight), self.settings.connection_limit
-                    )
-                    if self._connections < wanted and self.ready:
+                    if self._wants_connection():
                         not_before = max(self._ask_after, self._rate_closed_until)
                         if trio.current_time() >= not_before:
                             self._connections += 1
@@ -391,6 +389,21 @@ class Dispatcher:
                     await self._changed.park()
         finally:
             self.done.set()
+
+    def _wants_connection(self) -> bool:
+        """Whether the ready queue wants one more connection than it has."""
+        wanted = ideal_connection_count(
+            len(self.ready) + len(self._in_flight), self.settings.connection_limit
+        )
+        return self._connections < wanted and bool(self.ready)
+
+    def _wanted_less(self) -> None:
+        """Messages left the ready queue or their connection (taken, withdrawn, done):
+        while ``connection_limited``, the run loop looks again now if no further
+        connection is wanted, so that the state ends then, not when the back-off of its
+        last refusal is over (the loop waits out the back-off, woken by nothing else)."""
+        if self._limited is not None and not self._wants_connection():
+            self._changed.unpark_all()
 
     def _no_connection_wanted(self) -> None:
         """Every connection wanted has its lease (or none is wanted): the
@@ -496,6 +509,7 @@ class Dispatcher:
             self._room_freed()
             message = entry.message
             self._in_flight[message.id] = entry
+            self._wanted_less()
             return OutgoingMessage(message.id, message.sender, message.recipient, entry.content)
 
     async def _take_rated(
@@ -572,6 +586,7 @@ class Dispatcher:
     async def _report(self, outcome: MessageOutcome) -> None:
         entry = self._in_flight.pop(outcome.message.id)
         self._counts[outcome.disposition.value] += 1
+        self._wanted_less()
         self._sink(entry, outcome)
 
     def statistics(self) -> DispatcherStatistics:

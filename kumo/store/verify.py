@@ -378,6 +378,8 @@ class VerifyReport:
     """Delivery-log records of events before the cut: counted, not compared."""
     queued_at_cut: int = 0
     """Messages queued at the cut, which the checks count as received (at their seqs)."""
+    owed_rebinds: dict[str, int] = attrs.field(factory=dict)
+    """Rebind id -> queued messages it still owes a move (finished at the next start)."""
 
     @property
     def ok(self) -> bool:
@@ -580,6 +582,7 @@ def verify_data_dir(data_dir: Path, progress: Progress = _no_progress) -> Verify
         rules=len(invariants.projection.rules.rules),
         counters=len(invariants.tally),
         owed=invariants.owed(),
+        owed_rebinds=invariants.owed_rebinds(),
         checkpoint_seq=checkpoint_seq,
         segments=segments,
         records=dict(delivery.seen),

@@ -149,3 +149,30 @@ def test_a_held_messages_story_tells_its_release(log: Suspensions) -> None:
     rows = [row.split()[2] for row in table.splitlines()[3:] if row.strip()]
     assert rows == ["received", "held", "released", "delivered"]
     assert f"suspension {log.q2} of ready queue {READY_QUEUE} expired: due again" in table
+
+
+def test_at_lists_the_ready_queue_suspension_live_then(log: Suspensions) -> None:
+    [q1] = report(log, "--at", wall(5))["suspensions"]
+    assert (q1["id"], q1["kind"], q1["ready_queue"], q1["criteria"]) == (
+        log.q1,
+        "suspend-ready-q",
+        READY_QUEUE,
+        None,
+    )
+    assert (q1["criteria_text"], q1["held"], q1["issued_by"]) == (
+        f"ready_queue={READY_QUEUE}",
+        {"example.com": 3},
+        "ops",
+    )
+    assert report(log, "--at", wall(15))["suspensions"] == []
+    [q2] = report(log, "--at", wall(50), "--queue", READY_QUEUE)["suspensions"]
+    assert (q2["id"], q2["total_held"], q2["duration"]) == (log.q2, 1, "30s")
+    table = run("--data-dir", str(log.data_dir), "--at", wall(50)).stdout
+    assert "Live suspensions: 1" in table
+    line = next(row for row in table.splitlines() if row.startswith(log.q2))
+    assert f" suspend-ready-q  short window  30s     1     ready_queue={READY_QUEUE}  bob" in line
+    csv = run("--data-dir", str(log.data_dir), "--at", wall(50), "--format", "csv").stdout
+    assert (
+        f"suspend-ready-q,{log.q2},1,ready_queue={READY_QUEUE},short window,30s,bob,example.com=1"
+        in csv.splitlines()
+    )

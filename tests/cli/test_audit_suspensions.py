@@ -149,3 +149,55 @@ def test_a_held_message_is_held_then_released(held: Held) -> None:
     assert [r["end"] for r in net["released"]] == ["expired"]
     assert net["released"][0]["time"] == wall(65)
     assert [step["step"] for step in net["attempts"]][:2] == ["deferred", "held"]
+
+
+def test_at_lists_the_suspensions_live_then_with_what_each_held(held: Held) -> None:
+    early = report(held, "--at", wall(7))
+    assert [(s["id"], s["kind"], s["held"], s["total_held"]) for s in early["suspensions"]] == [
+        (held.s1, "suspend", {"example.com": 3}, 3),
+        (held.s2, "suspend", {}, 0),  # example.net's message is not due again before 20 s
+    ]
+    s1 = early["suspensions"][0]
+    assert s1 == {
+        "id": held.s1,
+        "kind": "suspend",
+        "criteria": s1["criteria"],
+        "criteria_text": "domain=example.com",
+        "ready_queue": None,
+        "reason": "their MX is down",
+        "duration": "59m 53s",
+        "expires": wall(3600),
+        "issued_at": s1["issued_at"],
+        "issued_by": "ops",
+        "origin": None,
+        "held": {"example.com": 3},
+        "total_held": 3,
+    }
+    assert s1["criteria"]["domain"] == "example.com"
+    late = report(held, "--at", wall(30))["suspensions"]
+    assert [(s["id"], s["held"]) for s in late] == [(held.s2, {"example.net": 1})]
+    assert report(held, "--at", wall(70))["suspensions"] == []
+    narrowed = report(held, "--at", wall(7), "--queue", "example.com")["suspensions"]
+    assert [s["id"] for s in narrowed] == [held.s1]
+
+    table = run("--data-dir", str(held.data_dir), "--at", wall(7)).stdout
+    assert "Live suspensions: 2" in table
+    line = next(row for row in table.splitlines() if row.startswith(held.s1))
+    assert line.split() == [
+        held.s1,
+        "suspend",
+        "their",
+        "MX",
+        "is",
+        "down",
+        "59m",
+        "53s",
+        "3",
+        "domain=example.com",
+        "ops",
+        "example.com=3",
+    ]
+    rows = run("--data-dir", str(held.data_dir), "--at", wall(7), "--format", "csv").stdout
+    assert f"suspend,{held.s1},3,domain=example.com,their MX is down,59m 53s,ops,example.com=3" in (
+        rows.splitlines()
+    )

@@ -681,3 +681,60 @@ def test_a_suspension_that_arrived_ended_releases_what_its_equal_held() -> None:
     ]
     s1 = next(a for a in actions if a.rule_id == "s1" and a.action == "issued")
     assert (s1.held, s1.released) == ({"acme@a.com": 1}, 1)
+
+
+def test_state_at_with_a_timeline_lists_the_suspensions_live_then_with_what_each_held() -> None:
+    """Both kinds, in issue order, with what each held by then; one cancelled, expired
+    (recorded or not) or replaced by then is gone; ``queue`` narrows as the timeline's
+    filter does."""
+    log = Log()
+    m = {name: log.receive(name, "acme@a.com") for name in ("m1", "m2")}
+    m["m3"] = log.receive("m3", "c.com")
+    log.at(1).add(SuspendIssued("s1", Criteria(domain="a.com"), "mx down", T0 + 9 * MINUTE, "ops"))
+    log.add(Suspended("s1", "acme@a.com", m["m1"], 0, "mx down"))
+    log.at(2).add(ReadySuspendIssued("q1", READY_C, "reason q1", T0 + 60 * MINUTE, "dave"))
+    log.add(ready_hold("q1", "c.com", m["m3"], READY_C))
+    log.at(3).add(Suspended("s1", "acme@a.com", m["m2"], 0, "mx down"))
+    log.at(4).add(
+        ReadySuspendIssued("q2", READY_C, "reason q2", T0 + 60 * MINUTE, "erin", origin="node-a")
+    )  # replaces q1
+    log.add(ready_hold("q2", "c.com", m["m3"], READY_C))
+    log.at(5).add(SuspendIssued("s2", Criteria(tenant="x"), "later", T0 + 60 * MINUTE, "bob"))
+    log.at(6).add(SuspendCancelled("s2", cancelled_by="alice"))
+
+    def live(minutes: float, queue: str | None = None) -> list[tuple[str, str, dict[str, int]]]:
+        timeline = Timeline()
+        at = T0 + round(minutes * MINUTE)
+        state_at(log.events, at, timeline=timeline)
+        return [(s.id, s.kind, dict(s.held)) for s in timeline.live_suspensions(at, queue)]
+
+    assert live(0.5) == []
+    assert live(1) == [("s1", "suspend", {"acme@a.com": 1})]  # an event at the moment is done
+    assert live(2) == [
+        ("s1", "suspend", {"acme@a.com": 1}),
+        ("q1", "suspend-ready-q", {"c.com": 1}),
+    ]
+    assert live(5) == [
+        ("s1", "suspend", {"acme@a.com": 2}),
+        ("q2", "suspend-ready-q", {"c.com": 1}),
+        ("s2", "suspend", {}),
+    ]
+    assert live(10) == [("q2", "suspend-ready-q", {"c.com": 1})]  # s1's expiry not recorded
+    assert live(5, "acme@a.com") == [("s1", "suspend", {"acme@a.com": 2})]
+    assert live(5, "beta@a.com") == [("s1", "suspend", {})]  # matches, held none there
+    assert live(5, READY_C) == [("q2", "suspend-ready-q", {"c.com": 1})]
+    assert live(5, "c.com") == [("q2", "suspend-ready-q", {"c.com": 1})]
+
+    timeline = Timeline()
+    state = state_at(log.events, T0 + 5 * MINUTE, timeline=timeline)
+    assert [view.id for view in state.suspends.views(T0 + 5 * MINUTE)] == ["s1", "s2"]
+    s1, q2, _ = timeline.live_suspensions(T0 + 5 * MINUTE)
+    assert (s1.criteria, s1.ready_queue, s1.target) == (
+        Criteria(domain="a.com"),
+        None,
+        "domain=a.com",
+    )
+    assert (s1.reason, s1.issued_by, s1.origin, s1.total_held) == ("mx down", "ops", "", 2)
+    assert (s1.remaining, s1.expires_at) == (4 * MINUTE, T0 + 9 * MINUTE)
+    assert (q2.ready_queue, q2.criteria, q2.target) == (READY_C, None, f"ready_queue={READY_C}")
+    assert (q2.reason, q2.issued_by, q2.origin) == ("reason q2", "erin", "node-a")

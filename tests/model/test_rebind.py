@@ -4,6 +4,12 @@ what :class:`InvariantCheck` holds a log with rebinds to."""
 
 from __future__ import annotations
 
+from collections import Counter
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from kumo.model.criteria import Criteria
 from kumo.model.events import (
     Attempt,
@@ -20,6 +26,7 @@ from kumo.model.events import (
 )
 from kumo.model.invariants import InvariantCheck
 from kumo.model.message_queue import MessageQueue
+from kumo.model.queue_name import rebound_queue_name
 from kumo.model.recovery import owed_bounces, owed_rebinds, recover
 from kumo.model.retry import RetryPolicy
 from kumo.model.router import NewQueue, Router
@@ -374,3 +381,161 @@ def test_a_rebound_out_of_the_wrong_queue_or_a_lost_bounce_is_found() -> None:
     check = InvariantCheck.over(owed)
     assert check.violations == []
     assert check.owed() == {"r": 1}
+
+
+def test_the_moves_a_crash_left_owed_are_counted_per_rebind_as_a_start_makes_them() -> None:
+    """What ``kumo replay --verify`` notes: per rebind, the messages the next start
+    moves (:func:`recover`), those a bounce or an expiry owes left out."""
+    rule = BounceIssued("r", Criteria(domain="a.com"), "closed", 4 * SECOND)
+    crashes = {
+        "one queue": (
+            [
+                received(1),
+                received(2),
+                failed(3, msg(2)),
+                issued_rebind(4, {"tenant": "t"}),
+                received(5),  # after the rebind: stays
+                received(6, "b.com"),  # not matched
+            ],
+            {"b4": 2},
+        ),
+        "two rebinds": (
+            [
+                received(1),
+                received(2, "acme@a.com"),
+                issued_rebind(3, {"routing_domain": "relay"}),
+                at(4, Rebound("b3", "acme@a.com", "acme@a.com!relay", [msg(2)], [0], "move")),
+                received(5),
+                issued_rebind(6, {"tenant": "t"}),
+            ],
+            {"b3": 1, "b6": 2},
+        ),
+        "a bounce and an expiry first": (
+            [
+                received(1),
+                received(2),
+                at(3, rule),
+                at(4, TransientlyFailed("a.com", msg(2), 0, FAILED, None, expiry="too old")),
+                received(5),
+                issued_rebind(6, {"tenant": "t"}),
+            ],
+            {"b6": 1},
+        ),
+        "a flush": ([received(1), issued_rebind(2, {}, always_flush=True)], {}),
+    }
+    for name, (log, expected) in crashes.items():
+        check = InvariantCheck.over(log)
+        assert check.violations == [], name
+        assert check.owed_rebinds() == expected, name
+        moves: Counter[str] = Counter()
+        for event in recover(fold(log), chunk=10).owed:
+            if isinstance(event, Rebound):
+                moves[event.rebind_id] += len(event.messages)
+        assert dict(moves) == expected, name
+        # Once the start has appended them, nothing is owed any more.
+        done = [*log, *(at(100 + n, e) for n, e in enumerate(recover(fold(log), chunk=10).owed))]
+        assert InvariantCheck.over(done).owed_rebinds() == {}, name
+
+
+# -- owed moves, looked for only where they can be ----------------------------------------
+
+
+def every_rebind_against_every_queue(state: State, taken: frozenset[str]) -> list[Rebound]:
+    """What :func:`owed_rebinds` must find, as it was first written: each rebind whose
+    moves are known checked against each queue, each message given to the first one
+    issued after its place that names another queue. (The fast one skips the rebinds
+    issued before a queue's oldest message, and flushes.)"""
+    assert state.queues is not None
+    rebinds = sorted(
+        (seen for seen in state.rebinds.values() if seen.moved_from is not None),
+        key=lambda seen: seen.seq,
+    )
+    owed: list[tuple[int, Rebound]] = []
+    for queue, messages in state.queues.items():
+        pending = [
+            (seen, to_queue)
+            for seen in rebinds
+            if seen.moved_from is not None
+            and queue not in seen.moved_from
+            and seen.event.criteria.matches(queue)
+            and (to_queue := rebound_queue_name(queue, seen.event.data_map)) != queue
+        ]
+        moving: dict[str, list[tuple[Message, int]]] = {}
+        for message in messages:
+            retried = state.schedule.get(message.id)
+            anchor = message.seq if retried is None else retried.anchor_seq
+            first = next((seen for seen, _ in pending if seen.seq > anchor), None)
+            if first is not None and message.id not in taken:
+                attempts = 0 if retried is None else retried.attempts
+                moving.setdefault(first.event.rebind_id, []).append((message, attempts))
+        for seen, to_queue in pending:
+            moved = moving.get(seen.event.rebind_id)
+            if moved:
+                event = seen.event
+                rebound = Rebound(
+                    event.rebind_id,
+                    queue,
+                    to_queue,
+                    [message for message, _ in moved],
+                    [attempts for _, attempts in moved],
+                    event.reason,
+                    event.suppress_logging,
+                )
+                owed.append((seen.seq, rebound))
+    owed.sort(key=lambda item: item[0])
+    return [rebound for _, rebound in owed]
+
+
+QUEUES = ("a.com", "t@a.com", "b.com", "acme@b.com!relay")
+CRITERIA = (Criteria(domain="a.com"), Criteria(tenant="acme"), Criteria(domain="b.com"))
+DATA: tuple[dict[str, str], ...] = (
+    {},
+    {"tenant": "t"},
+    {"routing_domain": "relay"},
+    {"queue": "a.com"},
+    {"tenant": "acme"},
+)
+
+steps = st.lists(
+    st.one_of(
+        st.tuples(st.just("receive"), st.integers(0, len(QUEUES) - 1)),
+        st.tuples(st.just("fail"), st.integers(0, 30)),
+        st.tuples(
+            st.just("rebind"), st.integers(0, len(CRITERIA) - 1), st.integers(0, len(DATA) - 1)
+        ),
+        st.tuples(st.just("moved"), st.integers(0, 30), st.integers(0, len(QUEUES) - 1)),
+    ),
+    max_size=40,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(steps=steps, taken=st.sets(st.integers(1, 40)))
+def test_the_moves_owed_are_those_of_every_rebind_against_every_queue(
+    steps: list[tuple[Any, ...]], taken: set[int]
+) -> None:
+    """Receptions, failed attempts, rebinds (some that keep names, some flushes) and
+    queues whose move the log records, in any order: the owed moves are those the
+    exhaustive check finds."""
+    state = State()
+    received_ids: list[Message] = []
+    rebind_ids: list[str] = []
+    for seq, step in enumerate(steps, start=1):
+        if step[0] == "receive":
+            state.apply(received(seq, QUEUES[step[1]]))
+            received_ids.append(msg(seq))
+        elif step[0] == "fail" and received_ids:
+            message = received_ids[step[1] % len(received_ids)]
+            queue = next(q for q, m in (state.queues or {}).items() if message.id in m.ids())
+            state.apply(failed(seq, message, queue))
+        elif step[0] == "rebind":
+            event = RebindIssued(f"b{seq}", CRITERIA[step[1]], DATA[step[2]], "move")
+            state.apply(at(seq, event))
+            rebind_ids.append(event.rebind_id)
+        elif step[0] == "moved" and rebind_ids:
+            # The log recorded this queue's move (which messages it took does not matter
+            # here: only that the rebind owes this queue nothing more).
+            rebind_id = rebind_ids[step[1] % len(rebind_ids)]
+            state.rebinds[rebind_id] = state.rebinds[rebind_id].moved(QUEUES[step[2]])
+    ids = frozenset(mid(n) for n in taken)
+    assert owed_rebinds(state, taken=ids) == every_rebind_against_every_queue(state, ids)

@@ -28,7 +28,7 @@ from kumo.model.connection_lease import Lease, LeaseSettings
 from kumo.model.duration import NANOS_PER_SECOND
 from kumo.model.message import Message
 from kumo.model.mx_resolution import Destination, DnsErrorKind, Resolution, mx_lookup_failure
-from kumo.model.ready_queue import ReadyEntry
+from kumo.model.ready_queue import ReadyEntry, ResolvedAddress
 from kumo.model.ready_queue_state import CONNECTION_LIMITED, ReadyQueueState
 from kumo.model.retry import RetryPolicy
 from kumo.model.smtp_client import ClientSettings, TlsMode
@@ -45,6 +45,7 @@ from kumo.runtime.smtp_connection import (
 from kumo.store.verify import verify_data_dir
 from tests.postfix import postfix_smtp_sink, require_smtp_sink
 from tests.runtime.harness import WALL_ORIGIN, bounce, log_records, message, run_and_kill
+from tests.runtime.smtp_sink import SmtpSink
 
 DEADLINE = 60
 SECOND = NANOS_PER_SECOND
@@ -426,19 +427,22 @@ async def test_the_statistics_of_a_deferring_destination(tmp_path: Path) -> None
 
 class ScriptedLeases:
     """Connection leases without Redis: each request is answered a second after it is
-    asked, refused while ``full``, granted otherwise."""
+    asked, refused while ``full`` (but for the first ``free`` requests), granted
+    otherwise."""
 
-    def __init__(self) -> None:
+    def __init__(self, free: int = 0) -> None:
         self.settings = LeaseSettings(retry_initial=5.0, retry_max=5.0)
         self.full = True
+        self.free = free
         self.asked = 0
 
     async def acquire(
         self, ready_queue: str, limit: int, wake: Callable[[], None]
     ) -> HeldLease | Refused:
         self.asked += 1
+        number = self.asked
         await trio.sleep(1)
-        if self.full:
+        if self.full and number > self.free:
             return Refused.TOO_MANY_LEASES
         return HeldLease(Lease.acquired(ready_queue, "m", trio.current_time(), self.settings), wake)
 
@@ -512,3 +516,66 @@ async def test_connection_limited_from_the_first_refusal_until_no_connection_is_
         assert dispatcher.statistics().connections == 0
         dispatcher.stop()
     assert returned == []
+
+
+async def test_connection_limited_ends_once_no_connection_is_wanted_not_a_back_off_later(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    """Refused its second lease, a ready queue waits out the back-off (5 s) before it
+    asks again; its one connection empties it meanwhile. The state ends then, at the
+    same virtual instant, not when the back-off is over (the flake of
+    ``test_a_limit_of_4_holds_across_three_nodes_delivering_to_one_sink``)."""
+    resolved = await MxResolver().resolve("example.com", mx_list=("127.0.0.1:2",))
+    assert isinstance(resolved, Destination)
+    reply = trio.Event()
+    sink = SmtpSink().then("DOT", reply)
+    leases = ScriptedLeases(free=1)
+    returned: list[MessageOutcome | None] = []
+    async with trio.open_nursery() as servers:
+
+        async def connect(_: ResolvedAddress, __: int) -> tuple[trio.abc.Stream, str]:
+            client, server = trio.testing.memory_stream_pair()
+            servers.start_soon(sink.serve, server)
+            return client, "127.0.0.1:40000"
+
+        settings = attrs.evolve(destination(["127.0.0.1:2"], connection_limit=2), fleet_limits=True)
+        settings = attrs.evolve(
+            settings, connection=attrs.evolve(settings.connection, connector=connect)
+        )
+        clock = EngineClock(WALL_ORIGIN)
+        dispatcher = Dispatcher(
+            resolved,
+            settings,
+            lambda entry, outcome: returned.append(outcome),
+            random.Random(1),
+            clock,
+            leases=cast(ConnectionLeases, leases),
+        )
+        entries = [
+            ReadyEntry(
+                "example.com", Message(f"{n:032x}", "s@example.org", "r@example.com", 1, 0, 1), 0
+            )
+            for n in range(40)  # enough to want both connections (31 or more)
+        ]
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(dispatcher.run)
+            dispatcher.push(entries)
+            await trio.testing.wait_all_tasks_blocked()
+            assert leases.asked == 2
+
+            # One lease, one refusal: limited; the connection waits for its first 250.
+            mock_clock.jump(1)
+            await trio.testing.wait_all_tasks_blocked()
+            limited_since = clock.now()
+            assert [s.since for s in dispatcher.states()] == [limited_since]
+            stats = dispatcher.statistics()
+            assert (stats.connections, stats.in_flight, stats.ready) == (1, 1, 39)
+
+            reply.set()  # the rest go at once, in no virtual time
+            await trio.testing.wait_all_tasks_blocked()
+            assert len(returned) == dispatcher.statistics().delivered == 40
+            assert dispatcher.states() == []
+            assert dispatcher.statistics().connection_limited == 0
+            assert leases.asked == 2  # the back-off is not over: it has not asked again
+            dispatcher.stop()
+        servers.cancel_scope.cancel()

@@ -293,12 +293,7 @@ class ConnectionLeases:
     async def wait_until(self, condition: Callable[[LeaseStatistics], bool]) -> None:
         """Return once ``condition`` holds of :meth:`statistics`, asking it now and after
         each change (for tests and tools). Always a checkpoint."""
-        while True:
-            seen = self.changes.value
-            if condition(self.statistics()):
-                await trio.lowlevel.checkpoint()
-                return
-            await self.changes.wait_for(seen + 1)
+        await self.changes.wait_until(lambda: condition(self.statistics()))
 
     def _count(self, name: str) -> None:
         self._counts[name] += 1

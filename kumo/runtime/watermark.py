@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import trio
 
 
@@ -40,3 +42,14 @@ class Watermark:
                 await self._lot.park()
             finally:
                 self._waiting -= 1
+
+    async def wait_until(self, condition: Callable[[], bool]) -> None:
+        """Return once ``condition()`` holds, asking it now and after each move of the
+        watermark (a counter moved by every change ``condition`` reads). Always a
+        checkpoint."""
+        while True:
+            seen = self.value
+            if condition():
+                await trio.lowlevel.checkpoint()
+                return
+            await self.wait_for(seen + 1)

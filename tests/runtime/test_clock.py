@@ -44,3 +44,25 @@ async def test_watermark_wakes_waiters_once_reached() -> None:
         assert mark.value == 6
         mark.advance(9)
     assert woke == [2, 5, 9]
+
+
+async def test_watermark_wait_until_asks_again_after_each_move() -> None:
+    mark = Watermark()
+    counts = {"done": 0}
+    asked: list[int] = []
+
+    def condition() -> bool:
+        asked.append(mark.value)
+        return counts["done"] >= 2
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(mark.wait_until, condition)
+        await trio.testing.wait_all_tasks_blocked()
+        for _ in range(2):
+            counts["done"] += 1
+            mark.advance(mark.value + 1)
+            await trio.testing.wait_all_tasks_blocked()
+    # Asked at once, then once after each move; it returned after the second.
+    assert asked == [0, 1, 2]
+    with trio.testing.assert_checkpoints():
+        await mark.wait_until(lambda: True)

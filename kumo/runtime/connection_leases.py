@@ -209,27 +209,14 @@ class ConnectionLeases:
 
         Cancelled while Redis runs the script, the lease may have been granted and not
         recorded: it expires in Redis after ``duration`` (a connection fewer until then)."""
-        redis = self._redis
-        if redis is None:
-            await trio.lowlevel.checkpoint()
-            return Refused.UNAVAILABLE
         key = self.key(ready_queue)
         member = lease_member(self._node_id, uuid.uuid4().hex)
         sent_at = trio.current_time()
-        try:
-            with trio.fail_after(self._command_timeout()):
-                answer = await redis.eval(
-                    ACQUIRE_SCRIPT,
-                    [key.encode()],
-                    [limit, self.settings.duration_ms, member.encode()],
-                )
-        except _CAUGHT as caught:
-            failure = redis_failure(caught, REDIS_FAILURES)
-            if failure is None:
-                raise
-            self._failed(failure)
-            return Refused.UNAVAILABLE
-        self._answered()
+        answer = await self.run_script(
+            ACQUIRE_SCRIPT, [key.encode()], [limit, self.settings.duration_ms, member.encode()]
+        )
+        if answer is Refused.UNAVAILABLE:
+            return answer
         if int(answer) != 1:
             self._count("refused")
             return Refused.TOO_MANY_LEASES

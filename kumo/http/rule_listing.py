@@ -15,6 +15,7 @@ The body is byte for byte ``orjson.dumps([rule_entry(view) for view in views])``
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from typing import Any, Final
 
@@ -54,51 +55,75 @@ class RuleListing:
     """Encodes GET's array of live rules, keeping what it encoded for the rules it
     listed last time (and only those: an ended rule's parts are dropped).
 
-    It takes a rule's ``bounced`` map as unchanged while its ``total_bounced`` is: true
-    of one node's counters, which only grow (the fleet's sums are encoded whole).
+    Each rule's entry is kept as two byte strings around its ``duration``: what comes
+    before it (fixed for the rule's id) and what follows it, encoded again only when
+    the rule's ``total_bounced`` or ``pending`` moved. A GET then formats one duration
+    and joins three strings per rule. It takes a rule's ``bounced`` map as unchanged
+    while its ``total_bounced`` is: true of one node's counters, which only grow (the
+    fleet's sums are encoded whole).
     """
 
-    __slots__ = ("_counts", "_fixed")
+    __slots__ = ("_entries",)
 
     def __init__(self) -> None:
-        self._fixed: dict[str, tuple[bytes, bytes]] = {}
-        self._counts: dict[str, tuple[int, bytes]] = {}
+        self._entries: dict[str, _Entry] = {}
 
     def encode(self, views: Sequence[RuleView]) -> bytes:
         """The JSON array of ``views``, in order."""
-        fixed, counts = self._fixed, self._counts
-        kept_fixed: dict[str, tuple[bytes, bytes]] = {}
-        kept_counts: dict[str, tuple[int, bytes]] = {}
-        entries: list[bytes] = []
+        entries = self._entries
+        kept: dict[str, _Entry] = {}
+        encoded: list[bytes] = []
         for view in views:
             rule_id = view.id
-            head_tail = fixed.get(rule_id)
-            if head_tail is None:
-                head_tail = _fixed_parts(view)
-            kept_fixed[rule_id] = head_tail
-            total = view.total_bounced
-            counted = counts.get(rule_id)
-            if counted is None or counted[0] != total:
-                counted = (total, orjson.dumps(dict(view.bounced)))
-            kept_counts[rule_id] = counted
-            head, tail = head_tail
-            entries.append(
+            entry = entries.get(rule_id)
+            if entry is None:
+                entry = _Entry(view)
+            elif entry.total != view.total_bounced or entry.pending != view.pending:
+                entry = entry.counted(view)
+            kept[rule_id] = entry
+            encoded.append(
                 b"".join(
-                    (
-                        head,
-                        orjson.dumps(format_duration(max(view.remaining, 0))),
-                        _BOUNCED,
-                        counted[1],
-                        _TOTAL,
-                        str(total).encode(),
-                        tail,
-                        str(view.pending).encode(),
-                        b"}",
-                    )
+                    (entry.head, orjson.dumps(format_duration(max(view.remaining, 0))), entry.rest)
                 )
             )
-        self._fixed, self._counts = kept_fixed, kept_counts
-        return b"[" + b",".join(entries) + b"]"
+        self._entries = kept
+        return b"[" + b",".join(encoded) + b"]"
+
+
+class _Entry:
+    """One rule's entry but its ``duration``: :attr:`head` up to it, :attr:`rest` after."""
+
+    __slots__ = ("bounced", "head", "pending", "rest", "tail", "total")
+
+    def __init__(self, view: RuleView, head_tail: tuple[bytes, bytes] | None = None) -> None:
+        self.head, self.tail = head_tail or _fixed_parts(view)
+        self.total = view.total_bounced
+        self.pending = view.pending
+        self.bounced = orjson.dumps(dict(view.bounced))
+        self.rest = self._rest()
+
+    def counted(self, view: RuleView) -> _Entry:
+        """This entry with ``view``'s counters (its ``bounced`` map encoded again only
+        when ``total_bounced`` moved)."""
+        if view.total_bounced == self.total:
+            entry = copy.copy(self)
+            entry.pending = view.pending
+            entry.rest = entry._rest()
+            return entry
+        return _Entry(view, (self.head, self.tail))
+
+    def _rest(self) -> bytes:
+        return b"".join(
+            (
+                _BOUNCED,
+                self.bounced,
+                _TOTAL,
+                str(self.total).encode(),
+                self.tail,
+                str(self.pending).encode(),
+                b"}",
+            )
+        )
 
 
 def _fixed_parts(view: RuleView) -> tuple[bytes, bytes]:

@@ -690,5 +690,5 @@ def fleet_views(
             for queue, count in figures.bounced.items():
                 bounced[queue] = bounced.get(queue, 0) + count
             total += figures.total_bounced
-        summed.append(attrs.evolve(view, bounced=bounced, total_bounced=total))
+        summed.append(view._replace(bounced=bounced, total_bounced=total))
     return summed

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Literal, TypeAlias
+from typing import Literal, NamedTuple, TypeAlias
 
 import attrs
 
@@ -88,9 +88,13 @@ class Rule(Lifetime):
     total_bounced: int = 0
 
 
-@attrs.frozen(slots=True)
-class RuleView:
-    """A live rule as GET /api/admin/bounce/v1 shows it."""
+class RuleView(NamedTuple):
+    """A live rule as GET /api/admin/bounce/v1 shows it.
+
+    A named tuple, as :class:`~kumo.model.message.Message` is: GET builds one for every
+    live rule each time it is asked (thousands of rules, every few ms under a probe),
+    and a tuple is built in a third of the time of a frozen attrs record.
+    """
 
     id: str
     criteria: Criteria
@@ -268,22 +272,24 @@ class RuleBook:
     def views(self, now: int, pending: Callable[[Criteria], int] | None = None) -> list[RuleView]:
         """The rules GET lists at ``now``: live ones, oldest first; ``pending`` gives each
         its :attr:`RuleView.pending` from its criteria (0 without it)."""
+        # Positional, and ``expires_at`` alone for live_at(now): the book keeps only
+        # rules neither ended nor issued expired in ``_live``.
         return [
             RuleView(
-                id=rule.id,
-                criteria=rule.criteria,
-                reason=rule.reason,
-                remaining=rule.expires_at - now,
-                expires_at=rule.expires_at,
-                issued_at=rule.issued_at,
-                issued_by=rule.issued_by,
-                suppress_logging=rule.suppress_logging,
-                bounced=dict(rule.bounced),
-                total_bounced=rule.total_bounced,
-                pending=0 if pending is None else pending(rule.criteria),
+                rule.id,
+                rule.criteria,
+                rule.reason,
+                rule.expires_at - now,
+                rule.expires_at,
+                rule.issued_at,
+                rule.issued_by,
+                rule.suppress_logging,
+                dict(rule.bounced),
+                rule.total_bounced,
+                0 if pending is None else pending(rule.criteria),
             )
             for rule in self._live.values()
-            if rule.live_at(now)
+            if now < rule.expires_at
         ]
 
     def next_expiry(self) -> int | None:

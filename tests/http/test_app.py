@@ -449,7 +449,7 @@ async def test_get_bounces_with_the_fleet_s_figures(client: Client, engine: Fake
         "off",
         2,
     )
-    summed = attrs.evolve(view, bounced={"q1": 5, "q2": 1}, total_bounced=6)
+    summed = view._replace(bounced={"q1": 5, "q2": 1}, total_bounced=6)
     engine.fleet_figures = FleetFigures([summed], "fleet", 3)
     status, headers, entries = await get_with_headers(client, f"{BOUNCE_PATH}?scope=fleet")
     assert headers[FLEET_FIGURES_HEADER.lower()] == "fleet; nodes=3"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import attrs
 import orjson
 from hypothesis import given
 from hypothesis import strategies as st
@@ -32,7 +31,7 @@ def view(n: int, **changes: Any) -> RuleView:
         bounced={},
         total_bounced=0,
     )
-    return attrs.evolve(base, **changes)
+    return base._replace(**changes)
 
 
 def test_the_listing_follows_counters_durations_and_rules() -> None:
@@ -47,7 +46,7 @@ def test_the_listing_follows_counters_durations_and_rules() -> None:
         view(3, remaining=-5),
     ]
     assert listing.encode(second) == whole(second)
-    third = [attrs.evolve(second[0], bounced={"q1": 3, "q2": 9}, total_bounced=12), second[2]]
+    third = [second[0]._replace(bounced={"q1": 3, "q2": 9}, total_bounced=12), second[2]]
     assert listing.encode(third) == whole(third)
 
 
@@ -73,7 +72,5 @@ def test_any_sequence_of_listings_encodes_as_whole(listings: list[list[RuleView]
             if item.pending:
                 queue = f"q{item.pending % 3}"
                 bounced[queue] = bounced.get(queue, 0) + item.pending
-            grown.append(
-                attrs.evolve(item, bounced=dict(bounced), total_bounced=sum(bounced.values()))
-            )
+            grown.append(item._replace(bounced=dict(bounced), total_bounced=sum(bounced.values())))
         assert encoder.encode(grown) == whole(grown)

@@ -65,7 +65,13 @@ from kumo.http.access import (
 )
 from kumo.http.errors import DEFAULT_BODY_LIMIT
 from kumo.model.cidr_set import DEFAULT_PROHIBITED_HOSTS, DEFAULT_RELAY_HOSTS, CidrError, CidrSet
-from kumo.model.duration import MAX_NANOS, NANOS_PER_SECOND, DurationError, parse_duration
+from kumo.model.duration import (
+    MAX_NANOS,
+    NANOS_PER_MILLISECOND,
+    NANOS_PER_SECOND,
+    DurationError,
+    parse_duration,
+)
 from kumo.model.fleet import DEFAULT_STREAM, FleetSettings, RedisUrlError, check_redis_url
 from kumo.model.retry import RetryPolicy
 from kumo.model.settings import EngineSettings
@@ -102,6 +108,11 @@ def _check_listen(_: object, __: object, value: str) -> None:
 def _check_body_limit(_: object, __: object, value: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ConfigError(f"body_limit must be a positive number of bytes, got {value!r}")
+
+
+def _check_admin_hold(_: object, __: object, value: int) -> None:
+    if type(value) is not int or not 0 <= value <= NANOS_PER_SECOND:
+        raise ConfigError(f"admin_hold must be a duration from 0 to 1s, got {value!r} ns")
 
 
 # -- the mail path: [smtp_listener], [queue], [egress], [domains."..."], [dns] -----------
@@ -714,6 +725,10 @@ class Config:
     tokens: Mapping[str, str] = attrs.field(factory=dict)
     """Token name -> SHA-256 token hash."""
     body_limit: int = attrs.field(default=DEFAULT_BODY_LIMIT, validator=_check_body_limit)
+    admin_hold: int = attrs.field(default=100 * NANOS_PER_MILLISECOND, validator=_check_admin_hold)
+    """How long at most (ns) the mail path's sessions wait, at a time, while admin
+    requests are answered (``"100ms"``; ``0``: they never wait): docs/operations.md,
+    "Admin requests first"."""
     deliver: bool = True
     """Deliver due messages over SMTP (``[queue]``, ``[egress]``, ``[domains]``, ``[dns]``);
     ``false`` holds every message in its scheduled queue until a rule bounces it (a
@@ -767,6 +782,12 @@ class Config:
     def port(self) -> int:
         return parse_listen(self.listen)[1]
 
+    def engine_settings(self) -> EngineSettings:
+        """The engine's settings under this config: ``[log]``'s and ``admin_hold``."""
+        return attrs.evolve(
+            self.log.engine_settings(), admin_hold=self.admin_hold / NANOS_PER_SECOND
+        )
+
     def access_policy(self) -> AccessPolicy:
         """The access decisions this configuration asks for."""
         return AccessPolicy(self.trusted_hosts, self.users, self.tokens)
@@ -805,6 +826,7 @@ def _evolve(
 _KEYS: Final = (
     "listen",
     "data_dir",
+    "admin_hold",
     "deliver",
     "node_id",
     "body_limit",
@@ -906,6 +928,8 @@ def parse_config_data(data: Mapping[str, Any], *, base_dir: Path) -> Config:
         values["node_id"] = _node_id(data["node_id"])
     if "body_limit" in data:
         values["body_limit"] = data["body_limit"]
+    if "admin_hold" in data:
+        values["admin_hold"] = _parse_duration("admin_hold", data["admin_hold"], base_dir)
     if "deliver" in data:
         if type(data["deliver"]) is not bool:
             raise ConfigError(f"deliver must be true or false, got {data['deliver']!r}")

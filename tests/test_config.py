@@ -611,3 +611,24 @@ def test_a_bad_max_message_rate_names_the_key_and_the_problem(text: str, why: st
     with pytest.raises(ConfigError) as caught:
         parse_config(text, base_dir=BASE)
     assert why in str(caught.value)
+
+
+def test_admin_hold_reaches_the_engine_settings() -> None:
+    assert parse_config("", base_dir=BASE).engine_settings().admin_hold == 0.1
+    config = parse_config('admin_hold = "250ms"\n[log]\nsnapshot_every = 7', base_dir=BASE)
+    settings = config.engine_settings()
+    assert (settings.admin_hold, settings.snapshot_every) == (0.25, 7)
+    assert parse_config("admin_hold = 0", base_dir=BASE).engine_settings().admin_hold == 0.0
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('admin_hold = "2s"', "admin_hold must be a duration from 0 to 1s"),
+        ('admin_hold = "soon"', "admin_hold: 'soon' is not a duration"),
+        ("admin_hold = -1", "admin_hold"),
+    ],
+)
+def test_a_bad_admin_hold_is_refused(text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_config(text, base_dir=BASE)

@@ -255,7 +255,7 @@ async def _smtp_listening(
     if settings is None:
         yield None
         return
-    listener = SmtpListener(engine, settings)
+    listener = SmtpListener(engine, settings, turn=engine.admin_gate.turn)
     watching = trio.CancelScope()
 
     async def shut_down_on_stop() -> None:
@@ -318,7 +318,7 @@ async def _serve(
         open_engine(
             config.data_dir,
             node_id=config.node_id,
-            settings=config.log.engine_settings(),
+            settings=config.engine_settings(),
             mail=mail_settings(config),
             fleet=config.fleet,
         ) as engine,
@@ -331,6 +331,7 @@ async def _serve(
             body_limit=config.body_limit,
             queue_configs=queue_configs(config),
             smtp_listener=listener,
+            admin_gate=engine.admin_gate,
         )
         async with trio.open_nursery() as nursery:
             try:

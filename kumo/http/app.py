@@ -42,6 +42,7 @@ from kumo.http import (
     suspend_ready_q_api,
 )
 from kumo.http.access import AccessPolicy, Denied, PasswordCheck
+from kumo.http.admin_first import AdminFirst
 from kumo.http.connection_guard import ASGIApp as ASGIApp
 from kumo.http.connection_guard import ASGIMessage as ASGIMessage
 from kumo.http.connection_guard import ConnectionGuard
@@ -78,6 +79,7 @@ from kumo.http.routes import (
 from kumo.http.rule_listing import RuleListing
 from kumo.model.duration import NANOS_PER_SECOND
 from kumo.model.inspection import QueueConfig
+from kumo.runtime.admin_gate import AdminGate
 from kumo.runtime.blocking import RunBlocking, in_thread
 from kumo.runtime.refusal import RefusedError
 
@@ -128,6 +130,7 @@ def create_app(
     attempt_limits: AttemptLimits | None = None,
     queue_configs: inspect_api.QueueConfigs | None = None,
     smtp_listener: ListenerSource | None = None,
+    admin_gate: AdminGate | None = None,
 ) -> QuartTrio:
     """The ASGI app serving ``engine``; ``access`` defaults to loopback-only trust.
 
@@ -137,6 +140,8 @@ def create_app(
     (:mod:`kumo.http.gatekeeper`). ``queue_configs`` gives each queue's settings for
     inspect-sched-q (default: KumoMTA's defaults for every queue). ``smtp_listener``:
     the SMTP listener whose figures /metrics shows beside the engine's, if one runs.
+    ``admin_gate``: the engine's, which each request enters so that the mail path waits
+    its turn meanwhile (:mod:`kumo.http.admin_first`).
     """
     configs = queue_configs or (lambda _: QueueConfig())
     gate = Gatekeeper(access if access is not None else AccessPolicy(), attempt_limits)
@@ -148,6 +153,8 @@ def create_app(
     app.config["MAX_CONTENT_LENGTH"] = body_limit
     app.config["BODY_TIMEOUT"] = body_timeout
     app.asgi_app = ConnectionGuard(app.asgi_app, body_timeout=body_timeout)  # type: ignore[assignment,arg-type]
+    if admin_gate is not None:
+        app.asgi_app = AdminFirst(app.asgi_app, admin_gate)  # type: ignore[assignment,arg-type]
     latency = AdminLatency()
     listing = RuleListing()
     registry = metrics_registry(engine, latency, smtp_listener)

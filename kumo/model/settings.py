@@ -137,6 +137,17 @@ class EngineSettings:
     (:func:`kumo.model.retention.past_retention`); audits and verification then start
     at the first event kept, from the state before it (:mod:`kumo.store.retention`)."""
 
+    # -- admin requests first (kumo.model.admin_first, kumo.runtime.admin_gate) ---------
+    admin_hold: float = attrs.field(
+        default=0.1,
+        converter=float,
+        validator=[attrs.validators.instance_of(float), attrs.validators.ge(0.0)],
+        kw_only=True,
+    )
+    """Seconds at most that the mail path's sessions wait, at a time, while admin requests
+    are in flight (then as long again before they wait again); 0: they never wait.
+    While kumo delivered at full speed, this cut admin latency 3-4x (docs/benchmarks.md)."""
+
     # -- the engine (kumo.runtime.engine) ------------------------------------------------
     shutdown_deadline: float = _seconds_field(30.0)
     """Seconds a shutdown waits for actors and followers to finish their work; what it

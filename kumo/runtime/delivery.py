@@ -67,6 +67,7 @@ from kumo.model.ready_suspension import ReadySuspensionBook
 from kumo.model.retry import RetryPolicy
 from kumo.model.statistics import counter, gauge, info
 from kumo.model.throttle import ThrottleSpec
+from kumo.runtime.admin_gate import AdminGate
 from kumo.runtime.clock import EngineClock
 from kumo.runtime.connection_leases import ConnectionLeases, HeldLease, Refused
 from kumo.runtime.message_rates import MessageRates
@@ -226,14 +227,17 @@ class Dispatcher:
         suspended_until: Callable[[], float | None] = _never_suspended,
         leases: ConnectionLeases | None = None,
         rates: MessageRates | None = None,
+        admin_gate: AdminGate | None = None,
     ) -> None:
         """``clock``: the engine's, which stamps when a state began (back-offs are
         trio time). ``suspended_until``: until when (trio time) a suspension holds this
         ready queue now, None when none does (:meth:`SuspendedReadyQueues.until`).
         ``leases``: the fleet's connection leases, taken for each connection when
         ``settings.fleet_limits`` is set. ``rates``: the node's message rates, which
-        ``settings.max_message_rate`` is kept in (a throttle of its own when None)."""
+        ``settings.max_message_rate`` is kept in (a throttle of its own when None).
+        ``admin_gate``: what its connections wait on while admin requests are answered."""
         self.destination = destination
+        self._admin_gate = admin_gate
         self.settings = settings
         self.ready = ReadyQueue(destination.ready_queue, settings.max_ready)
         self._sink = sink
@@ -452,6 +456,7 @@ class Dispatcher:
                 site=self.name,
                 messages=_Feed(self, held),
                 report=self._report,
+                turn=None if self._admin_gate is None else self._admin_gate.turn,
             )
             await connection.run()
         finally:
@@ -640,12 +645,16 @@ class Deliveries:
         clock: EngineClock,
         suspended: SuspendedReadyQueues | None = None,
         leases: ConnectionLeases | None = None,
+        admin_gate: AdminGate | None = None,
     ) -> None:
         """``clock``: the engine's, which stamps the dispatchers' states.
         ``suspended``: the ready-queue suspensions the dispatchers obey (None: none).
         ``leases``: the fleet's connection leases (a node in a fleet), which the
-        dispatchers of fleet-limited destinations take; :meth:`run` keeps them."""
+        dispatchers of fleet-limited destinations take; :meth:`run` keeps them.
+        ``admin_gate``: where the connections wait their turn while admin requests are
+        answered (None: they never wait)."""
         self._settings = settings
+        self._admin_gate = admin_gate
         self._sink = sink
         self._clock = clock
         self._suspended = suspended
@@ -760,6 +769,7 @@ class Deliveries:
                 else functools.partial(suspended.until, resolution.ready_queue),
                 self.leases,
                 self.rates,
+                self._admin_gate,
             )
             self._dispatchers[dispatcher.name] = dispatcher
             if self._stopping:

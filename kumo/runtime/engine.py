@@ -68,6 +68,7 @@ from kumo.model.router import Router
 from kumo.model.settings import EngineSettings
 from kumo.model.state import QueueState, RuleKind, RuleView, State
 from kumo.model.statistics import counter, gauge, record
+from kumo.runtime.admin_gate import AdminGate
 from kumo.runtime.blocking import in_thread, inline
 from kumo.runtime.broadcaster import Broadcaster, BroadcasterStatistics
 from kumo.runtime.clock import EngineClock
@@ -152,6 +153,8 @@ class EngineParts:
 
     clock: EngineClock
     settings: EngineSettings
+    admin_gate: AdminGate
+    """Where admin requests go first and the mail path's sessions wait their turn."""
     projection: Projection
     log: LogWriter
     supervisor: QueueSupervisor
@@ -172,6 +175,8 @@ class Engine:
     def __init__(self, parts: EngineParts, node_id: str) -> None:
         self.clock = parts.clock
         self.node_id = node_id
+        self.admin_gate = parts.admin_gate
+        """Admin requests enter it (the HTTP app), the mail path's sessions wait on it."""
         self._parts = parts
         self._projection = parts.projection.state
         self._log = parts.log
@@ -777,6 +782,7 @@ async def open_engine(
             store, reader, clock, settings, on_commit=projection.apply, run_blocking=run_blocking
         )
         supervisor = QueueSupervisor()
+        admin_gate = AdminGate(settings.admin_hold)
         deliveries = None
         if mail is not None:
 
@@ -794,10 +800,12 @@ async def open_engine(
                 clock,
                 suspended,
                 None if fleet is None else ConnectionLeases(fleet, node_id=chosen_id),
+                admin_gate,
             )
         parts = EngineParts(
             clock=clock,
             settings=settings,
+            admin_gate=admin_gate,
             projection=projection,
             log=log,
             supervisor=supervisor,

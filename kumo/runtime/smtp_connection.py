@@ -290,13 +290,16 @@ class SmtpConnection:
         messages: AsyncIterator[OutgoingMessage],
         report: Callable[[MessageOutcome], Awaitable[object]],
         session_id: str | None = None,
+        turn: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         """``plan``: the addresses to try, in order (at least one; the caller has checked
         it against ``prohibited_hosts``). ``site``: the ready queue's name.
         ``messages``: where the next message comes from, asked only when the connection
         can send it at once; exhausted, the connection ends. Its ``__anext__`` is
         cancelled when ``idle_timeout`` passes, so it must be cancel-safe (a Trio memory
-        channel is). ``report``: called with each message's outcome, in order."""
+        channel is). ``report``: called with each message's outcome, in order.
+        ``turn``: awaited after each read, before what was read is acted on (admin
+        requests first: :class:`kumo.runtime.admin_gate.AdminGate`)."""
         if not plan:
             raise ValueError("a connection needs at least one address to try")
         self._settings = settings
@@ -304,6 +307,7 @@ class SmtpConnection:
         self._site = site
         self._messages = messages
         self._report = report
+        self._turn = turn
         self._session_id = session_id if session_id is not None else str(uuid.uuid4())
         self._closing = False
         self._waiting: trio.CancelScope | None = None
@@ -518,6 +522,8 @@ class _Session:
             data = await self.stream.receive_some(READ_SIZE)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as error:
             return self.client.connection_lost(_os_error_text(error))
+        if self.connection._turn is not None:
+            await self.connection._turn()
         return self.client.receive_data(bytes(data))
 
     async def _next_message(self) -> list[Output]:

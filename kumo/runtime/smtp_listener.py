@@ -39,7 +39,7 @@ import contextlib
 import math
 import ssl
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Final, Protocol
 
@@ -181,8 +181,12 @@ class SmtpListener:
         settings: ListenerSettings,
         *,
         new_ids: Callable[[int], list[str]] = random_ids,
+        turn: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
+        """``turn``: awaited after each read, before the session acts on it (admin
+        requests first: :class:`kumo.runtime.admin_gate.AdminGate`)."""
         self._engine = engine
+        self._turn = turn
         self._settings = settings
         self._new_ids = new_ids
         self._stopping = False
@@ -315,6 +319,8 @@ class SmtpListener:
                     data = await connection.stream.receive_some(READ_SIZE)
                 finally:
                     connection.reading = False
+                if self._turn is not None:
+                    await self._turn()
                 outputs = session.receive_data(data if type(data) is bytes else bytes(data))
                 if io.cancel_called:
                     # Cancelled after the data came (by shut_down() or the deadline):

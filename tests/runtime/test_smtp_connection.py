@@ -12,7 +12,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 import ssl
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 
 import attrs
@@ -25,6 +25,7 @@ from kumo.model.events import PeerAddress
 from kumo.model.ready_queue import ResolvedAddress
 from kumo.model.smtp_client import ClientSettings, ClientTimeouts, TlsMode
 from kumo.model.smtp_reply import Disposition, EnhancedCode, Response
+from kumo.runtime.admin_gate import AdminGate
 from kumo.runtime.smtp_connection import (
     ConnectionSettings,
     ConnectionSummary,
@@ -114,6 +115,7 @@ async def deliver(
     *,
     keep_open: bool = False,
     close_after: int | None = None,
+    turn: Callable[[], Awaitable[None]] | None = None,
 ) -> Run:
     """Run one connection over ``messages`` (a channel holding all of them; closed after
     them unless ``keep_open``); ``close_after`` outcomes, ask it to close when idle."""
@@ -136,6 +138,7 @@ async def deliver(
         messages=receive,
         report=report,
         session_id="session-1",
+        turn=turn,
     )
     summary = await connection.run()
     left = []
@@ -214,6 +217,25 @@ async def test_messages_are_delivered_byte_for_byte_over_one_pipelined_connectio
     assert not run.summary.exhausted
     stats = run.connection.statistics()
     assert (stats.taken, stats.delivered, stats.connected) == (3, 3, 0)
+
+
+async def test_a_connection_waits_its_turn_while_an_admin_request_is_answered() -> None:
+    """After each read it waits on the engine's admin gate before acting on what it read:
+    here, on the banner, until the request is answered."""
+    gate = AdminGate(60.0)
+    runs: list[Run] = []
+    async with sink_running() as sink, trio.open_nursery() as nursery:
+
+        async def run() -> None:
+            runs.append(await deliver([address(sink.port)], [message(0)], turn=gate.turn))
+
+        with gate.request():
+            nursery.start_soon(run)
+            await trio.testing.wait_all_tasks_blocked(cushion=0.05)
+            assert [session.commands for session in sink.sessions] == [[]]
+    [done] = runs
+    assert [o.disposition for o in done.outcomes] == [Disposition.DELIVERY]
+    assert sink.sessions[0].commands[0] == b"EHLO client.test\r\n"
 
 
 async def test_without_pipelining_one_command_at_a_time() -> None:

@@ -103,12 +103,16 @@ async def serving(
     *,
     engine_wrapper: Any = None,
     threads: bool = True,
+    admin_first: bool = False,
 ) -> AsyncIterator[Served]:
-    """An engine and a listener on a free port; shut down (gracefully) at the end."""
+    """An engine and a listener on a free port; shut down (gracefully) at the end.
+    ``admin_first``: the sessions wait their turn on the engine's admin gate, as
+    ``kumo serve``'s do."""
     settings = settings or listener_settings()
     async with open_engine(data_dir, clock=EngineClock(WALL_ORIGIN), threads=threads) as engine:
         facing = engine if engine_wrapper is None else engine_wrapper(engine)
-        listener = SmtpListener(facing, settings)
+        turn = engine.admin_gate.turn if admin_first else None
+        listener = SmtpListener(facing, settings, turn=turn)
         async with trio.open_nursery() as nursery:
             address = await nursery.start(listener.run)
             port = int(address.rpartition(":")[2])
@@ -228,6 +232,30 @@ async def test_pipelined_commands_are_answered_in_order(tmp_path: Path) -> None:
     [rejection] = [r for r in log_records(data) if r["type"] == "Rejection"]
     assert rejection["response"]["command"] == "RCPT TO:<nobody>"
     assert rejection["sender"] == "s@example.org"
+
+
+async def test_a_session_waits_its_turn_while_an_admin_request_is_answered(
+    tmp_path: Path,
+) -> None:
+    """What a client sends is acted on once the engine's admin gate opens (the request
+    is answered, or ``admin_hold`` passed)."""
+    replies: list[list[str]] = []
+    with trio.fail_after(DEADLINE):
+        async with serving(tmp_path / "data", admin_first=True) as served:
+            client = await served.client()
+            gate = served.engine.admin_gate
+            async with trio.open_nursery() as nursery:
+
+                async def ehlo() -> None:
+                    replies.append(await client.command("EHLO turn.example"))
+
+                with gate.request():
+                    nursery.start_soon(ehlo)
+                    await trio.testing.wait_all_tasks_blocked(cushion=0.02)
+                    assert replies == []
+            assert await client.command("QUIT") == ["221 So long, and thanks for all the fish!"]
+    [ehlo_reply] = replies
+    assert ehlo_reply[0].startswith("250-")
 
 
 # -- durability -------------------------------------------------------------------------------

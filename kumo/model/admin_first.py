@@ -1,0 +1,76 @@
+"""Admin requests first: while one is answered, the mail path waits its turn.
+
+While kumo delivers at full speed, each batch of the event loop runs a step of every busy
+SMTP session (15 ms at p99 with 32 connections), and an admin request needs several
+batches between its bytes arriving and its answer leaving: it took 80-140 ms at the
+median (docs/benchmarks.md, "Admin requests first"). So while an admin request is in
+flight the gate is *closed*: a mail session that has read its peer's bytes waits before
+it acts on them until the gate opens, and the request's batches hold little else.
+
+Two bounds keep mail moving whatever admin traffic comes:
+
+- the gate stays closed at most ``hold`` seconds at a time, however long the requests in
+  flight take (a slow upload does not stop delivery);
+- once it opens, it stays open at least as long as it was closed, so that under a
+  continuous stream of requests the mail path still gets half of the time or more.
+
+A pure policy over times passed in (trio seconds); :class:`kumo.runtime.admin_gate.AdminGate`
+is its Trio side.
+"""
+
+from __future__ import annotations
+
+import math
+
+import attrs
+
+
+@attrs.define
+class AdminFirst:
+    """The gate's state; ``hold`` is the longest it stays closed, in seconds."""
+
+    hold: float = attrs.field(validator=attrs.validators.ge(0.0))
+    _in_flight: int = 0
+    _closed_at: float | None = None
+    """When the gate closed; None while it is open."""
+    _rest_until: float = -math.inf
+    """The gate does not close again before this: it rests as long as it was closed."""
+
+    @property
+    def closed(self) -> bool:
+        return self._closed_at is not None
+
+    @property
+    def closed_since(self) -> float | None:
+        """When the gate closed, as of the last call; None while it is open."""
+        return self._closed_at
+
+    def begin(self, now: float) -> None:
+        """An admin request came in at ``now``."""
+        self._in_flight += 1
+        self._settle(now)
+
+    def end(self, now: float) -> bool:
+        """An admin request was answered at ``now``; whether that opened the gate."""
+        if self._in_flight <= 0:
+            raise ValueError("no admin request is in flight")
+        self._in_flight -= 1
+        was_closed = self.closed
+        self._settle(now)
+        return was_closed and not self.closed
+
+    def opens_at(self, now: float) -> float | None:
+        """None if the mail path may go on at ``now``; else when the gate opens at the
+        latest (sooner if the requests in flight are answered)."""
+        self._settle(now)
+        return None if self._closed_at is None else self._closed_at + self.hold
+
+    def _settle(self, now: float) -> None:
+        if self._closed_at is not None:
+            deadline = self._closed_at + self.hold
+            if not self._in_flight or now >= deadline:
+                opened = min(now, deadline)
+                self._rest_until = opened + (opened - self._closed_at)
+                self._closed_at = None
+        if self._closed_at is None and self._in_flight and self.hold and now >= self._rest_until:
+            self._closed_at = now

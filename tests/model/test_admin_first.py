@@ -1,0 +1,101 @@
+"""The admin-first gate's policy: requests close it, it opens when they are answered,
+never stays closed longer than ``hold``, and rests as long as it was closed."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from kumo.model.admin_first import AdminFirst
+
+
+def test_a_request_closes_the_gate_until_it_is_answered() -> None:
+    gate = AdminFirst(0.1)
+    assert gate.opens_at(0.0) is None
+    gate.begin(1.0)
+    assert gate.closed
+    assert gate.opens_at(1.05) == pytest.approx(1.1)
+    assert gate.end(1.02) is True
+    assert gate.opens_at(1.02) is None
+
+
+def test_the_gate_opens_after_hold_however_long_requests_take() -> None:
+    gate = AdminFirst(0.1)
+    gate.begin(0.0)
+    assert gate.opens_at(0.1) is None  # a slow request no longer holds the mail back
+    assert gate.end(5.0) is False  # it had opened already
+
+
+def test_the_gate_rests_as_long_as_it_was_closed() -> None:
+    gate = AdminFirst(0.1)
+    gate.begin(0.0)
+    gate.end(0.04)
+    gate.begin(0.05)  # within the rest: the gate stays open for the mail
+    assert gate.opens_at(0.06) is None
+    assert gate.opens_at(0.08) == pytest.approx(0.18)  # rest over, a request in flight
+    gate.end(0.09)
+    assert gate.opens_at(0.09) is None
+
+
+def test_a_hold_of_zero_never_closes() -> None:
+    gate = AdminFirst(0.0)
+    gate.begin(0.0)
+    assert not gate.closed
+    assert gate.opens_at(0.0) is None
+    assert gate.end(1.0) is False
+
+
+def test_answering_a_request_that_never_came_is_an_error() -> None:
+    with pytest.raises(ValueError, match="no admin request is in flight"):
+        AdminFirst(0.1).end(0.0)
+
+
+_steps = st.lists(
+    st.tuples(st.sampled_from(["begin", "end", "ask"]), st.floats(0.0, 0.2)),
+    max_size=60,
+)
+
+
+@given(st.sampled_from([0.0, 0.01, 0.1]), _steps)
+def test_the_bounds_hold_for_any_traffic(hold: float, steps: list[tuple[str, float]]) -> None:
+    """Over any sequence of requests and questions at non-decreasing times: the gate is
+    closed only while a request is in flight, never longer than ``hold`` at a time, and
+    stays open at least as long as it was closed before it closes again; a request that
+    comes while the gate is open and rested closes it."""
+    gate = AdminFirst(hold)
+    now = 0.0
+    in_flight = 0
+    closed_at: float | None = None
+    opened_at = closed_for = -1.0
+    for action, step in steps:
+        now += step
+        if action == "begin":
+            rested = closed_at is None and now - opened_at >= closed_for
+            gate.begin(now)
+            in_flight += 1
+            if rested and hold:
+                assert gate.closed
+        elif action == "end" and in_flight:
+            gate.end(now)
+            in_flight -= 1
+        else:
+            opens_at = gate.opens_at(now)
+            assert (opens_at is None) == (not gate.closed)
+            if opens_at is not None:
+                assert now < opens_at <= now + hold
+        since = gate.closed_since
+        if closed_at is not None and since != closed_at:
+            # That closure ended: when its requests were answered, or by its deadline
+            # (then, if the gate closed again in this same step, at the deadline).
+            opened_at = min(now, closed_at + hold) if since is None else closed_at + hold
+            closed_for = opened_at - closed_at
+            closed_at = None
+        if since is not None:
+            assert in_flight
+            assert hold
+            if closed_at is None:
+                closed_at = since
+                assert since - opened_at >= closed_for - 1e-9
+                assert since <= now
+            assert now - closed_at < hold

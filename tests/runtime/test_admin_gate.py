@@ -1,0 +1,68 @@
+"""The admin gate in Trio: mail sessions wait their turn while requests are answered."""
+
+from __future__ import annotations
+
+import trio
+import trio.testing
+
+from kumo.runtime.admin_gate import AdminGate
+
+
+async def test_a_session_waits_until_the_request_is_answered(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    gate = AdminGate(0.1)
+    went_on: list[float] = []
+
+    async def session() -> None:
+        await gate.turn()
+        went_on.append(trio.current_time())
+
+    async with trio.open_nursery() as nursery:
+        with gate.request():
+            nursery.start_soon(session)
+            await trio.testing.wait_all_tasks_blocked()
+            assert went_on == []
+            await trio.sleep(0.03)
+        answered = trio.current_time()
+    assert went_on == [answered]
+
+
+async def test_a_slow_request_holds_sessions_back_for_hold_at_most(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    gate = AdminGate(0.1)
+    with gate.request():
+        start = trio.current_time()
+        await gate.turn()
+        assert trio.current_time() - start == 0.1
+        # Then the gate rests as long: the mail goes on at once.
+        await gate.turn()
+        assert trio.current_time() - start == 0.1
+
+
+async def test_turn_is_immediate_while_the_gate_is_open(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    gate = AdminGate(0.1)
+    start = trio.current_time()
+    with trio.testing.assert_no_checkpoints():
+        await gate.turn()
+    never_closes = AdminGate(0.0)
+    with never_closes.request(), trio.testing.assert_no_checkpoints():
+        await never_closes.turn()
+    assert trio.current_time() == start
+
+
+async def test_a_session_waiting_its_turn_is_not_cancelled(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """It holds bytes it has read: a cancellation would lose them."""
+    gate = AdminGate(0.1)
+    with gate.request():
+        start = trio.current_time()
+        with trio.move_on_after(0.01) as scope:
+            await gate.turn()
+            finished = trio.current_time()
+        assert not scope.cancelled_caught
+        assert finished - start == 0.1

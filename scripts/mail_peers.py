@@ -160,6 +160,17 @@ def tool(name: str) -> str:
 # -- Postfix's smtp-sink and smtp-source --------------------------------------------------
 
 
+_SINK_COUNT: Final = re.compile(rb"mesg=(\d+)")
+
+
+def sink_counts(data: bytes) -> tuple[list[int], bytes]:
+    """The message counts in smtp-sink's ``-c`` output ``data``, and what follows the last
+    one a CR or LF ends: a read may stop inside a count (``mesg=1000`` of ``mesg=10001``),
+    whose rest comes with the next read."""
+    ended = max(data.rfind(b"\r"), data.rfind(b"\n")) + 1
+    return [int(count) for count in _SINK_COUNT.findall(data[:ended])], data[ended:]
+
+
 class SmtpSink:
     """Postfix's smtp-sink on a free port of 127.0.0.1, counting what it receives.
 
@@ -168,8 +179,6 @@ class SmtpSink:
     :func:`time.monotonic` (CLOCK_MONOTONIC, the same clock in every process here).
     ``options`` go before the address: ``("-r", "rcpt")`` answers RCPT with a 4xx.
     """
-
-    _COUNT: Final = re.compile(rb"mesg=(\d+)")
 
     def __init__(self, *options: str) -> None:
         self.port = free_port()
@@ -188,13 +197,14 @@ class SmtpSink:
     def _read(self) -> None:
         stdout = self.process.stdout
         assert stdout is not None
+        partial = b""
         while chunk := os.read(stdout.fileno(), 65_536):
             now = time.monotonic()
-            counts = self._COUNT.findall(chunk)
+            counts, partial = sink_counts(partial + chunk)
             if not counts:
                 continue
             with self._changed:
-                self.count = max(self.count, int(counts[-1]))
+                self.count = max(self.count, counts[-1])
                 if self.count and math.isnan(self.first_at):
                     self.first_at = now
                 self._reached.append((self.count, now))

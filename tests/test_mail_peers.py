@@ -105,3 +105,10 @@ def test_a_private_postfix_relays_to_smtp_sink() -> None:
             # Logged once the sink's 250 is back, a moment after the sink counted it.
             instance.wait_until(lambda: instance.logged("status=sent") == 5, "5 sent", 30)
         assert not base.exists()
+
+
+def test_a_count_cut_by_a_read_is_read_whole_with_the_next_one() -> None:
+    counts, rest = mail_peers.sink_counts(b"sess=1 quit=0 mesg=9999\rsess=1 quit=0 mesg=1000")
+    assert (counts, rest) == ([9999], b"sess=1 quit=0 mesg=1000")
+    assert mail_peers.sink_counts(rest + b"1\r") == ([10001], b"")
+    assert mail_peers.sink_counts(b"mesg=5") == ([], b"mesg=5")

@@ -15,7 +15,6 @@ The body is byte for byte ``orjson.dumps([rule_entry(view) for view in views])``
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 from typing import Any, Final
 
@@ -95,22 +94,23 @@ class _Entry:
 
     __slots__ = ("bounced", "head", "pending", "rest", "tail", "total")
 
-    def __init__(self, view: RuleView, head_tail: tuple[bytes, bytes] | None = None) -> None:
+    def __init__(
+        self,
+        view: RuleView,
+        head_tail: tuple[bytes, bytes] | None = None,
+        bounced: bytes | None = None,
+    ) -> None:
         self.head, self.tail = head_tail or _fixed_parts(view)
         self.total = view.total_bounced
         self.pending = view.pending
-        self.bounced = orjson.dumps(dict(view.bounced))
+        self.bounced = orjson.dumps(dict(view.bounced)) if bounced is None else bounced
         self.rest = self._rest()
 
     def counted(self, view: RuleView) -> _Entry:
         """This entry with ``view``'s counters (its ``bounced`` map encoded again only
         when ``total_bounced`` moved)."""
-        if view.total_bounced == self.total:
-            entry = copy.copy(self)
-            entry.pending = view.pending
-            entry.rest = entry._rest()
-            return entry
-        return _Entry(view, (self.head, self.tail))
+        same = view.total_bounced == self.total
+        return _Entry(view, (self.head, self.tail), self.bounced if same else None)
 
     def _rest(self) -> bytes:
         return b"".join(

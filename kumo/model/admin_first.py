@@ -2,10 +2,11 @@
 
 While kumo delivers at full speed, each batch of the event loop runs a step of every busy
 SMTP session (15 ms at p99 with 32 connections), and an admin request needs several
-batches between its bytes arriving and its answer leaving: it took 80-140 ms at the
-median (docs/benchmarks.md, "Admin requests first"). So while an admin request is in
-flight the gate is *closed*: a mail session that has read its peer's bytes waits before
-it acts on them until the gate opens, and the request's batches hold little else.
+batches between its bytes arriving and its answer leaving: GETs took 65-105 ms and
+POSTs 135-195 ms at the median (docs/benchmarks.md, "Admin requests first"). So while
+an admin request is in flight the gate is *closed*: a mail session that has read its
+peer's bytes waits before it acts on them until the gate opens, and the request's
+batches hold little else.
 
 Two bounds keep mail moving whatever admin traffic comes:
 

@@ -91,7 +91,13 @@ def compact(data_dir: Path | None, config_path: Path | None, retention: int | No
             )
             vacuum(database)
         after = _size(data_dir)
-    except (OSError, sqlite3.Error, LogCorruptError, ArchiveCorruptError) as exc:
+    except (
+        OSError,
+        sqlite3.Error,
+        LogCorruptError,
+        ArchiveCorruptError,
+        DataDirectoryLockedError,
+    ) as exc:
         raise click.ClickException(f"compaction failed: {exc}") from None
     finally:
         lock.release()

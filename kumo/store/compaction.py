@@ -35,7 +35,8 @@ import orjson
 from kumo.store.archive import ArchiveCorruptError, open_archive, write_segment
 from kumo.store.delivery_files import CheckpointError, read_checkpoint
 from kumo.store.event_log import LogCorruptError
-from kumo.store.layout import ARCHIVE, DATABASE, LOGS, SNAPSHOTS
+from kumo.store.layout import ARCHIVE, COMPACTION_LOCK, DATABASE, LOGS, SNAPSHOTS
+from kumo.store.lock import DataDirectoryLock, DataDirectoryLockedError
 from kumo.store.log_view import ChainedRow, LogView
 from kumo.store.retention import RetentionPass, apply_retention
 from kumo.store.snapshots import SnapshotTaken, snapshot_paths, take_snapshot
@@ -132,7 +133,23 @@ def compact(
 ) -> Compaction:
     """A snapshot at ``until`` (default: the log's end), an archive pass, then a
     retention pass: the archive segments whose newest event is more than ``retention``
-    ns older than ``now`` (default: the wall clock) are deleted (``None``: none)."""
+    ns older than ``now`` (default: the wall clock) are deleted (``None``: none).
+
+    One at a time: raises :class:`DataDirectoryLockedError` while another compaction of
+    ``data_dir`` runs (one a killed server started goes on after it; the next start's
+    would otherwise race it for the same files)."""
+    with DataDirectoryLock(data_dir, COMPACTION_LOCK, "another compaction"):
+        return _compact(data_dir, until, retention=retention, now=now, progress=progress)
+
+
+def _compact(
+    data_dir: Path,
+    until: int | None,
+    *,
+    retention: int | None,
+    now: int | None,
+    progress: Callable[[str, int, int], None] | None,
+) -> Compaction:
     started = time.perf_counter()
 
     def folding(done: int, total: int) -> None:
@@ -177,7 +194,13 @@ def main(argv: list[str] | None = None) -> int:
         done = compact(
             arguments.data_dir, arguments.until, retention=arguments.retention, now=arguments.now
         )
-    except (OSError, sqlite3.Error, LogCorruptError, ArchiveCorruptError) as exc:
+    except (
+        OSError,
+        sqlite3.Error,
+        LogCorruptError,
+        ArchiveCorruptError,
+        DataDirectoryLockedError,
+    ) as exc:
         print(f"kumo: compaction failed: {exc}", file=sys.stderr, flush=True)
         return 1
     print(orjson.dumps(done.summary()).decode(), flush=True)

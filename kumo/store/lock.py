@@ -29,8 +29,12 @@ class DataDirectoryLock:
     lock behind. The file holds the owner's pid, for the error message only.
     """
 
-    def __init__(self, data_dir: Path) -> None:
-        path = data_dir / LOCK
+    def __init__(
+        self, data_dir: Path, name: str = LOCK, what: str = "another kumo process"
+    ) -> None:
+        """``name`` and ``what``: another lock file in the directory, and who holds it
+        when it is taken (for the message of :class:`DataDirectoryLockedError`)."""
+        path = data_dir / name
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -38,7 +42,7 @@ class DataDirectoryLock:
             owner = os.read(fd, 32).decode(errors="replace").strip() or _NO_PID
             os.close(fd)
             raise DataDirectoryLockedError(
-                f"data directory {data_dir} is in use by another kumo process (pid {owner})"
+                f"data directory {data_dir} is in use by {what} (pid {owner})"
             ) from None
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())
@@ -48,3 +52,9 @@ class DataDirectoryLock:
         if self._fd is not None:
             os.close(self._fd)  # closing the descriptor releases the flock
             self._fd = None
+
+    def __enter__(self) -> DataDirectoryLock:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.release()

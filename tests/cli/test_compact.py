@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import trio
@@ -11,7 +14,7 @@ from kumo.cli.kumo import main
 from kumo.model.settings import EngineSettings
 from kumo.runtime.engine import open_engine
 from kumo.store.archive import archive_segments
-from kumo.store.layout import ARCHIVE, DATABASE
+from kumo.store.layout import ARCHIVE, COMPACTION_LOCK, DATABASE, SNAPSHOTS
 from kumo.store.lock import DataDirectoryLock
 from kumo.store.verify import verify_data_dir
 from tests.runtime.harness import bounce, message
@@ -72,3 +75,30 @@ def test_compact_without_a_log_says_so(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["compact", "--data-dir", str(tmp_path)])
     assert result.exit_code == 1
     assert f"no event log at {tmp_path / DATABASE}" in result.output
+
+
+def test_a_compaction_beside_another_one_is_refused_and_changes_nothing(tmp_path: Path) -> None:
+    """A compaction that a killed server had started goes on after it; the restarted
+    server's, or an operator's, must not race it for the same files."""
+    served(tmp_path)
+    running = DataDirectoryLock(tmp_path, COMPACTION_LOCK, "another compaction")
+    try:
+        result = CliRunner().invoke(main, ["compact", "--data-dir", str(tmp_path)])
+        assert result.exit_code == 1
+        assert f"is in use by another compaction (pid {os.getpid()})" in result.output
+        child = subprocess.run(
+            [sys.executable, "-m", "kumo.store.compaction", str(tmp_path)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert child.returncode == 1
+        assert child.stdout == ""
+        assert "kumo: compaction failed: data directory" in child.stderr
+        assert "in use by another compaction" in child.stderr
+        assert archive_segments(tmp_path / ARCHIVE) == []
+        assert list((tmp_path / SNAPSHOTS).glob("*.snapshot")) == []
+    finally:
+        running.release()
+    assert CliRunner().invoke(main, ["compact", "--data-dir", str(tmp_path)]).exit_code == 0
+    [_segment] = archive_segments(tmp_path / ARCHIVE)

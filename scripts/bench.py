@@ -485,7 +485,10 @@ class Server:
 
     READY: Final = "kumo listening on "
 
-    def __init__(self, data_dir: Path, *, wrap: Sequence[str] = ()) -> None:
+    def __init__(
+        self, data_dir: Path, *, wrap: Sequence[str] = (), extra: Sequence[str] = ()
+    ) -> None:
+        """``wrap``: a command to run ``kumo serve`` under; ``extra``: more of its options."""
         self.data_dir = data_dir
         self._stderr: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115  # closed by stop()
         args = [sys.executable, "-m", "kumo.cli.serve", "--listen", "127.0.0.1:0"]
@@ -493,7 +496,7 @@ class Server:
         # measure the admin engine: the messages they fill are held, not delivered (their
         # domains, dN.example, do not resolve: delivering would fail every one of them,
         # a transient failure each, while the benchmark measures something else).
-        args += ["--data-dir", str(data_dir), "--smtp-listen", "off", "--no-deliver"]
+        args += ["--data-dir", str(data_dir), "--smtp-listen", "off", "--no-deliver", *extra]
         self.started = time.perf_counter()
         self.process = subprocess.Popen(
             [*wrap, *args],

@@ -6,9 +6,20 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import attrs
 import trio
 
 from kumo.model.admin_first import AdminFirst
+from kumo.model.statistics import counter, gauge
+
+
+@attrs.frozen
+class AdminGateStatistics:
+    """How often the mail path gave way to admin requests, in this process."""
+
+    closed: int = gauge("1 while SMTP sessions wait for admin requests in flight.")
+    closures: int = counter("Times SMTP sessions began to wait for admin requests.")
+    waits: int = counter("Times an SMTP session waited after a read for its turn.")
 
 
 class AdminGate:
@@ -18,6 +29,8 @@ class AdminGate:
         self._policy = AdminFirst(hold)
         self._opened = trio.Event()
         self._opened.set()
+        self._closures = 0
+        self._waits = 0
 
     @property
     def closed(self) -> bool:
@@ -47,10 +60,17 @@ class AdminGate:
         if opens_at is None:
             return
         self._follow()
+        self._waits += 1
         with trio.CancelScope(deadline=opens_at, shield=True):
             await self._opened.wait()
+
+    def statistics(self) -> AdminGateStatistics:
+        return AdminGateStatistics(
+            closed=int(self._policy.closed), closures=self._closures, waits=self._waits
+        )
 
     def _follow(self) -> None:
         """A gate that has just closed gets an event of its own to open."""
         if self._policy.closed and self._opened.is_set():
             self._opened = trio.Event()
+            self._closures += 1

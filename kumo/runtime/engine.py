@@ -68,7 +68,7 @@ from kumo.model.router import Router
 from kumo.model.settings import EngineSettings
 from kumo.model.state import QueueState, RuleKind, RuleView, State
 from kumo.model.statistics import counter, gauge, record
-from kumo.runtime.admin_gate import AdminGate
+from kumo.runtime.admin_gate import AdminGate, AdminGateStatistics
 from kumo.runtime.blocking import in_thread, inline
 from kumo.runtime.broadcaster import Broadcaster, BroadcasterStatistics
 from kumo.runtime.clock import EngineClock
@@ -144,6 +144,9 @@ class EngineStatistics:
     )
     message_rates: MessageRateStatistics = record(
         "The mail path's message rates (max_message_rate), local and fleet-wide."
+    )
+    admin_gate: AdminGateStatistics = record(
+        "Admin requests first: SMTP sessions waiting while admin requests are answered."
     )
 
 
@@ -576,6 +579,7 @@ class Engine:
             fleet=FleetStatistics.off() if fleet is None else fleet.statistics(),
             leases=LeaseStatistics.off() if leases is None else leases.statistics(),
             message_rates=MessageRateStatistics.off() if rates is None else rates.statistics(),
+            admin_gate=self.admin_gate.statistics(),
         )
 
     def actor_statistics(self, start: int = 0, stop: int | None = None) -> list[ActorStatistics]:

@@ -29,6 +29,7 @@ from kumo.http.metrics import (
     render_metrics,
 )
 from kumo.model.statistics import Histogram, counter, gauge, info, record
+from kumo.runtime.admin_gate import AdminGateStatistics
 from kumo.runtime.broadcaster import BroadcasterStatistics
 from kumo.runtime.connection_leases import LeaseStatistics
 from kumo.runtime.delivery import DispatcherStatistics
@@ -88,6 +89,7 @@ def engine_statistics() -> EngineStatistics:
         fleet=FleetStatistics.off(),
         leases=LeaseStatistics.off(),
         message_rates=MessageRateStatistics.off(),
+        admin_gate=AdminGateStatistics(closed=1, closures=7, waits=31),
     )
 
 
@@ -219,6 +221,8 @@ def test_the_engine_page_reads_as_prometheus_text() -> None:
     assert 'kumo_actor_bounced{queue="example.com"} 5' in samples
     assert "# TYPE kumo_actor_catch_ups counter" in page_text.splitlines()
     assert "# TYPE kumo_actor_mailbox_used gauge" in page_text.splitlines()
+    assert "kumo_engine_admin_gate_closed 1" in samples
+    assert families["kumo_engine_admin_gate_waits"].type == "counter"
 
 
 def test_actor_series_are_sorted_and_share_escaping() -> None:

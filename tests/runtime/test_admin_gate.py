@@ -5,7 +5,7 @@ from __future__ import annotations
 import trio
 import trio.testing
 
-from kumo.runtime.admin_gate import AdminGate
+from kumo.runtime.admin_gate import AdminGate, AdminGateStatistics
 
 
 async def test_a_session_waits_until_the_request_is_answered(
@@ -66,3 +66,16 @@ async def test_a_session_waiting_its_turn_is_not_cancelled(
             finished = trio.current_time()
         assert not scope.cancelled_caught
         assert finished - start == 0.1
+
+
+async def test_statistics_count_closures_and_waits(autojump_clock: trio.testing.MockClock) -> None:
+    gate = AdminGate(0.1)
+    assert gate.statistics() == AdminGateStatistics(closed=0, closures=0, waits=0)
+    with gate.request():
+        assert gate.statistics().closed == 1
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(gate.turn)
+            nursery.start_soon(gate.turn)
+            await trio.sleep(0.01)
+    await gate.turn()  # open: no wait
+    assert gate.statistics() == AdminGateStatistics(closed=0, closures=1, waits=2)

@@ -14,7 +14,6 @@ directory from ``--data-dir``, else from the config file, else ``./kumo-data``.
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from pathlib import Path
 
@@ -24,9 +23,8 @@ from kumo.cli.audit import ProgressBar
 from kumo.cli.common import HELP
 from kumo.config import DEFAULT_DATA_DIR, ConfigError, load_config
 from kumo.model.duration import DurationError, parse_duration
-from kumo.store.archive import ArchiveCorruptError
+from kumo.store.compaction import COMPACTION_ERRORS
 from kumo.store.compaction import compact as compact_data_dir
-from kumo.store.event_log import LogCorruptError
 from kumo.store.layout import DATABASE
 from kumo.store.lock import DataDirectoryLock, DataDirectoryLockedError
 from kumo.store.sqlite_log import vacuum
@@ -91,13 +89,7 @@ def compact(data_dir: Path | None, config_path: Path | None, retention: int | No
             )
             vacuum(database)
         after = _size(data_dir)
-    except (
-        OSError,
-        sqlite3.Error,
-        LogCorruptError,
-        ArchiveCorruptError,
-        DataDirectoryLockedError,
-    ) as exc:
+    except COMPACTION_ERRORS as exc:
         raise click.ClickException(f"compaction failed: {exc}") from None
     finally:
         lock.release()

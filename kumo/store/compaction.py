@@ -28,6 +28,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Final
 
 import attrs
 import orjson
@@ -41,6 +42,16 @@ from kumo.store.log_view import ChainedRow, LogView
 from kumo.store.retention import RetentionPass, apply_retention
 from kumo.store.snapshots import SnapshotTaken, snapshot_paths, take_snapshot
 from kumo.store.sqlite_log import drop_events
+
+COMPACTION_ERRORS: Final = (
+    OSError,
+    sqlite3.Error,
+    LogCorruptError,
+    ArchiveCorruptError,
+    DataDirectoryLockedError,
+)
+"""What a compaction that fails raises: said in one line (``kumo compact``, the
+process a server starts), never as a traceback."""
 
 
 @attrs.frozen
@@ -194,13 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         done = compact(
             arguments.data_dir, arguments.until, retention=arguments.retention, now=arguments.now
         )
-    except (
-        OSError,
-        sqlite3.Error,
-        LogCorruptError,
-        ArchiveCorruptError,
-        DataDirectoryLockedError,
-    ) as exc:
+    except COMPACTION_ERRORS as exc:
         print(f"kumo: compaction failed: {exc}", file=sys.stderr, flush=True)
         return 1
     print(orjson.dumps(done.summary()).decode(), flush=True)

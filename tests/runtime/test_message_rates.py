@@ -38,7 +38,7 @@ from kumo.model.throttle import (
 )
 from kumo.runtime.clock import EngineClock
 from kumo.runtime.connection_leases import ConnectionLeases, Refused
-from kumo.runtime.delivery import DestinationSettings, Dispatcher, MailSettings
+from kumo.runtime.delivery import DestinationSettings, Dispatcher, MailSettings, OutcomeSink
 from kumo.runtime.engine import Engine, open_engine
 from kumo.runtime.message_rates import MessageRates
 from kumo.runtime.mx import MxResolver
@@ -106,6 +106,21 @@ async def resolved() -> Destination:
     return destination
 
 
+async def rated_dispatcher(
+    sink: MemorySink, spec: str, report: OutcomeSink, rates: MessageRates
+) -> Dispatcher:
+    """example.com's ready queue under the message rate ``spec``, delivering to ``sink``,
+    its rate kept in ``rates``."""
+    return Dispatcher(
+        await resolved(),
+        sink.settings(rated(spec)),
+        report,
+        random.Random(1),
+        EngineClock(WALL_ORIGIN),
+        rates=rates,
+    )
+
+
 def within_gcra(times: list[float], spec: ThrottleSpec) -> bool:
     """Whether no window holds more sends than ``burst + floor(w / interval)``."""
     interval = spec.interval / 1e6
@@ -137,14 +152,7 @@ async def test_a_ready_queue_sends_no_faster_than_its_rate(
     async with trio.open_nursery() as servers:
         sink = MemorySink(servers)
         rates = MessageRates()
-        dispatcher = Dispatcher(
-            await resolved(),
-            sink.settings(rated("10/s,max_burst=1")),
-            report,
-            random.Random(1),
-            EngineClock(WALL_ORIGIN),
-            rates=rates,
-        )
+        dispatcher = await rated_dispatcher(sink, "10/s,max_burst=1", report, rates)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(dispatcher.run)
             start = trio.current_time()
@@ -185,14 +193,7 @@ async def test_a_wait_longer_than_idle_timeout_closes_the_connection(
     async with trio.open_nursery() as servers:
         sink = MemorySink(servers)
         rates = MessageRates()
-        dispatcher = Dispatcher(
-            await resolved(),
-            sink.settings(rated("1/m")),
-            report,
-            random.Random(1),
-            EngineClock(WALL_ORIGIN),
-            rates=rates,
-        )
+        dispatcher = await rated_dispatcher(sink, "1/m", report, rates)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(dispatcher.run)
             start = trio.current_time()

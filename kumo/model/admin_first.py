@@ -1,4 +1,4 @@
-"""Admin requests first: while one is answered, the mail path waits its turn.
+"""Admin requests first: while one is answered, the background work waits its turn.
 
 While kumo delivers at full speed, each batch of the event loop runs a step of every busy
 SMTP session (15 ms at p99 with 32 connections), and an admin request needs several
@@ -14,6 +14,10 @@ Two bounds keep mail moving whatever admin traffic comes:
   flight take (a slow upload does not stop delivery);
 - once it opens, it stays open at least as long as it was closed, so that under a
   continuous stream of requests the mail path still gets half of the time or more.
+
+What waits is the work that would otherwise share the event loop and the interpreter
+with the request: the mail path's sessions, a bounce rule's sweep, the log's background
+commits and the delivery-log writer (:mod:`kumo.runtime.admin_gate` lists where).
 
 A pure policy over times passed in (trio seconds); :class:`kumo.runtime.admin_gate.AdminGate`
 is its Trio side.

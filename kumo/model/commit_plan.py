@@ -17,7 +17,13 @@ from the time and what waits, and carries the answer out. The policy:
   left background events waiting: a stream of requests never starves a sweep;
 - a transaction is durable (fsynced) when it carries clients' events, when it leaves
   nothing waiting (the last before idle), and at least one in ``durable_every``; the
-  others commit without an fsync and become durable with the next durable one.
+  others commit without an fsync and become durable with the next durable one;
+- while admin requests are answered (``admin_first``: the engine's admin gate is
+  closed, :mod:`kumo.model.admin_first`), the background lane waits: a transaction
+  takes clients' events alone, and without them there is no transaction (the writer
+  waits for a client or for the gate to open). A POST then waits for no sweep's
+  transaction but the one already under way; the gate's own bounds (closed ``hold`` at
+  most at a time, then open as long) keep the sweep going.
 
 No transaction copies the WAL back into the database: a checkpointer does that beside
 the writer (:mod:`kumo.runtime.wal_checkpointer`), so that no client waits for it.
@@ -45,6 +51,11 @@ class CommitPlan:
     durable: bool
     """Fsync this transaction (and so every one before it)."""
 
+    @property
+    def empty(self) -> bool:
+        """Nothing to commit now: the background lane waits for admin requests."""
+        return not self.requests and not self.background
+
 
 class CommitPlanner:
     """The policy of the module docstring, with the little it remembers between plans."""
@@ -64,16 +75,25 @@ class CommitPlanner:
         requests: Sequence[int],
         background: Iterable[int],
         background_waiting: int,
+        *,
+        admin_first: bool = False,
     ) -> CommitPlan:
         """The next transaction at ``now`` (ns), given what waits in each lane.
 
         ``requests``: the number of events of each waiting append, in order.
         ``background``: the weight (bounced messages, or 1) of each waiting background
         event, in order; read only as far as the plan takes. ``background_waiting``:
-        how many background events wait. Call :meth:`committed` once the plan's
-        transaction is committed.
+        how many background events wait. ``admin_first``: admin requests are being
+        answered (see the module docstring); the plan may then be :attr:`CommitPlan.empty`.
+        Call :meth:`committed` once the plan's transaction is committed.
         """
         settings = self._settings
+        events = taken_requests = 0
+        for size in requests:
+            if events and events >= settings.max_batch_events:
+                break
+            events += size
+            taken_requests += 1
         if requests:
             self._last_client = now
             limit = settings.urgent_batch_messages
@@ -81,12 +101,8 @@ class CommitPlanner:
             limit = settings.client_batch_messages
         else:
             limit = settings.max_batch_messages
-        events = taken_requests = 0
-        for size in requests:
-            if events and events >= settings.max_batch_events:
-                break
-            events += size
-            taken_requests += 1
+        if admin_first:
+            return CommitPlan(taken_requests, 0, durable=taken_requests > 0)
         messages = taken = 0
         at_least = 1 if self._passed_over else 0
         for weight in background:

@@ -113,6 +113,10 @@ class EngineSettings:
     """Records written (and fsynced) per round at most. Small rounds keep the disk's
     queue short, so that the event log's own fsyncs (an admin request waits on one) do
     not queue behind hundreds of megabytes of delivery log during a sweep."""
+    slice_records: int = _int_field(512)
+    """Records the delivery-log writer encodes per trip to a worker thread. Between two,
+    it waits while admin requests are answered (:mod:`kumo.runtime.admin_gate`): the
+    encoding holds the GIL, which the requests' own Python work needs."""
     gather_commits: int = _int_field(8)
     """Commits the delivery-log writer lets pass, once caught up, while clients' events
     are still being committed: under a stream of small injections it then writes (and
@@ -144,9 +148,11 @@ class EngineSettings:
         validator=[attrs.validators.instance_of(float), attrs.validators.ge(0.0)],
         kw_only=True,
     )
-    """Seconds at most that the mail path's sessions wait, at a time, while admin requests
-    are in flight (then as long again before they wait again); 0: they never wait.
-    While kumo delivered at full speed, this cut admin latency 3-4x (docs/benchmarks.md)."""
+    """Seconds at most that the mail path's sessions, sweeps, the log's background lane and
+    the delivery-log writer wait, at a time, while admin requests are in flight (then as
+    long again before they wait again); 0: they never wait. While kumo delivered at
+    full speed, this cut admin latency 3-4x; under a sweep, it halved a POST's p99
+    (docs/benchmarks.md)."""
 
     # -- the engine (kumo.runtime.engine) ------------------------------------------------
     shutdown_deadline: float = _seconds_field(30.0)

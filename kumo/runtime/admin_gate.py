@@ -1,5 +1,8 @@
 """The Trio side of :class:`kumo.model.admin_first.AdminFirst`: admin requests enter
-with :meth:`AdminGate.request`, the mail path's sessions call :meth:`AdminGate.turn`."""
+with :meth:`AdminGate.request`; the work that waits its turn meanwhile calls
+:meth:`AdminGate.turn` (the mail path's sessions after each read, sweeps before each
+chunk, the delivery log before each slice it encodes) or, for the log writer's
+background lane, :meth:`AdminGate.until_open`."""
 
 from __future__ import annotations
 
@@ -17,9 +20,12 @@ from kumo.model.statistics import counter, gauge
 class AdminGateStatistics:
     """How often the mail path gave way to admin requests, in this process."""
 
-    closed: int = gauge("1 while SMTP sessions wait for admin requests in flight.")
-    closures: int = counter("Times SMTP sessions began to wait for admin requests.")
-    waits: int = counter("Times an SMTP session waited after a read for its turn.")
+    closed: int = gauge("1 while the background work waits for admin requests in flight.")
+    closures: int = counter("Times the background work began to wait for admin requests.")
+    waits: int = counter(
+        "Times an SMTP session (after a read), a sweep (before a chunk) or the delivery-log "
+        "writer (before a slice) waited for its turn."
+    )
 
 
 class AdminGate:
@@ -29,14 +35,14 @@ class AdminGate:
         self._policy = AdminFirst(hold)
         self._opened = trio.Event()
         self._opened.set()
+        self._watchers: set[trio.Event] = set()
         self._closures = 0
         self._waits = 0
 
     @property
     def closed(self) -> bool:
-        """Whether the mail path's sessions wait now (as of the last request's start or
-        end, or the last session's turn)."""
-        return self._policy.closed
+        """Whether the work of the module docstring waits now."""
+        return self._policy.opens_at(trio.current_time()) is not None
 
     @contextmanager
     def request(self) -> Iterator[None]:
@@ -48,6 +54,8 @@ class AdminGate:
         finally:
             if self._policy.end(trio.current_time()):
                 self._opened.set()
+                for watcher in self._watchers:
+                    watcher.set()
 
     async def turn(self) -> None:
         """Return once the mail path may go on: at once while the gate is open, without
@@ -63,6 +71,22 @@ class AdminGate:
         self._waits += 1
         with trio.CancelScope(deadline=opens_at, shield=True):
             await self._opened.wait()
+
+    async def until_open(self, wake: trio.Event) -> None:
+        """Return once the gate is open or ``wake`` is set, whichever comes first
+        (always a checkpoint; cancellable, unlike :meth:`turn`: the caller holds
+        nothing it could lose)."""
+        opens_at = self._policy.opens_at(trio.current_time())
+        if opens_at is None or wake.is_set():
+            await trio.lowlevel.checkpoint()
+            return
+        self._follow()
+        self._watchers.add(wake)
+        try:
+            with trio.move_on_at(opens_at):
+                await wake.wait()
+        finally:
+            self._watchers.discard(wake)
 
     def statistics(self) -> AdminGateStatistics:
         return AdminGateStatistics(

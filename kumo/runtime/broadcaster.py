@@ -22,6 +22,7 @@ from kumo.model.statistics import counter, gauge
 from kumo.runtime.log_writer import LogWriter
 from kumo.runtime.queue_actor import MailPath, MissedDeliveries, QueueActor
 from kumo.runtime.supervisor import QueueSupervisor
+from kumo.runtime.sweep_turns import SweepTurns
 from kumo.runtime.watermark import Watermark
 
 
@@ -48,9 +49,12 @@ class Broadcaster:
         *,
         position: int,
         mail: MailPath | None = None,
+        sweep_turns: SweepTurns | None = None,
     ) -> None:
-        """``mail``: how the actors deliver (None: they hold their messages)."""
+        """``mail``: how the actors deliver (None: they hold their messages).
+        ``sweep_turns``: what the actors' sweeps share (:class:`SweepTurns`)."""
         self._log = log
+        self._sweep_turns = sweep_turns or SweepTurns()
         self._mail = mail
         self._router = router
         self._supervisor = supervisor
@@ -74,6 +78,7 @@ class Broadcaster:
                 self._settings,
                 self._mail,
                 passed_over=self._router.passed_over,
+                sweep_turns=self._sweep_turns,
             )
         )
 

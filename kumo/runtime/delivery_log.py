@@ -20,6 +20,7 @@ to write and when.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections.abc import Mapping
@@ -46,6 +47,7 @@ from kumo.model.log_record import (
 from kumo.model.settings import EngineSettings
 from kumo.model.state import RuleBook
 from kumo.model.statistics import counter, gauge, info
+from kumo.runtime.admin_gate import AdminGate
 from kumo.runtime.blocking import RunBlocking, in_thread
 from kumo.runtime.delivery_repair import RepairError, cut_damaged_tail
 from kumo.runtime.log_writer import LogWriter
@@ -155,8 +157,11 @@ class DeliveryLogWriter:
         settings: EngineSettings,
         *,
         run_blocking: RunBlocking = in_thread,
+        admin_gate: AdminGate | None = None,
     ) -> None:
+        """``admin_gate``: waited on before each slice of records is encoded."""
         self._run_blocking = run_blocking
+        self._admin_gate = admin_gate
         self._settings = settings
         self._log = log
         self._rules = rules
@@ -308,14 +313,17 @@ class DeliveryLogWriter:
             for c in batch
             if isinstance(c.event, Bounced) and (rule := self._rules.rules.get(c.event.rule_id))
         }
-        node_id = self._node_id
-        files = self._files
-
-        def encode_and_write() -> tuple[int, int]:
-            lines = encode_records(batch, rules, node_id)
-            return len(lines), files.append(lines, batch[0].seq, batch[-1].seq)
-
-        records, written = await self._run_blocking(encode_and_write)
+        lines: list[bytes] = []
+        for piece in _rounds(batch, self._settings.slice_records):
+            if self._admin_gate is not None:
+                await self._admin_gate.turn()
+            lines += await self._run_blocking(
+                functools.partial(encode_records, piece, rules, self._node_id)
+            )
+        records = len(lines)
+        written = await self._run_blocking(
+            functools.partial(self._files.append, lines, batch[0].seq, batch[-1].seq)
+        )
         self._records += records
         self._bytes += written
         self._writes += 1

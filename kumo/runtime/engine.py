@@ -90,6 +90,7 @@ from kumo.runtime.rule_expiry import RuleExpiry
 from kumo.runtime.smtp_connection import MessageOutcome
 from kumo.runtime.snapshotter import SnapshotStatistics, Snapshotter
 from kumo.runtime.supervisor import QueueSupervisor
+from kumo.runtime.sweep_turns import SweepTurns
 from kumo.runtime.wal_checkpointer import CheckpointStatistics, WalCheckpointer
 from kumo.store.data_dir import open_event_log, structure_checked
 from kumo.store.event_log import EventStore, LogCorruptError
@@ -782,11 +783,17 @@ async def open_engine(
         recovery = recover(state, chunk=settings.resume_chunk)
         router = Router(state.rules.copy(), state.suspends.copy(), state.ready_suspends.copy())
         projection = Projection(state, recovery.queues)
+        admin_gate = AdminGate(settings.admin_hold)
         log = LogWriter(
-            store, reader, clock, settings, on_commit=projection.apply, run_blocking=run_blocking
+            store,
+            reader,
+            clock,
+            settings,
+            on_commit=projection.apply,
+            run_blocking=run_blocking,
+            admin_gate=admin_gate,
         )
         supervisor = QueueSupervisor()
-        admin_gate = AdminGate(settings.admin_hold)
         deliveries = None
         if mail is not None:
 
@@ -820,9 +827,16 @@ async def open_engine(
                 settings,
                 position=state.last_seq,
                 mail=None if deliveries is None else MailPath(deliveries, clock),
+                sweep_turns=SweepTurns(admin_gate),
             ),
             delivery=DeliveryLogWriter(
-                log, data_dir / LOGS, state.rules, chosen_id, settings, run_blocking=run_blocking
+                log,
+                data_dir / LOGS,
+                state.rules,
+                chosen_id,
+                settings,
+                run_blocking=run_blocking,
+                admin_gate=admin_gate,
             ),
             expiry=RuleExpiry(log, projection, clock, retry=settings.disk_full_retry),
             checkpointer=WalCheckpointer(checkpoints, log, settings, run_blocking=run_blocking),

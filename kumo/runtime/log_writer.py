@@ -43,6 +43,7 @@ from kumo.model.events import Bounced, Committed, Event
 from kumo.model.requests import Content
 from kumo.model.settings import EngineSettings
 from kumo.model.statistics import Histogram, counter, gauge, histogram
+from kumo.runtime.admin_gate import AdminGate
 from kumo.runtime.blocking import RunBlocking, in_thread
 from kumo.runtime.clock import EngineClock
 from kumo.runtime.refusal import RefusedError
@@ -125,8 +126,12 @@ class LogWriter:
         *,
         on_commit: Callable[[list[Committed]], None],
         run_blocking: RunBlocking = in_thread,
+        admin_gate: AdminGate | None = None,
     ) -> None:
+        """``admin_gate``: while it is closed, the background lane waits
+        (:class:`kumo.model.commit_plan.CommitPlanner`, ``admin_first``)."""
         self._run_blocking = run_blocking
+        self._admin_gate = admin_gate
         self._settings = settings
         self._planner = CommitPlanner(settings)
         self._store = store
@@ -250,12 +255,20 @@ class LogWriter:
                 await self._work.wait()
                 continue
             now = self._clock.now()
+            gate = self._admin_gate
             plan = self._planner.plan(
                 now,
                 [len(request.events) for request in self._urgent],
                 map(_weight, self._background),
                 len(self._background),
+                # Closing: what waits is committed now, admin requests or not.
+                admin_first=gate is not None and not self._closed and gate.closed,
             )
+            if plan.empty:
+                assert gate is not None
+                self._work = trio.Event()
+                await gate.until_open(self._work)
+                continue
             requests, events, bodies = self._take(plan.requests, plan.background)
             self._background_in_flight = len(events) - sum(len(r.events) for r in requests)
             durable = plan.durable

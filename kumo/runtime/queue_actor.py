@@ -33,6 +33,7 @@ from kumo.runtime.clock import EngineClock
 from kumo.runtime.delivery import Deliveries, Dispatcher, attempt_of, plan_failure_attempt
 from kumo.runtime.log_writer import LogClosedError, LogWriter, WritesStoppedError
 from kumo.runtime.smtp_connection import MessageOutcome
+from kumo.runtime.sweep_turns import SweepTurns
 from kumo.runtime.watermark import Watermark
 
 logger = logging.getLogger("kumo.queue")
@@ -121,9 +122,10 @@ class QueueActor:
     The broadcaster hands it the committed events that concern its queue with
     :meth:`deliver_nowait`, which never blocks; what a full mailbox could not take is
     recorded in :class:`MissedDeliveries`, and the actor reads it from the log once its
-    mailbox is empty. A sweep takes its queue's messages a chunk at a time, each once
-    the log's background lane has room, so that thousands of queues swept at once do not
-    hold the event loop (see ``EngineSettings.sweep_chunk``).
+    mailbox is empty. A sweep takes its queue's messages a chunk at a time, each in its
+    turn among the sweeping actors (:class:`~kumo.runtime.sweep_turns.SweepTurns`) and
+    once the log's background lane has room, so that thousands of queues swept at once
+    do not hold the event loop (see ``EngineSettings.sweep_chunk``).
     """
 
     __slots__ = (
@@ -140,6 +142,7 @@ class QueueActor:
         "_parked",
         "_passed_over",
         "_reported",
+        "_sweep_turns",
         "processed",
         "settled",
         "state",
@@ -153,11 +156,15 @@ class QueueActor:
         settings: EngineSettings,
         mail: MailPath | None = None,
         passed_over: Callable[[Event], bool] = lambda _: False,
+        sweep_turns: SweepTurns | None = None,
     ) -> None:
         """``passed_over``: the router's word on an event read from the log to catch up
         that it routed to no queue although the queue's state would take it (the issue
-        of a rule that lost to an equal rule of another node, :meth:`Router.passed_over`)."""
+        of a rule that lost to an equal rule of another node, :meth:`Router.passed_over`).
+        ``sweep_turns``: where a sweep waits before each chunk (the engine's, shared by
+        every actor; a turn of its own without it)."""
         self.state = state
+        self._sweep_turns = sweep_turns or SweepTurns()
         self._passed_over = passed_over
         self._mail = mail
         self._outcomes: deque[tuple[ReadyEntry, MessageOutcome | None]] = deque()
@@ -293,8 +300,9 @@ class QueueActor:
                 bounces.append(bounce)
             while state.sweeping is not None:
                 await self._submit(bounces)
-                await self._log.wait_room()
-                bounce = state.continue_sweep(self._chunk)
+                async with self._sweep_turns.turn():
+                    await self._log.wait_room()
+                    bounce = state.continue_sweep(self._chunk)
                 assert bounce is not None
                 bounces.append(bounce)
         await self._submit(bounces)

@@ -44,12 +44,25 @@ def test_clients_transactions_take_a_little_background_by_default() -> None:
     assert planner.plan(0, [1], [100] * 10, 10) == CommitPlan(1, 3, durable=True)
 
 
+def test_while_admin_requests_are_answered_the_background_waits() -> None:
+    planner = CommitPlanner(EngineSettings())
+    assert planner.plan(0, [1, 2], [100] * 10, 10, admin_first=True) == CommitPlan(
+        2, 0, durable=True
+    )
+    idle = planner.plan(0, [], [100] * 10, 10, admin_first=True)
+    assert idle == CommitPlan(0, 0, durable=False)
+    assert idle.empty
+    # Once the gate opens, the sweep goes on (a client was seen: short transactions).
+    assert planner.plan(1, [], [100] * 10, 10) == CommitPlan(0, 6, durable=False)
+
+
 @given(
     steps=st.lists(
         st.tuples(
             st.lists(st.integers(1, 50), max_size=4),  # the waiting appends' sizes
             st.lists(st.integers(1, 600), max_size=30),  # the background events' weights
             st.integers(0, 3 * SECOND),  # time since the previous plan
+            st.booleans(),  # admin requests are being answered
         ),
         min_size=1,
         max_size=30,
@@ -57,24 +70,32 @@ def test_clients_transactions_take_a_little_background_by_default() -> None:
     urgent=st.integers(0, 600),
 )
 def test_every_plan_makes_progress_and_no_lane_starves(
-    steps: list[tuple[list[int], list[int], int]], urgent: int
+    steps: list[tuple[list[int], list[int], int, bool]], urgent: int
 ) -> None:
+    """Without admin requests, every plan takes something; with them, clients' events
+    alone. Either way clients go first and are fsynced."""
     settings = EngineSettings(urgent_batch_messages=urgent, max_batch_events=64)
     planner = CommitPlanner(settings)
     now = 0
     previous: CommitPlan | None = None
     waited_before = False
-    for requests, background, gap in steps:
+    for requests, background, gap, admin in steps:
         now += gap
-        plan = planner.plan(now, requests, background, len(background))
+        plan = planner.plan(now, requests, background, len(background), admin_first=admin)
+        if plan.empty:  # nothing waits, or only the background while admin requests do
+            assert not requests
+            assert admin or not background
+            continue
         planner.committed(plan)
         assert plan.requests <= len(requests)
         assert plan.background <= len(background)
-        assert plan.requests + plan.background > 0 or not (requests or background)
         if requests:
             assert plan.requests >= 1  # clients' appends always go first
             assert plan.durable  # and they are fsynced
-        elif background:
+        if admin:
+            assert plan.background == 0
+            continue
+        if not requests:
             assert plan.background >= 1
         if not requests and not background[plan.background :]:
             assert plan.durable  # the last transaction before idle is fsynced

@@ -79,3 +79,39 @@ async def test_statistics_count_closures_and_waits(autojump_clock: trio.testing.
             await trio.sleep(0.01)
     await gate.turn()  # open: no wait
     assert gate.statistics() == AdminGateStatistics(closed=0, closures=1, waits=2)
+
+
+async def test_until_open_returns_when_the_gate_opens_or_wake_is_set(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    gate = AdminGate(0.1)
+    returned: list[float] = []
+
+    async def waiter(wake: trio.Event) -> None:
+        await gate.until_open(wake)
+        returned.append(trio.current_time())
+
+    start = trio.current_time()
+    async with trio.open_nursery() as nursery:
+        with gate.request():
+            wake = trio.Event()
+            nursery.start_soon(waiter, wake)
+            nursery.start_soon(waiter, trio.Event())
+            await trio.sleep(0.01)
+            wake.set()  # the first: woken early
+            await trio.sleep(0.02)
+        # The request answered: the gate opens, the second goes on.
+    assert returned == [start + 0.01, start + 0.03]
+
+
+async def test_until_open_waits_hold_at_most_and_checkpoints_when_open(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    gate = AdminGate(0.1)
+    with trio.testing.assert_checkpoints():
+        await gate.until_open(trio.Event())  # open: at once, but a checkpoint
+    with gate.request():
+        start = trio.current_time()
+        await gate.until_open(trio.Event())
+        assert trio.current_time() - start == 0.1
+        assert not gate.closed  # held long enough: it rests now

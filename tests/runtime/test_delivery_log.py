@@ -10,6 +10,8 @@ import orjson
 import pytest
 import trio
 import trio.testing
+from hypothesis import given
+from hypothesis import strategies as st
 
 from kumo.model.criteria import Criteria
 from kumo.model.events import Bounced, BounceIssued, Committed, Event, Message, MessageReceived
@@ -17,6 +19,7 @@ from kumo.model.log_record import reception_line
 from kumo.model.settings import EngineSettings
 from kumo.model.state import RuleBook
 from kumo.runtime import delivery_log
+from kumo.runtime.admin_gate import AdminGate
 from kumo.runtime.blocking import RunBlocking, inline
 from kumo.runtime.clock import EngineClock
 from kumo.runtime.delivery_log import DeliveryLogWriter
@@ -243,6 +246,72 @@ def test_records_of_a_mixed_batch_come_in_log_order() -> None:
     ]
     assert [r["timestamp"] for r in records if r["type"] == "Reception"] == [10, 10, 10, 20]
     assert lines[0] == reception_line(batch[0].event, received_at=10 * SECOND, node_id="node")  # type: ignore[arg-type]
+
+
+@given(
+    kinds=st.lists(st.sampled_from(["received", "later", "bounced"]), min_size=1, max_size=30),
+    slice_records=st.integers(1, 12),
+)
+def test_records_encoded_in_slices_are_those_encoded_at_once(
+    kinds: list[str], slice_records: int
+) -> None:
+    """The writer encodes a round a slice at a time (admin requests go first between
+    two): the lines are the same, arrivals of one commit cut apart or not."""
+    batch: list[Committed] = []
+    time = SECOND
+    for seq, kind in enumerate(kinds, start=1):
+        if kind == "later":
+            time += SECOND
+        if kind == "bounced":
+            taken = tuple(Message(f"{seq:030x}{n:02x}", "s", "r", 1, time, seq) for n in range(3))
+            batch.append(Committed(seq, time, Bounced("rule", "q", taken)))
+        else:
+            batch.append(Committed(seq, time, MessageReceived(f"{seq:032x}", "q", "s", "r", 1)))
+    rules = {"rule": ("why", False)}
+    sliced = [
+        line
+        for piece in delivery_log._rounds(batch, slice_records)
+        for line in delivery_log.encode_records(piece, rules, "node")
+    ]
+    assert sliced == delivery_log.encode_records(batch, rules, "node")
+
+
+async def test_records_wait_while_admin_requests_are_answered(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    store = open_event_log(tmp_path)
+    reader = open_event_log(tmp_path, readonly=True)
+    log = LogWriter(
+        store,
+        reader,
+        EngineClock(WALL_ORIGIN),
+        EngineSettings(),
+        on_commit=lambda _: None,
+        run_blocking=inline,
+    )
+    gate = AdminGate(0.1)
+    writer = DeliveryLogWriter(
+        log,
+        tmp_path / "logs",
+        RuleBook(),
+        "node",
+        EngineSettings(),
+        run_blocking=inline,
+        admin_gate=gate,
+    )
+    writer.recover()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(log.run)
+        await nursery.start(writer.run)
+        with gate.request():
+            await log.append([MessageReceived(f"{n:032x}", "q", "s@x", "r@y", 1) for n in range(3)])
+            await trio.sleep(0.05)
+            assert writer.position.value == 0  # the request first
+        await writer.position.wait_for(3)
+        nursery.cancel_scope.cancel()
+    assert len(log_records(tmp_path)) == 3
+    store.close()
+    reader.close()
 
 
 # -- a damaged delivery log (issue 12) ----------------------------------------------------

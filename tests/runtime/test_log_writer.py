@@ -10,6 +10,7 @@ import trio.testing
 
 from kumo.model.events import Bounced, BounceExpired, Committed, Event, Message, MessageReceived
 from kumo.model.settings import EngineSettings
+from kumo.runtime.admin_gate import AdminGate
 from kumo.runtime.blocking import RunBlocking, in_thread, inline
 from kumo.runtime.clock import EngineClock
 from kumo.runtime.log_writer import DiskFullError, LogClosedError, LogWriter
@@ -158,6 +159,44 @@ async def test_transactions_stay_short_while_clients_wait(
         await writer.submit(bounces(20))  # no client for a while: long transactions
         await writer.committed.wait_for(41)
         assert weights() == [40, 40, 20]
+        writer.close()
+
+
+async def test_the_background_lane_waits_while_admin_requests_are_answered(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    transactions: list[list[Committed]] = []
+    gate = AdminGate(0.1)
+    writer = LogWriter(
+        open_event_log(tmp_path),
+        open_event_log(tmp_path, readonly=True),
+        EngineClock(WALL_ORIGIN),
+        EngineSettings(),
+        on_commit=transactions.append,
+        run_blocking=inline,
+        admin_gate=gate,
+    )
+    sweep: list[Event] = [
+        Bounced("rule", "q", [Message(f"m{n}", "s", "r", 1, 1, n)]) for n in range(5)
+    ]
+    async with trio.open_nursery() as nursery:
+        await nursery.start(writer.run)
+        with gate.request():
+            await writer.submit(sweep)
+            await trio.sleep(0.01)
+            assert transactions == []  # the sweep waits...
+            await writer.append([received(1)])  # ...not the request's own events
+            assert [[c.event for c in t] for t in transactions] == [[received(1)]]
+            await trio.sleep(0.01)
+            assert len(transactions) == 1
+        await writer.committed.wait_for(6)  # answered: the gate opens, the sweep goes on
+        # Held as long as the gate may be closed, it goes on as well.
+        await trio.sleep(0.05)  # past the gate's rest after the first request
+        with gate.request():
+            await writer.submit(sweep)
+            start = trio.current_time()
+            await writer.committed.wait_for(11)
+            assert trio.current_time() - start == pytest.approx(0.1)
         writer.close()
 
 

@@ -1,0 +1,57 @@
+"""Sweeps take turns: one chunk at a time, admin requests first.
+
+A rule that matches thousands of queues sets thousands of actors sweeping at once, each
+taking its queue's messages a chunk at a time (``EngineSettings.sweep_chunk``). If each
+took its chunk as soon as the log's background lane had room, one batch of the event
+loop would run a chunk of every actor the broadcaster had just woken: at 1,000,000
+queued over 10,000 queues, 64 chunks of 512 messages in one batch, 70 ms in which no
+request is read (docs/benchmarks.md). So the sweeping actors take turns: one chunk at a
+time, in the order they asked, each handing the turn to the next, which runs its chunk
+in a later batch, after the loop has looked at its sockets. And while admin requests
+are answered (the engine's :class:`~kumo.runtime.admin_gate.AdminGate` is closed), the
+actor whose turn it is waits first, within the gate's bounds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import trio
+
+from kumo.runtime.admin_gate import AdminGate
+
+
+class SweepTurns:
+    """One per engine; ``admin_gate``: what the turn waits on first (None: nothing)."""
+
+    def __init__(self, admin_gate: AdminGate | None = None) -> None:
+        self._gate = admin_gate
+        self._waiting = trio.lowlevel.ParkingLot()
+        self._taken = False
+        """Whether an actor has the turn (or has just been handed it)."""
+
+    @asynccontextmanager
+    async def turn(self) -> AsyncIterator[None]:
+        """Wait for the turn (always a checkpoint), hold it for the block, hand it on."""
+        handed = self._taken
+        if handed:
+            # Parked in order; whoever hands over leaves ``_taken`` set for us.
+            await self._waiting.park()
+        self._taken = True
+        try:
+            if not handed:
+                await trio.lowlevel.checkpoint()
+            if self._gate is not None:
+                await self._gate.turn()
+            yield
+        finally:
+            if self._waiting:
+                self._waiting.unpark(count=1)
+            else:
+                self._taken = False
+
+    @property
+    def waiting(self) -> int:
+        """Actors waiting for the turn."""
+        return len(self._waiting)

@@ -5,7 +5,9 @@ with a :class:`DryRun`: the scheduled queues the request's criteria match, how m
 messages each holds, and the live rule it would replace. On POST rebind it answers with
 a :class:`RebindDryRun`: the same queues, each with the queue its messages would move to
 (:func:`rebind_dry_run`). The same count, for a live
-bounce rule, is what its sweep still owes (:func:`messages_matching`, GET's ``pending``).
+bounce rule, is what its sweep still owes (:func:`messages_matching`, GET's ``pending``;
+the projection keeps each live rule's matched queues between two GETs and gives the
+same sum, :meth:`kumo.runtime.projection.Projection.pending`).
 
 The queues are found through a :class:`~kumo.model.queue_index.QueueIndex` of every
 queue the fold has seen and counted from the fold's gauges, so a dry run costs what it

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from itertools import repeat
 from typing import Final
 
 import trio
 
 from kumo.model.criteria import Criteria
-from kumo.model.dry_run import DryRun, RebindDryRun, dry_run, messages_matching, rebind_dry_run
+from kumo.model.dry_run import DryRun, RebindDryRun, dry_run, rebind_dry_run
 from kumo.model.events import (
     Bounced,
     Committed,
@@ -30,6 +31,10 @@ _READY_SUSPENSION_EVENTS: Final = frozenset(
     {ReadySuspendIssued, ReadySuspendCancelled, ReadySuspendExpired}
 )
 
+_MATCHED_KEPT: Final = 64
+"""Criteria whose matched queues :meth:`Projection.pending` keeps before it first
+forgets those of rules that ended (then: twice as many as it kept)."""
+
 INDEX_CHUNK: Final = 10_000
 """Messages :meth:`Projection.locate` indexes between two checkpoints (about 10 ms)."""
 
@@ -50,6 +55,8 @@ class Projection:
 
     __slots__ = (
         "_indexing",
+        "_matched",
+        "_prune_at",
         "_unindexed",
         "admin_events",
         "arrivals",
@@ -102,6 +109,11 @@ class Projection:
         for name in (*self._unindexed, *state.queue_counts):
             if name not in self.queue_index:
                 self.queue_index.add(name, QueueName.parse(name), name)
+        self._matched: dict[Criteria, tuple[int, list[str]]] = {}
+        """Criteria -> (the index's size then, the queues they match): a live rule's
+        ``pending``, which every GET lists, sums its queues' gauges without matching
+        them again (a rule matching every queue: 10,000 names) until a queue is new."""
+        self._prune_at = _MATCHED_KEPT
 
     def preview(
         self,
@@ -138,7 +150,19 @@ class Projection:
     def pending(self, criteria: Criteria) -> int:
         """Messages held now in the queues ``criteria`` match (a live bounce rule's
         ``pending``: 0 once its sweep and the attempts it waits for are done)."""
-        return messages_matching(criteria, self.queue_index, self.state.queue_counts)
+        index = self.queue_index
+        matched = self._matched.get(criteria)
+        if matched is None or matched[0] != len(index):
+            if len(self._matched) >= self._prune_at:
+                # Forget the criteria of rules that ended; keep the live ones'.
+                book = self.state.rules
+                self._matched = {
+                    c: m for c, m in self._matched.items() if book.live_equal(c) is not None
+                }
+                self._prune_at = max(_MATCHED_KEPT, 2 * len(self._matched))
+            matched = self._matched[criteria] = (len(index), index.matching(criteria))
+        counts = self.state.queue_counts
+        return sum(map(counts.get, matched[1], repeat(0)))
 
     async def locate(self, message_id: str) -> list[str]:
         """The queues that may hold ``message_id`` (a hint: see

@@ -5,11 +5,32 @@ from __future__ import annotations
 import hashlib
 
 import trio
+from hypothesis import given
+from hypothesis import strategies as st
 
-from kumo.model.events import Bounced, Committed, Message, MessageReceived
+from kumo.model.criteria import Criteria
+from kumo.model.dry_run import messages_matching
+from kumo.model.events import (
+    BounceCancelled,
+    Bounced,
+    BounceIssued,
+    Committed,
+    Event,
+    Message,
+    MessageReceived,
+)
 from kumo.model.message_queue import MessageQueue
 from kumo.model.state import State
 from kumo.runtime.projection import INDEX_CHUNK, Projection
+
+QUEUES = ["a.example", "c1:t@a.example", "c2@b.example", "t@c.example", "d.example"]
+CRITERIA = [
+    Criteria(),
+    Criteria(domain="a.example"),
+    Criteria(campaign="c1"),
+    Criteria(tenant="t"),
+    Criteria(queue_names=("d.example", "c2@b.example")),
+]
 
 
 def spool_id(n: int) -> str:
@@ -83,3 +104,68 @@ async def test_callers_wait_for_the_indexing_under_way() -> None:
         for seq in (count - 1, 0, count // 2):
             nursery.start_soon(locate, seq)
     assert found == [["q.example"]] * 3
+
+
+@given(
+    steps=st.lists(
+        st.one_of(
+            st.tuples(st.just("receive"), st.sampled_from(QUEUES)),
+            st.tuples(st.just("bounce"), st.sampled_from(QUEUES)),
+            st.tuples(st.just("issue"), st.sampled_from(CRITERIA)),
+            st.tuples(st.just("cancel"), st.sampled_from(CRITERIA)),
+            st.tuples(st.just("pending"), st.sampled_from(CRITERIA)),
+        ),
+        max_size=60,
+    )
+)
+def test_pending_is_the_messages_held_in_the_queues_matched(
+    steps: list[tuple[str, str | Criteria]],
+) -> None:
+    """However queues appear, fill and empty, and rules come and go, the remembered
+    matches give what matching every queue again gives (the model's definition)."""
+    projection = Projection(State(keep_messages=False))
+    held: dict[str, list[Committed]] = {}
+    seq = 0
+
+    def commit(event: Event) -> Committed:
+        nonlocal seq
+        seq += 1
+        committed = Committed(seq, seq, event)
+        projection.apply([committed])
+        return committed
+
+    for kind, arg in steps:
+        if kind == "receive":
+            assert isinstance(arg, str)
+            seq_next = seq + 1
+            event = MessageReceived(spool_id(seq_next), arg, "s@x", f"r{seq_next}@y", 1)
+            held.setdefault(arg, []).append(commit(event))
+        elif kind == "bounce":
+            assert isinstance(arg, str)
+            if held.get(arg):
+                commit(Bounced(f"rule-{arg}", arg, [as_message(held[arg].pop())]))
+        elif kind == "issue":
+            assert isinstance(arg, Criteria)
+            commit(BounceIssued(f"rule-{arg}", arg, "why", 10**18))
+        elif kind == "cancel":
+            commit(BounceCancelled(f"rule-{arg}"))
+        else:
+            assert isinstance(arg, Criteria)
+            expected = messages_matching(arg, projection.queue_index, projection.state.queue_counts)
+            assert projection.pending(arg) == expected
+    for criteria in CRITERIA:
+        assert projection.pending(criteria) == sum(
+            len(held.get(q, [])) for q in QUEUES if criteria.matches(q)
+        )
+
+
+def test_pending_forgets_the_matches_of_rules_that_ended() -> None:
+    projection = Projection(State(keep_messages=False))
+    projection.apply([received(1, 1, "a.example")])
+    for n in range(500):
+        projection.pending(Criteria(domain=f"gone-{n}.example"))  # no live rule: forgotten
+    live = Criteria(domain="a.example")
+    projection.apply([Committed(2, 2, BounceIssued("live", live, "why", 10**18))])
+    assert projection.pending(live) == 1
+    assert len(projection._matched) < 200
+    assert live in projection._matched

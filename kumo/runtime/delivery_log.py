@@ -321,6 +321,8 @@ class DeliveryLogWriter:
                 functools.partial(encode_records, piece, rules, self._node_id)
             )
         records = len(lines)
+        if self._admin_gate is not None:
+            await self._admin_gate.turn()  # its fsync would share the disk with theirs
         written = await self._run_blocking(
             functools.partial(self._files.append, lines, batch[0].seq, batch[-1].seq)
         )

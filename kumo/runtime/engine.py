@@ -839,7 +839,9 @@ async def open_engine(
                 admin_gate=admin_gate,
             ),
             expiry=RuleExpiry(log, projection, clock, retry=settings.disk_full_retry),
-            checkpointer=WalCheckpointer(checkpoints, log, settings, run_blocking=run_blocking),
+            checkpointer=WalCheckpointer(
+                checkpoints, log, settings, run_blocking=run_blocking, admin_gate=admin_gate
+            ),
             snapshotter=Snapshotter(
                 data_dir,
                 log,

@@ -9,6 +9,8 @@ checkpoints (``auto_checkpoint=False``); this task does, on a connection of its 
 a worker thread, at most every ``EngineSettings.wal_checkpoint_interval`` seconds while
 commits happen. A PASSIVE checkpoint waits for no writer and no reader, so commits go on
 meanwhile, and the WAL stays about as large as what is committed in an interval.
+While admin requests are answered it waits its turn first (:mod:`kumo.runtime.admin_gate`):
+its writes and fsyncs of the database file would share the disk with theirs.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import trio
 
 from kumo.model.settings import EngineSettings
 from kumo.model.statistics import counter, gauge
+from kumo.runtime.admin_gate import AdminGate
 from kumo.runtime.blocking import RunBlocking
 from kumo.runtime.log_writer import LogWriter
 from kumo.store.event_log import EventStore, LogDamagedError
@@ -44,8 +47,10 @@ class WalCheckpointer:
         settings: EngineSettings,
         *,
         run_blocking: RunBlocking,
+        admin_gate: AdminGate | None = None,
     ) -> None:
         self._store = store
+        self._admin_gate = admin_gate
         self._log = log
         self._interval = settings.wal_checkpoint_interval
         self._run_blocking = run_blocking
@@ -59,6 +64,8 @@ class WalCheckpointer:
         while True:
             await self._log.committed.wait_for(seen + 1)
             seen = self._log.last_seq
+            if self._admin_gate is not None:
+                await self._admin_gate.turn()
             try:
                 self._frames, self._copied = await self._run_blocking(self._store.checkpoint)
             except LogDamagedError as exc:

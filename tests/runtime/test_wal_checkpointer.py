@@ -34,3 +34,18 @@ async def test_the_wal_stays_small_under_a_stream_of_injects(
     # 3,000 messages of 4 KB are 12 MB and more than 3,000 pages; the WAL never held
     # more than a few batches of them.
     assert max(sizes) < 2 * 1024 * 1024
+
+
+async def test_no_checkpoint_starts_while_admin_requests_are_answered(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    async with open_engine(tmp_path, clock=EngineClock(WALL_ORIGIN), threads=False) as engine:
+        await engine.inject([message("a@example.com")])
+        await trio.sleep(1)
+        before = engine.statistics().wal.checkpoints
+        with engine.admin_gate.request():
+            await engine.inject([message("b@example.com")])  # the request's own commit
+            await trio.sleep(0.05)
+            assert engine.statistics().wal.checkpoints == before  # it waits its turn
+        await trio.sleep(0.01)
+        assert engine.statistics().wal.checkpoints == before + 1

@@ -6,7 +6,9 @@ router opens and hands each actor its events with ``deliver_nowait``, which neve
 blocks (a full mailbox is recorded in :class:`MissedDeliveries` and the actor reads
 the log itself). Handing one event to thousands of actors wakes thousands of tasks, so
 it yields every ``EngineSettings.deliveries_per_yield`` deliveries: the event loop then
-serves requests between them instead of after all of them.
+serves requests between them instead of after all of them, and while admin requests
+are answered it waits its turn (:mod:`kumo.runtime.admin_gate`) before the next slice:
+a rule that matches 10,000 queues wakes 10,000 actors, a third of a second of work.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from kumo.model.router import Router
 from kumo.model.settings import EngineSettings
 from kumo.model.state import QueueState
 from kumo.model.statistics import counter, gauge
+from kumo.runtime.admin_gate import AdminGate
 from kumo.runtime.log_writer import LogWriter
 from kumo.runtime.queue_actor import MailPath, MissedDeliveries, QueueActor
 from kumo.runtime.supervisor import QueueSupervisor
@@ -50,9 +53,13 @@ class Broadcaster:
         position: int,
         mail: MailPath | None = None,
         sweep_turns: SweepTurns | None = None,
+        admin_gate: AdminGate | None = None,
     ) -> None:
         """``mail``: how the actors deliver (None: they hold their messages).
-        ``sweep_turns``: what the actors' sweeps share (:class:`SweepTurns`)."""
+        ``sweep_turns``: what the actors' sweeps share (:class:`SweepTurns`).
+        ``admin_gate``: what the hand-out of one event to thousands of actors waits on
+        between two slices of ``deliveries_per_yield`` (never closed without it)."""
+        self._admin_gate = admin_gate or AdminGate(0.0)
         self._log = log
         self._sweep_turns = sweep_turns or SweepTurns()
         self._mail = mail
@@ -121,6 +128,7 @@ class Broadcaster:
                 self._missed.record(name, events[0].seq, upto)
             if count % per_yield == 0:
                 await trio.lowlevel.checkpoint()
+                await self._admin_gate.turn()
         self._events_routed += len(batch)
         self._deliveries += len(routing.deliveries)
         self.position.advance(upto)

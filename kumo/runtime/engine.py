@@ -828,6 +828,7 @@ async def open_engine(
                 position=state.last_seq,
                 mail=None if deliveries is None else MailPath(deliveries, clock),
                 sweep_turns=SweepTurns(admin_gate),
+                admin_gate=admin_gate,
             ),
             delivery=DeliveryLogWriter(
                 log,

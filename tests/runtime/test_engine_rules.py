@@ -12,6 +12,7 @@ import trio.testing
 from kumo.model.criteria import Criteria
 from kumo.model.duration import format_duration, parse_duration
 from kumo.model.requests import BounceRequest
+from kumo.model.settings import EngineSettings
 from kumo.runtime.clock import EngineClock
 from kumo.runtime.engine import Engine, open_engine
 from tests.runtime.harness import WALL_ORIGIN, bounce, log_records, message
@@ -319,3 +320,24 @@ async def test_a_rule_expires_exactly_its_duration_after_it_was_issued(
     async with engine_at(tmp_path) as engine:
         [again] = engine.list_bounces()
         assert (again.issued_at, again.expires_at) == (view.issued_at, view.expires_at)
+
+
+async def test_a_rule_reaches_its_queues_a_slice_at_a_time_admin_requests_first(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Handing a rule to thousands of actors waits, between two slices, while admin
+    requests are answered; the sweep itself waits too. Both go on once answered."""
+    settings = EngineSettings(deliveries_per_yield=2)
+    async with open_engine(
+        tmp_path, clock=EngineClock(WALL_ORIGIN), threads=False, settings=settings
+    ) as engine:
+        await engine.inject([message(f"u@d{n}.example") for n in range(10)])
+        await engine.wait_idle()
+        with engine.admin_gate.request():
+            await engine.issue_bounce(bounce(), issued_by="ops")
+            await trio.sleep(0.05)
+            reached = sum(actor.live_rules for actor in engine.actor_statistics())
+            assert reached == 2  # the first slice: then the broadcaster waits its turn
+            assert engine.statistics().bounced_total == 0  # and so do the sweeps
+        await engine.wait_idle()
+        assert engine.statistics().bounced_total == 10

@@ -20,6 +20,7 @@ to what the log holds. Tests check that both agree.
 
 from __future__ import annotations
 
+import functools
 import heapq
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Literal, NamedTuple, TypeAlias
@@ -334,17 +335,27 @@ class SweepRule:
 
     @classmethod
     def issued(cls, committed: Committed, event: BounceIssued | SuspendIssued) -> SweepRule:
-        """The rule a committed ``BounceIssued`` (or ``SuspendIssued``) issues."""
-        return cls(
-            event.rule_id,
-            event.criteria,
-            event.expires_at,
-            event.expires_at <= issue_time(committed),
-            event.reason,
-        )
+        """The rule a committed ``BounceIssued`` (or ``SuspendIssued``) issues: one object
+        for all the queues it reaches (10,000 queues would otherwise each make their
+        own, all alive, at once, for the garbage collector to walk)."""
+        assert committed.event is event
+        return _issued_rule(committed)
 
     def live_at(self, time: int) -> bool:
         return not self.issued_expired and time < self.expires_at
+
+
+@functools.lru_cache(maxsize=16)
+def _issued_rule(committed: Committed) -> SweepRule:
+    event = committed.event
+    assert isinstance(event, BounceIssued | SuspendIssued)
+    return SweepRule(
+        event.rule_id,
+        event.criteria,
+        event.expires_at,
+        event.expires_at <= issue_time(committed),
+        event.reason,
+    )
 
 
 @attrs.frozen(slots=True)

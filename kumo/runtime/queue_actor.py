@@ -129,6 +129,7 @@ class QueueActor:
     """
 
     __slots__ = (
+        "_abort_wait",
         "_bounced",
         "_capacity",
         "_catch_ups",
@@ -183,6 +184,7 @@ class QueueActor:
         self._closed = False
         self._parked: trio.lowlevel.Task | None = None
         """The actor's task while it waits for a delivery."""
+        self._abort_wait = self._unpark
         self.processed = Watermark()
         """The last seq whose events this actor has applied (and whose bounces it has
         submitted to the log)."""
@@ -242,12 +244,14 @@ class QueueActor:
     async def _wait(self) -> None:
         """Park until a delivery or :meth:`close` wakes the task."""
         self._parked = trio.lowlevel.current_task()
+        await trio.lowlevel.wait_task_rescheduled(self._abort_wait)
 
-        def abort(_: trio.lowlevel.RaiseCancelT) -> trio.lowlevel.Abort:
-            self._parked = None
-            return trio.lowlevel.Abort.SUCCEEDED
-
-        await trio.lowlevel.wait_task_rescheduled(abort)
+    def _unpark(self, _: trio.lowlevel.RaiseCancelT) -> trio.lowlevel.Abort:
+        # Bound once (``_abort_wait``), not a closure made per wait: a sweep parks 10,000
+        # actors at once, and every object their waits allocate is one more the garbage
+        # collector walks (50 ms for 200,000 of them, docs/benchmarks.md).
+        self._parked = None
+        return trio.lowlevel.Abort.SUCCEEDED
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
@@ -274,8 +278,11 @@ class QueueActor:
                             continue
                         if due is not None:
                             deadline = mail.clock.deadline(due)
-                    with trio.move_on_at(deadline):
-                        await self._wait()
+                    if deadline == math.inf:
+                        await self._wait()  # no cancel scope to allocate (see _unpark)
+                    else:
+                        with trio.move_on_at(deadline):
+                            await self._wait()
         except LogClosedError:
             # Shutting down past its deadline: what this actor had not yet emitted is
             # found again by the restart (kumo.model.recovery).
@@ -300,9 +307,12 @@ class QueueActor:
                 bounces.append(bounce)
             while state.sweeping is not None:
                 await self._submit(bounces)
-                async with self._sweep_turns.turn():
+                await self._sweep_turns.take()
+                try:
                     await self._log.wait_room()
                     bounce = state.continue_sweep(self._chunk)
+                finally:
+                    self._sweep_turns.give()
                 assert bounce is not None
                 bounces.append(bounce)
         await self._submit(bounces)

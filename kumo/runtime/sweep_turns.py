@@ -14,9 +14,6 @@ actor whose turn it is waits first, within the gate's bounds.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-
 import trio
 
 from kumo.runtime.admin_gate import AdminGate
@@ -31,9 +28,10 @@ class SweepTurns:
         self._taken = False
         """Whether an actor has the turn (or has just been handed it)."""
 
-    @asynccontextmanager
-    async def turn(self) -> AsyncIterator[None]:
-        """Wait for the turn (always a checkpoint), hold it for the block, hand it on."""
+    async def take(self) -> None:
+        """Wait for the turn (always a checkpoint); :meth:`give` it on, whatever happens
+        after. Not a context manager: 10,000 actors wait here at once during a sweep,
+        and each object their waits allocate is one the garbage collector walks."""
         handed = self._taken
         if handed:
             # Parked in order; whoever hands over leaves ``_taken`` set for us.
@@ -44,12 +42,16 @@ class SweepTurns:
                 await trio.lowlevel.checkpoint()
             if self._gate is not None:
                 await self._gate.turn()
-            yield
-        finally:
-            if self._waiting:
-                self._waiting.unpark(count=1)
-            else:
-                self._taken = False
+        except BaseException:
+            self.give()
+            raise
+
+    def give(self) -> None:
+        """Hand the turn to the next waiting, if any."""
+        if self._waiting:
+            self._waiting.unpark(count=1)
+        else:
+            self._taken = False
 
     @property
     def waiting(self) -> int:

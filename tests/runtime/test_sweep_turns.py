@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
 import trio
 import trio.testing
 
@@ -17,12 +16,15 @@ async def test_one_turn_at_a_time_in_the_order_asked() -> None:
 
     async def sweeper(name: str, chunks: int) -> None:
         for _ in range(chunks):
-            async with turns.turn():
+            await turns.take()
+            try:
                 assert holding == []
                 holding.append(name)
                 order.append(name)
                 await trio.lowlevel.checkpoint()  # even across a checkpoint
                 holding.remove(name)
+            finally:
+                turns.give()
 
     async with trio.open_nursery() as nursery:
         for name in "abc":
@@ -33,11 +35,11 @@ async def test_one_turn_at_a_time_in_the_order_asked() -> None:
     assert turns.waiting == 0
 
 
-async def test_a_turn_is_always_a_checkpoint() -> None:
+async def test_taking_the_turn_is_always_a_checkpoint() -> None:
     turns = SweepTurns()
     with trio.testing.assert_checkpoints():
-        async with turns.turn():
-            pass
+        await turns.take()
+    turns.give()
 
 
 async def test_the_turn_waits_while_admin_requests_are_answered(
@@ -48,8 +50,9 @@ async def test_the_turn_waits_while_admin_requests_are_answered(
     took: list[float] = []
 
     async def sweeper() -> None:
-        async with turns.turn():
-            took.append(trio.current_time())
+        await turns.take()
+        took.append(trio.current_time())
+        turns.give()
 
     async with trio.open_nursery() as nursery:
         with gate.request():
@@ -66,30 +69,46 @@ async def test_a_waiter_cancelled_leaves_the_turn_to_the_others() -> None:
     took: list[str] = []
     gone = trio.CancelScope()
 
-    async def sweeper(name: str, scope: trio.CancelScope | None = None) -> None:
-        with scope or trio.CancelScope():
-            async with turns.turn():
-                took.append(name)
+    async def sweeper(name: str, scope: trio.CancelScope) -> None:
+        with scope:
+            await turns.take()
+            took.append(name)
+            turns.give()
 
-    async with trio.open_nursery() as nursery, turns.turn():
+    async with trio.open_nursery() as nursery:
+        await turns.take()
         nursery.start_soon(sweeper, "gone", gone)
         await trio.testing.wait_all_tasks_blocked()
-        nursery.start_soon(sweeper, "next")
+        nursery.start_soon(sweeper, "next", trio.CancelScope())
         await trio.testing.wait_all_tasks_blocked()
         assert turns.waiting == 2
         gone.cancel()
         await trio.testing.wait_all_tasks_blocked()
         assert turns.waiting == 1
+        turns.give()
     assert took == ["next"]
-    async with turns.turn():  # free again
-        pass
-
-
-async def test_an_error_in_the_block_hands_the_turn_on() -> None:
-    turns = SweepTurns()
-    with pytest.raises(ValueError, match="chunk failed"):
-        async with turns.turn():
-            raise ValueError("chunk failed")
     with trio.testing.assert_checkpoints():
-        async with turns.turn():
-            pass
+        await turns.take()  # free again
+    turns.give()
+
+
+async def test_a_turn_cancelled_while_it_waits_for_the_gate_is_handed_on(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The gate's wait is not cancellable, but the checkpoint before it is: whatever
+    raises in take() gives the turn back."""
+    turns = SweepTurns(AdminGate(0.1))
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        await turns.take()
+    assert scope.cancelled_caught
+    took: list[bool] = []
+
+    async def sweeper() -> None:
+        await turns.take()
+        took.append(True)
+        turns.give()
+
+    with trio.testing.assert_checkpoints():
+        await sweeper()
+    assert took == [True]

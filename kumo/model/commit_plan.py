@@ -16,8 +16,10 @@ from the time and what waits, and carries the answer out. The policy:
   does one with them when the transaction before it also carried clients' events and
   left background events waiting: a stream of requests never starves a sweep;
 - a transaction is durable (fsynced) when it carries clients' events, when it leaves
-  nothing waiting (the last before idle), and at least one in ``durable_every``; the
-  others commit without an fsync and become durable with the next durable one;
+  nothing waiting (the last before idle), and at least one in ``durable_every`` (in
+  ``client_durable_every`` within ``client_window`` of a client's append: a client's
+  fsync then has little of the sweep's to write out); the others commit without an
+  fsync and become durable with the next durable one;
 - while admin requests are answered (``admin_first``: the engine's admin gate is
   closed, :mod:`kumo.model.admin_first`), the background lane waits: a transaction
   takes clients' events alone, and without them there is no transaction (the writer
@@ -94,6 +96,7 @@ class CommitPlanner:
                 break
             events += size
             taken_requests += 1
+        every = settings.client_durable_every
         if requests:
             self._last_client = now
             limit = settings.urgent_batch_messages
@@ -101,6 +104,7 @@ class CommitPlanner:
             limit = settings.client_batch_messages
         else:
             limit = settings.max_batch_messages
+            every = settings.durable_every
         if admin_first:
             return CommitPlan(taken_requests, 0, durable=taken_requests > 0)
         messages = taken = 0
@@ -117,9 +121,7 @@ class CommitPlanner:
             taken += 1
         left = background_waiting - taken
         self._passed_over = taken_requests > 0 and left > 0 and taken == 0
-        durable = (
-            taken_requests > 0 or left == 0 or self._since_durable + 1 >= settings.durable_every
-        )
+        durable = taken_requests > 0 or left == 0 or self._since_durable + 1 >= every
         return CommitPlan(taken_requests, taken, durable)
 
     def committed(self, plan: CommitPlan) -> None:

@@ -66,6 +66,12 @@ class EngineSettings:
     durable_every: int = _int_field(8)
     """At least one transaction in this many is fsynced while a sweep runs; the others
     commit without an fsync and become durable with the next one that has it."""
+    client_durable_every: int = _int_field(1)
+    """The same within :attr:`client_window` of a client's append: a client's commit is
+    fsynced, and its fsync writes out whatever the transactions before it left unsynced;
+    fsyncing those as they go leaves a client's own fsync little to write. Measured at
+    1,000,000 queued, a POST under a sweep: p50 10.0-10.7 -> 7.1-7.6 ms, with smaller
+    chunks (docs/benchmarks.md)."""
     tail_events: int = _int_field(10_000)
     """Recent committed events kept in memory for followers; older ones are read back
     from the store."""

@@ -44,6 +44,21 @@ def test_clients_transactions_take_a_little_background_by_default() -> None:
     assert planner.plan(0, [1], [100] * 10, 10) == CommitPlan(1, 3, durable=True)
 
 
+def test_near_clients_every_background_transaction_is_fsynced() -> None:
+    """A client's fsync writes out what the transactions before it left unsynced: near
+    clients those are fsynced as they go, so that the client's own has little to write."""
+    planner = CommitPlanner(EngineSettings(max_batch_messages=100, client_batch_messages=100))
+    planner.committed(planner.plan(0, [1], [], 0))
+    near = [planner.plan(SECOND // 10, [], [100] * 20, 20) for _ in range(3)]
+    assert [plan.durable for plan in near] == [True, True, True]
+    far = []
+    for _ in range(9):
+        plan = planner.plan(5 * SECOND, [], [100] * 20, 20)
+        planner.committed(plan)
+        far.append(plan.durable)
+    assert far == [False] * 7 + [True, False]  # durable_every (8) alone
+
+
 def test_while_admin_requests_are_answered_the_background_waits() -> None:
     planner = CommitPlanner(EngineSettings())
     assert planner.plan(0, [1, 2], [100] * 10, 10, admin_first=True) == CommitPlan(
@@ -53,7 +68,7 @@ def test_while_admin_requests_are_answered_the_background_waits() -> None:
     assert idle == CommitPlan(0, 0, durable=False)
     assert idle.empty
     # Once the gate opens, the sweep goes on (a client was seen: short transactions).
-    assert planner.plan(1, [], [100] * 10, 10) == CommitPlan(0, 6, durable=False)
+    assert planner.plan(1, [], [100] * 10, 10) == CommitPlan(0, 6, durable=True)
 
 
 @given(
@@ -82,11 +97,11 @@ def test_every_plan_makes_progress_and_no_lane_starves(
     for requests, background, gap, admin in steps:
         now += gap
         plan = planner.plan(now, requests, background, len(background), admin_first=admin)
-        if plan.empty:  # nothing waits, or only the background while admin requests do
+        if plan.empty and admin:  # only the background waits, for the admin requests
             assert not requests
-            assert admin or not background
             continue
         planner.committed(plan)
+        assert plan.requests + plan.background > 0 or not (requests or background)
         assert plan.requests <= len(requests)
         assert plan.background <= len(background)
         if requests:
@@ -95,7 +110,7 @@ def test_every_plan_makes_progress_and_no_lane_starves(
         if admin:
             assert plan.background == 0
             continue
-        if not requests:
+        if background and not requests:
             assert plan.background >= 1
         if not requests and not background[plan.background :]:
             assert plan.durable  # the last transaction before idle is fsynced

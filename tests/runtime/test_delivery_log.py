@@ -177,9 +177,12 @@ async def test_a_busy_log_is_written_once_for_several_commits(
 async def test_records_follow_only_what_the_log_made_durable(
     tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
-    # One sweep event a commit.
+    # One sweep event a commit, and some of them not fsynced though a client just appended.
     settings = EngineSettings(
-        max_batch_messages=1, client_batch_messages=1, urgent_batch_messages=1
+        max_batch_messages=1,
+        client_batch_messages=1,
+        urgent_batch_messages=1,
+        client_durable_every=8,
     )
     rules = RuleBook()
     store = open_event_log(tmp_path)

@@ -70,8 +70,8 @@ class EngineSettings:
     """The same within :attr:`client_window` of a client's append: a client's commit is
     fsynced, and its fsync writes out whatever the transactions before it left unsynced;
     fsyncing those as they go leaves a client's own fsync little to write. Measured at
-    1,000,000 queued, a POST under a sweep: p50 10.0-10.7 -> 7.1-7.6 ms, with smaller
-    chunks (docs/benchmarks.md)."""
+    1,000,000 queued, a POST under a sweep: p50 10.0-10.7 -> 7.3-7.9 ms, p99 20.2-23.8
+    -> 19.4-20.0 ms (docs/benchmarks.md)."""
     tail_events: int = _int_field(10_000)
     """Recent committed events kept in memory for followers; older ones are read back
     from the store."""
@@ -120,9 +120,10 @@ class EngineSettings:
     queue short, so that the event log's own fsyncs (an admin request waits on one) do
     not queue behind hundreds of megabytes of delivery log during a sweep."""
     slice_records: int = _int_field(512)
-    """Records the delivery-log writer encodes per trip to a worker thread. Between two,
-    it waits while admin requests are answered (:mod:`kumo.runtime.admin_gate`): the
-    encoding holds the GIL, which the requests' own Python work needs."""
+    """Records the delivery-log writer encodes between two looks at the admin gate: when
+    it finds it closed, its worker thread hands back what it encoded and the writer
+    waits its turn (:mod:`kumo.runtime.admin_gate`); the encoding holds the GIL, which
+    the requests' own Python work needs."""
     gather_commits: int = _int_field(8)
     """Commits the delivery-log writer lets pass, once caught up, while clients' events
     are still being committed: under a stream of small injections it then writes (and
@@ -157,7 +158,7 @@ class EngineSettings:
     """Seconds at most that the mail path's sessions, sweeps, the log's background lane and
     the delivery-log writer wait, at a time, while admin requests are in flight (then as
     long again before they wait again); 0: they never wait. While kumo delivered at
-    full speed, this cut admin latency 3-4x; under a sweep, it halved a POST's p99
+    full speed, this cut admin latency 3-4x; under a sweep, a POST's p99 by 10-20%
     (docs/benchmarks.md)."""
 
     # -- the engine (kumo.runtime.engine) ------------------------------------------------

@@ -1,8 +1,10 @@
 """The Trio side of :class:`kumo.model.admin_first.AdminFirst`: admin requests enter
 with :meth:`AdminGate.request`; the work that waits its turn meanwhile calls
-:meth:`AdminGate.turn` (the mail path's sessions after each read, sweeps before each
-chunk, the delivery log before each slice it encodes) or, for the log writer's
-background lane, :meth:`AdminGate.until_open`."""
+:meth:`AdminGate.turn` (the mail path's sessions after each read, the broadcaster
+between two slices of a rule's hand-out, sweeps before each chunk, the delivery-log
+writer before it encodes and before it writes, the WAL checkpointer) or, for the log
+writer's background lane, :meth:`AdminGate.until_open`; a worker thread polls
+:attr:`AdminGate.closed_hint` between two slices of its work."""
 
 from __future__ import annotations
 
@@ -18,13 +20,13 @@ from kumo.model.statistics import counter, gauge
 
 @attrs.frozen
 class AdminGateStatistics:
-    """How often the mail path gave way to admin requests, in this process."""
+    """How often the background work gave way to admin requests, in this process."""
 
     closed: int = gauge("1 while the background work waits for admin requests in flight.")
     closures: int = counter("Times the background work began to wait for admin requests.")
     waits: int = counter(
-        "Times an SMTP session (after a read), a sweep (before a chunk) or the delivery-log "
-        "writer (before a slice) waited for its turn."
+        "Times an SMTP session (after a read), the broadcaster, a sweep (before a chunk), "
+        "the delivery-log writer or the WAL checkpointer waited for its turn."
     )
 
 
@@ -56,6 +58,14 @@ class AdminGate:
                 self._opened.set()
                 for watcher in self._watchers:
                     watcher.set()
+
+    @property
+    def closed_hint(self) -> bool:
+        """Whether the gate was closed as of the last request's start or end, or the
+        last turn: a plain read, for a worker thread to poll between two slices of its
+        work (the gate's bound on how long it stays closed is applied in the Trio
+        thread, by :meth:`turn`)."""
+        return self._policy.closed
 
     async def turn(self) -> None:
         """Return once the mail path may go on: at once while the gate is open, without

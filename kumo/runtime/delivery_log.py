@@ -23,7 +23,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import attrs
@@ -128,6 +128,29 @@ def encode_records(
     if received:
         flush_received()
     return lines
+
+
+def encode_slices(
+    pieces: Sequence[list[Committed]],
+    start: int,
+    rules: Mapping[str, tuple[str, bool]],
+    node_id: str,
+    *,
+    stop: Callable[[], bool],
+) -> tuple[list[bytes], int]:
+    """The lines of ``pieces[start:]`` (:func:`encode_records` of each), up to the first
+    piece before which ``stop()`` says to hand back (never before the first); and the
+    index of the first piece not encoded.
+
+    The delivery-log writer runs it in a worker thread with ``stop`` reading the admin
+    gate (without a lock: a stale read costs a slice more or less), so that an admin
+    request that arrives mid-round waits for one slice, not the round."""
+    lines: list[bytes] = []
+    for index in range(start, len(pieces)):
+        if index > start and stop():
+            return lines, index
+        lines += encode_records(pieces[index], rules, node_id)
+    return lines, len(pieces)
 
 
 def _rounds(batch: list[Committed], round_records: int) -> list[list[Committed]]:
@@ -313,16 +336,27 @@ class DeliveryLogWriter:
             for c in batch
             if isinstance(c.event, Bounced) and (rule := self._rules.rules.get(c.event.rule_id))
         }
+        gate = self._admin_gate
+        pieces = _rounds(batch, self._settings.slice_records)
         lines: list[bytes] = []
-        for piece in _rounds(batch, self._settings.slice_records):
-            if self._admin_gate is not None:
-                await self._admin_gate.turn()
-            lines += await self._run_blocking(
-                functools.partial(encode_records, piece, rules, self._node_id)
+        done = 0
+        while done < len(pieces):
+            if gate is not None:
+                await gate.turn()
+            encoded, done = await self._run_blocking(
+                functools.partial(
+                    encode_slices,
+                    pieces,
+                    done,
+                    rules,
+                    self._node_id,
+                    stop=(lambda: gate.closed_hint) if gate is not None else (lambda: False),
+                )
             )
+            lines += encoded
         records = len(lines)
-        if self._admin_gate is not None:
-            await self._admin_gate.turn()  # its fsync would share the disk with theirs
+        if gate is not None:
+            await gate.turn()  # its fsync would share the disk with theirs
         written = await self._run_blocking(
             functools.partial(self._files.append, lines, batch[0].seq, batch[-1].seq)
         )

@@ -35,6 +35,7 @@ from kumo.store.delivery_files import (
     segment_sizes,
     write_checkpoint,
 )
+from kumo.store.event_log import EventStore
 from kumo.store.verify import verify_data_dir
 from tests.runtime.harness import WALL_ORIGIN, bounce, log_records, message
 
@@ -52,6 +53,22 @@ def taking(seconds: float) -> RunBlocking:
         return result
 
     return run
+
+
+def plain_log(path: Path, run_blocking: RunBlocking) -> tuple[LogWriter, EventStore, EventStore]:
+    """A log writer on ``path`` with default settings and no projection, and its two
+    connections (the caller closes them)."""
+    store = open_event_log(path)
+    reader = open_event_log(path, readonly=True)
+    log = LogWriter(
+        store,
+        reader,
+        EngineClock(WALL_ORIGIN),
+        EngineSettings(),
+        on_commit=lambda _: None,
+        run_blocking=run_blocking,
+    )
+    return log, store, reader
 
 
 async def fill(path: Path, count: int, settings: EngineSettings | None = None) -> list[str]:
@@ -136,16 +153,7 @@ async def test_a_busy_log_is_written_once_for_several_commits(
     """Under a stream of small appends the writer gathers commits instead of fsyncing
     once per commit, and still writes every record once, in log order."""
 
-    store = open_event_log(tmp_path)
-    reader = open_event_log(tmp_path, readonly=True)
-    log = LogWriter(
-        store,
-        reader,
-        EngineClock(WALL_ORIGIN),
-        EngineSettings(),
-        on_commit=lambda _: None,
-        run_blocking=taking(0.001),
-    )
+    log, store, reader = plain_log(tmp_path, taking(0.001))
     writer = DeliveryLogWriter(
         log, tmp_path / "logs", RuleBook(), "node", EngineSettings(), run_blocking=inline
     )
@@ -279,19 +287,29 @@ def test_records_encoded_in_slices_are_those_encoded_at_once(
     assert sliced == delivery_log.encode_records(batch, rules, "node")
 
 
+def test_slices_are_encoded_until_told_to_stop_and_never_none() -> None:
+    batch = [
+        Committed(n, SECOND, MessageReceived(f"{n:032x}", "q", "s", "r", 1)) for n in (1, 2, 3)
+    ]
+    pieces = delivery_log._rounds(batch, 1)
+    rules: dict[str, tuple[str, bool]] = {}
+    whole = delivery_log.encode_records(batch, rules, "node")
+    asked: list[int] = []
+
+    def stop_at_third() -> bool:
+        asked.append(len(asked))
+        return len(asked) == 2
+
+    first, done = delivery_log.encode_slices(pieces, 0, rules, "node", stop=stop_at_third)
+    assert (first, done) == (whole[:2], 2)
+    rest, done = delivery_log.encode_slices(pieces, done, rules, "node", stop=lambda: True)
+    assert (rest, done) == (whole[2:], 3)  # told to stop at once: one slice all the same
+
+
 async def test_records_wait_while_admin_requests_are_answered(
     tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
-    store = open_event_log(tmp_path)
-    reader = open_event_log(tmp_path, readonly=True)
-    log = LogWriter(
-        store,
-        reader,
-        EngineClock(WALL_ORIGIN),
-        EngineSettings(),
-        on_commit=lambda _: None,
-        run_blocking=inline,
-    )
+    log, store, reader = plain_log(tmp_path, inline)
     gate = AdminGate(0.1)
     writer = DeliveryLogWriter(
         log,

@@ -182,7 +182,9 @@ class DeliveryLogWriter:
         run_blocking: RunBlocking = in_thread,
         admin_gate: AdminGate | None = None,
     ) -> None:
-        """``admin_gate``: waited on before each slice of records is encoded."""
+        """``admin_gate``: waited on before a round is encoded and before it is written;
+        the worker thread that encodes it hands back at the first slice boundary where
+        it finds the gate closed (:func:`encode_slices`)."""
         self._run_blocking = run_blocking
         self._admin_gate = admin_gate
         self._settings = settings

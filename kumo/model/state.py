@@ -334,11 +334,10 @@ class SweepRule:
         return cls(rule.id, rule.criteria, rule.expires_at, rule.issued_expired, rule.reason)
 
     @classmethod
-    def issued(cls, committed: Committed, event: BounceIssued | SuspendIssued) -> SweepRule:
+    def issued(cls, committed: Committed) -> SweepRule:
         """The rule a committed ``BounceIssued`` (or ``SuspendIssued``) issues: one object
         for all the queues it reaches (10,000 queues would otherwise each make their
         own, all alive, at once, for the garbage collector to walk)."""
-        assert committed.event is event
         return _issued_rule(committed)
 
     def live_at(self, time: int) -> bool:
@@ -560,12 +559,12 @@ class QueueState:
                     # Ended before this node heard of it: it only ends its equal here.
                     self.rules = [r for r in self.rules if r.criteria != event.criteria]
                     return None
-                return self.issue(SweepRule.issued(committed, event), limit=limit)
+                return self.issue(SweepRule.issued(committed), limit=limit)
             case BounceCancelled() | BounceExpired():
                 self.rules = [rule for rule in self.rules if rule.id != event.rule_id]
                 return None
             case SuspendIssued():
-                suspension = SweepRule.issued(committed, event)
+                suspension = SweepRule.issued(committed)
                 if not suspension.issued_expired:
                     for equal in [s for s in self.suspensions if s.criteria == event.criteria]:
                         self.suspensions.remove(equal)

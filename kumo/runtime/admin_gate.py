@@ -33,6 +33,11 @@ class AdminGateStatistics:
 class AdminGate:
     """One per engine; ``hold`` seconds at most closed at a time (0: never closes)."""
 
+    @classmethod
+    def never_closed(cls) -> AdminGate:
+        """A gate no request closes: what a part built without the engine's waits on."""
+        return cls(0.0)
+
     def __init__(self, hold: float) -> None:
         self._policy = AdminFirst(hold)
         self._opened = trio.Event()

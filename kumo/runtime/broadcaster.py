@@ -59,7 +59,7 @@ class Broadcaster:
         ``sweep_turns``: what the actors' sweeps share (:class:`SweepTurns`).
         ``admin_gate``: what the hand-out of one event to thousands of actors waits on
         between two slices of ``deliveries_per_yield`` (never closed without it)."""
-        self._admin_gate = admin_gate or AdminGate(0.0)
+        self._admin_gate = admin_gate or AdminGate.never_closed()
         self._log = log
         self._sweep_turns = sweep_turns or SweepTurns()
         self._mail = mail

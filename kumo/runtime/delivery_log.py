@@ -186,7 +186,7 @@ class DeliveryLogWriter:
         the worker thread that encodes it hands back at the first slice boundary where
         it finds the gate closed (:func:`encode_slices`)."""
         self._run_blocking = run_blocking
-        self._admin_gate = admin_gate
+        self._admin_gate = admin_gate or AdminGate.never_closed()
         self._settings = settings
         self._log = log
         self._rules = rules
@@ -343,8 +343,7 @@ class DeliveryLogWriter:
         lines: list[bytes] = []
         done = 0
         while done < len(pieces):
-            if gate is not None:
-                await gate.turn()
+            await gate.turn()
             encoded, done = await self._run_blocking(
                 functools.partial(
                     encode_slices,
@@ -352,13 +351,12 @@ class DeliveryLogWriter:
                     done,
                     rules,
                     self._node_id,
-                    stop=(lambda: gate.closed_hint) if gate is not None else (lambda: False),
+                    stop=lambda: gate.closed_hint,
                 )
             )
             lines += encoded
         records = len(lines)
-        if gate is not None:
-            await gate.turn()  # its fsync would share the disk with theirs
+        await gate.turn()  # its fsync would share the disk with theirs
         written = await self._run_blocking(
             functools.partial(self._files.append, lines, batch[0].seq, batch[-1].seq)
         )

@@ -131,7 +131,7 @@ class LogWriter:
         """``admin_gate``: while it is closed, the background lane waits
         (:class:`kumo.model.commit_plan.CommitPlanner`, ``admin_first``)."""
         self._run_blocking = run_blocking
-        self._admin_gate = admin_gate
+        self._admin_gate = admin_gate or AdminGate.never_closed()
         self._settings = settings
         self._planner = CommitPlanner(settings)
         self._store = store
@@ -255,19 +255,17 @@ class LogWriter:
                 await self._work.wait()
                 continue
             now = self._clock.now()
-            gate = self._admin_gate
             plan = self._planner.plan(
                 now,
                 [len(request.events) for request in self._urgent],
                 map(_weight, self._background),
                 len(self._background),
                 # Closing: what waits is committed now, admin requests or not.
-                admin_first=gate is not None and not self._closed and gate.closed,
+                admin_first=not self._closed and self._admin_gate.closed,
             )
             if plan.empty:
-                assert gate is not None
                 self._work = trio.Event()
-                await gate.until_open(self._work)
+                await self._admin_gate.until_open(self._work)
                 continue
             requests, events, bodies = self._take(plan.requests, plan.background)
             self._background_in_flight = len(events) - sum(len(r.events) for r in requests)

@@ -20,10 +20,10 @@ from kumo.runtime.admin_gate import AdminGate
 
 
 class SweepTurns:
-    """One per engine; ``admin_gate``: what the turn waits on first (None: nothing)."""
+    """One per engine; ``admin_gate``: what the turn waits on first (none without it)."""
 
     def __init__(self, admin_gate: AdminGate | None = None) -> None:
-        self._gate = admin_gate
+        self._gate = admin_gate or AdminGate.never_closed()
         self._waiting = trio.lowlevel.ParkingLot()
         self._taken = False
         """Whether an actor has the turn (or has just been handed it)."""
@@ -40,8 +40,7 @@ class SweepTurns:
         try:
             if not handed:
                 await trio.lowlevel.checkpoint()
-            if self._gate is not None:
-                await self._gate.turn()
+            await self._gate.turn()
         except BaseException:
             self.give()
             raise

@@ -50,7 +50,7 @@ class WalCheckpointer:
         admin_gate: AdminGate | None = None,
     ) -> None:
         self._store = store
-        self._admin_gate = admin_gate
+        self._admin_gate = admin_gate or AdminGate.never_closed()
         self._log = log
         self._interval = settings.wal_checkpoint_interval
         self._run_blocking = run_blocking
@@ -64,8 +64,7 @@ class WalCheckpointer:
         while True:
             await self._log.committed.wait_for(seen + 1)
             seen = self._log.last_seq
-            if self._admin_gate is not None:
-                await self._admin_gate.turn()
+            await self._admin_gate.turn()
             try:
                 self._frames, self._copied = await self._run_blocking(self._store.checkpoint)
             except LogDamagedError as exc:

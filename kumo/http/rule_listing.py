@@ -57,9 +57,9 @@ class RuleListing:
     Each rule's entry is kept as two byte strings around its ``duration``: what comes
     before it (fixed for the rule's id) and what follows it, encoded again only when
     the rule's ``total_bounced`` or ``pending`` moved. A GET then formats one duration
-    and joins three strings per rule. It takes a rule's ``bounced`` map as unchanged
-    while its ``total_bounced`` is: true of one node's counters, which only grow (the
-    fleet's sums are encoded whole).
+    per rule and joins the pieces of all entries at once. It takes a rule's ``bounced``
+    map as unchanged while its ``total_bounced`` is: true of one node's counters, which
+    only grow (the fleet's sums are encoded whole).
     """
 
     __slots__ = ("_entries",)
@@ -71,7 +71,9 @@ class RuleListing:
         """The JSON array of ``views``, in order."""
         entries = self._entries
         kept: dict[str, _Entry] = {}
-        encoded: list[bytes] = []
+        # Each entry after a comma; the first comma becomes the array's bracket. A
+        # duration is ASCII with nothing to escape, and its quotes are in head and rest.
+        pieces: list[bytes] = []
         for view in views:
             rule_id = view.id
             entry = entries.get(rule_id)
@@ -80,13 +82,14 @@ class RuleListing:
             elif entry.total != view.total_bounced or entry.pending != view.pending:
                 entry = entry.counted(view)
             kept[rule_id] = entry
-            encoded.append(
-                b"".join(
-                    (entry.head, orjson.dumps(format_duration(max(view.remaining, 0))), entry.rest)
-                )
-            )
+            duration = format_duration(max(view.remaining, 0)).encode()
+            pieces += (b",", entry.head, duration, entry.rest)
         self._entries = kept
-        return b"[" + b",".join(encoded) + b"]"
+        if not pieces:
+            return b"[]"
+        pieces[0] = b"["
+        pieces.append(b"]")
+        return b"".join(pieces)
 
 
 class _Entry:
@@ -115,6 +118,7 @@ class _Entry:
     def _rest(self) -> bytes:
         return b"".join(
             (
+                b'"',
                 _BOUNCED,
                 self.bounced,
                 _TOTAL,
@@ -137,6 +141,6 @@ def _fixed_parts(view: RuleView) -> tuple[bytes, bytes]:
         for key in ("queue_names", "suppress_logging", "expires", "issued_at", "issued_by")
     }
     return (
-        orjson.dumps(head)[:-1] + b',"duration":',
+        orjson.dumps(head)[:-1] + b',"duration":"',
         b"," + orjson.dumps(tail)[1:-1] + b',"pending":',
     )

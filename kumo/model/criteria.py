@@ -27,7 +27,7 @@ def _check_names(_: object, __: attrs.Attribute[frozenset[str]], names: frozense
 _part = attrs.validators.optional(attrs.validators.instance_of(str))
 
 
-@attrs.frozen(slots=True)
+@attrs.frozen(slots=True, cache_hash=True)
 class Criteria:
     """What a bounce rule selects: each part a string or None, the names strings.
 

@@ -330,19 +330,24 @@ def format_duration(nanos: int) -> str:
             return "0s"
         raise ValueError(f"a duration cannot be negative, got {nanos} ns")
     seconds, subsecond = divmod(nanos, NANOS_PER_SECOND)
-    whole = _format_seconds(seconds)
     if not subsecond:
-        return whole
-    millis, subsecond = divmod(subsecond, NANOS_PER_MILLISECOND)
+        return _format_seconds(seconds)
     micros, subsecond = divmod(subsecond, NANOS_PER_MICROSECOND)
-    parts = [whole] if whole else []
-    if millis:
-        parts.append(f"{millis}ms")
-    if micros:
-        parts.append(f"{micros}us")
-    if subsecond:
-        parts.append(f"{subsecond}ns")
-    return " ".join(parts)
+    millis, micros = divmod(micros, 1_000)
+    parts = (_format_seconds(seconds), _MILLIS[millis], _MICROS[micros], _NANOS[subsecond])
+    return " ".join(filter(None, parts))
+
+
+def _subsecond_parts(unit: str) -> tuple[str, ...]:
+    """``format_duration``'s part for 0-999 of ``unit`` (``""`` for 0)."""
+    return ("", *(f"{value}{unit}" for value in range(1, 1_000)))
+
+
+# GET formats a duration for every live rule each time it is asked: table look-ups
+# rather than three formattings a duration.
+_MILLIS: Final = _subsecond_parts("ms")
+_MICROS: Final = _subsecond_parts("us")
+_NANOS: Final = _subsecond_parts("ns")
 
 
 # GET lists every live rule's remaining duration each time it is asked (thousands of

@@ -109,10 +109,10 @@ class Projection:
         for name in (*self._unindexed, *state.queue_counts):
             if name not in self.queue_index:
                 self.queue_index.add(name, QueueName.parse(name), name)
-        self._matched: dict[Criteria, tuple[int, list[str]]] = {}
-        """Criteria -> (the index's size then, the queues they match): a live rule's
-        ``pending``, which every GET lists, sums its queues' gauges without matching
-        them again (a rule matching every queue: 10,000 names) until a queue is new."""
+        self._matched: dict[Criteria, list[str]] = {}
+        """Criteria -> the queues they match: a live rule's ``pending``, which every GET
+        lists, sums its queues' gauges without matching them again (a rule matching
+        every queue: 10,000 names). Emptied when the index gains a queue."""
         self._prune_at = _MATCHED_KEPT
 
     def preview(
@@ -150,9 +150,8 @@ class Projection:
     def pending(self, criteria: Criteria) -> int:
         """Messages held now in the queues ``criteria`` match (a live bounce rule's
         ``pending``: 0 once its sweep and the attempts it waits for are done)."""
-        index = self.queue_index
-        matched = self._matched.get(criteria)
-        if matched is None or matched[0] != len(index):
+        names = self._matched.get(criteria)
+        if names is None:
             if len(self._matched) >= self._prune_at:
                 # Forget the criteria of rules that ended; keep the live ones'.
                 book = self.state.rules
@@ -160,9 +159,11 @@ class Projection:
                     c: m for c, m in self._matched.items() if book.live_equal(c) is not None
                 }
                 self._prune_at = max(_MATCHED_KEPT, 2 * len(self._matched))
-            matched = self._matched[criteria] = (len(index), index.matching(criteria))
+            names = self._matched[criteria] = self.queue_index.matching(criteria)
+        if not names:
+            return 0
         counts = self.state.queue_counts
-        return sum(map(counts.get, matched[1], repeat(0)))
+        return sum(map(counts.get, names, repeat(0)))
 
     async def locate(self, message_id: str) -> list[str]:
         """The queues that may hold ``message_id`` (a hint: see
@@ -200,6 +201,7 @@ class Projection:
                 arrivals[event.queue] = item.time
                 if event.queue not in index:
                     index.add(event.queue, QueueName.parse(event.queue), event.queue)
+                    self._matched.clear()
             elif type(event) in RULE_ISSUES:
                 issued += 1
             elif type(event) in _READY_SUSPENSION_EVENTS:
@@ -221,6 +223,7 @@ class Projection:
                 arrivals[event.to_queue] = item.time
                 if event.to_queue not in index:
                     index.add(event.to_queue, QueueName.parse(event.to_queue), event.to_queue)
+                    self._matched.clear()
                 if event.queue not in self.state.queue_counts:
                     self.locations.add_many(received)
                     received.clear()

@@ -9,6 +9,7 @@ that a scenario replays bit for bit when the offset is given.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import trio
 
@@ -38,6 +39,14 @@ class EngineClock:
         """The current wall time, ns since the epoch."""
         wall, origin = self._anchor()
         return wall + round((trio.current_time() - origin) * NANOS_PER_SECOND)
+
+    def reader(self) -> Callable[[], int]:
+        """:meth:`now` for a worker thread, which cannot ask trio for the time: it reads
+        the run's clock itself (trio's system clock reads ``time.perf_counter``, which
+        any thread may). Call it in the Trio thread."""
+        wall, origin = self._anchor()
+        clock = trio.lowlevel.current_clock()
+        return lambda: wall + round((clock.current_time() - origin) * NANOS_PER_SECOND)
 
     def deadline(self, wall: int) -> float:
         """A trio clock reading at which the wall time is at least ``wall``.

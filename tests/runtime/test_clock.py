@@ -16,6 +16,21 @@ async def test_wall_time_follows_the_trio_clock(autojump_clock: trio.testing.Moc
     assert clock.now() == 1_001_500_000_000
 
 
+async def test_a_reader_gives_the_time_now_gives(autojump_clock: trio.testing.MockClock) -> None:
+    clock = EngineClock(wall_origin=1_000_000_000_000)
+    read = clock.reader()
+    await trio.sleep(2.25)
+    assert read() == clock.now() == 1_002_250_000_000
+
+
+async def test_a_reader_reads_the_system_clock_from_a_worker_thread() -> None:
+    clock = EngineClock(wall_origin=1_000_000_000_000)
+    read = clock.reader()
+    before = clock.now()
+    in_thread = await trio.to_thread.run_sync(read)
+    assert before <= in_thread <= clock.now()
+
+
 async def test_a_deadline_is_never_early(autojump_clock: trio.testing.MockClock) -> None:
     clock = EngineClock(wall_origin=1_767_225_600_123_456_789)
     for offset in (1, 7, 999_999_999, 300_000_000_001):

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 import trio
@@ -17,6 +20,8 @@ from kumo.runtime.log_writer import DiskFullError, LogClosedError, LogWriter
 from kumo.store.data_dir import open_event_log
 from kumo.store.event_log import EventStore
 from tests.runtime.harness import WALL_ORIGIN
+
+T = TypeVar("T")
 
 
 def open_writer(
@@ -275,3 +280,100 @@ async def test_a_full_disk_refuses_clients_keeps_background_events_and_recovers(
     assert [c.event for c in seen] == [received(0), BounceExpired("r1"), received(2)]
     assert committed.seq == 3
     store.close()
+
+
+class HeldTrips:
+    """A ``run_blocking`` that runs each call inline, the first only once released:
+    meanwhile the writer's first transaction is, for the test, under way."""
+
+    def __init__(self) -> None:
+        self.trips = 0
+        self.release = trio.Event()
+
+    async def __call__(self, call: Callable[[], T]) -> T:
+        self.trips += 1
+        await self.release.wait()
+        return call()
+
+
+async def _commit_under_way_then_append(
+    tmp_path: Path, *, gate_closed: bool, body: bytes = b""
+) -> tuple[LogWriter, HeldTrips, list[list[Committed]], list[BaseException | int]]:
+    """A background transaction held under way while a client appends (the admin gate
+    closed or not); returns once everything settled."""
+    transactions: list[list[Committed]] = []
+    gate = AdminGate(10.0)
+    trips = HeldTrips()
+    store = open_event_log(tmp_path)
+    writer = LogWriter(
+        store,
+        open_event_log(tmp_path, readonly=True),
+        EngineClock(WALL_ORIGIN),
+        EngineSettings(),
+        on_commit=transactions.append,
+        run_blocking=trips,
+        admin_gate=gate,
+    )
+    if body:
+        db = store._db  # type: ignore[attr-defined]  # the file size limit stands for the disk
+        db.execute(f"PRAGMA max_page_count={db.execute('PRAGMA page_count').fetchone()[0] + 20}")
+    outcome: list[BaseException | int] = []
+
+    async def client() -> None:
+        try:
+            [committed] = await writer.append([received(1)], bodies={0: body} if body else None)
+            outcome.append(committed.seq)
+        except DiskFullError as exc:
+            outcome.append(exc)
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(writer.run)
+        await writer.submit([BounceExpired("r1")])
+        await trio.testing.wait_all_tasks_blocked()
+        assert trips.trips == 1  # the sweep's transaction is under way
+        with gate.request() if gate_closed else contextlib.nullcontext():
+            nursery.start_soon(client)
+            await trio.testing.wait_all_tasks_blocked()
+            trips.release.set()
+            await trio.testing.wait_all_tasks_blocked()
+        writer.close()
+    return writer, trips, transactions, outcome
+
+
+async def test_a_client_that_arrives_during_a_commit_is_committed_in_the_same_trip(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """While admin requests are answered, the worker that committed the transaction
+    under way commits the clients waiting next, in a transaction of their own, before
+    it hands back: no trip to the event loop between the two."""
+    writer, trips, transactions, outcome = await _commit_under_way_then_append(
+        tmp_path, gate_closed=True
+    )
+    assert [[c.event for c in t] for t in transactions] == [[BounceExpired("r1")], [received(1)]]
+    assert (trips.trips, outcome) == (1, [2])
+    stats = writer.statistics()
+    assert (stats.commits, stats.durable_commits, stats.durable_seq) == (2, 2, 2)
+    assert stats.commit_seconds.count == 2
+
+
+async def test_with_the_gate_open_the_next_transaction_is_planned_in_the_loop(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    _, trips, transactions, outcome = await _commit_under_way_then_append(
+        tmp_path, gate_closed=False
+    )
+    assert [[c.event for c in t] for t in transactions] == [[BounceExpired("r1")], [received(1)]]
+    assert (trips.trips, outcome) == (2, [2])
+
+
+async def test_a_full_disk_refuses_the_client_of_a_transaction_committed_in_the_same_trip(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    writer, trips, transactions, outcome = await _commit_under_way_then_append(
+        tmp_path, gate_closed=True, body=b"x" * 400_000
+    )
+    assert [[c.event for c in t] for t in transactions] == [[BounceExpired("r1")]]
+    assert trips.trips == 1
+    [error] = outcome
+    assert isinstance(error, DiskFullError)
+    assert writer.statistics().disk_full == 1

@@ -264,7 +264,7 @@ async def probe(data_dir: Path, settings: EngineSettings) -> dict[str, Any]:
                 lateness = trio.current_time() - due
                 began = now() - lateness
                 woke = now()
-                views = engine.list_bounces()
+                views = engine.live_bounces()
                 listed = now()
                 body = listing.encode(views)
                 ended = now()
@@ -274,7 +274,7 @@ async def probe(data_dir: Path, settings: EngineSettings) -> dict[str, Any]:
                         "woke": woke,
                         "listed": listed,
                         "end": ended,
-                        "rules": len(views),
+                        "rules": len(views.rules),
                         "bytes": len(body),
                     }
                 )

@@ -16,7 +16,7 @@ from kumo.model.inspection import InspectedMessage, InspectedQueue
 from kumo.model.ready_queue_state import ReadyQueueState
 from kumo.model.ready_suspension import ReadySuspensionView
 from kumo.model.requests import BounceRequest, NewMessage, ReadySuspendRequest, RebindRequest
-from kumo.model.state import RuleKind, RuleView
+from kumo.model.state import LiveRules, RuleKind, RuleView
 from kumo.runtime.delivery import DispatcherStatistics
 from kumo.runtime.queue_actor import ActorStatistics
 
@@ -38,6 +38,8 @@ class AdminEngine(Protocol):
     async def cancel_bounce(self, rule_id: str, *, cancelled_by: str) -> bool: ...
 
     def list_bounces(self) -> list[RuleView]: ...
+
+    def live_bounces(self) -> LiveRules: ...
 
     def preview(
         self,

@@ -15,14 +15,13 @@ The body is byte for byte ``orjson.dumps([rule_entry(view) for view in views])``
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any, Final
 
 import orjson
 
 from kumo.model.duration import format_duration
 from kumo.model.rfc3339 import format_rfc3339
-from kumo.model.state import RuleView
+from kumo.model.state import LiveRules, RuleView
 
 _BOUNCED: Final = b',"bounced":'
 _TOTAL: Final = b',"total_bounced":'
@@ -67,22 +66,24 @@ class RuleListing:
     def __init__(self) -> None:
         self._entries: dict[str, _Entry] = {}
 
-    def encode(self, views: Sequence[RuleView]) -> bytes:
-        """The JSON array of ``views``, in order."""
+    def encode(self, live: LiveRules) -> bytes:
+        """The JSON array of ``live.views()``, in order."""
         entries = self._entries
         kept: dict[str, _Entry] = {}
+        now, pending = live.now, live.pending
         # Each entry after a comma; the first comma becomes the array's bracket. A
         # duration is ASCII with nothing to escape, and its quotes are in head and rest.
         pieces: list[bytes] = []
-        for view in views:
-            rule_id = view.id
+        for rule in live.rules:
+            rule_id = rule.id
+            held = pending(rule.criteria)
             entry = entries.get(rule_id)
             if entry is None:
-                entry = _Entry(view)
-            elif entry.total != view.total_bounced or entry.pending != view.pending:
-                entry = entry.counted(view)
+                entry = _Entry(live.view(rule, held))
+            elif entry.total != rule.total_bounced or entry.pending != held:
+                entry = entry.counted(live.view(rule, held))
             kept[rule_id] = entry
-            duration = format_duration(max(view.remaining, 0)).encode()
+            duration = format_duration(rule.expires_at - now).encode()
             pieces += (b",", entry.head, duration, entry.rest)
         self._entries = kept
         if not pieces:

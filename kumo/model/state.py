@@ -89,6 +89,47 @@ class Rule(Lifetime):
     total_bounced: int = 0
 
 
+@attrs.frozen
+class LiveRules:
+    """A book's live rules at one moment, oldest first, with what makes their views.
+
+    GET's listing (:class:`kumo.http.rule_listing.RuleListing`) reads the rules' ids,
+    counters and expiry itself and asks for a rule's :class:`RuleView` only when its
+    figures moved: thousands of rules are live under a probe, and most never change.
+    Read it right away: the rules are the book's own records, which later events move.
+    """
+
+    now: int
+    rules: list[Rule]
+    pending: Callable[[Criteria], int]
+    """A rule's :attr:`RuleView.pending`, from its criteria."""
+
+    def view(self, rule: Rule, pending: int) -> RuleView:
+        """``rule`` as GET lists it, with ``pending`` (``self.pending(rule.criteria)``)."""
+        # Positional: built for many rules at a time.
+        return RuleView(
+            rule.id,
+            rule.criteria,
+            rule.reason,
+            rule.expires_at - self.now,
+            rule.expires_at,
+            rule.issued_at,
+            rule.issued_by,
+            rule.suppress_logging,
+            dict(rule.bounced),
+            rule.total_bounced,
+            pending,
+        )
+
+    def views(self) -> list[RuleView]:
+        pending = self.pending
+        return [self.view(rule, pending(rule.criteria)) for rule in self.rules]
+
+
+def _nothing_pending(_: Criteria) -> int:
+    return 0
+
+
 class RuleView(NamedTuple):
     """A live rule as GET /api/admin/bounce/v1 shows it.
 
@@ -273,25 +314,14 @@ class RuleBook:
     def views(self, now: int, pending: Callable[[Criteria], int] | None = None) -> list[RuleView]:
         """The rules GET lists at ``now``: live ones, oldest first; ``pending`` gives each
         its :attr:`RuleView.pending` from its criteria (0 without it)."""
-        # Positional, and ``expires_at`` alone for live_at(now): the book keeps only
-        # rules neither ended nor issued expired in ``_live``.
-        return [
-            RuleView(
-                rule.id,
-                rule.criteria,
-                rule.reason,
-                rule.expires_at - now,
-                rule.expires_at,
-                rule.issued_at,
-                rule.issued_by,
-                rule.suppress_logging,
-                dict(rule.bounced),
-                rule.total_bounced,
-                0 if pending is None else pending(rule.criteria),
-            )
-            for rule in self._live.values()
-            if now < rule.expires_at
-        ]
+        return self.live(now, pending).views()
+
+    def live(self, now: int, pending: Callable[[Criteria], int] | None = None) -> LiveRules:
+        """The rules :meth:`views` lists, without making their views."""
+        # ``expires_at`` alone for live_at(now): the book keeps only rules neither ended
+        # nor issued expired in ``_live``.
+        rules = [rule for rule in self._live.values() if now < rule.expires_at]
+        return LiveRules(now, rules, pending or _nothing_pending)
 
     def next_expiry(self) -> int | None:
         """The earliest ``expires_at`` of the rules not yet ended, if any."""

@@ -66,7 +66,7 @@ from kumo.model.recovery import Recovery, recover
 from kumo.model.requests import BounceRequest, NewMessage, ReadySuspendRequest, RebindRequest
 from kumo.model.router import Router
 from kumo.model.settings import EngineSettings
-from kumo.model.state import QueueState, RuleKind, RuleView, State
+from kumo.model.state import LiveRules, QueueState, RuleKind, RuleView, State
 from kumo.model.statistics import counter, gauge, record
 from kumo.runtime.admin_gate import AdminGate, AdminGateStatistics
 from kumo.runtime.blocking import in_thread, inline
@@ -271,7 +271,12 @@ class Engine:
     def list_bounces(self) -> list[RuleView]:
         """Live rules, oldest first, with their counters, remaining lifetime and the
         messages their sweep still owes (``pending``, from the projection's gauges)."""
-        return self._projection.rules.views(self.clock.now(), self._parts.projection.pending)
+        return self.live_bounces().views()
+
+    def live_bounces(self) -> LiveRules:
+        """What :meth:`list_bounces` lists, without making the views: for a listing
+        that encodes again only the rules whose figures moved."""
+        return self._projection.rules.live(self.clock.now(), self._parts.projection.pending)
 
     def preview(
         self,

@@ -47,7 +47,7 @@ from kumo.model.inspection import InspectedMessage, InspectedQueue
 from kumo.model.ready_queue_state import ReadyQueueState, select_states
 from kumo.model.ready_suspension import ReadySuspensionView
 from kumo.model.requests import BounceRequest, NewMessage, ReadySuspendRequest, RebindRequest
-from kumo.model.state import RuleKind, RuleView
+from kumo.model.state import LiveRules, Rule, RuleKind, RuleView
 from kumo.model.statistics import counter
 from kumo.runtime.delivery import DispatcherStatistics
 from kumo.runtime.engine import EngineClosedError
@@ -120,6 +120,29 @@ class FakeEngine:
     def list_bounces(self) -> list[RuleView]:
         self._refuse()
         return list(self.rules)
+
+    def live_bounces(self) -> LiveRules:
+        """:attr:`rules` as the engine hands them to GET's listing (their ``remaining``
+        must agree on the time)."""
+        views = self.list_bounces()
+        [now] = {view.expires_at - view.remaining for view in views} or {self.now()}
+        rules = [
+            Rule(
+                view.id,
+                view.criteria,
+                view.reason,
+                0,
+                view.issued_at,
+                view.expires_at,
+                view.suppress_logging,
+                view.issued_by,
+                bounced=dict(view.bounced),
+                total_bounced=view.total_bounced,
+            )
+            for view in views
+        ]
+        pending = {view.criteria: view.pending for view in views}
+        return LiveRules(now, rules, pending.__getitem__)
 
     async def fleet_bounces(self) -> FleetFigures:
         self._refuse()

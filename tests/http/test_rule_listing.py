@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
 
 import orjson
 from hypothesis import given
@@ -11,66 +11,75 @@ from hypothesis import strategies as st
 from kumo.http.rule_listing import RuleListing, rule_entry
 from kumo.model.criteria import Criteria
 from kumo.model.duration import NANOS_PER_SECOND
-from kumo.model.state import RuleView
+from kumo.model.state import LiveRules, Rule
+
+NOW = 1_700_000_000 * NANOS_PER_SECOND
 
 
-def whole(views: list[RuleView]) -> bytes:
-    return orjson.dumps([rule_entry(view) for view in views])
+def whole(live: LiveRules) -> bytes:
+    return orjson.dumps([rule_entry(view) for view in live.views()])
 
 
-def view(n: int, **changes: Any) -> RuleView:
-    base = RuleView(
-        id=f"rule-{n}",
-        criteria=Criteria(domain=f"d{n}.example", campaign="c" if n % 2 else None),
-        reason=f'reason "{n}" é',
-        remaining=300 * NANOS_PER_SECOND - n,
-        expires_at=1_700_000_000 * NANOS_PER_SECOND + n,
-        issued_at=1_699_999_700 * NANOS_PER_SECOND,
-        issued_by="127.0.0.1",
-        suppress_logging=bool(n % 3),
-        bounced={},
-        total_bounced=0,
+def rule(n: int, criteria: Criteria | None = None, bounced: Mapping[str, int] = {}) -> Rule:
+    return Rule(
+        f"rule-{n}",
+        criteria or Criteria(domain=f"d{n}.example", campaign="c" if n % 2 else None),
+        f'reason "{n}" é',
+        n,
+        NOW - 300 * NANOS_PER_SECOND,
+        NOW + 300 * NANOS_PER_SECOND - n,
+        bool(n % 3),
+        "127.0.0.1",
+        bounced=dict(bounced),
+        total_bounced=sum(bounced.values()),
     )
-    return base._replace(**changes)
+
+
+def live(rules: list[Rule], now: int = NOW, pending: Mapping[str, int] = {}) -> LiveRules:
+    """``rules`` at ``now``, each with the ``pending`` of its id (0 if none)."""
+    by_criteria = {r.criteria: pending.get(r.id, 0) for r in rules}
+    return LiveRules(now, rules, by_criteria.__getitem__)
 
 
 def test_the_listing_follows_counters_durations_and_rules() -> None:
     listing = RuleListing()
-    assert listing.encode([]) == whole([]) == b"[]"
-    first = [view(1), view(2, criteria=Criteria(queue_names=["b@x", "a@y"]))]
-    assert listing.encode(first) == whole(first)
+    assert listing.encode(live([])) == whole(live([])) == b"[]"
+    first = [rule(1), rule(2, Criteria(queue_names=["b@x", "a@y"]))]
+    assert listing.encode(live(first)) == whole(live(first))
     # The sweep goes on: counters, pending and the remaining time move.
-    second = [
-        view(1, bounced={"q1": 3, "q2": 4}, total_bounced=7, pending=5, remaining=1),
-        first[1],
-        view(3, remaining=-5),
-    ]
-    assert listing.encode(second) == whole(second)
-    third = [second[0]._replace(bounced={"q1": 3, "q2": 9}, total_bounced=12), second[2]]
-    assert listing.encode(third) == whole(third)
+    second = [rule(1, bounced={"q1": 3, "q2": 4}), first[1], rule(3)]
+    later = live(second, NOW + 299 * NANOS_PER_SECOND, {"rule-1": 5})
+    assert listing.encode(later) == whole(later)
+    third = [rule(1, bounced={"q1": 3, "q2": 9}), second[2]]
+    assert listing.encode(live(third)) == whole(live(third))
 
 
-_views = st.builds(
-    view,
-    st.integers(0, 5),
-    remaining=st.integers(-NANOS_PER_SECOND, 10**15),
-    pending=st.integers(0, 10**6),
+@given(
+    st.lists(
+        st.tuples(
+            st.lists(st.tuples(st.integers(0, 5), st.integers(0, 10**6)), max_size=6),
+            st.integers(0, 299 * NANOS_PER_SECOND),
+        ),
+        max_size=5,
+    )
 )
-
-
-@given(st.lists(st.lists(_views, max_size=6), max_size=5))
-def test_any_sequence_of_listings_encodes_as_whole(listings: list[list[RuleView]]) -> None:
+def test_any_sequence_of_listings_encodes_as_whole(
+    listings: list[tuple[list[tuple[int, int]], int]],
+) -> None:
     """Counters grow from one listing to the next, as one node's do: a queue enters a
     rule's ``bounced`` map with its first bounced message, never with 0 (so the map
     changes only when ``total_bounced`` moves, which the encoder relies on)."""
     encoder = RuleListing()
-    counted: dict[str, dict[str, int]] = {}
-    for views in listings:
-        grown = []
-        for item in views:
-            bounced = counted.setdefault(item.id, {})
-            if item.pending:
-                queue = f"q{item.pending % 3}"
-                bounced[queue] = bounced.get(queue, 0) + item.pending
-            grown.append(item._replace(bounced=dict(bounced), total_bounced=sum(bounced.values())))
-        assert encoder.encode(grown) == whole(grown)
+    counted: dict[int, dict[str, int]] = {}
+    for items, elapsed in listings:
+        rules: dict[int, Rule] = {}
+        pending: dict[str, int] = {}
+        for n, held in items:
+            bounced = counted.setdefault(n, {})
+            if held:
+                queue = f"q{held % 3}"
+                bounced[queue] = bounced.get(queue, 0) + held
+            rules[n] = rule(n, bounced=bounced)
+            pending[f"rule-{n}"] = held
+        listing = live(list(rules.values()), NOW + elapsed, pending)
+        assert encoder.encode(listing) == whole(listing)

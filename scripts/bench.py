@@ -712,15 +712,19 @@ def _paced(period: float, stop: Callable[[], bool], request: Callable[[], None])
         request()
 
 
-def _post_probe(url: str, stop: Any, results: Any) -> None:
+def _post_probe(url: str, stop: Any, results: Any, lifetime: str = "5m") -> None:
     """The POST probe of :func:`sweep_probe_run`, in a process of its own: sends
     ``(time.monotonic() at the start, latency)`` of each POST to ``results`` once
-    ``stop`` (a ``multiprocessing.Event``) is set."""
+    ``stop`` (a ``multiprocessing.Event``) is set. Each rule lives ``lifetime``."""
     posts: list[tuple[float, float]] = []
     with httpx.Client(base_url=url, timeout=60) as client:
 
         def post() -> None:
-            body = {"domain": f"probe-{len(posts)}.invalid", "reason": "probe", "duration": "5m"}
+            body = {
+                "domain": f"probe-{len(posts)}.invalid",
+                "reason": "probe",
+                "duration": lifetime,
+            }
             started = time.monotonic()
             client.post("/api/admin/bounce/v1", json=body).raise_for_status()
             posts.append((started, time.monotonic() - started))

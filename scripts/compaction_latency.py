@@ -2,14 +2,15 @@
 snapshot and an archive pass at 1,000,000 queued").
 
 ``kumo serve`` on a copy of a filled data directory (``sweep_latency.py build DIR
-1000000 10000``: 1,000,000 queued over 10,000 queues), probed by two client threads, as
+1000000 10000``: 1,000,000 queued over 10,000 queues), probed by two clients, as
 ``bench.py``'s sweep-probe does: one POSTs a new, distinct rule that matches nothing every
-20 ms (each live 2 s), the other GETs the rules every 10 ms. After ``--idle`` seconds it
+20 ms (each live 2 s), from a process of its own, the other GETs the rules every 10 ms.
+After ``--idle`` seconds it
 runs the compaction a server starts every ``[log] snapshot_every`` events (``python -m
 kumo.store.compaction DIR --until SEQ``: a snapshot of the state, then the archive pass,
 at ``nice 10``), and probes until ``--after`` seconds past its end. A request's latency
 counts from its sending; a slow answer delays the next request. Beside it all, a
-process of its own commits one row with an fsync every 20 ms in the same file system:
+third process commits one row with an fsync every 20 ms in the same file system:
 what the disk allows a POST (a POST is answered once its event is fsynced).
 
 Usage::
@@ -26,14 +27,13 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import json
+import multiprocessing
 import os
 import shutil
 import sqlite3
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,9 +41,8 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench import Server, percentile
+from bench import Server, _paced, _post_probe, percentile
 
-POST_PERIOD = 0.02
 GET_PERIOD = 0.01
 BARE_PERIOD = 0.02
 PROBE_RULE_LIFETIME = "2s"
@@ -53,53 +52,34 @@ more than anything else, compaction or not)."""
 PHASES = ("idle", "compaction", "after")
 
 
-class Samples:
-    """(sending time, latency) of one kind of request, from several threads."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.items: list[tuple[float, float]] = []
-
-    def add(self, sent: float, latency: float) -> None:
-        with self._lock:
-            self.items.append((sent, latency))
-
-    def between(self, start: float, end: float) -> list[float]:
-        """Latencies of the requests in flight at some moment of [start, end)."""
-        return [lat for sent, lat in self.items if sent < end and sent + lat >= start]
+def between(samples: list[tuple[float, float]], start: float, end: float) -> list[float]:
+    """Latencies of the requests in flight at some moment of [start, end)."""
+    return [lat for sent, lat in samples if sent < end and sent + lat >= start]
 
 
-def paced(period: float, stop: threading.Event, request: Callable[[float], None]) -> None:
-    """Call ``request(sent)`` until ``stop``, each call ``period`` s after the previous
-    one began, or at once when that one took longer (as ``bench.py``'s probes pace: a
-    slow answer delays the next request rather than piling requests up)."""
-    while not stop.is_set():
-        sent = time.perf_counter()
-        request(sent)
-        pause = sent + period - time.perf_counter()
-        if pause > 0:
-            time.sleep(pause)
-
-
-def bare_commits(path: Path, samples: Samples, stop: threading.Event) -> None:
-    """One 200-byte row committed with an fsync every :data:`BARE_PERIOD` (SQLite WAL,
-    ``synchronous=FULL``), as kumo's writer commits: what the disk allows."""
-    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+def bare_commits(path: Path, stop: Any, results: Any) -> None:
+    """In a process of its own: one 200-byte row committed with an fsync every
+    :data:`BARE_PERIOD` (SQLite WAL, ``synchronous=FULL``), as kumo's writer commits:
+    what the disk allows. Sends ``(time.monotonic() at the start, latency)`` of each to
+    ``results`` once ``stop`` is set."""
+    db = sqlite3.connect(path, isolation_level=None)
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=FULL")
     db.execute("CREATE TABLE IF NOT EXISTS t (x)")
+    samples: list[tuple[float, float]] = []
 
-    def commit(_: float) -> None:
-        started = time.perf_counter()
+    def commit() -> None:
+        started = time.monotonic()
         db.execute("BEGIN IMMEDIATE")
         db.execute("INSERT INTO t VALUES (?)", (b"x" * 200,))
         db.execute("COMMIT")
-        samples.add(started, time.perf_counter() - started)
+        samples.append((started, time.monotonic() - started))
 
     try:
-        paced(BARE_PERIOD, stop, commit)
+        _paced(BARE_PERIOD, stop.is_set, commit)
     finally:
         db.close()
+    results.send(samples)
 
 
 def last_seq(data_dir: Path) -> int:
@@ -133,39 +113,39 @@ def run(template: Path, idle: float, after: float, get_period: float) -> dict[st
     server = Server(copy, extra=["--config", str(config)])
     try:
         server.wait_ready()
-        posts, gets, bare = Samples(), Samples(), Samples()
-        stop = threading.Event()
-        counter = iter(range(10**9))
-
-        def post(client: httpx.Client, sent: float) -> None:
-            body = {
-                "domain": f"probe-{next(counter)}.invalid",
-                "reason": "probe",
-                "duration": PROBE_RULE_LIFETIME,
-            }
-            client.post("/api/admin/bounce/v1", json=body).raise_for_status()
-            posts.add(sent, time.perf_counter() - sent)
-
-        def get(client: httpx.Client, sent: float) -> None:
-            client.get("/api/admin/bounce/v1").raise_for_status()
-            gets.add(sent, time.perf_counter() - sent)
-
-        def prober(period: float, request: Callable[[httpx.Client, float], None]) -> None:
-            with httpx.Client(base_url=server.url, timeout=120) as client:
-                paced(period, stop, lambda sent: request(client, sent))
-
+        forked = multiprocessing.get_context("fork")
+        stop = forked.Event()
         bare_path = template.with_name(template.name + ".bare.sqlite3")
-        with concurrent.futures.ThreadPoolExecutor(3) as pool:
-            futures = [
-                pool.submit(prober, POST_PERIOD, post),
-                pool.submit(prober, get_period, get),
-                pool.submit(bare_commits, bare_path, bare, stop),
-            ]
+        pipes = [forked.Pipe(duplex=False) for _ in range(2)]
+        children = [
+            forked.Process(
+                target=_post_probe,
+                args=(server.url, stop, pipes[0][1], PROBE_RULE_LIFETIME),
+                daemon=True,
+            ),
+            forked.Process(target=bare_commits, args=(bare_path, stop, pipes[1][1]), daemon=True),
+        ]
+        for child, (_, sent) in zip(children, pipes, strict=True):
+            child.start()
+            sent.close()  # the child's end: if it dies, recv() raises rather than waits
+        gets: list[tuple[float, float]] = []
+
+        def get(client: httpx.Client) -> None:
+            sent = time.monotonic()
+            client.get("/api/admin/bounce/v1").raise_for_status()
+            gets.append((sent, time.monotonic() - sent))
+
+        def get_probe() -> None:
+            with httpx.Client(base_url=server.url, timeout=120) as client:
+                _paced(get_period, stop.is_set, lambda: get(client))
+
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            getter = pool.submit(get_probe)
             try:
-                started = time.perf_counter()
+                started = time.monotonic()
                 time.sleep(idle)
                 until = last_seq(copy)
-                begun = time.perf_counter()
+                begun = time.monotonic()
                 command = [sys.executable, "-m", "kumo.store.compaction", str(copy)]
                 result = subprocess.run(
                     [*command, "--until", str(until)],
@@ -175,15 +155,18 @@ def run(template: Path, idle: float, after: float, get_period: float) -> dict[st
                 )
                 if result.returncode != 0:
                     raise RuntimeError(f"the compaction failed: {result.stderr.strip()[-2000:]}")
-                ended = time.perf_counter()
+                ended = time.monotonic()
                 time.sleep(after)
             finally:
                 stop.set()
-                for future in futures:
-                    future.result()
+                getter.result()
+                posts: list[tuple[float, float]] = pipes[0][0].recv()
+                bare: list[tuple[float, float]] = pipes[1][0].recv()
+                for child in children:
+                    child.join(60)
                 for suffix in ("", "-wal", "-shm"):
                     Path(str(bare_path) + suffix).unlink(missing_ok=True)
-        finished = time.perf_counter()
+        finished = time.monotonic()
     finally:
         server.stop()
         shutil.rmtree(copy, ignore_errors=True)
@@ -199,9 +182,9 @@ def run(template: Path, idle: float, after: float, get_period: float) -> dict[st
         "phases": {
             phase: {
                 "seconds": round(end - start, 1),
-                "POST": stats(posts.between(start, end)),
-                "GET": stats(gets.between(start, end)),
-                "bare fsynced commit": stats(bare.between(start, end)),
+                "POST": stats(between(posts, start, end)),
+                "GET": stats(between(gets, start, end)),
+                "bare fsynced commit": stats(between(bare, start, end)),
             }
             for phase, (start, end) in spans.items()
         },

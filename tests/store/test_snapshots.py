@@ -21,6 +21,7 @@ from kumo.store.snapshots import (
     load_newest,
     snapshot_paths,
     take_snapshot,
+    write_snapshot,
 )
 
 
@@ -154,6 +155,20 @@ def test_a_crash_while_writing_leaves_the_old_snapshots_whole(tmp_path: Path) ->
     fill(tmp_path, 10, 10)
     take_snapshot(tmp_path)
     assert not half.exists()  # the next writer removes it
+
+
+def test_a_snapshot_written_a_piece_at_a_time_loads_as_written(tmp_path: Path) -> None:
+    fill(tmp_path, 0, 10, bounce=True)
+    taken = take_snapshot(tmp_path)
+    assert taken is not None
+    data = taken.path.read_bytes()
+    rewritten = write_snapshot(tmp_path / "again", taken.seq, data, piece=7)
+    assert rewritten.read_bytes() == data
+    store = open_event_log(tmp_path, readonly=True)
+    loaded = load_newest(tmp_path / "again", store, report=print)
+    store.close()
+    assert loaded is not None
+    assert state_differences(full_fold(tmp_path), loaded[0]) == []
 
 
 def test_the_compaction_process_prints_what_it_took(tmp_path: Path) -> None:

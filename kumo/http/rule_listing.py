@@ -7,10 +7,13 @@ fixed for a rule id and is encoded once; the ``bounced`` map (10,000 queues for 
 that matches everything) is encoded again only when ``total_bounced`` moved. Under a
 probe that issues a rule every 20 ms and reads GET every 10 ms, thousands of rules are
 live, and encoding each entry whole on every GET kept the event loop busy most of the
-time (docs/benchmarks.md, "Admin latency under a sweep").
+time (docs/benchmarks.md, "Admin latency under a sweep"). So the listing reads the
+live rules themselves (:class:`~kumo.model.state.LiveRules`) and asks for a rule's view
+only when its figures moved: per unchanged rule, a GET looks up its ``pending``,
+formats its duration and joins three byte strings.
 
-The body is byte for byte ``orjson.dumps([rule_entry(view) for view in views])``, and
-:func:`rule_entry` is the one definition of an entry's keys and their order.
+The body is byte for byte ``orjson.dumps([rule_entry(view) for view in live.views()])``,
+and :func:`rule_entry` is the one definition of an entry's keys and their order.
 """
 
 from __future__ import annotations

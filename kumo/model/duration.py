@@ -343,16 +343,15 @@ def _subsecond_parts(unit: str) -> tuple[str, ...]:
     return ("", *(f"{value}{unit}" for value in range(1, 1_000)))
 
 
-# GET formats a duration for every live rule each time it is asked: table look-ups
-# rather than three formattings a duration.
+# GET lists every live rule's remaining duration each time it is asked (thousands of
+# rules, every few ms under a probe): the fraction of a second is read from tables, and
+# the whole seconds of one rule's remaining time, which repeat from one GET to the
+# next, are formatted once.
 _MILLIS: Final = _subsecond_parts("ms")
 _MICROS: Final = _subsecond_parts("us")
 _NANOS: Final = _subsecond_parts("ns")
 
 
-# GET lists every live rule's remaining duration each time it is asked (thousands of
-# rules, every few ms under a probe): the whole seconds of one rule's remaining time
-# repeat from one GET to the next, only the fraction moves.
 @lru_cache(maxsize=65_536)
 def _format_seconds(seconds: int) -> str:
     """The whole-second parts of :func:`format_duration` (``""`` for 0)."""

@@ -26,21 +26,23 @@ T = TypeVar("T")
 
 def open_writer(
     path: Path,
-    seen: list[Committed],
+    on_commit: Callable[[list[Committed]], None],
     settings: EngineSettings | None = None,
     *,
     store: EventStore | None = None,
     run_blocking: RunBlocking = in_thread,
+    admin_gate: AdminGate | None = None,
 ) -> LogWriter:
-    """A writer on the log at ``path`` (through ``store`` if given) that records what it
-    commits in ``seen``."""
+    """A writer on the log at ``path`` (through ``store`` if given) that hands each
+    transaction it commits to ``on_commit``."""
     return LogWriter(
         store or open_event_log(path),
         open_event_log(path, readonly=True),
         EngineClock(WALL_ORIGIN),
         settings or EngineSettings(),
-        on_commit=seen.extend,
+        on_commit=on_commit,
         run_blocking=run_blocking,
+        admin_gate=admin_gate,
     )
 
 
@@ -50,7 +52,7 @@ def received(n: int) -> MessageReceived:
 
 async def test_concurrent_appends_share_transactions(tmp_path: Path) -> None:
     seen: list[Committed] = []
-    writer = open_writer(tmp_path, seen)
+    writer = open_writer(tmp_path, seen.extend)
     results: dict[int, list[Committed]] = {}
 
     async def append(n: int) -> None:
@@ -73,7 +75,7 @@ async def test_concurrent_appends_share_transactions(tmp_path: Path) -> None:
 
 async def test_commit_times_never_decrease(tmp_path: Path) -> None:
     seen: list[Committed] = []
-    writer = open_writer(tmp_path, seen)
+    writer = open_writer(tmp_path, seen.extend)
     async with trio.open_nursery() as nursery:
         await nursery.start(writer.run)
         for n in range(20):
@@ -87,7 +89,9 @@ async def test_background_lane_does_not_wait_for_durability_and_is_bounded(
     tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
     seen: list[Committed] = []
-    writer = open_writer(tmp_path, seen, EngineSettings(background_capacity=3), run_blocking=inline)
+    writer = open_writer(
+        tmp_path, seen.extend, EngineSettings(background_capacity=3), run_blocking=inline
+    )
     events: list[Event] = [BounceExpired(f"r{n}") for n in range(3)]
     await writer.submit(events)  # room for three: returns at once, nothing committed yet
     assert writer.background_pending()
@@ -105,7 +109,7 @@ async def test_background_lane_does_not_wait_for_durability_and_is_bounded(
 
 async def test_followers_read_from_memory_then_from_disk(tmp_path: Path) -> None:
     seen: list[Committed] = []
-    writer = open_writer(tmp_path, seen, EngineSettings(tail_events=10))
+    writer = open_writer(tmp_path, seen.extend, EngineSettings(tail_events=10))
     async with trio.open_nursery() as nursery:
         await nursery.start(writer.run)
         for batch in range(10):
@@ -172,15 +176,7 @@ async def test_the_background_lane_waits_while_admin_requests_are_answered(
 ) -> None:
     transactions: list[list[Committed]] = []
     gate = AdminGate(0.1)
-    writer = LogWriter(
-        open_event_log(tmp_path),
-        open_event_log(tmp_path, readonly=True),
-        EngineClock(WALL_ORIGIN),
-        EngineSettings(),
-        on_commit=transactions.append,
-        run_blocking=inline,
-        admin_gate=gate,
-    )
+    writer = open_writer(tmp_path, transactions.append, run_blocking=inline, admin_gate=gate)
     sweep: list[Event] = [
         Bounced("rule", "q", [Message(f"m{n}", "s", "r", 1, 1, n)]) for n in range(5)
     ]
@@ -240,7 +236,7 @@ async def test_only_some_background_transactions_are_fsynced(
 
 async def test_every_commit_is_timed(tmp_path: Path) -> None:
     seen: list[Committed] = []
-    writer = open_writer(tmp_path, seen)
+    writer = open_writer(tmp_path, seen.extend)
     async with trio.open_nursery() as nursery:
         await nursery.start(writer.run)
         for n in range(5):
@@ -256,7 +252,7 @@ async def test_a_full_disk_refuses_clients_keeps_background_events_and_recovers(
 ) -> None:
     seen: list[Committed] = []
     store = open_event_log(tmp_path)
-    writer = open_writer(tmp_path, seen, store=store, run_blocking=inline)
+    writer = open_writer(tmp_path, seen.extend, store=store, run_blocking=inline)
     db = store._db  # type: ignore[attr-defined]  # the file size limit stands for the disk
     pages = db.execute("PRAGMA page_count").fetchone()[0]
     db.execute(f"PRAGMA max_page_count={pages + 20}")
@@ -305,14 +301,8 @@ async def _commit_under_way_then_append(
     gate = AdminGate(10.0)
     trips = HeldTrips()
     store = open_event_log(tmp_path)
-    writer = LogWriter(
-        store,
-        open_event_log(tmp_path, readonly=True),
-        EngineClock(WALL_ORIGIN),
-        EngineSettings(),
-        on_commit=transactions.append,
-        run_blocking=trips,
-        admin_gate=gate,
+    writer = open_writer(
+        tmp_path, transactions.append, store=store, run_blocking=trips, admin_gate=gate
     )
     if body:
         db = store._db  # type: ignore[attr-defined]  # the file size limit stands for the disk

@@ -133,16 +133,7 @@ async def test_transactions_stay_short_while_clients_wait(
         max_batch_messages=40, client_batch_messages=20, urgent_batch_messages=10
     )
     transactions: list[list[Committed]] = []
-    store = open_event_log(tmp_path)
-    reader = open_event_log(tmp_path, readonly=True)
-    writer = LogWriter(
-        store,
-        reader,
-        EngineClock(WALL_ORIGIN),
-        settings,
-        on_commit=transactions.append,
-        run_blocking=inline,
-    )
+    writer = open_writer(tmp_path, transactions.append, settings, run_blocking=inline)
 
     def bounces(count: int) -> list[Event]:
         # Sweeps: each event bounces five messages.
@@ -208,15 +199,11 @@ async def test_only_some_background_transactions_are_fsynced(
     are durable; the watermark says how far."""
     settings = EngineSettings(max_batch_messages=1)  # one sweep event each
     durable_at_commit: list[tuple[int, int]] = []
-    store = open_event_log(tmp_path)
-    reader = open_event_log(tmp_path, readonly=True)
 
     def on_commit(committed: list[Committed]) -> None:
         durable_at_commit.append((committed[-1].seq, writer.durable.value))
 
-    writer = LogWriter(
-        store, reader, EngineClock(WALL_ORIGIN), settings, on_commit=on_commit, run_blocking=inline
-    )
+    writer = open_writer(tmp_path, on_commit, settings, run_blocking=inline)
     sweep: list[Event] = [
         Bounced("rule", "q", [Message(f"m{n}", "s", "r", 1, 1, n)]) for n in range(20)
     ]

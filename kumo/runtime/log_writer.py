@@ -259,6 +259,7 @@ class LogWriter:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """The writer task: commit what waits, in batches, until closed and drained."""
         task_status.started()
+        now_in_thread = self._clock.reader()
         while True:
             if self.damage is not None:
                 await self._refuse_while_damaged()
@@ -289,9 +290,7 @@ class LogWriter:
             self._clients_in_flight = bool(requests)
             try:
                 committed, express = await self._run_blocking(
-                    functools.partial(
-                        self._commit, events, time, bodies, durable, self._clock.reader()
-                    )
+                    functools.partial(self._commit, events, time, bodies, durable, now_in_thread)
                 )
             except LogFullError as exc:
                 # Nothing was written. The clients hear it now; the actors' events go

@@ -6,9 +6,9 @@ or to serve; they are history, kept for audits. An archive pass
 them from the live store, which gives the space back.
 
 A segment is a small SQLite file, ``<first seq>-<last seq>.archive.sqlite3`` (seqs
-zero-padded, so that name order is log order), written whole under a temporary name,
-fsynced and renamed into place: a crash leaves either no segment or a whole one. It
-holds:
+zero-padded, so that name order is log order), written under a temporary name (a few
+MB at a time, each piece synced), fsynced and renamed into place: a crash leaves either
+no segment or a whole one. It holds:
 
 - ``chunks(first_seq, last_seq, first_time, last_time, types, ids, rows)``: the events
   in chunks of a few thousand. ``rows`` is the zstd-compressed concatenation of each
@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import re
 import sqlite3
 import struct
@@ -49,7 +50,7 @@ import zstandard
 
 from kumo.model.snapshot import SnapshotError, decode_snapshot, snapshot_position
 from kumo.model.state import State
-from kumo.store.durable_files import replace_durably
+from kumo.store.durable_files import WRITE_PIECE, replace_durably
 from kumo.store.log_view import ChainedRow
 from kumo.store.sqlite_log import GENESIS
 
@@ -176,25 +177,31 @@ def write_segment(
     chain_before: bytes,
     *,
     progress: Callable[[int], None] | None = None,
+    piece: int = WRITE_PIECE,
 ) -> Path | None:
     """Write the rows of ``batches`` (in log order, contiguous, the first one following
     ``chain_before``) as one segment in ``directory``; return its path (None if there
-    were no rows). Atomic: on any failure no segment is left under a real name."""
+    were no rows). Atomic: on any failure no segment is left under a real name.
+
+    The chunks go to the disk about ``piece`` compressed bytes at a time, each piece
+    synced, not all at the rename (:data:`~kumo.store.durable_files.WRITE_PIECE`)."""
     directory.mkdir(parents=True, exist_ok=True)
     temporary = directory / f"writing{SUFFIX}.tmp"
     temporary.unlink(missing_ok=True)
     compressor = zstandard.ZstdCompressor(level=9)
     db = sqlite3.connect(temporary, isolation_level=None)
-    first_seq = last_seq = 0
+    first_seq = last_seq = unsynced = 0
     chain_after = chain_before
     try:
         db.execute("PRAGMA journal_mode=OFF")
-        db.execute("PRAGMA synchronous=OFF")  # the whole file is fsynced before the rename
+        db.execute("PRAGMA synchronous=OFF")  # synced by pieces, and whole before the rename
         db.executescript(_SCHEMA)
         db.execute("BEGIN")
         pending: list[ChainedRow] = []
 
         def flush() -> None:
+            nonlocal unsynced
+            compressed = compressor.compress(_pack(pending))
             ids = {match for row in pending for match in _MESSAGE_ID.findall(row[3])}
             db.execute(
                 "INSERT INTO chunks VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -205,10 +212,18 @@ def write_segment(
                     pending[-1][1],
                     ",".join(sorted({row[2] for row in pending})),
                     bloom_of(ids),
-                    compressor.compress(_pack(pending)),
+                    compressed,
                 ),
             )
             pending.clear()
+            unsynced += len(compressed)
+            if unsynced >= piece:
+                # Without a journal, COMMIT writes the pages out (and syncs nothing).
+                db.execute("COMMIT")
+                with open(temporary, "rb") as file:
+                    os.fdatasync(file.fileno())
+                db.execute("BEGIN")
+                unsynced = 0
 
         for batch in batches:
             for row in batch:

@@ -41,7 +41,7 @@ from kumo.model.snapshot import (
 from kumo.model.state import State
 from kumo.store.archive import open_archive
 from kumo.store.data_dir import open_event_log
-from kumo.store.durable_files import replace_durably
+from kumo.store.durable_files import WRITE_PIECE, replace_durably
 from kumo.store.event_log import EventStore, LogCorruptError
 from kumo.store.layout import ARCHIVE, SNAPSHOTS
 from kumo.store.replay import fold_log, fold_rows
@@ -50,9 +50,6 @@ SUFFIX: Final = ".snapshot"
 _TEMPORARY: Final = ".tmp"
 KEEP: Final = 2
 """Snapshots kept: the newest, and one to fall back on."""
-WRITE_PIECE: Final = 4 << 20
-"""Bytes of a snapshot written and synced at a time (a 1,000,000-message state is
-about 70 MB)."""
 
 
 class SnapshotAheadError(LogCorruptError):
@@ -86,8 +83,7 @@ def write_snapshot(directory: Path, seq: int, data: bytes, *, piece: int = WRITE
     path = directory / f"{seq:020d}{SUFFIX}"
     temporary = path.with_suffix(_TEMPORARY)
     with open(temporary, "wb") as file:
-        # A piece at a time to the disk: a server committing beside this compaction
-        # never has its fsync wait for the whole snapshot's writeback.
+        # A piece at a time to the disk (WRITE_PIECE says why).
         whole = memoryview(data)
         for start in range(0, len(whole), piece):
             file.write(whole[start : start + piece])

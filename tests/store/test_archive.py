@@ -63,6 +63,25 @@ def test_a_segment_reads_back_what_was_written_with_its_chain(tmp_path: Path) ->
     assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]
 
 
+def test_a_segment_written_a_piece_at_a_time_reads_back_the_same(tmp_path: Path) -> None:
+    written = rows(5 * 4_096)  # five whole chunks
+    temporary = tmp_path / "writing.archive.sqlite3.tmp"
+    sizes: list[int] = []
+
+    def progress(_: int) -> None:
+        sizes.append(temporary.stat().st_size)
+
+    batches = [written[start : start + 4_096] for start in range(0, len(written), 4_096)]
+    # A piece of one byte: every chunk is written out (and synced) as soon as it is made.
+    path = write_segment(tmp_path, batches, GENESIS, progress=progress, piece=1)
+    assert path is not None
+    [segment] = archive_segments(tmp_path)
+    assert [row for chunk in segment.chunks() for row in chunk] == written
+    # The file grew while it was written, not only at the end.
+    assert sizes == sorted(sizes)
+    assert len(set(sizes)) == len(batches)
+
+
 def test_chunks_filter_as_the_live_store_does(tmp_path: Path) -> None:
     written = rows(9_000)
     write_segment(tmp_path, [written], GENESIS)

@@ -60,7 +60,7 @@ async def list_bounces(
     ``listing``: the app's encoder of this node's listing, which keeps each rule's
     unchanging parts encoded from one GET to the next (a fresh one without it)."""
     if not parse_bounce_list_query(query or {}):
-        body = (listing or RuleListing()).encode(engine.live_bounces())
+        body = await (listing or RuleListing()).encode_in_slices(engine.live_bounces())
         return Reply(200, body, JSON)
     figures = await engine.fleet_bounces()
     scope = f"fleet; nodes={figures.nodes}" if figures.scope == "fleet" else figures.scope

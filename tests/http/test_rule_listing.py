@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import orjson
+import trio
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -83,3 +84,28 @@ def test_any_sequence_of_listings_encodes_as_whole(
             pending[f"rule-{n}"] = held
         listing = live(list(rules.values()), NOW + elapsed, pending)
         assert encoder.encode(listing) == whole(listing)
+
+
+async def test_a_listing_in_slices_is_the_same_and_lets_other_tasks_run() -> None:
+    rules = [rule(n, bounced={"q": n} if n % 4 else {}) for n in range(1, 12)]
+    listing = live(rules, pending={"rule-3": 7})
+    ran: list[int] = []
+
+    async def beside() -> None:
+        while len(ran) < 100:
+            ran.append(len(ran))
+            await trio.lowlevel.checkpoint()
+
+    encoder = RuleListing()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(beside)
+        await trio.lowlevel.checkpoint()  # beside runs once
+        before = len(ran)
+        body = await encoder.encode_in_slices(listing, rules_per_slice=2)
+        during = len(ran) - before
+        nursery.cancel_scope.cancel()
+    assert body == whole(listing) == RuleListing().encode(listing)
+    assert during >= 5  # a checkpoint between each two of the six slices
+    # What it kept serves the next listing as encode's does.
+    assert await encoder.encode_in_slices(listing, rules_per_slice=5) == whole(listing)
+    assert await encoder.encode_in_slices(live([])) == b"[]"

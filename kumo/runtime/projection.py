@@ -54,7 +54,7 @@ class Projection:
     """
 
     __slots__ = (
-        "_counted_in",
+        "_counting",
         "_indexing",
         "_pending",
         "_prune_at",
@@ -115,8 +115,10 @@ class Projection:
         those queues' gauges move (:meth:`apply`): a live rule's ``pending``, which every
         GET lists, costs a look-up, not a sum over its queues (a rule matching every
         queue: 10,000 names, a third of a GET). Emptied when the index gains a queue."""
-        self._counted_in: dict[str, list[Criteria]] = {}
-        """Queue name -> the criteria in :attr:`_pending` that match it."""
+        self._counting: dict[Criteria, frozenset[str]] = {}
+        """The criteria in :attr:`_pending` that match some queue -> the queues they
+        match (one set per criteria, not an entry per queue: a sweep's first GET would
+        otherwise make 10,000 objects for the garbage collector to walk)."""
         self._prune_at = _MATCHED_KEPT
 
     def preview(
@@ -161,9 +163,8 @@ class Projection:
             self._prune()
         names = self.queue_index.matching(criteria)
         total = self._pending[criteria] = sum(map(self.state.queue_counts.get, names, repeat(0)))
-        counted_in = self._counted_in
-        for name in names:
-            counted_in.setdefault(name, []).append(criteria)
+        if names:
+            self._counting[criteria] = frozenset(names)
         return total
 
     def _prune(self) -> None:
@@ -171,18 +172,14 @@ class Projection:
         book = self.state.rules
         kept = {c for c in self._pending if book.live_equal(c) is not None}
         self._pending = {c: total for c, total in self._pending.items() if c in kept}
-        self._counted_in = {
-            name: alive
-            for name, criteria in self._counted_in.items()
-            if (alive := [c for c in criteria if c in kept])
-        }
+        self._counting = {c: names for c, names in self._counting.items() if c in kept}
         self._prune_at = max(_MATCHED_KEPT, 2 * len(self._pending))
 
     def _forget_pending(self) -> None:
         """The index gained a queue, which criteria counted may match: count again.
         New dicts, not cleared ones: :meth:`apply` sees the change mid-batch."""
         self._pending = {}
-        self._counted_in = {}
+        self._counting = {}
 
     async def locate(self, message_id: str) -> list[str]:
         """The queues that may hold ``message_id`` (a hint: see
@@ -213,21 +210,19 @@ class Projection:
         received: list[tuple[str, str]] = []
         arrivals = self.arrivals
         index = self.queue_index
-        # The gauges before this batch of the queues counted in some criteria's pending,
-        # that an event of the batch names: an event moves only the gauges of the queues
-        # it names (``queue``, and a ``Rebound``'s ``to_queue``).
-        counted_in = self._counted_in
+        # While some criteria's pending is counted: the gauges, before this batch, of
+        # the queues its events name. An event moves only the gauges of the queues it
+        # names (``queue``, and a ``Rebound``'s ``to_queue``).
+        counting = self._counting
         before: dict[str, int] = {}
         for item in committed:
             event = item.event
-            if counted_in:
+            if counting:
                 queue = getattr(event, "queue", None)
-                if queue in counted_in and queue not in before:
+                if queue is not None and queue not in before:
                     before[queue] = counts.get(queue, 0)
-                if type(event) is Rebound:
-                    to_queue = event.to_queue
-                    if to_queue in counted_in and to_queue not in before:
-                        before[to_queue] = counts.get(to_queue, 0)
+                if type(event) is Rebound and event.to_queue not in before:
+                    before[event.to_queue] = counts.get(event.to_queue, 0)
             apply(item)
             if type(event) is MessageReceived:
                 received.append((event.message_id, event.queue))
@@ -263,13 +258,14 @@ class Projection:
                     self.locations.retire(event.queue)
         if received:
             self.locations.add_many(received)
-        if before and counted_in is self._counted_in:
+        if before and counting is self._counting:
             pending = self._pending
             for queue, count in before.items():
                 moved = counts.get(queue, 0) - count
                 if moved:
-                    for criteria in counted_in[queue]:
-                        pending[criteria] += moved
+                    for criteria, names in counting.items():
+                        if queue in names:
+                            pending[criteria] += moved
         if issued or ready_issued:
             # A ready-queue suspension's expiry is the rule expiry's too.
             self.rules_issued.advance(self.rules_issued.value + issued + ready_issued)

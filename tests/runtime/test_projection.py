@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 
 import trio
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from kumo.model.criteria import Criteria
@@ -113,6 +113,19 @@ async def test_callers_wait_for_the_indexing_under_way() -> None:
 QUEUE = st.sampled_from([*QUEUES, "new.example"])
 
 
+@example(  # a rebind into a queue already counted, and one into a queue new to the index
+    steps=[
+        ("receive", "a.example"),
+        ("receive", "d.example"),
+        ("pending", None),
+        ("rebind", ("a.example", "d.example")),
+        ("pending", None),
+        ("rebind", ("d.example", "new.example")),
+        ("fold", None),
+        ("receive", "d.example"),
+        ("pending", None),
+    ]
+)
 @given(
     steps=st.lists(
         st.one_of(

@@ -5,7 +5,7 @@
 
 ``build`` fills a data directory through :meth:`Engine.inject` (as ``bench.py`` does).
 ``probe`` copies it, opens an engine on the copy with ``kumo serve``'s process settings
-(``tune_for_serving()``, ``gc.freeze()`` after the replay), and drives the admin API's
+(``tune_for_serving()``, then ``serving_started()`` after the replay), and drives the admin API's
 handlers (:mod:`kumo.http.bounce_api`, what the routes call, without HTTP) the way
 ``bench.py --only sweep-probe`` does: a POST of a new, distinct rule that matches nothing
 every 20 ms, a GET every 10 ms, from half a second before a match-everything rule is
@@ -51,7 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench
 
-from kumo.cli.serve import tune_for_serving
+from kumo.cli.serve import serving_started, tune_for_serving
 from kumo.http import bounce_api
 from kumo.http.rule_listing import RuleListing
 from kumo.model.criteria import Criteria
@@ -224,7 +224,7 @@ async def probe(data_dir: Path, settings: EngineSettings) -> dict[str, Any]:
     async with open_engine(data_dir, settings=settings) as engine:
         await engine.wait_idle()
         opened = now() - started
-        gc.freeze()
+        serving_started()
         queued = engine.statistics().queued_total
         trio.lowlevel.add_instrument(LoopInstrument())
         floor.start()

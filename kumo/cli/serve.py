@@ -59,7 +59,15 @@ from kumo.store.event_log import LogCorruptError, StoreDamagedError
 SWITCH_INTERVAL: Final = 0.0005
 """Seconds a thread may hold the GIL while another wants it (Python's default: 0.005)."""
 GC_THRESHOLDS: Final = (100_000, 50, 100)
-"""The cyclic collector's thresholds in ``kumo serve`` (Python's default: 700, 10, 10)."""
+"""The cyclic collector's thresholds while ``kumo serve`` starts (Python's default: 700,
+10, 10): the replay builds a million long-lived objects, and a young collection every
+few hundred of them would walk them again and again."""
+GC_SERVING_THRESHOLDS: Final = (20_000, 50, 100)
+"""The thresholds once it serves (:func:`serving_started`). A young collection walks
+every object allocated since the last one that is still alive, and a sweep's are: with
+100,000, each took 50-120 ms under a 1,000,000 sweep, two or three a sweep, each one
+stalling every request in flight; with 20,000, 29 of at most 27 ms, about the same time
+in all (docs/benchmarks.md)."""
 GRACEFUL_TIMEOUT: Final = 1.0
 """Seconds that requests in flight get to finish after a stop signal. Idle keep-alive
 connections hold hypercorn for this long too, so it is kept short."""
@@ -408,6 +416,14 @@ def tune_for_serving() -> None:
     gc.set_threshold(*GC_THRESHOLDS)
 
 
+def serving_started() -> None:
+    """What ``kumo serve`` does to the collector once the engine is open: what the
+    replay built lives as long as the server, so keep it out of every later collection
+    (``gc.freeze()``), and collect the young more often from now on."""
+    gc.freeze()
+    gc.set_threshold(*GC_SERVING_THRESHOLDS)
+
+
 @click.command(context_settings=HELP)
 @click.option(
     "--listen",
@@ -468,9 +484,7 @@ def serve(
             url = await nursery.start(
                 functools.partial(run_server, config, on_smtp_listening=smtp.append)
             )
-            # What the replay built lives as long as the server: keep it out of every
-            # later collection.
-            gc.freeze()
+            serving_started()
             # Both lines once both listen, the HTTP one first as it always was: a reader
             # waiting for it (the tests, scripts) finds SMTP up already.
             print(f"kumo listening on {url}", flush=True)

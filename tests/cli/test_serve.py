@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import shutil
 import signal
 import socket
@@ -19,7 +20,16 @@ import trio
 from click.testing import CliRunner
 
 from kumo.cli.kumo import kumod, main
-from kumo.cli.serve import ListenError, resolve_config, run_server
+from kumo.cli.serve import (
+    GC_SERVING_THRESHOLDS,
+    GC_THRESHOLDS,
+    SWITCH_INTERVAL,
+    ListenError,
+    resolve_config,
+    run_server,
+    serving_started,
+    tune_for_serving,
+)
 from kumo.config import Config, SmtpListenerSettings
 from kumo.http.routes import BOUNCE_PATH, INJECT_PATH, LIVENESS_PATH, METRICS_PATH
 from kumo.model.events import MessageReceived
@@ -521,3 +531,19 @@ def test_a_second_signal_drops_a_request_in_flight_at_once(tmp_path: Path) -> No
     assert "SIGTERM again" in text
     assert "closing the engine without waiting for work under way" in text
     assert text.endswith("kumo stopped\n")
+
+
+def test_the_collector_is_tuned_for_the_start_then_for_serving() -> None:
+    thresholds, interval = gc.get_threshold(), sys.getswitchinterval()
+    try:
+        tune_for_serving()
+        assert gc.get_threshold() == GC_THRESHOLDS
+        assert sys.getswitchinterval() == pytest.approx(SWITCH_INTERVAL)
+        kept = [[n] for n in range(3)]  # what a replay built (tracked objects)
+        serving_started()
+        assert gc.get_threshold() == GC_SERVING_THRESHOLDS
+        assert gc.get_freeze_count() > len(kept)
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*thresholds)
+        sys.setswitchinterval(interval)

@@ -31,9 +31,9 @@ _READY_SUSPENSION_EVENTS: Final = frozenset(
     {ReadySuspendIssued, ReadySuspendCancelled, ReadySuspendExpired}
 )
 
-_MATCHED_KEPT: Final = 64
-"""Criteria whose matched queues :meth:`Projection.pending` keeps before it first
-forgets those of rules that ended (then: twice as many as it kept)."""
+_COUNTED_KEPT: Final = 64
+"""Criteria whose ``pending`` :meth:`Projection.pending` keeps up to date before it
+first forgets those of rules that ended (then: twice as many as it kept)."""
 
 INDEX_CHUNK: Final = 10_000
 """Messages :meth:`Projection.locate` indexes between two checkpoints (about 10 ms)."""
@@ -119,7 +119,7 @@ class Projection:
         """The criteria in :attr:`_pending` that match some queue -> the queues they
         match (one set per criteria, not an entry per queue: a sweep's first GET would
         otherwise make 10,000 objects for the garbage collector to walk)."""
-        self._prune_at = _MATCHED_KEPT
+        self._prune_at = _COUNTED_KEPT
 
     def preview(
         self,
@@ -173,7 +173,7 @@ class Projection:
         kept = {c for c in self._pending if book.live_equal(c) is not None}
         self._pending = {c: total for c, total in self._pending.items() if c in kept}
         self._counting = {c: names for c, names in self._counting.items() if c in kept}
-        self._prune_at = max(_MATCHED_KEPT, 2 * len(self._pending))
+        self._prune_at = max(_COUNTED_KEPT, 2 * len(self._pending))
 
     def _forget_pending(self) -> None:
         """The index gained a queue, which criteria counted may match: count again.

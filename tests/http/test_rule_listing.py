@@ -89,23 +89,24 @@ def test_any_sequence_of_listings_encodes_as_whole(
 async def test_a_listing_in_slices_is_the_same_and_lets_other_tasks_run() -> None:
     rules = [rule(n, bounced={"q": n} if n % 4 else {}) for n in range(1, 12)]
     listing = live(rules, pending={"rule-3": 7})
-    ran: list[int] = []
+    me = trio.lowlevel.current_task()
+    steps: list[trio.lowlevel.Task] = []
 
-    async def beside() -> None:
-        while len(ran) < 100:
-            ran.append(len(ran))
-            await trio.lowlevel.checkpoint()
+    class Steps(trio.abc.Instrument):
+        def before_task_step(self, task: trio.lowlevel.Task) -> None:
+            if task is me:
+                steps.append(task)
 
     encoder = RuleListing()
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(beside)
-        await trio.lowlevel.checkpoint()  # beside runs once
-        before = len(ran)
+    instrument = Steps()
+    trio.lowlevel.add_instrument(instrument)
+    try:
         body = await encoder.encode_in_slices(listing, rules_per_slice=2)
-        during = len(ran) - before
-        nursery.cancel_scope.cancel()
+    finally:
+        trio.lowlevel.remove_instrument(instrument)
     assert body == whole(listing) == RuleListing().encode(listing)
-    assert during >= 5  # a checkpoint between each two of the six slices
+    # Six slices of two rules or fewer: the task gave way to the others five times.
+    assert len(steps) == 5
     # What it kept serves the next listing as encode's does.
     assert await encoder.encode_in_slices(listing, rules_per_slice=5) == whole(listing)
     assert await encoder.encode_in_slices(live([])) == b"[]"

@@ -266,7 +266,7 @@ async def probe(data_dir: Path, settings: EngineSettings) -> dict[str, Any]:
                 woke = now()
                 views = engine.live_bounces()
                 listed = now()
-                body = listing.encode(views)
+                body = await listing.encode_in_slices(views)
                 ended = now()
                 gets.append(
                     {

@@ -76,17 +76,11 @@ class RuleListing:
     def __init__(self) -> None:
         self._entries: dict[str, _Entry] = {}
 
-    def encode(self, live: LiveRules) -> bytes:
-        """The JSON array of ``live.views()``, in order, in one go."""
-        kept: dict[str, _Entry] = {}
-        pieces = self._pieces(live, live.rules, kept)
-        self._entries = kept
-        return _array(pieces)
-
     async def encode_in_slices(self, live: LiveRules, *, rules_per_slice: int = SLICE) -> bytes:
-        """:meth:`encode`, letting the other tasks run after each ``rules_per_slice``
-        rules: a listing of thousands of rules otherwise holds the event loop for
-        milliseconds, and every step of every request in flight waits for it.
+        """The JSON array of ``live.views()``, in order, letting the other tasks run
+        after each ``rules_per_slice`` rules: a listing of thousands of rules otherwise
+        holds the event loop for milliseconds, and every step of every request in
+        flight waits for it.
 
         ``live.now`` is read once, so the durations are of one moment; each rule's
         counters and ``pending`` are as the slice that lists it finds them (a commit
@@ -99,7 +93,11 @@ class RuleListing:
                 await trio.lowlevel.checkpoint()
             pieces += self._pieces(live, rules[start : start + rules_per_slice], kept)
         self._entries = kept
-        return _array(pieces)
+        if not pieces:
+            return b"[]"
+        pieces[0] = b"["  # each entry follows a comma: the first becomes the bracket
+        pieces.append(b"]")
+        return b"".join(pieces)
 
     def _pieces(self, live: LiveRules, rules: list[Rule], kept: dict[str, _Entry]) -> list[bytes]:
         """Each of ``rules``' entries after a comma, its entry recorded in ``kept``."""
@@ -119,16 +117,6 @@ class RuleListing:
             duration = format_duration(rule.expires_at - now).encode()
             pieces += (b",", entry.head, duration, entry.rest)
         return pieces
-
-
-def _array(pieces: list[bytes]) -> bytes:
-    """The entries of :meth:`RuleListing._pieces` as a JSON array: the first comma
-    becomes the array's bracket."""
-    if not pieces:
-        return b"[]"
-    pieces[0] = b"["
-    pieces.append(b"]")
-    return b"".join(pieces)
 
 
 class _Entry:

@@ -12,6 +12,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from kumo.store.archive import (
+    CHUNK_ROWS,
+    SUFFIX,
     ArchiveCorruptError,
     ArchiveSegment,
     archive_segments,
@@ -64,14 +66,14 @@ def test_a_segment_reads_back_what_was_written_with_its_chain(tmp_path: Path) ->
 
 
 def test_a_segment_written_a_piece_at_a_time_reads_back_the_same(tmp_path: Path) -> None:
-    written = rows(5 * 4_096)  # five whole chunks
-    temporary = tmp_path / "writing.archive.sqlite3.tmp"
+    written = rows(5 * CHUNK_ROWS)  # five whole chunks
+    temporary = tmp_path / f"writing{SUFFIX}.tmp"
     sizes: list[int] = []
 
     def progress(_: int) -> None:
         sizes.append(temporary.stat().st_size)
 
-    batches = [written[start : start + 4_096] for start in range(0, len(written), 4_096)]
+    batches = [written[start : start + CHUNK_ROWS] for start in range(0, len(written), CHUNK_ROWS)]
     # A piece of one byte: every chunk is written out (and synced) as soon as it is made.
     path = write_segment(tmp_path, batches, GENESIS, progress=progress, piece=1)
     assert path is not None

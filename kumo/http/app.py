@@ -213,7 +213,8 @@ def create_app(
 
     @app.get(BOUNCE_PATH)
     async def get_bounces() -> Response:
-        return _response(await bounce_api.list_bounces(engine, _query(), listing))
+        give_way = trio.lowlevel.checkpoint if admin_gate is None else admin_gate.reader()
+        return _response(await bounce_api.list_bounces(engine, _query(), listing, give_way))
 
     @app.delete(BOUNCE_PATH)
     async def delete_bounce() -> Response:

@@ -7,7 +7,10 @@ valid, so a refused request changes nothing.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Final
+
+import trio
 
 from kumo.http.bodies import parse_bounce_request, parse_cancel_request
 from kumo.http.dry_run import dry_run_reply
@@ -51,16 +54,24 @@ alone) or ``off`` (the node is in no fleet: its figures are the fleet's)."""
 
 
 async def list_bounces(
-    engine: AdminEngine, query: Query | None = None, listing: RuleListing | None = None
+    engine: AdminEngine,
+    query: Query | None = None,
+    listing: RuleListing | None = None,
+    give_way: Callable[[], Awaitable[None]] = trio.lowlevel.checkpoint,
 ) -> Reply:
     """GET: the live rules, most recently issued last (``[]`` when none); with
     ``?scope=fleet``, each rule's ``bounced`` and ``total_bounced`` summed over the
     nodes of the fleet that published theirs, and :data:`FLEET_FIGURES_HEADER`.
 
     ``listing``: the app's encoder of this node's listing, which keeps each rule's
-    unchanging parts encoded from one GET to the next (a fresh one without it)."""
+    unchanging parts encoded from one GET to the next (a fresh one without it);
+    ``give_way``: what the listing awaits between two slices
+    (:meth:`RuleListing.encode_in_slices`)."""
     if not parse_bounce_list_query(query or {}):
-        body = await (listing or RuleListing()).encode_in_slices(engine.live_bounces())
+        listed = (listing or RuleListing()).encode_in_slices(
+            engine.live_bounces(), give_way=give_way
+        )
+        body = await listed
         return Reply(200, body, JSON)
     figures = await engine.fleet_bounces()
     scope = f"fleet; nodes={figures.nodes}" if figures.scope == "fleet" else figures.scope

@@ -21,6 +21,7 @@ and :func:`rule_entry` is the one definition of an entry's keys and their order.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 import orjson
@@ -76,11 +77,18 @@ class RuleListing:
     def __init__(self) -> None:
         self._entries: dict[str, _Entry] = {}
 
-    async def encode_in_slices(self, live: LiveRules, *, rules_per_slice: int = SLICE) -> bytes:
-        """The JSON array of ``live.views()``, in order, letting the other tasks run
-        after each ``rules_per_slice`` rules: a listing of thousands of rules otherwise
-        holds the event loop for milliseconds, and every step of every request in
-        flight waits for it.
+    async def encode_in_slices(
+        self,
+        live: LiveRules,
+        *,
+        rules_per_slice: int = SLICE,
+        give_way: Callable[[], Awaitable[None]] = trio.lowlevel.checkpoint,
+    ) -> bytes:
+        """The JSON array of ``live.views()``, in order, awaiting ``give_way`` after
+        each ``rules_per_slice`` rules (by default a checkpoint; the app's gives way to
+        the writes in flight, :meth:`kumo.runtime.admin_gate.AdminGate.reader`): a
+        listing of thousands of rules otherwise holds the event loop for milliseconds,
+        and every step of every request in flight waits for it.
 
         ``live.now`` is read once, so the durations are of one moment; each rule's
         counters and ``pending`` are as the slice that lists it finds them (a commit
@@ -90,7 +98,7 @@ class RuleListing:
         pieces: list[bytes] = []
         for start in range(0, len(rules), rules_per_slice):
             if start:
-                await trio.lowlevel.checkpoint()
+                await give_way()
             pieces += self._pieces(live, rules[start : start + rules_per_slice], kept)
         self._entries = kept
         if not pieces:

@@ -79,3 +79,46 @@ class AdminFirst:
                 self._closed_at = None
         if self._closed_at is None and self._in_flight and self.hold and now >= self._rest_until:
             self._closed_at = now
+
+
+@attrs.define
+class WritesFirst:
+    """Among admin requests, writes first: a long read (GET's listing of thousands of
+    rules, made a slice at a time) gives way, between two slices, to the writes in
+    flight (a POST or DELETE waits for its commit, and each step of its way through the
+    event loop waits for whatever step the loop runs: a slice of a listing, for one).
+
+    A read waits only for the writes in flight when it gives way (:meth:`barrier`), not
+    for those that begin while it waits, so a stream of writes cannot keep a read
+    waiting forever; its shell also bounds the whole wait of one read by ``hold``.
+    A pure record of which writes are in flight; :class:`kumo.runtime.admin_gate.AdminGate`
+    is its Trio side.
+    """
+
+    _next_ticket: int = 0
+    _in_flight: set[int] = attrs.Factory(set)
+
+    @property
+    def writes_in_flight(self) -> int:
+        return len(self._in_flight)
+
+    def begin(self) -> int:
+        """A write came in: its ticket, for :meth:`end`."""
+        self._next_ticket += 1
+        self._in_flight.add(self._next_ticket)
+        return self._next_ticket
+
+    def end(self, ticket: int) -> None:
+        """The write ``ticket`` was answered."""
+        try:
+            self._in_flight.remove(ticket)
+        except KeyError:
+            raise ValueError(f"no write {ticket} is in flight") from None
+
+    def barrier(self) -> int | None:
+        """The newest write in flight now, for :meth:`passed`; None when there is none."""
+        return max(self._in_flight) if self._in_flight else None
+
+    def passed(self, barrier: int) -> bool:
+        """Whether every write up to ``barrier`` was answered."""
+        return all(ticket > barrier for ticket in self._in_flight)

@@ -160,6 +160,17 @@ class EngineSettings:
     long again before they wait again); 0: they never wait. While kumo delivered at
     full speed, this cut admin latency 3-4x; under a sweep, a POST's p99 by 10-20%
     (docs/benchmarks.md)."""
+    admin_read_yield: float = attrs.field(
+        default=0.005,
+        converter=float,
+        validator=[attrs.validators.instance_of(float), attrs.validators.ge(0.0)],
+        kw_only=True,
+    )
+    """Seconds at most, in all, that one GET's listing waits between two of its slices
+    for the writes (POST, DELETE) in flight (:class:`kumo.model.admin_first.WritesFirst`);
+    0: it never waits. Under a sweep of 200,000 or 1,000,000 queued, probed with a POST
+    every 20 ms and a GET every 10 ms, 5 ms took 10-20% off a POST's p99
+    (docs/benchmarks.md)."""
 
     # -- the engine (kumo.runtime.engine) ------------------------------------------------
     shutdown_deadline: float = _seconds_field(30.0)

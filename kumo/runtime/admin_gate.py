@@ -8,13 +8,13 @@ writer's background lane, :meth:`AdminGate.until_open`; a worker thread polls
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 
 import attrs
 import trio
 
-from kumo.model.admin_first import AdminFirst
+from kumo.model.admin_first import AdminFirst, WritesFirst
 from kumo.model.statistics import counter, gauge
 
 
@@ -28,18 +28,26 @@ class AdminGateStatistics:
         "Times an SMTP session (after a read), the broadcaster, a sweep (before a chunk), "
         "the delivery-log writer or the WAL checkpointer waited for its turn."
     )
+    gave_way: int = counter(
+        "Times a GET's listing waited, between two slices, for the writes in flight."
+    )
 
 
 class AdminGate:
-    """One per engine; ``hold`` seconds at most closed at a time (0: never closes)."""
+    """One per engine; ``hold`` seconds at most closed at a time (0: never closes);
+    ``read_yield`` seconds at most that one long read gives way to writes, in all."""
 
     @classmethod
     def never_closed(cls) -> AdminGate:
         """A gate no request closes: what a part built without the engine's waits on."""
         return cls(0.0)
 
-    def __init__(self, hold: float) -> None:
+    def __init__(self, hold: float, read_yield: float = 0.0) -> None:
         self._policy = AdminFirst(hold)
+        self._read_yield = read_yield
+        self._writes = WritesFirst()
+        self._write_answered = trio.Event()
+        self._gave_way = 0
         self._opened = trio.Event()
         self._opened.set()
         self._watchers: set[trio.Event] = set()
@@ -52,13 +60,19 @@ class AdminGate:
         return self._policy.opens_at(trio.current_time()) is not None
 
     @contextmanager
-    def request(self) -> Iterator[None]:
-        """Hold the mail path back (within the policy's bounds) while the block runs."""
+    def request(self, *, writes: bool = False) -> Iterator[None]:
+        """Hold the mail path back (within the policy's bounds) while the block runs;
+        ``writes``: the request changes something, and long reads give way to it."""
         self._policy.begin(trio.current_time())
+        ticket = self._writes.begin() if writes else None
         self._follow()
         try:
             yield
         finally:
+            if ticket is not None:
+                self._writes.end(ticket)
+                self._write_answered.set()
+                self._write_answered = trio.Event()
             if self._policy.end(trio.current_time()):
                 self._opened.set()
                 for watcher in self._watchers:
@@ -103,9 +117,32 @@ class AdminGate:
         finally:
             self._watchers.discard(wake)
 
+    def reader(self) -> Callable[[], Awaitable[None]]:
+        """For one long read: what it awaits between two slices of its work. Each call
+        waits until the writes in flight at that moment are answered (always a
+        checkpoint); the read waits ``read_yield`` seconds at most in all: a write
+        lasts as long as its commit, and a GET that waited for every write would take
+        a POST's time more (measured: docs/benchmarks.md)."""
+        deadline = trio.current_time() + self._read_yield
+
+        async def give_way() -> None:
+            barrier = self._writes.barrier()
+            if barrier is None or trio.current_time() >= deadline:
+                await trio.lowlevel.checkpoint()
+                return
+            self._gave_way += 1
+            with trio.move_on_at(deadline):
+                while not self._writes.passed(barrier):
+                    await self._write_answered.wait()
+
+        return give_way
+
     def statistics(self) -> AdminGateStatistics:
         return AdminGateStatistics(
-            closed=int(self._policy.closed), closures=self._closures, waits=self._waits
+            closed=int(self._policy.closed),
+            closures=self._closures,
+            waits=self._waits,
+            gave_way=self._gave_way,
         )
 
     def _follow(self) -> None:

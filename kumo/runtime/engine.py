@@ -788,7 +788,7 @@ async def open_engine(
         recovery = recover(state, chunk=settings.resume_chunk)
         router = Router(state.rules.copy(), state.suspends.copy(), state.ready_suspends.copy())
         projection = Projection(state, recovery.queues)
-        admin_gate = AdminGate(settings.admin_hold)
+        admin_gate = AdminGate(settings.admin_hold, settings.admin_read_yield)
         log = LogWriter(
             store,
             reader,

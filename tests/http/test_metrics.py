@@ -89,7 +89,7 @@ def engine_statistics() -> EngineStatistics:
         fleet=FleetStatistics.off(),
         leases=LeaseStatistics.off(),
         message_rates=MessageRateStatistics.off(),
-        admin_gate=AdminGateStatistics(closed=1, closures=7, waits=31),
+        admin_gate=AdminGateStatistics(closed=1, closures=7, waits=31, gave_way=5),
     )
 
 

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kumo.model.admin_first import AdminFirst
+from kumo.model.admin_first import AdminFirst, WritesFirst
 
 
 def test_a_request_closes_the_gate_until_it_is_answered() -> None:
@@ -99,3 +99,51 @@ def test_the_bounds_hold_for_any_traffic(hold: float, steps: list[tuple[str, flo
                 assert since - opened_at >= closed_for - 1e-9
                 assert since <= now
             assert now - closed_at < hold
+
+
+def test_a_read_waits_for_the_writes_in_flight_when_it_gives_way_only() -> None:
+    writes = WritesFirst()
+    assert writes.barrier() is None
+    first, second = writes.begin(), writes.begin()
+    barrier = writes.barrier()
+    assert barrier == second
+    later = writes.begin()  # began while the read waits: not waited for
+    writes.end(second)
+    assert not writes.passed(barrier)
+    writes.end(first)
+    assert writes.passed(barrier)
+    assert writes.writes_in_flight == 1
+    writes.end(later)
+    assert writes.barrier() is None
+
+
+def test_answering_a_write_that_is_not_in_flight_is_an_error() -> None:
+    writes = WritesFirst()
+    ticket = writes.begin()
+    writes.end(ticket)
+    with pytest.raises(ValueError, match="no write 1 is in flight"):
+        writes.end(ticket)
+
+
+@given(st.lists(st.tuples(st.sampled_from(["begin", "end", "barrier"]), st.integers(0, 30))))
+def test_passed_means_no_write_up_to_the_barrier_is_in_flight(
+    steps: list[tuple[str, int]],
+) -> None:
+    """Against a plain list of the writes in flight: a barrier is the newest of them, and
+    it is passed exactly when none of them up to it is left."""
+    writes = WritesFirst()
+    in_flight: list[int] = []
+    barriers: list[int] = []
+    for action, pick in steps:
+        if action == "begin":
+            in_flight.append(writes.begin())
+        elif action == "end" and in_flight:
+            writes.end(in_flight.pop(pick % len(in_flight)))
+        elif action == "barrier":
+            barrier = writes.barrier()
+            assert barrier == (max(in_flight) if in_flight else None)
+            if barrier is not None:
+                barriers.append(barrier)
+        for barrier in barriers:
+            assert writes.passed(barrier) == all(ticket > barrier for ticket in in_flight)
+        assert writes.writes_in_flight == len(in_flight)

@@ -70,7 +70,7 @@ async def test_a_session_waiting_its_turn_is_not_cancelled(
 
 async def test_statistics_count_closures_and_waits(autojump_clock: trio.testing.MockClock) -> None:
     gate = AdminGate(0.1)
-    assert gate.statistics() == AdminGateStatistics(closed=0, closures=0, waits=0)
+    assert gate.statistics() == AdminGateStatistics(closed=0, closures=0, waits=0, gave_way=0)
     with gate.request():
         assert gate.statistics().closed == 1
         async with trio.open_nursery() as nursery:
@@ -78,7 +78,7 @@ async def test_statistics_count_closures_and_waits(autojump_clock: trio.testing.
             nursery.start_soon(gate.turn)
             await trio.sleep(0.01)
     await gate.turn()  # open: no wait
-    assert gate.statistics() == AdminGateStatistics(closed=0, closures=1, waits=2)
+    assert gate.statistics() == AdminGateStatistics(closed=0, closures=1, waits=2, gave_way=0)
 
 
 async def test_until_open_returns_when_the_gate_opens_or_wake_is_set(
@@ -115,3 +115,53 @@ async def test_until_open_waits_hold_at_most_and_checkpoints_when_open(
         await gate.until_open(trio.Event())
         assert trio.current_time() - start == 0.1
         assert not gate.closed  # held long enough: it rests now
+
+
+async def test_a_long_read_gives_way_to_the_writes_in_flight(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Until the writes in flight when it gives way are answered; not for a write that
+    began meanwhile."""
+    gate = AdminGate(0.1, read_yield=0.1)
+    give_way = gate.reader()
+    went_on: list[float] = []
+
+    async def read() -> None:
+        await give_way()
+        went_on.append(trio.current_time())
+
+    async def write(seconds: float) -> None:
+        with gate.request(writes=True):
+            await trio.sleep(seconds)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(write, 0.02)
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(read)
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(write, 0.05)  # after the read gave way: not waited for
+    assert went_on == [0.02]
+    assert gate.statistics().gave_way == 1
+
+
+async def test_reads_do_not_wait_for_reads_and_a_read_waits_read_yield_at_most(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    gate = AdminGate(0.1, read_yield=0.01)
+    with gate.request():  # a read
+        with trio.testing.assert_checkpoints():
+            await gate.reader()()
+        assert trio.current_time() == 0.0
+    give_way = gate.reader()
+    with gate.request(writes=True):
+        await trio.sleep(0.004)
+        await give_way()  # the read has waited 0.006 s when the write still goes on
+        assert trio.current_time() == 0.01
+        with trio.testing.assert_checkpoints():
+            await give_way()  # and it waits no more
+        assert trio.current_time() == 0.01
+    assert gate.statistics().gave_way == 1
+    never = AdminGate(0.1)  # read_yield 0: reads never wait
+    with never.request(writes=True), trio.testing.assert_checkpoints():
+        await never.reader()()
+    assert never.statistics().gave_way == 0

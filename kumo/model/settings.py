@@ -83,6 +83,13 @@ class EngineSettings:
     """Seconds between two checkpoints (copies of the write-ahead log back into the
     database, beside the writer) while commits happen. The WAL holds about what is
     committed in that time, and commits never wait for a checkpoint."""
+    wal_restart_pages: int = _int_field(4096)
+    """Pages in the WAL from which a checkpoint that copied them all also restarts it
+    (SQLite's RESTART checkpoint, tried without waiting: it gives up at once if a
+    commit is under way), so that the next commits write the WAL from its start again.
+    A PASSIVE checkpoint alone never restarts a WAL that commits keep appending to: a
+    sweep of 1,000,000 queued grew it to 1.6 GB, and its commits took 40-60% longer
+    (docs/benchmarks.md, "The WAL that never restarted")."""
     disk_full_retry: float = _seconds_field(1.0)
     """Seconds the log writer waits before it tries again after a commit found the disk
     full (the clients of that commit got a 503 at once; the actors' events wait)."""

@@ -63,7 +63,10 @@ CREATE TABLE IF NOT EXISTS meta (
 
 GENESIS = b"\x00" * 16
 
-_WAL_SIZE_KEPT = 64 * 1024 * 1024
+_WAL_SIZE_KEPT = 256 * 1024 * 1024
+"""Bytes of WAL kept on disk when it restarts: SQLite cuts it back to this at the first
+commit after a restart, and that commit waits while the file system frees the rest
+(100 ms and more for a few hundred MB), so the WAL keeps what a busy interval writes."""
 _SQLITE_FULL = 13
 _SQLITE_DAMAGE: Final = {
     3: "SQLITE_PERM",
@@ -155,6 +158,7 @@ class SqliteEventStore:
     ) -> None:
         settings = settings or EngineSettings()
         self.path = path
+        self._restart_pages = settings.wal_restart_pages
         if readonly:
             uri = f"file:{path}?mode=ro"
             self._db = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
@@ -265,10 +269,16 @@ class SqliteEventStore:
         """See :meth:`kumo.store.event_log.EventStore.checkpoint`.
 
         SQLite's PASSIVE checkpoint: it copies the frames no reader still needs and waits
-        for nobody; the writer restarts the WAL from its start once all are copied.
+        for nobody. The writer restarts the WAL from its start only if it begins a
+        transaction while every frame is copied, which a writer that commits every few
+        milliseconds never does; so once the WAL holds ``wal_restart_pages`` and all are
+        copied, a RESTART checkpoint follows, which waits for nobody either: with a
+        commit under way it gives up at once, and the next checkpoint tries again.
         """
         try:
             _busy, frames, copied = self._db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            if frames >= self._restart_pages and copied == frames:
+                self._restart()
         except sqlite3.Error as exc:
             damage = self._damage(exc)
             if damage is not None:
@@ -277,6 +287,16 @@ class SqliteEventStore:
         # -1, -1 when the database is not in WAL mode (a read-only connection to a
         # log that has none): nothing to copy.
         return max(frames, 0), max(copied, 0)
+
+    def _restart(self) -> None:
+        """The RESTART checkpoint of :meth:`checkpoint`, with no busy wait."""
+        db = self._db
+        (timeout,) = db.execute("PRAGMA busy_timeout").fetchone()
+        db.execute("PRAGMA busy_timeout=0")
+        try:
+            db.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
+        finally:
+            db.execute(f"PRAGMA busy_timeout={timeout}")
 
     def read(self, after_seq: int, limit: int) -> list[Committed]:
         try:

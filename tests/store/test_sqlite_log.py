@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
+from time import monotonic
 
 import pytest
 
 from kumo.model.criteria import Criteria
 from kumo.model.events import Bounced, BounceIssued, Event, Message, MessageReceived
+from kumo.model.settings import EngineSettings
 from kumo.store.event_log import LogCorruptError
 from kumo.store.sqlite_log import GENESIS, SqliteEventStore, chain_link
 
@@ -150,6 +152,40 @@ def test_a_writer_without_auto_checkpoint_leaves_the_wal_to_a_checkpointer(
     checkpointer.close()
     writer.close()
     assert SqliteEventStore(tmp_path / "log.db").last_seq == 1600
+
+
+def test_a_checkpoint_that_copied_the_whole_wal_restarts_it_without_waiting(
+    tmp_path: Path,
+) -> None:
+    """Once the WAL holds ``wal_restart_pages`` and all are copied, the checkpoint also
+    runs a RESTART, so that the next commit writes the WAL from its start (a writer that
+    commits every few ms otherwise always begins while some of it is uncopied, and the
+    WAL grows for as long as the commits go on). With a commit under way it gives up at
+    once rather than wait SQLite's busy timeout, which it leaves as it found it."""
+    settings = EngineSettings(wal_restart_pages=100)
+    writer = SqliteEventStore(tmp_path / "log.db", auto_checkpoint=False, settings=settings)
+    checkpointer = SqliteEventStore(tmp_path / "log.db", settings=settings)
+    big = b"x" * 3000  # about a page of spool per message
+    for index in range(150):
+        writer.commit([received(index)], time=1, bodies={0: big})
+    under_way = sqlite3.connect(tmp_path / "log.db", isolation_level=None)
+    under_way.execute("BEGIN IMMEDIATE")
+    started = monotonic()
+    frames, copied = checkpointer.checkpoint()
+    waited = monotonic() - started
+    under_way.execute("ROLLBACK")
+    under_way.close()
+    assert waited < 2.5  # SQLite's busy timeout is 5 s: it did not wait for it
+    assert frames >= 150
+    assert copied == frames
+    assert checkpointer.checkpoint() == (frames, frames)  # now with nothing under way
+    writer.commit([received(150)], time=1, bodies={})
+    assert checkpointer.checkpoint()[0] < 10  # that commit started the WAL over
+    (timeout,) = sqlite3.connect(tmp_path / "log.db").execute("PRAGMA busy_timeout").fetchone()
+    assert checkpointer._db.execute("PRAGMA busy_timeout").fetchone() == (timeout,)
+    checkpointer.close()
+    writer.close()
+    assert SqliteEventStore(tmp_path / "log.db").last_seq == 151
 
 
 def test_opening_the_log_makes_what_a_killed_writer_left_durable(tmp_path: Path) -> None:

@@ -733,6 +733,21 @@ def _post_probe(url: str, stop: Any, results: Any, lifetime: str = "5m") -> None
     results.send(posts)
 
 
+def _total_bounced(listing: bytes, rule_id: str) -> int:
+    """``total_bounced`` of rule ``rule_id`` in GET's ``listing`` (-1 if it is not there),
+    found without parsing the whole answer: at 1,000,000 queued it is about a megabyte,
+    and parsing it every 10 ms took a third of a CPU of the two the server shares."""
+    start = listing.find(b'"id":"%s"' % rule_id.encode())
+    if start < 0:
+        return -1
+    key = b'},"total_bounced":'  # after the ``bounced`` map, whose values are numbers
+    at = listing.index(key, start) + len(key)
+    end = at
+    while listing[end : end + 1].isdigit():
+        end += 1
+    return int(listing[at:end])
+
+
 def sweep_probe_run(data_dir: Path, messages: int, queues: int) -> SweepProbeRun:
     """A match-everything sweep on a server on ``data_dir``, probed by two clients: one
     POSTs a new, distinct rule that matches nothing every :data:`SWEEP_POST_PERIOD`, the
@@ -759,11 +774,9 @@ def sweep_probe_run(data_dir: Path, messages: int, queues: int) -> SweepProbeRun
             response = client.get("/api/admin/bounce/v1")
             gets.append((started, time.monotonic() - started))
             response.raise_for_status()
-            if sweep_id and not done:
-                for rule in orjson.loads(response.content):
-                    if rule["id"] == sweep_id[0] and rule["total_bounced"] >= messages:
-                        done.append(time.monotonic())
-                        stop.set()
+            if sweep_id and not done and _total_bounced(response.content, sweep_id[0]) >= messages:
+                done.append(time.monotonic())
+                stop.set()
 
         def get_probe() -> None:
             with httpx.Client(base_url=server.url, timeout=60) as client:

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
+import orjson
 import pytest
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench.py"
@@ -72,3 +73,17 @@ def test_percentile_is_nearest_rank() -> None:
     assert bench.percentile(values, 0.5) == 50.0
     assert bench.percentile(values, 0.99) == 99.0
     assert bench.percentile([3.0], 0.99) == 3.0
+
+
+def test_total_bounced_is_found_without_parsing_the_listing() -> None:
+    """The sweep-probe's check of its rule's ``total_bounced``, even past a queue named
+    like the key in the rule's ``bounced`` map."""
+    listing = orjson.dumps(
+        [
+            {"id": "a", "bounced": {"q": 1}, "total_bounced": 5, "pending": 0},
+            {"id": "b", "bounced": {"total_bounced": 3}, "total_bounced": 1234, "pending": 0},
+        ]
+    )
+    assert bench._total_bounced(listing, "b") == 1234
+    assert bench._total_bounced(listing, "a") == 5
+    assert bench._total_bounced(listing, "c") == -1

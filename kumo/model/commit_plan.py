@@ -27,6 +27,13 @@ from the time and what waits, and carries the answer out. The policy:
   transaction but the one already under way; the gate's own bounds (closed ``hold`` at
   most at a time, then open as long) keep the sweep going.
 
+The contents of messages that left are deleted from the spool later than the event
+that removed them, in purge transactions of their own (:meth:`CommitPlanner.purge`):
+``spool_purge_batch`` of them at a time, the oldest first, when no client waits, the
+admin gate is open, no background event waits and no client appended within
+``client_window`` (or when someone waits for the purges, :meth:`LogWriter.wait_purged`);
+past ``spool_purge_owed_max`` owed, whatever the background lane and the window.
+
 No transaction copies the WAL back into the database: a checkpointer does that beside
 the writer (:mod:`kumo.runtime.wal_checkpointer`), so that no client waits for it.
 """
@@ -123,6 +130,33 @@ class CommitPlanner:
         self._passed_over = taken_requests > 0 and left > 0 and taken == 0
         durable = taken_requests > 0 or left == 0 or self._since_durable + 1 >= every
         return CommitPlan(taken_requests, taken, durable)
+
+    def purge(
+        self,
+        now: int,
+        owed: int,
+        *,
+        clients: bool,
+        background: bool,
+        admin_first: bool,
+        asked: bool = False,
+    ) -> tuple[int, int | None]:
+        """How many owed contents to purge at ``now`` (ns), given ``owed`` and what
+        waits: ``clients``' appends, ``background`` events; ``asked``: someone waits
+        for the purges. Also, when that is 0 only because a client appended within
+        ``client_window``, when the window ends (else None)."""
+        settings = self._settings
+        if not owed or clients or admin_first:
+            return 0, None
+        take = min(owed, settings.spool_purge_batch)
+        if owed >= settings.spool_purge_owed_max:
+            return take, None
+        if background:
+            return 0, None
+        window_ends = self._last_client + settings.client_window * NANOS_PER_SECOND
+        if now < window_ends and not asked:
+            return 0, math.ceil(window_ends)
+        return take, None
 
     def committed(self, plan: CommitPlan) -> None:
         """``plan``'s transaction is committed."""

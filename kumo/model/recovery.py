@@ -16,12 +16,17 @@ move in one ``Rebound`` per queue and rebind, which the engine appends with the
 bounces. The fold records which queues each rebind moved out of
 (:attr:`~kumo.model.state.SeenRebind.moved_from`), so a move is redone until its
 ``Rebound`` is in the log, and never after.
+
+A message's content stays in the spool after the message left, owed a purge, until the
+store deletes it (:mod:`kumo.store.sqlite_log`); a crash forgets what was owed, and
+:func:`left_behind` finds it again.
 """
 
 from __future__ import annotations
 
 import bisect
-from collections.abc import Collection, Iterable
+from array import array
+from collections.abc import Collection, Iterable, Sequence
 
 import attrs
 
@@ -318,3 +323,21 @@ def _fate(message: Message, rules: list[Rule]) -> Rule | None:
         ):
             return rule
     return _sweep_after(rules, message.seq)
+
+
+def left_behind(spooled: Iterable[Sequence[int]], queued: Iterable[Sequence[int]]) -> array[int]:
+    """The seqs of the spooled contents that no queue holds a message of: ``spooled``,
+    the spool's seqs in order, in chunks; ``queued``, each queue's messages' seqs."""
+    held = array("q")
+    for seqs in queued:
+        held.extend(seqs)
+    held = array("q", sorted(held))
+    found = array("q")
+    index, end = 0, len(held)
+    for chunk in spooled:
+        for seq in chunk:
+            while index < end and held[index] < seq:
+                index += 1
+            if index == end or held[index] != seq:
+                found.append(seq)
+    return found

@@ -90,6 +90,13 @@ class EngineSettings:
     A PASSIVE checkpoint alone never restarts a WAL that commits keep appending to: a
     sweep of 1,000,000 queued grew it to 1.6 GB, and its commits took 40-60% longer
     (docs/benchmarks.md, "The WAL that never restarted")."""
+    spool_purge_batch: int = _int_field(10_000)
+    """Contents of messages that left that one purge transaction deletes (the oldest
+    owed first, in seq order): the more at a time, the more of them share a page of the
+    spool, and the fewer pages the log writes (:mod:`kumo.model.commit_plan`)."""
+    spool_purge_owed_max: int = _int_field(4_000_000)
+    """Owed contents from which purges go on even while the background lane is busy or
+    clients were seen within ``client_window`` (8 bytes of memory each)."""
     disk_full_retry: float = _seconds_field(1.0)
     """Seconds the log writer waits before it tries again after a commit found the disk
     full (the clients of that commit got a 503 at once; the actors' events wait)."""

@@ -62,7 +62,7 @@ from kumo.model.message import Message
 from kumo.model.ready_queue import ReadyEntry
 from kumo.model.ready_queue_state import ReadyQueueState
 from kumo.model.ready_suspension import ReadySuspensionView
-from kumo.model.recovery import Recovery, recover
+from kumo.model.recovery import Recovery, left_behind, recover
 from kumo.model.requests import BounceRequest, NewMessage, ReadySuspendRequest, RebindRequest
 from kumo.model.router import Router
 from kumo.model.settings import EngineSettings
@@ -622,7 +622,8 @@ class Engine:
         """Return once every committed event has been fully processed.
 
         That is: routed by the broadcaster, applied by every actor, their bounces
-        committed, and the delivery log written — with nothing left to do.
+        committed, the delivery log written and the spool purged — with nothing left
+        to do.
         """
         log, broadcaster = self._log, self._parts.broadcaster
         while True:
@@ -639,6 +640,7 @@ class Engine:
             while log.background_pending():
                 await log.wait_beyond(log.last_seq)
             await self._parts.delivery.position.wait_for(target)
+            await log.wait_purged()
             if log.last_seq == target and not log.background_pending():
                 return
 
@@ -766,6 +768,9 @@ async def open_engine(
             else open_event_log(data_dir, settings=settings, auto_checkpoint=False)
         )
         state, snapshot_seq = _fold_without_collecting(data_dir, store)
+        if store.owing:  # it may hold contents of messages that left: owe their purge
+            queues = (state.queues or {}).values()
+            store.owe(left_behind(store.spool_seqs(), (queue.seqs() for queue in queues)))
         return store, reader, checkpoints, fleet_meta, state, snapshot_seq, chosen
 
     async with contextlib.AsyncExitStack() as cleanup:

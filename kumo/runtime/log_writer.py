@@ -103,6 +103,9 @@ class LogStatistics:
         "1 once a write met a damaged store: writes are stopped (clients get a 503) "
         "until kumo is restarted on a checked store."
     )
+    spool_owed: int = gauge("Contents of messages that left, still in the spool, owed a purge.")
+    spool_purges: int = counter("Purge transactions of the spool by this process.")
+    spool_purged: int = counter("Contents of messages that left purged by this process.")
 
 
 @attrs.define(eq=False)
@@ -177,6 +180,10 @@ class LogWriter:
         """Set once a write met a damaged store: from then on no write is tried."""
         self._commit_seconds = Histogram.empty()
         self._reading = trio.Lock()
+        self._purge_asked = False
+        self._purged = trio.Event()
+        self._purges = 0
+        self._purged_contents = 0
 
     @property
     def last_seq(self) -> int:
@@ -264,9 +271,26 @@ class LogWriter:
             if self.damage is not None:
                 await self._refuse_while_damaged()
                 return
-            if not self._urgent and not self._background:
-                if self._closed:
-                    return
+            idle = not self._urgent and not self._background
+            if idle and self._closed:
+                await self._purge_all()
+                return
+            if self._store.owed:
+                count, window_ends = self._planner.purge(
+                    self._clock.now(),
+                    self._store.owed,
+                    clients=bool(self._urgent),
+                    background=bool(self._background),
+                    admin_first=self._admin_gate.closed,
+                    asked=self._purge_asked,
+                )
+                if count:
+                    await self._purge(count)
+                    continue
+                if idle:
+                    await self._idle_while_owed(window_ends)
+                    continue
+            if idle:
                 self._work = trio.Event()
                 await self._work.wait()
                 continue
@@ -326,6 +350,51 @@ class LogWriter:
             self._settled(plan, requests, committed, (self._clock.now() - now) / NANOS_PER_SECOND)
             if express is not None:
                 self._settle_express(express)
+
+    async def _purge(self, count: int) -> None:
+        """Purge ``count`` owed contents in a worker thread (:meth:`EventStore.purge_spool`)."""
+        try:
+            purged = await self._run_blocking(functools.partial(self._store.purge_spool, count))
+        except LogFullError:
+            # Nothing was deleted (deleting needs room in the WAL): try again later.
+            self._disk_full += 1
+            await trio.sleep(self._settings.disk_full_retry)
+            return
+        except LogDamagedError as exc:
+            self.note_damage(exc)
+            return
+        self._purged_contents += purged
+        self._purges += 1
+        if not self._store.owed:
+            self._purge_asked = False
+            self._purged.set()
+            self._purged = trio.Event()
+
+    async def _purge_all(self) -> None:
+        """Closing: purge what is owed, whatever waits (a shutdown cut short leaves the
+        rest to the next start)."""
+        while self._store.owed and self.damage is None:
+            await self._purge(self._settings.spool_purge_batch)
+
+    async def _idle_while_owed(self, window_ends: int | None) -> None:
+        """Nothing to commit, purges deferred: wait for work, or until the reason to
+        defer them passes (the admin gate opens, the client window ends)."""
+        self._work = trio.Event()
+        if self._admin_gate.closed:
+            await self._admin_gate.until_open(self._work)
+            return
+        wait = 0.0 if window_ends is None else window_ends - self._clock.now()
+        with trio.move_on_after(max(wait, 0) / NANOS_PER_SECOND):
+            await self._work.wait()
+
+    async def wait_purged(self) -> None:
+        """Return once no content of a message that left is owed a purge, asking for
+        the purges now rather than after the client window (always a checkpoint)."""
+        await trio.lowlevel.checkpoint()
+        while self._store.owed and self.damage is None and not self._closed:
+            self._purge_asked = True
+            self._work.set()
+            await self._purged.wait()
 
     def _commit(
         self,
@@ -556,6 +625,9 @@ class LogWriter:
             background_waiting=len(self._background),
             background_messages_waiting=self._background_messages,
             tail_events=self._tail_events,
+            spool_owed=self._store.owed,
+            spool_purges=self._purges,
+            spool_purged=self._purged_contents,
             disk_reads=self._disk_reads,
             disk_full=self._disk_full,
             damaged=self.damage is not None,

@@ -6,7 +6,7 @@ worker thread at a time (``trio.to_thread.run_sync``), batched, never once per m
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Protocol
 
 from kumo.model.events import Committed, Event
@@ -68,15 +68,41 @@ class EventStore(Protocol):
 
         ``bodies`` maps an index into ``events`` (a ``MessageReceived``) to the message's
         content, stored in the spool in the same transaction (a ``(head, body)`` pair is
-        joined as its row is written, so that no more than one joined copy is held). A
-        ``Bounced`` event deletes its messages' spool entries in that transaction too. On
-        an exception nothing was appended; :class:`LogFullError` when the disk is full.
+        joined as its row is written, so that no more than one joined copy is held). An
+        event that removes messages (``Bounced``, a departure) leaves their contents
+        owed a purge (:meth:`purge_spool`). On an exception nothing was appended;
+        :class:`LogFullError` when the disk is full.
 
         With ``durable`` (the default) it returns once the transaction, and every one
         before it, survives a power failure. Without, it returns once the transaction
         is committed and ordered: it survives the process being killed, and a power
         failure can undo it (with whatever followed it) until the next durable commit.
         """
+        ...
+
+    @property
+    def owed(self) -> int:
+        """How many contents of messages that left wait for :meth:`purge_spool`."""
+        ...
+
+    @property
+    def owing(self) -> bool:
+        """Whether the spool may hold contents of messages that left: some are owed a
+        purge, or the store was opened after a process that left some owed."""
+        ...
+
+    def owe(self, seqs: Iterable[int]) -> None:
+        """Owe a purge of the contents spooled at ``seqs`` too (what a crash left)."""
+        ...
+
+    def purge_spool(self, limit: int) -> int:
+        """Delete up to ``limit`` owed contents, the oldest first, in a transaction of
+        their own, not fsynced; return how many. :class:`LogFullError` when the disk is
+        full (nothing was deleted)."""
+        ...
+
+    def spool_seqs(self, chunk: int = 100_000) -> Iterator[Sequence[int]]:
+        """The seqs of the spooled contents, in order, in chunks."""
         ...
 
     def checkpoint(self) -> tuple[int, int]:

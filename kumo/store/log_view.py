@@ -153,6 +153,12 @@ class LogView:
         while batch := cursor.fetchmany(CHUNK):
             yield batch
 
+    def spool_owed(self) -> bool:
+        """Whether the spool may hold contents of messages that left, owed a purge
+        (``spool_owed`` in ``meta``: :mod:`kumo.store.sqlite_log`)."""
+        row = self._db.execute("SELECT value FROM meta WHERE key = 'spool_owed'").fetchone()
+        return row is not None and row[0] == "1"
+
     def spool_seqs(self) -> Iterator[list[int]]:
         """The seqs of the spooled contents (the ``MessageReceived`` of each message
         still spooled), in order, in chunks; read in the view's transaction, so that

@@ -261,12 +261,15 @@ one by one (the rest are counted)."""
 
 
 def check_spool(
-    spooled: Iterable[list[int]], invariants: InvariantCheck
+    spooled: Iterable[list[int]], invariants: InvariantCheck, *, owed: bool = False
 ) -> tuple[int, list[Violation]]:
     """Compare the spool's seqs (in chunks) with a finished fold: every
     queued message must have its content (spooled at the seq of its
     ``MessageReceived``), and no content may be left for a message that is gone, or
     at a seq that received none. Returns the number of contents and the violations.
+
+    ``owed``: the store says purges are owed (``spool_owed``), so the contents of
+    messages that left may still be there, waiting for theirs: not a violation.
     """
     gone = invariants.bounced.keys() | invariants.departed.keys()
     # In seq order: a base at a retention cut lists its queued messages queue by queue.
@@ -275,6 +278,7 @@ def check_spool(
     missing = 0
     left: list[int] = []
     want = next(queued, None)
+    gone_seqs = {r.seq for mid, r in invariants.received.items() if mid in gone} if owed else set()
     # Sorted here: a damaged page of the spool can hand its rows over out of order.
     seqs = sorted(seq for chunk in spooled for seq in chunk)
     count = len(seqs)
@@ -286,7 +290,7 @@ def check_spool(
             want = next(queued, None)
         if want is not None and want[0] == seq:
             want = next(queued, None)
-        else:
+        elif not owed or seq not in gone_seqs:
             left.append(seq)
     while want is not None:
         missing += 1
@@ -500,7 +504,9 @@ def verify_data_dir(data_dir: Path, progress: Progress = _no_progress) -> Verify
         log_violations = invariants.finish()
         if log_read:
             try:
-                spooled, spool_violations = check_spool(view.live.spool_seqs(), invariants)
+                spooled, spool_violations = check_spool(
+                    view.live.spool_seqs(), invariants, owed=view.live.spool_owed()
+                )
             except sqlite3.DatabaseError as exc:
                 spool_violations = [
                     Violation("spool", SPOOL_WHERE, f"the spool cannot be read: {exc}")

@@ -81,7 +81,7 @@ def engine_statistics() -> EngineStatistics:
         queued_total=46,
         queues=3,
         live_rules=3,
-        log=LogStatistics(1054, 1054, 1, 1, 5, 0, 0, 0, 5, 0, 0, latency, False),
+        log=LogStatistics(1054, 1054, 1, 1, 5, 0, 0, 0, 5, 0, 0, latency, False, 7, 2, 20),
         broadcaster=BroadcasterStatistics(1054, 3, 0, 5, 1),
         delivery_log=DeliveryLogStatistics(1054, 5, 3325, 1, "00000000000000000001.jsonl"),
         wal=CheckpointStatistics(12, 40, 0),

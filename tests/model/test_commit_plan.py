@@ -119,3 +119,35 @@ def test_every_plan_makes_progress_and_no_lane_starves(
             assert previous.background > 0 or plan.background > 0
         waited_before = bool(requests) and bool(background)
         previous = plan
+
+
+def test_purges_wait_for_clients_the_gate_the_background_lane_and_the_window() -> None:
+    settings = EngineSettings(spool_purge_batch=100, spool_purge_owed_max=1_000)
+    planner = CommitPlanner(settings)
+    second = NANOS_PER_SECOND
+    assert planner.purge(0, 0, clients=False, background=False, admin_first=False) == (0, None)
+    assert planner.purge(0, 250, clients=False, background=False, admin_first=False) == (100, None)
+    assert planner.purge(0, 50, clients=False, background=False, admin_first=False) == (50, None)
+    for waits in ({"clients": True}, {"background": True}, {"admin_first": True}):
+        flags = {"clients": False, "background": False, "admin_first": False} | waits
+        assert planner.purge(0, 250, **flags) == (0, None)
+    planner.plan(10 * second, [1], (), 0)  # a client appends at 10 s
+    window_ends = 10 * second + int(settings.client_window * second)
+    purge = planner.purge(10 * second, 250, clients=False, background=False, admin_first=False)
+    assert purge == (0, window_ends)
+    assert planner.purge(
+        10 * second, 250, clients=False, background=False, admin_first=False, asked=True
+    ) == (100, None)
+    assert planner.purge(window_ends, 250, clients=False, background=False, admin_first=False) == (
+        100,
+        None,
+    )
+    # Past spool_purge_owed_max, the lane and the window do not hold purges back.
+    assert planner.purge(10 * second, 1_000, clients=False, background=True, admin_first=False) == (
+        100,
+        None,
+    )
+    assert planner.purge(10 * second, 1_000, clients=True, background=False, admin_first=False) == (
+        0,
+        None,
+    )

@@ -354,3 +354,45 @@ async def test_a_full_disk_refuses_the_client_of_a_transaction_committed_in_the_
     [error] = outcome
     assert isinstance(error, DiskFullError)
     assert writer.statistics().disk_full == 1
+
+
+async def test_contents_of_messages_that_left_are_purged_once_clients_are_quiet(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """The purges wait out ``client_window`` after a client's append, unless someone
+    waits for them (``wait_purged``); closing purges what is still owed."""
+    settings = EngineSettings(spool_purge_batch=2)
+    store = open_event_log(tmp_path)
+    writer = open_writer(tmp_path, lambda _: None, settings, store=store, run_blocking=inline)
+
+    async def receive_and_bounce(numbers: list[int]) -> None:
+        await writer.append([received(n) for n in numbers], bodies=dict.fromkeys(range(3), b"x"))
+        gone = [Message(f"{n:032x}", "s@x", f"r{n}@y", 1, 1, n) for n in numbers]
+        await writer.submit([Bounced("r", "q", gone)])
+        await writer.committed.wait_for(numbers[-1] + 1)
+        await trio.testing.wait_all_tasks_blocked()
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(writer.run)
+        await receive_and_bounce([1, 2, 3])
+        assert store.owed == 3  # a client appended just now
+        assert store.spool_body(1) == b"x"
+        await trio.sleep(settings.client_window)
+        await trio.testing.wait_all_tasks_blocked()
+        assert store.owed == 0
+        assert [store.spool_body(seq) for seq in (1, 2, 3)] == [None, None, None]
+        stats = writer.statistics()
+        assert (stats.spool_purges, stats.spool_purged, stats.spool_owed) == (2, 3, 0)
+
+        await receive_and_bounce([5])
+        asked = trio.current_time()
+        await writer.wait_purged()
+        assert trio.current_time() == asked  # not after the window
+        assert store.spool_body(5) is None
+
+        await receive_and_bounce([7])
+        assert store.owed == 1
+        writer.close()
+    assert store.owed == 0
+    assert store.spool_body(7) is None
+    assert not store.owing

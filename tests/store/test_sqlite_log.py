@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+from array import array
 from pathlib import Path
 from time import monotonic
 
@@ -28,8 +29,12 @@ def test_commit_assigns_gapless_seqs_and_spools_bodies(tmp_path: Path) -> None:
     assert store.spool_body(1) == b"one"
     bounced = Bounced("r", "q", [Message("m1", "s@x", "r1@y", 3, 10, 1)])
     store.commit([bounced], time=30, bodies={})
+    assert store.spool_body(1) == b"one"  # owed a purge
+    assert (store.owed, store.owing) == (1, True)
+    assert store.purge_spool(10) == 1
     assert store.spool_body(1) is None
     assert store.spool_body(2) == b"two"
+    assert (store.owed, store.owing) == (0, False)
     assert [c.event for c in store.read(0, 10)] == [
         received(1),
         received(2),
@@ -206,3 +211,38 @@ def test_opening_the_log_makes_what_a_killed_writer_left_durable(tmp_path: Path)
     SqliteEventStore(tmp_path / "log.db").close()
     assert events_in_the_database_file() == 2
     killed.close()
+
+
+def test_purges_take_the_oldest_owed_first_and_the_flag_outlives_the_process(
+    tmp_path: Path,
+) -> None:
+    """``spool_owed`` is committed with the first event that owes a purge and cleared
+    with the last purge: a store reopened in between knows it may hold contents of
+    messages that left, and owes what it is told to (what the engine finds)."""
+    store = SqliteEventStore(tmp_path / "log.db")
+    store.commit([received(n) for n in range(1, 6)], time=1, bodies={})
+    gone = [Message(f"{n:032x}", "s@x", f"r{n}@y", 3, 1, n) for n in (4, 2, 5)]
+    store.commit([Bounced("r", "q", gone[:2])], time=2, bodies={})
+    store.commit([Bounced("r", "q", gone[2:])], time=3, bodies={})
+    assert list(store.spool_seqs(chunk=2)) == [
+        array("q", [1, 2]),
+        array("q", [3, 4]),
+        array("q", [5]),
+    ]
+    assert store.purge_spool(2) == 2  # seqs 4 and 2, as they left
+    assert [store.spool_body(seq) is None for seq in range(1, 6)] == [
+        False,
+        True,
+        False,
+        True,
+        False,
+    ]
+    store.close()
+
+    reopened = SqliteEventStore(tmp_path / "log.db")
+    assert (reopened.owed, reopened.owing) == (0, True)  # what was owed is forgotten
+    reopened.owe([5])
+    assert reopened.purge_spool(10) == 1
+    assert (reopened.owed, reopened.owing) == (0, False)
+    reopened.close()
+    assert not SqliteEventStore(tmp_path / "log.db").owing

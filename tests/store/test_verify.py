@@ -59,6 +59,7 @@ def make_log(path: Path, count: int = 6) -> SqliteEventStore:
     )
     first = Message(f"{0:032x}", "s@x", "r0@a.com", 10, 10 * SECOND, 1)
     store.commit([Bounced("r", "a.com", [first])], time=30 * SECOND, bodies={})
+    assert store.purge_spool(store.owed) == 1  # as a server does before it stops
     return store
 
 
@@ -318,6 +319,30 @@ def test_verify_of_a_log_whose_events_cannot_be_read_reports_the_damage(tmp_path
     assert report.violations[-1] == Violation(
         "structure", DATABASE, "the log cannot be read: database disk image is malformed"
     )
+
+
+def test_verify_takes_contents_owed_a_purge_for_what_they_are(tmp_path: Path) -> None:
+    """A store that says purges are owed (a server stopped before it made them) may
+    hold the contents of messages that left; every other difference is still one."""
+    store = SqliteEventStore(tmp_path / DATABASE)
+    store.commit([received(n) for n in range(3)], time=10 * SECOND, bodies={})
+    store.commit(
+        [BounceIssued("r", Criteria(domain="a.com"), "why", 99 * SECOND)],
+        time=20 * SECOND,
+        bodies={},
+    )
+    first = Message(f"{0:032x}", "s@x", "r0@a.com", 10, 10 * SECOND, 1)
+    store.commit([Bounced("r", "a.com", [first])], time=30 * SECOND, bodies={})
+    assert store.owed == 1
+    store._db.execute("INSERT INTO spool VALUES (4, x'00')")  # the rule's seq
+    store.close()
+
+    report = verify_data_dir(tmp_path)
+
+    assert report.spooled == 4
+    assert report.violations == [
+        Violation("spool", "seq 4", "content spooled at seq 4, which received no message", 4),
+    ]
 
 
 def test_verify_compares_the_spool_with_the_queued_messages(tmp_path: Path) -> None:

@@ -88,8 +88,9 @@ class EngineSettings:
     (SQLite's RESTART checkpoint, tried without waiting: it gives up at once if a
     commit is under way), so that the next commits write the WAL from its start again.
     A PASSIVE checkpoint alone never restarts a WAL that commits keep appending to: a
-    sweep of 1,000,000 queued grew it to 1.6 GB, and its commits took 40-60% longer
-    (docs/benchmarks.md, "The WAL that never restarted")."""
+    sweep of 1,000,000 queued grew it to 1.6 GB, and its transactions took 9.3 ms at the
+    median against 6.6 ms with restarts (docs/benchmarks.md, "The WAL that never
+    restarted, and the spool's purges")."""
     spool_purge_batch: int = _int_field(10_000)
     """Contents of messages that left that one purge transaction deletes (the oldest
     owed first, in seq order): the more at a time, the more of them share a page of the
@@ -183,7 +184,7 @@ class EngineSettings:
     """Seconds at most, in all, that one GET's listing waits between two of its slices
     for the writes (POST, DELETE) in flight (:class:`kumo.model.admin_first.WritesFirst`);
     0: it never waits. Under a sweep of 200,000 or 1,000,000 queued, probed with a POST
-    every 20 ms and a GET every 10 ms, 5 ms took 10-20% off a POST's p99
+    every 20 ms and a GET every 10 ms, 5 ms took 2-18% off a POST's p99
     (docs/benchmarks.md)."""
 
     # -- the engine (kumo.runtime.engine) ------------------------------------------------

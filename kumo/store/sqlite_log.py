@@ -12,8 +12,8 @@ Tables:
   removes a message (``Bounced``, ``Delivered``, ``PermanentlyFailed``, ``Expired``)
   does not delete its content: the store keeps its seq as *owed a purge*, and
   :meth:`SqliteEventStore.purge_spool` deletes owed contents later, many at a time, in
-  transactions of their own (a sweep's transactions wrote four times fewer pages
-  without their deletions, and a client's commit waits for the one under way).
+  transactions of their own (a client's commit waits for the transaction under way,
+  and a sweep's took a third of the time without their deletions).
 - ``meta(key, value)``: the node id and other small facts; ``spool_owed`` is ``1`` from
   the transaction that first owes a purge until the one that purges the last owed
   content. A store opened with ``1`` may hold contents of messages that left (a crash

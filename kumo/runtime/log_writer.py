@@ -262,6 +262,7 @@ class LogWriter:
         self._closed = True
         self._work.set()
         self._room.unpark_all()
+        self._purged.set()  # the writer purges what is owed before it returns
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """The writer task: commit what waits, in batches, until closed and drained."""
@@ -357,7 +358,6 @@ class LogWriter:
             purged = await self._run_blocking(functools.partial(self._store.purge_spool, count))
         except LogFullError:
             # Nothing was deleted (deleting needs room in the WAL): try again later.
-            self._disk_full += 1
             await trio.sleep(self._settings.disk_full_retry)
             return
         except LogDamagedError as exc:
@@ -380,11 +380,10 @@ class LogWriter:
         """Nothing to commit, purges deferred: wait for work, or until the reason to
         defer them passes (the admin gate opens, the client window ends)."""
         self._work = trio.Event()
-        if self._admin_gate.closed:
+        if window_ends is None:  # deferred while the admin gate is closed
             await self._admin_gate.until_open(self._work)
             return
-        wait = 0.0 if window_ends is None else window_ends - self._clock.now()
-        with trio.move_on_after(max(wait, 0) / NANOS_PER_SECOND):
+        with trio.move_on_after(max(window_ends - self._clock.now(), 0) / NANOS_PER_SECOND):
             await self._work.wait()
 
     async def wait_purged(self) -> None:
@@ -488,6 +487,7 @@ class LogWriter:
         self.damage = exc
         self.damaged.set()
         self._work.set()
+        self._purged.set()  # no purge will be made: nobody waits for one
 
     async def _refuse_while_damaged(self) -> None:
         """Answer every client request that still waits with the damage, until closed."""

@@ -21,6 +21,7 @@ from typing import TypeAlias
 
 from kumo.model.events import Committed, EventDecodeError, decode_event
 from kumo.store.event_log import LogCorruptError
+from kumo.store.sqlite_log import SPOOL_OWED
 
 Row: TypeAlias = tuple[int, int, str, bytes]
 """``(seq, time, type, body)`` as stored."""
@@ -156,7 +157,7 @@ class LogView:
     def spool_owed(self) -> bool:
         """Whether the spool may hold contents of messages that left, owed a purge
         (``spool_owed`` in ``meta``: :mod:`kumo.store.sqlite_log`)."""
-        row = self._db.execute("SELECT value FROM meta WHERE key = 'spool_owed'").fetchone()
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (SPOOL_OWED,)).fetchone()
         return row is not None and row[0] == "1"
 
     def spool_seqs(self) -> Iterator[list[int]]:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ from kumo.store.event_log import StoreDamagedError
 from kumo.store.integrity import PARTS
 from kumo.store.layout import DATABASE, LOGS
 from kumo.store.lock import DataDirectoryLock
+from kumo.store.sqlite_log import SPOOL_OWED, SqliteEventStore
 from tests.page_damage import build_store, damage
 from tests.runtime.harness import WALL_ORIGIN, bounce, log_records, message
 
@@ -50,3 +52,26 @@ async def test_a_store_with_a_damaged_page_is_refused_before_anything_runs(
     assert caught.value.damage.startswith(f"{PARTS['spool']}: Page ")
     assert not (tmp_path / LOGS).exists()  # nothing written: no delivery log begun
     DataDirectoryLock(tmp_path).release()  # and the directory is free again
+
+
+async def test_a_start_after_a_crash_owes_the_purges_the_crash_forgot(tmp_path: Path) -> None:
+    """What a crash leaves: contents of bounced messages still spooled, ``spool_owed``
+    set, and no memory of what was owed. The next start compares the spool with the
+    queues, and the purges follow."""
+    async with open_engine(tmp_path, clock=EngineClock(WALL_ORIGIN)) as engine:
+        await engine.inject([message(f"u{i}@example.com") for i in range(3)])
+        await engine.inject([message("v@other.example")])
+        await engine.issue_bounce(bounce(domain="example.com"), issued_by="tester")
+        await engine.wait_idle()
+    db = sqlite3.connect(tmp_path / DATABASE)
+    with db:  # as the process left it before its purges: the contents and the flag
+        db.executemany("INSERT INTO spool VALUES (?, x'00')", [(1,), (2,), (3,)])
+        db.execute("INSERT OR REPLACE INTO meta VALUES (?, '1')", (SPOOL_OWED,))
+    db.close()
+    async with open_engine(tmp_path, clock=EngineClock(WALL_ORIGIN)) as engine:
+        assert engine.statistics().log.spool_owed == 3
+        await engine.wait_idle()
+        assert engine.statistics().log.spool_owed == 0
+    store = SqliteEventStore(tmp_path / DATABASE)
+    assert (store.spool_count(), store.owing) == (1, False)
+    store.close()

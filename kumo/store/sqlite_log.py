@@ -241,21 +241,32 @@ class SqliteEventStore:
                 unspooled.extend(event.messages.seqs())
             elif isinstance(event, DEPARTURES):
                 unspooled.append(event.message.seq)
-        db = self._db
+        owes = bool(unspooled) and not self._owing
         # WAL with synchronous=NORMAL: the commit appends to the WAL without an fsync;
         # the next FULL commit's fsync of the WAL (or a checkpoint) makes it durable.
-        synchronous = "FULL" if durable else "NORMAL"
+        with self._transaction("FULL" if durable else "NORMAL") as db:
+            db.executemany("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?)", rows)
+            if spooled:
+                db.executemany("INSERT INTO spool VALUES (?, ?)", _joined(spooled))
+            if owes:
+                db.execute("INSERT OR REPLACE INTO meta VALUES (?, '1')", (SPOOL_OWED,))
+        self._last_seq, self._last_time, self._chain = seq, time, chain
+        self._owed.extend(unspooled)
+        self._owing = self._owing or owes
+        return committed
+
+    @contextlib.contextmanager
+    def _transaction(self, synchronous: str) -> Iterator[sqlite3.Connection]:
+        """A write transaction on the writer's connection at ``synchronous``, committed
+        after the block; on any error rolled back, a full disk raised as
+        :class:`LogFullError` and a damaged store as :class:`LogDamagedError`."""
+        db = self._db
         try:
             if synchronous != self._synchronous:
                 db.execute(f"PRAGMA synchronous={synchronous}")
                 self._synchronous = synchronous
             db.execute("BEGIN IMMEDIATE")
-            db.executemany("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?)", rows)
-            if spooled:
-                db.executemany("INSERT INTO spool VALUES (?, ?)", _joined(spooled))
-            owes = bool(unspooled) and not self._owing
-            if owes:
-                db.execute("INSERT OR REPLACE INTO meta VALUES (?, '1')", (SPOOL_OWED,))
+            yield db
             db.execute("COMMIT")
         except BaseException as exc:
             # SQLite may have rolled back already (it does on a full disk). On a damaged
@@ -269,10 +280,6 @@ class SqliteEventStore:
             if damage is not None:
                 raise damage from exc
             raise
-        self._last_seq, self._last_time, self._chain = seq, time, chain
-        self._owed.extend(unspooled)
-        self._owing = self._owing or owes
-        return committed
 
     @property
     def owed(self) -> int:
@@ -297,12 +304,7 @@ class SqliteEventStore:
         ``spool_owed``."""
         taken = self._owed[:limit]
         last = len(taken) == len(self._owed)
-        db = self._db
-        try:
-            if self._synchronous != "NORMAL":
-                db.execute("PRAGMA synchronous=NORMAL")
-                self._synchronous = "NORMAL"
-            db.execute("BEGIN IMMEDIATE")
+        with self._transaction("NORMAL") as db:
             # One statement for all of them, which SQLite runs in seq order (executemany
             # would take the GIL back once per row).
             db.execute(
@@ -311,17 +313,6 @@ class SqliteEventStore:
             )
             if last:
                 db.execute("INSERT OR REPLACE INTO meta VALUES (?, '0')", (SPOOL_OWED,))
-            db.execute("COMMIT")
-        except BaseException as exc:
-            if db.in_transaction:
-                with contextlib.suppress(sqlite3.Error):
-                    db.execute("ROLLBACK")
-            if isinstance(exc, sqlite3.Error) and exc.sqlite_errorcode == _SQLITE_FULL:
-                raise LogFullError(str(exc)) from exc
-            damage = self._damage(exc)
-            if damage is not None:
-                raise damage from exc
-            raise
         del self._owed[:limit]
         if last:
             self._owing = False

@@ -51,7 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench
 
-from kumo.cli.serve import serving_started, tune_for_serving
+from kumo.cli.serve import collect_young, serving_started, tune_for_serving
 from kumo.http import bounce_api
 from kumo.http.rule_listing import RuleListing
 from kumo.model.criteria import Criteria
@@ -289,6 +289,7 @@ async def probe(data_dir: Path, settings: EngineSettings) -> dict[str, Any]:
             done.set()
 
         async with trio.open_nursery() as nursery:
+            nursery.start_soon(collect_young)
             nursery.start_soon(post_loop)
             nursery.start_soon(get_loop)
             await trio.sleep(LEAD)

@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 import trio
+import trio.testing
 from click.testing import CliRunner
 
 from kumo.cli.kumo import kumod, main
@@ -25,6 +26,7 @@ from kumo.cli.serve import (
     GC_THRESHOLDS,
     SWITCH_INTERVAL,
     ListenError,
+    collect_young,
     resolve_config,
     run_server,
     serving_started,
@@ -547,3 +549,12 @@ def test_the_collector_is_tuned_for_the_start_then_for_serving() -> None:
         gc.unfreeze()
         gc.set_threshold(*thresholds)
         sys.setswitchinterval(interval)
+
+
+async def test_young_collections_run_every_period_whatever_the_thresholds(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    before = gc.get_stats()[0]["collections"]
+    with trio.move_on_after(1.1):
+        await collect_young(0.25)
+    assert gc.get_stats()[0]["collections"] - before >= 4

@@ -27,7 +27,7 @@ from typing import Any, Final
 import orjson
 import trio
 
-from kumo.model.duration import format_duration
+from kumo.model.duration import format_duration, format_duration_ascii
 from kumo.model.rfc3339 import format_rfc3339
 from kumo.model.state import LiveRules, Rule, RuleView
 
@@ -103,16 +103,21 @@ class RuleListing:
         self._entries = kept
         if not pieces:
             return b"[]"
-        pieces[0] = b"["  # each entry follows a comma: the first becomes the bracket
+        pieces[0] = b"[" + pieces[0][1:]  # each entry follows a comma: not the first
         pieces.append(b"]")
         return b"".join(pieces)
 
     def _pieces(self, live: LiveRules, rules: list[Rule], kept: dict[str, _Entry]) -> list[bytes]:
-        """Each of ``rules``' entries after a comma, its entry recorded in ``kept``."""
+        """Each of ``rules``' entries after a comma, its entry recorded in ``kept``.
+
+        Per rule whose figures did not move: a look-up of its entry and its ``pending``,
+        its duration formatted, three pieces added (docs/benchmarks.md, "GET's listing
+        at half the cost")."""
         entries = self._entries
         now, pending = live.now, live.pending
         # A duration is ASCII with nothing to escape, and its quotes are in head and rest.
         pieces: list[bytes] = []
+        add = pieces.extend
         for rule in rules:
             rule_id = rule.id
             held = pending(rule.criteria)
@@ -122,13 +127,13 @@ class RuleListing:
             elif entry.total != rule.total_bounced or entry.pending != held:
                 entry = entry.counted(live.view(rule, held))
             kept[rule_id] = entry
-            duration = format_duration(rule.expires_at - now).encode()
-            pieces += (b",", entry.head, duration, entry.rest)
+            add((entry.head, format_duration_ascii(rule.expires_at - now), entry.rest))
         return pieces
 
 
 class _Entry:
-    """One rule's entry but its ``duration``: :attr:`head` up to it, :attr:`rest` after."""
+    """One rule's entry but its ``duration``: :attr:`head` up to it (after the comma that
+    separates it from the entry before), :attr:`rest` after."""
 
     __slots__ = ("bounced", "head", "pending", "rest", "tail", "total")
 
@@ -166,8 +171,9 @@ class _Entry:
 
 
 def _fixed_parts(view: RuleView) -> tuple[bytes, bytes]:
-    """What comes before ``duration`` (with its key) and between ``total_bounced`` and
-    ``pending``'s value (with its key), as :func:`rule_entry` orders the keys."""
+    """What comes before ``duration`` (with its key, after a comma) and between
+    ``total_bounced`` and ``pending``'s value (with its key), as :func:`rule_entry`
+    orders the keys."""
     entry = rule_entry(view)
     head = {key: entry[key] for key in ("id", "campaign", "tenant", "domain")}
     head |= {key: entry[key] for key in ("routing_domain", "reason")}
@@ -176,6 +182,6 @@ def _fixed_parts(view: RuleView) -> tuple[bytes, bytes]:
         for key in ("queue_names", "suppress_logging", "expires", "issued_at", "issued_by")
     }
     return (
-        orjson.dumps(head)[:-1] + b',"duration":"',
+        b"," + orjson.dumps(head)[:-1] + b',"duration":"',
         b"," + orjson.dumps(tail)[1:-1] + b',"pending":',
     )

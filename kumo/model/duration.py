@@ -45,6 +45,7 @@ __all__ = [
     "SECONDS_PER_YEAR",
     "DurationError",
     "format_duration",
+    "format_duration_ascii",
     "parse_duration",
 ]
 
@@ -325,36 +326,42 @@ def format_duration(nanos: int) -> str:
     for any value up to :data:`MAX_NANOS` (larger values format too, with more years).
     Raises ValueError if ``nanos`` is negative.
     """
+    return format_duration_ascii(nanos).decode("ascii")
+
+
+def format_duration_ascii(nanos: int) -> bytes:
+    """:func:`format_duration` as ASCII bytes, the form GET's listing joins.
+
+    GET lists every live rule's remaining duration each time it is asked (thousands of
+    rules, every few ms under a probe): the fraction of a second is read from tables of
+    bytes, and the whole seconds of one rule's remaining time, which repeat from one GET
+    to the next, are formatted once (docs/benchmarks.md, "GET's listing at half the
+    cost")."""
     if nanos <= 0:
         if nanos == 0:
-            return "0s"
+            return b"0s"
         raise ValueError(f"a duration cannot be negative, got {nanos} ns")
     seconds, subsecond = divmod(nanos, NANOS_PER_SECOND)
-    if not subsecond:
-        return _format_seconds(seconds)
     micros, subsecond = divmod(subsecond, NANOS_PER_MICROSECOND)
     millis, micros = divmod(micros, 1_000)
-    parts = (_format_seconds(seconds), _MILLIS[millis], _MICROS[micros], _NANOS[subsecond])
-    return " ".join(filter(None, parts))
+    text = _seconds_ascii(seconds) + _MILLIS[millis] + _MICROS[micros] + _NANOS[subsecond]
+    # Each part of a fraction comes with the space before it: none before the first.
+    return text if seconds else text[1:]
 
 
-def _subsecond_parts(unit: str) -> tuple[str, ...]:
-    """``format_duration``'s part for 0-999 of ``unit`` (``""`` for 0)."""
-    return ("", *(f"{value}{unit}" for value in range(1, 1_000)))
+def _subsecond_parts(unit: str) -> tuple[bytes, ...]:
+    """The part for 0-999 of ``unit``, after its space (``b""`` for 0)."""
+    return (b"", *(f" {value}{unit}".encode() for value in range(1, 1_000)))
 
 
-# GET lists every live rule's remaining duration each time it is asked (thousands of
-# rules, every few ms under a probe): the fraction of a second is read from tables, and
-# the whole seconds of one rule's remaining time, which repeat from one GET to the
-# next, are formatted once.
 _MILLIS: Final = _subsecond_parts("ms")
 _MICROS: Final = _subsecond_parts("us")
 _NANOS: Final = _subsecond_parts("ns")
 
 
 @lru_cache(maxsize=65_536)
-def _format_seconds(seconds: int) -> str:
-    """The whole-second parts of :func:`format_duration` (``""`` for 0)."""
+def _seconds_ascii(seconds: int) -> bytes:
+    """The whole-second parts of :func:`format_duration` (``b""`` for 0)."""
     years, seconds = divmod(seconds, SECONDS_PER_YEAR)
     months, seconds = divmod(seconds, SECONDS_PER_MONTH)
     days, seconds = divmod(seconds, SECONDS_PER_DAY)
@@ -373,4 +380,4 @@ def _format_seconds(seconds: int) -> str:
         parts.append(f"{minutes}m")
     if seconds:
         parts.append(f"{seconds}s")
-    return " ".join(parts)
+    return " ".join(parts).encode()

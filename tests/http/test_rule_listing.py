@@ -7,7 +7,7 @@ from functools import partial
 
 import orjson
 import trio
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from kumo.http.rule_listing import RuleListing, rule_entry
@@ -65,11 +65,15 @@ def test_the_listing_follows_counters_durations_and_rules() -> None:
     st.lists(
         st.tuples(
             st.lists(st.tuples(st.integers(0, 5), st.integers(0, 10**6)), max_size=6),
-            st.integers(0, 299 * NANOS_PER_SECOND),
+            # Up to the last nanosecond of rule 5 (it expires at NOW + 300 s - 5 ns):
+            # remaining times of whole seconds, of less than a second, of one ns.
+            st.integers(0, 300 * NANOS_PER_SECOND - 6),
         ),
         max_size=5,
     )
 )
+@example([([(5, 0)], 300 * NANOS_PER_SECOND - 6), ([(1, 0), (2, 0)], NANOS_PER_SECOND - 1)])
+@example([([(3, 1)], 299 * NANOS_PER_SECOND - 3), ([(4, 0)], 299 * NANOS_PER_SECOND - 4)])
 def test_any_sequence_of_listings_encodes_as_whole(
     listings: list[tuple[list[tuple[int, int]], int]],
 ) -> None:

@@ -112,7 +112,7 @@ class RuleListing:
 
         Per rule whose figures did not move: a look-up of its entry and its ``pending``,
         its duration formatted, three pieces added (docs/benchmarks.md, "GET's listing
-        at half the cost")."""
+        a quarter cheaper")."""
         entries = self._entries
         now, pending = live.now, live.pending
         # A duration is ASCII with nothing to escape, and its quotes are in head and rest.

@@ -335,8 +335,8 @@ def format_duration_ascii(nanos: int) -> bytes:
     GET lists every live rule's remaining duration each time it is asked (thousands of
     rules, every few ms under a probe): the fraction of a second is read from tables of
     bytes, and the whole seconds of one rule's remaining time, which repeat from one GET
-    to the next, are formatted once (docs/benchmarks.md, "GET's listing at half the
-    cost")."""
+    to the next, are formatted once (docs/benchmarks.md, "GET's listing a quarter
+    cheaper")."""
     if nanos <= 0:
         if nanos == 0:
             return b"0s"

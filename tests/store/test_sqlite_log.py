@@ -14,7 +14,7 @@ from kumo.model.criteria import Criteria
 from kumo.model.events import Bounced, BounceIssued, Event, Message, MessageReceived
 from kumo.model.settings import EngineSettings
 from kumo.store.event_log import LogCorruptError
-from kumo.store.sqlite_log import GENESIS, SqliteEventStore, chain_link
+from kumo.store.sqlite_log import EVENTS_PER_STATEMENT, GENESIS, SqliteEventStore, chain_link
 
 
 def received(n: int) -> MessageReceived:
@@ -63,12 +63,17 @@ def test_a_head_and_body_pair_is_spooled_joined(tmp_path: Path) -> None:
 
 
 def test_rows_form_a_hash_chain(tmp_path: Path) -> None:
+    """Also across the statements that write a transaction's events
+    (:data:`EVENTS_PER_STATEMENT` at most each)."""
     store = SqliteEventStore(tmp_path / "log.db")
-    events: list[Event] = [received(n) for n in range(5)]
+    events: list[Event] = [received(n) for n in range(2 * EVENTS_PER_STATEMENT + 5)]
     store.commit(events, time=7, bodies={})
+    store.commit(events[:3], time=8, bodies={})
+    assert [c.event for c in store.read(0, 1_000)] == events + events[:3]
     store.close()
     with sqlite3.connect(tmp_path / "log.db") as db:
         rows = db.execute("SELECT seq, time, type, body, chain FROM events ORDER BY seq").fetchall()
+    assert [row[0] for row in rows] == list(range(1, len(events) + 4))
     previous = GENESIS
     for seq, time, kind, body, chain in rows:
         previous = chain_link(previous, seq, time, kind, body)

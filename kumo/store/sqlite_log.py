@@ -24,9 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
 import sqlite3
-import threading
 from array import array
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from functools import lru_cache
@@ -153,23 +151,6 @@ def vacuum(path: Path) -> None:
         db.close()
 
 
-_WRITE_TURNS: dict[str, threading.Lock] = {}
-_WRITE_TURNS_GUARD: Final = threading.Lock()
-
-
-def _write_turn(path: Path) -> threading.Lock:
-    """The lock that this process's stores of the database at ``path`` hold while they
-    write: the writer for each transaction (:meth:`SqliteEventStore.commit`,
-    :meth:`SqliteEventStore.purge_spool`), the checkpointer for a RESTART checkpoint,
-    which takes SQLite's write lock too. A writer that begins during a RESTART then
-    waits on this lock and is woken the moment the RESTART ends, rather than retrying
-    under SQLite's busy handler, which sleeps 1, 2, 5, 10 ms... between its tries: its
-    BEGIN took 18-20 ms for a RESTART of a few (docs/benchmarks.md, "GET's listing a
-    quarter cheaper")."""
-    with _WRITE_TURNS_GUARD:
-        return _WRITE_TURNS.setdefault(os.path.realpath(path), threading.Lock())
-
-
 class SqliteEventStore:
     """The SQLite implementation of :class:`kumo.store.event_log.EventStore`.
 
@@ -188,7 +169,6 @@ class SqliteEventStore:
         settings = settings or EngineSettings()
         self.path = path
         self._restart_pages = settings.wal_restart_pages
-        self._write_turn = _write_turn(path)
         if readonly:
             uri = f"file:{path}?mode=ro"
             self._db = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
@@ -286,30 +266,27 @@ class SqliteEventStore:
     def _transaction(self, synchronous: str) -> Iterator[sqlite3.Connection]:
         """A write transaction on the writer's connection at ``synchronous``, committed
         after the block; on any error rolled back, a full disk raised as
-        :class:`LogFullError` and a damaged store as :class:`LogDamagedError`. Holds
-        the process's write turn (:func:`_write_turn`) throughout."""
+        :class:`LogFullError` and a damaged store as :class:`LogDamagedError`."""
         db = self._db
-        with self._write_turn:
-            try:
-                if synchronous != self._synchronous:
-                    db.execute(f"PRAGMA synchronous={synchronous}")
-                    self._synchronous = synchronous
-                db.execute("BEGIN IMMEDIATE")
-                yield db
-                db.execute("COMMIT")
-            except BaseException as exc:
-                # SQLite may have rolled back already (it does on a full disk). On a
-                # damaged store the rollback may fail too: the first error is the one
-                # to tell.
-                if db.in_transaction:
-                    with contextlib.suppress(sqlite3.Error):
-                        db.execute("ROLLBACK")
-                if isinstance(exc, sqlite3.Error) and exc.sqlite_errorcode == _SQLITE_FULL:
-                    raise LogFullError(str(exc)) from exc
-                damage = self._damage(exc)
-                if damage is not None:
-                    raise damage from exc
-                raise
+        try:
+            if synchronous != self._synchronous:
+                db.execute(f"PRAGMA synchronous={synchronous}")
+                self._synchronous = synchronous
+            db.execute("BEGIN IMMEDIATE")
+            yield db
+            db.execute("COMMIT")
+        except BaseException as exc:
+            # SQLite may have rolled back already (it does on a full disk). On a damaged
+            # store the rollback may fail too: the first error is the one to tell.
+            if db.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.Error) and exc.sqlite_errorcode == _SQLITE_FULL:
+                raise LogFullError(str(exc)) from exc
+            damage = self._damage(exc)
+            if damage is not None:
+                raise damage from exc
+            raise
 
     @property
     def owed(self) -> int:
@@ -378,22 +355,14 @@ class SqliteEventStore:
         return max(frames, 0), max(copied, 0)
 
     def _restart(self) -> None:
-        """The RESTART checkpoint of :meth:`checkpoint`, with no busy wait, and none at
-        all while this process's writer has a transaction under way (the RESTART would
-        give up at once): it holds the write turn (:func:`_write_turn`) while it runs,
-        so that a writer that begins meanwhile waits for exactly as long as it takes."""
-        if not self._write_turn.acquire(blocking=False):
-            return
+        """The RESTART checkpoint of :meth:`checkpoint`, with no busy wait."""
         db = self._db
+        (timeout,) = db.execute("PRAGMA busy_timeout").fetchone()
+        db.execute("PRAGMA busy_timeout=0")
         try:
-            (timeout,) = db.execute("PRAGMA busy_timeout").fetchone()
-            db.execute("PRAGMA busy_timeout=0")
-            try:
-                db.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
-            finally:
-                db.execute(f"PRAGMA busy_timeout={timeout}")
+            db.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
         finally:
-            self._write_turn.release()
+            db.execute(f"PRAGMA busy_timeout={timeout}")
 
     def read(self, after_seq: int, limit: int) -> list[Committed]:
         try:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sqlite3
-import threading
 from array import array
 from pathlib import Path
 from time import monotonic
@@ -197,52 +196,6 @@ def test_a_checkpoint_that_copied_the_whole_wal_restarts_it_without_waiting(
     checkpointer.close()
     writer.close()
     assert SqliteEventStore(tmp_path / "log.db").last_seq == 151
-
-
-def test_a_writer_waits_for_a_restart_on_the_write_turn_not_in_sqlites_busy_handler(
-    tmp_path: Path,
-) -> None:
-    """The stores of one database in one process share a write turn: the writer holds
-    it for each transaction, a RESTART checkpoint for as long as it runs. A writer that
-    begins during a RESTART waits on the turn and goes on the moment it is free
-    (SQLite's busy handler would sleep 1, 2, 5, 10 ms... between its tries); a
-    checkpoint during a transaction copies the WAL and leaves the turn to it."""
-    settings = EngineSettings(wal_restart_pages=100)
-    (tmp_path / "sub").mkdir()
-    writer = SqliteEventStore(tmp_path / "log.db", auto_checkpoint=False, settings=settings)
-    checkpointer = SqliteEventStore(tmp_path / "sub" / ".." / "log.db", settings=settings)
-    turn = checkpointer._write_turn
-    assert writer._write_turn is turn  # one turn per database file, however it is named
-    for index in range(150):
-        writer.commit([received(index)], time=1, bodies={0: b"x" * 3000})
-    # A transaction under way holds the turn: the checkpoint copies, and does not restart.
-    with writer._transaction("FULL"):
-        assert turn.locked()
-        frames, copied = checkpointer.checkpoint()
-        assert copied == frames >= 150
-    assert not turn.locked()
-    writer.commit([received(150)], time=1, bodies={})
-    # That commit began with every frame copied: SQLite started the WAL over itself.
-    assert checkpointer.checkpoint()[0] < 10
-    # The turn held as a RESTART holds it: the writer waits for it, then commits.
-    committed = threading.Event()
-
-    def commit() -> None:
-        writer.commit([received(151)], time=1, bodies={})
-        committed.set()
-
-    turn.acquire()
-    thread = threading.Thread(target=commit)
-    thread.start()
-    try:
-        assert not committed.wait(0.2)
-    finally:
-        turn.release()
-    thread.join(10)
-    assert committed.is_set()
-    checkpointer.close()
-    writer.close()
-    assert SqliteEventStore(tmp_path / "log.db").last_seq == 152
 
 
 def test_opening_the_log_makes_what_a_killed_writer_left_durable(tmp_path: Path) -> None:

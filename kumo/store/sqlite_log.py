@@ -469,9 +469,9 @@ def _insert_events(db: sqlite3.Connection, rows: Sequence[tuple[object, ...]]) -
     """Insert ``rows`` into ``events``, :data:`EVENTS_PER_STATEMENT` at a time in one
     statement. ``executemany`` runs one step per row, and the worker thread gives the
     interpreter up for each and must get it back after: while the event loop keeps it
-    busy, each time costs up to a switch interval (5 ms). With a thread that keeps the
-    interpreter busy beside it, a transaction of six events took 31.6 ms at the median
-    that way, 15.8 ms with one statement (docs/benchmarks.md, "GET's listing a quarter
+    busy, each time costs up to a switch interval (5 ms). Beside a thread that keeps the
+    interpreter busy, a commit of six ``Bounced`` events took 73.9-77.9 ms at p99 that
+    way, 34.8-42.8 ms with one statement (docs/benchmarks.md, "GET's listing a quarter
     cheaper")."""
     for start in range(0, len(rows), EVENTS_PER_STATEMENT):
         chunk = rows[start : start + EVENTS_PER_STATEMENT]

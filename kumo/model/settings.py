@@ -83,6 +83,13 @@ class EngineSettings:
     """Seconds between two checkpoints (copies of the write-ahead log back into the
     database, beside the writer) while commits happen. The WAL holds about what is
     committed in that time, and commits never wait for a checkpoint."""
+    write_lock_timeout: float = _seconds_field(5.0)
+    """Seconds the log's writer waits for the database's write lock, which a checkpoint's
+    RESTART or a compaction's delete holds for a moment, before its commit fails. It
+    asks for the lock again every :data:`kumo.store.sqlite_log.WRITE_LOCK_POLL`
+    seconds: SQLite's own busy handler sleeps 1, 2, 5, 10, 15 ms in turn, and a lock
+    held 9 ms cost a wait of 18 (docs/benchmarks.md, "The write lock, asked for again
+    every half millisecond")."""
     wal_restart_pages: int = _int_field(4096)
     """Pages in the WAL from which a checkpoint that copied them all also restarts it
     (SQLite's RESTART checkpoint, tried without waiting: it gives up at once if a

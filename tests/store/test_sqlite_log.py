@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import threading
 from array import array
 from pathlib import Path
 from time import monotonic
@@ -13,7 +14,12 @@ from kumo.model.criteria import Criteria
 from kumo.model.events import Bounced, BounceIssued, Event, Message, MessageReceived
 from kumo.model.settings import EngineSettings
 from kumo.store.event_log import LogCorruptError
-from kumo.store.sqlite_log import EVENTS_PER_STATEMENT, GENESIS, SqliteEventStore, chain_link
+from kumo.store.sqlite_log import (
+    EVENTS_PER_STATEMENT,
+    GENESIS,
+    SqliteEventStore,
+    chain_link,
+)
 
 
 def received(n: int) -> MessageReceived:
@@ -196,6 +202,116 @@ def test_a_checkpoint_that_copied_the_whole_wal_restarts_it_without_waiting(
     checkpointer.close()
     writer.close()
     assert SqliteEventStore(tmp_path / "log.db").last_seq == 151
+
+
+class _CommitsDuringCopies(SqliteEventStore):
+    """A checkpointer beside a writer whose transactions run while each PASSIVE copy
+    does (the engine's writer commits every few ms): during the n-th copy, a transaction
+    of ``batches[n]`` pages. Records the checkpoints it runs."""
+
+    def __init__(self, path: Path, batches: list[int]) -> None:
+        super().__init__(path, settings=EngineSettings(wal_restart_pages=100))
+        self.batches = batches
+        self.modes: list[str] = []
+        self._other = sqlite3.connect(path, isolation_level=None)
+        # A cache this small spills the transaction's pages into the WAL as it writes
+        # them, before the copy: a writer that begins once everything is copied would
+        # start the WAL over instead (which the engine's, always mid-commit, never does).
+        self._other.execute("PRAGMA cache_size=5")
+        self._written = 0
+        self._db.set_trace_callback(self._traced)
+
+    def _traced(self, statement: str) -> None:
+        if statement.startswith("PRAGMA wal_checkpoint("):
+            self.modes.append(statement.removeprefix("PRAGMA wal_checkpoint(").rstrip(")"))
+
+    def _passive(self) -> tuple[int, int, int]:
+        if not self.batches:
+            return super()._passive()
+        self._other.execute("BEGIN IMMEDIATE")  # begun before the copy, committed after
+        for _ in range(self.batches.pop(0)):
+            self._written += 1
+            self._other.execute(
+                "INSERT OR REPLACE INTO meta VALUES (?, ?)", (f"page {self._written}", "x" * 3000)
+            )
+        result = super()._passive()
+        self._other.execute("COMMIT")
+        return result
+
+    def close(self) -> None:
+        self._other.close()
+        super().close()
+
+
+def test_a_restart_first_copies_what_came_during_the_copy_without_the_lock(
+    tmp_path: Path,
+) -> None:
+    """The RESTART holds the writer's lock while it copies the frames committed since
+    the PASSIVE copy began, and syncs the database: further PASSIVE copies take those
+    first (``RESTART_TRIES`` at most), until few came during the last
+    (``RESTART_LEFT_FRAMES``)."""
+    writer = SqliteEventStore(tmp_path / "log.db", auto_checkpoint=False)
+    # Many frames during the first copy, a few during the second, none after.
+    checkpointer = _CommitsDuringCopies(tmp_path / "log.db", [120, 2])
+    for index in range(150):
+        writer.commit([received(index)], time=1, bodies={0: b"x" * 3000})
+    frames, copied = checkpointer.checkpoint()
+    assert checkpointer.modes == ["PASSIVE", "PASSIVE", "PASSIVE", "RESTART"]
+    assert copied == frames
+    assert checkpointer.batches == []
+    writer.commit([received(writer.last_seq + 1)], time=1, bodies={})
+    assert checkpointer.checkpoint()[0] < 10  # that commit started the WAL over
+    checkpointer.close()
+    writer.close()
+
+
+def test_the_writer_asks_for_a_held_write_lock_again_until_it_has_it(tmp_path: Path) -> None:
+    """Another connection holds the write lock (a checkpoint's RESTART, a compaction):
+    the engine's writer (no busy handler) tries ``BEGIN IMMEDIATE`` again and again
+    rather than sleeping SQLite's growing steps, and commits once the lock is free."""
+    writer = SqliteEventStore(tmp_path / "log.db", auto_checkpoint=False)
+    writer.commit([received(1)], time=1, bodies={})
+    tries: list[str] = []
+    retried = threading.Event()
+
+    def traced(statement: str) -> None:
+        if statement == "BEGIN IMMEDIATE":
+            tries.append(statement)
+            if len(tries) == 3:
+                retried.set()
+
+    writer._db.set_trace_callback(traced)
+    holder = sqlite3.connect(tmp_path / "log.db", isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN IMMEDIATE")
+
+    def release() -> None:
+        retried.wait(10)
+        holder.execute("COMMIT")
+
+    releaser = threading.Thread(target=release)
+    releaser.start()
+    assert [c.seq for c in writer.commit([received(2)], time=1, bodies={})] == [2]
+    releaser.join()
+    assert len(tries) >= 3
+    holder.close()
+    writer.close()
+
+
+def test_a_write_lock_held_past_the_timeout_fails_the_commit_and_writes_nothing(
+    tmp_path: Path,
+) -> None:
+    settings = EngineSettings(write_lock_timeout=0.05)
+    writer = SqliteEventStore(tmp_path / "log.db", auto_checkpoint=False, settings=settings)
+    writer.commit([received(1)], time=1, bodies={})
+    holder = sqlite3.connect(tmp_path / "log.db", isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    with pytest.raises(sqlite3.OperationalError, match="locked"):
+        writer.commit([received(2)], time=1, bodies={})
+    holder.execute("COMMIT")
+    assert writer.last_seq == 1
+    assert [c.seq for c in writer.commit([received(2)], time=1, bodies={})] == [2]
+    holder.close()
+    writer.close()
 
 
 def test_opening_the_log_makes_what_a_killed_writer_left_durable(tmp_path: Path) -> None:

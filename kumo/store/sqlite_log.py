@@ -375,8 +375,8 @@ class SqliteEventStore:
         PASSIVE began and syncs the database before it lets go, and the writer's next
         commit waits for all that: so PASSIVE copies come first, until fewer than
         :data:`RESTART_LEFT_FRAMES` came during the last (:data:`RESTART_TRIES` more at
-        most). Under a sweep of 1,000,000 queued, the RESTART held the lock 3.2 ms at
-        the median instead of 14.6 (docs/benchmarks.md).
+        most). Under a probed sweep of 1,000,000 queued, the RESTART held the lock
+        1.2-2.2 ms at the median instead of 10.7-17.9 (docs/benchmarks.md).
         """
         try:
             _busy, frames, copied = self._passive()

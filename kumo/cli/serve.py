@@ -269,7 +269,7 @@ async def _smtp_listening(
     if settings is None:
         yield None
         return
-    listener = SmtpListener(engine, settings, turn=engine.admin_gate.turn)
+    listener = SmtpListener(engine, settings, turn=engine.admin_gate.mail_turn)
     watching = trio.CancelScope()
 
     async def shut_down_on_stop() -> None:

@@ -12,12 +12,18 @@ Two bounds keep mail moving whatever admin traffic comes:
 
 - the gate stays closed at most ``hold`` seconds at a time, however long the requests in
   flight take (a slow upload does not stop delivery);
-- once it opens, it stays open at least as long as it was closed, so that under a
-  continuous stream of requests the mail path still gets half of the time or more.
+- once it opens, it stays open at least ``rest`` times as long as it was closed, so
+  that under a continuous stream of requests the work that waits still gets
+  ``rest / (1 + rest)`` of the time or more.
 
 What waits is the work that would otherwise share the event loop and the interpreter
 with the request: the mail path's sessions, a bounce rule's sweep, the log's background
-commits and the delivery-log writer (:mod:`kumo.runtime.admin_gate` lists where).
+commits and the delivery-log writer (:mod:`kumo.runtime.admin_gate` lists where). The
+engine keeps two gates that every request enters: the mail path's SMTP sessions wait
+at one that rests as long as it was closed (half of the time for mail), the rest at
+one that rests a quarter as long (``EngineSettings.admin_rest``): a probe's POSTs came
+during a rest about half of the time, and waited there for the sweep's transactions
+(docs/benchmarks.md, "A shorter rest for the sweep").
 
 A pure policy over times passed in (trio seconds); :class:`kumo.runtime.admin_gate.AdminGate`
 is its Trio side.
@@ -32,14 +38,17 @@ import attrs
 
 @attrs.define
 class AdminFirst:
-    """The gate's state; ``hold`` is the longest it stays closed, in seconds."""
+    """The gate's state; ``hold`` is the longest it stays closed, in seconds; ``rest``
+    how long it then stays open at least, as a multiple of how long it was closed."""
 
     hold: float = attrs.field(validator=attrs.validators.ge(0.0))
+    rest: float = attrs.field(default=1.0, validator=attrs.validators.gt(0.0))
     _in_flight: int = 0
     _closed_at: float | None = None
     """When the gate closed; None while it is open."""
     _rest_until: float = -math.inf
-    """The gate does not close again before this: it rests as long as it was closed."""
+    """The gate does not close again before this: it rests ``rest`` times as long as it
+    was closed."""
 
     @property
     def closed(self) -> bool:
@@ -75,7 +84,7 @@ class AdminFirst:
             deadline = self._closed_at + self.hold
             if not self._in_flight or now >= deadline:
                 opened = min(now, deadline)
-                self._rest_until = opened + (opened - self._closed_at)
+                self._rest_until = opened + self.rest * (opened - self._closed_at)
                 self._closed_at = None
         if self._closed_at is None and self._in_flight and self.hold and now >= self._rest_until:
             self._closed_at = now

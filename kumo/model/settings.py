@@ -182,6 +182,19 @@ class EngineSettings:
     long again before they wait again); 0: they never wait. While kumo delivered at
     full speed, this cut admin latency 3-4x; under a sweep, a POST's p99 by 10-20%
     (docs/benchmarks.md)."""
+    admin_rest: float = attrs.field(
+        default=0.25,
+        converter=float,
+        validator=[attrs.validators.instance_of(float), attrs.validators.gt(0.0)],
+        kw_only=True,
+    )
+    """How long, at least, a sweep, the log's background lane, the delivery-log writer
+    and the WAL checkpointer go on after they waited, as a multiple of the wait, before
+    they wait again; the mail path's sessions go on as long as they waited, whatever this
+    is (:mod:`kumo.model.admin_first`). Under a sweep of 1,000,000 queued, probed with
+    a POST every 20 ms and a GET every 10 ms, 0.25 instead of 1 took 7-34% off the POSTs'
+    p99 in six pairs of six; 0.1 made the sweep longer and the POSTs slower
+    (docs/benchmarks.md, "A shorter rest for the sweep")."""
     admin_read_yield: float = attrs.field(
         default=0.005,
         converter=float,

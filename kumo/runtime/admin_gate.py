@@ -1,10 +1,10 @@
 """The Trio side of :class:`kumo.model.admin_first.AdminFirst`: admin requests enter
 with :meth:`AdminGate.request`; the work that waits its turn meanwhile calls
-:meth:`AdminGate.turn` (the mail path's sessions after each read, the broadcaster
-between two slices of a rule's hand-out, sweeps before each chunk, the delivery-log
-writer before it encodes and before it writes, the WAL checkpointer) or, for the log
-writer's background lane, :meth:`AdminGate.until_open`; a worker thread polls
-:attr:`AdminGate.closed_hint` between two slices of its work."""
+:meth:`AdminGate.mail_turn` (the mail path's sessions after each read),
+:meth:`AdminGate.turn` (the broadcaster between two slices of a rule's hand-out, sweeps
+before each chunk, the delivery-log writer before it encodes and before it writes, the
+WAL checkpointer) or, for the log writer's background lane, :meth:`AdminGate.until_open`;
+a worker thread polls :attr:`AdminGate.closed_hint` between two slices of its work."""
 
 from __future__ import annotations
 
@@ -33,39 +33,65 @@ class AdminGateStatistics:
     )
 
 
+class _Lane:
+    """The work that waits at one policy: the event that opens it for them."""
+
+    __slots__ = ("closures", "opened", "policy")
+
+    def __init__(self, policy: AdminFirst) -> None:
+        self.policy = policy
+        self.opened = trio.Event()
+        self.opened.set()
+        self.closures = 0
+
+    def follow(self) -> None:
+        """A lane that has just closed gets an event of its own to open."""
+        if self.policy.closed and self.opened.is_set():
+            self.opened = trio.Event()
+            self.closures += 1
+
+
 class AdminGate:
-    """One per engine; ``hold`` seconds at most closed at a time (0: never closes);
-    ``read_yield`` seconds at most that one long read gives way to writes, in all."""
+    """``hold`` seconds at most closed at a time (0: never closes); ``read_yield``
+    seconds at most that one long read gives way to writes, in all.
+
+    Two policies, which every request enters: the mail path's sessions wait at one
+    that then stays open as long as it was closed (:meth:`mail_turn`); the rest of the
+    work waits at one that stays open ``rest`` times as long (:meth:`turn`,
+    :meth:`until_open`, :attr:`closed_hint`): the mail path keeps half of the time
+    under a stream of requests, a sweep the share ``rest`` gives it
+    (:mod:`kumo.model.admin_first`)."""
 
     @classmethod
     def never_closed(cls) -> AdminGate:
         """A gate no request closes: what a part built without the engine's waits on."""
         return cls(0.0)
 
-    def __init__(self, hold: float, read_yield: float = 0.0) -> None:
-        self._policy = AdminFirst(hold)
+    def __init__(self, hold: float, read_yield: float = 0.0, rest: float = 1.0) -> None:
+        self._work = _Lane(AdminFirst(hold, rest))
+        self._mail = _Lane(AdminFirst(hold))
         self._read_yield = read_yield
         self._writes = WritesFirst()
         self._write_answered = trio.Event()
         self._gave_way = 0
-        self._opened = trio.Event()
-        self._opened.set()
         self._watchers: set[trio.Event] = set()
-        self._closures = 0
         self._waits = 0
 
     @property
     def closed(self) -> bool:
-        """Whether the work of the module docstring waits now."""
-        return self._policy.opens_at(trio.current_time()) is not None
+        """Whether the work of the module docstring (but the mail path's sessions)
+        waits now."""
+        return self._work.policy.opens_at(trio.current_time()) is not None
 
     @contextmanager
     def request(self, *, writes: bool = False) -> Iterator[None]:
-        """Hold the mail path back (within the policy's bounds) while the block runs;
+        """Hold the work back (within the policies' bounds) while the block runs;
         ``writes``: the request changes something, and long reads give way to it."""
-        self._policy.begin(trio.current_time())
+        now = trio.current_time()
+        for lane in (self._work, self._mail):
+            lane.policy.begin(now)
+            lane.follow()
         ticket = self._writes.begin() if writes else None
-        self._follow()
         try:
             yield
         finally:
@@ -73,8 +99,11 @@ class AdminGate:
                 self._writes.end(ticket)
                 self._write_answered.set()
                 self._write_answered = trio.Event()
-            if self._policy.end(trio.current_time()):
-                self._opened.set()
+            now = trio.current_time()
+            if self._mail.policy.end(now):
+                self._mail.opened.set()
+            if self._work.policy.end(now):
+                self._work.opened.set()
                 for watcher in self._watchers:
                     watcher.set()
 
@@ -84,32 +113,40 @@ class AdminGate:
         last turn: a plain read, for a worker thread to poll between two slices of its
         work (the gate's bound on how long it stays closed is applied in the Trio
         thread, by :meth:`turn`)."""
-        return self._policy.closed
+        return self._work.policy.closed
 
     async def turn(self) -> None:
-        """Return once the mail path may go on: at once while the gate is open, without
-        a checkpoint (the callers call it right after a read, which was one).
+        """Return once the work may go on: at once while the gate is open, without a
+        checkpoint (the callers call it right after a read or a step, which was one).
 
-        Not cancellable (it waits ``hold`` at most): its callers hold bytes they have
-        read and not yet acted on, which a cancellation here would lose.
+        Not cancellable (it waits ``hold`` at most): its callers may hold bytes they
+        have read and not yet acted on, which a cancellation here would lose.
         """
-        opens_at = self._policy.opens_at(trio.current_time())
+        await self._turn(self._work)
+
+    async def mail_turn(self) -> None:
+        """:meth:`turn` for the mail path's sessions, at the policy that rests as long
+        as it was closed."""
+        await self._turn(self._mail)
+
+    async def _turn(self, lane: _Lane) -> None:
+        opens_at = lane.policy.opens_at(trio.current_time())
         if opens_at is None:
             return
-        self._follow()
+        lane.follow()
         self._waits += 1
         with trio.CancelScope(deadline=opens_at, shield=True):
-            await self._opened.wait()
+            await lane.opened.wait()
 
     async def until_open(self, wake: trio.Event) -> None:
         """Return once the gate is open or ``wake`` is set, whichever comes first
         (always a checkpoint; cancellable, unlike :meth:`turn`: the caller holds
         nothing it could lose)."""
-        opens_at = self._policy.opens_at(trio.current_time())
+        opens_at = self._work.policy.opens_at(trio.current_time())
         if opens_at is None or wake.is_set():
             await trio.lowlevel.checkpoint()
             return
-        self._follow()
+        self._work.follow()
         self._watchers.add(wake)
         try:
             with trio.move_on_at(opens_at):
@@ -139,14 +176,8 @@ class AdminGate:
 
     def statistics(self) -> AdminGateStatistics:
         return AdminGateStatistics(
-            closed=int(self._policy.closed),
-            closures=self._closures,
+            closed=int(self._work.policy.closed),
+            closures=self._work.closures,
             waits=self._waits,
             gave_way=self._gave_way,
         )
-
-    def _follow(self) -> None:
-        """A gate that has just closed gets an event of its own to open."""
-        if self._policy.closed and self._opened.is_set():
-            self._opened = trio.Event()
-            self._closures += 1

@@ -456,7 +456,7 @@ class Dispatcher:
                 site=self.name,
                 messages=_Feed(self, held),
                 report=self._report,
-                turn=None if self._admin_gate is None else self._admin_gate.turn,
+                turn=None if self._admin_gate is None else self._admin_gate.mail_turn,
             )
             await connection.run()
         finally:

@@ -793,7 +793,7 @@ async def open_engine(
         recovery = recover(state, chunk=settings.resume_chunk)
         router = Router(state.rules.copy(), state.suspends.copy(), state.ready_suspends.copy())
         projection = Projection(state, recovery.queues)
-        admin_gate = AdminGate(settings.admin_hold, settings.admin_read_yield)
+        admin_gate = AdminGate(settings.admin_hold, settings.admin_read_yield, settings.admin_rest)
         log = LogWriter(
             store,
             reader,

@@ -1,5 +1,6 @@
 """The admin-first gate's policy: requests close it, it opens when they are answered,
-never stays closed longer than ``hold``, and rests as long as it was closed."""
+never stays closed longer than ``hold``, and rests ``rest`` times as long as it was
+closed."""
 
 from __future__ import annotations
 
@@ -38,6 +39,21 @@ def test_the_gate_rests_as_long_as_it_was_closed() -> None:
     assert gate.opens_at(0.09) is None
 
 
+def test_the_gate_rests_rest_times_as_long_as_it_was_closed() -> None:
+    gate = AdminFirst(0.1, rest=0.25)
+    gate.begin(0.0)
+    gate.end(0.04)
+    gate.begin(0.045)  # within the rest of 0.01
+    assert gate.opens_at(0.045) is None
+    assert gate.opens_at(0.05) == pytest.approx(0.15)  # rested: closed again
+
+
+def test_a_rest_of_zero_is_refused() -> None:
+    """The work that waits would never go on under a stream of requests."""
+    with pytest.raises(ValueError, match="rest"):
+        AdminFirst(0.1, rest=0.0)
+
+
 def test_a_hold_of_zero_never_closes() -> None:
     gate = AdminFirst(0.0)
     gate.begin(0.0)
@@ -57,13 +73,15 @@ _steps = st.lists(
 )
 
 
-@given(st.sampled_from([0.0, 0.01, 0.1]), _steps)
-def test_the_bounds_hold_for_any_traffic(hold: float, steps: list[tuple[str, float]]) -> None:
+@given(st.sampled_from([0.0, 0.01, 0.1]), st.sampled_from([0.25, 1.0, 2.0]), _steps)
+def test_the_bounds_hold_for_any_traffic(
+    hold: float, rest: float, steps: list[tuple[str, float]]
+) -> None:
     """Over any sequence of requests and questions at non-decreasing times: the gate is
     closed only while a request is in flight, never longer than ``hold`` at a time, and
-    stays open at least as long as it was closed before it closes again; a request that
-    comes while the gate is open and rested closes it."""
-    gate = AdminFirst(hold)
+    stays open at least ``rest`` times as long as it was closed before it closes again;
+    a request that comes while the gate is open and rested closes it."""
+    gate = AdminFirst(hold, rest)
     now = 0.0
     in_flight = 0
     closed_at: float | None = None
@@ -71,7 +89,7 @@ def test_the_bounds_hold_for_any_traffic(hold: float, steps: list[tuple[str, flo
     for action, step in steps:
         now += step
         if action == "begin":
-            rested = closed_at is None and now - opened_at >= closed_for
+            rested = closed_at is None and now - opened_at >= rest * closed_for
             gate.begin(now)
             in_flight += 1
             if rested and hold:
@@ -96,7 +114,7 @@ def test_the_bounds_hold_for_any_traffic(hold: float, steps: list[tuple[str, flo
             assert hold
             if closed_at is None:
                 closed_at = since
-                assert since - opened_at >= closed_for - 1e-9
+                assert since - opened_at >= rest * closed_for - 1e-9
                 assert since <= now
             assert now - closed_at < hold
 

@@ -41,6 +41,28 @@ async def test_a_slow_request_holds_sessions_back_for_hold_at_most(
         assert trio.current_time() - start == 0.1
 
 
+async def test_the_mail_path_rests_as_long_as_it_waited_the_rest_of_the_work_rest_times(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Requests arrive back to back: after a hold of 0.1 s, the work that waits at
+    :meth:`AdminGate.turn` goes on for 0.025 s, the mail path for 0.1 s."""
+    gate = AdminGate(0.1, rest=0.25)
+    start = trio.current_time()
+    with gate.request():
+        await gate.turn()
+        assert trio.current_time() - start == 0.1
+        await gate.mail_turn()  # it waited as long at its own policy's hold
+        assert trio.current_time() - start == 0.1
+        await trio.sleep(0.03)
+        # A request comes after the work's rest, within the mail path's.
+        with gate.request():
+            assert gate.closed
+            await gate.mail_turn()
+            assert trio.current_time() - start == 0.13
+            await gate.turn()
+            assert trio.current_time() - start == 0.23
+
+
 async def test_turn_is_immediate_while_the_gate_is_open(
     autojump_clock: trio.testing.MockClock,
 ) -> None:

@@ -192,8 +192,8 @@ class EngineSettings:
     and the WAL checkpointer go on after they waited, as a multiple of the wait, before
     they wait again; the mail path's sessions go on as long as they waited, whatever this
     is (:mod:`kumo.model.admin_first`). Under a sweep of 1,000,000 queued, probed with
-    a POST every 20 ms and a GET every 10 ms, 0.25 instead of 1 took 7-34% off the POSTs'
-    p99 in six pairs of six; 0.1 made the sweep longer and the POSTs slower
+    a POST every 20 ms and a GET every 10 ms, 0.25 instead of 1 took 12-40% off the
+    POSTs' p99 in seven pairs of seven; 0.1 made the sweep longer and the POSTs slower
     (docs/benchmarks.md, "A shorter rest for the sweep")."""
     admin_read_yield: float = attrs.field(
         default=0.005,

@@ -19,11 +19,12 @@ Two bounds keep mail moving whatever admin traffic comes:
 What waits is the work that would otherwise share the event loop and the interpreter
 with the request: the mail path's sessions, a bounce rule's sweep, the log's background
 commits and the delivery-log writer (:mod:`kumo.runtime.admin_gate` lists where). The
-engine keeps two gates that every request enters: the mail path's SMTP sessions wait
-at one that rests as long as it was closed (half of the time for mail), the rest at
-one that rests a quarter as long (``EngineSettings.admin_rest``): a probe's POSTs came
-during a rest about half of the time, and waited there for the sweep's transactions
-(docs/benchmarks.md, "A shorter rest for the sweep").
+engine's gate keeps two such policies, which every request enters: the mail path's SMTP
+sessions wait at one that rests as long as it was closed (half of the time for mail),
+the rest of the work at one that rests a quarter as long (``EngineSettings.admin_rest``):
+with half for a sweep too, a probe's POSTs came during a rest about half of the time,
+and waited there for the sweep's transactions (docs/benchmarks.md, "A shorter rest for
+the sweep").
 
 A pure policy over times passed in (trio seconds); :class:`kumo.runtime.admin_gate.AdminGate`
 is its Trio side.

@@ -178,8 +178,9 @@ class EngineSettings:
         kw_only=True,
     )
     """Seconds at most that the mail path's sessions, sweeps, the log's background lane and
-    the delivery-log writer wait, at a time, while admin requests are in flight (then as
-    long again before they wait again); 0: they never wait. While kumo delivered at
+    the delivery-log writer wait, at a time, while admin requests are in flight (then go
+    on as long again, or :attr:`admin_rest` times as long but for the mail path's
+    sessions, before they wait again); 0: they never wait. While kumo delivered at
     full speed, this cut admin latency 3-4x; under a sweep, a POST's p99 by 10-20%
     (docs/benchmarks.md)."""
     admin_rest: float = attrs.field(

@@ -50,6 +50,19 @@ class _Lane:
             self.opened = trio.Event()
             self.closures += 1
 
+    def begin(self, now: float) -> None:
+        """A request came in at ``now``."""
+        self.policy.begin(now)
+        self.follow()
+
+    def end(self, now: float) -> bool:
+        """A request was answered at ``now``; whether that opened the lane (its
+        waiters are woken)."""
+        if not self.policy.end(now):
+            return False
+        self.opened.set()
+        return True
+
 
 class AdminGate:
     """``hold`` seconds at most closed at a time (0: never closes); ``read_yield``
@@ -88,9 +101,8 @@ class AdminGate:
         """Hold the work back (within the policies' bounds) while the block runs;
         ``writes``: the request changes something, and long reads give way to it."""
         now = trio.current_time()
-        for lane in (self._work, self._mail):
-            lane.policy.begin(now)
-            lane.follow()
+        self._work.begin(now)
+        self._mail.begin(now)
         ticket = self._writes.begin() if writes else None
         try:
             yield
@@ -100,10 +112,8 @@ class AdminGate:
                 self._write_answered.set()
                 self._write_answered = trio.Event()
             now = trio.current_time()
-            if self._mail.policy.end(now):
-                self._mail.opened.set()
-            if self._work.policy.end(now):
-                self._work.opened.set()
+            self._mail.end(now)
+            if self._work.end(now):
                 for watcher in self._watchers:
                     watcher.set()
 

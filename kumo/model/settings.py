@@ -79,10 +79,13 @@ class EngineSettings:
     """Events a follower (the broadcaster, a lagging actor) reads from the log at a time."""
 
     # -- the store (kumo.store.sqlite_log) ----------------------------------------------
-    wal_checkpoint_interval: float = _seconds_field(0.5)
+    wal_checkpoint_interval: float = _seconds_field(0.1)
     """Seconds between two checkpoints (copies of the write-ahead log back into the
     database, beside the writer) while commits happen. The WAL holds about what is
-    committed in that time, and commits never wait for a checkpoint."""
+    committed in that time, and commits never wait for a checkpoint. Short, so that a
+    checkpoint's writes and fsync are short too: every 0.5 s, a checkpoint during a
+    sweep wrote for 40-140 ms, and an admin request's fsync meanwhile queued behind it
+    (docs/benchmarks.md, "Shorter writes beside a sweep")."""
     write_lock_timeout: float = _seconds_field(5.0)
     """Seconds the log's writer waits for the database's write lock, which a checkpoint's
     RESTART or a compaction's delete holds for a moment, before its commit fails. It
@@ -137,10 +140,12 @@ class EngineSettings:
     new one."""
     delivery_read_limit: int = _int_field(20_000)
     """Events the delivery-log writer reads from the log at a time."""
-    round_records: int = _int_field(4_096)
+    round_records: int = _int_field(1_024)
     """Records written (and fsynced) per round at most. Small rounds keep the disk's
     queue short, so that the event log's own fsyncs (an admin request waits on one) do
-    not queue behind hundreds of megabytes of delivery log during a sweep."""
+    not queue behind the delivery log's during a sweep: rounds of 4,096 records (about
+    850 KB) took 25-59 ms to write and fsync, and a POST that came meanwhile waited for
+    them (docs/benchmarks.md, "Shorter writes beside a sweep")."""
     slice_records: int = _int_field(512)
     """Records the delivery-log writer encodes between two looks at the admin gate: when
     it finds it closed, its worker thread hands back what it encoded and the writer

@@ -116,14 +116,13 @@ class EngineSettings:
     runs; appends and sequential reads need little of it."""
 
     # -- the broadcaster (kumo.runtime.broadcaster) --------------------------------------
-    deliveries_per_yield: int = _int_field(8)
+    deliveries_per_yield: int = _int_field(64)
     """Actors the broadcaster hands events to between two yields to the event loop: a
     rule that matches 10,000 queues wakes 10,000 tasks, and the loop serves requests
-    between each slice of them rather than after all. Each slice's actors run in the
-    loop's next turn, which every request in flight waits for at each of its steps: 64
-    rather than 256 halved the spikes of such a sweep's first second, and 8 rather than
-    64 took its POST p99 from 16.2-46.5 ms to 14.5-20.5 ms (docs/benchmarks.md, "Shorter
-    writes beside a sweep")."""
+    between each slice of them rather than after all (64 rather than 256 halved the
+    spikes of such a sweep's first second: docs/benchmarks.md). 8 shortened them again,
+    but under a stream of injections over 10,000 queues the broadcaster then fell 65,000
+    events behind (docs/benchmarks.md, "Shorter writes beside a sweep")."""
 
     # -- the queue actors (kumo.runtime.queue_actor) -------------------------------------
     mailbox_capacity: int = _int_field(64)

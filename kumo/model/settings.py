@@ -84,7 +84,7 @@ class EngineSettings:
     database, beside the writer) while commits happen. The WAL holds about what is
     committed in that time, and commits never wait for a checkpoint. Short, so that a
     checkpoint's writes and fsync are short too: every 0.5 s, a checkpoint during a
-    sweep wrote for 40-140 ms, and an admin request's fsync meanwhile queued behind it
+    sweep wrote for 37-140 ms, and an admin request's fsync meanwhile queued behind it
     (docs/benchmarks.md, "Shorter writes beside a sweep")."""
     write_lock_timeout: float = _seconds_field(5.0)
     """Seconds the log's writer waits for the database's write lock, which a checkpoint's
@@ -145,9 +145,9 @@ class EngineSettings:
     round_records: int = _int_field(1_024)
     """Records written (and fsynced) per round at most. Small rounds keep the disk's
     queue short, so that the event log's own fsyncs (an admin request waits on one) do
-    not queue behind the delivery log's during a sweep: rounds of 4,096 records (about
-    850 KB) took 25-59 ms to write and fsync, and a POST that came meanwhile waited for
-    them (docs/benchmarks.md, "Shorter writes beside a sweep")."""
+    not queue behind the delivery log's during a sweep: rounds of up to 4,096 records
+    (about 850 KB) took 25-59 ms to write and fsync, and a POST that came meanwhile
+    waited for them (docs/benchmarks.md, "Shorter writes beside a sweep")."""
     slice_records: int = _int_field(512)
     """Records the delivery-log writer encodes between two looks at the admin gate: when
     it finds it closed, its worker thread hands back what it encoded and the writer

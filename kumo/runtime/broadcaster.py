@@ -93,6 +93,15 @@ class Broadcaster:
         """The last seq the broadcaster made ``queue``'s actor responsible for."""
         return self._assigned.get(queue, 0)
 
+    def needed_after(self) -> int:
+        """The last seq no follower in memory will read again: the broadcaster's
+        position, or the seq before the first one a lagging actor still has to read
+        from the log. Compaction archives nothing after it (a follower that fell behind
+        the in-memory tail reads the live store)."""
+        first = self._missed.first_needed()
+        position = self.position.value
+        return position if first is None else min(position, first - 1)
+
     def close(self) -> None:
         """Stop routing; then close the supervisor for the actors to finish."""
         self._scope.cancel()

@@ -823,6 +823,16 @@ async def open_engine(
                 None if fleet is None else ConnectionLeases(fleet, node_id=chosen_id),
                 admin_gate,
             )
+        broadcaster = Broadcaster(
+            log,
+            router,
+            supervisor,
+            settings,
+            position=state.last_seq,
+            mail=None if deliveries is None else MailPath(deliveries, clock),
+            sweep_turns=SweepTurns(admin_gate),
+            admin_gate=admin_gate,
+        )
         parts = EngineParts(
             clock=clock,
             settings=settings,
@@ -830,16 +840,7 @@ async def open_engine(
             projection=projection,
             log=log,
             supervisor=supervisor,
-            broadcaster=Broadcaster(
-                log,
-                router,
-                supervisor,
-                settings,
-                position=state.last_seq,
-                mail=None if deliveries is None else MailPath(deliveries, clock),
-                sweep_turns=SweepTurns(admin_gate),
-                admin_gate=admin_gate,
-            ),
+            broadcaster=broadcaster,
             delivery=DeliveryLogWriter(
                 log,
                 data_dir / LOGS,
@@ -860,6 +861,7 @@ async def open_engine(
                 clock,
                 start_seq=snapshot_seq,
                 run_blocking=None if threads else run_blocking,
+                followers_at=broadcaster.needed_after,
             ),
             deliveries=deliveries,
             fleet=None

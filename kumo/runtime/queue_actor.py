@@ -95,10 +95,11 @@ class MissedDeliveries:
     the log itself. A slow actor therefore never stalls the broadcaster or the others.
     """
 
-    __slots__ = ("_missed",)
+    __slots__ = ("_missed", "_reading")
 
     def __init__(self) -> None:
         self._missed: dict[str, tuple[int, int]] = {}
+        self._reading: dict[str, int] = {}
 
     def __contains__(self, queue: str) -> bool:
         return queue in self._missed
@@ -112,8 +113,23 @@ class MissedDeliveries:
         self._missed[queue] = (previous[0] if previous else first, last)
 
     def take(self, queue: str) -> tuple[int, int] | None:
-        """The range ``queue``'s actor must read from the log, if any; forgotten here."""
-        return self._missed.pop(queue, None)
+        """The range ``queue``'s actor must read from the log, if any; forgotten here,
+        but counted in :meth:`first_needed` until the actor calls :meth:`read`."""
+        missed = self._missed.pop(queue, None)
+        if missed is not None:
+            self._reading[queue] = missed[0]
+        return missed
+
+    def read(self, queue: str) -> None:
+        """``queue``'s actor has read the range it took (or stopped reading)."""
+        self._reading.pop(queue, None)
+
+    def first_needed(self) -> int | None:
+        """The first seq an actor still has to read from the log (None: none): the
+        archive must keep it (:meth:`~kumo.runtime.broadcaster.Broadcaster.needed_after`)."""
+        firsts = [first for first, _ in self._missed.values()]
+        firsts += self._reading.values()
+        return min(firsts, default=None)
 
 
 class QueueActor:
@@ -266,7 +282,10 @@ class QueueActor:
                 # The mailbox is empty: what it could not take comes next, from the log.
                 missed = self._missed.take(self.name)
                 if missed is not None:
-                    await self._catch_up(*missed)
+                    try:
+                        await self._catch_up(*missed)
+                    finally:
+                        self._missed.read(self.name)
                 elif self._closed:
                     return
                 else:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
 
@@ -70,15 +71,20 @@ class Snapshotter:
         *,
         start_seq: int,
         run_blocking: RunBlocking | None,
+        followers_at: Callable[[], int],
     ) -> None:
         """``start_seq``: where the newest snapshot stands (0: none). ``run_blocking``
-        None: take snapshots in a process of their own; else inline with it."""
+        None: take snapshots in a process of their own; else inline with it.
+        ``followers_at``: the last seq no follower in memory will read again
+        (:meth:`~kumo.runtime.broadcaster.Broadcaster.needed_after`); the archive pass
+        moves nothing after it."""
         self._data_dir = data_dir
         self._log = log
         self._every = settings.snapshot_every
         self._retention = settings.archive_retention
         self._clock = clock
         self._run_blocking = run_blocking
+        self._followers_at = followers_at
         self.position = Watermark(start_seq)
         """The seq of the newest snapshot (0: none)."""
         self._due = start_seq + self._every
@@ -116,15 +122,24 @@ class Snapshotter:
     async def _compact(self, until: int) -> _Summary:
         # Retention counts age on the engine's clock, like every time kumo stamps.
         now = self._clock.now()
+        # Followers only move forward: where they stand now bounds the whole pass.
+        followers_at = self._followers_at()
         if self._run_blocking is not None:
             try:
                 done = await self._run_blocking(
-                    lambda: compact(self._data_dir, until, retention=self._retention, now=now)
+                    lambda: compact(
+                        self._data_dir,
+                        until,
+                        retention=self._retention,
+                        now=now,
+                        followers_at=followers_at,
+                    )
                 )
             except Exception as exc:  # the log stays the truth; report and go on
                 raise CompactionFailedError(repr(exc)) from exc
             return _Summary.of(done.summary())
         command = [sys.executable, "-m", "kumo.store.compaction", str(self._data_dir)]
+        command += ["--followers-at", str(followers_at)]
         if self._retention is not None:
             command += ["--retention", str(self._retention), "--now", str(now)]
         result = await trio.run_process(

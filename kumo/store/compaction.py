@@ -4,18 +4,21 @@ history the operator keeps).
 
 A running engine starts this every ``EngineSettings.snapshot_every`` durable events as
 a process of its own (``python -m kumo.store.compaction DATA_DIR --until SEQ
-[--retention NS --now NS]``), which prints one JSON line of what it did; ``kumo
-compact`` runs it offline. The retention pass (:mod:`kumo.store.retention`) deletes
+--followers-at SEQ [--retention NS --now NS]``), which prints one JSON line of what it
+did; ``kumo compact`` runs it offline. The retention pass (:mod:`kumo.store.retention`) deletes
 the archive segments past ``archive_retention``; it runs last, so that what it may
 delete is decided against the newest snapshot.
 
 What may be archived: the events that neither a start nor a follower can need. A start
 loads one of the kept snapshots (the newest, or the one before if the newest is
 damaged) and folds the events after it, reading the log's chain at the snapshot's seq;
-the delivery-log writer resumes after its checkpoint. So the pass archives the events
-up to the older of the kept snapshots' seq minus one, and not past the delivery log's
-checkpoint. Every step is atomic or idempotent: a kill at any point leaves whole files
-and a log that a rerun (or the next pass) finishes.
+the delivery-log writer resumes after its checkpoint; in a running engine, a follower
+that fell behind the in-memory tail (the broadcaster, a lagging queue actor) reads the
+live store from where it stands. So the pass archives the events up to the older of the
+kept snapshots' seq minus one, and not past the delivery log's checkpoint nor the
+running followers' lowest position (``followers_at``). Every step is atomic or
+idempotent: a kill at any point leaves whole files and a log that a rerun (or the next
+pass) finishes.
 """
 
 from __future__ import annotations
@@ -82,8 +85,10 @@ class Compaction:
         }
 
 
-def archivable_through(data_dir: Path) -> int:
-    """The last seq that may move to the archive (see the module docstring)."""
+def archivable_through(data_dir: Path, followers_at: int | None = None) -> int:
+    """The last seq that may move to the archive (see the module docstring);
+    ``followers_at``: where the running engine's slowest follower stands (None: no
+    engine runs)."""
     snapshots = snapshot_paths(data_dir / SNAPSHOTS)
     try:
         checkpoint = read_checkpoint(data_dir / LOGS)
@@ -92,11 +97,17 @@ def archivable_through(data_dir: Path) -> int:
     if not snapshots or checkpoint is None:
         return 0
     oldest_kept = int(snapshots[-1].name.split(".")[0])
-    return max(0, min(checkpoint.seq, oldest_kept - 1))
+    through = min(checkpoint.seq, oldest_kept - 1)
+    if followers_at is not None:
+        through = min(through, followers_at)
+    return max(0, through)
 
 
 def archive_events(
-    data_dir: Path, *, progress: Callable[[int, int], None] | None = None
+    data_dir: Path,
+    *,
+    followers_at: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> tuple[int, int, int]:
     """Move what may be archived into a new segment, then drop it from the live store.
 
@@ -108,7 +119,7 @@ def archive_events(
     archive = open_archive(directory)
     done = archive.through
     chain = archive.chain_after
-    through = archivable_through(data_dir)
+    through = archivable_through(data_dir, followers_at)
     archived = 0
     if through > done:
         with LogView(data_dir / DATABASE) as view:
@@ -140,17 +151,26 @@ def compact(
     *,
     retention: int | None = None,
     now: int | None = None,
+    followers_at: int | None = None,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> Compaction:
     """A snapshot at ``until`` (default: the log's end), an archive pass, then a
     retention pass: the archive segments whose newest event is more than ``retention``
     ns older than ``now`` (default: the wall clock) are deleted (``None``: none).
+    ``followers_at``: a running engine's slowest follower (:func:`archivable_through`).
 
     One at a time: raises :class:`DataDirectoryLockedError` while another compaction of
     ``data_dir`` runs (one a killed server started goes on after it; the next start's
     would otherwise race it for the same files)."""
     with DataDirectoryLock(data_dir, COMPACTION_LOCK, "another compaction"):
-        return _compact(data_dir, until, retention=retention, now=now, progress=progress)
+        return _compact(
+            data_dir,
+            until,
+            retention=retention,
+            now=now,
+            followers_at=followers_at,
+            progress=progress,
+        )
 
 
 def _compact(
@@ -159,6 +179,7 @@ def _compact(
     *,
     retention: int | None,
     now: int | None,
+    followers_at: int | None,
     progress: Callable[[str, int, int], None] | None,
 ) -> Compaction:
     started = time.perf_counter()
@@ -173,7 +194,9 @@ def _compact(
         if progress is not None:
             progress("archive", done, total)
 
-    through, archived, dropped = archive_events(data_dir, progress=archiving)
+    through, archived, dropped = archive_events(
+        data_dir, followers_at=followers_at, progress=archiving
+    )
 
     def deleting(done: int, total: int) -> None:
         if progress is not None:
@@ -195,6 +218,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--until", type=int, default=None)
     parser.add_argument("--retention", type=int, default=None, help="ns; default: forever")
     parser.add_argument("--now", type=int, default=None, help="ns since the epoch")
+    parser.add_argument(
+        "--followers-at", type=int, default=None, help="seq: archive nothing after it"
+    )
     arguments = parser.parse_args(argv)
     # Beside a running server: the server's requests come first for the CPU.
     os.nice(10)
@@ -203,7 +229,11 @@ def main(argv: list[str] | None = None) -> int:
     gc.disable()
     try:
         done = compact(
-            arguments.data_dir, arguments.until, retention=arguments.retention, now=arguments.now
+            arguments.data_dir,
+            arguments.until,
+            retention=arguments.retention,
+            now=arguments.now,
+            followers_at=arguments.followers_at,
         )
     except COMPACTION_ERRORS as exc:
         print(f"kumo: compaction failed: {exc}", file=sys.stderr, flush=True)

@@ -162,3 +162,29 @@ async def test_retention_while_serving_deletes_old_history_and_the_rest_verifies
         await engine.wait_idle()
         assert engine.statistics().received_total == 300
         assert sum(engine.queue_counts().values()) == report.queued
+
+
+async def test_the_archive_keeps_what_a_broadcaster_behind_its_tail_still_reads(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    # A rule that matches 30 queues is handed out one actor at a time; each actor's
+    # Bounced commits at once, and each commit is a snapshot and an archive pass, while
+    # the broadcaster, still handing the rule out, stands before it. With a tail of one
+    # event, it then reads what follows the rule from the live store: archiving it would
+    # stop the server ("missing events").
+    settings = EngineSettings(snapshot_every=1, tail_events=1, deliveries_per_yield=1)
+    async with open_engine(
+        tmp_path, clock=EngineClock(WALL_ORIGIN), settings=settings, threads=False
+    ) as engine:
+        await engine.inject([message(f"u{n}@d{n}.example") for n in range(30)])
+        await engine.wait_idle()
+        await trio.testing.wait_all_tasks_blocked()
+        await engine.issue_bounce(bounce(), issued_by="tester")
+        await engine.wait_idle()
+        await trio.testing.wait_all_tasks_blocked()
+        statistics = engine.statistics()
+        assert statistics.snapshots.archived_through <= statistics.broadcaster.position
+        [rule] = engine.list_bounces()
+        assert sum(rule.bounced.values()) == 30
+        assert engine.queue_counts() == {}
+    assert verify_data_dir(tmp_path).violations == []

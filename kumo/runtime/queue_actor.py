@@ -33,7 +33,7 @@ from kumo.runtime.clock import EngineClock
 from kumo.runtime.delivery import Deliveries, Dispatcher, attempt_of, plan_failure_attempt
 from kumo.runtime.log_writer import LogClosedError, LogWriter, WritesStoppedError
 from kumo.runtime.smtp_connection import MessageOutcome
-from kumo.runtime.sweep_turns import SweepTurns
+from kumo.runtime.sweep_turns import SweepTurns, Ticket
 from kumo.runtime.watermark import Watermark
 
 logger = logging.getLogger("kumo.queue")
@@ -160,6 +160,8 @@ class QueueActor:
         "_passed_over",
         "_reported",
         "_sweep_turns",
+        "_sweep_upto",
+        "_turn_ticket",
         "processed",
         "settled",
         "state",
@@ -201,6 +203,11 @@ class QueueActor:
         self._parked: trio.lowlevel.Task | None = None
         """The actor's task while it waits for a delivery."""
         self._abort_wait = self._unpark
+        self._sweep_upto: int | None = None
+        """The last seq of the delivery whose rule :meth:`deliver_nowait` decided a
+        sweep for, while the sweep is owed (None: none owed)."""
+        self._turn_ticket = self._wake
+        """What the sweep turns call when this actor's turn comes (bound once)."""
         self.processed = Watermark()
         """The last seq whose events this actor has applied (and whose bounces it has
         submitted to the log)."""
@@ -224,16 +231,37 @@ class QueueActor:
         """
         if self._closed:
             raise RuntimeError(f"the actor of {self.name!r} is closed")
-        if self._parked is not None and not self._mailbox and self.state.settle(events):
-            self.processed.advance(upto)
-            if self._mail is not None:
-                self._wake()  # what arrived is due: hand it over
-            return True
+        if self._parked is not None and not self._mailbox and self._sweep_upto is None:
+            if self.state.settle(events):
+                self.processed.advance(upto)
+                if self._mail is not None:
+                    self._wake()  # what arrived is due: hand it over
+                return True
+            if len(events) == 1 and type(events[0].event) is BounceIssued:
+                self._decide_sweep(events[0], upto)
+                return True
         if len(self._mailbox) >= self._capacity:
             return False
         self._mailbox.append((events, upto))
-        self._wake()
+        if self._sweep_upto is None:
+            self._wake()  # else its turn wakes it: the sweep comes first
         return True
+
+    def _decide_sweep(self, committed: Committed, upto: int) -> None:
+        """Apply a rule while at rest, as the task would, and queue for the turn of the
+        sweep it decides without waking the task: its turn will (a rule that matches
+        10,000 queues would otherwise wake 10,000 tasks at once, only for each to join
+        the line)."""
+        state = self.state
+        if self._mail is not None:
+            state.take_back(self._mail.deliveries.withdraw(self.name))
+        decided = state.apply(committed, limit=0)
+        assert decided is None, "a rule's sweep takes nothing with limit=0"
+        if state.sweeping is None:
+            self.processed.advance(upto)
+            return
+        self._sweep_upto = upto
+        self._sweep_turns.queue(self._turn_ticket)
 
     def report_nowait(self, entry: ReadyEntry, outcome: MessageOutcome | None) -> None:
         """What became of a message this actor handed over (None: it was not attempted
@@ -273,6 +301,9 @@ class QueueActor:
         task_status.started()
         try:
             while True:
+                if self._sweep_upto is not None:
+                    await self._owed_sweep(self._sweep_upto)
+                    continue
                 if self._mailbox:
                     await self._process(*self._mailbox.popleft())
                     continue
@@ -306,6 +337,10 @@ class QueueActor:
             # Shutting down past its deadline: what this actor had not yet emitted is
             # found again by the restart (kumo.model.recovery).
             return
+        finally:
+            if self._sweep_upto is not None:
+                # Leaves the line, or hands on a turn that came and was never taken.
+                self._sweep_turns.leave(self._turn_ticket)
 
     async def _process(self, events: list[Committed], upto: int, *, filtered: bool = True) -> None:
         bounces: list[Decision] = []
@@ -324,18 +359,33 @@ class QueueActor:
             bounce = state.apply(committed, limit=0)
             if bounce is not None:
                 bounces.append(bounce)
-            while state.sweeping is not None:
-                await self._submit(bounces)
-                await self._sweep_turns.take()
-                try:
-                    await self._log.wait_room()
-                    bounce = state.continue_sweep(self._chunk)
-                finally:
-                    self._sweep_turns.give()
-                assert bounce is not None
-                bounces.append(bounce)
+            await self._sweep(bounces)
         await self._submit(bounces)
         self.processed.advance(upto)
+
+    async def _owed_sweep(self, upto: int) -> None:
+        """The sweep :meth:`deliver_nowait` decided, from the turn it queued for."""
+        bounces: list[Decision] = []
+        await self._sweep(bounces, self._turn_ticket)
+        await self._submit(bounces)
+        self._sweep_upto = None
+        self.processed.advance(upto)
+
+    async def _sweep(self, bounces: list[Decision], ticket: Ticket | None = None) -> None:
+        """Take the sweep under way a chunk at a time, each in its turn (the first with
+        ``ticket``, if the actor queued with it), into ``bounces``."""
+        state = self.state
+        while state.sweeping is not None:
+            await self._submit(bounces)
+            await self._sweep_turns.take(ticket)
+            ticket = None
+            try:
+                await self._log.wait_room()
+                bounce = state.continue_sweep(self._chunk)
+            finally:
+                self._sweep_turns.give()
+            assert bounce is not None
+            bounces.append(bounce)
 
     async def _submit(self, decisions: list[Decision]) -> None:
         if decisions:

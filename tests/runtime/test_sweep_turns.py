@@ -6,7 +6,7 @@ import trio
 import trio.testing
 
 from kumo.runtime.admin_gate import AdminGate
-from kumo.runtime.sweep_turns import SweepTurns
+from kumo.runtime.sweep_turns import SweepTurns, Ticket
 
 
 async def test_one_turn_at_a_time_in_the_order_asked() -> None:
@@ -112,3 +112,59 @@ async def test_a_turn_cancelled_while_it_waits_for_the_gate_is_handed_on(
     with trio.testing.assert_checkpoints():
         await sweeper()
     assert took == [True]
+
+
+async def test_tickets_and_parked_waiters_share_one_line() -> None:
+    turns = SweepTurns()
+    order: list[str] = []
+    called: list[str] = []
+
+    def ticket() -> None:
+        called.append("ticket")
+
+    async def sweeper(name: str, ticket: Ticket | None = None) -> None:
+        await turns.take(ticket)
+        order.append(name)
+        turns.give()
+
+    async with trio.open_nursery() as nursery:
+        turns.queue(ticket)  # free: its owner has the turn at once
+        assert called == ["ticket"]
+        nursery.start_soon(sweeper, "parked")
+        await trio.testing.wait_all_tasks_blocked()
+        turns.give()  # its owner gives it without taking it
+        await trio.testing.wait_all_tasks_blocked()
+        assert order == ["parked"]
+        # In line behind a holder: a ticket, then a waiter, then the ticket's owner
+        # waits in its place (ahead of the waiter).
+        await turns.take()
+        turns.queue(ticket)
+        nursery.start_soon(sweeper, "second")
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(sweeper, "ticket's owner", ticket)
+        await trio.testing.wait_all_tasks_blocked()
+        assert turns.waiting == 2
+        turns.give()
+    assert order == ["parked", "ticket's owner", "second"]
+    assert called == ["ticket"]  # its owner was parked: woken, not called
+
+
+async def test_a_ticket_whose_owner_will_not_take_the_turn_hands_it_on() -> None:
+    turns = SweepTurns()
+    called: list[int] = []
+
+    def ticket() -> None:
+        called.append(1)
+
+    await turns.take()
+    turns.queue(ticket)
+    turns.leave(ticket)  # before its turn: out of the line
+    assert turns.waiting == 0
+    turns.give()
+    assert called == []
+    turns.queue(ticket)
+    assert called == [1]
+    turns.leave(ticket)  # its turn came and is never taken: free again
+    with trio.testing.assert_checkpoints():
+        await turns.take()
+    turns.give()

@@ -4,11 +4,12 @@ Where each event goes is decided by the model's :class:`~kumo.model.router.Route
 broadcaster only carries the answer out: it has the supervisor start the queues the
 router opens and hands each actor its events with ``deliver_nowait``, which never
 blocks (a full mailbox is recorded in :class:`MissedDeliveries` and the actor reads
-the log itself). Handing one event to thousands of actors wakes thousands of tasks, so
-it yields every ``EngineSettings.deliveries_per_yield`` deliveries: the event loop then
-serves requests between them instead of after all of them, and while admin requests
-are answered it waits its turn (:mod:`kumo.runtime.admin_gate`) before the next slice:
-a rule that matches 10,000 queues wakes 10,000 actors, a third of a second of work.
+the log itself). Handing one event to thousands of actors is work for thousands of them
+(an actor at rest takes a rule without waking, but its sweep is decided in the hand-out),
+so it yields every ``EngineSettings.deliveries_per_yield`` deliveries: the event loop
+then serves requests between them instead of after all of them, and while admin
+requests are answered it waits its turn (:mod:`kumo.runtime.admin_gate`) before the
+next slice.
 """
 
 from __future__ import annotations

@@ -227,7 +227,10 @@ class QueueActor:
         events that ask for no decision (:meth:`QueueState.settle`: arrivals into a
         queue that holds no rule) are folded here, in order, without waking the task:
         what the task would do, without a task switch per arrival (inject delivers to
-        an actor per message). Anything else goes through the mailbox.
+        an actor per message). So is a rule delivered alone (:meth:`_decide_sweep`):
+        its sweep is decided here and waits its turn without the task. Anything else
+        goes through the mailbox; while a sweep decided here is owed, without waking
+        the task (its turn does, and the sweep comes first).
         """
         if self._closed:
             raise RuntimeError(f"the actor of {self.name!r} is closed")
@@ -244,7 +247,7 @@ class QueueActor:
             return False
         self._mailbox.append((events, upto))
         if self._sweep_upto is None:
-            self._wake()  # else its turn wakes it: the sweep comes first
+            self._wake()
         return True
 
     def _decide_sweep(self, committed: Committed, upto: int) -> None:

@@ -68,15 +68,18 @@ class SweepTurns:
             self.give()
 
     async def take(self, ticket: Ticket | None = None) -> None:
-        """Wait for the turn (always a checkpoint); :meth:`give` it on, whatever happens
-        after. ``ticket``: the one given to :meth:`queue`, by the waiter that joined the
-        line with it (in its place, if the turn has not come yet).
+        """Wait for the turn (always a checkpoint, or right after the wake its ticket
+        made); :meth:`give` it on, whatever happens after. ``ticket``: the one given to
+        :meth:`queue`, by the waiter that joined the line with it (in its place, if the
+        turn has not come yet).
 
         Not a context manager: 10,000 actors wait here at once during a sweep, and each
         object their waits allocate is one the garbage collector walks."""
         parked = False
         if ticket is not None and ticket is self._handed:
-            self._handed = None  # the turn came to it: its owner's now
+            # The turn came to it and woke its owner: that wait was the checkpoint.
+            self._handed = None
+            parked = True
         elif self._taken:
             # In line, in order; whoever hands over leaves ``_taken`` set for us.
             task = trio.lowlevel.current_task()

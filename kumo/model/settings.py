@@ -118,11 +118,13 @@ class EngineSettings:
     # -- the broadcaster (kumo.runtime.broadcaster) --------------------------------------
     deliveries_per_yield: int = _int_field(64)
     """Actors the broadcaster hands events to between two yields to the event loop: a
-    rule that matches 10,000 queues wakes 10,000 tasks, and the loop serves requests
+    rule that matches 10,000 queues is handed to 10,000 actors (each at rest decides
+    its sweep in the hand-out; a busy one is woken), and the loop serves requests
     between each slice of them rather than after all (64 rather than 256 halved the
-    spikes of such a sweep's first second: docs/benchmarks.md). 8 shortened them again,
-    but under a stream of injections over 10,000 queues the broadcaster then fell 65,000
-    events behind (docs/benchmarks.md, "Shorter writes beside a sweep")."""
+    spikes of such a sweep's first second: docs/benchmarks.md). 8 shortened them again
+    while each actor woke to take the rule, but under a stream of injections over
+    10,000 queues the broadcaster then fell 65,000 events behind (docs/benchmarks.md,
+    "Shorter writes beside a sweep")."""
 
     # -- the queue actors (kumo.runtime.queue_actor) -------------------------------------
     mailbox_capacity: int = _int_field(64)

@@ -69,7 +69,7 @@ from kumo.model.settings import EngineSettings
 from kumo.model.state import LiveRules, QueueState, RuleKind, RuleView, State
 from kumo.model.statistics import counter, gauge, record
 from kumo.runtime.admin_gate import AdminGate, AdminGateStatistics
-from kumo.runtime.blocking import in_thread, inline
+from kumo.runtime.blocking import BackgroundThread, RunBlocking, in_thread, inline
 from kumo.runtime.broadcaster import Broadcaster, BroadcasterStatistics
 from kumo.runtime.clock import EngineClock
 from kumo.runtime.connection_leases import ConnectionLeases, LeaseStatistics
@@ -794,6 +794,17 @@ async def open_engine(
         router = Router(state.rules.copy(), state.suspends.copy(), state.ready_suspends.copy())
         projection = Projection(state, recovery.queues)
         admin_gate = AdminGate(settings.admin_hold, settings.admin_read_yield, settings.admin_rest)
+        # The background writers, each in a thread of its own at a lower CPU priority.
+        delivery_blocking: RunBlocking = run_blocking
+        checkpoint_blocking: RunBlocking = run_blocking
+        if threads:
+            lanes = [
+                BackgroundThread(name, settings.background_niceness)
+                for name in ("kumo delivery log", "kumo WAL checkpoints")
+            ]
+            for lane in lanes:
+                cleanup.callback(lane.close)
+            delivery_blocking, checkpoint_blocking = lanes
         log = LogWriter(
             store,
             reader,
@@ -847,12 +858,16 @@ async def open_engine(
                 state.rules,
                 chosen_id,
                 settings,
-                run_blocking=run_blocking,
+                run_blocking=delivery_blocking,
                 admin_gate=admin_gate,
             ),
             expiry=RuleExpiry(log, projection, clock, retry=settings.disk_full_retry),
             checkpointer=WalCheckpointer(
-                checkpoints, log, settings, run_blocking=run_blocking, admin_gate=admin_gate
+                checkpoints,
+                log,
+                settings,
+                run_blocking=checkpoint_blocking,
+                admin_gate=admin_gate,
             ),
             snapshotter=Snapshotter(
                 data_dir,

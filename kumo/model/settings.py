@@ -226,5 +226,6 @@ class EngineSettings:
     checkpointer's threads is than the process's (each runs its blocking calls in a
     thread of its own, :class:`kumo.runtime.blocking.BackgroundThread`; Linux only). On
     fewer cores than busy threads, the event loop that answers admin requests gets the
-    CPU first: at 1,000,000 queued, a probed sweep's POST p99 was lower in nine pairs of
-    nine, and the sweep shorter in eight (docs/benchmarks.md)."""
+    CPU first: at 1,000,000 queued, a probed sweep's POST p99 was lower in twelve pairs
+    of twelve, and the sweep shorter in eleven (docs/benchmarks.md, "The background
+    writers at a lower CPU priority")."""

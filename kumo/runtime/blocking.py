@@ -86,7 +86,9 @@ class BackgroundThread:
 class _Job:
     __slots__ = ("call", "error", "result", "task", "token")
 
-    def __init__(self, call: Callable[[], Any], token: trio.lowlevel.TrioToken, task: Any) -> None:
+    def __init__(
+        self, call: Callable[[], Any], token: trio.lowlevel.TrioToken, task: trio.lowlevel.Task
+    ) -> None:
         self.call = call
         self.token = token
         self.task = task

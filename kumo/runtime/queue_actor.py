@@ -256,8 +256,7 @@ class QueueActor:
         10,000 queues would otherwise wake 10,000 tasks at once, only for each to join
         the line)."""
         state = self.state
-        if self._mail is not None:
-            state.take_back(self._mail.deliveries.withdraw(self.name))
+        self._take_back_ready()
         decided = state.apply(committed, limit=0)
         assert decided is None, "a rule's sweep takes nothing with limit=0"
         if state.sweeping is None:
@@ -351,9 +350,7 @@ class QueueActor:
         if self._mail is not None and any(
             type(c.event) in _TAKE_BACK_FOR and state.concerns(c.event) for c in events
         ):
-            # A rule's sweep (a suspension's hold) reaches ready messages too: take back
-            # what no connection holds before the rule applies.
-            state.take_back(self._mail.deliveries.withdraw(self.name))
+            self._take_back_ready()
         for committed in events:
             if not filtered and (
                 not state.concerns(committed.event) or self._passed_over(committed.event)
@@ -365,6 +362,12 @@ class QueueActor:
             await self._sweep(bounces)
         await self._submit(bounces)
         self.processed.advance(upto)
+
+    def _take_back_ready(self) -> None:
+        """A rule's sweep (a suspension's hold) reaches ready messages too: take back
+        what no connection holds, before the rule applies (with the mail path)."""
+        if self._mail is not None:
+            self.state.take_back(self._mail.deliveries.withdraw(self.name))
 
     async def _owed_sweep(self, upto: int) -> None:
         """The sweep :meth:`deliver_nowait` decided, from the turn it queued for."""

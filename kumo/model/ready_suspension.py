@@ -35,7 +35,7 @@ from kumo.model.events import (
     issue_time,
 )
 from kumo.model.fleet_order import FleetRanking
-from kumo.model.rule_lifetime import Lifetime, RuleEnd
+from kumo.model.rule_lifetime import Lifetime, NotEnded, RuleEnd
 
 __all__ = ["ReadyHold", "ReadySuspension", "ReadySuspensionBook", "ReadySuspensionView"]
 
@@ -124,7 +124,7 @@ class ReadySuspensionBook:
     def __init__(self) -> None:
         self.rules: dict[str, ReadySuspension] = {}
         """Id -> every suspension issued, in issue order."""
-        self._live: dict[str, ReadySuspension] = {}
+        self._live: NotEnded[ReadySuspension] = NotEnded()
         """Id -> those not yet ended by an event (some may be past expiry), in issue order."""
         self._by_name: dict[str, ReadySuspension] = {}
         self._ranked: FleetRanking[str, ReadySuspension] = FleetRanking()
@@ -139,7 +139,7 @@ class ReadySuspensionBook:
             if not suspension.issued_expired:
                 book._ranked.rank(suspension.name, suspension)
             if suspension.end is None and not suspension.issued_expired:
-                book._live[suspension.id] = suspension
+                book._live.add(suspension)
                 book._by_name[suspension.name] = suspension
         return book
 
@@ -149,11 +149,11 @@ class ReadySuspensionBook:
 
     def live_rules(self) -> Iterator[ReadySuspension]:
         """Suspensions not yet ended by an event, oldest first (some may be past expiry)."""
-        return iter(self._live.values())
+        return iter(self._live)
 
     def holds(self) -> tuple[ReadyHold, ...]:
         """What every queue must know of the suspensions not yet ended, oldest first."""
-        return tuple(ReadyHold.of(suspension) for suspension in self._live.values())
+        return tuple(ReadyHold.of(suspension) for suspension in self._live)
 
     def is_live(self, rule_id: str, now: int) -> bool:
         suspension = self._live.get(rule_id)
@@ -221,7 +221,7 @@ class ReadySuspensionBook:
                 live=False,
             )
             return suspension
-        self._live[suspension.id] = suspension
+        self._live.add(suspension)
         self._by_name[suspension.name] = suspension
         return suspension
 
@@ -254,7 +254,7 @@ class ReadySuspensionBook:
         suspension.ended_origin = origin
         if not live:
             return
-        del self._live[suspension.id]
+        self._live.remove(suspension)
         if self._by_name.get(suspension.name) is suspension:
             del self._by_name[suspension.name]
 
@@ -270,14 +270,14 @@ class ReadySuspensionBook:
                 issued_at=s.issued_at,
                 issued_by=s.issued_by,
             )
-            for s in self._live.values()
+            for s in self._live
             if s.live_at(now)
         ]
 
     def next_expiry(self) -> int | None:
         """The earliest ``expires_at`` of the suspensions not yet ended, if any."""
-        return min((s.expires_at for s in self._live.values()), default=None)
+        return self._live.next_expiry()
 
     def due_to_expire(self, now: int) -> list[ReadySuspension]:
         """Suspensions not yet ended whose expiry is at or before ``now``."""
-        return [s for s in self._live.values() if s.expires_at <= now]
+        return self._live.due(now)

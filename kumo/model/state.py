@@ -59,7 +59,7 @@ from kumo.model.message import HTTP
 from kumo.model.message_queue import MessageQueue
 from kumo.model.queue_name import QueueName, rebound_queue_name
 from kumo.model.ready_suspension import ReadyHold, ReadySuspensionBook
-from kumo.model.rule_lifetime import Lifetime, RuleEnd
+from kumo.model.rule_lifetime import Lifetime, NotEnded, RuleEnd
 from kumo.model.smtp_reply import Disposition
 
 
@@ -181,7 +181,7 @@ class RuleBook:
         self.kind: RuleKind = kind
         self._events = _RULE_EVENTS[kind]
         self.rules: dict[str, Rule] = {}
-        self._live: dict[str, Rule] = {}
+        self._live: NotEnded[Rule] = NotEnded()
         self._by_criteria: dict[Criteria, Rule] = {}
         self._ranked: FleetRanking[Criteria, Rule] = FleetRanking()
         """By criteria: what decides whether a rule of another node that arrives now
@@ -196,7 +196,7 @@ class RuleBook:
             if not rule.issued_expired:
                 book._ranked.rank(rule.criteria, rule)
             if rule.end is None and not rule.issued_expired:
-                book._live[rule.id] = rule
+                book._live.add(rule)
                 book._by_criteria[rule.criteria] = rule
         return book
 
@@ -209,7 +209,7 @@ class RuleBook:
 
     def live_rules(self) -> Iterator[Rule]:
         """Rules not yet ended by an event, oldest first (some may be past expiry)."""
-        return iter(self._live.values())
+        return iter(self._live)
 
     def live_equal(self, criteria: Criteria) -> Rule | None:
         """The rule not yet ended whose criteria equal ``criteria``, if any."""
@@ -290,7 +290,7 @@ class RuleBook:
             rule.end, rule.ended_seq, rule.ended_at = event.arrived_ended, seq, time
             rule.ended_origin = rule.origin
             return rule
-        self._live[rule.id] = rule
+        self._live.add(rule)
         self._by_criteria[rule.criteria] = rule
         return rule
 
@@ -307,7 +307,7 @@ class RuleBook:
     ) -> None:
         rule.end, rule.ended_seq, rule.ended_at, rule.ended_by = end, seq, time, by
         rule.ended_origin = origin
-        del self._live[rule.id]
+        self._live.remove(rule)
         if self._by_criteria.get(rule.criteria) is rule:
             del self._by_criteria[rule.criteria]
 
@@ -320,20 +320,20 @@ class RuleBook:
         """The rules :meth:`views` lists, without making their views."""
         # ``expires_at`` alone for live_at(now): the book keeps only rules neither ended
         # nor issued expired in ``_live``.
-        rules = [rule for rule in self._live.values() if now < rule.expires_at]
+        rules = self._live.live_at(now)
         return LiveRules(now, rules, pending or _nothing_pending)
 
     def next_expiry(self) -> int | None:
         """The earliest ``expires_at`` of the rules not yet ended, if any."""
-        return min((rule.expires_at for rule in self._live.values()), default=None)
+        return self._live.next_expiry()
 
     def due_to_expire(self, now: int) -> list[Rule]:
-        """Rules not yet ended whose expiry is at or before ``now``."""
-        return [rule for rule in self._live.values() if rule.expires_at <= now]
+        """Rules not yet ended whose expiry is at or before ``now``, in issue order."""
+        return self._live.due(now)
 
     def matching_live(self, queue: QueueName | str) -> list[Rule]:
         """Rules not yet ended that match ``queue``, oldest first."""
-        return [rule for rule in self._live.values() if rule.criteria.matches(queue)]
+        return [rule for rule in self._live if rule.criteria.matches(queue)]
 
 
 def message_from(committed: Committed, event: MessageReceived) -> Message:

@@ -122,13 +122,13 @@ class NotEnded(Generic[R]):
         below = [0] if expiries else []
         while below:
             at = below.pop()
-            expires_at, issued, rule = expiries[at]
-            if expires_at > now:
+            entry = expiries[at]
+            if entry[0] > now:
                 continue
-            if self._holds(expiries[at]):
-                found.append((issued, rule))
+            if self._holds(entry):
+                found.append((entry[1], entry[2]))
             below += (child for child in (2 * at + 1, 2 * at + 2) if child < len(expiries))
-        found.sort(key=_first)
+        found.sort()  # by issue number, never equal: rules are never compared
         return [rule for _, rule in found]
 
     def live_at(self, now: int) -> list[R]:
@@ -143,7 +143,3 @@ class NotEnded(Generic[R]):
         """Whether ``entry`` is the heap's entry of a rule not yet ended."""
         rule = entry[2]
         return self._by_id.get(rule.id) is rule
-
-
-def _first(pair: tuple[int, object]) -> int:
-    return pair[0]

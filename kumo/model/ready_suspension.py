@@ -270,8 +270,8 @@ class ReadySuspensionBook:
                 issued_at=s.issued_at,
                 issued_by=s.issued_by,
             )
-            for s in self._live
-            if s.live_at(now)
+            # Only suspensions neither ended nor issued expired are in ``_live``.
+            for s in self._live.live_at(now)
         ]
 
     def next_expiry(self) -> int | None:

@@ -84,7 +84,51 @@ class Routing:
     new_queues: list[NewQueue]
     deliveries: dict[str, list[Committed]]
     """Queue name -> the events of the batch that concern it, in log order (queues in
-    the order they were first concerned)."""
+    the order they were first concerned). Read only: queues concerned by the same
+    events share one list (:class:`_Deliveries`)."""
+
+
+class _Deliveries:
+    """:attr:`Routing.deliveries` as :meth:`Router.route` builds it.
+
+    An event that concerns many queues (a match-everything rule over 10,000 queues)
+    gives all the queues it is the first event of one list, shared, rather than a list
+    each: a list per queue was most of routing such a rule, 3-4.6 ms in one step of the
+    broadcaster, which the POST that issued the rule waited for (docs/benchmarks.md,
+    "A rule's queues share its list"). A shared list is copied before an event is added
+    for one of its queues alone.
+    """
+
+    __slots__ = ("_shared", "lists")
+
+    def __init__(self) -> None:
+        self.lists: dict[str, list[Committed]] = {}
+        self._shared: set[int] = set()
+        """The ids of the shared lists (alive as long as :attr:`lists` is)."""
+
+    def one(self, queue: str, committed: Committed) -> None:
+        """``committed`` concerns ``queue``."""
+        held = self.lists.get(queue)
+        if held is None:
+            self.lists[queue] = [committed]
+        elif self._shared and id(held) in self._shared:
+            self.lists[queue] = [*held, committed]
+        else:
+            held.append(committed)
+
+    def every(self, queues: Iterable[str], committed: Committed) -> None:
+        """``committed`` concerns each of ``queues``."""
+        lists = self.lists
+        shared = [committed]
+        self._shared.add(id(shared))
+        if not lists:
+            lists.update(dict.fromkeys(queues, shared))
+            return
+        for queue in queues:
+            if queue in lists:
+                self.one(queue, committed)
+            else:
+                lists[queue] = shared
 
 
 class Router:
@@ -145,7 +189,7 @@ class Router:
     def route(self, batch: Iterable[Committed]) -> Routing:
         """Fold ``batch`` (in log order, each event once) and say where it goes."""
         new_queues: list[NewQueue] = []
-        deliveries: dict[str, list[Committed]] = {}
+        deliveries = _Deliveries()
         for committed in batch:
             event = committed.event
             match event:
@@ -156,7 +200,7 @@ class Router:
                         new_queues.append(
                             NewQueue(event.queue, rules, suspensions, self.ready_suspensions())
                         )
-                    deliveries.setdefault(event.queue, []).append(committed)
+                    deliveries.one(event.queue, committed)
                 case BounceIssued() | SuspendIssued():
                     book = self.rules if type(event) is BounceIssued else self.suspends
                     previous = book.live_equal(event.criteria)
@@ -170,8 +214,7 @@ class Router:
                         # Replaced (or found expired): its queues drop it on their own.
                         self._holders.pop(previous.id, None)
                     matched = self._index.matching(event.criteria)
-                    for queue in matched:
-                        deliveries.setdefault(queue, []).append(committed)
+                    deliveries.every(matched, committed)
                     # One that arrived ended only makes its queues drop its equal.
                     if not (rule.issued_expired or rule.ended_on_arrival):
                         self._holders.setdefault(rule.id, set()).update(matched)
@@ -182,8 +225,7 @@ class Router:
                         else self.rules
                     )
                     book.apply(committed)
-                    for queue in self._holders.pop(event.rule_id, ()):
-                        deliveries.setdefault(queue, []).append(committed)
+                    deliveries.every(self._holders.pop(event.rule_id, ()), committed)
                 case ReadySuspendIssued() | ReadySuspendCancelled() | ReadySuspendExpired():
                     changed = self.ready_suspends.apply(committed)
                     ended = type(event) is not ReadySuspendIssued
@@ -191,14 +233,12 @@ class Router:
                     if changed is not None and (
                         ended or not (changed.issued_expired or changed.lost_on_arrival)
                     ):
-                        for queue in self._index.matching(_EVERY_QUEUE):
-                            deliveries.setdefault(queue, []).append(committed)
+                        deliveries.every(self._index.matching(_EVERY_QUEUE), committed)
                 case TransientlyFailed():
                     # Back to its queue, which decides what follows in log order.
-                    deliveries.setdefault(event.queue, []).append(committed)
+                    deliveries.one(event.queue, committed)
                 case RebindIssued():
-                    for queue in self._index.matching(event.criteria):
-                        deliveries.setdefault(queue, []).append(committed)
+                    deliveries.every(self._index.matching(event.criteria), committed)
                 case Rebound():
                     if event.to_queue not in self._index:
                         rules = self.open_queue(event.to_queue)
@@ -206,7 +246,7 @@ class Router:
                         new_queues.append(
                             NewQueue(event.to_queue, rules, suspensions, self.ready_suspensions())
                         )
-                    deliveries.setdefault(event.to_queue, []).append(committed)
+                    deliveries.one(event.to_queue, committed)
                 case _:
                     self.rules.apply(committed)
-        return Routing(new_queues, deliveries)
+        return Routing(new_queues, deliveries.lists)

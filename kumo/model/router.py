@@ -95,8 +95,8 @@ class _Deliveries:
     gives all the queues it is the first event of one list, shared, rather than a list
     each: a list per queue was most of routing such a rule, 3-4.6 ms in one step of the
     broadcaster, which the POST that issued the rule waited for (docs/benchmarks.md,
-    "A rule's queues share its list"). A shared list is copied before an event is added
-    for one of its queues alone.
+    thirteenth session, "A rule's queues share its list"). A shared list is copied
+    before an event is added for one of its queues alone.
     """
 
     __slots__ = ("_shared", "lists")

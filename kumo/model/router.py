@@ -103,8 +103,8 @@ class _Deliveries:
 
     def __init__(self) -> None:
         self.lists: dict[str, list[Committed]] = {}
-        self._shared: set[int] = set()
-        """The ids of the shared lists (alive as long as :attr:`lists` is)."""
+        self._shared: dict[int, list[Committed]] = {}
+        """The shared lists by id (kept here, so that no other list takes an id)."""
 
     def one(self, queue: str, committed: Committed) -> None:
         """``committed`` concerns ``queue``."""
@@ -120,7 +120,7 @@ class _Deliveries:
         """``committed`` concerns each of ``queues``."""
         lists = self.lists
         shared = [committed]
-        self._shared.add(id(shared))
+        self._shared[id(shared)] = shared
         if not lists:
             lists.update(dict.fromkeys(queues, shared))
             return

@@ -85,10 +85,12 @@ from fleet_bench import FLEET_BENCHMARKS, FLEET_FULL, FLEET_QUICK, run_fleet_ben
 from mail_bench import MAIL_BENCHMARKS, MAIL_FULL, MAIL_QUICK, run_mail_benchmarks
 
 from kumo.cli.serve import tune_for_serving
-from kumo.http.routes import BOUNCE_PATH, INJECT_PATH
+from kumo.http.metrics import ADMIN_LATENCY
+from kumo.http.routes import BOUNCE_PATH, INJECT_PATH, METRICS_PATH
 from kumo.model.criteria import Criteria
 from kumo.model.events import Message
 from kumo.model.log_record import admin_bounce_record
+from kumo.model.prometheus_text import parse_samples
 from kumo.model.queue_name import queue_name_for
 from kumo.model.requests import BounceRequest, NewMessage
 from kumo.model.rfc3339 import format_rfc3339
@@ -679,6 +681,39 @@ def _probe(
 
 
 @attrs.frozen
+class AppTime:
+    """The app's own time for one method of the bounce route, as the server's
+    ``kumo_admin_request_seconds`` histogram saw it: the rest of a client's latency is
+    spent in hypercorn, in the event loop's turns around the handler, in the kernel and
+    in the client."""
+
+    count: int
+    mean: float
+    p99_bound: float
+    """The upper bound of the histogram's bucket that holds the 99th percentile."""
+
+    @classmethod
+    def from_metrics(cls, metrics: str, method: str) -> AppTime:
+        """Read from a /metrics page (zeros if the route was not asked with ``method``)."""
+        buckets: list[tuple[float, float]] = []
+        count = total = 0.0
+        for sample in parse_samples(metrics):
+            labels = sample.labels
+            if labels.get("route") != BOUNCE_PATH or labels.get("method") != method:
+                continue
+            if sample.name == ADMIN_LATENCY + "_bucket":
+                buckets.append((float(labels["le"]), sample.value))
+            elif sample.name == ADMIN_LATENCY + "_count":
+                count = sample.value
+            elif sample.name == ADMIN_LATENCY + "_sum":
+                total = sample.value
+        if not count:
+            return cls(0, 0.0, 0.0)
+        bound = min(le for le, below in buckets if below >= 0.99 * count)
+        return cls(int(count), total / count, bound)
+
+
+@attrs.frozen
 class SweepProbeRun:
     """Admin latency over the whole of one sweep, its first second and its own POST."""
 
@@ -690,6 +725,9 @@ class SweepProbeRun:
     """(start relative to the sweep's POST, latency) of each probe POST during the sweep."""
     gets: list[tuple[float, float]]
     sweep_seconds: float
+    app: dict[str, AppTime]
+    """By method, the app's own time for every bounce request the server answered (the
+    probes from just before the sweep to its end, and the sweep's POST)."""
 
     def during(self, kind: str, first: float | None = None) -> list[float]:
         """Latencies of the probes of ``kind`` in flight at some moment of the sweep (of
@@ -799,6 +837,7 @@ def sweep_probe_run(data_dir: Path, messages: int, queues: int) -> SweepProbeRun
                     raise RuntimeError("the sweep did not finish in 10 minutes")
                 getter.result()
             posts: list[tuple[float, float]] = received.recv()
+            metrics = httpx.get(server.url + METRICS_PATH, timeout=60).text
         finally:
             stop.set()
             poster.join(60)
@@ -809,6 +848,7 @@ def sweep_probe_run(data_dir: Path, messages: int, queues: int) -> SweepProbeRun
         [(started - origin[0], latency) for started, latency in posts],
         [(started - origin[0], latency) for started, latency in gets],
         done[0] - origin[0],
+        {method: AppTime.from_metrics(metrics, method) for method in ("POST", "GET")},
     )
 
 
@@ -1185,7 +1225,9 @@ def run_benchmarks(
                         _verdict(p99 <= 0.02),
                         f"{len(whole)} probes (max {_ms(max(whole))}, first second max "
                         f"{_ms(max(first))}) over a {probe.sweep_seconds:.1f} s sweep of "
-                        f"{queues:,} queues; each POST a new non-matching rule"
+                        f"{queues:,} queues; each POST a new non-matching rule; "
+                        f"the app's own time mean {_ms(probe.app[kind].mean)}, "
+                        f"p99 <= {_ms(probe.app[kind].p99_bound)}"
                         + (
                             f"; the sweep's own POST {_ms(probe.sweep_post)}"
                             if kind == "POST"

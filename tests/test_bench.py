@@ -87,3 +87,25 @@ def test_total_bounced_is_found_without_parsing_the_listing() -> None:
     assert bench._total_bounced(listing, "b") == 1234
     assert bench._total_bounced(listing, "a") == 5
     assert bench._total_bounced(listing, "c") == -1
+
+
+def test_app_time_is_read_from_the_servers_histogram() -> None:
+    """The sweep-probe's figure of the server's own time: the mean, and the bucket that
+    holds the 99th percentile; other routes and methods do not count."""
+    route = 'route="/api/admin/bounce/v1"'
+    page = "\n".join(
+        [
+            "# TYPE kumo_admin_request_seconds histogram",
+            f'kumo_admin_request_seconds_bucket{{{route},method="POST",le="0.002"}} 90',
+            f'kumo_admin_request_seconds_bucket{{{route},method="POST",le="0.005"}} 98',
+            f'kumo_admin_request_seconds_bucket{{{route},method="POST",le="0.01"}} 100',
+            f'kumo_admin_request_seconds_bucket{{{route},method="POST",le="+Inf"}} 100',
+            f'kumo_admin_request_seconds_count{{{route},method="POST"}} 100',
+            f'kumo_admin_request_seconds_sum{{{route},method="POST"}} 0.25',
+            'kumo_admin_request_seconds_count{route="/metrics",method="GET"} 7',
+            "",
+        ]
+    )
+    post = bench.AppTime.from_metrics(page, "POST")
+    assert (post.count, post.mean, post.p99_bound) == (100, 0.0025, 0.01)
+    assert bench.AppTime.from_metrics(page, "GET") == bench.AppTime(0, 0.0, 0.0)
